@@ -1,0 +1,57 @@
+"""deepshrink — make trained networks smaller and faster, and prove it on the artifact.
+
+Public verbs take a model, a config object and keyword-only options::
+
+    import deepshrink as ds
+    h = ds.load("model.onnx")
+    ds.convert(h, "model.onnx")              # parity-checked conversion
+    ds.bench(["a.onnx", "b.onnx"])           # side-by-side size / latency / fidelity
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .core.config import Config, config_from_dict
+from .core.handle import ModelHandle, TensorSpec
+from .errors import (
+    BudgetError,
+    DeepshrinkError,
+    InputError,
+    MissingExtraError,
+    ParityError,
+    UnsupportedError,
+)
+
+__version__ = "0.1.0"
+
+# Verbs are imported lazily so `import deepshrink` stays fast and light.
+_LAZY = {
+    "load": ("deepshrink.loading", "load"),
+    "save": ("deepshrink.loading", "save"),
+    "convert": ("deepshrink.convert", "convert"),
+    "check_parity": ("deepshrink.convert.parity", "check_parity"),
+    "bench": ("deepshrink.evaluate.bench", "bench"),
+    "info": ("deepshrink.evaluate.info", "info"),
+    "load_data": ("deepshrink.core.data", "load_data"),
+    "Trainer": ("deepshrink.train", "Trainer"),
+    "quantize": ("deepshrink.quantize", "quantize"),
+    "prune": ("deepshrink.prune", "prune"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deepshrink' has no attribute {name!r}")
+
+
+__all__ = [
+    "Config", "config_from_dict", "ModelHandle", "TensorSpec", "BudgetError", "DeepshrinkError",
+    "InputError", "MissingExtraError", "ParityError", "UnsupportedError", *_LAZY,
+]

@@ -1,0 +1,70 @@
+"""The typer app, the options every model-taking command shares, and error handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ..errors import DeepshrinkError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="deepshrink: make trained networks smaller and faster, measured on the artifact.")
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+# Options shared by every command that takes a model.
+WeightsOpt = Annotated[str | None, typer.Option("--weights", "-w", help="weights (.safetensors or state-dict .pt) for a module:factory source")]
+InputShapeOpt = Annotated[list[str] | None, typer.Option("--input-shape", help="NAME:1x3x224x224 (repeatable) for a model without a fixed signature")]
+DataOpt = Annotated[str | None, typer.Option("--data", "-d", help=".npz, a text file, or a built-in: digits, sentences")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow unpickling/executing code from model files")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")]
+
+
+def load_model(src: str, *, weights: str | None = None, input_shape: list[str] | None = None,
+               data: str | None = None, trust_remote_code: bool = False) -> Any:
+    from ..loading import load
+
+    return load(src, weights=weights, input_shapes=input_shape, data=data, trust_remote_code=trust_remote_code)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status. Errors we raise become one line, no traceback."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        app(args=argv, standalone_mode=False)
+    except DeepshrinkError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        report = getattr(exc, "report", None)
+        if report is not None and hasattr(report, "summary"):
+            err_console.print(report.summary(), highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return 1
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            err_console.print(f"[bold red]usage error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+            return 2
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0

@@ -1,0 +1,87 @@
+"""Config base and the config-type → handler registry.
+
+Configs are frozen pydantic models that reject unknown keys, so a typo in a recipe or a
+JSON file is an error before any work starts. Each config serialises with its class
+name under ``"type"`` and can be rebuilt with :func:`config_from_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import InputError
+
+_CONFIG_TYPES: dict[str, type[Config]] = {}
+_HANDLERS: dict[type, Callable[..., Any]] = {}
+
+C = TypeVar("C", bound="Config")
+
+
+class Config(BaseModel):
+    """Base for every config: frozen, validated, unknown keys rejected, JSON round-trip."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=False)
+    kind: ClassVar[str] = "config"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _CONFIG_TYPES[cls.__name__] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, **self.model_dump(mode="json")}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        data = dict(data)
+        name = data.pop("type", cls.__name__)
+        target = _CONFIG_TYPES.get(name)
+        if target is None or not issubclass(target, cls):
+            raise InputError(f"unknown config type {name!r}; known: {', '.join(sorted(_CONFIG_TYPES))}")
+        try:
+            return target.model_validate(data)  # type: ignore[return-value]
+        except ValidationError as exc:
+            raise InputError(f"invalid {name}: {format_validation_error(exc)}") from None
+
+    def replace(self: C, **changes: Any) -> C:
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return Config.from_dict(data)
+
+
+def config_types() -> dict[str, type[Config]]:
+    return dict(_CONFIG_TYPES)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line naming every bad field and why."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def register(config_type: type[Config]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``@register(Int8DynamicConfig) def _handle(model, config, **kw): ...``."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _HANDLERS[config_type] = fn
+        return fn
+
+    return deco
+
+
+def handler_for(config: Config) -> Callable[..., Any]:
+    for klass in type(config).__mro__:
+        if klass in _HANDLERS:
+            return _HANDLERS[klass]
+    raise InputError(f"no handler registered for {type(config).__name__}")

@@ -1,0 +1,74 @@
+"""Atomic output: everything deepshrink writes goes to a temporary file in the target's
+folder and is renamed into place only when complete, so a failure leaves nothing
+half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def check_output(out: str | os.PathLike[str], *, inputs: tuple[str | os.PathLike[str] | None, ...] = (),
+                 force: bool = False) -> Path:
+    """Refuse to overwrite an existing file without ``force`` and refuse output == input."""
+    out_p = Path(out)
+    for src in inputs:
+        if src is not None and out_p.resolve() == Path(src).resolve():
+            raise InputError(f"output {out_p} is the same file as the input; choose another path")
+    if out_p.exists() and not force:
+        raise InputError(f"output {out_p} already exists; pass --force (force=True) to overwrite it")
+    if not out_p.parent.exists():
+        raise InputError(f"output folder {out_p.parent} does not exist")
+    return out_p
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
+    target_p = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target_p.name}.", suffix=".tmp", dir=target_p.parent)
+    os.close(fd)
+    tmp_p = Path(tmp)
+    try:
+        yield tmp_p
+        os.replace(tmp_p, target_p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_p.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder; its files are moved into ``target`` (created) on success.
+
+    Used for outputs made of several files (an ONNX model with external data, a model plus
+    its tokenizer): either all of them land or none does.
+    """
+    target_p = Path(target)
+    target_p.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".deepshrink.", dir=target_p))
+    try:
+        yield tmp
+        for item in tmp.iterdir():
+            dest = target_p / item.name
+            if dest.is_dir() and item.is_dir():
+                shutil.rmtree(dest)
+            os.replace(item, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(target, text.encode("utf-8"))

@@ -1,0 +1,103 @@
+"""The model handle: a model plus what deepshrink needs to know to run, convert and
+measure it — its IO spec, example inputs, and where it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Dim = int | str  # a fixed size or a symbolic name such as "batch"
+
+_NP_DTYPES = {
+    "float32": np.float32, "float16": np.float16, "float64": np.float64,
+    "int64": np.int64, "int32": np.int32, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (ints or symbolic names) and dtype (numpy name) of one model input/output."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"
+
+    def concrete(self, batch: int = 1, default: int = 1) -> tuple[int, ...]:
+        """A shape with symbolic dims filled in: the first by ``batch``, the rest by ``default``."""
+        out = []
+        for i, d in enumerate(self.shape):
+            out.append(d if isinstance(d, int) and d > 0 else (batch if i == 0 else default))
+        return tuple(out)
+
+    @property
+    def np_dtype(self) -> Any:
+        return _NP_DTYPES.get(self.dtype, np.float32)
+
+    def describe(self) -> str:
+        dims = "x".join(str(d) for d in self.shape) or "scalar"
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model. ``model`` is a ``torch.nn.Module`` (kind ``"torch"``) or an
+    ``onnx.ModelProto`` (kind ``"onnx"``)."""
+
+    model: Any
+    kind: Literal["torch", "onnx"]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec] = field(default_factory=list)
+    example_inputs: dict[str, np.ndarray] | None = None
+    source: str | None = None
+    path: Path | None = None  # file on disk this handle was read from, if any
+    tokenizer_dir: Path | None = None  # HF tokenizer that turns text into this model's inputs
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]
+
+    def with_model(self, model: Any, kind: Literal["torch", "onnx"] | None = None, **changes: Any) -> ModelHandle:
+        return replace(self, model=model, kind=kind or self.kind, **changes)
+
+    def sample_inputs(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+        """Fresh random inputs matching the IO spec (integer inputs stay in a safe id range)."""
+        rng = np.random.default_rng(seed)
+        if self.example_inputs is not None:
+            # reuse the shapes seen in the example (sequence length etc.), re-drawn at `batch`
+            out = {}
+            for spec in self.inputs:
+                ex = self.example_inputs[spec.name]
+                shape = (batch, *ex.shape[1:]) if ex.ndim else ex.shape
+                out[spec.name] = _random_like(rng, shape, ex.dtype, ex)
+            return out
+        return {s.name: _random_like(rng, s.concrete(batch), s.np_dtype, None) for s in self.inputs}
+
+    def describe(self) -> str:
+        ins = ", ".join(s.describe() for s in self.inputs)
+        outs = ", ".join(s.describe() for s in self.outputs)
+        return f"{self.kind} model from {self.source or '<memory>'}; inputs {ins}; outputs {outs}"
+
+
+def _random_like(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, example: np.ndarray | None) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        if example is not None and example.size:
+            lo, hi = int(example.min()), int(example.max())
+            if lo == hi:  # e.g. an all-ones attention mask: keep it
+                return np.full(shape, lo, dtype=dtype)
+            return rng.integers(lo, hi + 1, size=shape).astype(dtype)
+        return rng.integers(0, 100, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return np.ones(shape, dtype=dtype)
+    if example is not None and example.size:
+        mean, std = float(example.mean()), float(example.std()) or 1.0
+        return (rng.standard_normal(shape) * std + mean).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)

@@ -1,0 +1,43 @@
+"""Typed errors. Everything a user can cause is a ``DeepshrinkError``; the CLI turns
+it into one line on stderr and exit status 2 (``ParityError``: exit 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DeepshrinkError(Exception):
+    """Base class for every error deepshrink raises on purpose."""
+
+    exit_code = 2
+
+
+class InputError(DeepshrinkError, ValueError):
+    """Bad user input: a missing/truncated file, a wrong shape, NaN weights, an unknown key."""
+
+
+class UnsupportedError(DeepshrinkError):
+    """A valid request deepshrink cannot serve (an op, a model type, a route)."""
+
+
+class MissingExtraError(UnsupportedError):
+    """An optional stack is not installed; the message says which ``pip install`` fixes it."""
+
+    def __init__(self, package: str, extra: str, what: str) -> None:
+        super().__init__(
+            f"{what} needs the optional package '{package}': pip install 'deepshrink[{extra}]'"
+        )
+
+
+class ParityError(DeepshrinkError):
+    """Two models that should agree do not; carries the parity report."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class BudgetError(DeepshrinkError):
+    """A search or auto mode could not meet the accuracy/size/latency budget."""

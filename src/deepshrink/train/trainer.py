@@ -1,0 +1,265 @@
+"""A small, seedable training loop with checkpoint/resume, rich progress and DDP.
+
+Written by hand rather than taken from a framework (Lightning, HF Trainer) because the
+later capabilities need exactly three things from it — a pluggable loss (``step_fn``),
+callbacks around each optimizer step (pruning masks, QAT observers, schedules) and
+resumable checkpoints — and nothing else; a framework would add a heavy dependency.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) it initialises a gloo process group, wraps the
+model in ``DistributedDataParallel`` and shards the data with ``DistributedSampler``; only
+rank 0 writes checkpoints and draws the progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+
+from ..core.fileio import atomic_path
+from ..errors import InputError
+
+StepFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+
+
+class Callback:
+    """Hooks around training; override what you need. ``trainer.model`` is the unwrapped model."""
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+    def on_step_begin(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer, loss: float) -> None: ...
+    def on_epoch_end(self, trainer: Trainer) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: int
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def default_step(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of ``model(*inputs)`` against the last tensor of the batch (labels)."""
+    *inputs, labels = batch
+    out = model(*inputs)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return nn.functional.cross_entropy(out, labels)
+
+
+def batches_of(data: Any) -> Dataset:
+    """Accept a ``Dataset``, a tuple of arrays/tensors ``(x..., y)`` or a ``(x, y)`` pair."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and data:
+        tensors = [torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor) else a for a in data]
+        n = tensors[0].shape[0]
+        if n == 0:
+            raise InputError("training data is empty")
+        if any(t.shape[0] != n for t in tensors):
+            raise InputError(f"training arrays disagree on length: {[t.shape[0] for t in tensors]}")
+        return TensorDataset(*tensors)
+    raise InputError(f"cannot train on {type(data).__name__}; pass a Dataset or a tuple of arrays")
+
+
+class Trainer:
+    """``Trainer(model, epochs=3).fit((x, y))`` — see module docstring."""
+
+    def __init__(self, model: nn.Module, *, step_fn: StepFn | None = None, optimizer: str = "adam",
+                 lr: float = 1e-3, weight_decay: float = 0.0, epochs: int = 1, max_steps: int | None = None,
+                 batch_size: int = 64, seed: int = 0, callbacks: Iterable[Callback] = (),
+                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+                 checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 0,
+                 progress: bool = True, lr_schedule: str = "constant", params: Iterable[nn.Parameter] | None = None) -> None:
+        if epochs < 0 or batch_size < 1 or lr <= 0:
+            raise InputError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}")
+        self.model = model
+        self.step_fn = step_fn or default_step
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.seed = seed
+        self.callbacks = list(callbacks)
+        self.eval_fn = eval_fn
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+        self.lr_schedule = lr_schedule
+        self._params = list(params) if params is not None else None
+        self.step = 0
+        self.epoch = 0
+        self.total_steps = 0
+
+    # -- distributed -------------------------------------------------------------------
+    @staticmethod
+    def _maybe_init_distributed() -> tuple[int, int]:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("gloo")
+        if dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        raise InputError(f"unknown optimizer {self.optimizer_name!r}; use adam, adamw or sgd")
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _ckpt_path(self) -> Path | None:
+        return self.checkpoint_dir / "last.ckpt" if self.checkpoint_dir else None
+
+    def save_checkpoint(self, opt: torch.optim.Optimizer) -> None:
+        path = self._ckpt_path()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(), "optimizer": opt.state_dict(), "step": self.step,
+            "epoch": self.epoch, "torch_rng": torch.get_rng_state(),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def _maybe_resume(self, opt: torch.optim.Optimizer) -> int | None:
+        path = self._ckpt_path()
+        if path is None or not path.exists():
+            return None
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception as exc:  # truncated or foreign file
+            raise InputError(f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it to start over") from None
+        self.model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+        for cb, cb_state in zip(self.callbacks, state.get("callbacks", []), strict=False):
+            cb.load_state_dict(cb_state)
+        return self.step
+
+    # -- loop --------------------------------------------------------------------------
+    def fit(self, train_data: Any, val_data: Any = None) -> TrainResult:
+        rank, world = self._maybe_init_distributed()
+        torch.manual_seed(self.seed)
+        dataset = batches_of(train_data)
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise InputError("training data is empty")
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=self.seed) if world > 1 else None
+        gen = torch.Generator().manual_seed(self.seed)
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=sampler is None,
+                            sampler=sampler, generator=gen, drop_last=False)
+        wrapped: nn.Module = self.model
+        if world > 1:
+            wrapped = nn.parallel.DistributedDataParallel(self.model)
+        params = self._params if self._params is not None else [p for p in self.model.parameters() if p.requires_grad]
+        opt = self._make_optimizer(params)
+        steps_per_epoch = len(loader)
+        self.total_steps = self.max_steps or steps_per_epoch * self.epochs
+        sched = self._make_schedule(opt)
+        resumed = self._maybe_resume(opt)
+        if resumed is not None and sched is not None:
+            for _ in range(self.step):
+                sched.step()
+        result = TrainResult(steps=self.step, epochs=self.epoch, resumed_from=resumed)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        show = self.progress and rank == 0
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                   TimeRemainingColumn())
+        with Progress(*columns, disable=not show, transient=True) as bar:
+            task = bar.add_task("train", total=self.total_steps, completed=self.step, loss="-")
+            self.model.train()
+            while self.step < self.total_steps:
+                if sampler is not None:
+                    sampler.set_epoch(self.epoch)
+                skip = self.step - self.epoch * steps_per_epoch  # batches already done in a resumed epoch
+                for i, batch in enumerate(loader):
+                    if i < skip:
+                        continue
+                    if self.step >= self.total_steps:
+                        break
+                    for cb in self.callbacks:
+                        cb.on_step_begin(self)
+                    loss = self.step_fn(wrapped, batch)
+                    if not torch.isfinite(loss):
+                        raise InputError(f"training loss became {loss.item()} at step {self.step}; lower the learning rate")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if sched is not None:
+                        sched.step()
+                    self.step += 1
+                    value = float(loss.detach())
+                    result.losses.append(value)
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, value)
+                    bar.update(task, advance=1, loss=f"{value:.4f}")
+                    if self.checkpoint_every and self.step % self.checkpoint_every == 0 and rank == 0:
+                        self.save_checkpoint(opt)
+                else:
+                    self.epoch += 1
+                    for cb in self.callbacks:
+                        cb.on_epoch_end(self)
+                    if self.eval_fn is not None and rank == 0:
+                        self.model.eval()
+                        result.evals.append(self.eval_fn(self.model))
+                        self.model.train()
+                    continue
+                break
+        self.model.eval()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        if rank == 0 and self.checkpoint_dir is not None:
+            self.save_checkpoint(opt)
+        result.steps, result.epochs = self.step, self.epoch
+        return result
+
+    def _make_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+        if self.lr_schedule == "constant":
+            return None
+        if self.lr_schedule == "cosine":
+            total = max(1, self.total_steps)
+            return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        raise InputError(f"unknown lr_schedule {self.lr_schedule!r}; use constant or cosine")
+
+
+@torch.no_grad()
+def accuracy_of(model: nn.Module, x: Any, y: Any, batch_size: int = 512) -> float:
+    """Top-1 accuracy (0..1) of a classifier on arrays ``x``, ``y``."""
+    model.eval()
+    xt, yt = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y))
+    if len(xt) == 0:
+        raise InputError("evaluation data is empty")
+    correct = 0
+    for i in range(0, len(xt), batch_size):
+        out = model(xt[i:i + batch_size])
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        correct += int((out.argmax(-1) == yt[i:i + batch_size]).sum())
+    return correct / len(xt)
