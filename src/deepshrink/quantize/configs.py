@@ -1,0 +1,206 @@
+"""Quantization configs: one class per scheme, named for what it does.
+
+``ds.quantize(model, Int8DynamicConfig())`` looks up the handler registered for the
+config's type (the torchao pattern). Every config is a frozen pydantic model that rejects
+unknown keys, validates its ranges (bits 2–8, sensible group sizes, observer names) with
+a message naming the field, and round-trips through JSON (``to_dict``/``from_dict``),
+including the nested configs of :class:`MixedPrecisionConfig` and :class:`AutoConfig`.
+
+Layer selection: ``include`` / ``exclude`` are shell-style patterns (``fnmatch``) matched
+against ONNX node names (or torch module names for torch-side schemes), and also against
+the name of the node's weight initializer, so ``*output.dense*`` works on both exporters.
+A pattern that matches no layer is an error at quantize time, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ..core.config import Config, format_validation_error
+from ..errors import InputError
+
+Observer = Literal["minmax", "moving_average", "percentile", "mse", "entropy"]
+Patterns = tuple[str, ...]
+
+
+class QuantConfig(Config):
+    """Base of every quantization config: which layers it applies to."""
+
+    include: Patterns = Field(default=(), description="patterns of layers to quantize (empty: all)")
+    exclude: Patterns = Field(default=(), description="patterns of layers to keep in float")
+
+    @classmethod
+    def build(cls, **data: Any) -> Any:
+        """Construct, turning a validation failure into one-line :class:`InputError` (CLI, recipes)."""
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise InputError(f"invalid {cls.__name__}: {format_validation_error(exc)}") from None
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns_nonempty(cls, v: Patterns) -> Patterns:
+        for p in v:
+            if not p.strip():
+                raise ValueError("empty layer pattern")
+        return v
+
+
+def _coerce_config(value: Any) -> Any:
+    if isinstance(value, dict):
+        cfg = Config.from_dict(value)
+        if not isinstance(cfg, QuantConfig):
+            raise ValueError(f"{type(cfg).__name__} is not a quantization config")
+        return cfg
+    return value
+
+
+# a nested config field: serialised with its "type" key, rebuilt from it
+NestedConfig = Annotated[QuantConfig, BeforeValidator(_coerce_config), PlainSerializer(lambda c: c.to_dict())]
+
+
+class Int8DynamicConfig(QuantConfig):
+    """int8 weights, activations quantized at run time (ORT ``MatMulInteger``/``DynamicQuantizeMatMul``).
+
+    ``fuse="auto"`` first applies ONNX Runtime's transformer fusions when the graph is a
+    BERT-like encoder (fused Attention is quantized too); ``smooth_alpha`` migrates
+    activation outliers into the weights (SmoothQuant), folded into the preceding
+    LayerNorm / bias so no extra node remains.
+    """
+
+    per_channel: bool = True
+    reduce_range: bool = False
+    fuse: Literal["auto", "none", "bert"] = "auto"
+    smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
+    op_types: Patterns = ("MatMul", "Gemm", "Attention")
+
+
+class Int8StaticConfig(QuantConfig):
+    """int8 weights and calibrated int8 activations, written as QDQ that ORT fuses into integer kernels."""
+
+    observer: Observer = "minmax"
+    percentile: float = Field(default=99.999, gt=50.0, le=100.0)
+    per_channel: bool = True
+    format: Literal["qdq", "qoperator"] = "qdq"
+    calibration_size: int = Field(default=128, ge=1, le=100_000)
+    symmetric_activations: bool = False
+    smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
+    bias_correction: bool = False
+    op_types: Patterns = ("Conv", "MatMul", "Gemm")
+
+
+class WeightOnlyConfig(QuantConfig):
+    """Group-wise low-bit weights, float activations (ORT ``MatMulNBits``); ``rtn`` or ``gptq``."""
+
+    bits: int = Field(default=4, ge=2, le=8)
+    group_size: int = Field(default=128, ge=2, le=65536)
+    method: Literal["rtn", "gptq"] = "rtn"
+    symmetric: bool = True
+    calibration_size: int = Field(default=128, ge=1, le=100_000)
+
+    @field_validator("group_size")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"group_size must be a power of two (16, 32, 64, 128...), got {v}")
+        return v
+
+
+class KMeansConfig(QuantConfig):
+    """Weight sharing: a k-means codebook of 2**bits floats + uint8 indices (ONNX ``Gather``)."""
+
+    bits: int = Field(default=4, ge=2, le=8)
+    per_channel: bool = False
+    min_elements: int = Field(default=256, ge=1, description="smaller weights stay float")
+    seed: int = 0
+
+
+class Log2Config(QuantConfig):
+    """Power-of-two weights: sign and exponent codebook + uint8 indices (ONNX ``Gather``)."""
+
+    bits: int = Field(default=4, ge=2, le=8)
+    min_elements: int = Field(default=256, ge=1, description="smaller weights stay float")
+
+
+class QATConfig(QuantConfig):
+    """Quantization-aware training: fake-quant weights/activations with a straight-through
+    estimator, fine-tuned with the shared trainer, then exported as int8 QDQ."""
+
+    weight_bits: int = Field(default=8, ge=2, le=8)
+    act_bits: int = Field(default=8, ge=2, le=8)
+    per_channel: bool = True
+    observer: Observer = "minmax"
+    learn_scales: bool = False
+    epochs: int = Field(default=3, ge=1, le=1000)
+    lr: float = Field(default=1e-4, gt=0.0, le=1.0)
+    batch_size: int = Field(default=64, ge=1)
+    seed: int = 0
+
+
+class MixedPrecisionConfig(QuantConfig):
+    """Per-layer choice: ``default`` for every selected layer, ``overrides`` = {pattern: config}.
+
+    Layers matched by ``exclude`` (or not by ``include`` when given) stay float; the first
+    override pattern that matches a layer wins.
+    """
+
+    default: NestedConfig = Field(default_factory=Int8DynamicConfig)
+    overrides: dict[str, NestedConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _no_nesting(self) -> MixedPrecisionConfig:
+        for c in (self.default, *self.overrides.values()):
+            if isinstance(c, (MixedPrecisionConfig, AutoConfig)):
+                raise ValueError(f"{type(c).__name__} cannot be nested inside MixedPrecisionConfig")
+        for p in self.overrides:
+            if not p.strip():
+                raise ValueError("empty override pattern")
+        return self
+
+
+class AutoConfig(QuantConfig):
+    """Quantize as much as possible while meeting a fidelity target on the user's data.
+
+    Measures per-layer sensitivity (fidelity when only that layer is quantized), then keeps
+    the most sensitive layers in float (and/or tries SmoothQuant alphas) until the mean
+    cosine against the float model reaches ``target_cos`` and the worst sample reaches
+    ``min_cos``. The result lists the layers kept and why.
+    """
+
+    target_cos: float = Field(default=0.997, gt=0.0, le=1.0)
+    min_cos: float = Field(default=0.99, gt=0.0, le=1.0)
+    base: NestedConfig = Field(default_factory=Int8DynamicConfig)
+    smooth_alphas: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8)
+    max_kept_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    calibration_size: int = Field(default=64, ge=2, le=100_000)
+
+    @field_validator("smooth_alphas")
+    @classmethod
+    def _alphas(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        for a in v:
+            if not 0.0 <= a <= 1.0:
+                raise ValueError(f"smooth alpha must be in [0, 1], got {a}")
+        return v
+
+    @model_validator(mode="after")
+    def _base_kind(self) -> AutoConfig:
+        if isinstance(self.base, (MixedPrecisionConfig, AutoConfig)):
+            raise ValueError(f"base must be a single scheme, not {type(self.base).__name__}")
+        return self
+
+
+ALL_CONFIGS: tuple[type[QuantConfig], ...] = (
+    Int8DynamicConfig, Int8StaticConfig, WeightOnlyConfig, KMeansConfig, Log2Config, QATConfig,
+    MixedPrecisionConfig, AutoConfig,
+)
+
+__all__ = [c.__name__ for c in ALL_CONFIGS] + ["QuantConfig", "Observer"]
