@@ -1,0 +1,52 @@
+"""PyTorch adapter: run a module on a dict of numpy arrays."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+
+def forward_arg_names(module: nn.Module) -> list[str]:
+    """Names of ``forward``'s positional parameters (what inputs are called)."""
+    target = module.forward if not isinstance(module, torch.fx.GraphModule) else module.forward
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return ["x"]
+    names = [p.name for p in sig.parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+    return names or ["x"]
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in flatten_outputs(v)]
+    if hasattr(out, "to_tuple"):  # HF ModelOutput
+        return [t for v in out.to_tuple() for t in flatten_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in flatten_outputs(v)]
+    return []
+
+
+@torch.no_grad()
+def run_torch(module: nn.Module, inputs: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
+    names = names or list(inputs)
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise InputError(f"input(s) {missing} missing; the data provides {sorted(inputs)}")
+    args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names]
+    module.eval()
+    try:
+        out = module(*args)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        shapes = {n: tuple(inputs[n].shape) for n in names}
+        raise InputError(f"the model failed on inputs {shapes}: {str(exc).splitlines()[0][:200]}") from None
+    return [t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy() for t in flatten_outputs(out)]

@@ -1,0 +1,181 @@
+"""PyTorch → ONNX through torch.onnx: ``dynamo`` (default) or ``torchscript`` exporter.
+
+Always writes one self-contained ``.onnx`` file (the dynamo exporter otherwise puts the
+weights in a side ``.onnx.data`` file), makes the batch axis — and every axis the input
+spec names symbolically, such as a sequence length — dynamic, records the exporter in
+the model's metadata, and carries a Hugging Face tokenizer along with the file.
+Falls back from dynamo to torchscript only when dynamo fails, and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import torch
+
+from ..backends.onnx import io_specs, save_onnx
+from ..core.fileio import check_output
+from ..core.handle import ModelHandle
+from ..errors import InputError, UnsupportedError
+
+log = logging.getLogger("deepshrink")
+Exporter = Literal["dynamo", "torchscript"]
+# torch's exporter uses these names internally; an output with such a name breaks the file.
+_RESERVED_OUTPUT_NAMES = {"embedding"}
+
+
+def _as_handle(model: Any, example_inputs: dict[str, np.ndarray] | None) -> ModelHandle:
+    from ..loading import load
+
+    handle = model if isinstance(model, ModelHandle) else load(model)
+    if example_inputs is not None:
+        handle.example_inputs = {k: np.asarray(v) for k, v in example_inputs.items()}
+        handle.inputs = [s.__class__(s.name, ("batch", *handle.example_inputs[s.name].shape[1:]),
+                                     str(handle.example_inputs[s.name].dtype)) if s.name in handle.example_inputs else s
+                         for s in handle.inputs]
+    if handle.kind != "torch":
+        raise InputError("export_onnx needs a PyTorch model")
+    if handle.example_inputs is None:
+        raise InputError("the model has no fixed input signature; pass --input-shape NAME:DIMS or --data")
+    return handle
+
+
+def _dynamic_axes(handle: ModelHandle) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    for spec in handle.inputs:
+        ex = handle.example_inputs[spec.name] if handle.example_inputs else None
+        rank = ex.ndim if ex is not None else len(spec.shape)
+        dims = {0: "batch"} if rank else {}
+        for i, d in enumerate(spec.shape):
+            if i > 0 and isinstance(d, str) and i < rank:
+                dims[i] = d
+        axes[spec.name] = dims
+    return axes
+
+
+def _output_names(handle: ModelHandle, output_names: list[str] | None) -> list[str]:
+    names = list(output_names or handle.output_names or ["output"])
+    return [f"{n}_out" if n in _RESERVED_OUTPUT_NAMES else n for n in names]
+
+
+def torch_export(handle: ModelHandle) -> torch.export.ExportedProgram:
+    """``torch.export`` with the same dynamic axes as the ONNX export."""
+    assert handle.example_inputs is not None
+    args = tuple(torch.from_numpy(np.ascontiguousarray(handle.example_inputs[n])) for n in handle.input_names)
+    dyn = _torch_dynamic_shapes(handle)
+    try:
+        return torch.export.export(handle.model, args, dynamic_shapes=dyn, strict=False)
+    except Exception as exc:
+        raise UnsupportedError(f"torch.export cannot capture this model: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _torch_dynamic_shapes(handle: ModelHandle) -> dict[str, dict[int, Any]]:
+    dims: dict[str, Any] = {}
+    out = {}
+    for name, axes in _dynamic_axes(handle).items():
+        out[name] = {i: dims.setdefault(sym, torch.export.Dim.AUTO) for i, sym in axes.items()}
+    return out
+
+
+def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
+                path: str | os.PathLike[str] | None = None, *, exporter: Exporter = "dynamo",
+                opset: int | None = None, output_names: list[str] | None = None, dynamic_batch: bool = True,
+                force: bool = False, fallback: bool = True) -> ModelHandle:
+    """Export a torch model (module or handle) to ``path`` and return the ONNX handle.
+
+    Without ``path`` the model is returned in memory only.
+    """
+    handle = _as_handle(model, example_inputs)
+    if exporter not in ("dynamo", "torchscript"):
+        raise InputError(f"unknown exporter {exporter!r}; use dynamo or torchscript")
+    out = check_output(path, inputs=(handle.path,), force=force) if path is not None else None
+    names = _output_names(handle, output_names)
+    proto, used, why = None, exporter, ""
+    if exporter == "dynamo":
+        try:
+            proto = _export_dynamo(handle, names, opset, dynamic_batch)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            if not fallback:
+                raise UnsupportedError(f"the dynamo exporter failed: {why}") from None
+            warnings.warn(f"dynamo exporter failed ({why}); falling back to the torchscript exporter", stacklevel=2)
+            used = "torchscript"
+    if proto is None:
+        try:
+            proto = _export_torchscript(handle, names, opset, dynamic_batch)
+        except Exception as exc:
+            msg = str(exc).splitlines()[0][:300]
+            raise UnsupportedError(f"the torchscript exporter failed: {msg}" + (f" (dynamo failed first: {why})" if why else "")) from None
+    meta = {"deepshrink.exporter": used, "deepshrink.source": str(handle.source or "")}
+    if why:
+        meta["deepshrink.exporter_fallback_reason"] = why
+    if handle.tokenizer_dir is not None and out is not None:
+        meta["deepshrink.tokenizer"] = out.name + ".tokenizer"
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **meta})
+    ins, outs = io_specs(proto)
+    result = ModelHandle(proto, "onnx", ins, outs, example_inputs=handle.example_inputs, source=str(out or handle.source),
+                         path=out, tokenizer_dir=handle.tokenizer_dir, metadata=meta)
+    if out is not None:
+        if handle.tokenizer_dir is not None:
+            tok_target = out.parent / (out.name + ".tokenizer")
+            copy_tokenizer(handle.tokenizer_dir, tok_target)
+            result.tokenizer_dir = tok_target
+        save_onnx(proto, out)
+    return result
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy only the tokenizer files of a Hugging Face folder (not the weights)."""
+    keep = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "merges.txt",
+            "vocab.json", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json", "config.json")
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in keep:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def _args(handle: ModelHandle) -> tuple[torch.Tensor, ...]:
+    assert handle.example_inputs is not None
+    return tuple(torch.from_numpy(np.ascontiguousarray(handle.example_inputs[n])) for n in handle.input_names)
+
+
+def _export_dynamo(handle: ModelHandle, names: list[str], opset: int | None, dynamic: bool) -> onnx.ModelProto:
+    dyn = _torch_dynamic_shapes(handle) if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _quiet_exporter_logs()
+        prog = torch.onnx.export(handle.model, _args(handle), None, input_names=handle.input_names,
+                                 output_names=names, opset_version=opset, dynamo=True, external_data=False,
+                                 dynamic_shapes=dyn, verbose=False)
+    assert prog is not None
+    return prog.model_proto
+
+
+def _export_torchscript(handle: ModelHandle, names: list[str], opset: int | None, dynamic: bool) -> onnx.ModelProto:
+    import io
+
+    buf = io.BytesIO()
+    axes = _dynamic_axes(handle) if dynamic else None
+    if axes is not None:
+        axes.update({n: {0: "batch"} for n in names})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(handle.model, _args(handle), buf, input_names=handle.input_names, output_names=names,
+                          opset_version=opset or 17, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _quiet_exporter_logs() -> None:
+    for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo", "torch.fx.experimental.symbolic_shapes"):
+        logging.getLogger(name).setLevel(logging.ERROR)

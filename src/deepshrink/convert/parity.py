@@ -1,0 +1,250 @@
+"""Parity: run two models on the same inputs, compare, and on a mismatch bisect to the
+first diverging layer/node.
+
+Bisection works by matching intermediate values rather than names, so it serves every
+pair of runtimes the same way (torch↔ONNX, ONNX↔ONNX): the reference's intermediates
+(torch leaf-module outputs via forward hooks, or every ONNX node output) are taken in
+execution order, and each one is looked for among the candidate's intermediates of the
+same shape. A value that exists in a healthy candidate always has a match, except where
+the candidate fused it away (a conv folded into its BatchNorm); such a gap is isolated,
+while a real divergence spreads downstream. The first unmatched reference value whose
+successor is unmatched too is the first diverging layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from ..backends.onnx import make_session, run_onnx
+from ..backends.torch import flatten_outputs, run_torch
+from ..core.handle import ModelHandle
+from ..errors import ParityError
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs: float
+    rel: float
+    cos_mean: float
+    cos_min: float
+    top1: float | None = None
+
+
+@dataclass
+class Divergence:
+    reference_layer: str
+    candidate_node: str | None
+    candidate_op: str | None
+    max_abs: float
+
+
+@dataclass
+class ParityReport:
+    ok: bool
+    atol: float
+    rtol: float
+    outputs: list[OutputDiff] = field(default_factory=list)
+    n_inputs: int = 0
+    divergence: Divergence | None = None
+    note: str = ""
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    @property
+    def rel(self) -> float:
+        return max((o.rel for o in self.outputs), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["max_abs"] = self.max_abs
+        d["rel"] = self.rel
+        return d
+
+    def summary(self) -> str:
+        head = "parity OK" if self.ok else "parity FAILED"
+        parts = [f"{head}: max-abs {self.max_abs:.3g}, rel {self.rel:.3g} (atol {self.atol:g}, rtol {self.rtol:g}) "
+                 f"over {self.n_inputs} samples"]
+        for o in self.outputs:
+            t = "" if o.top1 is None else f", top-1 agreement {o.top1:.4f}"
+            parts.append(f"  {o.name}: max-abs {o.max_abs:.3g}, cosine mean {o.cos_mean:.6f} / min {o.cos_min:.6f}{t}")
+        if self.divergence:
+            d = self.divergence
+            node = f" (candidate node {d.candidate_node!r}, op {d.candidate_op})" if d.candidate_node else ""
+            parts.append(f"  first diverging layer: {d.reference_layer!r}{node}, max-abs {d.max_abs:.3g}")
+        if self.note:
+            parts.append(f"  {self.note}")
+        return "\n".join(parts)
+
+
+def compare_outputs(ref: np.ndarray, out: np.ndarray, name: str = "output") -> OutputDiff:
+    """max-abs, relative error, per-sample cosine and top-1 agreement (classifier-shaped outputs)."""
+    ref64, out64 = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    if ref64.shape != out64.shape:
+        return OutputDiff(name, float("inf"), float("inf"), 0.0, 0.0, None)
+    diff = np.abs(ref64 - out64)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref64).max()) if ref64.size else 0.0
+    rel = max_abs / scale if scale > 0 else max_abs
+    a = ref64.reshape(len(ref64), -1) if ref64.ndim > 1 else ref64.reshape(1, -1)
+    b = out64.reshape(len(out64), -1) if out64.ndim > 1 else out64.reshape(1, -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = np.where((na > 0) & (nb > 0), (a * b).sum(1) / np.maximum(na * nb, 1e-30), (na == nb).astype(float))
+    top1 = None
+    if ref64.ndim == 2 and ref64.shape[1] > 1:
+        top1 = float((ref64.argmax(1) == out64.argmax(1)).mean())
+    return OutputDiff(name, max_abs, rel, float(cos.mean()), float(cos.min()), top1)
+
+
+def run_model(handle: ModelHandle, inputs: dict[str, np.ndarray], session: Any = None) -> list[np.ndarray]:
+    if handle.kind == "onnx":
+        return run_onnx(session or make_session(handle.model, threads=2), inputs)
+    return run_torch(handle.model, inputs, handle.input_names)
+
+
+def parity_inputs(ref: ModelHandle, data: Any = None, *, seed: int = 0, batches: tuple[int, ...] = (2, 3),
+                  max_samples: int = 64) -> list[dict[str, np.ndarray]]:
+    """Fresh random inputs at two batch sizes (exercising the dynamic batch axis) + the user's data."""
+    sets = [ref.sample_inputs(batch=b, seed=seed + i) for i, b in enumerate(batches)]
+    if data is not None:
+        from ..core.data import load_data
+
+        ds = load_data(data, ref)
+        sets.append({k: v[:max_samples] for k, v in ds.inputs.items()})
+    return sets
+
+
+def check_parity(ref: ModelHandle, cand: ModelHandle, *, inputs: list[dict[str, np.ndarray]] | None = None,
+                 data: Any = None, atol: float = 1e-4, rtol: float = 1e-4, bisect: bool = True,
+                 raise_on_fail: bool = False, seed: int = 0) -> ParityReport:
+    """Compare ``cand`` against ``ref`` on the same inputs; bisect on failure."""
+    input_sets = inputs or parity_inputs(ref, data, seed=seed)
+    ref_sess = make_session(ref.model) if ref.kind == "onnx" else None
+    cand_sess = make_session(cand.model) if cand.kind == "onnx" else None
+    per_out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    n = 0
+    for feed in input_sets:
+        r = run_model(ref, feed, ref_sess)
+        c = run_model(cand, feed, cand_sess)
+        if len(r) != len(c):
+            raise ParityError(f"the models disagree on the number of outputs: {len(r)} vs {len(c)}")
+        for i, (a, b) in enumerate(zip(r, c, strict=True)):
+            per_out.setdefault(i, []).append((a, b))
+        n += len(next(iter(feed.values())))
+    names = cand.output_names or ref.output_names
+    diffs = []
+    for i, pairs in per_out.items():
+        a = np.concatenate([p[0].reshape(len(p[0]), -1) if p[0].ndim else p[0].reshape(1, 1) for p in pairs])
+        b = np.concatenate([p[1].reshape(len(p[1]), -1) if p[1].ndim else p[1].reshape(1, 1) for p in pairs])
+        if pairs[0][0].ndim == 2:
+            a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+        diffs.append(compare_outputs(a, b, names[i] if i < len(names) else f"output_{i}"))
+    ok = all(d.max_abs <= atol + rtol * _scale(per_out[i]) for i, d in enumerate(diffs))
+    report = ParityReport(ok, atol, rtol, diffs, n)
+    if not ok and bisect:
+        try:
+            report.divergence = bisect_divergence(ref, cand, input_sets[0], atol=atol, rtol=rtol)
+            if report.divergence is None:
+                report.note = "no single diverging layer found: the error accumulates gradually"
+        except Exception as exc:  # bisection is a diagnosis aid; never hide the parity result
+            report.note = f"bisection could not run: {type(exc).__name__}: {str(exc)[:160]}"
+    if not ok and raise_on_fail:
+        raise ParityError(f"outputs differ: max-abs {report.max_abs:.3g} > tolerance", report)
+    return report
+
+
+def _scale(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    return max(float(np.abs(p[0]).max()) if p[0].size else 0.0 for p in pairs)
+
+
+# -- bisection ------------------------------------------------------------------------------
+
+Trace = list[tuple[str, str | None, np.ndarray]]  # (layer/value name, op, value) in execution order
+
+
+def trace_torch(module: torch.nn.Module, inputs: dict[str, np.ndarray], names: list[str]) -> Trace:
+    """Outputs of every leaf module, in execution order."""
+    trace: Trace = []
+    hooks = []
+    for name, mod in module.named_modules():
+        if name and not list(mod.children()):
+            def hook(_m: Any, _i: Any, out: Any, name: str = name, kind: str = type(mod).__name__) -> None:
+                tensors = flatten_outputs(out)
+                if tensors:
+                    trace.append((name, kind, tensors[0].detach().float().numpy().copy()))
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        run_torch(module, inputs, names)
+    finally:
+        for h in hooks:
+            h.remove()
+    return trace
+
+
+def trace_onnx(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> Trace:
+    """Every node output (float tensors with a known type), in graph order."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    types = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    order: list[tuple[str, str, str]] = []
+    for node in probe.graph.node:
+        for out in node.output:
+            vi = types.get(out)
+            if not out or vi is None or vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+                continue
+            order.append((out, node.name or out, node.op_type))
+            if out not in existing:
+                probe.graph.output.append(vi)
+                existing.add(out)
+    sess = make_session(probe, optimize=False)
+    values = dict(zip([o.name for o in sess.get_outputs()], run_onnx(sess, inputs), strict=True))
+    return [(f"{node}", op, values[v]) for v, node, op in order if v in values]
+
+
+def _trace(handle: ModelHandle, inputs: dict[str, np.ndarray]) -> Trace:
+    if handle.kind == "onnx":
+        return trace_onnx(handle.model, inputs)
+    return trace_torch(handle.model, inputs, handle.input_names)
+
+
+def bisect_divergence(ref: ModelHandle, cand: ModelHandle, inputs: dict[str, np.ndarray], *,
+                      atol: float = 1e-4, rtol: float = 1e-4) -> Divergence | None:
+    ref_trace = _trace(ref, inputs)
+    cand_trace = _trace(cand, inputs)
+    by_shape: dict[tuple[int, ...], list[tuple[str, str | None, np.ndarray]]] = {}
+    for item in cand_trace:
+        by_shape.setdefault(item[2].shape, []).append(item)
+
+    def best_match(value: np.ndarray) -> tuple[float, tuple[str, str | None] | None]:
+        best, who = float("inf"), None
+        for name, op, other in by_shape.get(value.shape, []):
+            err = float(np.abs(other.astype(np.float64) - value).max()) if value.size else 0.0
+            if err < best:
+                best, who = err, (name, op)
+        return best, who
+
+    matched = []
+    for name, _op, value in ref_trace:
+        err, who = best_match(value)
+        tol = atol + rtol * (float(np.abs(value).max()) if value.size else 0.0)
+        matched.append((name, err <= tol, err, who))
+    for i, (name, ok, err, who) in enumerate(matched):
+        if ok:
+            continue
+        if i + 1 < len(matched) and matched[i + 1][1]:
+            continue  # an isolated gap: the candidate fused this value away, the next one agrees
+        return Divergence(name, who[0] if who else None, who[1] if who else None,
+                          err if np.isfinite(err) else float("nan"))
+    return None

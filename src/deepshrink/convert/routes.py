@@ -1,0 +1,101 @@
+"""The route table: (source format, destination format) → converter function.
+
+A route is ``fn(src, dst, opts) -> (handle | None, parity | None)``: ``src`` is a
+:class:`ModelHandle` for torch/onnx sources and a ``Path`` otherwise; it writes ``dst``
+(and any side files beside it). It may return its own parity report (routes to runtimes
+deepshrink cannot run as a handle, e.g. TFLite); otherwise :func:`deepshrink.convert.convert`
+checks parity between the two handles itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+FORMATS_BY_SUFFIX = {
+    ".onnx": "onnx", ".pt2": "torch", ".safetensors": "torch", ".tflite": "tflite", ".xml": "openvino",
+    ".keras": "keras", ".h5": "keras",
+}
+
+
+@dataclass
+class ConvertOptions:
+    exporter: str = "dynamo"
+    opset: int | None = None
+    verify: bool = True
+    data: Any = None
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    force: bool = False
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # route-specific (e.g. int8 for TFLite)
+
+
+Route = Callable[[Any, Path, ConvertOptions], tuple[Any, Any]]
+_ROUTES: dict[tuple[str, str], Route] = {}
+_LAZY_ROUTE_MODULES = (  # modules that register more routes when imported (optional stacks)
+    "deepshrink.convert.onnx2torch", "deepshrink.convert.keras_onnx", "deepshrink.convert.tflite",
+    "deepshrink.convert.openvino_ir",
+)
+
+
+def register_route(src_format: str, dst_format: str) -> Callable[[Route], Route]:
+    def deco(fn: Route) -> Route:
+        _ROUTES[(src_format, dst_format)] = fn
+        return fn
+
+    return deco
+
+
+def routes() -> dict[tuple[str, str], Route]:
+    import importlib
+
+    for mod in _LAZY_ROUTE_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass  # a route module not present (or its optional stack missing at import time)
+    return dict(_ROUTES)
+
+
+def format_of_destination(path: Path) -> str:
+    fmt = FORMATS_BY_SUFFIX.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(FORMATS_BY_SUFFIX))
+        raise InputError(f"output {path}: cannot tell the target format from {path.suffix!r}; use one of {known}")
+    if fmt == "keras":
+        raise InputError(f"output {path}: Keras is a conversion source only; write .onnx, .pt2, .tflite or .xml")
+    return fmt
+
+
+def format_of_source(src: Any) -> str:
+    from ..core.handle import ModelHandle
+
+    if isinstance(src, ModelHandle):
+        return src.kind
+    if type(src).__name__ == "ModelProto":
+        return "onnx"
+    if hasattr(src, "state_dict") and hasattr(src, "forward"):
+        return "torch"
+    if hasattr(src, "save") and hasattr(src, "predict"):
+        return "keras"
+    p = Path(str(src))
+    if p.is_dir():
+        if (p / "saved_model.pb").is_file():
+            return "keras"
+        return "torch"  # a Hugging Face folder
+    suffix = p.suffix.lower()
+    if suffix in (".keras", ".h5"):
+        return "keras"
+    if suffix == ".tflite":
+        return "tflite"
+    if suffix == ".xml":
+        return "openvino"
+    if suffix == ".onnx":
+        return "onnx"
+    return "torch"

@@ -1,0 +1,171 @@
+"""Data sources: ``.npz`` files, text files (via the model's tokenizer) and built-ins.
+
+``load_data(spec, handle)`` returns a :class:`Dataset` whose arrays are named after the
+model's inputs and checked against its IO spec, so a mismatch is one clear error before
+any work starts. Specs:
+
+- ``path/to/file.npz`` — arrays named after the model inputs, optional ``labels``;
+- ``path/to/file.txt`` — one text per line, tokenized by the model's Hugging Face tokenizer;
+- ``digits`` / ``digits:train|val|test`` — scikit-learn's digits (validation split by default);
+- ``sentences`` / ``sentences:N`` — N sentences from the Python standard library's docstrings.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .handle import ModelHandle, TensorSpec
+
+LABEL_KEYS = ("labels", "label", "y")
+
+
+@dataclass
+class Dataset:
+    """Named input arrays (equal first dimension) and optional labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise InputError(f"data {self.source} holds no input arrays")
+        lengths = {k: len(v) for k, v in self.inputs.items()}
+        n = next(iter(lengths.values()))
+        if n == 0:
+            raise InputError(f"data {self.source} is empty (0 samples)")
+        if any(v != n for v in lengths.values()):
+            raise InputError(f"data {self.source}: arrays disagree on the number of samples: {lengths}")
+        if self.labels is not None and len(self.labels) != n:
+            raise InputError(f"data {self.source}: {len(self.labels)} labels for {n} samples")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def take(self, n: int) -> Dataset:
+        return Dataset({k: v[:n] for k, v in self.inputs.items()},
+                       None if self.labels is None else self.labels[:n], self.source)
+
+    def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(0, len(self), size):
+            yield {k: v[i:i + size] for k, v in self.inputs.items()}
+
+
+def load_data(spec: str | Path | Dataset | dict[str, np.ndarray], handle: ModelHandle | None = None,
+              *, max_length: int = 128) -> Dataset:
+    """Load ``spec`` (see module docstring) and check it against ``handle``'s inputs."""
+    if isinstance(spec, Dataset):
+        ds = spec
+    elif isinstance(spec, dict):
+        arrays = {k: np.asarray(v) for k, v in spec.items()}
+        labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
+        ds = Dataset(arrays, labels, "<dict>")
+    else:
+        text = str(spec)
+        name, _, arg = text.partition(":")
+        if name == "digits" and not Path(text).exists():
+            ds = _digits(arg or "val", handle)
+        elif name == "sentences" and not Path(text).exists():
+            from ..examples.text import stdlib_sentences
+
+            n = int(arg) if arg.isdigit() else 64
+            ds = tokenize(stdlib_sentences(n, offset=1000), handle, source=f"sentences:{n}", max_length=max_length)
+        else:
+            path = Path(text)
+            if not path.is_file():
+                raise InputError(f"data file {path} does not exist (or use a built-in: digits, sentences)")
+            if path.suffix == ".npz":
+                ds = _npz(path)
+            elif path.suffix in (".txt", ".text", ""):
+                lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+                ds = tokenize([ln for ln in lines if ln], handle, source=str(path), max_length=max_length)
+            else:
+                raise InputError(f"data file {path}: unknown format {path.suffix!r}; use .npz or a .txt of lines")
+    return conform(ds, handle) if handle is not None else ds
+
+
+def _npz(path: Path) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise InputError(f"data file {path} cannot be read as .npz ({type(exc).__name__}: {str(exc)[:100]})") from None
+    labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
+    return Dataset(arrays, labels, str(path))
+
+
+def _digits(split: str, handle: ModelHandle | None) -> Dataset:
+    from ..examples.digits import digits_data
+
+    d = digits_data()
+    if split not in ("train", "val", "test"):
+        raise InputError(f"built-in data 'digits:{split}': split must be train, val or test")
+    x, y = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
+    name = handle.inputs[0].name if handle is not None and handle.inputs else "x"
+    return Dataset({name: x}, y, f"digits:{split}")
+
+
+def tokenize(texts: list[str], handle: ModelHandle | None, *, source: str, max_length: int = 128) -> Dataset:
+    if not texts:
+        raise InputError(f"data {source} holds no text")
+    tok_dir = handle.tokenizer_dir if handle is not None else None
+    if tok_dir is None:
+        raise InputError(f"data {source} is text, but the model has no tokenizer; pass an .npz of input arrays")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    arrays = {k: np.asarray(v).astype(np.int64) for k, v in enc.items()}
+    if handle is not None:
+        arrays = {k: v for k, v in arrays.items() if k in handle.input_names}
+    return Dataset(arrays, None, source)
+
+
+def conform(ds: Dataset, handle: ModelHandle) -> Dataset:
+    """Rename/cast/check arrays against the model's inputs; one clear error on mismatch."""
+    arrays = dict(ds.inputs)
+    specs = handle.inputs
+    if len(specs) == 1 and specs[0].name not in arrays and len(arrays) == 1:
+        arrays = {specs[0].name: next(iter(arrays.values()))}  # a lone unnamed array feeds a lone input
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise InputError(f"data {ds.source} does not match the model: input(s) {missing} missing; "
+                         f"the data has {sorted(arrays)}, the model wants {[s.describe() for s in specs]}")
+    out = {}
+    for s in specs:
+        out[s.name] = _check_array(arrays[s.name], s, ds.source)
+    return Dataset(out, ds.labels, ds.source)
+
+
+def _check_array(a: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"data {source}: array {spec.name!r} has dtype {a.dtype}, not numeric")
+    want_rank = len(spec.shape)
+    if want_rank and a.ndim != want_rank:
+        # a flat MLP input given images (or the reverse) is a common, harmless mismatch
+        fixed = [d for d in spec.shape[1:] if isinstance(d, int)]
+        if len(fixed) == want_rank - 1 and int(np.prod(fixed)) == int(np.prod(a.shape[1:])):
+            a = a.reshape(len(a), *fixed)
+        else:
+            raise InputError(f"data {source}: array {spec.name!r} has shape {list(a.shape)}, "
+                             f"the model wants {spec.describe()}")
+    for i, (have, want) in enumerate(zip(a.shape, spec.shape, strict=False)):
+        if i > 0 and isinstance(want, int) and want > 0 and have != want:
+            raise InputError(f"data {source}: array {spec.name!r} has shape {list(a.shape)}, "
+                             f"the model wants {spec.describe()}")
+    a = a.astype(spec.np_dtype, copy=False)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise InputError(f"data {source}: array {spec.name!r} contains NaN or infinity")
+    return a
+
+
+def as_arrays(data: Any) -> dict[str, np.ndarray]:
+    """Accept a Dataset or a dict and return the input arrays."""
+    return data.inputs if isinstance(data, Dataset) else dict(data)

@@ -1,0 +1,386 @@
+"""``ds.load``: one entry point for every model source, returning a :class:`ModelHandle`.
+
+Sources: an ``nn.Module``/``onnx.ModelProto`` in memory; ``.onnx`` files (with external
+data kept inside the model's folder); ``torch.export`` archives (``.pt2``, refused when
+they hold pickled objects unless ``trust_remote_code``); ``package.module:factory`` plus
+``--weights`` (``.safetensors`` or a state-dict ``.pt`` read with ``weights_only=True``);
+local Hugging Face folders (offline, remote code off); pickled whole models only with
+``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import re
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backends.onnx import io_specs, load_onnx
+from .backends.torch import forward_arg_names, run_torch
+from .core.handle import ModelHandle, TensorSpec
+from .errors import InputError, UnsupportedError
+
+META_TOKENIZER = "deepshrink.tokenizer"
+
+
+def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["x:1x3x224x224", "mask:1x128"]`` → ``{"x": (1, 3, 224, 224), ...}``; a bare shape is keyed ``""``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition(":")
+        if not sep:
+            name, dims = "", item
+        try:
+            shape = tuple(int(d) for d in re.split(r"[x,]", dims.strip()) if d)
+        except ValueError:
+            shape = ()
+        if not shape or any(d <= 0 for d in shape):
+            raise InputError(f"--input-shape {item!r}: expected NAME:DIMS such as x:1x3x224x224")
+        shapes[name] = shape
+    return shapes
+
+
+def load(src: Any, *, weights: str | os.PathLike[str] | None = None, input_shapes: list[str] | dict[str, tuple[int, ...]] | None = None,
+         data: Any = None, trust_remote_code: bool = False) -> ModelHandle:
+    """Load a model from any supported source (see module docstring)."""
+    shapes = input_shapes if isinstance(input_shapes, dict) else parse_input_shapes(input_shapes)
+    if isinstance(src, ModelHandle):
+        handle = src
+    elif isinstance(src, nn.Module):
+        handle = _torch_handle(src, source=type(src).__name__)
+    elif _is_onnx_proto(src):
+        ins, outs = io_specs(src)
+        handle = ModelHandle(src, "onnx", ins, outs, source="<onnx model>")
+    else:
+        handle = _load_path_or_factory(str(src), weights, trust_remote_code)
+    if weights is not None and handle.kind == "onnx":
+        raise InputError("--weights applies to a module:factory source, not to an ONNX file")
+    if handle.kind == "torch":
+        _apply_example_inputs(handle, shapes, data)
+    elif shapes:
+        _check_onnx_shapes(handle, shapes)
+    return handle
+
+
+def _is_onnx_proto(obj: Any) -> bool:
+    return type(obj).__name__ == "ModelProto" and hasattr(obj, "graph")
+
+
+def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
+    path = Path(src)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return load_hf_folder(path, trust_remote_code=trust)
+        if (path / "saved_model.pb").is_file():
+            raise UnsupportedError(f"{path} is a TensorFlow SavedModel; convert it with `deepshrink convert {path} model.onnx`")
+        raise InputError(f"{path} is a folder but not a Hugging Face model (no config.json)")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        model = load_onnx(path)
+        ins, outs = io_specs(model)
+        handle = ModelHandle(model, "onnx", ins, outs, source=str(path), path=path)
+        meta = {p.key: p.value for p in model.metadata_props}
+        handle.metadata = meta
+        tok = meta.get(META_TOKENIZER)
+        if tok and (path.parent / tok).is_dir():
+            handle.tokenizer_dir = path.parent / tok
+        return handle
+    if suffix == ".pt2":
+        return _load_pt2(path, trust)
+    if suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt"):
+        if not path.is_file():
+            raise InputError(f"model file {path} does not exist")
+        if suffix == ".safetensors" or not trust:
+            raise InputError(f"{path} holds weights only; pass the architecture as package.module:factory "
+                             f"with --weights {path}" + ("" if suffix == ".safetensors" else
+                                                         " (or --trust-remote-code to unpickle a whole model)"))
+        obj = torch.load(path, weights_only=False, map_location="cpu")  # user opted in
+        if not isinstance(obj, nn.Module):
+            raise InputError(f"{path} does not hold a whole nn.Module (found {type(obj).__name__}); use module:factory --weights")
+        return _torch_handle(obj, source=str(path))
+    if suffix in (".keras", ".h5", ".tflite", ".xml"):
+        raise UnsupportedError(f"{path}: {suffix} models are a conversion source/target; use `deepshrink convert`")
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", src) and not path.exists():
+        return _load_factory(src, weights)
+    if not path.exists():
+        raise InputError(f"model {src} not found (expected a file, a Hugging Face folder or package.module:factory)")
+    raise InputError(f"{path}: unknown model format {suffix!r}; use .onnx, .pt2, a Hugging Face folder or module:factory")
+
+
+def _load_factory(spec: str, weights: Any) -> ModelHandle:
+    mod_name, fn_name = spec.split(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise InputError(f"cannot import {mod_name!r} for factory {spec}: {exc}") from None
+    fn = getattr(module, fn_name, None)
+    if fn is None or not callable(fn):
+        raise InputError(f"{mod_name} has no callable {fn_name!r}")
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise InputError(f"factory {spec} returned {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        load_weights(model, weights)
+    return _torch_handle(model.eval(), source=spec)
+
+
+def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
+    """Load a ``.safetensors`` or state-dict ``.pt`` into ``model``; names/shapes must match."""
+    path = Path(weights)
+    if not path.is_file():
+        raise InputError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+    except Exception as exc:
+        raise InputError(f"weights file {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict):
+        raise InputError(f"weights file {path} does not hold a state dict")
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+            raise InputError(f"weights file {path}: tensor {k!r} contains NaN or infinity")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise InputError(f"weights file {path} does not fit the model: {' '.join(lines[1:3])[:300]}") from None
+
+
+def _load_pt2(path: Path, trust: bool) -> ModelHandle:
+    if not path.is_file():
+        raise InputError(f"model file {path} does not exist")
+    if not trust:
+        _check_pt2_safe(path)
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable torch.export archive ({type(exc).__name__}: {str(exc)[:160]})") from None
+    module = ep.module()
+    names = list(ep.graph_signature.user_inputs)
+    ins = []
+    example: dict[str, np.ndarray] = {}
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    for name in names:
+        val = placeholders[name].meta.get("val")
+        if val is None:
+            continue
+        shape = tuple(int(d) if isinstance(d, int) else f"d{i}" for i, d in enumerate(val.shape))
+        dtype = str(val.dtype).replace("torch.", "")
+        ins.append(TensorSpec(name, shape, dtype))
+    handle = ModelHandle(module, "torch", ins, [], source=str(path), path=path)
+    handle.metadata["input_names"] = ",".join(names)
+    if all(isinstance(d, int) for s in ins for d in s.shape):
+        example = {s.name: np.zeros(s.shape, s.np_dtype) for s in ins}
+        handle.example_inputs = example
+    _set_output_specs(handle)
+    return handle
+
+
+def _check_pt2_safe(path: Path) -> None:
+    """Refuse archives whose loading would unpickle objects (weights or constants)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            for n in names:
+                base = n.rsplit("/", 1)[-1]
+                if n.endswith("_config.json") and ("/weights/" in n or "/constants/" in n):
+                    cfg = json.loads(z.read(n))
+                    for fqn, meta in cfg.get("config", {}).items():
+                        p = meta.get("path_name", "")
+                        if meta.get("use_pickle") or p.startswith(("custom_obj", "opaque_obj")):
+                            raise InputError(f"{path}: entry {fqn!r} is stored as a pickle; loading it could run code. "
+                                             "Pass --trust-remote-code if you trust this file")
+                elif ("/weights/" in n or "/constants/" in n) and base.endswith(".pt"):
+                    raise InputError(f"{path}: legacy pickled weights ({n}); pass --trust-remote-code if you trust this file")
+                elif "/sample_inputs/" in n and base.endswith(".pt"):
+                    try:
+                        torch.load(io.BytesIO(z.read(n)), weights_only=True)
+                    except Exception:
+                        raise InputError(f"{path}: sample inputs are pickled objects; pass --trust-remote-code "
+                                         "if you trust this file") from None
+    except zipfile.BadZipFile:
+        raise InputError(f"{path} is not a torch.export archive (not a zip file, or truncated)") from None
+
+
+def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandle:
+    """A local Hugging Face model folder → torch handle with its tokenizer attached.
+
+    A sentence-transformers folder (``modules.json`` with a Pooling module) becomes a
+    mean-pooled sentence encoder; otherwise the base model's first output is used.
+    """
+    try:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+    except ImportError:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("transformers", "examples", "loading a Hugging Face folder") from None
+    from .examples.minilm import SentenceEncoder
+
+    try:
+        AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code,
+                                          attn_implementation="eager")
+    except Exception as exc:
+        raise InputError(f"{path}: cannot load the Hugging Face model offline ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]})") from None
+    modules_json = path / "modules.json"
+    is_st = modules_json.is_file() and "Pooling" in modules_json.read_text()
+    normalize = is_st and "Normalize" in modules_json.read_text()
+    wrapped: nn.Module = SentenceEncoder(model, normalize=normalize) if is_st else _FirstOutput(model)
+    wrapped.eval()
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    enc = tok(["deepshrink measures what it ships.", "A second, somewhat longer example sentence for shapes."],
+              padding=True, return_tensors="np")
+    names = ["input_ids", "attention_mask"]
+    example = {n: np.asarray(enc[n]).astype(np.int64) for n in names}
+    ins = [TensorSpec(n, ("batch", "sequence"), "int64") for n in names]
+    handle = ModelHandle(wrapped, "torch", ins, [], example_inputs=example, source=str(path), path=path,
+                         tokenizer_dir=path)
+    handle.metadata["input_names"] = ",".join(names)
+    _set_output_specs(handle, "sentence_embedding" if is_st else "last_hidden_state")
+    return handle
+
+
+class _FirstOutput(nn.Module):
+    """Expose a Hugging Face model as ``(input_ids, attention_mask) -> last_hidden_state``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _torch_handle(model: nn.Module, source: str) -> ModelHandle:
+    model.eval()
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise InputError(f"model {source}: tensor {name!r} contains NaN or infinity")
+    names = forward_arg_names(model)
+    ins = [TensorSpec(n, ("batch",), "float32") for n in names]
+    handle = ModelHandle(model, "torch", ins, [], source=source)
+    handle.metadata["input_names"] = ",".join(names)
+    return handle
+
+
+def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]], data: Any) -> None:
+    """Fill a torch handle's input spec from --input-shape or --data (batch axis dynamic)."""
+    names = handle.input_names
+    if shapes:
+        if "" in shapes:
+            if len(names) != 1 and len(shapes) == 1:
+                raise InputError(f"the model has inputs {names}; name each: --input-shape NAME:DIMS")
+            shapes = {names[0] if k == "" else k: v for k, v in shapes.items()}
+        unknown = [k for k in shapes if k not in names]
+        if unknown:
+            raise InputError(f"--input-shape names {unknown}, but the model's inputs are {names}")
+        missing = [n for n in names if n not in shapes]
+        if missing and handle.example_inputs is None:
+            raise InputError(f"--input-shape is missing input(s) {missing}")
+        example = dict(handle.example_inputs or {})
+        rng = np.random.default_rng(0)
+        for n, shp in shapes.items():
+            example[n] = rng.standard_normal(shp).astype(np.float32)
+        handle.example_inputs = example
+        handle.inputs = [TensorSpec(n, ("batch", *example[n].shape[1:]), str(example[n].dtype)) for n in names]
+    elif data is not None:
+        from .core.data import load_data
+
+        provisional = ModelHandle(handle.model, "torch", handle.inputs, tokenizer_dir=handle.tokenizer_dir)
+        ds = load_data(data, None if handle.tokenizer_dir is None and not isinstance(data, str) else _loose(provisional))
+        missing = [n for n in names if n not in ds.inputs]
+        if missing and len(names) == 1 and len(ds.inputs) == 1:
+            ds.inputs = {names[0]: next(iter(ds.inputs.values()))}
+        elif missing:
+            raise InputError(f"data {ds.source} does not match the model: input(s) {missing} missing; the data has {sorted(ds.inputs)}")
+        example = {n: ds.inputs[n][:2] for n in names}
+        handle.example_inputs = example
+        handle.inputs = [TensorSpec(n, ("batch", *example[n].shape[1:]), str(example[n].dtype)) for n in names]
+    if handle.example_inputs is not None:
+        _set_output_specs(handle)
+
+
+def _loose(handle: ModelHandle) -> ModelHandle:
+    """A handle whose input spec does not constrain shapes (used before shapes are known)."""
+    return ModelHandle(handle.model, handle.kind, [TensorSpec(s.name, (), s.dtype) for s in handle.inputs],
+                       tokenizer_dir=handle.tokenizer_dir)
+
+
+def _set_output_specs(handle: ModelHandle, first_name: str | None = None) -> None:
+    if handle.example_inputs is None:
+        return
+    outs = run_torch(handle.model, handle.example_inputs, handle.input_names)
+    names = [first_name or "output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
+    handle.outputs = [TensorSpec(n, ("batch", *o.shape[1:]), str(o.dtype)) for n, o in zip(names, outs, strict=True)]
+
+
+def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int, ...]]) -> None:
+    names = handle.input_names
+    if "" in shapes and len(names) == 1:
+        shapes = {names[0]: shapes[""]}
+    for n, shp in shapes.items():
+        spec = next((s for s in handle.inputs if s.name == n), None)
+        if spec is None:
+            raise InputError(f"--input-shape names {n!r}, but the model's inputs are {names}")
+        if len(spec.shape) != len(shp) or any(isinstance(d, int) and d != v for d, v in zip(spec.shape, shp, strict=False)):
+            raise InputError(f"--input-shape {n}:{'x'.join(map(str, shp))} does not fit the model's {spec.describe()}")
+    rng = np.random.default_rng(0)
+    handle.example_inputs = {
+        s.name: (rng.standard_normal(shapes[s.name]).astype(s.np_dtype) if s.name in shapes
+                 else np.zeros(s.concrete(), s.np_dtype)) for s in handle.inputs}
+
+
+def save(handle: ModelHandle | nn.Module, path: str | os.PathLike[str], *, force: bool = False,
+         source_path: str | os.PathLike[str] | None = None, **export_options: Any) -> ModelHandle:
+    """Write a model; the format follows the extension (``.onnx``, ``.pt2``, ``.safetensors``)."""
+    from .core.fileio import atomic_path, check_output
+
+    if isinstance(handle, nn.Module):
+        handle = load(handle)
+    out = check_output(path, inputs=(source_path or handle.path,), force=force)
+    suffix = out.suffix.lower()
+    if suffix == ".onnx":
+        if handle.kind == "onnx":
+            from .backends.onnx import save_onnx
+
+            save_onnx(handle.model, out)
+            return load(out)
+        from .convert.export import export_onnx
+
+        return export_onnx(handle, out, force=True, **export_options)
+    if handle.kind != "torch":
+        raise UnsupportedError(f"cannot write an ONNX model as {suffix}; convert it to PyTorch first")
+    if suffix == ".pt2":
+        from .convert.export import torch_export
+
+        ep = torch_export(handle)
+        with atomic_path(out) as tmp:
+            torch.export.save(ep, str(tmp.with_suffix(".pt2")))
+            tmp.with_suffix(".pt2").replace(tmp)
+        return load(out)
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in handle.model.state_dict().items()}
+        with atomic_path(out) as tmp:
+            save_file(state, str(tmp))
+        return handle
+    raise InputError(f"output {out}: unknown format {suffix!r}; use .onnx, .pt2 or .safetensors")
