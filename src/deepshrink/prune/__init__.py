@@ -1,0 +1,236 @@
+"""Pruning: ``prune(model, config, *, data=None, **options)``.
+
+One verb, one config per method (the torchao pattern): :class:`MagnitudePruneConfig`
+(threshold / target sparsity, per layer or global), :class:`GradualPruneConfig` (Zhu &
+Gupta cubic schedule while fine-tuning), :class:`NMPruneConfig` (2:4), and
+:class:`StructuredPruneConfig` (channels / neurons / heads removed through a dependency
+graph, so the network is physically smaller). ``model`` is an ``nn.Module`` (pruned in
+place and returned) or a torch :class:`~deepshrink.core.handle.ModelHandle` (a handle on
+the pruned module is returned). Fine-tuning goes through the shared trainer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.config import handler_for, register
+from ..core.handle import ModelHandle
+from ..errors import InputError, UnsupportedError
+from ._common import (
+    as_train_data,
+    check_finite,
+    count_params,
+    first_inputs,
+    protected_names,
+    sparsity_of,
+    weighted_layers,
+)
+from .config import (
+    GradualPruneConfig,
+    MagnitudePruneConfig,
+    NMPruneConfig,
+    PruneConfig,
+    StructuredPruneConfig,
+)
+
+__all__ = ["GradualPruneConfig", "MagnitudePruneConfig", "NMPruneConfig", "PruneConfig", "PruneReport",
+           "StructuredPruneConfig", "prune", "prune_with_report"]
+
+
+@dataclass
+class PruneReport:
+    """What a prune did: parameters and zero-weight fraction before/after, the groups
+    removed (structured), warnings about what was left alone, the sparsity schedule."""
+
+    method: str
+    params_before: int
+    params_after: int
+    sparsity_before: float
+    sparsity_after: float
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    finetune_epochs: int = 0
+    schedule: list[tuple[int, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prune(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None, **options: Any
+          ) -> nn.Module | ModelHandle:
+    """Prune ``model`` per ``config``; see :func:`prune_with_report` for the options."""
+    return prune_with_report(model, config, data=data, **options)[0]
+
+
+def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None,
+                      example_inputs: tuple[torch.Tensor, ...] | dict[str, np.ndarray] | None = None,
+                      batch_size: int = 64, seed: int = 0, progress: bool = True
+                      ) -> tuple[nn.Module | ModelHandle, PruneReport]:
+    """Prune and report. ``data``: ``(x..., y)`` arrays or a deepshrink ``Dataset`` with labels
+    (needed for fine-tuning, gradual pruning and Taylor importance). ``example_inputs``: for
+    the structured graph capture (defaults to the handle's examples or the data)."""
+    handle = model if isinstance(model, ModelHandle) else None
+    if handle is not None:
+        if handle.kind != "torch":
+            raise UnsupportedError(f"pruning needs a PyTorch model; {handle.source or 'this model'} is {handle.kind}")
+        module = handle.model
+        if example_inputs is None and handle.example_inputs is not None:
+            example_inputs = {k: handle.example_inputs[k] for k in handle.input_names}
+    else:
+        module = model
+    if not isinstance(module, nn.Module):
+        raise InputError(f"cannot prune a {type(module).__name__}; pass a torch.nn.Module or a torch model handle")
+    if isinstance(example_inputs, dict):
+        example_inputs = tuple(torch.as_tensor(np.asarray(v)) for v in example_inputs.values())
+    check_finite(module)
+    data_inputs = first_inputs(data)
+    if data_inputs is not None:
+        _check_data_fits(module, data_inputs, getattr(data, "source", "the data"))
+    opts = {"data": data, "example_inputs": data_inputs or example_inputs, "batch_size": batch_size,
+            "seed": seed, "progress": progress}
+    pruned, report = handler_for(config)(module, config, **opts)
+    if handle is not None:
+        return handle.with_model(pruned), report
+    return pruned, report
+
+
+def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source: str) -> None:
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure here means data and model disagree
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
+        raise InputError(f"data {source} (inputs {shapes}) does not fit the model: "
+                         f"{str(exc).strip().splitlines()[0][:200]}") from None
+    finally:
+        module.train(was)
+
+
+def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_size: int, seed: int, progress: bool,
+              callbacks: list[Any] | None = None, what: str) -> None:
+    from ..train import Trainer
+
+    train = as_train_data(data, what=what)
+    labels = np.asarray(train[-1])
+    if labels.dtype.kind not in "iu":
+        raise InputError(f"{what}: labels must be integer class ids (got {labels.dtype})")
+    try:
+        Trainer(module, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
+                callbacks=callbacks or []).fit(train)
+    except (RuntimeError, IndexError) as exc:
+        raise InputError(f"{what} failed on the data: {str(exc).strip().splitlines()[0][:200]}") from None
+
+
+def _report(method: str, before: int, sp_before: float, module: nn.Module, **kw: Any) -> PruneReport:
+    return PruneReport(method, before, count_params(module), sp_before, sparsity_of(module), **kw)
+
+
+@register(MagnitudePruneConfig)
+def _magnitude(module: nn.Module, config: MagnitudePruneConfig, *, data: Any, batch_size: int, seed: int,
+               progress: bool, **_: Any) -> tuple[nn.Module, PruneReport]:
+    from .unstructured import apply_masks, magnitude_masks, remove_masks
+
+    before, sp0 = count_params(module), sparsity_of(module)
+    layers = weighted_layers(module, config.protect)
+    if config.finetune_epochs:
+        as_train_data(data, what="fine-tuning")  # fail before any change
+    apply_masks(layers, magnitude_masks(layers, sparsity=config.sparsity, threshold=config.threshold,
+                                        scope=config.scope))
+    if config.finetune_epochs:
+        _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
+                  progress=progress, what="fine-tuning")
+    remove_masks(module)
+    return module, _report("magnitude", before, sp0, module, finetune_epochs=config.finetune_epochs)
+
+
+@register(NMPruneConfig)
+def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int, seed: int, progress: bool,
+        **_: Any) -> tuple[nn.Module, PruneReport]:
+    from .unstructured import apply_masks, nm_masks, remove_masks
+
+    before, sp0 = count_params(module), sparsity_of(module)
+    layers = weighted_layers(module, config.protect)
+    if config.finetune_epochs:
+        as_train_data(data, what="fine-tuning")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        masks = nm_masks(layers, config.n, config.m)
+    if not masks:
+        raise InputError(f"no layer has an input size divisible by {config.m}; N:M pruning changed nothing")
+    apply_masks(layers, masks)
+    if config.finetune_epochs:
+        _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
+                  progress=progress, what="fine-tuning")
+    remove_masks(module)
+    msgs = [str(w.message) for w in caught]
+    for m in msgs:
+        warnings.warn(m, stacklevel=2)
+    return module, _report(f"nm {config.n}:{config.m}", before, sp0, module, warnings=msgs,
+                           finetune_epochs=config.finetune_epochs)
+
+
+@register(GradualPruneConfig)
+def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_size: int, seed: int,
+             progress: bool, **_: Any) -> tuple[nn.Module, PruneReport]:
+    from .unstructured import GradualPruneCallback, remove_masks
+
+    before, sp0 = count_params(module), sparsity_of(module)
+    layers = weighted_layers(module, config.protect)
+    as_train_data(data, what="gradual pruning")
+    cb = GradualPruneCallback(layers, initial=config.initial_sparsity, final=config.final_sparsity,
+                              begin=config.begin, end=config.end, frequency=config.frequency, scope=config.scope)
+    _finetune(module, data, config.epochs, config.lr, batch_size=batch_size, seed=seed, progress=progress,
+              callbacks=[cb], what="gradual pruning")
+    remove_masks(module)
+    return module, _report("gradual", before, sp0, module, finetune_epochs=config.epochs, schedule=cb.history)
+
+
+@register(StructuredPruneConfig)
+def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, example_inputs: Any,
+                batch_size: int, seed: int, progress: bool, **_: Any) -> tuple[nn.Module, PruneReport]:
+    from .structured import structured_prune
+
+    before, sp0 = count_params(module), sparsity_of(module)
+    protected = protected_names(module, config.protect)
+    if config.finetune_epochs:
+        as_train_data(data, what="fine-tuning")
+    taylor_batches = None
+    if config.importance == "taylor":
+        train = as_train_data(data, what="Taylor importance")
+        n = min(len(train[0]), 256)
+        taylor_batches = [tuple(torch.as_tensor(np.asarray(a)[i:i + batch_size]) for a in train)
+                          for i in range(0, n, batch_size)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = structured_prune(module, config, example_inputs, protected=protected,
+                                 taylor_batches=taylor_batches, loss_fn=_ce_loss)
+    msgs = [str(w.message) for w in caught]
+    for m in msgs:
+        warnings.warn(m, stacklevel=2)
+    pruned = [g for g in graph.groups if g.keep is not None]
+    if not pruned:
+        raise InputError("structured pruning found no prunable channel group"
+                         + (f" ({'; '.join(msgs[:3])})" if msgs else ""))
+    if config.finetune_epochs:
+        _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
+                  progress=progress, what="fine-tuning")
+    groups = [{"name": g.name, "kind": g.kind, "size": g.size, "kept": int(len(g.keep)),
+               "members": sorted({m.module for m in g.members})} for g in pruned]  # type: ignore[arg-type]
+    return module, _report("structured", before, sp0, module, groups=groups, warnings=msgs,
+                           finetune_epochs=config.finetune_epochs)
+
+
+def _ce_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    *inputs, labels = batch
+    out = model(*inputs)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return nn.functional.cross_entropy(out, labels)

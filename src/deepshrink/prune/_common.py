@@ -1,0 +1,93 @@
+"""Helpers shared by the pruning methods: which layers are prunable, protect patterns,
+weight sanity checks and the fine-tune data adapter."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def check_finite(model: nn.Module) -> None:
+    """Refuse NaN/Inf weights: magnitude ranking and importance scores are meaningless then."""
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise InputError(f"parameter {name!r} holds NaN or Inf values; pruning needs finite weights")
+
+
+def protected_names(model: nn.Module, patterns: Iterable[str]) -> set[str]:
+    """Module names matched by the fnmatch ``patterns`` (a match also covers the children).
+
+    A pattern that matches no module is an error: it is almost always a typo, and silently
+    pruning the layer the user meant to keep would be worse.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    out: set[str] = set()
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise InputError(f"protect pattern {pat!r} matches no module; module names look like: {sample}")
+        for h in hits:
+            out.update(n for n in names if n == h or n.startswith(h + "."))
+    return out
+
+
+def weighted_layers(model: nn.Module, protect: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """Linear/Conv layers that unstructured pruning touches, minus the protected ones."""
+    skip = protected_names(model, protect)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, WEIGHTED) and n not in skip}
+    if not layers:
+        raise InputError("the model has no Linear/Conv layer left to prune")
+    return layers
+
+
+def as_train_data(data: Any, *, what: str) -> tuple[Any, ...]:
+    """Turn ``(x, y)`` arrays or a deepshrink ``Dataset`` (with labels) into trainer data."""
+    if data is None:
+        raise InputError(f"{what} needs labelled data (--data, e.g. an .npz with a 'labels' array)")
+    if isinstance(data, (tuple, list)):
+        return tuple(data)
+    inputs = getattr(data, "inputs", None)
+    labels = getattr(data, "labels", None)
+    if inputs is None:
+        raise InputError(f"{what}: cannot use data of type {type(data).__name__}")
+    if labels is None:
+        raise InputError(f"{what} needs labels in the data ({getattr(data, 'source', 'data')} has none)")
+    return (*[np.asarray(v) for v in inputs.values()], np.asarray(labels))
+
+
+def first_inputs(data: Any, n: int = 8) -> tuple[torch.Tensor, ...] | None:
+    """The first ``n`` samples of ``data`` as model inputs (labels dropped)."""
+    if data is None:
+        return None
+    if isinstance(data, (tuple, list)):
+        xs = data[:-1] if len(data) > 1 else data
+        return tuple(torch.as_tensor(np.asarray(x)[:n]) for x in xs)
+    inputs = getattr(data, "inputs", None)
+    if inputs is None:
+        return None
+    return tuple(torch.as_tensor(np.asarray(v)[:n]) for v in inputs.values())
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def sparsity_of(model: nn.Module) -> float:
+    """Fraction of exactly-zero weights over all Linear/Conv weights."""
+    total = zeros = 0
+    for m in model.modules():
+        if isinstance(m, WEIGHTED):
+            w = m.weight.detach()
+            total += w.numel()
+            zeros += int((w == 0).sum())
+    return zeros / max(total, 1)

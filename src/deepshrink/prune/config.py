@@ -1,0 +1,109 @@
+"""Pruning configs: one verb (:func:`deepshrink.prune.prune`), one config class per method.
+
+Each is a frozen, validated :class:`~deepshrink.core.config.Config`, so a recipe typo or an
+out-of-range sparsity is an :class:`~deepshrink.errors.InputError` before any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..core.config import Config
+
+
+class MagnitudePruneConfig(Config):
+    """Unstructured magnitude pruning: zero the smallest weights of every Linear/Conv.
+
+    Give ``sparsity`` (fraction of weights zeroed, 0 <= s < 1) or ``threshold`` (zero
+    ``|w| < threshold``). ``scope="layer"`` prunes each layer to the same sparsity,
+    ``"global"`` ranks all weights together. ``finetune_epochs`` > 0 retrains with the masks
+    held (needs labelled data).
+    """
+
+    sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
+    threshold: float | None = Field(default=None, ge=0.0)
+    scope: Literal["layer", "global"] = "layer"
+    protect: tuple[str, ...] = ()
+    finetune_epochs: int = Field(default=0, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> MagnitudePruneConfig:
+        if (self.sparsity is None) == (self.threshold is None):
+            raise ValueError("give exactly one of sparsity (0 <= s < 1) or threshold (>= 0)")
+        return self
+
+
+class GradualPruneConfig(Config):
+    """Zhu & Gupta (2017) gradual magnitude pruning interleaved with fine-tuning.
+
+    Sparsity rises from ``initial_sparsity`` to ``final_sparsity`` along the cubic schedule
+    ``s_t = s_f + (s_i - s_f)(1 - (t - t0) / (t1 - t0))^3`` over the fraction
+    ``[begin, end]`` of the ``epochs`` of training, updating masks every ``frequency`` steps;
+    the remaining epochs fine-tune at the final sparsity.
+    """
+
+    final_sparsity: float = Field(ge=0.0, lt=1.0)
+    initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
+    epochs: int = Field(default=20, ge=1)
+    begin: float = Field(default=0.0, ge=0.0, le=1.0)
+    end: float = Field(default=0.6, ge=0.0, le=1.0)
+    frequency: int = Field(default=10, ge=1)
+    scope: Literal["layer", "global"] = "layer"
+    protect: tuple[str, ...] = ()
+    lr: float = Field(default=1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> GradualPruneConfig:
+        if self.initial_sparsity > self.final_sparsity:
+            raise ValueError("initial_sparsity must not exceed final_sparsity")
+        if self.begin >= self.end:
+            raise ValueError("begin must be < end (fractions of the training run)")
+        return self
+
+
+class NMPruneConfig(Config):
+    """N:M semi-structured sparsity: in every group of ``m`` consecutive input weights keep the
+    ``n`` largest (2:4 is what sparse tensor cores accelerate)."""
+
+    n: int = Field(default=2, ge=1)
+    m: int = Field(default=4, ge=2)
+    protect: tuple[str, ...] = ()
+    finetune_epochs: int = Field(default=0, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _nm(self) -> NMPruneConfig:
+        if self.n >= self.m:
+            raise ValueError(f"n must be < m (got {self.n}:{self.m})")
+        return self
+
+
+class StructuredPruneConfig(Config):
+    """Remove whole channels / neurons / attention heads so the network is physically smaller.
+
+    ``ratio``: fraction of channels removed from every prunable group (conv filters, linear
+    neurons; ``ffn_ratio`` overrides it for transformer FFN neurons, ``heads_ratio`` sets the
+    fraction of attention heads removed). ``importance``: ``l1``/``l2`` weight norms over the
+    whole coupled group, ``bn`` BatchNorm scale, ``taylor`` |w·grad| (needs labelled data).
+    ``scope="uniform"`` removes the same fraction everywhere; ``"global"`` ranks normalised
+    importances across groups (each group keeps at least ``min_keep`` of its channels).
+    ``protect``: fnmatch patterns of module names left entirely alone (the model's output
+    layer always keeps its outputs).
+    """
+
+    ratio: float = Field(ge=0.0, lt=1.0)
+    importance: Literal["l1", "l2", "bn", "taylor"] = "l2"
+    scope: Literal["uniform", "global"] = "uniform"
+    protect: tuple[str, ...] = ()
+    heads_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    ffn_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    round_to: int = Field(default=1, ge=1)
+    min_keep: float = Field(default=0.1, gt=0.0, le=1.0)
+    finetune_epochs: int = Field(default=0, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+
+
+PruneConfig = MagnitudePruneConfig | GradualPruneConfig | NMPruneConfig | StructuredPruneConfig

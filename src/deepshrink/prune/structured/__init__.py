@@ -1,0 +1,111 @@
+"""Structured pruning: remove whole channels, neurons and attention heads.
+
+``build_graph`` (dependency groups) → importance per group → a plan (kept channels per
+group, uniform or global) → ``apply_plan`` slices every coupled parameter, giving a plain,
+physically smaller ``nn.Module``. :func:`fit_to_state_dict` re-shapes a freshly built model
+to a pruned state dict, so pruned ``.safetensors`` weights can be loaded into the original
+factory.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import InputError
+from ..config import StructuredPruneConfig
+from .apply import apply_plan, mask_plan, plan_global, plan_uniform
+from .graph import DependencyGraph, Group, Member, build_graph
+from .importance import group_scores, taylor_grads
+
+__all__ = ["DependencyGraph", "Group", "Member", "apply_plan", "build_graph", "fit_to_state_dict", "mask_plan",
+           "plan_structured", "structured_prune"]
+
+
+def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inputs: tuple[torch.Tensor, ...] | None,
+                    *, protected: set[str] | None = None, taylor_batches: list[tuple[torch.Tensor, ...]] | None = None,
+                    loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor] | None = None
+                    ) -> DependencyGraph:
+    """Build the graph and decide which channels every prunable group keeps (no change yet)."""
+    graph = build_graph(model, example_inputs, protected=protected)
+    ratio_for = {"channel": config.ratio, "ffn": config.ffn_ratio if config.ffn_ratio is not None else config.ratio,
+                 "head": config.heads_ratio}
+    groups = [g for g in graph.prunable() if ratio_for.get(g.kind, 0.0) > 0]
+    grads = None
+    if config.importance == "taylor":
+        if not taylor_batches or loss_fn is None:
+            raise InputError("importance 'taylor' needs labelled data (--data) to compute gradients")
+        grads = taylor_grads(model, taylor_batches, loss_fn)
+    scores = {g.id: group_scores(model, g, config.importance, grads) for g in groups}
+    if config.scope == "uniform":
+        plan_uniform(groups, scores, ratio_for, config.round_to)
+    else:
+        chans = [g for g in groups if g.kind != "head"]
+        plan_global(chans, scores, config.ratio, config.min_keep, config.round_to)
+        plan_uniform([g for g in groups if g.kind == "head"], scores, ratio_for)
+    return graph
+
+
+def structured_prune(model: nn.Module, config: StructuredPruneConfig,
+                     example_inputs: tuple[torch.Tensor, ...] | None, **kw: Any) -> DependencyGraph:
+    """Plan and apply in place; returns the graph (with ``keep`` set on pruned groups)."""
+    graph = plan_structured(model, config, example_inputs, **kw)
+    for w in graph.warnings:
+        warnings.warn(w, stacklevel=2)
+    apply_plan(model, graph)
+    _update_hf_configs(model, graph)
+    return graph
+
+
+def _update_hf_configs(model: nn.Module, graph: DependencyGraph) -> None:
+    """Keep ``config.intermediate_size`` truthful when every FFN kept the same width.
+    (``num_attention_heads`` stays: HF derives the head size from it; the attention modules
+    carry their own pruned head counts.)"""
+    ffn = [g for g in graph.groups if g.kind == "ffn" and g.keep is not None]
+    widths = {len(g.keep) for g in ffn}  # type: ignore[arg-type]
+    if ffn and len(widths) == 1:
+        width = widths.pop()
+        for m in model.modules():
+            cfg = getattr(m, "config", None)
+            if cfg is not None and hasattr(cfg, "intermediate_size"):
+                cfg.intermediate_size = width
+
+
+@torch.no_grad()
+def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Resize Linear/Conv/BatchNorm/attention modules of a freshly built ``model`` to the
+    shapes in a pruned ``state`` dict (then ``load_state_dict`` works). Returns ``model``."""
+    for name, mod in model.named_modules():
+        prefix = f"{name}." if name else ""
+        w = state.get(prefix + "weight")
+        if w is None:
+            continue
+        if isinstance(mod, nn.Linear) and tuple(w.shape) != tuple(mod.weight.shape):
+            mod.weight = nn.Parameter(torch.empty_like(w))
+            mod.out_features, mod.in_features = w.shape
+            if mod.bias is not None:
+                mod.bias = nn.Parameter(torch.empty(w.shape[0]))
+        elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and tuple(w.shape) != tuple(mod.weight.shape):
+            depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+            mod.weight = nn.Parameter(torch.empty_like(w))
+            mod.out_channels = w.shape[0]
+            mod.in_channels = w.shape[0] if depthwise else w.shape[1]
+            if depthwise:
+                mod.groups = w.shape[0]
+            if mod.bias is not None:
+                mod.bias = nn.Parameter(torch.empty(w.shape[0]))
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and w.shape[0] != mod.num_features:
+            n = w.shape[0]
+            mod.num_features = n
+            mod.weight, mod.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
+            mod.running_mean, mod.running_var = torch.zeros(n), torch.ones(n)
+    for _name, mod in model.named_modules():
+        q = getattr(mod, "query", None)
+        if isinstance(q, nn.Linear) and isinstance(getattr(mod, "attention_head_size", None), int):
+            mod.num_attention_heads = q.out_features // mod.attention_head_size
+            mod.all_head_size = q.out_features
+    return model

@@ -1,0 +1,483 @@
+"""The dependency graph: which parameter slices must be removed together.
+
+The model is captured with ``torch.fx`` (symbolic trace + ``ShapeProp`` on example inputs)
+and every tensor gets a *channel layout*: which channel sets its channel dimension holds,
+at which offsets, each channel spread over ``repeat`` positions (after a flatten). A
+producer (Conv/Linear output) creates a channel set; per-channel ops (BatchNorm, depthwise
+conv, activations, pooling) carry it; a residual add / broadcast multiply *unites* the sets
+of both operands (they must keep the same channels); ``cat`` along channels concatenates
+layouts (offset mapping); a consumer (next Conv/Linear input) records which input columns
+each channel owns. A union of sets is a :class:`Group`: its channels are removed from every
+member at once.
+
+Transformer attention heads and FFN neurons of Hugging Face BERT-style blocks are found by
+module structure (``query``/``key``/``value`` + the block's ``output.dense``;
+``intermediate.dense`` → ``output.dense``), because HF models do not symbolic-trace.
+
+Anything the analysis does not understand blocks the channel sets it touches (they are left
+unpruned) and is reported by name — never a crash, never a silently wrong model. The
+analysis is hand-written (Torch-Pruning has one) because deepshrink's per-layer search needs
+the same groups, and the peer's graph is tied to its own pruner objects.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.nn import functional as F
+
+Role = str  # "out" (weight dim 0 + bias), "in" (weight dim 1), "channel" (per-channel params), "heads"
+
+
+@dataclass(frozen=True)
+class Seg:
+    set_id: int
+    size: int
+    repeat: int = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    dim: int  # channel dimension (non-negative) of the tensor
+    segs: tuple[Seg, ...]
+
+    def aligned(self, ndim_from: int, ndim_to: int) -> Layout:
+        return Layout(self.dim + (ndim_to - ndim_from), self.segs)
+
+
+@dataclass
+class Member:
+    module: str
+    role: Role
+    offset: int = 0
+    repeat: int = 1
+
+
+@dataclass
+class Group:
+    """Channels that must be removed together from every member."""
+
+    id: int
+    size: int
+    kind: str  # "channel", "head", "ffn"
+    members: list[Member] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    keep: torch.Tensor | None = None  # kept channel indices once a plan is made
+
+    @property
+    def prunable(self) -> bool:
+        return not self.blocked and any(m.role == "out" for m in self.members)
+
+    @property
+    def name(self) -> str:
+        outs = [m.module for m in self.members if m.role == "out"]
+        return outs[0] if outs else (self.members[0].module if self.members else f"group{self.id}")
+
+    def describe(self) -> str:
+        mods = sorted({f"{m.module}:{m.role}" for m in self.members})
+        return f"{self.kind} group {self.name} ({self.size}): " + ", ".join(mods)
+
+
+@dataclass
+class DependencyGraph:
+    groups: list[Group]
+    warnings: list[str]
+    traced: bool
+
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+
+_ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+                nn.Hardsigmoid, nn.Mish, nn.ELU, nn.PReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
+                nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                nn.AdaptiveMaxPool2d)
+_ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
+                operator.isub, operator.neg, torch.add, torch.sub, torch.mul, torch.div, torch.relu, torch.sigmoid,
+                torch.tanh, torch.clamp, torch.neg, F.relu, F.relu6, F.gelu, F.silu, F.leaky_relu, F.hardswish,
+                F.hardsigmoid, F.elu, F.dropout, F.sigmoid, F.tanh, F.mish,
+                F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
+                F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
+_ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "add", "add_", "mul", "mul_", "sub", "div", "contiguous",
+                        "clone", "clamp", "float", "detach", "neg"}
+_RESHAPE = {torch.flatten, torch.reshape}
+_RESHAPE_METHODS = {"flatten", "view", "reshape"}
+_REDUCE = {torch.mean, torch.sum, torch.amax}
+_REDUCE_METHODS = {"mean", "sum", "amax"}
+
+
+class _Analysis:
+    def __init__(self, model: nn.Module, protected: set[str]) -> None:
+        self.model = model
+        self.modules = dict(model.named_modules())
+        self.protected = protected
+        self.parent: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}
+        self.members: dict[int, list[Member]] = {}
+        self.blocked: dict[int, list[str]] = {}
+        self.kinds: dict[int, str] = {}
+        self.warnings: list[str] = []
+        self.calls: dict[str, int] = {}
+
+    # -- union-find over channel sets -----------------------------------------------------
+    def new_set(self, size: int, kind: str = "channel") -> int:
+        sid = len(self.parent)
+        self.parent[sid] = sid
+        self.sizes[sid] = size
+        self.members[sid] = []
+        self.blocked[sid] = []
+        self.kinds[sid] = kind
+        return sid
+
+    def find(self, sid: int) -> int:
+        while self.parent[sid] != sid:
+            self.parent[sid] = self.parent[self.parent[sid]]
+            sid = self.parent[sid]
+        return sid
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        self.parent[rb] = ra
+        self.members[ra] += self.members.pop(rb)
+        self.blocked[ra] += self.blocked.pop(rb)
+
+    def block(self, layout: Layout | None, reason: str) -> None:
+        if layout is None:
+            return
+        for s in layout.segs:
+            r = self.find(s.set_id)
+            if reason not in self.blocked[r]:
+                self.blocked[r].append(reason)
+
+    def add_member(self, sid: int, member: Member) -> None:
+        self.members[self.find(sid)].append(member)
+
+    def members_from_layout(self, layout: Layout, module: str, role: Role) -> None:
+        off = 0
+        for s in layout.segs:
+            self.add_member(s.set_id, Member(module, role, off, s.repeat))
+            off += s.size * s.repeat
+
+    # -- groups ------------------------------------------------------------------------------
+    def groups(self) -> list[Group]:
+        roots = sorted({self.find(s) for s in self.parent})
+        out = []
+        for r in roots:
+            g = Group(len(out), self.sizes[r], self.kinds[r], list(self.members[r]), list(self.blocked[r]))
+            mods = {m.module for m in g.members}
+            for mod in sorted(mods):
+                if mod in self.protected:
+                    g.blocked.append(f"{mod} is protected")
+                if self.calls.get(mod, 0) > 1:
+                    g.blocked.append(f"{mod} is called {self.calls[mod]} times (shared weights)")
+            out.append(g)
+        return out
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    if not isinstance(node, fx.Node):
+        return None
+    tm = node.meta.get("tensor_meta")
+    shape = getattr(tm, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _nodes_in(args: Any) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg(args, lambda n: out.append(n) or n)
+    return out
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    if node.op == "call_module":
+        return f"module {t}"
+    if node.op == "call_method":
+        return f"method .{t}()"
+    return f"function {getattr(t, '__module__', '') or ''}.{getattr(t, '__name__', str(t))}".replace("_operator.", "")
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def _transformer_groups(model: nn.Module, ana: _Analysis) -> set[str]:
+    """Attention-head and FFN-neuron groups of BERT-style blocks, found by structure.
+    Returns the names of the block modules so the graph trace treats them as opaque."""
+    mods = ana.modules
+    leaves: set[str] = set()
+    for name, m in mods.items():
+        q, k, v = (getattr(m, a, None) for a in ("query", "key", "value"))
+        heads, hsize = getattr(m, "num_attention_heads", None), getattr(m, "attention_head_size", None)
+        if not (all(isinstance(t, nn.Linear) for t in (q, k, v)) and isinstance(heads, int) and isinstance(hsize, int)):
+            continue
+        parent = name.rpartition(".")[0]
+        out = mods.get(f"{parent}.output.dense" if parent else "output.dense")
+        if not isinstance(out, nn.Linear) or out.in_features != heads * hsize or q.out_features != heads * hsize:
+            ana.warnings.append(f"attention module {name!r}: no matching output projection found; its heads are left unpruned")
+            continue
+        sid = ana.new_set(heads, "head")
+        prefix = f"{name}." if name else ""
+        for lin in ("query", "key", "value"):
+            ana.add_member(sid, Member(prefix + lin, "out", 0, hsize))
+        ana.add_member(sid, Member(f"{parent}.output.dense" if parent else "output.dense", "in", 0, hsize))
+        ana.add_member(sid, Member(name, "heads", 0, hsize))
+        leaves.add(parent or name)
+    for name, m in mods.items():
+        inter = getattr(getattr(m, "intermediate", None), "dense", None)
+        outd = getattr(getattr(m, "output", None), "dense", None)
+        if isinstance(inter, nn.Linear) and isinstance(outd, nn.Linear) and inter.out_features == outd.in_features:
+            sid = ana.new_set(inter.out_features, "ffn")
+            prefix = f"{name}." if name else ""
+            ana.add_member(sid, Member(prefix + "intermediate.dense", "out"))
+            ana.add_member(sid, Member(prefix + "output.dense", "in"))
+            leaves.update({prefix + "intermediate", prefix + "output"})
+    return leaves
+
+
+def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | None, *,
+                protected: set[str] | None = None) -> DependencyGraph:
+    """Analyse ``model`` (run on ``example_inputs``) into groups of coupled channels."""
+    ana = _Analysis(model, protected or set())
+    leaves = _transformer_groups(model, ana)
+    traced = False
+    if example_inputs is not None:
+        try:
+            graph = _Tracer(leaves).trace(model)
+            gm = fx.GraphModule(model, graph)
+            from torch.fx.passes.shape_prop import ShapeProp
+
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                ShapeProp(gm).propagate(*example_inputs)
+            model.train(was_training)
+            traced = True
+        except Exception as exc:  # noqa: BLE001 - any capture failure means "leave it alone"
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            ana.warnings.append(f"graph capture of {type(model).__name__} failed ({type(exc).__name__}: {first}); "
+                                "only transformer heads/FFN neurons found by structure are pruned")
+        if traced:
+            _walk(gm.graph, ana, leaves)
+    else:
+        ana.warnings.append("no example inputs: only transformer heads/FFN neurons found by structure are pruned")
+    groups = ana.groups()
+    for g in groups:
+        for r in g.blocked:
+            if r.startswith("unsupported"):
+                msg = f"{r}: {g.kind} group {g.name} left unpruned"
+                if msg not in ana.warnings:
+                    ana.warnings.append(msg)
+    return DependencyGraph(groups, ana.warnings, traced)
+
+
+def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
+    env: dict[fx.Node, Layout | None] = {}
+
+    def lay(n: Any) -> Layout | None:
+        return env.get(n) if isinstance(n, fx.Node) else None
+
+    for node in graph.nodes:
+        shape = _shape(node)
+        ins = [n for n in _nodes_in((node.args, node.kwargs))]
+        in_layouts = [(n, env.get(n)) for n in ins if env.get(n) is not None]
+        result: Layout | None = None
+        what = _target_name(node) if node.op in ("call_module", "call_method", "call_function") else node.op
+
+        def unsupported(reason: str | None = None, in_layouts: list = in_layouts, what: str = what) -> None:
+            for _, lo in in_layouts:
+                ana.block(lo, f"unsupported {reason or what}")
+
+        if node.op in ("placeholder", "get_attr"):
+            result = None
+        elif node.op == "output":
+            for _, lo in in_layouts:
+                ana.block(lo, "reaches the model output")
+        elif node.op == "call_module":
+            name = str(node.target)
+            ana.calls[name] = ana.calls.get(name, 0) + 1
+            mod = ana.modules[name]
+            x = node.args[0] if node.args else None
+            xl, xs = lay(x), _shape(x)
+            if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and shape is not None:
+                if xl is not None and (xl.dim != 1 or any(s.repeat != 1 for s in xl.segs)):
+                    unsupported(f"channel layout into {name}")
+                    xl = None
+                if mod.groups == 1:
+                    if xl is not None:
+                        ana.members_from_layout(xl, name, "in")
+                    sid = ana.new_set(mod.out_channels)
+                    ana.add_member(sid, Member(name, "out"))
+                    result = Layout(1, (Seg(sid, mod.out_channels),))
+                elif mod.groups == mod.in_channels == mod.out_channels and xl is not None:
+                    ana.members_from_layout(xl, name, "channel")
+                    result = xl
+                else:
+                    unsupported(f"grouped convolution {name}")
+                    sid = ana.new_set(mod.out_channels)
+                    ana.add_member(sid, Member(name, "out"))
+                    ana.block(Layout(1, (Seg(sid, mod.out_channels),)), f"unsupported grouped convolution {name}")
+                    result = Layout(1, (Seg(sid, mod.out_channels),))
+            elif isinstance(mod, nn.Linear) and shape is not None and xs is not None:
+                if xl is not None and xl.dim != len(xs) - 1:
+                    unsupported(f"channel layout into {name}")
+                    xl = None
+                if xl is not None:
+                    ana.members_from_layout(xl, name, "in")
+                sid = ana.new_set(mod.out_features)
+                ana.add_member(sid, Member(name, "out"))
+                result = Layout(len(shape) - 1, (Seg(sid, mod.out_features),))
+            elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                if xl is not None and xl.dim == 1 and all(s.repeat == 1 for s in xl.segs):
+                    ana.members_from_layout(xl, name, "channel")
+                    result = xl
+                else:
+                    unsupported()
+            elif isinstance(mod, _ACT_MODULES) and not (isinstance(mod, nn.PReLU) and mod.num_parameters > 1):
+                result = _passthrough(xl, xs, shape)
+                if result is None and xl is not None:
+                    unsupported()
+            elif isinstance(mod, nn.Flatten):
+                result = _reshape(xl, xs, shape)
+                if result is None and xl is not None:
+                    unsupported()
+            else:
+                kind = "transformer block" if name in leaves else f"layer type {type(mod).__name__}"
+                unsupported(f"{kind} ({name})")
+        elif node.op in ("call_function", "call_method"):
+            t = node.target
+            if shape is None:  # size queries and other non-tensor results
+                result = None
+            elif t in _ELEMENTWISE or (node.op == "call_method" and t in _ELEMENTWISE_METHODS):
+                result = _elementwise(node, shape, ins, env, ana, what)
+            elif t in _RESHAPE or (node.op == "call_method" and t in _RESHAPE_METHODS):
+                x = node.args[0]
+                result = _reshape(lay(x), _shape(x), shape)
+                if result is None and lay(x) is not None:
+                    unsupported()
+            elif t in _REDUCE or (node.op == "call_method" and t in _REDUCE_METHODS):
+                x = node.args[0]
+                result = _reduce(node, lay(x), _shape(x), shape)
+                if result is None and lay(x) is not None:
+                    unsupported()
+            elif t in (torch.cat, torch.concat):
+                result = _cat(node, shape, env, ana, what)
+            elif t is operator.getitem and not in_layouts:
+                result = None
+            else:
+                unsupported()
+        env[node] = result
+
+
+def _passthrough(xl: Layout | None, xs: tuple[int, ...] | None, shape: tuple[int, ...] | None) -> Layout | None:
+    if xl is None or xs is None or shape is None:
+        return None
+    if len(xs) == len(shape) and xs[xl.dim] == shape[xl.dim]:
+        return xl
+    return None
+
+
+def _reshape(xl: Layout | None, xs: tuple[int, ...] | None, shape: tuple[int, ...] | None) -> Layout | None:
+    if xl is None or xs is None or shape is None:
+        return None
+    d = xl.dim
+    if tuple(xs) == tuple(shape):
+        return xl
+    if len(shape) == d + 1 and tuple(shape[:d]) == tuple(xs[:d]) and shape[d] == math.prod(xs[d:]):
+        r = math.prod(xs[d + 1:])
+        return Layout(d, tuple(Seg(s.set_id, s.size, s.repeat * r) for s in xl.segs))
+    return None
+
+
+def _reduce(node: fx.Node, xl: Layout | None, xs: tuple[int, ...] | None, shape: tuple[int, ...]) -> Layout | None:
+    if xl is None or xs is None:
+        return None
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    keep = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+    if dims is None:
+        return None
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    dims = [d % len(xs) for d in dims]
+    if xl.dim in dims:
+        return None
+    new_dim = xl.dim if keep else xl.dim - sum(1 for d in dims if d < xl.dim)
+    if new_dim >= len(shape) or shape[new_dim] != xs[xl.dim]:
+        return None
+    return Layout(new_dim, xl.segs)
+
+
+def _elementwise(node: fx.Node, shape: tuple[int, ...], ins: list[fx.Node], env: dict[fx.Node, Layout | None],
+                 ana: _Analysis, what: str) -> Layout | None:
+    nd = len(shape)
+    layouts = []
+    for n in ins:
+        s = _shape(n)
+        if s is None:
+            continue
+        lo = env.get(n)
+        layouts.append((n, s, lo.aligned(len(s), nd) if lo is not None else None))
+    with_l = [lo for _, _, lo in layouts if lo is not None]
+    if not with_l:
+        return None
+    ref = with_l[0]
+    ok = all(lo.dim == ref.dim and [(s.size, s.repeat) for s in lo.segs] == [(s.size, s.repeat) for s in ref.segs]
+             for lo in with_l)
+    if ok and len(shape) > ref.dim:
+        for _n, s, lo in layouts:
+            if lo is None:  # a tensor without channel sets broadcast against channels
+                k = ref.dim - (nd - len(s))
+                if 0 <= k < len(s) and s[k] != 1:
+                    ok = False
+    if not ok:
+        for lo in with_l:
+            ana.block(lo, f"unsupported operands of {what}")
+        return None
+    for lo in with_l[1:]:
+        for a, b in zip(ref.segs, lo.segs, strict=True):
+            ana.union(a.set_id, b.set_id)
+    return ref
+
+
+def _cat(node: fx.Node, shape: tuple[int, ...], env: dict[fx.Node, Layout | None], ana: _Analysis,
+         what: str) -> Layout | None:
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    nd = len(shape)
+    dim = dim % nd
+    parts = []
+    for t in tensors:
+        s, lo = _shape(t), env.get(t) if isinstance(t, fx.Node) else None
+        if s is None:
+            return None
+        parts.append((s, lo))
+    if all(lo is None for _, lo in parts):
+        return None
+    if all(lo is not None and lo.dim == dim for _, lo in parts) or any(lo is not None and lo.dim == dim for _, lo in parts):
+        segs: list[Seg] = []
+        for s, lo in parts:
+            if lo is not None and lo.dim == dim:
+                segs.extend(lo.segs)
+            else:  # a part whose channels we do not track: a frozen slice
+                if lo is not None:
+                    ana.block(lo, f"unsupported {what} along another dimension")
+                sid = ana.new_set(s[dim])
+                ana.block(Layout(dim, (Seg(sid, s[dim]),)), f"unsupported untracked input of {what}")
+                segs.append(Seg(sid, s[dim]))
+        return Layout(dim, tuple(segs))
+    for _, lo in parts:
+        ana.block(lo, f"unsupported {what} along dimension {dim}")
+    return None
