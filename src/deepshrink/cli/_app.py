@@ -14,8 +14,14 @@ from ..errors import DeepshrinkError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="deepshrink: make trained networks smaller and faster, measured on the artifact.")
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+def _console(stderr: bool) -> Console:
+    probe = Console(stderr=stderr)
+    # piped output (CI logs, `| less`) would otherwise be squeezed to 80 columns
+    return probe if probe.is_terminal else Console(stderr=stderr, width=160)
+
+
+console = _console(False)
+err_console = _console(True)
 
 # Options shared by every command that takes a model.
 WeightsOpt = Annotated[str | None, typer.Option("--weights", "-w", help="weights (.safetensors or state-dict .pt) for a module:factory source")]

@@ -1,0 +1,130 @@
+"""``convert``, ``info``, ``bench`` and ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ._app import DataOpt, ForceOpt, InputShapeOpt, JsonOpt, TrustOpt, WeightsOpt, app, console, print_json
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@app.command("convert")
+def convert_cmd(
+    src: Annotated[str, typer.Argument(help="model file, Hugging Face folder, or package.module:factory")],
+    dst: Annotated[str, typer.Argument(help="output; the format follows the extension (.onnx, .pt2, .tflite, .xml)")],
+    weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
+    trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the parity check")] = False,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset to target")] = None,
+    exporter: Annotated[str, typer.Option("--exporter", help="dynamo (default) or torchscript")] = "dynamo",
+    via: Annotated[str | None, typer.Option("--via", help="go through an intermediate format, e.g. onnx")] = None,
+    atol: Annotated[float, typer.Option("--atol", help="parity tolerance (max-abs)")] = 1e-4,
+    int8: Annotated[bool, typer.Option("--int8", help="TFLite: full-integer int8 with --data as representative set")] = False,
+) -> None:
+    """Convert a model to another format and check that both compute the same thing."""
+    from ..convert import convert
+
+    extra: dict[str, Any] = {"int8": True} if int8 else {}
+    result = convert(src, dst, via=via, weights=weights, input_shapes=input_shape, data=data,
+                     trust_remote_code=trust_remote_code, exporter=exporter, opset=opset, verify=not no_verify,
+                     atol=atol, force=force, **extra)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    for hop in result.hops:
+        console.print(f"[bold]{hop.src_format} → {hop.dst_format}[/] in {hop.seconds:.1f} s")
+        if hop.parity is not None:
+            console.print(hop.parity.summary(), highlight=False)
+        else:
+            console.print("  parity not checked", style="yellow")
+    meta = result.handle.metadata if result.handle is not None else {}
+    fallback = meta.get("deepshrink.exporter_fallback_reason")
+    if fallback:
+        console.print(f"[yellow]dynamo exporter failed ({fallback}); used torchscript[/]")
+    console.print(f"wrote {result.output}")
+
+
+@app.command("info")
+def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or module:factory")],
+             weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
+             trust_remote_code: TrustOpt = False, json_out: JsonOpt = False) -> None:
+    """IO spec, parameters, FLOPs, size and op histogram."""
+    from ..evaluate.info import info
+
+    res = info(model, weights=weights, input_shapes=input_shape, data=data, trust_remote_code=trust_remote_code)
+    if json_out:
+        print_json(res)
+        return
+    console.print(f"[bold]{res['source']}[/] ({res['kind']})")
+    for key in ("inputs", "outputs"):
+        for s in res[key]:
+            console.print(f"  {key[:-1]:7s} {s}")
+    console.print(f"  parameters {res['parameters']:,} ({res['nonzero']:,} non-zero), weights {_fmt_bytes(res['weight_bytes'])}"
+                  + (f", file {_fmt_bytes(res['file_bytes'])}" if res["file_bytes"] else ""))
+    if res.get("flops") is not None:
+        console.print(f"  FLOPs (batch 1) {res['flops']:,}")
+    ops = ", ".join(f"{k}×{v}" for k, v in list(res["ops"].items())[:20])
+    console.print(f"  ops {ops}")
+
+
+def print_bench(result: Any) -> None:
+    table = Table(title=f"{result.threads} threads, batch {result.batch}, {result.repeats} interleaved rounds, "
+                        f"{result.samples} samples of {result.data}")
+    for col in ("model", "runtime", "size", "params", "median ms", "p90 ms", "latency vs first", "accuracy", "cos mean/min", "max-abs"):
+        table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
+    for r in result.rows:
+        table.add_row(r.name, r.runtime, _fmt_bytes(r.size_bytes), f"{r.params:,}" if r.params else "-",
+                      f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.ratio:.2f}× ±{r.ratio_spread:.2f}",
+                      "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%",
+                      "-" if r.cos_mean is None else f"{r.cos_mean:.5f} / {r.cos_min:.5f}",
+                      "-" if r.max_abs is None else f"{r.max_abs:.2g}")
+    console.print(table)
+    console.print(f"CPU: {result.cpu}", style="dim", markup=False)
+    for w in result.warnings:
+        console.print("warning: " + w, style="yellow", markup=False)
+
+
+@app.command("bench")
+def bench_cmd(models: Annotated[list[str], typer.Argument(help="models to compare; the first is the reference")],
+              data: DataOpt = None, weights: WeightsOpt = None, input_shape: InputShapeOpt = None,
+              trust_remote_code: TrustOpt = False, json_out: JsonOpt = False,
+              threads: Annotated[int, typer.Option("--threads", help="intra-op threads for every runtime")] = 2,
+              batch: Annotated[int, typer.Option("--batch", help="batch size for timing")] = 1,
+              repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds")] = 30) -> None:
+    """Size, latency (median/p90, speed-up vs the first) and accuracy/fidelity, side by side."""
+    from ..evaluate.bench import bench
+
+    if threads < 1 or batch < 1 or repeats < 1:
+        from ..errors import InputError
+
+        raise InputError("--threads, --batch and --repeats must be at least 1")
+    result = bench(models, data=data, threads=threads, batch=batch, repeats=repeats, progress=not json_out,
+                   weights=weights, input_shapes=input_shape, trust_remote_code=trust_remote_code)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        print_bench(result)
+
+
+@app.command("demo")
+def demo_cmd(out: Annotated[Path, typer.Option("--out", help="folder for the demo's files (replaced)")] = Path("deepshrink-demo"),
+             json_out: JsonOpt = False) -> None:
+    """Offline tour on the built-in digits CNN: train (or load cached), export, verify, bench."""
+    from ..demo import run_demo
+
+    summary = run_demo(out, console=None if json_out else console)
+    if json_out:
+        print_json(summary)

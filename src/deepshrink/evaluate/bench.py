@@ -1,0 +1,151 @@
+"""``deepshrink bench``: several models side by side, all measured now, on these files.
+
+For each model: size on disk, parameters, latency (median/p90, timed interleaved with
+the others), speed-up against the first model with its spread, and — on the same inputs —
+accuracy (when the data has labels) and fidelity against the first model. A model that
+was meant to be compressed but is not faster than the first gets a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.handle import ModelHandle
+from ..errors import InputError
+from .latency import cpu_flags, measure_latency
+from .metrics import accuracy
+from .size import file_size, param_count
+
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+@dataclass
+class BenchRow:
+    name: str
+    runtime: str
+    size_bytes: int | None
+    params: int | None
+    median_ms: float
+    p90_ms: float
+    spread: float
+    speedup: float  # baseline latency / this latency (median over interleaved rounds)
+    ratio: float  # this latency / baseline latency
+    ratio_spread: float
+    accuracy: float | None = None
+    cos_mean: float | None = None
+    cos_min: float | None = None
+    max_abs: float | None = None
+    top1_agreement: float | None = None
+
+
+@dataclass
+class BenchResult:
+    rows: list[BenchRow]
+    threads: int
+    batch: int
+    repeats: int
+    cpu: str
+    samples: int
+    data: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _runner_for(handle: ModelHandle, threads: int) -> tuple[str, Runner]:
+    if handle.kind == "onnx":
+        from ..backends.onnx import make_session, run_onnx
+
+        sess = make_session(handle.model, threads=threads)
+        return "onnxruntime", lambda feed: run_onnx(sess, feed)
+    from ..backends.torch import run_torch
+
+    return "torch", lambda feed: run_torch(handle.model, feed, handle.input_names)
+
+
+def _external_runner(path: Path, threads: int) -> tuple[str, Runner, list[str]] | None:
+    """TFLite and OpenVINO files, through their adapters when those stacks are installed."""
+    import importlib
+
+    modules = {".tflite": ("deepshrink.backends.tflite_rt", "tflite"), ".xml": ("deepshrink.backends.openvino_rt", "openvino")}
+    if path.suffix not in modules:
+        return None
+    mod_name, runtime = modules[path.suffix]
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise InputError(f"benchmarking {path.suffix} files needs the {runtime} adapter: {exc}") from None
+    runner = mod.make_runner(path, threads=threads)
+    names = list(getattr(runner, "input_names", []))
+    return runtime, runner, names
+
+
+def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int = 1, repeats: int = 30,
+          warmup: int = 5, samples: int = 256, names: list[str] | None = None, progress: bool = False,
+          **load_options: Any) -> BenchResult:
+    """Measure ``models`` side by side; the first is the reference for speed-up and fidelity."""
+    from ..core.data import load_data
+    from ..loading import load
+
+    if not models:
+        raise InputError("bench needs at least one model")
+    entries: list[tuple[str, str, Runner, int | None, int | None, list[str]]] = []
+    first_handle: ModelHandle | None = None
+    for i, m in enumerate(models):
+        label = names[i] if names and i < len(names) else (Path(str(m)).name if isinstance(m, (str, Path)) else
+                                                           getattr(m, "source", None) or f"model{i}")
+        ext = _external_runner(Path(str(m)), threads) if isinstance(m, (str, Path)) else None
+        if ext is not None:
+            runtime, runner, in_names = ext
+            entries.append((label, runtime, runner, file_size(m), None, in_names))
+            continue
+        h = load(m, **load_options) if not isinstance(m, ModelHandle) else m
+        if first_handle is None:
+            first_handle = h
+        runtime, runner = _runner_for(h, threads)
+        size = file_size(h.path) if h.path is not None and Path(h.path).exists() else None
+        entries.append((label, runtime, runner, size, param_count(h), h.input_names))
+    if first_handle is None:
+        raise InputError("bench needs at least one ONNX or PyTorch model to take the input spec from")
+    if data is not None:
+        ds = load_data(data, first_handle)
+        eval_inputs, labels, data_name = ds.inputs, ds.labels, ds.source
+    else:
+        eval_inputs, labels, data_name = first_handle.sample_inputs(batch=min(samples, 64), seed=1), None, "random"
+    n = min(samples, len(next(iter(eval_inputs.values()))))
+    eval_inputs = {k: v[:n] for k, v in eval_inputs.items()}
+    labels = labels[:n] if labels is not None else None
+    feed = {k: v[:batch] for k, v in eval_inputs.items()}
+    if len(next(iter(feed.values()))) < batch:
+        raise InputError(f"the data holds {n} samples, fewer than --batch {batch}")
+    timers = {f"{i}:{e[0]}": (lambda r=e[2]: r(feed)) for i, e in enumerate(entries)}
+    stats = measure_latency(timers, warmup=warmup, repeats=repeats, threads=threads, progress=progress)
+    outputs = []
+    for _label, _rt, runner, *_ in entries:
+        chunks = [runner({k: v[j:j + 32] for k, v in eval_inputs.items()})[0] for j in range(0, n, 32)]
+        outputs.append(np.concatenate(chunks))
+    from ..convert.parity import compare_outputs
+
+    rows = []
+    for (label, runtime, _r, size, params, _n), key, out in zip(entries, timers, outputs, strict=True):
+        st = stats[key]
+        fid = compare_outputs(outputs[0], out)
+        acc = accuracy(out, labels) if labels is not None and out.ndim == 2 else None
+        rows.append(BenchRow(label, runtime, size, params, st.median_ms, st.p90_ms, st.spread,
+                             1.0 / st.ratio if st.ratio > 0 else 0.0, st.ratio, st.ratio_spread, acc,
+                             fid.cos_mean, fid.cos_min, fid.max_abs, fid.top1))
+    result = BenchResult(rows, threads, batch, repeats, cpu_flags(), n, data_name)
+    for row in rows[1:]:
+        if row.ratio > 0.95:
+            result.warnings.append(
+                f"{row.name} is not faster than {rows[0].name} on this machine ({row.ratio:.2f}× its latency, "
+                f"±{row.ratio_spread:.2f}) — a smaller model is not automatically a faster one")
+    return result

@@ -1,0 +1,38 @@
+"""``deepshrink info``: IO spec, parameters, FLOPs, size and an op histogram."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from ..core.handle import ModelHandle
+from .size import file_size, nonzero_count, param_count, weight_bytes
+
+
+def info(model: Any, **load_options: Any) -> dict[str, Any]:
+    from ..loading import load
+
+    handle: ModelHandle = load(model, **load_options)
+    if handle.kind == "onnx":
+        ops = Counter(n.op_type for n in handle.model.graph.node)
+        opset = {o.domain or "ai.onnx": o.version for o in handle.model.opset_import}
+    else:
+        ops = Counter(type(m).__name__ for _, m in handle.model.named_modules() if not list(m.children()))
+        opset = {}
+    result: dict[str, Any] = {
+        "source": handle.source, "kind": handle.kind,
+        "inputs": [s.describe() for s in handle.inputs], "outputs": [s.describe() for s in handle.outputs],
+        "parameters": param_count(handle), "nonzero": nonzero_count(handle), "weight_bytes": weight_bytes(handle),
+        "file_bytes": file_size(handle.path) if handle.path is not None and handle.path.exists() else None,
+        "ops": dict(ops.most_common()), "opset": opset, "metadata": handle.metadata,
+    }
+    can_run = handle.kind == "onnx" or handle.example_inputs is not None
+    if can_run:
+        from .flops import flops
+
+        try:
+            result["flops"] = flops(handle)
+        except Exception as exc:  # FLOPs are informative; a model we can't count is still valid
+            result["flops"] = None
+            result["flops_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+    return result

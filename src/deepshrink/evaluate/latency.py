@@ -1,0 +1,84 @@
+"""Latency measurement that survives a noisy shared machine.
+
+Candidates are timed interleaved — one call of each per round, in rotating order — so
+that drift in machine load hits all of them alike, and the speed-up of each against the
+first is computed per round; its median and spread are what we report. Thread counts
+are set for both torch and ONNX Runtime and recorded with the CPU's SIMD flags.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LatencyStats:
+    median_ms: float
+    p90_ms: float
+    p10_ms: float
+    mean_ms: float
+    repeats: int
+    threads: int
+    ratio: float = 1.0  # median of per-round (this / baseline)
+    ratio_spread: float = 0.0  # half the 10–90% range of the per-round ratio
+
+    @property
+    def spread(self) -> float:
+        """(p90 − p10) / median: the run-to-run spread of this figure."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "spread": self.spread}
+
+
+def cpu_flags() -> str:
+    """The SIMD flags that change int8 speed-ups (AVX2, AVX-512, VNNI), and the CPU model."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown"
+    flags = sorted(set(re.findall(r"\b(avx2|avx512f|avx512_vnni|avx_vnni|amx_int8)\b", text)))
+    model = re.search(r"model name\s*:\s*(.+)", text)
+    return f"{model.group(1).strip() if model else 'cpu'} [{' '.join(flags) or 'no avx2'}]"
+
+
+def measure_latency(runners: dict[str, Callable[[], Any]], *, warmup: int = 5, repeats: int = 30,
+                    threads: int = 2, min_seconds: float = 0.0, progress: bool = False) -> dict[str, LatencyStats]:
+    """Time each zero-argument callable, interleaved; the first is the baseline for ratios."""
+    import torch
+
+    torch.set_num_threads(threads)
+    names = list(runners)
+    for _ in range(warmup):
+        for n in names:
+            runners[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    rounds = 0
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("timing", total=repeats)
+        while rounds < repeats or time.perf_counter() - start < min_seconds:
+            order = names[rounds % len(names):] + names[:rounds % len(names)]
+            for n in order:
+                t0 = time.perf_counter()
+                runners[n]()
+                times[n].append((time.perf_counter() - t0) * 1e3)
+            rounds += 1
+            bar.update(task, advance=1)
+    base = np.asarray(times[names[0]])
+    out = {}
+    for n in names:
+        t = np.asarray(times[n])
+        ratios = t / base
+        out[n] = LatencyStats(float(np.median(t)), float(np.percentile(t, 90)), float(np.percentile(t, 10)),
+                              float(t.mean()), len(t), threads, float(np.median(ratios)),
+                              float((np.percentile(ratios, 90) - np.percentile(ratios, 10)) / 2))
+    return out

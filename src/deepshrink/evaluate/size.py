@@ -1,0 +1,56 @@
+"""Sizes: bytes on disk (with every side file the model needs), parameters, non-zeros."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def model_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The file and its side files: ONNX external data, OpenVINO's ``.bin``, a folder's files."""
+    p = Path(path)
+    if p.is_dir():
+        return [f for f in p.rglob("*") if f.is_file()]
+    files = [p]
+    if p.suffix == ".onnx":
+        from ..backends.onnx import external_files
+
+        files += [f for f in external_files(p) if f.is_file()]
+    elif p.suffix == ".xml" and p.with_suffix(".bin").is_file():
+        files.append(p.with_suffix(".bin"))
+    return files
+
+
+def file_size(path: str | os.PathLike[str]) -> int:
+    """Bytes on disk of a model, external data included (a tokenizer is not counted)."""
+    return sum(f.stat().st_size for f in model_files(path))
+
+
+def _tensors(model: Any) -> list[np.ndarray]:
+    if hasattr(model, "graph"):
+        from onnx import numpy_helper
+
+        return [numpy_helper.to_array(t) for t in model.graph.initializer]
+    return [p.detach().cpu().numpy() for p in model.parameters()]
+
+
+def param_count(model: Any) -> int:
+    """Parameters of a torch module, or initializer elements of an ONNX model (handles accepted)."""
+    model = getattr(model, "model", model)
+    return int(sum(t.size for t in _tensors(model)))
+
+
+def nonzero_count(model: Any) -> int:
+    model = getattr(model, "model", model)
+    return int(sum(np.count_nonzero(t) for t in _tensors(model)))
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes held by weights: ONNX initializers at their stored dtype, torch params/buffers."""
+    model = getattr(model, "model", model)
+    if hasattr(model, "graph"):
+        return int(sum(t.nbytes for t in _tensors(model)))
+    return int(sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())))
