@@ -1,0 +1,149 @@
+"""``deepshrink prune IN -o OUT --method ...``: prune, write atomically, then measure the
+written file against the original side by side (size, parameters, latency, accuracy)."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import InputError
+from ._app import (
+    DataOpt,
+    ForceOpt,
+    InputShapeOpt,
+    JsonOpt,
+    TrustOpt,
+    WeightsOpt,
+    app,
+    console,
+    load_model,
+    print_json,
+)
+
+
+def _config(method: str, sparsity: float | None, threshold: float | None, scope: str | None, importance: str,
+            protect: list[str], finetune_epochs: int, lr: float, nm: str, heads_ratio: float,
+            ffn_ratio: float | None) -> Any:
+    from ..prune import GradualPruneConfig, MagnitudePruneConfig, NMPruneConfig, StructuredPruneConfig
+
+    common: dict[str, Any] = {"protect": list(protect), "lr": lr}
+    if method == "magnitude":
+        if sparsity is None and threshold is None:
+            raise InputError("--method magnitude needs --sparsity S (0 <= S < 1) or --threshold T")
+        return MagnitudePruneConfig.from_dict({**common, "sparsity": sparsity, "threshold": threshold,
+                                               "scope": scope or "layer", "finetune_epochs": finetune_epochs})
+    if method == "gradual":
+        if sparsity is None:
+            raise InputError("--method gradual needs --sparsity S (the final sparsity, 0 <= S < 1)")
+        return GradualPruneConfig.from_dict({**common, "final_sparsity": sparsity, "scope": scope or "layer",
+                                             "epochs": finetune_epochs or 20})
+    if method == "nm":
+        n, _, m = nm.partition(":")
+        if not (n.isdigit() and m.isdigit()):
+            raise InputError(f"--nm {nm!r}: expected N:M such as 2:4")
+        return NMPruneConfig.from_dict({**common, "n": int(n), "m": int(m), "finetune_epochs": finetune_epochs})
+    if method == "structured":
+        if sparsity is None:
+            raise InputError("--method structured needs --sparsity S (fraction of channels removed, 0 <= S < 1)")
+        return StructuredPruneConfig.from_dict({**common, "ratio": sparsity, "importance": importance,
+                                                "scope": scope or "uniform", "heads_ratio": heads_ratio,
+                                                "ffn_ratio": ffn_ratio, "finetune_epochs": finetune_epochs})
+    raise InputError(f"--method {method!r}: use magnitude, gradual, nm or structured")
+
+
+@app.command("prune")
+def prune_cmd(
+    src: Annotated[str, typer.Argument(help="a PyTorch model: .pt2, package.module:factory (+ --weights), HF folder")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output: .onnx, .pt2 or .safetensors (weights only)")],
+    method: Annotated[str, typer.Option("--method", "-m", help="magnitude | gradual | nm | structured")] = "magnitude",
+    sparsity: Annotated[float | None, typer.Option("--sparsity", "-s", help="fraction of weights (unstructured) or channels (structured) removed, 0 <= S < 1")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="magnitude: zero every |w| below this instead")] = None,
+    scope: Annotated[str | None, typer.Option("--scope", help="layer | global (unstructured); uniform | global (structured)")] = None,
+    importance: Annotated[str, typer.Option("--importance", help="structured: l1 | l2 | bn | taylor")] = "l2",
+    protect: Annotated[list[str] | None, typer.Option("--protect", help="fnmatch pattern of module names to leave alone (repeatable)")] = None,
+    heads_ratio: Annotated[float, typer.Option("--heads-ratio", help="structured: fraction of attention heads removed")] = 0.0,
+    ffn_ratio: Annotated[float | None, typer.Option("--ffn-ratio", help="structured: fraction of FFN neurons removed (default: --sparsity)")] = None,
+    nm: Annotated[str, typer.Option("--nm", help="nm: N:M pattern")] = "2:4",
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="fine-tune epochs on --data (gradual: total epochs, default 20)")] = 0,
+    lr: Annotated[float, typer.Option("--lr", help="fine-tune learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="fine-tune batch size")] = 64,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the before/after table (default: --data)")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds for the table")] = 20,
+    weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
+    trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Prune a PyTorch model and measure the written file against the original."""
+    from ..core.data import load_data
+    from ..core.fileio import check_output
+    from ..prune import prune_with_report
+
+    config = _config(method, sparsity, threshold, scope, importance, protect or [], finetune_epochs, lr, nm,
+                     heads_ratio, ffn_ratio)
+    suffix = output.suffix.lower()
+    if suffix not in (".onnx", ".pt2", ".safetensors"):
+        raise InputError(f"output {output}: unknown format {suffix!r}; use .onnx, .pt2 or .safetensors")
+    if method == "structured" and suffix == ".safetensors":
+        raise InputError("structured pruning changes layer shapes, which a .safetensors state dict cannot describe; "
+                         "write .pt2 or .onnx (Python: deepshrink.prune.structured.fit_to_state_dict re-shapes a model)")
+    if batch_size < 1 or finetune_epochs < 0 or repeats < 1:
+        raise InputError("--batch-size and --repeats must be >= 1, --finetune-epochs >= 0")
+    check_output(output, inputs=(src, weights), force=force)
+    handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
+    if handle.kind != "torch":
+        raise InputError(f"{src} is an ONNX model; pruning needs the PyTorch model (convert it first, or pass module:factory)")
+    ds = load_data(data, handle) if data is not None else None
+    original = copy.deepcopy(handle)
+    pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
+    written = _save(pruned, output, force=force, src=src)
+    table = _measure(original, written, output, src, eval_data or data, repeats, json_out)
+    result = {"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None}
+    if json_out:
+        print_json(result)
+        return
+    console.print(f"[bold]{report.method}[/]: parameters {report.params_before:,} → {report.params_after:,} "
+                  f"({report.params_after / max(report.params_before, 1):.2f}×), zero weights "
+                  f"{100 * report.sparsity_before:.1f}% → {100 * report.sparsity_after:.1f}%")
+    for g in report.groups[:12]:
+        console.print(f"  {g['kind']} group {g['name']}: {g['size']} → {g['kept']}", highlight=False)
+    if len(report.groups) > 12:
+        console.print(f"  ... {len(report.groups) - 12} more groups")
+    for w in report.warnings:
+        console.print("warning: " + w, style="yellow", markup=False)
+    if table is not None:
+        from .common_cmds import print_bench
+
+        print_bench(table)
+    console.print(f"wrote {output}")
+
+
+def _save(handle: Any, output: Path, *, force: bool, src: str) -> Any:
+    from ..loading import save
+
+    if output.suffix.lower() == ".onnx":  # export_onnx directly: loading.save passes the path positionally
+        from ..convert.export import export_onnx
+
+        return export_onnx(handle, None, output, force=force)
+    return save(handle, output, force=force, source_path=src if Path(src).exists() else None)
+
+
+def _measure(original: Any, written: Any, output: Path, src: str, data: str | None, repeats: int, quiet: bool) -> Any:
+    """Bench the original and the written file in the same runtime (ORT for .onnx)."""
+    from ..evaluate.bench import bench
+    from ..loading import load
+
+    if output.suffix.lower() == ".safetensors":
+        after = load(src, weights=str(output))
+        after.path = output
+        after.example_inputs = original.example_inputs
+        after.inputs = original.inputs
+        return bench([original, after], data=data, repeats=repeats, names=[src, str(output)], progress=not quiet)
+    if output.suffix.lower() == ".onnx":
+        with tempfile.TemporaryDirectory() as tmp:
+            before = _save(original, Path(tmp) / "original.onnx", force=True, src=src)
+            return bench([before, str(output)], data=data, repeats=repeats,
+                         names=[f"{src} (onnx)", str(output)], progress=not quiet)
+    return bench([original, written], data=data, repeats=repeats, names=[src, str(output)], progress=not quiet)
