@@ -1,0 +1,307 @@
+"""ONNX → ``torch.fx.GraphModule``: walk the ONNX graph in order and let one small
+converter per op (``ops.py``) emit fx nodes.
+
+Why hand-written: the ready-made ``onnx2torch`` package requires torchvision, which does not
+import beside the CPU torch here (and drags in a CUDA build when installed), so it cannot be
+used. This importer keeps the same idea — a table of op converters — and adds what deepshrink
+needs from an imported model:
+
+- float initializers become ``nn.Parameter``s (BatchNorm statistics become buffers), and
+  Conv / Gemm / MatMul-with-constant-weight / BatchNormalization become real ``nn.Conv2d``,
+  ``nn.Linear``, ``nn.BatchNorm2d`` submodules named after their ONNX weights, so the
+  imported model can be fine-tuned, pruned (also structurally) and distilled like any
+  torch model;
+- integer initializers and ``Constant`` outputs are known at import time: a node whose
+  inputs are all known is evaluated at import (constant folding of shape arithmetic);
+  everything else runs in the graph, so a dynamic batch dimension stays dynamic;
+- an op without a converter raises ``UnsupportedError`` naming the op and the node and
+  suggesting the closest working route.
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import fx, nn
+
+from ...errors import InputError, UnsupportedError
+
+Value = Any  # an fx.Node (computed in the graph) or a torch.Tensor (known at import time)
+Converter = Callable[["Builder", "OnnxNode"], "Value | list[Value] | tuple[Value, ...]"]
+
+CONVERTERS: dict[str, Converter] = {}
+
+# Ops that the torch/tf exporters only emit at a high opset and decompose below it.
+_OPSET_HINTS = {
+    "LayerNormalization": 16, "Gelu": 19, "GroupNormalization": 17, "RMSNormalization": 22,
+    "Attention": 22, "RotaryEmbedding": 22,
+}
+
+
+def converter(*op_types: str) -> Callable[[Converter], Converter]:
+    """Register ``fn`` as the converter of each ONNX op type in ``op_types``."""
+
+    def deco(fn: Converter) -> Converter:
+        for op in op_types:
+            CONVERTERS[op] = fn
+        return fn
+
+    return deco
+
+
+@dataclass
+class OnnxNode:
+    """One ONNX node, attributes decoded to Python values."""
+
+    op_type: str
+    name: str
+    domain: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+    opset: int
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.attrs.get(key, default)
+
+
+def _ident(text: str, fallback: str = "v") -> str:
+    s = re.sub(r"\W", "_", text).strip("_") or fallback
+    if s[0].isdigit():
+        s = f"_{s}"
+    if keyword.iskeyword(s):
+        s = f"{s}_"
+    return s
+
+
+class Builder:
+    """Holds the fx graph under construction and the root module that owns its weights."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.graph = fx.Graph()
+        self.root = nn.Module()
+        self.env: dict[str, Value] = {}
+        self.initializers: dict[str, onnx.TensorProto] = {i.name: i for i in model.graph.initializer}
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.uses: dict[str, int] = {}
+        self.buffer_inputs: set[str] = set()  # initializers that are statistics, not trainable
+        self._const_attrs: dict[int, fx.Node] = {}
+        self._names: set[str] = set()
+        self._keep_alive: list[torch.Tensor] = []
+
+    # ---------------------------------------------------------------- values
+    def value(self, name: str) -> Value:
+        if name == "":
+            return None
+        if name in self.env:
+            return self.env[name]
+        if name in self.initializers:
+            v = self._initializer(name)
+            self.env[name] = v
+            return v
+        raise InputError(f"ONNX value '{name}' is used before it is produced (graph not topologically sorted?)")
+
+    def tensor_of(self, name: str) -> torch.Tensor:
+        arr = numpy_helper.to_array(self.initializers[name])
+        return torch.from_numpy(np.array(arr, copy=True))
+
+    def _initializer(self, name: str) -> Value:
+        t = self.tensor_of(name)
+        if not t.dtype.is_floating_point or t.dim() == 0:
+            return t  # integer data and scalars are import-time constants
+        if name in self.buffer_inputs:
+            return self.get_attr(name, t, buffer=True)
+        return self.get_attr(name, nn.Parameter(t), buffer=False)
+
+    def get_attr(self, hint: str, t: torch.Tensor, buffer: bool) -> fx.Node:
+        target = self._register(hint, t, buffer)
+        return self.graph.get_attr(target)
+
+    def _register(self, hint: str, t: torch.Tensor, buffer: bool) -> str:
+        parts = [_ident(p) for p in re.split(r"[./]", hint) if p] or ["w"]
+        mod: nn.Module = self.root
+        for p in parts[:-1]:
+            sub = getattr(mod, p, None) if p in mod._modules else None
+            if sub is None:
+                if hasattr(mod, p):  # clashes with a tensor: fall back to a flat name
+                    return self._register("_".join(parts), t, buffer)
+                sub = nn.Module()
+                mod.add_module(p, sub)
+            mod = sub
+        leaf = parts[-1]
+        base, k = leaf, 1
+        while hasattr(mod, leaf):
+            leaf = f"{base}_{k}"
+            k += 1
+        if buffer:
+            mod.register_buffer(leaf, t)
+        else:
+            mod.register_parameter(leaf, t if isinstance(t, nn.Parameter) else nn.Parameter(t))
+        return ".".join([*parts[:-1], leaf])
+
+    def add_module(self, hint: str, module: nn.Module) -> str:
+        name = _ident("_".join(p for p in re.split(r"[./:]", hint) if p), "m")
+        # nest like the original module path where it is free: fc1.weight -> module "fc1"
+        base, k = name, 1
+        while hasattr(self.root, name):
+            name = f"{base}_{k}"
+            k += 1
+        self.root.add_module(name, module)
+        return name
+
+    def lift(self, v: Any) -> Any:
+        """Turn import-time tensors inside ``v`` into buffers the graph can read."""
+        if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter):
+            key = id(v)
+            if key not in self._const_attrs:
+                self._keep_alive.append(v)
+                target = self._register("_const", v.detach().clone(), buffer=True)
+                self._const_attrs[key] = self.graph.get_attr(target)
+            return self._const_attrs[key]
+        if isinstance(v, (list, tuple)):
+            return type(v)(self.lift(i) for i in v)
+        if isinstance(v, dict):
+            return {k: self.lift(i) for k, i in v.items()}
+        return v
+
+    @staticmethod
+    def is_node(v: Any) -> bool:
+        if isinstance(v, fx.Node):
+            return True
+        if isinstance(v, (list, tuple)):
+            return any(Builder.is_node(i) for i in v)
+        if isinstance(v, dict):
+            return any(Builder.is_node(i) for i in v.values())
+        return False
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Value:
+        """Emit ``fn(*args, **kwargs)`` into the graph, or evaluate it now if no input is a graph node."""
+        if not self.is_node(args) and not self.is_node(kwargs):
+            with torch.no_grad():
+                return fn(*args, **kwargs)
+        return self.graph.call_function(fn, self.lift(args), self.lift(kwargs))
+
+    def call_module(self, target: str, *args: Any) -> fx.Node:
+        return self.graph.call_module(target, self.lift(args))
+
+    def known(self, v: Value) -> bool:
+        return v is not None and not self.is_node(v)
+
+    def getitem(self, v: Value, i: int) -> Value:
+        import operator
+
+        return self.call(operator.getitem, v, i)
+
+
+def _attr_value(a: onnx.AttributeProto) -> Any:
+    if a.type == onnx.AttributeProto.TENSOR:
+        arr = numpy_helper.to_array(a.t)
+        if arr.dtype.kind in "OSU":  # string tensors: no torch equivalent; reported by the converter
+            return a
+        return torch.from_numpy(np.array(arr, copy=True))
+    if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        return a  # sub-graphs: not supported by any converter, reported by name
+    v = onnx.helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, list) and v and isinstance(v[0], bytes):
+        return [s.decode("utf-8") for s in v]
+    return v
+
+
+def unsupported_message(node: OnnxNode) -> str:
+    where = f"ONNX op '{node.op_type}'" + (f" (domain '{node.domain}')" if node.domain not in ("", "ai.onnx") else "")
+    msg = f"{where} in node '{node.name or node.outputs[0]}' has no PyTorch converter"
+    if node.domain not in ("", "ai.onnx"):
+        return (msg + "; it is a contrib/fused op — import the model as exported, before ONNX Runtime graph "
+                "optimization, or convert it to OpenVINO IR (.xml) / keep it in ONNX Runtime instead")
+    hint = ""
+    if node.op_type in _OPSET_HINTS:
+        hint = f"; re-export with opset < {_OPSET_HINTS[node.op_type]} so the exporter decomposes it into basic ops"
+    close = difflib.get_close_matches(node.op_type, list(CONVERTERS), n=1, cutoff=0.75)
+    if close:
+        hint += f"; the closest supported op is '{close[0]}'"
+    return (msg + hint + "; this ONNX file still runs in ONNX Runtime and converts to OpenVINO IR (.xml) — "
+            f"deepshrink's ONNX → PyTorch route supports {len(CONVERTERS)} ops (see deepshrink.convert.onnx2torch.SUPPORTED_OPS)")
+
+
+def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    p = Path(model)
+    if not p.is_file():
+        raise InputError(f"ONNX file {p} does not exist")
+    try:
+        return onnx.load(str(p))
+    except Exception as exc:
+        raise InputError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def onnx_to_torch(model: onnx.ModelProto | str | Path) -> fx.GraphModule:
+    """Import an ONNX model (a ``ModelProto`` or a path) as a runnable, trainable ``GraphModule``.
+
+    ``forward`` takes the graph inputs positionally (also by their sanitized names) and returns
+    one tensor, or a tuple when the graph has several outputs. The module is in eval mode.
+    """
+    from . import ops  # noqa: F401  (fills CONVERTERS)
+
+    proto = _load(model)
+    b = Builder(proto)
+    g = proto.graph
+    nodes = [
+        OnnxNode(n.op_type, n.name, n.domain, list(n.input), list(n.output),
+                 {a.name: _attr_value(a) for a in n.attribute}, b.opset)
+        for n in g.node
+    ]
+    for n in nodes:
+        for i in n.inputs:
+            b.uses[i] = b.uses.get(i, 0) + 1
+        if n.op_type == "BatchNormalization":
+            b.buffer_inputs.update(n.inputs[3:5])
+    init_names = set(b.initializers)
+    input_names: list[str] = []
+    for vi in g.input:
+        if vi.name in init_names:
+            continue
+        ph = b.graph.placeholder(_ident(vi.name, "x"))
+        b.env[vi.name] = ph
+        input_names.append(vi.name)
+    for n in nodes:
+        fn = CONVERTERS.get(n.op_type) if n.domain in ("", "ai.onnx") else None
+        if fn is None:
+            raise UnsupportedError(unsupported_message(n))
+        try:
+            out = fn(b, n)
+        except (UnsupportedError, InputError):
+            raise
+        except NotImplementedError as exc:
+            raise UnsupportedError(f"{unsupported_message(n).split(' has no')[0]} uses a variant not supported: {exc}") from None
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        for name, v in zip(n.outputs, outs, strict=False):
+            if name:
+                if isinstance(v, fx.Node) and v.op == "call_function":
+                    v.name = b.graph._graph_namespace.create_name(_ident(name), v)  # readable code
+                b.env[name] = v
+    results = []
+    for vo in g.output:
+        v = b.value(vo.name)
+        results.append(b.lift(v) if not b.is_node(v) else v)
+    b.graph.output(results[0] if len(results) == 1 else tuple(results))
+    gm = fx.GraphModule(b.root, b.graph, class_name="ImportedOnnx")
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    gm.onnx_input_names = input_names  # type: ignore[attr-defined]
+    gm.onnx_output_names = [o.name for o in g.output]  # type: ignore[attr-defined]
+    return gm.eval()

@@ -1,0 +1,838 @@
+"""Functions an imported ``GraphModule`` calls at run time where ONNX semantics differ from
+torch's (reshape's 0 meaning "copy this dim", slicing by tensors of starts/ends/axes/steps,
+SAME padding computed from the input's shape, integer division truncating toward zero...).
+
+They take tensors and plain Python values, so the converters can also call them eagerly to
+fold constant sub-graphs (shape arithmetic) at import time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+IntsLike = Sequence[int] | torch.Tensor
+
+
+def ints(v: IntsLike | None) -> list[int]:
+    """A tensor or sequence of integers as a Python list."""
+    if v is None:
+        return []
+    if isinstance(v, torch.Tensor):
+        return [int(i) for i in v.reshape(-1).tolist()]
+    return [int(i) for i in v]
+
+
+def shape(x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+    return torch.tensor(list(x.shape)[start:end], dtype=torch.int64)
+
+
+def size(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(x.numel(), dtype=torch.int64)
+
+
+def reshape(x: torch.Tensor, new_shape: IntsLike, allowzero: int = 0) -> torch.Tensor:
+    dims = ints(new_shape)
+    if not allowzero:
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return torch.reshape(x, dims)
+
+
+def flatten(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    axis = axis + x.dim() if axis < 0 else axis
+    outer = math.prod(x.shape[:axis])
+    return torch.reshape(x, (outer, -1)) if x.numel() else torch.reshape(x, (outer, math.prod(x.shape[axis:])))
+
+
+def squeeze(x: torch.Tensor, axes: IntsLike | None = None) -> torch.Tensor:
+    if axes is None or (isinstance(axes, Sequence) and len(axes) == 0):
+        return torch.squeeze(x)
+    ax = [a % x.dim() for a in ints(axes)] if x.dim() else []
+    return torch.squeeze(x, tuple(ax)) if ax else x
+
+
+def unsqueeze(x: torch.Tensor, axes: IntsLike) -> torch.Tensor:
+    ax = ints(axes)
+    rank = x.dim() + len(ax)
+    for a in sorted(a % rank for a in ax):
+        x = torch.unsqueeze(x, a)
+    return x
+
+
+def expand(x: torch.Tensor, new_shape: IntsLike) -> torch.Tensor:
+    dims = ints(new_shape)
+    # ONNX Expand broadcasts both ways (a 1 in `shape` keeps x's dim).
+    out_rank = max(len(dims), x.dim())
+    dims = [1] * (out_rank - len(dims)) + dims
+    xs = [1] * (out_rank - x.dim()) + list(x.shape)
+    target = [max(a, b) if 1 in (a, b) else b for a, b in zip(xs, dims, strict=True)]
+    return x.reshape(xs).expand(target)
+
+
+def tile(x: torch.Tensor, repeats: IntsLike) -> torch.Tensor:
+    return x.repeat(ints(repeats))
+
+
+def constant_of_shape(new_shape: IntsLike, value: torch.Tensor | None = None) -> torch.Tensor:
+    dims = ints(new_shape)
+    if value is None:
+        return torch.zeros(dims, dtype=torch.float32)
+    return torch.full(dims, value.reshape(-1)[0].item(), dtype=value.dtype)
+
+
+def arange(start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
+
+
+def slice_(x: torch.Tensor, starts: IntsLike, ends: IntsLike, axes: IntsLike | None = None,
+           steps: IntsLike | None = None) -> torch.Tensor:
+    st, en = ints(starts), ints(ends)
+    ax = ints(axes) if axes is not None and len(ints(axes)) else list(range(len(st)))
+    sp = ints(steps) if steps is not None and len(ints(steps)) else [1] * len(st)
+    index: list[Any] = [slice(None)] * x.dim()
+    flips = []
+    for s, e, a, k in zip(st, en, ax, sp, strict=True):
+        a = a % x.dim()
+        n = x.shape[a]
+        if k > 0:
+            s = max(0, min(n, s + n if s < 0 else s))
+            e = max(0, min(n, e + n if e < 0 else e))
+            index[a] = slice(s, max(s, e), k)
+        else:  # torch has no negative steps: flip, then slice forward
+            s = max(-1, min(n - 1, s + n if s < 0 else s))
+            e = max(-1, min(n - 1, e + n if e < 0 else e))
+            # elements s, s+k, ..., > e  ->  in flipped coordinates (n-1-i)
+            fs, fe = n - 1 - s, n - 1 - e
+            index[a] = slice(fs, max(fs, fe), -k)
+            flips.append(a)
+    if flips:
+        x = torch.flip(x, flips)
+    return x[tuple(index)]
+
+
+def gather(x: torch.Tensor, indices: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    axis = axis % x.dim()
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    flat = torch.index_select(x, axis, idx.reshape(-1))
+    return flat.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))
+
+
+def gather_elements(x: torch.Tensor, indices: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    axis = axis % x.dim()
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    return torch.gather(x, axis, idx)
+
+
+def gather_nd(x: torch.Tensor, indices: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
+    idx = indices.long()
+    b = batch_dims
+    bshape = list(x.shape[:b])
+    nb = math.prod(bshape) if bshape else 1
+    xf = x.reshape(nb, *x.shape[b:])
+    k = idx.shape[-1]
+    idf = idx.reshape(nb, -1, k)
+    outs = []
+    for i in range(nb):
+        sel = tuple(idf[i, :, j] for j in range(k))
+        outs.append(xf[i][sel])
+    out = torch.stack(outs)
+    return out.reshape(*idx.shape[:-1], *x.shape[b + k:])
+
+
+def scatter_elements(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, axis: int = 0,
+                     reduction: str = "none") -> torch.Tensor:
+    axis = axis % x.dim()
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    if reduction == "none":
+        return torch.scatter(x, axis, idx, updates)
+    red = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}[reduction]
+    return torch.scatter_reduce(x, axis, idx, updates, reduce=red, include_self=True)
+
+
+def scatter_nd(x: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    out = x.clone()
+    idx = indices.long()
+    k = idx.shape[-1]
+    idf = idx.reshape(-1, k)
+    upd = updates.reshape(idf.shape[0], *x.shape[k:])
+    for i in range(idf.shape[0]):
+        key = tuple(int(v) for v in idf[i])
+        if reduction == "add":
+            out[key] = out[key] + upd[i]
+        elif reduction == "mul":
+            out[key] = out[key] * upd[i]
+        elif reduction == "max":
+            out[key] = torch.maximum(out[key], upd[i])
+        elif reduction == "min":
+            out[key] = torch.minimum(out[key], upd[i])
+        else:
+            out[key] = upd[i]
+    return out
+
+
+def div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if not a.dtype.is_floating_point and not b.dtype.is_floating_point:
+        return torch.div(a, b, rounding_mode="trunc")
+    return torch.div(a, b)
+
+
+def mod(a: torch.Tensor, b: torch.Tensor, fmod: int = 0) -> torch.Tensor:
+    return torch.fmod(a, b) if fmod else torch.remainder(a, b)
+
+
+def pow_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    out = torch.pow(a, b.to(a.dtype) if a.dtype.is_floating_point else b)
+    return out.to(a.dtype)
+
+
+def clip(x: torch.Tensor, lo: torch.Tensor | float | None = None, hi: torch.Tensor | float | None = None) -> torch.Tensor:
+    if isinstance(lo, torch.Tensor):
+        lo = lo.item()
+    if isinstance(hi, torch.Tensor):
+        hi = hi.item()
+    if lo is None and hi is None:
+        return x
+    return torch.clamp(x, lo, hi)
+
+
+def _same_pads(in_sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+               upper: bool) -> list[int]:
+    begins, ends = [], []
+    for n, k, s, d in zip(in_sizes, kernel, strides, dilations, strict=True):
+        out = -(-n // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - n)
+        small, big = total // 2, total - total // 2
+        begins.append(small if upper else big)
+        ends.append(big if upper else small)
+    return begins + ends
+
+
+def _torch_pad(pads: Sequence[int]) -> list[int]:
+    """ONNX [b1, b2, ..., e1, e2, ...] -> F.pad's last-dim-first [b_last, e_last, ...]."""
+    n = len(pads) // 2
+    out: list[int] = []
+    for i in reversed(range(n)):
+        out += [pads[i], pads[i + n]]
+    return out
+
+
+def resolve_pads(x: torch.Tensor, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+                 pads: Sequence[int] | None, auto_pad: str) -> list[int]:
+    nsp = len(kernel)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return _same_pads(list(x.shape[2:]), kernel, strides, dilations, auto_pad == "SAME_UPPER")
+    if auto_pad == "VALID":
+        return [0] * (2 * nsp)
+    return list(pads) if pads else [0] * (2 * nsp)
+
+
+def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, strides: list[int] | None, pads: list[int] | None,
+         dilations: list[int] | None, group: int, auto_pad: str) -> torch.Tensor:
+    nsp = w.dim() - 2
+    kernel = list(w.shape[2:])
+    strides = strides or [1] * nsp
+    dilations = dilations or [1] * nsp
+    p = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
+    if p[:nsp] == p[nsp:]:
+        padding: Any = p[:nsp]
+    else:
+        x = F.pad(x, _torch_pad(p))
+        padding = 0
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nsp]
+    return fn(x, w, b, stride=strides, padding=padding, dilation=dilations, groups=group)
+
+
+def conv_transpose(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, strides: list[int] | None,
+                   pads: list[int] | None, dilations: list[int] | None, group: int, auto_pad: str,
+                   output_padding: list[int] | None, output_shape: list[int] | None) -> torch.Tensor:
+    """Transposed conv with ONNX's padding rules: run torch's with no padding, then crop
+    ``pads`` (begin/end) and grow ``output_padding`` at the end, then add the bias."""
+    nsp = w.dim() - 2
+    kernel = list(w.shape[2:])
+    strides = strides or [1] * nsp
+    dilations = dilations or [1] * nsp
+    out_pad = output_padding or [0] * nsp
+    in_sizes = list(x.shape[2:])
+    full = [s * (n - 1) + (k - 1) * d + 1 for n, s, k, d in zip(in_sizes, strides, kernel, dilations, strict=True)]
+    if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(output_shape[-nsp:]) if output_shape else [n * s for n, s in zip(in_sizes, strides, strict=True)]
+        total = [f + op - t for f, op, t in zip(full, out_pad, target, strict=True)]
+        if auto_pad == "SAME_UPPER" or (output_shape and auto_pad != "SAME_LOWER" and False):
+            begin = [t // 2 for t in total]
+        else:
+            begin = [t - t // 2 for t in total]
+        end = [t - bg for t, bg in zip(total, begin, strict=True)]
+    else:
+        p = list(pads) if pads else [0] * (2 * nsp)
+        begin, end = p[:nsp], p[nsp:]
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nsp]
+    y = fn(x, w, None, stride=strides, padding=0, output_padding=0, groups=group, dilation=dilations)
+    index: list[Any] = [slice(None), slice(None)]
+    grow = []
+    for i in range(nsp):
+        stop = full[i] - end[i] + out_pad[i]
+        grow.append(max(0, stop - full[i]))
+        index.append(slice(begin[i], min(stop, full[i])))
+    y = y[tuple(index)]
+    if any(grow):
+        y = F.pad(y, [v for g in reversed(grow) for v in (0, g)])
+    if b is not None:
+        y = y + b.reshape(1, -1, *([1] * nsp))
+    return y
+
+
+def pool(x: torch.Tensor, kind: str, kernel: list[int], strides: list[int], pads: list[int], dilations: list[int],
+         auto_pad: str, ceil_mode: int, count_include_pad: int) -> torch.Tensor:
+    nsp = len(kernel)
+    strides = strides or [1] * nsp
+    dilations = dilations or [1] * nsp
+    p = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
+    sym = p[:nsp] == p[nsp:] and all(2 * a <= k for a, k in zip(p[:nsp], kernel, strict=True))
+    if kind == "max":
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nsp]
+        if not sym:
+            x = F.pad(x, _torch_pad(p), value=float("-inf"))
+            p = [0] * (2 * nsp)
+        return fn(x, kernel, strides, p[:nsp], dilations, ceil_mode=bool(ceil_mode))
+    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nsp]
+    if any(d != 1 for d in dilations):
+        return _avg_pool_dilated(x, kernel, strides, p, dilations, ceil_mode, count_include_pad)
+    if sym and (count_include_pad or not any(p)):
+        return fn(x, kernel, strides, p[:nsp], ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad))
+    # asymmetric or excluded padding: sum over padded input / count of real elements
+    xp = F.pad(x, _torch_pad(p))
+    ones = F.pad(torch.ones_like(x[:1, :1]), _torch_pad(p))
+    s = fn(xp, kernel, strides, 0, ceil_mode=bool(ceil_mode), count_include_pad=True)
+    if count_include_pad:
+        return s
+    c = fn(ones, kernel, strides, 0, ceil_mode=bool(ceil_mode), count_include_pad=True)
+    return s / c
+
+
+def _avg_pool_dilated(x: torch.Tensor, kernel: list[int], strides: list[int], p: list[int], dilations: list[int],
+                      ceil_mode: int, count_include_pad: int) -> torch.Tensor:
+    """Average pooling with dilations (torch has none): a depthwise conv with a dilated box kernel."""
+    nsp = len(kernel)
+    c = x.shape[1]
+    tp = _torch_pad(p)
+    if ceil_mode:  # extra end padding so the last partial window is kept
+        extra = []
+        for n, k, s, d, a, e in zip(x.shape[2:], kernel, strides, dilations, p[:nsp], p[nsp:], strict=True):
+            eff = (k - 1) * d + 1
+            size = n + a + e
+            out = -(-(size - eff) // s) + 1
+            if (out - 1) * s >= n + a:
+                out -= 1
+            extra.append(max(0, (out - 1) * s + eff - size))
+        for i, g in enumerate(reversed(extra)):
+            tp[2 * i + 1] += g
+    xp = F.pad(x, tp)
+    ones = F.pad(torch.ones_like(x[:1, :1]), tp)
+    if count_include_pad:  # padding counts, the ceil-mode overhang does not
+        base = F.pad(torch.ones_like(x[:1, :1]), _torch_pad(p))
+        ones = F.pad(base, [0 if i % 2 == 0 else t - q for i, (t, q) in enumerate(zip(tp, _torch_pad(p), strict=True))])
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nsp]
+    k = torch.ones(c, 1, *kernel, dtype=x.dtype)
+    s = fn(xp, k, stride=strides, dilation=dilations, groups=c)
+    cnt = fn(ones, torch.ones(1, 1, *kernel, dtype=x.dtype), stride=strides, dilation=dilations)
+    return s / cnt
+
+
+def reduce(x: torch.Tensor, kind: str, axes: IntsLike | None, keepdims: int, noop_with_empty_axes: int = 0) -> torch.Tensor:
+    ax = ints(axes)
+    if not ax:
+        if noop_with_empty_axes:
+            return x
+        ax = list(range(x.dim()))
+    ax = sorted(a % x.dim() for a in ax) if x.dim() else []
+    kd = bool(keepdims)
+    if kind == "mean":
+        return torch.mean(x, dim=ax, keepdim=kd) if ax else x
+    if kind == "sum":
+        return torch.sum(x, dim=ax, keepdim=kd) if ax else x
+    if kind == "max":
+        return torch.amax(x, dim=ax, keepdim=kd) if x.numel() else _empty_reduce(x, ax, kd, float("-inf"))
+    if kind == "min":
+        return torch.amin(x, dim=ax, keepdim=kd) if x.numel() else _empty_reduce(x, ax, kd, float("inf"))
+    if kind == "prod":
+        out = x
+        for a in reversed(ax):
+            out = torch.prod(out, dim=a, keepdim=kd)
+        return out
+    if kind == "l1":
+        return torch.sum(torch.abs(x), dim=ax, keepdim=kd)
+    if kind == "l2":
+        return torch.sqrt(torch.sum(x * x, dim=ax, keepdim=kd))
+    if kind == "sumsquare":
+        return torch.sum(x * x, dim=ax, keepdim=kd)
+    if kind == "logsum":
+        return torch.log(torch.sum(x, dim=ax, keepdim=kd))
+    if kind == "logsumexp":
+        return torch.logsumexp(x, dim=ax, keepdim=kd)
+    raise ValueError(kind)
+
+
+def _empty_reduce(x: torch.Tensor, ax: list[int], kd: bool, fill: float) -> torch.Tensor:
+    shp = [1 if i in ax else n for i, n in enumerate(x.shape)] if kd else [n for i, n in enumerate(x.shape) if i not in ax]
+    return torch.full(shp, fill, dtype=x.dtype)
+
+
+def arg_extreme(x: torch.Tensor, kind: str, axis: int, keepdims: int, select_last_index: int) -> torch.Tensor:
+    axis = axis % x.dim()
+    if select_last_index:
+        flipped = torch.flip(x, [axis])
+        idx = (torch.argmax if kind == "max" else torch.argmin)(flipped, dim=axis, keepdim=bool(keepdims))
+        return x.shape[axis] - 1 - idx
+    return (torch.argmax if kind == "max" else torch.argmin)(x, dim=axis, keepdim=bool(keepdims))
+
+
+def softmax_legacy(x: torch.Tensor, axis: int, kind: str) -> torch.Tensor:
+    """Opset < 13: softmax over the input flattened to 2-D at ``axis``."""
+    axis = axis % x.dim() if x.dim() else 0
+    flat = x.reshape(math.prod(x.shape[:axis]), -1)
+    fn = {"softmax": torch.softmax, "log": torch.log_softmax}[kind]
+    if kind == "hardmax":
+        out = F.one_hot(flat.argmax(1), flat.shape[1]).to(x.dtype)
+    else:
+        out = fn(flat, 1)
+    return out.reshape(x.shape)
+
+
+def hardmax(x: torch.Tensor, axis: int) -> torch.Tensor:
+    axis = axis % x.dim()
+    return torch.movedim(F.one_hot(x.argmax(axis), x.shape[axis]).to(x.dtype), -1, axis)
+
+
+def split(x: torch.Tensor, sizes: IntsLike | None, axis: int, num_outputs: int) -> tuple[torch.Tensor, ...]:
+    axis = axis % x.dim()
+    n = x.shape[axis]
+    szs = ints(sizes)
+    if not szs:
+        chunk = -(-n // num_outputs)
+        szs = [min(chunk, n - i * chunk) for i in range(num_outputs)]
+    return tuple(torch.split(x, szs, dim=axis))
+
+
+def topk(x: torch.Tensor, k: IntsLike, axis: int, largest: int, sorted_: int) -> tuple[torch.Tensor, torch.Tensor]:
+    kk = ints(k)[0]
+    axis = axis % x.dim()
+    if largest:
+        # ONNX breaks ties by the lower index; a stable sort gives that
+        vals, idx = torch.sort(x, dim=axis, descending=True, stable=True)
+    else:
+        vals, idx = torch.sort(x, dim=axis, descending=False, stable=True)
+    return vals.narrow(axis, 0, kk), idx.narrow(axis, 0, kk)
+
+
+def cumsum(x: torch.Tensor, axis: IntsLike, exclusive: int, reverse: int) -> torch.Tensor:
+    a = ints(axis)[0] % x.dim()
+    if reverse:
+        x = torch.flip(x, [a])
+    out = torch.cumsum(x, a)
+    if exclusive:
+        out = out - x
+    if reverse:
+        out = torch.flip(out, [a])
+    return out.to(x.dtype)
+
+
+def trilu(x: torch.Tensor, k: IntsLike | None, upper: int) -> torch.Tensor:
+    kk = ints(k)[0] if k is not None and len(ints(k)) else 0
+    return torch.triu(x, kk) if upper else torch.tril(x, kk)
+
+
+def one_hot(indices: torch.Tensor, depth: IntsLike, values: torch.Tensor, axis: int) -> torch.Tensor:
+    d = int(ints(depth)[0]) if not isinstance(depth, torch.Tensor) or depth.numel() == 1 else int(depth.reshape(-1)[0])
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + d, idx)
+    valid = (idx >= 0) & (idx < d)
+    oh = F.one_hot(torch.where(valid, idx, torch.zeros_like(idx)), d) * valid.unsqueeze(-1)
+    out = torch.where(oh.bool(), values[1], values[0])
+    rank = out.dim()
+    axis = axis % rank
+    return torch.movedim(out, -1, axis)
+
+
+def eye_like(x: torch.Tensor, k: int, dtype: torch.dtype | None) -> torch.Tensor:
+    n, m = x.shape
+    i = torch.arange(n).unsqueeze(1)
+    j = torch.arange(m).unsqueeze(0)
+    return (j - i == k).to(dtype or x.dtype)
+
+
+def depth_to_space(x: torch.Tensor, blocksize: int, mode: str) -> torch.Tensor:
+    n, c, h, w = x.shape
+    b = blocksize
+    if mode == "DCR":
+        y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+    else:
+        y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
+    return y.reshape(n, c // (b * b), h * b, w * b)
+
+
+def space_to_depth(x: torch.Tensor, blocksize: int, mode: str = "DCR") -> torch.Tensor:
+    n, c, h, w = x.shape
+    b = blocksize
+    perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+    y = x.reshape(n, c, h // b, b, w // b, b).permute(*perm)
+    return y.reshape(n, c * b * b, h // b, w // b)
+
+
+def layer_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, axis: int, eps: float) -> torch.Tensor:
+    axis = axis % x.dim()
+    shp = list(x.shape[axis:])
+    orig = x.dtype
+    xf = x.float()
+    out = F.layer_norm(xf, shp, None, None, eps)
+    out = out * scale.float().expand(shp) if scale is not None else out
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(orig)
+
+
+def group_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, groups: int, eps: float) -> torch.Tensor:
+    c = x.shape[1]
+    out = F.group_norm(x, groups, None, None, eps)
+    shp = [1, c] + [1] * (x.dim() - 2)
+    if scale.numel() == groups and groups != c:  # opset 18: per-group scale/bias
+        scale = scale.repeat_interleave(c // groups)
+        bias = bias.repeat_interleave(c // groups)
+    return out * scale.reshape(shp) + bias.reshape(shp)
+
+
+def instance_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.instance_norm(x, weight=scale, bias=bias, eps=eps)
+
+
+def lp_norm(x: torch.Tensor, axis: int, p: int) -> torch.Tensor:
+    norm = torch.linalg.vector_norm(x, ord=float(p), dim=axis, keepdim=True)
+    return torch.where(norm == 0, torch.zeros_like(x), x / norm)
+
+
+def _src_coords(out_n: int, in_n: int, scale: float, mode: str, length_resized: int) -> torch.Tensor:
+    o = torch.arange(out_n, dtype=torch.float64)
+    if mode == "half_pixel":
+        return (o + 0.5) / scale - 0.5
+    if mode == "pytorch_half_pixel":
+        return (o + 0.5) / scale - 0.5 if length_resized > 1 else torch.zeros_like(o)
+    if mode == "align_corners":
+        return o * (in_n - 1) / (length_resized - 1) if length_resized > 1 else torch.zeros_like(o)
+    if mode == "asymmetric":
+        return o / scale
+    if mode == "half_pixel_symmetric":
+        adj = length_resized / (scale * in_n)
+        center = in_n / 2
+        offset = center * (1 - adj)
+        return offset + (o + 0.5) / scale - 0.5
+    raise NotImplementedError(f"Resize coordinate_transformation_mode {mode}")
+
+
+def _nearest(c: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "floor":
+        return torch.floor(c)
+    if mode == "ceil":
+        return torch.ceil(c)
+    if mode == "round_prefer_ceil":
+        return torch.floor(c + 0.5)
+    return torch.ceil(c - 0.5)  # round_prefer_floor
+
+
+def _cubic_weights(t: torch.Tensor, a: float) -> torch.Tensor:
+    def k(x: torch.Tensor) -> torch.Tensor:
+        x = x.abs()
+        return torch.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                           torch.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, torch.zeros_like(x)))
+    return torch.stack([k(t + 1), k(t), k(1 - t), k(2 - t)], dim=-1)
+
+
+def resize(x: torch.Tensor, scales: torch.Tensor | None, sizes: IntsLike | None, mode: str,
+           coord: str, nearest_mode: str, cubic_coeff_a: float, exclude_outside: int) -> torch.Tensor:
+    """ONNX Resize, axis by axis (separable): gather the source pixels each output reads and
+    blend them with nearest / linear / cubic weights, following the coordinate mode."""
+    if coord == "tf_crop_and_resize":
+        raise NotImplementedError("Resize coordinate_transformation_mode tf_crop_and_resize")
+    r = x.dim()
+    if sizes is not None and len(ints(sizes)):
+        out_size = ints(sizes)
+        scl = [o / n for o, n in zip(out_size, x.shape, strict=True)]
+    else:
+        scl = [float(s) for s in scales.reshape(-1).tolist()]  # type: ignore[union-attr]
+        out_size = [int(math.floor(n * s)) for n, s in zip(x.shape, scl, strict=True)]
+    orig = x.dtype
+    y = x.double() if mode != "nearest" else x
+    for ax in range(r):
+        n, on, sc = x.shape[ax], out_size[ax], scl[ax]
+        if on == n and sc == 1.0:
+            continue
+        c = _src_coords(on, n, sc, coord, on)
+        if mode == "nearest":
+            idx = _nearest(c, nearest_mode).long().clamp(0, n - 1)
+            y = torch.index_select(y, ax, idx)
+            continue
+        if mode == "linear":
+            c = c.clamp(0, n - 1)
+            lo = torch.floor(c).long().clamp(0, n - 1)
+            hi = (lo + 1).clamp(max=n - 1)
+            t = (c - lo).to(torch.float64)
+            idx = torch.stack([lo, hi], -1)
+            w = torch.stack([1 - t, t], -1)
+        elif mode == "cubic":
+            base = torch.floor(c)
+            t = c - base
+            idx = base.long().unsqueeze(-1) + torch.arange(-1, 3)
+            w = _cubic_weights(t, cubic_coeff_a)
+            if exclude_outside:
+                w = w * ((idx >= 0) & (idx < n))
+                w = w / w.sum(-1, keepdim=True)
+            idx = idx.clamp(0, n - 1)
+        else:
+            raise NotImplementedError(f"Resize mode {mode}")
+        g = torch.index_select(y, ax, idx.reshape(-1))
+        shp = list(y.shape)
+        shp[ax:ax + 1] = [on, idx.shape[-1]]
+        g = g.reshape(shp)
+        wshape = [1] * len(shp)
+        wshape[ax], wshape[ax + 1] = on, idx.shape[-1]
+        y = (g * w.reshape(wshape)).sum(ax + 1)
+    return y.to(orig) if y.dtype != orig else y
+
+
+def nonzero(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack(torch.nonzero(x, as_tuple=True)) if x.dim() else torch.nonzero(x.reshape(1)).T
+
+
+def bitshift(a: torch.Tensor, b: torch.Tensor, direction: str) -> torch.Tensor:
+    return torch.bitwise_left_shift(a, b) if direction == "LEFT" else torch.bitwise_right_shift(a, b)
+
+
+def prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= 0, x, x * slope)
+
+
+def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype)
+
+
+def where(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(c.bool(), a, b)
+
+
+def mean_of(*xs: torch.Tensor) -> torch.Tensor:
+    out = xs[0]
+    for v in xs[1:]:
+        out = out + v
+    return out / len(xs)
+
+
+def sum_of(*xs: torch.Tensor) -> torch.Tensor:
+    out = xs[0]
+    for v in xs[1:]:
+        out = out + v
+    return out
+
+
+def max_of(*xs: torch.Tensor) -> torch.Tensor:
+    out = xs[0]
+    for v in xs[1:]:
+        out = torch.maximum(out, v)
+    return out
+
+
+def min_of(*xs: torch.Tensor) -> torch.Tensor:
+    out = xs[0]
+    for v in xs[1:]:
+        out = torch.minimum(out, v)
+    return out
+
+
+def gemm(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, alpha: float, beta: float, trans_a: int,
+         trans_b: int) -> torch.Tensor:
+    if trans_a:
+        a = a.t()
+    if trans_b:
+        b = b.t()
+    y = torch.matmul(a, b)
+    if alpha != 1.0:
+        y = y * alpha
+    if c is not None:
+        y = y + (c * beta if beta != 1.0 else c)
+    return y
+
+
+def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float) -> torch.Tensor:
+    return F.local_response_norm(x, size, alpha=alpha, beta=beta, k=bias)
+
+
+def einsum(equation: str, *xs: torch.Tensor) -> torch.Tensor:
+    return torch.einsum(equation, *xs)
+
+
+def is_inf(x: torch.Tensor, detect_negative: int, detect_positive: int) -> torch.Tensor:
+    out = torch.zeros_like(x, dtype=torch.bool)
+    if detect_negative:
+        out = out | torch.isneginf(x)
+    if detect_positive:
+        out = out | torch.isposinf(x)
+    return out
+
+
+def batch_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+               eps: float) -> torch.Tensor:
+    return F.batch_norm(x, mean, var, scale, bias, training=False, eps=eps)
+
+
+def mat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(a, b)
+
+
+def celu(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return F.celu(x, alpha)
+
+
+def mish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.tanh(F.softplus(x))
+
+
+def compress(x: torch.Tensor, condition: torch.Tensor, axis: int | None) -> torch.Tensor:
+    cond = condition.bool()
+    if axis is None:
+        flat = x.reshape(-1)
+        return flat[: cond.numel()][cond[: flat.numel()]]
+    axis = axis % x.dim()
+    n = min(cond.numel(), x.shape[axis])
+    idx = torch.nonzero(cond[:n]).reshape(-1)
+    return torch.index_select(x, axis, idx)
+
+
+def reverse_sequence(x: torch.Tensor, lens: torch.Tensor, batch_axis: int, time_axis: int) -> torch.Tensor:
+    out = x.clone()
+    for i, n in enumerate(lens.tolist()):
+        sel: list[Any] = [slice(None)] * x.dim()
+        sel[batch_axis] = i
+        sel[time_axis] = slice(0, n)
+        part = x[tuple(sel)]
+        t = time_axis - (1 if batch_axis < time_axis else 0)
+        out[tuple(sel)] = torch.flip(part, [t])
+    return out
+
+
+_WIDE = {torch.uint16: torch.int64, torch.uint32: torch.int64, torch.uint64: torch.int64}
+_WIDENED: dict[Any, Any] = {}
+
+
+def widen(fn: Any) -> Any:
+    """``fn`` wrapped to compute unsigned 16/32/64-bit integers (few torch kernels take them)
+    in int64 and cast back. Cached, and published in this module so fx can name it."""
+    if fn in _WIDENED:
+        return _WIDENED[fn]
+
+    def wrapped(*xs: Any) -> Any:
+        dts = [x.dtype for x in xs if isinstance(x, torch.Tensor) and x.dtype in _WIDE]
+        if not dts:
+            return fn(*xs)
+        out = fn(*[x.to(torch.int64) if isinstance(x, torch.Tensor) and x.dtype in _WIDE else x for x in xs])
+        return out if out.dtype == torch.bool else out.to(dts[0])
+
+    name = f"wide_{getattr(fn, '__name__', 'op')}"
+    wrapped.__name__ = wrapped.__qualname__ = name
+    wrapped.__module__ = __name__
+    globals().setdefault(name, wrapped)
+    _WIDENED[fn] = wrapped
+    return wrapped
+
+
+def layer_norm_full(x: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None, axis: int,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LayerNormalization with its optional Mean and InvStdDev outputs."""
+    axis = axis % x.dim()
+    dims = tuple(range(axis, x.dim()))
+    xf = x.float()
+    mean = xf.mean(dims, keepdim=True)
+    inv = torch.rsqrt(((xf - mean) ** 2).mean(dims, keepdim=True) + eps)
+    y = (xf - mean) * inv
+    if scale is not None:
+        y = y * scale.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype), mean, inv
+
+
+def rms_norm(x: torch.Tensor, scale: torch.Tensor, axis: int, eps: float, stash_type: int) -> torch.Tensor:
+    axis = axis % x.dim()
+    dims = tuple(range(axis, x.dim()))
+    xf = x.float() if stash_type == 1 else x
+    y = xf * torch.rsqrt((xf * xf).mean(dims, keepdim=True) + eps)
+    return (y.to(x.dtype) * scale).to(x.dtype)
+
+
+def _q_shape(s: torch.Tensor, x: torch.Tensor, axis: int, block: int) -> torch.Tensor:
+    if s.dim() == 0 or s.numel() == 1 and block == 0:
+        return s.reshape(())
+    axis = axis % x.dim()
+    if block:
+        s = torch.repeat_interleave(s, block, dim=axis).narrow(axis, 0, x.shape[axis])
+        return s
+    shp = [1] * x.dim()
+    shp[axis] = -1
+    return s.reshape(shp)
+
+
+def dequantize_linear(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, axis: int,
+                      block_size: int) -> torch.Tensor:
+    s = _q_shape(scale, x, axis, block_size)
+    z = _q_shape(zero, x, axis, block_size).to(torch.float32) if zero is not None else 0.0
+    return ((x.to(torch.float32) - z) * s.to(torch.float32)).to(scale.dtype)
+
+
+_Q_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int16: (-32768, 32767),
+            torch.uint16: (0, 65535), torch.int32: (-(2**31), 2**31 - 1)}
+
+
+def quantize_linear(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, axis: int, block_size: int,
+                    saturate: int, out_dtype: torch.dtype | None) -> torch.Tensor:
+    dt = zero.dtype if zero is not None else (out_dtype or torch.uint8)
+    if dt not in _Q_RANGE:
+        raise NotImplementedError(f"QuantizeLinear to {dt}")
+    lo, hi = _Q_RANGE[dt]
+    s = _q_shape(scale, x, axis, block_size).to(torch.float32)
+    z = _q_shape(zero, x, axis, block_size).to(torch.float32) if zero is not None else 0.0
+    q = torch.round(x.to(torch.float32) / s) + z
+    return q.clamp(lo, hi).to(torch.int64).to(dt)
+
+
+def cumprod(x: torch.Tensor, axis: IntsLike, exclusive: int, reverse: int) -> torch.Tensor:
+    a = ints(axis)[0] % x.dim()
+    if reverse:
+        x = torch.flip(x, [a])
+    if exclusive:
+        x = torch.cat([torch.ones_like(x.narrow(a, 0, 1)), x.narrow(a, 0, x.shape[a] - 1)], a)
+    out = torch.cumprod(x, a).to(x.dtype)
+    return torch.flip(out, [a]) if reverse else out
+
+
+def mvn(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
+    mean = x.mean(axes, keepdim=True)
+    var = ((x - mean) ** 2).mean(axes, keepdim=True)
+    return (x - mean) / torch.sqrt(var + 1e-9)
+
+
+def lp_pool(x: torch.Tensor, kernel: list[int], strides: list[int] | None, pads: list[int] | None,
+            dilations: list[int] | None, auto_pad: str, ceil_mode: int, p: int) -> torch.Tensor:
+    nsp = len(kernel)
+    strides = strides or [1] * nsp
+    dilations = dilations or [1] * nsp
+    pp = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
+    xp = F.pad(x, _torch_pad(pp))
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nsp]
+    c = x.shape[1]
+    k = torch.ones(c, 1, *kernel, dtype=x.dtype)
+    if ceil_mode:
+        raise NotImplementedError("LpPool ceil_mode")
+    return fn(xp.abs() ** p, k, stride=strides, dilation=dilations, groups=c) ** (1.0 / p)
