@@ -12,4 +12,6 @@ from .importer import CONVERTERS, converter, onnx_to_torch, unsupported_message
 
 SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(CONVERTERS))
 
+from . import route as _route  # noqa: E402,F401  (registers the onnx → torch route)
+
 __all__ = ["SUPPORTED_OPS", "converter", "onnx_to_torch", "unsupported_message"]

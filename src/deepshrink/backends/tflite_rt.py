@@ -1,0 +1,92 @@
+"""TFLite / LiteRT runtime adapter: ``make_runner(path, threads)`` loads a ``.tflite`` file in
+TensorFlow's interpreter (``tf.lite.Interpreter``, XNNPACK delegate, ``threads`` threads) and
+returns ``runner(inputs: dict[str, ndarray]) -> list[ndarray]`` with ``input_names``.
+
+Inputs are matched by the model's signature names (deepshrink writes the ONNX input names
+there); the batch dimension is resized per call, so one file serves any batch size."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, MissingExtraError
+
+
+def _interpreter_cls() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        try:  # the standalone LiteRT runtime works too
+            from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
+
+            return Interpreter
+        except ImportError:
+            raise MissingExtraError("tensorflow-cpu", "tf", "Running TFLite models") from None
+    return tf.lite.Interpreter
+
+
+def _ident(name: str) -> str:
+    s = re.sub(r"\W", "_", name).strip("_") or "x"
+    return f"_{s}" if s[0].isdigit() else s
+
+
+class TFLiteRunner:
+    """One interpreter; call it with a dict of arrays keyed by input name."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        cls = _interpreter_cls()
+        try:
+            self.interpreter = cls(model_path=str(path), num_threads=int(threads))
+        except Exception as exc:
+            raise InputError(f"{path} is not a readable TFLite model: {str(exc).splitlines()[0][:200]}") from None
+        sigs = self.interpreter.get_signature_list()
+        self.signature = next(iter(sigs)) if sigs else None
+        if self.signature is not None:
+            self.runner = self.interpreter.get_signature_runner(self.signature)
+            self.input_names = list(sigs[self.signature]["inputs"])
+            self.output_names = list(sigs[self.signature]["outputs"])
+        else:
+            self.runner = None
+            self.interpreter.allocate_tensors()
+            self.input_names = [d["name"] for d in self.interpreter.get_input_details()]
+            self.output_names = [d["name"] for d in self.interpreter.get_output_details()]
+
+    def _feed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        by_ident = {_ident(k): v for k, v in inputs.items()}
+        feed = {}
+        for n in self.input_names:
+            v = inputs.get(n, by_ident.get(n))
+            if v is None:
+                raise InputError(f"TFLite model input {n!r} missing; the data provides {sorted(inputs)}")
+            feed[n] = np.ascontiguousarray(v)
+        return feed
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        feed = self._feed(inputs)
+        if self.runner is not None:
+            out = self.runner(**feed)
+            # output_0, output_1, ... : keep their numeric order
+            keys = sorted(out, key=lambda k: (len(k), k))
+            return [np.array(out[k]) for k in keys]
+        it = self.interpreter
+        for d, n in zip(it.get_input_details(), self.input_names, strict=True):
+            if tuple(d["shape"]) != feed[n].shape:
+                it.resize_tensor_input(d["index"], feed[n].shape)
+        it.allocate_tensors()
+        for d, n in zip(it.get_input_details(), self.input_names, strict=True):
+            it.set_tensor(d["index"], feed[n])
+        it.invoke()
+        return [np.array(it.get_tensor(d["index"])) for d in it.get_output_details()]
+
+
+def make_runner(path: str | os.PathLike[str], threads: int = 2) -> TFLiteRunner:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"model file {p} does not exist")
+    return TFLiteRunner(p, threads)

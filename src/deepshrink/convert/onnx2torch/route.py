@@ -1,0 +1,50 @@
+"""The ``onnx → torch`` conversion route: import the graph, write it as a ``torch.export``
+archive (``.pt2``) or its weights (``.safetensors``), and hand back the handle read from
+the written file so parity is measured on the artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...core.handle import ModelHandle, TensorSpec
+from ..routes import ConvertOptions, register_route
+from .importer import _ident, onnx_to_torch
+
+
+def imported_handle(src: ModelHandle) -> ModelHandle:
+    """The ONNX handle's model imported as a torch ``GraphModule``, same IO spec."""
+    gm = onnx_to_torch(src.model)
+    ins = [TensorSpec(_ident(s.name, "x"), s.shape, s.dtype) for s in src.inputs]
+    example = None
+    if src.example_inputs is not None:
+        example = {_ident(k, "x"): v for k, v in src.example_inputs.items()}
+    else:
+        example = {_ident(k, "x"): v for k, v in src.sample_inputs(batch=2, seed=0).items()}
+    return ModelHandle(gm, "torch", ins, list(src.outputs), example, source=src.source, path=None,
+                       tokenizer_dir=src.tokenizer_dir, metadata={**src.metadata, "imported_from": "onnx"})
+
+
+@register_route("onnx", "torch")
+def onnx_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Any, None]:
+    from ...loading import save
+
+    handle = save(imported_handle(src), dst, force=True)
+    try:
+        handle.model.eval()
+    except NotImplementedError:  # torch.export's loaded module refuses eval(); it is already inference-only
+        handle.model = _Frozen(handle.model)
+    return handle, None
+
+
+class _Frozen(torch.nn.Module):
+    """Wraps a module loaded from a ``.pt2`` so ``.eval()`` works (its own ``eval`` raises)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_inner", inner)  # not a child: train()/eval() must not reach it
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner(*args, **kwargs)
