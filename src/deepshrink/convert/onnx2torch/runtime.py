@@ -740,7 +740,7 @@ def widen(fn: Any) -> Any:
         out = fn(*[x.to(torch.int64) if isinstance(x, torch.Tensor) and x.dtype in _WIDE else x for x in xs])
         return out if out.dtype == torch.bool else out.to(dts[0])
 
-    name = f"wide_{getattr(fn, '__name__', 'op')}"
+    name = f"onnx_{getattr(fn, '__name__', 'op')}"
     wrapped.__name__ = wrapped.__qualname__ = name
     wrapped.__module__ = __name__
     globals().setdefault(name, wrapped)
