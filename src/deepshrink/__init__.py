@@ -40,12 +40,17 @@ _LAZY = {
 }
 
 
+# Verbs that are also packages (``ds.convert.ConvertResult``): the package is the verb.
+_VERB_PACKAGES = {"convert", "quantize", "prune"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
         module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        mod = importlib.import_module(module)
+        value = mod if name in _VERB_PACKAGES and callable(mod) else getattr(mod, attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'deepshrink' has no attribute {name!r}")

@@ -233,6 +233,9 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
         raise MissingExtraError("transformers", "examples", "loading a Hugging Face folder") from None
     from .examples.minilm import SentenceEncoder
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code,
@@ -270,7 +273,9 @@ class _FirstOutput(nn.Module):
 
 
 def _torch_handle(model: nn.Module, source: str) -> ModelHandle:
-    model.eval()
+    from .backends.torch import set_eval
+
+    set_eval(model)
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
         if p.is_floating_point() and not torch.isfinite(p).all():
             raise InputError(f"model {source}: tensor {name!r} contains NaN or infinity")
@@ -300,7 +305,7 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
         for n, shp in shapes.items():
             example[n] = rng.standard_normal(shp).astype(np.float32)
         handle.example_inputs = example
-        handle.inputs = [TensorSpec(n, ("batch", *example[n].shape[1:]), str(example[n].dtype)) for n in names]
+        handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
     elif data is not None:
         from .core.data import load_data
 
@@ -313,9 +318,18 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
             raise InputError(f"data {ds.source} does not match the model: input(s) {missing} missing; the data has {sorted(ds.inputs)}")
         example = {n: ds.inputs[n][:2] for n in names}
         handle.example_inputs = example
-        handle.inputs = [TensorSpec(n, ("batch", *example[n].shape[1:]), str(example[n].dtype)) for n in names]
+        handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
     if handle.example_inputs is not None:
         _set_output_specs(handle)
+
+
+def _spec_from_example(name: str, example: np.ndarray, handle: ModelHandle) -> TensorSpec:
+    """Batch axis dynamic; axes the existing spec names symbolically (a sequence) stay dynamic."""
+    old = next((s for s in handle.inputs if s.name == name), None)
+    dims: list[int | str] = ["batch", *example.shape[1:]]
+    if old is not None and len(old.shape) == example.ndim:
+        dims = [o if isinstance(o, str) else d for o, d in zip(old.shape, dims, strict=True)]
+    return TensorSpec(name, tuple(dims), str(example.dtype))
 
 
 def _loose(handle: ModelHandle) -> ModelHandle:
@@ -328,7 +342,10 @@ def _set_output_specs(handle: ModelHandle, first_name: str | None = None) -> Non
     if handle.example_inputs is None:
         return
     outs = run_torch(handle.model, handle.example_inputs, handle.input_names)
-    names = [first_name or "output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
+    if first_name is None and len(handle.outputs) == len(outs):
+        names = handle.output_names  # keep names chosen earlier (e.g. sentence_embedding)
+    else:
+        names = [first_name or "output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
     handle.outputs = [TensorSpec(n, ("batch", *o.shape[1:]), str(o.dtype)) for n, o in zip(names, outs, strict=True)]
 
 

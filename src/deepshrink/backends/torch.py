@@ -36,6 +36,15 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
     return []
 
 
+def set_eval(module: nn.Module) -> nn.Module:
+    """``module.eval()``, tolerating modules unpacked from ``torch.export`` (always in eval)."""
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass
+    return module
+
+
 @torch.no_grad()
 def run_torch(module: nn.Module, inputs: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
     names = names or list(inputs)
@@ -43,7 +52,7 @@ def run_torch(module: nn.Module, inputs: dict[str, np.ndarray], names: list[str]
     if missing:
         raise InputError(f"input(s) {missing} missing; the data provides {sorted(inputs)}")
     args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names]
-    module.eval()
+    set_eval(module)
     try:
         out = module(*args)
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:

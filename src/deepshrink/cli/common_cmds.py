@@ -71,13 +71,13 @@ def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or mo
     console.print(f"[bold]{res['source']}[/] ({res['kind']})")
     for key in ("inputs", "outputs"):
         for s in res[key]:
-            console.print(f"  {key[:-1]:7s} {s}")
+            console.print(f"  {key[:-1]:7s} {s}", markup=False)
     console.print(f"  parameters {res['parameters']:,} ({res['nonzero']:,} non-zero), weights {_fmt_bytes(res['weight_bytes'])}"
                   + (f", file {_fmt_bytes(res['file_bytes'])}" if res["file_bytes"] else ""))
     if res.get("flops") is not None:
         console.print(f"  FLOPs (batch 1) {res['flops']:,}")
     ops = ", ".join(f"{k}×{v}" for k, v in list(res["ops"].items())[:20])
-    console.print(f"  ops {ops}")
+    console.print(f"  ops {ops}", markup=False)
 
 
 def print_bench(result: Any) -> None:

@@ -156,3 +156,8 @@ def _onnx_to_onnx(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Mo
             raise UnsupportedError(f"cannot convert the model to opset {opts.opset}: {str(exc).splitlines()[0][:200]}") from None
     save_onnx(model, dst)
     return load(dst), None
+
+
+from ..core.verbs import make_callable  # noqa: E402
+
+make_callable(__name__, convert)

@@ -67,11 +67,9 @@ def _output_names(handle: ModelHandle, output_names: list[str] | None) -> list[s
 
 def torch_export(handle: ModelHandle) -> torch.export.ExportedProgram:
     """``torch.export`` with the same dynamic axes as the ONNX export."""
-    assert handle.example_inputs is not None
-    args = tuple(torch.from_numpy(np.ascontiguousarray(handle.example_inputs[n])) for n in handle.input_names)
     dyn = _torch_dynamic_shapes(handle)
     try:
-        return torch.export.export(handle.model, args, dynamic_shapes=dyn, strict=False)
+        return torch.export.export(handle.model, _args(handle), dynamic_shapes=dyn, strict=False)
     except Exception as exc:
         raise UnsupportedError(f"torch.export cannot capture this model: {str(exc).splitlines()[0][:300]}") from None
 
@@ -113,6 +111,7 @@ def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
         except Exception as exc:
             msg = str(exc).splitlines()[0][:300]
             raise UnsupportedError(f"the torchscript exporter failed: {msg}" + (f" (dynamo failed first: {why})" if why else "")) from None
+    _name_dynamic_dims(proto, handle)
     meta = {"deepshrink.exporter": used, "deepshrink.source": str(handle.source or "")}
     if why:
         meta["deepshrink.exporter_fallback_reason"] = why
@@ -131,6 +130,23 @@ def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
     return result
 
 
+def _name_dynamic_dims(proto: onnx.ModelProto, handle: ModelHandle) -> None:
+    """Give the exporter's generated symbols (``s43``) the names of the input spec (``batch``)."""
+    wanted = _dynamic_axes(handle)
+    rename: dict[str, str] = {}
+    for vi in proto.graph.input:
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            new = wanted.get(vi.name, {}).get(i)
+            if new and d.dim_param and d.dim_param != new:
+                rename.setdefault(d.dim_param, new)
+    if not rename:
+        return
+    for vi in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+
+
 def copy_tokenizer(src: Path, dst: Path) -> None:
     """Copy only the tokenizer files of a Hugging Face folder (not the weights)."""
     keep = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "merges.txt",
@@ -146,8 +162,15 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
 
 
 def _args(handle: ModelHandle) -> tuple[torch.Tensor, ...]:
+    """Example tensors with a batch of at least 2: torch.export fixes a size-1 axis as static."""
     assert handle.example_inputs is not None
-    return tuple(torch.from_numpy(np.ascontiguousarray(handle.example_inputs[n])) for n in handle.input_names)
+    out = []
+    for n in handle.input_names:
+        a = np.ascontiguousarray(handle.example_inputs[n])
+        if a.ndim and a.shape[0] == 1:
+            a = np.concatenate([a, a])
+        out.append(torch.from_numpy(a))
+    return tuple(out)
 
 
 def _export_dynamo(handle: ModelHandle, names: list[str], opset: int | None, dynamic: bool) -> onnx.ModelProto:

@@ -37,6 +37,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_p = Path(tmp)
     try:
         yield tmp_p
+        if tmp_p.exists():  # mkstemp makes 0600 files; give the result the usual umask-based mode
+            os.chmod(tmp_p, 0o666 & ~_umask())
         os.replace(tmp_p, target_p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -63,6 +65,12 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(item, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:

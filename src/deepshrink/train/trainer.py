@@ -198,6 +198,7 @@ class Trainer:
             while self.step < self.total_steps:
                 if sampler is not None:
                     sampler.set_epoch(self.epoch)
+                gen.manual_seed(self.seed * 100_003 + self.epoch)  # each epoch's order depends only on (seed, epoch): resumable
                 skip = self.step - self.epoch * steps_per_epoch  # batches already done in a resumed epoch
                 for i, batch in enumerate(loader):
                     if i < skip:

@@ -1,0 +1,100 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import deepshrink as ds
+from deepshrink.backends.onnx import make_session, run_onnx
+from deepshrink.convert.parity import check_parity, compare_outputs
+from deepshrink.errors import InputError, ParityError
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_cnn_export_parity_and_dynamic_batch(tmp_path, digits_cnn, exporter, rng):
+    h = ds.load(digits_cnn, input_shapes=["x:1x1x8x8"])
+    res = ds.convert(h, tmp_path / "m.onnx", exporter=exporter, data="digits:val")
+    parity = res.hops[0].parity
+    assert parity.ok and parity.max_abs < 1e-4  # 3.8e-06 seen
+    assert parity.n_inputs == 5 + 64  # random batches of 2 and 3, then 64 real digits
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert {p.key: p.value for p in model.metadata_props}["deepshrink.exporter"] == exporter
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    x = rng.standard_normal((7, 1, 8, 8)).astype(np.float32)
+    out = run_onnx(make_session(tmp_path / "m.onnx"), {"x": x})[0]
+    assert np.abs(out - digits_cnn(torch.from_numpy(x)).detach().numpy()).max() < 1e-4  # 3e-06 seen
+    assert not list(tmp_path.glob("*.data")) and not list(tmp_path.glob(".*"))  # one file, no leftovers
+
+
+def test_pt2_and_opset_routes(tmp_path, digits_mlp, cnn_onnx):
+    h = ds.load(digits_mlp, input_shapes=["x:1x64"])
+    res = ds.convert(h, tmp_path / "m.pt2")
+    assert res.hops[0].parity.ok and res.hops[0].parity.max_abs < 1e-5  # 0 seen
+    res = ds.convert(str(cnn_onnx), tmp_path / "o19.onnx", opset=19)
+    assert res.hops[0].parity.max_abs < 1e-5
+    assert {o.domain: o.version for o in onnx.load(str(tmp_path / "o19.onnx")).opset_import}.get("", 0) == 19
+
+
+def _corrupt(path, name, factor=1.5):
+    model = onnx.load(str(path))
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == name:
+            a = numpy_helper.to_array(init).copy()
+            a[3] *= factor
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(a, name))
+    return ds.load(model)
+
+
+def test_bisect_names_the_first_diverging_layer(digits_cnn, cnn_onnx):
+    h = ds.load(digits_cnn, input_shapes=["x:1x1x8x8"])
+    bad = _corrupt(cnn_onnx, "block_conv2.weight")
+    report = check_parity(h, bad)
+    assert not report.ok and report.max_abs > 0.1  # 3.5 seen
+    assert report.divergence is not None and report.divergence.reference_layer == "block_conv2"
+    assert report.divergence.candidate_op == "Conv"
+    # ONNX vs ONNX: the reference's own node is named
+    onnx_ref = ds.load(str(cnn_onnx))
+    report2 = check_parity(onnx_ref, bad)
+    conv_nodes = [n.name for n in onnx_ref.model.graph.node if n.op_type == "Conv"]
+    assert report2.divergence is not None and report2.divergence.reference_layer == conv_nodes[2]
+    with pytest.raises(ParityError) as err:
+        check_parity(h, bad, raise_on_fail=True)
+    assert "block_conv2" in err.value.report.summary()
+
+
+def test_healthy_models_have_no_false_divergence(digits_cnn, cnn_onnx):
+    h = ds.load(digits_cnn, input_shapes=["x:1x1x8x8"])
+    from deepshrink.convert.parity import bisect_divergence
+
+    x = h.sample_inputs(batch=2)
+    assert bisect_divergence(h, ds.load(str(cnn_onnx)), x) is None  # BN folded into conv: isolated gap only
+
+
+def test_compare_outputs_math():
+    a = np.array([[1.0, 0.0], [0.0, 2.0]])
+    b = np.array([[1.0, 0.1], [0.0, -2.0]])
+    d = compare_outputs(a, b)
+    assert d.max_abs == pytest.approx(4.0) and d.rel == pytest.approx(2.0)
+    assert d.cos_min == pytest.approx(-1.0) and d.cos_mean == pytest.approx((1 / np.sqrt(1.01) - 1) / 2)
+    assert d.top1 == 0.5
+
+
+def test_minilm_export_parity_on_real_sentences(tmp_path, minilm_dir):
+    res = ds.convert(str(minilm_dir), tmp_path / "minilm.onnx", data="sentences:64")
+    parity = res.hops[0].parity
+    assert parity.ok and parity.max_abs < 1e-4  # 2.1e-07 seen on 64 real sentences
+    assert parity.outputs[0].name == "sentence_embedding" and parity.outputs[0].cos_min > 0.99999
+    h = ds.load(str(tmp_path / "minilm.onnx"))
+    assert h.tokenizer_dir is not None and (h.tokenizer_dir / "tokenizer.json").is_file()
+    assert [d.dim_param for d in h.model.graph.input[0].type.tensor_type.shape.dim] == ["batch", "sequence"]
+    # the tokenizer travelled: plain text now works as data for the ONNX file
+    (tmp_path / "t.txt").write_text("a sentence\nanother, longer sentence than the first one\n")
+    d = ds.load_data(str(tmp_path / "t.txt"), h)
+    out = run_onnx(make_session(h.model), d.inputs)[0]
+    assert out.shape == (2, 384)
+
+
+def test_model_without_signature_needs_shapes(digits_mlp, tmp_path):
+    with pytest.raises(InputError, match="--input-shape"):
+        ds.convert(ds.load(digits_mlp), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+import deepshrink as ds
+from deepshrink.core.data import load_data
+from deepshrink.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def mlp_handle(digits_mlp):
+    return ds.load(digits_mlp, input_shapes=["x:1x64"])
+
+
+def test_npz_named_and_lone_array(tmp_path, mlp_handle, rng):
+    x = rng.standard_normal((10, 64))  # float64: cast to the model's float32
+    np.savez(tmp_path / "a.npz", x=x, labels=np.arange(10))
+    d = load_data(str(tmp_path / "a.npz"), mlp_handle)
+    assert d.inputs["x"].dtype == np.float32 and len(d) == 10 and list(d.labels) == list(range(10))
+    np.savez(tmp_path / "b.npz", images=x)  # a lone array feeds a lone input whatever its name
+    assert load_data(str(tmp_path / "b.npz"), mlp_handle).inputs["x"].shape == (10, 64)
+
+
+def test_digits_builtin_reshapes_for_mlp(mlp_handle):
+    d = load_data("digits:test", mlp_handle)
+    assert d.inputs["x"].shape == (360, 64) and d.labels is not None and len(d.labels) == 360
+
+
+def test_mismatches_are_one_clear_error(tmp_path, mlp_handle, rng):
+    np.savez(tmp_path / "wrong.npz", x=rng.standard_normal((4, 32)).astype(np.float32))
+    with pytest.raises(InputError, match=r"shape \[4, 32\].*x: float32\[batchx64\]"):
+        load_data(str(tmp_path / "wrong.npz"), mlp_handle)
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 64), np.float32))
+    with pytest.raises(InputError, match="empty"):
+        load_data(str(tmp_path / "empty.npz"), mlp_handle)
+    np.savez(tmp_path / "nan.npz", x=np.full((2, 64), np.nan, np.float32))
+    with pytest.raises(InputError, match="NaN"):
+        load_data(str(tmp_path / "nan.npz"), mlp_handle)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="cannot be read"):
+        load_data(str(tmp_path / "junk.npz"), mlp_handle)
+    with pytest.raises(InputError, match="does not exist"):
+        load_data(str(tmp_path / "missing.npz"), mlp_handle)
+    with pytest.raises(InputError, match="no tokenizer"):
+        (tmp_path / "t.txt").write_text("hello\n")
+        load_data(str(tmp_path / "t.txt"), mlp_handle)
+    with pytest.raises(InputError, match="split"):
+        load_data("digits:nope", mlp_handle)
+
+
+def test_text_file_uses_the_models_tokenizer(tmp_path, minilm_dir):
+    h = ds.load(str(minilm_dir))
+    (tmp_path / "lines.txt").write_text("first sentence here\n\nsecond one, a little longer than the first\n")
+    d = load_data(str(tmp_path / "lines.txt"), h)
+    assert sorted(d.inputs) == ["attention_mask", "input_ids"] and len(d) == 2
+    assert d.inputs["attention_mask"][0].sum() < d.inputs["attention_mask"][1].sum()

@@ -1,0 +1,164 @@
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import deepshrink as ds
+from deepshrink.errors import InputError, UnsupportedError
+from deepshrink.examples import DigitsMLP
+from deepshrink.loading import parse_input_shapes
+
+
+@pytest.fixture
+def factory_module(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(textwrap.dedent("""
+        from deepshrink.examples import DigitsMLP
+        def mlp():
+            return DigitsMLP()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_models:mlp"
+    sys.modules.pop("my_models", None)
+
+
+def test_parse_input_shapes():
+    assert parse_input_shapes(["x:1x3x224x224", "m:2,5"]) == {"x": (1, 3, 224, 224), "m": (2, 5)}
+    assert parse_input_shapes(["1x64"]) == {"": (1, 64)}
+    for bad in ("x:", "x:0x3", "x:ax3"):
+        with pytest.raises(InputError, match="--input-shape"):
+            parse_input_shapes([bad])
+
+
+def test_factory_with_safetensors_and_state_dict(tmp_path, factory_module, digits_mlp, rng):
+    st = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in digits_mlp.state_dict().items()}, str(st))
+    pt = tmp_path / "w.pt"
+    torch.save(digits_mlp.state_dict(), pt)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    ref = digits_mlp(torch.from_numpy(x)).detach().numpy()
+    for w in (st, pt):
+        h = ds.load(factory_module, weights=str(w), input_shapes=["x:1x64"])
+        assert h.kind == "torch" and h.input_names == ["x"] and h.inputs[0].shape == ("batch", 64)
+        out = h.model(torch.from_numpy(x)).detach().numpy()
+        assert np.abs(out - ref).max() == 0.0
+
+
+def test_weights_that_do_not_fit(tmp_path, factory_module):
+    st = tmp_path / "w.safetensors"
+    save_file({"fc1.weight": torch.zeros(3, 3)}, str(st))
+    with pytest.raises(InputError, match="does not fit the model"):
+        ds.load(factory_module, weights=str(st))
+
+
+def test_nan_weights_are_refused(tmp_path, factory_module):
+    m = DigitsMLP()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    state["fc2.weight"][0, 0] = float("nan")
+    st = tmp_path / "nan.safetensors"
+    save_file(state, str(st))
+    with pytest.raises(InputError, match="fc2.weight.*NaN"):
+        ds.load(factory_module, weights=str(st))
+
+
+def test_truncated_weights_file(tmp_path, factory_module):
+    st = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in DigitsMLP().state_dict().items()}, str(st))
+    st.write_bytes(st.read_bytes()[:100])
+    with pytest.raises(InputError, match="cannot be read"):
+        ds.load(factory_module, weights=str(st))
+
+
+def test_pickled_whole_model_needs_trust(tmp_path, digits_mlp):
+    path = tmp_path / "whole.pt"
+    torch.save(digits_mlp, path)
+    with pytest.raises(InputError, match="--trust-remote-code"):
+        ds.load(str(path))
+    h = ds.load(str(path), trust_remote_code=True, input_shapes=["x:1x64"])
+    assert h.kind == "torch"
+
+
+def test_pt2_round_trip_and_pickle_refusal(tmp_path, digits_cnn, rng):
+    h = ds.load(digits_cnn, input_shapes=["x:1x1x8x8"])
+    path = tmp_path / "cnn.pt2"
+    back = ds.save(h, path)
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    ref = digits_cnn(torch.from_numpy(x)).detach().numpy()
+    out = back.model(torch.from_numpy(x)).detach().numpy()
+    assert back.input_names == ["x"] and np.abs(out - ref).max() < 1e-5  # dynamic batch: 4 ≠ export's 1
+    # an archive whose weights are pickles would run code on load
+    import json
+    import zipfile
+
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            if item.endswith("model_weights_config.json"):
+                cfg = json.loads(data)
+                next(iter(cfg["config"].values()))["use_pickle"] = True
+                data = json.dumps(cfg).encode()
+            zout.writestr(item, data)
+    with pytest.raises(InputError, match="pickle"):
+        ds.load(str(evil))
+    truncated = tmp_path / "trunc.pt2"
+    truncated.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(InputError, match="truncated|not a torch.export"):
+        ds.load(str(truncated))
+
+
+def test_onnx_external_data_inside_and_escaping(tmp_path, cnn_onnx):
+    model = onnx.load(str(cnn_onnx))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save_model(model, str(folder / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+                    size_threshold=0)
+    h = ds.load(str(folder / "ext.onnx"))
+    assert h.kind == "onnx" and h.input_names == ["x"]
+    from deepshrink.evaluate import file_size
+
+    assert file_size(folder / "ext.onnx") > (folder / "ext.onnx").stat().st_size  # side file counted
+    # a location that climbs out of the model's folder is refused
+    evil = onnx.load(str(folder / "ext.onnx"), load_external_data=False)
+    for t in evil.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../../etc/passwd"
+    onnx.save_model(evil, str(folder / "evil.onnx"))
+    with pytest.raises(InputError, match="escapes the model's folder"):
+        ds.load(str(folder / "evil.onnx"))
+
+
+def test_onnx_truncated_and_missing(tmp_path, cnn_onnx):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(cnn_onnx.read_bytes()[: cnn_onnx.stat().st_size // 3])
+    with pytest.raises(InputError, match="bad.onnx"):
+        ds.load(str(bad))
+    with pytest.raises(InputError, match="does not exist"):
+        ds.load(str(tmp_path / "nope.onnx"))
+
+
+def test_unknown_sources(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        ds.load(str(tmp_path / "model.bin2"))
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    with pytest.raises(InputError, match="module:factory"):
+        ds.load(str(tmp_path / "w.safetensors"))
+    with pytest.raises(InputError, match="cannot import"):
+        ds.load("no_such_pkg_xyz:factory")
+    (tmp_path / "k.keras").write_bytes(b"x")
+    with pytest.raises(UnsupportedError, match="deepshrink convert"):
+        ds.load(str(tmp_path / "k.keras"))
+
+
+def test_hf_folder_loads_offline_with_tokenizer(minilm_dir):
+    h = ds.load(str(minilm_dir))
+    assert h.input_names == ["input_ids", "attention_mask"]
+    assert h.inputs[0].shape == ("batch", "sequence")
+    assert h.output_names == ["sentence_embedding"]
+    assert h.tokenizer_dir == minilm_dir
+    out = h.model(*(torch.from_numpy(h.example_inputs[n]) for n in h.input_names))
+    assert out.shape == (2, 384) and abs(float(out.detach().norm(dim=1).mean()) - 1.0) < 1e-5  # normalised

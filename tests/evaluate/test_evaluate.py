@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+import deepshrink as ds
+from deepshrink.evaluate import accuracy, kl_divergence, measure_latency, param_count
+from deepshrink.evaluate.bench import bench
+from deepshrink.evaluate.flops import flops
+
+
+def test_flops_agree_between_torch_and_onnx(digits_mlp, tmp_path):
+    h = ds.load(digits_mlp, input_shapes=["x:1x64"])
+    want = 2 * (64 * 300 + 300 * 100 + 100 * 10)
+    assert flops(h) == want
+    ds.convert(h, tmp_path / "mlp.onnx")
+    assert flops(ds.load(str(tmp_path / "mlp.onnx"))) == want
+    assert param_count(h) == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+
+
+def test_accuracy_and_kl():
+    logits = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+    assert accuracy(logits, np.array([0, 1, 1])) == pytest.approx(2 / 3)
+    assert kl_divergence(logits, logits) == pytest.approx(0.0, abs=1e-12)
+    assert kl_divergence(logits, logits[:, ::-1]) > 0.1
+
+
+def test_measure_latency_interleaves_and_reports_ratio():
+    import time
+
+    stats = measure_latency({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.004)},
+                            warmup=1, repeats=8)
+    assert stats["fast"].ratio == 1.0 and stats["slow"].ratio > 2.0  # about 3-4 seen
+    assert stats["slow"].repeats == 8 and stats["slow"].threads == 2
+
+
+def test_bench_digits_torch_vs_onnx(digits_cnn, cnn_onnx):
+    h = ds.load(digits_cnn, input_shapes=["x:1x1x8x8"])
+    res = bench([h, str(cnn_onnx)], data="digits:test", repeats=5, warmup=1)
+    torch_row, onnx_row = res.rows
+    assert torch_row.accuracy == pytest.approx(onnx_row.accuracy) and onnx_row.accuracy > 0.97  # 0.992 seen
+    assert onnx_row.cos_min > 0.99999 and onnx_row.max_abs < 1e-4 and onnx_row.top1_agreement == 1.0
+    assert onnx_row.size_bytes > 100_000 and res.samples == 256
+
+
+def test_bench_warns_when_not_faster(cnn_onnx):
+    res = bench([str(cnn_onnx), str(cnn_onnx)], repeats=5, warmup=1)
+    # the same file twice: latency ratio about 1 — never a speed-up worth claiming
+    assert any("not faster" in w for w in res.warnings) == (res.rows[1].ratio > 0.95)
