@@ -1,0 +1,329 @@
+"""The ``quantize`` verb: resolve the model and data, dispatch on the config type.
+
+Every scheme produces an ONNX model (the artifact ONNX Runtime runs); a torch model is
+exported first (the TorchScript exporter for Hugging Face encoders, so ORT's BERT
+fusions match — see FACTS). Handlers are registered with
+``deepshrink.core.config.register`` and return a :class:`QuantizeOutcome`; the verb
+returns its handle with a JSON summary in ``handle.metadata["deepshrink.quantize"]``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..core.config import handler_for, register
+from ..core.handle import ModelHandle
+from ..errors import InputError, UnsupportedError
+from . import onnx_backend as ob
+from .configs import (
+    AutoConfig,
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    KMeansConfig,
+    Log2Config,
+    MixedPrecisionConfig,
+    QATConfig,
+    QuantConfig,
+    WeightOnlyConfig,
+)
+
+
+@dataclass
+class QuantizeOutcome:
+    """The quantized model and what was done to it (plain data, JSON-ready)."""
+
+    handle: ModelHandle
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """The float ONNX model to quantize, its handle, and the calibration arrays (or None)."""
+
+    handle: ModelHandle
+    model: onnx.ModelProto
+    data: dict[str, np.ndarray] | None
+    labels: np.ndarray | None = None
+    fused: dict[str, int] = field(default_factory=dict)
+
+
+def quantize(model: Any, config: QuantConfig, *, data: Any = None, **options: Any) -> ModelHandle:
+    """Quantize ``model`` (handle, nn.Module, onnx.ModelProto or path) with ``config``."""
+    out = run_quantize(model, config, data=data, **options)
+    out.handle.metadata["deepshrink.quantize"] = json.dumps(out.report, default=str)
+    return out.handle
+
+
+def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress: bool = False,
+                 **load_options: Any) -> QuantizeOutcome:
+    if not isinstance(config, QuantConfig):
+        raise InputError(f"quantize needs a quantization config, got {type(config).__name__}")
+    handler = handler_for(config)
+    if isinstance(config, QATConfig):
+        return handler(model, config, data=data, progress=progress, **load_options)
+    prep = prepare(model, data, fuse=_wants_fuse(config), calibration_size=_calibration_size(config), **load_options)
+    out = handler(prep, config, progress=progress)
+    out.report.setdefault("scheme", type(config).__name__)
+    out.report["config"] = config.to_dict()
+    if prep.fused:
+        out.report["fused"] = prep.fused
+    return out
+
+
+def _wants_fuse(config: QuantConfig) -> bool:
+    if isinstance(config, Int8DynamicConfig):
+        return config.fuse != "none"
+    if isinstance(config, (AutoConfig, MixedPrecisionConfig)):
+        base = config.base if isinstance(config, AutoConfig) else config.default
+        return _wants_fuse(base)
+    return False
+
+
+def _calibration_size(config: QuantConfig) -> int:
+    return int(getattr(config, "calibration_size", 256))
+
+
+# ---------------------------------------------------------------------------------------------
+# model + data resolution
+
+
+def to_onnx_handle(model: Any, **load_options: Any) -> ModelHandle:
+    """Load ``model`` and, when it is a torch model, export it to ONNX in memory."""
+    from ..loading import load
+
+    handle = model if isinstance(model, ModelHandle) else load(model, **load_options)
+    if handle.kind == "onnx":
+        return handle
+    from ..convert.export import export_onnx
+
+    exporter = "torchscript" if handle.tokenizer_dir is not None else "dynamo"
+    if handle.example_inputs is None:
+        handle.example_inputs = handle.sample_inputs(batch=2, seed=0)
+    return export_onnx(handle, exporter=exporter)
+
+
+def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int = 256, **load_options: Any) -> Prepared:
+    handle = to_onnx_handle(model, **load_options)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(handle.model)
+    ob.ensure_node_names(proto)
+    arrays, labels = None, None
+    if data is not None:
+        from ..core.data import load_data
+
+        ds = load_data(data, handle)
+        ds = ds.take(min(len(ds), calibration_size))
+        arrays, labels = ds.inputs, ds.labels
+        _check_runs(proto, arrays, str(ds.source))
+    fused: dict[str, int] = {}
+    if fuse:
+        dims = ob.detect_bert(proto, handle.tokenizer_dir)
+        if dims is not None:
+            proto, fused = ob.fuse_transformer(proto, *dims)
+    return Prepared(handle, proto, arrays, labels, fused)
+
+
+def _check_runs(model: onnx.ModelProto, arrays: dict[str, np.ndarray], source: str) -> None:
+    """The calibration data must run through the float model; say so in one line if not."""
+    from ..backends.onnx import make_session
+
+    sess = make_session(model, threads=2)
+    want = {i.name: i for i in sess.get_inputs()}
+    extra = sorted(set(arrays) - set(want))
+    if extra:
+        raise InputError(f"data {source} has arrays {extra} that the model does not take; it wants {sorted(want)}")
+    feed = {k: v[:2] for k, v in arrays.items()}
+    try:
+        sess.run(None, feed)
+    except Exception as exc:
+        shapes = {k: list(v.shape) for k, v in arrays.items()}
+        raise InputError(f"data {source} does not fit the model (shapes {shapes}): "
+                         f"{str(exc).splitlines()[0][:200]}") from None
+
+
+def require_data(prep: Prepared, what: str) -> dict[str, np.ndarray]:
+    if prep.data is None:
+        raise InputError(f"{what} needs calibration data: pass --data (an .npz of inputs, a text file, "
+                         f"or a built-in: digits, sentences)")
+    return prep.data
+
+
+def _result(prep: Prepared, model: onnx.ModelProto, report: dict[str, Any]) -> QuantizeOutcome:
+    from ..backends.onnx import io_specs
+
+    ins, outs = io_specs(model)
+    meta = dict(prep.handle.metadata)
+    h = ModelHandle(model, "onnx", ins, outs, example_inputs=prep.handle.example_inputs, source=prep.handle.source,
+                    path=None, tokenizer_dir=prep.handle.tokenizer_dir, metadata=meta)
+    return QuantizeOutcome(h, report)
+
+
+def _nodes(prep: Prepared, config: QuantConfig, op_types: Sequence[str]) -> list[str]:
+    cands = ob.weight_nodes(prep.model, op_types)
+    nodes = ob.select_nodes(cands, config.include, config.exclude)
+    if not nodes:
+        raise InputError(f"no layer left to quantize ({len(cands)} candidates of types {list(op_types)}; "
+                         f"check --include/--exclude)")
+    return nodes
+
+
+# ---------------------------------------------------------------------------------------------
+# handlers
+
+
+@register(Int8DynamicConfig)
+def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOutcome:
+    nodes = _nodes(prep, config, config.op_types)
+    model, report = prep.model, {"quantized_layers": len(nodes)}
+    if config.smooth_alpha:
+        from .smooth import smooth_model
+
+        model, sm = smooth_model(model, require_data(prep, "smoothing"), alpha=config.smooth_alpha, nodes=nodes)
+        report["smooth"] = sm.to_dict()
+    q = ob.quantize_dynamic_int8(model, nodes, per_channel=config.per_channel, reduce_range=config.reduce_range)
+    return _result(prep, q, report)
+
+
+@register(Int8StaticConfig)
+def _static(prep: Prepared, config: Int8StaticConfig, **_: Any) -> QuantizeOutcome:
+    calib = require_data(prep, "static int8")
+    model = ob.preprocess(prep.model)
+    op_types = config.op_types or None
+    nodes = _nodes(Prepared(prep.handle, model, calib), config, op_types or ("Conv", "MatMul", "Gemm"))
+    report: dict[str, Any] = {"quantized_layers": len(nodes), "observer": config.observer}
+    if config.smooth_alpha:
+        from .smooth import smooth_model
+
+        model, sm = smooth_model(model, calib, alpha=config.smooth_alpha, nodes=nodes)
+        report["smooth"] = sm.to_dict()
+    # explicit include/exclude restrict ORT to those nodes; otherwise ORT also quantizes the ops around them
+    selected = nodes if (config.include or config.exclude) else []
+    q = ob.quantize_static_int8(model, selected, calib, observer=config.observer, percentile=config.percentile,
+                                per_channel=config.per_channel, fmt=config.format,
+                                symmetric_activations=config.symmetric_activations, op_types=config.op_types)
+    return _result(prep, q, report)
+
+
+@register(WeightOnlyConfig)
+def _weight_only(prep: Prepared, config: WeightOnlyConfig, **_: Any) -> QuantizeOutcome:
+    nodes = _nodes(prep, config, ("MatMul",))
+    ob.check_group_size(prep.model, nodes, config.group_size)
+    if config.method == "rtn":
+        q = ob.quantize_weight_only_rtn(prep.model, nodes, bits=config.bits, group_size=config.group_size,
+                                        symmetric=config.symmetric)
+    else:
+        from .onnx_gptq import gptq_matmul_nbits
+
+        q = gptq_matmul_nbits(prep.model, nodes, require_data(prep, "GPTQ"), bits=config.bits,
+                              group_size=config.group_size, symmetric=config.symmetric)
+    return _result(prep, q, {"quantized_layers": len(nodes), "method": config.method})
+
+
+def _codebook(prep: Prepared, config: KMeansConfig | Log2Config, make: Callable[[np.ndarray, int | None], Any]) -> QuantizeOutcome:
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(prep.model)
+    cands = [w for w in ob.weight_nodes(model, ("MatMul", "Gemm", "Conv"))]
+    names = set(ob.select_nodes(cands, config.include, config.exclude))
+    inits = ob.initializer_map(model)
+    done = 0
+    for w in cands:
+        if w.name not in names or int(np.prod(w.shape)) < config.min_elements or w.weight not in inits:
+            continue
+        arr = numpy_helper.to_array(inits[w.weight]).astype(np.float32)
+        axis = 0 if w.op_type == "Conv" else 1  # output channels
+        cb = make(arr, axis)
+        ob.write_codebook(model, w.weight, cb.codebook.numpy(), cb.indices.numpy().astype(np.uint8),
+                          axis=cb.axis)
+        inits = ob.initializer_map(model)
+        done += 1
+    if not done:
+        raise InputError(f"no weight with at least {config.min_elements} elements was selected for the codebook")
+    return _result(prep, model, {"quantized_layers": done})
+
+
+@register(KMeansConfig)
+def _kmeans(prep: Prepared, config: KMeansConfig, **_: Any) -> QuantizeOutcome:
+    from .nonlinear import kmeans_quantize
+
+    return _codebook(prep, config, lambda a, ax: kmeans_quantize(a, config.bits, axis=ax if config.per_channel else None,
+                                                                seed=config.seed))
+
+
+@register(Log2Config)
+def _log2(prep: Prepared, config: Log2Config, **_: Any) -> QuantizeOutcome:
+    from .nonlinear import pow2_quantize
+
+    return _codebook(prep, config, lambda a, ax: pow2_quantize(a, config.bits, axis=ax))
+
+
+@register(MixedPrecisionConfig)
+def _mixed(prep: Prepared, config: MixedPrecisionConfig, **kw: Any) -> QuantizeOutcome:
+    """Codebook / weight-only overrides first (they rewrite weights), then int8 on the rest."""
+    all_types = ("MatMul", "Gemm", "Conv", "Attention")
+    cands = ob.weight_nodes(prep.model, all_types)
+    ob.select_nodes(cands, config.include, config.exclude)  # validates patterns
+    for p in config.overrides:
+        if not any(ob._matches(c, p) for c in cands):
+            raise InputError(f"override pattern {p!r} matches no quantizable layer")
+    base = ob.select_nodes(cands, config.include, config.exclude)
+    assign: dict[str, QuantConfig] = {}
+    for name in base:
+        c = next(c for c in cands if c.name == name)
+        cfg = next((v for p, v in config.overrides.items() if ob._matches(c, p)), config.default)
+        assign[name] = cfg
+    order = sorted({id(c): c for c in assign.values()}.values(),
+                   key=lambda c: 0 if isinstance(c, (KMeansConfig, Log2Config, WeightOnlyConfig)) else 1)
+    model, report = prep.model, {"groups": []}
+    for cfg in order:
+        names = [n for n, c in assign.items() if c is cfg]
+        sub = cfg.model_copy(update={"include": tuple(names), "exclude": ()})
+        step = handler_for(sub)(Prepared(prep.handle, model, prep.data, prep.labels), sub, **kw)
+        model = step.handle.model
+        report["groups"].append({"scheme": type(cfg).__name__, "layers": names})
+    return _result(prep, model, report)
+
+
+@register(AutoConfig)
+def _auto(prep: Prepared, config: AutoConfig, **kw: Any) -> QuantizeOutcome:
+    from .auto import auto_quantize
+
+    result = auto_quantize(prep, config, progress=kw.get("progress", False))
+    return _result(prep, result.model, {"auto": result.to_dict()})
+
+
+@register(QATConfig)
+def _qat(model: Any, config: QATConfig, *, data: Any = None, progress: bool = False, **load_options: Any) -> QuantizeOutcome:
+    try:
+        from .qat_export import qat_quantize
+    except ImportError:
+        raise UnsupportedError("QAT is not available in this build") from None
+    return qat_quantize(model, config, data=data, progress=progress, **load_options)
+
+
+def save_quantized(handle: ModelHandle, path: str | Path, *, force: bool = False, source: str | Path | None = None) -> Path:
+    """Write the quantized model atomically (self-contained .onnx; tokenizer copied beside it)."""
+    from ..backends.onnx import save_onnx
+    from ..core.fileio import check_output
+
+    out = check_output(path, inputs=(source,), force=force)
+    if out.suffix.lower() != ".onnx":
+        raise InputError(f"output {out}: a quantized model is written as .onnx")
+    save_onnx(handle.model, out)
+    if handle.tokenizer_dir is not None:
+        from ..convert.export import copy_tokenizer
+
+        tok = out.parent / (out.name + ".tokenizer")
+        if Path(handle.tokenizer_dir).resolve() != tok.resolve():
+            copy_tokenizer(Path(handle.tokenizer_dir), tok)
+        handle.tokenizer_dir = tok
+    handle.path = out
+    return out

@@ -1,0 +1,145 @@
+"""Auto mode: quantize as much as possible while meeting a fidelity target.
+
+1. Try the base scheme with each SmoothQuant alpha in ``smooth_alphas`` (0 = none);
+   keep the first that meets ``target_cos`` (mean) and ``min_cos`` (worst sample),
+   preferring no smoothing, then the highest mean.
+2. If none does, take the best alpha, measure per-layer sensitivity
+   (:mod:`.sensitivity`), and keep the most sensitive layers in float one at a time
+   until the target is met or ``max_kept_fraction`` of the layers is kept.
+3. Report every trial, the layers kept and why (their sensitivity score).
+
+Fidelity is measured on the user's data (the calibration set given to ``quantize``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from ..errors import BudgetError, InputError, UnsupportedError
+from . import onnx_backend as ob
+from .configs import AutoConfig, Int8DynamicConfig, Int8StaticConfig
+from .sensitivity import QuantizeFn, fidelity, layer_sensitivity, run_outputs
+
+
+@dataclass
+class AutoResult:
+    model: onnx.ModelProto
+    alpha: float
+    cos_mean: float
+    cos_min: float
+    met: bool
+    layers: int
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    kept: list[dict[str, Any]] = field(default_factory=list)  # [{layer, score, reason}]
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    smooth: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "cos_mean": self.cos_mean, "cos_min": self.cos_min, "met": self.met,
+                "quantized_layers": self.layers - len(self.kept), "kept_float": self.kept, "trials": self.trials,
+                "sensitivity": self.sensitivity, "smooth": self.smooth}
+
+    def summary(self) -> str:
+        lines = [f"auto: smoothing alpha {self.alpha:g}, {self.layers - len(self.kept)}/{self.layers} layers int8, "
+                 f"cosine {self.cos_mean:.4f} mean / {self.cos_min:.4f} worst on the calibration data"]
+        for t in self.trials:
+            lines.append(f"  trial {t['what']}: cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}")
+        for k in self.kept:
+            lines.append(f"  kept float: {k['layer']} ({k['reason']})")
+        return "\n".join(lines)
+
+
+def _quantize_fn(base: Any) -> QuantizeFn:
+    if isinstance(base, Int8DynamicConfig):
+        return lambda m, nodes: ob.quantize_dynamic_int8(m, nodes, per_channel=base.per_channel,
+                                                         reduce_range=base.reduce_range)
+    raise UnsupportedError(f"auto mode works on top of Int8DynamicConfig or Int8StaticConfig, not {type(base).__name__}")
+
+
+def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> AutoResult:
+    from .smooth import activation_absmax, smooth_model
+
+    data = prep.data
+    if data is None:
+        raise InputError("auto mode needs data to measure fidelity on: pass --data")
+    base = config.base
+    if isinstance(base, Int8StaticConfig):
+        qfn = _static_fn(base, data)
+        op_types: Sequence[str] = base.op_types or ("Conv", "MatMul", "Gemm")
+    else:
+        qfn = _quantize_fn(base)
+        op_types = base.op_types  # type: ignore[attr-defined]
+    float_model = prep.model
+    cands = ob.weight_nodes(float_model, op_types)
+    include = tuple(config.include) + tuple(base.include)
+    exclude = tuple(config.exclude) + tuple(base.exclude)
+    nodes = ob.select_nodes(cands, include, exclude)
+    if not nodes:
+        raise InputError("auto: no layer left to quantize")
+    ref = run_outputs(float_model, data, batch=1)
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, float, float, onnx.ModelProto, onnx.ModelProto, dict[str, Any]] | None = None
+    absmax = None
+    chosen = None
+    for alpha in config.smooth_alphas:
+        if alpha > 0:
+            if absmax is None:
+                from .smooth import _targets
+
+                absmax = activation_absmax(float_model, list(_targets(float_model, nodes)), data)
+            smoothed, rep = smooth_model(float_model, data, alpha=alpha, nodes=nodes, absmax=absmax)
+            smooth_info = rep.to_dict()
+        else:
+            smoothed, smooth_info = float_model, {}
+        q = qfn(smoothed, nodes)
+        mean, worst = fidelity(ref, q, data)
+        trials.append({"what": f"alpha={alpha:g}, all {len(nodes)} layers", "alpha": alpha, "cos_mean": mean,
+                       "cos_min": worst})
+        meets = mean >= config.target_cos and worst >= config.min_cos
+        if best is None or (mean, worst) > (best[1], best[2]):
+            best = (alpha, mean, worst, smoothed, q, smooth_info)
+        if meets and alpha == 0:  # no smoothing needed: no extra nodes at all
+            chosen = (alpha, mean, worst, smoothed, q, smooth_info)
+            break
+    if best is None:
+        raise InputError("auto: smooth_alphas is empty")
+    if chosen is None and best[1] >= config.target_cos and best[2] >= config.min_cos:
+        chosen = best
+    if chosen is not None:
+        alpha, mean, worst, _sm, q, smooth_info = chosen
+        return AutoResult(q, alpha, mean, worst, True, len(nodes), trials, [], {}, smooth_info)
+
+    alpha, mean, worst, smoothed, q, smooth_info = best
+    scores = layer_sensitivity(smoothed, nodes, data, qfn, reference=ref, progress=progress)
+    order = sorted(nodes, key=lambda n: scores[n], reverse=True)
+    limit = int(len(nodes) * config.max_kept_fraction)
+    kept: list[str] = []
+    met = False
+    for name in order[:limit]:
+        kept.append(name)
+        q = qfn(smoothed, [n for n in nodes if n not in kept])
+        mean, worst = fidelity(ref, q, data)
+        trials.append({"what": f"alpha={alpha:g}, {len(kept)} most sensitive kept float", "alpha": alpha,
+                       "cos_mean": mean, "cos_min": worst})
+        if mean >= config.target_cos and worst >= config.min_cos:
+            met = True
+            break
+    if not met:
+        raise BudgetError(f"auto could not reach cosine {config.target_cos} mean / {config.min_cos} worst: best "
+                          f"{mean:.4f} / {worst:.4f} with {len(kept)} of {len(nodes)} layers kept float "
+                          f"(raise max_kept_fraction or lower the target)")
+    total = sum(scores.values()) or 1.0
+    kept_info = [{"layer": n, "score": scores[n],
+                  "reason": f"sensitivity {scores[n]:.2e} = {100 * scores[n] / total:.0f}% of the summed per-layer loss"}
+                 for n in kept]
+    return AutoResult(q, alpha, mean, worst, True, len(nodes), trials, kept_info, scores, smooth_info)
+
+
+def _static_fn(base: Int8StaticConfig, data: dict[str, Any]) -> QuantizeFn:
+    return lambda m, nodes: ob.quantize_static_int8(
+        m, nodes, data, observer=base.observer, percentile=base.percentile, per_channel=base.per_channel,
+        fmt=base.format, symmetric_activations=base.symmetric_activations, op_types=base.op_types)

@@ -1,0 +1,494 @@
+"""The deployed artifact: ONNX models that really run quantized in ONNX Runtime.
+
+- Dynamic int8 and static int8 (QDQ or QOperator) are ONNX Runtime's own
+  ``quantize_dynamic`` / ``quantize_static`` — we only choose the nodes, the observer
+  and the options (per-channel, the float default for fused graphs, pre-processing with
+  ``skip_symbolic_shape=True``), because ORT's passes already emit the patterns its
+  kernels fuse (``QLinearConv``, ``DynamicQuantizeMatMul``, ``QAttention``...).
+- The ``mse`` observer is ours: ORT has no MSE-optimal range search, so we collect the
+  activations, pick each range with :mod:`deepshrink.quantize.observers`, and hand the
+  ranges to ``quantize_static`` through its calibration cache.
+- BERT-like encoders are first fused with ``onnxruntime.transformers.optimizer`` (fused
+  Attention is then quantized as one ``QAttention``); the head count it needs is read
+  from the model's Hugging Face config or from the attention reshapes in the graph.
+- Weight-only int4/int8 is ORT's ``MatMulNBitsQuantizer`` (round-to-nearest); GPTQ
+  writes the ``MatMulNBits`` node itself from our own GPTQ solution, because ORT's GPTQ
+  path needs Intel Neural Compressor.
+- Codebooks (k-means, log2) have no ORT pass at all: each weight becomes a float
+  codebook plus a uint8 index tensor feeding ``Cast`` → ``Gather``, so the file really
+  holds one byte per weight.
+
+:func:`integer_op_counts` checks what ORT actually runs: it saves the ORT-optimized
+graph and counts the integer kernels in it.
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import json
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import InputError, UnsupportedError
+
+INTEGER_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat", "QAttention", "QGemm", "QEmbedLayerNormalization", "MatMulNBits",
+    "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
+    "QLinearConcat", "QLinearAveragePool", "DynamicQuantizeLSTM", "NhwcQLinearConv", "QLinearSoftmax",
+})
+
+# node type -> index of its weight input
+WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Attention": 1, "ConvTranspose": 1, "Gather": 0,
+                "EmbedLayerNormalization": 2}
+
+
+@dataclass(frozen=True)
+class WeightNode:
+    """A node whose weight is a constant initializer."""
+
+    name: str
+    op_type: str
+    weight: str
+    shape: tuple[int, ...]
+
+
+def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def weight_nodes(model: onnx.ModelProto, op_types: Iterable[str] | None = None) -> list[WeightNode]:
+    """Nodes of ``op_types`` whose weight input is an initializer (float, ≥ 2-D)."""
+    inits = initializer_map(model)
+    types = set(op_types) if op_types else set(WEIGHT_INPUT) - {"Gather", "EmbedLayerNormalization"}
+    out = []
+    for i, n in enumerate(model.graph.node):
+        if n.op_type not in types or n.op_type not in WEIGHT_INPUT:
+            continue
+        idx = WEIGHT_INPUT[n.op_type]
+        if len(n.input) <= idx or n.input[idx] not in inits:
+            continue
+        t = inits[n.input[idx]]
+        if t.data_type != onnx.TensorProto.FLOAT or len(t.dims) < 2:
+            continue
+        out.append(WeightNode(n.name or f"{n.op_type}_{i}", n.op_type, n.input[idx], tuple(t.dims)))
+    return out
+
+
+def ensure_node_names(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name (ORT's node lists select by name)."""
+    seen: set[str] = set()
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{i}"
+        seen.add(n.name)
+
+
+def _matches(node: WeightNode, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(node.name, pattern) or fnmatch.fnmatchcase(node.weight, pattern)
+
+
+def select_nodes(candidates: Sequence[WeightNode], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
+    """Names of the candidates matched by ``include`` (all when empty) and not by ``exclude``.
+
+    A pattern that matches no candidate is an :class:`InputError` that lists a few valid names.
+    """
+    for kind, patterns in (("include", include), ("exclude", exclude)):
+        for p in patterns:
+            if not any(_matches(c, p) for c in candidates):
+                shown = ", ".join(c.name for c in candidates[:6]) + (" ..." if len(candidates) > 6 else "")
+                raise InputError(f"--{kind} pattern {p!r} matches no quantizable layer; layers are: {shown or '(none)'}")
+    chosen = [c for c in candidates if (not include or any(_matches(c, p) for p in include))
+              and not any(_matches(c, p) for p in exclude)]
+    return [c.name for c in chosen]
+
+
+# ---------------------------------------------------------------------------------------------
+# ORT plumbing
+
+
+def _save_tmp(model: onnx.ModelProto, path: Path) -> Path:
+    big = model.ByteSize() > 1_800_000_000
+    onnx.save_model(model, str(path), save_as_external_data=big, location=path.name + ".data" if big else None)
+    return path
+
+
+def optimized_graph(model: onnx.ModelProto | str | Path, *, level: str = "all") -> onnx.ModelProto:
+    """The graph ONNX Runtime actually runs after its optimizations (saved by the session)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="deepshrink.opt.") as d:
+        src = _save_tmp(model, Path(d) / "in.onnx") if isinstance(model, onnx.ModelProto) else Path(model)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = 1
+        so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                       "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        return onnx.load(str(Path(d) / "opt.onnx"))
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(collections.Counter(n.op_type for n in model.graph.node))
+
+
+def integer_op_counts(model: onnx.ModelProto | str | Path) -> dict[str, int]:
+    """Integer kernels in the ORT-optimized graph: {op_type: count}; empty when ORT runs float."""
+    counts = op_counts(optimized_graph(model))
+    return {k: v for k, v in sorted(counts.items()) if k in INTEGER_OPS}
+
+
+def float_compute_ops(model: onnx.ModelProto | str | Path) -> dict[str, int]:
+    """Float MatMul/Conv/Gemm kernels still left in the ORT-optimized graph."""
+    counts = op_counts(optimized_graph(model))
+    return {k: v for k, v in counts.items() if k in ("MatMul", "Conv", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm")}
+
+
+def _ort_quantize(fn: Any, model: onnx.ModelProto, **kwargs: Any) -> onnx.ModelProto:
+    with tempfile.TemporaryDirectory(prefix="deepshrink.q.") as d:
+        src = _save_tmp(model, Path(d) / "in.onnx")
+        out = Path(d) / "out.onnx"
+        fn(str(src), str(out), **kwargs)
+        return onnx.load(str(out))
+
+
+def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ORT's ``quant_pre_process`` (BN folding, shape inference); symbolic shapes skipped (FACTS)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    def run(src: str, dst: str) -> None:
+        quant_pre_process(src, dst, skip_symbolic_shape=True)
+
+    try:
+        out = _ort_quantize(run, model)
+    except Exception:  # pre-processing is an optimisation, not a requirement
+        return model
+    ensure_node_names(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# transformer fusion
+
+
+def detect_bert(model: onnx.ModelProto, hf_dir: Path | None = None) -> tuple[int, int] | None:
+    """(num_heads, hidden) of a BERT-like encoder, from its HF config or its attention reshapes."""
+    if hf_dir is not None and (Path(hf_dir) / "config.json").is_file():
+        try:
+            cfg = json.loads((Path(hf_dir) / "config.json").read_text())
+            if cfg.get("model_type") in ("bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet") or \
+                    "BertModel" in str(cfg.get("architectures")):
+                return int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
+        except (ValueError, KeyError, OSError):
+            pass
+    inits = initializer_map(model)
+    ln_sizes = collections.Counter(
+        inits[n.input[1]].dims[0] for n in model.graph.node
+        if n.op_type == "LayerNormalization" and len(n.input) > 1 and n.input[1] in inits)
+    if not ln_sizes or not any(n.op_type == "Softmax" for n in model.graph.node):
+        return None
+    hidden = int(ln_sizes.most_common(1)[0][0])
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def const_ints(name: str) -> list[int] | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name]).reshape(-1).astype(int).tolist()
+        p = producers.get(name)
+        if p is not None and p.op_type == "Constant" and p.attribute:
+            return numpy_helper.to_array(p.attribute[0].t).reshape(-1).astype(int).tolist()
+        if p is not None and p.op_type == "Unsqueeze":
+            return const_ints(p.input[0])
+        return None
+
+    for n in model.graph.node:
+        if n.op_type != "Reshape":
+            continue
+        shape = const_ints(n.input[1])
+        if shape is None:
+            p = producers.get(n.input[1])
+            if p is None or p.op_type != "Concat" or len(p.input) != 4:
+                continue
+            parts = [const_ints(i) for i in p.input]
+            shape = [v[0] if v and len(v) == 1 else 0 for v in parts]
+        if len(shape) == 4 and shape[3] > 1 and hidden % shape[3] == 0 and shape[3] < hidden:
+            heads = shape[2] if shape[2] > 0 else hidden // shape[3]
+            if heads * shape[3] == hidden:
+                return heads, hidden
+    return None
+
+
+def fuse_transformer(model: onnx.ModelProto, num_heads: int, hidden: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """ORT's BERT fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm); returns the fused counts."""
+    import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="deepshrink.fuse.") as d:
+        src = _save_tmp(model, Path(d) / "in.onnx")
+        opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden)
+        stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+        fused = opt.model
+    ensure_node_names(fused)
+    return fused, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# int8
+
+
+def quantize_dynamic_int8(model: onnx.ModelProto, nodes: Sequence[str], *, per_channel: bool = True,
+                          reduce_range: bool = False) -> onnx.ModelProto:
+    """ORT ``quantize_dynamic`` on exactly ``nodes`` (int8 weights, uint8 activations at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if not nodes:
+        return model
+    return _ort_quantize(quantize_dynamic, model, nodes_to_quantize=list(nodes), per_channel=per_channel,
+                         reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+class _Reader:
+    """ORT CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds, self.i = feeds, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= len(self.feeds):
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def rewind(self) -> None:
+        self.i = 0
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+def split_feeds(inputs: dict[str, np.ndarray], batch: int = 1) -> list[dict[str, np.ndarray]]:
+    n = len(next(iter(inputs.values())))
+    return [{k: v[i:i + batch] for k, v in inputs.items()} for i in range(0, n, batch)]
+
+
+def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibration: dict[str, np.ndarray], *,
+                         observer: str = "minmax", percentile: float = 99.999, per_channel: bool = True,
+                         fmt: str = "qdq", symmetric_activations: bool = False,
+                         op_types: Sequence[str] = ()) -> onnx.ModelProto:
+    """ORT ``quantize_static`` with calibrated activation ranges; ``mse`` ranges are computed here."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT,
+                             "ActivationSymmetric": symmetric_activations}
+    method = {"minmax": CalibrationMethod.MinMax, "moving_average": CalibrationMethod.MinMax,
+              "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+              "mse": CalibrationMethod.MinMax}.get(observer)
+    if method is None:
+        raise InputError(f"unknown observer {observer!r}; use minmax, moving_average, percentile, mse or entropy")
+    if observer == "moving_average":
+        extra["CalibMovingAverage"] = True
+    if observer == "percentile":
+        extra["CalibPercentile"] = percentile
+    feeds = split_feeds(calibration, batch=1 if observer in ("minmax", "mse") else 8)
+    kwargs: dict[str, Any] = dict(
+        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+        per_channel=per_channel, activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+        weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes) or None,
+        op_types_to_quantize=list(op_types) or None, calibrate_method=method, extra_options=extra)
+    with tempfile.TemporaryDirectory(prefix="deepshrink.cal.") as d:
+        if observer == "mse":
+            cache = Path(d) / "ranges.json"
+            _mse_ranges(model, feeds, cache, kwargs)
+            kwargs["calibration_cache_path"] = str(cache)
+            return _ort_quantize(quantize_static, model, calibration_data_reader=None, **kwargs)
+        kwargs["calibration_data_reader"] = _Reader(feeds)
+        return _ort_quantize(quantize_static, model, **kwargs)
+
+
+def _mse_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cache: Path, kwargs: dict[str, Any]) -> None:
+    """Min-max calibration names the tensors; their ranges are then re-chosen to minimise MSE."""
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorData,
+        TensorsData,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    from .observers import MSEObserver
+
+    with tempfile.TemporaryDirectory(prefix="deepshrink.mse.") as d:
+        src = _save_tmp(model, Path(d) / "in.onnx")
+        cal = create_calibrator(src, kwargs.get("op_types_to_quantize"), augmented_model_path=str(Path(d) / "aug.onnx"),
+                                calibrate_method=CalibrationMethod.MinMax)
+        cal.collect_data(_Reader(feeds))
+        minmax = cal.compute_data()
+        names = list(minmax.data)
+    acts = collect_tensors(model, names, feeds)
+    ranges = {}
+    for name in names:
+        obs = MSEObserver(bits=8, symmetric=False)
+        for a in acts[name]:
+            obs.observe(np.asarray(a, np.float32))
+        lo, hi = (float(v) for v in obs.range())
+        ranges[name] = TensorData(lowest=np.array(min(float(lo), 0.0), np.float32), highest=np.array(max(float(hi), 0.0), np.float32))
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+
+
+def collect_tensors(model: onnx.ModelProto, names: Sequence[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """Run the float model and return the values of intermediate tensors ``names`` per feed."""
+    from ..backends.onnx import make_session
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    graph_inputs = {i.name for i in m.graph.input}
+    for n in names:
+        if n not in existing and n not in graph_inputs:
+            m.graph.output.append(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    sess = make_session(m, threads=2, optimize=False)
+    wanted = [n for n in names if n not in graph_inputs]
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    in_names = [i.name for i in sess.get_inputs()]
+    for f in feeds:
+        feed = {k: f[k] for k in in_names}
+        for n, v in zip(wanted, sess.run(wanted, feed), strict=True):
+            out[n].append(v)
+        for n in names:
+            if n in graph_inputs:
+                out[n].append(f[n])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# weight-only (MatMulNBits)
+
+
+def check_group_size(model: onnx.ModelProto, nodes: Sequence[str], group_size: int) -> None:
+    by_name = {w.name: w for w in weight_nodes(model, ("MatMul",))}
+    for name in nodes:
+        w = by_name[name]
+        if w.shape[0] % group_size:
+            raise InputError(f"group size {group_size} does not divide the input dimension {w.shape[0]} of layer "
+                             f"{name!r} (weight {list(w.shape)}); pick a group size that divides it or --exclude it")
+
+
+def quantize_weight_only_rtn(model: onnx.ModelProto, nodes: Sequence[str], *, bits: int, group_size: int,
+                             symmetric: bool) -> onnx.ModelProto:
+    """ORT ``MatMulNBitsQuantizer`` round-to-nearest on ``nodes`` (MatMul with a 2-D constant weight)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    if bits not in (2, 4, 8):
+        raise UnsupportedError(f"ONNX Runtime's MatMulNBits stores 2, 4 or 8 bits, not {bits}")
+    check_group_size(model, nodes, group_size)
+    all_mm = [w.name for w in weight_nodes(model, ("MatMul",))]
+    cfg = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=symmetric, bits=bits,
+                                       op_types_to_quantize=("MatMul",))
+    q = MatMulNBitsQuantizer(model, bits=bits, block_size=group_size, is_symmetric=symmetric,
+                             nodes_to_exclude=[n for n in all_mm if n not in set(nodes)], algo_config=cfg)
+    q.process()
+    out = q.model.model
+    ensure_node_names(out)
+    return out
+
+
+def write_matmul_nbits(model: onnx.ModelProto, node_name: str, q: np.ndarray, scales: np.ndarray,
+                       zeros: np.ndarray | None, bits: int, group_size: int) -> None:
+    """Replace MatMul ``node_name`` by ``MatMulNBits`` from given integer codes.
+
+    ``q``: (K, N) integers in [0, 2**bits); ``scales``/``zeros``: (K // group_size, N);
+    the weight is ``(q - zero) * scale``. Codes are packed into ORT's (N, K/g, g*bits/8) layout.
+    """
+    if bits not in (2, 4, 8):
+        raise UnsupportedError(f"ONNX Runtime's MatMulNBits stores 2, 4 or 8 bits, not {bits}")
+    g = model.graph
+    idx = next(i for i, n in enumerate(g.node) if n.name == node_name)
+    node = g.node[idx]
+    k, n = q.shape
+    blocks = k // group_size
+    qt = q.T.reshape(n, blocks, group_size).astype(np.uint8)
+    per_byte = 8 // bits
+    packed = np.zeros((n, blocks, group_size // per_byte), np.uint8)
+    for j in range(per_byte):
+        packed |= (qt[:, :, j::per_byte] << (bits * j)).astype(np.uint8)
+    base = node.input[1]
+    new_inputs = [node.input[0], base + "_nbits_q", base + "_nbits_scales"]
+    g.initializer.extend([numpy_helper.from_array(packed, base + "_nbits_q"),
+                          numpy_helper.from_array(scales.T.reshape(-1).astype(np.float32), base + "_nbits_scales")])
+    if zeros is not None:
+        zt = zeros.T.astype(np.uint8)  # (N, blocks)
+        zb = (blocks * bits + 7) // 8
+        zpack = np.zeros((n, zb), np.uint8)
+        for b in range(blocks):
+            zpack[:, (b * bits) // 8] |= (zt[:, b] << ((b * bits) % 8)).astype(np.uint8)
+        g.initializer.append(numpy_helper.from_array(zpack.reshape(-1), base + "_nbits_zeros"))
+        new_inputs.append(base + "_nbits_zeros")
+    new = helper.make_node("MatMulNBits", new_inputs, list(node.output), name=node.name, domain="com.microsoft",
+                           K=k, N=n, bits=bits, block_size=group_size)
+    g.node.remove(node)
+    g.node.insert(idx, new)
+    _drop_unused_initializers(model)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# codebooks (k-means, log2)
+
+
+def write_codebook(model: onnx.ModelProto, weight: str, codebook: np.ndarray, indices: np.ndarray,
+                   axis: int | None = None) -> None:
+    """Replace initializer ``weight`` by ``Gather(codebook, Cast(indices))``.
+
+    ``codebook``: (K,) shared, or (C, K) one table per slice along ``axis`` of the weight;
+    ``indices``: uint8, the weight's shape.
+    """
+    g = model.graph
+    inits = initializer_map(model)
+    if weight not in inits:
+        raise InputError(f"initializer {weight!r} not found")
+    shape = tuple(inits[weight].dims)
+    if indices.shape != shape or indices.dtype != np.uint8:
+        raise InputError(f"indices for {weight!r} must be uint8 of shape {shape}, got {indices.dtype} {indices.shape}")
+    codebook = np.asarray(codebook, np.float32)
+    g.initializer.remove(inits[weight])
+    g.initializer.append(numpy_helper.from_array(indices, weight + "_cb_idx"))
+    cast_out = weight + "_cb_idx_i32"
+    nodes = [helper.make_node("Cast", [weight + "_cb_idx"], [cast_out], to=onnx.TensorProto.INT32,
+                              name=weight + "_cb_cast")]
+    if codebook.ndim == 2:
+        if axis is None:
+            raise InputError("a per-channel codebook needs its axis")
+        k = codebook.shape[1]
+        off_shape = [1] * len(shape)
+        off_shape[axis] = shape[axis]
+        offsets = (np.arange(shape[axis], dtype=np.int32) * k).reshape(off_shape)
+        g.initializer.append(numpy_helper.from_array(offsets, weight + "_cb_off"))
+        nodes.append(helper.make_node("Add", [cast_out, weight + "_cb_off"], [cast_out + "_off"], name=weight + "_cb_add"))
+        cast_out += "_off"
+    g.initializer.append(numpy_helper.from_array(codebook.reshape(-1), weight + "_cb"))
+    nodes.append(helper.make_node("Gather", [weight + "_cb", cast_out], [weight], axis=0, name=weight + "_cb_gather"))
+    for i, n in enumerate(nodes):
+        g.node.insert(i, n)
