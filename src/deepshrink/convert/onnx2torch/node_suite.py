@@ -52,6 +52,8 @@ def all_cases() -> list[Any]:
 
 
 def _to_torch(a: Any) -> torch.Tensor:
+    if isinstance(a, np.generic):
+        a = np.asarray(a)
     if not isinstance(a, np.ndarray):
         raise UnsupportedError(f"non-tensor input ({type(a).__name__}: sequence/optional/map)")
     if a.dtype.kind in "OSU":

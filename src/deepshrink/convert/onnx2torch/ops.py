@@ -347,6 +347,9 @@ def _lrn(b: Builder, n: OnnxNode) -> Value:
 @converter("Dropout")
 def _dropout(b: Builder, n: OnnxNode) -> Value:
     x = b.value(n.inputs[0])
+    mode = _opt(b, n, 2)
+    if mode is not None and (not b.known(mode) or bool(mode.reshape(-1)[0])):
+        raise NotImplementedError("Dropout with training_mode (random masks); export the model in eval mode")
     if len(n.outputs) > 1 and n.outputs[1]:
         return x, b.call(torch.ones_like, x, dtype=torch.bool)
     return x
@@ -355,9 +358,12 @@ def _dropout(b: Builder, n: OnnxNode) -> Value:
 # ------------------------------------------------------------------ pooling
 @converter("MaxPool", "AveragePool")
 def _pool(b: Builder, n: OnnxNode) -> Value:
-    if len(n.outputs) > 1 and n.outputs[1]:
-        raise NotImplementedError("MaxPool's Indices output")
     k = list(n.attr("kernel_shape"))
+    if len(n.outputs) > 1 and n.outputs[1]:
+        out = b.call(rt.max_pool_with_indices, b.value(n.inputs[0]), k, _list(n.attr("strides")),
+                     _list(n.attr("pads")), _list(n.attr("dilations")), n.attr("auto_pad", "NOTSET"),
+                     n.attr("ceil_mode", 0), n.attr("storage_order", 0))
+        return b.getitem(out, 0), b.getitem(out, 1)
     kind = "max" if n.op_type == "MaxPool" else "avg"
     return b.call(rt.pool, b.value(n.inputs[0]), kind, k, list(n.attr("strides") or [1] * len(k)),
                   list(n.attr("pads") or []), list(n.attr("dilations") or [1] * len(k)), n.attr("auto_pad", "NOTSET"),

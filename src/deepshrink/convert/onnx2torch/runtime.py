@@ -316,6 +316,26 @@ def pool(x: torch.Tensor, kind: str, kernel: list[int], strides: list[int], pads
     return s / c
 
 
+def max_pool_with_indices(x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int],
+                          dilations: list[int], auto_pad: str, ceil_mode: int,
+                          storage_order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaxPool's optional Indices output: flat offsets into the whole input tensor."""
+    nsp = len(kernel)
+    strides = strides or [1] * nsp
+    dilations = dilations or [1] * nsp
+    p = resolve_pads(x, kernel, strides, dilations, pads, auto_pad)
+    if p[:nsp] != p[nsp:] or (storage_order and nsp != 2):
+        raise NotImplementedError("MaxPool Indices with asymmetric padding or non-2-D column-major storage_order")
+    fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nsp]
+    y, idx = fn(x, kernel, strides, p[:nsp], dilations, ceil_mode=bool(ceil_mode), return_indices=True)
+    if storage_order:  # column-major: h + w * H
+        h, w = x.shape[2], x.shape[3]
+        idx = (idx // w) + (idx % w) * h
+    plane = math.prod(x.shape[2:])
+    base = torch.arange(x.shape[0] * x.shape[1]).reshape(x.shape[0], x.shape[1], *([1] * nsp)) * plane
+    return y, idx + base
+
+
 def _avg_pool_dilated(x: torch.Tensor, kernel: list[int], strides: list[int], p: list[int], dilations: list[int],
                       ceil_mode: int, count_include_pad: int) -> torch.Tensor:
     """Average pooling with dilations (torch has none): a depthwise conv with a dilated box kernel."""
