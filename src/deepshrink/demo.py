@@ -33,7 +33,7 @@ def run_demo(out: Path, console: Any = None) -> dict[str, Any]:
     result = convert(handle, out / "digits_cnn.onnx", data="digits:val")
     parity = result.hops[0].parity
     if parity is not None:
-        say(parity.summary(), highlight=False)
+        say(parity.summary(), highlight=False, markup=False)
     models: list[Any] = [handle, out / "digits_cnn.onnx"]
     names = ["PyTorch fp32", "ONNX fp32"]
     extra = _compress_steps(out, result.handle, say)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import DeepshrinkError
 
@@ -50,10 +51,10 @@ def run_app(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except DeepshrinkError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         report = getattr(exc, "report", None)
         if report is not None and hasattr(report, "summary"):
-            err_console.print(report.summary(), highlight=False, soft_wrap=True)
+            err_console.print(report.summary(), highlight=False, soft_wrap=True, markup=False)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
@@ -67,7 +68,7 @@ def run_app(argv: list[str] | None = None) -> int:
         import click
 
         if isinstance(exc, click.exceptions.UsageError):
-            err_console.print(f"[bold red]usage error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]usage error:[/] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
             return 2
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()

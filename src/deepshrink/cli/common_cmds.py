@@ -31,7 +31,8 @@ def convert_cmd(
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset to target")] = None,
     exporter: Annotated[str, typer.Option("--exporter", help="dynamo (default) or torchscript")] = "dynamo",
     via: Annotated[str | None, typer.Option("--via", help="go through an intermediate format, e.g. onnx")] = None,
-    atol: Annotated[float, typer.Option("--atol", help="parity tolerance (max-abs)")] = 1e-4,
+    atol: Annotated[float, typer.Option("--atol", help="parity tolerance: absolute part")] = 1e-4,
+    rtol: Annotated[float, typer.Option("--rtol", help="parity tolerance: part relative to the output's scale")] = 1e-4,
     int8: Annotated[bool, typer.Option("--int8", help="TFLite: full-integer int8 with --data as representative set")] = False,
 ) -> None:
     """Convert a model to another format and check that both compute the same thing."""
@@ -40,14 +41,14 @@ def convert_cmd(
     extra: dict[str, Any] = {"int8": True} if int8 else {}
     result = convert(src, dst, via=via, weights=weights, input_shapes=input_shape, data=data,
                      trust_remote_code=trust_remote_code, exporter=exporter, opset=opset, verify=not no_verify,
-                     atol=atol, force=force, **extra)
+                     atol=atol, rtol=rtol, force=force, **extra)
     if json_out:
         print_json(result.to_dict())
         return
     for hop in result.hops:
         console.print(f"[bold]{hop.src_format} → {hop.dst_format}[/] in {hop.seconds:.1f} s")
         if hop.parity is not None:
-            console.print(hop.parity.summary(), highlight=False)
+            console.print(hop.parity.summary(), highlight=False, markup=False)
         else:
             console.print("  parity not checked", style="yellow")
     meta = result.handle.metadata if result.handle is not None else {}
