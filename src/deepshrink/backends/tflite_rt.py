@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ class TFLiteRunner:
     def __init__(self, path: Path, threads: int) -> None:
         cls = _interpreter_cls()
         try:
-            self.interpreter = cls(model_path=str(path), num_threads=int(threads))
+            with warnings.catch_warnings():  # TF 2.21 warns tf.lite.Interpreter moves to ai_edge_litert
+                warnings.simplefilter("ignore")
+                self.interpreter = cls(model_path=str(path), num_threads=int(threads))
         except Exception as exc:
             raise InputError(f"{path} is not a readable TFLite model: {str(exc).splitlines()[0][:200]}") from None
         sigs = self.interpreter.get_signature_list()

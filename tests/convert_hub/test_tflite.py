@@ -1,0 +1,91 @@
+"""ONNX/PyTorch → TFLite: float parity < 1e-4 on digits, full-integer int8 within 1 point of
+accuracy, the interpreter as a bench runner, and the error paths (missing data, missing extra,
+unsupported op) leaving nothing behind."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import deepshrink as ds
+from deepshrink.cli._app import run_app
+
+pytest.importorskip("tensorflow")
+
+
+def _accuracy(run, x: np.ndarray, y: np.ndarray) -> float:
+    logits = np.concatenate([run({"x": x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+    return float((logits.argmax(1) == y).mean())
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_float_parity(name, hub_onnx, tmp_path):
+    res = ds.convert(hub_onnx[name], tmp_path / f"{name}.tflite")
+    p = res.hops[-1].parity
+    assert p.ok and p.max_abs < 1e-4  # 2.9e-06 (cnn), 1.4e-06 (mlp) seen
+    assert (tmp_path / f"{name}.tflite").stat().st_size > 10_000
+
+
+def test_torch_source_goes_through_onnx(digits_mlp, tmp_path):
+    h = ds.load(digits_mlp, input_shapes=["x:2x64"])
+    res = ds.convert(h, tmp_path / "mlp.tflite", exporter="torchscript")
+    assert [(x.src_format, x.dst_format) for x in res.hops] == [("torch", "onnx"), ("onnx", "tflite")]
+    assert all(x.parity.max_abs < 1e-4 for x in res.hops)  # ~1e-6 each seen
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.tflite"]  # the intermediate is not left behind
+
+
+def test_int8_accuracy_drop_within_one_point(hub_onnx, digits, tmp_path):
+    from deepshrink.backends.onnx import make_session, run_onnx
+    from deepshrink.backends.tflite_rt import make_runner
+
+    out = tmp_path / "cnn.int8.tflite"
+    rc = run_app(["convert", str(hub_onnx["cnn"]), str(out), "--int8", "--data", "digits"])  # calibrated on val
+    assert rc == 0
+    fp32 = make_session(str(hub_onnx["cnn"]))
+    acc_fp32 = _accuracy(lambda f: run_onnx(fp32, f), digits.x_test, digits.y_test)
+    acc_int8 = _accuracy(make_runner(out, threads=2), digits.x_test, digits.y_test)
+    assert acc_fp32 - acc_int8 <= 0.01, (acc_fp32, acc_int8)  # 0.994 -> 0.994 seen
+    fsize = (tmp_path / "cnn.int8.tflite").stat().st_size
+    res_float = ds.convert(hub_onnx["cnn"], tmp_path / "cnn.tflite")
+    assert fsize < 0.45 * res_float.output.stat().st_size  # int8 weights: ~0.3x seen
+
+
+def test_runner_serves_any_batch(hub_onnx, tmp_path, digits):
+    from deepshrink.backends.tflite_rt import make_runner
+
+    ds.convert(hub_onnx["cnn"], tmp_path / "cnn.tflite")
+    run = make_runner(tmp_path / "cnn.tflite", threads=2)
+    assert run.input_names == ["x"]
+    for b in (1, 7):
+        assert run({"x": digits.x_test[:b]})[0].shape == (b, 10)
+
+
+def test_int8_without_data_is_refused(hub_onnx, tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    rc = run_app(["convert", str(hub_onnx["mlp"]), str(out), "--int8"])
+    assert rc == 2 and not out.exists() and list(tmp_path.iterdir()) == []
+    assert "representative dataset" in capsys.readouterr().err
+
+
+def test_unsupported_op_for_tflite(tmp_path, capsys):
+    node = helper.make_node("Einsum", ["x", "x"], ["y"], name="contract_me", equation="ij,ij->i")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])])
+    src = tmp_path / "e.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    rc = run_app(["convert", str(src), str(tmp_path / "e.tflite")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Einsum" in err and "contract_me" in err and "OpenVINO IR" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.onnx"]
+
+
+def test_missing_extra_says_which_pip_install(hub_onnx, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if tensorflow were not installed
+    out = tmp_path / "m.tflite"
+    rc = run_app(["convert", str(hub_onnx["mlp"]), str(out)])
+    assert rc == 2 and not out.exists()
+    assert "pip install 'deepshrink[tf]'" in capsys.readouterr().err
