@@ -29,3 +29,8 @@ def quantize(model, config, *, data=None, **options):  # type: ignore[no-untyped
     from .api import quantize as _q
 
     return _q(model, config, data=data, **options)
+
+
+from ..core.verbs import make_callable  # noqa: E402
+
+make_callable(__name__, quantize)

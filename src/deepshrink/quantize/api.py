@@ -68,7 +68,8 @@ def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress:
     handler = handler_for(config)
     if isinstance(config, QATConfig):
         return handler(model, config, data=data, progress=progress, **load_options)
-    prep = prepare(model, data, fuse=_wants_fuse(config), calibration_size=_calibration_size(config), **load_options)
+    prep = prepare(model, data, fuse=_wants_fuse(config), calibration_size=_calibration_size(config),
+                   gemm_as_matmul=not _is_static(config), **load_options)
     out = handler(prep, config, progress=progress)
     out.report.setdefault("scheme", type(config).__name__)
     out.report["config"] = config.to_dict()
@@ -84,6 +85,14 @@ def _wants_fuse(config: QuantConfig) -> bool:
         base = config.base if isinstance(config, AutoConfig) else config.default
         return _wants_fuse(base)
     return False
+
+
+def _is_static(config: QuantConfig) -> bool:
+    if isinstance(config, AutoConfig):
+        return isinstance(config.base, Int8StaticConfig)
+    if isinstance(config, MixedPrecisionConfig):
+        return any(isinstance(c, Int8StaticConfig) for c in (config.default, *config.overrides.values()))
+    return isinstance(config, Int8StaticConfig)
 
 
 def _calibration_size(config: QuantConfig) -> int:
@@ -109,11 +118,14 @@ def to_onnx_handle(model: Any, **load_options: Any) -> ModelHandle:
     return export_onnx(handle, exporter=exporter)
 
 
-def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int = 256, **load_options: Any) -> Prepared:
+def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int = 256, gemm_as_matmul: bool = False,
+            **load_options: Any) -> Prepared:
     handle = to_onnx_handle(model, **load_options)
     proto = onnx.ModelProto()
     proto.CopyFrom(handle.model)
     ob.ensure_node_names(proto)
+    if gemm_as_matmul:  # ORT's dynamic / weight-only passes and our codebooks see every Linear as MatMul
+        ob.gemm_to_matmul(proto)
     arrays, labels = None, None
     if data is not None:
         from ..core.data import load_data
@@ -239,7 +251,7 @@ def _codebook(prep: Prepared, config: KMeansConfig | Log2Config, make: Callable[
         if w.name not in names or int(np.prod(w.shape)) < config.min_elements or w.weight not in inits:
             continue
         arr = numpy_helper.to_array(inits[w.weight]).astype(np.float32)
-        axis = 0 if w.op_type == "Conv" else 1  # output channels
+        axis = 0 if w.op_type == "Conv" else 1  # output channels (Gemm was rewritten as MatMul)
         cb = make(arr, axis)
         ob.write_codebook(model, w.weight, cb.codebook.numpy(), cb.indices.numpy().astype(np.uint8),
                           axis=cb.axis)
@@ -262,7 +274,7 @@ def _kmeans(prep: Prepared, config: KMeansConfig, **_: Any) -> QuantizeOutcome:
 def _log2(prep: Prepared, config: Log2Config, **_: Any) -> QuantizeOutcome:
     from .nonlinear import pow2_quantize
 
-    return _codebook(prep, config, lambda a, ax: pow2_quantize(a, config.bits, axis=ax))
+    return _codebook(prep, config, lambda a, ax: pow2_quantize(a, config.bits, axis=None))
 
 
 @register(MixedPrecisionConfig)

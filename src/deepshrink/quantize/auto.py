@@ -44,13 +44,7 @@ class AutoResult:
                 "sensitivity": self.sensitivity, "smooth": self.smooth}
 
     def summary(self) -> str:
-        lines = [f"auto: smoothing alpha {self.alpha:g}, {self.layers - len(self.kept)}/{self.layers} layers int8, "
-                 f"cosine {self.cos_mean:.4f} mean / {self.cos_min:.4f} worst on the calibration data"]
-        for t in self.trials:
-            lines.append(f"  trial {t['what']}: cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}")
-        for k in self.kept:
-            lines.append(f"  kept float: {k['layer']} ({k['reason']})")
-        return "\n".join(lines)
+        return summary_from_dict(self.to_dict())
 
 
 def _quantize_fn(base: Any) -> QuantizeFn:
@@ -143,3 +137,16 @@ def _static_fn(base: Int8StaticConfig, data: dict[str, Any]) -> QuantizeFn:
     return lambda m, nodes: ob.quantize_static_int8(
         m, nodes, data, observer=base.observer, percentile=base.percentile, per_channel=base.per_channel,
         fmt=base.format, symmetric_activations=base.symmetric_activations, op_types=base.op_types)
+
+
+def summary_from_dict(d: dict[str, Any]) -> str:
+    """The CLI's text for an ``AutoResult.to_dict()``: trials, then the layers kept float and why."""
+    lines = [f"auto: smoothing alpha {d['alpha']:g}, {d['quantized_layers']} layers int8, {len(d['kept_float'])} kept float; "
+             f"cosine {d['cos_mean']:.4f} mean / {d['cos_min']:.4f} worst on the calibration data"]
+    for t in d["trials"]:
+        lines.append(f"  trial {t['what']}: cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}")
+    for k in d["kept_float"]:
+        lines.append(f"  kept float: {k['layer']} ({k['reason']})")
+    if not d["kept_float"]:
+        lines.append("  no layer needed to stay float")
+    return "\n".join(lines)

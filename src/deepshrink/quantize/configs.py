@@ -81,7 +81,7 @@ class Int8DynamicConfig(QuantConfig):
     reduce_range: bool = False
     fuse: Literal["auto", "none", "bert"] = "auto"
     smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
-    op_types: Patterns = ("MatMul", "Gemm", "Attention")
+    op_types: Patterns = ("MatMul", "Gemm", "Attention", "EmbedLayerNormalization")
 
 
 class Int8StaticConfig(QuantConfig):
@@ -94,8 +94,7 @@ class Int8StaticConfig(QuantConfig):
     calibration_size: int = Field(default=128, ge=1, le=100_000)
     symmetric_activations: bool = False
     smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
-    bias_correction: bool = False
-    op_types: Patterns = ("Conv", "MatMul", "Gemm")
+    op_types: Patterns = Field(default=(), description="ORT op types to quantize (empty: ORT's default set)")
 
 
 class WeightOnlyConfig(QuantConfig):

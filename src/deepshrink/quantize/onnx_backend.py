@@ -25,6 +25,8 @@ graph and counts the integer kernels in it.
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import fnmatch
 import json
 import tempfile
@@ -155,11 +157,19 @@ def float_compute_ops(model: onnx.ModelProto | str | Path) -> dict[str, int]:
 
 
 def _ort_quantize(fn: Any, model: onnx.ModelProto, **kwargs: Any) -> onnx.ModelProto:
-    with tempfile.TemporaryDirectory(prefix="deepshrink.q.") as d:
-        src = _save_tmp(model, Path(d) / "in.onnx")
-        out = Path(d) / "out.onnx"
-        fn(str(src), str(out), **kwargs)
-        return onnx.load(str(out))
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT's "consider pre-processing" advice, once per call
+    try:
+        with tempfile.TemporaryDirectory(prefix="deepshrink.q.") as d:
+            src = _save_tmp(model, Path(d) / "in.onnx")
+            out = Path(d) / "out.onnx"
+            fn(str(src), str(out), **kwargs)
+            return onnx.load(str(out))
+    finally:
+        root.setLevel(level)
 
 
 def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -314,7 +324,8 @@ def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibrati
             kwargs["calibration_cache_path"] = str(cache)
             return _ort_quantize(quantize_static, model, calibration_data_reader=None, **kwargs)
         kwargs["calibration_data_reader"] = _Reader(feeds)
-        return _ort_quantize(quantize_static, model, **kwargs)
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress
+            return _ort_quantize(quantize_static, model, **kwargs)
 
 
 def _mse_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cache: Path, kwargs: dict[str, Any]) -> None:
@@ -339,7 +350,7 @@ def _mse_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cach
     acts = collect_tensors(model, names, feeds)
     ranges = {}
     for name in names:
-        obs = MSEObserver(bits=8, symmetric=False)
+        obs = MSEObserver(bits=8, symmetric=False, max_samples=1 << 13, grid=40)
         for a in acts[name]:
             obs.observe(np.asarray(a, np.float32))
         lo, hi = (float(v) for v in obs.range())
@@ -492,3 +503,44 @@ def write_codebook(model: onnx.ModelProto, weight: str, codebook: np.ndarray, in
     nodes.append(helper.make_node("Gather", [weight + "_cb", cast_out], [weight], axis=0, name=weight + "_cb_gather"))
     for i, n in enumerate(nodes):
         g.node.insert(i, n)
+
+
+def _forget_shape(model: onnx.ModelProto, name: str) -> None:
+    """Drop recorded shapes of a tensor whose layout we changed (shape inference redoes them)."""
+    g = model.graph
+    for coll in (g.value_info, g.input):
+        for v in [v for v in coll if v.name == name]:
+            coll.remove(v)
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite ``Gemm(x, W, b)`` with a constant weight as ``MatMul`` (same name) + ``Add``.
+
+    ORT's dynamic and weight-only passes only handle ``MatMul``; exporters write
+    ``nn.Linear`` as ``Gemm`` with ``transB=1``. Returns the number of nodes rewritten.
+    """
+    g = model.graph
+    inits = initializer_map(model)
+    uses = collections.Counter(i for n in g.node for i in n.input)
+    done = 0
+    for idx in range(len(g.node) - 1, -1, -1):
+        n = g.node[idx]
+        if n.op_type != "Gemm" or n.input[1] not in inits or uses[n.input[1]] != 1:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            continue
+        if attrs.get("transB", 0):
+            w = numpy_helper.to_array(inits[n.input[1]])
+            inits[n.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), n.input[1]))
+            _forget_shape(model, n.input[1])
+        has_bias = len(n.input) > 2 and bool(n.input[2])
+        mm_out = n.output[0] + "_matmul" if has_bias else n.output[0]
+        new = [helper.make_node("MatMul", [n.input[0], n.input[1]], [mm_out], name=n.name)]
+        if has_bias:
+            new.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=n.name + "_bias"))
+        g.node.remove(n)
+        for j, m in enumerate(new):
+            g.node.insert(idx + j, m)
+        done += 1
+    return done

