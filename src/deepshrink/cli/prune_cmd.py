@@ -26,11 +26,11 @@ from ._app import (
 
 
 def _config(method: str, sparsity: float | None, threshold: float | None, scope: str | None, importance: str,
-            protect: list[str], finetune_epochs: int, lr: float, nm: str, heads_ratio: float,
+            protect: list[str], finetune_epochs: int, lr: float | None, nm: str, heads_ratio: float,
             ffn_ratio: float | None) -> Any:
     from ..prune import GradualPruneConfig, MagnitudePruneConfig, NMPruneConfig, StructuredPruneConfig
 
-    common: dict[str, Any] = {"protect": list(protect), "lr": lr}
+    common: dict[str, Any] = {"protect": list(protect), **({"lr": lr} if lr is not None else {})}
     if method == "magnitude":
         if sparsity is None and threshold is None:
             raise InputError("--method magnitude needs --sparsity S (0 <= S < 1) or --threshold T")
@@ -40,7 +40,7 @@ def _config(method: str, sparsity: float | None, threshold: float | None, scope:
         if sparsity is None:
             raise InputError("--method gradual needs --sparsity S (the final sparsity, 0 <= S < 1)")
         return GradualPruneConfig.from_dict({**common, "final_sparsity": sparsity, "scope": scope or "layer",
-                                             "epochs": finetune_epochs or 20})
+                                             "epochs": finetune_epochs or 30})
     if method == "nm":
         n, _, m = nm.partition(":")
         if not (n.isdigit() and m.isdigit()):
@@ -68,8 +68,8 @@ def prune_cmd(
     heads_ratio: Annotated[float, typer.Option("--heads-ratio", help="structured: fraction of attention heads removed")] = 0.0,
     ffn_ratio: Annotated[float | None, typer.Option("--ffn-ratio", help="structured: fraction of FFN neurons removed (default: --sparsity)")] = None,
     nm: Annotated[str, typer.Option("--nm", help="nm: N:M pattern")] = "2:4",
-    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="fine-tune epochs on --data (gradual: total epochs, default 20)")] = 0,
-    lr: Annotated[float, typer.Option("--lr", help="fine-tune learning rate")] = 1e-3,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="fine-tune epochs on --data (gradual: total epochs, default 30)")] = 0,
+    lr: Annotated[float | None, typer.Option("--lr", help="fine-tune learning rate (default 1e-3; gradual 2e-3)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="fine-tune batch size")] = 64,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the before/after table (default: --data)")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds for the table")] = 20,

