@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import machine_line, md_table, this_command, write_result  # noqa: E402
 
 import deepshrink as ds  # noqa: E402
-from _common import machine_line, md_table, this_command, write_result  # noqa: E402
 from deepshrink.backends.onnx import make_session, run_onnx  # noqa: E402
 from deepshrink.backends.openvino_rt import make_runner as ov_runner  # noqa: E402
 from deepshrink.backends.tflite_rt import make_runner as tfl_runner  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
                                   f"{p.outputs[0].top1:.4f}"])
         runs["PyTorch, original module"] = torch_run(model)
         feed = {"x": x_test[:1]}
-        stats = measure_latency({k: (lambda r=r: r(feed)) for k, r in runs.items()}, warmup=20, repeats=300,
+        stats = measure_latency({k: (lambda r=r, f=feed: r(f)) for k, r in runs.items()}, warmup=20, repeats=300,
                                 threads=THREADS)
         for k, s in stats.items():
             lat_rows.append([name, k, f"{s.median_ms:.3f}", f"{s.spread:.2f}", f"{s.ratio:.2f}× ±{s.ratio_spread:.2f}"])

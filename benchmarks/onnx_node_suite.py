@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine_line, md_table, this_command, write_result  # noqa: E402
 
 from deepshrink.convert.onnx2torch import SUPPORTED_OPS  # noqa: E402
-from deepshrink.convert.onnx2torch.node_suite import _match, _op_of, all_cases, run_case  # noqa: E402
+from deepshrink.convert.onnx2torch.node_suite import _match, all_cases, run_case  # noqa: E402
 
 
 def ort_case(case) -> str:
