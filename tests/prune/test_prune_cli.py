@@ -1,0 +1,133 @@
+"""``deepshrink prune`` through the CLI: a structured run measured on the written ONNX file,
+and bad input (out-of-range sparsity, a protect pattern matching nothing, data that does
+not fit the model, NaN weights, an existing output) — one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from deepshrink.cli._app import run_app
+from deepshrink.examples import trained_digits_cnn, trained_digits_mlp
+
+MLP = "deepshrink.examples:DigitsMLP"
+CNN = "deepshrink.examples:DigitsCNN"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("w")
+    out = {}
+    for name, model in (("mlp", trained_digits_mlp(0)), ("cnn", trained_digits_cnn(0))):
+        path = d / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        out[name] = str(path)
+    return out
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err
+
+
+def test_structured_to_onnx_with_table(weights, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "cnn.pruned.onnx"
+    rc = run_app(["prune", CNN, "-w", weights["cnn"], "-o", str(out), "--method", "structured", "--sparsity", "0.5",
+                  "--data", "digits:train", "--finetune-epochs", "2", "--eval-data", "digits:test",
+                  "--repeats", "3", "--json"])
+    assert rc == 0, _err(capsys)
+    res = json.loads(capsys.readouterr().out)
+    rep, rows = res["report"], res["bench"]["rows"]
+    assert rep["params_after"] / rep["params_before"] < 0.27  # 0.258 seen
+    assert {g["name"]: g["kept"] for g in rep["groups"]} == {"stem.0": 16, "block_conv1": 16, "down.0": 32}
+    assert rows[0]["runtime"] == rows[1]["runtime"] == "onnxruntime"  # same runtime before/after
+    assert rows[1]["params"] < 0.3 * rows[0]["params"]
+    assert rows[1]["accuracy"] > rows[0]["accuracy"] - 0.03  # 0.992 -> 0.980 seen after 2 epochs
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (3, 10)
+
+
+def test_magnitude_to_safetensors(weights, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "mlp.sparse.safetensors"
+    rc = run_app(["prune", MLP, "-w", weights["mlp"], "-o", str(out), "--sparsity", "0.8", "--scope", "global",
+                  "--data", "digits:val", "--repeats", "2", "--json"])
+    assert rc == 0, _err(capsys)
+    state = load_file(str(out))
+    w = torch.cat([state[f"fc{i}.weight"].flatten() for i in (1, 2, 3)])
+    assert float((w == 0).float().mean()) == pytest.approx(0.8, abs=1e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sparsity", "1.0"], "sparsity"),
+    (["--sparsity", "-0.2"], "sparsity"),
+    (["--method", "structured", "--sparsity", "1.5"], "ratio"),
+    (["--sparsity", "0.5", "--protect", "classifier.*"], "matches no module"),
+    (["--method", "structured", "--sparsity", "0.5", "--protect", "nothing_here"], "matches no module"),
+    (["--method", "wavelet", "--sparsity", "0.5"], "--method"),
+    (["--method", "nm", "--nm", "4:4"], "n must be < m"),
+    (["--method", "gradual"], "--sparsity"),
+    (["--sparsity", "0.5", "--finetune-epochs", "1"], "labelled data"),
+])
+def test_bad_options(weights, tmp_path, capsys, args, message):
+    out = tmp_path / "out.onnx"
+    rc = run_app(["prune", MLP, "-w", weights["mlp"], "-o", str(out), *args])
+    err = _err(capsys)
+    assert rc == 2, err
+    assert message in err and len(err.splitlines()) <= 2, err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_data_mismatched_to_model(weights, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((16, 3, 5), np.float32), labels=np.zeros(16, np.int64))
+    out = tmp_path / "out.onnx"
+    rc = run_app(["prune", MLP, "-w", weights["mlp"], "-o", str(out), "--sparsity", "0.5", "--data", str(bad),
+                  "--finetune-epochs", "1"])
+    err = _err(capsys)
+    assert rc == 2 and ("failed on inputs" in err or "does not fit" in err) and "(2, 3, 5)" in err, err
+    assert not out.exists()
+    out2 = tmp_path / "out2.pt2"
+    rc = run_app(["prune", CNN, "-w", weights["cnn"], "-o", str(out2), "--method", "structured", "--sparsity", "0.5",
+                  "--data", str(bad)])
+    err = _err(capsys)
+    assert rc == 2 and "channels" in err, err
+    assert not out2.exists()
+
+
+def test_labels_out_of_range(weights, tmp_path, capsys):
+    bad = tmp_path / "labels.npz"
+    np.savez(bad, x=np.zeros((16, 64), np.float32), labels=np.full(16, 12, np.int64))
+    out = tmp_path / "out.safetensors"
+    rc = run_app(["prune", MLP, "-w", weights["mlp"], "-o", str(out), "--sparsity", "0.5", "--data", str(bad),
+                  "--finetune-epochs", "1"])
+    err = _err(capsys)
+    assert rc == 2 and "fine-tuning failed" in err, err
+    assert not out.exists()
+
+
+def test_nan_weights_and_existing_output(weights, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    state = load_file(weights["mlp"])
+    state["fc1.weight"][3, 3] = float("nan")
+    nan_w = tmp_path / "nan.safetensors"
+    save_file(state, str(nan_w))
+    out = tmp_path / "out.safetensors"
+    assert run_app(["prune", MLP, "-w", str(nan_w), "-o", str(out), "--sparsity", "0.5"]) == 2
+    assert "NaN" in _err(capsys) and not out.exists()
+    out.write_bytes(b"keep")
+    assert run_app(["prune", MLP, "-w", weights["mlp"], "-o", str(out), "--sparsity", "0.5"]) == 2
+    assert "already exists" in _err(capsys) and out.read_bytes() == b"keep"
+    s_out = tmp_path / "s.safetensors"
+    assert run_app(["prune", CNN, "-w", weights["cnn"], "-o", str(s_out), "--method", "structured",
+                    "--sparsity", "0.5"]) == 2
+    assert ".pt2 or .onnx" in _err(capsys) and not s_out.exists()
