@@ -98,3 +98,25 @@ def test_model_without_signature_needs_shapes(digits_mlp, tmp_path):
     with pytest.raises(InputError, match="--input-shape"):
         ds.convert(ds.load(digits_mlp), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+class _Branchy(torch.nn.Module):
+    """A data-dependent branch: torch.export refuses it, the tracing exporter takes one path."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        if (x.abs() >= 0).all():
+            return self.fc(x) * 2
+        return self.fc(x)
+
+
+def test_dynamo_failure_falls_back_and_says_why(tmp_path):
+    with pytest.warns(UserWarning, match="dynamo exporter failed .*GuardOnDataDependent"):
+        res = ds.convert(ds.load(_Branchy(), input_shapes=["x:2x4"]), tmp_path / "b.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "b.onnx")).metadata_props}
+    assert meta["deepshrink.exporter"] == "torchscript"
+    assert "data-dependent" in meta["deepshrink.exporter_fallback_reason"] and "\x1b" not in meta["deepshrink.exporter_fallback_reason"]
+    assert res.hops[0].parity.ok and res.hops[0].parity.max_abs < 1e-5  # 6e-08 seen

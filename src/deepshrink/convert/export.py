@@ -9,6 +9,8 @@ Falls back from dynamo to torchscript only when dynamo fails, and says why.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shutil
@@ -100,7 +102,7 @@ def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
         try:
             proto = _export_dynamo(handle, names, opset, dynamic_batch)
         except Exception as exc:
-            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            why = _root_cause(exc)
             if not fallback:
                 raise UnsupportedError(f"the dynamo exporter failed: {why}") from None
             warnings.warn(f"dynamo exporter failed ({why}); falling back to the torchscript exporter", stacklevel=2)
@@ -175,19 +177,21 @@ def _args(handle: ModelHandle) -> tuple[torch.Tensor, ...]:
 
 def _export_dynamo(handle: ModelHandle, names: list[str], opset: int | None, dynamic: bool) -> onnx.ModelProto:
     dyn = _torch_dynamic_shapes(handle) if dynamic else None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         _quiet_exporter_logs()
-        prog = torch.onnx.export(handle.model, _args(handle), None, input_names=handle.input_names,
-                                 output_names=names, opset_version=opset, dynamo=True, external_data=False,
-                                 dynamic_shapes=dyn, verbose=False)
+        logging.disable(logging.CRITICAL)  # torch logs whole graphs when export fails; we report one line
+        try:
+            prog = torch.onnx.export(handle.model, _args(handle), None, input_names=handle.input_names,
+                                     output_names=names, opset_version=opset, dynamo=True, external_data=False,
+                                     dynamic_shapes=dyn, verbose=False)
+        finally:
+            logging.disable(logging.NOTSET)
     assert prog is not None
     return prog.model_proto
 
 
 def _export_torchscript(handle: ModelHandle, names: list[str], opset: int | None, dynamic: bool) -> onnx.ModelProto:
-    import io
-
     buf = io.BytesIO()
     axes = _dynamic_axes(handle) if dynamic else None
     if axes is not None:
@@ -200,5 +204,18 @@ def _export_torchscript(handle: ModelHandle, names: list[str], opset: int | None
 
 
 def _quiet_exporter_logs() -> None:
-    for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo", "torch.fx.experimental.symbolic_shapes"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo", "torch._export",
+                 "torch.fx.experimental.symbolic_shapes", "torch._subclasses"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause's type and first meaningful line, without terminal colour codes."""
+    import re
+
+    inner = exc
+    while inner.__cause__ is not None and inner.__cause__ is not inner:
+        inner = inner.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(inner))
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(inner).__name__}: {line[:200]}"
