@@ -11,11 +11,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _common import machine_line, md_table, this_command, write_result  # noqa: E402
+
 import deepshrink as ds  # noqa: E402
 from deepshrink.evaluate.bench import bench  # noqa: E402
 from deepshrink.examples import minilm_dir  # noqa: E402
-
-from _common import machine_line, md_table, this_command, write_result  # noqa: E402
 
 
 def main() -> None:

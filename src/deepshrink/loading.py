@@ -231,9 +231,9 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
         from .errors import MissingExtraError
 
         raise MissingExtraError("transformers", "examples", "loading a Hugging Face folder") from None
-    from .examples.minilm import SentenceEncoder
-
     from transformers.utils import logging as hf_logging
+
+    from .examples.minilm import SentenceEncoder
 
     hf_logging.disable_progress_bar()
     try:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from ._app import app, run_app
-
 # command modules register themselves on import
 from . import common_cmds  # noqa: F401,E402
+from ._app import app, run_app
 
 
 def _optional(module: str) -> None:
