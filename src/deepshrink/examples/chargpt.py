@@ -1,7 +1,8 @@
 """A small character-level GPT trained on the Python standard library's own source.
 
-The LLM-shaped case for weight-only quantization (RTN vs GPTQ): 4 pre-norm transformer
-blocks, d=192, 4 heads, context 128, about 1.8 M parameters, every projection an
+The LLM-shaped case for weight-only quantization (RTN vs GPTQ): 6 pre-norm transformer
+blocks, d=128 (so group sizes 32/64/128 divide every input dimension), 4 heads, context 128,
+about 1.2 M parameters, every projection an
 ``nn.Linear`` (``blocks.{i}.attn.qkv / attn.proj / mlp.fc1 / mlp.fc2`` and ``head``).
 Text: the ``.py`` files under ``sysconfig.get_paths()['stdlib']`` in sorted order (tests,
 idlelib and site-packages left out); a file goes to the held-out split when the CRC32 of
@@ -13,10 +14,12 @@ Characters outside printable ASCII map to one unknown id. Trained once with
 from __future__ import annotations
 
 import math
+import shutil
 import sysconfig
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ from ..core.fileio import atomic_path
 from ..errors import InputError
 from .cache import cache_dir
 
-_VERSION = 1
+_VERSION = 2
 _CHARS = "\n\t" + "".join(chr(c) for c in range(32, 127))
 VOCAB_SIZE = len(_CHARS) + 1  # + unknown
 _UNK = len(_CHARS)
@@ -121,7 +124,7 @@ class _Block(nn.Module):
 class CharGPT(nn.Module):
     """Decoder-only transformer over characters; ``forward(ids (B, T)) -> logits (B, T, vocab)``."""
 
-    def __init__(self, vocab: int = VOCAB_SIZE, context: int = 128, d: int = 192, layers: int = 4,
+    def __init__(self, vocab: int = VOCAB_SIZE, context: int = 128, d: int = 128, layers: int = 6,
                  heads: int = 4) -> None:
         super().__init__()
         if d % heads:
@@ -169,13 +172,19 @@ def windows(ids: np.ndarray, n: int, context: int, seed: int) -> tuple[np.ndarra
 
 
 def train_chargpt(model: CharGPT, data: CharData, *, steps: int, batch_size: int = 32, lr: float = 3e-3,
-                  seed: int = 0, progress: bool = True) -> CharGPT:
-    """Train on random windows of the training text with the shared Trainer (AdamW, cosine)."""
+                  seed: int = 0, progress: bool = True, checkpoint_dir: str | Path | None = None,
+                  callbacks: list[Any] | None = None) -> CharGPT:
+    """Train on random windows of the training text with the shared Trainer (AdamW, cosine).
+
+    With ``checkpoint_dir`` the run checkpoints every 25 steps and an interrupted run resumes.
+    """
     from ..train import Trainer
 
     x, y = windows(data.train, steps * batch_size, model.context, seed)
     Trainer(model, step_fn=_lm_step, optimizer="adamw", lr=lr, weight_decay=0.01, epochs=1, max_steps=steps,
-            batch_size=batch_size, seed=seed, progress=progress, lr_schedule="cosine").fit((x, y))
+            batch_size=batch_size, seed=seed, progress=progress, lr_schedule="cosine",
+            checkpoint_dir=checkpoint_dir, checkpoint_every=25 if checkpoint_dir else 0,
+            callbacks=callbacks or ()).fit((x, y))
     return model.eval()
 
 
@@ -202,9 +211,14 @@ def perplexity(model: nn.Module, ids: np.ndarray, *, context: int = 128, max_tok
 chargpt_perplexity = perplexity
 
 
-def trained_chargpt(seed: int = 0, steps: int = 400, progress: bool = True) -> CharGPT:
-    """The char-GPT trained for ``steps`` AdamW steps (batch 32 x 128 chars), cached."""
-    path = cache_dir() / f"chargpt-v{_VERSION}-seed{seed}-steps{steps}.safetensors"
+def trained_chargpt(seed: int = 0, steps: int = 400, progress: bool = True,
+                    callbacks: list[Any] | None = None) -> CharGPT:
+    """The char-GPT trained for ``steps`` AdamW steps (batch 32 x 128 chars), cached.
+
+    Training checkpoints into the cache folder, so an interrupted first run resumes.
+    """
+    stem = f"chargpt-v{_VERSION}-seed{seed}-steps{steps}"
+    path = cache_dir() / f"{stem}.safetensors"
     torch.manual_seed(seed)
     model = CharGPT()
     if path.exists():
@@ -213,9 +227,12 @@ def trained_chargpt(seed: int = 0, steps: int = 400, progress: bool = True) -> C
             return model.eval()
         except Exception:  # stale or truncated cache: retrain
             path.unlink(missing_ok=True)
-    train_chargpt(model, chargpt_data(), steps=steps, seed=seed, progress=progress)
+    ckpt = cache_dir() / f"{stem}.ckpt"
+    train_chargpt(model, chargpt_data(), steps=steps, seed=seed, progress=progress, checkpoint_dir=ckpt,
+                  callbacks=callbacks)
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    shutil.rmtree(ckpt, ignore_errors=True)
     return model
 
 
