@@ -29,7 +29,7 @@ SCHEMES = ("int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto
 
 def build_config(scheme: str, *, bits: int | None, group_size: int, method: str, observer: str,
                  per_channel: bool, smooth: float | None, include: list[str], exclude: list[str],
-                 target_cos: float, min_cos: float, calibration_size: int) -> Any:
+                 target_cos: float, min_cos: float, calibration_size: int, max_kept: float = 0.5) -> Any:
     """The config for a CLI scheme; every bad value is a one-line InputError."""
     from ..quantize import (
         AutoConfig,
@@ -60,6 +60,7 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
     if scheme == "log2":
         return Log2Config.build(bits=bits or 4, **sel)
     return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
+                            max_kept_fraction=max_kept,
                             base=Int8DynamicConfig.build(per_channel=per_channel), **sel)
 
 
@@ -78,6 +79,7 @@ def quantize_cmd(
     exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", help="keep layers matching this pattern float (repeatable)")] = None,
     target_cos: Annotated[float, typer.Option("--target-cos", help="auto: mean cosine to reach")] = 0.997,
     min_cos: Annotated[float, typer.Option("--min-cos", help="auto: worst-sample cosine to reach")] = 0.99,
+    max_kept: Annotated[float, typer.Option("--max-kept", help="auto: largest fraction of layers it may keep float")] = 0.5,
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="samples of --data used to calibrate")] = 64,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the before/after table (default: --data)")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds for the table")] = 20,
@@ -95,7 +97,8 @@ def quantize_cmd(
         raise InputError(f"--smooth {smooth} is outside 0–1")
     config = build_config(scheme, bits=bits, group_size=group_size, method=method, observer=observer,
                           per_channel=not per_tensor, smooth=smooth, include=include or [], exclude=exclude or [],
-                          target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size)
+                          target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
+                          max_kept=max_kept)
     if output.suffix.lower() != ".onnx":
         raise InputError(f"output {output}: a quantized model is written as .onnx")
     check_output(output, inputs=(src, weights), force=force)

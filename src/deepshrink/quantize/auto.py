@@ -124,7 +124,7 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
             break
     if not met:
         raise BudgetError(f"auto could not reach cosine {config.target_cos} mean / {config.min_cos} worst: best "
-                          f"{mean:.4f} / {worst:.4f} with {len(kept)} of {len(nodes)} layers kept float "
+                          f"{mean:.6f} / {worst:.6f} with {len(kept)} of {len(nodes)} layers kept float "
                           f"(raise max_kept_fraction or lower the target)")
     total = sum(scores.values()) or 1.0
     kept_info = [{"layer": n, "score": scores[n],

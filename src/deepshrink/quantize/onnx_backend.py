@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import fnmatch
+import io
 import json
 import tempfile
 from collections.abc import Iterable, Sequence

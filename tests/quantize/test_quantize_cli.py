@@ -1,0 +1,114 @@
+"""``deepshrink quantize`` through the CLI: a good run writes the file and measures it; bad
+input is one line on stderr, exit status 2, and no output file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deepshrink.cli._app import run_app
+from deepshrink.convert.export import export_onnx
+
+
+@pytest.fixture(scope="module")
+def mlp_onnx(tmp_path_factory, digits, digits_mlp):
+    path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
+    export_onnx(digits_mlp, {"x": digits.flat().x_val[:2]}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def calib_npz(tmp_path_factory, digits):
+    path = tmp_path_factory.mktemp("data") / "calib.npz"
+    np.savez(path, x=digits.flat().x_val[:64], labels=digits.y_val[:64])
+    return path
+
+
+def _bad(capsys, argv, out, needle):
+    rc = run_app(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert not out.exists() and not any(p.name.startswith(f".{out.name}") for p in out.parent.iterdir())
+    assert needle in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_static_int8_cli_writes_and_measures(cnn_onnx, tmp_path, capsys):
+    out = tmp_path / "cnn.int8.onnx"
+    rc = run_app(["quantize", str(cnn_onnx), "-o", str(out), "--scheme", "int8-static", "--data", "digits",
+                  "--repeats", "3", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out.exists()
+    rows = payload["bench"]["rows"]
+    assert len(rows) == 2 and rows[1]["size_bytes"] < 0.5 * rows[0]["size_bytes"]  # 0.3x seen
+    assert rows[0]["accuracy"] - rows[1]["accuracy"] <= 0.01  # 0.0 seen
+    from deepshrink.quantize.onnx_backend import integer_op_counts
+
+    assert integer_op_counts(out).get("QLinearConv", 0) >= 4
+
+
+def test_auto_cli_prints_kept_layers(mlp_onnx, calib_npz, tmp_path, capsys):
+    out = tmp_path / "mlp.auto.onnx"
+    rc = run_app(["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "auto", "--data", str(calib_npz),
+                  "--target-cos", "0.999999", "--max-kept", "1", "--no-bench"])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.exists()
+    assert "kept float:" in text and "sensitivity" in text and "trial" in text
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--scheme", "kmeans", "--bits", "9"], "--bits 9 is outside 2–8"),
+    (["--scheme", "log2", "--bits", "1"], "--bits 1 is outside 2–8"),
+    (["--scheme", "int4-weight", "--group-size", "32"], "does not divide the input dimension 300"),
+    (["--scheme", "int4-weight", "--group-size", "48"], "power of two"),
+    (["--scheme", "int8-dynamic", "--exclude", "nothing_like_this*"], "matches no quantizable layer"),
+    (["--scheme", "int8-static", "--include", "conv*"], "matches no quantizable layer"),
+    (["--scheme", "int8-fancy"], "--scheme 'int8-fancy'"),
+    (["--scheme", "int8-static", "--observer", "median"], "observer"),
+    (["--scheme", "int8-dynamic", "--smooth", "1.5"], "--smooth 1.5"),
+    (["--scheme", "auto", "--target-cos", "1.5"], "target_cos"),
+    (["--scheme", "auto", "--target-cos", "0.999999", "--max-kept", "0"], "could not reach"),
+])
+def test_bad_options(mlp_onnx, calib_npz, tmp_path, capsys, extra, needle):
+    out = tmp_path / "q.onnx"
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--data", str(calib_npz), *extra], out, needle)
+
+
+def test_bad_data(mlp_onnx, tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((8, 7), np.float32))
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static", "--data", str(wrong)],
+         out, "the model wants")
+    renamed = tmp_path / "renamed.npz"
+    np.savez(renamed, a=np.zeros((8, 64), np.float32), b=np.zeros((8, 64), np.float32))
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static", "--data", str(renamed)],
+         out, "does not match the model")
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, x=np.zeros((0, 64), np.float32))
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static", "--data", str(empty)],
+         out, "empty")
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, x=np.full((4, 64), np.nan, np.float32))
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static", "--data", str(nan)],
+         out, "NaN")
+    truncated = tmp_path / "trunc.npz"
+    truncated.write_bytes((tmp_path / "wrong.npz").read_bytes()[:40])
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static", "--data", str(truncated)],
+         out, "cannot be read")
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static"], out, "needs calibration data")
+
+
+def test_bad_files(mlp_onnx, calib_npz, tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    _bad(capsys, ["quantize", str(tmp_path / "missing.onnx"), "-o", str(out)], out, "missing.onnx")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(mlp_onnx.read_bytes()[:100])
+    _bad(capsys, ["quantize", str(broken), "-o", str(out)], out, "broken.onnx")
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(tmp_path / "q.pt2")], tmp_path / "q.pt2", ".onnx")
+    existing = tmp_path / "exists.onnx"
+    existing.write_bytes(b"keep me")
+    rc = run_app(["quantize", str(mlp_onnx), "-o", str(existing), "--data", str(calib_npz)])
+    assert rc == 2 and existing.read_bytes() == b"keep me" and "--force" in capsys.readouterr().err
