@@ -115,6 +115,19 @@ def test_weight_only_int4_matmulnbits(mlp_handle, digits):
         ds.quantize(mlp_handle, WeightOnlyConfig(bits=4, group_size=32))
 
 
+@pytest.mark.parametrize("bits", [4, 2])
+def test_gptq_beats_round_to_nearest(mlp_handle, digits, bits):
+    d = digits.flat()
+    ref = run_outputs(mlp_handle.model, {"x": d.x_test})
+    err = {}
+    for method in ("rtn", "gptq"):
+        cfg = WeightOnlyConfig(bits=bits, group_size=32, method=method, symmetric=False, include=("fc1*",))
+        q = ds.quantize(mlp_handle, cfg, data={"x": d.x_val})
+        assert integer_op_counts(q.model) == {"MatMulNBits": 1}
+        err[method] = float(((run_outputs(q.model, {"x": d.x_test}) - ref) ** 2).mean())
+    assert err["gptq"] < 0.6 * err["rtn"]  # 4 bits: 0.0020 vs 0.0066; 2 bits: 0.086 vs 0.253 seen
+
+
 def test_mixed_precision_per_layer(mlp_handle, digits):
     cfg = MixedPrecisionConfig(default=Int8DynamicConfig(), overrides={"fc3*": KMeansConfig(bits=4, min_elements=10)},
                                exclude=("fc2*",))

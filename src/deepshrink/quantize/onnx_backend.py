@@ -29,6 +29,7 @@ import contextlib
 import fnmatch
 import io
 import json
+import logging
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -157,8 +158,6 @@ def float_compute_ops(model: onnx.ModelProto | str | Path) -> dict[str, int]:
 
 
 def _ort_quantize(fn: Any, model: onnx.ModelProto, **kwargs: Any) -> onnx.ModelProto:
-    import logging
-
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # ORT's "consider pre-processing" advice, once per call
@@ -239,8 +238,6 @@ def detect_bert(model: onnx.ModelProto, hf_dir: Path | None = None) -> tuple[int
 
 def fuse_transformer(model: onnx.ModelProto, num_heads: int, hidden: int) -> tuple[onnx.ModelProto, dict[str, int]]:
     """ORT's BERT fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm); returns the fused counts."""
-    import logging
-
     from onnxruntime.transformers.optimizer import optimize_model
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
@@ -375,7 +372,7 @@ def collect_tensors(model: onnx.ModelProto, names: Sequence[str], feeds: list[di
     in_names = [i.name for i in sess.get_inputs()]
     for f in feeds:
         feed = {k: f[k] for k in in_names}
-        for n, v in zip(wanted, sess.run(wanted, feed), strict=True):
+        for n, v in zip(wanted, sess.run(wanted, feed) if wanted else [], strict=True):
             out[n].append(v)
         for n in names:
             if n in graph_inputs:
@@ -412,7 +409,11 @@ def quantize_weight_only_rtn(model: onnx.ModelProto, nodes: Sequence[str], *, bi
                                        op_types_to_quantize=("MatMul",))
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=group_size, is_symmetric=symmetric,
                              nodes_to_exclude=[n for n in all_mm if n not in set(nodes)], algo_config=cfg)
-    q.process()
+    logging.disable(logging.INFO)  # one INFO line per node otherwise
+    try:
+        q.process()
+    finally:
+        logging.disable(logging.NOTSET)
     out = q.model.model
     ensure_node_names(out)
     return out
