@@ -29,12 +29,18 @@ def file_size(path: str | os.PathLike[str]) -> int:
     return sum(f.stat().st_size for f in model_files(path))
 
 
+def _is_onnx(model: Any) -> bool:
+    import onnx
+
+    return isinstance(model, onnx.ModelProto)  # not hasattr(.graph): torch.fx.GraphModule has one too
+
+
 def _tensors(model: Any) -> list[np.ndarray]:
-    if hasattr(model, "graph"):
+    if _is_onnx(model):
         from onnx import numpy_helper
 
         return [numpy_helper.to_array(t) for t in model.graph.initializer]
-    return [p.detach().cpu().numpy() for p in model.parameters()]
+    return [p.detach().cpu().float().numpy() for p in model.parameters()]
 
 
 def param_count(model: Any) -> int:
@@ -51,6 +57,6 @@ def nonzero_count(model: Any) -> int:
 def weight_bytes(model: Any) -> int:
     """Bytes held by weights: ONNX initializers at their stored dtype, torch params/buffers."""
     model = getattr(model, "model", model)
-    if hasattr(model, "graph"):
+    if _is_onnx(model):
         return int(sum(t.nbytes for t in _tensors(model)))
     return int(sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())))
