@@ -60,6 +60,17 @@ def converter(*op_types: str) -> Callable[[Converter], Converter]:
 
 
 @dataclass
+class ShapeVal:
+    """A small int64 tensor known element by element at import time: each item is a Python int
+    or an fx node yielding a Python int (a size of some tensor). Shape arithmetic
+    (Shape → Gather → Concat → Reshape) is kept at this level, so the imported graph reshapes
+    with sizes rather than data-dependent tensors — which ``torch.export`` needs."""
+
+    items: list[Any]
+    scalar: bool = False
+
+
+@dataclass
 class OnnxNode:
     """One ONNX node, attributes decoded to Python values."""
 
@@ -95,6 +106,9 @@ class Builder:
         self.initializers: dict[str, onnx.TensorProto] = {i.name: i for i in model.graph.initializer}
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.uses: dict[str, int] = {}
+        self.shapes: dict[str, ShapeVal] = {}
+        self.ranks: dict[str, int] = {}
+        self.static_dims: dict[str, list[int | None]] = {}
         self.buffer_inputs: set[str] = set()  # initializers that are statistics, not trainable
         self._const_attrs: dict[int, fx.Node] = {}
         self._names: set[str] = set()
@@ -106,6 +120,13 @@ class Builder:
             return None
         if name in self.env:
             return self.env[name]
+        if name in self.shapes:  # shape arithmetic consumed by an op that wants a tensor
+            from .runtime import int_tensor
+
+            sv = self.shapes[name]
+            v = self.call(int_tensor, list(sv.items), sv.scalar)
+            self.env[name] = v
+            return v
         if name in self.initializers:
             v = self._initializer(name)
             self.env[name] = v
@@ -195,6 +216,19 @@ class Builder:
     def call_module(self, target: str, *args: Any) -> fx.Node:
         return self.graph.call_module(target, self.lift(args))
 
+    def sym(self, name: str) -> ShapeVal | None:
+        """``name`` as shape arithmetic: a ``ShapeVal``, or a known int tensor of rank <= 1; else None."""
+        if not name:
+            return None
+        if name in self.shapes:
+            return self.shapes[name]
+        if name in self.env or name in self.initializers:
+            v = self.value(name)
+            if self.known(v) and isinstance(v, torch.Tensor) and not v.dtype.is_floating_point and v.dim() <= 1 \
+                    and v.dtype != torch.bool:
+                return ShapeVal([int(i) for i in v.reshape(-1).tolist()], v.dim() == 0)
+        return None
+
     def known(self, v: Value) -> bool:
         return v is not None and not self.is_node(v)
 
@@ -236,6 +270,22 @@ def unsupported_message(node: OnnxNode) -> str:
             f"deepshrink's ONNX → PyTorch route supports {len(CONVERTERS)} ops (see deepshrink.convert.onnx2torch.SUPPORTED_OPS)")
 
 
+def _infer_ranks(b: Builder, proto: onnx.ModelProto) -> None:
+    """Ranks (and static sizes) of every value ONNX shape inference can tell."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:
+        inferred = proto
+    g = inferred.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        t = vi.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        b.ranks[vi.name] = len(dims)
+        b.static_dims[vi.name] = dims
+
+
 def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
@@ -264,6 +314,7 @@ def onnx_to_torch(model: onnx.ModelProto | str | Path) -> fx.GraphModule:
                  {a.name: _attr_value(a) for a in n.attribute}, b.opset)
         for n in g.node
     ]
+    _infer_ranks(b, proto)
     for n in nodes:
         for i in n.inputs:
             b.uses[i] = b.uses.get(i, 0) + 1
@@ -289,7 +340,13 @@ def onnx_to_torch(model: onnx.ModelProto | str | Path) -> fx.GraphModule:
             raise UnsupportedError(f"{unsupported_message(n).split(' has no')[0]} uses a variant not supported: {exc}") from None
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
         for name, v in zip(n.outputs, outs, strict=False):
-            if name:
+            if name and isinstance(v, ShapeVal):
+                if all(isinstance(i, int) for i in v.items):  # fully static: a plain constant
+                    t = torch.tensor(v.items, dtype=torch.int64)
+                    b.env[name] = t.reshape(()) if v.scalar else t
+                else:
+                    b.shapes[name] = v
+            elif name:
                 if isinstance(v, fx.Node) and v.op == "call_function":
                     v.name = b.graph._graph_namespace.create_name(_ident(name), v)  # readable code
                 b.env[name] = v

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import runtime as rt
-from .importer import Builder, OnnxNode, Value, converter
+from .importer import Builder, OnnxNode, ShapeVal, Value, converter
 
 
 def _inputs(b: Builder, n: OnnxNode) -> list[Value]:
@@ -82,8 +82,47 @@ _BINARY = {
 }
 
 
+_SYM_ARITH = {"Add": operator.add, "Sub": operator.sub, "Mul": operator.mul, "Div": rt.idiv}
+
+
+def _sym_equal(b: Builder, n: OnnxNode) -> Value:
+    """Equal on shape arithmetic, decided at import where possible: a size is never negative, so
+    comparing one with a negative constant (the -1 of torch's ``expand``/``view``) is False."""
+    sa, sb = b.sym(n.inputs[0]), b.sym(n.inputs[1])
+    if sa is None or sb is None:
+        return None
+    la, lb = len(sa.items), len(sb.items)
+    if not (la == lb or 1 in (la, lb)):
+        return None
+    m = max(la, lb)
+    out = []
+    for p, q in zip(sa.items * m if la == 1 else sa.items, sb.items * m if lb == 1 else sb.items, strict=True):
+        if isinstance(p, int) and isinstance(q, int):
+            out.append(p == q)
+        elif (isinstance(p, int) and p < 0) or (isinstance(q, int) and q < 0):
+            out.append(False)
+        else:
+            return None
+    t = torch.tensor(out, dtype=torch.bool)
+    return t.reshape(()) if sa.scalar and sb.scalar else t
+
+
 @converter(*_BINARY)
 def _binary(b: Builder, n: OnnxNode) -> Value:
+    if n.op_type == "Equal" and (n.inputs[0] in b.shapes or n.inputs[1] in b.shapes):
+        decided = _sym_equal(b, n)
+        if decided is not None:
+            return decided
+    if n.op_type in _SYM_ARITH and (n.inputs[0] in b.shapes or n.inputs[1] in b.shapes):
+        sa, sb = b.sym(n.inputs[0]), b.sym(n.inputs[1])
+        if sa is not None and sb is not None:
+            la, lb = len(sa.items), len(sb.items)
+            if la == lb or 1 in (la, lb):
+                m = max(la, lb)
+                ia = sa.items * m if la == 1 else sa.items
+                ib = sb.items * m if lb == 1 else sb.items
+                fn = _SYM_ARITH[n.op_type]
+                return ShapeVal([b.call(fn, p, q) for p, q in zip(ia, ib, strict=True)], sa.scalar and sb.scalar)
     x, y = b.value(n.inputs[0]), b.value(n.inputs[1])
     return b.call(rt.widen(_BINARY[n.op_type]), x, y)
 
@@ -106,6 +145,16 @@ def _variadic(b: Builder, n: OnnxNode) -> Value:
 
 @converter("Where")
 def _where(b: Builder, n: OnnxNode) -> Value:
+    if n.inputs[1] in b.shapes or n.inputs[2] in b.shapes:
+        c = b.value(n.inputs[0])
+        sa, sb = b.sym(n.inputs[1]), b.sym(n.inputs[2])
+        if b.known(c) and c.dim() <= 1 and sa is not None and sb is not None:
+            cond = [bool(v) for v in c.reshape(-1).tolist()]
+            m = max(len(cond), len(sa.items), len(sb.items))
+            pick = [(cond * m)[i] if len(cond) == 1 else cond[i] for i in range(m)]
+            ia = sa.items * m if len(sa.items) == 1 else sa.items
+            ib = sb.items * m if len(sb.items) == 1 else sb.items
+            return ShapeVal([ia[i] if pick[i] else ib[i] for i in range(m)])
     return b.call(rt.where, *_inputs(b, n))
 
 
@@ -417,7 +466,17 @@ def _cumsum(b: Builder, n: OnnxNode) -> Value:
 # ------------------------------------------------------------------ shapes and indexing
 @converter("Shape")
 def _shape(b: Builder, n: OnnxNode) -> Value:
-    return b.call(rt.shape, b.value(n.inputs[0]), n.attr("start", 0), n.attr("end"))
+    if n.inputs[0] in b.shapes:  # the shape of shape arithmetic: its length
+        sv = b.shapes[n.inputs[0]]
+        return ShapeVal(([] if sv.scalar else [len(sv.items)])[n.attr("start", 0):n.attr("end")])
+    x = b.value(n.inputs[0])
+    rank = b.ranks.get(n.inputs[0])
+    if rank is None or b.known(x):
+        return b.call(rt.shape, x, n.attr("start", 0), n.attr("end"))
+    static = b.static_dims.get(n.inputs[0], [None] * rank)
+    idx = list(range(rank))[slice(n.attr("start", 0), n.attr("end"))]
+    # the batch axis always comes from the tensor: exports often declare it with the example's size
+    return ShapeVal([static[i] if (i > 0 and static[i]) else b.call(rt.dim, x, i) for i in idx])
 
 
 @converter("Size")
@@ -427,9 +486,18 @@ def _size(b: Builder, n: OnnxNode) -> Value:
 
 @converter("Reshape")
 def _reshape(b: Builder, n: OnnxNode) -> Value:
-    shape = n.attr("shape") if "shape" in n.attrs else b.value(n.inputs[1])
-    if b.known(shape):
-        shape = rt.ints(shape)
+    data_sv = b.shapes.get(n.inputs[0])
+    target = b.sym(n.inputs[1]) if "shape" not in n.attrs else None
+    if data_sv is not None and target is not None and all(isinstance(i, int) for i in target.items) \
+            and len(target.items) <= 1:  # reshaping shape arithmetic to 1-D / scalar
+        return ShapeVal(data_sv.items, len(target.items) == 0)
+    sv = target
+    if sv is not None:
+        shape: Any = list(sv.items)
+    else:
+        shape = n.attr("shape") if "shape" in n.attrs else b.value(n.inputs[1])
+        if b.known(shape):
+            shape = rt.ints(shape)
     return b.call(rt.reshape, b.value(n.inputs[0]), shape, n.attr("allowzero", 0))
 
 
@@ -453,16 +521,26 @@ def _reverse_dims(x: torch.Tensor) -> torch.Tensor:
 
 @converter("Squeeze")
 def _squeeze(b: Builder, n: OnnxNode) -> Value:
+    sv = b.shapes.get(n.inputs[0])
+    if sv is not None and len(sv.items) == 1 and not sv.scalar:
+        return ShapeVal(sv.items, True)
     return b.call(rt.squeeze, b.value(n.inputs[0]), _static_ints(b, n, "axes", 1))
 
 
 @converter("Unsqueeze")
 def _unsqueeze(b: Builder, n: OnnxNode) -> Value:
+    sv = b.shapes.get(n.inputs[0])
+    if sv is not None and sv.scalar and _static_ints(b, n, "axes", 1) in ([0], [-1]):
+        return ShapeVal(sv.items, False)
     return b.call(rt.unsqueeze, b.value(n.inputs[0]), _static_ints(b, n, "axes", 1))
 
 
 @converter("Concat")
 def _concat(b: Builder, n: OnnxNode) -> Value:
+    if any(i in b.shapes for i in n.inputs) and n.attr("axis") in (0, -1):
+        parts = [b.sym(i) for i in n.inputs if i]
+        if all(p is not None and not p.scalar for p in parts):
+            return ShapeVal([it for p in parts for it in p.items])  # type: ignore[union-attr]
     xs = [v for v in _inputs(b, n) if v is not None]
     return b.call(torch.cat, xs, n.attr("axis"))
 
@@ -477,16 +555,32 @@ def _split(b: Builder, n: OnnxNode) -> Value:
 
 @converter("Slice")
 def _slice(b: Builder, n: OnnxNode) -> Value:
+    sv = b.shapes.get(n.inputs[0])
+    if sv is not None and n.opset >= 10:
+        st, en, ax, sp = (b.sym(n.inputs[i]) if len(n.inputs) > i else None for i in range(1, 5))
+        static = all(v is None or all(isinstance(i, int) for i in v.items) for v in (st, en, ax, sp))
+        if static and st is not None and en is not None and (ax is None or ax.items in ([0], [-1])):
+            step = sp.items[0] if sp is not None else 1
+            n_items = len(sv.items)
+            lo, hi = (max(-n_items - 1, min(n_items, v)) for v in (st.items[0], en.items[0]))
+            return ShapeVal(sv.items[slice(lo, hi, step)])
     x = b.value(n.inputs[0])
     if n.opset < 10:
         return b.call(rt.slice_, x, list(n.attr("starts")), list(n.attr("ends")), n.attr("axes"), None)
-    args = [_opt(b, n, i) for i in range(1, 5)]
-    args = [rt.ints(a) if b.known(a) else a for a in args]
+    args: list[Any] = []
+    for i in range(1, 5):
+        sv = b.sym(n.inputs[i]) if len(n.inputs) > i else None
+        a = list(sv.items) if sv is not None else _opt(b, n, i)
+        args.append(rt.ints(a) if b.known(a) else a)
     return b.call(rt.slice_, x, *args)
 
 
 @converter("Gather")
 def _gather(b: Builder, n: OnnxNode) -> Value:
+    sv, idx = b.sym(n.inputs[0]), b.sym(n.inputs[1])
+    if sv is not None and idx is not None and not sv.scalar and n.attr("axis", 0) == 0 \
+            and all(isinstance(i, int) for i in idx.items) and n.inputs[0] in b.shapes:
+        return ShapeVal([sv.items[i] for i in idx.items], idx.scalar)
     return b.call(rt.gather, b.value(n.inputs[0]), b.value(n.inputs[1]), n.attr("axis", 0))
 
 
@@ -514,18 +608,23 @@ def _scatter_nd(b: Builder, n: OnnxNode) -> Value:
 
 @converter("Expand")
 def _expand(b: Builder, n: OnnxNode) -> Value:
-    s = b.value(n.inputs[1])
+    sv = b.sym(n.inputs[1])
+    s = list(sv.items) if sv is not None else b.value(n.inputs[1])
     return b.call(rt.expand, b.value(n.inputs[0]), rt.ints(s) if b.known(s) else s)
 
 
 @converter("Tile")
 def _tile(b: Builder, n: OnnxNode) -> Value:
-    s = b.value(n.inputs[1])
+    sv = b.sym(n.inputs[1])
+    s = list(sv.items) if sv is not None else b.value(n.inputs[1])
     return b.call(rt.tile, b.value(n.inputs[0]), rt.ints(s) if b.known(s) else s)
 
 
 @converter("Cast")
 def _cast(b: Builder, n: OnnxNode) -> Value:
+    sv = b.shapes.get(n.inputs[0])
+    if sv is not None and n.attr("to") in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+        return sv
     return b.call(rt.cast, b.value(n.inputs[0]), torch_dtype(n.attr("to")))
 
 
@@ -556,12 +655,18 @@ def _constant(b: Builder, n: OnnxNode) -> Value:
 
 @converter("ConstantOfShape")
 def _const_of_shape(b: Builder, n: OnnxNode) -> Value:
-    s = b.value(n.inputs[0])
+    sv = b.sym(n.inputs[0])
+    s = list(sv.items) if sv is not None else b.value(n.inputs[0])
     return b.call(rt.constant_of_shape, rt.ints(s) if b.known(s) else s, n.attr("value"))
 
 
 @converter("Range")
 def _range(b: Builder, n: OnnxNode) -> Value:
+    syms = [b.sym(i) for i in n.inputs]
+    if any(i in b.shapes for i in n.inputs) and all(v is not None and v.scalar for v in syms):
+        dt = b.initializers[n.inputs[0]].data_type if n.inputs[0] in b.initializers else None
+        return b.call(rt.arange, *[v.items[0] for v in syms if v is not None],  # type: ignore[union-attr]
+                      torch_dtype(dt) if dt else torch.int64)
     return b.call(rt.arange, *_inputs(b, n))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ...core.handle import ModelHandle, TensorSpec
@@ -14,15 +15,28 @@ from ..routes import ConvertOptions, register_route
 from .importer import _ident, onnx_to_torch
 
 
-def imported_handle(src: ModelHandle) -> ModelHandle:
-    """The ONNX handle's model imported as a torch ``GraphModule``, same IO spec."""
+def imported_handle(src: ModelHandle, data: Any = None) -> ModelHandle:
+    """The ONNX handle's model imported as a torch ``GraphModule``, same IO spec.
+
+    Its example inputs (what ``torch.export`` traces with) come from ``data`` when given, else
+    from the ONNX handle; symbolic dims get sizes other than 1 (batch 2, others 7) so the
+    export does not specialize them to 1."""
     gm = onnx_to_torch(src.model)
     ins = [TensorSpec(_ident(s.name, "x"), s.shape, s.dtype) for s in src.inputs]
-    example = None
-    if src.example_inputs is not None:
+    if data is not None:
+        from ...core.data import load_data
+
+        example = {_ident(k, "x"): v[:2] for k, v in load_data(data, src).inputs.items()}
+    elif src.example_inputs is not None:
         example = {_ident(k, "x"): v for k, v in src.example_inputs.items()}
     else:
-        example = {_ident(k, "x"): v for k, v in src.sample_inputs(batch=2, seed=0).items()}
+        rng = np.random.default_rng(0)
+        example = {}
+        for s in src.inputs:
+            shape = s.concrete(batch=2, default=7)
+            dt = np.dtype(s.np_dtype)
+            example[_ident(s.name, "x")] = (rng.integers(0, 2, shape).astype(dt) if dt.kind in "iub"
+                                            else rng.standard_normal(shape).astype(dt))
     return ModelHandle(gm, "torch", ins, list(src.outputs), example, source=src.source, path=None,
                        tokenizer_dir=src.tokenizer_dir, metadata={**src.metadata, "imported_from": "onnx"})
 
@@ -31,7 +45,7 @@ def imported_handle(src: ModelHandle) -> ModelHandle:
 def onnx_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Any, None]:
     from ...loading import save
 
-    handle = save(imported_handle(src), dst, force=True)
+    handle = save(imported_handle(src, opts.data), dst, force=True)
     try:
         handle.model.eval()
     except NotImplementedError:  # torch.export's loaded module refuses eval(); it is already inference-only

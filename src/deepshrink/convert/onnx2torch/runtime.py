@@ -18,13 +18,30 @@ import torch.nn.functional as F
 IntsLike = Sequence[int] | torch.Tensor
 
 
-def ints(v: IntsLike | None) -> list[int]:
-    """A tensor or sequence of integers as a Python list."""
+def ints(v: IntsLike | None) -> list[Any]:
+    """A tensor or sequence of integers as a Python list (symbolic sizes stay symbolic)."""
     if v is None:
         return []
     if isinstance(v, torch.Tensor):
         return [int(i) for i in v.reshape(-1).tolist()]
-    return [int(i) for i in v]
+    return [i if isinstance(i, (int, torch.SymInt)) else int(i) for i in v]
+
+
+def dim(x: torch.Tensor, i: int) -> Any:
+    """One size of ``x`` as a Python int (a SymInt under torch.export): shape arithmetic without tensors."""
+    return x.shape[i]
+
+
+def int_tensor(items: list[Any], scalar: bool) -> torch.Tensor:
+    """Shape arithmetic handed to an op that wants an int64 tensor."""
+    t = torch.tensor([int(i) if not isinstance(i, torch.SymInt) else i for i in items], dtype=torch.int64)
+    return t.reshape(()) if scalar else t
+
+
+def idiv(a: Any, b: Any) -> Any:
+    """ONNX integer Div (truncates toward zero) on Python ints."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
 
 
 def shape(x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
@@ -38,7 +55,7 @@ def size(x: torch.Tensor) -> torch.Tensor:
 def reshape(x: torch.Tensor, new_shape: IntsLike, allowzero: int = 0) -> torch.Tensor:
     dims = ints(new_shape)
     if not allowzero:
-        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+        dims = [x.shape[i] if isinstance(d, int) and d == 0 else d for i, d in enumerate(dims)]
     return torch.reshape(x, dims)
 
 
@@ -69,7 +86,7 @@ def expand(x: torch.Tensor, new_shape: IntsLike) -> torch.Tensor:
     out_rank = max(len(dims), x.dim())
     dims = [1] * (out_rank - len(dims)) + dims
     xs = [1] * (out_rank - x.dim()) + list(x.shape)
-    target = [max(a, b) if 1 in (a, b) else b for a, b in zip(xs, dims, strict=True)]
+    target = [-1 if isinstance(b, int) and b == 1 else b for b in dims]
     return x.reshape(xs).expand(target)
 
 
@@ -84,8 +101,10 @@ def constant_of_shape(new_shape: IntsLike, value: torch.Tensor | None = None) ->
     return torch.full(dims, value.reshape(-1)[0].item(), dtype=value.dtype)
 
 
-def arange(start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
+def arange(start: Any, limit: Any, delta: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    vals = [v.item() if isinstance(v, torch.Tensor) else v for v in (start, limit, delta)]
+    dt = dtype or next((v.dtype for v in (start, limit, delta) if isinstance(v, torch.Tensor)), torch.int64)
+    return torch.arange(*vals, dtype=dt)
 
 
 def slice_(x: torch.Tensor, starts: IntsLike, ends: IntsLike, axes: IntsLike | None = None,
@@ -99,9 +118,12 @@ def slice_(x: torch.Tensor, starts: IntsLike, ends: IntsLike, axes: IntsLike | N
         a = a % x.dim()
         n = x.shape[a]
         if k > 0:
-            s = max(0, min(n, s + n if s < 0 else s))
-            e = max(0, min(n, e + n if e < 0 else e))
-            index[a] = slice(s, max(s, e), k)
+            if isinstance(s, int) and isinstance(e, int):
+                s = max(0, min(n, s + n if s < 0 else s))
+                e = max(0, min(n, e + n if e < 0 else e))
+                index[a] = slice(s, max(s, e), k)
+            else:  # symbolic sizes: Python slicing clamps the same way, without guards
+                index[a] = slice(s, e, k)
         else:  # torch has no negative steps: flip, then slice forward
             s = max(-1, min(n - 1, s + n if s < 0 else s))
             e = max(-1, min(n - 1, e + n if e < 0 else e))
