@@ -215,3 +215,7 @@ def test_minilm_heads_and_ffn():
     with torch.no_grad():
         cos = nn.functional.cosine_similarity(model(*x), pruned(*x)).mean()
     assert cos > 0.5  # before any fine-tune; 0.67 seen with l2 importance
+    act = prune(copy.deepcopy(model), cfg.replace(importance="activation"), example_inputs=x)
+    with torch.no_grad():
+        cos_act = nn.functional.cosine_similarity(model(*x), act(*x)).mean()
+    assert cos_act > cos + 0.03  # 0.76 vs 0.67 seen (calibrated and evaluated on the same 8 sentences)

@@ -208,10 +208,14 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
         n = min(len(train[0]), 256)
         taylor_batches = [tuple(torch.as_tensor(np.asarray(a)[i:i + batch_size]) for a in train)
                           for i in range(0, n, batch_size)]
+    act_batches = None
+    if config.importance == "activation" and data is not None:
+        xs = first_inputs(data, 256) or ()
+        act_batches = [tuple(x[i:i + batch_size] for x in xs) for i in range(0, len(xs[0]), batch_size)] if xs else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         graph = structured_prune(module, config, example_inputs, protected=protected,
-                                 taylor_batches=taylor_batches, loss_fn=_ce_loss)
+                                 taylor_batches=taylor_batches, loss_fn=_ce_loss, act_batches=act_batches)
     msgs = [str(w.message) for w in caught]
     for m in msgs:
         warnings.warn(m, stacklevel=2)

@@ -90,7 +90,9 @@ class StructuredPruneConfig(Config):
     ``ratio``: fraction of channels removed from every prunable group (conv filters, linear
     neurons; ``ffn_ratio`` overrides it for transformer FFN neurons, ``heads_ratio`` sets the
     fraction of attention heads removed). ``importance``: ``l1``/``l2`` weight norms over the
-    whole coupled group, ``bn`` BatchNorm scale, ``taylor`` |w·grad| (needs labelled data).
+    whole coupled group, ``bn`` BatchNorm scale, ``taylor`` |w·grad| (needs labelled data),
+    ``activation`` each channel's contribution ‖x‖·‖W col‖ to its consumers (Wanda-style; needs
+    unlabelled example data — the best choice for transformer heads/FFN without fine-tuning).
     ``scope="uniform"`` removes the same fraction everywhere; ``"global"`` ranks normalised
     importances across groups (each group keeps at least ``min_keep`` of its channels).
     ``protect``: fnmatch patterns of module names left entirely alone (the model's output
@@ -98,7 +100,7 @@ class StructuredPruneConfig(Config):
     """
 
     ratio: float = Field(ge=0.0, lt=1.0)
-    importance: Literal["l1", "l2", "bn", "taylor"] = "l2"
+    importance: Literal["l1", "l2", "bn", "taylor", "activation"] = "l2"
     scope: Literal["uniform", "global"] = "uniform"
     protect: tuple[str, ...] = ()
     heads_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)

@@ -20,7 +20,7 @@ from ...errors import InputError
 from ..config import StructuredPruneConfig
 from .apply import apply_plan, mask_plan, plan_global, plan_uniform
 from .graph import DependencyGraph, Group, Member, build_graph
-from .importance import group_scores, taylor_grads
+from .importance import activation_scores, group_scores, input_norms, taylor_grads
 
 __all__ = ["DependencyGraph", "Group", "Member", "apply_plan", "build_graph", "fit_to_state_dict", "mask_plan",
            "plan_structured", "structured_prune"]
@@ -28,19 +28,27 @@ __all__ = ["DependencyGraph", "Group", "Member", "apply_plan", "build_graph", "f
 
 def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inputs: tuple[torch.Tensor, ...] | None,
                     *, protected: set[str] | None = None, taylor_batches: list[tuple[torch.Tensor, ...]] | None = None,
-                    loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor] | None = None
-                    ) -> DependencyGraph:
+                    loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor] | None = None,
+                    act_batches: list[tuple[torch.Tensor, ...]] | None = None) -> DependencyGraph:
     """Build the graph and decide which channels every prunable group keeps (no change yet)."""
     graph = build_graph(model, example_inputs, protected=protected)
     ratio_for = {"channel": config.ratio, "ffn": config.ffn_ratio if config.ffn_ratio is not None else config.ratio,
                  "head": config.heads_ratio}
     groups = [g for g in graph.prunable() if ratio_for.get(g.kind, 0.0) > 0]
     grads = None
-    if config.importance == "taylor":
+    if config.importance == "activation":
+        batches = act_batches or ([example_inputs] if example_inputs is not None else None)
+        if not batches:
+            raise InputError("importance 'activation' needs example data (--data) to observe activations")
+        consumers = {m.module for g in groups for m in g.members if m.role == "in"}
+        norms = input_norms(model, consumers, batches)
+        scores = {g.id: activation_scores(model, g, norms) for g in groups}
+    elif config.importance == "taylor":
         if not taylor_batches or loss_fn is None:
             raise InputError("importance 'taylor' needs labelled data (--data) to compute gradients")
         grads = taylor_grads(model, taylor_batches, loss_fn)
-    scores = {g.id: group_scores(model, g, config.importance, grads) for g in groups}
+    if config.importance != "activation":
+        scores = {g.id: group_scores(model, g, config.importance, grads) for g in groups}
     if config.scope == "uniform":
         plan_uniform(groups, scores, ratio_for, config.round_to)
     else:

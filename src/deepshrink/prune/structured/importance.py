@@ -81,3 +81,50 @@ def taylor_grads(model: nn.Module, batches: list[tuple[torch.Tensor, ...]],
     for n, p in model.named_parameters():
         p.grad = saved[n]
     return out
+
+
+@torch.no_grad()
+def input_norms(model: nn.Module, modules: set[str], batches: list[tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:
+    """Per input column L2 norm of what each Linear/Conv in ``modules`` receives over ``batches``."""
+    acc: dict[str, torch.Tensor] = {}
+    hooks = []
+    mods = dict(model.named_modules())
+
+    def hook(name: str, mod: nn.Module) -> Callable[..., None]:
+        def fn(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach().double()
+            sq = (x ** 2).sum(dim=tuple(range(x.dim() - 1))) if isinstance(mod, nn.Linear) else \
+                (x ** 2).transpose(0, 1).reshape(x.shape[1], -1).sum(1)
+            acc[name] = acc.get(name, 0) + sq
+        return fn
+
+    for name in modules:
+        mod = mods.get(name)
+        if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            hooks.append(mod.register_forward_pre_hook(hook(name, mod)))
+    was = model.training
+    model.eval()
+    try:
+        for b in batches:
+            model(*b)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return {k: v.sqrt() for k, v in acc.items()}
+
+
+def activation_scores(model: nn.Module, group: Group, norms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each channel's contribution to its consumers: Σ over its input columns of
+    ‖x_col‖ · ‖W[:, col]‖ (the Wanda criterion, summed per channel). Falls back to L2."""
+    mods = dict(model.named_modules())
+    score = torch.zeros(group.size, dtype=torch.float64)
+    used = False
+    for m in group.members:
+        if m.role != "in" or m.module not in norms:
+            continue
+        w = mods[m.module].weight.detach().double()
+        col = w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1) * norms[m.module]
+        score += col[m.offset: m.offset + group.size * m.repeat].reshape(group.size, m.repeat).sum(1)
+        used = True
+    return score if used else group_scores(model, group, "l2")
