@@ -128,6 +128,23 @@ def test_gptq_beats_round_to_nearest(mlp_handle, digits, bits):
     assert err["gptq"] < 0.6 * err["rtn"]  # 4 bits: 0.0020 vs 0.0066; 2 bits: 0.086 vs 0.253 seen
 
 
+def test_qat_deploys_the_trained_grid_as_int8(digits, digits_mlp):
+    from deepshrink.quantize import QATConfig
+
+    d = digits.flat()
+    h = ds.load(digits_mlp, input_shapes=["x:1x64"])
+    # 4 training steps: part A's fake-quant step is slow on 2 shared cores (~1.5 s/step seen)
+    q = ds.quantize(h, QATConfig(weight_bits=4, act_bits=8, epochs=1, lr=1e-3),
+                    data={"x": d.x_train[:256], "labels": d.y_train[:256]})
+    assert integer_op_counts(q.model).get("QGemm", 0) + integer_op_counts(q.model).get("QLinearMatMul", 0) >= 2
+    acc0 = float((digits_mlp(torch.from_numpy(d.x_test)).argmax(1).numpy() == d.y_test).mean())
+    assert acc0 - _acc(q.model, d.x_test, d.y_test) <= 0.015  # 4-bit weights: 0.3 pt seen
+    codes = [t for t in q.model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert codes and all(np.abs(onnx.numpy_helper.to_array(t)).max() <= 8 for t in codes)  # 4-bit grid kept
+    with pytest.raises(InputError, match="labels"):
+        ds.quantize(h, QATConfig(), data={"x": d.x_train})
+
+
 def test_mixed_precision_per_layer(mlp_handle, digits):
     cfg = MixedPrecisionConfig(default=Int8DynamicConfig(), overrides={"fc3*": KMeansConfig(bits=4, min_elements=10)},
                                exclude=("fc2*",))

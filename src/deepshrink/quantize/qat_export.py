@@ -1,0 +1,99 @@
+"""QAT end to end: fake-quant training in PyTorch, then the same grid deployed as int8 in ORT.
+
+Flow: ``prepare_qat`` → ``calibrate`` → ``train_qat`` (the shared Trainer, STE + learned
+steps) → ``finalize`` (plain layers whose weights sit exactly on the learned grid, plus
+each layer's scales and zero-points) → export to ONNX → ORT ``quantize_static`` with
+``TensorQuantOverrides`` pinning every layer's weight scales (per channel) and input
+activation scale / zero-point to the trained values, so ONNX Runtime's integer kernels
+compute with exactly the grid QAT learned. Weights below 8 bits are stored as int8 codes
+within their narrower range (e.g. [-8, 7] for 4 bits), which int8 kernels run exactly.
+
+Only the overrides are ours: ORT's QDQ writer and its fusion into ``QLinearConv`` /
+``QGemm`` do the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import InputError
+from .configs import QATConfig
+
+
+def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: bool = False, **load_options: Any) -> Any:
+    from ..convert.export import export_onnx
+    from ..core.data import load_data
+    from ..core.handle import ModelHandle
+    from ..loading import load
+    from .api import QuantizeOutcome
+    from .qat import calibrate, finalize, prepare_qat, train_qat
+
+    handle = model if isinstance(model, ModelHandle) else load(model, **load_options)
+    if handle.kind != "torch":
+        raise InputError("QAT trains the PyTorch model; pass the torch model (module, .pt2, module:factory), not ONNX")
+    if data is None:
+        raise InputError("QAT needs labelled training data: pass --data (an .npz with input arrays and 'labels')")
+    ds = load_data(data, handle)
+    if ds.labels is None:
+        raise InputError(f"QAT needs labels in the data ({ds.source} has none); add a 'labels' array")
+    names = handle.input_names
+    xs = [torch.from_numpy(np.ascontiguousarray(ds.inputs[n])) for n in names]
+    y = torch.from_numpy(np.asarray(ds.labels).astype(np.int64))
+    calib = [tuple(x[i:i + 64] for x in xs) for i in range(0, min(len(y), 512), 64)]
+    prepared = prepare_qat(handle.model, weight_bits=config.weight_bits, act_bits=config.act_bits,
+                           exclude=config.exclude, act_observer=config.observer if config.observer != "moving_average"
+                           else "minmax", learn_scales=config.learn_scales)
+    calibrate(prepared, calib)
+    train_qat(prepared, (*xs, y), epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+              progress=progress)
+    plain, record = finalize(prepared)
+    example = {n: ds.inputs[n][:2] for n in names}
+    exported = export_onnx(plain, example)
+    q = deploy_qdq(exported.model, record, {n: ds.inputs[n][:256] for n in names})
+    from .api import Prepared, _result
+
+    prep = Prepared(exported, exported.model, None)
+    return QuantizeOutcome(_result(prep, q, {}).handle, {"scheme": "QATConfig", "layers": sorted(record),
+                                                         "weight_bits": config.weight_bits, "act_bits": config.act_bits})
+
+
+def deploy_qdq(model: onnx.ModelProto, record: dict[str, Any], calibration: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """ORT static QDQ int8 with the weight / input grids pinned to ``record`` (``qat.LayerQuant``)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from . import onnx_backend as ob
+
+    inits = ob.initializer_map(model)
+    consumers = {n.input[1]: n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    for layer, lq in record.items():
+        wname = _weight_name(layer, inits)
+        if wname is None or wname not in consumers:
+            raise InputError(f"QAT layer {layer!r}: its weight is not found in the exported ONNX graph")
+        node = consumers[wname]
+        scales = lq.weight_scale.numpy().astype(np.float32)
+        overrides[wname] = [{"scale": np.array(s, np.float32), "zero_point": np.array(0, np.int8), "axis": 0,
+                             "quant_type": QuantType.QInt8} for s in scales]
+        if lq.input_scale is not None:
+            qt = QuantType.QInt8 if lq.input_signed else QuantType.QUInt8
+            zdt = np.int8 if lq.input_signed else np.uint8
+            overrides[node.input[0]] = [{"scale": np.array(float(lq.input_scale.reshape(-1)[0]), np.float32),
+                                         "zero_point": np.array(int(lq.input_zero_point.reshape(-1)[0]), zdt),
+                                         "quant_type": qt}]
+    extra = {"TensorQuantOverrides": overrides, "DefaultTensorType": onnx.TensorProto.FLOAT}
+    feeds = ob.split_feeds(calibration, 1)
+    return ob._ort_quantize(quantize_static, model, calibration_data_reader=ob._Reader(feeds),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
+
+
+def _weight_name(layer: str, inits: dict[str, Any]) -> str | None:
+    for cand in (f"{layer}.weight", f"{layer.replace('.', '_')}.weight", f"p_{layer.replace('.', '_')}_weight"):
+        if cand in inits:
+            return cand
+    tails = [n for n in inits if n.endswith(f"{layer}.weight")]
+    return tails[0] if len(tails) == 1 else None
