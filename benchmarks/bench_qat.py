@@ -83,7 +83,8 @@ def run(seeds: int, epochs: int, lr: float, configs: list[tuple[int, int]]) -> d
         for wb, ab in configs:
             q = calibrate(prepare_qat(m, weight_bits=wb, act_bits=ab), calib)
             add(f"ds-ptq-w{wb}a{ab}", accuracy_of(q, d.x_test, d.y_test))
-            train_qat(q, (d.x_train, d.y_train), epochs=epochs, lr=lr, seed=seed, progress=False)
+            train_qat(q, (d.x_train, d.y_train), epochs=epochs, lr=lr, seed=seed, progress=False,
+                      lr_schedule="cosine")
             add(f"ds-qat-w{wb}a{ab}", accuracy_of(q, d.x_test, d.y_test))
             from torch.ao.quantization import disable_observer, enable_observer
 
@@ -94,7 +95,8 @@ def run(seeds: int, epochs: int, lr: float, configs: list[tuple[int, int]]) -> d
             p.apply(disable_observer)
             add(f"ao-ptq-w{wb}a{ab}", accuracy_of(p, d.x_test, d.y_test))
             p.apply(enable_observer)
-            Trainer(p, epochs=epochs, lr=lr, seed=seed, progress=False, callbacks=[AoFreeze()]).fit(
+            Trainer(p, epochs=epochs, lr=lr, seed=seed, progress=False, callbacks=[AoFreeze()],
+                    lr_schedule="cosine").fit(
                 (d.x_train, d.y_train))
             add(f"ao-qat-w{wb}a{ab}", accuracy_of(p, d.x_test, d.y_test))
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in res.items()) + f" ({time.time() - t0:.0f}s)",
@@ -115,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quantize_qat.md"))
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -136,7 +138,8 @@ def main() -> None:
         "Both tools quantize the same layers (4 convs + fc): weights per output channel, symmetric; inputs of each",
         "layer per tensor, affine uint8. deepshrink folds BatchNorm first and learns step sizes (LSQ);",
         "torch.ao FX keeps BN simulated in ConvBn2d and uses moving-average min-max fake-quant.",
-        f"QAT: {args.epochs} epochs, Adam lr {args.lr}, batch 64, same Trainer for both; quantizer steps/observers",
+        f"QAT: {args.epochs} epochs, Adam lr {args.lr} with cosine decay, batch 64, same Trainer for both;"
+        " quantizer steps/observers",
         "frozen for the last 20%.",
         "",
         f"fp32 accuracy: {fp:.2f} % (per seed: {', '.join(f'{v * 100:.2f}' for v in res['fp32'])})",
