@@ -42,9 +42,9 @@ Converter = Callable[["Builder", "OnnxNode"], "Value | list[Value] | tuple[Value
 CONVERTERS: dict[str, Converter] = {}
 
 # Ops that the torch/tf exporters only emit at a high opset and decompose below it.
-_OPSET_HINTS = {
-    "LayerNormalization": 16, "Gelu": 19, "GroupNormalization": 17, "RMSNormalization": 22,
-    "Attention": 22, "RotaryEmbedding": 22,
+_OPSET_HINTS = {  # the opset that introduced the op: exporters decompose it below that
+    "LayerNormalization": 17, "Gelu": 20, "GroupNormalization": 18, "RMSNormalization": 23,
+    "Attention": 23, "RotaryEmbedding": 23,
 }
 
 
@@ -257,9 +257,12 @@ def _attr_value(a: onnx.AttributeProto) -> Any:
 def unsupported_message(node: OnnxNode) -> str:
     where = f"ONNX op '{node.op_type}'" + (f" (domain '{node.domain}')" if node.domain not in ("", "ai.onnx") else "")
     msg = f"{where} in node '{node.name or node.outputs[0]}' has no PyTorch converter"
+    if node.domain.startswith("com.microsoft"):
+        return (msg + "; it is an ONNX Runtime contrib/fused op — import the model as exported, before ONNX "
+                "Runtime graph optimization, or keep it in ONNX Runtime instead")
     if node.domain not in ("", "ai.onnx"):
-        return (msg + "; it is a contrib/fused op — import the model as exported, before ONNX Runtime graph "
-                "optimization, or convert it to OpenVINO IR (.xml) / keep it in ONNX Runtime instead")
+        return (msg + f"; the importer covers the standard ai.onnx domain only — keep this model in ONNX Runtime "
+                f"or a runtime that implements '{node.domain}'")
     hint = ""
     if node.op_type in _OPSET_HINTS:
         hint = f"; re-export with opset < {_OPSET_HINTS[node.op_type]} so the exporter decomposes it into basic ops"

@@ -830,3 +830,27 @@ def _upsample(b: Builder, n: OnnxNode) -> Value:
     sc = torch.tensor(scales, dtype=torch.float32) if scales is not None else b.value(n.inputs[1])
     mode = n.attr("mode", "nearest")
     return b.call(rt.resize, b.value(n.inputs[0]), sc, None, mode, "asymmetric", "floor", -0.75, 0)
+
+
+@converter("Attention")
+def _attention(b: Builder, n: OnnxNode) -> Value:
+    ins = [_opt(b, n, i) for i in range(7)]
+    out = b.call(rt.attention, *ins, n.attr("scale"), n.attr("is_causal", 0), n.attr("q_num_heads"),
+                 n.attr("kv_num_heads"), n.attr("softcap", 0.0), n.attr("qk_matmul_output_mode", 0),
+                 (n.attr("left_window_size", -1), n.attr("right_window_size", -1)))
+    if n.attr("softmax_precision") not in (None, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+        raise NotImplementedError("Attention softmax_precision other than float/half/double")
+    return tuple(b.getitem(out, i) for i in range(len(n.outputs)))
+
+
+@converter("NegativeLogLikelihoodLoss")
+def _nll(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.nll_loss, b.value(n.inputs[0]), b.value(n.inputs[1]), _opt(b, n, 2),
+                  n.attr("reduction", "mean"), n.attr("ignore_index"))
+
+
+@converter("SoftmaxCrossEntropyLoss")
+def _sce(b: Builder, n: OnnxNode) -> Value:
+    out = b.call(rt.softmax_cross_entropy, b.value(n.inputs[0]), b.value(n.inputs[1]), _opt(b, n, 2),
+                 n.attr("reduction", "mean"), n.attr("ignore_index"))
+    return tuple(b.getitem(out, i) for i in range(len(n.outputs)))

@@ -878,3 +878,90 @@ def lp_pool(x: torch.Tensor, kernel: list[int], strides: list[int] | None, pads:
     if ceil_mode:
         raise NotImplementedError("LpPool ceil_mode")
     return fn(xp.abs() ** p, k, stride=strides, dilation=dilations, groups=c) ** (1.0 / p)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              past_k: torch.Tensor | None, past_v: torch.Tensor | None, nonpad: torch.Tensor | None,
+              scale: float | None, is_causal: int, q_heads: int | None, kv_heads: int | None, softcap: float,
+              qk_mode: int, window: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """The opset-23/24 ``Attention`` op: 3-D inputs split into heads, KV cache concatenation,
+    grouped-query heads, boolean or additive masks (a short mask pads with "masked"),
+    offset-aligned causal and sliding-window masks, softcap, and fully masked rows → 0."""
+    three_d = q.dim() == 3
+    if three_d:
+        b = q.shape[0]
+        q = q.reshape(b, q.shape[1], q_heads, -1).transpose(1, 2)
+        k = k.reshape(b, k.shape[1], kv_heads, -1).transpose(1, 2)
+        v = v.reshape(b, v.shape[1], kv_heads, -1).transpose(1, 2)
+    if past_k is not None:
+        k = torch.cat([past_k, k], 2)
+        v = torch.cat([past_v, v], 2)
+    present_k, present_v = k, v
+    sq, skv = q.shape[2], k.shape[2]
+    dt = q.dtype
+    neg = torch.tensor(float("-inf"), dtype=dt)
+    bias = torch.zeros(sq, skv, dtype=dt)
+    if mask is not None:
+        if mask.shape[-1] < skv:
+            mask = F.pad(mask, (0, skv - mask.shape[-1]), value=False if mask.dtype == torch.bool else float("-inf"))
+        bias = bias + (torch.where(mask, torch.zeros((), dtype=dt), neg) if mask.dtype == torch.bool else mask.to(dt))
+    if nonpad is not None and past_k is None:
+        offset: Any = (nonpad.reshape(-1) - sq).reshape(-1, 1, 1, 1)
+    else:
+        offset = past_k.shape[2] if past_k is not None else 0
+    i = torch.arange(sq).reshape(sq, 1)
+    j = torch.arange(skv).reshape(1, skv)
+    if is_causal:
+        bias = bias + torch.where(j <= i + offset, torch.zeros((), dtype=dt), neg)
+    left, right = window
+    if left >= 0 or right >= 0:
+        diff = (i + offset) - j
+        allowed = torch.ones_like(diff, dtype=torch.bool)
+        if left >= 0:
+            allowed = allowed & (diff <= left)
+        if right >= 0:
+            allowed = allowed & (-diff <= right)
+        bias = bias + torch.where(allowed, torch.zeros((), dtype=dt), neg)
+    if nonpad is not None:
+        pad = j.reshape(1, 1, 1, skv) < nonpad.reshape(-1, 1, 1, 1)
+        bias = bias + torch.where(pad, torch.zeros((), dtype=dt), neg)
+    hq, hk = q.shape[1], k.shape[1]
+    if hq != hk and hq % hk == 0:
+        k = k.repeat_interleave(hq // hk, dim=1)
+        v = v.repeat_interleave(hq // hk, dim=1)
+    s = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(q.shape[3]))
+    qk = torch.matmul(q * s, (k * s).transpose(-1, -2))
+    if softcap and softcap > 0:
+        qk = softcap * torch.tanh(qk / softcap)
+    qk_out = qk
+    scores = qk + bias
+    if qk_mode == 2:
+        qk_out = scores
+    dead = torch.isneginf(bias.amax(-1, keepdim=True))
+    row_max = torch.where(torch.isneginf(scores.amax(-1, keepdim=True)), torch.zeros((), dtype=dt),
+                          scores.amax(-1, keepdim=True))
+    e = torch.exp(scores.float() - row_max.float())
+    tot = e.sum(-1, keepdim=True)
+    probs = (e / torch.where(tot == 0, torch.ones_like(tot), tot)).to(dt)
+    probs = torch.where(dead, torch.zeros((), dtype=dt), probs)
+    if qk_mode == 3:
+        qk_out = probs
+    y = torch.matmul(probs, v)
+    if three_d:
+        y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
+    return y, present_k, present_v, qk_out.to(dt)
+
+
+def nll_loss(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: str,
+             ignore_index: int | None) -> torch.Tensor:
+    t = target.long()
+    ii = -100 if ignore_index is None else ignore_index
+    if x.dim() > 2 or x.dim() == 2:
+        return F.nll_loss(x, t, weight=weight, reduction=reduction, ignore_index=ii)
+    return F.nll_loss(x, t, weight=weight, reduction=reduction, ignore_index=ii)
+
+
+def softmax_cross_entropy(scores: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None, reduction: str,
+                          ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    logp = torch.log_softmax(scores, dim=1)
+    return nll_loss(logp, labels, weight, reduction, ignore_index), logp
