@@ -163,3 +163,28 @@ def test_bad_files(tmp_path):
 
 def test_op_table_size():
     assert len(SUPPORTED_OPS) >= 140  # 142 at the time of writing
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_recurrent_layers_from_torch(cell):
+    torch.manual_seed(0)
+
+    class Tagger(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = getattr(torch.nn, cell)(12, 16, num_layers=2, batch_first=True, bidirectional=True)
+            self.head = torch.nn.Linear(32, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0])
+
+    model = Tagger().eval()
+    x = torch.randn(2, 9, 12)
+    f = io.BytesIO()
+    torch.onnx.export(model, (x,), f, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "b", 1: "t"}})
+    proto = onnx.load_from_string(f.getvalue())
+    assert cell in {n.op_type for n in proto.graph.node}
+    gm = onnx_to_torch(proto)
+    x2 = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert _max_abs(gm(x2), model(x2)) < 1e-4  # ~1e-6 seen

@@ -854,3 +854,16 @@ def _sce(b: Builder, n: OnnxNode) -> Value:
     out = b.call(rt.softmax_cross_entropy, b.value(n.inputs[0]), b.value(n.inputs[1]), _opt(b, n, 2),
                  n.attr("reduction", "mean"), n.attr("ignore_index"))
     return tuple(b.getitem(out, i) for i in range(len(n.outputs)))
+
+
+@converter("RNN", "GRU", "LSTM")
+def _recurrent(b: Builder, n: OnnxNode) -> Value:
+    ins = [_opt(b, n, i) for i in range(8)]
+    x, w, r, bias, lens, h0 = ins[:6]
+    c0 = ins[6] if n.op_type == "LSTM" else None
+    p = ins[7] if n.op_type == "LSTM" else None
+    out = b.call(rt.recurrent, n.op_type, x, w, r, bias, lens, h0, c0, p, n.attr("hidden_size"),
+                 n.attr("direction", "forward"), n.attr("activations"), n.attr("activation_alpha"),
+                 n.attr("activation_beta"), n.attr("clip"), n.attr("layout", 0), n.attr("linear_before_reset", 0),
+                 n.attr("input_forget", 0))
+    return tuple(b.getitem(out, i) for i in range(len(n.outputs)))

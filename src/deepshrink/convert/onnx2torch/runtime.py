@@ -965,3 +965,128 @@ def softmax_cross_entropy(scores: torch.Tensor, labels: torch.Tensor, weight: to
                           ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     logp = torch.log_softmax(scores, dim=1)
     return nll_loss(logp, labels, weight, reduction, ignore_index), logp
+
+
+_ACT = {
+    "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu,
+}
+
+
+def _act(name: str, alpha: float | None = None, beta: float | None = None) -> Any:
+    if name in _ACT:
+        return _ACT[name]
+    if name == "HardSigmoid":
+        a, b = alpha if alpha is not None else 0.2, beta if beta is not None else 0.5
+        return lambda x: torch.clamp(a * x + b, 0, 1)
+    if name == "LeakyRelu":
+        return lambda x: F.leaky_relu(x, alpha if alpha is not None else 0.01)
+    if name == "Affine":
+        return lambda x: (alpha if alpha is not None else 1.0) * x + (beta if beta is not None else 0.0)
+    if name == "ScaledTanh":
+        return lambda x: (alpha if alpha is not None else 1.0) * torch.tanh((beta if beta is not None else 1.0) * x)
+    if name == "Softsign":
+        return F.softsign
+    if name == "Softplus":
+        return F.softplus
+    if name == "Elu":
+        return lambda x: F.elu(x, alpha if alpha is not None else 1.0)
+    if name == "ThresholdedRelu":
+        return lambda x: F.threshold(x, alpha if alpha is not None else 1.0, 0.0)
+    raise NotImplementedError(f"recurrent activation {name}")
+
+
+def recurrent(kind: str, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, bias: torch.Tensor | None,
+              seq_lens: torch.Tensor | None, h0: torch.Tensor | None, c0: torch.Tensor | None, p: torch.Tensor | None,
+              hidden: int, direction: str, activations: list[str] | None, alphas: list[float] | None,
+              betas: list[float] | None, clip: float | None, layout: int, linear_before_reset: int,
+              input_forget: int) -> tuple[torch.Tensor, ...]:
+    """ONNX RNN / GRU / LSTM, stepped in Python (eager), all directions, gate orders as ONNX
+    defines them (LSTM i,o,f,c; GRU z,r,h), optional sequence lengths, peepholes and clip."""
+    if layout:
+        x = x.transpose(0, 1)
+        h0 = h0.transpose(0, 1) if h0 is not None else None
+        c0 = c0.transpose(0, 1) if c0 is not None else None
+    seq, batch = x.shape[0], x.shape[1]
+    ndir = 2 if direction == "bidirectional" else 1
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    per = {"RNN": 1, "GRU": 2, "LSTM": 3}[kind]
+    names = activations or {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}[kind] * ndir
+    if len(names) == per and ndir == 2:
+        names = names * 2
+    al = list(alphas or [])
+    be = list(betas or [])
+    fns = [_act(nm, al[i] if i < len(al) else None, be[i] if i < len(be) else None) for i, nm in enumerate(names)]
+    lens = seq_lens.long() if seq_lens is not None else torch.full((batch,), seq, dtype=torch.long)
+    ys, hs, cs = [], [], []
+    for d in range(ndir):
+        reverse = direction == "reverse" or d == 1
+        f = fns[d * per:(d + 1) * per]
+        wd, rd = w[d], r[d]
+        bd = bias[d] if bias is not None else torch.zeros(2 * gates * hidden, dtype=x.dtype)
+        wb, rb = bd[:gates * hidden], bd[gates * hidden:]
+        h = h0[d] if h0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
+        c = c0[d] if c0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
+        pd = p[d] if p is not None else None
+        out = [torch.zeros(batch, hidden, dtype=x.dtype) for _ in range(seq)]
+        steps = range(seq - 1, -1, -1) if reverse else range(seq)
+        for t in steps:
+            if reverse:  # each sequence runs backward over its own valid length
+                xt = torch.stack([x[int(lens[bi]) - 1 - (seq - 1 - t), bi] if seq - 1 - t < int(lens[bi])
+                                  else torch.zeros_like(x[0, bi]) for bi in range(batch)])
+            else:
+                xt = x[t]
+            valid = (torch.arange(batch) < batch) & ((seq - 1 - t if reverse else t) < lens)
+            gx = xt @ wd.t() + wb
+            if kind == "RNN":
+                g = gx + h @ rd.t() + rb
+                if clip:
+                    g = torch.clamp(g, -clip, clip)
+                hn, cn = f[0](g), c
+            elif kind == "GRU":
+                gz, gr, gh = gx.split(hidden, -1)
+                rz, rr, rh = rd.split(hidden, 0)
+                bz, br, bh = rb.split(hidden, -1)
+                pre_z, pre_r = gz + h @ rz.t() + bz, gr + h @ rr.t() + br
+                if clip:
+                    pre_z, pre_r = torch.clamp(pre_z, -clip, clip), torch.clamp(pre_r, -clip, clip)
+                z, rg = f[0](pre_z), f[0](pre_r)
+                pre_h = gh + rg * (h @ rh.t() + bh) if linear_before_reset else gh + (rg * h) @ rh.t() + bh
+                if clip:
+                    pre_h = torch.clamp(pre_h, -clip, clip)
+                hn, cn = (1 - z) * f[1](pre_h) + z * h, c
+            else:
+                g = gx + h @ rd.t() + rb
+                gi, go, gf, gc = g.split(hidden, -1)
+                if pd is not None:
+                    pi, po, pf = pd.split(hidden, -1)
+                    gi, gf = gi + pi * c, gf + pf * c
+                if clip:
+                    gi, gf, gc = (torch.clamp(v, -clip, clip) for v in (gi, gf, gc))
+                i_, f_ = f[0](gi), f[0](gf)
+                if input_forget:
+                    f_ = 1 - i_
+                cn = f_ * c + i_ * f[1](gc)
+                if pd is not None:
+                    go = go + po * cn
+                if clip:
+                    go = torch.clamp(go, -clip, clip)
+                hn = f[0](go) * f[2](cn)
+            m = valid.unsqueeze(1)
+            h = torch.where(m, hn, h)
+            c = torch.where(m, cn, c)
+            if reverse:
+                for bi in range(batch):
+                    k = seq - 1 - t
+                    if k < int(lens[bi]):
+                        out[int(lens[bi]) - 1 - k] = out[int(lens[bi]) - 1 - k].clone()
+                        out[int(lens[bi]) - 1 - k][bi] = hn[bi]
+            else:
+                out[t] = torch.where(m, hn, torch.zeros_like(hn))
+        ys.append(torch.stack(out))
+        hs.append(h)
+        cs.append(c)
+    y = torch.stack(ys, 1)  # seq, dir, batch, hidden
+    yh, yc = torch.stack(hs), torch.stack(cs)
+    if layout:
+        return y.permute(2, 0, 1, 3), yh.transpose(0, 1), yc.transpose(0, 1)
+    return y, yh, yc
