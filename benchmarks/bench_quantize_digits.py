@@ -10,6 +10,7 @@ initializer bytes vs fp32, and latency vs fp32 (2 threads, interleaved, batch 1 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -98,7 +99,7 @@ def main() -> None:
                       f"{min(r['ints'])}–{max(r['ints'])}", f"{max(r['floats'])}", f"{max(r['ratio']):.3f}×",
                       f"{np.median(r['b1']):.2f}×", f"{np.median(r['b64']):.2f}×"])
     body = "\n".join([
-        machine_line(2), "",
+        machine_line(2) + f"; load average {os.getloadavg()[0]:.1f} (other jobs share these 2 cores)", "",
         f"Seeds {seeds}; fp32 test accuracy {', '.join(f'{100 * a:.2f}%' for a in acc_fp32)}. Calibration: the "
         f"validation split (360 images); accuracy on the test split (360). Integer kernels are counted in the graph "
         f"ONNX Runtime saves after its optimizations (QLinearConv, QGemm, QLinearAdd...). Latency: median of per-seed "

@@ -163,7 +163,7 @@ def main() -> None:
         row += [f"{fid[name][0]:.4f}", f"{fid[name][1]:.4f}"]
         table.append(row)
     auto = info.get("ds-auto", {}).get("auto", {})
-    body = [machine_line(2), "",
+    body = [machine_line(2) + f"; load average {os.getloadavg()[0]:.1f} (other jobs share these 2 cores)", "",
             f"{len(eval_texts)} evaluation sentences (stdlib_sentences offset 1200), calibration: {len(calib_texts)} "
             f"sentences (offset 0). b1: median over {args.repeats} interleaved rounds of 16 single-sentence calls "
             f"(per call); b32: one padded batch of 32. Ratios are against ORT fp32 in the same pass.", "",

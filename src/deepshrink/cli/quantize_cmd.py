@@ -28,7 +28,7 @@ SCHEMES = ("int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto
 
 
 def build_config(scheme: str, *, bits: int | None, group_size: int, method: str, observer: str,
-                 per_channel: bool, smooth: float | None, include: list[str], exclude: list[str],
+                 per_channel: bool | None, smooth: float | None, include: list[str], exclude: list[str],
                  target_cos: float, min_cos: float, calibration_size: int, max_kept: float = 0.5) -> Any:
     """The config for a CLI scheme; every bad value is a one-line InputError."""
     from ..quantize import (
@@ -47,21 +47,22 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
     if bits is not None and bits != 8 and scheme in ("int8-dynamic", "int8-static", "auto"):
         raise InputError(f"--scheme {scheme} is 8-bit; for {bits} bits use int4-weight, kmeans or log2")
     sel = {"include": tuple(include), "exclude": tuple(exclude)}
+    int8_pc = True if per_channel is None else per_channel
     if scheme == "int8-dynamic":
-        return Int8DynamicConfig.build(per_channel=per_channel, smooth_alpha=smooth, **sel)
+        return Int8DynamicConfig.build(per_channel=int8_pc, smooth_alpha=smooth, **sel)
     if scheme == "int8-static":
-        return Int8StaticConfig.build(per_channel=per_channel, observer=observer, smooth_alpha=smooth,
+        return Int8StaticConfig.build(per_channel=int8_pc, observer=observer, smooth_alpha=smooth,
                                       calibration_size=calibration_size, **sel)
     if scheme == "int4-weight":
         return WeightOnlyConfig.build(bits=bits or 4, group_size=group_size, method=method,
                                       calibration_size=calibration_size, **sel)
     if scheme == "kmeans":
-        return KMeansConfig.build(bits=bits or 4, per_channel=per_channel, **sel)
+        return KMeansConfig.build(bits=bits or 4, per_channel=bool(per_channel), **sel)
     if scheme == "log2":
         return Log2Config.build(bits=bits or 4, **sel)
     return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                             max_kept_fraction=max_kept,
-                            base=Int8DynamicConfig.build(per_channel=per_channel), **sel)
+                            base=Int8DynamicConfig.build(per_channel=int8_pc), **sel)
 
 
 @app.command("quantize")
@@ -73,7 +74,7 @@ def quantize_cmd(
     group_size: Annotated[int, typer.Option("--group-size", help="int4-weight: weights per scale group")] = 128,
     method: Annotated[str, typer.Option("--method", help="int4-weight: rtn | gptq")] = "rtn",
     observer: Annotated[str, typer.Option("--observer", help="int8-static: minmax | moving_average | percentile | mse | entropy")] = "minmax",
-    per_tensor: Annotated[bool, typer.Option("--per-tensor", help="one weight scale per tensor (default: per channel)")] = False,
+    per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor", help="weight scales (int8) or codebooks (kmeans) per output channel or per tensor (default: per channel for int8, per tensor for kmeans)")] = None,
     smooth: Annotated[float | None, typer.Option("--smooth", help="SmoothQuant alpha (0–1), folded where possible")] = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="quantize only layers matching (repeatable)")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", help="keep layers matching this pattern float (repeatable)")] = None,
@@ -96,7 +97,7 @@ def quantize_cmd(
     if smooth is not None and not 0.0 <= smooth <= 1.0:
         raise InputError(f"--smooth {smooth} is outside 0–1")
     config = build_config(scheme, bits=bits, group_size=group_size, method=method, observer=observer,
-                          per_channel=not per_tensor, smooth=smooth, include=include or [], exclude=exclude or [],
+                          per_channel=per_channel, smooth=smooth, include=include or [], exclude=exclude or [],
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                           max_kept=max_kept)
     if output.suffix.lower() != ".onnx":
