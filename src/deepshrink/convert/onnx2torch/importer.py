@@ -86,6 +86,15 @@ class OnnxNode:
         return self.attrs.get(key, default)
 
 
+def np_to_torch(arr: np.ndarray, what: str) -> torch.Tensor:
+    """A NumPy array as a torch tensor; element types torch lacks (int2/int4, float4/float8 as
+    ml_dtypes) are an ``UnsupportedError`` naming the tensor."""
+    try:
+        return torch.from_numpy(np.array(arr, copy=True))
+    except TypeError:
+        raise UnsupportedError(f"{what} has element type {arr.dtype}, which torch cannot hold") from None
+
+
 def _ident(text: str, fallback: str = "v") -> str:
     s = re.sub(r"\W", "_", text).strip("_") or fallback
     if s[0].isdigit():
@@ -134,8 +143,7 @@ class Builder:
         raise InputError(f"ONNX value '{name}' is used before it is produced (graph not topologically sorted?)")
 
     def tensor_of(self, name: str) -> torch.Tensor:
-        arr = numpy_helper.to_array(self.initializers[name])
-        return torch.from_numpy(np.array(arr, copy=True))
+        return np_to_torch(numpy_helper.to_array(self.initializers[name]), f"initializer '{name}'")
 
     def _initializer(self, name: str) -> Value:
         t = self.tensor_of(name)
@@ -243,7 +251,7 @@ def _attr_value(a: onnx.AttributeProto) -> Any:
         arr = numpy_helper.to_array(a.t)
         if arr.dtype.kind in "OSU":  # string tensors: no torch equivalent; reported by the converter
             return a
-        return torch.from_numpy(np.array(arr, copy=True))
+        return np_to_torch(arr, f"attribute '{a.name}'")
     if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
         return a  # sub-graphs: not supported by any converter, reported by name
     v = onnx.helper.get_attribute_value(a)

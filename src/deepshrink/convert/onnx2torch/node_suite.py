@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 
 from ...errors import UnsupportedError
-from .importer import onnx_to_torch
+from .importer import np_to_torch, onnx_to_torch
 
 
 @dataclass
@@ -51,7 +53,13 @@ def all_cases() -> list[Any]:
         return list(collect_testcases(None))
 
 
-def _to_torch(a: Any) -> torch.Tensor:
+def _to_torch(a: Any) -> Any:
+    if a is None:  # an empty optional
+        return None
+    if isinstance(a, list):  # a sequence
+        return [_to_torch(i) for i in a]
+    if isinstance(a, onnx.TensorProto):  # cases that need an exact element type give protos
+        a = numpy_helper.to_array(a)
     if isinstance(a, np.generic):
         a = np.asarray(a)
     if not isinstance(a, np.ndarray):
@@ -60,14 +68,25 @@ def _to_torch(a: Any) -> torch.Tensor:
         raise UnsupportedError("string tensor input")
     if a.dtype.name == "bfloat16" or str(a.dtype).startswith("float8") or a.dtype.name in ("int4", "uint4", "float4e2m1"):
         raise UnsupportedError(f"{a.dtype} input")
-    return torch.from_numpy(np.array(a, copy=True))
+    return np_to_torch(a, "input")
 
 
 def _match(out: Any, ref: Any, rtol: float, atol: float) -> str:
+    if isinstance(ref, list):
+        if not isinstance(out, list) or len(out) != len(ref):
+            return f"sequence of {len(out) if isinstance(out, list) else type(out).__name__} vs {len(ref)} items"
+        return next((w for w in (_match(o, r, rtol, atol) for o, r in zip(out, ref, strict=True)) if w), "")
+    if ref is None:
+        return "" if out is None else "expected an empty optional"
+    if isinstance(ref, onnx.TensorProto):
+        ref = numpy_helper.to_array(ref)
     if isinstance(ref, np.generic):
         ref = np.asarray(ref)
     if not isinstance(ref, np.ndarray):
         return f"reference output is a {type(ref).__name__}"
+    if isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16:
+        out = out.float()
+        ref = ref.astype(np.float32)
     got = out.detach().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
     if tuple(got.shape) != tuple(ref.shape):
         return f"shape {tuple(got.shape)} vs reference {tuple(ref.shape)}"

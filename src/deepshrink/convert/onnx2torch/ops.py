@@ -867,3 +867,60 @@ def _recurrent(b: Builder, n: OnnxNode) -> Value:
                  n.attr("activation_beta"), n.attr("clip"), n.attr("layout", 0), n.attr("linear_before_reset", 0),
                  n.attr("input_forget", 0))
     return tuple(b.getitem(out, i) for i in range(len(n.outputs)))
+
+
+# ------------------------------------------------------------------ sequences and optionals
+@converter("SequenceConstruct")
+def _seq_construct(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.make_list, *_inputs(b, n))
+
+
+@converter("SequenceEmpty")
+def _seq_empty(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.make_list)
+
+
+@converter("SequenceAt")
+def _seq_at(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.seq_at, b.value(n.inputs[0]), b.value(n.inputs[1]))
+
+
+@converter("SequenceInsert")
+def _seq_insert(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.seq_insert, b.value(n.inputs[0]), b.value(n.inputs[1]), _opt(b, n, 2))
+
+
+@converter("SequenceErase")
+def _seq_erase(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.seq_erase, b.value(n.inputs[0]), _opt(b, n, 1))
+
+
+@converter("SequenceLength")
+def _seq_len(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.seq_length, b.value(n.inputs[0]))
+
+
+@converter("ConcatFromSequence")
+def _concat_seq(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.concat_from_seq, b.value(n.inputs[0]), n.attr("axis"), n.attr("new_axis", 0))
+
+
+@converter("SplitToSequence")
+def _split_seq(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.split_to_seq, b.value(n.inputs[0]), _opt(b, n, 1), n.attr("axis", 0), n.attr("keepdims", 1))
+
+
+@converter("Optional")
+def _optional(b: Builder, n: OnnxNode) -> Value:
+    return _opt(b, n, 0)
+
+
+@converter("OptionalHasElement")
+def _opt_has(b: Builder, n: OnnxNode) -> Value:
+    v = _opt(b, n, 0)
+    return torch.tensor(False) if v is None else b.call(rt.optional_has, v)
+
+
+@converter("OptionalGetElement")
+def _opt_get(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.optional_get, b.value(n.inputs[0]))

@@ -1090,3 +1090,56 @@ def recurrent(kind: str, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, bias
     if layout:
         return y.permute(2, 0, 1, 3), yh.transpose(0, 1), yc.transpose(0, 1)
     return y, yh, yc
+
+
+# -- sequences (Python lists of tensors) and optionals (None or a value) ------------------
+def seq_at(s: list[torch.Tensor], pos: Any) -> torch.Tensor:
+    return s[int(pos)]
+
+
+def seq_insert(s: list[torch.Tensor], t: torch.Tensor, pos: Any = None) -> list[torch.Tensor]:
+    out = list(s)
+    if pos is None:
+        out.append(t)
+    else:
+        p = int(pos)
+        out.insert(p if p >= 0 else len(out) + p, t)
+    return out
+
+
+def seq_erase(s: list[torch.Tensor], pos: Any = None) -> list[torch.Tensor]:
+    out = list(s)
+    del out[int(pos) if pos is not None else -1]
+    return out
+
+
+def seq_length(s: list[torch.Tensor]) -> torch.Tensor:
+    return torch.tensor(len(s), dtype=torch.int64)
+
+
+def concat_from_seq(s: list[torch.Tensor], axis: int, new_axis: int) -> torch.Tensor:
+    return torch.stack(s, axis) if new_axis else torch.cat(s, axis)
+
+
+def split_to_seq(x: torch.Tensor, split: torch.Tensor | None, axis: int, keepdims: int) -> list[torch.Tensor]:
+    axis = axis % x.dim()
+    if split is None:
+        parts = list(torch.split(x, 1, dim=axis))
+        return parts if keepdims else [p.squeeze(axis) for p in parts]
+    if split.dim() == 0:
+        return list(torch.split(x, int(split), dim=axis))
+    return list(torch.split(x, [int(v) for v in split.tolist()], dim=axis))
+
+
+def make_list(*xs: torch.Tensor) -> list[torch.Tensor]:
+    return list(xs)
+
+
+def optional_has(v: Any) -> torch.Tensor:
+    return torch.tensor(v is not None)
+
+
+def optional_get(v: Any) -> Any:
+    if v is None:
+        raise ValueError("OptionalGetElement on an empty optional")
+    return v
