@@ -183,7 +183,8 @@ def digits_cnn_section(seeds: int = 5, epochs: int = 10, lr: float = 2e-3) -> No
 
     d = digits_data()
     ex = torch.from_numpy(d.x_train[:2])
-    rows, acc = [], {"fp32": [], "deepshrink": [], "torch-pruning": [], "deepshrink (no fine-tune)": []}
+    rows, acc = [], {"fp32": [], "deepshrink": [], "torch-pruning": [], "deepshrink (no fine-tune)": [],
+                     "torch-pruning (no fine-tune)": []}
     for seed in range(seeds):
         base = trained_digits_cnn(seed)
         acc["fp32"].append(accuracy_of(base, d.x_test, d.y_test))
@@ -191,6 +192,7 @@ def digits_cnn_section(seeds: int = 5, epochs: int = 10, lr: float = 2e-3) -> No
         acc["deepshrink (no fine-tune)"].append(accuracy_of(ds, d.x_test, d.y_test))
         tpm = copy.deepcopy(base)
         tp_prune(tpm, ex, 0.5, [tpm.fc])
+        acc["torch-pruning (no fine-tune)"].append(accuracy_of(tpm, d.x_test, d.y_test))
         for name, m in (("deepshrink", ds), ("torch-pruning", tpm)):
             Trainer(m, epochs=epochs, lr=lr, batch_size=64, seed=seed, progress=False).fit((d.x_train, d.y_train))
             acc[name].append(accuracy_of(m, d.x_test, d.y_test))
