@@ -89,3 +89,31 @@ def test_missing_extra_says_which_pip_install(hub_onnx, tmp_path, monkeypatch, c
     rc = run_app(["convert", str(hub_onnx["mlp"]), str(out)])
     assert rc == 2 and not out.exists()
     assert "pip install 'deepshrink[tf]'" in capsys.readouterr().err
+
+
+def test_dynamic_shape_ops_convert(tmp_path, digits):
+    """``x.view(x.size(0), -1)`` exports as Shape/Gather/Unsqueeze/Concat/Reshape: float and int8 both convert."""
+    import torch
+
+    from deepshrink.backends.tflite_rt import make_runner
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8 * 4 * 4, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.nn.functional.max_pool2d(torch.relu(self.c(x)), 2)
+            return torch.softmax(self.fc(y.view(y.size(0), -1)), -1)
+
+    torch.manual_seed(0)
+    h = ds.load(Net().eval(), input_shapes=["x:2x1x8x8"])
+    ds.convert(h, tmp_path / "n.onnx", exporter="torchscript")
+    assert "Shape" in {n.op_type for n in onnx.load(str(tmp_path / "n.onnx")).graph.node}
+    r = ds.convert(tmp_path / "n.onnx", tmp_path / "n.tflite")
+    assert r.hops[0].parity.max_abs < 1e-4  # 3.7e-08 seen
+    r8 = ds.convert(tmp_path / "n.onnx", tmp_path / "n8.tflite", int8=True, data="digits")
+    assert r8.hops[0].parity.ok and r8.hops[0].parity.max_abs < 0.02  # 0.0024 seen on softmax outputs
+    out = make_runner(tmp_path / "n8.tflite")({"x": digits.x_test[:4]})[0]
+    assert out.shape == (4, 10) and np.allclose(out.sum(1), 1.0, atol=0.02)

@@ -234,8 +234,16 @@ def _squeeze(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
 def _unsqueeze(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     x = ins[0]
     for ax in sorted(_axes(ins, a)):
-        x = tf.expand_dims(x, ax)
+        x = np.expand_dims(x, ax) if _is_const(x) else tf.expand_dims(x, ax)
     return x
+
+
+def _concat(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    vs = [v for v in ins if v is not None]
+    if all(_is_const(v) for v in vs):
+        return np.concatenate(vs, axis=a["axis"])
+    dt = next(v.dtype for v in vs if not _is_const(v))
+    return tf.concat([tf.constant(v, dtype=dt) if _is_const(v) else v for v in vs], axis=a["axis"])
 
 
 def _batchnorm(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
@@ -255,6 +263,11 @@ def _clip(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     lo = a.get("min", ins[1] if len(ins) > 1 and ins[1] is not None else -np.inf)
     hi = a.get("max", ins[2] if len(ins) > 2 and ins[2] is not None else np.inf)
     return tf.clip_by_value(ins[0], float(np.asarray(lo)), float(np.asarray(hi)))
+
+
+def _cast(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    np_dt = onnx.helper.tensor_dtype_to_np_dtype(a["to"])
+    return ins[0].astype(np_dt) if _is_const(ins[0]) else tf.cast(ins[0], tf.as_dtype(np_dt))
 
 
 _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
@@ -289,9 +302,14 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Transpose": lambda tf, i, a: tf.transpose(i[0], a.get("perm")),
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
-    "Concat": lambda tf, i, a: tf.concat([v for v in i if v is not None], axis=a["axis"]),
+    "Concat": _concat,
     "Identity": lambda tf, i, a: i[0],
     "Dropout": lambda tf, i, a: i[0],
+    "Shape": lambda tf, i, a: (np.asarray(i[0].shape, dtype=np.int64) if _is_const(i[0]) else
+                               tf.cast(tf.shape(i[0]), tf.int64)),
+    "Gather": lambda tf, i, a: (np.take(i[0], i[1], axis=a.get("axis", 0)) if _is_const(i[0]) and _is_const(i[1])
+                                else tf.gather(i[0], i[1], axis=a.get("axis", 0))),
+    "Cast": _cast,
     "Constant": lambda tf, i, a: np.asarray(a.get("value", a.get("value_float", a.get("value_floats", a.get("value_ints"))))),
 }
 
