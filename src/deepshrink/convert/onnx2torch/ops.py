@@ -924,3 +924,44 @@ def _opt_has(b: Builder, n: OnnxNode) -> Value:
 @converter("OptionalGetElement")
 def _opt_get(b: Builder, n: OnnxNode) -> Value:
     return b.call(rt.optional_get, b.value(n.inputs[0]))
+
+
+# ------------------------------------------------------------------ sampling, windows, misc
+@converter("GridSample")
+def _grid_sample(b: Builder, n: OnnxNode) -> Value:
+    mode = n.attr("mode", "linear" if n.opset >= 20 else "bilinear")
+    return b.call(rt.grid_sample, b.value(n.inputs[0]), b.value(n.inputs[1]), mode, n.attr("padding_mode", "zeros"),
+                  n.attr("align_corners", 0))
+
+
+@converter("AffineGrid")
+def _affine_grid(b: Builder, n: OnnxNode) -> Value:
+    sv = b.sym(n.inputs[1])
+    size = list(sv.items) if sv is not None else b.value(n.inputs[1])
+    return b.call(rt.affine_grid, b.value(n.inputs[0]), size, n.attr("align_corners", 0))
+
+
+@converter("HannWindow", "HammingWindow", "BlackmanWindow")
+def _window(b: Builder, n: OnnxNode) -> Value:
+    kind = n.op_type.replace("Window", "").lower()
+    dt = torch_dtype(n.attr("output_datatype", onnx.TensorProto.FLOAT))
+    return b.call(rt.window, kind, b.value(n.inputs[0]), n.attr("periodic", 1), dt)
+
+
+@converter("CenterCropPad")
+def _center_crop_pad(b: Builder, n: OnnxNode) -> Value:
+    sv = b.sym(n.inputs[1])
+    shape = list(sv.items) if sv is not None else b.value(n.inputs[1])
+    axes = n.attr("axes")
+    return b.call(rt.center_crop_pad, b.value(n.inputs[0]), shape, list(axes) if axes else None)
+
+
+@converter("Col2Im")
+def _col2im(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.col2im, b.value(n.inputs[0]), b.value(n.inputs[1]), b.value(n.inputs[2]),
+                  _list(n.attr("dilations")), _list(n.attr("pads")), _list(n.attr("strides")))
+
+
+@converter("BitCast")
+def _bitcast(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.bitcast, b.value(n.inputs[0]), torch_dtype(n.attr("to")))

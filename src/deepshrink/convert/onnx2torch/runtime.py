@@ -1143,3 +1143,54 @@ def optional_get(v: Any) -> Any:
     if v is None:
         raise ValueError("OptionalGetElement on an empty optional")
     return v
+
+
+def grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, align_corners: int) -> torch.Tensor:
+    m = {"linear": "bilinear", "bilinear": "bilinear", "nearest": "nearest", "cubic": "bicubic", "bicubic": "bicubic"}[mode]
+    if m == "bicubic" and x.dim() != 4:
+        raise NotImplementedError("GridSample cubic on volumes")
+    return F.grid_sample(x, grid.to(x.dtype), mode=m, padding_mode=padding_mode, align_corners=bool(align_corners))
+
+
+def affine_grid(theta: torch.Tensor, size: IntsLike, align_corners: int) -> torch.Tensor:
+    return F.affine_grid(theta, ints(size), align_corners=bool(align_corners))
+
+
+def window(kind: str, size: Any, periodic: int, dtype: torch.dtype) -> torch.Tensor:
+    n = int(size.item()) if isinstance(size, torch.Tensor) else int(size)
+    fn = {"hann": torch.hann_window, "hamming": torch.hamming_window, "blackman": torch.blackman_window}[kind]
+    if kind == "hamming":  # ONNX uses alpha 25/46, beta 21/46 (not torch's 0.54/0.46)
+        k = torch.arange(n, dtype=torch.float64)
+        denom = n if periodic else n - 1
+        w = 25 / 46 - 21 / 46 * torch.cos(2 * math.pi * k / denom)
+        return w.to(dtype)
+    return fn(n, periodic=bool(periodic), dtype=torch.float64).to(dtype)
+
+
+def center_crop_pad(x: torch.Tensor, shape: IntsLike, axes: list[int] | None) -> torch.Tensor:
+    target = ints(shape)
+    ax = [a % x.dim() for a in (axes if axes else range(x.dim()))]
+    for a, t in zip(ax, target, strict=True):
+        n = x.shape[a]
+        if n > t:  # crop: start at (n - t) // 2
+            x = x.narrow(a, (n - t) // 2, t)
+        elif n < t:  # pad: the smaller half before
+            before = (t - n) // 2
+            pads = [0, 0] * (x.dim() - 1 - a) + [before, t - n - before]
+            x = F.pad(x, pads)
+    return x
+
+
+def col2im(x: torch.Tensor, image_shape: IntsLike, block_shape: IntsLike, dilations: list[int] | None,
+           pads: list[int] | None, strides: list[int] | None) -> torch.Tensor:
+    img, blk = ints(image_shape), ints(block_shape)
+    if len(img) != 2:
+        raise NotImplementedError("Col2Im beyond 2-D images")
+    p = pads or [0, 0, 0, 0]
+    if p[:2] != p[2:]:
+        raise NotImplementedError("Col2Im with asymmetric pads")
+    return F.fold(x, img, blk, dilation=dilations or 1, padding=p[:2], stride=strides or 1)
+
+
+def bitcast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.contiguous().view(dtype)
