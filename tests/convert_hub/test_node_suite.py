@@ -23,8 +23,13 @@ _EXOTIC = re.compile(r"float8|float4|int4|int2|bfloat16|string|e4m3|e5m2|e8m0", 
 
 
 @pytest.fixture(scope="module")
-def core_results():
-    cases = [c for c in all_cases() if not c.name.endswith("_expanded") and not _EXOTIC.search(c.name)
+def every_case():
+    return all_cases()
+
+
+@pytest.fixture(scope="module")
+def core_results(every_case):
+    cases = [c for c in every_case if not c.name.endswith("_expanded") and not _EXOTIC.search(c.name)
              and len(c.model.graph.node) == 1 and c.model.graph.node[0].op_type in _CORE]
     return [run_case(c) for c in cases]
 
@@ -43,3 +48,14 @@ def test_core_op_all_cases_pass(core_results, op):
     assert mine, op
     bad = [(r.name, r.status, r.detail[:80]) for r in mine if r.status != "pass"]
     assert not bad
+
+
+@pytest.mark.parametrize("op,min_pass", [("If", 3), ("Loop", 3), ("Scan", 1), ("LSTM", 6), ("GRU", 6),
+                                         ("Attention", 60)])
+def test_control_flow_recurrent_and_attention(every_case, op, min_pass):
+    cases = [c for c in every_case if not c.name.endswith("_expanded") and len(c.model.graph.node) == 1
+             and c.model.graph.node[0].op_type == op]
+    results = [run_case(c) for c in cases]
+    passed = sum(r.status == "pass" for r in results)
+    assert passed >= min_pass, [(r.name, r.status, r.detail[:80]) for r in results if r.status != "pass"]
+    assert not [r for r in results if r.status in ("mismatch", "error") and "fp16" not in r.name]

@@ -309,11 +309,12 @@ def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
         raise InputError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
-def onnx_to_torch(model: onnx.ModelProto | str | Path) -> fx.GraphModule:
+def onnx_to_torch(model: onnx.ModelProto | str | Path, *, tuple_outputs: bool = False) -> fx.GraphModule:
     """Import an ONNX model (a ``ModelProto`` or a path) as a runnable, trainable ``GraphModule``.
 
     ``forward`` takes the graph inputs positionally (also by their sanitized names) and returns
-    one tensor, or a tuple when the graph has several outputs. The module is in eval mode.
+    one tensor, or a tuple when the graph has several outputs (always a tuple with
+    ``tuple_outputs``, as control-flow bodies need). The module is in eval mode.
     """
     from . import ops  # noqa: F401  (fills CONVERTERS)
 
@@ -349,7 +350,7 @@ def onnx_to_torch(model: onnx.ModelProto | str | Path) -> fx.GraphModule:
             raise
         except NotImplementedError as exc:
             raise UnsupportedError(f"{unsupported_message(n).split(' has no')[0]} uses a variant not supported: {exc}") from None
-        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        outs = list(out) if isinstance(out, tuple) else [out]  # a list is one value: a sequence
         for name, v in zip(n.outputs, outs, strict=False):
             if name and isinstance(v, ShapeVal):
                 if all(isinstance(i, int) for i in v.items):  # fully static: a plain constant
@@ -365,7 +366,7 @@ def onnx_to_torch(model: onnx.ModelProto | str | Path) -> fx.GraphModule:
     for vo in g.output:
         v = b.value(vo.name)
         results.append(b.lift(v) if not b.is_node(v) else v)
-    b.graph.output(results[0] if len(results) == 1 else tuple(results))
+    b.graph.output(results[0] if len(results) == 1 and not tuple_outputs else tuple(results))
     gm = fx.GraphModule(b.root, b.graph, class_name="ImportedOnnx")
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
@@ -373,3 +374,34 @@ def onnx_to_torch(model: onnx.ModelProto | str | Path) -> fx.GraphModule:
     gm.onnx_input_names = input_names  # type: ignore[attr-defined]
     gm.onnx_output_names = [o.name for o in g.output]  # type: ignore[attr-defined]
     return gm.eval()
+
+
+def outer_references(graph: onnx.GraphProto) -> list[str]:
+    """Names a sub-graph (If/Loop/Scan body) reads from the enclosing scope, in first-use order."""
+    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    out: list[str] = []
+
+    def visit(g: onnx.GraphProto, local: set[str]) -> None:
+        local = set(local) | {i.name for i in g.input} | {i.name for i in g.initializer}
+        for n in g.node:
+            for name in n.input:
+                if name and name not in local and name not in out:
+                    out.append(name)
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    visit(sub, local)
+            local.update(n.output)
+
+    visit(graph, defined)
+    return out
+
+
+def import_subgraph(b: Builder, graph: onnx.GraphProto) -> tuple[fx.GraphModule, list[str]]:
+    """A control-flow body as its own GraphModule taking (formal inputs..., outer references...)."""
+    outer = outer_references(graph)
+    g = onnx.GraphProto()
+    g.CopyFrom(graph)
+    for name in outer:
+        g.input.append(onnx.helper.make_empty_tensor_value_info(name))
+    sub = onnx.helper.make_model(g, opset_imports=list(b.model.opset_import))
+    return onnx_to_torch(sub, tuple_outputs=True).train(False), outer

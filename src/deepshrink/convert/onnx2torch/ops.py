@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import runtime as rt
-from .importer import Builder, OnnxNode, ShapeVal, Value, converter
+from .importer import Builder, OnnxNode, ShapeVal, Value, converter, import_subgraph
 
 
 def _inputs(b: Builder, n: OnnxNode) -> list[Value]:
@@ -965,3 +965,42 @@ def _col2im(b: Builder, n: OnnxNode) -> Value:
 @converter("BitCast")
 def _bitcast(b: Builder, n: OnnxNode) -> Value:
     return b.call(rt.bitcast, b.value(n.inputs[0]), torch_dtype(n.attr("to")))
+
+
+# ------------------------------------------------------------------ control flow
+def _graph_attr(n: OnnxNode, key: str) -> onnx.GraphProto:
+    return n.attrs[key].g
+
+
+@converter("If")
+def _if(b: Builder, n: OnnxNode) -> Value:
+    then_gm, then_outer = import_subgraph(b, _graph_attr(n, "then_branch"))
+    else_gm, else_outer = import_subgraph(b, _graph_attr(n, "else_branch"))
+    target = b.add_module(f"if_{n.name or n.outputs[0]}", rt.IfModule(then_gm, else_gm, len(then_outer)))
+    args = [b.value(n.inputs[0])] + [b.value(o) for o in then_outer + else_outer]
+    out = b.call_module(target, *args)
+    return tuple(b.getitem(out, i) for i in range(len(n.outputs)))
+
+
+@converter("Loop")
+def _loop(b: Builder, n: OnnxNode) -> Value:
+    body, outer = import_subgraph(b, _graph_attr(n, "body"))
+    carried = [b.value(i) for i in n.inputs[2:]]
+    target = b.add_module(f"loop_{n.name or n.outputs[0]}", rt.LoopModule(body, len(carried)))
+    out = b.call_module(target, _opt(b, n, 0), _opt(b, n, 1), *carried, *[b.value(o) for o in outer])
+    return tuple(b.getitem(out, i) for i in range(len(n.outputs)))
+
+
+@converter("Scan")
+def _scan(b: Builder, n: OnnxNode) -> Value:
+    if n.opset < 9:
+        raise NotImplementedError("Scan-8 (with sequence_lens)")
+    body, outer = import_subgraph(b, _graph_attr(n, "body"))
+    n_in = n.attr("num_scan_inputs")
+    n_state = len(n.inputs) - n_in
+    mod = rt.ScanModule(body, n_state, n_in, list(n.attr("scan_input_axes") or []),
+                        list(n.attr("scan_input_directions") or []), list(n.attr("scan_output_axes") or []),
+                        list(n.attr("scan_output_directions") or []))
+    target = b.add_module(f"scan_{n.name or n.outputs[0]}", mod)
+    out = b.call_module(target, *[b.value(i) for i in n.inputs], *[b.value(o) for o in outer])
+    return tuple(b.getitem(out, i) for i in range(len(n.outputs)))

@@ -1194,3 +1194,71 @@ def col2im(x: torch.Tensor, image_shape: IntsLike, block_shape: IntsLike, dilati
 
 def bitcast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.contiguous().view(dtype)
+
+
+# -- control flow: bodies are imported GraphModules, run eagerly ---------------------------
+class IfModule(torch.nn.Module):
+    def __init__(self, then_gm: torch.nn.Module, else_gm: torch.nn.Module, n_then: int) -> None:
+        super().__init__()
+        self.then_branch, self.else_branch, self.n_then = then_gm, else_gm, n_then
+
+    def forward(self, cond: torch.Tensor, *outer: Any) -> Any:
+        if bool(cond.reshape(-1)[0]):
+            return self.then_branch(*outer[:self.n_then])
+        return self.else_branch(*outer[self.n_then:])
+
+
+class LoopModule(torch.nn.Module):
+    def __init__(self, body: torch.nn.Module, n_carried: int) -> None:
+        super().__init__()
+        self.body, self.n_carried = body, n_carried
+
+    def forward(self, trip: Any, cond: Any, *rest: Any) -> Any:
+        carried, outer = list(rest[:self.n_carried]), rest[self.n_carried:]
+        max_trip = int(trip.reshape(-1)[0]) if trip is not None else None
+        keep = bool(cond.reshape(-1)[0]) if cond is not None else True
+        scans: list[list[Any]] = []
+        i = 0
+        while keep and (max_trip is None or i < max_trip):
+            out = self.body(torch.tensor(i, dtype=torch.int64), torch.tensor(keep), *carried, *outer)
+            keep = bool(out[0].reshape(-1)[0]) if cond is not None or True else True
+            carried = list(out[1:1 + self.n_carried])
+            for k, v in enumerate(out[1 + self.n_carried:]):
+                if len(scans) <= k:
+                    scans.append([])
+                scans[k].append(v)
+            i += 1
+        n_scan = len(scans)
+        return (*carried, *[torch.stack(s) for s in scans]) if n_scan else tuple(carried)
+
+
+class ScanModule(torch.nn.Module):
+    def __init__(self, body: torch.nn.Module, n_state: int, n_scan_in: int, in_axes: list[int], in_dirs: list[int],
+                 out_axes: list[int], out_dirs: list[int]) -> None:
+        super().__init__()
+        self.body, self.n_state, self.n_in = body, n_state, n_scan_in
+        self.in_axes, self.in_dirs, self.out_axes, self.out_dirs = in_axes, in_dirs, out_axes, out_dirs
+
+    def forward(self, *args: Any) -> Any:
+        states = list(args[:self.n_state])
+        seqs = list(args[self.n_state:self.n_state + self.n_in])
+        outer = args[self.n_state + self.n_in:]
+        seqs = [torch.movedim(s, (self.in_axes[k] if k < len(self.in_axes) else 0) % s.dim(), 0) for k, s in enumerate(seqs)]
+        seqs = [torch.flip(s, [0]) if k < len(self.in_dirs) and self.in_dirs[k] else s for k, s in enumerate(seqs)]
+        steps = seqs[0].shape[0] if seqs else 0
+        outs: list[list[torch.Tensor]] = []
+        for t in range(steps):
+            res = self.body(*states, *[s[t] for s in seqs], *outer)
+            states = list(res[:self.n_state])
+            for k, v in enumerate(res[self.n_state:]):
+                if len(outs) <= k:
+                    outs.append([])
+                outs[k].append(v)
+        stacked = []
+        for k, o in enumerate(outs):
+            y = torch.stack(o)
+            if k < len(self.out_dirs) and self.out_dirs[k]:
+                y = torch.flip(y, [0])
+            ax = self.out_axes[k] if k < len(self.out_axes) else 0
+            stacked.append(torch.movedim(y, 0, ax % y.dim()))
+        return (*states, *stacked)
