@@ -221,6 +221,8 @@ def mlp_section(seeds: int = 5) -> None:
         "fp32": None,
         "one-shot 90% per layer + 2 epochs": MagnitudePruneConfig(sparsity=0.9, finetune_epochs=2),
         "one-shot 90% global + 2 epochs": MagnitudePruneConfig(sparsity=0.9, scope="global", finetune_epochs=2),
+        "one-shot 90% global + 30 epochs (same budget as gradual)": MagnitudePruneConfig(
+            sparsity=0.9, scope="global", finetune_epochs=30),
         "gradual 90% (cubic, global) + fine-tune, 30 epochs": GradualPruneConfig(final_sparsity=0.9),
         "gradual 90% per layer, 30 epochs": GradualPruneConfig(final_sparsity=0.9, scope="layer"),
     }
