@@ -748,21 +748,24 @@ def _s2d(b: Builder, n: OnnxNode) -> Value:
 
 @converter("Resize")
 def _resize(b: Builder, n: OnnxNode) -> Value:
+    roi = None
     if n.opset < 11:
         scales, sizes = b.value(n.inputs[1]), None
     else:
-        scales, sizes = _opt(b, n, 2), _opt(b, n, 3)
-    if n.attr("antialias", 0) or n.attr("axes") is not None or n.attr("keep_aspect_ratio_policy", "stretch") != "stretch" \
-            or n.attr("extrapolation_value", 0.0) != 0.0:
-        raise NotImplementedError("Resize with antialias/axes/keep_aspect_ratio_policy")
+        roi, scales, sizes = _opt(b, n, 1), _opt(b, n, 2), _opt(b, n, 3)
+    if n.attr("antialias", 0):
+        raise NotImplementedError("Resize with antialias")
     if scales is not None and b.known(scales) and scales.numel() == 0:
         scales = None
     if sizes is not None and b.known(sizes):
         sizes = rt.ints(sizes)
     coord = n.attr("coordinate_transformation_mode", "half_pixel" if n.opset >= 11 else "asymmetric")
+    axes = n.attr("axes")
     return b.call(rt.resize, b.value(n.inputs[0]), scales, sizes, n.attr("mode", "nearest"), coord,
                   n.attr("nearest_mode", "round_prefer_floor" if n.opset >= 11 else "floor"),
-                  n.attr("cubic_coeff_a", -0.75), n.attr("exclude_outside", 0))
+                  n.attr("cubic_coeff_a", -0.75), n.attr("exclude_outside", 0), roi,
+                  list(axes) if axes else None, n.attr("keep_aspect_ratio_policy", "stretch"),
+                  n.attr("extrapolation_value", 0.0))
 
 
 @converter("Compress")

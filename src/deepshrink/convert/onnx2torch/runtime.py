@@ -558,20 +558,21 @@ def lp_norm(x: torch.Tensor, axis: int, p: int) -> torch.Tensor:
     return torch.where(norm == 0, torch.zeros_like(x), x / norm)
 
 
-def _src_coords(out_n: int, in_n: int, scale: float, mode: str, length_resized: int) -> torch.Tensor:
+def _src_coords(out_n: int, in_n: int, scale: float, mode: str) -> torch.Tensor:
+    """Source coordinate of each output index; ``scale * in_n`` is the unrounded output length
+    the ONNX formulas use (it differs from ``out_n`` when the scale does not divide evenly)."""
     o = torch.arange(out_n, dtype=torch.float64)
+    width = scale * in_n
     if mode == "half_pixel":
         return (o + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
-        return (o + 0.5) / scale - 0.5 if length_resized > 1 else torch.zeros_like(o)
+        return (o + 0.5) / scale - 0.5 if width != 1 else torch.full_like(o, -0.5)
     if mode == "align_corners":
-        return o * (in_n - 1) / (length_resized - 1) if length_resized > 1 else torch.zeros_like(o)
+        return o * (in_n - 1) / (width - 1) if width != 1 else torch.zeros_like(o)
     if mode == "asymmetric":
         return o / scale
     if mode == "half_pixel_symmetric":
-        adj = length_resized / (scale * in_n)
-        center = in_n / 2
-        offset = center * (1 - adj)
+        offset = in_n / 2 * (1 - out_n / width)
         return offset + (o + 0.5) / scale - 0.5
     raise NotImplementedError(f"Resize coordinate_transformation_mode {mode}")
 
@@ -595,54 +596,86 @@ def _cubic_weights(t: torch.Tensor, a: float) -> torch.Tensor:
 
 
 def resize(x: torch.Tensor, scales: torch.Tensor | None, sizes: IntsLike | None, mode: str,
-           coord: str, nearest_mode: str, cubic_coeff_a: float, exclude_outside: int) -> torch.Tensor:
+           coord: str, nearest_mode: str, cubic_coeff_a: float, exclude_outside: int,
+           roi: torch.Tensor | None = None, axes: list[int] | None = None, policy: str = "stretch",
+           extrapolation: float = 0.0) -> torch.Tensor:
     """ONNX Resize, axis by axis (separable): gather the source pixels each output reads and
     blend them with nearest / linear / cubic weights, following the coordinate mode."""
-    if coord == "tf_crop_and_resize":
-        raise NotImplementedError("Resize coordinate_transformation_mode tf_crop_and_resize")
     r = x.dim()
+    ax = [a % r for a in axes] if axes else list(range(r))
     if sizes is not None and len(ints(sizes)):
-        out_size = ints(sizes)
-        scl = [o / n for o, n in zip(out_size, x.shape, strict=True)]
+        want = list(x.shape)
+        for a, v in zip(ax, ints(sizes), strict=True):
+            want[a] = v
+        scl = [o / n for o, n in zip(want, x.shape, strict=True)]
+        out_size = want
+        if policy != "stretch":
+            pick = min if policy == "not_larger" else max
+            sc = pick(scl[a] for a in ax)
+            scl = [sc if i in ax else 1.0 for i in range(r)]
+            out_size = [int(sc * x.shape[i] + 0.5) if i in ax else x.shape[i] for i in range(r)]
     else:
-        scl = [float(s) for s in scales.reshape(-1).tolist()]  # type: ignore[union-attr]
+        given = [float(v) for v in scales.reshape(-1).tolist()]  # type: ignore[union-attr]
+        scl = [1.0] * r
+        for a, v in zip(ax, given, strict=True):
+            scl[a] = v
         out_size = [int(math.floor(n * s)) for n, s in zip(x.shape, scl, strict=True)]
+    roi_full = None
+    if coord == "tf_crop_and_resize":
+        rv = [float(v) for v in roi.reshape(-1).tolist()] if roi is not None and roi.numel() else []
+        roi_full = [0.0] * r + [1.0] * r
+        for i, a in enumerate(ax):
+            if rv:
+                roi_full[a], roi_full[r + a] = rv[i], rv[len(ax) + i]
     orig = x.dtype
     y = x.double() if mode != "nearest" else x
-    for ax in range(r):
-        n, on, sc = x.shape[ax], out_size[ax], scl[ax]
-        if on == n and sc == 1.0:
+    for a in range(r):
+        n, on, sc = x.shape[a], out_size[a], scl[a]
+        if on == n and sc == 1.0 and roi_full is None:
             continue
-        c = _src_coords(on, n, sc, coord, on)
+        if roi_full is not None:
+            lo, hi = roi_full[a], roi_full[r + a]
+            width = sc * n
+            o = torch.arange(on, dtype=torch.float64)
+            c = (o * (hi - lo) * (n - 1) / (width - 1) if width != 1 else torch.full_like(o, (hi - lo) * (n - 1) / 2)) \
+                + lo * (n - 1)
+            outside = (c < 0) | (c > n - 1)
+        else:
+            c = _src_coords(on, n, sc, coord)
+            outside = None
         if mode == "nearest":
             idx = _nearest(c, nearest_mode).long().clamp(0, n - 1)
-            y = torch.index_select(y, ax, idx)
-            continue
-        if mode == "linear":
-            c = c.clamp(0, n - 1)
-            lo = torch.floor(c).long().clamp(0, n - 1)
-            hi = (lo + 1).clamp(max=n - 1)
-            t = (c - lo).to(torch.float64)
-            idx = torch.stack([lo, hi], -1)
-            w = torch.stack([1 - t, t], -1)
-        elif mode == "cubic":
-            base = torch.floor(c)
-            t = c - base
-            idx = base.long().unsqueeze(-1) + torch.arange(-1, 3)
-            w = _cubic_weights(t, cubic_coeff_a)
-            if exclude_outside:
-                w = w * ((idx >= 0) & (idx < n))
-                w = w / w.sum(-1, keepdim=True)
-            idx = idx.clamp(0, n - 1)
+            y = torch.index_select(y, a, idx)
         else:
-            raise NotImplementedError(f"Resize mode {mode}")
-        g = torch.index_select(y, ax, idx.reshape(-1))
-        shp = list(y.shape)
-        shp[ax:ax + 1] = [on, idx.shape[-1]]
-        g = g.reshape(shp)
-        wshape = [1] * len(shp)
-        wshape[ax], wshape[ax + 1] = on, idx.shape[-1]
-        y = (g * w.reshape(wshape)).sum(ax + 1)
+            if mode == "linear":
+                cc = c.clamp(0, n - 1)
+                lo_i = torch.floor(cc).long().clamp(0, n - 1)
+                hi_i = (lo_i + 1).clamp(max=n - 1)
+                t = cc - lo_i
+                idx = torch.stack([lo_i, hi_i], -1)
+                w = torch.stack([1 - t, t], -1)
+            elif mode == "cubic":
+                base = torch.floor(c)
+                t = c - base
+                idx = base.long().unsqueeze(-1) + torch.arange(-1, 3)
+                w = _cubic_weights(t, cubic_coeff_a)
+                if exclude_outside:
+                    w = w * ((idx >= 0) & (idx < n))
+                    w = w / w.sum(-1, keepdim=True)
+                idx = idx.clamp(0, n - 1)
+            else:
+                raise NotImplementedError(f"Resize mode {mode}")
+            g = torch.index_select(y, a, idx.reshape(-1))
+            shp = list(y.shape)
+            shp[a:a + 1] = [on, idx.shape[-1]]
+            g = g.reshape(shp)
+            wshape = [1] * len(shp)
+            wshape[a], wshape[a + 1] = on, idx.shape[-1]
+            y = (g * w.reshape(wshape)).sum(a + 1)
+        if outside is not None and bool(outside.any()):
+            mshape = [1] * r
+            mshape[a] = on
+            y = torch.where(outside.reshape(mshape), torch.tensor(extrapolation, dtype=y.dtype), y)
     return y.to(orig) if y.dtype != orig else y
 
 
