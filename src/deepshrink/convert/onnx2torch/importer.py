@@ -266,8 +266,9 @@ def unsupported_message(node: OnnxNode) -> str:
     where = f"ONNX op '{node.op_type}'" + (f" (domain '{node.domain}')" if node.domain not in ("", "ai.onnx") else "")
     msg = f"{where} in node '{node.name or node.outputs[0]}' has no PyTorch converter"
     if node.domain.startswith("com.microsoft"):
-        return (msg + "; it is an ONNX Runtime contrib/fused op — import the model as exported, before ONNX "
-                "Runtime graph optimization, or keep it in ONNX Runtime instead")
+        return (msg + "; it is an ONNX Runtime contrib op (from ORT graph optimization, or from QOperator-format "
+                "quantization) — import the model as exported, before ORT optimization; for quantized models "
+                "use the QDQ format (quant_format=QDQ), which imports; or keep this model in ONNX Runtime")
     if node.domain not in ("", "ai.onnx"):
         return (msg + f"; the importer covers the standard ai.onnx domain only — keep this model in ONNX Runtime "
                 f"or a runtime that implements '{node.domain}'")

@@ -1007,3 +1007,34 @@ def _scan(b: Builder, n: OnnxNode) -> Value:
     target = b.add_module(f"scan_{n.name or n.outputs[0]}", mod)
     out = b.call_module(target, *[b.value(i) for i in n.inputs], *[b.value(o) for o in outer])
     return tuple(b.getitem(out, i) for i in range(len(n.outputs)))
+
+
+# ------------------------------------------------------------------ integer / QLinear ops
+@converter("MatMulInteger")
+def _matmul_int(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.matmul_integer, b.value(n.inputs[0]), b.value(n.inputs[1]), _opt(b, n, 2), _opt(b, n, 3))
+
+
+@converter("QLinearMatMul")
+def _qlinear_matmul(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.qlinear_matmul, *_inputs(b, n))
+
+
+@converter("ConvInteger")
+def _conv_int(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.conv_integer, b.value(n.inputs[0]), b.value(n.inputs[1]), _opt(b, n, 2), _opt(b, n, 3),
+                  _list(n.attr("strides")), _list(n.attr("pads")), _list(n.attr("dilations")), n.attr("group", 1),
+                  n.attr("auto_pad", "NOTSET"))
+
+
+@converter("QLinearConv")
+def _qlinear_conv(b: Builder, n: OnnxNode) -> Value:
+    ins = [_opt(b, n, i) for i in range(9)]
+    return b.call(rt.qlinear_conv, *ins, _list(n.attr("strides")), _list(n.attr("pads")), _list(n.attr("dilations")),
+                  n.attr("group", 1), n.attr("auto_pad", "NOTSET"))
+
+
+@converter("DynamicQuantizeLinear")
+def _dyn_q(b: Builder, n: OnnxNode) -> Value:
+    out = b.call(rt.dynamic_quantize_linear, b.value(n.inputs[0]))
+    return tuple(b.getitem(out, i) for i in range(3))

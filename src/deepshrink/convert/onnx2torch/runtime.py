@@ -1295,3 +1295,68 @@ class ScanModule(torch.nn.Module):
             ax = self.out_axes[k] if k < len(self.out_axes) else 0
             stacked.append(torch.movedim(y, 0, ax % y.dim()))
         return (*states, *stacked)
+
+
+# -- integer / QLinear ops, emulated exactly in int64 / float64 ------------------------------
+def _per_axis(v: torch.Tensor, rank: int, axis: int) -> torch.Tensor:
+    if v.numel() == 1:
+        return v.reshape(())
+    shp = [1] * rank
+    shp[axis] = -1
+    return v.reshape(shp)
+
+
+def _requant(acc: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    lo, hi = _Q_RANGE[like.dtype]
+    q = torch.round(acc) + zero.to(torch.float64)
+    return q.clamp(lo, hi).to(like.dtype)
+
+
+def matmul_integer(a: torch.Tensor, b: torch.Tensor, za: torch.Tensor | None, zb: torch.Tensor | None) -> torch.Tensor:
+    ai = a.to(torch.int64) - (za.to(torch.int64).reshape(-1, 1) if za is not None and za.numel() > 1 else
+                              (za.to(torch.int64) if za is not None else 0))
+    bi = b.to(torch.int64) - (zb.to(torch.int64) if zb is not None else 0)
+    return torch.matmul(ai.double(), bi.double()).round().to(torch.int32)
+
+
+def qlinear_matmul(a: torch.Tensor, sa: torch.Tensor, za: torch.Tensor, b: torch.Tensor, sb: torch.Tensor,
+                   zb: torch.Tensor, sy: torch.Tensor, zy: torch.Tensor) -> torch.Tensor:
+    af = (a.to(torch.float64) - za.to(torch.float64)) * sa.to(torch.float64)
+    zb_ = zb.to(torch.float64)
+    sb_ = sb.to(torch.float64)
+    if sb.numel() > 1:  # per-column
+        zb_, sb_ = zb_.reshape(1, -1), sb_.reshape(1, -1)
+    bf = (b.to(torch.float64) - zb_) * sb_
+    return _requant(torch.matmul(af, bf) / sy.to(torch.float64), sy, zy, zy)
+
+
+def conv_integer(x: torch.Tensor, w: torch.Tensor, zx: torch.Tensor | None, zw: torch.Tensor | None,
+                 strides: list[int] | None, pads: list[int] | None, dilations: list[int] | None, group: int,
+                 auto_pad: str) -> torch.Tensor:
+    xf = x.to(torch.float64) - (zx.to(torch.float64) if zx is not None else 0.0)
+    wz = _per_axis(zw.to(torch.float64), w.dim(), 0) if zw is not None else 0.0
+    wf = w.to(torch.float64) - wz
+    return conv(xf, wf, None, strides, pads, dilations, group, auto_pad).round().to(torch.int32)
+
+
+def qlinear_conv(x: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, w: torch.Tensor, sw: torch.Tensor,
+                 zw: torch.Tensor, sy: torch.Tensor, zy: torch.Tensor, bias: torch.Tensor | None,
+                 strides: list[int] | None, pads: list[int] | None, dilations: list[int] | None, group: int,
+                 auto_pad: str) -> torch.Tensor:
+    xf = (x.to(torch.float64) - zx.to(torch.float64)) * sx.to(torch.float64)
+    wf = (w.to(torch.float64) - _per_axis(zw.to(torch.float64), w.dim(), 0)) * _per_axis(sw.to(torch.float64), w.dim(), 0)
+    bf = None
+    if bias is not None:
+        bf = bias.to(torch.float64) * sx.to(torch.float64) * sw.to(torch.float64).reshape(-1)
+    y = conv(xf, wf, bf, strides, pads, dilations, group, auto_pad)
+    return _requant(y / sy.to(torch.float64), sy, zy, zy)
+
+
+def dynamic_quantize_linear(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    xf = x.to(torch.float32)
+    lo = torch.clamp(xf.min(), max=0.0)
+    hi = torch.clamp(xf.max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    zero = torch.clamp(torch.round(-lo / scale), 0, 255) if float(scale) != 0 else torch.tensor(0.0)
+    q = torch.clamp(torch.round(xf / scale) + zero, 0, 255) if float(scale) != 0 else torch.clamp(zero + 0 * xf, 0, 255)
+    return q.to(torch.uint8), scale.to(torch.float32), zero.to(torch.uint8)
