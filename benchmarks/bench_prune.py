@@ -181,6 +181,7 @@ def digits_cnn_section(seeds: int = 5, epochs: int = 10, lr: float = 2e-3) -> No
     from deepshrink.examples import digits_data, trained_digits_cnn
     from deepshrink.train import Trainer, accuracy_of
 
+    torch.set_num_threads(1)  # accuracy only: small models train faster on one thread of a shared machine
     d = digits_data()
     ex = torch.from_numpy(d.x_train[:2])
     rows, acc = [], {"fp32": [], "deepshrink": [], "torch-pruning": [], "deepshrink (no fine-tune)": [],
@@ -215,6 +216,7 @@ def mlp_section(seeds: int = 5) -> None:
     from deepshrink.prune import GradualPruneConfig, MagnitudePruneConfig
     from deepshrink.train import accuracy_of
 
+    torch.set_num_threads(1)  # accuracy only
     d = digits_data().flat()
     tr = (d.x_train, d.y_train)
     runs = {
