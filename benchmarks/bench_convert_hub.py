@@ -106,8 +106,31 @@ def main() -> None:
             route_rows.append([name, label, f"{p.max_abs:.1e}", judged, "yes" if p.ok else "NO", f"{secs:.1f} s",
                                f"{size / 1024:.0f} KiB", f"{acc:.4f}", f"{(acc - src_acc) * 100:+.2f}"])
             if "int8" in out:
-                int8_rows.append([name, f"{src_acc:.4f}", f"{acc:.4f}", f"{(src_acc - acc) * 100:.2f}",
+                int8_rows.append([name + " — deepshrink TFLite int8", f"{src_acc:.4f}", f"{acc:.4f}", f"{(src_acc - acc) * 100:.2f}",
                                   f"{p.outputs[0].top1:.4f}"])
+        # peer for int8: ONNX Runtime's static QDQ quantization of the same ONNX, same calibration data
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+        calib = (d.flat() if tag == "mlp" else d).x_val
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.it = iter([{"x": calib[i:i + 1]} for i in range(200)])
+
+            def get_next(self):  # noqa: ANN202
+                return next(self.it, None)
+
+        qdq = work / f"{tag}.qdq.onnx"
+        quantize_static(str(work / f"{tag}.onnx"), str(qdq), Reader(), quant_format=QuantFormat.QDQ)
+        qsess = make_session(str(qdq), threads=THREADS)
+        runs["ORT int8 QDQ (peer quantizer)"] = lambda f, s=qsess: run_onnx(s, f)
+        acc_q = accuracy(runs["ORT int8 QDQ (peer quantizer)"], x_test, d.y_test)
+        int8_rows.append([name + " — ORT quantize_static QDQ (peer)", f"{src_acc:.4f}", f"{acc_q:.4f}",
+                          f"{(src_acc - acc_q) * 100:.2f}", "—"])
+        imported_q = onnx_to_torch(qdq)
+        acc_iq = accuracy(torch_run(imported_q), x_test, d.y_test)
+        route_rows.append([name, "ORT-quantized QDQ ONNX → PyTorch (our importer)", "—", "—", "—", "—",
+                           f"{qdq.stat().st_size / 1024:.0f} KiB", f"{acc_iq:.4f}", f"{(acc_iq - src_acc) * 100:+.2f}"])
         runs["PyTorch, original module"] = torch_run(model)
         feed = {"x": x_test[:1]}
         stats = measure_latency({k: (lambda r=r, f=feed: r(f)) for k, r in runs.items()}, warmup=20, repeats=300,
