@@ -114,8 +114,8 @@ def main() -> None:
         calib = (d.flat() if tag == "mlp" else d).x_val
 
         class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.it = iter([{"x": calib[i:i + 1]} for i in range(200)])
+            def __init__(self, data: np.ndarray = calib) -> None:
+                self.it = iter([{"x": data[i:i + 1]} for i in range(200)])
 
             def get_next(self):  # noqa: ANN202
                 return next(self.it, None)
