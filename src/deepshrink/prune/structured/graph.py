@@ -76,6 +76,9 @@ class Group:
 
     @property
     def name(self) -> str:
+        heads = [m.module for m in self.members if m.role == "heads"]
+        if heads:
+            return heads[0]
         outs = [m.module for m in self.members if m.role == "out"]
         return outs[0] if outs else (self.members[0].module if self.members else f"group{self.id}")
 
