@@ -57,6 +57,8 @@ def test_prepare_replaces_layers_and_respects_exclude() -> None:
     assert isinstance(q.fc1, FakeQuantLinear) and isinstance(q.fc2, FakeQuantLinear)
     assert type(q.fc3) is nn.Linear and type(m.fc1) is nn.Linear  # original untouched (a copy)
     assert set(quant_layers(q)) == {"fc1", "fc2"}
+    pt = prepare_qat(m, weight_bits=4, weight_per_channel=False)
+    assert pt.fc1.weight_fq.scale.shape == () and q.fc1.weight_fq.scale.shape == (300,)
     with pytest.raises(InputError, match="exclude pattern 'fc9' matches no layer"):
         prepare_qat(m, exclude=["fc9"])
     with pytest.raises(InputError, match="weight_bits: bits must be an integer from 2 to 8"):

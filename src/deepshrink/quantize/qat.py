@@ -166,7 +166,7 @@ class FakeQuantConv2d(nn.Conv2d, _QuantMixin):
 
 
 def _wrap(mod: nn.Module, name: str, weight_bits: int, act_bits: int | None, weight_observer: str,
-          act_observer: str, act_symmetric: bool, learn_scales: bool) -> nn.Module:
+          act_observer: str, act_symmetric: bool, learn_scales: bool, per_channel: bool = True) -> nn.Module:
     new: nn.Module
     if isinstance(mod, nn.Linear):
         new = FakeQuantLinear.__new__(FakeQuantLinear)
@@ -176,7 +176,8 @@ def _wrap(mod: nn.Module, name: str, weight_bits: int, act_bits: int | None, wei
     new._parameters = dict(mod._parameters)
     new._buffers = dict(mod._buffers)
     new._modules = dict(mod._modules)
-    wfq = FakeQuant(weight_bits, symmetric=True, axis=0, observer=weight_observer, learn_scale=learn_scales,
+    wfq = FakeQuant(weight_bits, symmetric=True, axis=0 if per_channel else None, observer=weight_observer,
+                    learn_scale=learn_scales,
                     name=f"{name}.weight")
     wfq.init_from(mod.weight)
     new.weight_fq = wfq
@@ -228,7 +229,8 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def prepare_qat(model: nn.Module, *, weight_bits: int = 4, act_bits: int | None = 8, exclude: Sequence[str] = (),
                 weight_observer: str = "mse", act_observer: str = "minmax", act_symmetric: bool = False,
-                fold_bn: bool = True, learn_scales: bool = True, inplace: bool = False) -> nn.Module:
+                fold_bn: bool = True, learn_scales: bool = True, weight_per_channel: bool = True,
+                inplace: bool = False) -> nn.Module:
     """Return the model (a copy unless ``inplace``) with fake-quant Linear/Conv2d layers.
 
     ``exclude``: fnmatch patterns on module names (``"fc"``, ``"blocks.*.mlp.fc2"``); a
@@ -251,7 +253,7 @@ def prepare_qat(model: nn.Module, *, weight_bits: int = 4, act_bits: int | None 
         if isinstance(mod, (FakeQuantLinear, FakeQuantConv2d)):
             continue
         _set_submodule(work, name, _wrap(mod, name, weight_bits, act_bits, weight_observer, act_observer,
-                                         act_symmetric, learn_scales))
+                                         act_symmetric, learn_scales, weight_per_channel))
     return work
 
 
@@ -301,10 +303,11 @@ def calibrate(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
 
 def simulate_ptq(model: nn.Module, calib_batches: Iterable[Any], *, weight_bits: int = 8, act_bits: int | None = 8,
                  observer: str = "minmax", weight_observer: str = "mse", exclude: Sequence[str] = (),
-                 fold_bn: bool = True) -> nn.Module:
+                 fold_bn: bool = True, weight_per_channel: bool = True) -> nn.Module:
     """Post-training fake quantization: prepare (a copy), calibrate activations, no training."""
     prepared = prepare_qat(model, weight_bits=weight_bits, act_bits=act_bits, exclude=exclude,
-                           weight_observer=weight_observer, act_observer=observer, fold_bn=fold_bn)
+                           weight_observer=weight_observer, act_observer=observer, fold_bn=fold_bn,
+                           weight_per_channel=weight_per_channel)
     return calibrate(prepared, calib_batches).eval()
 
 
