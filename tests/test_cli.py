@@ -117,3 +117,8 @@ def test_demo_runs_offline_as_a_subprocess(tmp_path):
     rows = summary["bench"]["rows"]
     assert rows[0]["accuracy"] > 0.97 and abs(rows[1]["accuracy"] - rows[0]["accuracy"]) < 1e-9  # 0.992 seen
     assert (tmp_path / "demo" / "digits_cnn.onnx").is_file()
+    names = [r["name"] for r in rows]
+    assert names == ["PyTorch fp32", "ONNX fp32", "ONNX pruned 50%", "ONNX pruned + int8"]
+    assert rows[0]["params"] > 3.5 * rows[2]["params"]  # the caller's model is untouched: 38,122 vs 9,772
+    assert rows[3]["accuracy"] > rows[0]["accuracy"] - 0.03  # 0.984 vs 0.992 seen
+    assert rows[3]["size_bytes"] < 0.25 * rows[1]["size_bytes"]  # 27.8 KB vs 162.6 KB seen

@@ -7,6 +7,7 @@ capabilities are installed — compresses it and measures the result the same wa
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def run_demo(out: Path, console: Any = None) -> dict[str, Any]:
         say(parity.summary(), highlight=False, markup=False)
     models: list[Any] = [handle, out / "digits_cnn.onnx"]
     names = ["PyTorch fp32", "ONNX fp32"]
-    extra = _compress_steps(out, result.handle, say)
+    extra = _compress_steps(out, handle, say)
     for name, path in extra:
         models.append(path)
         names.append(name)
@@ -53,6 +54,27 @@ def run_demo(out: Path, console: Any = None) -> dict[str, Any]:
     return {"out": str(out.resolve()), "parity": parity.to_dict() if parity else None, "bench": res.to_dict()}
 
 
-def _compress_steps(out: Path, onnx_handle: Any, say: Any) -> list[tuple[str, Path]]:
-    """Compression steps that later capabilities add to the demo (skipped when absent)."""
-    return []
+def _compress_steps(out: Path, torch_handle: Any, say: Any) -> list[tuple[str, Path]]:
+    """Prune half the channels (with a short fine-tune), then quantize to static int8."""
+    steps: list[tuple[str, Path]] = []
+    try:
+        from .prune import StructuredPruneConfig, prune
+        from .quantize import Int8StaticConfig, quantize
+        from .quantize.api import save_quantized
+    except ImportError:  # a capability not installed in this build
+        return steps
+    from .convert import convert
+    from .core.data import load_data
+
+    say("[bold]3.[/] structured pruning: 50% of the channels removed (L2 importance), 5 epochs of fine-tuning")
+    train = load_data("digits:train", torch_handle)
+    pruned = prune(torch_handle.with_model(copy.deepcopy(torch_handle.model)), StructuredPruneConfig(ratio=0.5, finetune_epochs=5), data=train, progress=say is not None)
+    pruned_path = out / "digits_cnn.pruned.onnx"
+    convert(pruned, pruned_path)
+    steps.append(("ONNX pruned 50%", pruned_path))
+    say("[bold]4.[/] static int8 quantization of the pruned model, calibrated on the validation split")
+    q = quantize(str(pruned_path), Int8StaticConfig(), data="digits:val")
+    q_path = out / "digits_cnn.pruned.int8.onnx"
+    save_quantized(q, q_path)
+    steps.append(("ONNX pruned + int8", q_path))
+    return steps
