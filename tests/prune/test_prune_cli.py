@@ -140,3 +140,22 @@ def test_nan_weights_and_existing_output(weights, tmp_path, capsys):
     assert run_app(["prune", CNN, "-w", weights["cnn"], "-o", str(s_out), "--method", "structured",
                     "--sparsity", "0.5"]) == 2
     assert ".pt2 or .onnx" in _err(capsys) and not s_out.exists()
+
+
+def test_pt2_input_one_shot_and_refusals(tmp_path, capsys):
+    from deepshrink.loading import load, save
+
+    src = tmp_path / "mlp.pt2"
+    save(load(trained_digits_mlp(0), input_shapes={"x": (2, 1, 8, 8)}), src)
+    out = tmp_path / "mlp.sparse.pt2"
+    rc = run_app(["prune", str(src), "-o", str(out), "--sparsity", "0.9", "--scope", "global", "--data", "digits:val",
+                  "--repeats", "2", "--json"])
+    assert rc == 0, _err(capsys)
+    capsys.readouterr()
+    w = [p for p in load(out).model.parameters() if p.dim() >= 2]
+    assert sum(int((p == 0).sum()) for p in w) / sum(p.numel() for p in w) == pytest.approx(0.9, abs=1e-4)
+    for extra, message in ((["--method", "structured", "--sparsity", "0.5"], "package.module:factory"),
+                           (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1"], ".pt2")):
+        bad = tmp_path / "bad.pt2"
+        assert run_app(["prune", str(src), "-o", str(bad), *extra]) == 2
+        assert message in _err(capsys) and not bad.exists()

@@ -23,6 +23,7 @@ from ..core.config import handler_for, register
 from ..core.handle import ModelHandle
 from ..errors import InputError, UnsupportedError
 from ._common import (
+    WEIGHTED,
     as_train_data,
     check_finite,
     count_params,
@@ -100,9 +101,20 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
     return pruned, report
 
 
+def _mode_switchable(module: nn.Module) -> bool:
+    """Graphs loaded from ``.pt2`` refuse ``train()``/``eval()``."""
+    try:
+        module.train(module.training)
+        return True
+    except NotImplementedError:
+        return False
+
+
 def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source: str) -> None:
     was = module.training
-    module.eval()
+    switch = _mode_switchable(module)
+    if switch:
+        module.eval()
     try:
         with torch.no_grad():
             module(*inputs)
@@ -111,20 +123,25 @@ def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source
         raise InputError(f"data {source} (inputs {shapes}) does not fit the model: "
                          f"{str(exc).strip().splitlines()[0][:200]}") from None
     finally:
-        module.train(was)
+        if switch:
+            module.train(was)
 
 
 def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_size: int, seed: int, progress: bool,
               callbacks: list[Any] | None = None, what: str, lr_schedule: str = "constant") -> None:
     from ..train import Trainer
+    from .unstructured import HoldMasks
 
     train = as_train_data(data, what=what)
+    if not _mode_switchable(module):
+        raise UnsupportedError(f"{what} of a model loaded from .pt2 is not possible (torch.export graphs cannot switch "
+                               "to training mode); pass package.module:factory with --weights, or prune one-shot")
     labels = np.asarray(train[-1])
     if labels.dtype.kind not in "iu":
         raise InputError(f"{what}: labels must be integer class ids (got {labels.dtype})")
     try:
         Trainer(module, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
-                callbacks=callbacks or [], lr_schedule=lr_schedule).fit(train)
+                callbacks=[*(callbacks or []), HoldMasks(module)], lr_schedule=lr_schedule).fit(train)
     except (RuntimeError, IndexError) as exc:
         raise InputError(f"{what} failed on the data: {str(exc).strip().splitlines()[0][:200]}") from None
 
@@ -199,6 +216,9 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     from .structured import structured_prune
 
     before, sp0 = count_params(module), sparsity_of(module)
+    if isinstance(module, torch.fx.GraphModule) and not any(isinstance(m, WEIGHTED) for m in module.modules()):
+        raise UnsupportedError("structured pruning needs the model's Python modules: pass package.module:factory "
+                               "with --weights (a .pt2 archive holds a traced graph with fixed shapes)")
     protected = protected_names(module, config.protect)
     if config.finetune_epochs:
         as_train_data(data, what="fine-tuning")

@@ -42,9 +42,18 @@ def protected_names(model: nn.Module, patterns: Iterable[str]) -> set[str]:
 
 
 def weighted_layers(model: nn.Module, protect: Iterable[str] = ()) -> dict[str, nn.Module]:
-    """Linear/Conv layers that unstructured pruning touches, minus the protected ones."""
+    """Linear/Conv layers that unstructured pruning touches, minus the protected ones.
+
+    A model loaded from a ``.pt2`` archive has no Linear/Conv modules, only plain modules
+    holding the parameters its graph reads; then every module with a ``weight`` parameter of
+    two or more dimensions is taken (BatchNorm/LayerNorm scales are 1-D and stay).
+    """
     skip = protected_names(model, protect)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, WEIGHTED) and n not in skip}
+    if not layers and not any(isinstance(m, WEIGHTED) for m in model.modules()):
+        layers = {n: m for n, m in model.named_modules()
+                  if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.dim() >= 2 and n not in skip
+                  and not isinstance(m, nn.Embedding)}
     if not layers:
         raise InputError("the model has no Linear/Conv layer left to prune")
     return layers
@@ -83,10 +92,13 @@ def count_params(model: nn.Module) -> int:
 
 
 def sparsity_of(model: nn.Module) -> float:
-    """Fraction of exactly-zero weights over all Linear/Conv weights."""
+    """Fraction of exactly-zero weights over all Linear/Conv weights (any 2-D+ ``weight`` in a
+    model without Linear/Conv modules, e.g. one loaded from ``.pt2``)."""
     total = zeros = 0
+    generic = not any(isinstance(m, WEIGHTED) for m in model.modules())
     for m in model.modules():
-        if isinstance(m, WEIGHTED):
+        w = getattr(m, "weight", None)
+        if isinstance(m, WEIGHTED) or (generic and isinstance(w, torch.Tensor) and w.dim() >= 2):
             w = m.weight.detach()
             total += w.numel()
             zeros += int((w == 0).sum())

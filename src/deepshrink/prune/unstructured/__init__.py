@@ -7,6 +7,7 @@ zero through fine-tuning) and removed at the end, so the result is a plain modul
 
 from .magnitude import (
     GradualPruneCallback,
+    HoldMasks,
     apply_masks,
     cubic_sparsity,
     magnitude_masks,
@@ -14,4 +15,4 @@ from .magnitude import (
     remove_masks,
 )
 
-__all__ = ["GradualPruneCallback", "apply_masks", "cubic_sparsity", "magnitude_masks", "nm_masks", "remove_masks"]
+__all__ = ["GradualPruneCallback", "HoldMasks", "apply_masks", "cubic_sparsity", "magnitude_masks", "nm_masks", "remove_masks"]

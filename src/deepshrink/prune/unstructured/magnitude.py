@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from ...train import Callback, Trainer
+from .._common import WEIGHTED
 
 
 def _effective(m: nn.Module) -> torch.Tensor:
@@ -76,10 +77,23 @@ def nm_masks(layers: dict[str, nn.Module], n: int = 2, m: int = 4) -> dict[str, 
     return out
 
 
+_DIRECT = "_deepshrink_mask"
+
+
 def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
-    """Attach (or update) a ``weight_mask`` reparametrisation on each layer."""
+    """Attach (or update) a ``weight_mask`` reparametrisation on each layer.
+
+    Modules that are never *called* (the parameter holders of a ``.pt2`` graph, whose graph
+    reads ``weight`` directly) cannot use torch's forward-pre-hook reparametrisation; their
+    weights are zeroed in place and :class:`HoldMasks` re-zeroes them after every step.
+    """
     for name, mask in masks.items():
         layer = layers[name]
+        if not isinstance(layer, WEIGHTED):
+            with torch.no_grad():
+                layer.weight.mul_(mask.to(layer.weight.dtype))
+            setattr(layer, _DIRECT, mask.to(layer.weight.dtype))
+            continue
         if tprune.is_pruned(layer) and hasattr(layer, "weight_mask"):
             layer.weight_mask.copy_(mask.to(layer.weight_mask.dtype))
             layer.weight = layer.weight_orig * layer.weight_mask  # refresh outside forward too
@@ -92,6 +106,24 @@ def remove_masks(model: nn.Module) -> None:
     for m in model.modules():
         if hasattr(m, "weight_mask") and hasattr(m, "weight_orig"):
             tprune.remove(m, "weight")
+        if hasattr(m, _DIRECT):
+            with torch.no_grad():
+                m.weight.mul_(getattr(m, _DIRECT))
+            delattr(m, _DIRECT)
+
+
+class HoldMasks(Callback):
+    """Re-zero directly-masked weights after each optimizer step (see :func:`apply_masks`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def on_step_end(self, trainer: Trainer, loss: float) -> None:
+        with torch.no_grad():
+            for m in self.model.modules():
+                mask = getattr(m, _DIRECT, None)
+                if mask is not None:
+                    m.weight.mul_(mask)
 
 
 def cubic_sparsity(step: int, *, initial: float, final: float, begin: int, end: int) -> float:
