@@ -469,7 +469,7 @@ def _cat(node: fx.Node, shape: tuple[int, ...], env: dict[fx.Node, Layout | None
         parts.append((s, lo))
     if all(lo is None for _, lo in parts):
         return None
-    if all(lo is not None and lo.dim == dim for _, lo in parts) or any(lo is not None and lo.dim == dim for _, lo in parts):
+    if any(lo is not None and lo.dim == dim for _, lo in parts):
         segs: list[Seg] = []
         for s, lo in parts:
             if lo is not None and lo.dim == dim:
