@@ -228,3 +228,22 @@ def test_minilm_heads_and_ffn():
     with torch.no_grad():
         cos_act = nn.functional.cosine_similarity(model(*x), act(*x)).mean()
     assert cos_act > cos + 0.03  # 0.76 vs 0.67 seen (calibrated and evaluated on the same 8 sentences)
+
+
+def test_round_to_and_concat_with_untracked_input():
+    class CatInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 20, 3, padding=1), nn.Conv2d(23, 12, 1), nn.Linear(12, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.cat([x, torch.relu(self.a(x))], dim=1)  # the raw input's 3 channels cannot be pruned
+            return self.c(self.b(y).mean((2, 3)))
+
+    torch.manual_seed(1)
+    m = CatInput().eval()
+    x = (_x(10, (2, 3, 5, 5)),)
+    pruned, diff = _exact(m, StructuredPruneConfig(ratio=0.7, round_to=4), x)
+    assert diff < 1e-5
+    assert pruned.a.out_channels == 8 and pruned.b.in_channels == 3 + 8  # 20 - 14 = 6, rounded up to 8
+    assert pruned.b.out_channels == 4 and pruned.c.in_features == 4  # 12 - 8 = 4
