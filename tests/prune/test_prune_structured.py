@@ -247,3 +247,28 @@ def test_round_to_and_concat_with_untracked_input():
     assert diff < 1e-5
     assert pruned.a.out_channels == 8 and pruned.b.in_channels == 3 + 8  # 20 - 14 = 6, rounded up to 8
     assert pruned.b.out_channels == 4 and pruned.c.in_features == 4  # 12 - 8 = 4
+
+
+def test_se_and_residual_on_a_concat_split_channel_sets():
+    class SEOnConcat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 6, 3, padding=1)
+            self.se, self.r = nn.Conv2d(14, 14, 1), nn.Conv2d(3, 14, 1)
+            self.c, self.fc = nn.Conv2d(14, 5, 1), nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.cat([self.a(x), self.b(x)], 1)
+            y = y * torch.sigmoid(self.se(y.mean((2, 3), keepdim=True)))  # 14 channels meet an 8+6 concat
+            y = y + self.r(x)
+            return self.fc(self.c(y).mean((2, 3)))
+
+    torch.manual_seed(2)
+    m = SEOnConcat().eval()
+    x = (_x(11, (2, 3, 5, 5)),)
+    graph = build_graph(m, x)
+    assert not graph.warnings and len(graph.prunable()) == 3  # the 14-channel sets were cut at 8
+    pruned, diff = _exact(m, StructuredPruneConfig(ratio=0.5), x)
+    assert diff < 1e-5  # 0.0 seen
+    assert (pruned.a.out_channels, pruned.b.out_channels) == (4, 3)
+    assert pruned.se.in_channels == pruned.se.out_channels == pruned.r.out_channels == pruned.c.in_channels == 7

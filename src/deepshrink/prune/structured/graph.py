@@ -27,6 +27,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
@@ -128,6 +129,7 @@ class _Analysis:
         self.kinds: dict[int, str] = {}
         self.warnings: list[str] = []
         self.calls: dict[str, int] = {}
+        self.split_into: dict[int, tuple[int, int]] = {}  # a root split in two (see `split`)
 
     # -- union-find over channel sets -----------------------------------------------------
     def new_set(self, size: int, kind: str = "channel") -> int:
@@ -161,6 +163,34 @@ class _Analysis:
             if reason not in self.blocked[r]:
                 self.blocked[r].append(reason)
 
+    def resolve(self, layout: Layout) -> Layout:
+        """The layout with every split set replaced by its parts."""
+        segs: list[Seg] = []
+        stack = list(reversed(layout.segs))
+        while stack:
+            seg = stack.pop()
+            r = self.find(seg.set_id)
+            if r in self.split_into:
+                a, b = self.split_into[r]
+                stack += [Seg(b, self.sizes[b], seg.repeat), Seg(a, self.sizes[a], seg.repeat)]
+            else:
+                segs.append(Seg(r, self.sizes[r], seg.repeat))
+        return Layout(layout.dim, tuple(segs))
+
+    def split(self, sid: int, k: int) -> None:
+        """Cut a channel set into its first ``k`` channels and the rest, rewriting its members'
+        offsets (used when an elementwise op meets a concat on the other side)."""
+        r = self.find(sid)
+        n = self.sizes[r]
+        a, b = self.new_set(k, self.kinds[r]), self.new_set(n - k, self.kinds[r])
+        for m in self.members[r]:
+            self.members[a].append(Member(m.module, m.role, m.offset, m.repeat))
+            self.members[b].append(Member(m.module, m.role, m.offset + k * m.repeat, m.repeat))
+        self.blocked[a] = list(self.blocked[r])
+        self.blocked[b] = list(self.blocked[r])
+        self.members[r] = []
+        self.split_into[r] = (a, b)
+
     def add_member(self, sid: int, member: Member) -> None:
         self.members[self.find(sid)].append(member)
 
@@ -172,7 +202,7 @@ class _Analysis:
 
     # -- groups ------------------------------------------------------------------------------
     def groups(self) -> list[Group]:
-        roots = sorted({self.find(s) for s in self.parent})
+        roots = sorted({self.find(s) for s in self.parent} - set(self.split_into))
         out = []
         for r in roots:
             g = Group(len(out), self.sizes[r], self.kinds[r], list(self.members[r]), list(self.blocked[r]))
@@ -288,8 +318,20 @@ def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | Non
     return DependencyGraph(groups, ana.warnings, traced)
 
 
+class _Env(dict):
+    """Node → layout; reads resolve split sets so every consumer sees the current sets."""
+
+    def __init__(self, ana: _Analysis) -> None:
+        super().__init__()
+        self.ana = ana
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = super().get(key, default)
+        return self.ana.resolve(value) if isinstance(value, Layout) else value
+
+
 def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
-    env: dict[fx.Node, Layout | None] = {}
+    env: dict[fx.Node, Layout | None] = _Env(ana)
 
     def lay(n: Any) -> Layout | None:
         return env.get(n) if isinstance(n, fx.Node) else None
@@ -436,6 +478,9 @@ def _elementwise(node: fx.Node, shape: tuple[int, ...], ins: list[fx.Node], env:
     with_l = [lo for _, _, lo in layouts if lo is not None]
     if not with_l:
         return None
+    if len({lo.dim for lo in with_l}) == 1 and len({tuple(s.size for s in lo.segs) for lo in with_l}) > 1:
+        with_l = _refine(with_l, ana)
+        layouts = [(n, s, ana.resolve(lo) if lo is not None else None) for n, s, lo in layouts]
     ref = with_l[0]
     ok = all(lo.dim == ref.dim and [(s.size, s.repeat) for s in lo.segs] == [(s.size, s.repeat) for s in ref.segs]
              for lo in with_l)
@@ -453,6 +498,27 @@ def _elementwise(node: fx.Node, shape: tuple[int, ...], ins: list[fx.Node], env:
         for a, b in zip(ref.segs, lo.segs, strict=True):
             ana.union(a.set_id, b.set_id)
     return ref
+
+
+def _refine(layouts: list[Layout], ana: _Analysis) -> list[Layout]:
+    """Split channel sets so that all ``layouts`` share the same segment boundaries (an SE
+    multiply or residual add whose one side comes from a concat). Only for repeat-1 layouts
+    of equal total width; anything else is returned unchanged (and then blocked)."""
+    if any(s.repeat != 1 for lo in layouts for s in lo.segs):
+        return layouts
+    if len({sum(s.size for s in lo.segs) for lo in layouts}) != 1:
+        return layouts
+    cuts = sorted({c for lo in layouts for c in np.cumsum([s.size for s in lo.segs]).tolist()})
+    for lo in layouts:
+        start = 0
+        for seg in ana.resolve(lo).segs:
+            inner = [c - start for c in cuts if start < c < start + seg.size]
+            sid, done = seg.set_id, 0
+            for c in inner:
+                ana.split(sid, c - done)
+                sid, done = ana.split_into[ana.find(sid)][1], c
+            start += seg.size
+    return [ana.resolve(lo) for lo in layouts]
 
 
 def _cat(node: fx.Node, shape: tuple[int, ...], env: dict[fx.Node, Layout | None], ana: _Analysis,
