@@ -272,3 +272,11 @@ def test_se_and_residual_on_a_concat_split_channel_sets():
     assert diff < 1e-5  # 0.0 seen
     assert (pruned.a.out_channels, pruned.b.out_channels) == (4, 3)
     assert pruned.se.in_channels == pruned.se.out_channels == pruned.r.out_channels == pruned.c.in_channels == 7
+
+
+def test_public_verb_on_a_handle(cnn):
+    import deepshrink as ds
+
+    h = ds.load(copy.deepcopy(cnn), input_shapes={"x": (2, 1, 8, 8)})
+    out = ds.prune(h, StructuredPruneConfig(ratio=0.5))  # example inputs come from the handle
+    assert out.kind == "torch" and _params(out.model) == 9850  # 0.258× of 38,122

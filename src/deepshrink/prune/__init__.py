@@ -11,6 +11,8 @@ the pruned module is returned). Fine-tuning goes through the shared trainer.
 
 from __future__ import annotations
 
+import sys
+import types
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -258,3 +260,14 @@ def _ce_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     if isinstance(out, (tuple, list)):
         out = out[0]
     return nn.functional.cross_entropy(out, labels)
+
+
+class _CallableModule(types.ModuleType):
+    """Importing ``deepshrink.prune`` binds the *package* to ``deepshrink.prune``, shadowing the
+    lazy verb; making the package callable keeps ``ds.prune(model, config)`` working either way."""
+
+    def __call__(self, model: nn.Module | ModelHandle, config: PruneConfig, **kw: Any) -> nn.Module | ModelHandle:
+        return prune(model, config, **kw)
+
+
+sys.modules[__name__].__class__ = _CallableModule
