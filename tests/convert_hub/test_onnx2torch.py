@@ -68,29 +68,10 @@ def test_dynamic_batch(hub_onnx, digits_mlp):
             assert _max_abs(gm(x), digits_mlp(x)) < 1e-4  # ~1e-6 seen
 
 
-class _Block(torch.nn.Module):
-    """A pre-LN transformer block written out (attention heads via reshape/transpose)."""
-
-    def __init__(self, d: int = 32, heads: int = 4) -> None:
-        super().__init__()
-        self.h = heads
-        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
-        self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
-        self.ff1, self.ff2 = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
-        q, k, v = (z.reshape(b, t, self.h, d // self.h).transpose(1, 2) for z in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.h) ** 0.5, dim=-1)
-        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
-        return x + self.ff2(torch.nn.functional.gelu(self.ff1(self.ln2(x))))
-
-
 @pytest.mark.parametrize("opset", [13, 17])
-def test_transformer_block_parity(opset):
+def test_transformer_block_parity(opset, transformer_block_cls):
     torch.manual_seed(0)
-    block = _Block().eval()
+    block = transformer_block_cls().eval()
     x = torch.randn(2, 7, 32)
     f = io.BytesIO()
     torch.onnx.export(block, (x,), f, dynamo=False, input_names=["x"], output_names=["y"],

@@ -117,3 +117,14 @@ def test_dynamic_shape_ops_convert(tmp_path, digits):
     assert r8.hops[0].parity.ok and r8.hops[0].parity.max_abs < 0.02  # 0.0024 seen on softmax outputs
     out = make_runner(tmp_path / "n8.tflite")({"x": digits.x_test[:4]})[0]
     assert out.shape == (4, 10) and np.allclose(out.sum(1), 1.0, atol=0.02)
+
+
+def test_transformer_block_to_tflite(tmp_path, transformer_block_cls):
+    """Attention-style graphs (Shape/Gather/Reshape/Transpose/MatMul/Softmax/LayerNorm/Erf) convert in float."""
+    import torch
+
+    torch.manual_seed(0)
+    h = ds.load(transformer_block_cls().eval(), input_shapes=["x:2x7x32"])
+    ds.convert(h, tmp_path / "b.onnx", exporter="torchscript", opset=17)
+    r = ds.convert(tmp_path / "b.onnx", tmp_path / "b.tflite")
+    assert r.hops[0].parity.ok and r.hops[0].parity.max_abs < 1e-4  # ~1e-6 seen

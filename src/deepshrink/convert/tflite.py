@@ -103,7 +103,10 @@ class _TFGraph:
         for n in self.model.graph.node:
             attrs = {a.name: _attr(a) for a in n.attribute}
             ins = [env[i] if i else None for i in n.input]
-            out = _TF_OPS[n.op_type](tf, ins, attrs)
+            if n.op_type == "Split":  # the only op here whose output count is not fixed
+                out = _split(tf, ins, attrs, len(n.output))
+            else:
+                out = _TF_OPS[n.op_type](tf, ins, attrs)
             outs = out if isinstance(out, (list, tuple)) else [out]
             for name, v in zip(n.output, outs, strict=False):
                 env[name] = v
@@ -203,10 +206,15 @@ def _reshape(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
 
 def _flatten(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     x = ins[0]
+    rank = len(x.shape)
     axis = a.get("axis", 1)
-    if axis != 1:
-        raise UnsupportedError("TFLite route: Flatten with axis != 1")
-    return tf.reshape(x, [tf.shape(x)[0], -1])
+    axis = axis + rank if axis < 0 else axis  # may equal the rank: (n, 1)
+    if axis == 0:
+        return tf.reshape(x, [1, -1])
+    shape = tf.shape(x)
+    lead = tf.reduce_prod(shape[:axis])
+    rest = tf.reduce_prod(shape[axis:])  # 1 when axis == rank
+    return tf.reshape(x, tf.stack([lead, rest]))
 
 
 def _reduce(name: str) -> Callable[..., Any]:
@@ -270,6 +278,143 @@ def _cast(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     return ins[0].astype(np_dt) if _is_const(ins[0]) else tf.cast(ins[0], tf.as_dtype(np_dt))
 
 
+def _erf(tf: Any, x: Any) -> Any:
+    """erf from TFLite builtins (``tf.math.erf`` is not one): Abramowitz & Stegun 7.1.26,
+    absolute error below 1.5e-7 — far inside the 1e-4 parity tolerance."""
+    p, c = 0.3275911, (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+    ax = tf.abs(x)
+    t = 1.0 / (1.0 + p * ax)
+    poly = t * (c[0] + t * (c[1] + t * (c[2] + t * (c[3] + t * c[4]))))
+    return tf.sign(x) * (1.0 - poly * tf.exp(-ax * ax))
+
+
+def _split(tf: Any, ins: list[Any], a: dict[str, Any], n_out: int) -> Any:
+    sizes = a.get("split")
+    if sizes is None and len(ins) > 1 and ins[1] is not None:
+        if not _is_const(ins[1]):
+            raise UnsupportedError("TFLite route: Split with computed sizes")
+        sizes = [int(v) for v in ins[1]]
+    axis = a.get("axis", 0)
+    if sizes:
+        return tf.split(ins[0], [int(v) for v in sizes], axis=axis)
+    return tf.split(ins[0], a.get("num_outputs", n_out), axis=axis)
+
+
+def _div(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    x, y = ins[0], ins[1]
+    if _is_const(x) and _is_const(y):
+        return (np.trunc(x / y).astype(x.dtype) if np.asarray(x).dtype.kind in "iu" else x / y)
+    dt = (x if not _is_const(x) else _t(tf, y)).dtype
+    if dt.is_integer:  # ONNX integer Div (shape arithmetic on sizes >= 0): TFLite's FLOOR_DIV
+        q = tf.math.floordiv(tf.cast(_t(tf, x), tf.int32), tf.cast(_t(tf, y), tf.int32))  # TFLite: int32 only
+        return tf.cast(q, dt)
+    return x / y
+
+
+def _gather(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    x, idx = ins[0], ins[1]
+    axis = a.get("axis", 0)
+    if _is_const(x) and _is_const(idx):
+        return np.take(x, idx, axis=axis)
+    if _is_const(idx) and not (np.asarray(idx) < 0).any():
+        return tf.gather(_t(tf, x), idx, axis=axis)
+    # ONNX allows negative indices (from the end); TFLite's GATHER does not
+    ti = tf.cast(_t(tf, idx), tf.int64)
+    n = tf.cast(tf.shape(_t(tf, x), out_type=tf.int64)[axis], tf.int64)
+    return tf.gather(_t(tf, x), tf.where(ti < 0, ti + n, ti), axis=axis)
+
+
+def _t(tf: Any, v: Any) -> Any:
+    return tf.constant(v) if _is_const(v) else v
+
+
+def _slice(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    x = ins[0]
+    if "starts" in a:  # opset < 10
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+    else:
+        starts, ends = ins[1], ins[2]
+        axes = ins[3] if len(ins) > 3 else None
+        steps = ins[4] if len(ins) > 4 else None
+    rank = len(x.shape)
+    if not all(v is None or _is_const(v) for v in (axes, steps)):
+        raise UnsupportedError("TFLite route: Slice with computed axes/steps")
+    if not (_is_const(starts) and _is_const(ends)):  # bounds computed from shapes: strided_slice
+        n = len(axes) if axes is not None else int(_t(tf, starts).shape[0])
+        ax_c = [int(v) % rank for v in (axes if axes is not None else range(n))]
+
+        def clip32(v: Any) -> Any:
+            return tf.cast(tf.clip_by_value(tf.cast(_t(tf, v), tf.int64), -(2**31), 2**31 - 1), tf.int32)
+
+        st, en = clip32(starts), clip32(ends)
+        begin, end, stride, mask = [], [], [], 0
+        for axis in range(rank):
+            if axis in ax_c:
+                k = ax_c.index(axis)
+                begin.append(st[k])
+                end.append(en[k])
+                stride.append(int(steps[k]) if steps is not None else 1)
+            else:
+                begin.append(tf.constant(0, tf.int32))
+                end.append(tf.constant(0, tf.int32))
+                stride.append(1)
+                mask |= 1 << axis
+        return tf.strided_slice(x, tf.stack(begin), tf.stack(end), tf.constant(stride, tf.int32),
+                                begin_mask=mask, end_mask=mask)
+    ax = [int(v) % rank for v in (axes if axes is not None else range(len(starts)))]
+    idx: list[Any] = [slice(None)] * rank
+    for i, axis in enumerate(ax):
+        st = int(starts[i])
+        en = int(ends[i])
+        sp = int(steps[i]) if steps is not None else 1
+        big = 2**31 - 1
+        idx[axis] = slice(max(min(st, big), -big), max(min(en, big), -big - 1), sp)
+    return x[tuple(idx)]
+
+
+def _expand(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    x, shape = ins[0], ins[1]
+    ones = tf.ones(tf.cast(shape, tf.int32) if not _is_const(shape) else [int(d) for d in shape], dtype=_t(tf, x).dtype)
+    return _t(tf, x) * ones  # ONNX Expand broadcasts both ways, like multiplication
+
+
+def _layernorm(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    x = ins[0]
+    axis = a.get("axis", -1)
+    rank = len(x.shape)
+    axes = list(range(axis % rank, rank))
+    mean, var = tf.nn.moments(x, axes=axes, keepdims=True)
+    y = (x - mean) * tf.math.rsqrt(var + a.get("epsilon", 1e-5))
+    if len(ins) > 1 and ins[1] is not None:
+        y = y * ins[1]
+    if len(ins) > 2 and ins[2] is not None:
+        y = y + ins[2]
+    return y
+
+
+def _range(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    if all(_is_const(v) for v in ins):
+        return np.arange(ins[0], ins[1], ins[2]).astype(ins[0].dtype)
+    return tf.range(*[_t(tf, v) for v in ins])
+
+
+def _gather_elements(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    import tensorflow.experimental.numpy as tnp
+
+    return tnp.take_along_axis(_t(tf, ins[0]), _t(tf, ins[1]), axis=a.get("axis", 0))
+
+
+def _variadic(fn_name: str) -> Callable[..., Any]:
+    def f(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+        fn = getattr(tf, fn_name)
+        out = _t(tf, ins[0])
+        for v in ins[1:]:
+            out = fn(out, v)
+        return out
+
+    return f
+
+
 _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Conv": _conv,
     "MaxPool": _pool("max"),
@@ -281,7 +426,7 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Add": lambda tf, i, a: i[0] + i[1],
     "Sub": lambda tf, i, a: i[0] - i[1],
     "Mul": lambda tf, i, a: i[0] * i[1],
-    "Div": lambda tf, i, a: i[0] / i[1],
+    "Div": _div,
     "Relu": lambda tf, i, a: tf.nn.relu(i[0]),
     "LeakyRelu": lambda tf, i, a: tf.nn.leaky_relu(i[0], a.get("alpha", 0.01)),
     "Sigmoid": lambda tf, i, a: tf.sigmoid(i[0]),
@@ -291,7 +436,7 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Sqrt": lambda tf, i, a: tf.sqrt(i[0]),
     "Exp": lambda tf, i, a: tf.exp(i[0]),
     "Neg": lambda tf, i, a: -i[0],
-    "Erf": lambda tf, i, a: tf.math.erf(i[0]),
+    "Erf": lambda tf, i, a: _erf(tf, i[0]),
     "Gelu": lambda tf, i, a: tf.nn.gelu(i[0], approximate=a.get("approximate", "none") == "tanh"),
     "BatchNormalization": _batchnorm,
     "ReduceMean": _reduce("mean"),
@@ -306,10 +451,34 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Identity": lambda tf, i, a: i[0],
     "Dropout": lambda tf, i, a: i[0],
     "Shape": lambda tf, i, a: (np.asarray(i[0].shape, dtype=np.int64) if _is_const(i[0]) else
-                               tf.cast(tf.shape(i[0]), tf.int64)),
-    "Gather": lambda tf, i, a: (np.take(i[0], i[1], axis=a.get("axis", 0)) if _is_const(i[0]) and _is_const(i[1])
-                                else tf.gather(i[0], i[1], axis=a.get("axis", 0))),
+                               tf.cast(tf.shape(i[0]), tf.int64))[a.get("start", 0):a.get("end")],
+    "Gather": _gather,
     "Cast": _cast,
+    "Split": lambda tf, i, a: _split(tf, i, a, 2),  # dispatched with the real output count in _TFGraph
+    "Slice": _slice,
+    "Expand": _expand,
+    "LayerNormalization": _layernorm,
+    "Range": _range,
+    "GatherElements": _gather_elements,
+    "GatherND": lambda tf, i, a: tf.gather_nd(_t(tf, i[0]), _t(tf, i[1]), batch_dims=a.get("batch_dims", 0)),
+    "Where": lambda tf, i, a: tf.where(_t(tf, i[0]), _t(tf, i[1]), _t(tf, i[2])),
+    "And": lambda tf, i, a: tf.logical_and(_t(tf, i[0]), _t(tf, i[1])),
+    "Or": lambda tf, i, a: tf.logical_or(_t(tf, i[0]), _t(tf, i[1])),
+    "Not": lambda tf, i, a: tf.logical_not(_t(tf, i[0])),
+    "Equal": lambda tf, i, a: tf.equal(_t(tf, i[0]), _t(tf, i[1])),
+    "Greater": lambda tf, i, a: tf.greater(_t(tf, i[0]), _t(tf, i[1])),
+    "GreaterOrEqual": lambda tf, i, a: tf.greater_equal(_t(tf, i[0]), _t(tf, i[1])),
+    "Less": lambda tf, i, a: tf.less(_t(tf, i[0]), _t(tf, i[1])),
+    "LessOrEqual": lambda tf, i, a: tf.less_equal(_t(tf, i[0]), _t(tf, i[1])),
+    "Max": _variadic("maximum"),
+    "Min": _variadic("minimum"),
+    "Pow": lambda tf, i, a: tf.pow(_t(tf, i[0]), tf.cast(_t(tf, i[1]), _t(tf, i[0]).dtype)),
+    "ReduceL2": lambda tf, i, a: tf.sqrt(tf.reduce_sum(tf.square(i[0]), axis=_axes(i, a) or None,
+                                                       keepdims=bool(a.get("keepdims", 1)))),
+    "ConstantOfShape": lambda tf, i, a: (np.full([int(d) for d in i[0]], a["value"].reshape(-1)[0] if "value" in a else 0.0,
+                                                 dtype=a["value"].dtype if "value" in a else np.float32) if _is_const(i[0])
+                                         else tf.fill(tf.cast(i[0], tf.int32), tf.constant(
+                                             a["value"].reshape(-1)[0] if "value" in a else 0.0))),
     "Constant": lambda tf, i, a: np.asarray(a.get("value", a.get("value_float", a.get("value_floats", a.get("value_ints"))))),
 }
 
@@ -357,7 +526,13 @@ def onnx_to_tflite(src: ModelHandle, dst: Path, *, int8: bool = False, calibrati
     try:
         flat = conv.convert()
     except Exception as exc:
-        raise UnsupportedError(f"TensorFlow's TFLite converter failed: {str(exc).strip().splitlines()[-1][:300]}") from None
+        import re
+
+        errors = re.findall(r"error: ([^\n]+)", str(exc))
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        why = errors[0] if errors else (lines[-1] if lines else "")
+        raise UnsupportedError(f"TensorFlow's TFLite converter failed: {why[:300]}; the ONNX model still runs in "
+                               "ONNX Runtime and converts to OpenVINO IR (.xml)") from None
     from ..core.fileio import write_bytes_atomic
 
     write_bytes_atomic(dst, flat)
