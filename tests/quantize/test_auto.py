@@ -61,7 +61,7 @@ def test_minilm_auto_meets_the_target_on_unseen_sentences():
     assert auto["trials"][0]["cos_mean"] < 0.997 <= auto["cos_mean"]  # plain int8 misses it: 0.9935 -> 0.9982 seen
     assert auto["alpha"] == 0.8 and auto["kept_float"] == []
     q = out.handle
-    assert integer_op_counts(q.model).get("QAttention") == 6
+    assert sum(integer_op_counts(q.model).values()) == 36  # every constant-weight MatMul int8
     texts = stdlib_sentences(40, offset=1500)
     c = cosines(embed_one_by_one(h.model, tok, texts), embed_one_by_one(q.model, tok, texts))
     assert c.mean() >= 0.997 and c.min() >= 0.99  # 0.9983 / 0.9960 seen
