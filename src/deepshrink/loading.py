@@ -382,7 +382,7 @@ def save(handle: ModelHandle | nn.Module, path: str | os.PathLike[str], *, force
             return load(out)
         from .convert.export import export_onnx
 
-        return export_onnx(handle, out, force=True, **export_options)
+        return export_onnx(handle, None, out, force=True, **export_options)
     if handle.kind != "torch":
         raise UnsupportedError(f"cannot write an ONNX model as {suffix}; convert it to PyTorch first")
     if suffix == ".pt2":

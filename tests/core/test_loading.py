@@ -162,3 +162,13 @@ def test_hf_folder_loads_offline_with_tokenizer(minilm_dir):
     assert h.tokenizer_dir == minilm_dir
     out = h.model(*(torch.from_numpy(h.example_inputs[n]) for n in h.input_names))
     assert out.shape == (2, 384) and abs(float(out.detach().norm(dim=1).mean()) - 1.0) < 1e-5  # normalised
+
+
+def test_save_as_onnx_and_pt2_guard_errors(tmp_path, digits_mlp, rng):
+    h = ds.load(digits_mlp, input_shapes=["x:1x64"])
+    back = ds.save(h, tmp_path / "m.onnx")
+    assert back.kind == "onnx" and back.input_names == ["x"]
+    ds.save(h, tmp_path / "m.pt2")
+    np.savez(tmp_path / "wrong.npz", x=rng.standard_normal((3, 32)).astype(np.float32))
+    with pytest.raises(InputError, match="failed on inputs"):
+        ds.load(str(tmp_path / "m.pt2"), data=str(tmp_path / "wrong.npz"))

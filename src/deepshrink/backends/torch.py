@@ -55,7 +55,9 @@ def run_torch(module: nn.Module, inputs: dict[str, np.ndarray], names: list[str]
     set_eval(module)
     try:
         out = module(*args)
-    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+    except Exception as exc:  # shape guards of a torch.export graph, size mismatches, dtype errors
+        if isinstance(exc, InputError):
+            raise
         shapes = {n: tuple(inputs[n].shape) for n in names}
         raise InputError(f"the model failed on inputs {shapes}: {str(exc).splitlines()[0][:200]}") from None
     return [t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy() for t in flatten_outputs(out)]
