@@ -103,7 +103,8 @@ def main() -> None:
         f"Seeds {seeds}; fp32 test accuracy {', '.join(f'{100 * a:.2f}%' for a in acc_fp32)}. Calibration: the "
         f"validation split (360 images); accuracy on the test split (360). Integer kernels are counted in the graph "
         f"ONNX Runtime saves after its optimizations (QLinearConv, QGemm, QLinearAdd...). Latency: median of per-seed "
-        f"ratios, {args.repeats} interleaved rounds each. 'drop' > 0 means the int8 model is less accurate.", "",
+        f"ratios, {args.repeats} interleaved rounds each. 'drop' > 0 means the int8 model is less accurate. "
+        f"One seed: `python benchmarks/bench_quantize_digits.py --seeds N`.", "",
         md_table(header, table)])
     if args.no_write:
         print(body)

@@ -183,7 +183,8 @@ def main() -> None:
             f"sentences (offset 0). b1: median over {args.repeats} interleaved rounds of 16 single-sentence calls "
             f"(per call); b32: one padded batch of 32. Ratios are against ORT fp32 timed in the same interleaved rounds; "
             f"the torch.ao row is timed in its own rounds against ORT fp32 (OMP_WAIT_POLICY=PASSIVE), because torch's "
-            f"thread pool in the same rounds slowed every ORT session.", "",
+            f"thread pool in the same rounds slowed every ORT session. One row alone (with its fp32 reference): "
+            f"`python benchmarks/bench_quantize_minilm.py --rows ort-fp32,ROW`.", "",
             md_table(header, table), ""]
     if auto:
         kept = ", ".join(k["layer"] for k in auto.get("kept_float", [])) or "none"
