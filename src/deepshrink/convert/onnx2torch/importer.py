@@ -120,8 +120,7 @@ class Builder:
         self.static_dims: dict[str, list[int | None]] = {}
         self.buffer_inputs: set[str] = set()  # initializers that are statistics, not trainable
         self._const_attrs: dict[int, fx.Node] = {}
-        self._names: set[str] = set()
-        self._keep_alive: list[torch.Tensor] = []
+        self._keep_alive: list[torch.Tensor] = []  # keeps id()s in _const_attrs valid
 
     # ---------------------------------------------------------------- values
     def value(self, name: str) -> Value:
