@@ -79,7 +79,12 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     best: tuple[float, float, float, onnx.ModelProto, onnx.ModelProto, dict[str, Any]] | None = None
     absmax = None
     chosen = None
-    for alpha in config.smooth_alphas:
+    alphas: Any = config.smooth_alphas
+    if progress:
+        from rich.progress import track
+
+        alphas = track(config.smooth_alphas, description="auto: smoothing trials", transient=True)
+    for alpha in alphas:
         if alpha > 0:
             if absmax is None:
                 from .smooth import _targets
@@ -99,6 +104,8 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
         if meets and alpha == 0:  # no smoothing needed: no extra nodes at all
             chosen = (alpha, mean, worst, smoothed, q, smooth_info)
             break
+    if hasattr(alphas, "close"):  # end the progress display even when the loop stopped early
+        alphas.close()
     if best is None:
         raise InputError("auto: smooth_alphas is empty")
     if chosen is None and best[1] >= config.target_cos and best[2] >= config.min_cos:
