@@ -59,3 +59,15 @@ def test_missing_bin_and_missing_extra(hub_onnx, tmp_path, monkeypatch, capsys):
     rc = run_app(["convert", str(hub_onnx["mlp"]), str(out)])
     assert rc == 2 and not out.exists() and not (tmp_path / "n.bin").exists()
     assert "pip install 'deepshrink[openvino]'" in capsys.readouterr().err
+
+
+def test_bisection_names_first_diverging_node(hub_onnx, tmp_path):
+    """fp16 weights against a 1e-4 tolerance: the first node past it is the first Gemm (fc1)."""
+    from deepshrink.convert.openvino_ir import bisect_openvino
+
+    ds.convert(hub_onnx["mlp"], tmp_path / "h.xml", fp16=True)
+    h = ds.load(hub_onnx["mlp"])
+    div = bisect_openvino(h, tmp_path / "h.xml", h.sample_inputs(batch=4, seed=3), atol=1e-4, rtol=1e-4)
+    assert div is not None and div.candidate_op == "Gemm" and "fc1" in div.reference_layer, div
+    assert div.max_abs > 1e-4
+    assert bisect_openvino(h, tmp_path / "h.xml", h.sample_inputs(batch=4, seed=3), atol=1e-1) is None

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..backends.openvino_rt import import_openvino, make_runner
 from ..core.handle import ModelHandle
 from ..errors import UnsupportedError
@@ -42,6 +44,63 @@ def onnx_to_openvino(src: ModelHandle, dst: Path, *, compress_to_fp16: bool = Fa
     return dst
 
 
+def bisect_openvino(src: ModelHandle, xml: Path, inputs: dict[str, np.ndarray], *, atol: float = 1e-4,
+                    rtol: float = 1e-4) -> Any:
+    """The first ONNX node whose output differs between ONNX Runtime and the written IR.
+
+    OpenVINO keeps ONNX tensor names, so both sides expose every intermediate by name; the
+    first float tensor (in graph order) past the tolerance is reported as a ``Divergence``."""
+    import onnx
+
+    from ..backends.onnx import make_session, run_onnx
+    from .parity import Divergence
+
+    ov = import_openvino()
+    inferred = onnx.shape_inference.infer_shapes(src.model)
+    types = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(src.model)
+    have = {o.name for o in probe.graph.output}
+    order: list[tuple[str, str, str]] = []
+    for node in probe.graph.node:
+        for out in node.output:
+            vi = types.get(out)
+            if out and vi is not None and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+                order.append((out, node.name or out, node.op_type))
+                if out not in have:
+                    probe.graph.output.append(vi)
+                    have.add(out)
+    sess = make_session(probe, optimize=False)
+    ref = dict(zip([o.name for o in sess.get_outputs()], run_onnx(sess, inputs), strict=True))
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    ports: dict[str, Any] = {}
+    for op in model.get_ordered_ops():
+        for port in op.outputs():
+            for name in port.get_names():
+                ports.setdefault(name, port)
+    wanted = [name for name, _, _ in order if name in ports]
+    model.add_outputs([ports[n] for n in wanted])
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    req = compiled.create_infer_request()
+    in_names = [next(iter(p.get_names())) for p in compiled.inputs]
+    res = req.infer({i: np.ascontiguousarray(inputs[n]) for i, n in enumerate(in_names) if n in inputs})
+    got: dict[str, np.ndarray] = {}
+    for port in compiled.outputs:
+        for name in port.get_names():
+            got.setdefault(name, np.asarray(res[port]))
+    for name, node, op in order:
+        if name not in got or name not in ref:
+            continue
+        a, b = ref[name], got[name]
+        if a.shape != b.shape:
+            continue
+        err = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
+        if err > atol + rtol * float(np.abs(a).max() if a.size else 0.0):
+            return Divergence(reference_layer=node, candidate_node=name, candidate_op=op, max_abs=err)
+    return None
+
+
 @register_route("onnx", "openvino")
 def _route(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[None, Any]:
     from .tflite import parity_against
@@ -52,4 +111,12 @@ def _route(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[None, Any
         return None, None
     runner = make_runner(dst, threads=2)
     atol = max(opts.atol, 1e-2) if fp16 else opts.atol
-    return None, parity_against(src, runner, data=opts.data, atol=atol, rtol=opts.rtol)
+    report = parity_against(src, runner, data=opts.data, atol=atol, rtol=opts.rtol)
+    if not report.ok:  # name the first node that diverges
+        try:
+            from .parity import parity_inputs
+
+            report.divergence = bisect_openvino(src, dst, parity_inputs(src, opts.data)[0], atol=atol, rtol=opts.rtol)
+        except Exception as exc:  # a diagnosis aid: never hide the parity result
+            report.note = f"bisection could not run: {type(exc).__name__}: {str(exc)[:160]}"
+    return None, report
