@@ -128,3 +128,17 @@ def test_transformer_block_to_tflite(tmp_path, transformer_block_cls):
     ds.convert(h, tmp_path / "b.onnx", exporter="torchscript", opset=17)
     r = ds.convert(tmp_path / "b.onnx", tmp_path / "b.tflite")
     assert r.hops[0].parity.ok and r.hops[0].parity.max_abs < 1e-4  # ~1e-6 seen
+
+
+def test_bisection_of_the_tf_graph(hub_onnx, monkeypatch):
+    """A wrong op in the TensorFlow re-expression is found node by node (here: Relu made leaky)."""
+    from deepshrink.convert import tflite as tfl
+
+    h = ds.load(hub_onnx["cnn"])
+    feed = h.sample_inputs(batch=2, seed=5)
+    assert tfl.bisect_tflite(h, feed) is None  # the faithful graph matches everywhere
+    monkeypatch.setitem(tfl._TF_OPS, "Relu", lambda tf, i, a: tf.nn.leaky_relu(i[0], 0.2))
+    div = tfl.bisect_tflite(h, feed)
+    assert div is not None and div.candidate_op == "Relu", div
+    first_relu = next(n for n in h.model.graph.node if n.op_type == "Relu")
+    assert div.reference_layer == (first_relu.name or first_relu.output[0])

@@ -50,28 +50,10 @@ def bisect_openvino(src: ModelHandle, xml: Path, inputs: dict[str, np.ndarray], 
 
     OpenVINO keeps ONNX tensor names, so both sides expose every intermediate by name; the
     first float tensor (in graph order) past the tolerance is reported as a ``Divergence``."""
-    import onnx
-
-    from ..backends.onnx import make_session, run_onnx
-    from .parity import Divergence
+    from .tflite import first_divergence, onnx_intermediates
 
     ov = import_openvino()
-    inferred = onnx.shape_inference.infer_shapes(src.model)
-    types = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(src.model)
-    have = {o.name for o in probe.graph.output}
-    order: list[tuple[str, str, str]] = []
-    for node in probe.graph.node:
-        for out in node.output:
-            vi = types.get(out)
-            if out and vi is not None and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-                order.append((out, node.name or out, node.op_type))
-                if out not in have:
-                    probe.graph.output.append(vi)
-                    have.add(out)
-    sess = make_session(probe, optimize=False)
-    ref = dict(zip([o.name for o in sess.get_outputs()], run_onnx(sess, inputs), strict=True))
+    order, ref = onnx_intermediates(src.model, inputs)
     core = ov.Core()
     model = core.read_model(str(xml))
     ports: dict[str, Any] = {}
@@ -83,22 +65,17 @@ def bisect_openvino(src: ModelHandle, xml: Path, inputs: dict[str, np.ndarray], 
     model.add_outputs([ports[n] for n in wanted])
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
-    in_names = [next(iter(p.get_names())) for p in compiled.inputs]
-    res = req.infer({i: np.ascontiguousarray(inputs[n]) for i, n in enumerate(in_names) if n in inputs})
+    feed = {}
+    for i, port in enumerate(compiled.inputs):
+        key = next((n for n in port.get_names() if n in inputs), None)
+        if key is not None:
+            feed[i] = np.ascontiguousarray(inputs[key])
+    res = req.infer(feed)
     got: dict[str, np.ndarray] = {}
     for port in compiled.outputs:
         for name in port.get_names():
             got.setdefault(name, np.asarray(res[port]))
-    for name, node, op in order:
-        if name not in got or name not in ref:
-            continue
-        a, b = ref[name], got[name]
-        if a.shape != b.shape:
-            continue
-        err = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
-        if err > atol + rtol * float(np.abs(a).max() if a.size else 0.0):
-            return Divergence(reference_layer=node, candidate_node=name, candidate_op=op, max_abs=err)
-    return None
+    return first_divergence(order, ref, got, atol, rtol)
 
 
 @register_route("onnx", "openvino")

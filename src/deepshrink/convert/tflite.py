@@ -74,6 +74,60 @@ def parity_against(ref: ModelHandle, runner: Callable[[dict[str, np.ndarray]], l
     return ParityReport(ok, atol, rtol, diffs, n)
 
 
+def onnx_intermediates(model: onnx.ModelProto, inputs: dict[str, np.ndarray]
+                       ) -> tuple[list[tuple[str, str, str]], dict[str, np.ndarray]]:
+    """Every float node output of ``model`` on ``inputs`` (ONNX Runtime, unoptimized), and the
+    (tensor name, node name, op type) order they come in — the reference side of a bisection."""
+    from ..backends.onnx import make_session, run_onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    types = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    order: list[tuple[str, str, str]] = []
+    for node in probe.graph.node:
+        for out in node.output:
+            vi = types.get(out)
+            if out and vi is not None and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+                order.append((out, node.name or out, node.op_type))
+                if out not in have:
+                    probe.graph.output.append(vi)
+                    have.add(out)
+    sess = make_session(probe, optimize=False)
+    values = dict(zip([o.name for o in sess.get_outputs()], run_onnx(sess, inputs), strict=True))
+    return order, values
+
+
+def first_divergence(order: list[tuple[str, str, str]], ref: dict[str, np.ndarray], got: dict[str, Any],
+                     atol: float, rtol: float) -> Any:
+    """The first tensor (graph order) where ``got`` leaves the tolerance around ``ref``."""
+    from .parity import Divergence
+
+    for name, node, op in order:
+        if name not in got or name not in ref:
+            continue
+        a, b = np.asarray(ref[name]), np.asarray(got[name])
+        if a.shape != b.shape or not a.size:
+            continue
+        err = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+        if not err <= atol + rtol * float(np.abs(a).max()):
+            return Divergence(reference_layer=node, candidate_node=name, candidate_op=op, max_abs=err)
+    return None
+
+
+def bisect_tflite(src: ModelHandle, inputs: dict[str, np.ndarray], *, atol: float = 1e-4, rtol: float = 1e-4) -> Any:
+    """Where the TensorFlow re-expression departs from ONNX Runtime, node by node (run eagerly).
+    ``None`` means the TF graph matches everywhere: the difference came from TFLite's converter."""
+    tf = import_tf()
+    order, ref = onnx_intermediates(src.model, inputs)
+    got = _TFGraph(src.model).trace(tf, [inputs[n] for n in src.input_names])
+    return first_divergence(order, ref, got, atol, rtol)
+
+
 # ---------------------------------------------------------------- ONNX → tf.function
 def _ident(name: str) -> str:
     import re
@@ -95,7 +149,17 @@ class _TFGraph:
                     "the closest routes: keep the model in ONNX (ONNX Runtime), convert it to OpenVINO IR (.xml), "
                     "or convert the original Keras/TF model with TensorFlow's own TFLiteConverter")
 
+    def trace(self, tf: Any, args: list[Any]) -> dict[str, np.ndarray]:
+        """Run eagerly and return every value by its ONNX name (for bisection)."""
+        env = self._run(tf, [tf.constant(a) for a in args])
+        return {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in env.items() if k not in self.consts}
+
     def __call__(self, tf: Any, *args: Any) -> Any:
+        env = self._run(tf, list(args))
+        res = [env[o.name] for o in self.model.graph.output]
+        return res[0] if len(res) == 1 else tuple(res)
+
+    def _run(self, tf: Any, args: list[Any]) -> dict[str, Any]:
         env: dict[str, Any] = dict(self.consts)
         inputs = [i for i in self.model.graph.input if i.name not in self.consts]
         for vi, a in zip(inputs, args, strict=True):
@@ -110,8 +174,7 @@ class _TFGraph:
             outs = out if isinstance(out, (list, tuple)) else [out]
             for name, v in zip(n.output, outs, strict=False):
                 env[name] = v
-        res = [env[o.name] for o in self.model.graph.output]
-        return res[0] if len(res) == 1 else tuple(res)
+        return env
 
 
 def _attr(a: onnx.AttributeProto) -> Any:
@@ -558,6 +621,15 @@ def _route(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[None, Any
         report = parity_against(src, runner, inputs=sets, atol=opts.atol, rtol=opts.rtol)
     else:
         report = parity_against(src, runner, data=opts.data, atol=opts.atol, rtol=opts.rtol)
+    if not int8 and not report.ok:  # name the first node that diverges
+        try:
+            from .parity import parity_inputs
+
+            report.divergence = bisect_tflite(src, parity_inputs(src, opts.data)[0], atol=opts.atol, rtol=opts.rtol)
+            if report.divergence is None:
+                report.note = "the TensorFlow graph matches ONNX node for node: the difference comes from TFLite's converter"
+        except Exception as exc:  # a diagnosis aid: never hide the parity result
+            report.note = f"bisection could not run: {type(exc).__name__}: {str(exc)[:160]}"
     if int8:  # quantized: judged by agreement, not by max-abs
         top1 = [o.top1 for o in report.outputs if o.top1 is not None]
         report.ok = (min(top1) >= 0.9) if top1 else all(o.cos_mean >= 0.98 for o in report.outputs)
