@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from deepshrink.convert.export import export_onnx
@@ -14,7 +13,7 @@ from deepshrink.errors import BudgetError
 from deepshrink.quantize import AutoConfig
 from deepshrink.quantize.api import run_quantize
 from deepshrink.quantize.onnx_backend import gemm_to_matmul, integer_op_counts, weight_nodes
-from deepshrink.quantize.sensitivity import dynamic_int8_fn, layer_sensitivity
+from deepshrink.quantize.sensitivity import dynamic_int8_fn, layer_sensitivity, run_outputs
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: shared helpers beside the tests
 from q3b_cases import cosines, embed_one_by_one, minilm_float, tokenized  # noqa: E402
@@ -56,13 +55,17 @@ def test_minilm_auto_meets_the_target_on_unseen_sentences():
     from deepshrink.examples import stdlib_sentences
 
     h, tok = minilm_float()
-    out = run_quantize(h, AutoConfig(smooth_alphas=(0.0, 0.8)), data=tokenized(tok, stdlib_sentences(24)))
+    out = run_quantize(h, AutoConfig(smooth_alphas=(0.0, 0.7)), data=tokenized(tok, stdlib_sentences(24)))
     auto = out.report["auto"]
     assert auto["trials"][0]["cos_mean"] < 0.997 <= auto["cos_mean"]  # plain int8 misses it: 0.9935 -> 0.9982 seen
-    assert auto["alpha"] == 0.8 and auto["kept_float"] == []
+    assert auto["alpha"] == 0.7 and auto["kept_float"] == []
     q = out.handle
     assert sum(integer_op_counts(q.model).values()) == 36  # every constant-weight MatMul int8
     texts = stdlib_sentences(40, offset=1500)
     c = cosines(embed_one_by_one(h.model, tok, texts), embed_one_by_one(q.model, tok, texts))
-    assert c.mean() >= 0.997 and c.min() >= 0.99  # 0.9983 / 0.9960 seen
-    assert np.isfinite(c).all()
+    assert c.mean() >= 0.997 and c.min() >= 0.99  # 0.9978 / 0.9954 seen
+    # padded batches too (dynamic int8 takes one range per batch): smoothing covers padded positions
+    batched = run_outputs(q.model, tokenized(tok, texts), batch=20)
+    cb = cosines(embed_one_by_one(h.model, tok, texts), batched)
+    # 24 calibration sentences here (64 in the benchmark: 0.9975 / 0.9950 at batch 32)
+    assert cb.mean() >= 0.995 and cb.min() >= 0.99  # 0.9962 / 0.9929 seen

@@ -8,7 +8,9 @@
    until the target is met or ``max_kept_fraction`` of the layers is kept.
 3. Report every trial, the layers kept and why (their sensitivity score).
 
-Fidelity is measured on the user's data (the calibration set given to ``quantize``).
+Fidelity is measured on the user's data (the calibration set given to ``quantize``), as
+the worse of running each sample alone and running padded batches of 16 (dynamic int8 takes
+one activation range per batch, so both deployments are checked).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import onnx
 from ..errors import BudgetError, InputError, UnsupportedError
 from . import onnx_backend as ob
 from .configs import AutoConfig, Int8DynamicConfig, Int8StaticConfig
-from .sensitivity import QuantizeFn, fidelity, layer_sensitivity, run_outputs
+from .sensitivity import QuantizeFn, deployed_fidelity, layer_sensitivity, run_outputs
 
 
 @dataclass
@@ -74,7 +76,8 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     nodes = ob.select_nodes(cands, include, exclude)
     if not nodes:
         raise InputError("auto: no layer left to quantize")
-    ref = run_outputs(float_model, data, batch=1)
+    ref1 = run_outputs(float_model, data, batch=1)
+    ref = (ref1, run_outputs(float_model, data, batch=16))
     trials: list[dict[str, Any]] = []
     best: tuple[float, float, float, onnx.ModelProto, onnx.ModelProto, dict[str, Any]] | None = None
     absmax = None
@@ -95,7 +98,7 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
         else:
             smoothed, smooth_info = float_model, {}
         q = qfn(smoothed, nodes)
-        mean, worst = fidelity(ref, q, data)
+        mean, worst = deployed_fidelity(ref, q, data)
         trials.append({"what": f"alpha={alpha:g}, all {len(nodes)} layers", "alpha": alpha, "cos_mean": mean,
                        "cos_min": worst})
         meets = mean >= config.target_cos and worst >= config.min_cos
@@ -115,7 +118,7 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
         return AutoResult(q, alpha, mean, worst, True, len(nodes), trials, [], {}, smooth_info)
 
     alpha, mean, worst, smoothed, q, smooth_info = best
-    scores = layer_sensitivity(smoothed, nodes, data, qfn, reference=ref, progress=progress)
+    scores = layer_sensitivity(smoothed, nodes, data, qfn, reference=ref1, progress=progress)
     order = sorted(nodes, key=lambda n: scores[n], reverse=True)
     limit = int(len(nodes) * config.max_kept_fraction)
     kept: list[str] = []
@@ -123,7 +126,7 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     for name in order[:limit]:
         kept.append(name)
         q = qfn(smoothed, [n for n in nodes if n not in kept])
-        mean, worst = fidelity(ref, q, data)
+        mean, worst = deployed_fidelity(ref, q, data)
         trials.append({"what": f"alpha={alpha:g}, {len(kept)} most sensitive kept float", "alpha": alpha,
                        "cos_mean": mean, "cos_min": worst})
         if mean >= config.target_cos and worst >= config.min_cos:

@@ -52,6 +52,18 @@ def fidelity(reference: np.ndarray, model: onnx.ModelProto, inputs: dict[str, np
     return d.cos_mean, d.cos_min
 
 
+def deployed_fidelity(reference: tuple[np.ndarray, np.ndarray], model: onnx.ModelProto,
+                      inputs: dict[str, np.ndarray], *, batch: int = 16) -> tuple[float, float]:
+    """Worse of one-at-a-time and batched fidelity; ``reference`` = (float outputs at batch 1, at ``batch``).
+
+    Dynamic int8 picks one activation range per batch, so a model that is fine one request
+    at a time can lose fidelity in padded batches (and the reverse); both are checked.
+    """
+    a = compare_outputs(reference[0], run_outputs(model, inputs, batch=1))
+    b = compare_outputs(reference[1], run_outputs(model, inputs, batch=batch))
+    return min(a.cos_mean, b.cos_mean), min(a.cos_min, b.cos_min)
+
+
 def layer_sensitivity(model: onnx.ModelProto, layers: Sequence[str], inputs: dict[str, np.ndarray],
                       quantize_fn: QuantizeFn, *, reference: np.ndarray | None = None,
                       progress: bool = False) -> dict[str, float]:
