@@ -1038,3 +1038,15 @@ def _qlinear_conv(b: Builder, n: OnnxNode) -> Value:
 def _dyn_q(b: Builder, n: OnnxNode) -> Value:
     out = b.call(rt.dynamic_quantize_linear, b.value(n.inputs[0]))
     return tuple(b.getitem(out, i) for i in range(3))
+
+
+@converter("RotaryEmbedding")
+def _rotary(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.rotary_embedding, b.value(n.inputs[0]), b.value(n.inputs[1]), b.value(n.inputs[2]),
+                  _opt(b, n, 3), n.attr("interleaved", 0), n.attr("rotary_embedding_dim", 0), n.attr("num_heads", 0))
+
+
+@converter("Unique")
+def _unique(b: Builder, n: OnnxNode) -> Value:
+    out = b.call(rt.unique, b.value(n.inputs[0]), n.attr("axis"), n.attr("sorted", 1))
+    return tuple(b.getitem(out, i) for i in range(len(n.outputs)))

@@ -1360,3 +1360,37 @@ def dynamic_quantize_linear(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     zero = torch.clamp(torch.round(-lo / scale), 0, 255) if float(scale) != 0 else torch.tensor(0.0)
     q = torch.clamp(torch.round(xf / scale) + zero, 0, 255) if float(scale) != 0 else torch.clamp(zero + 0 * xf, 0, 255)
     return q.to(torch.uint8), scale.to(torch.float32), zero.to(torch.uint8)
+
+
+def rotary_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor | None,
+                     interleaved: int, rot_dim: int, num_heads: int) -> torch.Tensor:
+    """RotaryEmbedding (opset 23): rotate the first ``rot_dim`` features of each head by the
+    cached angles, halves or interleaved pairs; 4-D input is (B, H, S, D), 3-D is (B, S, H*D)."""
+    shape = x.shape
+    y = x.transpose(1, 2) if x.dim() == 4 else x.reshape(shape[0], shape[1], num_heads, -1)
+    d = rot_dim or y.shape[3]
+    rot, keep = y[..., :d], y[..., d:]
+    if pos is not None:
+        cos, sin = cos[pos.long()], sin[pos.long()]
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    x1, x2 = (rot[..., 0::2], rot[..., 1::2]) if interleaved else rot.chunk(2, -1)
+    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
+    rot = torch.stack([real, imag], -1).reshape(rot.shape) if interleaved else torch.cat([real, imag], -1)
+    out = torch.cat([rot, keep], -1)
+    return out.reshape(shape) if x.dim() == 3 else out.transpose(1, 2)
+
+
+def unique(x: torch.Tensor, axis: int | None, sorted_: int) -> tuple[torch.Tensor, ...]:
+    """Unique with ONNX's four outputs; unsorted keeps first-occurrence order."""
+    flat = x.reshape(-1) if axis is None else torch.movedim(x, axis, 0)
+    vals, inverse, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True, dim=0)
+    n = flat.shape[0]
+    first = torch.full((vals.shape[0],), n, dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(n), reduce="amin")
+    if not sorted_:
+        order = torch.argsort(first)
+        remap = torch.empty_like(order)
+        remap[order] = torch.arange(order.numel())
+        vals, first, counts, inverse = vals[order], first[order], counts[order], remap[inverse]
+    out_vals = vals if axis is None else torch.movedim(vals, 0, axis)
+    return out_vals, first, inverse, counts
