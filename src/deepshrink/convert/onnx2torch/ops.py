@@ -1050,3 +1050,14 @@ def _rotary(b: Builder, n: OnnxNode) -> Value:
 def _unique(b: Builder, n: OnnxNode) -> Value:
     out = b.call(rt.unique, b.value(n.inputs[0]), n.attr("axis"), n.attr("sorted", 1))
     return tuple(b.getitem(out, i) for i in range(len(n.outputs)))
+
+
+@converter("DFT")
+def _dft(b: Builder, n: OnnxNode) -> Value:
+    axis: Any
+    if n.opset >= 20:
+        ax = _opt(b, n, 2)
+        axis = -2 if ax is None else (int(ax.reshape(-1)[0]) if b.known(ax) else ax)
+    else:
+        axis = n.attr("axis", 1)
+    return b.call(rt.dft, b.value(n.inputs[0]), _opt(b, n, 1), axis, n.attr("inverse", 0), n.attr("onesided", 0))

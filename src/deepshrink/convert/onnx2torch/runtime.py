@@ -1394,3 +1394,20 @@ def unique(x: torch.Tensor, axis: int | None, sorted_: int) -> tuple[torch.Tenso
         vals, first, counts, inverse = vals[order], first[order], counts[order], remap[inverse]
     out_vals = vals if axis is None else torch.movedim(vals, 0, axis)
     return out_vals, first, inverse, counts
+
+
+def dft(x: torch.Tensor, dft_length: Any, axis: Any, inverse: int, onesided: int) -> torch.Tensor:
+    """DFT over one axis; the last input dim holds (real) or (real, imaginary)."""
+    r = x.dim()
+    axis = int(axis.reshape(-1)[0]) if isinstance(axis, torch.Tensor) else int(axis)
+    a = axis + r if axis < 0 else axis
+    c = torch.complex(x[..., 0].double(), x[..., 1].double()) if x.shape[-1] == 2 else x[..., 0].double().to(torch.complex128)
+    given = int(dft_length.reshape(-1)[0]) if isinstance(dft_length, torch.Tensor) else dft_length
+    if inverse and onesided:  # half spectrum in, real signal out
+        n = given or 2 * (c.shape[a] - 1)
+        return torch.fft.irfft(c, n=n, dim=a).unsqueeze(-1).to(x.dtype)
+    n = given or c.shape[a]
+    out = torch.fft.ifft(c, n=n, dim=a) if inverse else torch.fft.fft(c, n=n, dim=a)
+    if onesided:
+        out = out.narrow(a, 0, n // 2 + 1)
+    return torch.stack([out.real, out.imag], -1).to(x.dtype)
