@@ -1061,3 +1061,9 @@ def _dft(b: Builder, n: OnnxNode) -> Value:
     else:
         axis = n.attr("axis", 1)
     return b.call(rt.dft, b.value(n.inputs[0]), _opt(b, n, 1), axis, n.attr("inverse", 0), n.attr("onesided", 0))
+
+
+@converter("NonMaxSuppression")
+def _nms(b: Builder, n: OnnxNode) -> Value:
+    return b.call(rt.non_max_suppression, b.value(n.inputs[0]), b.value(n.inputs[1]), _opt(b, n, 2), _opt(b, n, 3),
+                  _opt(b, n, 4), n.attr("center_point_box", 0))

@@ -1411,3 +1411,45 @@ def dft(x: torch.Tensor, dft_length: Any, axis: Any, inverse: int, onesided: int
     if onesided:
         out = out.narrow(a, 0, n // 2 + 1)
     return torch.stack([out.real, out.imag], -1).to(x.dtype)
+
+
+def _corners(b: torch.Tensor, center: int) -> torch.Tensor:
+    if center:
+        x, y, w, h = b.unbind(-1)
+        return torch.stack([y - h / 2, x - w / 2, y + h / 2, x + w / 2], -1)
+    y1, x1, y2, x2 = b.unbind(-1)
+    return torch.stack([torch.minimum(y1, y2), torch.minimum(x1, x2), torch.maximum(y1, y2), torch.maximum(x1, x2)], -1)
+
+
+def non_max_suppression(boxes: torch.Tensor, scores: torch.Tensor, max_out: Any, iou_thr: Any, score_thr: Any,
+                        center: int) -> torch.Tensor:
+    """Greedy NMS per batch and class, ONNX order: by score (ties: lower index first), a box is
+    dropped when its IoU with a kept one exceeds the threshold; rows are (batch, class, box)."""
+    k = int(max_out.reshape(-1)[0]) if isinstance(max_out, torch.Tensor) and max_out.numel() else 0
+    iou_t = float(iou_thr.reshape(-1)[0]) if isinstance(iou_thr, torch.Tensor) and iou_thr.numel() else 0.0
+    s_t = float(score_thr.reshape(-1)[0]) if isinstance(score_thr, torch.Tensor) and score_thr.numel() else None
+    out = []
+    for bi in range(boxes.shape[0]):
+        c = _corners(boxes[bi].double(), center)
+        area = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
+        for ci in range(scores.shape[1]):
+            sc = scores[bi, ci].double()
+            cand = [i for i in range(sc.numel()) if s_t is None or float(sc[i]) > s_t]
+            cand.sort(key=lambda i: (-float(sc[i]), i))
+            kept: list[int] = []
+            for i in cand:
+                if len(kept) >= k:
+                    break
+                ok = True
+                for j in kept:
+                    ih = max(0.0, float(torch.minimum(c[i, 2], c[j, 2]) - torch.maximum(c[i, 0], c[j, 0])))
+                    iw = max(0.0, float(torch.minimum(c[i, 3], c[j, 3]) - torch.maximum(c[i, 1], c[j, 1])))
+                    inter = ih * iw
+                    union = float(area[i]) + float(area[j]) - inter
+                    if union > 0 and inter > 0 and inter / union > iou_t:
+                        ok = False
+                        break
+                if ok:
+                    kept.append(i)
+            out += [[bi, ci, i] for i in kept]
+    return torch.tensor(out, dtype=torch.int64).reshape(-1, 3)
