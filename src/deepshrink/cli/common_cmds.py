@@ -34,11 +34,13 @@ def convert_cmd(
     atol: Annotated[float, typer.Option("--atol", help="parity tolerance: absolute part")] = 1e-4,
     rtol: Annotated[float, typer.Option("--rtol", help="parity tolerance: part relative to the output's scale")] = 1e-4,
     int8: Annotated[bool, typer.Option("--int8", help="TFLite: full-integer int8 with --data as representative set")] = False,
+    nchw: Annotated[bool, typer.Option("--nchw", help="Keras source: make the ONNX model take channels-first inputs")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="OpenVINO IR: store weights as fp16 (half the size, ~1e-3 error)")] = False,
 ) -> None:
     """Convert a model to another format and check that both compute the same thing."""
     from ..convert import convert
 
-    extra: dict[str, Any] = {"int8": True} if int8 else {}
+    extra: dict[str, Any] = {k: True for k, on in (("int8", int8), ("nchw", nchw), ("fp16", fp16)) if on}
     result = convert(src, dst, via=via, weights=weights, input_shapes=input_shape, data=data,
                      trust_remote_code=trust_remote_code, exporter=exporter, opset=opset, verify=not no_verify,
                      atol=atol, rtol=rtol, force=force, **extra)

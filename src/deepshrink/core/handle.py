@@ -78,12 +78,23 @@ class ModelHandle:
                 shape = (batch, *ex.shape[1:]) if ex.ndim else ex.shape
                 out[spec.name] = _random_like(rng, shape, ex.dtype, ex)
             return out
-        return {s.name: _random_like(rng, s.concrete(batch), s.np_dtype, None) for s in self.inputs}
+        return {s.name: _random_for(rng, s, batch) for s in self.inputs}
 
     def describe(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)
         outs = ", ".join(s.describe() for s in self.outputs)
         return f"{self.kind} model from {self.source or '<memory>'}; inputs {ins}; outputs {outs}"
+
+
+def _random_for(rng: np.random.Generator, spec: TensorSpec, batch: int) -> np.ndarray:
+    """Random values for an input known only by its spec; masks and type ids get their usual values."""
+    shape = spec.concrete(batch)
+    lowered = spec.name.lower()
+    if np.dtype(spec.np_dtype).kind in "iub" and "mask" in lowered:
+        return np.ones(shape, dtype=spec.np_dtype)  # attention masks: 1 = attend (some graphs gather with them)
+    if np.dtype(spec.np_dtype).kind in "iu" and ("type_ids" in lowered or "segment" in lowered):
+        return np.zeros(shape, dtype=spec.np_dtype)
+    return _random_like(rng, shape, spec.np_dtype, None)
 
 
 def _random_like(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, example: np.ndarray | None) -> np.ndarray:
