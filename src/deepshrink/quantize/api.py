@@ -113,6 +113,10 @@ def to_onnx_handle(model: Any, **load_options: Any) -> ModelHandle:
     from ..convert.export import export_onnx
 
     exporter = "torchscript" if handle.tokenizer_dir is not None else "dynamo"
+    if handle.example_inputs is None and not all(
+            all(isinstance(d, int) for d in spec.shape[1:]) and len(spec.shape) > 1 for spec in handle.inputs):
+        raise InputError(f"the PyTorch model {handle.source or ''} has no example inputs to export it with: pass "
+                         f"input_shapes (CLI --input-shape NAME:1x64) or data")
     if handle.example_inputs is None:
         handle.example_inputs = handle.sample_inputs(batch=2, seed=0)
     return export_onnx(handle, exporter=exporter)
@@ -120,6 +124,8 @@ def to_onnx_handle(model: Any, **load_options: Any) -> ModelHandle:
 
 def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int = 256, gemm_as_matmul: bool = False,
             **load_options: Any) -> Prepared:
+    if data is not None and "data" not in load_options and not isinstance(model, (ModelHandle, onnx.ModelProto)):
+        load_options["data"] = data  # a torch model takes its example input shapes from the data
     handle = to_onnx_handle(model, **load_options)
     proto = onnx.ModelProto()
     proto.CopyFrom(handle.model)
