@@ -50,7 +50,8 @@ def bisect_openvino(src: ModelHandle, xml: Path, inputs: dict[str, np.ndarray], 
 
     OpenVINO keeps ONNX tensor names, so both sides expose every intermediate by name; the
     first float tensor (in graph order) past the tolerance is reported as a ``Divergence``."""
-    from .tflite import first_divergence, onnx_intermediates
+    from .parity import onnx_intermediates
+    from .tflite import first_divergence
 
     ov = import_openvino()
     order, ref = onnx_intermediates(src.model, inputs)

@@ -188,8 +188,10 @@ def trace_torch(module: torch.nn.Module, inputs: dict[str, np.ndarray], names: l
     return trace
 
 
-def trace_onnx(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> Trace:
-    """Every node output (float tensors with a known type), in graph order."""
+def onnx_intermediates(model: onnx.ModelProto, inputs: dict[str, np.ndarray]
+                       ) -> tuple[list[tuple[str, str, str]], dict[str, np.ndarray]]:
+    """Every float node output (with a known type) on ``inputs``, run unoptimized, and the
+    (tensor name, node name, op type) order they come in."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:
@@ -210,7 +212,13 @@ def trace_onnx(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> Trace:
                 existing.add(out)
     sess = make_session(probe, optimize=False)
     values = dict(zip([o.name for o in sess.get_outputs()], run_onnx(sess, inputs), strict=True))
-    return [(f"{node}", op, values[v]) for v, node, op in order if v in values]
+    return order, values
+
+
+def trace_onnx(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> Trace:
+    """Every node output (float tensors with a known type), in graph order."""
+    order, values = onnx_intermediates(model, inputs)
+    return [(node, op, values[v]) for v, node, op in order if v in values]
 
 
 def _trace(handle: ModelHandle, inputs: dict[str, np.ndarray]) -> Trace:

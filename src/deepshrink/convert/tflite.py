@@ -74,34 +74,6 @@ def parity_against(ref: ModelHandle, runner: Callable[[dict[str, np.ndarray]], l
     return ParityReport(ok, atol, rtol, diffs, n)
 
 
-def onnx_intermediates(model: onnx.ModelProto, inputs: dict[str, np.ndarray]
-                       ) -> tuple[list[tuple[str, str, str]], dict[str, np.ndarray]]:
-    """Every float node output of ``model`` on ``inputs`` (ONNX Runtime, unoptimized), and the
-    (tensor name, node name, op type) order they come in — the reference side of a bisection."""
-    from ..backends.onnx import make_session, run_onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        inferred = model
-    types = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    order: list[tuple[str, str, str]] = []
-    for node in probe.graph.node:
-        for out in node.output:
-            vi = types.get(out)
-            if out and vi is not None and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-                order.append((out, node.name or out, node.op_type))
-                if out not in have:
-                    probe.graph.output.append(vi)
-                    have.add(out)
-    sess = make_session(probe, optimize=False)
-    values = dict(zip([o.name for o in sess.get_outputs()], run_onnx(sess, inputs), strict=True))
-    return order, values
-
-
 def first_divergence(order: list[tuple[str, str, str]], ref: dict[str, np.ndarray], got: dict[str, Any],
                      atol: float, rtol: float) -> Any:
     """The first tensor (graph order) where ``got`` leaves the tolerance around ``ref``."""
@@ -122,6 +94,8 @@ def first_divergence(order: list[tuple[str, str, str]], ref: dict[str, np.ndarra
 def bisect_tflite(src: ModelHandle, inputs: dict[str, np.ndarray], *, atol: float = 1e-4, rtol: float = 1e-4) -> Any:
     """Where the TensorFlow re-expression departs from ONNX Runtime, node by node (run eagerly).
     ``None`` means the TF graph matches everywhere: the difference came from TFLite's converter."""
+    from .parity import onnx_intermediates
+
     tf = import_tf()
     order, ref = onnx_intermediates(src.model, inputs)
     got = _TFGraph(src.model).trace(tf, [inputs[n] for n in src.input_names])
