@@ -18,15 +18,6 @@ from deepshrink.prune.structured import apply_plan, build_graph, fit_to_state_di
 from deepshrink.train import accuracy_of
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models train 5-10x faster on one thread when the 2 cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cnn() -> nn.Module:
     return trained_digits_cnn(0)
