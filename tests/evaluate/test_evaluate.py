@@ -45,3 +45,9 @@ def test_bench_warns_when_not_faster(cnn_onnx):
     res = bench([str(cnn_onnx), str(cnn_onnx)], repeats=5, warmup=1)
     # the same file twice: latency ratio about 1 — never a speed-up worth claiming
     assert any("not faster" in w for w in res.warnings) == (res.rows[1].ratio > 0.95)
+
+
+def test_bench_does_not_warn_about_a_bigger_model(digits_cnn, cnn_onnx):
+    h = ds.load(digits_cnn, input_shapes=["x:1x1x8x8"])
+    res = bench([str(cnn_onnx), h], repeats=3, warmup=1)  # torch is slower here, but it is no compressed model
+    assert res.rows[1].params > res.rows[0].params and res.warnings == []

@@ -143,8 +143,11 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
                              1.0 / st.ratio if st.ratio > 0 else 0.0, st.ratio, st.ratio_spread, acc,
                              fid.cos_mean, fid.cos_min, fid.max_abs, fid.top1))
     result = BenchResult(rows, threads, batch, repeats, cpu_flags(), n, data_name)
+    first = rows[0]
     for row in rows[1:]:
-        if row.ratio > 0.95:
+        smaller = (row.size_bytes is not None and first.size_bytes is not None and row.size_bytes <= first.size_bytes) or (
+            row.params is not None and first.params is not None and row.params < first.params)
+        if smaller and row.ratio > 0.95:  # it looks compressed, yet it does not run faster
             result.warnings.append(
                 f"{row.name} is not faster than {rows[0].name} on this machine ({row.ratio:.2f}× its latency, "
                 f"±{row.ratio_spread:.2f}) — a smaller model is not automatically a faster one")
