@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch's idle threads must not spin while ORT is timed
 
 from _common import machine_line, md_table, this_command, write_result  # noqa: E402
 

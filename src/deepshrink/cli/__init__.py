@@ -7,12 +7,7 @@ line on stderr and its exit status (2; parity failure 3).
 
 from __future__ import annotations
 
-import os
 import sys
-
-# Idle OpenMP threads of torch otherwise spin on the cores ONNX Runtime is being timed on
-# (side-by-side timings are the point of this tool). Must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # command modules register themselves on import
 from . import common_cmds  # noqa: F401,E402
