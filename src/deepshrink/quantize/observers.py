@@ -100,16 +100,20 @@ class Observer:
         return qparams_from_range(self._out(lo), self._out(hi), bits=bits, symmetric=symmetric, signed=signed,
                                   name=self.name)
 
-
-class MinMaxObserver(Observer):
-    """Running minimum and maximum over everything observed."""
-
-    def _update(self, rows: torch.Tensor) -> None:
+    def _track_extremes(self, rows: torch.Tensor) -> None:
+        """Running per-row minimum and maximum (``min_``, ``max_``), shared by the observers that need them."""
         lo, hi = rows.amin(1), rows.amax(1)
         if self.count_ == 0:
             self.min_, self.max_ = lo, hi
         else:
             self.min_, self.max_ = torch.minimum(self.min_, lo), torch.maximum(self.max_, hi)
+
+
+class MinMaxObserver(Observer):
+    """Running minimum and maximum over everything observed."""
+
+    def _update(self, rows: torch.Tensor) -> None:
+        self._track_extremes(rows)
 
     def _range(self, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return self.min_, self.max_
@@ -148,11 +152,7 @@ class _SampleObserver(Observer):
         self._kept = 0
 
     def _update(self, rows: torch.Tensor) -> None:
-        lo, hi = rows.amin(1), rows.amax(1)
-        if self.count_ == 0:
-            self.min_, self.max_ = lo, hi
-        else:
-            self.min_, self.max_ = torch.minimum(self.min_, lo), torch.maximum(self.max_, hi)
+        self._track_extremes(rows)
         per_channel_cap = max(256, self.max_samples // rows.shape[0])
         n = rows.shape[1]
         take = min(n, per_channel_cap // 4 if self._kept else per_channel_cap)
@@ -232,13 +232,10 @@ class EntropyObserver(Observer):
         c = rows.shape[0]
         a = rows.abs().to(torch.float64)
         amax = a.amax(1)
-        lo, hi = rows.amin(1), rows.amax(1)
         if self.count_ == 0:
-            self.min_, self.max_ = lo, hi
             self.width_ = torch.where(amax > 0, amax / self.bins, torch.ones_like(amax))
             self.hist_ = torch.zeros(c, self.bins, dtype=torch.float64)
-        else:
-            self.min_, self.max_ = torch.minimum(self.min_, lo), torch.maximum(self.max_, hi)
+        self._track_extremes(rows)
         # grow bin widths by powers of two until every channel's max fits
         while True:
             need = amax > self.width_ * self.bins
