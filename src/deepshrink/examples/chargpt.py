@@ -23,13 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.fileio import atomic_path
 from ..errors import InputError
-from .cache import cache_dir
+from .cache import cache_dir, load_cached, save_cached
 
 _VERSION = 2
 _CHARS = "\n\t" + "".join(chr(c) for c in range(32, 127))
@@ -221,17 +219,12 @@ def trained_chargpt(seed: int = 0, steps: int = 400, progress: bool = True,
     path = cache_dir() / f"{stem}.safetensors"
     torch.manual_seed(seed)
     model = CharGPT()
-    if path.exists():
-        try:
-            model.load_state_dict(load_file(str(path)))
-            return model.eval()
-        except Exception:  # stale or truncated cache: retrain
-            path.unlink(missing_ok=True)
+    if load_cached(model, path):
+        return model.eval()
     ckpt = cache_dir() / f"{stem}.ckpt"
     train_chargpt(model, chargpt_data(), steps=steps, seed=seed, progress=progress, checkpoint_dir=ckpt,
                   callbacks=callbacks)
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    save_cached(model, path)
     shutil.rmtree(ckpt, ignore_errors=True)
     return model
 

@@ -6,11 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core.fileio import atomic_path
-from .cache import cache_dir
+from .cache import cache_dir, load_cached, save_cached
 
 _VERSION = 1
 
@@ -86,15 +84,10 @@ def _train_or_load(name: str, model: nn.Module, data: DigitsSplit, epochs: int, 
     from ..train import Trainer
 
     path = cache_dir() / f"{name}-v{_VERSION}-seed{seed}.safetensors"
-    if path.exists():
-        try:
-            model.load_state_dict(load_file(str(path)))
-            return model.eval()
-        except Exception:  # stale or truncated cache: retrain
-            path.unlink(missing_ok=True)
+    if load_cached(model, path):
+        return model.eval()
     Trainer(model, epochs=epochs, lr=lr, batch_size=64, seed=seed, progress=False).fit((data.x_train, data.y_train))
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    save_cached(model, path)
     return model.eval()
 
 
