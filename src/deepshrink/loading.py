@@ -309,8 +309,7 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
     elif data is not None:
         from .core.data import load_data
 
-        provisional = ModelHandle(handle.model, "torch", handle.inputs, tokenizer_dir=handle.tokenizer_dir)
-        ds = load_data(data, None if handle.tokenizer_dir is None and not isinstance(data, str) else _loose(provisional))
+        ds = load_data(data, None if handle.tokenizer_dir is None and not isinstance(data, str) else _loose(handle))
         missing = [n for n in names if n not in ds.inputs]
         if missing and len(names) == 1 and len(ds.inputs) == 1:
             ds.inputs = {names[0]: next(iter(ds.inputs.values()))}

@@ -143,8 +143,6 @@ def check_parity(ref: ModelHandle, cand: ModelHandle, *, inputs: list[dict[str, 
     for i, pairs in per_out.items():
         a = np.concatenate([p[0].reshape(len(p[0]), -1) if p[0].ndim else p[0].reshape(1, 1) for p in pairs])
         b = np.concatenate([p[1].reshape(len(p[1]), -1) if p[1].ndim else p[1].reshape(1, 1) for p in pairs])
-        if pairs[0][0].ndim == 2:
-            a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
         diffs.append(compare_outputs(a, b, names[i] if i < len(names) else f"output_{i}"))
     ok = all(d.max_abs <= atol + rtol * _scale(per_out[i]) for i, d in enumerate(diffs))
     report = ParityReport(ok, atol, rtol, diffs, n)
