@@ -10,7 +10,7 @@ import pytest
 
 from deepshrink.convert.export import export_onnx
 from deepshrink.errors import BudgetError
-from deepshrink.quantize import AutoConfig
+from deepshrink.quantize import AutoConfig, Int8DynamicConfig
 from deepshrink.quantize.api import run_quantize
 from deepshrink.quantize.onnx_backend import gemm_to_matmul, integer_op_counts, weight_nodes
 from deepshrink.quantize.sensitivity import dynamic_int8_fn, layer_sensitivity, run_outputs
@@ -37,7 +37,8 @@ def test_sensitivity_is_plain_data(mlp, digits):
 def test_auto_keeps_the_most_sensitive_layers_when_smoothing_is_not_enough(mlp, digits):
     x = {"x": digits.flat().x_val[:64]}
     # int8 alone gives 0.9999951 here; asking for 0.999999 forces layers to stay float
-    cfg = AutoConfig(target_cos=0.999999, min_cos=0.99, smooth_alphas=(0.0,), max_kept_fraction=1.0)
+    cfg = AutoConfig(target_cos=0.999999, min_cos=0.99, smooth_alphas=(0.0,), max_kept_fraction=1.0,
+                     base=Int8DynamicConfig(per_channel=True))
     out = run_quantize(mlp, cfg, data=x)
     auto = out.report["auto"]
     assert auto["met"] and auto["cos_mean"] >= 0.999999  # 0.9999995 seen with 2 of 3 kept
@@ -60,7 +61,9 @@ def test_minilm_auto_meets_the_target_on_unseen_sentences():
     assert auto["trials"][0]["cos_mean"] < 0.997 <= auto["cos_mean"]  # plain int8 misses it: 0.9935 -> 0.9982 seen
     assert auto["alpha"] == 0.7 and auto["kept_float"] == []
     q = out.handle
-    assert sum(integer_op_counts(q.model).values()) == 36  # every constant-weight MatMul int8
+    # BERT fused first: 6 QAttention (Q, K, V) + 18 MatMuls + the embeddings, every one int8
+    assert integer_op_counts(q.model) == {"DynamicQuantizeMatMul": 18, "QAttention": 6, "QEmbedLayerNormalization": 1}
+    assert out.report["fused"]["Attention"] == 6
     texts = stdlib_sentences(40, offset=1500)
     c = cosines(embed_one_by_one(h.model, tok, texts), embed_one_by_one(q.model, tok, texts))
     assert c.mean() >= 0.997 and c.min() >= 0.99  # 0.9978 / 0.9954 seen

@@ -49,7 +49,8 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
     sel = {"include": tuple(include), "exclude": tuple(exclude)}
     int8_pc = True if per_channel is None else per_channel
     if scheme == "int8-dynamic":
-        return Int8DynamicConfig.build(per_channel=int8_pc, smooth_alpha=smooth, **sel)
+        return Int8DynamicConfig.build(per_channel="auto" if per_channel is None else per_channel,
+                                       smooth_alpha=smooth, **sel)
     if scheme == "int8-static":
         return Int8StaticConfig.build(per_channel=int8_pc, observer=observer, smooth_alpha=smooth,
                                       calibration_size=calibration_size, **sel)
@@ -62,7 +63,7 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
         return Log2Config.build(bits=bits or 4, **sel)
     return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                             max_kept_fraction=max_kept,
-                            base=Int8DynamicConfig.build(per_channel=int8_pc), **sel)
+                            base=Int8DynamicConfig.build(per_channel=int8_pc, fuse="auto"), **sel)
 
 
 @app.command("quantize")
@@ -74,7 +75,7 @@ def quantize_cmd(
     group_size: Annotated[int, typer.Option("--group-size", help="int4-weight: weights per scale group")] = 128,
     method: Annotated[str, typer.Option("--method", help="int4-weight: rtn | gptq")] = "rtn",
     observer: Annotated[str, typer.Option("--observer", help="int8-static: minmax | moving_average | percentile | mse | entropy")] = "minmax",
-    per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor", help="weight scales (int8) or codebooks (kmeans) per output channel or per tensor (default: per channel for int8, per tensor for kmeans)")] = None,
+    per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor", help="weight scales (int8) or codebooks (kmeans) per output channel or per tensor (default: int8-dynamic per channel only where one scale per tensor would leave the weight under 30 dB SQNR; int8-static and auto per channel; kmeans per tensor)")] = None,
     smooth: Annotated[float | None, typer.Option("--smooth", help="SmoothQuant alpha (0–1), folded where possible")] = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="quantize only layers matching (repeatable)")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", help="keep layers matching this pattern float (repeatable)")] = None,

@@ -1,8 +1,10 @@
 """Auto mode: quantize as much as possible while meeting a fidelity target.
 
-1. Try the base scheme with each SmoothQuant alpha in ``smooth_alphas`` (0 = none);
-   keep the first that meets ``target_cos`` (mean) and ``min_cos`` (worst sample),
-   preferring no smoothing, then the highest mean.
+1. Try the base scheme without smoothing, then with each SmoothQuant alpha in
+   ``smooth_alphas`` on the activation tensors whose outlier ratio reaches each of
+   ``smooth_outlier_ratios`` (most selective first). Stop at the first ratio where a trial
+   meets ``target_cos`` (mean) and ``min_cos`` (worst sample) and keep its best alpha:
+   fewer smoothed tensors means fewer ``Mul`` nodes at run time.
 2. If none does, take the best alpha, measure per-layer sensitivity
    (:mod:`.sensitivity`), and keep the most sensitive layers in float one at a time
    until the target is met or ``max_kept_fraction`` of the layers is kept.
@@ -82,33 +84,51 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     best: tuple[float, float, float, onnx.ModelProto, onnx.ModelProto, dict[str, Any]] | None = None
     absmax = None
     chosen = None
-    alphas: Any = config.smooth_alphas
+    plan: list[tuple[float, float]] = [(0.0, 0.0)] if 0.0 in config.smooth_alphas else []
+    for ratio in config.smooth_outlier_ratios or (0.0,):
+        plan += [(a, ratio) for a in config.smooth_alphas if a > 0]
+    steps: Any = plan
     if progress:
         from rich.progress import track
 
-        alphas = track(config.smooth_alphas, description="auto: smoothing trials", transient=True)
-    for alpha in alphas:
+        steps = track(plan, description="auto: smoothing trials", transient=True)
+    level: float | None = None  # the outlier ratio whose trials are running
+    met_here: tuple[float, float, float, onnx.ModelProto, onnx.ModelProto, dict[str, Any]] | None = None
+    for alpha, ratio in steps:
+        if level is not None and ratio != level and met_here is not None:
+            break  # a narrower smoothing already met the target: fewer Mul nodes
+        level = ratio
         if alpha > 0:
             if absmax is None:
                 from .smooth import _targets
 
                 absmax = activation_absmax(float_model, list(_targets(float_model, nodes)), data)
-            smoothed, rep = smooth_model(float_model, data, alpha=alpha, nodes=nodes, absmax=absmax)
+            smoothed, rep = smooth_model(float_model, data, alpha=alpha, nodes=nodes, absmax=absmax,
+                                         min_outlier_ratio=ratio)
             smooth_info = rep.to_dict()
+            smooth_info["min_outlier_ratio"] = ratio
+            smooth_info["tensors"] = len(rep.folded)
+            what = f"alpha={alpha:g} on {len(rep.folded)} tensors with outlier ratio >= {ratio:g}"
         else:
             smoothed, smooth_info = float_model, {}
+            what = "no smoothing"
         q = qfn(smoothed, nodes)
         mean, worst = deployed_fidelity(ref, q, data)
-        trials.append({"what": f"alpha={alpha:g}, all {len(nodes)} layers", "alpha": alpha, "cos_mean": mean,
-                       "cos_min": worst})
+        trials.append({"what": f"{what}, all {len(nodes)} layers", "alpha": alpha, "outlier_ratio": ratio,
+                       "cos_mean": mean, "cos_min": worst})
         meets = mean >= config.target_cos and worst >= config.min_cos
+        cand = (alpha, mean, worst, smoothed, q, smooth_info)
         if best is None or (mean, worst) > (best[1], best[2]):
-            best = (alpha, mean, worst, smoothed, q, smooth_info)
+            best = cand
         if meets and alpha == 0:  # no smoothing needed: no extra nodes at all
-            chosen = (alpha, mean, worst, smoothed, q, smooth_info)
+            chosen = cand
             break
-    if hasattr(alphas, "close"):  # end the progress display even when the loop stopped early
-        alphas.close()
+        if meets and (met_here is None or (mean, worst) > (met_here[1], met_here[2])):
+            met_here = cand
+    if hasattr(steps, "close"):  # end the progress display even when the loop stopped early
+        steps.close()
+    if chosen is None and met_here is not None:
+        chosen = met_here
     if best is None:
         raise InputError("auto: smooth_alphas is empty")
     if chosen is None and best[1] >= config.target_cos and best[2] >= config.min_cos:

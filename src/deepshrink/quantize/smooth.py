@@ -87,9 +87,21 @@ def activation_absmax(model: onnx.ModelProto, tensors: Sequence[str], calibratio
     return out
 
 
+def outlier_ratio(absmax: np.ndarray) -> float:
+    """Largest channel range over the median one: how far a few channels stick out."""
+    med = float(np.median(absmax))
+    return float("inf") if med <= 0 else float(np.max(absmax)) / med
+
+
 def smooth_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray], *, alpha: float = 0.7,
-                 nodes: Sequence[str] | None = None, absmax: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, SmoothReport]:
-    """Return a smoothed copy of ``model`` (same function in float) and where each scale went."""
+                 nodes: Sequence[str] | None = None, absmax: dict[str, np.ndarray] | None = None,
+                 min_outlier_ratio: float = 0.0) -> tuple[onnx.ModelProto, SmoothReport]:
+    """Return a smoothed copy of ``model`` (same function in float) and where each scale went.
+
+    Only activation tensors whose :func:`outlier_ratio` reaches ``min_outlier_ratio`` are
+    smoothed: a tensor without outlier channels gains little, and each unfoldable one costs a
+    ``Mul`` at run time.
+    """
     m = onnx.ModelProto()
     m.CopyFrom(model)
     report = SmoothReport(alpha)
@@ -126,7 +138,7 @@ def smooth_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray], *, 
             continue
         wmax = np.max(np.stack([np.abs(arr(n.input[1])).max(1) for n in layers]), 0)
         amax = absmax[tensor]
-        if amax.shape != wmax.shape:
+        if amax.shape != wmax.shape or outlier_ratio(amax) < min_outlier_ratio:
             continue
         s = (np.maximum(amax, 1e-5) ** alpha) / (np.maximum(wmax, 1e-5) ** (1 - alpha))
         s = np.clip(s, 1e-2, 1e2).astype(np.float32)
