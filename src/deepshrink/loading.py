@@ -26,7 +26,7 @@ from torch import nn
 
 from .backends.onnx import io_specs, load_onnx
 from .backends.torch import forward_arg_names, run_torch
-from .core.handle import ModelHandle, TensorSpec
+from .core.handle import ANY_DTYPE, ModelHandle, TensorSpec
 from .errors import InputError, UnsupportedError
 
 META_TOKENIZER = "deepshrink.tokenizer"
@@ -280,7 +280,8 @@ def _torch_handle(model: nn.Module, source: str) -> ModelHandle:
         if p.is_floating_point() and not torch.isfinite(p).all():
             raise InputError(f"model {source}: tensor {name!r} contains NaN or infinity")
     names = forward_arg_names(model)
-    ins = [TensorSpec(n, ("batch",), "float32") for n in names]
+    # dtype unknown until data or --input-shape says: data keeps its integer ids, floats -> float32
+    ins = [TensorSpec(n, ("batch",), ANY_DTYPE) for n in names]
     handle = ModelHandle(model, "torch", ins, [], source=source)
     handle.metadata["input_names"] = ",".join(names)
     return handle

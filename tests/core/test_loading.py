@@ -172,3 +172,32 @@ def test_save_as_onnx_and_pt2_guard_errors(tmp_path, digits_mlp, rng):
     np.savez(tmp_path / "wrong.npz", x=rng.standard_normal((3, 32)).astype(np.float32))
     with pytest.raises(InputError, match="failed on inputs"):
         ds.load(str(tmp_path / "m.pt2"), data=str(tmp_path / "wrong.npz"))
+
+
+def test_torch_model_input_dtype_comes_from_the_data(tmp_path):
+    """A bare module's input dtype is unknown until data arrives: integer token ids stay integers
+    (from a file and from a dict), float data becomes float32."""
+    import torch
+    from torch import nn
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(50, 8)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.out(self.emb(ids).mean(1))
+
+    ids = np.random.default_rng(0).integers(0, 50, (6, 12)).astype(np.int64)
+    np.savez(tmp_path / "ids.npz", ids=ids)
+    for data in (str(tmp_path / "ids.npz"), {"ids": ids}):
+        h = ds.load(Tagger(), data=data)
+        assert h.inputs[0].dtype == "int64" and h.inputs[0].shape == ("batch", 12)
+        assert h.example_inputs["ids"].dtype == np.int64
+    bare = ds.load(Tagger())
+    assert bare.inputs[0].dtype == "any"
+    from deepshrink.core.data import load_data
+
+    assert load_data({"ids": ids}, bare).inputs["ids"].dtype == np.int64  # kept, not cast to float32
+    assert load_data({"ids": ids.astype(np.float64)}, bare).inputs["ids"].dtype == np.float32

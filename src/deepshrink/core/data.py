@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .handle import ModelHandle, TensorSpec
+from .handle import ANY_DTYPE, ModelHandle, TensorSpec
 
 LABEL_KEYS = ("labels", "label", "y")
 
@@ -147,7 +147,7 @@ def conform(ds: Dataset, handle: ModelHandle) -> Dataset:
 def _check_array(a: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
     if a.dtype.kind not in "biuf":
         raise InputError(f"data {source}: array {spec.name!r} has dtype {a.dtype}, not numeric")
-    want_rank = len(spec.shape)
+    want_rank = len(spec.shape) if spec.dtype != ANY_DTYPE else 0  # a placeholder spec: shape unknown too
     if want_rank and a.ndim != want_rank:
         # a flat MLP input given images (or the reverse) is a common, harmless mismatch
         fixed = [d for d in spec.shape[1:] if isinstance(d, int)]
@@ -156,11 +156,14 @@ def _check_array(a: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
         else:
             raise InputError(f"data {source}: array {spec.name!r} has shape {list(a.shape)}, "
                              f"the model wants {spec.describe()}")
-    for i, (have, want) in enumerate(zip(a.shape, spec.shape, strict=False)):
+    for i, (have, want) in enumerate(zip(a.shape, spec.shape if want_rank else (), strict=False)):
         if i > 0 and isinstance(want, int) and want > 0 and have != want:
             raise InputError(f"data {source}: array {spec.name!r} has shape {list(a.shape)}, "
                              f"the model wants {spec.describe()}")
-    a = a.astype(spec.np_dtype, copy=False)
+    if spec.dtype != ANY_DTYPE:
+        a = a.astype(spec.np_dtype, copy=False)
+    elif a.dtype.kind == "f":  # unknown dtype: integer ids stay integers, floats become float32
+        a = a.astype(np.float32, copy=False)
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise InputError(f"data {source}: array {spec.name!r} contains NaN or infinity")
     return a

@@ -11,6 +11,7 @@ import numpy as np
 
 Dim = int | str  # a fixed size or a symbolic name such as "batch"
 
+ANY_DTYPE = "any"  # a torch model's input dtype before data or --input-shape tells it
 _NP_DTYPES = {
     "float32": np.float32, "float16": np.float16, "float64": np.float64,
     "int64": np.int64, "int32": np.int32, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,

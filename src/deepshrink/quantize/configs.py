@@ -139,14 +139,20 @@ class Log2Config(QuantConfig):
 
 class QATConfig(QuantConfig):
     """Quantization-aware training: fake-quant weights/activations with a straight-through
-    estimator, fine-tuned with the shared trainer, then exported as int8 QDQ."""
+    estimator, fine-tuned with the shared trainer, then exported as int8 QDQ.
+
+    ``epochs=0`` is post-training quantization on the same path (calibrate, optionally
+    bias-correct, deploy; no labels needed). ``bias_correction`` removes the mean output shift
+    that weight rounding adds to each layer (:mod:`.bias_correction`), before any training.
+    """
 
     weight_bits: int = Field(default=8, ge=2, le=8)
     act_bits: int = Field(default=8, ge=2, le=8)
     per_channel: bool = True
     observer: Observer = "minmax"
     learn_scales: bool = False
-    epochs: int = Field(default=3, ge=1, le=1000)
+    bias_correction: bool = False
+    epochs: int = Field(default=3, ge=0, le=1000)
     lr: float = Field(default=1e-4, gt=0.0, le=1.0)
     batch_size: int = Field(default=64, ge=1)
     seed: int = 0

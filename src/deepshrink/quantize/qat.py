@@ -303,12 +303,21 @@ def calibrate(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
 
 def simulate_ptq(model: nn.Module, calib_batches: Iterable[Any], *, weight_bits: int = 8, act_bits: int | None = 8,
                  observer: str = "minmax", weight_observer: str = "mse", exclude: Sequence[str] = (),
-                 fold_bn: bool = True, weight_per_channel: bool = True) -> nn.Module:
-    """Post-training fake quantization: prepare (a copy), calibrate activations, no training."""
+                 fold_bn: bool = True, weight_per_channel: bool = True, bias_correction: bool = False) -> nn.Module:
+    """Post-training fake quantization: prepare (a copy), calibrate activations, no training.
+
+    ``bias_correction`` then removes each layer's mean output shift on the same batches.
+    """
     prepared = prepare_qat(model, weight_bits=weight_bits, act_bits=act_bits, exclude=exclude,
                            weight_observer=weight_observer, act_observer=observer, fold_bn=fold_bn,
                            weight_per_channel=weight_per_channel)
-    return calibrate(prepared, calib_batches).eval()
+    batches = list(calib_batches)
+    calibrate(prepared, batches)
+    if bias_correction:
+        from .bias_correction import correct_bias
+
+        correct_bias(prepared, batches)
+    return prepared.eval()
 
 
 class QATCallback(Callback):

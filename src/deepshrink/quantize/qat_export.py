@@ -32,24 +32,33 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     from .api import QuantizeOutcome
     from .qat import calibrate, finalize, prepare_qat, train_qat
 
-    handle = model if isinstance(model, ModelHandle) else load(model, **load_options)
+    handle = model if isinstance(model, ModelHandle) else load(model, data=data, **load_options)
     if handle.kind != "torch":
         raise InputError("QAT trains the PyTorch model; pass the torch model (module, .pt2, module:factory), not ONNX")
+    training = config.epochs > 0
     if data is None:
-        raise InputError("QAT needs labelled training data: pass --data (an .npz with input arrays and 'labels')")
+        raise InputError("QAT needs labelled training data: pass --data (an .npz with input arrays and 'labels')"
+                         if training else "post-training quantization needs calibration data: pass --data")
     ds = load_data(data, handle)
-    if ds.labels is None:
+    if training and ds.labels is None:
         raise InputError(f"QAT needs labels in the data ({ds.source} has none); add a 'labels' array")
     names = handle.input_names
     xs = [torch.from_numpy(np.ascontiguousarray(ds.inputs[n])) for n in names]
-    y = torch.from_numpy(np.asarray(ds.labels).astype(np.int64))
-    calib = [tuple(x[i:i + 64] for x in xs) for i in range(0, min(len(y), 512), 64)]
+    n_rows = len(xs[0])
+    calib = [tuple(x[i:i + 64] for x in xs) for i in range(0, min(n_rows, 512), 64)]
     prepared = prepare_qat(handle.model, weight_bits=config.weight_bits, act_bits=config.act_bits,
                            exclude=config.exclude, act_observer=config.observer if config.observer != "moving_average"
                            else "minmax", learn_scales=config.learn_scales)
     calibrate(prepared, calib)
-    train_qat(prepared, (*xs, y), epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-              progress=progress)
+    shifts: dict[str, float] = {}
+    if config.bias_correction:
+        from .bias_correction import correct_bias
+
+        shifts = correct_bias(prepared, calib)
+    if training:
+        y = torch.from_numpy(np.asarray(ds.labels).astype(np.int64))
+        train_qat(prepared, (*xs, y), epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                  seed=config.seed, progress=progress)
     plain, record = finalize(prepared)
     example = {n: ds.inputs[n][:2] for n in names}
     exported = export_onnx(plain, example)
@@ -57,8 +66,11 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     from .api import Prepared, _result
 
     prep = Prepared(exported, exported.model, None)
-    return QuantizeOutcome(_result(prep, q, {}).handle, {"scheme": "QATConfig", "layers": sorted(record),
-                                                         "weight_bits": config.weight_bits, "act_bits": config.act_bits})
+    report: dict[str, Any] = {"scheme": "QATConfig", "layers": sorted(record), "weight_bits": config.weight_bits,
+                              "act_bits": config.act_bits, "epochs": config.epochs}
+    if shifts:
+        report["bias_correction"] = shifts
+    return QuantizeOutcome(_result(prep, q, {}).handle, report)
 
 
 def deploy_qdq(model: onnx.ModelProto, record: dict[str, Any], calibration: dict[str, np.ndarray]) -> onnx.ModelProto:
