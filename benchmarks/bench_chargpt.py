@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import math
 import platform
 import subprocess
@@ -114,12 +115,13 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=128, help="calibration windows of 128 characters")
     ap.add_argument("--eval-tokens", type=int, default=65_536)
     ap.add_argument("--include-head", action="store_true")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps of the cached char-GPT")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quantize_chargpt.md"))
     args = ap.parse_args()
     logging.disable(logging.INFO)  # ORT's quantizer logs every node it skips
     torch.set_num_threads(2)
     t_all = time.time()
-    model = trained_chargpt()
+    model = trained_chargpt(steps=args.steps)
     data = chargpt_data()
     exclude = () if args.include_head else ("head",)
     ctx = model.context
@@ -146,11 +148,16 @@ def main() -> None:
             gq, rec = gptq_quantize_model(model, calib, bits, g, exclude, progress=False)
             t_gptq = time.time() - t
             p_gptq, kl_gptq = evaluate(gq)
+            gq0, _ = gptq_quantize_model(model, calib, bits, g, exclude, act_order=False, progress=False)
+            p_gptq0, _ = evaluate(gq0)
+            gqs, _ = gptq_quantize_model(model, calib, bits, g, exclude, symmetric=True, progress=False)
+            p_gptq_s, _ = evaluate(gqs)
             quantized = sum(r.q.numel() for r in rec.values())
             rows.append(dict(bits=bits, g=g, p_rtn=p_rtn, kl_rtn=kl_rtn, p_rtn_s=p_rtn_s, kl_rtn_s=kl_rtn_s,
-                             p_gptq=p_gptq, kl_gptq=kl_gptq, t_gptq=t_gptq))
+                             p_gptq=p_gptq, kl_gptq=kl_gptq, t_gptq=t_gptq, p_gptq0=p_gptq0, p_gptq_s=p_gptq_s))
             print(f"int{bits} group {g}: RTN {p_rtn:.4f} (KL {kl_rtn:.5f}) RTN-sym {p_rtn_s:.4f} "
-                  f"GPTQ {p_gptq:.4f} (KL {kl_gptq:.5f})", flush=True)
+                  f"GPTQ {p_gptq:.4f} (KL {kl_gptq:.5f}) GPTQ-no-act-order {p_gptq0:.4f} GPTQ-sym {p_gptq_s:.4f}",
+                  flush=True)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="bench_chargpt.") as tmp:
@@ -159,31 +166,37 @@ def main() -> None:
     lines = [
         "# Char-GPT weight-only: RTN vs GPTQ (and ONNX Runtime's int4 quantizer)",
         "",
-        f"Command: `.venv/bin/python benchmarks/bench_chargpt.py --bits {args.bits} --groups {args.groups} "
+        f"Command: `.venv/bin/python benchmarks/bench_chargpt.py --steps {args.steps} --bits {args.bits} --groups {args.groups} "
         f"--calib {args.calib} --eval-tokens {args.eval_tokens}{' --include-head' if args.include_head else ''}`",
         "",
         f"Machine: {platform.machine()}, CPU flags: {cpu_flags()}, torch threads 2, torch {torch.__version__}; "
-        f"wall {time.time() - t_all:.0f} s (shared, heavily loaded machine).",
-        f"Model: char-GPT, {n_params / 1e6:.2f} M parameters, {quantized / 1e6:.2f} M of them in the quantized Linear "
+        f"wall {time.time() - t_all:.0f} s, load average {os.getloadavg()[0]:.1f} at the end.",
+        f"Model: char-GPT trained {args.steps} steps, {n_params / 1e6:.2f} M parameters, {quantized / 1e6:.2f} M of them in the quantized Linear "
         f"layers ({'all' if args.include_head else 'LM head left in fp32'}); {len(data.train):,} training characters "
         f"from {data.train_files} files; evaluated on {min(args.eval_tokens, len(data.val)):,} characters of "
         f"{data.val_files} held-out files. GPTQ: {args.calib} calibration windows x 128 characters from training "
-        "files, damp 0.01, sequential, asymmetric like RTN. KL = mean per-character KL(fp32 || quantized) in "
+        "files, damp 0.01, sequential, act-order with static groups (the default), asymmetric like RTN; "
+        "also without act-order and symmetric. KL = mean per-character KL(fp32 || quantized) in "
         "nats on the same text: more sensitive than perplexity, which quantization noise can move either way.",
         "",
         f"fp32 perplexity: **{base:.4f}** (ONNX Runtime fp32 of the exported model: {ort_base:.4f})",
         "",
-        "| bits | group | RTN ppl (Δ) | RTN KL | RTN sym ppl | GPTQ ppl (Δ) | GPTQ KL | KL GPTQ/RTN | Δppl GPTQ/RTN "
-        "| ORT MatMulNBits ppl (Δ) | GPTQ time s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| bits | group | RTN ppl (Δ) | RTN KL | GPTQ ppl (Δ) | GPTQ KL | KL GPTQ/RTN | Δppl GPTQ/RTN "
+        "| GPTQ no act-order (Δ) | RTN sym (Δ) | GPTQ sym (Δ) | Δppl sym GPTQ/RTN | ORT MatMulNBits ppl (Δ) "
+        "| GPTQ time s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d_rtn, d_gptq = r["p_rtn"] - base, r["p_gptq"] - base
         ratio = f"{d_gptq / d_rtn:.2f}" if d_rtn > 0.005 else "n/a (Δ RTN ≈ 0)"
         ort = (f"{ort_q[r['g']]:.4f} ({ort_q[r['g']] - ort_base:+.4f})" if r["bits"] == 4 else "—")
+        d_rs, d_gs = r["p_rtn_s"] - base, r["p_gptq_s"] - base
+        ratio_s = f"{d_gs / d_rs:.2f}" if d_rs > 0.005 else "n/a (Δ RTN ≈ 0)"
         lines.append(f"| {r['bits']} | {r['g']} | {r['p_rtn']:.4f} ({d_rtn:+.4f}) | {r['kl_rtn']:.5f} | "
-                     f"{r['p_rtn_s']:.4f} | {r['p_gptq']:.4f} ({d_gptq:+.4f}) | {r['kl_gptq']:.5f} | "
-                     f"{r['kl_gptq'] / r['kl_rtn']:.2f} | {ratio} | {ort} | {r['t_gptq']:.1f} |")
+                     f"{r['p_gptq']:.4f} ({d_gptq:+.4f}) | {r['kl_gptq']:.5f} | "
+                     f"{r['kl_gptq'] / r['kl_rtn']:.2f} | {ratio} | {r['p_gptq0']:.4f} ({r['p_gptq0'] - base:+.4f}) | "
+                     f"{r['p_rtn_s']:.4f} ({d_rs:+.4f}) | {r['p_gptq_s']:.4f} ({d_gs:+.4f}) | {ratio_s} | {ort} | "
+                     f"{r['t_gptq']:.1f} |")
     lines += ["", "Target (issue 3): GPTQ's perplexity increase ≤ ½ of RTN's at the same group size.", ""]
     for r in rows:
         d_rtn, d_gptq = r["p_rtn"] - base, r["p_gptq"] - base

@@ -8,7 +8,9 @@ Text: the ``.py`` files under ``sysconfig.get_paths()['stdlib']`` in sorted orde
 idlelib and site-packages left out); a file goes to the held-out split when the CRC32 of
 its relative path is divisible by 10, so train and validation never share a file.
 Characters outside printable ASCII map to one unknown id. Trained once with
-``deepshrink.train.Trainer`` (a few minutes on 2 cores) and cached like the digits models.
+``deepshrink.train.Trainer`` (1000 steps: about 5 minutes on 2 idle cores, held-out
+perplexity 8.95) and cached like the digits models. 400 steps (perplexity 11.9) left a model
+so smooth that int4 rounding did not move its perplexity at all.
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ def perplexity(model: nn.Module, ids: np.ndarray, *, context: int = 128, max_tok
 chargpt_perplexity = perplexity
 
 
-def trained_chargpt(seed: int = 0, steps: int = 400, progress: bool = True,
+def trained_chargpt(seed: int = 0, steps: int = 1000, progress: bool = True,
                     callbacks: list[Any] | None = None) -> CharGPT:
     """The char-GPT trained for ``steps`` AdamW steps (batch 32 x 128 chars), cached.
 

@@ -241,7 +241,7 @@ def _weight_only(prep: Prepared, config: WeightOnlyConfig, **_: Any) -> Quantize
         from .onnx_gptq import gptq_matmul_nbits
 
         q = gptq_matmul_nbits(prep.model, nodes, require_data(prep, "GPTQ"), bits=config.bits,
-                              group_size=config.group_size, symmetric=config.symmetric)
+                              group_size=config.group_size, symmetric=config.symmetric, act_order=config.act_order)
     return _result(prep, q, {"quantized_layers": len(nodes), "method": config.method})
 
 

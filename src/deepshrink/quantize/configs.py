@@ -111,6 +111,7 @@ class WeightOnlyConfig(QuantConfig):
     group_size: int = Field(default=128, ge=2, le=65536)
     method: Literal["rtn", "gptq"] = "rtn"
     symmetric: bool = True
+    act_order: bool = Field(default=True, description="GPTQ: columns by decreasing Hessian diagonal, static groups")
     calibration_size: int = Field(default=128, ge=1, le=100_000)
 
     @field_validator("group_size")

@@ -23,7 +23,8 @@ from . import onnx_backend as ob
 
 
 def gptq_matmul_nbits(model: onnx.ModelProto, nodes: Sequence[str], calibration: dict[str, np.ndarray], *,
-                      bits: int, group_size: int, symmetric: bool = False, damp: float = 0.01) -> onnx.ModelProto:
+                      bits: int, group_size: int, symmetric: bool = False, damp: float = 0.01,
+                      act_order: bool = True) -> onnx.ModelProto:
     from .weight_only import gptq_quantize_weight, rtn_quantize_weight
 
     ob.check_group_size(model, nodes, group_size)
@@ -42,7 +43,8 @@ def gptq_matmul_nbits(model: onnx.ModelProto, nodes: Sequence[str], calibration:
             layer = rtn_quantize_weight(weight, bits, group_size, symmetric=symmetric, name=name)
         else:
             h = torch.from_numpy(2.0 * x.T @ x / len(x)).to(torch.float32)
-            layer = gptq_quantize_weight(weight, h, bits, group_size, damp=damp, symmetric=symmetric, name=name)
+            layer = gptq_quantize_weight(weight, h, bits, group_size, damp=damp, symmetric=symmetric,
+                                         act_order=act_order, name=name)
         ob.write_matmul_nbits(m, name, layer.q.numpy().T, layer.scales.numpy().T, layer.zeros.numpy().T,
                               bits, group_size)
     return m

@@ -12,7 +12,9 @@ columns of ``W`` one at a time and spreads each column's rounding error over the
 not-yet-quantized columns through the inverse Hessian ``H = 2 X Xᵀ`` of the layer inputs
 ``X``, in blocks of columns with lazy updates, from a Cholesky factor of ``H⁻¹`` with
 ``damp · mean(diag H)`` added to the diagonal. Group parameters are fixed when the first
-column of a group is reached, from the error-updated weights. Calibration inputs come from
+column of a group is reached, from the error-updated weights; with ``act_order`` (the default)
+columns go in order of decreasing Hessian diagonal and the group grids are fixed up front
+("static groups", so groups stay contiguous for ``MatMulNBits``). Calibration inputs come from
 forward pre-hooks; layers are processed in model order and each layer's Hessian is
 collected with the previous layers already quantized (``sequential=True``), as in the paper.
 
@@ -102,9 +104,15 @@ def rtn_quantize_weight(weight: torch.Tensor, bits: int = 4, group_size: int = 1
 
 
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 128, *,
-                         damp: float = 0.01, block_size: int = 128, symmetric: bool = False,
+                         damp: float = 0.01, block_size: int = 128, symmetric: bool = False, act_order: bool = True,
                          name: str = "weight") -> WeightOnlyLayer:
-    """GPTQ for one weight ``(N, K)`` given the input Hessian ``(K, K)`` (see module docstring)."""
+    """GPTQ for one weight ``(N, K)`` given the input Hessian ``(K, K)`` (see module docstring).
+
+    ``act_order`` quantizes the columns with the largest Hessian diagonal (the inputs with the
+    most energy) first, so their rounding error can still be compensated by the rest. The
+    group grids are then fixed up front from the original contiguous groups ("static groups"),
+    which keeps the ``MatMulNBits`` layout: one scale/zero per run of ``group_size`` columns.
+    """
     bits, g = _check(weight, bits, group_size, name)
     if not 0 < damp < 1:
         raise InputError(f"{name}: damp must be in (0, 1), got {damp}")
@@ -117,11 +125,16 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int 
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     block = max(g, (block_size // g) * g) if g <= block_size else g
-    hinv = _inverse_cholesky(h, damp, name)
     qmax = 2**bits - 1
     codes = torch.zeros(n, k, dtype=torch.uint8)
     scales = torch.zeros(n, k // g, dtype=torch.float64)
     zeros = torch.zeros(n, k // g, dtype=torch.float64)
+    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(k)
+    if act_order:
+        for j in range(k // g):  # static groups: grids from the original weights, fixed before any update
+            scales[:, j], zeros[:, j] = _group_params(w[:, j * g:(j + 1) * g], bits, symmetric)
+        w, h = w[:, perm], h[perm][:, perm]
+    hinv = _inverse_cholesky(h, damp, name)
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
         w1 = w[:, i1:i2].clone()
@@ -129,8 +142,10 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int 
         hinv1 = hinv[i1:i2, i1:i2]
         scale = zp = None
         for i in range(i2 - i1):
-            col = i1 + i
-            if col % g == 0:  # a new group: fix its grid from the error-updated weights
+            col = int(perm[i1 + i])  # the original column
+            if act_order:
+                scale, zp = scales[:, col // g], zeros[:, col // g]
+            elif col % g == 0:  # a new group: fix its grid from the error-updated weights
                 scale, zp = _group_params(w1[:, i:i + g], bits, symmetric)
                 scales[:, col // g], zeros[:, col // g] = scale, zp
             assert scale is not None and zp is not None
@@ -234,8 +249,8 @@ class _HessianHook:
 @torch.no_grad()
 def gptq_quantize_model(model: nn.Module, calib_batches: Iterable[Any], bits: int = 4, group_size: int = 128,
                         exclude: Sequence[str] = (), damp: float = 0.01, *, block_size: int = 128,
-                        symmetric: bool = False, sequential: bool = True, inplace: bool = False,
-                        progress: bool = True) -> tuple[nn.Module, dict[str, WeightOnlyLayer]]:
+                        symmetric: bool = False, sequential: bool = True, act_order: bool = True,
+                        inplace: bool = False, progress: bool = True) -> tuple[nn.Module, dict[str, WeightOnlyLayer]]:
     """GPTQ weight-only quantization of every Linear layer (a copy unless ``inplace``).
 
     ``calib_batches``: tensors, tuples of positional inputs or dicts of named inputs.
@@ -276,7 +291,7 @@ def gptq_quantize_model(model: nn.Module, calib_batches: Iterable[Any], bits: in
             hook = collect([name])[name] if all_hooks is None else all_hooks[name]
             lin = layers[name]
             res = gptq_quantize_weight(lin.weight, hook.h, bits, group_size, damp=damp, block_size=block_size,
-                                       symmetric=symmetric, name=name)
+                                       symmetric=symmetric, act_order=act_order, name=name)
             lin.weight.copy_(res.dequantize().to(lin.weight.dtype))
             out[name] = res
             bar.advance(task)
