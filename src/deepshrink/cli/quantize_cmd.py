@@ -75,7 +75,7 @@ def quantize_cmd(
     group_size: Annotated[int, typer.Option("--group-size", help="int4-weight: weights per scale group")] = 128,
     method: Annotated[str, typer.Option("--method", help="int4-weight: rtn | gptq")] = "rtn",
     observer: Annotated[str, typer.Option("--observer", help="int8-static: minmax | moving_average | percentile | mse | entropy")] = "minmax",
-    per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor", help="weight scales (int8) or codebooks (kmeans) per output channel or per tensor (default: int8-dynamic per channel only where one scale per tensor would leave the weight under 30 dB SQNR; int8-static and auto per channel; kmeans per tensor)")] = None,
+    per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor", help="weight scales (int8) or codebooks (kmeans) per output channel or per tensor (default: int8-dynamic per channel only where one scale per tensor would leave the median output channel under 25 dB SQNR; int8-static and auto per channel; kmeans per tensor)")] = None,
     smooth: Annotated[float | None, typer.Option("--smooth", help="SmoothQuant alpha (0–1), folded where possible")] = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="quantize only layers matching (repeatable)")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", help="keep layers matching this pattern float (repeatable)")] = None,

@@ -199,7 +199,13 @@ def _nodes(prep: Prepared, config: QuantConfig, op_types: Sequence[str]) -> list
 @register(Int8DynamicConfig)
 def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOutcome:
     nodes = _nodes(prep, config, config.op_types)
+    small = {w.name for w in ob.weight_nodes(prep.model, ("Gather",))
+             if int(np.prod(w.shape)) < config.gather_min_elements and not config.include}
+    if small and len(small) < len(nodes):
+        nodes = [n for n in nodes if n not in small]
     model, report = prep.model, {"quantized_layers": len(nodes)}
+    if small:
+        report["float_small_tables"] = sorted(small)
     if config.smooth_alpha:
         from .smooth import smooth_model
 

@@ -254,7 +254,7 @@ def fuse_transformer(model: onnx.ModelProto, num_heads: int, hidden: int) -> tup
 # int8
 
 
-PER_TENSOR_MIN_SQNR_DB = 30.0
+PER_TENSOR_MIN_SQNR_DB = 25.0
 
 
 def per_tensor_sqnr_db(weight: np.ndarray, axis: int = 1, bits: int = 8) -> float:
