@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["foundation", "quantize_minilm", "quantize_digits", "quantize_qat", "quantize_chargpt", "prune",
+ORDER = ["foundation", "quantize_minilm", "quantize_digits", "quantize_qat", "quantize_bias_correction",
+         "quantize_chargpt", "prune",
          "convert_hub", "onnx_node_suite"]
 
 
