@@ -212,7 +212,7 @@ def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOut
         model, sm = smooth_model(model, require_data(prep, "smoothing"), alpha=config.smooth_alpha, nodes=nodes)
         report["smooth"] = sm.to_dict()
     q = ob.quantize_dynamic_int8(model, nodes, per_channel=config.per_channel, reduce_range=config.reduce_range,
-                                 report=report)
+                                 report=report, per_channel_min_db=config.per_channel_min_db)
     return _result(prep, q, report)
 
 

@@ -54,7 +54,8 @@ class AutoResult:
 def _quantize_fn(base: Any) -> QuantizeFn:
     if isinstance(base, Int8DynamicConfig):
         return lambda m, nodes: ob.quantize_dynamic_int8(m, nodes, per_channel=base.per_channel,
-                                                         reduce_range=base.reduce_range)
+                                                         reduce_range=base.reduce_range,
+                                                         per_channel_min_db=base.per_channel_min_db)
     raise UnsupportedError(f"auto mode works on top of Int8DynamicConfig or Int8StaticConfig, not {type(base).__name__}")
 
 

@@ -79,7 +79,8 @@ class Int8DynamicConfig(QuantConfig):
     unfused) and no faster at batch 1 on this machine. ``smooth_alpha`` migrates activation
     outliers into the weights (SmoothQuant), folded into the producer where exact.
     ``per_channel="auto"`` (the default) gives per-channel weight scales only to the layers
-    whose median output channel keeps less than 25 dB SQNR with one scale per tensor (decided
+    whose median output channel keeps less than ``per_channel_min_db`` (25 dB) SQNR with one
+    scale per tensor (decided
     from the weights alone); ONNX Runtime's per-column kernels cost a fixed time per output
     column, so the others stay per tensor. ``True``/``False`` force one granularity everywhere.
     Embedding tables under ``gather_min_elements`` stay float (unless named by ``include``):
@@ -87,6 +88,8 @@ class Int8DynamicConfig(QuantConfig):
     """
 
     per_channel: bool | Literal["auto"] = "auto"
+    per_channel_min_db: float = Field(default=25.0, ge=0.0, le=100.0,
+                                      description="per_channel=auto: per-channel below this median-channel SQNR")
     gather_min_elements: int = Field(default=262_144, ge=0, description="smaller embedding tables stay float")
     reduce_range: bool = False
     fuse: Literal["auto", "none", "bert"] = "none"

@@ -300,7 +300,8 @@ def choose_per_channel(model: onnx.ModelProto, nodes: Sequence[str],
 
 
 def quantize_dynamic_int8(model: onnx.ModelProto, nodes: Sequence[str], *, per_channel: bool | str = True,
-                          reduce_range: bool = False, report: dict[str, Any] | None = None) -> onnx.ModelProto:
+                          reduce_range: bool = False, report: dict[str, Any] | None = None,
+                          per_channel_min_db: float = PER_TENSOR_MIN_SQNR_DB) -> onnx.ModelProto:
     """ORT ``quantize_dynamic`` on exactly ``nodes`` (int8 weights, uint8 activations at run time).
 
     ``per_channel="auto"`` quantizes the layers :func:`choose_per_channel` picks per channel and
@@ -318,7 +319,7 @@ def quantize_dynamic_int8(model: onnx.ModelProto, nodes: Sequence[str], *, per_c
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
     if per_channel == "auto":
-        chosen = choose_per_channel(model, nodes)
+        chosen = choose_per_channel(model, nodes, per_channel_min_db)
         if report is not None:
             report["per_channel_layers"] = chosen
         rest = [n for n in nodes if n not in chosen]
