@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--name", default="quantize_minilm", help="results/<name>.md to write")
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
 
@@ -147,10 +148,15 @@ def main() -> None:
     # thread pool cannot distort the ORT rows (ratios of the torch row come from phase 2)
     ort_order = [n for n in order if n != "torch-ao-dynamic"]
     phases = [ort_order] + ([["ort-fp32", "torch-ao-dynamic"]] if "torch-ao-dynamic" in runners else [])
+    rounds: dict[str, list[float]] = {}  # per-round b1 times of the ORT rows over all passes
     for p in range(args.passes):
         res: dict[str, dict[str, float]] = {"b1": {}, "b32": {}, "b1_ref": {}, "b32_ref": {}}
         for ph in phases:
-            b1 = _interleaved(runners, ph, lambda r: [r(f) for f in lat_feeds], args.repeats, len(lat_feeds))
+            raw: dict[str, list[float]] = {}
+            b1 = _interleaved(runners, ph, lambda r: [r(f) for f in lat_feeds], args.repeats, len(lat_feeds), raw)
+            if ph is ort_order:
+                for n, v in raw.items():
+                    rounds.setdefault(n, []).extend(v)
             b32 = _interleaved(runners, ph, lambda r: r(batch32), max(5, args.repeats // 3), 1)
             for n in ph:
                 if n == "ort-fp32" and n in res["b1"]:
@@ -168,13 +174,22 @@ def main() -> None:
     header = ["row", "runtime", "size MB"]
     for p in range(args.passes):
         header += [f"b1 ms (pass {p + 1})", f"b1 vs fp32 (pass {p + 1})", f"b32 vs fp32 (pass {p + 1})"]
+    header += ["b1 vs fp32, all rounds (IQR)", "b1 vs ORT dynamic, all rounds (IQR)"]
     header += ["cosine mean", "cosine worst", "cosine in padded batches of 32 (mean / worst)"]
+
+    def per_round(name: str, ref: str) -> str:
+        if name not in rounds or ref not in rounds:
+            return "—"
+        r = np.asarray(rounds[name]) / np.asarray(rounds[ref])
+        q1, med, q3 = np.percentile(r, [25, 50, 75])
+        return f"{med:.3f}× ({q1:.2f}–{q3:.2f})"
     table = []
     for name in order:
         row: list[Any] = [name, "torch" if name.startswith("torch") else "onnxruntime", f"{sizes[name] / 1e6:.1f}"]
         for ps in passes:
             row += [f"{ps['b1'][name]:.2f}", f"{ps['b1'][name] / ps['b1_ref'][name]:.2f}×",
                     f"{ps['b32'][name] / ps['b32_ref'][name]:.2f}×"]
+        row += [per_round(name, "ort-fp32"), per_round(name, "ort-dynamic")]
         row += [f"{fid[name][0]:.4f}", f"{fid[name][1]:.4f}", f"{fid32[name][0]:.4f} / {fid32[name][1]:.4f}"]
         table.append(row)
     auto = info.get("ds-auto", {}).get("auto", {})
@@ -183,6 +198,7 @@ def main() -> None:
             f"columns (and in padded batches of 32 for the last one), calibration: {len(calib_texts)} "
             f"sentences (offset 0). b1: median over {args.repeats} interleaved rounds of 16 single-sentence calls "
             f"(per call); b32: one padded batch of 32. Ratios are against ORT fp32 timed in the same interleaved rounds; "
+            f"the 'all rounds' columns are the median (and quartiles) of the per-round ratios over every pass; "
             f"the torch.ao row is timed in its own rounds against ORT fp32 (OMP_WAIT_POLICY=PASSIVE), because torch's "
             f"thread pool in the same rounds slowed every ORT session. One row alone (with its fp32 reference): "
             f"`python benchmarks/bench_quantize_minilm.py --rows ort-fp32,ROW`.", "",
@@ -202,7 +218,9 @@ def main() -> None:
     if args.no_write:
         print(text)
     else:
-        write_result("quantize_minilm", "Quantization: MiniLM int8 (issue 3)", this_command(), text)
+        title = "Quantization: MiniLM int8 (issue 3)" + ("" if args.name == "quantize_minilm" else
+                                                          f", rows {', '.join(rows)} only")
+        write_result(args.name, title, this_command(), text)
 
 
 def _cos(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
@@ -212,7 +230,8 @@ def _cos(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     return float(c.mean()), float(c.min())
 
 
-def _interleaved(runners: dict[str, Any], order: list[str], fn: Callable[[Any], Any], repeats: int, per: int) -> dict[str, float]:
+def _interleaved(runners: dict[str, Any], order: list[str], fn: Callable[[Any], Any], repeats: int, per: int,
+                 raw: dict[str, list[float]] | None = None) -> dict[str, float]:
     for name in order:  # warm-up
         fn(runners[name])
     times: dict[str, list[float]] = {n: [] for n in order}
@@ -222,6 +241,8 @@ def _interleaved(runners: dict[str, Any], order: list[str], fn: Callable[[Any], 
             t = time.perf_counter()
             fn(runners[name])
             times[name].append((time.perf_counter() - t) * 1000 / per)
+    if raw is not None:
+        raw.update(times)
     return {n: float(np.median(v)) for n, v in times.items()}
 
 
