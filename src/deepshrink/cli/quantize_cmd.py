@@ -24,12 +24,13 @@ from ._app import (
     print_json,
 )
 
-SCHEMES = ("int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto")
+SCHEMES = ("int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto", "ptq")
 
 
 def build_config(scheme: str, *, bits: int | None, group_size: int, method: str, observer: str,
                  per_channel: bool | None, smooth: float | None, include: list[str], exclude: list[str],
-                 target_cos: float, min_cos: float, calibration_size: int, max_kept: float = 0.5) -> Any:
+                 target_cos: float, min_cos: float, calibration_size: int, max_kept: float = 0.5,
+                 bias_correction: bool | None = None) -> Any:
     """The config for a CLI scheme; every bad value is a one-line InputError."""
     from ..quantize import (
         AutoConfig,
@@ -37,15 +38,18 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
         Int8StaticConfig,
         KMeansConfig,
         Log2Config,
+        QATConfig,
         WeightOnlyConfig,
     )
 
     if scheme not in SCHEMES:
         raise InputError(f"--scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
+    if bias_correction is not None and scheme != "ptq":
+        raise InputError("--bias-correction applies to --scheme ptq (low-bit weights of a PyTorch model)")
     if bits is not None and not 2 <= bits <= 8:
         raise InputError(f"--bits {bits} is outside 2–8")
     if bits is not None and bits != 8 and scheme in ("int8-dynamic", "int8-static", "auto"):
-        raise InputError(f"--scheme {scheme} is 8-bit; for {bits} bits use int4-weight, kmeans or log2")
+        raise InputError(f"--scheme {scheme} is 8-bit; for {bits} bits use int4-weight, ptq, kmeans or log2")
     sel = {"include": tuple(include), "exclude": tuple(exclude)}
     int8_pc = True if per_channel is None else per_channel
     if scheme == "int8-dynamic":
@@ -61,6 +65,11 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
         return KMeansConfig.build(bits=bits or 4, per_channel=bool(per_channel), **sel)
     if scheme == "log2":
         return Log2Config.build(bits=bits or 4, **sel)
+    if scheme == "ptq":  # low-bit weights, 8-bit activations, deployed as QDQ int8 kernels
+        if per_channel is False:
+            raise InputError("--scheme ptq quantizes weights per output channel; drop --per-tensor")
+        return QATConfig.build(weight_bits=bits or 4, act_bits=8, epochs=0,
+                               bias_correction=True if bias_correction is None else bias_correction, **sel)
     return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                             max_kept_fraction=max_kept,
                             base=Int8DynamicConfig.build(per_channel=int8_pc, fuse="auto"), **sel)
@@ -71,7 +80,7 @@ def quantize_cmd(
     src: Annotated[str, typer.Argument(help="an ONNX file, or a PyTorch model (.pt2, module:factory, HF folder)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output .onnx")],
     scheme: Annotated[str, typer.Option("--scheme", "-s", help=" | ".join(SCHEMES))] = "int8-dynamic",
-    bits: Annotated[int | None, typer.Option("--bits", help="bits for int4-weight / kmeans / log2 (2–8)")] = None,
+    bits: Annotated[int | None, typer.Option("--bits", help="weight bits for int4-weight / ptq / kmeans / log2 (2–8)")] = None,
     group_size: Annotated[int, typer.Option("--group-size", help="int4-weight: weights per scale group")] = 128,
     method: Annotated[str, typer.Option("--method", help="int4-weight: rtn | gptq")] = "rtn",
     observer: Annotated[str, typer.Option("--observer", help="int8-static: minmax | moving_average | percentile | mse | entropy")] = "minmax",
@@ -83,6 +92,7 @@ def quantize_cmd(
     min_cos: Annotated[float, typer.Option("--min-cos", help="auto: worst-sample cosine to reach")] = 0.99,
     max_kept: Annotated[float, typer.Option("--max-kept", help="auto: largest fraction of layers it may keep float")] = 0.5,
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="samples of --data used to calibrate")] = 64,
+    bias_correction: Annotated[bool | None, typer.Option("--bias-correction/--no-bias-correction", help="ptq: remove each layer's mean output shift from weight rounding (default on)")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the before/after table (default: --data)")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds for the table")] = 20,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="skip the before/after measurement")] = False,
@@ -100,13 +110,17 @@ def quantize_cmd(
     config = build_config(scheme, bits=bits, group_size=group_size, method=method, observer=observer,
                           per_channel=per_channel, smooth=smooth, include=include or [], exclude=exclude or [],
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
-                          max_kept=max_kept)
+                          max_kept=max_kept, bias_correction=bias_correction)
     if output.suffix.lower() != ".onnx":
         raise InputError(f"output {output}: a quantized model is written as .onnx")
     check_output(output, inputs=(src, weights), force=force)
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
     float_handle = to_onnx_handle(handle)
-    result = run_quantize(float_handle, config, data=data, progress=not json_out)
+    if scheme == "ptq" and handle.kind != "torch":
+        raise InputError("--scheme ptq calibrates the PyTorch model: pass a torch model (.pt2, module:factory, "
+                         "HF folder), not ONNX")
+    # ptq works on the torch model (fake-quant, bias correction) and exports the result itself
+    result = run_quantize(handle if scheme == "ptq" else float_handle, config, data=data, progress=not json_out)
     save_quantized(result.handle, output, force=force, source=src if Path(src).is_file() else None)
     table = None if no_bench else _measure(float_handle, result.handle, output, eval_data or data, repeats, json_out)
     payload = {"output": str(output), "report": result.report, "bench": table.to_dict() if table else None}
@@ -134,6 +148,9 @@ def _describe(rep: dict[str, Any]) -> str:
         parts.append(f"{rep['quantized_layers']} layers quantized")
     if "smooth" in rep:
         parts.append(f"smoothing alpha {rep['smooth']['alpha']} ({rep['smooth']['mul_nodes']} Mul nodes)")
+    if "weight_bits" in rep:
+        parts.append(f"W{rep['weight_bits']}A{rep['act_bits']} on {len(rep.get('layers', []))} layers"
+                     + (", bias-corrected" if "bias_correction" in rep else ""))
     if "groups" in rep:
         parts.append("; ".join(f"{g['scheme']}: {len(g['layers'])} layers" for g in rep["groups"]))
     return ", ".join(parts) or "done"
