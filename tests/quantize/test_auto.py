@@ -58,7 +58,7 @@ def test_minilm_auto_meets_the_target_on_unseen_sentences():
     h, tok = minilm_float()
     out = run_quantize(h, AutoConfig(smooth_alphas=(0.0, 0.7)), data=tokenized(tok, stdlib_sentences(24)))
     auto = out.report["auto"]
-    assert auto["trials"][0]["cos_mean"] < 0.997 <= auto["cos_mean"]  # plain int8 misses it: 0.9935 -> 0.9982 seen
+    assert auto["trials"][0]["cos_mean"] < 0.997 <= auto["cos_mean"]  # plain int8 misses it: 0.991 -> 0.997+ seen
     assert auto["alpha"] == 0.7 and auto["kept_float"] == []
     q = out.handle
     # BERT fused first: 6 QAttention (Q, K, V) + 18 MatMuls + the embeddings, every one int8
@@ -66,7 +66,7 @@ def test_minilm_auto_meets_the_target_on_unseen_sentences():
     assert out.report["fused"]["Attention"] == 6
     texts = stdlib_sentences(40, offset=1500)
     c = cosines(embed_one_by_one(h.model, tok, texts), embed_one_by_one(q.model, tok, texts))
-    assert c.mean() >= 0.997 and c.min() >= 0.99  # 0.9978 / 0.9954 seen
+    assert c.mean() >= 0.997 and c.min() >= 0.99  # 0.9974 / 0.9955 seen (fused, outlier tensors smoothed)
     # padded batches too (dynamic int8 takes one range per batch): smoothing covers padded positions
     batched = run_outputs(q.model, tokenized(tok, texts), batch=20)
     cb = cosines(embed_one_by_one(h.model, tok, texts), batched)
