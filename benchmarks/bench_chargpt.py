@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import math
+import os
 import platform
 import subprocess
 import sys

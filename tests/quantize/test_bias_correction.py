@@ -56,7 +56,7 @@ def test_conv_with_padding_and_groups():
     batches = [torch.randn(16, 4, 10, 10) + 0.7 for _ in range(4)]
     calibrate(prepared, batches)
     layers = quant_layers(prepared)
-    shift = output_shift(prepared, layers, batches, lambda _n, m: (m.weight, m.weight_fq(m.weight)))
+    shift = output_shift(prepared, layers, batches, {n: (m.weight, m.weight_fq(m.weight)) for n, m in layers.items()})
     old_bias = {n: (m.bias.detach().clone() if m.bias is not None else torch.zeros(m.out_channels))
                 for n, m in layers.items()}
     x = torch.cat(batches)

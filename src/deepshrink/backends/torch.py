@@ -46,6 +46,19 @@ def set_eval(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+def call_batch(module: nn.Module, batch: Any) -> Any:
+    """Call ``module`` on one batch: a dict of named inputs, a tuple/list of positional inputs,
+    or a single input; arrays become tensors. Returns the raw output; errors propagate."""
+    def t(v: Any) -> torch.Tensor:
+        return v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+
+    if isinstance(batch, dict):
+        return module(**{k: t(v) for k, v in batch.items()})
+    if isinstance(batch, (tuple, list)):
+        return module(*[t(v) for v in batch])
+    return module(t(batch))
+
+
 def run_torch(module: nn.Module, inputs: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
     names = names or list(inputs)
     missing = [n for n in names if n not in inputs]

@@ -199,10 +199,14 @@ def _nodes(prep: Prepared, config: QuantConfig, op_types: Sequence[str]) -> list
 @register(Int8DynamicConfig)
 def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOutcome:
     nodes = _nodes(prep, config, config.op_types)
-    small = {w.name for w in ob.weight_nodes(prep.model, ("Gather",))
-             if int(np.prod(w.shape)) < config.gather_min_elements and not config.include}
+    small: set[str] = set()
+    if not config.include:  # tables the user named are quantized whatever their size
+        small = {w.name for w in ob.weight_nodes(prep.model, ("Gather",))
+                 if w.name in nodes and int(np.prod(w.shape)) < config.gather_min_elements}
     if small and len(small) < len(nodes):
         nodes = [n for n in nodes if n not in small]
+    else:
+        small = set()
     model, report = prep.model, {"quantized_layers": len(nodes)}
     if small:
         report["float_small_tables"] = sorted(small)

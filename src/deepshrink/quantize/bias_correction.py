@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..backends.torch import call_batch
 from ..errors import InputError
 
 __all__ = ["correct_bias", "correct_bias_pairs", "output_shift"]
@@ -50,24 +51,24 @@ def _channel_mean(d: torch.Tensor, mod: nn.Module) -> tuple[torch.Tensor, int]:
 
 @torch.no_grad()
 def output_shift(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[Any],
-                 weights: Callable[[str, nn.Module], tuple[torch.Tensor, torch.Tensor]],
-                 prepare_input: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
-                 run: Callable[[nn.Module, Any], Any] | None = None) -> dict[str, torch.Tensor]:
+                 pairs: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                 prepare_input: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Mean of ``f(x, Ŵ) − f(x, W)`` per output channel of each layer over ``batches``.
 
-    ``weights(name, module) -> (W, Ŵ)``; ``prepare_input`` maps a hooked input to what the
-    layer multiplies (its input quantizer); ``run(model, batch)`` calls the model.
+    ``pairs[name] = (W, Ŵ)``; ``prepare_input`` maps a hooked input to what the layer
+    multiplies (its input quantizer).
     """
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     hooks = []
 
     def make_hook(name: str) -> Callable[..., None]:
+        w, wq = pairs[name]
+
         def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0]
             if prepare_input is not None:
                 x = prepare_input(mod, x)
-            w, wq = weights(name, mod)
             s, n = _channel_mean(_apply(mod, x, wq) - _apply(mod, x, w), mod)
             sums[name] = sums[name] + s if name in sums else s
             counts[name] = counts.get(name, 0) + n
@@ -80,7 +81,7 @@ def output_shift(model: nn.Module, layers: Mapping[str, nn.Module], batches: Ite
     seen = 0
     try:
         for batch in batches:
-            (run or _default_run)(model, batch)
+            call_batch(model, batch)
             seen += 1
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"bias correction: the data does not fit the model's inputs: {str(exc).splitlines()[0]}") from None
@@ -93,17 +94,18 @@ def output_shift(model: nn.Module, layers: Mapping[str, nn.Module], batches: Ite
     return {name: (sums[name] / counts[name]).to(torch.float32) for name in sums}
 
 
-def _default_run(model: nn.Module, batch: Any) -> Any:
-    from .qat import _call
-
-    return _call(model, batch)
-
-
-def _subtract(mod: nn.Module, shift: torch.Tensor) -> None:
-    if mod.bias is None:
-        mod.bias = nn.Parameter(torch.zeros(shift.numel(), dtype=mod.weight.dtype, device=mod.weight.device))
-    with torch.no_grad():
+@torch.no_grad()
+def _correct(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[Any],
+             pairs: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+             prepare_input: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+    """Subtract each layer's measured shift from its bias (creating one if needed)."""
+    shifts = output_shift(model, layers, list(batches), pairs, prepare_input)
+    for name, shift in shifts.items():
+        mod = layers[name]
+        if mod.bias is None:
+            mod.bias = nn.Parameter(torch.zeros(shift.numel(), dtype=mod.weight.dtype, device=mod.weight.device))
         mod.bias.sub_(shift.to(mod.bias.dtype))
+    return {name: float(s.abs().mean()) for name, s in shifts.items()}
 
 
 @torch.no_grad()
@@ -117,22 +119,15 @@ def correct_bias(model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
     layers = quant_layers(model)
     if not layers:
         raise InputError("bias correction: the model has no fake-quant layers; call prepare_qat first")
-
-    def weights(_: str, m: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = {}
+    for name, m in layers.items():  # the quantized weight, whether or not the quantizer is enabled now
         enabled = m.weight_fq.enabled
         m.weight_fq.enabled = True
         try:
-            return m.weight, m.weight_fq(m.weight)
+            pairs[name] = (m.weight, m.weight_fq(m.weight))
         finally:
             m.weight_fq.enabled = enabled
-
-    def prepare_input(m: Any, x: torch.Tensor) -> torch.Tensor:
-        return m.act_fq(x) if m.act_fq is not None else x
-
-    shifts = output_shift(model, layers, list(batches), weights, prepare_input)
-    for name, s in shifts.items():
-        _subtract(layers[name], s)
-    return {name: float(s.abs().mean()) for name, s in shifts.items()}
+    return _correct(model, layers, batches, pairs, lambda m, x: m.act_fq(x) if m.act_fq is not None else x)
 
 
 @torch.no_grad()
@@ -147,8 +142,5 @@ def correct_bias_pairs(model: nn.Module, quantized: Mapping[str, torch.Tensor], 
     missing = [n for n in quantized if n not in mods]
     if missing:
         raise InputError(f"bias correction: no layer named {missing[0]!r} in the model")
-    layers = {n: mods[n] for n in quantized}
-    shifts = output_shift(model, layers, list(batches), lambda n, _m: (float_weights[n], quantized[n]))
-    for name, s in shifts.items():
-        _subtract(layers[name], s)
-    return {name: float(s.abs().mean()) for name, s in shifts.items()}
+    return _correct(model, {n: mods[n] for n in quantized}, batches,
+                    {n: (float_weights[n], quantized[n]) for n in quantized})

@@ -30,6 +30,7 @@ from ..errors import InputError
 
 Observer = Literal["minmax", "moving_average", "percentile", "mse", "entropy"]
 Patterns = tuple[str, ...]
+PER_CHANNEL_MIN_DB = 25.0  # int8 granularity "auto": per-channel below this median-channel SQNR (dB)
 
 
 class QuantConfig(Config):
@@ -80,15 +81,14 @@ class Int8DynamicConfig(QuantConfig):
     outliers into the weights (SmoothQuant), folded into the producer where exact.
     ``per_channel="auto"`` (the default) gives per-channel weight scales only to the layers
     whose median output channel keeps less than ``per_channel_min_db`` (25 dB) SQNR with one
-    scale per tensor (decided
-    from the weights alone); ONNX Runtime's per-column kernels cost a fixed time per output
-    column, so the others stay per tensor. ``True``/``False`` force one granularity everywhere.
+    scale per tensor (decided from the weights alone); ONNX Runtime's per-column kernels cost
+    a fixed time per output column, so the others stay per tensor. ``True``/``False`` force one granularity everywhere.
     Embedding tables under ``gather_min_elements`` stay float (unless named by ``include``):
     their run-time ``DequantizeLinear`` costs a kernel call for a few hundred kB saved.
     """
 
     per_channel: bool | Literal["auto"] = "auto"
-    per_channel_min_db: float = Field(default=25.0, ge=0.0, le=100.0,
+    per_channel_min_db: float = Field(default=PER_CHANNEL_MIN_DB, ge=0.0, le=100.0,
                                       description="per_channel=auto: per-channel below this median-channel SQNR")
     gather_min_elements: int = Field(default=262_144, ge=0, description="smaller embedding tables stay float")
     reduce_range: bool = False

@@ -41,6 +41,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import InputError, UnsupportedError
+from .configs import PER_CHANNEL_MIN_DB
 
 INTEGER_OPS = frozenset({
     "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
@@ -254,9 +255,6 @@ def fuse_transformer(model: onnx.ModelProto, num_heads: int, hidden: int) -> tup
 # int8
 
 
-PER_TENSOR_MIN_SQNR_DB = 25.0
-
-
 def per_tensor_sqnr_db(weight: np.ndarray, axis: int = 1, bits: int = 8) -> float:
     """Median over output channels (``axis``) of each channel's SQNR (dB) under one per-tensor scale.
 
@@ -277,7 +275,7 @@ def per_tensor_sqnr_db(weight: np.ndarray, axis: int = 1, bits: int = 8) -> floa
 
 
 def choose_per_channel(model: onnx.ModelProto, nodes: Sequence[str],
-                       min_sqnr_db: float = PER_TENSOR_MIN_SQNR_DB) -> dict[str, float]:
+                       min_sqnr_db: float = PER_CHANNEL_MIN_DB) -> dict[str, float]:
     """The nodes whose weight loses too much with one scale per tensor: {node: per-tensor SQNR dB}.
 
     A layer whose output channels differ widely in range (BERT's FFN output projections, whose
@@ -301,7 +299,7 @@ def choose_per_channel(model: onnx.ModelProto, nodes: Sequence[str],
 
 def quantize_dynamic_int8(model: onnx.ModelProto, nodes: Sequence[str], *, per_channel: bool | str = True,
                           reduce_range: bool = False, report: dict[str, Any] | None = None,
-                          per_channel_min_db: float = PER_TENSOR_MIN_SQNR_DB) -> onnx.ModelProto:
+                          per_channel_min_db: float = PER_CHANNEL_MIN_DB) -> onnx.ModelProto:
     """ORT ``quantize_dynamic`` on exactly ``nodes`` (int8 weights, uint8 activations at run time).
 
     ``per_channel="auto"`` quantizes the layers :func:`choose_per_channel` picks per channel and

@@ -33,11 +33,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..backends.torch import call_batch
 from ..errors import InputError
 from ..train import Callback, Trainer
 from .granularity import PerChannel, PerTensor
@@ -262,15 +262,6 @@ def quant_layers(model: nn.Module) -> dict[str, FakeQuantLinear | FakeQuantConv2
     return {n: m for n, m in model.named_modules() if isinstance(m, (FakeQuantLinear, FakeQuantConv2d))}
 
 
-def _call(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, dict):
-        return model(**{k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-                        for k, v in batch.items()})
-    if isinstance(batch, (tuple, list)):
-        return model(*[torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in batch])
-    return model(batch if isinstance(batch, torch.Tensor) else torch.as_tensor(np.asarray(batch)))
-
-
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
     """Run ``batches`` (tensors, tuples of positional inputs, or dicts of named inputs) through
@@ -285,7 +276,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
     n = 0
     try:
         for batch in batches:
-            _call(model, batch)
+            call_batch(model, batch)
             n += 1
     except (RuntimeError, TypeError) as exc:
         for q in quants:

@@ -31,10 +31,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from ..backends.torch import call_batch
 from ..errors import InputError
 from .granularity import PerGroup
 from .linear import check_bits, minmax, qparams_from_range
@@ -217,16 +217,8 @@ def _batches_list(calib_batches: Iterable[Any]) -> list[Any]:
 
 
 def _run(model: nn.Module, batch: Any) -> None:
-    def t(v: Any) -> Any:
-        return v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
-
     try:
-        if isinstance(batch, dict):
-            model(**{k: t(v) for k, v in batch.items()})
-        elif isinstance(batch, (tuple, list)):
-            model(*[t(v) for v in batch])
-        else:
-            model(t(batch))
+        call_batch(model, batch)
     except (RuntimeError, TypeError, IndexError) as exc:
         raise InputError(f"calibration data does not fit the model's inputs: {str(exc).splitlines()[0]}") from None
 
