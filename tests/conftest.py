@@ -1,7 +1,15 @@
-"""Shared fixtures: trained digits models (cached), exported ONNX files, MiniLM."""
+"""Shared fixtures: trained digits models (cached), exported ONNX files, MiniLM.
+
+Seeds and measured figures (see ``tests/README.md``): every model a test trains takes its seed
+from the ``seed`` fixture (``$DEEPSHRINK_TEST_SEED``, default 0), and every training-dependent
+figure a test asserts on goes through ``measured(name, value, bound)`` first, which appends it to
+``$DEEPSHRINK_MEASURE_OUT`` when set. ``benchmarks/seed_spread.py`` runs the tests marked
+``trains`` under several seeds and derives each threshold from the spread of those figures.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +18,38 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# every Trainer in the tests trains on one thread with deterministic algorithms (train/trainer.py)
+os.environ.setdefault("DEEPSHRINK_DETERMINISTIC", "1")
+
+SEED = int(os.environ.get("DEEPSHRINK_TEST_SEED", "0"))
+
+
+@pytest.fixture(scope="session")
+def seed() -> int:
+    """The seed of every model the tests train (0 unless ``$DEEPSHRINK_TEST_SEED`` says otherwise)."""
+    return SEED
+
+
+@pytest.fixture
+def measured(request):
+    """``measured(name, value, bound)`` returns ``value`` and records it for the seed-spread run.
+
+    ``bound`` says which way the test's threshold points: "lower" (the value must stay above it,
+    e.g. accuracy) or "upper" (must stay below, e.g. an accuracy drop or an error ratio);
+    ``margin`` is added beyond the worst seed (default: two of the 360 test digits).
+    """
+    out = os.environ.get("DEEPSHRINK_MEASURE_OUT")
+
+    def record(name: str, value: float, bound: str, margin: float = 2 / 360) -> float:
+        assert bound in ("lower", "upper"), bound
+        if out:
+            row = {"test": request.node.nodeid, "name": name, "value": float(value), "bound": bound, "seed": SEED,
+                   "margin": margin}
+            with open(out, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        return value
+
+    return record
 
 
 @pytest.fixture(scope="session")
@@ -20,17 +60,17 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def digits_cnn():
+def digits_cnn(seed):
     from deepshrink.examples import trained_digits_cnn
 
-    return trained_digits_cnn()
+    return trained_digits_cnn(seed)
 
 
 @pytest.fixture(scope="session")
-def digits_mlp():
+def digits_mlp(seed):
     from deepshrink.examples import trained_digits_mlp
 
-    return trained_digits_mlp()
+    return trained_digits_mlp(seed)
 
 
 @pytest.fixture(scope="session")

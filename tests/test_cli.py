@@ -9,6 +9,10 @@ import pytest
 
 from deepshrink.cli._app import run_app
 
+# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
+DEMO_ACC = 0.97
+DEMO_DROP = 0.03
+
 
 def _run(capsys, *args):
     rc = run_app([str(a) for a in args])
@@ -22,7 +26,8 @@ def _one_line_error(err: str, needle: str) -> None:
     assert "Traceback" not in err
 
 
-def test_convert_info_bench_happy_path(tmp_path, capsys, cnn_onnx):
+@pytest.mark.trains
+def test_convert_info_bench_happy_path(tmp_path, capsys, cnn_onnx, measured):
     out = tmp_path / "copy.onnx"
     rc, stdout, _ = _run(capsys, "convert", cnn_onnx, out, "--json")
     assert rc == 0 and json.loads(stdout)["hops"][0]["parity"]["ok"] is True
@@ -31,7 +36,8 @@ def test_convert_info_bench_happy_path(tmp_path, capsys, cnn_onnx):
     assert rc == 0 and info["inputs"] == ["x: float32[batchx1x8x8]"] and info["ops"]["Conv"] == 4
     rc, stdout, _ = _run(capsys, "bench", cnn_onnx, out, "--data", "digits:test", "--repeats", "3", "--json")
     rows = json.loads(stdout)["rows"]
-    assert rc == 0 and rows[1]["accuracy"] == rows[0]["accuracy"] > 0.97  # 0.992 seen
+    assert rc == 0 and rows[1]["accuracy"] == rows[0]["accuracy"]
+    assert measured("digits CNN accuracy", rows[0]["accuracy"], "lower") > DEMO_ACC
 
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "exists", "same", "bad_ext", "bad_shape", "unknown_exporter"])
@@ -107,18 +113,51 @@ def test_factory_with_nan_weights(tmp_path, capsys):
     del torch
 
 
-def test_demo_runs_offline_as_a_subprocess(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "demo", "--out", str(tmp_path / "demo"), "--json"],
-                          capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+@pytest.mark.trains
+def test_demo_runs_offline_as_a_subprocess(tmp_path, seed, measured):
+    proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "demo", "--out", str(tmp_path / "demo"), "--json",
+                           "--seed", str(seed)],
+                          capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "DEEPSHRINK_DETERMINISTIC": "1",
                                                                             "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
     assert summary["parity"]["ok"] and summary["parity"]["max_abs"] < 1e-4
     rows = summary["bench"]["rows"]
-    assert rows[0]["accuracy"] > 0.97 and abs(rows[1]["accuracy"] - rows[0]["accuracy"]) < 1e-9  # 0.992 seen
+    acc = measured("demo CNN accuracy", rows[0]["accuracy"], "lower")
+    drop = measured("demo pruned + int8: accuracy drop", rows[0]["accuracy"] - rows[3]["accuracy"], "upper")
+    assert acc > DEMO_ACC and abs(rows[1]["accuracy"] - rows[0]["accuracy"]) < 1e-9
     assert (tmp_path / "demo" / "digits_cnn.onnx").is_file()
     names = [r["name"] for r in rows]
     assert names == ["PyTorch fp32", "ONNX fp32", "ONNX pruned 50%", "ONNX pruned + int8"]
     assert rows[0]["params"] > 3.5 * rows[2]["params"]  # the caller's model is untouched: 38,122 vs 9,772
-    assert rows[3]["accuracy"] > rows[0]["accuracy"] - 0.03  # 0.984 vs 0.992 seen
+    assert drop < DEMO_DROP
     assert rows[3]["size_bytes"] < 0.25 * rows[1]["size_bytes"]  # 27.8 KB vs 162.6 KB seen
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["distill", "m.onnx"], "No such command 'distill'"),
+    (["quantize", "m.onnx", "-o", "q.onnx", "--sparsty", "0.5"], "--sparsty"),
+    (["quantize"], "Missing argument"),
+    (["convert", "m.onnx"], "'dst'"),
+    (["bench", "m.onnx", "--threads", "two"], "'--threads'"),
+    (["prune", "m.onnx", "-o", "p.onnx", "--sparsity", "half"], "'--sparsity'"),
+], ids=["unknown-command", "misspelled-option", "missing-src", "missing-dst", "bad-int", "bad-float"])
+def test_usage_errors_are_two_lines_exit_2(capsys, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = _run(capsys, *args)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2 and 1 <= len(lines) <= 2 and lines[0].startswith("usage error:") and needle in lines[0], err
+    assert "Traceback" not in err and not out and not list(tmp_path.iterdir())
+
+
+def test_no_arguments_prints_help_exit_0(capsys):
+    rc, out, err = _run(capsys)
+    assert rc == 0 and "Usage" in out and "quantize" in out and not err.strip()
+
+
+def test_usage_error_through_the_installed_entry_point(tmp_path):
+    """The console script as a fresh install runs it (whatever click copy typer ships)."""
+    proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "quantize", "m.onnx", "-o", "q.onnx", "--sparsty",
+                           "0.5"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) <= 2 and "--sparsty" in lines[0], proc.stderr

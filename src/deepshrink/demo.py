@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
-def run_demo(out: Path, console: Any = None) -> dict[str, Any]:
+def run_demo(out: Path, console: Any = None, *, seed: int = 0) -> dict[str, Any]:
     from .convert import convert
     from .evaluate.bench import bench
     from .examples.digits import trained_digits_cnn
@@ -25,7 +25,7 @@ def run_demo(out: Path, console: Any = None) -> dict[str, Any]:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     say("[bold]1.[/] digits CNN (scikit-learn's 8×8 digits), trained once and cached")
-    model = trained_digits_cnn()
+    model = trained_digits_cnn(seed)
     handle = load(model, input_shapes=["x:1x1x8x8"])
     weights = out / "digits_cnn.safetensors"
     save(handle, weights)

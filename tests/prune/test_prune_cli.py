@@ -17,12 +17,15 @@ from deepshrink.examples import trained_digits_cnn, trained_digits_mlp
 MLP = "deepshrink.examples:DigitsMLP"
 CNN = "deepshrink.examples:DigitsCNN"
 
+# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
+DROP_STRUCTURED_CLI = 0.03
+
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> dict[str, str]:
+def weights(tmp_path_factory, seed) -> dict[str, str]:
     d = tmp_path_factory.mktemp("w")
     out = {}
-    for name, model in (("mlp", trained_digits_mlp(0)), ("cnn", trained_digits_cnn(0))):
+    for name, model in (("mlp", trained_digits_mlp(seed)), ("cnn", trained_digits_cnn(seed))):
         path = d / f"{name}.safetensors"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
         out[name] = str(path)
@@ -35,7 +38,8 @@ def _err(capsys) -> str:
     return err
 
 
-def test_structured_to_onnx_with_table(weights, tmp_path, capsys):
+@pytest.mark.trains
+def test_structured_to_onnx_with_table(weights, tmp_path, capsys, measured):
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "cnn.pruned.onnx"
     rc = run_app(["prune", CNN, "-w", weights["cnn"], "-o", str(out), "--method", "structured", "--sparsity", "0.5",
@@ -44,11 +48,12 @@ def test_structured_to_onnx_with_table(weights, tmp_path, capsys):
     assert rc == 0, _err(capsys)
     res = json.loads(capsys.readouterr().out)
     rep, rows = res["report"], res["bench"]["rows"]
+    drop = measured("accuracy drop after 2 fine-tune epochs", rows[0]["accuracy"] - rows[1]["accuracy"], "upper")
     assert rep["params_after"] / rep["params_before"] < 0.27  # 0.258 seen
     assert {g["name"]: g["kept"] for g in rep["groups"]} == {"stem.0": 16, "block_conv1": 16, "down.0": 32}
     assert rows[0]["runtime"] == rows[1]["runtime"] == "onnxruntime"  # same runtime before/after
     assert rows[1]["params"] < 0.3 * rows[0]["params"]
-    assert rows[1]["accuracy"] > rows[0]["accuracy"] - 0.03  # 0.992 -> 0.980 seen after 2 epochs
+    assert drop < DROP_STRUCTURED_CLI
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
     assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (3, 10)

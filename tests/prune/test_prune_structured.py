@@ -17,10 +17,13 @@ from deepshrink.prune import StructuredPruneConfig, prune, prune_with_report
 from deepshrink.prune.structured import apply_plan, build_graph, fit_to_state_dict, mask_plan, plan_structured
 from deepshrink.train import accuracy_of
 
+# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
+DROP_CNN_HALF_CHANNELS = 0.015
+
 
 @pytest.fixture(scope="module")
-def cnn() -> nn.Module:
-    return trained_digits_cnn(0)
+def cnn(seed) -> nn.Module:
+    return trained_digits_cnn(seed)
 
 
 @pytest.fixture(scope="module")
@@ -185,13 +188,14 @@ def test_fit_to_state_dict_reloads_pruned_weights(cnn):
         assert torch.allclose(fresh.eval()(x), m(x), atol=1e-6)
 
 
-def test_digits_cnn_half_channels_recovers_with_finetune(cnn, data):
+@pytest.mark.trains
+def test_digits_cnn_half_channels_recovers_with_finetune(cnn, data, measured):
     base = accuracy_of(cnn, data.x_test, data.y_test)
     m, rep = prune_with_report(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5, finetune_epochs=6, lr=2e-3),
                                data=(data.x_train, data.y_train), progress=False)
-    acc = accuracy_of(m, data.x_test, data.y_test)
+    drop = measured("accuracy drop", base - accuracy_of(m, data.x_test, data.y_test), "upper")
     assert rep.params_after / rep.params_before < 0.27
-    assert acc > base - 0.015  # 0.994 -> 0.989 seen (seed 0)
+    assert drop < DROP_CNN_HALF_CHANNELS
 
 
 def test_minilm_heads_and_ffn():

@@ -12,19 +12,23 @@ from deepshrink.errors import InputError
 from deepshrink.examples import DigitsMLP
 from deepshrink.train import Callback, Trainer, accuracy_of
 
+# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
+TRAINER_ACC_5_EPOCHS = 0.9
 
-def _fit(digits, epochs, **kw):
-    torch.manual_seed(0)
+
+def _fit(digits, epochs, seed=3, init_seed=0, **kw):
+    torch.manual_seed(init_seed)
     m = DigitsMLP()
     d = digits.flat()
-    Trainer(m, epochs=epochs, progress=False, seed=3, **kw).fit((d.x_train, d.y_train))
+    Trainer(m, epochs=epochs, progress=False, seed=seed, **kw).fit((d.x_train, d.y_train))
     return m
 
 
-def test_training_learns(digits):
-    m = _fit(digits, 5)
-    acc = accuracy_of(m, digits.flat().x_val, digits.y_val)
-    assert acc > 0.9  # 0.919 seen after 5 epochs (0.1 by chance)
+@pytest.mark.trains
+def test_training_learns(digits, seed, measured):
+    m = _fit(digits, 5, seed=seed + 3, init_seed=seed + 3)
+    acc = measured("MLP accuracy after 5 epochs", accuracy_of(m, digits.flat().x_val, digits.y_val), "lower")
+    assert acc > TRAINER_ACC_5_EPOCHS  # 0.1 by chance
 
 
 def test_resume_reproduces_an_uninterrupted_run(digits, tmp_path):
@@ -41,6 +45,38 @@ def test_resume_reproduces_an_uninterrupted_run(digits, tmp_path):
     assert res.resumed_from == steps_per_epoch + 5 and res.steps == 3 * steps_per_epoch
     for (k, a), b in zip(full.state_dict().items(), m2.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_deterministic_training_gives_the_same_weights_at_any_thread_count(digits):
+    class Probe(Callback):
+        def on_step_begin(self, trainer):
+            seen.add((torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()))
+
+    d = digits.flat()
+    before = torch.get_num_threads()
+    states = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            seen: set = set()
+            torch.manual_seed(0)
+            m = DigitsMLP()
+            Trainer(m, max_steps=25, progress=False, seed=1, deterministic=True, callbacks=[Probe()]).fit(
+                (d.x_train, d.y_train))
+            assert seen == {(1, True)}  # one thread, deterministic algorithms, inside training
+            assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()
+            states.append(m.state_dict())
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(states[0].values(), states[1].values(), strict=True))
+    assert not torch.equal(states[0]["fc1.weight"], DigitsMLP().state_dict()["fc1.weight"])  # it did train
+
+
+def test_deterministic_default_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DEEPSHRINK_DETERMINISTIC", "1")
+    assert Trainer(DigitsMLP()).deterministic and not Trainer(DigitsMLP(), deterministic=False).deterministic
+    monkeypatch.setenv("DEEPSHRINK_DETERMINISTIC", "0")
+    assert not Trainer(DigitsMLP()).deterministic
 
 
 def test_callbacks_see_every_step(digits):
@@ -101,3 +137,15 @@ def test_runs_unchanged_under_torchrun(tmp_path):
     # each rank saw half the data for 3 epochs: 0.816 seen on both (one model, kept in sync)
     assert min(accs) > 0.7 and accs[0] == accs[1], lines
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()  # written once, by rank 0
+
+
+def test_cache_key_names_the_whole_recipe(monkeypatch):
+    from deepshrink.examples.cache import cache_key
+
+    a = cache_key("m", seed=0, epochs=30, lr=1e-3)
+    assert a.startswith("m-seed0-") and a == cache_key("m", lr=1e-3, epochs=30, seed=0)
+    others = {cache_key("m", seed=0, epochs=31, lr=1e-3), cache_key("m", seed=1, epochs=30, lr=1e-3),
+              cache_key("m", seed=0, epochs=30, lr=2e-3)}
+    monkeypatch.setattr(torch, "__version__", "0.0.0")  # another torch build: another file
+    others.add(cache_key("m", seed=0, epochs=30, lr=1e-3))
+    assert a not in others and len(others) == 4

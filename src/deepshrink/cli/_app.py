@@ -44,6 +44,37 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _first_line(text: str) -> str:
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else "(no message)"
+
+
+def _usage_error_kind(exc: BaseException) -> str | None:
+    """'no-args', 'usage', 'click' or None: which of the command-line library's errors ``exc`` is.
+
+    Typer has vendored its own copy of click since 0.2x (``typer._click``), and plain click raises
+    its own classes; neither module path is a stable contract. So the classes are found through the
+    library's public exception (``typer.BadParameter``, present in every typer) and by name along
+    ``exc``'s MRO, which covers typer's copy and click alike.
+    """
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    bases: list[type] = []
+    for cls in getattr(typer, "BadParameter", type(None)).__mro__:
+        if cls.__name__ in ("UsageError", "ClickException"):
+            bases.append(cls)
+    try:
+        import click
+
+        bases += [click.exceptions.UsageError, click.exceptions.ClickException]
+    except ImportError:  # typer without a separate click
+        pass
+    if not (isinstance(exc, tuple(bases)) or names & {"UsageError", "ClickException"}):
+        return None
+    if "NoArgsIsHelpError" in names:
+        return "no-args"
+    return "usage" if "UsageError" in names else "click"
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status. Errors we raise become one line, no traceback."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,14 +95,22 @@ def run_app(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            err_console.print(f"[bold red]usage error:[/] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
+    except Exception as exc:
+        kind = _usage_error_kind(exc)
+        if kind == "no-args":  # bare `deepshrink` or a bare command group: the help, not an error
+            ctx = getattr(exc, "ctx", None)
+            console.print(ctx.get_help() if ctx is not None else app.info.help, highlight=False, markup=False)
+            return 0
+        if kind == "usage":
+            err_console.print(f"[bold red]usage error:[/] {escape(_first_line(exc.format_message()))}",
+                              highlight=False, soft_wrap=True)
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None:
+                err_console.print(f"Try '{ctx.command_path} --help' for help.", highlight=False, markup=False)
             return 2
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
+        if kind == "click":
+            err_console.print(f"[bold red]error:[/] {escape(_first_line(exc.format_message()))}", highlight=False,
+                              soft_wrap=True)
+            return int(getattr(exc, "exit_code", 1) or 1)
         raise
     return 0

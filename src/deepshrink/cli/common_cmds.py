@@ -124,10 +124,11 @@ def bench_cmd(models: Annotated[list[str], typer.Argument(help="models to compar
 
 @app.command("demo")
 def demo_cmd(out: Annotated[Path, typer.Option("--out", help="folder for the demo's files (replaced)")] = Path("deepshrink-demo"),
+             seed: Annotated[int, typer.Option("--seed", help="seed of the digits CNN's training run")] = 0,
              json_out: JsonOpt = False) -> None:
     """Offline tour on the built-in digits CNN: train (or load cached), export, verify, bench."""
     from ..demo import run_demo
 
-    summary = run_demo(out, console=None if json_out else console)
+    summary = run_demo(out, console=None if json_out else console, seed=seed)
     if json_out:
         print_json(summary)

@@ -1,10 +1,18 @@
-"""Where built-in trained models are cached: ``$DEEPSHRINK_CACHE`` or the user cache dir."""
+"""Where built-in trained models are cached: ``$DEEPSHRINK_CACHE`` or the user cache dir.
+
+A cached model's file name carries a digest of its training recipe and the torch version
+(:func:`cache_key`), so a file trained under another setting is never loaded in its place.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -14,6 +22,18 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_key(name: str, **setting: Any) -> str:
+    """A file stem for a trained model: its name plus a digest of everything that changes the weights.
+
+    ``setting`` holds the training recipe (seed, epochs, lr, ...); the torch version is added, so a
+    cache written by another torch build (whose kernels may round differently) is never reused.
+    """
+    setting = {**setting, "torch": torch.__version__}
+    digest = hashlib.sha256(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    seed = setting.get("seed")
+    return f"{name}-seed{seed}-{digest}" if seed is not None else f"{name}-{digest}"
 
 
 def load_cached(model: nn.Module, path: Path) -> bool:

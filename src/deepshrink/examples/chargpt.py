@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError
-from .cache import cache_dir, load_cached, save_cached
+from .cache import cache_dir, cache_key, load_cached, save_cached
 
 _VERSION = 2
 _CHARS = "\n\t" + "".join(chr(c) for c in range(32, 127))
@@ -217,7 +217,7 @@ def trained_chargpt(seed: int = 0, steps: int = 1000, progress: bool = True,
 
     Training checkpoints into the cache folder, so an interrupted first run resumes.
     """
-    stem = f"chargpt-v{_VERSION}-seed{seed}-steps{steps}"
+    stem = cache_key("chargpt", version=_VERSION, seed=seed, steps=steps, batch_size=32, lr=3e-3)
     path = cache_dir() / f"{stem}.safetensors"
     torch.manual_seed(seed)
     model = CharGPT()

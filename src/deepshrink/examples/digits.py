@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cache import cache_dir, load_cached, save_cached
+from .cache import cache_dir, cache_key, load_cached, save_cached
 
-_VERSION = 1
+_VERSION = 2  # 2: trained deterministically (one thread), cache keyed by the whole recipe
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,12 @@ class DigitsCNN(nn.Module):
 def _train_or_load(name: str, model: nn.Module, data: DigitsSplit, epochs: int, seed: int, lr: float) -> nn.Module:
     from ..train import Trainer
 
-    path = cache_dir() / f"{name}-v{_VERSION}-seed{seed}.safetensors"
+    stem = cache_key(name, version=_VERSION, seed=seed, epochs=epochs, lr=lr, batch_size=64, deterministic=True)
+    path = cache_dir() / f"{stem}.safetensors"
     if load_cached(model, path):
         return model.eval()
-    Trainer(model, epochs=epochs, lr=lr, batch_size=64, seed=seed, progress=False).fit((data.x_train, data.y_train))
+    Trainer(model, epochs=epochs, lr=lr, batch_size=64, seed=seed, progress=False,
+            deterministic=True).fit((data.x_train, data.y_train))
     save_cached(model, path)
     return model.eval()
 

@@ -5,6 +5,14 @@ later capabilities need exactly three things from it — a pluggable loss (``ste
 callbacks around each optimizer step (pruning masks, QAT observers, schedules) and
 resumable checkpoints — and nothing else; a framework would add a heavy dependency.
 
+Deterministic mode (``deterministic=True``, or ``DEEPSHRINK_DETERMINISTIC=1`` in the
+environment when the argument is left at ``None``) trains on one intra-op thread with
+``torch.use_deterministic_algorithms(True)`` and seeded data order, then restores the
+caller's settings: the same seed gives the same weights whatever ``OMP_NUM_THREADS`` says.
+Float kernels still differ between CPU families (AVX2 vs AVX-512 paths), so "the same" is
+bit-exact on one machine and close elsewhere — tests set thresholds from a multi-seed
+spread for that reason (see ``tests/README.md``).
+
 Under ``torchrun`` (``WORLD_SIZE`` > 1) it initialises a gloo process group, wraps the
 model in ``DistributedDataParallel`` and shards the data with ``DistributedSampler``; only
 rank 0 writes checkpoints and draws the progress bar.
@@ -12,9 +20,10 @@ rank 0 writes checkpoints and draws the progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +38,35 @@ from ..core.fileio import atomic_path
 from ..errors import InputError
 
 StepFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+
+DETERMINISTIC_ENV = "DEEPSHRINK_DETERMINISTIC"
+
+
+def deterministic_default() -> bool:
+    """Whether training is deterministic when not said otherwise: ``$DEEPSHRINK_DETERMINISTIC`` is 1/true/yes."""
+    return os.environ.get(DETERMINISTIC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def deterministic_training(enabled: bool = True) -> Iterator[None]:
+    """One intra-op thread and deterministic algorithms inside the block; the caller's settings after.
+
+    One thread fixes the order of every float reduction torch splits across threads, so a seeded
+    run gives the same weights at any ``OMP_NUM_THREADS``; ``use_deterministic_algorithms`` makes
+    torch refuse (``RuntimeError``) an op with no deterministic implementation instead of running it.
+    """
+    if not enabled:
+        yield
+        return
+    threads = torch.get_num_threads()
+    det, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=warn_only)
 
 
 class Callback:
@@ -86,7 +124,8 @@ class Trainer:
                  batch_size: int = 64, seed: int = 0, callbacks: Iterable[Callback] = (),
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
                  checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 0,
-                 progress: bool = True, lr_schedule: str = "constant", params: Iterable[nn.Parameter] | None = None) -> None:
+                 progress: bool = True, lr_schedule: str = "constant", params: Iterable[nn.Parameter] | None = None,
+                 deterministic: bool | None = None) -> None:
         if epochs < 0 or batch_size < 1 or lr <= 0:
             raise InputError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}")
         self.model = model
@@ -105,6 +144,7 @@ class Trainer:
         self.progress = progress
         self.lr_schedule = lr_schedule
         self._params = list(params) if params is not None else None
+        self.deterministic = deterministic_default() if deterministic is None else bool(deterministic)
         self.step = 0
         self.epoch = 0
         self.total_steps = 0
@@ -163,6 +203,11 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------
     def fit(self, train_data: Any, val_data: Any = None) -> TrainResult:
+        """Train on ``train_data`` (see :func:`batches_of`); deterministic when the trainer says so."""
+        with deterministic_training(self.deterministic):
+            return self._fit(train_data, val_data)
+
+    def _fit(self, train_data: Any, val_data: Any = None) -> TrainResult:
         rank, world = self._maybe_init_distributed()
         torch.manual_seed(self.seed)
         dataset = batches_of(train_data)
