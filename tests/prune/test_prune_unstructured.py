@@ -96,16 +96,22 @@ def test_cubic_schedule():
 
 
 @pytest.mark.trains
-def test_gradual_keeps_accuracy_where_one_shot_loses(mlp, data, measured):
+def test_gradual_keeps_accuracy_where_one_shot_loses(mlp, data, seed, measured):
     base = accuracy_of(mlp, data.x_test, data.y_test)
     train = (data.x_train, data.y_train)
     g, rep = prune_with_report(copy.deepcopy(mlp), GradualPruneConfig(final_sparsity=0.9), data=train,
                                progress=False)
     acc_g = accuracy_of(g, data.x_test, data.y_test)
     one = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.9, finetune_epochs=2), data=train, progress=False)
-    acc_o = accuracy_of(one, data.x_test, data.y_test)
     drop_g = measured("gradual: accuracy drop", base - acc_g, "upper")
-    gain = measured("gradual minus one-shot accuracy", acc_g - acc_o, "lower")
+    # one model's gain over one-shot spreads too widely to bound (8 seeds: 0.047-0.236): mean of three models
+    gains = []
+    for s in (3 * seed, 3 * seed + 1, 3 * seed + 2):
+        m = trained_digits_mlp(s)
+        g_s = prune(copy.deepcopy(m), GradualPruneConfig(final_sparsity=0.9), data=train, progress=False)
+        o_s = prune(copy.deepcopy(m), MagnitudePruneConfig(sparsity=0.9, finetune_epochs=2), data=train, progress=False)
+        gains.append(accuracy_of(g_s, data.x_test, data.y_test) - accuracy_of(o_s, data.x_test, data.y_test))
+    gain = measured("gradual minus one-shot accuracy, mean of 3 models", float(np.mean(gains)), "lower")
     assert rep.sparsity_after == pytest.approx(0.9, abs=2e-3)
     assert rep.schedule[0][1] == 0.0 and rep.schedule[-1][1] == pytest.approx(0.9)
     assert float((one.fc1.weight == 0).float().mean()) == pytest.approx(0.9, abs=2e-3)  # masks held in fine-tune

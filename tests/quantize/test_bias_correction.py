@@ -17,9 +17,9 @@ from deepshrink.quantize.qat import calibrate, prepare_qat, simulate_ptq
 from deepshrink.quantize.sensitivity import run_outputs
 
 # Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-BC_GAIN_3_MODELS = 0.04
+BC_MSE_RATIO_3_MODELS = 0.5
 BC_DROP_3_MODELS = 0.025
-BC_DEPLOYED_GAIN = 0.05
+BC_DEPLOYED_MSE_RATIO = 0.5
 BC_DEPLOYED_ACC = 0.96
 
 
@@ -89,16 +89,23 @@ def test_low_bit_ptq_recovers_accuracy(digits, seed, measured):
     from deepshrink.train import accuracy_of
 
     calib = [torch.from_numpy(digits.x_train[i:i + 128]) for i in range(0, 512, 128)]
-    plain, corrected, fp = [], [], []
-    for s in (seed, seed + 2, seed + 3):  # the mean of three models: one 360-digit split moves in 0.28 pt steps
+    x = torch.from_numpy(digits.x_test)
+    fp, corrected, mse_ratio = [], [], []
+    for s in (3 * seed, 3 * seed + 1, 3 * seed + 2):  # the mean of three models: one moves too much alone
         m = trained_digits_cnn(s)
+        plain_q = simulate_ptq(m, calib, weight_bits=3, act_bits=8)
+        corr_q = simulate_ptq(m, calib, weight_bits=3, act_bits=8, bias_correction=True)
         fp.append(accuracy_of(m, digits.x_test, digits.y_test))
-        plain.append(accuracy_of(simulate_ptq(m, calib, weight_bits=3, act_bits=8), digits.x_test, digits.y_test))
-        corrected.append(accuracy_of(simulate_ptq(m, calib, weight_bits=3, act_bits=8, bias_correction=True),
-                                     digits.x_test, digits.y_test))
-    gain = measured("W3A8: mean accuracy gain of bias correction", np.mean(corrected) - np.mean(plain), "lower")
+        corrected.append(accuracy_of(corr_q, digits.x_test, digits.y_test))
+        with torch.no_grad():
+            ref = m(x)
+            mse_ratio.append(float(((corr_q(x) - ref) ** 2).mean() / ((plain_q(x) - ref) ** 2).mean()))
+    # the accuracy gain itself spreads too widely to bound (8 seeds, mean of 3: 0.019-0.091); the logits error
+    # that bias correction removes is the steady figure
+    ratio = measured("W3A8: logits MSE to fp32, corrected / plain, mean of 3 models", np.mean(mse_ratio), "upper",
+                     margin=0.05)
     drop = measured("W3A8 bias-corrected: mean accuracy drop", np.mean(fp) - np.mean(corrected), "upper")
-    assert gain > BC_GAIN_3_MODELS and drop < BC_DROP_3_MODELS
+    assert ratio < BC_MSE_RATIO_3_MODELS and drop < BC_DROP_3_MODELS
 
 
 @pytest.mark.trains
@@ -108,11 +115,16 @@ def test_deployed_ptq_with_bias_correction(digits, seed, measured):
 
     m = trained_digits_cnn(seed + 2)
     data = {"x": digits.x_train[:512]}
-    acc = {}
+    with torch.no_grad():
+        ref = m(torch.from_numpy(digits.x_test)).numpy()
+    acc, mse = {}, {}
     for bc in (False, True):
         out = ds.quantize(m, QATConfig(weight_bits=3, act_bits=8, epochs=0, bias_correction=bc), data=data)
         logits = run_outputs(out.model, {"x": digits.x_test}, batch=360)
         acc[bc] = float((logits.argmax(1) == digits.y_test).mean())
-    gain = measured("deployed W3A8: accuracy gain of bias correction", acc[True] - acc[False], "lower")
+        mse[bc] = float(((logits - ref) ** 2).mean())
+    # (one model's accuracy gain spreads too widely to bound, 8 seeds: 0.008-0.114; its logits error does not)
+    ratio = measured("deployed W3A8: logits MSE to fp32, corrected / plain", mse[True] / mse[False], "upper",
+                     margin=0.05)
     after = measured("deployed W3A8 bias-corrected: accuracy", acc[True], "lower")
-    assert gain > BC_DEPLOYED_GAIN and after > BC_DEPLOYED_ACC
+    assert ratio < BC_DEPLOYED_MSE_RATIO and after > BC_DEPLOYED_ACC

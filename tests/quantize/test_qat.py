@@ -24,9 +24,8 @@ from deepshrink.train import accuracy_of
 
 # Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
 W8A8_CHANGE = 0.006
-W2_PTQ_DROP = 0.01
 W2_QAT_DROP = 0.006
-W2_QAT_GAIN = 0.0
+W2_QAT_PTQ_LOSS_RATIO = 0.8
 W4A8_CNN_DROP = 0.01
 
 
@@ -85,6 +84,11 @@ def test_calibration_errors() -> None:
         train_qat(prepare_qat(DigitsMLP()), (d.x_train[:64], d.y_train[:64]), epochs=1, progress=False)
 
 
+@torch.no_grad()
+def _test_loss(net: nn.Module, d) -> float:
+    return float(nn.functional.cross_entropy(net(torch.from_numpy(d.x_test)), torch.from_numpy(d.y_test)))
+
+
 @pytest.mark.trains
 def test_ptq_vs_qat_on_digits_mlp(seed, measured) -> None:
     m = trained_digits_mlp(seed)
@@ -93,17 +97,19 @@ def test_ptq_vs_qat_on_digits_mlp(seed, measured) -> None:
     fp32 = accuracy_of(m, d.x_test, d.y_test)
     ptq8 = accuracy_of(simulate_ptq(m, calib, weight_bits=8, act_bits=8), d.x_test, d.y_test)
     # 2-bit weights with a plain min-max grid: PTQ breaks, QAT repairs it
-    ptq2 = accuracy_of(simulate_ptq(m, calib, weight_bits=2, weight_observer="minmax"), d.x_test, d.y_test)
+    ptq2_model = simulate_ptq(m, calib, weight_bits=2, weight_observer="minmax")
     q = calibrate(prepare_qat(m, weight_bits=2, act_bits=8, weight_observer="minmax"), calib)
     train_qat(q, (d.x_train, d.y_train), epochs=2, lr=1e-3, progress=False)
     qat2 = accuracy_of(q, d.x_test, d.y_test)
     w8a8 = measured("W8A8 PTQ: |accuracy change|", abs(fp32 - ptq8), "upper")
-    ptq2_drop = measured("W2A8 PTQ: accuracy drop", fp32 - ptq2, "lower")
     qat2_drop = measured("W2A8 QAT: accuracy drop", fp32 - qat2, "upper")
-    qat_gain = measured("W2A8: QAT minus PTQ accuracy", qat2 - ptq2, "lower")
+    # PTQ's 2-bit accuracy drop is too uneven across models to bound (8 seeds: 0.003-0.047); the test loss QAT
+    # trains down is the steady figure
+    ce = {k: _test_loss(net, d) for k, net in (("ptq", ptq2_model), ("qat", q), ("fp32", m))}
+    ce_ratio = measured("W2A8: test cross-entropy above fp32, QAT / PTQ", (ce["qat"] - ce["fp32"]) / (ce["ptq"] - ce["fp32"]),
+                        "upper", margin=0.05)
     assert w8a8 <= W8A8_CHANGE
-    assert ptq2_drop > W2_PTQ_DROP
-    assert qat2_drop <= W2_QAT_DROP and qat_gain > W2_QAT_GAIN
+    assert qat2_drop <= W2_QAT_DROP and ce_ratio < W2_QAT_PTQ_LOSS_RATIO
     # finalize: plain Linear layers holding grid weights; same function with act quant off
     plain, rec = finalize(q)
     assert all(type(mod) is nn.Linear for mod in (plain.fc1, plain.fc2, plain.fc3))

@@ -13,7 +13,7 @@ from deepshrink.convert.export import export_onnx
 
 # Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
 INT8_DROP = 0.01
-CLI_BC_GAIN = 0.05
+CLI_BC_COS_GAP_RATIO = 0.5
 CLI_BC_ACC = 0.96
 
 
@@ -130,7 +130,7 @@ def test_ptq_cli_low_bit_with_bias_correction(tmp_path, capsys, digits, seed, me
 
     w = tmp_path / "cnn.safetensors"
     save_file(trained_digits_cnn(seed + 2).state_dict(), str(w))
-    acc = {}
+    acc, cos = {}, {}
     for flag in ("--bias-correction", "--no-bias-correction"):
         out = tmp_path / f"cnn{flag}.onnx"
         rc = run_app(["quantize", "deepshrink.examples:DigitsCNN", "-w", str(w), "--input-shape", "x:1x1x8x8",
@@ -140,11 +140,13 @@ def test_ptq_cli_low_bit_with_bias_correction(tmp_path, capsys, digits, seed, me
         assert rc == 0 and out.exists()
         assert integer_op_counts(out).get("QLinearConv", 0) >= 4
         acc[flag] = payload["bench"]["rows"][1]["accuracy"]
+        cos[flag] = payload["bench"]["rows"][1]["cos_mean"]
         assert ("bias_correction" in payload["report"]) == (flag == "--bias-correction")
-    gain = measured("CLI W3A8: accuracy gain of bias correction", acc["--bias-correction"] - acc["--no-bias-correction"],
-                    "lower")
+    # (the accuracy gain alone spreads too widely to bound, 8 seeds: 0.000-0.125; the fidelity gap does not)
+    ratio = measured("CLI W3A8: 1 - cosine to fp32, corrected / plain", (1 - cos["--bias-correction"])
+                     / (1 - cos["--no-bias-correction"]), "upper", margin=0.05)
     after = measured("CLI W3A8 bias-corrected: accuracy", acc["--bias-correction"], "lower")
-    assert gain > CLI_BC_GAIN and after > CLI_BC_ACC
+    assert ratio < CLI_BC_COS_GAP_RATIO and after > CLI_BC_ACC
 
 
 def test_ptq_cli_bad_input(cnn_onnx, tmp_path, capsys):

@@ -25,11 +25,9 @@ from deepshrink.quantize.weight_only import (
     rtn_quantize_model,
     rtn_quantize_weight,
 )
-from deepshrink.train import accuracy_of
 
 # Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
 GPTQ_RTN_MSE_RATIO = 0.25
-GPTQ_RTN_ACC_GAIN = 0.0
 
 
 def _layer_case(seed: int = 0, n: int = 48, k: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -107,11 +105,10 @@ def test_models_on_digits_mlp(seed, measured) -> None:
     assert not torch.equal(m.fc1.weight, mr.fc1.weight)  # the input model is left alone
     err_r = float(((mr(x).detach() - ref) ** 2).mean())
     err_g = float(((mg(x).detach() - ref) ** 2).mean())
+    # (the 3-bit accuracy gain of GPTQ over RTN is too small to bound per model, 8 seeds: -0.003-0.014; its
+    # output error is a steady 0.03-0.05x of RTN's)
     ratio = measured("3-bit logits MSE, GPTQ / RTN", err_g / err_r, "upper", margin=0.05)
-    gain = measured("3-bit accuracy, GPTQ minus RTN", accuracy_of(mg, d.x_test, d.y_test) - accuracy_of(mr, d.x_test, d.y_test),
-                    "lower")
     assert ratio < GPTQ_RTN_MSE_RATIO
-    assert gain >= GPTQ_RTN_ACC_GAIN
     _, one_pass = gptq_quantize_model(m, calib, 3, -1, sequential=False, exclude=["fc3"], progress=False)
     assert set(one_pass) == {"fc1", "fc2"}
 

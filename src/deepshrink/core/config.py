@@ -49,6 +49,14 @@ class Config(BaseModel):
         except ValidationError as exc:
             raise InputError(f"invalid {name}: {format_validation_error(exc)}") from None
 
+    @classmethod
+    def build(cls: type[C], **data: Any) -> C:
+        """Construct, turning a validation failure into a one-line :class:`InputError` (CLI, recipes)."""
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise InputError(f"invalid {cls.__name__}: {format_validation_error(exc)}") from None
+
     def replace(self: C, **changes: Any) -> C:
         return type(self).from_dict({**self.to_dict(), **changes})
 
@@ -68,6 +76,18 @@ def format_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
+
+
+def check_keys(params: dict[str, Any], cls: type[Config], *, what: str) -> None:
+    """Refuse keys ``cls`` does not have, naming the closest valid one and listing them all."""
+    import difflib
+
+    valid = list(cls.model_fields)
+    for key in params:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InputError(f"{what}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
 
 
 def register(config_type: type[Config]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

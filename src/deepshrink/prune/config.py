@@ -6,7 +6,7 @@ out-of-range sparsity is an :class:`~deepshrink.errors.InputError` before any wo
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -112,3 +112,28 @@ class StructuredPruneConfig(Config):
 
 
 PruneConfig = MagnitudePruneConfig | GradualPruneConfig | NMPruneConfig | StructuredPruneConfig
+
+METHODS: dict[str, type[Config]] = {"magnitude": MagnitudePruneConfig, "gradual": GradualPruneConfig,
+                                    "nm": NMPruneConfig, "structured": StructuredPruneConfig}
+# ``sparsity`` is the one word the CLI and recipes use for every method's target
+_SPARSITY_FIELD = {"magnitude": "sparsity", "gradual": "final_sparsity", "structured": "ratio"}
+
+
+def config_for_method(method: str, params: dict[str, Any] | None = None) -> Config:
+    """The config for a pruning method and its fields, e.g. ``("structured", {"sparsity": 0.5})``.
+
+    ``sparsity`` stands for the method's own target field (``ratio`` for structured,
+    ``final_sparsity`` for gradual). Raises :class:`InputError` naming an unknown method or
+    key (with the valid choices) or a bad value.
+    """
+    from ..core.config import check_keys
+    from ..errors import InputError
+
+    if method not in METHODS:
+        raise InputError(f"unknown pruning method {method!r}; use one of {', '.join(METHODS)}")
+    params = dict(params or {})
+    if "sparsity" in params and method in _SPARSITY_FIELD and _SPARSITY_FIELD[method] != "sparsity":
+        params[_SPARSITY_FIELD[method]] = params.pop("sparsity")
+    cls = METHODS[method]
+    check_keys(params, cls, what=f"method {method}")
+    return cls.build(**params)

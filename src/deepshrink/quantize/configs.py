@@ -20,12 +20,11 @@ from pydantic import (
     BeforeValidator,
     Field,
     PlainSerializer,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from ..core.config import Config, format_validation_error
+from ..core.config import Config
 from ..errors import InputError
 
 Observer = Literal["minmax", "moving_average", "percentile", "mse", "entropy"]
@@ -38,14 +37,6 @@ class QuantConfig(Config):
 
     include: Patterns = Field(default=(), description="patterns of layers to quantize (empty: all)")
     exclude: Patterns = Field(default=(), description="patterns of layers to keep in float")
-
-    @classmethod
-    def build(cls, **data: Any) -> Any:
-        """Construct, turning a validation failure into one-line :class:`InputError` (CLI, recipes)."""
-        try:
-            return cls(**data)
-        except ValidationError as exc:
-            raise InputError(f"invalid {cls.__name__}: {format_validation_error(exc)}") from None
 
     @field_validator("include", "exclude")
     @classmethod
@@ -237,3 +228,28 @@ ALL_CONFIGS: tuple[type[QuantConfig], ...] = (
 )
 
 __all__ = [c.__name__ for c in ALL_CONFIGS] + ["QuantConfig", "Observer"]
+
+
+# The scheme names the CLI and recipes use, beside the configs they stand for.
+SCHEMES: dict[str, type[QuantConfig]] = {
+    "int8-dynamic": Int8DynamicConfig, "int8-static": Int8StaticConfig, "int4-weight": WeightOnlyConfig,
+    "kmeans": KMeansConfig, "log2": Log2Config, "auto": AutoConfig, "qat": QATConfig, "ptq": QATConfig,
+    "mixed": MixedPrecisionConfig,
+}
+# ptq is QAT with no training: low-bit weights, 8-bit activations, bias-corrected (see QATConfig)
+_SCHEME_DEFAULTS: dict[str, dict[str, Any]] = {"ptq": {"epochs": 0, "bias_correction": True, "weight_bits": 4}}
+
+
+def config_for_scheme(scheme: str, params: dict[str, Any] | None = None) -> QuantConfig:
+    """The config for a scheme name and its fields, e.g. ``("int8-static", {"observer": "mse"})``.
+
+    Raises :class:`InputError` naming an unknown scheme or key (with the valid choices) or a bad value.
+    """
+    from ..core.config import check_keys
+
+    if scheme not in SCHEMES:
+        raise InputError(f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    cls = SCHEMES[scheme]
+    params = {**_SCHEME_DEFAULTS.get(scheme, {}), **(params or {})}
+    check_keys(params, cls, what=f"scheme {scheme}")
+    return cls.build(**params)

@@ -1,0 +1,82 @@
+"""``deepshrink compress`` (a recipe's steps with checkpoints and reports) and ``deepshrink recipes``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._app import DataOpt, ForceOpt, InputShapeOpt, JsonOpt, TrustOpt, WeightsOpt, app, console, print_json
+
+
+@app.command("compress")
+def compress_cmd(
+    src: Annotated[str, typer.Argument(help="the model: .onnx, .pt2, package.module:factory (+ --weights), HF folder")],
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="a built-in recipe name (see `deepshrink recipes`) or a YAML file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder: step checkpoints, model, reports")],
+    data: DataOpt = None,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="data every written model is measured on (default: --data)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in OUTPUT, reusing finished steps")] = False,
+    weights: WeightsOpt = None, input_shape: InputShapeOpt = None, trust_remote_code: TrustOpt = False,
+    force: ForceOpt = False, json_out: JsonOpt = False,
+    threads: Annotated[int, typer.Option("--threads", help="intra-op threads for timing")] = 2,
+    repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds")] = 30,
+) -> None:
+    """Run a recipe (prune, quantize, ...) on a model; measure every step's file; write reports."""
+    from ..errors import InputError
+    from ..pipeline import compress
+
+    if threads < 1 or repeats < 1:
+        raise InputError("--threads and --repeats must be at least 1")
+    say = (lambda *a, **k: None) if json_out else (lambda msg: console.print(msg, highlight=False, markup=False))
+    res = compress(src, recipe, output, data=data, eval_data=eval_data, resume=resume, force=force, weights=weights,
+                   input_shapes=input_shape, trust_remote_code=trust_remote_code, threads=threads, repeats=repeats,
+                   say=say)
+    if json_out:
+        print_json({"output": str(res.out_dir), "model": str(res.model_path), "report": res.report,
+                    "files": {k: str(v) for k, v in res.files.items()}})
+        return
+    print_summary(res.report)
+    console.print(f"wrote {res.model_path}; report: {res.files.get('report.html', res.files['report.json'])}")
+
+
+def print_summary(report: dict) -> None:
+    """The steps as one table, then every flag as a warning line."""
+    from rich.table import Table
+
+    from .common_cmds import _fmt_bytes
+
+    env = report["environment"]
+    table = Table(title=f"measured on {report['data']['source'] if report.get('data') else 'random inputs'}, "
+                        f"{env['threads']} threads, {env['cpu']}")
+    for col in ("step", "size", "params", "latency vs original", "accuracy", "cos mean/min"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    for s in report["steps"]:
+        ratio = s.get("latency_ratio")
+        table.add_row(s["name"], _fmt_bytes(s["size_bytes"]), f"{s['params']:,}" if s.get("params") else "-",
+                      "-" if ratio is None else f"{ratio:.2f}× ±{s.get('latency_ratio_spread') or 0:.2f}",
+                      "-" if s.get("accuracy") is None else f"{100 * s['accuracy']:.2f}%",
+                      "-" if s.get("cos_mean") is None else f"{s['cos_mean']:.4f} / {s['cos_min']:.4f}")
+    console.print(table)
+    for s in report["steps"]:
+        for f in s["flags"]:
+            console.print(f"warning: {s['name']}: {f['message']}", style="yellow", markup=False, highlight=False)
+
+
+@app.command("recipes")
+def recipes_cmd(name: Annotated[str | None, typer.Argument(help="print this built-in recipe as YAML")] = None) -> None:
+    """List the built-in recipes (one line each), or print one as YAML."""
+    import yaml
+
+    from ..errors import InputError
+    from ..pipeline.recipe import BUILTIN, builtin_recipes
+
+    if name is None:
+        width = max(len(n) for n in BUILTIN)
+        for n, desc in builtin_recipes().items():
+            console.print(f"{n:<{width}}  {desc}", highlight=False, markup=False)
+        return
+    if name not in BUILTIN:
+        raise InputError(f"no built-in recipe {name!r}; built-ins: {', '.join(BUILTIN)}")
+    console.print(yaml.safe_dump(BUILTIN[name][1], sort_keys=False).rstrip(), highlight=False, markup=False)

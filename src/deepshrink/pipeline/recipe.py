@@ -1,0 +1,251 @@
+"""Recipes: an ordered list of steps, each one verb and its config, validated whole before any work.
+
+A recipe is YAML (or the equivalent dict)::
+
+    steps:
+      - prune: {method: structured, sparsity: 0.5, finetune_epochs: 3}
+      - quantize: {scheme: int8-static, observer: mse}
+
+Each step names a verb and its parameters; the parameters are the fields of that verb's config
+(``quantize``: a ``scheme`` plus the scheme's config fields, ``prune``: a ``method`` plus that
+method's fields, ``sparsity`` standing for each method's target). :func:`parse_recipe` builds
+every config, so an unknown step, key or value names itself with the valid choices and the step
+number before anything runs; :func:`check_chain` then checks the chain against the model's
+format and the data the user gave (a torch-only step after one that emits ONNX; a step that
+needs labelled data without any).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import InputError
+
+Kind = Literal["torch", "onnx"]
+
+VERBS = ("prune", "quantize", "convert", "evaluate")
+# verbs the recipe language reserves for capabilities still to come: named, refused plainly
+LATER = {"distill": "knowledge distillation", "pack": "Deep Compression packing", "optimize": "graph optimisation"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One validated step: the verb, its config (or plain options) and what it needs and makes.
+
+    ``takes``: model kinds the step accepts; ``emits``: the kind it writes (None: unchanged);
+    ``needs``: "labels" (labelled data), "data" (any data: calibration, importance) or None.
+    """
+
+    index: int  # 1-based, as users count
+    verb: str
+    params: dict[str, Any]
+    config: Any = None
+    takes: tuple[Kind, ...] = ("torch", "onnx")
+    emits: Kind | None = None
+    needs: str | None = None
+    why: str = ""  # what needs the data, for the error message
+
+    def label(self) -> str:
+        return f"step {self.index} ({self.verb})"
+
+    def describe(self) -> str:
+        inner = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.verb}({inner})"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    steps: tuple[Step, ...]
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": [{s.verb: dict(s.params)} for s in self.steps]}
+
+
+# ------------------------------------------------------------------------------------------
+# built-in recipes
+
+BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
+    "int8": ("dynamic int8 (weights int8, activations quantized at run time; no data needed)",
+             {"steps": [{"quantize": {"scheme": "int8-dynamic"}}]}),
+    "int8-static": ("static int8 QDQ calibrated on --data (integer kernels for conv nets)",
+                    {"steps": [{"quantize": {"scheme": "int8-static"}}]}),
+    "int4-weight": ("4-bit weight-only MatMulNBits (group size 32), for transformer / LLM weights",
+                    {"steps": [{"quantize": {"scheme": "int4-weight", "group_size": 32}}]}),
+    "auto-int8": ("int8 that searches smoothing / per-channel / kept-float layers to a fidelity target",
+                  {"steps": [{"quantize": {"scheme": "auto"}}]}),
+    "prune-int8": ("structured pruning of 30% of the channels with 5 fine-tune epochs, then static int8",
+                   {"steps": [{"prune": {"method": "structured", "sparsity": 0.3, "finetune_epochs": 5,
+                                         "lr": 0.002}},
+                              {"quantize": {"scheme": "int8-static"}}]}),
+}
+DEFAULT_RECIPE = "prune-int8"
+
+
+def builtin_recipes() -> dict[str, str]:
+    """Name → one-line description of every built-in recipe."""
+    return {name: desc for name, (desc, _) in BUILTIN.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# parsing
+
+def load_recipe(spec: str | os.PathLike[str] | dict[str, Any] | Recipe) -> Recipe:
+    """A recipe from a built-in name, a YAML file or a dict; every step validated.
+
+    Raises :class:`InputError` (one line) for a missing/unreadable file, bad YAML, an unknown
+    step or key, or a bad value — naming the step number.
+    """
+    if isinstance(spec, Recipe):
+        return spec
+    if isinstance(spec, dict):
+        return parse_recipe(spec, name="<dict>")
+    text_spec = str(spec)
+    if text_spec in BUILTIN:
+        return parse_recipe(BUILTIN[text_spec][1], name=text_spec)
+    path = Path(text_spec)
+    if not path.exists():
+        close = difflib.get_close_matches(text_spec, list(BUILTIN), n=1)
+        hint = f" (did you mean the built-in {close[0]!r}?)" if close else ""
+        raise InputError(f"recipe {text_spec}: no such file and no built-in recipe of that name{hint}; "
+                         f"built-ins: {', '.join(BUILTIN)}")
+    if path.is_dir():
+        raise InputError(f"recipe {path} is a directory; give a YAML file")
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise InputError(f"recipe {path} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    return parse_recipe(raw, name=path.name)
+
+
+def parse_recipe(raw: Any, *, name: str = "recipe") -> Recipe:
+    if not isinstance(raw, dict) or "steps" not in raw:
+        raise InputError(f"recipe {name}: expected a mapping with a 'steps' list, such as "
+                         "steps: [{quantize: {scheme: int8-dynamic}}]")
+    extra = [k for k in raw if k not in ("steps", "name", "description")]
+    if extra:
+        raise InputError(f"recipe {name}: unknown top-level key {extra[0]!r}; valid: steps, name, description")
+    items = raw["steps"]
+    if not isinstance(items, list) or not items:
+        raise InputError(f"recipe {name}: 'steps' must be a non-empty list")
+    steps = []
+    for i, item in enumerate(items, start=1):
+        if isinstance(item, str):  # a bare verb: `- evaluate`
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            raise InputError(f"recipe {name}: step {i} must be one verb with its parameters, such as "
+                             "{quantize: {scheme: int8-dynamic}}")
+        verb, params = next(iter(item.items()))
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            raise InputError(f"recipe {name}: step {i} ({verb}): parameters must be a mapping, got {params!r}")
+        steps.append(_build_step(i, str(verb), dict(params), name))
+    return Recipe(name=str(raw.get("name", name)), steps=tuple(steps), raw=raw)
+
+
+def _build_step(index: int, verb: str, params: dict[str, Any], recipe: str) -> Step:
+    where = f"recipe {recipe}: step {index} ({verb})"
+    if verb in LATER:
+        raise InputError(f"{where}: {LATER[verb]} is not available in this version of deepshrink; "
+                         f"steps available: {', '.join(VERBS)}")
+    if verb not in VERBS:
+        close = difflib.get_close_matches(verb, list(VERBS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(f"recipe {recipe}: step {index}: unknown step {verb!r}{hint}; valid steps: "
+                         f"{', '.join(VERBS)}")
+    try:
+        return _BUILDERS[verb](index, params)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def _prune_step(index: int, params: dict[str, Any]) -> Step:
+    from ..prune.config import METHODS, config_for_method
+
+    method = params.pop("method", "structured")
+    cfg = config_for_method(str(method), params)
+    needs, why = None, ""
+    if getattr(cfg, "finetune_epochs", 0) or method == "gradual":
+        needs, why = "labels", "fine-tuning"
+    elif getattr(cfg, "importance", None) == "taylor":
+        needs, why = "labels", "taylor importance"
+    elif getattr(cfg, "importance", None) == "activation":
+        needs, why = "data", "activation importance"
+    assert method in METHODS
+    return Step(index, "prune", {"method": method, **params}, cfg, takes=("torch",), emits="torch", needs=needs,
+                why=why)
+
+
+def _quantize_step(index: int, params: dict[str, Any]) -> Step:
+    from ..quantize.configs import SCHEMES, config_for_scheme
+
+    if "scheme" not in params:
+        raise InputError(f"needs a scheme: one of {', '.join(SCHEMES)}")
+    scheme = str(params.pop("scheme"))
+    cfg = config_for_scheme(scheme, params)
+    needs, why = None, ""
+    if scheme == "qat" and getattr(cfg, "epochs", 0) > 0:
+        needs, why = "labels", "quantization-aware training"
+    elif scheme in ("int8-static", "auto", "ptq", "qat") or getattr(cfg, "method", None) == "gptq":
+        needs, why = "data", "calibration"
+    takes: tuple[Kind, ...] = ("torch",) if scheme in ("qat", "ptq") else ("torch", "onnx")
+    return Step(index, "quantize", {"scheme": scheme, **params}, cfg, takes=takes, emits="onnx", needs=needs,
+                why=why)
+
+
+def _convert_step(index: int, params: dict[str, Any]) -> Step:
+    allowed = {"format", "exporter", "opset"}
+    bad = [k for k in params if k not in allowed]
+    if bad:
+        raise InputError(f"unknown key {bad[0]!r}; valid keys: {', '.join(sorted(allowed))}")
+    fmt = params.get("format", "onnx")
+    if fmt not in ("onnx", "pt2"):
+        raise InputError(f"format {fmt!r}: a recipe converts to onnx or pt2 (use `deepshrink convert` for "
+                         "tflite / OpenVINO after the recipe)")
+    if params.get("exporter", "dynamo") not in ("dynamo", "torchscript"):
+        raise InputError(f"exporter {params['exporter']!r}: use dynamo or torchscript")
+    return Step(index, "convert", {"format": fmt, **{k: v for k, v in params.items() if k != "format"}},
+                takes=("torch", "onnx"), emits=fmt)  # type: ignore[arg-type]
+
+
+def _evaluate_step(index: int, params: dict[str, Any]) -> Step:
+    if params:
+        raise InputError(f"takes no parameters (got {', '.join(params)}); every step is measured on "
+                         "--eval-data anyway")
+    return Step(index, "evaluate", {})
+
+
+_BUILDERS = {"prune": _prune_step, "quantize": _quantize_step, "convert": _convert_step,
+             "evaluate": _evaluate_step}
+
+
+def check_chain(recipe: Recipe, source_kind: Kind, *, has_data: bool, has_labels: bool) -> list[Kind]:
+    """Check every step accepts what the one before emits and has the data it needs.
+
+    Returns the model kind after each step. Raises :class:`InputError` naming the first step
+    that cannot run.
+    """
+    kinds: list[Kind] = []
+    kind = source_kind
+    for step in recipe.steps:
+        if kind not in step.takes:
+            before = f"step {step.index - 1} emits" if step.index > 1 else "the model is"
+            raise InputError(f"recipe {recipe.name}: {step.label()} needs a PyTorch model, but {before} ONNX; "
+                             f"put {step.verb} before the steps that write ONNX")
+        if step.needs == "labels" and not has_labels:
+            raise InputError(f"recipe {recipe.name}: {step.label()}: {step.why} needs labelled data; pass --data "
+                             "with labels (an .npz with a 'labels' array, or digits:train)")
+        if step.needs == "data" and not has_data:
+            raise InputError(f"recipe {recipe.name}: {step.label()}: {step.why} needs data; pass --data")
+        kind = step.emits or kind
+        kinds.append(kind)
+    return kinds

@@ -1,0 +1,93 @@
+"""Recipes are validated whole before any work: unknown steps and keys name themselves with the
+valid choices, chains that cannot run and missing data name the step — one line, exit 2, nothing
+written (through the real CLI)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deepshrink.cli._app import run_app
+from deepshrink.errors import InputError
+from deepshrink.pipeline import BUILTIN, check_chain, load_recipe, parse_recipe
+
+CNN = "deepshrink.examples:trained_digits_cnn"
+
+
+def test_builtins_parse_and_chain():
+    for name in BUILTIN:
+        rec = load_recipe(name)
+        assert rec.steps and rec.name == name
+        check_chain(rec, "torch", has_data=True, has_labels=True)
+
+
+def test_step_configs_are_the_verbs_configs():
+    rec = parse_recipe({"steps": [{"prune": {"method": "structured", "sparsity": 0.5, "finetune_epochs": 3}},
+                                  {"quantize": {"scheme": "int8-static", "observer": "mse"}}]})
+    prune, quant = rec.steps
+    assert type(prune.config).__name__ == "StructuredPruneConfig" and prune.config.ratio == 0.5
+    assert prune.needs == "labels" and prune.takes == ("torch",) and prune.emits == "torch"
+    assert type(quant.config).__name__ == "Int8StaticConfig" and quant.config.observer == "mse"
+    assert quant.needs == "data" and quant.emits == "onnx"
+    assert rec.to_dict() == {"steps": [{"prune": {"method": "structured", "sparsity": 0.5, "finetune_epochs": 3}},
+                                       {"quantize": {"scheme": "int8-static", "observer": "mse"}}]}
+
+
+@pytest.mark.parametrize("steps, needles", [
+    ([{"quantise": {"scheme": "int8-dynamic"}}], ["step 1", "'quantise'", "did you mean 'quantize'", "prune"]),
+    ([{"quantize": {"scheme": "int8-static", "obsever": "mse"}}], ["step 1 (quantize)", "'obsever'", "'observer'"]),
+    ([{"prune": {"method": "structured", "sparsity": 0.5, "finetune_epoch": 3}}], ["step 1 (prune)", "'finetune_epochs'"]),
+    ([{"quantize": {"scheme": "int3"}}], ["step 1 (quantize)", "'int3'", "int8-static"]),
+    ([{"quantize": {}}], ["step 1 (quantize)", "needs a scheme"]),
+    ([{"prune": {"method": "structured", "sparsity": 1.5}}], ["step 1 (prune)", "ratio"]),
+    ([{"quantize": {"scheme": "int8-dynamic"}}, {"distill": {}}], ["step 2 (distill)", "not available"]),
+    ([{"quantize": {"scheme": "int8-dynamic"}, "prune": {}}], ["step 1", "one verb"]),
+])
+def test_bad_recipes_name_the_step_and_key(steps, needles):
+    with pytest.raises(InputError) as err:
+        parse_recipe({"steps": steps}, name="r.yaml")
+    msg = str(err.value)
+    assert all(n in msg for n in needles), msg
+    assert "\n" not in msg
+
+
+def test_chain_checks():
+    rec = parse_recipe({"steps": [{"quantize": {"scheme": "int8-dynamic"}}, {"prune": {"sparsity": 0.5}}]})
+    with pytest.raises(InputError, match=r"step 2 \(prune\) needs a PyTorch model, but step 1 emits ONNX"):
+        check_chain(rec, "torch", has_data=True, has_labels=True)
+    with pytest.raises(InputError, match=r"step 1 \(prune\) needs a PyTorch model, but the model is ONNX"):
+        check_chain(parse_recipe({"steps": [{"prune": {"sparsity": 0.5}}]}), "onnx", has_data=True, has_labels=True)
+    tune = parse_recipe({"steps": [{"prune": {"sparsity": 0.5, "finetune_epochs": 1}}]})
+    with pytest.raises(InputError, match=r"step 1 \(prune\): fine-tuning needs labelled data"):
+        check_chain(tune, "torch", has_data=True, has_labels=False)
+    static = parse_recipe({"steps": [{"quantize": {"scheme": "int8-static"}}]})
+    with pytest.raises(InputError, match=r"step 1 \(quantize\): calibration needs data"):
+        check_chain(static, "onnx", has_data=False, has_labels=False)
+    assert check_chain(static, "onnx", has_data=True, has_labels=False) == ["onnx"]
+
+
+@pytest.mark.parametrize("yaml_text, needle", [
+    ("steps:\n  - quantize: {scheme: int8-static, obsever: mse}\n", "step 1 (quantize)"),
+    ("steps:\n  - quantize: {scheme: int8-dynamic}\n  - prune: {method: structured, sparsity: 0.5}\n",
+     "step 2 (prune) needs a PyTorch model"),
+    ("steps:\n  - prune: {method: structured, sparsity: 0.5, finetune_epochs: 2}\n", "needs labelled data"),
+    ("steps: [unclosed\n", "not valid YAML"),
+])
+def test_cli_refuses_before_any_work(tmp_path, capsys, yaml_text, needle):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml_text)
+    out = tmp_path / "out"
+    rc = run_app(["compress", CNN, "--input-shape", "x:1x1x8x8", "-r", str(recipe), "-o", str(out)])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_recipes_command_lists_one_line_each(capsys):
+    assert run_app(["recipes"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(BUILTIN) and all(ln.split()[0] in BUILTIN for ln in lines)
+    assert run_app(["recipes", "prune-int8"]) == 0
+    assert "scheme: int8-static" in capsys.readouterr().out
+    assert run_app(["recipes", "nope"]) == 2
