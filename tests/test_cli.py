@@ -115,23 +115,23 @@ def test_factory_with_nan_weights(tmp_path, capsys):
 
 @pytest.mark.trains
 def test_demo_runs_offline_as_a_subprocess(tmp_path, seed, measured):
+    """The demo is `compress` with the default recipe on the digits CNN, from a bare environment."""
     proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "demo", "--out", str(tmp_path / "demo"), "--json",
-                           "--seed", str(seed)],
-                          capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "DEEPSHRINK_DETERMINISTIC": "1",
-                                                                            "HOME": str(tmp_path)})
+                           "--seed", str(seed), "--model", "digits", "--repeats", "3"],
+                          capture_output=True, text=True, timeout=300,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout)
-    assert summary["parity"]["ok"] and summary["parity"]["max_abs"] < 1e-4
-    rows = summary["bench"]["rows"]
-    acc = measured("demo CNN accuracy", rows[0]["accuracy"], "lower")
-    drop = measured("demo pruned + int8: accuracy drop", rows[0]["accuracy"] - rows[3]["accuracy"], "upper")
-    assert acc > DEMO_ACC and abs(rows[1]["accuracy"] - rows[0]["accuracy"]) < 1e-9
-    assert (tmp_path / "demo" / "digits_cnn.onnx").is_file()
-    names = [r["name"] for r in rows]
-    assert names == ["PyTorch fp32", "ONNX fp32", "ONNX pruned 50%", "ONNX pruned + int8"]
-    assert rows[0]["params"] > 3.5 * rows[2]["params"]  # the caller's model is untouched: 38,122 vs 9,772
-    assert drop < DEMO_DROP
-    assert rows[3]["size_bytes"] < 0.25 * rows[1]["size_bytes"]  # 27.8 KB vs 162.6 KB seen
+    report = json.loads(proc.stdout)["digits"]["report"]
+    steps = report["steps"]
+    assert [s["verb"] for s in steps] == [None, "prune", "quantize"]
+    parity = steps[0]["details"]["parity"]
+    assert parity["ok"] and parity["max_abs"] < 1e-4
+    acc = measured("demo CNN accuracy", steps[0]["accuracy"], "lower")
+    drop = measured("demo pruned + int8: accuracy drop", steps[0]["accuracy"] - steps[2]["accuracy"], "upper")
+    assert acc > DEMO_ACC and drop < DEMO_DROP
+    assert steps[1]["params"] < 0.6 * steps[0]["params"]  # 25% of the channels: 21,564 of 37,964 parameters
+    assert steps[2]["size_bytes"] < 0.3 * steps[0]["size_bytes"]  # 40 KB vs 162.6 KB seen
+    assert (tmp_path / "demo" / "digits" / "model.onnx").is_file() and (tmp_path / "demo" / "digits" / "report.json").is_file()
 
 
 @pytest.mark.parametrize("args, needle", [

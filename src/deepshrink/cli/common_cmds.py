@@ -125,10 +125,19 @@ def bench_cmd(models: Annotated[list[str], typer.Argument(help="models to compar
 @app.command("demo")
 def demo_cmd(out: Annotated[Path, typer.Option("--out", help="folder for the demo's files (replaced)")] = Path("deepshrink-demo"),
              seed: Annotated[int, typer.Option("--seed", help="seed of the digits CNN's training run")] = 0,
+             model: Annotated[list[str] | None, typer.Option("--model", help="digits and/or minilm (default: both; minilm when installed)")] = None,
+             repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds")] = 30,
              json_out: JsonOpt = False) -> None:
-    """Offline tour on the built-in digits CNN: train (or load cached), export, verify, bench."""
-    from ..demo import run_demo
+    """Offline tour: `compress` with the default recipe on the built-in digits CNN (and MiniLM when installed)."""
+    from ..demo import MODELS, run_demo
+    from .compress_cmd import print_summary
 
-    summary = run_demo(out, console=None if json_out else console, seed=seed)
+    def show(name: str, res: Any) -> None:
+        print_summary(res.report)
+        console.print(f"report: {res.files.get('report.html', res.files['report.json'])}", highlight=False)
+
+    quiet = json_out
+    summary = run_demo(out, say=None if quiet else (lambda m: console.print(m, highlight=False, markup=False)),
+                       on_result=None if quiet else show, seed=seed, models=tuple(model or MODELS), repeats=repeats)
     if json_out:
         print_json(summary)

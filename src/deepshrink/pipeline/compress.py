@@ -116,7 +116,8 @@ def compress(model: Any, recipe: Any, out_dir: str | os.PathLike[str], *, data: 
 
         say("measuring every step's file side by side")
         table = bench([str(o.measure) for o in outcomes], data=evaluation, threads=threads, repeats=repeats,
-                      names=[o.name for o in outcomes], progress=False)
+                      names=[o.name for o in outcomes], samples=min(len(evaluation), 4096) if evaluation else 64,
+                      progress=False)
     report = build_report(rec, source, outcomes, table, evaluation, threads=threads, out_dir=out)
     files = write_outputs(out, rec, report)
     return CompressResult(out, model_path, outcomes, report, files)
@@ -222,12 +223,23 @@ def _original(out: Path, ctx: _Context, key: str, say: Any) -> StepOutcome:
     t0 = time.perf_counter()
     if folder.exists():
         shutil.rmtree(folder)
+    details: dict[str, Any] = {}
+    summary = f"{ctx.source.kind} model from {ctx.source.source or 'memory'}, as ONNX fp32"
     with _step_folder(folder) as tmp:
-        _write_onnx(ctx.source, tmp / "model.onnx")
+        if ctx.source.kind == "torch":  # the export is checked like `convert` checks it (ParityError: exit 3)
+            from ..convert import convert
+
+            res = convert(ctx.source, tmp / "model.onnx", data=ctx.train, force=True)
+            parity = res.hops[0].parity
+            if parity is not None:
+                details["parity"] = parity.to_dict()
+                summary += f"; parity OK, max-abs {parity.max_abs:.2g}"
+                say(parity.summary())
+        else:
+            _write_onnx(ctx.source, tmp / "model.onnx")
         record = {"index": 0, "name": "original", "verb": None, "key": key, "artifact": "model.onnx",
-                  "measure": "model.onnx", "kind": "onnx",
-                  "summary": f"{ctx.source.kind} model from {ctx.source.source or 'memory'}, as ONNX fp32",
-                  "details": {}, "seconds": round(time.perf_counter() - t0, 2)}
+                  "measure": "model.onnx", "kind": "onnx", "summary": summary, "details": details,
+                  "seconds": round(time.perf_counter() - t0, 2)}
         write_text_atomic(tmp / "step.json", json.dumps(record, indent=2))
     return _outcome_from(folder, record)
 
