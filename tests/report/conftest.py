@@ -30,6 +30,8 @@ def _export(path: Path) -> Path:
 
     torch.manual_seed(0)
     torch.onnx.export(Net().eval(), (torch.randn(1, 1, 8, 8),), str(path), dynamo=True, verbose=False)
+    onnx.save(onnx.load(str(path)), str(path))  # the exporter keeps weights in a .data file; inline them
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
     return path
 
 
@@ -82,7 +84,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     for name, tables in (("codebook", 1), ("codebook_pc", 4)):
         cb = copy.deepcopy(base)
         w = numpy_helper.to_array(next(t for t in cb.graph.initializer if t.name == "fc1.weight"))
-        w = w[:, :] if tables == 1 else w
         k = 16 // tables
         levels = np.linspace(-0.05, 0.05, k, dtype=np.float32)
         idx = np.abs(w[..., None] - levels).argmin(-1).astype(np.uint8)
@@ -101,3 +102,59 @@ def models(tmp_path_factory) -> dict[str, Path]:
     onnx.save(half, str(d / "fp16.onnx"))
     out["fp16"] = d / "fp16.onnx"
     return out
+
+
+def build_example_report(models: dict[str, Path]) -> dict:
+    """A ``deepshrink.report/1`` dict of 3 steps (original / pruned 50 % / dynamic int8) whose
+    sizes, params, layer rows and histograms are measured on the real files; latency, accuracy
+    and fidelity are fixed plausible figures so the tests can assert exact strings."""
+    from deepshrink.report import layer_table, weight_histograms
+
+    files = [("original", None, models["float"], "exported from torch"),
+             ("pruned", "prune", models["pruned"], "unstructured magnitude pruning, 50 % of weights zeroed"),
+             ("int8", "quantize", models["dynamic"], "dynamic int8 (ORT quantize_dynamic), per-tensor")]
+    figures = [  # median, p10, p90 (ms), accuracy, cos mean, cos min, top-1 agreement
+        (0.210, 0.200, 0.240, 0.9750, 1.0, 1.0, 1.0),
+        (0.205, 0.196, 0.231, 0.9722, 0.9981, 0.9890, 0.9944),
+        (0.262, 0.251, 0.290, 0.9722, 0.9975, 0.9861, 0.9917)]
+    steps = []
+    for i, ((name, verb, path, summary), (med, p10, p90, acc, cmean, cmin, top1)) in enumerate(zip(files, figures, strict=True)):
+        rows = layer_table(path)
+        steps.append({
+            "index": i, "name": name, "verb": verb, "summary": summary, "file": f"steps/{i:02d}-{name}/model.onnx",
+            "format": "onnx", "runtime": "onnxruntime", "size_bytes": path.stat().st_size,
+            "params": sum(r["params"] for r in rows),
+            "latency_ms": {"median": med, "p10": p10, "p90": p90}, "latency_ratio": med / figures[0][0],
+            "latency_ratio_spread": 0.08, "accuracy": acc, "cos_mean": cmean, "cos_min": cmin, "top1_agreement": top1,
+            "layers": rows, "histograms": weight_histograms(path, layers=2), "sensitivity": None,
+            "details": {}, "flags": []})
+    steps[1]["details"] = {"amount": 0.5, "method": "magnitude"}
+    steps[1]["sensitivity"] = {"node_linear": 0.0083, "node_linear_1": 0.0028, "node_conv2d": 0.0139}
+    steps[1]["flags"] = [{"kind": "less-accurate",
+                          "message": "accuracy 97.22 % < 97.50 % of step 0: pruned without fine-tuning"}]
+    steps[2]["details"] = {"per_channel": False, "weight_type": "int8"}
+    steps[2]["flags"] = [{"kind": "slower", "message": "1.28× slower than step 1: ConvInteger/MatMulInteger on "
+                          "layers this small spend more time quantizing activations than they save"}]
+    return {
+        "schema": "deepshrink.report/1", "title": "Compress digits CNN", "source": "cnn.onnx",
+        "created": "2026-11-30T08:00:00+00:00",
+        "recipe": {"steps": [{"prune": {"amount": 0.5}}, {"quantize": {"scheme": "dynamic"}}]},
+        "environment": {"deepshrink": "0.9.0", "python": "3.12.3", "platform": "Linux-x86_64",
+                        "cpu": "AMD EPYC [avx2 avx512_vnni avx512f]", "threads": 2,
+                        "packages": {"torch": "2.13.0+cpu", "onnxruntime": "1.32.0", "onnx": "1.20.0"}},
+        "data": {"source": "digits:test", "samples": 360, "labels": True},
+        "steps": steps,
+        "final": {"file": "model.onnx", "size_ratio": steps[2]["size_bytes"] / steps[0]["size_bytes"],
+                  "latency_ratio": steps[2]["latency_ratio"], "accuracy_drop": 0.9750 - 0.9722},
+    }
+
+
+@pytest.fixture(scope="session")
+def _example(models) -> dict:
+    return build_example_report(models)
+
+
+@pytest.fixture
+def example_report(_example) -> dict:
+    """A fresh copy of the 3-step example report (tests may edit it)."""
+    return copy.deepcopy(_example)
