@@ -1,0 +1,103 @@
+"""layer_table / weight_histograms on real files: float, pruned, ORT dynamic int8, ORT QDQ
+static int8, ORT MatMulNBits 4-bit, deepshrink codebooks and fp16 storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from deepshrink.report import layer_table, weight_histograms
+from deepshrink.report.inspect import _weights
+
+from .conftest import CONV, FC1, FC2
+
+
+def _float_weights(path) -> dict[int, np.ndarray]:
+    """The float model's weights keyed by element count (the three layers differ in size)."""
+    m = onnx.load(str(path))
+    return {t.dims[0] * int(np.prod(t.dims[1:])): numpy_helper.to_array(t) for t in m.graph.initializer
+            if len(t.dims) >= 2}
+
+
+def _summary(rows: list[dict]) -> list[tuple]:
+    return [(r["op"], r["params"], r["bits"]) for r in rows]
+
+
+def test_float_and_pruned(models):
+    rows = layer_table(models["float"])
+    assert _summary(rows) == [("Conv", CONV, 32), ("Gemm", FC1, 32), ("Gemm", FC2, 32)]
+    assert [r["name"] for r in rows] == ["node_conv2d", "node_linear", "node_linear_1"]
+    assert rows[1]["shape"] == [64, 288]
+    assert all(r["sparsity"] == 0.0 for r in rows)
+    pruned = layer_table(onnx.load(str(models["pruned"])))  # a ModelProto works as well as a path
+    assert _summary(pruned) == _summary(rows)
+    assert [r["sparsity"] for r in pruned] == [0.5, 0.5, 0.5]
+
+
+def test_dynamic_int8_keeps_zeros_and_values(models):
+    rows = layer_table(str(models["dynamic"]))
+    assert _summary(rows) == [("ConvInteger", CONV, 8), ("MatMulInteger", FC1, 8), ("MatMulInteger", FC2, 8)]
+    assert [r["sparsity"] for r in rows] == [0.5, 0.5, 0.5]  # symmetric int8: a zero stays zero
+    ref = _float_weights(models["pruned"])
+    for node, _, w, _ in _weights(onnx.load(str(models["dynamic"]))):
+        orig = ref[w.size]
+        orig = orig.T if node.op_type == "MatMulInteger" else orig  # ORT stores Gemm's weight transposed
+        step = np.abs(orig).max() / 127  # per-tensor scale: the weight scale was found and applied
+        assert np.abs(w - orig).max() <= step * 0.51
+
+
+def test_qdq_static_per_channel(models):
+    rows = layer_table(models["qdq"])
+    assert _summary(rows) == [("Conv", CONV, 8), ("Gemm", FC1, 8), ("Gemm", FC2, 8)]
+    assert all(r["sparsity"] < 0.02 for r in rows)  # only weights that round to zero
+    ref = _float_weights(models["float"])
+    for _, _, w, _ in _weights(onnx.load(str(models["qdq"]))):
+        orig = ref[w.size]
+        step = np.abs(orig).reshape(orig.shape[0], -1).max(1) / 127  # one scale per output channel
+        err = np.abs(w - orig).reshape(orig.shape[0], -1).max(1)
+        assert np.all(err <= step * 0.51 + 1e-7)
+
+
+def test_matmulnbits_4bit(models):
+    rows = layer_table(models["nbits"])
+    assert _summary(rows) == [("Conv", CONV, 32), ("MatMulNBits", FC1, 4), ("MatMulNBits", FC2, 4)]
+    ref = _float_weights(models["float"])
+    for node, _, w, _ in _weights(onnx.load(str(models["nbits"]))):
+        if node.op_type != "MatMulNBits":
+            continue
+        orig = ref[w.size].T  # (K, N) as MatMul sees it
+        assert w.shape == orig.shape
+        # blocks of 32 along K share a scale absmax / 8 (levels -8..7, so +absmax clips to 7):
+        # every error is within one step, and the values track the originals
+        blocks = np.abs(orig).reshape(-1, 32, orig.shape[1]).max(1, keepdims=True)
+        err = np.abs(w - orig).reshape(-1, 32, orig.shape[1])
+        assert np.all(err <= blocks / 8 * 1.001 + 1e-7)
+        assert np.corrcoef(w.ravel(), orig.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize(("name", "bits", "levels"), [("codebook", 4, 16), ("codebook_pc", 2, 4)])
+def test_codebook(models, name, bits, levels):
+    rows = layer_table(models[name])
+    assert _summary(rows) == [("Conv", CONV, 32), ("Gemm", FC1, bits), ("Gemm", FC2, 32)]
+    assert rows[1]["shape"] == [64, 288]
+    w = next(w for _, n, w, _ in _weights(onnx.load(str(models[name]))) if n == "node_linear")
+    table = np.linspace(-0.05, 0.05, levels, dtype=np.float32)
+    assert set(np.unique(w)) <= set(table)  # every weight is a codebook entry, in the weight's layout
+
+
+def test_fp16_storage(models):
+    assert _summary(layer_table(models["fp16"])) == [("Conv", CONV, 32), ("Gemm", FC1, 32), ("Gemm", FC2, 16)]
+
+
+def test_weight_histograms(models):
+    hists = weight_histograms(models["pruned"], layers=2, bins=21)
+    assert [h["layer"] for h in hists] == ["node_linear", "node_linear_1"]  # the two largest, graph order
+    for h, n in zip(hists, (FC1, FC2), strict=True):
+        assert len(h["edges"]) == 22 and len(h["counts"]) == 21
+        assert sum(h["counts"]) == n
+        zero_bin = np.searchsorted(h["edges"], 0.0, side="right") - 1
+        assert h["counts"][zero_bin] >= n // 2  # the pruned half sits in the bin holding 0
+    dyn = weight_histograms(models["dynamic"], layers=1)
+    assert [h["layer"] for h in dyn] == ["node_linear_MatMul_quant"] and sum(dyn[0]["counts"]) == FC1
