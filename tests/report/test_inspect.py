@@ -101,3 +101,28 @@ def test_weight_histograms(models):
         assert h["counts"][zero_bin] >= n // 2  # the pruned half sits in the bin holding 0
     dyn = weight_histograms(models["dynamic"], layers=1)
     assert [h["layer"] for h in dyn] == ["node_linear_MatMul_quant"] and sum(dyn[0]["counts"]) == FC1
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_matmulnbits_asymmetric_exact(bits):
+    """deepshrink's GPTQ writer packs codes and zero points itself: read them back exactly."""
+    from onnx import TensorProto, helper
+
+    from deepshrink.quantize.onnx_backend import write_matmul_nbits
+
+    k, n, group = 64, 8, 32
+    rng = np.random.default_rng(bits)
+    q = rng.integers(0, 2**bits, (k, n))
+    scales = rng.uniform(0.01, 0.1, (k // group, n)).astype(np.float32)
+    zeros = rng.integers(0, 2**bits, (k // group, n))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+                              [numpy_helper.from_array(np.zeros((k, n), np.float32), "w")])
+    model = helper.make_model(graph)
+    write_matmul_nbits(model, "mm", q, scales, zeros, bits, group)
+    [(node, name, w, stored)] = list(_weights(model))
+    expected = (q - np.repeat(zeros, group, axis=0)) * np.repeat(scales, group, axis=0)
+    assert (node.op_type, name, stored) == ("MatMulNBits", "mm", bits)
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+    assert layer_table(model)[0]["sparsity"] == pytest.approx(np.mean(expected == 0))

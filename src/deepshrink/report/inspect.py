@@ -14,7 +14,7 @@ from the graph structure, never from names.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,14 +57,23 @@ class _Graph:
         for n in model.graph.node:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
-        self._memo: dict[str, _Val | None] = {}
+        self._memo: dict[str, _Val | None] = {}  # small tensors only (scales, shapes): weights are not kept
+        self._busy: set[str] = set()
 
     def const(self, name: str) -> _Val | None:
         """``name`` evaluated when it only depends on initializers, else None."""
-        if name not in self._memo:
-            self._memo[name] = None  # guards against cycles
-            self._memo[name] = self._eval(name)
-        return self._memo[name]
+        if name in self._memo:
+            return self._memo[name]
+        if name in self._busy:  # a cycle: not a constant
+            return None
+        self._busy.add(name)
+        try:
+            v = self._eval(name)
+        finally:
+            self._busy.discard(name)
+        if v is None or v.a.size <= 4096:
+            self._memo[name] = v
+        return v
 
     def _eval(self, name: str) -> _Val | None:
         if not name:
@@ -194,10 +203,10 @@ def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
     return vals.reshape(packed.shape[0], -1).astype(np.float32)
 
 
-def _weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, np.ndarray, int]]:
-    """(node, name, dequantized weight, stored bits) for every weighted layer, in graph order."""
+def _weights(model: onnx.ModelProto) -> Iterator[tuple[onnx.NodeProto, str, np.ndarray, int]]:
+    """(node, name, dequantized weight, stored bits) for every weighted layer, in graph order;
+    one weight at a time, so a large model never has all its weights dequantized at once."""
     g = _Graph(model)
-    out = []
     handlers: dict[str, Callable[[_Graph, onnx.NodeProto], tuple[np.ndarray, int] | None]] = {
         op: _integer_weight for op in _INTEGER}
     handlers["MatMulNBits"] = _nbits_weight
@@ -212,8 +221,7 @@ def _weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str, np.ndarr
             if v is not None and v.a.dtype.kind == "f" and v.a.ndim >= 2:
                 got = (v.a, v.bits)
         if got is not None:
-            out.append((node, node.name or f"{node.op_type}_{i}", got[0], got[1]))
-    return out
+            yield node, node.name or f"{node.op_type}_{i}", got[0], got[1]
 
 
 def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
@@ -242,11 +250,9 @@ def weight_histograms(model: onnx.ModelProto | str | Path, *, layers: int = 4, b
     Rows ``{"layer": name, "edges": list[float] (bins + 1), "counts": list[int] (bins)}``, in
     graph order; the range is the layer's own min..max.
     """
-    found = _weights(_load(model))
-    keep = {id(w) for _, _, w, _ in sorted(found, key=lambda r: -r[2].size)[:layers]}
-    out = []
-    for _, name, w, _ in found:
-        if id(w) in keep:
-            counts, edges = np.histogram(w.astype(np.float64).ravel(), bins=bins)
-            out.append({"layer": name, "edges": edges.tolist(), "counts": counts.astype(int).tolist()})
-    return out
+    found = []  # (elements, graph position, row): every layer's histogram, the largest kept
+    for pos, (_, name, w, _) in enumerate(_weights(_load(model))):
+        counts, edges = np.histogram(w.astype(np.float64).ravel(), bins=bins)
+        found.append((w.size, pos, {"layer": name, "edges": edges.tolist(), "counts": counts.astype(int).tolist()}))
+    keep = sorted(found, key=lambda r: (-r[0], r[1]))[:layers]
+    return [row for _, _, row in sorted(keep, key=lambda r: r[1])]

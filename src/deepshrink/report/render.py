@@ -127,9 +127,11 @@ def _match_layers(before: Sequence[dict], after: Sequence[dict]) -> list[tuple[d
 def _figure(report: dict, title: str, width: float, height: float, panels: int = 1):  # noqa: ANN202
     """A Figure (no pyplot: no global state, Agg) with ``panels`` axes in a row, the title
     and, as its footer, the runtime / threads / CPU / latency-spread line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
     axes = fig.subplots(1, panels, squeeze=False)[0]
     fig.suptitle(title, fontsize=12, fontweight="bold", x=0.01, ha="left")
     footer = "\n".join(textwrap.wrap(_env_line(report), width=int(width * 17)))
@@ -231,9 +233,12 @@ def _fig_layers(report: dict) -> bytes | None:
         after = [(a.get(key) or 0) * scale for _, a in pairs]
         ax.bar([i - w / 2 for i in x], before, w, color=_BEFORE, label=_label(first))
         bars = ax.bar([i + w / 2 for i in x], after, w, color=_AFTER, label=_label(last))
-        ax.bar_label(bars, labels=[f"{v:.3g}" for v in after], fontsize=7)
         ax.set_ylabel(unit)
-        ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
+        if len(pairs) <= 30:
+            ax.bar_label(bars, labels=[f"{v:.3g}" for v in after], fontsize=7)
+            ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
+        else:  # too many names to print: the Layers table lists them in the same order
+            ax.set_xlabel("layer (graph order, as in the Layers table)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     ax_b.set_title("stored bits", fontsize=10)
@@ -260,7 +265,8 @@ def _fig_histograms(report: dict) -> bytes | None:
                 ax.stairs(h["counts"], h["edges"], color=color, fill=color == _BEFORE, alpha=0.6 if color == _BEFORE else 1,
                           label=label, linewidth=1.5)
         ax.set_yscale("symlog", linthresh=1)
-        ax.set_title(_short(after.get("layer", "?"), 30), fontsize=9)
+        name, old = after.get("layer", "?"), (before or {}).get("layer")
+        ax.set_title(_short(name, 30) + (f"\n(was {_short(old, 30)})" if old and old != name else ""), fontsize=9)
         ax.set_xlabel("weight value")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("count (symlog)")
