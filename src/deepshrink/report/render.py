@@ -2,7 +2,7 @@
 
 Hand-written HTML/Markdown rather than a templating or notebook tool (Jinja2, nbconvert,
 plotly): the pages are a few tables and four kinds of figure, and a string builder keeps the
-output dependency-free, offline and byte-stable. The HTML inlines its CSS and embeds the
+output dependency-free and offline. The HTML inlines its CSS and embeds the
 matplotlib figures (Agg, PNG, base64 ``data:`` URIs), so the one file can be mailed or archived
 and shows the same without network or JavaScript. The Markdown holds the same tables and flags
 but no plots (it references nothing outside itself); the figures live only in the HTML.
@@ -280,7 +280,7 @@ def _fig_sensitivity(report: dict, step: dict, top: int = 20) -> bytes:
     vals = [v or 0 for _, v in sens][::-1]
     bars = ax.barh(names, vals, color=_AFTER)
     ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], fontsize=7, padding=2)
-    ax.set_xlabel("sensitivity (metric drop when only this layer is compressed)")
+    ax.set_xlabel("sensitivity as measured by the step (higher: the layer tolerates compression less)")
     ax.tick_params(axis="y", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
@@ -302,8 +302,8 @@ def figures(report: dict) -> list[tuple[str, bytes]]:
             out.append((caption, png))
     for s in _steps(report):
         if s.get("sensitivity"):
-            out.append((f"Per-layer sensitivity measured by step {_label(s)}: how much the metric drops when "
-                        "only that layer is compressed (top 20).", _fig_sensitivity(report, s)))
+            out.append((f"Per-layer sensitivity measured by step {_label(s)}, most sensitive first (top 20).",
+                        _fig_sensitivity(report, s)))
     return out
 
 
