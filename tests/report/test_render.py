@@ -124,3 +124,13 @@ def test_bare_reports(tmp_path):
     md = render_markdown({"steps": steps, "final": None, "environment": None})
     assert "| 0 | original |" in md and "**step 1 quantize: bigger**" in md
     assert len(_pngs(render_html({"steps": steps}))) == 1
+
+
+def test_layers_pair_by_name_then_size_then_order():
+    from deepshrink.report.render import _match_layers
+
+    before = [{"name": "a", "params": 10}, {"name": "b", "params": 10}, {"name": "c", "params": 5}]
+    # 'b' keeps its name, 'a' is renamed (same size), 'c' renamed and resized (structured pruning)
+    after = [{"name": "a_quant", "params": 10}, {"name": "b", "params": 10}, {"name": "c2", "params": 3}]
+    assert [b["name"] for b, _ in _match_layers(before, after)] == ["a", "b", "c"]
+    assert [b for b, _ in _match_layers(before, [{"name": "x", "params": 7}])] == [None]  # no guess by position

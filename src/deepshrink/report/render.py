@@ -105,19 +105,24 @@ def _env_line(report: dict) -> str:
 
 
 def _match_layers(before: Sequence[dict], after: Sequence[dict]) -> list[tuple[dict | None, dict]]:
-    """Pair each final layer with its original: same name, else the next unused one with the
-    same element count (quantizers rename and transpose weights, but keep their order)."""
-    used: set[int] = set()
+    """Pair each final layer with its original: same name; else the next unused one with the
+    same element count (quantizers rename and transpose weights but keep their order); else,
+    when both lists are as long, the next unused one in graph order (renamed and resized)."""
+    match: dict[int, int] = {}
     by_name = {r.get("name"): i for i, r in enumerate(before)}
-    pairs = []
-    for row in after:
-        i = by_name.get(row.get("name"))
-        if i is None or i in used:
-            i = next((j for j, r in enumerate(before) if j not in used and r.get("params") == row.get("params")), None)
-        if i is not None:
-            used.add(i)
-        pairs.append((before[i] if i is not None else None, row))
-    return pairs
+    for k, row in enumerate(after):
+        if (i := by_name.get(row.get("name"))) is not None and i not in match.values():
+            match[k] = i
+    rules = [lambda a, b: a.get("params") == b.get("params")]
+    if len(before) == len(after):
+        rules.append(lambda a, b: True)
+    for same in rules:
+        for k, row in enumerate(after):
+            if k not in match:
+                free = (j for j, r in enumerate(before) if j not in match.values() and same(r, row))
+                if (i := next(free, None)) is not None:
+                    match[k] = i
+    return [(before[match[k]] if k in match else None, row) for k, row in enumerate(after)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,22 +174,19 @@ def _fig_steps(report: dict) -> bytes | None:
     med = [lat.get("median") for lat in lats]
     lo = [m - lat["p10"] if m is not None and lat.get("p10") is not None else 0 for m, lat in zip(med, lats, strict=True)]
     hi = [lat["p90"] - m if m is not None and lat.get("p90") is not None else 0 for m, lat in zip(med, lats, strict=True)]
-    bars = ax_lat.bar(x, [m or 0 for m in med], yerr=[[max(0, v) for v in lo], [max(0, v) for v in hi]], capsize=4,
+    ax_lat.bar(x, [m or 0 for m in med], yerr=[[max(0, v) for v in lo], [max(0, v) for v in hi]], capsize=4,
                       ecolor="#333333", color=[_FLAG_COLOR if _flagged(s, "slower") else _AFTER for s in steps])
-    ax_lat.bar_label(bars, labels=[_num(s.get("latency_ratio"), "{:.2f}×") if m is not None else DASH
-                                   for s, m in zip(steps, med, strict=True)],
-                     fontsize=8, label_type="center", color="white")
     ax_lat.set_ylabel("latency median (ms), whiskers p10–p90")
-    ax_lat.set_title("latency (label: × step 0)", fontsize=10)
+    ax_lat.set_title("latency (× step 0 under each step)", fontsize=10)
 
     acc = [s.get("accuracy") for s in steps]
     if any(a is not None for a in acc):
-        ys, name = acc, "accuracy"
+        ys, name, fmt = acc, "accuracy", "{:.2%}"
         from matplotlib.ticker import PercentFormatter
 
         ax_q.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=2))
     else:
-        ys, name = [s.get("cos_mean") for s in steps], "cosine to original (mean, ▽ min)"
+        ys, name, fmt = [s.get("cos_mean") for s in steps], "cosine to original (mean, ▽ min)", "{:.4g}"
         ax_q.scatter(x, [s.get("cos_min") if s.get("cos_min") is not None else float("nan") for s in steps],
                      marker="v", color=_BEFORE, zorder=3)
     pts = [(i, y) for i, y in zip(x, ys, strict=True) if y is not None]
@@ -193,14 +195,16 @@ def _fig_steps(report: dict) -> bytes | None:
         ax_q.scatter([p[0] for p in pts], [p[1] for p in pts], s=40, zorder=4,
                      color=[_FLAG_COLOR if _flagged(steps[i], "less-accurate") else _AFTER for i, _ in pts])
         for i, y in pts:
-            ax_q.annotate(f"{y:.4g}", (i, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+            ax_q.annotate(fmt.format(y), (i, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
         ax_q.margins(y=0.25)
     else:
         ax_q.text(0.5, 0.5, "no accuracy or fidelity measured", ha="center", va="center", transform=ax_q.transAxes)
     ax_q.set_ylabel(name)
     ax_q.set_title(name.split(" (")[0], fontsize=10)
+    ratios = [f"{lab}\n{_num(s.get('latency_ratio'), '{:.2f}×')}" for lab, s in zip(labels, steps, strict=True)]
     for ax in (ax_size, ax_lat, ax_q):
-        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+        ax.set_xticks(x, ratios if ax is ax_lat else labels, rotation=0 if ax is ax_lat else 20,
+                      ha="center" if ax is ax_lat else "right", fontsize=8)
         ax.set_xlim(-0.6, len(steps) - 0.4)
         ax.grid(axis="y", alpha=0.3)
     return _png(fig)
@@ -292,7 +296,7 @@ def figures(report: dict) -> list[tuple[str, bytes]]:
     without data are left out."""
     out = []
     for caption, png in (
-            ("File size, latency (bars: median, whiskers: p10–p90, label: ratio to step 0) and accuracy, or cosine "
+            ("File size, latency (bars: median, whiskers: p10–p90, under each step: ratio to step 0) and accuracy, or cosine "
              "fidelity to the original when there are no labels. Red: the flagged step.", _fig_steps(report)),
             ("Stored bits per weight and fraction of exact zeros per layer, last step with layer data vs the first; "
              "layers are paired by name, else by weight count in graph order.", _fig_layers(report)),
