@@ -57,7 +57,8 @@ class _Reader:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """Paths of: float, pruned (50 % zeros), dynamic int8, QDQ static int8, MatMulNBits 4-bit,
+    """Paths of: float, pruned (50 % zeros), dynamic int8 (of pruned), QDQ static int8, QOperator
+    static int8 (Gemm and MatMul flavours), ORT's optimized dynamic graph, MatMulNBits 4-bit,
     codebook (16-entry k-means style, shared), codebook per-channel (4 tables of 4), fp16 weights."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -76,6 +77,13 @@ def models(tmp_path_factory) -> dict[str, Path]:
     out["qdq"] = d / "qdq.onnx"
     mm = copy.deepcopy(base)
     ob.gemm_to_matmul(mm)  # ORT's weight-only pass only sees MatMul
+    onnx.save(mm, str(d / "matmul.onnx"))
+    for name, src in (("qop", out["float"]), ("qop_matmul", d / "matmul.onnx")):  # QLinearConv, QGemm / QLinearMatMul
+        quantize_static(str(src), str(d / f"{name}.onnx"), _Reader(), quant_format=QuantFormat.QOperator,
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        out[name] = d / f"{name}.onnx"
+    onnx.save(ob.optimized_graph(out["dynamic"]), str(d / "ort_fused.onnx"))  # what ORT runs: DynamicQuantizeMatMul
+    out["ort_fused"] = d / "ort_fused.onnx"
     q = MatMulNBitsQuantizer(mm, block_size=32, is_symmetric=True)
     q.process()
     onnx.save(q.model.model, str(d / "nbits.onnx"))

@@ -36,28 +36,28 @@ def test_float_and_pruned(models):
     assert [r["sparsity"] for r in pruned] == [0.5, 0.5, 0.5]
 
 
-def test_dynamic_int8_keeps_zeros_and_values(models):
-    rows = layer_table(str(models["dynamic"]))
-    assert _summary(rows) == [("ConvInteger", CONV, 8), ("MatMulInteger", FC1, 8), ("MatMulInteger", FC2, 8)]
-    assert [r["sparsity"] for r in rows] == [0.5, 0.5, 0.5]  # symmetric int8: a zero stays zero
-    ref = _float_weights(models["pruned"])
-    for node, _, w, _ in _weights(onnx.load(str(models["dynamic"]))):
-        orig = ref[w.size]
-        orig = orig.T if node.op_type == "MatMulInteger" else orig  # ORT stores Gemm's weight transposed
-        step = np.abs(orig).max() / 127  # per-tensor scale: the weight scale was found and applied
-        assert np.abs(w - orig).max() <= step * 0.51
-
-
-def test_qdq_static_per_channel(models):
-    rows = layer_table(models["qdq"])
-    assert _summary(rows) == [("Conv", CONV, 8), ("Gemm", FC1, 8), ("Gemm", FC2, 8)]
-    assert all(r["sparsity"] < 0.02 for r in rows)  # only weights that round to zero
-    ref = _float_weights(models["float"])
-    for _, _, w, _ in _weights(onnx.load(str(models["qdq"]))):
-        orig = ref[w.size]
-        step = np.abs(orig).reshape(orig.shape[0], -1).max(1) / 127  # one scale per output channel
-        err = np.abs(w - orig).reshape(orig.shape[0], -1).max(1)
-        assert np.all(err <= step * 0.51 + 1e-7)
+@pytest.mark.parametrize(("name", "ref", "ops", "per_channel"), [
+    ("dynamic", "pruned", ("ConvInteger", "MatMulInteger", "MatMulInteger"), False),
+    ("ort_fused", "pruned", ("ConvInteger", "DynamicQuantizeMatMul", "DynamicQuantizeMatMul"), False),
+    ("qdq", "float", ("Conv", "Gemm", "Gemm"), True),
+    ("qop", "float", ("QLinearConv", "QGemm", "QGemm"), True),
+    ("qop_matmul", "float", ("QLinearConv", "QLinearMatMul", "QLinearMatMul"), True),
+])
+def test_int8(models, name, ref, ops, per_channel):
+    rows = layer_table(str(models[name]))
+    assert _summary(rows) == [(op, n, 8) for op, n in zip(ops, (CONV, FC1, FC2), strict=True)]
+    if ref == "pruned":  # symmetric int8: a zero stays zero
+        assert [r["sparsity"] for r in rows] == [0.5, 0.5, 0.5]
+    else:  # only weights that round to zero
+        assert all(r["sparsity"] < 0.02 for r in rows)
+    floats = _float_weights(models[ref])
+    for _, _, w, _ in _weights(onnx.load(str(models[name]))):
+        orig = floats[w.size]
+        w = w if w.shape == orig.shape else w.T  # ORT stores a MatMul weight as (in, out)
+        rows_abs = np.abs(orig).reshape(orig.shape[0], -1)
+        # the scale was found and applied: per output channel, or one per tensor
+        step = (rows_abs.max(1) if per_channel else np.full(len(rows_abs), rows_abs.max())) / 127
+        assert np.all(np.abs(w - orig).reshape(orig.shape[0], -1).max(1) <= step * 0.51 + 1e-7)
 
 
 def test_matmulnbits_4bit(models):

@@ -299,7 +299,7 @@ def figures(report: dict) -> list[tuple[str, bytes]]:
             ("File size, latency (bars: median, whiskers: p10–p90, under each step: ratio to step 0) and accuracy, or cosine "
              "fidelity to the original when there are no labels. Red: the flagged step.", _fig_steps(report)),
             ("Stored bits per weight and fraction of exact zeros per layer, last step with layer data vs the first; "
-             "layers are paired by name, else by weight count in graph order.", _fig_layers(report)),
+             "layers are paired by name, else by weight count, else by graph order.", _fig_layers(report)),
             ("Distribution of the dequantized weights of the largest layers (count on a symmetric log scale).",
              _fig_histograms(report))):
         if png is not None:
