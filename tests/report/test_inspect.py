@@ -126,3 +126,25 @@ def test_matmulnbits_asymmetric_exact(bits):
     assert (node.op_type, name, stored) == ("MatMulNBits", "mm", bits)
     np.testing.assert_allclose(w, expected, rtol=1e-6)
     assert layer_table(model)[0]["sparsity"] == pytest.approx(np.mean(expected == 0))
+
+
+def test_qdq_int4_blocked():
+    """A hand-built QDQ graph: int4 weight, one scale per block of 16 rows (DequantizeLinear-21)."""
+    from onnx import TensorProto, helper
+
+    k, n, block = 64, 8, 16
+    rng = np.random.default_rng(0)
+    q = rng.integers(-8, 8, (k, n)).astype(np.int8)
+    scale = rng.uniform(0.01, 0.1, (k // block, n)).astype(np.float32)
+    wq = helper.make_tensor("w_q", TensorProto.INT4, [k, n], q.ravel().tolist())
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], axis=0, block_size=block),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+                              [wq, numpy_helper.from_array(scale, "w_s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    [row] = layer_table(model)
+    assert (row["op"], row["params"], row["bits"], row["shape"]) == ("MatMul", k * n, 4, [k, n])
+    assert row["sparsity"] == pytest.approx(np.mean(q == 0))
+    [(_, _, w, _)] = list(_weights(model))
+    np.testing.assert_allclose(w, q * np.repeat(scale, block, axis=0), rtol=1e-6)
