@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_seed(seed: int, threads: int, keyword: str | None, out: Path) -> tuple[int, float, str]:
     env = {**os.environ, "DEEPSHRINK_TEST_SEED": str(seed), "DEEPSHRINK_MEASURE_OUT": str(out),
            "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-m", "trains", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
+    cmd = [sys.executable, "-m", "pytest", "-m", "trains", "-p", "no:cacheprovider"]
     if keyword:
         cmd += ["-k", keyword]
     t0 = time.perf_counter()

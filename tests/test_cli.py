@@ -9,7 +9,9 @@ import pytest
 
 from deepshrink.cli._app import run_app
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+CNN_ACC_256 = 0.980  # digits CNN accuracy on 256 test digits, 8 seeds: 0.988-1.000 (worst - 2/256)
 DEMO_ACC = 0.97
 DEMO_DROP = 0.03
 
@@ -37,7 +39,7 @@ def test_convert_info_bench_happy_path(tmp_path, capsys, cnn_onnx, measured):
     rc, stdout, _ = _run(capsys, "bench", cnn_onnx, out, "--data", "digits:test", "--repeats", "3", "--json")
     rows = json.loads(stdout)["rows"]
     assert rc == 0 and rows[1]["accuracy"] == rows[0]["accuracy"]
-    assert measured("digits CNN accuracy", rows[0]["accuracy"], "lower") > DEMO_ACC
+    assert measured("digits CNN accuracy", rows[0]["accuracy"], "lower", margin=2 / 256) > CNN_ACC_256
 
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "exists", "same", "bad_ext", "bad_shape", "unknown_exporter"])

@@ -12,8 +12,9 @@ from deepshrink.cli._app import run_app
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-KERAS_ACC_2_EPOCHS = 0.8
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+KERAS_ACC_2_EPOCHS = 0.809  # Keras CNN accuracy after 2 epochs, 8 seeds: 0.850-0.928 (mean 0.896, std 0.029)
 
 
 @pytest.fixture(scope="module")

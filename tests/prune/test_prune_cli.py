@@ -17,8 +17,10 @@ from deepshrink.examples import trained_digits_cnn, trained_digits_mlp
 MLP = "deepshrink.examples:DigitsMLP"
 CNN = "deepshrink.examples:DigitsCNN"
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-DROP_STRUCTURED_CLI = 0.03
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+# 50% of the channels with only 2 fine-tune epochs: 8 seeds 0.004-0.051 (mean 0.031, std 0.016)
+DROP_STRUCTURED_CLI = 0.0795
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,8 @@ def test_structured_to_onnx_with_table(weights, tmp_path, capsys, measured):
     assert rc == 0, _err(capsys)
     res = json.loads(capsys.readouterr().out)
     rep, rows = res["report"], res["bench"]["rows"]
-    drop = measured("accuracy drop after 2 fine-tune epochs", rows[0]["accuracy"] - rows[1]["accuracy"], "upper")
+    drop = measured("accuracy drop after 2 fine-tune epochs", rows[0]["accuracy"] - rows[1]["accuracy"], "upper",
+                    margin=2 / 256)  # bench measures 256 test digits
     assert rep["params_after"] / rep["params_before"] < 0.27  # 0.258 seen
     assert {g["name"]: g["kept"] for g in rep["groups"]} == {"stem.0": 16, "block_conv1": 16, "down.0": 32}
     assert rows[0]["runtime"] == rows[1]["runtime"] == "onnxruntime"  # same runtime before/after

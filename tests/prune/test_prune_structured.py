@@ -17,8 +17,9 @@ from deepshrink.prune import StructuredPruneConfig, prune, prune_with_report
 from deepshrink.prune.structured import apply_plan, build_graph, fit_to_state_dict, mask_plan, plan_structured
 from deepshrink.train import accuracy_of
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-DROP_CNN_HALF_CHANNELS = 0.015
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+DROP_CNN_HALF_CHANNELS = 0.0217  # half the channels, 6 fine-tune epochs, 8 seeds: 0.0000-0.0139 (mean 0.0059)
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,10 @@ from deepshrink.prune import (
 from deepshrink.prune.unstructured import cubic_sparsity
 from deepshrink.train import accuracy_of
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-DROP_GRADUAL = 0.006
-GAIN_GRADUAL_OVER_ONE_SHOT = 0.03
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+DROP_GRADUAL = 0.0223  # gradual 90%: accuracy drop, 8 seeds: -0.0111-0.0111 (mean 0.0028, std 0.0065)
+GAIN_GRADUAL_OVER_ONE_SHOT = 0.038  # gradual minus one-shot accuracy, mean of 3 models, 8 seeds: 0.124-0.252
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ from deepshrink.quantize.bias_correction import correct_bias, correct_bias_pairs
 from deepshrink.quantize.qat import calibrate, prepare_qat, simulate_ptq
 from deepshrink.quantize.sensitivity import run_outputs
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-BC_MSE_RATIO_3_MODELS = 0.5
-BC_DROP_3_MODELS = 0.025
-BC_DEPLOYED_MSE_RATIO = 0.5
-BC_DEPLOYED_ACC = 0.96
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+BC_MSE_RATIO_3_MODELS = 0.463  # W3A8 logits MSE, corrected / plain, mean of 3 models, 8 seeds: 0.344-0.413
+BC_DROP_3_MODELS = 0.0214  # W3A8 bias-corrected accuracy drop, mean of 3 models, 8 seeds: 0.0028-0.0157
+BC_DEPLOYED_MSE_RATIO = 0.566  # deployed W3A8 logits MSE, corrected / plain, 8 seeds: 0.293-0.476
+BC_DEPLOYED_ACC = 0.951  # deployed W3A8 bias-corrected accuracy, 8 seeds: 0.964-0.994 (mean 0.982, std 0.010)
 
 
 def _mean_shift(layer: nn.Module, w_float: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -31,12 +31,24 @@ from deepshrink.quantize.smooth import smooth_model
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: shared helpers beside the tests
 from q3b_cases import cosines, embed_one_by_one, minilm_float, tokenized  # noqa: E402
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-INT8_DROP = 0.01
-CODEBOOK_DROP = {"kmeans4": 0.012, "kmeans3-per-channel": 0.012, "log2-5": 0.012}
-INT4_FC1_DROP = 0.01
-GPTQ_RTN_RATIO = {4: 0.6, 2: 0.6}
-QAT_DEPLOY_DROP = 0.015
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+INT8_STATIC_DROP = {  # CNN int8-static accuracy drop per observer, 8 seeds:
+    "minmax": 0.0084,  # 0.0000-0.0028
+    "percentile": 0.0084,  # 0.0000-0.0028
+    "entropy": 0.0084,  # 0.0000-0.0028
+    "moving_average": 0.0084,  # 0.0000-0.0028
+    "mse": 0.0112,  # -0.0028-0.0056
+}
+INT8_DYNAMIC_MLP_DROP = 0.0056  # 8 seeds: 0.0000 every one (2 of the 360 digits allowed)
+CODEBOOK_DROP = {  # MLP accuracy drop, 8 seeds:
+    "kmeans4": 0.0084,  # -0.0028-0.0028
+    "kmeans3-per-channel": 0.0128,  # -0.0028-0.0056
+    "log2-5": 0.0288,  # 0.0028-0.0194 (mean 0.0094, std 0.0065)
+}
+INT4_FC1_DROP = 0.0112  # 8 seeds: 0.0000-0.0056
+GPTQ_RTN_RATIO = {4: 0.553, 2: 0.422}  # fc1 logits MSE, GPTQ / RTN, 8 seeds: 4 bits 0.167-0.484, 2 bits 0.134-0.316
+QAT_DEPLOY_DROP = 0.0168  # 8 seeds: -0.0028-0.0111 (mean 0.0042, std 0.0042)
 
 
 def _acc(model, x, y) -> float:
@@ -57,7 +69,7 @@ def mlp_handle(digits, digits_mlp):
 def test_digits_cnn_static_int8_runs_integer_kernels(cnn_handle, digits, measured):
     q = ds.quantize(cnn_handle, Int8StaticConfig(), data={"x": digits.x_val})
     acc0, acc1 = _acc(cnn_handle.model, digits.x_test, digits.y_test), _acc(q.model, digits.x_test, digits.y_test)
-    assert measured("CNN int8-static (minmax): accuracy drop", acc0 - acc1, "upper") <= INT8_DROP
+    assert measured("CNN int8-static (minmax): accuracy drop", acc0 - acc1, "upper") <= INT8_STATIC_DROP["minmax"]
     ints = integer_op_counts(q.model)
     assert ints.get("QLinearConv", 0) >= 4 and ints.get("QGemm", 0) == 1  # 4 QLinearConv, 1 QGemm, 1 QLinearAdd seen
     assert float_compute_ops(q.model) == {}  # no float Conv/Gemm left for ORT to run
@@ -71,7 +83,7 @@ def test_digits_cnn_static_int8_runs_integer_kernels(cnn_handle, digits, measure
 def test_static_observers(cnn_handle, digits, observer, measured):
     q = ds.quantize(cnn_handle, Int8StaticConfig(observer=observer, calibration_size=48), data={"x": digits.x_val})
     acc0, acc1 = _acc(cnn_handle.model, digits.x_test, digits.y_test), _acc(q.model, digits.x_test, digits.y_test)
-    assert measured(f"CNN int8-static ({observer}): accuracy drop", acc0 - acc1, "upper") <= INT8_DROP
+    assert measured(f"CNN int8-static ({observer}): accuracy drop", acc0 - acc1, "upper") <= INT8_STATIC_DROP[observer]
     assert integer_op_counts(q.model).get("QLinearConv", 0) >= 4
 
 
@@ -82,13 +94,13 @@ def test_mlp_dynamic_int8_rewrites_gemm_and_keeps_accuracy(mlp_handle, digits, m
     q = ds.quantize(mlp_handle, Int8DynamicConfig(), data={"x": d.x_val})
     assert integer_op_counts(q.model) == {"DynamicQuantizeMatMul": 3}
     drop = _acc(mlp_handle.model, d.x_test, d.y_test) - _acc(q.model, d.x_test, d.y_test)
-    assert measured("MLP int8-dynamic: accuracy drop", drop, "upper") <= INT8_DROP
+    assert measured("MLP int8-dynamic: accuracy drop", drop, "upper") <= INT8_DYNAMIC_MLP_DROP
     assert weight_bytes(q.model) / weight_bytes(mlp_handle.model) < 0.27  # 0.266 seen
 
 
 @pytest.mark.trains
 @pytest.mark.parametrize("cfg,max_ratio,max_drop", [
-    (KMeansConfig(bits=4), 0.27, CODEBOOK_DROP["kmeans4"]),  # file ratio 0.257 seen
+    (KMeansConfig(bits=4), 0.27, CODEBOOK_DROP["kmeans4"]),  # file ratio 0.257 seen (not seed-dependent)
     (KMeansConfig(bits=3, per_channel=True), 0.35, CODEBOOK_DROP["kmeans3-per-channel"]),  # 0.329 seen
     (Log2Config(bits=5), 0.27, CODEBOOK_DROP["log2-5"]),  # 0.258 seen
 ], ids=["kmeans4", "kmeans3-per-channel", "log2-5"])

@@ -22,11 +22,12 @@ from deepshrink.quantize.qat import (
 )
 from deepshrink.train import accuracy_of
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-W8A8_CHANGE = 0.006
-W2_QAT_DROP = 0.006
-W2_QAT_PTQ_LOSS_RATIO = 0.8
-W4A8_CNN_DROP = 0.01
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+W8A8_CHANGE = 0.0056  # |W8A8 PTQ accuracy change|, 8 seeds: 0.0000 every one
+W2_QAT_DROP = 0.0173  # W2A8 QAT accuracy drop, 8 seeds: -0.0111-0.0083 (mean -0.0003, std 0.0058)
+W2_QAT_PTQ_LOSS_RATIO = 0.247  # test loss above fp32, QAT / PTQ, 8 seeds: -0.266-0.020 (mean -0.071, std 0.106)
+W4A8_CNN_DROP = 0.0204  # W4A8 PTQ accuracy drop, 8 seeds: 0.0000-0.0139 (mean 0.0056, std 0.0049)
 
 
 def test_ste_and_lsq_gradients_match_the_formula() -> None:

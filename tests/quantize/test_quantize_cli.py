@@ -11,10 +11,12 @@ import pytest
 from deepshrink.cli._app import run_app
 from deepshrink.convert.export import export_onnx
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-INT8_DROP = 0.01
-CLI_BC_COS_GAP_RATIO = 0.5
-CLI_BC_ACC = 0.96
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+# (the CLI measures on 256 test digits: the margin is 2/256)
+INT8_DROP = 0.0079  # CNN int8-static accuracy drop, 8 seeds: -0.0039-0.0000
+CLI_BC_COS_GAP_RATIO = 0.556  # W3A8 (1 - cosine to fp32), bias-corrected / plain, 8 seeds: 0.220-0.483
+CLI_BC_ACC = 0.945  # W3A8 bias-corrected accuracy, 8 seeds: 0.961-0.992 (mean 0.980, std 0.011)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,8 @@ def test_static_int8_cli_writes_and_measures(cnn_onnx, tmp_path, capsys, measure
     assert rc == 0 and out.exists()
     rows = payload["bench"]["rows"]
     assert len(rows) == 2 and rows[1]["size_bytes"] < 0.5 * rows[0]["size_bytes"]  # 0.3x seen
-    assert measured("CLI int8-static: accuracy drop", rows[0]["accuracy"] - rows[1]["accuracy"], "upper") <= INT8_DROP
+    assert measured("CLI int8-static: accuracy drop", rows[0]["accuracy"] - rows[1]["accuracy"], "upper",
+                    margin=2 / 256) <= INT8_DROP
     from deepshrink.quantize.onnx_backend import integer_op_counts
 
     assert integer_op_counts(out).get("QLinearConv", 0) >= 4
@@ -145,7 +148,7 @@ def test_ptq_cli_low_bit_with_bias_correction(tmp_path, capsys, digits, seed, me
     # (the accuracy gain alone spreads too widely to bound, 8 seeds: 0.000-0.125; the fidelity gap does not)
     ratio = measured("CLI W3A8: 1 - cosine to fp32, corrected / plain", (1 - cos["--bias-correction"])
                      / (1 - cos["--no-bias-correction"]), "upper", margin=0.05)
-    after = measured("CLI W3A8 bias-corrected: accuracy", acc["--bias-correction"], "lower")
+    after = measured("CLI W3A8 bias-corrected: accuracy", acc["--bias-correction"], "lower", margin=2 / 256)
     assert ratio < CLI_BC_COS_GAP_RATIO and after > CLI_BC_ACC
 
 

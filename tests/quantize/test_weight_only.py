@@ -26,8 +26,9 @@ from deepshrink.quantize.weight_only import (
     rtn_quantize_weight,
 )
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-GPTQ_RTN_MSE_RATIO = 0.25
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+GPTQ_RTN_MSE_RATIO = 0.104  # 3-bit logits MSE, GPTQ / RTN, 8 seeds: 0.031-0.054 (+0.05 margin)
 
 
 def _layer_case(seed: int = 0, n: int = 48, k: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -12,8 +12,9 @@ from deepshrink.errors import InputError
 from deepshrink.examples import DigitsMLP
 from deepshrink.train import Callback, Trainer, accuracy_of
 
-# Thresholds on figures that depend on the trained digits models; each from benchmarks/seed_spread.py.
-TRAINER_ACC_5_EPOCHS = 0.9
+# Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
+# tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
+TRAINER_ACC_5_EPOCHS = 0.880  # MLP validation accuracy after 5 epochs, 8 seeds: 0.897-0.930 (mean 0.913, std 0.011)
 
 
 def _fit(digits, epochs, seed=3, init_seed=0, **kw):

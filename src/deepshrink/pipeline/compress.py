@@ -262,7 +262,7 @@ def _run_or_reuse(out: Path, step: Step, prev: StepOutcome, ctx: _Context, key: 
         result, summary, details = _apply(step, handle, ctx)
     with _step_folder(folder) as tmp:
         artifact, measure = _write_artifact(result, tmp, ctx)
-        record = {"index": step.index, "name": f"{step.index}. {step.describe()}", "verb": step.verb, "key": key,
+        record = {"index": step.index, "name": step.short(), "verb": step.verb, "key": key,
                   "artifact": artifact.name, "measure": measure.name, "kind": result.kind, "summary": summary,
                   "config": step.config.to_dict() if step.config is not None else dict(step.params),
                   "details": details, "seconds": round(time.perf_counter() - t0, 2)}

@@ -52,6 +52,12 @@ class Step:
     def label(self) -> str:
         return f"step {self.index} ({self.verb})"
 
+    def short(self) -> str:
+        """A few words for tables and plots: ``prune structured 0.25``, ``quantize int8-static``."""
+        kind = self.params.get("method") or self.params.get("scheme") or self.params.get("format") or ""
+        target = self.params.get("sparsity")
+        return " ".join(str(p) for p in (self.verb, kind, target) if p not in ("", None))
+
     def describe(self) -> str:
         inner = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"{self.verb}({inner})"
