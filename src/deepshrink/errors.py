@@ -41,3 +41,17 @@ class ParityError(DeepshrinkError):
 
 class BudgetError(DeepshrinkError):
     """A search or auto mode could not meet the accuracy/size/latency budget."""
+
+
+def first_line(exc: BaseException | str, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, cut to ``limit`` characters.
+
+    Third-party errors often carry pages of detail (graph dumps, C++ stack traces); deepshrink
+    shows their first line inside its own one-line message. An empty message gives the
+    exception's type name instead, so this never fails.
+    """
+    text = exc if isinstance(exc, str) else str(exc)
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return "" if isinstance(exc, str) else type(exc).__name__

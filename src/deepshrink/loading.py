@@ -27,7 +27,7 @@ from torch import nn
 from .backends.onnx import io_specs, load_onnx
 from .backends.torch import forward_arg_names, run_torch
 from .core.handle import ANY_DTYPE, ModelHandle, TensorSpec
-from .errors import InputError, UnsupportedError
+from .errors import InputError, UnsupportedError, first_line
 
 META_TOKENIZER = "deepshrink.tokenizer"
 
@@ -150,7 +150,7 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
     except Exception as exc:
-        raise InputError(f"weights file {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        raise InputError(f"weights file {path} cannot be read ({type(exc).__name__}: {first_line(exc, 160)})") from None
     if not isinstance(state, dict):
         raise InputError(f"weights file {path} does not hold a state dict")
     for k, v in state.items():
@@ -242,7 +242,7 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
                                           attn_implementation="eager")
     except Exception as exc:
         raise InputError(f"{path}: cannot load the Hugging Face model offline ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200]})") from None
+                         f"{first_line(exc)})") from None
     modules_json = path / "modules.json"
     is_st = modules_json.is_file() and "Pooling" in modules_json.read_text()
     normalize = is_st and "Normalize" in modules_json.read_text()

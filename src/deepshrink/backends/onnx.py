@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from ..core.handle import TensorSpec
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 _ONNX_TO_NP = {
     onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "float64",
@@ -66,7 +66,7 @@ def make_session(model: str | os.PathLike[str] | onnx.ModelProto | bytes, *, thr
     try:
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise InputError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:300]}") from None
+        raise InputError(f"ONNX Runtime cannot load the model: {first_line(exc, 300)}") from None
 
 
 def run_onnx(session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -79,7 +79,7 @@ def run_onnx(session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
         return list(session.run(None, feed))
     except Exception as exc:
-        raise InputError(f"ONNX Runtime failed to run the model: {str(exc).splitlines()[0][:300]}") from None
+        raise InputError(f"ONNX Runtime failed to run the model: {first_line(exc, 300)}") from None
 
 
 def load_onnx(path: str | os.PathLike[str], *, load_external: bool = True) -> onnx.ModelProto:

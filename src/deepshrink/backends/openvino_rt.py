@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MissingExtraError
+from ..errors import InputError, MissingExtraError, first_line
 
 
 def import_openvino() -> Any:
@@ -63,7 +63,7 @@ def make_runner(path: str | os.PathLike[str] | Any, threads: int = 2) -> OpenVIN
         try:
             model = core.read_model(str(p))
         except Exception as exc:
-            raise InputError(f"OpenVINO cannot read {p}: {str(exc).splitlines()[0][:200]}") from None
+            raise InputError(f"OpenVINO cannot read {p}: {first_line(exc)}") from None
     config = {"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": "f32",
               "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
     return OpenVINORunner(core.compile_model(model, "CPU", config))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MissingExtraError
+from ..errors import InputError, MissingExtraError, first_line
 
 
 def _interpreter_cls() -> Any:
@@ -47,7 +47,7 @@ class TFLiteRunner:
                 warnings.simplefilter("ignore")
                 self.interpreter = cls(model_path=str(path), num_threads=int(threads))
         except Exception as exc:
-            raise InputError(f"{path} is not a readable TFLite model: {str(exc).splitlines()[0][:200]}") from None
+            raise InputError(f"{path} is not a readable TFLite model: {first_line(exc)}") from None
         sigs = self.interpreter.get_signature_list()
         self.signature = next(iter(sigs)) if sigs else None
         if self.signature is not None:

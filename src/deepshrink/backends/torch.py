@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 
 def forward_arg_names(module: nn.Module) -> list[str]:
@@ -72,5 +72,5 @@ def run_torch(module: nn.Module, inputs: dict[str, np.ndarray], names: list[str]
         if isinstance(exc, InputError):
             raise
         shapes = {n: tuple(inputs[n].shape) for n in names}
-        raise InputError(f"the model failed on inputs {shapes}: {str(exc).splitlines()[0][:200]}") from None
+        raise InputError(f"the model failed on inputs {shapes}: {first_line(exc)}") from None
     return [t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy() for t in flatten_outputs(out)]

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..core.fileio import atomic_dir, check_output
 from ..core.handle import ModelHandle
-from ..errors import ParityError, UnsupportedError
+from ..errors import ParityError, UnsupportedError, first_line
 from .export import export_onnx, torch_export
 from .parity import ParityReport, check_parity
 from .routes import ConvertOptions, format_of_destination, format_of_source, register_route, routes
@@ -153,7 +153,7 @@ def _onnx_to_onnx(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Mo
         try:
             model = onnx.version_converter.convert_version(model, opts.opset)
         except Exception as exc:
-            raise UnsupportedError(f"cannot convert the model to opset {opts.opset}: {str(exc).splitlines()[0][:200]}") from None
+            raise UnsupportedError(f"cannot convert the model to opset {opts.opset}: {first_line(exc)}") from None
     save_onnx(model, dst)
     return load(dst), None
 

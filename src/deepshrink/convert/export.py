@@ -25,7 +25,7 @@ import torch
 from ..backends.onnx import io_specs, save_onnx
 from ..core.fileio import check_output
 from ..core.handle import ModelHandle
-from ..errors import InputError, UnsupportedError
+from ..errors import InputError, UnsupportedError, first_line
 
 log = logging.getLogger("deepshrink")
 Exporter = Literal["dynamo", "torchscript"]
@@ -70,10 +70,11 @@ def _output_names(handle: ModelHandle, output_names: list[str] | None) -> list[s
 def torch_export(handle: ModelHandle) -> torch.export.ExportedProgram:
     """``torch.export`` with the same dynamic axes as the ONNX export."""
     dyn = _torch_dynamic_shapes(handle)
+    args = _args(handle)
     try:
-        return torch.export.export(handle.model, _args(handle), dynamic_shapes=dyn, strict=False)
+        return torch.export.export(handle.model, args, dynamic_shapes=dyn, strict=False)
     except Exception as exc:
-        raise UnsupportedError(f"torch.export cannot capture this model: {str(exc).splitlines()[0][:300]}") from None
+        raise UnsupportedError(f"torch.export cannot capture this model: {first_line(exc, 300)}") from None
 
 
 def _torch_dynamic_shapes(handle: ModelHandle) -> dict[str, dict[int, Any]]:
@@ -111,7 +112,7 @@ def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
         try:
             proto = _export_torchscript(handle, names, opset, dynamic_batch)
         except Exception as exc:
-            msg = str(exc).splitlines()[0][:300]
+            msg = first_line(exc, 300)
             raise UnsupportedError(f"the torchscript exporter failed: {msg}" + (f" (dynamo failed first: {why})" if why else "")) from None
     _name_dynamic_dims(proto, handle)
     meta = {"deepshrink.exporter": used, "deepshrink.source": str(handle.source or "")}
@@ -165,7 +166,9 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
 
 def _args(handle: ModelHandle) -> tuple[torch.Tensor, ...]:
     """Example tensors with a batch of at least 2: torch.export fixes a size-1 axis as static."""
-    assert handle.example_inputs is not None
+    if handle.example_inputs is None:
+        raise InputError(f"the PyTorch model {handle.source or ''} has no example inputs to export it with: pass "
+                         "input_shapes (CLI --input-shape NAME:1x64) or data".replace("  ", " "))
     out = []
     for n in handle.input_names:
         a = np.ascontiguousarray(handle.example_inputs[n])

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..core.handle import ModelHandle
-from ..errors import InputError, MissingExtraError, UnsupportedError
+from ..errors import InputError, MissingExtraError, UnsupportedError, first_line
 from .routes import ConvertOptions, register_route
 
 
@@ -85,9 +85,9 @@ def load_tf_source(src: Any, *, trust_remote_code: bool = False) -> TFSource:
             if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
                 raise InputError(f"{p} contains Python code (a Lambda layer); loading it would execute it — "
                                  "pass --trust-remote-code if you trust this file") from None
-            raise InputError(f"{p} is not a readable Keras model ({str(exc).splitlines()[0][:200]})") from None
+            raise InputError(f"{p} is not a readable Keras model ({first_line(exc)})") from None
         except Exception as exc:
-            raise InputError(f"{p} is not a readable Keras model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+            raise InputError(f"{p} is not a readable Keras model ({type(exc).__name__}: {first_line(exc)})") from None
         origin = str(p)
     elif hasattr(src, "predict") and hasattr(src, "inputs"):
         model, origin = src, f"<{type(src).__name__}>"
@@ -112,7 +112,7 @@ def _saved_model(tf: Any, p: Path) -> TFSource:
     try:
         loaded = tf.saved_model.load(str(p))
     except Exception as exc:
-        raise InputError(f"{p} is not a readable SavedModel ({str(exc).splitlines()[0][:200]})") from None
+        raise InputError(f"{p} is not a readable SavedModel ({first_line(exc)})") from None
     sigs = getattr(loaded, "signatures", {})
     if "serving_default" not in sigs:
         raise InputError(f"SavedModel {p} has no 'serving_default' signature (has: {sorted(sigs)})")

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..core.config import handler_for, register
 from ..core.handle import ModelHandle
-from ..errors import InputError, UnsupportedError
+from ..errors import InputError, UnsupportedError, first_line
 from ._common import (
     WEIGHTED,
     as_train_data,
@@ -123,7 +123,7 @@ def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source
     except Exception as exc:  # noqa: BLE001 - any failure here means data and model disagree
         shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
         raise InputError(f"data {source} (inputs {shapes}) does not fit the model: "
-                         f"{str(exc).strip().splitlines()[0][:200]}") from None
+                         f"{first_line(exc)}") from None
     finally:
         if switch:
             module.train(was)
@@ -145,7 +145,7 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
         Trainer(module, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                 callbacks=[*(callbacks or []), HoldMasks(module)], lr_schedule=lr_schedule).fit(train)
     except (RuntimeError, IndexError) as exc:
-        raise InputError(f"{what} failed on the data: {str(exc).strip().splitlines()[0][:200]}") from None
+        raise InputError(f"{what} failed on the data: {first_line(exc)}") from None
 
 
 def _report(method: str, before: int, sp_before: float, module: nn.Module, **kw: Any) -> PruneReport:

@@ -20,7 +20,7 @@ import onnx
 
 from ..core.config import handler_for, register
 from ..core.handle import ModelHandle
-from ..errors import InputError, UnsupportedError
+from ..errors import InputError, UnsupportedError, first_line
 from . import onnx_backend as ob
 from .configs import (
     AutoConfig,
@@ -163,7 +163,7 @@ def _check_runs(model: onnx.ModelProto, arrays: dict[str, np.ndarray], source: s
     except Exception as exc:
         shapes = {k: list(v.shape) for k, v in arrays.items()}
         raise InputError(f"data {source} does not fit the model (shapes {shapes}): "
-                         f"{str(exc).splitlines()[0][:200]}") from None
+                         f"{first_line(exc)}") from None
 
 
 def require_data(prep: Prepared, what: str) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..backends.torch import call_batch
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 __all__ = ["correct_bias", "correct_bias_pairs", "output_shift"]
 
@@ -84,7 +84,7 @@ def output_shift(model: nn.Module, layers: Mapping[str, nn.Module], batches: Ite
             call_batch(model, batch)
             seen += 1
     except (RuntimeError, TypeError) as exc:
-        raise InputError(f"bias correction: the data does not fit the model's inputs: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"bias correction: the data does not fit the model's inputs: {first_line(exc)}") from None
     finally:
         for h in hooks:
             h.remove()

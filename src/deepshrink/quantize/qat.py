@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..backends.torch import call_batch
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..train import Callback, Trainer
 from .granularity import PerChannel, PerTensor
 from .linear import check_bits, qrange
@@ -281,7 +281,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
     except (RuntimeError, TypeError) as exc:
         for q in quants:
             q.observing = False
-        raise InputError(f"calibration data does not fit the model's inputs: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"calibration data does not fit the model's inputs: {first_line(exc)}") from None
     if n == 0:
         for q in quants:
             q.observing = False

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..backends.torch import call_batch
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .granularity import PerGroup
 from .linear import check_bits, minmax, qparams_from_range
 
@@ -220,7 +220,7 @@ def _run(model: nn.Module, batch: Any) -> None:
     try:
         call_batch(model, batch)
     except (RuntimeError, TypeError, IndexError) as exc:
-        raise InputError(f"calibration data does not fit the model's inputs: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"calibration data does not fit the model's inputs: {first_line(exc)}") from None
 
 
 class _HessianHook:

@@ -33,6 +33,8 @@ import torch.fx as fx
 from torch import nn
 from torch.nn import functional as F
 
+from ...errors import first_line
+
 Role = str  # "out" (weight dim 0 + bias), "in" (weight dim 1), "channel" (per-channel params), "heads"
 
 
@@ -301,7 +303,7 @@ def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | Non
             model.train(was_training)
             traced = True
         except Exception as exc:  # noqa: BLE001 - any capture failure means "leave it alone"
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            first = first_line(exc, 160) if str(exc).strip() else ""
             ana.warnings.append(f"graph capture of {type(model).__name__} failed ({type(exc).__name__}: {first}); "
                                 "only transformer heads/FFN neurons found by structure are pruned")
         if traced:
