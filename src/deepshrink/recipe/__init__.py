@@ -1,7 +1,7 @@
-"""Recipes and ``compress``: chain the verbs (prune → quantize → ...) with checkpoints and reports."""
+"""Recipes (``steps``: YAML schema, step builders, built-ins) and ``compress`` (``runner``): chain the verbs (prune → quantize → ...) with checkpoints and reports."""
 
-from .compress import CompressResult, StepOutcome, compress
-from .recipe import (
+from .runner import CompressResult, StepOutcome, compress
+from .steps import (
            BUILTIN,
            DEFAULT_RECIPE,
            Recipe,

@@ -8,7 +8,7 @@ import pytest
 
 from deepshrink.cli._app import run_app
 from deepshrink.errors import InputError
-from deepshrink.pipeline import BUILTIN, check_chain, load_recipe, parse_recipe
+from deepshrink.recipe import BUILTIN, check_chain, load_recipe, parse_recipe
 
 CNN = "deepshrink.examples:trained_digits_cnn"
 

@@ -35,7 +35,7 @@ from typing import Any
 from ..core.fileio import write_text_atomic
 from ..core.handle import ModelHandle
 from ..errors import InputError
-from .recipe import Recipe, Step, check_chain, load_recipe
+from .steps import Recipe, Step, check_chain, load_recipe
 
 MARKER = ".deepshrink-compress"
 SCHEMA = "deepshrink.report/1"
