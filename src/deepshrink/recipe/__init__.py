@@ -2,14 +2,14 @@
 
 from .runner import CompressResult, StepOutcome, compress
 from .steps import (
-           BUILTIN,
-           DEFAULT_RECIPE,
-           Recipe,
-           Step,
-           builtin_recipes,
-           check_chain,
-           load_recipe,
-           parse_recipe,
+    BUILTIN,
+    DEFAULT_RECIPE,
+    Recipe,
+    Step,
+    builtin_recipes,
+    check_chain,
+    load_recipe,
+    parse_recipe,
 )
 
 __all__ = ["BUILTIN", "DEFAULT_RECIPE", "CompressResult", "Recipe", "Step", "StepOutcome", "builtin_recipes",
