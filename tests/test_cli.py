@@ -12,8 +12,10 @@ from deepshrink.cli._app import run_app
 # Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
 # tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
 CNN_ACC_256 = 0.980  # digits CNN accuracy on 256 test digits, 8 seeds: 0.988-1.000 (worst - 2/256)
-DEMO_ACC = 0.97
-DEMO_DROP = 0.03
+# the demo (prune-int8 on the digits CNN, all 360 test digits), 8 seeds (seed 2 rerun alone: its first run
+# crossed a rename of the package under test): accuracy 0.9917-1.0000, drop -0.0056-0.0111 (mean 0.0035, std 0.0064)
+DEMO_ACC = 0.986
+DEMO_DROP = 0.0228
 
 
 def _run(capsys, *args):
