@@ -120,3 +120,19 @@ def test_dynamo_failure_falls_back_and_says_why(tmp_path):
     assert meta["deepshrink.exporter"] == "torchscript"
     assert "data-dependent" in meta["deepshrink.exporter_fallback_reason"] and "\x1b" not in meta["deepshrink.exporter_fallback_reason"]
     assert res.hops[0].parity.ok and res.hops[0].parity.max_abs < 1e-5  # 6e-08 seen
+
+
+def test_export_keeps_no_machine_paths_or_stack_traces(tmp_path, digits_cnn):
+    """The dynamo exporter's per-node stack traces, paths and range facts are dropped: the same
+    weights export to the same bytes, whatever was exported earlier in the process."""
+    import deepshrink as ds
+
+    h = ds.load(digits_cnn, input_shapes=["x:1x1x8x8"])
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    ds.convert(h, a)
+    ds.convert(ds.load(digits_cnn, input_shapes=["x:3x1x8x8"]), b)  # other example shapes, same model
+    m = onnx.load(str(a))
+    keys = {p.key for n in m.graph.node for p in n.metadata_props} | {p.key for p in m.metadata_props}
+    assert not any(k.startswith("pkg.") for k in keys), keys
+    assert b"stack_trace" not in a.read_bytes() and str(tmp_path).encode() not in a.read_bytes()
+    assert a.read_bytes() == b.read_bytes()

@@ -62,6 +62,48 @@ def _dynamic_axes(handle: ModelHandle) -> dict[str, dict[int, str]]:
     return axes
 
 
+_EXPORTER_KEYS = ("pkg.", "namespace")
+
+
+def strip_exporter_metadata(proto: onnx.ModelProto) -> None:
+    """Drop what the exporter records about this machine and this process, in place.
+
+    The dynamo exporter stores per-node stack traces with local file paths, FX node names and
+    module scopes (``pkg.torch.onnx.*``), and graph-level facts such as symbolic range
+    constraints whose values depend on what was exported earlier in the same process. None of it
+    changes what the model computes; it leaks paths, adds ~1/3 to a small file, and makes two
+    exports of the same weights differ byte for byte.
+    """
+
+    def keep(props: Any) -> list[Any]:
+        return [p for p in props if not p.key.startswith(_EXPORTER_KEYS)]
+
+    def clean_graph(graph: onnx.GraphProto) -> None:
+        if hasattr(graph, "metadata_props"):
+            kept = keep(graph.metadata_props)
+            del graph.metadata_props[:]
+            graph.metadata_props.extend(kept)
+        for node in graph.node:
+            kept = keep(node.metadata_props)
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    clean_graph(attr.g)
+                for g in attr.graphs:
+                    clean_graph(g)
+
+    clean_graph(proto.graph)
+    for fn in proto.functions:
+        for node in fn.node:
+            kept = keep(node.metadata_props)
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+    kept = keep(proto.metadata_props)
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+
+
 def _output_names(handle: ModelHandle, output_names: list[str] | None) -> list[str]:
     names = list(output_names or handle.output_names or ["output"])
     return [f"{n}_out" if n in _RESERVED_OUTPUT_NAMES else n for n in names]
@@ -115,6 +157,7 @@ def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
             msg = first_line(exc, 300)
             raise UnsupportedError(f"the torchscript exporter failed: {msg}" + (f" (dynamo failed first: {why})" if why else "")) from None
     _name_dynamic_dims(proto, handle)
+    strip_exporter_metadata(proto)
     meta = {"deepshrink.exporter": used, "deepshrink.source": str(handle.source or "")}
     if why:
         meta["deepshrink.exporter_fallback_reason"] = why
