@@ -3,7 +3,6 @@ written file against the original side by side (size, parameters, latency, accur
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,10 +96,9 @@ def prune_cmd(
     if handle.kind != "torch":
         raise InputError(f"{src} is an ONNX model; pruning needs the PyTorch model (convert it first, or pass module:factory)")
     ds = load_data(data, handle) if data is not None else None
-    original = copy.deepcopy(handle)
     pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
     written = _save(pruned, output, force=force, src=src)
-    table = _measure(original, written, output, src, eval_data or data, repeats, json_out)
+    table = _measure(handle, written, output, src, eval_data or data, repeats, json_out)
     result = {"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None}
     if json_out:
         print_json(result)
