@@ -118,6 +118,12 @@ def _mode_switchable(module: nn.Module) -> bool:
         return False
 
 
+def _is_exported_graph(module: nn.Module) -> bool:
+    """A graph loaded from ``.pt2`` (torch.export): fixed shapes and inference semantics, no Python
+    layers. Told by structure, since a copy of it no longer refuses ``train()`` as the original does."""
+    return isinstance(module, torch.fx.GraphModule) and not any(isinstance(m, WEIGHTED) for m in module.modules())
+
+
 def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source: str) -> None:
     was = module.training
     switch = _mode_switchable(module)
@@ -141,7 +147,7 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
     from .unstructured import HoldMasks
 
     train = as_train_data(data, what=what)
-    if not _mode_switchable(module):
+    if _is_exported_graph(module) or not _mode_switchable(module):
         raise UnsupportedError(f"{what} of a model loaded from .pt2 is not possible (torch.export graphs cannot switch "
                                "to training mode); pass package.module:factory with --weights, or prune one-shot")
     labels = np.asarray(train[-1])
@@ -224,7 +230,7 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     from .structured import structured_prune
 
     before, sp0 = count_params(module), sparsity_of(module)
-    if isinstance(module, torch.fx.GraphModule) and not any(isinstance(m, WEIGHTED) for m in module.modules()):
+    if _is_exported_graph(module):
         raise UnsupportedError("structured pruning needs the model's Python modules: pass package.module:factory "
                                "with --weights (a .pt2 archive holds a traced graph with fixed shapes)")
     protected = protected_names(module, config.protect)
