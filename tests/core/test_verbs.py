@@ -48,5 +48,6 @@ def test_convert_and_bench_refuse_unknown_keywords(tmp_path, mlp):
     with pytest.raises(InputError, match="fp16 applies to the onnx → openvino conversion, not to torch → onnx"):
         ds.convert(mlp, tmp_path / "m.onnx", fp16=True)
     assert not list(tmp_path.iterdir())
+    assert ds.convert(mlp, tmp_path / "m.onnx", int8=False).output.exists()  # switched off: nothing to refuse
     with pytest.raises(UnknownOptionError, match="'warmups'"):
         ds.bench([mlp], warmups=3)

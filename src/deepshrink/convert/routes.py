@@ -57,19 +57,20 @@ def register_route(src_format: str, dst_format: str, options: tuple[str, ...] = 
 
 def check_route_options(plan: list[tuple[str, str]], extra: dict[str, Any], accepted: tuple[str, ...]) -> None:
     """Refuse a route-specific keyword no hop of ``plan`` reads (after :func:`routes` has loaded them):
-    one that another route reads is named with that route; any other is an unknown keyword."""
+    one that another route reads is named with that route (unless switched off: ``int8=False``);
+    any other is an unknown keyword."""
     from ..core.verbs import check_options
 
     used = {o for hop in plan for o in _ROUTE_OPTIONS.get(hop, ())}
-    for key in extra:
-        if key in used:
-            continue
+    for key, value in extra.items():
         readers = [f"{a} → {b}" for (a, b), opts in sorted(_ROUTE_OPTIONS.items()) if key in opts]
+        if key in used or (readers and value in (None, False)):
+            continue
         if readers:
             raise InputError(f"{key} applies to the {' / '.join(readers)} conversion, not to "
                              f"{', '.join(f'{a} → {b}' for a, b in plan)}")
         every_route_option = {o for opts in _ROUTE_OPTIONS.values() for o in opts}
-        check_options("convert", {key: extra[key]}, (*accepted, *every_route_option))
+        check_options("convert", {key: value}, (*accepted, *every_route_option))
 
 
 def routes() -> dict[tuple[str, str], Route]:
