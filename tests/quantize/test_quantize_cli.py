@@ -100,7 +100,8 @@ def test_options_the_scheme_does_not_use_are_refused(mlp_onnx, calib_npz, tmp_pa
 
 
 def test_scheme_options_at_their_defaults_or_for_their_scheme_pass(mlp_onnx, calib_npz, tmp_path, capsys):
-    from deepshrink.cli.quantize_cmd import SCHEME_OPTIONS, build_config, option_param
+    from deepshrink.cli._options import option_param
+    from deepshrink.cli.quantize_cmd import SCHEME_OPTIONS, build_config
 
     out = tmp_path / "q.onnx"
     rc = run_app(["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static", "--observer", "mse",

@@ -23,6 +23,7 @@ from ._app import (
     load_model,
     print_json,
 )
+from ._options import options_given, refuse_inapplicable
 
 SCHEMES = ("int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto", "ptq")
 
@@ -52,22 +53,6 @@ SCHEME_OPTIONS = {
 }
 
 
-def option_param(option: str) -> str:
-    """The parameter name of an option as SCHEME_OPTIONS spells it: --per-channel/--per-tensor -> per_channel."""
-    return option.split("/")[0].removeprefix("--").replace("-", "_")
-
-
-def refuse_inapplicable(scheme: str, given: dict[str, str]) -> None:
-    """Refuse the first option ``scheme`` does not use; ``given`` maps SCHEME_OPTIONS keys to the
-    flag as typed (``--per-tensor``)."""
-    for option, typed in given.items():
-        used_by = SCHEME_OPTIONS[option]
-        if scheme not in used_by:
-            schemes = ", ".join(used_by[:-1]) + (" or " if len(used_by) > 1 else "") + used_by[-1]
-            raise InputError(f"{typed} does not apply to --scheme {scheme} ({SCHEME_SUMMARY[scheme]}); "
-                             f"it is for {schemes}")
-
-
 def build_config(scheme: str, *, bits: int | None, group_size: int, method: str, observer: str,
                  per_channel: bool | None, smooth: float | None, include: list[str], exclude: list[str],
                  target_cos: float, min_cos: float, calibration_size: int, max_kept: float = 0.5,
@@ -87,7 +72,7 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
 
     if scheme not in SCHEMES:
         raise InputError(f"--scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
-    refuse_inapplicable(scheme, given or {})
+    refuse_inapplicable("--scheme", scheme, given or {}, SCHEME_OPTIONS, SCHEME_SUMMARY)
     if bits is not None and not 2 <= bits <= 8:
         raise InputError(f"--bits {bits} is outside 2–8")
     if bits is not None and bits != 8 and scheme in ("int8-dynamic", "int8-static", "auto"):
@@ -153,7 +138,7 @@ def quantize_cmd(
     config = build_config(scheme, bits=bits, group_size=group_size, method=method, observer=observer,
                           per_channel=per_channel, smooth=smooth, include=include or [], exclude=exclude or [],
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
-                          max_kept=max_kept, bias_correction=bias_correction, given=_given(ctx))
+                          max_kept=max_kept, bias_correction=bias_correction, given=options_given(ctx, SCHEME_OPTIONS))
     if output.suffix.lower() != ".onnx":
         raise InputError(f"output {output}: a quantized model is written as .onnx")
     check_output(output, inputs=(src, weights), force=force)
@@ -181,18 +166,6 @@ def quantize_cmd(
 
         print_bench(table)
     console.print(f"wrote {output}")
-
-
-def _given(ctx: typer.Context) -> dict[str, str]:
-    """The scheme-specific options set on the command line (not left at their defaults), as typed."""
-    given = {}
-    for option in SCHEME_OPTIONS:
-        name = option_param(option)
-        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") in ("DEFAULT", "DEFAULT_MAP"):
-            continue
-        on, _, off = option.partition("/")
-        given[option] = off if off and ctx.params[name] is False else on
-    return given
 
 
 def _describe(rep: dict[str, Any]) -> str:
