@@ -78,6 +78,49 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, cnn_onnx
         assert out.read_bytes() == b"keep me"
 
 
+@pytest.mark.parametrize("command", ["convert", "convert --force", "quantize --force", "prune --force"])
+def test_an_output_that_is_a_directory_is_one_line_exit_2(tmp_path, capsys, cnn_onnx, command):
+    folder = tmp_path / "out.onnx"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("keep")
+    verb, *flags = command.split()
+    args = {"convert": [cnn_onnx, folder], "quantize": [cnn_onnx, "-o", folder, "--no-bench"],
+            "prune": ["deepshrink.examples:DigitsMLP", "--input-shape", "x:1x64", "-o", folder, "--sparsity", "0.5"]}
+    rc, _, err = _run(capsys, verb, *args[verb], *flags)
+    assert rc == 2
+    _one_line_error(err, "is a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]  # no temporary file beside it
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+
+
+def test_convert_refuses_a_route_option_its_route_does_not_read(tmp_path, capsys, cnn_onnx):
+    rc, _, err = _run(capsys, "convert", cnn_onnx, tmp_path / "c.onnx", "--int8")
+    assert rc == 2
+    _one_line_error(err, "int8 applies to the onnx → tflite conversion, not to onnx → onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_bench_factory_against_its_onnx_export(tmp_path, capsys):
+    """--weights go to the module:factory source; the ONNX file beside it is benched as it is."""
+    from safetensors.torch import save_file
+
+    import deepshrink as ds
+    from deepshrink.examples import DigitsMLP
+
+    model = DigitsMLP().eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    ds.convert(ds.load(model, input_shapes=["x:1x64"]), tmp_path / "mlp.onnx")
+    rc, out, err = _run(capsys, "bench", "deepshrink.examples:DigitsMLP", tmp_path / "mlp.onnx",
+                        "-w", tmp_path / "w.safetensors", "--input-shape", "x:1x64", "--data", "digits:test",
+                        "--repeats", "2", "--json")
+    assert rc == 0, err
+    rows = json.loads(out)["rows"]
+    assert [r["runtime"] for r in rows] == ["torch", "onnxruntime"] and rows[1]["cos_min"] > 0.9999
+    rc, _, err = _run(capsys, "bench", tmp_path / "mlp.onnx", "-w", tmp_path / "w.safetensors")
+    assert rc == 2  # weights and no factory to take them
+    _one_line_error(err, "--weights applies to a module:factory source")
+
+
 def test_parity_failure_exits_3_with_report_and_writes_nothing(tmp_path, capsys, cnn_onnx):
     out = tmp_path / "strict.onnx"
     rc, _, err = _run(capsys, "convert", cnn_onnx, out, "--opset", "19", "--atol", "0", "--rtol", "0")

@@ -40,6 +40,14 @@ _LAZY = {
     "compress": ("deepshrink.recipe", "compress"),
     "load_recipe": ("deepshrink.recipe", "load_recipe"),
 }
+# The config classes of the verbs, also lazy: ``from deepshrink import Int8StaticConfig`` imports
+# the configs module on first use (the prune configs bring torch, through deepshrink.prune).
+_QUANTIZE_CONFIGS = ("QuantConfig", "Int8DynamicConfig", "Int8StaticConfig", "WeightOnlyConfig", "KMeansConfig",
+                     "Log2Config", "QATConfig", "MixedPrecisionConfig", "AutoConfig")
+_PRUNE_CONFIGS = ("PruneConfig", "MagnitudePruneConfig", "GradualPruneConfig", "NMPruneConfig",
+                  "StructuredPruneConfig")
+_LAZY.update({n: ("deepshrink.quantize.configs", n) for n in _QUANTIZE_CONFIGS})
+_LAZY.update({n: ("deepshrink.prune.config", n) for n in _PRUNE_CONFIGS})
 
 
 # Verbs that are also packages (``ds.convert.ConvertResult``): the package is the verb.

@@ -16,6 +16,10 @@ class InputError(DeepshrinkError, ValueError):
     """Bad user input: a missing/truncated file, a wrong shape, NaN weights, an unknown key."""
 
 
+class UnknownOptionError(InputError, TypeError):
+    """A keyword a verb does not take (a ``TypeError``, as Python's own for a plain function)."""
+
+
 class UnsupportedError(DeepshrinkError):
     """A valid request deepshrink cannot serve (an op, a model type, a route)."""
 

@@ -109,11 +109,17 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
         return _torch_handle(obj, source=str(path))
     if suffix in (".keras", ".h5", ".tflite", ".xml"):
         raise UnsupportedError(f"{path}: {suffix} models are a conversion source/target; use `deepshrink convert`")
-    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", src) and not path.exists():
+    if is_factory_source(src):
         return _load_factory(src, weights)
     if not path.exists():
         raise InputError(f"model {src} not found (expected a file, a Hugging Face folder or package.module:factory)")
     raise InputError(f"{path}: unknown model format {suffix!r}; use .onnx, .pt2, a Hugging Face folder or module:factory")
+
+
+def is_factory_source(src: Any) -> bool:
+    """``package.module:factory`` (and not a file of that name): the source ``weights`` are for."""
+    return (isinstance(src, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", src) is not None
+            and not Path(src).exists())
 
 
 def _load_factory(spec: str, weights: Any) -> ModelHandle:

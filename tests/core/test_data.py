@@ -20,6 +20,20 @@ def test_npz_named_and_lone_array(tmp_path, mlp_handle, rng):
     assert load_data(str(tmp_path / "b.npz"), mlp_handle).inputs["x"].shape == (10, 64)
 
 
+def test_a_lone_array_under_another_name_is_said_once(tmp_path, mlp_handle, rng, caplog):
+    np.savez(tmp_path / "k.npz", not_the_input=rng.standard_normal((4, 64)))
+    with caplog.at_level("WARNING", logger="deepshrink"):
+        for _ in range(2):
+            assert load_data(str(tmp_path / "k.npz"), mlp_handle).inputs["x"].shape == (4, 64)
+    said = [r.getMessage() for r in caplog.records if "not_the_input" in r.getMessage()]
+    assert len(said) == 1 and "input 'x'" in said[0], said
+    caplog.clear()
+    np.savez(tmp_path / "named.npz", x=rng.standard_normal((4, 64)))
+    with caplog.at_level("WARNING", logger="deepshrink"):
+        load_data(str(tmp_path / "named.npz"), mlp_handle)
+    assert not caplog.records
+
+
 def test_digits_builtin_reshapes_for_mlp(mlp_handle):
     d = load_data("digits:test", mlp_handle)
     assert d.inputs["x"].shape == (360, 64) and d.labels is not None and len(d.labels) == 360
@@ -40,6 +54,9 @@ def test_mismatches_are_one_clear_error(tmp_path, mlp_handle, rng):
         load_data(str(tmp_path / "junk.npz"), mlp_handle)
     with pytest.raises(InputError, match="does not exist"):
         load_data(str(tmp_path / "missing.npz"), mlp_handle)
+    (tmp_path / "adir.npz").mkdir()
+    with pytest.raises(InputError, match="adir.npz is a directory"):
+        load_data(str(tmp_path / "adir.npz"), mlp_handle)
     with pytest.raises(InputError, match="no tokenizer"):
         (tmp_path / "t.txt").write_text("hello\n")
         load_data(str(tmp_path / "t.txt"), mlp_handle)

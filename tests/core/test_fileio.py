@@ -44,3 +44,16 @@ def test_check_output_rules(tmp_path):
         check_output(existing, inputs=(existing,), force=True)
     with pytest.raises(InputError, match="does not exist"):
         check_output(tmp_path / "missing" / "m.onnx")
+
+
+def test_an_output_that_is_a_directory_is_refused_force_or_not(tmp_path):
+    folder = tmp_path / "out.onnx"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("keep")
+    for force in (False, True):
+        with pytest.raises(InputError, match="is a directory"):
+            check_output(folder, force=force)
+    with pytest.raises(InputError, match="is a directory"), atomic_path(folder):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]  # no temporary file beside it
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]

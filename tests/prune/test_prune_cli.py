@@ -84,6 +84,11 @@ def test_magnitude_to_safetensors(weights, tmp_path, capsys):
     (["--method", "nm", "--nm", "4:4"], "n must be < m"),
     (["--method", "gradual"], "--sparsity"),
     (["--sparsity", "0.5", "--finetune-epochs", "1"], "labelled data"),
+    (["--sparsity", "0.5", "--importance", "l1"], "--importance does not apply to --method magnitude"),
+    (["--method", "nm", "--scope", "global"], "--scope does not apply to --method nm"),
+    (["--method", "structured", "--sparsity", "0.5", "--nm", "1:4"], "--nm does not apply to --method structured"),
+    (["--method", "gradual", "--sparsity", "0.5", "--threshold", "0.1"], "it is for magnitude"),
+    (["--sparsity", "0.5", "--heads-ratio", "0.5"], "it is for structured"),
 ])
 def test_bad_options(weights, tmp_path, capsys, args, message):
     out = tmp_path / "out.onnx"

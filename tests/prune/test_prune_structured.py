@@ -276,3 +276,22 @@ def test_public_verb_on_a_handle(cnn):
     h = ds.load(copy.deepcopy(cnn), input_shapes={"x": (2, 1, 8, 8)})
     out = ds.prune(h, StructuredPruneConfig(ratio=0.5))  # example inputs come from the handle
     assert out.kind == "torch" and _params(out.model) == 9850  # 0.258× of 38,122
+
+
+def test_the_readme_call_returns_a_pruned_copy_and_leaves_the_model_alone(cnn):
+    import deepshrink as ds
+    from deepshrink import StructuredPruneConfig as TopLevelConfig
+
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    pruned = ds.prune(cnn, TopLevelConfig(ratio=0.5), example_inputs=(torch.randn(1, 1, 8, 8),))
+    assert pruned is not cnn and _params(pruned) < 0.3 * _params(cnn)
+    assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    after = cnn.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    h = ds.load(cnn, input_shapes={"x": (2, 1, 8, 8)})
+    assert ds.prune(h, TopLevelConfig(ratio=0.5)).model is not h.model and _params(h.model) == _params(cnn)
+    with pytest.raises(InputError, match=r"example_inputs=\(x,\) or data="), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.prune(cnn, TopLevelConfig(ratio=0.5))  # nothing to trace a CNN with: the error says what to pass
+    with pytest.raises(TypeError, match="'output'"):
+        ds.prune(cnn, TopLevelConfig(ratio=0.5), output="small.onnx")

@@ -85,6 +85,39 @@ def test_bad_options(mlp_onnx, calib_npz, tmp_path, capsys, extra, needle):
     _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--data", str(calib_npz), *extra], out, needle)
 
 
+@pytest.mark.parametrize("extra,needle", [
+    (["--scheme", "int8-dynamic", "--observer", "mse"],
+     "--observer does not apply to --scheme int8-dynamic (int8 weights, activations scaled at run time: no calibration)"),
+    (["--scheme", "int8-static", "--group-size", "64"], "--group-size does not apply to --scheme int8-static"),
+    (["--scheme", "int8-dynamic", "--method", "gptq"], "--method does not apply to --scheme int8-dynamic"),
+    (["--scheme", "int4-weight", "--per-tensor"], "--per-tensor does not apply to --scheme int4-weight"),
+    (["--scheme", "log2", "--smooth", "0.5"], "--smooth does not apply to --scheme log2"),
+    (["--scheme", "kmeans", "--calibration-size", "8"], "--calibration-size does not apply to --scheme kmeans"),
+    (["--scheme", "int8-static", "--target-cos", "0.99"], "it is for auto"),
+    (["--scheme", "int8-dynamic", "--no-bias-correction"], "--no-bias-correction does not apply"),
+])
+def test_options_the_scheme_does_not_use_are_refused(mlp_onnx, calib_npz, tmp_path, capsys, extra, needle):
+    out = tmp_path / "q.onnx"
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--data", str(calib_npz), "--no-bench", *extra],
+         out, needle)
+
+
+def test_scheme_options_at_their_defaults_or_for_their_scheme_pass(mlp_onnx, calib_npz, tmp_path, capsys):
+    from deepshrink.cli._options import option_param
+    from deepshrink.cli.quantize_cmd import SCHEME_OPTIONS, build_config
+
+    out = tmp_path / "q.onnx"
+    rc = run_app(["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static", "--observer", "mse",
+                  "--per-tensor", "--calibration-size", "16", "--data", str(calib_npz), "--no-bench"])
+    assert rc == 0 and out.exists(), capsys.readouterr().err
+    defaults = {"bits": None, "group_size": 128, "method": "rtn", "observer": "percentile", "per_channel": None,
+                "smooth": None, "include": [], "exclude": [], "target_cos": 0.997, "min_cos": 0.99,
+                "calibration_size": 64}
+    cfg = build_config("ptq", **defaults, given={"--observer": "--observer"})
+    assert cfg.observer == "percentile"  # --observer reaches ptq's activation quantizers
+    assert all(option_param(o) in {*defaults, "max_kept", "bias_correction"} for o in SCHEME_OPTIONS)
+
+
 def test_bad_data(mlp_onnx, tmp_path, capsys):
     out = tmp_path / "q.onnx"
     wrong = tmp_path / "wrong.npz"
@@ -108,6 +141,21 @@ def test_bad_data(mlp_onnx, tmp_path, capsys):
     _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static", "--data", str(truncated)],
          out, "cannot be read")
     _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static"], out, "needs calibration data")
+    folder = tmp_path / "adir.npz"
+    folder.mkdir()
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static", "--data", str(folder)],
+         out, "adir.npz is a directory")
+
+
+def test_a_lone_array_named_otherwise_is_used_and_said(mlp_onnx, tmp_path, capsys, caplog):
+    out = tmp_path / "q.onnx"
+    data = tmp_path / "wrong_key.npz"
+    np.savez(data, not_the_input=np.random.default_rng(0).random((16, 64), dtype=np.float32))
+    with caplog.at_level("WARNING", logger="deepshrink"):
+        rc = run_app(["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-static", "--data", str(data),
+                      "--no-bench"])
+    assert rc == 0 and out.exists()
+    assert any("'not_the_input' is used as the model's input 'x'" in r.getMessage() for r in caplog.records)
 
 
 def test_bad_files(mlp_onnx, calib_npz, tmp_path, capsys):
@@ -121,6 +169,12 @@ def test_bad_files(mlp_onnx, calib_npz, tmp_path, capsys):
     existing.write_bytes(b"keep me")
     rc = run_app(["quantize", str(mlp_onnx), "-o", str(existing), "--data", str(calib_npz)])
     assert rc == 2 and existing.read_bytes() == b"keep me" and "--force" in capsys.readouterr().err
+    folder = tmp_path / "out.onnx"
+    folder.mkdir()
+    _bad(capsys, ["quantize", str(mlp_onnx), "-o", str(folder), "--force", "--no-bench"], folder / "q.onnx",
+         "is a directory")
+    assert folder.is_dir() and not any(folder.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.onnx")]  # no temporary file beside it
 
 
 @pytest.mark.trains
@@ -157,4 +211,4 @@ def test_ptq_cli_bad_input(cnn_onnx, tmp_path, capsys):
     _bad(capsys, ["quantize", str(cnn_onnx), "-o", str(out), "--scheme", "ptq", "--data", "digits"], out,
          "PyTorch model")
     _bad(capsys, ["quantize", str(cnn_onnx), "-o", str(out), "--scheme", "int8-static", "--bias-correction",
-                  "--data", "digits"], out, "--bias-correction applies to --scheme ptq")
+                  "--data", "digits"], out, "--bias-correction does not apply to --scheme int8-static")

@@ -3,7 +3,6 @@ written file against the original side by side (size, parameters, latency, accur
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,13 +23,37 @@ from ._app import (
     load_model,
     print_json,
 )
+from ._options import options_given, refuse_inapplicable
+
+METHODS = ("magnitude", "gradual", "nm", "structured")
+
+# What each method is, in the words a refusal needs.
+METHOD_SUMMARY = {
+    "magnitude": "the smallest weights zeroed at once",
+    "gradual": "weights zeroed on a schedule while fine-tuning",
+    "nm": "N of every M weights zeroed, the pattern sparse kernels take",
+    "structured": "whole channels, neurons and heads removed",
+}
+
+# The options that only some methods use: given with any other method they are refused, not ignored.
+METHOD_OPTIONS = {
+    "--threshold": ("magnitude",),
+    "--scope": ("magnitude", "gradual", "structured"),
+    "--importance": ("structured",),
+    "--heads-ratio": ("structured",),
+    "--ffn-ratio": ("structured",),
+    "--nm": ("nm",),
+}
 
 
 def _config(method: str, sparsity: float | None, threshold: float | None, scope: str | None, importance: str,
             protect: list[str], finetune_epochs: int, lr: float | None, nm: str, heads_ratio: float,
-            ffn_ratio: float | None) -> Any:
+            ffn_ratio: float | None, given: dict[str, str] | None = None) -> Any:
     from ..prune import GradualPruneConfig, MagnitudePruneConfig, NMPruneConfig, StructuredPruneConfig
 
+    if method not in METHODS:
+        raise InputError(f"--method {method!r}: use {', '.join(METHODS)}")
+    refuse_inapplicable("--method", method, given or {}, METHOD_OPTIONS, METHOD_SUMMARY)
     common: dict[str, Any] = {"protect": list(protect), **({"lr": lr} if lr is not None else {})}
     if method == "magnitude":
         if sparsity is None and threshold is None:
@@ -47,17 +70,16 @@ def _config(method: str, sparsity: float | None, threshold: float | None, scope:
         if not (n.isdigit() and m.isdigit()):
             raise InputError(f"--nm {nm!r}: expected N:M such as 2:4")
         return NMPruneConfig.from_dict({**common, "n": int(n), "m": int(m), "finetune_epochs": finetune_epochs})
-    if method == "structured":
-        if sparsity is None:
-            raise InputError("--method structured needs --sparsity S (fraction of channels removed, 0 <= S < 1)")
-        return StructuredPruneConfig.from_dict({**common, "ratio": sparsity, "importance": importance,
-                                                "scope": scope or "uniform", "heads_ratio": heads_ratio,
-                                                "ffn_ratio": ffn_ratio, "finetune_epochs": finetune_epochs})
-    raise InputError(f"--method {method!r}: use magnitude, gradual, nm or structured")
+    if sparsity is None:
+        raise InputError("--method structured needs --sparsity S (fraction of channels removed, 0 <= S < 1)")
+    return StructuredPruneConfig.from_dict({**common, "ratio": sparsity, "importance": importance,
+                                            "scope": scope or "uniform", "heads_ratio": heads_ratio,
+                                            "ffn_ratio": ffn_ratio, "finetune_epochs": finetune_epochs})
 
 
 @app.command("prune")
 def prune_cmd(
+    ctx: typer.Context,
     src: Annotated[str, typer.Argument(help="a PyTorch model: .pt2, package.module:factory (+ --weights), HF folder")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output: .onnx, .pt2 or .safetensors (weights only)")],
     method: Annotated[str, typer.Option("--method", "-m", help="magnitude | gradual | nm | structured")] = "magnitude",
@@ -83,7 +105,7 @@ def prune_cmd(
     from ..prune import prune_with_report
 
     config = _config(method, sparsity, threshold, scope, importance, protect or [], finetune_epochs, lr, nm,
-                     heads_ratio, ffn_ratio)
+                     heads_ratio, ffn_ratio, given=options_given(ctx, METHOD_OPTIONS))
     suffix = output.suffix.lower()
     if suffix not in (".onnx", ".pt2", ".safetensors"):
         raise InputError(f"output {output}: unknown format {suffix!r}; use .onnx, .pt2 or .safetensors")
@@ -97,10 +119,9 @@ def prune_cmd(
     if handle.kind != "torch":
         raise InputError(f"{src} is an ONNX model; pruning needs the PyTorch model (convert it first, or pass module:factory)")
     ds = load_data(data, handle) if data is not None else None
-    original = copy.deepcopy(handle)
     pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
     written = _save(pruned, output, force=force, src=src)
-    table = _measure(original, written, output, src, eval_data or data, repeats, json_out)
+    table = _measure(handle, written, output, src, eval_data or data, repeats, json_out)
     result = {"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None}
     if json_out:
         print_json(result)

@@ -23,15 +23,43 @@ from ._app import (
     load_model,
     print_json,
 )
+from ._options import options_given, refuse_inapplicable
 
 SCHEMES = ("int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto", "ptq")
+
+# What each scheme is, in the words a refusal needs.
+SCHEME_SUMMARY = {
+    "int8-dynamic": "int8 weights, activations scaled at run time: no calibration",
+    "int8-static": "int8 weights and calibrated int8 activations",
+    "int4-weight": "group-wise low-bit weights, float activations",
+    "kmeans": "a k-means codebook per weight, float activations, no calibration",
+    "log2": "power-of-two weights, float activations, no calibration",
+    "auto": "int8-dynamic, keeping float the layers the fidelity target needs",
+    "ptq": "low-bit weights and 8-bit activations of a PyTorch model",
+}
+
+# The options that only some schemes use: given with any other scheme they are refused, not ignored.
+SCHEME_OPTIONS = {
+    "--group-size": ("int4-weight",),
+    "--method": ("int4-weight",),
+    "--observer": ("int8-static", "ptq"),
+    "--per-channel/--per-tensor": ("int8-dynamic", "int8-static", "kmeans", "auto", "ptq"),
+    "--smooth": ("int8-dynamic", "int8-static"),
+    "--calibration-size": ("int8-static", "int4-weight", "auto"),
+    "--target-cos": ("auto",),
+    "--min-cos": ("auto",),
+    "--max-kept": ("auto",),
+    "--bias-correction/--no-bias-correction": ("ptq",),
+}
 
 
 def build_config(scheme: str, *, bits: int | None, group_size: int, method: str, observer: str,
                  per_channel: bool | None, smooth: float | None, include: list[str], exclude: list[str],
                  target_cos: float, min_cos: float, calibration_size: int, max_kept: float = 0.5,
-                 bias_correction: bool | None = None) -> Any:
-    """The config for a CLI scheme; every bad value is a one-line InputError."""
+                 bias_correction: bool | None = None, given: dict[str, str] | None = None) -> Any:
+    """The config for a CLI scheme; every bad value is a one-line InputError.
+
+    ``given``: the SCHEME_OPTIONS the user set; one the scheme does not use is refused."""
     from ..quantize import (
         AutoConfig,
         Int8DynamicConfig,
@@ -44,8 +72,7 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
 
     if scheme not in SCHEMES:
         raise InputError(f"--scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
-    if bias_correction is not None and scheme != "ptq":
-        raise InputError("--bias-correction applies to --scheme ptq (low-bit weights of a PyTorch model)")
+    refuse_inapplicable("--scheme", scheme, given or {}, SCHEME_OPTIONS, SCHEME_SUMMARY)
     if bits is not None and not 2 <= bits <= 8:
         raise InputError(f"--bits {bits} is outside 2–8")
     if bits is not None and bits != 8 and scheme in ("int8-dynamic", "int8-static", "auto"):
@@ -68,7 +95,7 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
     if scheme == "ptq":  # low-bit weights, 8-bit activations, deployed as QDQ int8 kernels
         if per_channel is False:
             raise InputError("--scheme ptq quantizes weights per output channel; drop --per-tensor")
-        return QATConfig.build(weight_bits=bits or 4, act_bits=8, epochs=0,
+        return QATConfig.build(weight_bits=bits or 4, act_bits=8, epochs=0, observer=observer,
                                bias_correction=True if bias_correction is None else bias_correction, **sel)
     return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                             max_kept_fraction=max_kept,
@@ -77,13 +104,14 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
 
 @app.command("quantize")
 def quantize_cmd(
+    ctx: typer.Context,
     src: Annotated[str, typer.Argument(help="an ONNX file, or a PyTorch model (.pt2, module:factory, HF folder)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output .onnx")],
     scheme: Annotated[str, typer.Option("--scheme", "-s", help=" | ".join(SCHEMES))] = "int8-dynamic",
     bits: Annotated[int | None, typer.Option("--bits", help="weight bits for int4-weight / ptq / kmeans / log2 (2–8)")] = None,
     group_size: Annotated[int, typer.Option("--group-size", help="int4-weight: weights per scale group")] = 128,
     method: Annotated[str, typer.Option("--method", help="int4-weight: rtn | gptq")] = "rtn",
-    observer: Annotated[str, typer.Option("--observer", help="int8-static: minmax | moving_average | percentile | mse | entropy")] = "minmax",
+    observer: Annotated[str, typer.Option("--observer", help="int8-static and ptq activations: minmax | moving_average | percentile | mse | entropy")] = "minmax",
     per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor", help="weight scales (int8) or codebooks (kmeans) per output channel or per tensor (default: int8-dynamic per channel only where one scale per tensor would leave the median output channel under 25 dB SQNR; int8-static and auto per channel; kmeans per tensor)")] = None,
     smooth: Annotated[float | None, typer.Option("--smooth", help="SmoothQuant alpha (0–1), folded where possible")] = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="quantize only layers matching (repeatable)")] = None,
@@ -110,7 +138,7 @@ def quantize_cmd(
     config = build_config(scheme, bits=bits, group_size=group_size, method=method, observer=observer,
                           per_channel=per_channel, smooth=smooth, include=include or [], exclude=exclude or [],
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
-                          max_kept=max_kept, bias_correction=bias_correction)
+                          max_kept=max_kept, bias_correction=bias_correction, given=options_given(ctx, SCHEME_OPTIONS))
     if output.suffix.lower() != ".onnx":
         raise InputError(f"output {output}: a quantized model is written as .onnx")
     check_output(output, inputs=(src, weights), force=force)

@@ -8,6 +8,7 @@ check passed — a failed conversion leaves nothing behind.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import tempfile
 import time
@@ -20,7 +21,14 @@ from ..core.handle import ModelHandle
 from ..errors import ParityError, UnsupportedError, first_line
 from .export import export_onnx, torch_export
 from .parity import ParityReport, check_parity
-from .routes import ConvertOptions, format_of_destination, format_of_source, register_route, routes
+from .routes import (
+    ConvertOptions,
+    check_route_options,
+    format_of_destination,
+    format_of_source,
+    register_route,
+    routes,
+)
 
 __all__ = ["convert", "export_onnx", "check_parity", "ConvertResult", "Hop", "ConvertOptions", "register_route"]
 
@@ -52,7 +60,10 @@ def convert(src: Any, dst: str | Path, *, via: str | None = None, weights: str |
             input_shapes: list[str] | None = None, data: Any = None, trust_remote_code: bool = False,
             exporter: str = "dynamo", opset: int | None = None, verify: bool = True, atol: float = 1e-4,
             rtol: float = 1e-4, force: bool = False, **extra: Any) -> ConvertResult:
-    """Convert ``src`` (file, folder, ``module:factory``, module or handle) to ``dst``."""
+    """Convert ``src`` (file, folder, ``module:factory``, module or handle) to ``dst``.
+
+    ``extra``: the route-specific options (``int8`` for TFLite, ``fp16`` for OpenVINO IR,
+    ``nchw`` for a Keras source); one no route of the conversion reads is refused."""
     from ..loading import load, parse_input_shapes
 
     dst = Path(dst)
@@ -66,6 +77,7 @@ def convert(src: Any, dst: str | Path, *, via: str | None = None, weights: str |
                           extra=extra)
     table = routes()
     plan = _plan(src_fmt, target_fmt, via, table)
+    check_route_options(plan, extra, _KEYWORDS)
     current: Any = src
     if src_fmt in ("torch", "onnx"):
         current = load(src, weights=weights, input_shapes=input_shapes, data=data, trust_remote_code=trust_remote_code)
@@ -93,6 +105,9 @@ def convert(src: Any, dst: str | Path, *, via: str | None = None, weights: str |
     if result.handle is not None and result.handle.path is not None:
         result.handle.path = dst
     return result
+
+
+_KEYWORDS = tuple(n for n, p in inspect.signature(convert).parameters.items() if p.kind is p.KEYWORD_ONLY)
 
 
 def _suffix(fmt: str) -> str:

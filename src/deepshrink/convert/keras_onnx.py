@@ -163,7 +163,7 @@ def keras_runner(source: TFSource, nchw: bool) -> Callable[[dict[str, np.ndarray
     return run
 
 
-@register_route("keras", "onnx")
+@register_route("keras", "onnx", options=("nchw",))
 def _route(src: Any, dst: Path, opts: ConvertOptions) -> tuple[ModelHandle, Any]:
     from ..loading import load
     from .tflite import parity_against

@@ -79,7 +79,7 @@ def bisect_openvino(src: ModelHandle, xml: Path, inputs: dict[str, np.ndarray], 
     return first_divergence(order, ref, got, atol, rtol)
 
 
-@register_route("onnx", "openvino")
+@register_route("onnx", "openvino", options=("fp16",))
 def _route(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[None, Any]:
     from .tflite import parity_against
 

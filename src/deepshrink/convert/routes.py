@@ -38,18 +38,39 @@ class ConvertOptions:
 
 Route = Callable[[Any, Path, ConvertOptions], tuple[Any, Any]]
 _ROUTES: dict[tuple[str, str], Route] = {}
+_ROUTE_OPTIONS: dict[tuple[str, str], tuple[str, ...]] = {}  # the ConvertOptions.extra keys a route reads
 _LAZY_ROUTE_MODULES = (  # modules that register more routes when imported (optional stacks)
     "deepshrink.convert.onnx2torch", "deepshrink.convert.keras_onnx", "deepshrink.convert.tflite",
     "deepshrink.convert.openvino_ir",
 )
 
 
-def register_route(src_format: str, dst_format: str) -> Callable[[Route], Route]:
+def register_route(src_format: str, dst_format: str, options: tuple[str, ...] = ()) -> Callable[[Route], Route]:
+    """Register a route; ``options``: the route-specific keywords it reads from ``opts.extra``."""
     def deco(fn: Route) -> Route:
         _ROUTES[(src_format, dst_format)] = fn
+        _ROUTE_OPTIONS[(src_format, dst_format)] = options
         return fn
 
     return deco
+
+
+def check_route_options(plan: list[tuple[str, str]], extra: dict[str, Any], accepted: tuple[str, ...]) -> None:
+    """Refuse a route-specific keyword no hop of ``plan`` reads (after :func:`routes` has loaded them):
+    one that another route reads is named with that route (unless switched off: ``int8=False``);
+    any other is an unknown keyword."""
+    from ..core.verbs import check_options
+
+    used = {o for hop in plan for o in _ROUTE_OPTIONS.get(hop, ())}
+    for key, value in extra.items():
+        readers = [f"{a} → {b}" for (a, b), opts in sorted(_ROUTE_OPTIONS.items()) if key in opts]
+        if key in used or (readers and value in (None, False)):
+            continue
+        if readers:
+            raise InputError(f"{key} applies to the {' / '.join(readers)} conversion, not to "
+                             f"{', '.join(f'{a} → {b}' for a, b in plan)}")
+        every_route_option = {o for opts in _ROUTE_OPTIONS.values() for o in opts}
+        check_options("convert", {key: value}, (*accepted, *every_route_option))
 
 
 def routes() -> dict[tuple[str, str], Route]:

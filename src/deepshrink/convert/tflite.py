@@ -576,7 +576,7 @@ def onnx_to_tflite(src: ModelHandle, dst: Path, *, int8: bool = False, calibrati
     return dst
 
 
-@register_route("onnx", "tflite")
+@register_route("onnx", "tflite", options=("int8",))
 def _route(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[None, Any]:
     from ..backends.tflite_rt import make_runner
 

@@ -12,6 +12,7 @@ any work starts. Specs:
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from ..errors import InputError
 from .handle import ANY_DTYPE, ModelHandle, TensorSpec
 
 LABEL_KEYS = ("labels", "label", "y")
+log = logging.getLogger(__name__)
+_RENAMES_SAID: set[tuple[str, str, str]] = set()
 
 
 @dataclass
@@ -79,6 +82,9 @@ def load_data(spec: str | Path | Dataset | dict[str, np.ndarray], handle: ModelH
             ds = tokenize(stdlib_sentences(n, offset=1000), handle, source=f"sentences:{n}", max_length=max_length)
         else:
             path = Path(text)
+            if path.is_dir():
+                raise InputError(f"data {path} is a directory; pass an .npz file, a text file of lines, "
+                                 "or a built-in: digits, sentences")
             if not path.is_file():
                 raise InputError(f"data file {path} does not exist (or use a built-in: digits, sentences)")
             if path.suffix == ".npz":
@@ -133,7 +139,13 @@ def conform(ds: Dataset, handle: ModelHandle) -> Dataset:
     arrays = dict(ds.inputs)
     specs = handle.inputs
     if len(specs) == 1 and specs[0].name not in arrays and len(arrays) == 1:
-        arrays = {specs[0].name: next(iter(arrays.values()))}  # a lone unnamed array feeds a lone input
+        # a lone array feeds a lone input whatever its name; said once per data source
+        [(lone, array)] = arrays.items()
+        said = (ds.source, lone, specs[0].name)
+        if said not in _RENAMES_SAID:
+            _RENAMES_SAID.add(said)
+            log.warning("data %s: its only array %r is used as the model's input %r", *said)
+        arrays = {specs[0].name: array}
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise InputError(f"data {ds.source} does not match the model: input(s) {missing} missing; "

@@ -16,11 +16,13 @@ from ..errors import InputError
 
 def check_output(out: str | os.PathLike[str], *, inputs: tuple[str | os.PathLike[str] | None, ...] = (),
                  force: bool = False) -> Path:
-    """Refuse to overwrite an existing file without ``force`` and refuse output == input."""
+    """Refuse to overwrite an existing file without ``force``, an output that is a directory
+    (``force`` or not: a file is never renamed over a folder) and output == input."""
     out_p = Path(out)
     for src in inputs:
         if src is not None and out_p.resolve() == Path(src).resolve():
             raise InputError(f"output {out_p} is the same file as the input; choose another path")
+    _refuse_directory(out_p)
     if out_p.exists() and not force:
         raise InputError(f"output {out_p} already exists; pass --force (force=True) to overwrite it")
     if not out_p.parent.exists():
@@ -28,10 +30,18 @@ def check_output(out: str | os.PathLike[str], *, inputs: tuple[str | os.PathLike
     return out_p
 
 
+def _refuse_directory(out: Path) -> None:
+    if out.is_dir():
+        raise InputError(f"output {out} is a directory; give the path of a file to write")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
+    """Yield a temporary path beside ``target``; rename it over ``target`` on success.
+
+    A ``target`` that is a directory is refused before anything is written."""
     target_p = Path(target)
+    _refuse_directory(target_p)
     fd, tmp = tempfile.mkstemp(prefix=f".{target_p.name}.", suffix=".tmp", dir=target_p.parent)
     os.close(fd)
     tmp_p = Path(tmp)

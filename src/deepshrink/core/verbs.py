@@ -10,8 +10,22 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
+
+from ..errors import UnknownOptionError
+
+# The keywords of ``deepshrink.load`` that a verb given a model source passes on to it (``data``
+# is each verb's own keyword).
+LOAD_OPTIONS = ("weights", "input_shapes", "trust_remote_code")
+
+
+def check_options(verb: str, options: Mapping[str, Any], accepted: Collection[str]) -> None:
+    """Refuse a keyword ``verb`` does not take, naming it, instead of passing it on to be ignored."""
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise UnknownOptionError(f"{verb}() got an unexpected keyword argument {unknown[0]!r}; "
+                                 f"it takes {', '.join(sorted(accepted))}")
 
 
 def make_callable(module_name: str, verb: Callable[..., Any]) -> None:

@@ -8,6 +8,7 @@ was meant to be compressed but is not faster than the first gets a warning.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,12 +92,21 @@ def _external_runner(path: Path, threads: int) -> tuple[str, Runner, list[str]] 
 def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int = 1, repeats: int = 30,
           warmup: int = 5, samples: int = 256, names: list[str] | None = None, progress: bool = False,
           **load_options: Any) -> BenchResult:
-    """Measure ``models`` side by side; the first is the reference for speed-up and fidelity."""
-    from ..core.data import load_data
-    from ..loading import load
+    """Measure ``models`` side by side; the first is the reference for speed-up and fidelity.
 
+    ``load_options`` (``deepshrink.load``'s ``weights``, ``input_shapes``, ``trust_remote_code``)
+    load the model sources; ``weights`` go to the ``module:factory`` sources among them (an ONNX
+    file exported from that factory is benched as it is)."""
+    from ..core.data import load_data
+    from ..core.verbs import LOAD_OPTIONS, check_options
+    from ..loading import is_factory_source, load
+
+    own = [n for n, p in inspect.signature(bench).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    check_options("bench", load_options, (*own, *LOAD_OPTIONS))
     if not models:
         raise InputError("bench needs at least one model")
+    has_factory = any(is_factory_source(m) for m in models)
+    without_weights = {k: v for k, v in load_options.items() if k != "weights"}
     entries: list[tuple[str, str, Runner, int | None, int | None, list[str]]] = []
     first_handle: ModelHandle | None = None
     for i, m in enumerate(models):
@@ -107,7 +117,8 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
             runtime, runner, in_names = ext
             entries.append((label, runtime, runner, file_size(m), None, in_names))
             continue
-        h = load(m, **load_options) if not isinstance(m, ModelHandle) else m
+        opts = load_options if is_factory_source(m) or not has_factory else without_weights
+        h = load(m, **opts) if not isinstance(m, ModelHandle) else m
         if first_handle is None:
             first_handle = h
         runtime, runner = _runner_for(h, threads)

@@ -4,13 +4,15 @@ One verb, one config per method (the torchao pattern): :class:`MagnitudePruneCon
 (threshold / target sparsity, per layer or global), :class:`GradualPruneConfig` (Zhu &
 Gupta cubic schedule while fine-tuning), :class:`NMPruneConfig` (2:4), and
 :class:`StructuredPruneConfig` (channels / neurons / heads removed through a dependency
-graph, so the network is physically smaller). ``model`` is an ``nn.Module`` (pruned in
-place and returned) or a torch :class:`~deepshrink.core.handle.ModelHandle` (a handle on
-the pruned module is returned). Fine-tuning goes through the shared trainer.
+graph, so the network is physically smaller). ``model`` is an ``nn.Module`` or a torch
+:class:`~deepshrink.core.handle.ModelHandle`; it is left as it was, and a pruned copy (a
+handle on it, for a handle) is returned. Structured pruning traces the model with
+``example_inputs`` (a handle's own, or the data's). Fine-tuning goes through the shared trainer.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import types
 import warnings
@@ -65,19 +67,22 @@ class PruneReport:
         return asdict(self)
 
 
-def prune(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None, **options: Any
-          ) -> nn.Module | ModelHandle:
-    """Prune ``model`` per ``config``; see :func:`prune_with_report` for the options."""
-    return prune_with_report(model, config, data=data, **options)[0]
+def prune(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None,
+          example_inputs: tuple[torch.Tensor, ...] | dict[str, np.ndarray] | None = None,
+          batch_size: int = 64, seed: int = 0, progress: bool = True) -> nn.Module | ModelHandle:
+    """A pruned copy of ``model`` per ``config``; see :func:`prune_with_report` for the options."""
+    return prune_with_report(model, config, data=data, example_inputs=example_inputs, batch_size=batch_size,
+                             seed=seed, progress=progress)[0]
 
 
 def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None,
                       example_inputs: tuple[torch.Tensor, ...] | dict[str, np.ndarray] | None = None,
                       batch_size: int = 64, seed: int = 0, progress: bool = True
                       ) -> tuple[nn.Module | ModelHandle, PruneReport]:
-    """Prune and report. ``data``: ``(x..., y)`` arrays or a deepshrink ``Dataset`` with labels
-    (needed for fine-tuning, gradual pruning and Taylor importance). ``example_inputs``: for
-    the structured graph capture (defaults to the handle's examples or the data)."""
+    """Prune a copy of ``model`` (the caller's module is not changed) and report.
+    ``data``: ``(x..., y)`` arrays or a deepshrink ``Dataset`` with labels (needed for
+    fine-tuning, gradual pruning and Taylor importance). ``example_inputs``: for the structured
+    graph capture (defaults to the handle's examples or the data)."""
     handle = model if isinstance(model, ModelHandle) else None
     if handle is not None:
         if handle.kind != "torch":
@@ -92,6 +97,7 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
     if isinstance(example_inputs, dict):
         example_inputs = tuple(torch.as_tensor(np.asarray(v)) for v in example_inputs.values())
     check_finite(module)
+    module = copy.deepcopy(module)
     data_inputs = first_inputs(data)
     if data_inputs is not None:
         _check_data_fits(module, data_inputs, getattr(data, "source", "the data"))
@@ -110,6 +116,12 @@ def _mode_switchable(module: nn.Module) -> bool:
         return True
     except NotImplementedError:
         return False
+
+
+def _is_exported_graph(module: nn.Module) -> bool:
+    """A graph loaded from ``.pt2`` (torch.export): fixed shapes and inference semantics, no Python
+    layers. Told by structure, since a copy of it no longer refuses ``train()`` as the original does."""
+    return isinstance(module, torch.fx.GraphModule) and not any(isinstance(m, WEIGHTED) for m in module.modules())
 
 
 def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source: str) -> None:
@@ -135,7 +147,7 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
     from .unstructured import HoldMasks
 
     train = as_train_data(data, what=what)
-    if not _mode_switchable(module):
+    if _is_exported_graph(module) or not _mode_switchable(module):
         raise UnsupportedError(f"{what} of a model loaded from .pt2 is not possible (torch.export graphs cannot switch "
                                "to training mode); pass package.module:factory with --weights, or prune one-shot")
     labels = np.asarray(train[-1])
@@ -218,7 +230,7 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     from .structured import structured_prune
 
     before, sp0 = count_params(module), sparsity_of(module)
-    if isinstance(module, torch.fx.GraphModule) and not any(isinstance(m, WEIGHTED) for m in module.modules()):
+    if _is_exported_graph(module):
         raise UnsupportedError("structured pruning needs the model's Python modules: pass package.module:factory "
                                "with --weights (a .pt2 archive holds a traced graph with fixed shapes)")
     protected = protected_names(module, config.protect)

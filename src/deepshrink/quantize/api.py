@@ -55,7 +55,11 @@ class Prepared:
 
 
 def quantize(model: Any, config: QuantConfig, *, data: Any = None, **options: Any) -> ModelHandle:
-    """Quantize ``model`` (handle, nn.Module, onnx.ModelProto or path) with ``config``."""
+    """Quantize ``model`` (handle, nn.Module, onnx.ModelProto or path) with ``config``.
+
+    ``options``: ``progress`` and, for a model source, ``deepshrink.load``'s ``weights``,
+    ``input_shapes``, ``trust_remote_code``; any other keyword is refused. The result is in
+    memory: ``ds.save(result, "q.onnx")`` writes it."""
     out = run_quantize(model, config, data=data, **options)
     out.handle.metadata["deepshrink.quantize"] = json.dumps(out.report, default=str)
     return out.handle
@@ -63,6 +67,11 @@ def quantize(model: Any, config: QuantConfig, *, data: Any = None, **options: An
 
 def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress: bool = False,
                  **load_options: Any) -> QuantizeOutcome:
+    """``load_options`` (``weights``, ``input_shapes``, ``trust_remote_code``) load a model source;
+    any other keyword is refused."""
+    from ..core.verbs import LOAD_OPTIONS, check_options
+
+    check_options("quantize", load_options, ("data", "progress", *LOAD_OPTIONS))
     if not isinstance(config, QuantConfig):
         raise InputError(f"quantize needs a quantization config, got {type(config).__name__}")
     handler = handler_for(config)

@@ -309,7 +309,8 @@ def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | Non
         if traced:
             _walk(gm.graph, ana, leaves)
     else:
-        ana.warnings.append("no example inputs: only transformer heads/FFN neurons found by structure are pruned")
+        ana.warnings.append("no example inputs to trace the model with (pass example_inputs=(x,) or data=): "
+                            "only transformer heads/FFN neurons found by structure are pruned")
     groups = ana.groups()
     for g in groups:
         for r in g.blocked:
