@@ -37,7 +37,7 @@ class PackResult:
     (``pruned``: computed as the paper counts — fp32 non-zeros plus relative indices of 5
     (FC) / 8 (conv) bits, other tensors fp32; ``quantized``: this container with
     fixed-length codes; ``huffman``: the file). ``model``: the pre-pack quantized model
-    (a handle), whose tensors the file decodes to exactly."""
+    (a handle) and ``tensors`` its tensors (name → numpy), which the file decodes to exactly."""
 
     path: Path | None
     nbytes: int
@@ -47,6 +47,7 @@ class PackResult:
     stages: dict[str, int] = field(default_factory=dict)
     model: ModelHandle | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def ratio(self) -> float:
@@ -272,7 +273,7 @@ def pack(model: Any, config: PackConfig | None = None, *, output: str | os.PathL
 
         write_bytes_atomic(out, blob)
     return PackResult(out, len(blob), fp32, records, stats, stage_sizes, handle,
-                      {"compress": t1 - t0, "encode": t2 - t1})
+                      {"compress": t1 - t0, "encode": t2 - t1}, tensors)
 
 
 def unpack(src: str | os.PathLike[str] | bytes, output: str | os.PathLike[str] | None = None, *,
