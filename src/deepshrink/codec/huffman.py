@@ -30,8 +30,9 @@ _CHUNK = 1 << 20  # symbols encoded per bitarray.encode call (bounds the Python 
 def code_lengths(freq: np.ndarray, *, fixed: bool = False) -> np.ndarray:
     """Code length (bits, 0 = unused) per symbol for counts ``freq`` (int, shape ``(A,)``).
 
-    ``fixed=True`` gives every used symbol the same length, ``ceil(log2(#used))`` (at least
-    1) — the no-entropy-coding baseline in the same format. Huffman lengths are limited
+    ``fixed=True`` ignores the counts: ``n`` used symbols get ``L = ceil(log2 n)`` bits, except
+    ``2^L - n`` of them get ``L - 1`` (truncated binary, so the code stays complete) — the
+    no-entropy-coding baseline in the same format. Huffman lengths are limited
     to :data:`MAX_LEN` by halving the counts (keeping them ≥ 1) until they fit.
     """
     freq = np.asarray(freq, dtype=np.int64)
@@ -43,7 +44,9 @@ def code_lengths(freq: np.ndarray, *, fixed: bool = False) -> np.ndarray:
         lengths[used] = 1
         return lengths
     if fixed:
-        lengths[used] = max(1, int(np.ceil(np.log2(len(used)))))
+        n_bits = int(np.ceil(np.log2(len(used))))
+        lengths[used] = n_bits
+        lengths[used[: (1 << n_bits) - len(used)]] = n_bits - 1
         return lengths
     f = freq[used]
     while True:
