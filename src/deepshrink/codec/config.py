@@ -66,7 +66,7 @@ class DeepCompressionConfig(PackConfig):
     prune_epochs: int = Field(default=30, ge=0)
     finetune_epochs: int = Field(default=10, ge=0)
     lr: float = Field(default=2e-3, gt=0)
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     centroid_lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=64, ge=1)
 

@@ -136,6 +136,24 @@ def _narrowest(values: np.ndarray, code: int) -> int:
 
 
 # -- encoding ---------------------------------------------------------------------------
+def _unique(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(bits, return_inverse=True)``, fast when a few values repeat (a shared-weight
+    tensor): the distinct values of a sample, plus any value it missed, are looked up with
+    ``searchsorted`` (O(N log K)); more than 256 distinct values fall back to the full sort."""
+    if bits.size > 1 << 16:
+        cand = np.unique(bits[:: max(1, bits.size >> 16)])
+        for _ in range(2):
+            if len(cand) > MAX_CODEBOOK:
+                break
+            idx = np.searchsorted(cand, bits)
+            np.minimum(idx, len(cand) - 1, out=idx)
+            miss = cand[idx] != bits
+            if not miss.any():
+                return cand, idx
+            cand = np.union1d(cand, bits[miss])
+    return np.unique(bits, return_inverse=True) if bits.size else (bits, bits)
+
+
 def _codebook_bytes(values: np.ndarray, code: int) -> tuple[bytes, int]:
     store = _narrowest(values, code)
     return values.astype(_DTYPES[store]).tobytes(), store
@@ -175,7 +193,7 @@ def _encode_record(name: str, arr: np.ndarray, *, entropy: Entropy, gap_bits: in
 
     store = _narrowest(arr, code)
     candidates["raw"] = (numel * _DTYPES[store].itemsize, store)
-    uniq, inv = np.unique(bits, return_inverse=True) if numel else (bits, bits)
+    uniq, inv = _unique(bits)
     if 0 < len(uniq) <= MAX_CODEBOOK:
         vals = uniq.view(dtype)
         cb, cb_store = _codebook_bytes(vals, code)
