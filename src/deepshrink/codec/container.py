@@ -258,7 +258,8 @@ def encode(tensors: Mapping[str, np.ndarray], *, source_kind: SourceKind = "tens
     ``force[name]``). ``entropy="fixed"`` writes fixed-length codes instead of Huffman
     codes (the "quantized, not entropy-coded" stage). ``gap_bits`` fixes the sparse gap
     width (1–8 bits; default: the best per tensor). ``source`` is the factory string
-    (``"torch"``) or the weight-stripped ONNX graph (``"onnx"``, zlib-compressed here).
+    (``"torch"``) or the weight-stripped ONNX graph (``"onnx"``); it is deflated together
+    with the tensor names into the metadata block.
     Raises :class:`InputError` for an unsupported dtype or an impossible forced encoding.
     """
     if source_kind not in _KINDS:
