@@ -45,7 +45,7 @@ CNN_CFGS = {
                    "conv_bits": 5, "fc_bits": 5, "other_bits": 4, "prune_epochs": 40, "finetune_epochs": 10,
                    "lr_schedule": "cosine"},
 }
-MINILM_CFG = {"fc_sparsity": 0.0, "fc_bits": 6, "conv_bits": 6, "other_bits": 8, "finetune_epochs": 0,
+MINILM_CFG = {"fc_sparsity": 0.0, "fc_bits": 6, "conv_bits": 6, "other_bits": 8, "kmeans_iters": 500, "finetune_epochs": 0,
               "prune_epochs": 0}
 
 

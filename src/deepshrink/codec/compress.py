@@ -26,6 +26,7 @@ from .config import DeepCompressionConfig
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _INIT = {"linear": "linear", "density": "quantile", "random": "kmeans++"}
+_FIT_SAMPLE = 1 << 16  # k-means on more values than this fits on a seeded sample
 
 
 @dataclass
@@ -68,9 +69,10 @@ def check_patterns(names: list[str], cfg: DeepCompressionConfig) -> None:
 
 def share_weights(values: torch.Tensor, bits: int, cfg: DeepCompressionConfig, seed: int, name: str,
                   log_domain: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means over a 1-D float tensor: (float16-representable centroids ``(K,)`` float32,
-    indices ``(N,)`` int64). At most 2^bits clusters; with N ≤ 2^bits the values are
-    only rounded to float16. ``log_domain`` (all values > 0, e.g. BatchNorm variances):
+    """k-means over a 1-D float tensor: (sorted float16-representable centroids ``(K,)``
+    float32, indices ``(N,)`` int64, each value's nearest centroid). At most 2^bits
+    clusters, fitted on at most 2^16 sampled values (plus the minimum and maximum); with
+    N ≤ 2^bits the values are only rounded to float16. ``log_domain`` (all values > 0, e.g. BatchNorm variances):
     cluster ``log(values)`` so the error is relative, not absolute."""
     from ..quantize.nonlinear import kmeans_quantize
 
@@ -79,9 +81,17 @@ def share_weights(values: torch.Tensor, bits: int, cfg: DeepCompressionConfig, s
         cent, idx = torch.unique(half, return_inverse=True)
         return cent, idx
     x = values.log() if log_domain else values
-    cb = kmeans_quantize(x, bits, init=_INIT[cfg.init], iters=cfg.kmeans_iters, seed=seed, name=name)
+    fit = x
+    if x.numel() > _FIT_SAMPLE:  # centroids from a sample that keeps the extremes; every value assigned below
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randint(0, x.numel(), (_FIT_SAMPLE,), generator=g)
+        fit = torch.cat([x[pick], x.min().reshape(1), x.max().reshape(1)])
+    cb = kmeans_quantize(fit, bits, init=_INIT[cfg.init], iters=cfg.kmeans_iters, seed=seed, name=name)
     cent = cb.codebook.exp() if log_domain else cb.codebook
-    return cent.to(torch.float16).to(torch.float32), cb.indices.long().reshape(-1)
+    cent = torch.unique(cent.to(torch.float16).to(torch.float32))  # sorted; fp16 may merge neighbours
+    xs = values.to(torch.float32)
+    idx = torch.searchsorted((cent[1:] + cent[:-1]) / 2, xs.contiguous())  # nearest centroid
+    return cent, idx.long()
 
 
 def _positive_zero(t: torch.Tensor) -> torch.Tensor:
