@@ -89,13 +89,14 @@ def _record(dtype: int, shape: tuple[int, ...], tail: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    # raw: shape claims 2^40 floats, payload has 4 bytes
-    (_record(1, (1 << 40,), bytes([0, 1]) + b"\0" * 4), "raw payload"),
-    # dense: 2^36 symbols cannot fit in a 1-byte payload (checked before allocating)
-    (_record(1, (1 << 36,), bytes([1, 1]) + _varint(2) + b"\0" * 8 + bytes([0x11]) + _varint(1) + b"\0"),
+    # raw: shape claims 2^20 floats, payload has 4 bytes; 2^40 floats are over the budget
+    (_record(1, (1 << 20,), bytes([0, 1]) + b"\0" * 4), "raw payload"),
+    (_record(1, (1 << 40,), bytes([0, 1]) + b"\0" * 4), "max_ratio"),
+    # dense: 2^20 symbols cannot fit in a 1-byte payload (checked before allocating)
+    (_record(1, (1 << 20,), bytes([1, 1]) + _varint(2) + b"\0" * 8 + bytes([0x11]) + _varint(1) + b"\0"),
      "cannot fit"),
-    # sparse: 1 entry of gap width 8 cannot cover 2^40 elements
-    (_record(1, (1 << 40,), bytes([2, 1]) + _varint(1) + b"\0" * 4 + bytes([8]) + _varint(1)), "cannot cover"),
+    # sparse: 1 entry of gap width 8 cannot cover 2^20 elements
+    (_record(1, (1 << 20,), bytes([2, 1]) + _varint(1) + b"\0" * 4 + bytes([8]) + _varint(1)), "cannot cover"),
     # dense with an over-subscribed Huffman table (three 1-bit codes)
     (_record(1, (4,), bytes([1, 1]) + _varint(3) + b"\0" * 12 + bytes([0x11, 0x10]) + _varint(1) + b"\0"),
      "over-subscribed"),
@@ -124,6 +125,16 @@ def test_forged_counts_and_lengths_in_the_header() -> None:
     assert "impossible" in _rejects(_frame(forged, bodies))
     assert "version" in _rejects(SAMPLE[:4] + b"\x07" + SAMPLE[5:])
     assert "not a deepshrink" in _rejects(b"PK\x03\x04" + SAMPLE[4:])
+
+
+def test_decompression_bomb_is_refused_before_allocating() -> None:
+    # 2^16 sparse entries of gap width 8 may legally cover 2^24 elements (64 MiB of float32) —
+    # far more than 1024x this small file: the reader's max_ratio policy refuses before allocating
+    head, bodies = _split(SAMPLE)
+    body = _record(1, (1 << 24,), bytes([2, 1]) + _varint(0) + bytes([8]) + _varint(1 << 16))
+    assert "max_ratio" in _rejects(_frame(head, [body, *bodies[1:]]))
+    out = container.decode(SAMPLE, max_ratio=1)  # the real file decodes well inside its budget
+    assert sum(a.nbytes for a in out.tensors.values()) < len(SAMPLE) + (16 << 20)
 
 
 def test_positions_past_the_end_are_rejected() -> None:

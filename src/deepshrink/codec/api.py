@@ -277,10 +277,11 @@ def pack(model: Any, config: PackConfig | None = None, *, output: str | os.PathL
 
 
 def unpack(src: str | os.PathLike[str] | bytes, output: str | os.PathLike[str] | None = None, *,
-           force: bool = False) -> UnpackResult:
+           force: bool = False, max_ratio: int = container.MAX_RATIO) -> UnpackResult:
     """Decode a ``.dsz`` file (a path or its bytes); with ``output``, also write ``.onnx``
     (ONNX sources) or ``.safetensors``. The file is treated as hostile: any damage —
-    truncation, a flipped bit, a forged length — raises one :class:`InputError`."""
+    truncation, a flipped bit, a forged length — raises one :class:`InputError`, as do
+    tensors that would decode to more than ``max_ratio`` × the file size + 16 MiB."""
     if isinstance(src, (bytes, bytearray)):
         data, what = bytes(src), "packed data"
     else:
@@ -292,7 +293,7 @@ def unpack(src: str | os.PathLike[str] | bytes, output: str | os.PathLike[str] |
         from ..core.fileio import check_output
 
         check_output(output, inputs=(None if isinstance(src, bytes) else src,), force=force)
-    c = container.decode(data, what=what)
+    c = container.decode(data, what=what, max_ratio=max_ratio)
     res = UnpackResult(c.source_kind, c.tensors, c.records)
     if c.source_kind == "torch":
         try:

@@ -31,6 +31,7 @@ VERSION = 1
 MAX_CODEBOOK = 256  # codebook encodings hold at most 2^8 distinct values (8-bit indices)
 MAX_GAP_BITS = 8
 MAX_NDIM = 8
+MAX_RATIO = 1024  # decoded bytes per file byte a reader accepts (plus 16 MiB)
 MAX_SOURCE_RAW = 1 << 30  # 1 GiB: largest decompressed metadata (model description + names) accepted
 
 SourceKind = Literal["tensors", "torch", "onnx"]
@@ -288,7 +289,7 @@ def _table(r: _Reader, alphabet: int, what: str) -> np.ndarray:
     return lens
 
 
-def _decode_record(body: memoryview, name: str, where: str) -> tuple[np.ndarray, RecordInfo]:
+def _decode_record(body: memoryview, name: str, where: str, budget: int) -> tuple[np.ndarray, RecordInfo]:
     r = _Reader(body, where)
     code = r.u8("dtype")
     if code not in _DTYPES:
@@ -299,6 +300,9 @@ def _decode_record(body: memoryview, name: str, where: str) -> tuple[np.ndarray,
         raise InputError(f"{where}: {ndim} dimensions (at most {MAX_NDIM})")
     shape = tuple(r.varint("dimension", 1 << 40) for _ in range(ndim))
     numel = int(np.prod(shape, dtype=object)) if shape else 1
+    if numel * dtype.itemsize > budget:
+        raise InputError(f"{where}: shape {list(shape)} would decode to {numel * dtype.itemsize:,} bytes, over the "
+                         f"{budget:,} bytes left for this file (max_ratio)")
     enc = r.u8("encoding")
     store = r.u8("storage dtype")
     if store != code and store not in _NARROWER.get(code, ()):
@@ -348,10 +352,13 @@ def _decode_record(body: memoryview, name: str, where: str) -> tuple[np.ndarray,
     return arr, RecordInfo(name, str(dtype), shape, ENCODINGS[enc], 0, **info)
 
 
-def decode(data: bytes | bytearray | memoryview, *, what: str = "file") -> Container:
+def decode(data: bytes | bytearray | memoryview, *, what: str = "file", max_ratio: int = MAX_RATIO) -> Container:
     """Parse ``.dsz`` bytes. Raises :class:`InputError` (one line naming ``what`` and the
-    damaged part) for a wrong magic/version, a checksum mismatch, or any forged length."""
+    damaged part) for a wrong magic/version, a checksum mismatch, any forged length, or
+    tensors that would decode to more than ``max_ratio`` × the file size + 16 MiB (a
+    reader's policy against decompression bombs; the format itself allows about 16,000×)."""
     buf = memoryview(bytes(data) if not isinstance(data, bytes) else data)
+    budget = max_ratio * len(buf) + (16 << 20)
     if len(buf) < len(MAGIC) + 3 + 4 or bytes(buf[:4]) != MAGIC:
         raise InputError(f"{what} is not a deepshrink .dsz file (bad magic or too short)")
     if buf[4] != VERSION:
@@ -398,7 +405,8 @@ def decode(data: bytes | bytearray | memoryview, *, what: str = "file") -> Conta
         crc = int.from_bytes(r.take(4, f"record {i} CRC32"), "little")
         if zlib.crc32(body) != crc:
             raise InputError(f"{what}: record {i} ({name!r}) fails its CRC32")
-        arr, info = _decode_record(body, name, f"{what}: record {i} ({name!r})")
+        arr, info = _decode_record(body, name, f"{what}: record {i} ({name!r})", budget)
+        budget -= arr.nbytes
         out.tensors[name] = arr
         out.records.append(RecordInfo(**{**info.__dict__, "nbytes": r.pos - start}))
     if r.remaining():
