@@ -231,7 +231,8 @@ def pack(model: Any, config: PackConfig | None = None, *, output: str | os.PathL
     if output is not None:
         from ..core.fileio import check_output
 
-        out = check_output(output, force=force)
+        src_path = model if isinstance(model, (str, os.PathLike)) and Path(str(model)).exists() else None
+        out = check_output(output, inputs=(src_path,), force=force)
         if out.suffix.lower() != ".dsz":
             raise InputError(f"output {out}: packed files end in .dsz")
     kind, obj, spec = _source(model)
