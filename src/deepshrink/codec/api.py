@@ -247,7 +247,9 @@ def pack(model: Any, config: PackConfig | None = None, *, output: str | os.PathL
         if isinstance(config, DeepCompressionConfig):
             stats = compress_torch(module, config, data=_train_data(data), seed=seed, progress=progress)
         fp32 = 4 * sum(p.numel() for p in obj.parameters())
-        tensors = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+        state = module.state_dict()
+        order = [k for k in obj.state_dict() if k in state] + [k for k in state if k not in obj.state_dict()]
+        tensors = {k: state[k].detach().cpu().numpy() for k in order}  # the original's order
         source_kind, source = ("torch", spec.encode()) if spec else ("tensors", b"")
         handle = ModelHandle(module, "torch", [], source=spec)
     else:
