@@ -108,6 +108,18 @@ def test_configs_reject_bad_input(tmp_path) -> None:
         pack(trained_digits_mlp(0), factory="not a factory")
 
 
+def test_tied_weights_are_refused() -> None:
+    from deepshrink.errors import UnsupportedError
+
+    tied = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    tied[1].weight = tied[0].weight
+    with pytest.raises(UnsupportedError, match="tied"):
+        pack(tied, DeepCompressionConfig(prune_epochs=0, finetune_epochs=0))
+    assert pack(tied).nbytes > 0  # the lossless pack stores the state dict as it is
+    with pytest.raises(UnsupportedError, match="bfloat16"):
+        pack(torch.nn.Linear(2, 2).to(torch.bfloat16))
+
+
 def test_foreign_factory_needs_trust(tmp_path) -> None:
     res = pack(torch.nn.Linear(3, 2), factory="torch.nn:Identity", output=tmp_path / "f.dsz")
     back = unpack(tmp_path / "f.dsz")

@@ -20,13 +20,15 @@ import torch
 from torch import nn
 
 from ..core.handle import ModelHandle
-from ..errors import InputError
+from ..errors import InputError, UnsupportedError
 from . import container
 from .compress import TensorStats, compress_arrays, compress_torch
 from .config import DeepCompressionConfig, PackConfig
 
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
-_PAPER_GAP_BITS = {"fc": 5, "conv": 8}  # Han et al.'s relative-index widths, for the "pruned" stage
+_PAPER_GAP_BITS = {"fc": 5, "conv": 8}
+_TORCH_OK = {torch.float32, torch.float16, torch.float64, torch.int64, torch.int32, torch.int16, torch.int8,
+             torch.uint8, torch.bool}  # Han et al.'s relative-index widths, for the "pruned" stage
 
 
 @dataclass
@@ -248,6 +250,9 @@ def pack(model: Any, config: PackConfig | None = None, *, output: str | os.PathL
             stats = compress_torch(module, config, data=_train_data(data), seed=seed, progress=progress)
         fp32 = 4 * sum(p.numel() for p in obj.parameters())
         state = module.state_dict()
+        for k, v in state.items():
+            if v.dtype not in _TORCH_OK:
+                raise UnsupportedError(f"tensor {k!r} is {v.dtype}; .dsz holds float16/32/64, int8–64, uint8 and bool")
         order = [k for k in obj.state_dict() if k in state] + [k for k in state if k not in obj.state_dict()]
         tensors = {k: state[k].detach().cpu().numpy() for k in order}  # the original's order
         source_kind, source = ("torch", spec.encode()) if spec else ("tensors", b"")

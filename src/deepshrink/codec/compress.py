@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedError
 from .config import DeepCompressionConfig
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -162,13 +162,22 @@ def compress_torch(model: nn.Module, cfg: DeepCompressionConfig, *, data: tuple[
 
     ``data``: ``(inputs..., labels)`` arrays for fine-tuning (classification loss), or
     ``None`` for one-shot pruning and k-means. Returns per-tensor statistics. Raises
-    :class:`InputError` for NaN/Inf weights or a pattern that matches no layer.
+    :class:`InputError` for NaN/Inf weights or a pattern that matches no layer, and
+    :class:`UnsupportedError` for bfloat16 or tied parameters.
     """
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise InputError(f"tensor {name!r} holds NaN or Inf values; Deep Compression needs finite weights")
         if t.dtype == torch.bfloat16:
-            raise InputError(f"tensor {name!r} is bfloat16; convert the model to float32 first")
+            raise UnsupportedError(f"tensor {name!r} is bfloat16; convert the model to float32 first")
+    owners: dict[int, str] = {}
+    for mname, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if id(p) in owners:
+                raise UnsupportedError(f"parameter {full!r} is tied to {owners[id(p)]!r}; Deep Compression of tied "
+                                       "weights is not supported (export to ONNX and pack that)")
+            owners[id(p)] = full
     weights = {n: _kind(m, "weight") for n, m in model.named_modules()
                if isinstance(getattr(m, "weight", None), nn.Parameter) and _kind(m, "weight") != "other"}
     check_patterns(list(weights), cfg)
