@@ -181,3 +181,21 @@ def test_cli_pack_bad_options(mlp_weights, tmp_path, capsys) -> None:
         assert run_app(["pack", MLP, "-w", mlp_weights, "-o", str(out), *args]) == 2
         assert needle in _err(capsys)
     assert not out.exists()
+
+
+def test_onnx_initializers_the_container_cannot_hold_stay_in_the_graph(tmp_path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array([1.0, -0.0, 2.5], np.float32), "w")
+    u = numpy_helper.from_array(np.array([1, 65535], np.uint16), "u")  # no uint16 in .dsz v1
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], [w, u])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), src)
+    back = unpack(pack(str(src), output=tmp_path / "m.dsz").path)
+    assert set(back.tensors) == {"w"}
+    inits = {i.name: numpy_helper.to_array(i) for i in back.onnx_model.graph.initializer}
+    assert inits["w"].tobytes() == numpy_helper.to_array(w).tobytes()
+    assert inits["u"].tolist() == [1, 65535]

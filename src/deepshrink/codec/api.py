@@ -129,8 +129,8 @@ def _strip_onnx(model: Any) -> tuple[bytes, dict[str, np.ndarray]]:
             arr = numpy_helper.to_array(init)
         except Exception as exc:  # noqa: BLE001 - external data not loaded, odd types
             raise InputError(f"initializer {init.name!r} cannot be read ({type(exc).__name__})") from None
-        if arr.dtype.kind not in "fiub" or init.name in tensors or np.dtype(arr.dtype).itemsize > 8:
-            continue  # strings and duplicates stay in the graph
+        if not container.supported(arr.dtype) or init.name in tensors:
+            continue  # strings, bfloat16, unsigned > 8 bits and duplicates stay in the graph as they are
         tensors[init.name] = arr
         for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
             init.ClearField(f)

@@ -121,6 +121,14 @@ class _Reader:
         raise InputError(f"{self.what}: {part} is not a valid varint")
 
 
+def supported(dtype: np.dtype) -> bool:
+    """Whether tensors of ``dtype`` can be stored (float16/32/64, int8–64, uint8, bool)."""
+    try:
+        return np.dtype(dtype).newbyteorder("<") in _CODES or np.dtype(dtype) in _CODES
+    except TypeError:
+        return False
+
+
 def _bits_view(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.dtype(f"<u{a.dtype.itemsize}") if a.dtype.itemsize > 1 else np.uint8)
 
