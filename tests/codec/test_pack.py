@@ -199,3 +199,21 @@ def test_onnx_initializers_the_container_cannot_hold_stay_in_the_graph(tmp_path)
     inits = {i.name: numpy_helper.to_array(i) for i in back.onnx_model.graph.initializer}
     assert inits["w"].tobytes() == numpy_helper.to_array(w).tobytes()
     assert inits["u"].tolist() == [1, 65535]
+
+
+def test_forged_graph_with_external_data_is_refused(tmp_path) -> None:
+    """A hostile file must not make the unpacked .onnx read files from elsewhere on the disk."""
+    from onnx import TensorProto, helper
+
+    from deepshrink.codec import container
+
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[3])
+    t.data_location = TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="../../etc/passwd")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], [t])
+    blob, _ = container.encode({}, source_kind="onnx", source=helper.make_model(graph).SerializeToString())
+    with pytest.raises(InputError, match="external data"):
+        unpack(blob, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()

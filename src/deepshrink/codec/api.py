@@ -147,6 +147,12 @@ def _fill_onnx(graph_bytes: bytes, tensors: dict[str, np.ndarray], what: str) ->
         model = onnx.load_from_string(graph_bytes)
     except Exception as exc:  # noqa: BLE001 - a forged description
         raise InputError(f"{what}: the ONNX graph cannot be parsed ({type(exc).__name__})") from None
+    from onnx.external_data_helper import uses_external_data
+
+    from ..backends.onnx import _external_tensors
+
+    if _external_tensors(model) or any(uses_external_data(t) for t in model.graph.initializer):
+        raise InputError(f"{what}: the ONNX graph refers to external data files; a .dsz carries every tensor itself")
     seen = set()
     for init in model.graph.initializer:
         arr = tensors.get(init.name)
