@@ -6,6 +6,8 @@ Public verbs take a model, a config object and keyword-only options::
     h = ds.load("model.onnx")
     ds.convert(h, "model.onnx")              # parity-checked conversion
     ds.bench(["a.onnx", "b.onnx"])           # side-by-side size / latency / fidelity
+    ds.pack(h, ds.DeepCompressionConfig(fc_sparsity=0.9), output="m.dsz", data=(x, y))
+    ds.unpack("m.dsz", "m.onnx")             # bit-exact decode
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ _LAZY = {
     "prune": ("deepshrink.prune", "prune"),
     "compress": ("deepshrink.recipe", "compress"),
     "load_recipe": ("deepshrink.recipe", "load_recipe"),
+    "pack": ("deepshrink.codec", "pack"),
+    "unpack": ("deepshrink.codec", "unpack"),
+    "PackConfig": ("deepshrink.codec", "PackConfig"),
+    "DeepCompressionConfig": ("deepshrink.codec", "DeepCompressionConfig"),
 }
 # The config classes of the verbs, also lazy: ``from deepshrink import Int8StaticConfig`` imports
 # the configs module on first use (the prune configs bring torch, through deepshrink.prune).
