@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 # Verbs are imported lazily so `import deepshrink` stays fast and light.
 _LAZY = {
     "load": ("deepshrink.loading", "load"),
-    "save": ("deepshrink.loading", "save"),
+    "save": ("deepshrink.convert.writers", "save"),
     "convert": ("deepshrink.convert", "convert"),
     "check_parity": ("deepshrink.convert.parity", "check_parity"),
     "bench": ("deepshrink.evaluate.bench", "bench"),

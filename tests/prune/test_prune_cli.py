@@ -147,7 +147,8 @@ def test_nan_weights_and_existing_output(weights, tmp_path, capsys):
 
 
 def test_pt2_input_one_shot_and_refusals(tmp_path, capsys):
-    from deepshrink.loading import load, save
+    from deepshrink.convert.writers import save
+    from deepshrink.loading import load
 
     src = tmp_path / "mlp.pt2"
     save(load(trained_digits_mlp(0), input_shapes={"x": (2, 1, 8, 8)}), src)

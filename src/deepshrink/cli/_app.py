@@ -40,6 +40,18 @@ def load_model(src: str, *, weights: str | None = None, input_shape: list[str] |
     return load(src, weights=weights, input_shapes=input_shape, data=data, trust_remote_code=trust_remote_code)
 
 
+def fmt_bytes(n: int | None) -> str:
+    """A byte count for tables: 512 B, 162.6 KB, 86.6 MB."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 

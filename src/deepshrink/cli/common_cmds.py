@@ -8,17 +8,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ._app import DataOpt, ForceOpt, InputShapeOpt, JsonOpt, TrustOpt, WeightsOpt, app, console, print_json
-
-
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+from ._app import (
+    DataOpt,
+    ForceOpt,
+    InputShapeOpt,
+    JsonOpt,
+    TrustOpt,
+    WeightsOpt,
+    app,
+    console,
+    fmt_bytes,
+    print_json,
+)
 
 
 @app.command("convert")
@@ -75,8 +76,8 @@ def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or mo
     for key in ("inputs", "outputs"):
         for s in res[key]:
             console.print(f"  {key[:-1]:7s} {s}", markup=False)
-    console.print(f"  parameters {res['parameters']:,} ({res['nonzero']:,} non-zero), weights {_fmt_bytes(res['weight_bytes'])}"
-                  + (f", file {_fmt_bytes(res['file_bytes'])}" if res["file_bytes"] else ""))
+    console.print(f"  parameters {res['parameters']:,} ({res['nonzero']:,} non-zero), weights {fmt_bytes(res['weight_bytes'])}"
+                  + (f", file {fmt_bytes(res['file_bytes'])}" if res["file_bytes"] else ""))
     if res.get("flops") is not None:
         console.print(f"  FLOPs (batch 1) {res['flops']:,}")
     ops = ", ".join(f"{k}×{v}" for k, v in list(res["ops"].items())[:20])
@@ -89,7 +90,7 @@ def print_bench(result: Any) -> None:
     for col in ("model", "runtime", "size", "params", "median ms", "p90 ms", "latency vs first", "accuracy", "cos mean/min", "max-abs"):
         table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
     for r in result.rows:
-        table.add_row(r.name, r.runtime, _fmt_bytes(r.size_bytes), f"{r.params:,}" if r.params else "-",
+        table.add_row(r.name, r.runtime, fmt_bytes(r.size_bytes), f"{r.params:,}" if r.params else "-",
                       f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.ratio:.2f}× ±{r.ratio_spread:.2f}",
                       "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%",
                       "-" if r.cos_mean is None else f"{r.cos_mean:.5f} / {r.cos_min:.5f}",

@@ -45,7 +45,7 @@ def print_summary(report: dict) -> None:
     """The steps as one table, then every flag as a warning line."""
     from rich.table import Table
 
-    from .common_cmds import _fmt_bytes
+    from ._app import fmt_bytes
 
     env = report["environment"]
     table = Table(title=f"measured on {report['data']['source'] if report.get('data') else 'random inputs'}, "
@@ -54,7 +54,7 @@ def print_summary(report: dict) -> None:
         table.add_column(col, justify="left" if col == "step" else "right")
     for s in report["steps"]:
         ratio = s.get("latency_ratio")
-        table.add_row(s["name"], _fmt_bytes(s["size_bytes"]), f"{s['params']:,}" if s.get("params") else "-",
+        table.add_row(s["name"], fmt_bytes(s["size_bytes"]), f"{s['params']:,}" if s.get("params") else "-",
                       "-" if ratio is None else f"{ratio:.2f}× ±{s.get('latency_ratio_spread') or 0:.2f}",
                       "-" if s.get("accuracy") is None else f"{100 * s['accuracy']:.2f}%",
                       "-" if s.get("cos_mean") is None else f"{s['cos_mean']:.4f} / {s['cos_min']:.4f}")

@@ -143,9 +143,9 @@ def prune_cmd(
 
 
 def _save(handle: Any, output: Path, *, force: bool, src: str) -> Any:
-    from ..loading import save
+    from ..convert.writers import save
 
-    if output.suffix.lower() == ".onnx":  # export_onnx directly: loading.save passes the path positionally
+    if output.suffix.lower() == ".onnx":  # export_onnx directly: convert.writers.save passes the path positionally
         from ..convert.export import export_onnx
 
         return export_onnx(handle, None, output, force=force)

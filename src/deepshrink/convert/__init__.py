@@ -144,7 +144,7 @@ def _torch_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Mo
     from ..loading import load
 
     if dst.suffix == ".safetensors":
-        from ..loading import save
+        from .writers import save
 
         save(src, dst, force=True)
         return src, None

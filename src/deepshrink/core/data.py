@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,40 @@ class Dataset:
             yield {k: v[i:i + size] for k, v in self.inputs.items()}
 
 
+# Named data sources (``digits``, ``sentences:64``): a callable (argument after ':', model handle,
+# max_length) -> Dataset, registered in code or found through the ``deepshrink.data_sources`` entry
+# point group — so the built-ins in ``deepshrink.examples`` (or a user's package) plug in without
+# core importing them.
+DataSource = Callable[[str, "ModelHandle | None", int], "Dataset"]
+ENTRY_POINT_GROUP = "deepshrink.data_sources"
+_SOURCES: dict[str, DataSource] = {}
+
+
+def register_data_source(name: str, source: DataSource) -> None:
+    """Make ``--data NAME[:ARG]`` call ``source(arg, handle, max_length)``."""
+    _SOURCES[name] = source
+
+
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def data_source(name: str) -> DataSource | None:
+    """The registered source called ``name``, loading its entry point on first use; None if none."""
+    if name not in _SOURCES:
+        ep = _entry_points().get(name)
+        if ep is None:
+            return None
+        _SOURCES[name] = ep.load()
+    return _SOURCES[name]
+
+
+def data_source_names() -> list[str]:
+    return sorted(set(_SOURCES) | set(_entry_points()))
+
+
 def load_data(spec: str | Path | Dataset | dict[str, np.ndarray], handle: ModelHandle | None = None,
               *, max_length: int = 128) -> Dataset:
     """Load ``spec`` (see module docstring) and check it against ``handle``'s inputs."""
@@ -73,20 +107,17 @@ def load_data(spec: str | Path | Dataset | dict[str, np.ndarray], handle: ModelH
     else:
         text = str(spec)
         name, _, arg = text.partition(":")
-        if name == "digits" and not Path(text).exists():
-            ds = _digits(arg or "val", handle)
-        elif name == "sentences" and not Path(text).exists():
-            from ..examples.text import stdlib_sentences
-
-            n = int(arg) if arg.isdigit() else 64
-            ds = tokenize(stdlib_sentences(n, offset=1000), handle, source=f"sentences:{n}", max_length=max_length)
+        source = data_source(name) if not Path(text).exists() else None
+        if source is not None:
+            ds = source(arg, handle, max_length)
         else:
             path = Path(text)
+            builtins = ", ".join(data_source_names()) or "none installed"
             if path.is_dir():
                 raise InputError(f"data {path} is a directory; pass an .npz file, a text file of lines, "
-                                 "or a built-in: digits, sentences")
+                                 f"or a built-in: {builtins}")
             if not path.is_file():
-                raise InputError(f"data file {path} does not exist (or use a built-in: digits, sentences)")
+                raise InputError(f"data file {path} does not exist (or use a built-in: {builtins})")
             if path.suffix == ".npz":
                 ds = _npz(path)
             elif path.suffix in (".txt", ".text", ""):
@@ -105,17 +136,6 @@ def _npz(path: Path) -> Dataset:
         raise InputError(f"data file {path} cannot be read as .npz ({type(exc).__name__}: {str(exc)[:100]})") from None
     labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
     return Dataset(arrays, labels, str(path))
-
-
-def _digits(split: str, handle: ModelHandle | None) -> Dataset:
-    from ..examples.digits import digits_data
-
-    d = digits_data()
-    if split not in ("train", "val", "test"):
-        raise InputError(f"built-in data 'digits:{split}': split must be train, val or test")
-    x, y = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
-    name = handle.inputs[0].name if handle is not None and handle.inputs else "x"
-    return Dataset({name: x}, y, f"digits:{split}")
 
 
 def tokenize(texts: list[str], handle: ModelHandle | None, *, source: str, max_length: int = 128) -> Dataset:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +32,8 @@ from .configs import (
     QuantConfig,
     WeightOnlyConfig,
 )
-
-
-@dataclass
-class QuantizeOutcome:
-    """The quantized model and what was done to it (plain data, JSON-ready)."""
-
-    handle: ModelHandle
-    report: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Prepared:
-    """The float ONNX model to quantize, its handle, and the calibration arrays (or None)."""
-
-    handle: ModelHandle
-    model: onnx.ModelProto
-    data: dict[str, np.ndarray] | None
-    labels: np.ndarray | None = None
-    fused: dict[str, int] = field(default_factory=dict)
+from .outcome import Prepared, QuantizeOutcome
+from .outcome import result as _result
 
 
 def quantize(model: Any, config: QuantConfig, *, data: Any = None, **options: Any) -> ModelHandle:
@@ -180,16 +162,6 @@ def require_data(prep: Prepared, what: str) -> dict[str, np.ndarray]:
         raise InputError(f"{what} needs calibration data: pass --data (an .npz of inputs, a text file, "
                          f"or a built-in: digits, sentences)")
     return prep.data
-
-
-def _result(prep: Prepared, model: onnx.ModelProto, report: dict[str, Any]) -> QuantizeOutcome:
-    from ..backends.onnx import io_specs
-
-    ins, outs = io_specs(model)
-    meta = dict(prep.handle.metadata)
-    h = ModelHandle(model, "onnx", ins, outs, example_inputs=prep.handle.example_inputs, source=prep.handle.source,
-                    path=None, tokenizer_dir=prep.handle.tokenizer_dir, metadata=meta)
-    return QuantizeOutcome(h, report)
 
 
 def _nodes(prep: Prepared, config: QuantConfig, op_types: Sequence[str]) -> list[str]:

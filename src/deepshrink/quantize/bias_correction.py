@@ -114,9 +114,9 @@ def correct_bias(model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
 
     Returns {layer: mean |shift| removed}, for the report.
     """
-    from .qat import quant_layers
-
-    layers = quant_layers(model)
+    # the fake-quant layers of prepare_qat (they carry a weight quantizer); found by that attribute so
+    # this module and qat.py do not import each other
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, "weight_fq")}
     if not layers:
         raise InputError("bias correction: the model has no fake-quant layers; call prepare_qat first")
     pairs = {}

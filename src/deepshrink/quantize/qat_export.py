@@ -29,7 +29,7 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     from ..core.data import load_data
     from ..core.handle import ModelHandle
     from ..loading import load
-    from .api import QuantizeOutcome
+    from .outcome import QuantizeOutcome
     from .qat import calibrate, finalize, prepare_qat, train_qat
 
     handle = model if isinstance(model, ModelHandle) else load(model, data=data, **load_options)
@@ -63,7 +63,8 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     example = {n: ds.inputs[n][:2] for n in names}
     exported = export_onnx(plain, example)
     q = deploy_qdq(exported.model, record, {n: ds.inputs[n][:256] for n in names})
-    from .api import Prepared, _result
+    from .outcome import Prepared
+    from .outcome import result as _result
 
     prep = Prepared(exported, exported.model, None)
     report: dict[str, Any] = {"scheme": "QATConfig", "layers": sorted(record), "weight_bits": config.weight_bits,

@@ -343,7 +343,7 @@ def _write_artifact(handle: ModelHandle, folder: Path, ctx: _Context) -> tuple[P
         path = folder / "model.safetensors"
         save_file({k: v.detach().contiguous() for k, v in handle.model.state_dict().items()}, str(path))
         return path, measure
-    from ..loading import save
+    from ..convert.writers import save
 
     path = folder / "model.pt2"
     save(handle, path, force=True)

@@ -316,9 +316,7 @@ def onnx_to_torch(model: onnx.ModelProto | str | Path, *, tuple_outputs: bool = 
     one tensor, or a tuple when the graph has several outputs (always a tuple with
     ``tuple_outputs``, as control-flow bodies need). The module is in eval mode.
     """
-    from . import ops  # noqa: F401  (fills CONVERTERS)
-
-    proto = _load(model)
+    proto = _load(model)  # (the converters are registered by the package: onnx2torch/__init__ imports ops)
     b = Builder(proto)
     g = proto.graph
     nodes = [

@@ -43,7 +43,7 @@ def imported_handle(src: ModelHandle, data: Any = None) -> ModelHandle:
 
 @register_route("onnx", "torch")
 def onnx_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Any, None]:
-    from ...loading import save
+    from ..writers import save
 
     handle = save(imported_handle(src, opts.data), dst, force=True)
     try:

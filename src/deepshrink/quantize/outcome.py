@@ -1,0 +1,45 @@
+"""What the ONNX quantization handlers take and give: the prepared float model and the outcome.
+
+Shared by ``api.py`` (the verb and the int8/codebook handlers) and ``qat_export.py`` (the QAT
+deployment path), so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..core.handle import ModelHandle
+
+
+@dataclass
+class QuantizeOutcome:
+    """The quantized model and what was done to it (plain data, JSON-ready)."""
+
+    handle: ModelHandle
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """The float ONNX model to quantize, its handle, and the calibration arrays (or None)."""
+
+    handle: ModelHandle
+    model: onnx.ModelProto
+    data: dict[str, np.ndarray] | None
+    labels: np.ndarray | None = None
+    fused: dict[str, int] = field(default_factory=dict)
+
+
+def result(prep: Prepared, model: onnx.ModelProto, report: dict[str, Any]) -> QuantizeOutcome:
+    """Wrap a quantized ``model`` in a handle that keeps the source's examples, tokenizer and metadata."""
+    from ..backends.onnx import io_specs
+
+    ins, outs = io_specs(model)
+    meta = dict(prep.handle.metadata)
+    h = ModelHandle(model, "onnx", ins, outs, example_inputs=prep.handle.example_inputs, source=prep.handle.source,
+                    path=None, tokenizer_dir=prep.handle.tokenizer_dir, metadata=meta)
+    return QuantizeOutcome(h, report)
