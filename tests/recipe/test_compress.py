@@ -115,3 +115,23 @@ def test_editing_the_recipe_redoes_the_changed_step_and_what_follows(uninterrupt
     steps = json.loads((out / "report.json").read_text())["steps"]
     assert [s["reused"] for s in steps] == [True, True, True, False]
     assert onnx.load(str(out / "model.onnx")).graph.node != onnx.load(str(uninterrupted / "model.onnx")).graph.node
+
+
+def test_deep_compression_step_writes_the_packed_file(tmp_path):
+    """A pack step ends the chain: the final model is the .dsz, measured through what it decodes to."""
+    from deepshrink.codec import unpack
+
+    recipe = tmp_path / "dc.yaml"
+    recipe.write_text("steps:\n  - pack: {method: deep-compression, fc_sparsity: 0.8, prune_epochs: 2, "
+                      "finetune_epochs: 1}\n")
+    out = tmp_path / "out"
+    assert run_app(["compress", "deepshrink.examples:trained_digits_mlp", "--input-shape", "x:1x64", "-r",
+                    str(recipe), "-o", str(out), "--data", "digits:train", "--eval-data", "digits:test",
+                    "--repeats", "2", "--json"]) == 0
+    steps = json.loads((out / "report.json").read_text())["steps"]
+    assert (out / "model.dsz").read_bytes() == (out / "steps" / "01-pack" / "model.dsz").read_bytes()
+    assert steps[1]["size_bytes"] == (out / "model.dsz").stat().st_size < 0.1 * steps[0]["size_bytes"]
+    assert steps[1]["details"]["ratio"] > 10 and 0.5 < steps[1]["accuracy"] <= 1.0
+    decoded = unpack(out / "model.dsz")
+    assert decoded.factory == "deepshrink.examples:trained_digits_mlp"
+    assert float((decoded.tensors["fc1.weight"] == 0).mean()) >= 0.79  # the pruned zeros travel

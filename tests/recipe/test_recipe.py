@@ -59,6 +59,11 @@ def test_chain_checks():
     tune = parse_recipe({"steps": [{"prune": {"sparsity": 0.5, "finetune_epochs": 1}}]})
     with pytest.raises(InputError, match=r"step 1 \(prune\): fine-tuning needs labelled data"):
         check_chain(tune, "torch", has_data=True, has_labels=False)
+    packed = parse_recipe({"steps": [{"pack": {"fc_sparsity": 0.9}}, {"quantize": {"scheme": "int8-dynamic"}}]})
+    with pytest.raises(InputError, match=r"step 2 \(quantize\) comes after step 1 \(pack\).*last step"):
+        check_chain(packed, "torch", has_data=True, has_labels=True)
+    with pytest.raises(InputError, match=r"step 1 \(pack\): method deep-compression: unknown key 'fc_sparsty'"):
+        parse_recipe({"steps": [{"pack": {"fc_sparsty": 0.9}}]})
     static = parse_recipe({"steps": [{"quantize": {"scheme": "int8-static"}}]})
     with pytest.raises(InputError, match=r"step 1 \(quantize\): calibration needs data"):
         check_chain(static, "onnx", has_data=False, has_labels=False)

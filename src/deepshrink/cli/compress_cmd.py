@@ -75,7 +75,7 @@ def recipes_cmd(name: Annotated[str | None, typer.Argument(help="print this buil
     if name is None:
         width = max(len(n) for n in BUILTIN)
         for n, desc in builtin_recipes().items():
-            console.print(f"{n:<{width}}  {desc}", highlight=False, markup=False)
+            console.print(f"{n:<{width}}  {desc}", highlight=False, markup=False, soft_wrap=True)
         return
     if name not in BUILTIN:
         raise InputError(f"no built-in recipe {name!r}; built-ins: {', '.join(BUILTIN)}")

@@ -258,10 +258,15 @@ def _run_or_reuse(out: Path, step: Step, prev: StepOutcome, ctx: _Context, key: 
 
     t0 = time.perf_counter()
     handle = _load_artifact(prev, ctx)
-    with deterministic_training():
-        result, summary, details = _apply(step, handle, ctx)
     with _step_folder(folder) as tmp:
-        artifact, measure = _write_artifact(result, tmp, ctx)
+        if step.verb == "pack":
+            with deterministic_training():
+                result, summary, details = _pack(step, handle, ctx, tmp / "model.dsz")
+            artifact, measure = tmp / "model.dsz", _write_artifact(result, tmp, ctx)[1]
+        else:
+            with deterministic_training():
+                result, summary, details = _apply(step, handle, ctx)
+            artifact, measure = _write_artifact(result, tmp, ctx)
         record = {"index": step.index, "name": step.short(), "verb": step.verb, "key": key,
                   "artifact": artifact.name, "measure": measure.name, "kind": result.kind, "summary": summary,
                   "config": step.config.to_dict() if step.config is not None else dict(step.params),
@@ -302,6 +307,21 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
             return h, "imported into PyTorch", {}
         return handle, f"already {handle.kind}", {}
     return handle, "measured", {}
+
+
+def _pack(step: Step, handle: ModelHandle, ctx: _Context, out: Path) -> tuple[ModelHandle, str, dict[str, Any]]:
+    """Pack into ``out`` (.dsz); return the pre-pack model (what the file decodes to, bit for bit) to measure."""
+    from ..codec import pack
+
+    res = pack(handle, step.config, output=out, data=ctx.train, factory=_factory_spec(ctx))
+    decoded = res.model
+    if decoded.kind == "torch":  # the codec's handle carries no IO spec: the source's
+        decoded = handle.with_model(decoded.model)
+    else:
+        decoded = decoded.with_model(decoded.model, inputs=handle.inputs if handle.kind == "onnx" else decoded.inputs)
+    d = res.to_dict()
+    summary = f"{step.params['method']}: {res.nbytes:,} bytes, {res.ratio:.1f}× smaller than the fp32 weights"
+    return decoded, summary, {k: v for k, v in d.items() if k in ("nbytes", "fp32_bytes", "ratio", "stages")}
 
 
 def _quant_summary(d: dict[str, Any]) -> str:
@@ -430,7 +450,8 @@ def build_report(rec: Recipe, source: ModelHandle, outcomes: list[StepOutcome], 
             "index": o.index, "name": o.name, "verb": o.verb, "summary": o.summary, "reused": o.reused,
             "file": str(o.artifact.relative_to(out_dir)), "measured_file": str(o.measure.relative_to(out_dir)),
             "format": o.artifact.suffix.lstrip("."), "seconds": o.seconds, "details": o.details,
-            "size_bytes": o.measure.stat().st_size, "flags": []}
+            # a packed file is what ships (its measured ONNX is the decoded model); otherwise the ONNX file
+            "size_bytes": (o.artifact if o.artifact.suffix == ".dsz" else o.measure).stat().st_size, "flags": []}
         if row is not None:
             entry.update({"runtime": row.runtime, "params": row.params,
                           "latency_ms": {"median": row.median_ms, "p90": row.p90_ms, "spread": row.spread},

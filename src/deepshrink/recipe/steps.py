@@ -25,11 +25,11 @@ from typing import Any, Literal
 
 from ..errors import InputError
 
-Kind = Literal["torch", "onnx"]
+Kind = Literal["torch", "onnx", "dsz"]
 
-VERBS = ("prune", "quantize", "convert", "evaluate")
+VERBS = ("prune", "quantize", "pack", "convert", "evaluate")
 # verbs the recipe language reserves for capabilities still to come: named, refused plainly
-LATER = {"distill": "knowledge distillation", "pack": "Deep Compression packing", "optimize": "graph optimisation"}
+LATER = {"distill": "knowledge distillation", "optimize": "graph optimisation"}
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,9 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
                     {"steps": [{"quantize": {"scheme": "int4-weight", "group_size": 32}}]}),
     "auto-int8": ("int8 that searches smoothing / per-channel / kept-float layers to a fidelity target",
                   {"steps": [{"quantize": {"scheme": "auto"}}]}),
+    "deep-compression": ("Deep Compression (Han et al.): prune 90% FC / 70% conv, trained k-means sharing, Huffman .dsz",
+                         {"steps": [{"pack": {"method": "deep-compression", "fc_sparsity": 0.9,
+                                              "conv_sparsity": 0.7}}]}),
     "prune-int8": ("structured pruning of 25% of the channels (kept in multiples of 8) with 5 fine-tune "
                    "epochs, then static int8",
                    {"steps": [{"prune": {"method": "structured", "sparsity": 0.25, "round_to": 8,
@@ -209,6 +212,19 @@ def _quantize_step(index: int, params: dict[str, Any]) -> Step:
                 why=why)
 
 
+def _pack_step(index: int, params: dict[str, Any]) -> Step:
+    from ..codec.config import DeepCompressionConfig, PackConfig
+    from ..core.config import check_keys
+
+    method = params.pop("method", "deep-compression")
+    classes = {"deep-compression": DeepCompressionConfig, "lossless": PackConfig}
+    if method not in classes:
+        raise InputError(f"method {method!r}: use deep-compression or lossless")
+    check_keys(params, classes[method], what=f"method {method}")
+    cfg = classes[method].build(**params)
+    return Step(index, "pack", {"method": method, **params}, cfg, takes=("torch", "onnx"), emits="dsz")
+
+
 def _convert_step(index: int, params: dict[str, Any]) -> Step:
     allowed = {"format", "exporter", "opset"}
     bad = [k for k in params if k not in allowed]
@@ -231,7 +247,7 @@ def _evaluate_step(index: int, params: dict[str, Any]) -> Step:
     return Step(index, "evaluate", {})
 
 
-_BUILDERS = {"prune": _prune_step, "quantize": _quantize_step, "convert": _convert_step,
+_BUILDERS = {"prune": _prune_step, "quantize": _quantize_step, "pack": _pack_step, "convert": _convert_step,
              "evaluate": _evaluate_step}
 
 
@@ -244,7 +260,10 @@ def check_chain(recipe: Recipe, source_kind: Kind, *, has_data: bool, has_labels
     kinds: list[Kind] = []
     kind = source_kind
     for step in recipe.steps:
-        if kind not in step.takes:
+        if kind == "dsz":
+            raise InputError(f"recipe {recipe.name}: {step.label()} comes after step {step.index - 1} (pack), which "
+                             "writes the final .dsz file; pack must be the last step")
+        if kind not in step.takes and kind != "dsz":
             before = f"step {step.index - 1} emits" if step.index > 1 else "the model is"
             raise InputError(f"recipe {recipe.name}: {step.label()} needs a PyTorch model, but {before} ONNX; "
                              f"put {step.verb} before the steps that write ONNX")
