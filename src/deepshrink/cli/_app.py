@@ -31,6 +31,9 @@ DataOpt = Annotated[str | None, typer.Option("--data", "-d", help=".npz, a text 
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow unpickling/executing code from model files")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")]
+# Timing options, the same name and default in every command that measures.
+RepeatsOpt = Annotated[int, typer.Option("--repeats", help="interleaved timing rounds (each model once per round)")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", help="intra-op threads for every runtime while timing")]
 
 
 def load_model(src: str, *, weights: str | None = None, input_shape: list[str] | None = None,

@@ -13,6 +13,8 @@ from ._app import (
     ForceOpt,
     InputShapeOpt,
     JsonOpt,
+    RepeatsOpt,
+    ThreadsOpt,
     TrustOpt,
     WeightsOpt,
     app,
@@ -105,9 +107,9 @@ def print_bench(result: Any) -> None:
 def bench_cmd(models: Annotated[list[str], typer.Argument(help="models to compare; the first is the reference")],
               data: DataOpt = None, weights: WeightsOpt = None, input_shape: InputShapeOpt = None,
               trust_remote_code: TrustOpt = False, json_out: JsonOpt = False,
-              threads: Annotated[int, typer.Option("--threads", help="intra-op threads for every runtime")] = 2,
+              threads: ThreadsOpt = 2,
               batch: Annotated[int, typer.Option("--batch", help="batch size for timing")] = 1,
-              repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds")] = 30) -> None:
+              repeats: RepeatsOpt = 30) -> None:
     """Size, latency (median/p90, speed-up vs the first) and accuracy/fidelity, side by side."""
     from ..evaluate.bench import bench
 
@@ -127,7 +129,7 @@ def bench_cmd(models: Annotated[list[str], typer.Argument(help="models to compar
 def demo_cmd(out: Annotated[Path, typer.Option("--out", help="folder for the demo's files (replaced)")] = Path("deepshrink-demo"),
              seed: Annotated[int, typer.Option("--seed", help="seed of the digits CNN's training run")] = 0,
              model: Annotated[list[str] | None, typer.Option("--model", help="digits and/or minilm (default: both; minilm when installed)")] = None,
-             repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds")] = 30,
+             repeats: RepeatsOpt = 30,
              json_out: JsonOpt = False) -> None:
     """Offline tour: `compress` with the default recipe on the built-in digits CNN (and MiniLM when installed)."""
     from ..demo import MODELS, run_demo

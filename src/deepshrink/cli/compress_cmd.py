@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from ._app import DataOpt, ForceOpt, InputShapeOpt, JsonOpt, TrustOpt, WeightsOpt, app, console, print_json
+from ._app import (
+    DataOpt,
+    ForceOpt,
+    InputShapeOpt,
+    JsonOpt,
+    RepeatsOpt,
+    ThreadsOpt,
+    TrustOpt,
+    WeightsOpt,
+    app,
+    console,
+    print_json,
+)
 
 
 @app.command("compress")
@@ -20,8 +32,8 @@ def compress_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in OUTPUT, reusing finished steps")] = False,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, trust_remote_code: TrustOpt = False,
     force: ForceOpt = False, json_out: JsonOpt = False,
-    threads: Annotated[int, typer.Option("--threads", help="intra-op threads for timing")] = 2,
-    repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds")] = 30,
+    threads: ThreadsOpt = 2,
+    repeats: RepeatsOpt = 30,
 ) -> None:
     """Run a recipe (prune, quantize, ...) on a model; measure every step's file; write reports."""
     from ..errors import InputError

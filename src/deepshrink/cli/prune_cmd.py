@@ -16,6 +16,7 @@ from ._app import (
     ForceOpt,
     InputShapeOpt,
     JsonOpt,
+    RepeatsOpt,
     TrustOpt,
     WeightsOpt,
     app,
@@ -95,7 +96,7 @@ def prune_cmd(
     lr: Annotated[float | None, typer.Option("--lr", help="fine-tune learning rate (default 1e-3; gradual 2e-3)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="fine-tune batch size")] = 64,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the before/after table (default: --data)")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds for the table")] = 20,
+    repeats: RepeatsOpt = 30,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
