@@ -101,11 +101,14 @@ class Int8StaticConfig(QuantConfig):
     op_types: Patterns = Field(default=(), description="ORT op types to quantize (empty: ORT's default set)")
 
 
+MATMUL_NBITS_GROUP_SIZES = (16, 32, 64, 128, 256)  # MLAS block sizes; others crash inside MlasQuantizeBlockwise
+
+
 class WeightOnlyConfig(QuantConfig):
     """Group-wise low-bit weights, float activations (ORT ``MatMulNBits``); ``rtn`` or ``gptq``."""
 
     bits: int = Field(default=4, ge=2, le=8)
-    group_size: int = Field(default=128, ge=2, le=65536)
+    group_size: int = Field(default=128)
     method: Literal["rtn", "gptq"] = "rtn"
     symmetric: bool = True
     act_order: bool = Field(default=True, description="GPTQ: columns by decreasing Hessian diagonal, static groups")
@@ -114,8 +117,9 @@ class WeightOnlyConfig(QuantConfig):
     @field_validator("group_size")
     @classmethod
     def _pow2(cls, v: int) -> int:
-        if v & (v - 1):
-            raise ValueError(f"group_size must be a power of two (16, 32, 64, 128...), got {v}")
+        if v not in MATMUL_NBITS_GROUP_SIZES:
+            raise ValueError(f"group_size must be a power of two from 16 to 256 (the block sizes ONNX Runtime's "
+                             f"MatMulNBits kernels take: {', '.join(map(str, MATMUL_NBITS_GROUP_SIZES))}), got {v}")
         return v
 
 

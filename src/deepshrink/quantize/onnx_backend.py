@@ -41,7 +41,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import InputError, UnsupportedError
-from .configs import PER_CHANNEL_MIN_DB
+from .configs import MATMUL_NBITS_GROUP_SIZES, PER_CHANNEL_MIN_DB
 
 INTEGER_OPS = frozenset({
     "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
@@ -474,11 +474,16 @@ def collect_tensors(model: onnx.ModelProto, names: Sequence[str], feeds: list[di
 
 def check_group_size(model: onnx.ModelProto, nodes: Sequence[str], group_size: int) -> None:
     by_name = {w.name: w for w in weight_nodes(model, ("MatMul",))}
+    dims = {int(by_name[n].shape[0]) for n in nodes}
     for name in nodes:
         w = by_name[name]
         if w.shape[0] % group_size:
+            fits = [g for g in MATMUL_NBITS_GROUP_SIZES if all(d % g == 0 for d in dims)]
+            hint = (f"group sizes that fit every selected layer: {', '.join(map(str, fits))}" if fits else
+                    f"no MatMulNBits group size ({', '.join(map(str, MATMUL_NBITS_GROUP_SIZES))}) divides every "
+                    "selected layer's input")
             raise InputError(f"group size {group_size} does not divide the input dimension {w.shape[0]} of layer "
-                             f"{name!r} (weight {list(w.shape)}); pick a group size that divides it or --exclude it")
+                             f"{name!r} (weight {list(w.shape)}); {hint}, or --exclude the layer")
 
 
 def quantize_weight_only_rtn(model: onnx.ModelProto, nodes: Sequence[str], *, bits: int, group_size: int,
