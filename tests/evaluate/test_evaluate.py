@@ -51,3 +51,23 @@ def test_bench_does_not_warn_about_a_bigger_model(digits_cnn, cnn_onnx):
     h = ds.load(digits_cnn, input_shapes=["x:1x1x8x8"])
     res = bench([str(cnn_onnx), h], repeats=3, warmup=1)  # torch is slower here, but it is no compressed model
     assert res.rows[1].params > res.rows[0].params and res.warnings == []
+
+
+def test_bench_warns_when_a_model_degrades(digits_mlp, digits):
+    import copy
+
+    import torch
+
+    import deepshrink as ds
+
+    bad = copy.deepcopy(digits_mlp)
+    with torch.no_grad():
+        bad.fc3.weight.mul_(-1)  # the classifier flipped: accuracy collapses
+    d = digits.flat()
+    good_h, bad_h = (ds.load(m, input_shapes=["x:1x64"]) for m in (digits_mlp, bad))
+    res = ds.bench([good_h, bad_h], data={"x": d.x_test, "labels": d.y_test}, repeats=2, names=["fp32", "broken"])
+    assert any(w.startswith("broken lost") and "degraded" in w for w in res.warnings), res.warnings
+    same = ds.bench([good_h, good_h], data={"x": d.x_test, "labels": d.y_test}, repeats=2)
+    assert not any("degraded" in w for w in same.warnings)
+    unlabelled = ds.bench([good_h, bad_h], data={"x": d.x_test}, repeats=2, names=["fp32", "broken"])
+    assert any("worst cosine fidelity" in w for w in unlabelled.warnings), unlabelled.warnings

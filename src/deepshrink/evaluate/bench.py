@@ -24,6 +24,11 @@ from .size import file_size, param_count
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
+# A model measured this far from the first one gets a warning line (accuracy drop, or without
+# labels the worst output cosine): results that collapsed must never pass silently.
+DEGRADED_DROP = 0.05
+DEGRADED_COS_MIN = 0.9
+
 
 @dataclass
 class BenchRow:
@@ -156,6 +161,14 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
     result = BenchResult(rows, threads, batch, repeats, cpu_flags(), n, data_name)
     first = rows[0]
     for row in rows[1:]:
+        if row.accuracy is not None and first.accuracy is not None and first.accuracy - row.accuracy > DEGRADED_DROP:
+            result.warnings.append(
+                f"{row.name} lost {100 * (first.accuracy - row.accuracy):.1f} accuracy points against {first.name} "
+                f"({100 * first.accuracy:.1f}% → {100 * row.accuracy:.1f}%): the model degraded")
+        elif row.accuracy is None and row.cos_min is not None and row.cos_min < DEGRADED_COS_MIN:
+            result.warnings.append(
+                f"{row.name}'s outputs diverge from {first.name}'s: worst cosine fidelity {row.cos_min:.3f} "
+                f"(mean {row.cos_mean:.3f}): the model degraded")
         smaller = (row.size_bytes is not None and first.size_bytes is not None and row.size_bytes <= first.size_bytes) or (
             row.params is not None and first.params is not None and row.params < first.params)
         if smaller and row.ratio > 0.95:  # it looks compressed, yet it does not run faster
