@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backends.onnx import io_specs, load_onnx
+from .backends.onnx import index_bounds, io_specs, load_onnx
 from .backends.torch import forward_arg_names, run_torch
 from .core.handle import ANY_DTYPE, ModelHandle, TensorSpec
 from .errors import InputError, UnsupportedError, first_line
@@ -68,6 +68,8 @@ def load(src: Any, *, weights: str | os.PathLike[str] | None = None, input_shape
         _apply_example_inputs(handle, shapes, data)
     elif shapes:
         _check_onnx_shapes(handle, shapes)
+    if handle.kind == "onnx" and not handle.index_bounds:
+        handle.index_bounds = index_bounds(handle.model)
     return handle
 
 

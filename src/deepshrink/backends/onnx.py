@@ -35,6 +35,37 @@ def value_info_specs(values: Any, exclude: set[str] | None = None) -> list[Tenso
     return specs
 
 
+def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph inputs used as ``Gather`` indices into a constant table: input name -> the table's rows.
+
+    Follows the indices back through shape-preserving ops (Cast, Identity, Unsqueeze, Squeeze,
+    Reshape, Flatten) to a graph input; the smallest table wins when one input indexes several.
+    """
+    g = model.graph
+    inputs = {i.name for i in g.input} - {t.name for t in g.initializer}
+    rows = {t.name: int(t.dims[0]) for t in g.initializer if len(t.dims) >= 1}
+    for n in g.node:
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value" and len(a.t.dims) >= 1:
+                    rows[n.output[0]] = int(a.t.dims[0])
+    producer = {o: n for n in g.node for o in n.output}
+    out: dict[str, int] = {}
+    for n in g.node:
+        if n.op_type != "Gather" or len(n.input) < 2 or n.input[0] not in rows:
+            continue
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        if axis != 0:
+            continue
+        name = n.input[1]
+        while name not in inputs and name in producer and producer[name].op_type in (
+                "Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten"):
+            name = producer[name].input[0]
+        if name in inputs:
+            out[name] = min(out.get(name, rows[n.input[0]]), rows[n.input[0]])
+    return out
+
+
 def io_specs(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
     inits = {i.name for i in model.graph.initializer}
     return value_info_specs(model.graph.input, inits), value_info_specs(model.graph.output)

@@ -56,6 +56,9 @@ class ModelHandle:
     path: Path | None = None  # file on disk this handle was read from, if any
     tokenizer_dir: Path | None = None  # HF tokenizer that turns text into this model's inputs
     metadata: dict[str, str] = field(default_factory=dict)
+    # integer inputs that index a table (token ids into an embedding): input name -> table rows, so
+    # random inputs stay valid ids (filled by the loaders, e.g. from an ONNX Gather's data shape)
+    index_bounds: dict[str, int] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:
@@ -79,7 +82,7 @@ class ModelHandle:
                 shape = (batch, *ex.shape[1:]) if ex.ndim else ex.shape
                 out[spec.name] = _random_like(rng, shape, ex.dtype, ex)
             return out
-        return {s.name: _random_for(rng, s, batch) for s in self.inputs}
+        return {s.name: _random_for(rng, s, batch, self.index_bounds.get(s.name)) for s in self.inputs}
 
     def describe(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)
@@ -87,9 +90,12 @@ class ModelHandle:
         return f"{self.kind} model from {self.source or '<memory>'}; inputs {ins}; outputs {outs}"
 
 
-def _random_for(rng: np.random.Generator, spec: TensorSpec, batch: int) -> np.ndarray:
-    """Random values for an input known only by its spec; masks and type ids get their usual values."""
+def _random_for(rng: np.random.Generator, spec: TensorSpec, batch: int, bound: int | None = None) -> np.ndarray:
+    """Random values for an input known only by its spec; masks and type ids get their usual values,
+    ids into a table of ``bound`` rows stay in ``[0, bound)``."""
     shape = spec.concrete(batch)
+    if bound is not None and np.dtype(spec.np_dtype).kind in "iu":
+        return rng.integers(0, bound, size=shape).astype(spec.np_dtype)
     lowered = spec.name.lower()
     if np.dtype(spec.np_dtype).kind in "iub" and "mask" in lowered:
         return np.ones(shape, dtype=spec.np_dtype)  # attention masks: 1 = attend (some graphs gather with them)

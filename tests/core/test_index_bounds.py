@@ -1,0 +1,29 @@
+"""Random inputs for token ids stay inside the table they index (parity, calibration, timing)."""
+
+import numpy as np
+import torch
+
+import deepshrink as ds
+from deepshrink.backends.onnx import index_bounds
+
+
+class _Tok(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(17, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(self.emb(ids).mean(1))
+
+
+def test_ids_into_a_17_row_table_are_drawn_below_17(tmp_path):
+    x = np.random.default_rng(0).integers(0, 17, (2, 12)).astype(np.int64)
+    path = tmp_path / "tok.onnx"
+    ds.convert(ds.load(_Tok().eval(), data={"ids": x}), path)
+    h = ds.load(path)
+    assert h.index_bounds == {"ids": 17} == index_bounds(h.model)
+    ids = h.sample_inputs(batch=64, seed=3)["ids"]
+    assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 17 and len(np.unique(ids)) > 10
+    res = ds.convert(path, tmp_path / "tok.pt2")  # the parity check feeds such ids: ORT no longer refuses them
+    assert res.hops[0].parity.ok
