@@ -71,3 +71,33 @@ def test_bench_warns_when_a_model_degrades(digits_mlp, digits):
     assert not any("degraded" in w for w in same.warnings)
     unlabelled = ds.bench([good_h, bad_h], data={"x": d.x_test}, repeats=2, names=["fp32", "broken"])
     assert any("worst cosine fidelity" in w for w in unlabelled.warnings), unlabelled.warnings
+
+
+def test_flops_count_recurrent_and_encoder_layers(tmp_path):
+    import torch
+
+    import deepshrink as ds
+
+    class Gru(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(8, 48, batch_first=True)
+            self.head = torch.nn.Linear(48, 10)
+
+        def forward(self, x):
+            return self.head(self.gru(x)[0][:, -1])
+
+    ds.convert(ds.load(Gru().eval(), input_shapes=["x:1x8x8"]), tmp_path / "gru.onnx")
+    # 8 steps x 3 gates x 48 x (8 + 48) MACs, plus the 48x10 head; x2 for FLOPs
+    assert ds.info(tmp_path / "gru.onnx")["flops"] == 2 * (8 * 3 * 48 * (8 + 48) + 480)
+    class Enc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.TransformerEncoderLayer(32, 4, 128, batch_first=True, dropout=0.0)
+
+        def forward(self, x):
+            return self.layer(x)
+
+    # q/k/v and output projections, two attention matmuls over 4 heads of 8, the FFN 32-128-32; 8 tokens
+    macs = 8 * 32 * 96 + 8 * 32 * 32 + 2 * 4 * 8 * 8 * 8 + 2 * 8 * 32 * 128
+    assert ds.info(ds.load(Enc().eval(), input_shapes=["x:1x8x32"]))["flops"] == 2 * macs  # the fast path too

@@ -1,5 +1,5 @@
 """FLOPs/MACs. Torch: ``torch.utils.flop_counter``. ONNX: counted from inferred shapes for
-the ops that dominate compute (Conv, Gemm, MatMul and their integer/quantized forms) —
+the ops that dominate compute (Conv, Gemm, MatMul and their integer/quantized forms, RNN/GRU/LSTM) —
 written here because no maintained library counts ONNX FLOPs for current opsets."""
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ def flops(handle: ModelHandle, batch: int = 1) -> int:
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
         args = [torch.from_numpy(inputs[n]) for n in handle.input_names]
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        # grad enabled: nn.TransformerEncoderLayer's inference fast path is one fused op the counter
+        # cannot see into; the math attention kernel is two matmuls it counts
+        with FlopCounterMode(display=False) as counter, torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
             handle.model(*args)
         return int(counter.get_total_flops())
     return 2 * onnx_macs(handle.model, inputs)
@@ -51,8 +55,18 @@ def onnx_macs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> int:
     return int(total)
 
 
+_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
 def _node_macs(node: Any, shapes: dict[str, list[int]]) -> int:
     op = node.op_type
+    if op in _GATES:  # X [seq, batch, input] (layout 0), W [dirs, gates*hidden, input], R [dirs, gates*hidden, hidden]
+        x, w, r = (shapes.get(node.input[i]) if len(node.input) > i else None for i in range(3))
+        if not (x and w and r) or 0 in x:
+            return 0
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        seq, batch = (x[0], x[1]) if layout == 0 else (x[1], x[0])
+        return int(seq * batch * w[0] * (w[1] * w[2] + r[1] * r[2]))
     out = shapes.get(node.output[0]) if node.output else None
     if not out or 0 in out:
         return 0
