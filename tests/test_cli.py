@@ -208,3 +208,22 @@ def test_usage_error_through_the_installed_entry_point(tmp_path):
                            "0.5"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) <= 2 and "--sparsty" in lines[0], proc.stderr
+
+
+def test_ctrl_c_exits_130_and_says_so(capsys, monkeypatch, tmp_path):
+    import deepshrink.demo
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deepshrink.demo, "run_demo", interrupted)
+    rc, _, err = _run(capsys, "demo", "--out", tmp_path / "d")
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err
+
+
+def test_demo_never_replaces_a_folder_it_did_not_write(capsys, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("keep")
+    rc, _, err = _run(capsys, "demo", "--out", mine, "--model", "digits")
+    assert rc == 2 and "did not write" in err and (mine / "thesis.txt").read_text() == "keep"

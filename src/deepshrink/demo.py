@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ("digits", "minilm")
+MARKER = ".deepshrink-demo"  # a folder the demo wrote, and may replace
 
 
 def run_demo(out: Path, *, say: Any = None, on_result: Any = None, seed: int = 0,
              models: tuple[str, ...] = MODELS, repeats: int = 30) -> dict[str, Any]:
-    """Run the demo into ``out`` (replaced); return ``{model: {"report": ..., "files": ...}}``.
+    """Run the demo into ``out`` (a new or empty folder, or one an earlier demo wrote: replaced); return ``{model: {"report": ..., "files": ...}}``.
 
     ``say(line)`` receives progress lines, ``on_result(name, CompressResult)`` each finished model
     (the CLI prints them; this module prints nothing). Raises
@@ -32,8 +33,14 @@ def run_demo(out: Path, *, say: Any = None, on_result: Any = None, seed: int = 0
         raise InputError(f"demo model {bad[0]!r}: use {', '.join(MODELS)}")
     out = Path(out)
     if out.exists():
+        if not out.is_dir():
+            raise InputError(f"demo output {out} is a file; give a folder")
+        if any(out.iterdir()) and not (out / MARKER).exists():
+            raise InputError(f"demo output folder {out} holds files the demo did not write; refusing to replace "
+                             "it: give an empty or new folder with --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    (out / MARKER).touch()
     summary: dict[str, Any] = {"out": str(out.resolve())}
     if "digits" in models:
         summary["digits"] = _digits(out, say, seed, repeats, on_result)

@@ -95,7 +95,12 @@ def run_app(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)
+        # typer turns Ctrl-C into Exit(130), which click hands back as a return value here
+        if isinstance(status, int) and status != 0:
+            if status == 130:
+                err_console.print("interrupted")
+            return status
     except DeepshrinkError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         report = getattr(exc, "report", None)

@@ -126,7 +126,7 @@ def bench_cmd(models: Annotated[list[str], typer.Argument(help="models to compar
 
 
 @app.command("demo")
-def demo_cmd(out: Annotated[Path, typer.Option("--out", help="folder for the demo's files (replaced)")] = Path("deepshrink-demo"),
+def demo_cmd(out: Annotated[Path, typer.Option("--out", help="folder for the demo's files (new, empty, or an earlier demo's: replaced)")] = Path("deepshrink-demo"),
              seed: Annotated[int, typer.Option("--seed", help="seed of the digits CNN's training run")] = 0,
              model: Annotated[list[str] | None, typer.Option("--model", help="digits and/or minilm (default: both; minilm when installed)")] = None,
              repeats: RepeatsOpt = 30,

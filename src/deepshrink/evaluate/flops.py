@@ -17,9 +17,8 @@ def flops(handle: ModelHandle, batch: int = 1) -> int:
     inputs = handle.sample_inputs(batch=batch)
     if handle.kind == "torch":
         import torch
-        from torch.utils.flop_counter import FlopCounterMode
-
         from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.utils.flop_counter import FlopCounterMode
 
         args = [torch.from_numpy(inputs[n]) for n in handle.input_names]
         # grad enabled: nn.TransformerEncoderLayer's inference fast path is one fused op the counter
