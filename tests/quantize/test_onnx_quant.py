@@ -284,3 +284,17 @@ def test_per_channel_auto_picks_layers_by_weight_sqnr():
         # relative error of each output column, median over columns (the small ones count too)
         err[pc] = float(np.median(np.abs(out - ref).max(0) / np.abs(ref).max(0)))
     assert err["auto"] < 0.5 * err[False] and err["auto"] < 1.5 * err[True], err  # 0.014 / 0.013 / 0.195 seen
+
+
+def test_static_int8_of_an_opset_11_graph_is_raised_to_13_and_loads(cnn_handle, digits, digits_cnn):
+    """Per-channel DequantizeLinear needs opset 13: an opset-11 graph (Paddle2ONNX's usual) is upgraded
+    first, and whatever quantize returns loads in ONNX Runtime."""
+    from deepshrink.backends.onnx import make_session
+
+    old = export_onnx(digits_cnn, {"x": digits.x_val[:2]}, exporter="torchscript", opset=11).model
+    assert next(o.version for o in old.opset_import if o.domain in ("", "ai.onnx")) == 11
+    out = ds.quantize(old, Int8StaticConfig(), data={"x": digits.x_val})
+    assert next(o.version for o in out.model.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    make_session(out.model)  # loads
+    assert json.loads(out.metadata["deepshrink.quantize"])["opset_upgraded"] == "11 -> 13"
+    assert _acc(cnn_handle.model, digits.x_test, digits.y_test) - _acc(out.model, digits.x_test, digits.y_test) <= 0.0112

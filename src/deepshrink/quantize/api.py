@@ -62,7 +62,10 @@ def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress:
     prep = prepare(model, data, fuse=_wants_fuse(config), calibration_size=_calibration_size(config),
                    gemm_as_matmul=not _is_static(config), **load_options)
     out = handler(prep, config, progress=progress)
+    _check_loads(out.handle.model)
     out.report.setdefault("scheme", type(config).__name__)
+    if prep.opset_from is not None:
+        out.report["opset_upgraded"] = f"{prep.opset_from} -> {MIN_OPSET}"
     out.report["config"] = config.to_dict()
     if prep.fused:
         out.report["fused"] = prep.fused
@@ -120,6 +123,7 @@ def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int 
     handle = to_onnx_handle(model, **load_options)
     proto = onnx.ModelProto()
     proto.CopyFrom(handle.model)
+    proto, opset_from = _upgrade_opset(proto)
     ob.ensure_node_names(proto)
     if gemm_as_matmul:  # ORT's dynamic / weight-only passes and our codebooks see every Linear as MatMul
         ob.gemm_to_matmul(proto)
@@ -136,7 +140,38 @@ def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int 
         dims = ob.detect_bert(proto, handle.tokenizer_dir)
         if dims is not None:
             proto, fused = ob.fuse_transformer(proto, *dims)
-    return Prepared(handle, proto, arrays, labels, fused)
+    return Prepared(handle, proto, arrays, labels, fused, opset_from)
+
+
+# Per-channel DequantizeLinear (its ``axis``) and the QDQ forms ONNX Runtime's quantizer writes exist
+# from opset 13; an older graph quantized as it is gives a file that does not load (FACTS).
+MIN_OPSET = 13
+
+
+def _upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
+    """``model`` at opset >= 13 (onnx's version converter), and the opset it had if it was raised."""
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    if current >= MIN_OPSET:
+        return model, None
+    from onnx import version_converter
+
+    try:
+        upgraded = version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:
+        raise UnsupportedError(f"the model is at opset {current}, and quantized ONNX needs opset {MIN_OPSET}; onnx's "
+                               f"version converter failed: {first_line(exc)}") from None
+    return upgraded, current
+
+
+def _check_loads(model: onnx.ModelProto) -> None:
+    """The quantized model must load in ONNX Runtime before anything is written (never leave a broken file)."""
+    from ..backends.onnx import make_session
+
+    try:
+        make_session(model, threads=1, optimize=False)
+    except InputError as exc:
+        raise UnsupportedError(f"the quantized model would not load in ONNX Runtime, so nothing was written "
+                               f"({exc})") from None
 
 
 def _check_runs(model: onnx.ModelProto, arrays: dict[str, np.ndarray], source: str) -> None:

@@ -32,6 +32,7 @@ class Prepared:
     data: dict[str, np.ndarray] | None
     labels: np.ndarray | None = None
     fused: dict[str, int] = field(default_factory=dict)
+    opset_from: int | None = None  # the model's opset when prepare() had to raise it to 13
 
 
 def result(prep: Prepared, model: onnx.ModelProto, report: dict[str, Any]) -> QuantizeOutcome:
