@@ -70,3 +70,20 @@ def test_text_file_uses_the_models_tokenizer(tmp_path, minilm_dir):
     d = load_data(str(tmp_path / "lines.txt"), h)
     assert sorted(d.inputs) == ["attention_mask", "input_ids"] and len(d) == 2
     assert d.inputs["attention_mask"][0].sum() < d.inputs["attention_mask"][1].sum()
+
+
+def test_fractional_data_for_an_integer_input_and_scalar_arrays_are_refused(tmp_path):
+    import numpy as np
+    import pytest
+
+    from deepshrink.core.data import Dataset, load_data
+    from deepshrink.core.handle import ModelHandle, TensorSpec
+    from deepshrink.errors import InputError
+
+    h = ModelHandle(None, "onnx", [TensorSpec("ids", ("batch", 4), "int32")])
+    with pytest.raises(InputError, match="'ids' holds fractional values .* casting would change them"):
+        load_data({"ids": np.random.default_rng(0).random((3, 4))}, h)
+    ok = load_data({"ids": np.arange(12, dtype=np.float64).reshape(3, 4)}, h)  # whole numbers: cast is exact
+    assert ok.inputs["ids"].dtype == np.int32 and ok.inputs["ids"][2, 3] == 11
+    with pytest.raises(InputError, match="'sr' is a scalar"):
+        Dataset({"x": np.zeros((2, 3)), "sr": np.array(16000)})

@@ -266,6 +266,9 @@ def pack(model: Any, config: PackConfig | None = None, *, output: str | os.PathL
     else:
         graph, tensors = _strip_onnx(obj)
         fp32 = 4 * sum(a.size for a in tensors.values() if a.dtype.kind == "f")
+        if fp32 == 0:
+            raise UnsupportedError("the ONNX model has no float initializers to compress (its weights are probably "
+                                   "Constant nodes, as Paddle2ONNX and some TF exports write them)")
         if isinstance(config, DeepCompressionConfig):
             tensors, stats = compress_arrays(tensors, config, seed=seed)
         source_kind, source = "onnx", graph

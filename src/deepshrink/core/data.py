@@ -40,6 +40,10 @@ class Dataset:
     def __post_init__(self) -> None:
         if not self.inputs:
             raise InputError(f"data {self.source} holds no input arrays")
+        scalars = [k for k, v in self.inputs.items() if np.ndim(v) == 0]
+        if scalars:
+            raise InputError(f"data {self.source}: array {scalars[0]!r} is a scalar (0-d); inputs need a sample axis "
+                             "first — repeat the value once per sample")
         lengths = {k: len(v) for k, v in self.inputs.items()}
         n = next(iter(lengths.values()))
         if n == 0:
@@ -193,7 +197,12 @@ def _check_array(a: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
             raise InputError(f"data {source}: array {spec.name!r} has shape {list(a.shape)}, "
                              f"the model wants {spec.describe()}")
     if spec.dtype != ANY_DTYPE:
-        a = a.astype(spec.np_dtype, copy=False)
+        target = np.dtype(spec.np_dtype)
+        if a.dtype.kind == "f" and target.kind in "iub" and a.size:
+            if not np.isfinite(a).all() or not np.array_equal(a, np.round(a)):
+                raise InputError(f"data {source}: array {spec.name!r} holds fractional values ({a.dtype}), but the "
+                                 f"model wants {spec.describe()}; casting would change them (save integer arrays)")
+        a = a.astype(target, copy=False)
     elif a.dtype.kind == "f":  # unknown dtype: integer ids stay integers, floats become float32
         a = a.astype(np.float32, copy=False)
     if a.dtype.kind == "f" and not np.isfinite(a).all():

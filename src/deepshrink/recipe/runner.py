@@ -132,6 +132,11 @@ def _step_folder(folder: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a result folder gets the usual mode
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -149,9 +154,10 @@ def _check_out_dir(out: Path, *, resume: bool, force: bool) -> None:
     if not out.exists():
         if resume:
             raise InputError(f"--resume: {out} does not exist, so there is nothing to resume; drop --resume")
-        if not out.parent.exists():
-            raise InputError(f"output folder's parent {out.parent} does not exist")
-        return
+        blocker = next((p for p in out.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise InputError(f"cannot create output folder {out}: {blocker} is a file")
+        return  # created (with its parents) once every check has passed
     if not any(out.iterdir()):
         return
     ours = (out / MARKER).exists()
