@@ -101,3 +101,21 @@ def test_flops_count_recurrent_and_encoder_layers(tmp_path):
     # q/k/v and output projections, two attention matmuls over 4 heads of 8, the FFN 32-128-32; 8 tokens
     macs = 8 * 32 * 96 + 8 * 32 * 32 + 2 * 4 * 8 * 8 * 8 + 2 * 8 * 32 * 128
     assert ds.info(ds.load(Enc().eval(), input_shapes=["x:1x8x32"]))["flops"] == 2 * macs  # the fast path too
+
+
+def test_info_says_when_dynamic_dims_were_counted_as_1(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import deepshrink as ds
+
+    w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, "h", "w"])], [w])
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    res = ds.info(path)
+    assert "x" in res["flops_note"] and "--input-shape" in res["flops_note"]
+    sized = ds.info(path, input_shapes=["x:1x1x32x32"])
+    assert "flops_note" not in sized and sized["flops"] == 2 * 32 * 32 * 4 * 9

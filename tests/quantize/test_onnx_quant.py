@@ -298,3 +298,10 @@ def test_static_int8_of_an_opset_11_graph_is_raised_to_13_and_loads(cnn_handle, 
     make_session(out.model)  # loads
     assert json.loads(out.metadata["deepshrink.quantize"])["opset_upgraded"] == "11 -> 13"
     assert _acc(cnn_handle.model, digits.x_test, digits.y_test) - _acc(out.model, digits.x_test, digits.y_test) <= 0.0112
+
+
+def test_dynamic_int8_on_a_conv_net_says_which_scheme_would_work():
+    convs = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3)).eval()
+    h = export_onnx(convs, {"input": np.zeros((2, 1, 8, 8), np.float32)})
+    with pytest.raises(InputError, match="computes with Conv: use --scheme int8-static"):
+        ds.quantize(h, Int8DynamicConfig())

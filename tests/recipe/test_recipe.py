@@ -54,7 +54,7 @@ def test_chain_checks():
     rec = parse_recipe({"steps": [{"quantize": {"scheme": "int8-dynamic"}}, {"prune": {"sparsity": 0.5}}]})
     with pytest.raises(InputError, match=r"step 2 \(prune\) needs a PyTorch model, but step 1 emits ONNX"):
         check_chain(rec, "torch", has_data=True, has_labels=True)
-    with pytest.raises(InputError, match=r"step 1 \(prune\) needs a PyTorch model, but the model is ONNX"):
+    with pytest.raises(InputError, match=r"step 1 \(prune\) needs a PyTorch model and the model is ONNX: import it"):
         check_chain(parse_recipe({"steps": [{"prune": {"sparsity": 0.5}}]}), "onnx", has_data=True, has_labels=True)
     tune = parse_recipe({"steps": [{"prune": {"sparsity": 0.5, "finetune_epochs": 1}}]})
     with pytest.raises(InputError, match=r"step 1 \(prune\): fine-tuning needs labelled data"):
@@ -96,3 +96,12 @@ def test_recipes_command_lists_one_line_each(capsys):
     assert run_app(["recipes", "prune-int8"]) == 0
     assert "scheme: int8-static" in capsys.readouterr().out
     assert run_app(["recipes", "nope"]) == 2
+
+
+def test_resolved_recipe_spells_out_defaults_and_parses_back():
+    for name in BUILTIN:
+        rec = load_recipe(name)
+        again = parse_recipe(rec.resolved())
+        assert [s.config for s in again.steps] == [s.config for s in rec.steps], name
+    prune = load_recipe("prune-int8").resolved()["steps"][0]["prune"]
+    assert prune["method"] == "structured" and prune["ratio"] == 0.25 and prune["importance"] == "l2"

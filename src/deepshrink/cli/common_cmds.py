@@ -82,6 +82,8 @@ def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or mo
                   + (f", file {fmt_bytes(res['file_bytes'])}" if res["file_bytes"] else ""))
     if res.get("flops") is not None:
         console.print(f"  FLOPs (batch 1) {res['flops']:,}")
+    if res.get("flops_note"):
+        console.print(f"  note: {res['flops_note']}", style="yellow", markup=False, highlight=False)
     ops = ", ".join(f"{k}×{v}" for k, v in list(res["ops"].items())[:20])
     console.print(f"  ops {ops}", markup=False)
 

@@ -35,4 +35,9 @@ def info(model: Any, **load_options: Any) -> dict[str, Any]:
         except Exception as exc:  # FLOPs are informative; a model we can't count is still valid
             result["flops"] = None
             result["flops_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        if handle.example_inputs is None:  # dynamic non-batch dims were filled with 1: say so
+            assumed = [s.name for s in handle.inputs if any(not (isinstance(d, int) and d > 0) for d in s.shape[1:])]
+            if assumed:
+                result["flops_note"] = (f"dynamic dims of {', '.join(assumed)} counted as 1; pass --input-shape "
+                                        "NAME:1x3x224x224 for the size you run")
     return result

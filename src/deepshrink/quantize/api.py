@@ -203,9 +203,25 @@ def _nodes(prep: Prepared, config: QuantConfig, op_types: Sequence[str]) -> list
     cands = ob.weight_nodes(prep.model, op_types)
     nodes = ob.select_nodes(cands, config.include, config.exclude)
     if not nodes:
-        raise InputError(f"no layer left to quantize ({len(cands)} candidates of types {list(op_types)}; "
-                         f"check --include/--exclude)")
+        if cands:
+            raise InputError(f"no layer left to quantize: --include/--exclude removed all {len(cands)} candidates "
+                             f"of types {list(op_types)}")
+        raise InputError(no_candidates_message(prep.model, op_types, type(config).__name__))
     return nodes
+
+
+def no_candidates_message(model: onnx.ModelProto, op_types: Sequence[str], scheme: str) -> str:
+    """Why a scheme found nothing to quantize, and which scheme would (one line)."""
+    ops = {n.op_type for n in model.graph.node}
+    consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
+    uses_consts = any(i in consts for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") for i in n.input)
+    if uses_consts:
+        return (f"{scheme} found no layer to quantize: this graph's weights are Constant nodes, not initializers "
+                "(Paddle2ONNX / TF exports); deepshrink quantizes initializer weights only for now")
+    if "Conv" in ops and not ops & set(op_types):
+        return (f"{scheme} quantizes weights of {', '.join(op_types)}, and this model computes with Conv: use "
+                "--scheme int8-static with --data (recipe int8-static) for convolutions")
+    return f"{scheme} found no layer to quantize: no {', '.join(op_types)} with a constant weight in this graph"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -540,7 +540,8 @@ def write_outputs(out: Path, rec: Recipe, report: dict[str, Any]) -> dict[str, P
     files = {"report.json": out / "report.json", "recipe.yaml": out / "recipe.yaml",
              "environment.json": out / "environment.json"}
     write_text_atomic(files["report.json"], json.dumps(report, indent=2, default=str))
-    write_text_atomic(files["recipe.yaml"], yaml.safe_dump(rec.to_dict(), sort_keys=False))
+    write_text_atomic(files["recipe.yaml"], "# resolved: every field of every step, defaults included\n"
+                      + yaml.safe_dump(rec.resolved(), sort_keys=False))
     write_text_atomic(files["environment.json"], json.dumps(report["environment"], indent=2))
     try:
         from ..report.render import write_reports

@@ -70,7 +70,20 @@ class Recipe:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as written."""
         return {"steps": [{s.verb: dict(s.params)} for s in self.steps]}
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every config field spelled out (defaults included); parses back to the same configs."""
+        steps = []
+        for s in self.steps:
+            if s.config is None:
+                steps.append({s.verb: dict(s.params)})
+                continue
+            fields = {k: v for k, v in s.config.to_dict().items() if k != "type"}
+            head = {k: s.params[k] for k in ("method", "scheme") if k in s.params}
+            steps.append({s.verb: {**head, **fields}})
+        return {"steps": steps}
 
 
 # ------------------------------------------------------------------------------------------
@@ -264,9 +277,12 @@ def check_chain(recipe: Recipe, source_kind: Kind, *, has_data: bool, has_labels
             raise InputError(f"recipe {recipe.name}: {step.label()} comes after step {step.index - 1} (pack), which "
                              "writes the final .dsz file; pack must be the last step")
         if kind not in step.takes and kind != "dsz":
-            before = f"step {step.index - 1} emits" if step.index > 1 else "the model is"
-            raise InputError(f"recipe {recipe.name}: {step.label()} needs a PyTorch model, but {before} ONNX; "
-                             f"put {step.verb} before the steps that write ONNX")
+            if source_kind == "onnx" and all(k == "onnx" for k in kinds):  # ONNX from the start
+                raise InputError(f"recipe {recipe.name}: {step.label()} needs a PyTorch model and the model is ONNX: "
+                                 "import it first (deepshrink convert M.onnx M.pt2, or a `convert: {format: pt2}` "
+                                 "step before it), or give the PyTorch source")
+            raise InputError(f"recipe {recipe.name}: {step.label()} needs a PyTorch model, but step {step.index - 1} "
+                             f"emits ONNX; put {step.verb} before the steps that write ONNX")
         if step.needs == "labels" and not has_labels:
             raise InputError(f"recipe {recipe.name}: {step.label()}: {step.why} needs labelled data; pass --data "
                              "with labels (an .npz with a 'labels' array, or digits:train)")
