@@ -32,6 +32,7 @@ from ._common import (
     check_finite,
     count_params,
     first_inputs,
+    left_dense,
     protected_names,
     sparsity_of,
     weighted_layers,
@@ -160,7 +161,10 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
         raise InputError(f"{what} failed on the data: {first_line(exc)}") from None
 
 
-def _report(method: str, before: int, sp_before: float, module: nn.Module, **kw: Any) -> PruneReport:
+def _report(method: str, before: int, sp_before: float, module: nn.Module, layers: dict[str, nn.Module] | None = None,
+            **kw: Any) -> PruneReport:
+    if layers is not None and (dense := left_dense(module, layers)):
+        kw["warnings"] = [*kw.get("warnings", []), dense]
     return PruneReport(method, before, count_params(module), sp_before, sparsity_of(module), **kw)
 
 
@@ -179,7 +183,7 @@ def _magnitude(module: nn.Module, config: MagnitudePruneConfig, *, data: Any, ba
         _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
                   progress=progress, what="fine-tuning")
     remove_masks(module)
-    return module, _report("magnitude", before, sp0, module, finetune_epochs=config.finetune_epochs)
+    return module, _report("magnitude", before, sp0, module, layers, finetune_epochs=config.finetune_epochs)
 
 
 @register(NMPruneConfig)
@@ -204,7 +208,7 @@ def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int,
     msgs = [str(w.message) for w in caught]
     for m in msgs:
         warnings.warn(m, stacklevel=2)
-    return module, _report(f"nm {config.n}:{config.m}", before, sp0, module, warnings=msgs,
+    return module, _report(f"nm {config.n}:{config.m}", before, sp0, module, layers, warnings=msgs,
                            finetune_epochs=config.finetune_epochs)
 
 
@@ -221,7 +225,8 @@ def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_
     _finetune(module, data, config.epochs, config.lr, batch_size=batch_size, seed=seed, progress=progress,
               callbacks=[cb], what="gradual pruning", lr_schedule=config.lr_schedule)
     remove_masks(module)
-    return module, _report("gradual", before, sp0, module, finetune_epochs=config.epochs, schedule=cb.history)
+    return module, _report("gradual", before, sp0, module, layers, finetune_epochs=config.epochs,
+                           schedule=cb.history)
 
 
 @register(StructuredPruneConfig)

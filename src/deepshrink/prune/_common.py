@@ -91,15 +91,31 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def weight_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every float parameter with two or more dimensions larger than 1 (Linear/Conv weights, recurrent
+    and attention projections, embedding tables) — what "the model's weights" means in a sparsity figure."""
+    return {n: p for n, p in model.named_parameters()
+            if p.is_floating_point() and sum(1 for d in p.shape if d > 1) >= 2}
+
+
 def sparsity_of(model: nn.Module) -> float:
-    """Fraction of exactly-zero weights over all Linear/Conv weights (any 2-D+ ``weight`` in a
-    model without Linear/Conv modules, e.g. one loaded from ``.pt2``)."""
+    """Fraction of exactly-zero values over all of the model's weight matrices (:func:`weight_matrices`),
+    so the figure equals what a reader of the written file counts — pruned layers or not."""
     total = zeros = 0
-    generic = not any(isinstance(m, WEIGHTED) for m in model.modules())
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        if isinstance(m, WEIGHTED) or (generic and isinstance(w, torch.Tensor) and w.dim() >= 2):
-            w = m.weight.detach()
-            total += w.numel()
-            zeros += int((w == 0).sum())
+    for w in weight_matrices(model).values():
+        total += w.numel()
+        zeros += int((w.detach() == 0).sum())
     return zeros / max(total, 1)
+
+
+def left_dense(model: nn.Module, layers: dict[str, nn.Module]) -> str | None:
+    """A warning naming the weight matrices unstructured pruning did not touch, with their share."""
+    pruned = {f"{name}.weight" if name else "weight" for name in layers}
+    mats = weight_matrices(model)
+    rest = {n: p.numel() for n, p in mats.items() if n not in pruned}
+    if not rest:
+        return None
+    share = sum(rest.values()) / max(sum(p.numel() for p in mats.values()), 1)
+    names = ", ".join(list(rest)[:4]) + (f" and {len(rest) - 4} more" if len(rest) > 4 else "")
+    return (f"{len(rest)} weight matrices ({100 * share:.0f}% of the weights) were left dense: {names} — "
+            "unstructured pruning covers Linear/Conv weights (and protected layers stay)")
