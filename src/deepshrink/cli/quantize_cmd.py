@@ -158,6 +158,12 @@ def quantize_cmd(
         return
     rep = result.report
     console.print(f"[bold]{rep.get('scheme')}[/]: {_describe(rep)}", highlight=False)
+    fw = rep.get("float_weights") or {}
+    if fw.get("share", 0.0) > 0.1 and fw.get("nodes"):
+        listed = ", ".join(f"{r['node']} ({', '.join(r['weights'])})" for r in fw["nodes"][:4])
+        more = f" and {len(fw['nodes']) - 4} more" if len(fw["nodes"]) > 4 else ""
+        console.print(f"warning: stayed float: {listed}{more} — {100 * fw['share']:.0f}% of the float model's "
+                      "weight bytes", style="yellow", markup=False, highlight=False)
     if "auto" in rep:
         from ..quantize.auto import summary_from_dict
 

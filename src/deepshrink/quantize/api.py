@@ -63,6 +63,7 @@ def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress:
                    gemm_as_matmul=not _is_static(config), **load_options)
     out = handler(prep, config, progress=progress)
     _check_loads(out.handle.model)
+    out.report["float_weights"] = float_weights(prep.model, out.handle.model)
     out.report.setdefault("scheme", type(config).__name__)
     if prep.opset_from is not None:
         out.report["opset_upgraded"] = f"{prep.opset_from} -> {MIN_OPSET}"
@@ -141,6 +142,32 @@ def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int 
         if dims is not None:
             proto, fused = ob.fuse_transformer(proto, *dims)
     return Prepared(handle, proto, arrays, labels, fused, opset_from)
+
+
+def float_weights(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, Any]:
+    """The weight matrices still stored as float after quantization, by consuming node, with their share
+    of the float model's weight bytes — so a layer a scheme does not handle (a GRU, an untouched
+    embedding) is named, never left float silently."""
+    from onnx import numpy_helper
+
+    def matrices(model: onnx.ModelProto) -> dict[str, int]:
+        out = {}
+        for t in model.graph.initializer:
+            if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and \
+                    sum(1 for d in t.dims if d > 1) >= 2:
+                out[t.name] = numpy_helper.to_array(t).nbytes
+        return out
+
+    total = sum(matrices(before).values())
+    left = matrices(after)
+    users: dict[str, list[str]] = {}
+    for n in after.graph.node:
+        for i in n.input:
+            if i in left:
+                users.setdefault(f"{n.op_type} {n.name}", []).append(i)
+    nodes = [{"node": k, "weights": v, "bytes": sum(left[w] for w in v)} for k, v in users.items()]
+    nodes.sort(key=lambda r: -r["bytes"])
+    return {"share": sum(left.values()) / total if total else 0.0, "nodes": nodes}
 
 
 # Per-channel DequantizeLinear (its ``axis``) and the QDQ forms ONNX Runtime's quantizer writes exist
