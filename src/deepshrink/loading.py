@@ -311,8 +311,14 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
             raise InputError(f"--input-shape is missing input(s) {missing}")
         example = dict(handle.example_inputs or {})
         rng = np.random.default_rng(0)
+        given = _data_arrays(data, handle) if data is not None else {}
         for n, shp in shapes.items():
-            example[n] = rng.standard_normal(shp).astype(np.float32)
+            arr = given.get(n)
+            if arr is not None and tuple(arr.shape[1:]) == tuple(shp[1:]) and len(arr):
+                # --data holds this input at the stated shape: take its values, and so its dtype (token ids)
+                example[n] = np.resize(arr, shp).astype(arr.dtype)
+            else:
+                example[n] = rng.standard_normal(shp).astype(np.float32)
         handle.example_inputs = example
         handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
     elif data is not None:
@@ -329,6 +335,17 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
         handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
     if handle.example_inputs is not None:
         _set_output_specs(handle)
+
+
+def _data_arrays(data: Any, handle: ModelHandle) -> dict[str, np.ndarray]:
+    """The input arrays of ``data`` by name (a lone array under another name goes to a lone input)."""
+    from .core.data import load_data
+
+    ds = load_data(data, None if handle.tokenizer_dir is None and not isinstance(data, str) else _loose(handle))
+    arrays = dict(ds.inputs)
+    if len(handle.input_names) == 1 and len(arrays) == 1 and handle.input_names[0] not in arrays:
+        arrays = {handle.input_names[0]: next(iter(arrays.values()))}
+    return arrays
 
 
 def _spec_from_example(name: str, example: np.ndarray, handle: ModelHandle) -> TensorSpec:

@@ -27,3 +27,11 @@ def test_ids_into_a_17_row_table_are_drawn_below_17(tmp_path):
     assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 17 and len(np.unique(ids)) > 10
     res = ds.convert(path, tmp_path / "tok.pt2")  # the parity check feeds such ids: ORT no longer refuses them
     assert res.hops[0].parity.ok
+
+
+def test_input_shape_with_data_keeps_the_datas_integer_dtype(tmp_path):
+    ids = np.random.default_rng(1).integers(0, 17, (8, 12)).astype(np.int64)
+    h = ds.load(_Tok().eval(), input_shapes=["ids:1x12"], data={"ids": ids})
+    assert h.inputs[0].dtype == "int64" and h.example_inputs["ids"].dtype == np.int64
+    res = ds.convert(h, tmp_path / "tok.onnx")
+    assert res.hops[0].parity.ok and ds.load(tmp_path / "tok.onnx").inputs[0].dtype == "int64"
