@@ -104,3 +104,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def gru_classifier():
+    """An untrained ``nn.GRU(8, 48)`` over 8 steps with a Linear 48→10 head; input ``x`` (N, 8, 8), seeded."""
+    import torch
+
+    class GruClassifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(8, 48, batch_first=True)
+            self.head = torch.nn.Linear(48, 10)
+
+        def forward(self, x):
+            return self.head(self.gru(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    return GruClassifier().eval()

@@ -73,21 +73,12 @@ def test_bench_warns_when_a_model_degrades(digits_mlp, digits):
     assert any("worst cosine fidelity" in w for w in unlabelled.warnings), unlabelled.warnings
 
 
-def test_flops_count_recurrent_and_encoder_layers(tmp_path):
+def test_flops_count_recurrent_and_encoder_layers(tmp_path, gru_classifier):
     import torch
 
     import deepshrink as ds
 
-    class Gru(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.gru = torch.nn.GRU(8, 48, batch_first=True)
-            self.head = torch.nn.Linear(48, 10)
-
-        def forward(self, x):
-            return self.head(self.gru(x)[0][:, -1])
-
-    ds.convert(ds.load(Gru().eval(), input_shapes=["x:1x8x8"]), tmp_path / "gru.onnx")
+    ds.convert(ds.load(gru_classifier, input_shapes=["x:1x8x8"]), tmp_path / "gru.onnx")
     # 8 steps x 3 gates x 48 x (8 + 48) MACs, plus the 48x10 head; x2 for FLOPs
     assert ds.info(tmp_path / "gru.onnx")["flops"] == 2 * (8 * 3 * 48 * (8 + 48) + 480)
     class Enc(torch.nn.Module):

@@ -6,19 +6,8 @@ import torch
 from deepshrink.prune import MagnitudePruneConfig, prune_with_report
 
 
-class _Gru(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.gru = torch.nn.GRU(8, 48, batch_first=True)
-        self.head = torch.nn.Linear(48, 10)
-
-    def forward(self, x):
-        return self.head(self.gru(x)[0][:, -1])
-
-
-def test_gru_weights_left_dense_are_counted_and_named():
-    torch.manual_seed(0)
-    m, rep = prune_with_report(_Gru(), MagnitudePruneConfig(sparsity=0.5), example_inputs=(torch.zeros(2, 8, 8),),
+def test_gru_weights_left_dense_are_counted_and_named(gru_classifier):
+    m, rep = prune_with_report(gru_classifier, MagnitudePruneConfig(sparsity=0.5), example_inputs=(torch.zeros(2, 8, 8),),
                                progress=False)
     mats = [p for n, p in m.named_parameters() if p.dim() >= 2]
     zeros = sum(int((p == 0).sum()) for p in mats) / sum(p.numel() for p in mats)

@@ -307,17 +307,8 @@ def test_dynamic_int8_on_a_conv_net_says_which_scheme_would_work():
         ds.quantize(h, Int8DynamicConfig())
 
 
-def test_weights_a_scheme_leaves_float_are_named_with_their_share(mlp_handle, digits):
-    class Gru(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.gru = torch.nn.GRU(8, 48, batch_first=True)
-            self.head = torch.nn.Linear(48, 10)
-
-        def forward(self, x):
-            return self.head(self.gru(x)[0][:, -1])
-
-    h = export_onnx(Gru().eval(), {"x": np.zeros((2, 8, 8), np.float32)})
+def test_weights_a_scheme_leaves_float_are_named_with_their_share(mlp_handle, digits, gru_classifier):
+    h = export_onnx(gru_classifier, {"x": np.zeros((2, 8, 8), np.float32)})
     rep = json.loads(ds.quantize(h, Int8DynamicConfig()).metadata["deepshrink.quantize"])
     fw = rep["float_weights"]
     assert fw["nodes"][0]["node"].startswith("GRU ") and 0.9 < fw["share"] < 0.97  # 8,064 of 8,544 weights
