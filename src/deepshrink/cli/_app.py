@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import DeepshrinkError
+from ..errors import DeepshrinkError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="deepshrink: make trained networks smaller and faster, measured on the artifact.")
@@ -57,11 +57,6 @@ def fmt_bytes(n: int | None) -> str:
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _first_line(text: str) -> str:
-    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else "(no message)"
 
 
 def _usage_error_kind(exc: BaseException) -> str | None:
@@ -122,14 +117,14 @@ def run_app(argv: list[str] | None = None) -> int:
             console.print(ctx.get_help() if ctx is not None else app.info.help, highlight=False, markup=False)
             return 0
         if kind == "usage":
-            err_console.print(f"[bold red]usage error:[/] {escape(_first_line(exc.format_message()))}",
+            err_console.print(f"[bold red]usage error:[/] {escape(first_line(exc.format_message(), 500) or '(no message)')}",
                               highlight=False, soft_wrap=True)
             ctx = getattr(exc, "ctx", None)
             if ctx is not None:
                 err_console.print(f"Try '{ctx.command_path} --help' for help.", highlight=False, markup=False)
             return 2
         if kind == "click":
-            err_console.print(f"[bold red]error:[/] {escape(_first_line(exc.format_message()))}", highlight=False,
+            err_console.print(f"[bold red]error:[/] {escape(first_line(exc.format_message(), 500) or '(no message)')}", highlight=False,
                               soft_wrap=True)
             return int(getattr(exc, "exit_code", 1) or 1)
         raise

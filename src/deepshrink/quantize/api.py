@@ -148,15 +148,11 @@ def float_weights(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, 
     """The weight matrices still stored as float after quantization, by consuming node, with their share
     of the float model's weight bytes — so a layer a scheme does not handle (a GRU, an untouched
     embedding) is named, never left float silently."""
-    from onnx import numpy_helper
+    width = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2}
 
-    def matrices(model: onnx.ModelProto) -> dict[str, int]:
-        out = {}
-        for t in model.graph.initializer:
-            if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and \
-                    sum(1 for d in t.dims if d > 1) >= 2:
-                out[t.name] = numpy_helper.to_array(t).nbytes
-        return out
+    def matrices(model: onnx.ModelProto) -> dict[str, int]:  # bytes from the dims: no tensor is decoded
+        return {t.name: width[t.data_type] * int(np.prod(t.dims)) for t in model.graph.initializer
+                if t.data_type in width and sum(1 for d in t.dims if d > 1) >= 2}
 
     total = sum(matrices(before).values())
     left = matrices(after)
