@@ -67,7 +67,7 @@ def test_magnitude_to_safetensors(weights, tmp_path, capsys):
 
     out = tmp_path / "mlp.sparse.safetensors"
     rc = run_app(["prune", MLP, "-w", weights["mlp"], "-o", str(out), "--sparsity", "0.8", "--scope", "global",
-                  "--data", "digits:val", "--repeats", "2", "--json"])
+                  "--data", "digits:val", "--repeats", "2", "--json", "--allow-degraded"])  # 0.8, no fine-tune
     assert rc == 0, _err(capsys)
     state = load_file(str(out))
     w = torch.cat([state[f"fc{i}.weight"].flatten() for i in (1, 2, 3)])
@@ -154,7 +154,7 @@ def test_pt2_input_one_shot_and_refusals(tmp_path, capsys):
     save(load(trained_digits_mlp(0), input_shapes={"x": (2, 1, 8, 8)}), src)
     out = tmp_path / "mlp.sparse.pt2"
     rc = run_app(["prune", str(src), "-o", str(out), "--sparsity", "0.9", "--scope", "global", "--data", "digits:val",
-                  "--repeats", "2", "--json"])
+                  "--repeats", "2", "--json", "--allow-degraded"])  # 0.9 without fine-tune loses > 5 points
     assert rc == 0, _err(capsys)
     capsys.readouterr()
     w = [p for p in load(out).model.parameters() if p.dim() >= 2]

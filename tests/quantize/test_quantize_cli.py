@@ -192,8 +192,8 @@ def test_ptq_cli_low_bit_with_bias_correction(tmp_path, capsys, digits, seed, me
         out = tmp_path / f"cnn{flag}.onnx"
         rc = run_app(["quantize", "deepshrink.examples:DigitsCNN", "-w", str(w), "--input-shape", "x:1x1x8x8",
                       "-o", str(out), "--scheme", "ptq", "--bits", "3", "--data", "digits:train", flag,
-                      "--eval-data", "digits:test", "--repeats", "2", "--json"])
-        payload = json.loads(capsys.readouterr().out)
+                      "--eval-data", "digits:test", "--repeats", "2", "--json", "--allow-degraded"])
+        payload = json.loads(capsys.readouterr().out)  # (plain W3A8 loses > 5 points: the gate would refuse it)
         assert rc == 0 and out.exists()
         assert integer_op_counts(out).get("QLinearConv", 0) >= 4
         acc[flag] = payload["bench"]["rows"][1]["accuracy"]

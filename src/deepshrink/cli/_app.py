@@ -34,6 +34,28 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON 
 # Timing options, the same name and default in every command that measures.
 RepeatsOpt = Annotated[int, typer.Option("--repeats", help="interleaved timing rounds (each model once per round)")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="intra-op threads for every runtime while timing")]
+# The fidelity gate (deepshrink.evaluate.gate), the same in every command that writes a model.
+AllowDegradedOpt = Annotated[bool, typer.Option("--allow-degraded", help="keep the written model even when the fidelity gate fires (it warns instead of exit 3)")]
+GateCosOpt = Annotated[float, typer.Option("--gate-min-cos", help="fidelity gate: worst output cosine to the original below this fails (used without labels)")]
+GateDropOpt = Annotated[float, typer.Option("--gate-max-drop", help="fidelity gate: accuracy drop in points above this fails (used with labels)")]
+
+
+def gate_policy(min_cos: float, max_drop_points: float, allow_degraded: bool) -> Any:
+    """The fidelity gate's policy from the command-line options (the drop is given in points)."""
+    from ..evaluate.gate import FidelityPolicy
+
+    return FidelityPolicy(min_cos=min_cos, max_drop=max_drop_points / 100.0, allow_degraded=allow_degraded)
+
+
+def print_gate(verdict: Any) -> None:
+    """A failed verdict the user chose to keep (``--allow-degraded``): one warning line."""
+    from ..evaluate.gate import message
+
+    if not verdict.passed:
+        console.print("warning: kept despite the fidelity gate (--allow-degraded): " + message(verdict),
+                      style="yellow", markup=False, highlight=False)
+    elif verdict.reason:
+        console.print("note: fidelity gate " + verdict.reason, style="dim", markup=False, highlight=False)
 
 
 def load_model(src: str, *, weights: str | None = None, input_shape: list[str] | None = None,

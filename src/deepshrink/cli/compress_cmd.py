@@ -8,8 +8,11 @@ from typing import Annotated
 import typer
 
 from ._app import (
+    AllowDegradedOpt,
     DataOpt,
     ForceOpt,
+    GateCosOpt,
+    GateDropOpt,
     InputShapeOpt,
     JsonOpt,
     RepeatsOpt,
@@ -18,6 +21,8 @@ from ._app import (
     WeightsOpt,
     app,
     console,
+    gate_policy,
+    print_gate,
     print_json,
 )
 
@@ -28,12 +33,13 @@ def compress_cmd(
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="a built-in recipe name (see `deepshrink recipes`) or a YAML file")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output folder: step checkpoints, model, reports")],
     data: DataOpt = None,
-    eval_data: Annotated[str | None, typer.Option("--eval-data", help="data every written model is measured on (default: --data)")] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data every written model is measured on (default: the samples of --data the steps can spare)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in OUTPUT, reusing finished steps")] = False,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, trust_remote_code: TrustOpt = False,
     force: ForceOpt = False, json_out: JsonOpt = False,
     threads: ThreadsOpt = 2,
     repeats: RepeatsOpt = 30,
+    allow_degraded: AllowDegradedOpt = False, gate_min_cos: GateCosOpt = 0.9, gate_max_drop: GateDropOpt = 5.0,
 ) -> None:
     """Run a recipe (prune, quantize, ...) on a model; measure every step's file; write reports."""
     from ..errors import InputError
@@ -44,12 +50,16 @@ def compress_cmd(
     say = (lambda *a, **k: None) if json_out else (lambda msg: console.print(msg, highlight=False, markup=False))
     res = compress(src, recipe, output, data=data, eval_data=eval_data, resume=resume, force=force, weights=weights,
                    input_shapes=input_shape, trust_remote_code=trust_remote_code, threads=threads, repeats=repeats,
-                   say=say)
+                   gate=gate_policy(gate_min_cos, gate_max_drop, allow_degraded), say=say)
     if json_out:
         print_json({"output": str(res.out_dir), "model": str(res.model_path), "report": res.report,
                     "files": {k: str(v) for k, v in res.files.items()}})
         return
     print_summary(res.report)
+    if res.report.get("gate"):
+        from ..evaluate.gate import GateVerdict
+
+        print_gate(GateVerdict(**res.report["gate"]))
     console.print(f"wrote {res.model_path}; report: {res.files.get('report.html', res.files['report.json'])}")
 
 

@@ -3,6 +3,7 @@ written file against the original side by side (size, parameters, latency, accur
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,8 +13,11 @@ import typer
 
 from ..errors import InputError
 from ._app import (
+    AllowDegradedOpt,
     DataOpt,
     ForceOpt,
+    GateCosOpt,
+    GateDropOpt,
     InputShapeOpt,
     JsonOpt,
     RepeatsOpt,
@@ -21,7 +25,9 @@ from ._app import (
     WeightsOpt,
     app,
     console,
+    gate_policy,
     load_model,
+    print_gate,
     print_json,
 )
 from ._options import options_given, refuse_inapplicable
@@ -95,18 +101,22 @@ def prune_cmd(
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="fine-tune epochs on --data (gradual: total epochs, default 30)")] = 0,
     lr: Annotated[float | None, typer.Option("--lr", help="fine-tune learning rate (default 1e-3; gradual 2e-3)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="fine-tune batch size")] = 64,
-    eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the before/after table (default: --data)")] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: --data, less the samples fine-tuning uses)")] = None,
     repeats: RepeatsOpt = 30,
+    allow_degraded: AllowDegradedOpt = False, gate_min_cos: GateCosOpt = 0.9, gate_max_drop: GateDropOpt = 5.0,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
     """Prune a PyTorch model and measure the written file against the original."""
     from ..core.data import load_data
-    from ..core.fileio import check_output
+    from ..core.fileio import atomic_dir, check_output
+    from ..evaluate import gate
     from ..prune import prune_with_report
 
     config = _config(method, sparsity, threshold, scope, importance, protect or [], finetune_epochs, lr, nm,
                      heads_ratio, ffn_ratio, given=options_given(ctx, METHOD_OPTIONS))
+    # pruning is lossy by design: random inputs cannot tell a usable result from a broken one
+    policy = dataclasses.replace(gate_policy(gate_min_cos, gate_max_drop, allow_degraded), judge_random=False)
     suffix = output.suffix.lower()
     if suffix not in (".onnx", ".pt2", ".safetensors"):
         raise InputError(f"output {output}: unknown format {suffix!r}; use .onnx, .pt2 or .safetensors")
@@ -120,10 +130,19 @@ def prune_cmd(
     if handle.kind != "torch":
         raise InputError(f"{src} is an ONNX model; pruning needs the PyTorch model (convert it first, or pass module:factory)")
     ds = load_data(data, handle) if data is not None else None
+    held: Any = load_data(eval_data, handle) if eval_data is not None else ds
+    trains = finetune_epochs > 0 or method == "gradual" or importance == "taylor"
+    if ds is not None and eval_data is None and trains:  # never measure on the samples it trained on
+        ds, held, _spared = gate.split_holdout(ds, len(ds))
     pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
-    written = _save(pruned, output, force=force, src=src)
-    table = _measure(handle, written, output, src, eval_data or data, repeats, json_out)
-    result = {"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None}
+    with atomic_dir(output.parent) as stage:  # nothing lands unless the gate passes
+        staged = stage / output.name
+        written = _save(pruned, staged, force=True, src=src)
+        table = _measure(handle, written, staged, src, held, repeats, json_out, name=str(output))
+        inputs = held.inputs if held is not None else handle.sample_inputs(batch=gate.LOCATE_SAMPLES, seed=1)
+        verdict = gate.check(table, policy, original=handle, written=pruned, inputs=inputs, what=str(output))
+    result = {"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None,
+              "gate": verdict.to_dict()}
     if json_out:
         print_json(result)
         return
@@ -140,6 +159,7 @@ def prune_cmd(
         from .common_cmds import print_bench
 
         print_bench(table)
+    print_gate(verdict)
     console.print(f"wrote {output}")
 
 
@@ -153,7 +173,8 @@ def _save(handle: Any, output: Path, *, force: bool, src: str) -> Any:
     return save(handle, output, force=force, source_path=src if Path(src).exists() else None)
 
 
-def _measure(original: Any, written: Any, output: Path, src: str, data: str | None, repeats: int, quiet: bool) -> Any:
+def _measure(original: Any, written: Any, output: Path, src: str, data: Any, repeats: int, quiet: bool, *,
+             name: str) -> Any:
     """Bench the original and the written file in the same runtime (ORT for .onnx)."""
     from ..evaluate.bench import bench
     from ..loading import load
@@ -163,16 +184,16 @@ def _measure(original: Any, written: Any, output: Path, src: str, data: str | No
         after.path = output
         after.example_inputs = original.example_inputs
         after.inputs = original.inputs
-        return bench([original, after], data=data, repeats=repeats, names=[src, str(output)], progress=not quiet)
+        return bench([original, after], data=data, repeats=repeats, names=[src, name], progress=not quiet)
     if output.suffix.lower() == ".onnx":
         with tempfile.TemporaryDirectory() as tmp:
             before = _save(original, Path(tmp) / "original.onnx", force=True, src=src)
             return bench([before, str(output)], data=data, repeats=repeats,
-                         names=[f"{src} (onnx)", str(output)], progress=not quiet)
+                         names=[f"{src} (onnx)", name], progress=not quiet)
     # the reloaded .pt2 is a GraphModule; evaluate.size takes anything with `.graph` for ONNX,
     # so time it behind a thin wrapper (same module, same weights)
     written = written.with_model(_Wrapped(written.model))
-    return bench([original, written], data=data, repeats=repeats, names=[src, str(output)], progress=not quiet)
+    return bench([original, written], data=data, repeats=repeats, names=[src, name], progress=not quiet)
 
 
 class _Wrapped(torch.nn.Module):

@@ -12,8 +12,11 @@ import typer
 
 from ..errors import InputError
 from ._app import (
+    AllowDegradedOpt,
     DataOpt,
     ForceOpt,
+    GateCosOpt,
+    GateDropOpt,
     InputShapeOpt,
     JsonOpt,
     RepeatsOpt,
@@ -21,7 +24,9 @@ from ._app import (
     WeightsOpt,
     app,
     console,
+    gate_policy,
     load_model,
+    print_gate,
     print_json,
 )
 from ._options import options_given, refuse_inapplicable
@@ -122,14 +127,17 @@ def quantize_cmd(
     max_kept: Annotated[float, typer.Option("--max-kept", help="auto: largest fraction of layers it may keep float")] = 0.5,
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="samples of --data used to calibrate")] = 64,
     bias_correction: Annotated[bool | None, typer.Option("--bias-correction/--no-bias-correction", help="ptq: remove each layer's mean output shift from weight rounding (default on)")] = None,
-    eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the before/after table (default: --data)")] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: the samples of --data not used to calibrate)")] = None,
     repeats: RepeatsOpt = 30,
-    no_bench: Annotated[bool, typer.Option("--no-bench", help="skip the before/after measurement")] = False,
+    no_bench: Annotated[bool, typer.Option("--no-bench", help="skip the timed before/after table (the fidelity gate still runs)")] = False,
+    allow_degraded: AllowDegradedOpt = False, gate_min_cos: GateCosOpt = 0.9, gate_max_drop: GateDropOpt = 5.0,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
     """Quantize a model to an ONNX file and measure the written file against the float model."""
-    from ..core.fileio import check_output
+    from ..core.data import load_data
+    from ..core.fileio import atomic_dir, check_output
+    from ..evaluate import gate
     from ..quantize.api import run_quantize, save_quantized, to_onnx_handle
 
     if repeats < 1 or calibration_size < 1:
@@ -140,6 +148,7 @@ def quantize_cmd(
                           per_channel=per_channel, smooth=smooth, include=include or [], exclude=exclude or [],
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                           max_kept=max_kept, bias_correction=bias_correction, given=options_given(ctx, SCHEME_OPTIONS))
+    policy = gate_policy(gate_min_cos, gate_max_drop, allow_degraded)
     if output.suffix.lower() != ".onnx":
         raise InputError(f"output {output}: a quantized model is written as .onnx")
     check_output(output, inputs=(src, weights), force=force)
@@ -148,11 +157,29 @@ def quantize_cmd(
     if scheme == "ptq" and handle.kind != "torch":
         raise InputError("--scheme ptq calibrates the PyTorch model: pass a torch model (.pt2, module:factory, "
                          "HF folder), not ONNX")
+    # the table and the gate measure held-out samples: --eval-data, else those --data can spare
+    calib: Any = data
+    held: Any = eval_data
+    if data is not None and eval_data is None:
+        calib, held, _spared = gate.split_holdout(load_data(data, float_handle), calibration_size)
     # ptq works on the torch model (fake-quant, bias correction) and exports the result itself
-    result = run_quantize(handle if scheme == "ptq" else float_handle, config, data=data, progress=not json_out)
-    save_quantized(result.handle, output, force=force, source=src if Path(src).is_file() else None)
-    table = None if no_bench else _measure(float_handle, result.handle, output, eval_data or data, repeats, json_out)
-    payload = {"output": str(output), "report": result.report, "bench": table.to_dict() if table else None}
+    result = run_quantize(handle if scheme == "ptq" else float_handle, config, data=calib, progress=not json_out)
+    source = src if Path(src).is_file() else None
+    with atomic_dir(output.parent) as stage:  # nothing lands unless the gate passes
+        staged = save_quantized(result.handle, stage / output.name, force=True, source=source)
+        table = _measure(float_handle, result.handle, staged, held, 1 if no_bench else repeats, json_out,
+                         name=str(output), warmup=0 if no_bench else 5)
+        inputs = (load_data(held, float_handle).inputs if held is not None
+                  else float_handle.sample_inputs(batch=gate.LOCATE_SAMPLES, seed=1))
+        verdict = gate.check(table, policy, original=float_handle, written=result.handle, inputs=inputs,
+                             what=str(output))
+    result.handle.path = output
+    if result.handle.tokenizer_dir is not None:
+        result.handle.tokenizer_dir = output.parent / (output.name + ".tokenizer")
+    if no_bench:
+        table = None
+    payload = {"output": str(output), "report": result.report, "bench": table.to_dict() if table else None,
+               "gate": verdict.to_dict()}
     if json_out:
         print_json(payload)
         return
@@ -172,6 +199,7 @@ def quantize_cmd(
         from .common_cmds import print_bench
 
         print_bench(table)
+    print_gate(verdict)
     console.print(f"wrote {output}")
 
 
@@ -191,7 +219,8 @@ def _describe(rep: dict[str, Any]) -> str:
     return ", ".join(parts) or "done"
 
 
-def _measure(float_handle: Any, quant_handle: Any, output: Path, data: str | None, repeats: int, quiet: bool) -> Any:
+def _measure(float_handle: Any, quant_handle: Any, output: Path, data: Any, repeats: int, quiet: bool, *,
+             name: str, warmup: int = 5) -> Any:
     """Bench the float ONNX model and the written file in ONNX Runtime, side by side."""
     from ..backends.onnx import save_onnx
     from ..evaluate.bench import bench
@@ -201,5 +230,5 @@ def _measure(float_handle: Any, quant_handle: Any, output: Path, data: str | Non
         save_onnx(float_handle.model, before_path)
         before = float_handle.with_model(float_handle.model, path=before_path)
         after = quant_handle.with_model(quant_handle.model, path=output)
-        return bench([before, after], data=data, repeats=repeats, names=["float (onnx)", str(output)],
+        return bench([before, after], data=data, repeats=repeats, warmup=warmup, names=["float (onnx)", name],
                      progress=not quiet)

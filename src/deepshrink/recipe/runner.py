@@ -20,6 +20,7 @@ Training inside steps is deterministic (one thread, seeded; see ``train/trainer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -70,11 +71,17 @@ class CompressResult:
 def compress(model: Any, recipe: Any, out_dir: str | os.PathLike[str], *, data: Any = None, eval_data: Any = None,
              resume: bool = False, force: bool = False, weights: str | None = None,
              input_shapes: list[str] | dict[str, tuple[int, ...]] | None = None, trust_remote_code: bool = False,
-             threads: int = 2, repeats: int = 20, measure: bool = True, say: Any = None) -> CompressResult:
+             threads: int = 2, repeats: int = 20, measure: bool = True, gate: Any = None,
+             say: Any = None) -> CompressResult:
     """Run ``recipe`` (a built-in name, a YAML path, a dict or a :class:`Recipe`) on ``model``.
 
     ``data``: what steps train / calibrate on (needed when a step says so); ``eval_data``: what
-    every written model is measured on (default: ``data``; random inputs when neither is given).
+    every written model is measured on (default: the samples of ``data`` the steps can spare — see
+    :func:`deepshrink.evaluate.gate.split_holdout`; random inputs when neither is given).
+    ``gate``: a :class:`deepshrink.evaluate.gate.FidelityPolicy` (default: its defaults) judging
+    the final model against the original; when it fails, ``model.*`` is not written (the steps
+    and the reports are, so the run can be read and resumed) and :class:`DegradedError` (exit 3)
+    is raised, unless the policy allows degraded results. ``measure=False`` skips both.
     ``resume``: continue in an existing ``out_dir``, reusing finished steps; ``force``: start over
     in an ``out_dir`` a previous compress wrote. Raises :class:`InputError` (one line) for a bad
     recipe, a chain that cannot run, missing data, or an output folder in the way — all before
@@ -91,6 +98,10 @@ def compress(model: Any, recipe: Any, out_dir: str | os.PathLike[str], *, data: 
     train = load_data(data, source) if data is not None else None
     check_chain(rec, source.kind, has_data=train is not None, has_labels=train is not None and train.labels is not None)
     evaluation = load_data(eval_data, source) if eval_data is not None else train
+    if train is not None and eval_data is None:  # never measure on the samples a step trained on
+        from ..evaluate.gate import split_holdout
+
+        train, evaluation, _spared = split_holdout(train, len(train))
 
     if force and out.exists():
         shutil.rmtree(out)
@@ -108,17 +119,30 @@ def compress(model: Any, recipe: Any, out_dir: str | os.PathLike[str], *, data: 
 
     final = outcomes[-1]
     model_path = out / f"model{final.artifact.suffix}"
-    shutil.copyfile(final.artifact, model_path.with_name(f".{model_path.name}.tmp"))
-    os.replace(model_path.with_name(f".{model_path.name}.tmp"), model_path)
-    table = None
+    table = verdict = None
     if measure:
+        from ..evaluate import gate as fidelity
         from ..evaluate.bench import bench
 
         say("measuring every step's file side by side")
         table = bench([str(o.measure) for o in outcomes], data=evaluation, threads=threads, repeats=repeats,
                       names=[o.name for o in outcomes], samples=min(len(evaluation), 4096) if evaluation else 64,
                       progress=False)
+        policy = gate or fidelity.FidelityPolicy()
+        if any(s.verb == "prune" for s in rec.steps):  # lossy by design: random inputs cannot judge it
+            policy = dataclasses.replace(policy, judge_random=False)
+        verdict = fidelity.judge(table, policy)
     report = build_report(rec, source, outcomes, table, evaluation, threads=threads, out_dir=out)
+    if verdict is not None:
+        report["gate"] = verdict.to_dict()
+    if verdict is not None and not verdict.passed and not policy.allow_degraded:
+        with contextlib.suppress(FileNotFoundError):
+            model_path.unlink()  # a model from an earlier run in this folder is not this run's result
+        write_outputs(out, rec, report)
+        raise fidelity.DegradedError(f"the compressed model degraded: {fidelity.message(verdict)}; {model_path.name} "
+                                     f"not written (steps and report in {out}; --allow-degraded keeps it)", verdict)
+    shutil.copyfile(final.artifact, model_path.with_name(f".{model_path.name}.tmp"))
+    os.replace(model_path.with_name(f".{model_path.name}.tmp"), model_path)
     files = write_outputs(out, rec, report)
     return CompressResult(out, model_path, outcomes, report, files)
 
