@@ -111,6 +111,8 @@ def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status. Errors we raise become one line, no traceback."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # TensorFlow's C++ start-up lines (oneDNN notice, absl preamble) would land on the user's terminal
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         status = app(args=argv, standalone_mode=False)
         # typer turns Ctrl-C into Exit(130), which click hands back as a return value here

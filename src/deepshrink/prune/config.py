@@ -12,6 +12,15 @@ from pydantic import Field, model_validator
 
 from ..core.config import Config
 
+DEFAULT_LR = 1e-3
+
+
+def _refuse_unused_lr(cfg: Config) -> None:
+    """``lr`` only drives fine-tuning: a non-default one with ``finetune_epochs=0`` would be ignored."""
+    if cfg.lr != DEFAULT_LR and cfg.finetune_epochs == 0:  # type: ignore[attr-defined]
+        raise ValueError(f"lr {cfg.lr:g} applies only to fine-tuning: set finetune_epochs > 0, "  # type: ignore[attr-defined]
+                         "or leave lr out")
+
 
 class MagnitudePruneConfig(Config):
     """Unstructured magnitude pruning: zero the smallest weights of every Linear/Conv.
@@ -27,12 +36,13 @@ class MagnitudePruneConfig(Config):
     scope: Literal["layer", "global"] = "layer"
     protect: tuple[str, ...] = ()
     finetune_epochs: int = Field(default=0, ge=0)
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float = Field(default=DEFAULT_LR, gt=0)
 
     @model_validator(mode="after")
     def _one_target(self) -> MagnitudePruneConfig:
         if (self.sparsity is None) == (self.threshold is None):
             raise ValueError("give exactly one of sparsity (0 <= s < 1) or threshold (>= 0)")
+        _refuse_unused_lr(self)
         return self
 
 
@@ -75,12 +85,13 @@ class NMPruneConfig(Config):
     m: int = Field(default=4, ge=2)
     protect: tuple[str, ...] = ()
     finetune_epochs: int = Field(default=0, ge=0)
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float = Field(default=DEFAULT_LR, gt=0)
 
     @model_validator(mode="after")
     def _nm(self) -> NMPruneConfig:
         if self.n >= self.m:
             raise ValueError(f"n must be < m (got {self.n}:{self.m})")
+        _refuse_unused_lr(self)
         return self
 
 
@@ -108,7 +119,15 @@ class StructuredPruneConfig(Config):
     round_to: int = Field(default=1, ge=1)
     min_keep: float = Field(default=0.1, gt=0.0, le=1.0)
     finetune_epochs: int = Field(default=0, ge=0)
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float = Field(default=DEFAULT_LR, gt=0)
+
+    @model_validator(mode="after")
+    def _applies(self) -> StructuredPruneConfig:
+        if self.min_keep != 0.1 and self.scope == "uniform":
+            raise ValueError(f"min_keep {self.min_keep:g} applies only to scope='global' (uniform removes the same "
+                             "fraction from every group)")
+        _refuse_unused_lr(self)
+        return self
 
 
 PruneConfig = MagnitudePruneConfig | GradualPruneConfig | NMPruneConfig | StructuredPruneConfig
