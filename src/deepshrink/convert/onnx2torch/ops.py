@@ -18,7 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import runtime as rt
-from .importer import Builder, OnnxNode, ShapeVal, Value, converter, import_subgraph, inline_graph, raw_value
+from .importer import (
+    Builder,
+    OnnxNode,
+    ShapeVal,
+    Value,
+    converter,
+    import_subgraph,
+    inline_graph,
+    outer_references,
+    raw_value,
+)
 
 
 def _inputs(b: Builder, n: OnnxNode) -> list[Value]:
@@ -1061,6 +1071,8 @@ def _unroll_loop(b: Builder, n: OnnxNode, body: onnx.GraphProto, trips: int, kee
     carried = [raw_value(b, i) for i in n.inputs[2:]]
     n_scan = len(body.output) - 1 - len(carried)
     scans: list[list[Value]] = [[] for _ in range(n_scan)]
+    for name in outer_references(body):  # read once per iteration: one shared parameter, not a module each
+        b.uses[name] = b.uses.get(name, 0) + trips
     i = 0
     while keep and i < trips:
         outs = inline_graph(b, body, f"{where}/iter{i}/", [torch.tensor(i, dtype=torch.int64), torch.tensor(True),
