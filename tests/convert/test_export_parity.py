@@ -6,7 +6,7 @@ from onnx import numpy_helper
 
 import deepshrink as ds
 from deepshrink.backends.onnx import make_session, run_onnx
-from deepshrink.convert.parity import check_parity, compare_outputs
+from deepshrink.convert.parity import check_parity, compare_outputs, merge_outputs
 from deepshrink.errors import InputError, ParityError
 
 
@@ -77,6 +77,24 @@ def test_compare_outputs_math():
     assert d.max_abs == pytest.approx(4.0) and d.rel == pytest.approx(2.0)
     assert d.cos_min == pytest.approx(-1.0) and d.cos_mean == pytest.approx((1 / np.sqrt(1.01) - 1) / 2)
     assert d.top1 == 0.5
+
+
+def test_merge_outputs_of_data_dependent_length():
+    """Sets whose outputs differ in length from set to set (NonZero's [2, count]) are compared set by
+    set; where they do concatenate, the merge gives the concatenated comparison's numbers."""
+    a1, b1 = np.array([[0, 1, 3], [2, 0, 1]]), np.array([[0, 1, 3], [2, 0, 4]])  # one index off by 3
+    a2 = np.array([[0, 0, 1, 1, 2], [1, 5, 0, 2, 7]])
+    d = merge_outputs([(a1, b1), (a2, a2.copy())], "idx")
+    assert d.max_abs == 3.0 and d.rel == pytest.approx(3 / 7)  # max |ref| over both sets is 7
+    # rows: (0,1,3)=(0,1,3); (2,0,1)·(2,0,4) = 8 / (√5·√20) = 0.8; the second set's 2 rows equal
+    assert d.cos_min == pytest.approx(0.8) and d.cos_mean == pytest.approx((1 + 0.8 + 1 + 1) / 4)
+    shifted = merge_outputs([(a1, b1), (a2, a2[:, :4])])  # a length that differs is a mismatch
+    assert shifted.max_abs == float("inf")
+    x, y = np.random.default_rng(0).standard_normal((2, 3, 4)), np.random.default_rng(1).standard_normal((2, 2, 4))
+    m = merge_outputs([(x[0], x[1]), (y[0], y[1])])
+    c = compare_outputs(np.concatenate([x[0], y[0]]), np.concatenate([x[1], y[1]]))
+    assert (m.max_abs, m.rel, m.cos_min, m.top1) == pytest.approx((c.max_abs, c.rel, c.cos_min, c.top1))
+    assert m.cos_mean == pytest.approx(c.cos_mean)
 
 
 def test_minilm_export_parity_on_real_sentences(tmp_path, minilm_dir):

@@ -206,3 +206,240 @@ def test_ort_quantized_models_import(hub_onnx, tmp_path, digits):
     quantize_static(src, str(tmp_path / "qop.onnx"), Reader(), quant_format=QuantFormat.QOperator)
     with pytest.raises(UnsupportedError, match="QDQ format"):
         onnx_to_torch(tmp_path / "qop.onnx")
+
+
+# ---------------------------------------------------------------- data-dependent outputs, If, Loop, Pad → .pt2
+def _graph_on_logits(nodes: list, out: onnx.ValueInfoProto, inits: list, name: str = "g") -> onnx.ModelProto:
+    """x: float32[batch, 16] → MatMul(W: 16×10) → logits → ``nodes`` → ``out`` (opset 13)."""
+    w = np.random.default_rng(7).standard_normal((16, 10)).astype(np.float32) * 0.5
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["logits"]), *nodes], name,
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])], [out],
+                          [onnx.numpy_helper.from_array(w, "W"), *inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    from deepshrink.backends.onnx import make_session, run_onnx
+
+    return run_onnx(make_session(model, threads=1), {"x": x})[0]
+
+
+def _signed_inputs() -> list[np.ndarray]:
+    """A batch-4 input with a positive sum and a batch-3 one with a negative sum."""
+    rng = np.random.default_rng(2024)
+    return [np.abs(rng.standard_normal((4, 16))).astype(np.float32),
+            -np.abs(rng.standard_normal((3, 16))).astype(np.float32)]
+
+
+def _rel(ref: np.ndarray, got: np.ndarray) -> float:
+    assert ref.shape == got.shape
+    return float(np.abs(ref.astype(np.float64) - got).max() / np.abs(ref).max())
+
+
+def _pt2(path) -> torch.nn.Module:
+    return torch.export.load(str(path)).module()
+
+
+def _run(mod: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = mod(torch.from_numpy(x))
+    return [t.detach().numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+
+
+def _if_model(then_nodes: list, else_nodes: list, then_type: int = TensorProto.FLOAT,
+              cond_init: bool | None = None) -> onnx.ModelProto:
+    """If node ``sign_switch`` on ReduceSum(x) > 0 (or on a constant ``cond_init``); branch outputs t_out / e_out."""
+    then_g = helper.make_graph(then_nodes, "then_branch", [], [helper.make_tensor_value_info("t_out", then_type, None)])
+    else_g = helper.make_graph(else_nodes, "else_branch", [],
+                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
+    if cond_init is None:
+        nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["cond"])]
+        inits = [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])]
+    else:
+        nodes, inits = [], [helper.make_tensor("cond", TensorProto.BOOL, [], [cond_init])]
+    nodes.append(helper.make_node("If", ["cond"], ["y"], name="sign_switch", then_branch=then_g, else_branch=else_g))
+    return _graph_on_logits(nodes, helper.make_tensor_value_info("y", then_type, ["batch", 10]), inits, "if")
+
+
+def _loop_model(trip_from_data: bool = False) -> onnx.ModelProto:
+    """Loop node ``refine3``: y = tanh(y @ R), 3 times (or max(x) times), also emitting each step's row sums."""
+    r = np.random.default_rng(8).standard_normal((10, 10)).astype(np.float32) * 0.4
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("MatMul", ["y_in", "R"], ["yr"]),
+         helper.make_node("Tanh", ["yr"], ["y_out"]), helper.make_node("ReduceSum", ["y_out", "one"], ["row_sum"],
+                                                                        keepdims=0)],
+        "refine_body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("y_in", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("y_out", TensorProto.FLOAT, ["batch", 10]),
+         helper.make_tensor_value_info("row_sum", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor("one", TensorProto.INT64, [1], [1])])
+    inits = [onnx.numpy_helper.from_array(r, "R"), helper.make_tensor("keep", TensorProto.BOOL, [], [True])]
+    nodes = []
+    if trip_from_data:
+        nodes += [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+                  helper.make_node("Cast", ["m"], ["trip"], to=TensorProto.INT64)]
+    else:
+        inits.append(helper.make_tensor("trip", TensorProto.INT64, [], [3]))
+    nodes.append(helper.make_node("Loop", ["trip", "keep", "logits"], ["y", "sums"], name="refine3", body=body))
+    m = _graph_on_logits(nodes, helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10]), inits, "loop")
+    m.graph.output.append(helper.make_tensor_value_info("sums", TensorProto.FLOAT, [None, "batch"]))
+    return m
+
+
+def _convert_cli(tmp_path, model: onnx.ModelProto, name: str, capsys) -> tuple[int, str, str, object]:
+    src, dst = tmp_path / f"{name}.onnx", tmp_path / f"{name}.pt2"
+    onnx.save(model, str(src))
+    capsys.readouterr()
+    rc = run_app(["convert", str(src), str(dst)])
+    out, err = capsys.readouterr()
+    return rc, out, err, dst
+
+
+def test_nonzero_to_pt2_verified_set_by_set(tmp_path, capsys):
+    """NonZero's output length depends on the data: parity compares each input set on its own."""
+    model = _graph_on_logits([helper.make_node("Greater", ["logits", "zero"], ["pos"]),
+                              helper.make_node("NonZero", ["pos"], ["idx"], name="positive_idx")],
+                             helper.make_tensor_value_info("idx", TensorProto.INT64, [2, "count"]),
+                             [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])], "nonzero")
+    rc, out, err, dst = _convert_cli(tmp_path, model, "nonzero", capsys)
+    assert rc == 0, err
+    assert "parity OK" in out and "idx: max-abs 0," in out
+    mod = _pt2(dst)
+    for x in _signed_inputs():
+        ref = _ort(model, x)
+        got = _run(mod, x)[0]
+        assert got.shape == ref.shape and np.array_equal(got, ref)
+    # the two inputs give different counts, which is what broke the old concatenating check
+    assert len({_ort(model, x).shape[1] for x in _signed_inputs()}) == 2
+
+
+def test_if_on_data_becomes_torch_cond(tmp_path, capsys):
+    model = _if_model([helper.make_node("Relu", ["logits"], ["t_out"])], [helper.make_node("Neg", ["logits"], ["e_out"])])
+    rc, out, err, dst = _convert_cli(tmp_path, model, "if", capsys)
+    assert rc == 0, err
+    ep = torch.export.load(str(dst))
+    assert any(n.target is torch.ops.higher_order.cond for n in ep.graph.nodes)
+    for x in _signed_inputs():  # one input takes each branch
+        assert _rel(_ort(model, x), _run(ep.module(), x)[0]) <= 1e-6  # 0.0 seen
+    pos, neg = (_run(ep.module(), x)[0] for x in _signed_inputs())
+    assert pos.min() >= 0 and (neg > 0).any() and (neg < 0).any()  # relu on one, negation on the other
+
+
+def test_if_on_a_constant_is_inlined():
+    for flag, ref_fn in ((True, lambda v: np.maximum(v, 0)), (False, np.negative)):
+        model = _if_model([helper.make_node("Relu", ["logits"], ["t_out"])],
+                          [helper.make_node("Neg", ["logits"], ["e_out"])], cond_init=flag)
+        gm = onnx_to_torch(model)
+        assert not [m for m in gm.modules() if type(m).__name__ == "IfModule"]
+        x = _signed_inputs()[0]
+        w = onnx.numpy_helper.to_array(model.graph.initializer[0])
+        np.testing.assert_allclose(_run(gm, x)[0], ref_fn(x @ w), rtol=1e-6, atol=1e-6)
+
+
+def test_if_branches_torch_cond_cannot_hold_refused_by_node(tmp_path, capsys):
+    model = _if_model([helper.make_node("Cast", ["logits"], ["t_out"], to=TensorProto.INT64)],
+                      [helper.make_node("Neg", ["logits"], ["e_out"])], then_type=TensorProto.INT64)
+    rc, out, err, dst = _convert_cli(tmp_path, model, "if_mixed", capsys)
+    lines = [ln for ln in (out + err).splitlines() if ln.strip()]
+    assert rc == 2 and not dst.exists() and len(lines) == 1, lines
+    assert "ONNX node 'sign_switch' (If)" in lines[0] and "torch.cond" in lines[0] and "dtype" in lines[0]
+
+
+def test_loop_with_constant_trip_count_is_unrolled(tmp_path):
+    from deepshrink.convert.export import torch_export
+    from deepshrink.convert.onnx2torch.route import imported_handle
+
+    model = _loop_model()
+    h = imported_handle(ds_load_onnx(model, tmp_path))
+    gm = h.model
+    assert not [m for m in gm.modules() if type(m).__name__ == "LoopModule"]
+    assert sorted(p.numel() for p in gm.parameters()) == [100, 160]  # R shared by the 3 iterations, and W
+    mod = torch_export(h).module()
+    for x in _signed_inputs():
+        ref_y, ref_sums = _ort_all(model, x)
+        y, sums = _run(mod, x)
+        assert sums.shape == (3, len(x)) and _rel(ref_sums, sums) <= 1e-5  # ~2e-7 seen
+        assert _rel(ref_y, y) <= 1e-5  # ~2e-7 seen
+
+
+def test_loop_with_data_dependent_trip_count_refused_by_node(tmp_path, capsys):
+    model = _loop_model(trip_from_data=True)
+    gm = onnx_to_torch(model)  # still runs eagerly
+    x = _signed_inputs()[0] * 2  # max 4.8: 4 iterations
+    y, sums = _run(gm, x)
+    ref_y, ref_sums = _ort_all(model, x)
+    assert sums.shape == ref_sums.shape == (4, 4) and _rel(ref_y, y) <= 1e-5
+    rc, out, err, dst = _convert_cli(tmp_path, model, "loop_dyn", capsys)
+    lines = [ln for ln in (out + err).splitlines() if ln.strip()]
+    assert rc == 2 and not dst.exists() and len(lines) == 1, lines
+    assert "ONNX node 'refine3' (Loop)" in lines[0] and "trip count is only known at run time" in lines[0]
+
+
+def ds_load_onnx(model: onnx.ModelProto, tmp_path):
+    import deepshrink as ds
+
+    path = tmp_path / f"{model.graph.name}.onnx"
+    onnx.save(model, str(path))
+    return ds.load(str(path))
+
+
+def _ort_all(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    from deepshrink.backends.onnx import make_session, run_onnx
+
+    return run_onnx(make_session(model, threads=1), {"x": x})
+
+
+def _pad_model(fill: str) -> onnx.ModelProto:
+    """Pad node ``border_pad`` (constant mode, value 1.5) on x: [batch, 5, 6, 7]; the fill given as a
+    scalar initializer (what torch's dynamo exporter writes), a [1] initializer, or a Constant node."""
+    nodes, inits = [], [helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 2, 0, 0, 2, 1])]
+    if fill == "constant":
+        nodes.append(helper.make_node("Constant", [], ["fill"], value=helper.make_tensor("v", TensorProto.FLOAT, [], [1.5])))
+    else:
+        inits.append(helper.make_tensor("fill", TensorProto.FLOAT, [] if fill == "scalar" else [1], [1.5]))
+    nodes.append(helper.make_node("Pad", ["x", "pads", "fill"], ["y"], mode="constant", name="border_pad"))
+    g = helper.make_graph(nodes, "pad_value", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 6, 7])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5, 9, 10])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("fill", ["scalar", "vector", "constant"])
+def test_pad_with_constant_fill_exports(tmp_path, fill):
+    from deepshrink.convert.export import torch_export
+    from deepshrink.convert.onnx2torch.route import imported_handle
+
+    h = imported_handle(ds_load_onnx(_pad_model(fill), tmp_path))
+    assert not list(h.model.parameters())  # the fill is a number in the graph, not a parameter
+    mod = torch_export(h).module()
+    for b in (2, 3):
+        x = np.random.default_rng(b).standard_normal((b, 5, 6, 7)).astype(np.float32)
+        ref = np.pad(x, [(0, 0), (0, 0), (1, 2), (2, 1)], constant_values=1.5)
+        assert np.array_equal(_run(mod, x)[0], ref)
+
+
+def test_pad_fill_round_trip_through_onnx(tmp_path, capsys):
+    """deepshrink's own torch → ONNX export of F.pad(value=1.5) reads back as .pt2."""
+    torch.manual_seed(0)
+
+    class PadConv(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(torch.nn.functional.pad(x, (1, 1, 2, 0), value=1.5))
+
+    from deepshrink.convert import export_onnx
+
+    model = PadConv().eval()
+    onnx_path, dst = tmp_path / "pad_conv.onnx", tmp_path / "pad_conv.pt2"
+    export_onnx(model, {"x": np.zeros((1, 3, 8, 8), np.float32)}, onnx_path)
+    assert [n.op_type for n in onnx.load(str(onnx_path)).graph.node] == ["Pad", "Conv"]
+    assert run_app(["convert", str(onnx_path), str(dst)]) == 0, capsys.readouterr().err
+    mod = _pt2(dst)
+    for b in (1, 3):
+        x = np.random.default_rng(b).standard_normal((b, 3, 8, 8)).astype(np.float32)
+        assert _rel(_run(model, x)[0], _run(mod, x)[0]) <= 1e-5  # 0.0 seen

@@ -110,13 +110,49 @@ def _output_names(handle: ModelHandle, output_names: list[str] | None) -> list[s
 
 
 def torch_export(handle: ModelHandle) -> torch.export.ExportedProgram:
-    """``torch.export`` with the same dynamic axes as the ONNX export."""
+    """``torch.export`` with the same dynamic axes as the ONNX export.
+
+    Raises ``UnsupportedError`` in one line when the model cannot be captured; torch's own log
+    (graph dumps, guard warnings) is kept quiet. For an ``fx.GraphModule`` (an imported ONNX
+    model) the line names the node that failed — the ONNX node and op type where the importer
+    tagged it (``node.meta["onnx_node"]``)."""
     dyn = _torch_dynamic_shapes(handle)
     args = _args(handle)
     try:
-        return torch.export.export(handle.model, args, dynamic_shapes=dyn, strict=False)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            _quiet_exporter_logs()
+            logging.disable(logging.CRITICAL)  # torch logs whole graphs when capture fails; we report one line
+            try:
+                return torch.export.export(handle.model, args, dynamic_shapes=dyn, strict=False)
+            finally:
+                logging.disable(logging.NOTSET)
     except Exception as exc:
-        raise UnsupportedError(f"torch.export cannot capture this model: {first_line(exc, 300)}") from None
+        raise UnsupportedError(f"torch.export cannot capture {_failing_node(handle.model, exc) or 'this model'}: "
+                               f"{first_line(exc, 300)}") from None
+
+
+def _failing_node(model: Any, exc: BaseException) -> str | None:
+    """The node of ``model``'s fx graph that was running when ``exc`` was raised (torch.export runs a
+    ``GraphModule`` through ``fx.Interpreter.run_node``), as words; None if not found."""
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        return None
+    seen: set[int] = set()
+    ex: BaseException | None = exc
+    while ex is not None and id(ex) not in seen:
+        seen.add(id(ex))
+        tb = ex.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            node = frame.f_locals.get("n") if frame.f_code.co_name == "run_node" else None
+            if isinstance(node, torch.fx.Node) and node.graph is graph:
+                onnx_node = node.meta.get("onnx_node")
+                return f"ONNX node '{onnx_node[0]}' ({onnx_node[1]})" if onnx_node else f"node '{node.name}'"
+            tb = tb.tb_next
+        ex = ex.__cause__ or ex.__context__
+    return None
 
 
 def _torch_dynamic_shapes(handle: ModelHandle) -> dict[str, dict[int, Any]]:

@@ -139,14 +139,11 @@ def check_parity(ref: ModelHandle, cand: ModelHandle, *, inputs: list[dict[str, 
             per_out.setdefault(i, []).append((a, b))
         n += len(next(iter(feed.values())))
     names = cand.output_names or ref.output_names
-    diffs = []
-    for i, pairs in per_out.items():
-        a = np.concatenate([p[0].reshape(len(p[0]), -1) if p[0].ndim else p[0].reshape(1, 1) for p in pairs])
-        b = np.concatenate([p[1].reshape(len(p[1]), -1) if p[1].ndim else p[1].reshape(1, 1) for p in pairs])
-        diffs.append(compare_outputs(a, b, names[i] if i < len(names) else f"output_{i}"))
+    diffs = [merge_outputs(pairs, names[i] if i < len(names) else f"output_{i}") for i, pairs in per_out.items()]
     ok = all(d.max_abs <= atol + rtol * _scale(per_out[i]) for i, d in enumerate(diffs))
     report = ParityReport(ok, atol, rtol, diffs, n)
-    if not ok and bisect:
+    report.note = _shape_note(per_out, names)
+    if not ok and bisect and not report.note:  # a shape that differs is the diagnosis already
         try:
             report.divergence = bisect_divergence(ref, cand, input_sets[0], atol=atol, rtol=rtol)
             if report.divergence is None:
@@ -156,6 +153,39 @@ def check_parity(ref: ModelHandle, cand: ModelHandle, *, inputs: list[dict[str, 
     if not ok and raise_on_fail:
         raise ParityError(f"outputs differ: max-abs {report.max_abs:.3g} > tolerance", report)
     return report
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    return x.reshape(len(x), -1) if x.ndim else x.reshape(1, 1)
+
+
+def merge_outputs(pairs: list[tuple[np.ndarray, np.ndarray]], name: str = "output") -> OutputDiff:
+    """One output compared over several input sets: each set ``(reference, candidate)`` is compared
+    on its own (shape first), then combined — max-abs and min cosine over all sets, mean cosine and
+    top-1 agreement weighted by rows (axis 0), rel = max-abs / max|reference|. This equals comparing
+    the concatenated sets where they concatenate, and also serves outputs whose length depends on
+    the data (``NonZero``, ``Unique``, NMS: ``[2, count]``), which do not."""
+    per = [compare_outputs(_rows(a), _rows(b), name) for a, b in pairs]
+    if any(not np.isfinite(d.max_abs) for d in per):  # a shape differs in some set
+        return OutputDiff(name, float("inf"), float("inf"), 0.0, 0.0, None)
+    rows = [len(_rows(a)) for a, _ in pairs]
+    max_abs = max(d.max_abs for d in per)
+    scale = max((float(np.abs(a).max()) if a.size else 0.0) for a, _ in pairs)
+    total = max(sum(rows), 1)
+    top1 = None if any(d.top1 is None for d in per) else sum(d.top1 * r for d, r in zip(per, rows, strict=True)) / total
+    return OutputDiff(name, max_abs, max_abs / scale if scale > 0 else max_abs,
+                      sum(d.cos_mean * r for d, r in zip(per, rows, strict=True)) / total,
+                      min(d.cos_min for d in per), top1)
+
+
+def _shape_note(per_out: dict[int, list[tuple[np.ndarray, np.ndarray]]], names: list[str]) -> str:
+    """Which output came back in another shape, for the report (else empty)."""
+    for i, pairs in per_out.items():
+        for a, b in pairs:
+            if a.shape != b.shape:
+                name = names[i] if i < len(names) else f"output_{i}"
+                return f"output {name!r} has shape {list(b.shape)} where the reference has {list(a.shape)}"
+    return ""
 
 
 def _scale(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:

@@ -281,6 +281,68 @@ def unsupported_message(node: OnnxNode) -> str:
             f"deepshrink's ONNX → PyTorch route supports {len(CONVERTERS)} ops (see deepshrink.convert.onnx2torch.SUPPORTED_OPS)")
 
 
+def onnx_node(n: onnx.NodeProto, opset: int) -> OnnxNode:
+    """``n`` with its attributes decoded (sub-graphs stay ``AttributeProto``s)."""
+    return OnnxNode(n.op_type, n.name, n.domain, list(n.input), list(n.output),
+                    {a.name: _attr_value(a) for a in n.attribute}, opset)
+
+
+def _subgraph_refs(n: OnnxNode) -> list[str]:
+    """Names the sub-graphs of ``n`` (If branches, Loop/Scan bodies) read from the enclosing scope."""
+    refs: list[str] = []
+    for a in n.attrs.values():
+        if isinstance(a, onnx.AttributeProto):
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                refs += [r for r in outer_references(sub) if r not in refs]
+    return refs
+
+
+def bind(b: Builder, name: str, v: Any) -> None:
+    """Make ``v`` (a graph value, an import-time tensor, or shape arithmetic) the value of ``name``."""
+    if not name:
+        return
+    if isinstance(v, ShapeVal):
+        if all(isinstance(i, int) for i in v.items):  # fully static: a plain constant
+            t = torch.tensor(v.items, dtype=torch.int64)
+            b.env[name] = t.reshape(()) if v.scalar else t
+        else:
+            b.shapes[name] = v
+        return
+    if isinstance(v, fx.Node) and v.op == "call_function":
+        v.name = b.graph._graph_namespace.create_name(_ident(name), v)  # readable code
+    b.env[name] = v
+
+
+def raw_value(b: Builder, name: str) -> Any:
+    """The value of ``name`` as the converters left it: shape arithmetic stays a ``ShapeVal``."""
+    return b.shapes[name] if name in b.shapes else b.value(name)
+
+
+def convert_nodes(b: Builder, nodes: list[OnnxNode]) -> None:
+    """Emit every node of ``nodes`` (in order) into ``b``'s graph, binding its outputs. Each fx node
+    a converter emits is tagged with the ONNX node it came from (``meta["onnx_node"]``: name and
+    op type), so a later failure (``torch.export``) can be reported by ONNX node."""
+    for n in nodes:
+        fn = CONVERTERS.get(n.op_type) if n.domain in ("", "ai.onnx") else None
+        if fn is None:
+            raise UnsupportedError(unsupported_message(n))
+        before = len(b.graph.nodes)
+        try:
+            out = fn(b, n)
+        except (UnsupportedError, InputError):
+            raise
+        except NotImplementedError as exc:
+            raise UnsupportedError(f"{unsupported_message(n).split(' has no')[0]} uses a variant not supported: {exc}") from None
+        tag = (n.name or (n.outputs[0] if n.outputs else "?"), n.op_type)
+        for k, node in enumerate(reversed(b.graph.nodes)):
+            if k >= len(b.graph.nodes) - before:
+                break
+            node.meta.setdefault("onnx_node", tag)
+        outs = list(out) if isinstance(out, tuple) else [out]  # a list is one value: a sequence
+        for name, v in zip(n.outputs, outs, strict=False):
+            bind(b, name, v)
+
+
 def _infer_ranks(b: Builder, proto: onnx.ModelProto) -> None:
     """Ranks (and static sizes) of every value ONNX shape inference can tell."""
     try:
@@ -319,14 +381,10 @@ def onnx_to_torch(model: onnx.ModelProto | str | Path, *, tuple_outputs: bool = 
     proto = _load(model)  # (the converters are registered by the package: onnx2torch/__init__ imports ops)
     b = Builder(proto)
     g = proto.graph
-    nodes = [
-        OnnxNode(n.op_type, n.name, n.domain, list(n.input), list(n.output),
-                 {a.name: _attr_value(a) for a in n.attribute}, b.opset)
-        for n in g.node
-    ]
+    nodes = [onnx_node(n, b.opset) for n in g.node]
     _infer_ranks(b, proto)
     for n in nodes:
-        for i in n.inputs:
+        for i in [*n.inputs, *_subgraph_refs(n)]:
             b.uses[i] = b.uses.get(i, 0) + 1
         if n.op_type == "BatchNormalization":
             b.buffer_inputs.update(n.inputs[3:5])
@@ -338,28 +396,7 @@ def onnx_to_torch(model: onnx.ModelProto | str | Path, *, tuple_outputs: bool = 
         ph = b.graph.placeholder(_ident(vi.name, "x"))
         b.env[vi.name] = ph
         input_names.append(vi.name)
-    for n in nodes:
-        fn = CONVERTERS.get(n.op_type) if n.domain in ("", "ai.onnx") else None
-        if fn is None:
-            raise UnsupportedError(unsupported_message(n))
-        try:
-            out = fn(b, n)
-        except (UnsupportedError, InputError):
-            raise
-        except NotImplementedError as exc:
-            raise UnsupportedError(f"{unsupported_message(n).split(' has no')[0]} uses a variant not supported: {exc}") from None
-        outs = list(out) if isinstance(out, tuple) else [out]  # a list is one value: a sequence
-        for name, v in zip(n.outputs, outs, strict=False):
-            if name and isinstance(v, ShapeVal):
-                if all(isinstance(i, int) for i in v.items):  # fully static: a plain constant
-                    t = torch.tensor(v.items, dtype=torch.int64)
-                    b.env[name] = t.reshape(()) if v.scalar else t
-                else:
-                    b.shapes[name] = v
-            elif name:
-                if isinstance(v, fx.Node) and v.op == "call_function":
-                    v.name = b.graph._graph_namespace.create_name(_ident(name), v)  # readable code
-                b.env[name] = v
+    convert_nodes(b, nodes)
     results = []
     for vo in g.output:
         v = b.value(vo.name)
@@ -389,6 +426,9 @@ def outer_references(graph: onnx.GraphProto) -> list[str]:
                 for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                     visit(sub, local)
             local.update(n.output)
+        for o in g.output:  # a branch may return an enclosing value as it is
+            if o.name and o.name not in local and o.name not in out:
+                out.append(o.name)
 
     visit(graph, defined)
     return out
@@ -403,3 +443,56 @@ def import_subgraph(b: Builder, graph: onnx.GraphProto) -> tuple[fx.GraphModule,
         g.input.append(onnx.helper.make_empty_tensor_value_info(name))
     sub = onnx.helper.make_model(g, opset_imports=list(b.model.opset_import))
     return onnx_to_torch(sub, tuple_outputs=True).train(False), outer
+
+
+def _rename_refs(graph: onnx.GraphProto, ren: dict[str, str]) -> None:
+    """In place: references of ``graph`` (and of its own sub-graphs) to enclosing names in ``ren``
+    are renamed; names the graph defines itself shadow them."""
+    local = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    for n in graph.node:
+        for k, name in enumerate(n.input):
+            if name and name not in local and name in ren:
+                n.input[k] = ren[name]
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                _rename_refs(sub, {k: v for k, v in ren.items() if k not in local})
+        local.update(n.output)
+    for o in graph.output:
+        if o.name not in local and o.name in ren:
+            o.name = ren[o.name]
+
+
+def inline_graph(b: Builder, graph: onnx.GraphProto, scope: str, formal: list[Any],
+                 init_scope: str | None = None) -> list[Any]:
+    """Convert a control-flow body's nodes straight into ``b``'s graph (no sub-module), its formal
+    inputs bound to ``formal``; returns the values of its outputs (``ShapeVal`` where shape
+    arithmetic). Used where the control flow is decided at import time: an ``If`` on a constant
+    condition, a ``Loop`` with a constant trip count (one call per iteration: unrolling).
+
+    Names the body defines get the prefix ``scope`` (node names too, so errors name e.g.
+    ``refine3/iter2/MatMul_0``); its initializers get ``init_scope`` (default ``scope``), so the
+    iterations of an unrolled loop share one parameter; enclosing names are read as they are.
+    """
+    init_scope = scope if init_scope is None else init_scope
+    ren: dict[str, str] = {i.name: f"{init_scope}{i.name}" for i in graph.initializer}
+    ren.update({i.name: f"{scope}{i.name}" for i in graph.input})
+    ren.update({o: f"{scope}{o}" for n in graph.node for o in n.output if o})
+    for init in graph.initializer:
+        b.initializers.setdefault(ren[init.name], init)
+    if len(formal) != len(graph.input):
+        raise InputError(f"sub-graph {graph.name!r} takes {len(graph.input)} inputs, given {len(formal)}")
+    for vi, v in zip(graph.input, formal, strict=True):
+        bind(b, ren[vi.name], v)
+    nodes = []
+    for proto in graph.node:
+        c = onnx.NodeProto()
+        c.CopyFrom(proto)
+        c.name = f"{scope}{proto.name or (proto.output[0] if proto.output else proto.op_type)}"
+        c.input[:] = [ren.get(i, i) for i in proto.input]
+        c.output[:] = [ren.get(o, o) for o in proto.output]
+        for a in c.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                _rename_refs(sub, ren)
+        nodes.append(onnx_node(c, b.opset))
+    convert_nodes(b, nodes)
+    return [raw_value(b, ren.get(o.name, o.name)) for o in graph.output]

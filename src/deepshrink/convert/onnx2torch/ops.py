@@ -18,7 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import runtime as rt
-from .importer import Builder, OnnxNode, ShapeVal, Value, converter, import_subgraph
+from .importer import (
+    Builder,
+    OnnxNode,
+    ShapeVal,
+    Value,
+    converter,
+    import_subgraph,
+    inline_graph,
+    outer_references,
+    raw_value,
+)
 
 
 def _inputs(b: Builder, n: OnnxNode) -> list[Value]:
@@ -678,8 +688,11 @@ def _pad(b: Builder, n: OnnxNode) -> Value:
         pads, value, axes = list(n.attr("pads")), n.attr("value", 0.0), None
     else:
         pads = b.value(n.inputs[1])
-        value = _opt(b, n, 2)
+        fill = n.inputs[2] if len(n.inputs) > 2 else ""  # read an initializer as it is (a float [1] one
+        value = b.tensor_of(fill) if fill in b.initializers else _opt(b, n, 2)  # would become a parameter)
         axes = _opt(b, n, 3)
+    if isinstance(value, torch.Tensor) and b.known(value):  # a constant fill: a Python number in the graph,
+        value = value.reshape(-1)[0].item() if value.numel() else 0.0  # not a tensor read at run time
     if b.known(pads):
         pads = rt.ints(pads)
     if axes is not None and b.known(axes):
@@ -977,21 +990,112 @@ def _graph_attr(n: OnnxNode, key: str) -> onnx.GraphProto:
 
 @converter("If")
 def _if(b: Builder, n: OnnxNode) -> Value:
+    """A condition known at import time picks its branch there (inlined); a data-dependent one
+    becomes ``torch.cond`` under ``torch.export`` (``rt.IfModule``), a Python ``if`` when run eagerly."""
+    cond = b.value(n.inputs[0])
+    where = n.name or n.outputs[0]
+    if b.known(cond):
+        pick = bool(cond.reshape(-1)[0])
+        branch = _graph_attr(n, "then_branch" if pick else "else_branch")
+        return tuple(inline_graph(b, branch, f"{where}/{'then' if pick else 'else'}/", []))
     then_gm, then_outer = import_subgraph(b, _graph_attr(n, "then_branch"))
     else_gm, else_outer = import_subgraph(b, _graph_attr(n, "else_branch"))
-    target = b.add_module(f"if_{n.name or n.outputs[0]}", rt.IfModule(then_gm, else_gm, len(then_outer)))
-    args = [b.value(n.inputs[0])] + [b.value(o) for o in then_outer + else_outer]
+    target = b.add_module(f"if_{where}", rt.IfModule(then_gm, else_gm, len(then_outer)))
+    args = [cond] + [b.value(o) for o in then_outer + else_outer]
     out = b.call_module(target, *args)
     return tuple(b.getitem(out, i) for i in range(len(n.outputs)))
 
 
+# An unrolled Loop repeats its body this many nodes at most; longer loops stay a LoopModule.
+UNROLL_MAX_NODES = 4096
+
+
+def _known_int(b: Builder, name: str) -> int | None:
+    if not name:
+        return None
+    sv = b.sym(name)
+    if sv is not None and len(sv.items) == 1 and isinstance(sv.items[0], int):
+        return sv.items[0]
+    return None
+
+
+def _loop_cond_is_static(body: onnx.GraphProto) -> bool:
+    """True when the body's condition output is its condition input passed through (``Identity``),
+    or a constant: then whether the next iteration runs is known at import time."""
+    producer = {o: nd for nd in body.node for o in nd.output}
+    name = body.output[0].name
+    for _ in range(len(body.node) + 1):
+        if name == body.input[1].name or name in {i.name for i in body.initializer}:
+            return True
+        nd = producer.get(name)
+        if nd is None:
+            return False
+        if nd.op_type == "Constant":
+            return True
+        if nd.op_type != "Identity":
+            return False
+        name = nd.input[0]
+    return False
+
+
 @converter("Loop")
 def _loop(b: Builder, n: OnnxNode) -> Value:
-    body, outer = import_subgraph(b, _graph_attr(n, "body"))
+    """A Loop with a trip count and condition known at import time, whose body passes the condition
+    through, is unrolled: the body is inlined once per iteration (its weights shared), so the graph
+    has no control flow left and ``torch.export`` captures it. Any other Loop runs eagerly in
+    ``rt.LoopModule`` (which ``torch.export`` cannot capture: reported with the node's name)."""
+    body = _graph_attr(n, "body")
+    trips = _known_int(b, n.inputs[0])
+    cond = _opt(b, n, 1)
+    cond_known = cond is None or b.known(cond)
+    static_cond = _loop_cond_is_static(body)
+    if trips is not None and cond_known and static_cond and trips * max(1, len(body.node)) <= UNROLL_MAX_NODES:
+        return _unroll_loop(b, n, body, trips, True if cond is None else bool(cond.reshape(-1)[0]))
+    if trips is None:
+        why = "it has no trip count" if not n.inputs[0] else "its trip count is only known at run time"
+    elif not cond_known:
+        why = "its start condition is only known at run time"
+    elif not static_cond:
+        why = "its body computes its own stop condition (a data-dependent early exit)"
+    else:
+        why = f"{trips} iterations × {len(body.node)} body nodes are over the unrolling limit of {UNROLL_MAX_NODES} nodes"
+    body_gm, outer = import_subgraph(b, body)
     carried = [b.value(i) for i in n.inputs[2:]]
-    target = b.add_module(f"loop_{n.name or n.outputs[0]}", rt.LoopModule(body, len(carried)))
-    out = b.call_module(target, _opt(b, n, 0), _opt(b, n, 1), *carried, *[b.value(o) for o in outer])
+    target = b.add_module(f"loop_{n.name or n.outputs[0]}", rt.LoopModule(body_gm, len(carried), why))
+    out = b.call_module(target, _opt(b, n, 0), cond, *carried, *[b.value(o) for o in outer])
     return tuple(b.getitem(out, i) for i in range(len(n.outputs)))
+
+
+def _unroll_loop(b: Builder, n: OnnxNode, body: onnx.GraphProto, trips: int, keep: bool) -> Value:
+    where = n.name or n.outputs[0]
+    carried = [raw_value(b, i) for i in n.inputs[2:]]
+    n_scan = len(body.output) - 1 - len(carried)
+    scans: list[list[Value]] = [[] for _ in range(n_scan)]
+    for name in outer_references(body):  # read once per iteration: one shared parameter, not a module each
+        b.uses[name] = b.uses.get(name, 0) + trips
+    i = 0
+    while keep and i < trips:
+        outs = inline_graph(b, body, f"{where}/iter{i}/", [torch.tensor(i, dtype=torch.int64), torch.tensor(True),
+                                                             *carried], init_scope=f"{where}/")
+        c = outs[0]
+        if not b.known(c) or isinstance(c, ShapeVal):
+            raise NotImplementedError(f"Loop '{where}' whose condition becomes data-dependent")
+        keep = bool(c.reshape(-1)[0])
+        carried = list(outs[1:1 + len(carried)])
+        for k, v in enumerate(outs[1 + len(carried):]):
+            scans[k].append(_tensor_of(b, v))
+        i += 1
+    if n_scan and i == 0:
+        raise NotImplementedError(f"Loop '{where}' that runs zero times and has scan outputs")
+    stacked = [b.call(torch.stack, s) for s in scans]
+    return tuple([*carried, *stacked][:len(n.outputs)])
+
+
+def _tensor_of(b: Builder, v: Value) -> Value:
+    """A converter result as a tensor value (shape arithmetic materialized)."""
+    if isinstance(v, ShapeVal):
+        return b.call(rt.int_tensor, list(v.items), v.scalar)
+    return v
 
 
 @converter("Scan")

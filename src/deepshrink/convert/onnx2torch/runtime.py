@@ -1231,22 +1231,55 @@ def bitcast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 # -- control flow: bodies are imported GraphModules, run eagerly ---------------------------
 class IfModule(torch.nn.Module):
+    """ONNX ``If`` on a data-dependent condition: a Python ``if`` when run eagerly, ``torch.cond``
+    under ``torch.export`` (both branches are captured; the exported program picks at run time).
+    ``torch.cond`` needs both branches to return the same number of tensors of the same dtypes."""
+
     def __init__(self, then_gm: torch.nn.Module, else_gm: torch.nn.Module, n_then: int) -> None:
         super().__init__()
         self.then_branch, self.else_branch, self.n_then = then_gm, else_gm, n_then
 
     def forward(self, cond: torch.Tensor, *outer: Any) -> Any:
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            n = self.n_then
+            try:
+                return torch.cond(cond.reshape(-1)[0].bool(), lambda *a: tuple(self.then_branch(*a[:n])),
+                                  lambda *a: tuple(self.else_branch(*a[n:])), tuple(outer))
+            except Exception as exc:
+                from ...errors import UnsupportedError
+
+                raise UnsupportedError("its condition is only known at run time, and torch.cond cannot take its "
+                                       f"branches: {_innermost_line(exc)}") from None
         if bool(cond.reshape(-1)[0]):
             return self.then_branch(*outer[:self.n_then])
         return self.else_branch(*outer[self.n_then:])
 
 
+def _innermost_line(exc: BaseException) -> str:
+    """The first non-empty line of the innermost cause of ``exc`` (torch wraps the real reason)."""
+    seen: set[int] = set()
+    while id(exc) not in seen and (exc.__cause__ or exc.__context__) is not None:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return " ".join(line.split())[:240]
+
+
 class LoopModule(torch.nn.Module):
-    def __init__(self, body: torch.nn.Module, n_carried: int) -> None:
+    """ONNX ``Loop`` run eagerly (a Python loop). ``torch.export`` cannot capture it (the trip count
+    and the condition are read as numbers); the importer unrolls the loops it can, and this one
+    raises ``UnsupportedError`` saying why not (``why_not_unrolled``) when it is exported."""
+
+    def __init__(self, body: torch.nn.Module, n_carried: int, why_not_unrolled: str = "") -> None:
         super().__init__()
-        self.body, self.n_carried = body, n_carried
+        self.body, self.n_carried, self.why_not_unrolled = body, n_carried, why_not_unrolled
 
     def forward(self, trip: Any, cond: Any, *rest: Any) -> Any:
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            from ...errors import UnsupportedError
+
+            raise UnsupportedError(f"{self.why_not_unrolled or 'it is not unrolled'}; torch.export has no loop "
+                                   "construct, and only a Loop with a constant trip count is unrolled")
         carried, outer = list(rest[:self.n_carried]), rest[self.n_carried:]
         max_trip = int(trip.reshape(-1)[0]) if trip is not None else None
         keep = bool(cond.reshape(-1)[0]) if cond is not None else True
