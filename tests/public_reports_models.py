@@ -126,6 +126,18 @@ def onnx_tied_gemm() -> onnx.ModelProto:
     return model
 
 
+def onnx_weight_also_read_by_float_op() -> onnx.ModelProto:
+    """MatMul(x, W) + ReduceSum(W, axis 0): the weight a quantizer replaces is also read by an op
+    that stays float, so the float values must still be there (or be dequantized) for it."""
+    r = _seeded(14)
+    inits = [_init("W", (r.standard_normal((32, 16)) * 0.3).astype(np.float32)),
+             _init("ax", np.array([0], np.int64))]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="fc"),
+             helper.make_node("ReduceSum", ["W", "ax"], ["colsum"], name="colsum", keepdims=0),
+             helper.make_node("Add", ["m", "colsum"], ["y"], name="add")]
+    return _model(nodes, [_f32("x", ["N", 32])], [_f32("y", ["N", 16])], inits)
+
+
 # ---------------------------------------------------------------- ONNX → PyTorch (ONNX graphs)
 
 def onnx_slice_negative_step() -> onnx.ModelProto:
@@ -260,6 +272,38 @@ def int_floor_div() -> nn.Module:
 def strided_slice() -> nn.Module:
     torch.manual_seed(13)
     return StridedSlice().eval()
+
+
+class DeconvStack(nn.Module):
+    """ConvTranspose 4→6 (k4, stride 2) then a depthwise ConvTranspose 6→6 (k3, stride 2, groups 6)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up1 = nn.ConvTranspose2d(4, 6, 4, stride=2, padding=1, bias=False)
+        self.up2 = nn.ConvTranspose2d(6, 6, 3, stride=2, padding=1, output_padding=1, groups=6, bias=False)
+
+    def forward(self, x):
+        return self.up2(self.up1(x))
+
+
+def deconv_stack() -> nn.Module:
+    torch.manual_seed(15)
+    return DeconvStack().eval()
+
+
+# multiply-accumulates of DeconvStack on one [4, 8, 8] input: each input element of a ConvTranspose
+# meets its group's C_out/groups × kH × kW weights
+DECONV_STACK_MACS = 4 * 8 * 8 * (6 * 4 * 4) + 6 * 16 * 16 * (1 * 3 * 3)
+
+
+def onnx_deconv_stack() -> onnx.ModelProto:
+    """DeconvStack written directly as ONNX (no exporter in between), x: [1, 4, 8, 8]."""
+    m = deconv_stack()
+    inits = [_init("W1", m.up1.weight.detach().numpy()), _init("W2", m.up2.weight.detach().numpy())]
+    nodes = [helper.make_node("ConvTranspose", ["x", "W1"], ["h"], name="up1", strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["h", "W2"], ["y"], name="up2", strides=[2, 2], pads=[1, 1, 1, 1],
+                              output_padding=[1, 1], group=6)]
+    return _model(nodes, [_f32("x", [1, 4, 8, 8])], [_f32("y", [1, 6, 32, 32])], inits)
 
 
 # ---------------------------------------------------------------- structured pruning (Torch-Pruning / NNI reports)

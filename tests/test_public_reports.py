@@ -214,6 +214,21 @@ def test_clip_bounds_as_inputs_static(tmp_path, capfd):
     assert _ort(out, feed).max() <= 0.8 + 0.02
 
 
+def test_weight_also_read_by_a_float_op(tmp_path, capfd):
+    """microsoft/onnxruntime#8085 ("initialize generated_value_names with graph input"; in its
+    review: "If the initializer is used by both quantized op and fp32 op, there will be no logic to
+    dequantize the quantized initializer back"): a MatMul weight also read by a ReduceSum.
+
+    Right: the MatMul weight is int8, the float op still gets the weight's values (through a
+    DequantizeLinear), and the output matches the float graph (measured: cosine 0.99996 / 0.99988).
+    """
+    src = _save(prm.onnx_weight_also_read_by_float_op(), tmp_path / "wf.onnx")
+    out = tmp_path / "q.onnx"
+    _ok(capfd, ["quantize", str(src), "-o", str(out), "--scheme", "int8-dynamic", "--no-bench"])
+    assert "W_quantized" in _int8_weights(out)
+    _assert_quant_fidelity(src, out, {"x": _fresh(64, 32)})
+
+
 @pytest.mark.xfail(strict=True, reason="int8-dynamic rewrites the tied Gemm(transB=1) into MatMul over a new "
                                        "'E_Transposed' copy, then quantizes neither: the file holds the table "
                                        "twice in float (4088 -> 8052 bytes) while the report says 1 layer quantized")
@@ -363,6 +378,28 @@ def test_strided_slice_export(tmp_path, capfd):
     Right: ONNX Runtime equals torch (measured: max-abs 0).
     """
     _torch_to_onnx(tmp_path, capfd, "strided_slice", _fresh(2, 7, 9, 3))
+
+
+# ---------------------------------------------------------------- info (FLOPs)
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torch"])
+def test_conv_transpose_flops(tmp_path, capfd, kind):
+    """facebookresearch/fvcore#78 ("Wrong ConvTranspose flops"), sovrasov/flops-counter.pytorch#57
+    and #149, deepspeedai/DeepSpeed#3815 and #8323 ("zero macs for a depthwise transposed
+    convolution"): a ConvTranspose's weight is [C_in, C_out/groups, k, k] and each *input* element
+    meets C_out/groups × k × k weights; counters that read it as a Conv get it wrong, or 0.
+
+    Right: ``info`` reports 2 × MACs = 2 × (4·64·6·16 + 6·256·1·9) = 76,800 FLOPs for the two layers
+    (a plain ConvTranspose and a depthwise one), from the ONNX graph as from the torch module.
+    Before this test the ONNX count was 0 (ConvTranspose was not counted at all).
+    """
+    if kind == "onnx":
+        src = [str(_save(prm.onnx_deconv_stack(), tmp_path / "deconv.onnx"))]
+    else:
+        src = ["public_reports_models:deconv_stack", "--input-shape", "x:1x4x8x8"]
+    res = _ok(capfd, ["info", *src])
+    assert res["flops"] == 2 * prm.DECONV_STACK_MACS == 76_800
 
 
 # ---------------------------------------------------------------- structured pruning
