@@ -343,9 +343,6 @@ def test_interpolate_area_mode(tmp_path, capfd):
     _torch_to_onnx(tmp_path, capfd, "area_down", _fresh(2, 3, 8, 8))
 
 
-@pytest.mark.xfail(strict=True, reason="convert/export.py:_export_torchscript lets torch print its 'Torch IR graph "
-                                       "at exception' dump (29 lines on stdout, from C++) and keeps the graph "
-                                       "fragment in the error line")
 def test_interpolate_area_mode_torchscript_refusal_is_one_line(tmp_path, capfd):
     """pytorch/pytorch#41009 with ``--exporter torchscript``, where the peer's failure is real
     (adaptive pooling with a non-constant output size). A refusal is right, but as the project's

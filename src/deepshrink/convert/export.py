@@ -190,7 +190,7 @@ def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
         try:
             proto = _export_torchscript(handle, names, opset, dynamic_batch)
         except Exception as exc:
-            msg = first_line(exc, 300)
+            msg = first_line(exc, 300).split(" [Caused by")[0]  # the rest is a fragment of the IR graph
             raise UnsupportedError(f"the torchscript exporter failed: {msg}" + (f" (dynamo failed first: {why})" if why else "")) from None
     _name_dynamic_dims(proto, handle)
     strip_exporter_metadata(proto)
@@ -278,7 +278,10 @@ def _export_torchscript(handle: ModelHandle, names: list[str], opset: int | None
     axes = _dynamic_axes(handle) if dynamic else None
     if axes is not None:
         axes.update({n: {0: "batch"} for n in names})
-    with warnings.catch_warnings():
+    from ..core.quiet import native_output_silenced
+
+    # on an error, torch's C++ side prints the whole TorchScript IR graph to file descriptor 1
+    with warnings.catch_warnings(), native_output_silenced():
         warnings.simplefilter("ignore")
         torch.onnx.export(handle.model, _args(handle), buf, input_names=handle.input_names, output_names=names,
                           opset_version=opset or 17, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
