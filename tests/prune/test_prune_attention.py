@@ -272,3 +272,10 @@ def test_each_left_alone_reason_reported_once():
         warnings.simplefilter("always")
         prune(Grouped().eval(), StructuredPruneConfig(ratio=0.5), example_inputs=x)
     assert [str(w.message) for w in caught] == report.warnings
+
+
+def test_a_heads_ratio_below_one_head_is_reported():
+    m = _dead_block()
+    _, report = prune_with_report(m, StructuredPruneConfig(ratio=0.0, heads_ratio=0.2),
+                                  example_inputs=(_x(16, (2, 12, 32)),))
+    assert "heads_ratio 0.2 removes no head of att (4 heads): less than one head each" in report.warnings

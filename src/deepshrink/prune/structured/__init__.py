@@ -58,6 +58,11 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inp
         chans = [g for g in groups if g.kind != "head"]
         plan_global(chans, scores, config.ratio, config.min_keep, config.round_to)
         plan_uniform([g for g in groups if g.kind == "head"], scores, ratio_for)
+    whole = [g for g in groups if g.kind == "head" and g.keep is not None and len(g.keep) == g.size]
+    if whole:  # e.g. 0.2 of 4 heads: less than one head, so none goes; say so rather than ignore the option
+        graph.warnings.append(f"heads_ratio {config.heads_ratio:g} removes no head of "
+                              + ", ".join(f"{g.name} ({g.size} heads)" for g in whole[:4])
+                              + ": less than one head each")
     return graph
 
 
