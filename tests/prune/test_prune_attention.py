@@ -279,3 +279,14 @@ def test_a_heads_ratio_below_one_head_is_reported():
     _, report = prune_with_report(m, StructuredPruneConfig(ratio=0.0, heads_ratio=0.2),
                                   example_inputs=(_x(16, (2, 12, 32)),))
     assert "heads_ratio 0.2 removes no head of att (4 heads): less than one head each" in report.warnings
+
+
+def test_a_pruned_model_prunes_again_without_touching_the_swapped_attention():
+    m = _dead_block()
+    x = (_x(17, (2, 12, 32)),)
+    once, _ = prune_with_report(m, StructuredPruneConfig(ratio=0.0, heads_ratio=0.5), example_inputs=x)
+    twice, report = prune_with_report(once, StructuredPruneConfig(ratio=0.5), example_inputs=x)
+    assert twice.att.num_heads == 2 and twice.ff1.out_features == 32  # 64 -> 32: the dead half goes
+    assert [g["name"] for g in report.groups] == ["ff1"]
+    with torch.no_grad():
+        assert _rel(m(*x), twice(*x)) < 1e-5

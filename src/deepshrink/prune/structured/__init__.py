@@ -24,8 +24,8 @@ from .attention import HeadPrunedAttention
 from .graph import DependencyGraph, Group, Member, build_graph
 from .importance import activation_scores, group_scores, input_norms, taylor_grads
 
-__all__ = ["DependencyGraph", "Group", "HeadPrunedAttention", "Member", "apply_plan", "build_graph", "fit_to_state_dict", "mask_plan",
-           "plan_structured", "structured_prune"]
+__all__ = ["DependencyGraph", "Group", "HeadPrunedAttention", "Member", "apply_plan", "build_graph",
+           "fit_to_state_dict", "mask_plan", "plan_structured", "structured_prune"]
 
 
 def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inputs: tuple[torch.Tensor, ...] | None,

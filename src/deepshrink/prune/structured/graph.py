@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import first_line
-from .attention import unsupported_reason
+from .attention import HeadPrunedAttention, unsupported_reason
 
 # "out" (weight dim 0 + bias), "in" (weight dim 1), "channel" (per-channel params), "heads" (a BERT-style
 # attention's head count), "mha_heads" (the heads of an nn.MultiheadAttention, swapped whole; see attention.py)
@@ -285,6 +285,8 @@ def _transformer_groups(model: nn.Module, ana: _Analysis) -> set[str]:
             why = unsupported_reason(m) or ("it is the whole model" if not name else None)
             if why:
                 ana.block(Layout(0, (Seg(sid, m.num_heads),)), f"unsupported attention {name or type(m).__name__} ({why})")
+            leaves.add(name)
+        elif isinstance(m, HeadPrunedAttention):  # pruned before: opaque, its heads stay as they are
             leaves.add(name)
         elif isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
             l1, l2 = getattr(m, "linear1", None), getattr(m, "linear2", None)
