@@ -32,27 +32,82 @@ from .errors import InputError, UnsupportedError, first_line
 META_TOKENIZER = "deepshrink.tokenizer"
 
 
-def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """``["x:1x3x224x224", "mask:1x128"]`` → ``{"x": (1, 3, 224, 224), ...}``; a bare shape is keyed ``""``."""
-    shapes: dict[str, tuple[int, ...]] = {}
+# the size a named (dynamic) axis is traced at when neither NAME=SIZE nor the data gives one: not a
+# power of two, so it does not coincide with a model's fixed widths and get baked in by the exporter
+NAMED_DIM_SIZE = 17
+_DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+Shape = tuple[int | str, ...]
+
+
+def parse_input_shapes(items: list[str] | dict[str, Any] | None) -> dict[str, Shape]:
+    """``["x:1x3x224x224", "mask:1x128"]`` → ``{"x": (1, 3, 224, 224), ...}``; a bare shape is keyed ``""``.
+
+    A name in place of a size marks that axis dynamic, as ONNX's named dims do: ``x:2xseqx8`` is
+    ``(2, "seq", 8)``; ``seq=12`` also says the size to trace at (default: the data's size, else
+    :data:`NAMED_DIM_SIZE`). Axis 0 is the batch axis and always dynamic, unless another axis is
+    named ``batch`` (a sequence-first model: ``x:10xbatchx32``). Dims are separated by ``x`` or, for
+    names that contain an ``x``, by commas (``x:2,max_len,8``). A dict (the Python API) is checked the
+    same way: values are tuples of positive ints and names. Raises :class:`InputError` naming the
+    entry that is not a shape.
+    """
+    if isinstance(items, dict):
+        return {str(k): _check_dims(k, v) for k, v in items.items()}
+    shapes: dict[str, Shape] = {}
     for item in items or []:
         name, sep, dims = item.rpartition(":")
         if not sep:
             name, dims = "", item
-        try:
-            shape = tuple(int(d) for d in re.split(r"[x,]", dims.strip()) if d)
-        except ValueError:
-            shape = ()
-        if not shape or any(d <= 0 for d in shape):
-            raise InputError(f"--input-shape {item!r}: expected NAME:DIMS such as x:1x3x224x224")
-        shapes[name] = shape
+        parts = [d.strip() for d in re.split(r"," if "," in dims else r"x", dims.strip())]
+        shape: list[int | str] = []
+        for d in parts:
+            if d.isdigit() and int(d) > 0:
+                shape.append(int(d))
+            elif _DIM_NAME.fullmatch(d.partition("=")[0]) and (not d.partition("=")[1] or d.partition("=")[2].isdigit()):
+                shape.append(d)
+            else:
+                shape = []
+                break
+        if not shape or any(isinstance(d, str) and d.endswith("=0") for d in shape):
+            raise InputError(f"--input-shape {item!r}: expected NAME:DIMS such as x:1x3x224x224 "
+                             "(a name in place of a size marks a dynamic axis: x:1xseqx8)")
+        shapes[name] = tuple(shape)
     return shapes
 
 
-def load(src: Any, *, weights: str | os.PathLike[str] | None = None, input_shapes: list[str] | dict[str, tuple[int, ...]] | None = None,
+def _check_dims(name: Any, dims: Any) -> Shape:
+    """One API shape: a sequence of positive ints and axis names (``"seq"`` or ``"seq=12"``)."""
+    ok = isinstance(dims, (tuple, list)) and len(dims) > 0
+    out: list[int | str] = []
+    for d in dims if ok else ():
+        if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0:
+            out.append(int(d))
+        elif isinstance(d, str) and _DIM_NAME.fullmatch(d.partition("=")[0]) and (
+                not d.partition("=")[1] or (d.partition("=")[2].isdigit() and int(d.partition("=")[2]) > 0)):
+            out.append(d)
+        else:
+            ok = False
+    if not ok:
+        raise InputError(f"input_shapes[{name!r}] = {dims!r}: expected a tuple of positive sizes and axis names, "
+                         "such as (1, 3, 224, 224) or (2, 'seq', 8)")
+    return tuple(out)
+
+
+def split_dim(d: int | str) -> tuple[str | None, int | None]:
+    """``"seq=12"`` → ``("seq", 12)``, ``"seq"`` → ``("seq", None)``, ``8`` → ``(None, 8)``."""
+    if isinstance(d, int):
+        return None, d
+    name, _, size = d.partition("=")
+    return name, int(size) if size else None
+
+
+def load(src: Any, *, weights: str | os.PathLike[str] | None = None,
+         input_shapes: list[str] | dict[str, tuple[int | str, ...]] | None = None,
          data: Any = None, trust_remote_code: bool = False) -> ModelHandle:
-    """Load a model from any supported source (see module docstring)."""
-    shapes = input_shapes if isinstance(input_shapes, dict) else parse_input_shapes(input_shapes)
+    """Load a model from any supported source (see module docstring).
+
+    ``input_shapes``: CLI-style strings or ``{name: shape}``; a name in place of a size marks a
+    dynamic axis (see :func:`parse_input_shapes`). Raises :class:`InputError` for a shape that is not one."""
+    shapes = parse_input_shapes(input_shapes)
     if isinstance(src, ModelHandle):
         handle = src
     elif isinstance(src, nn.Module):
@@ -312,15 +367,23 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
         example = dict(handle.example_inputs or {})
         rng = np.random.default_rng(0)
         given = _data_arrays(data, handle) if data is not None else {}
+        specs = {}
         for n, shp in shapes.items():
             arr = given.get(n)
-            if arr is not None and tuple(arr.shape[1:]) == tuple(shp[1:]) and len(arr):
+            fixed0 = _batch_named_elsewhere(shp)
+            fits = (arr is not None and arr.ndim == len(shp) and len(arr) > 0
+                    and all(arr.shape[i] == d for i, d in enumerate(shp) if isinstance(d, int) and (i or fixed0)))
+            concrete = tuple(_example_size(d, arr.shape[i] if fits else None) for i, d in enumerate(shp))
+            if fits:
                 # --data holds this input at the stated shape: take its values, and so its dtype (token ids)
-                example[n] = np.resize(arr, shp).astype(arr.dtype)
+                example[n] = np.resize(arr, concrete).astype(arr.dtype)
             else:
-                example[n] = rng.standard_normal(shp).astype(np.float32)
+                example[n] = rng.standard_normal(concrete).astype(np.float32)
+            dims = tuple(split_dim(d)[0] if isinstance(d, str) else ("batch" if i == 0 and not fixed0 else d)
+                         for i, d in enumerate(shp))
+            specs[n] = TensorSpec(n, dims, str(example[n].dtype))
         handle.example_inputs = example
-        handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
+        handle.inputs = [specs.get(n) or _spec_from_example(n, example[n], handle) for n in names]
     elif data is not None:
         from .core.data import load_data
 
@@ -335,6 +398,22 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
         handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
     if handle.example_inputs is not None:
         _set_output_specs(handle)
+
+
+def _batch_named_elsewhere(shape: tuple[int | str, ...]) -> bool:
+    """Whether an axis other than 0 is named ``batch``: then axis 0 is fixed unless named itself."""
+    return any(isinstance(d, str) and split_dim(d)[0] == "batch" for d in shape[1:])
+
+
+def _example_size(d: int | str, data_size: int | None) -> int:
+    """The size to trace a dim at: a number as given; a named axis at NAME=SIZE, the data's size, or
+    :data:`NAMED_DIM_SIZE` (never 1, which the exporters would fix as a constant)."""
+    name, size = split_dim(d)
+    if name is None:
+        return int(d)
+    if size is not None:
+        return size
+    return data_size if data_size is not None and data_size > 1 else NAMED_DIM_SIZE
 
 
 def _data_arrays(data: Any, handle: ModelHandle) -> dict[str, np.ndarray]:
@@ -374,16 +453,27 @@ def _set_output_specs(handle: ModelHandle, first_name: str | None = None) -> Non
     handle.outputs = [TensorSpec(n, ("batch", *o.shape[1:]), str(o.dtype)) for n, o in zip(names, outs, strict=True)]
 
 
-def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int, ...]]) -> None:
+def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int | str, ...]]) -> None:
+    """An ONNX file fixes which axes are dynamic: a size must fit the file's dim, a named axis must be a
+    dynamic one there; named axes are drawn at their ``NAME=SIZE`` (or :data:`NAMED_DIM_SIZE`)."""
     names = handle.input_names
     if "" in shapes and len(names) == 1:
         shapes = {names[0]: shapes[""]}
+    concrete: dict[str, tuple[int, ...]] = {}
     for n, shp in shapes.items():
         spec = next((s for s in handle.inputs if s.name == n), None)
         if spec is None:
             raise InputError(f"--input-shape names {n!r}, but the model's inputs are {names}")
-        if len(spec.shape) != len(shp) or any(isinstance(d, int) and d != v for d, v in zip(spec.shape, shp, strict=False)):
-            raise InputError(f"--input-shape {n}:{'x'.join(map(str, shp))} does not fit the model's {spec.describe()}")
+        given = "x".join(map(str, shp))
+        if len(spec.shape) != len(shp) or any(isinstance(d, int) and isinstance(v, int) and d != v
+                                              for d, v in zip(spec.shape, shp, strict=False)):
+            raise InputError(f"--input-shape {n}:{given} does not fit the model's {spec.describe()}")
+        fixed = [i for i, (d, v) in enumerate(zip(spec.shape, shp, strict=True)) if isinstance(d, int) and isinstance(v, str)]
+        if fixed:
+            raise InputError(f"--input-shape {n}:{given} names axis {fixed[0]} dynamic, but the ONNX file fixes it "
+                             f"at {spec.shape[fixed[0]]} ({spec.describe()})")
+        concrete[n] = tuple(_example_size(v, None) for v in shp)
+    shapes = concrete
     rng = np.random.default_rng(0)
     handle.example_inputs = {
         s.name: (rng.standard_normal(shapes[s.name]).astype(s.np_dtype) if s.name in shapes
