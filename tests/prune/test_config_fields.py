@@ -40,7 +40,8 @@ ROWS = [
     (NM_FT, "lr", 1e-2),
     (ST, "ratio", 0.25), (ST, "importance", "l1"), (ST, "importance", "bn"), (ST, "importance", "taylor"),
     (ST, "importance", "activation"), (ST, "scope", "global"), (ST, "protect", ("stem.*",)),
-    (ST, "heads_ratio", 0.5), (ST, "ffn_ratio", 0.25),  # a CNN has neither: refused (ST, "round_to", 3), (ST, "min_keep", 0.6),
+    (ST, "heads_ratio", 0.5), (ST, "ffn_ratio", 0.25),  # a CNN has neither: refused
+    (ST, "round_to", 3), (ST, "min_keep", 0.6),
     (ST_G, "min_keep", 0.6), (ST, "finetune_epochs", 1), (ST, "lr", 1e-2), (ST_FT, "lr", 1e-2),
 ]
 
