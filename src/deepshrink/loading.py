@@ -58,6 +58,9 @@ def load(src: Any, *, weights: str | os.PathLike[str] | None = None, input_shape
     elif isinstance(src, nn.Module):
         handle = _torch_handle(src, source=type(src).__name__)
     elif _is_onnx_proto(src):
+        from .backends.onnx import inline_external_data
+
+        inline_external_data(src, what="the ONNX model given")
         ins, outs = io_specs(src)
         handle = ModelHandle(src, "onnx", ins, outs, source="<onnx model>")
     else:
@@ -88,6 +91,7 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         model = load_onnx(path)
+        _check_onnx_weights_finite(model, str(path))
         ins, outs = io_specs(model)
         handle = ModelHandle(model, "onnx", ins, outs, source=str(path), path=path)
         meta = {p.key: p.value for p in model.metadata_props}
@@ -116,6 +120,35 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     if not path.exists():
         raise InputError(f"model {src} not found (expected a file, a Hugging Face folder or package.module:factory)")
     raise InputError(f"{path}: unknown model format {suffix!r}; use .onnx, .pt2, a Hugging Face folder or module:factory")
+
+
+# Weight slots (op type -> input indices) whose initializers must be finite: a NaN or an infinity there
+# poisons every output. Other constants may hold an infinity on purpose (an attention mask's fill value).
+_WEIGHT_SLOTS = {"MatMul": (0, 1), "Gemm": (0, 1, 2), "Conv": (1, 2), "ConvTranspose": (1, 2), "Gather": (0,),
+                 "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3), "BatchNormalization": (1, 2, 3, 4),
+                 "LayerNormalization": (1, 2)}
+
+
+def _check_onnx_weights_finite(model: Any, source: str) -> None:
+    """Refuse an ONNX model whose weights (the initializers in :data:`_WEIGHT_SLOTS`) hold NaN or ±inf."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    for node in model.graph.node:
+        for i in _WEIGHT_SLOTS.get(node.op_type, ()):
+            name = node.input[i] if i < len(node.input) else ""
+            t = inits.get(name)
+            if t is None or name in seen:
+                continue
+            seen.add(name)
+            try:
+                arr = numpy_helper.to_array(t)
+            except Exception:  # noqa: BLE001 - an odd type; the runtime will say
+                continue
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise InputError(f"model {source}: weight {name!r} of {node.op_type} node {node.name!r} contains NaN "
+                                 "or infinity")
 
 
 def is_factory_source(src: Any) -> bool:
@@ -244,6 +277,8 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
     from .examples.minilm import SentenceEncoder
 
     hf_logging.disable_progress_bar()
+    if not trust_remote_code:
+        _refuse_remote_code(path)
     try:
         AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code,
@@ -267,6 +302,24 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
     handle.metadata["input_names"] = ",".join(names)
     _set_output_specs(handle, "sentence_embedding" if is_st else "last_hidden_state")
     return handle
+
+
+def _refuse_remote_code(path: Path) -> None:
+    """Refuse, before transformers reads anything else, a folder whose config asks for its own code
+    (``auto_map``: Python files that ``trust_remote_code`` would import and run)."""
+    for name in ("config.json", "tokenizer_config.json"):
+        f = path / name
+        if not f.is_file():
+            continue
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{f} is not valid JSON ({first_line(exc, 120)})") from None
+        auto_map = cfg.get("auto_map") if isinstance(cfg, dict) else None
+        if auto_map:
+            shown = ", ".join(str(v) for v in (auto_map.values() if isinstance(auto_map, dict) else [auto_map]))[:120]
+            raise InputError(f"{path}: {name} asks to run the folder's own code (auto_map: {shown}); deepshrink runs "
+                             "no code from a model folder unless you pass --trust-remote-code (trust_remote_code=True)")
 
 
 class _FirstOutput(nn.Module):
