@@ -166,6 +166,7 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savez(d / "mismatched.npz", x=x, labels=np.zeros(5, np.int64))
     np.savez(d / "unequal.npz", x=x, z=x[:3])
     (d / "garbage.npz").write_bytes(b"PK\x03\x04junk")
+    np.savez(d / "good64.npz", x=rng.standard_normal((64, 4)).astype(np.float32))
     np.savez(d / "unlabelled64.npz", x=rng.standard_normal((32, 64)).astype(np.float32))
     # recipes
     (d / "unknown_key.yaml").write_text("steps:\n  - quantize: {scheme: int8-dynamic, bogus_key: 3}\n")
@@ -310,6 +311,10 @@ CASES = [
     # --- impossible budgets and bad values ---------------------------------------------------------
     C("quantize-auto-target-above-1", lambda e: ["quantize", f"{e.fx}/good.onnx", "-o", f"{e.out}/q.onnx",
                                                  "-s", "auto", "--target-cos", "1.5"], "target_cos"),
+    C("quantize-auto-unreachable-budget", lambda e: ["quantize", f"{e.fx}/good.onnx", "-o", f"{e.out}/q.onnx",
+                                                     "-s", "auto", "--target-cos", "1.0", "--min-cos", "1.0",
+                                                     "--max-kept", "0", "--no-bench", "-d", f"{e.fx}/good64.npz"],
+      "could not reach"),
     C("quantize-bits-9", lambda e: ["quantize", f"{e.fx}/good.onnx", "-o", f"{e.out}/q.onnx", "-s", "int4-weight",
                                     "--bits", "9"], "--bits"),
     C("quantize-unknown-scheme", lambda e: ["quantize", f"{e.fx}/good.onnx", "-o", f"{e.out}/q.onnx", "-s", "int3"],
@@ -450,7 +455,8 @@ def _E(id: str, mutate: Callable[[onnx.TensorProto, Env], None], expect: str, cm
         model = f"{e.case}/m/model.onnx"
         return {"info": ["info", model], "quantize": ["quantize", model, "-o", f"{e.out}/q.onnx"],
                 "convert": ["convert", model, f"{e.out}/m.pt2"], "pack": ["pack", model, "-o", f"{e.out}/p.dsz"],
-                "bench": ["bench", model, "--repeats", "1"]}[cmd]
+                "bench": ["bench", model, "--repeats", "1"],
+                "compress": ["compress", model, "-r", "int8", "-o", f"{e.out}/run"]}[cmd]
     return C(f"external-{id}", argv, expect, setup=lambda e: _ext(e, mutate))
 
 
@@ -467,7 +473,7 @@ EXTERNAL = [
     _E("fifo", _fifo, "FIFO"),
     _E("device", _device, "zero"),
     _E("folder", _folder, "folder"),
-    _E("missing-file", _set("location", "nope.bin"), "missing"),
+    _E("missing-file", _set("location", "nope.bin"), "missing", cmd="compress"),
     _E("offset-past-end", _set("offset", "4096"), "past the end"),
     _E("length-past-end", _set("length", "4096"), "past the end"),
     _E("length-beyond-memory", _set("length", str(1 << 62)), "past the end", cmd="quantize"),
@@ -644,3 +650,16 @@ def test_write_external_data_replaces_links_not_targets(tmp_path: Path, fx: Path
         assert victim.read_bytes() == b"precious"
         assert not (out / f"{name}.data").is_symlink() and (out / f"{name}.data").stat().st_nlink == 1
         assert run_app(["info", str(out / name)]) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="convert/onnx2torch/importer.py:_load reads a path with onnx.load, which "
+                   "(onnx 1.23) only warns about unknown external-data keys; it should go through "
+                   "backends.onnx.load_onnx. Left to the onnx2torch helper (area under edit).")
+def test_onnx2torch_path_goes_through_the_checked_loader(tmp_path: Path) -> None:
+    from deepshrink.convert.onnx2torch import onnx_to_torch
+    from deepshrink.errors import InputError
+
+    e = Env(fx=tmp_path, case=tmp_path, out=tmp_path)
+    _ext(e, _set("__class__", "x"))
+    with pytest.raises(InputError, match="unknown external-data key"):
+        onnx_to_torch(tmp_path / "m" / "model.onnx")

@@ -77,7 +77,8 @@ def make_session(model: str | os.PathLike[str] | onnx.ModelProto | bytes, *, thr
     """An ORT CPU session with ``threads`` intra-op threads and thread spinning off.
 
     Spinning is off by default: two sessions in one process otherwise steal the same
-    cores from each other while idle, which distorts side-by-side timings.
+    cores from each other while idle, which distorts side-by-side timings. External data is
+    checked first (:func:`check_external_data`); a bad reference raises :class:`InputError`.
     """
     import onnxruntime as ort
 
@@ -92,8 +93,10 @@ def make_session(model: str | os.PathLike[str] | onnx.ModelProto | bytes, *, thr
     if optimized_path:
         so.optimized_model_filepath = optimized_path
     if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
+        # ORT would resolve EXTERNAL tensors of serialized bytes against the current folder
+        model = inline_external_data(model, what="the model given to ONNX Runtime").SerializeToString()
     elif not isinstance(model, bytes):
+        load_onnx(model, load_external=False)  # ORT reads the external data itself: check it first
         model = str(model)
     try:
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
