@@ -14,6 +14,7 @@ import importlib
 import io
 import json
 import os
+import pickle
 import re
 import sys
 import zipfile
@@ -190,6 +191,9 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
             state = torch.load(path, weights_only=True, map_location="cpu")
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
+    except pickle.UnpicklingError:
+        raise InputError(f"weights file {path} holds pickled objects besides tensors; unpickling them could run "
+                         "code, so it is not loaded (save the state dict as .safetensors)") from None
     except Exception as exc:
         raise InputError(f"weights file {path} cannot be read ({type(exc).__name__}: {first_line(exc, 160)})") from None
     if not isinstance(state, dict):
@@ -283,6 +287,9 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
         AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code,
                                           attn_implementation="eager")
+    except pickle.UnpicklingError:
+        raise InputError(f"{path}: the weights (pytorch_model.bin) hold pickled objects besides tensors; unpickling "
+                         "them could run code, so they are not loaded (use model.safetensors)") from None
     except Exception as exc:
         raise InputError(f"{path}: cannot load the Hugging Face model offline ({type(exc).__name__}: "
                          f"{first_line(exc)})") from None

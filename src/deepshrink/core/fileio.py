@@ -41,7 +41,8 @@ def check_writable(folder: str | os.PathLike[str]) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".deepshrink-probe.", dir=folder_p)
     except OSError as exc:
-        raise InputError(f"output folder {folder_p} is not writable ({exc.strerror or type(exc).__name__})") from None
+        raise InputError(f"output folder {folder_p} is not writable: a file cannot be created there "
+                         f"({exc.strerror or type(exc).__name__})") from None
     os.close(fd)
     os.unlink(probe)
 
