@@ -114,6 +114,10 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "empty.pt2").write_bytes(b"")
     (d / "trunc.pt2").write_bytes(pt2[: len(pt2) // 2])
     (d / "garbage.pt2").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+    with zipfile.ZipFile(d / "mlp.pt2") as src, zipfile.ZipFile(d / "nan.pt2", "w") as dst:
+        for n in src.namelist():  # fc1.weight[0, 0] = NaN in the raw weight bytes
+            raw = src.read(n)
+            dst.writestr(n, np.float32(np.nan).tobytes() + raw[4:] if n.endswith("weights/weight_0") else raw)
     with zipfile.ZipFile(d / "mlp.pt2") as src, zipfile.ZipFile(d / "evil.pt2", "w") as dst:
         for n in src.namelist():  # sample inputs replaced by a pickle that runs code
             dst.writestr(n, _evil_pickle(marker) if n.endswith("sample_inputs/model.pt") else src.read(n))
@@ -268,6 +272,7 @@ CASES = [
     C("info-nan-onnx", lambda e: ["info", f"{e.fx}/nan.onnx"], "NaN"),
     C("quantize-inf-onnx", lambda e: ["quantize", f"{e.fx}/inf.onnx", "-o", f"{e.out}/q.onnx"], "infinity"),
     C("pack-nan-onnx", lambda e: ["pack", f"{e.fx}/nan.onnx", "-o", f"{e.out}/p.dsz", "--lossless"], "NaN"),
+    C("prune-nan-pt2", lambda e: ["prune", f"{e.fx}/nan.pt2", "-o", f"{e.out}/p.pt2", "-s", "0.5"], "fc1.weight"),
     C("prune-nan-safetensors", lambda e: ["prune", FACTORY, "-w", f"{e.fx}/nan.safetensors", "-o", f"{e.out}/p.pt2",
                                           "-s", "0.5"], "fc2.weight"),
     # --- data that does not fit --------------------------------------------------------------------
@@ -338,6 +343,8 @@ CASES = [
       "--force", setup=_existing),
     C("unpack-output-exists", lambda e: ["unpack", f"{e.fx}/good.dsz", "-o", f"{e.out}/out.onnx"], "--force",
       setup=_existing),
+    C("convert-output-side-file-exists", lambda e: ["convert", f"{e.fx}/good.onnx", f"{e.out}/new.onnx"],
+      "new.onnx.data already exists", setup=lambda e: (e.out / "new.onnx.data").write_bytes(b"earlier tensors")),
     C("compress-output-not-empty", lambda e: ["compress", f"{e.fx}/good.onnx", "-r", "int8", "-o", f"{e.out}"],
       "not empty", setup=_existing),
     C("convert-output-is-input", lambda e: ["convert", f"{e.fx}/good.onnx", f"{e.fx}/good.onnx", "--force"],

@@ -218,6 +218,7 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
     except Exception as exc:
         raise InputError(f"{path} is not a readable torch.export archive ({type(exc).__name__}: {str(exc)[:160]})") from None
     module = ep.module()
+    _check_finite(module, str(path))
     names = list(ep.graph_signature.user_inputs)
     ins = []
     example: dict[str, np.ndarray] = {}
@@ -298,6 +299,7 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
     normalize = is_st and "Normalize" in modules_json.read_text()
     wrapped: nn.Module = SentenceEncoder(model, normalize=normalize) if is_st else _FirstOutput(model)
     wrapped.eval()
+    _check_finite(wrapped, str(path))
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     enc = tok(["deepshrink measures what it ships.", "A second, somewhat longer example sentence for shapes."],
               padding=True, return_tensors="np")
@@ -340,13 +342,18 @@ class _FirstOutput(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+def _check_finite(model: nn.Module, source: str) -> None:
+    """Refuse a module whose floating-point parameters or buffers hold NaN or ±inf."""
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise InputError(f"model {source}: tensor {name!r} contains NaN or infinity")
+
+
 def _torch_handle(model: nn.Module, source: str) -> ModelHandle:
     from .backends.torch import set_eval
 
     set_eval(model)
-    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-        if p.is_floating_point() and not torch.isfinite(p).all():
-            raise InputError(f"model {source}: tensor {name!r} contains NaN or infinity")
+    _check_finite(model, source)
     names = forward_arg_names(model)
     # dtype unknown until data or --input-shape says: data keeps its integer ids, floats -> float32
     ins = [TensorSpec(n, ("batch",), ANY_DTYPE) for n in names]
