@@ -290,23 +290,31 @@ def _int_entry(entries: dict[str, str], key: str, tensor: str, what: str) -> int
     return int(raw)
 
 
+# Sub-byte element types, packed several to a byte (ONNX IR spec): elements per byte.
+_PACKED = {"INT4": 2, "UINT4": 2, "FLOAT4E2M1": 2, "INT2": 4, "UINT2": 4}
+# Element types stored as whole bytes, itemsize each.
+_WHOLE_BYTES = ("FLOAT", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64", "BOOL", "FLOAT16", "DOUBLE", "UINT32",
+                "UINT64", "COMPLEX64", "COMPLEX128", "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
+                "FLOAT8E5M2FNUZ", "FLOAT8E8M0")
+
+
 def _expected_bytes(tensor: onnx.TensorProto, what: str) -> int | None:
-    """Bytes the tensor's dims and dtype need (None for strings and unknown types)."""
+    """Bytes the tensor's dims and dtype need; None for strings and types whose packing is not
+    known here (then only the file's bounds are checked)."""
     if any(d < 0 for d in tensor.dims):
         raise InputError(f"{what}: tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
     n = 1
     for d in tensor.dims:
         n *= int(d)
-    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
-        return None
     try:
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    except Exception:  # noqa: BLE001 - a type numpy does not know
+        type_name = onnx.TensorProto.DataType.Name(tensor.data_type)
+    except ValueError:
         return None
-    packed4 = {getattr(onnx.TensorProto, k) for k in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, k)}
-    if tensor.data_type in packed4:
-        return (n + 1) // 2
-    return n * itemsize
+    if type_name in _PACKED:
+        return -(-n // _PACKED[type_name])
+    if type_name not in _WHOLE_BYTES:
+        return None
+    return n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 
 def check_external_data(model: onnx.ModelProto, base: str | os.PathLike[str], *, what: str) -> list[ExternalRef]:
