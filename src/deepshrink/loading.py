@@ -14,6 +14,7 @@ import importlib
 import io
 import json
 import os
+import pickle
 import re
 import sys
 import zipfile
@@ -113,6 +114,9 @@ def load(src: Any, *, weights: str | os.PathLike[str] | None = None,
     elif isinstance(src, nn.Module):
         handle = _torch_handle(src, source=type(src).__name__)
     elif _is_onnx_proto(src):
+        from .backends.onnx import inline_external_data
+
+        inline_external_data(src, what="the ONNX model given")
         ins, outs = io_specs(src)
         handle = ModelHandle(src, "onnx", ins, outs, source="<onnx model>")
     else:
@@ -143,6 +147,7 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         model = load_onnx(path)
+        _check_onnx_weights_finite(model, str(path))
         ins, outs = io_specs(model)
         handle = ModelHandle(model, "onnx", ins, outs, source=str(path), path=path)
         meta = {p.key: p.value for p in model.metadata_props}
@@ -171,6 +176,35 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     if not path.exists():
         raise InputError(f"model {src} not found (expected a file, a Hugging Face folder or package.module:factory)")
     raise InputError(f"{path}: unknown model format {suffix!r}; use .onnx, .pt2, a Hugging Face folder or module:factory")
+
+
+# Weight slots (op type -> input indices) whose initializers must be finite: a NaN or an infinity there
+# poisons every output. Other constants may hold an infinity on purpose (an attention mask's fill value).
+_WEIGHT_SLOTS = {"MatMul": (0, 1), "Gemm": (0, 1, 2), "Conv": (1, 2), "ConvTranspose": (1, 2), "Gather": (0,),
+                 "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3), "BatchNormalization": (1, 2, 3, 4),
+                 "LayerNormalization": (1, 2)}
+
+
+def _check_onnx_weights_finite(model: Any, source: str) -> None:
+    """Refuse an ONNX model whose weights (the initializers in :data:`_WEIGHT_SLOTS`) hold NaN or ±inf."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    for node in model.graph.node:
+        for i in _WEIGHT_SLOTS.get(node.op_type, ()):
+            name = node.input[i] if i < len(node.input) else ""
+            t = inits.get(name)
+            if t is None or name in seen:
+                continue
+            seen.add(name)
+            try:
+                arr = numpy_helper.to_array(t)
+            except Exception:  # noqa: BLE001 - an odd type; the runtime will say
+                continue
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise InputError(f"model {source}: weight {name!r} of {node.op_type} node {node.name!r} contains NaN "
+                                 "or infinity")
 
 
 def is_factory_source(src: Any) -> bool:
@@ -212,6 +246,9 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
             state = torch.load(path, weights_only=True, map_location="cpu")
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
+    except pickle.UnpicklingError:
+        raise InputError(f"weights file {path} holds pickled objects besides tensors; unpickling them could run "
+                         "code, so it is not loaded (save the state dict as .safetensors)") from None
     except Exception as exc:
         raise InputError(f"weights file {path} cannot be read ({type(exc).__name__}: {first_line(exc, 160)})") from None
     if not isinstance(state, dict):
@@ -236,6 +273,7 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
     except Exception as exc:
         raise InputError(f"{path} is not a readable torch.export archive ({type(exc).__name__}: {str(exc)[:160]})") from None
     module = ep.module()
+    _check_finite(module, str(path))
     names = list(ep.graph_signature.user_inputs)
     ins = []
     example: dict[str, np.ndarray] = {}
@@ -299,10 +337,15 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
     from .examples.minilm import SentenceEncoder
 
     hf_logging.disable_progress_bar()
+    if not trust_remote_code:
+        _refuse_remote_code(path)
     try:
         AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code,
                                           attn_implementation="eager")
+    except pickle.UnpicklingError:
+        raise InputError(f"{path}: the weights (pytorch_model.bin) hold pickled objects besides tensors; unpickling "
+                         "them could run code, so they are not loaded (use model.safetensors)") from None
     except Exception as exc:
         raise InputError(f"{path}: cannot load the Hugging Face model offline ({type(exc).__name__}: "
                          f"{first_line(exc)})") from None
@@ -311,6 +354,7 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
     normalize = is_st and "Normalize" in modules_json.read_text()
     wrapped: nn.Module = SentenceEncoder(model, normalize=normalize) if is_st else _FirstOutput(model)
     wrapped.eval()
+    _check_finite(wrapped, str(path))
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     enc = tok(["deepshrink measures what it ships.", "A second, somewhat longer example sentence for shapes."],
               padding=True, return_tensors="np")
@@ -324,6 +368,24 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
     return handle
 
 
+def _refuse_remote_code(path: Path) -> None:
+    """Refuse, before transformers reads anything else, a folder whose config asks for its own code
+    (``auto_map``: Python files that ``trust_remote_code`` would import and run)."""
+    for name in ("config.json", "tokenizer_config.json"):
+        f = path / name
+        if not f.is_file():
+            continue
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{f} is not valid JSON ({first_line(exc, 120)})") from None
+        auto_map = cfg.get("auto_map") if isinstance(cfg, dict) else None
+        if auto_map:
+            shown = ", ".join(str(v) for v in (auto_map.values() if isinstance(auto_map, dict) else [auto_map]))[:120]
+            raise InputError(f"{path}: {name} asks to run the folder's own code (auto_map: {shown}); deepshrink runs "
+                             "no code from a model folder unless you pass --trust-remote-code (trust_remote_code=True)")
+
+
 class _FirstOutput(nn.Module):
     """Expose a Hugging Face model as ``(input_ids, attention_mask) -> last_hidden_state``."""
 
@@ -335,13 +397,18 @@ class _FirstOutput(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+def _check_finite(model: nn.Module, source: str) -> None:
+    """Refuse a module whose floating-point parameters or buffers hold NaN or ±inf."""
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise InputError(f"model {source}: tensor {name!r} contains NaN or infinity")
+
+
 def _torch_handle(model: nn.Module, source: str) -> ModelHandle:
     from .backends.torch import set_eval
 
     set_eval(model)
-    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-        if p.is_floating_point() and not torch.isfinite(p).all():
-            raise InputError(f"model {source}: tensor {name!r} contains NaN or infinity")
+    _check_finite(model, source)
     names = forward_arg_names(model)
     # dtype unknown until data or --input-shape says: data keeps its integer ids, floats -> float32
     ins = [TensorSpec(n, ("batch",), ANY_DTYPE) for n in names]

@@ -120,7 +120,10 @@ def select_nodes(candidates: Sequence[WeightNode], include: Sequence[str] = (), 
 
 
 def _save_tmp(model: onnx.ModelProto, path: Path) -> Path:
-    big = model.ByteSize() > 1_800_000_000
+    from ..backends.onnx import EXTERNAL_DATA_THRESHOLD, inline_external_data
+
+    inline_external_data(model)  # onnx.save_model would write loaded EXTERNAL tensors to the location they name
+    big = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
     onnx.save_model(model, str(path), save_as_external_data=big, location=path.name + ".data" if big else None)
     return path
 

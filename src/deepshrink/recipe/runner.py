@@ -181,6 +181,10 @@ def _check_out_dir(out: Path, *, resume: bool, force: bool) -> None:
         blocker = next((p for p in out.parents if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise InputError(f"cannot create output folder {out}: {blocker} is a file")
+        if blocker is not None:
+            from ..core.fileio import check_writable
+
+            check_writable(blocker)
         return  # created (with its parents) once every check has passed
     if not any(out.iterdir()):
         return
