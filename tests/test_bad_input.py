@@ -659,9 +659,6 @@ def test_write_external_data_replaces_links_not_targets(tmp_path: Path, fx: Path
         assert run_app(["info", str(out / name)]) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="convert/onnx2torch/importer.py:_load reads a path with onnx.load, which "
-                   "(onnx 1.23) only warns about unknown external-data keys; it should go through "
-                   "backends.onnx.load_onnx. Left to the onnx2torch helper (area under edit).")
 def test_onnx2torch_path_goes_through_the_checked_loader(tmp_path: Path) -> None:
     from deepshrink.convert.onnx2torch import onnx_to_torch
     from deepshrink.errors import InputError
