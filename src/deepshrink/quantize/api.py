@@ -32,6 +32,7 @@ from .configs import (
     QuantConfig,
     WeightOnlyConfig,
 )
+from .normalize import normalize_for_quantization, restore_unquantized_casts
 from .outcome import Prepared, QuantizeOutcome
 from .outcome import result as _result
 
@@ -62,6 +63,8 @@ def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress:
     prep = prepare(model, data, fuse=_wants_fuse(config), calibration_size=_calibration_size(config),
                    gemm_as_matmul=not _is_static(config), **load_options)
     out = handler(prep, config, progress=progress)
+    if prep.normalized is not None:
+        restore_unquantized_casts(out.handle.model, prep.normalized)
     _check_loads(out.handle.model)
     out.report["float_weights"] = float_weights(prep.model, out.handle.model)
     out.report.setdefault("scheme", type(config).__name__)
@@ -70,6 +73,8 @@ def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress:
     out.report["config"] = config.to_dict()
     if prep.fused:
         out.report["fused"] = prep.fused
+    if prep.normalized:
+        out.report["normalized"] = prep.normalized.to_dict()
     return out
 
 
@@ -126,6 +131,8 @@ def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int 
     proto.CopyFrom(handle.model)
     proto, opset_from = _upgrade_opset(proto)
     ob.ensure_node_names(proto)
+    # what ORT's quantizers mishandle (Gemm alpha/beta/2-D bias/transA, Cast-fed fp16 weights), rewritten exactly
+    normalized = normalize_for_quantization(proto)
     if gemm_as_matmul:  # ORT's dynamic / weight-only passes and our codebooks see every Linear as MatMul
         ob.gemm_to_matmul(proto)
     arrays, labels = None, None
@@ -141,7 +148,7 @@ def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int 
         dims = ob.detect_bert(proto, handle.tokenizer_dir)
         if dims is not None:
             proto, fused = ob.fuse_transformer(proto, *dims)
-    return Prepared(handle, proto, arrays, labels, fused, opset_from)
+    return Prepared(handle, proto, arrays, labels, fused, opset_from, normalized)
 
 
 def float_weights(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, Any]:
@@ -279,6 +286,7 @@ def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOut
 def _static(prep: Prepared, config: Int8StaticConfig, **_: Any) -> QuantizeOutcome:
     calib = require_data(prep, "static int8")
     model = ob.preprocess(prep.model)
+    normalize_for_quantization(model)  # ORT's pre-processing may fuse MatMul + Add back into a Gemm
     op_types = config.op_types or None
     nodes = _nodes(Prepared(prep.handle, model, calib), config, op_types or ("Conv", "MatMul", "Gemm"))
     report: dict[str, Any] = {"quantized_layers": len(nodes), "observer": config.observer}

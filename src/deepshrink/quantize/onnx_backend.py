@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import InputError, UnsupportedError
+from ..errors import DeepshrinkError, InputError, UnsupportedError, first_line
 from .configs import MATMUL_NBITS_GROUP_SIZES, PER_CHANNEL_MIN_DB
 
 INTEGER_OPS = frozenset({
@@ -158,6 +158,43 @@ def float_compute_ops(model: onnx.ModelProto | str | Path) -> dict[str, int]:
     return {k: v for k, v in counts.items() if k in ("MatMul", "Conv", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm")}
 
 
+def failing_node(exc: BaseException, model: onnx.ModelProto) -> str | None:
+    """The node ONNX Runtime's quantizer was working on when it raised ``exc``: ``"Gemm 'fc1'"``, or None.
+
+    Read from the traceback: the innermost ``onnxruntime`` frame holding a node (a ``NodeProto``
+    local), else a local naming one of ``model``'s tensors, mapped to the node that reads it.
+    """
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        if "onnxruntime" in tb.tb_frame.f_code.co_filename:
+            frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    readers: dict[str, onnx.NodeProto] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, n)
+    names = {n.name: n for n in model.graph.node if n.name}
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, onnx.NodeProto):
+                return f"{value.op_type} {value.name!r}"
+        for value in frame.f_locals.values():
+            if isinstance(value, str) and value:
+                node = names.get(value) or readers.get(value) or readers.get(value.removesuffix("_quantized"))
+                if node is not None:
+                    return f"{node.op_type} {node.name!r}"
+    return None
+
+
+def ort_quantizer_error(exc: BaseException, model: onnx.ModelProto, what: str = "quantizer") -> UnsupportedError:
+    """One line for an exception raised inside ONNX Runtime's quantization code, naming the node."""
+    node = failing_node(exc, model)
+    where = f" on {node}" if node else ""
+    return UnsupportedError(f"ONNX Runtime's {what} failed{where}: {type(exc).__name__}: {first_line(exc)}; "
+                            "nothing was written (--exclude the layer to keep it float)")
+
+
 def _ort_quantize(fn: Any, model: onnx.ModelProto, **kwargs: Any) -> onnx.ModelProto:
     root = logging.getLogger()
     level = root.level
@@ -166,7 +203,12 @@ def _ort_quantize(fn: Any, model: onnx.ModelProto, **kwargs: Any) -> onnx.ModelP
         with tempfile.TemporaryDirectory(prefix="deepshrink.q.") as d:
             src = _save_tmp(model, Path(d) / "in.onnx")
             out = Path(d) / "out.onnx"
-            fn(str(src), str(out), **kwargs)
+            try:
+                fn(str(src), str(out), **kwargs)
+            except (DeepshrinkError, KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:
+                raise ort_quantizer_error(exc, model) from exc
             return onnx.load(str(out))
     finally:
         root.setLevel(level)
@@ -505,6 +547,10 @@ def quantize_weight_only_rtn(model: onnx.ModelProto, nodes: Sequence[str], *, bi
     logging.disable(logging.INFO)  # one INFO line per node otherwise
     try:
         q.process()
+    except (DeepshrinkError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        raise ort_quantizer_error(exc, model, "weight-only quantizer") from exc
     finally:
         logging.disable(logging.NOTSET)
     out = q.model.model

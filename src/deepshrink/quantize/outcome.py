@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from ..core.handle import ModelHandle
+from .normalize import Normalized
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Prepared:
     labels: np.ndarray | None = None
     fused: dict[str, int] = field(default_factory=dict)
     opset_from: int | None = None  # the model's opset when prepare() had to raise it to 13
+    normalized: Normalized | None = None  # what prepare() rewrote for ONNX Runtime's quantizers
 
 
 def result(prep: Prepared, model: onnx.ModelProto, report: dict[str, Any]) -> QuantizeOutcome:
