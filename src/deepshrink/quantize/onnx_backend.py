@@ -5,9 +5,11 @@
   and the options (per-channel, the float default for fused graphs, pre-processing with
   ``skip_symbolic_shape=True``), because ORT's passes already emit the patterns its
   kernels fuse (``QLinearConv``, ``DynamicQuantizeMatMul``, ``QAttention``...).
-- The ``mse`` observer is ours: ORT has no MSE-optimal range search, so we collect the
-  activations, pick each range with :mod:`deepshrink.quantize.observers`, and hand the
-  ranges to ``quantize_static`` through its calibration cache.
+- The ``mse`` and ``entropy`` observers are ours: ORT has no MSE-optimal range search, and its
+  entropy calibrator, reached through ``quantize_static``, keeps 128 histogram bins for 128
+  quantized bins, so its only candidate threshold is the min-max range. We collect the
+  activations, pick each range with :mod:`deepshrink.quantize.observers`, and hand the ranges
+  to ``quantize_static`` through its calibration cache.
 - BERT-like encoders are first fused with ``onnxruntime.transformers.optimizer`` (fused
   Attention is then quantized as one ``QAttention``); the head count it needs is read
   from the model's Hugging Face config or from the attention reshapes in the graph.
@@ -225,8 +227,23 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
         out = _ort_quantize(run, model)
     except Exception:  # pre-processing is an optimisation, not a requirement
         return model
+    _restore_fused_names(model, out)
     ensure_node_names(out)
     return out
+
+
+def _restore_fused_names(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """Give a node ORT's optimizer renamed while fusing (``fc2`` -> ``fc2/MatMulAddFusion``) its name back,
+    so include/exclude patterns and reports keep naming the user's layers."""
+    old = {n.name for n in before.graph.node if n.name}
+    present = {n.name for n in after.graph.node}
+    for n in after.graph.node:
+        base, _, tail = n.name.rpartition("/")
+        if n.name in old or not tail.endswith("Fusion"):
+            continue
+        if base and base in old and base not in present:
+            n.name = base
+            present.add(base)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,14 +440,16 @@ def split_feeds(inputs: dict[str, np.ndarray], batch: int = 1) -> list[dict[str,
 def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibration: dict[str, np.ndarray], *,
                          observer: str = "minmax", percentile: float = 99.999, per_channel: bool = True,
                          fmt: str = "qdq", symmetric_activations: bool = False,
-                         op_types: Sequence[str] = ()) -> onnx.ModelProto:
-    """ORT ``quantize_static`` with calibrated activation ranges; ``mse`` ranges are computed here."""
+                         op_types: Sequence[str] = (), exclude_nodes: Sequence[str] = ()) -> onnx.ModelProto:
+    """ORT ``quantize_static`` with calibrated activation ranges; ``mse`` and ``entropy`` ranges are computed here.
+
+    ``nodes``: the nodes to quantize (empty: every node of ORT's op types); ``exclude_nodes``: nodes kept float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT,
                              "ActivationSymmetric": symmetric_activations}
     method = {"minmax": CalibrationMethod.MinMax, "moving_average": CalibrationMethod.MinMax,
-              "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.MinMax,
               "mse": CalibrationMethod.MinMax}.get(observer)
     if method is None:
         raise InputError(f"unknown observer {observer!r}; use minmax, moving_average, percentile, mse or entropy")
@@ -438,16 +457,18 @@ def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibrati
         extra["CalibMovingAverage"] = True
     if observer == "percentile":
         extra["CalibPercentile"] = percentile
-    feeds = split_feeds(calibration, batch=1 if observer in ("minmax", "mse") else 8)
+    feeds = split_feeds(calibration, batch=1 if observer in ("minmax", "mse", "entropy") else 8)
     kwargs: dict[str, Any] = dict(
         quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
         per_channel=per_channel, activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes) or None,
+        weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes) or None, nodes_to_exclude=list(exclude_nodes) or None,
         op_types_to_quantize=list(op_types) or None, calibrate_method=method, extra_options=extra)
     with tempfile.TemporaryDirectory(prefix="deepshrink.cal.") as d:
-        if observer == "mse":
+        if observer in ("mse", "entropy"):
+            # ORT has no MSE search, and its entropy calibrator, called through quantize_static, has as many
+            # histogram bins as quantized bins (128 and 128): its one candidate threshold is the min-max range
             cache = Path(d) / "ranges.json"
-            _mse_ranges(model, feeds, cache, kwargs)
+            _observer_ranges(model, feeds, cache, kwargs, observer)
             kwargs["calibration_cache_path"] = str(cache)
             return _ort_quantize(quantize_static, model, calibration_data_reader=None, **kwargs)
         kwargs["calibration_data_reader"] = _Reader(feeds)
@@ -455,8 +476,10 @@ def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibrati
             return _ort_quantize(quantize_static, model, **kwargs)
 
 
-def _mse_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cache: Path, kwargs: dict[str, Any]) -> None:
-    """Min-max calibration names the tensors; their ranges are then re-chosen to minimise MSE."""
+def _observer_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cache: Path, kwargs: dict[str, Any],
+                     observer: str) -> None:
+    """Min-max calibration names the tensors; their ranges are then re-chosen by our ``observer``
+    (``mse``: :class:`~.observers.MSEObserver`; ``entropy``: :class:`~.observers.EntropyObserver`, 2048 bins)."""
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
         TensorData,
@@ -465,7 +488,7 @@ def _mse_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cach
         save_tensors_data,
     )
 
-    from .observers import MSEObserver
+    from .observers import EntropyObserver, MSEObserver
 
     with tempfile.TemporaryDirectory(prefix="deepshrink.mse.") as d:
         src = _save_tmp(model, Path(d) / "in.onnx")
@@ -477,7 +500,8 @@ def _mse_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cach
     acts = collect_tensors(model, names, feeds)
     ranges = {}
     for name in names:
-        obs = MSEObserver(bits=8, symmetric=False, max_samples=1 << 13, grid=40)
+        obs = (MSEObserver(bits=8, symmetric=False, max_samples=1 << 13, grid=40) if observer == "mse" else
+               EntropyObserver(bits=8, symmetric=False))
         for a in acts[name]:
             obs.observe(np.asarray(a, np.float32))
         lo, hi = (float(v) for v in obs.range())
@@ -542,7 +566,9 @@ def quantize_weight_only_rtn(model: onnx.ModelProto, nodes: Sequence[str], *, bi
     all_mm = [w.name for w in weight_nodes(model, ("MatMul",))]
     cfg = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=symmetric, bits=bits,
                                        op_types_to_quantize=("MatMul",))
-    q = MatMulNBitsQuantizer(model, bits=bits, block_size=group_size, is_symmetric=symmetric,
+    work = onnx.ModelProto()
+    work.CopyFrom(model)  # the quantizer rewrites the model it is given: the caller's float model stays intact
+    q = MatMulNBitsQuantizer(work, bits=bits, block_size=group_size, is_symmetric=symmetric,
                              nodes_to_exclude=[n for n in all_mm if n not in set(nodes)], algo_config=cfg)
     logging.disable(logging.INFO)  # one INFO line per node otherwise
     try:
