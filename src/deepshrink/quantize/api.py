@@ -168,7 +168,7 @@ def prepare(model: Any, data: Any, *, fuse: bool | str = False, calibration_size
 # quantized ops: the index of their first scale / zero-point input
 _QPARAMS_FROM = {"MatMulNBits": 2, "DequantizeLinear": 1, "QuantizeLinear": 1, "MatMulInteger": 2, "ConvInteger": 2,
                  "DynamicQuantizeMatMul": 2, "MatMulIntegerToFloat": 2, "QGemm": 1, "QLinearMatMul": 1,
-                 "QLinearConv": 1, "QAttention": 3, "DynamicQuantizeLSTM": 4}
+                 "QLinearConv": 1, "QAttention": 3, "DynamicQuantizeLSTM": 3}  # LSTM: 3 is its float bias
 
 
 def float_weights(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, Any]:

@@ -82,6 +82,8 @@ class Int8DynamicConfig(QuantConfig):
     whose median output channel keeps less than ``per_channel_min_db`` (25 dB) SQNR with one
     scale per tensor (decided from the weights alone); ONNX Runtime's per-column kernels cost
     a fixed time per output column, so the others stay per tensor. ``True``/``False`` force one granularity everywhere.
+    ``LSTM`` layers become ONNX Runtime's ``DynamicQuantizeLSTM`` (int8 input and recurrence weights);
+    ONNX Runtime has no integer GRU kernel, so a GRU stays float and is named in the float-weights report.
     Embedding tables under ``gather_min_elements`` stay float (unless named by ``include``):
     their run-time ``DequantizeLinear`` costs a kernel call for a few hundred kB saved.
     """
@@ -93,7 +95,7 @@ class Int8DynamicConfig(QuantConfig):
     reduce_range: bool = False
     fuse: Literal["auto", "none", "bert"] = "none"
     smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
-    op_types: Patterns = ("MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "Gather")
+    op_types: Patterns = ("MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "Gather", "LSTM")
 
     @model_validator(mode="after")
     def _used(self) -> Int8DynamicConfig:

@@ -54,7 +54,7 @@ INTEGER_OPS = frozenset({
 
 # node type -> index of its weight input
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Attention": 1, "ConvTranspose": 1, "Gather": 0,
-                "EmbedLayerNormalization": 2}
+                "EmbedLayerNormalization": 2, "LSTM": 1}
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def weight_nodes(model: onnx.ModelProto, op_types: Iterable[str] | None = None) -> list[WeightNode]:
     """Nodes of ``op_types`` whose weight input is an initializer (float, ≥ 2-D)."""
     inits = initializer_map(model)
-    types = set(op_types) if op_types else set(WEIGHT_INPUT) - {"Gather", "EmbedLayerNormalization"}
+    types = set(op_types) if op_types else set(WEIGHT_INPUT) - {"Gather", "EmbedLayerNormalization", "LSTM"}
     out = []
     for i, n in enumerate(model.graph.node):
         if n.op_type not in types or n.op_type not in WEIGHT_INPUT:
