@@ -201,3 +201,19 @@ def test_ort_quantizer_failure_is_one_line_naming_the_node():
         ob.quantize_static_int8(model, [], _feeds(model, batch=8))
     msg = str(err.value)
     assert "Gemm 'fc1'" in msg and "ValueError" in msg and "\n" not in msg
+
+
+def test_mixed_leaves_what_its_default_cannot_quantize_float_and_says_so():
+    """Before: the int8-dynamic default was handed the Conv too and failed ("--include pattern 'conv' matches no
+    quantizable layer"), though the user gave no --include."""
+    from deepshrink.errors import InputError
+    from deepshrink.quantize import MixedPrecisionConfig
+
+    model = _cast_model()
+    q = ds.quantize(ds.load(model), MixedPrecisionConfig(overrides={"fc1": WeightOnlyConfig(group_size=32)}))
+    rep = __import__("json").loads(q.metadata["deepshrink.quantize"])
+    assert rep["groups"] == [{"scheme": "WeightOnlyConfig", "layers": ["fc1"]},
+                             {"scheme": "Int8DynamicConfig", "layers": ["fc2"]}]
+    assert rep["float_layers"] == ["conv"]
+    with pytest.raises(InputError, match="does not quantize Conv"):
+        ds.quantize(ds.load(model), MixedPrecisionConfig(overrides={"conv": WeightOnlyConfig(group_size=32)}))

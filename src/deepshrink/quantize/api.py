@@ -398,9 +398,17 @@ def _mixed(prep: Prepared, config: MixedPrecisionConfig, **kw: Any) -> QuantizeO
             raise InputError(f"override pattern {p!r} matches no quantizable layer")
     base = ob.select_nodes(cands, config.include, config.exclude)
     assign: dict[str, QuantConfig] = {}
+    unhandled: list[str] = []
     for name in base:
         c = next(c for c in cands if c.name == name)
-        cfg = next((v for p, v in config.overrides.items() if ob._matches(c, p)), config.default)
+        pattern, cfg = next(((p, v) for p, v in config.overrides.items() if ob._matches(c, p)),
+                            (None, config.default))
+        if not _handles(cfg, c.op_type):
+            if pattern is not None:
+                raise InputError(f"override {pattern!r} gives {c.op_type} layer {c.name!r} to {type(cfg).__name__}, "
+                                 f"which does not quantize {c.op_type}")
+            unhandled.append(c.name)  # the default scheme has no kernel for it: it stays float, and is reported
+            continue
         assign[name] = cfg
     order = sorted({id(c): c for c in assign.values()}.values(),
                    key=lambda c: 0 if isinstance(c, (KMeansConfig, Log2Config, WeightOnlyConfig)) else 1)
@@ -413,7 +421,20 @@ def _mixed(prep: Prepared, config: MixedPrecisionConfig, **kw: Any) -> QuantizeO
         step = handler_for(sub)(Prepared(prep.handle, model, data, prep.labels, ties=prep.ties), sub, **kw)
         model = step.handle.model
         report["groups"].append({"scheme": type(cfg).__name__, "layers": names})
+    if unhandled:
+        report["float_layers"] = unhandled
     return _result(prep, model, report)
+
+
+def _handles(config: QuantConfig, op_type: str) -> bool:
+    """Whether a single scheme's handler quantizes a layer of ``op_type``."""
+    if isinstance(config, Int8DynamicConfig):
+        return op_type in config.op_types
+    if isinstance(config, Int8StaticConfig):
+        return op_type in (config.op_types or ("Conv", "MatMul", "Gemm"))
+    if isinstance(config, WeightOnlyConfig):
+        return op_type == "MatMul"
+    return op_type in ("MatMul", "Gemm", "Conv")  # codebooks
 
 
 @register(AutoConfig)
