@@ -217,3 +217,17 @@ def test_mixed_leaves_what_its_default_cannot_quantize_float_and_says_so():
     assert rep["float_layers"] == ["conv"]
     with pytest.raises(InputError, match="does not quantize Conv"):
         ds.quantize(ds.load(model), MixedPrecisionConfig(overrides={"conv": WeightOnlyConfig(group_size=32)}))
+
+
+def test_weights_cast_from_a_non_constant_are_named_in_the_refusal():
+    from deepshrink.errors import InputError
+
+    nodes = [helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT, name="InsertedCast_w"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8]),
+                                           helper.make_tensor_value_info("w16", TensorProto.FLOAT16, [8, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(InputError) as err:
+        ds.quantize(ds.load(model), Int8DynamicConfig())
+    assert "Cast nodes (InsertedCast_w)" in str(err.value) and "--include" not in str(err.value)
