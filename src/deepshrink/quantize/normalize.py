@@ -17,7 +17,7 @@ rest they either write a model that computes something else or fail deep inside:
 :func:`normalize_for_quantization` folds those forms away, exactly (float32 arithmetic on
 constants, no change to what the graph computes):
 
-- a ``Constant`` node holding a floating-point tensor becomes an initializer of the same name;
+- a ``Constant`` node holding a floating-point tensor (not a scalar) becomes an initializer of the same name;
 - ``Cast(to=FLOAT)`` of a floating-point initializer becomes a float32 initializer under the
   Cast's output name (the consumers are untouched; the source stays while anything else reads it);
 - ``Gemm``: ``alpha`` is folded into a constant ``B``, ``beta`` into a constant ``C``, a ``C`` that
@@ -77,7 +77,7 @@ def normalize_for_quantization(model: onnx.ModelProto) -> Normalized:
 
 
 def fold_constant_nodes(model: onnx.ModelProto) -> list[str]:
-    """Turn every ``Constant`` node whose ``value`` is a floating-point tensor into an initializer.
+    """Turn every ``Constant`` node whose ``value`` is a floating-point tensor (not a scalar) into an initializer.
 
     The initializer takes the node's output name (its readers are unchanged); a Constant that is
     itself a graph output stays. Returns the names of the folded nodes.
@@ -90,7 +90,7 @@ def fold_constant_nodes(model: onnx.ModelProto) -> list[str]:
     for n in g.node:
         value = _attr(n, "value", None) if n.op_type == "Constant" and n.domain in ("", "ai.onnx") else None
         if (isinstance(value, onnx.TensorProto) and len(n.attribute) == 1 and value.data_type in floats
-                and n.output[0] not in outputs):
+                and int(np.prod(value.dims)) > 1 and n.output[0] not in outputs):  # scalars (scales, eps) stay
             t = onnx.TensorProto()
             t.CopyFrom(value)
             t.name = n.output[0]
