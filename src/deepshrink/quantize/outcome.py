@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 
 from ..core.handle import ModelHandle
+from .normalize import Normalized
+from .tied import Tie
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Prepared:
     labels: np.ndarray | None = None
     fused: dict[str, int] = field(default_factory=dict)
     opset_from: int | None = None  # the model's opset when prepare() had to raise it to 13
+    normalized: Normalized | None = None  # what prepare() rewrote for ONNX Runtime's quantizers
+    ties: list[Tie] = field(default_factory=list)  # tied embedding/projection weights, untied by prepare()
 
 
 def result(prep: Prepared, model: onnx.ModelProto, report: dict[str, Any]) -> QuantizeOutcome:
