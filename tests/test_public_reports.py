@@ -229,10 +229,6 @@ def test_weight_also_read_by_a_float_op(tmp_path, capfd):
     _assert_quant_fidelity(src, out, {"x": _fresh(64, 32)})
 
 
-@pytest.mark.xfail(strict=True, reason="quantize/onnx_backend.py:gemm_to_matmul skips a Gemm whose weight has "
-                                       "other readers, so ORT's replace_gemm_with_matmul renames it 'lm_head_MatMul' "
-                                       "over a float copy 'E_Transposed' and nodes_to_quantize=['lm_head'] matches "
-                                       "nothing: nothing int8, file 4088 -> 8052 bytes, report '1 layers quantized'")
 def test_tied_embedding_and_head(tmp_path, capfd):
     """microsoft/onnxruntime#28326 (for the crash reported in microsoft/onnxruntime#28306): an
     embedding table read by a Gather and, transposed, by the output head (tied weights) broke
