@@ -120,9 +120,6 @@ def test_conv_transpose_per_channel_static(tmp_path, capfd):
     _assert_quant_fidelity(src, out, {"x": _fresh(64, 3, 8, 8)})
 
 
-@pytest.mark.xfail(strict=True, reason="quantize/api.py:_static reports the candidate count (Conv/MatMul/Gemm "
-                                       "nodes), not the layers the written file holds in int8: ConvTranspose "
-                                       "is quantized by ONNX Runtime but not counted ('1 layers quantized' for 2)")
 def test_conv_transpose_layer_count_matches_file(tmp_path, capfd):
     """microsoft/onnxruntime#19694, the same graph: the printed "N layers quantized" must be the
     number of weights the written file holds in 8 bits (2 here: the ConvTranspose and the Conv)."""
@@ -430,10 +427,6 @@ def test_conv_with_one_output_channel_is_not_depthwise(tmp_path, capfd):
     assert tuple(_run(module, _fresh(3, 3, 16, 16)).shape) == (3, 1, 16, 16)
 
 
-@pytest.mark.xfail(strict=True, reason="prune/structured/graph.py:_walk passes torch.split (a tuple result, no "
-                                       "tensor_meta shape) as a size query without blocking its input, so the stem "
-                                       "is pruned 16 -> 8 under a split([4, 12]): exit 2 'torch.export cannot "
-                                       "capture this model: Split sizes add up to 16 ...' plus a raw UserWarning")
 def test_channel_split_partial_conv(tmp_path, capfd):
     """microsoft/nni#5713 ("Does the current pruning tool not support Channel Split operation?"):
     after pruning a FasterNet partial convolution, ``torch.split(x, [4, 12], dim=1)`` fails with

@@ -224,6 +224,11 @@ class _Analysis:
         return out
 
 
+# ops that cut a tensor into a tuple of pieces of fixed sizes (their result has no single shape)
+_SPLITS = {torch.split, torch.functional.split, torch.chunk, torch.tensor_split, torch.unbind}
+_SPLIT_METHODS = {"split", "chunk", "tensor_split", "unbind", "split_with_sizes"}
+
+
 def _shape(node: Any) -> tuple[int, ...] | None:
     if not isinstance(node, fx.Node):
         return None
@@ -439,6 +444,8 @@ def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
             t = node.target
             if shape is None:  # size queries and other non-tensor results
                 result = None
+                if in_layouts and (t in _SPLITS or (node.op == "call_method" and t in _SPLIT_METHODS)):
+                    unsupported()  # a tuple of channel slices with fixed sizes: the group cannot shrink
             elif t in _ELEMENTWISE or (node.op == "call_method" and t in _ELEMENTWISE_METHODS):
                 result = _elementwise(node, shape, ins, env, ana, what)
             elif t in _RESHAPE or (node.op == "call_method" and t in _RESHAPE_METHODS):
