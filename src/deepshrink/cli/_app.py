@@ -85,8 +85,13 @@ def _usage_error_kind(exc: BaseException) -> str | None:
     return "usage" if "UsageError" in names else "click"
 
 
+# the arguments of the running command (after the program name): `distill --nproc` starts copies of it
+current_argv: list[str] = []
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status. Errors we raise become one line, no traceback."""
+    current_argv[:] = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
