@@ -170,7 +170,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                       epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, eval_fn=eval_fn,
                       checkpoint_dir=ckpt, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
                       progress=progress, lr_schedule=cfg.lr_schedule, deterministic=deterministic,
-                      global_batch=True, find_unused_parameters=True)
+                      global_batch=True)
+    unused = _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
     torch.manual_seed(cfg.seed)  # dropout masks: the same on every process and every resume
     try:
         res = trainer.fit(tuple(train_arrays))
@@ -178,6 +179,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
         for cap in (cap_s, cap_t):
             if cap is not None:
                 cap.close()
+        for p in unused:
+            p.requires_grad_(True)
     world = _leave_process_group()
     s_mod.eval()
     report = DistillReport(
@@ -266,6 +269,18 @@ class _Student(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> Any:
         return self.student(*xs)
+
+
+def _freeze_unused(module: nn.Module, step: Any, batch: tuple[torch.Tensor, ...]) -> list[nn.Parameter]:
+    """Parameters the loss does not reach (a pooler beside the pooled output the loss reads), frozen for the
+    run: the optimiser skips them and DistributedDataParallel need not search for them every step."""
+    module.train()
+    step(module, batch).backward()
+    unused = [p for p in module.parameters() if p.requires_grad and p.grad is None]
+    for p in unused:
+        p.requires_grad_(False)
+    module.zero_grad(set_to_none=True)
+    return unused
 
 
 # ------------------------------------------------------------------------------------------
@@ -417,3 +432,8 @@ def _first(out: Any) -> torch.Tensor:
 
 def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
+
+
+from ..core.verbs import make_callable  # noqa: E402
+
+make_callable(__name__, distill)
