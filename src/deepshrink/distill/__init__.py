@@ -66,8 +66,8 @@ def distill(teacher: Any, student: Any = None, data: Any = None, config: Distill
 
 def distill_with_report(teacher: Any, student: Any = None, data: Any = None, config: DistillConfig | None = None, *,
                         eval_data: Any = None, checkpoint_dir: str | os.PathLike[str] | None = None,
-                        resume: bool = False, progress: bool = True,
-                        deterministic: bool | None = None) -> tuple[Any, DistillReport]:
+                        resume: bool = False, progress: bool = True, deterministic: bool | None = None,
+                        targets: torch.Tensor | np.ndarray | None = None) -> tuple[Any, DistillReport]:
     """Distil ``teacher`` into ``student`` (or one derived per ``config.derive``) on ``data``.
 
     ``teacher``/``student``: ``nn.Module``, torch :class:`ModelHandle` or a source ``ds.load`` reads.
@@ -76,7 +76,9 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     enough: the teacher provides the targets. ``eval_data``: what the per-epoch fidelity figure is
     measured on (default: the first 256 training samples). ``checkpoint_dir``: a checkpoint every
     ``config.checkpoint_every`` steps (0: every epoch) and at the end; a checkpoint already there is
-    continued only with ``resume=True``.
+    continued only with ``resume=True``. ``targets``: the teacher's outputs on ``data`` (N, ...), computed
+    once by the caller and shared by several students (output losses only; checked against the teacher
+    on the first samples).
 
     Raises :class:`InputError` (before any training) for empty data, a student whose output does not
     line up with the teacher's (shape, vocabulary), both or neither of ``student`` and ``derive``, a
@@ -125,7 +127,13 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     precompute = not (hidden or attention)
     train_arrays: list[torch.Tensor] = list(inputs)
     if precompute:
-        train_arrays.append(_teacher_outputs(t_mod, inputs))
+        if targets is not None:
+            given = torch.as_tensor(np.asarray(targets)).float()
+            if len(given) != len(inputs[0]) or not torch.allclose(given[: len(t_probe)], t_probe.float(), atol=1e-4):
+                raise InputError("targets are not the teacher's outputs on this data (length or values differ)")
+            train_arrays.append(given)
+        else:
+            train_arrays.append(_teacher_outputs(t_mod, inputs))
     if labels is not None:
         train_arrays.append(labels)
     n_in = len(inputs)
