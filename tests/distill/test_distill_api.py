@@ -51,7 +51,8 @@ def test_layers_kept_with_hidden_and_attention_losses(tiny_bert):
     assert all(p.requires_grad for p in student.parameters())  # the pooler, frozen for the run, is given back
 
 
-def test_digits_half_width_kd(digits_mlp, digits):
+@pytest.mark.trains
+def test_digits_half_width_kd(digits_mlp, digits, measured):
     from deepshrink.train import accuracy_of
 
     d = digits.flat()
@@ -61,7 +62,8 @@ def test_digits_half_width_kd(digits_mlp, digits):
     assert student.fc1.out_features == 150 and student.fc2.out_features == 50 and student.fc3.out_features == 10
     assert rep.loss == "kd" and rep.width is not None and rep.student_params < rep.teacher_params / 2
     assert rep.last_loss < rep.first_loss
-    assert accuracy_of(student, d.x_val, d.y_val) > 0.5  # chance is 0.1; a broken loss leaves it there
+    acc = measured("half-width MLP accuracy after 2 epochs of KD", accuracy_of(student, d.x_val, d.y_val), "lower")
+    assert acc > 0.5  # chance is 0.1; a broken loss leaves it there
 
 
 def test_bad_api_input(digits_mlp, digits):

@@ -77,7 +77,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights,
         _nothing_written(out)
 
 
-def test_user_student_is_distilled(tmp_path, capsys, mlp_weights, students):
+@pytest.mark.trains
+def test_user_student_is_distilled(tmp_path, capsys, mlp_weights, students, measured):
     out = tmp_path / "s.onnx"
     rc, stdout, err = _run(capsys, "distill", "--teacher", TEACHER, "-w", mlp_weights, "--student", "students_mod:small",
                            "--data", "digits:train", "--eval-data", "digits:val", "--epochs", "3", "--repeats", "2",
@@ -88,7 +89,7 @@ def test_user_student_is_distilled(tmp_path, capsys, mlp_weights, students):
     assert res["report"]["student_from"] == "given" and rows[1]["params"] == 64 * 32 + 32 + 32 * 10 + 10
     assert out.is_file() and not (tmp_path / ".s.onnx.distill-ckpt").exists()
     # 3 epochs from a random init: the student learned from the teacher (chance 0.1); 1 seed
-    assert rows[1]["accuracy"] > 0.5, rows
+    assert measured("user student accuracy after 3 epochs", rows[1]["accuracy"], "lower") > 0.5, rows
 
 
 # ------------------------------------------------------------------------------------------

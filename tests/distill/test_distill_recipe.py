@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from deepshrink.cli._app import run_app
 
 CNN = "deepshrink.examples:trained_digits_cnn"
@@ -12,7 +14,8 @@ steps:
 """
 
 
-def test_prune_then_distill_recovers(tmp_path):
+@pytest.mark.trains
+def test_prune_then_distill_recovers(tmp_path, measured):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
     out = tmp_path / "out"
@@ -27,4 +30,4 @@ def test_prune_then_distill_recovers(tmp_path):
     # half the channels without fine-tuning loses accuracy; distillation from the original recovers it.
     # deterministic run (one thread, seed 0): 0.156 after pruning, 0.981 after 3 epochs of distillation
     assert steps[2]["accuracy"] > steps[1]["accuracy"]
-    assert steps[2]["accuracy"] > 0.95
+    assert measured("pruned CNN accuracy after distillation", steps[2]["accuracy"], "lower") > 0.95

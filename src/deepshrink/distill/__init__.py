@@ -282,8 +282,12 @@ class _Student(nn.Module):
 def _freeze_unused(module: nn.Module, step: Any, batch: tuple[torch.Tensor, ...]) -> list[nn.Parameter]:
     """Parameters the loss does not reach (a pooler beside the pooled output the loss reads), frozen for the
     run: the optimiser skips them and DistributedDataParallel need not search for them every step."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]  # BatchNorm statistics: left as they were
     module.train()
     step(module, batch).backward()
+    with torch.no_grad():
+        for b, v in saved:
+            b.copy_(v)
     unused = [p for p in module.parameters() if p.requires_grad and p.grad is None]
     for p in unused:
         p.requires_grad_(False)
