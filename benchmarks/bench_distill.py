@@ -136,6 +136,11 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool) -> 
                          f"{r.ratio:.2f}× ±{r.ratio_spread:.2f}"])
             log[name] = {"cos_mean": float(cos.mean()), "spearman": float(rho), "latency_ratio": r.ratio}
     cpu = time.process_time() - t_start
+    b = log[f"importance {keep['importance']}, distilled"]
+    verdict = (f"Issue 15 targets for the distilled importance student: cosine mean ≥ 0.95 "
+               f"({'met' if b['cos_mean'] >= 0.95 else 'not met'}: {b['cos_mean']:.4f}), Spearman ≥ 0.9 "
+               f"({'met' if b['spearman'] >= 0.9 else 'not met'}: {b['spearman']:.4f}), latency ≤ 0.55× "
+               f"({'met' if b['latency_ratio'] <= 0.55 else 'not met'}: {b['latency_ratio']:.2f}×).")
     drop = ", ".join(f"{k}: {v:.3f}" for k, v in choices["importance"].drop_one.items())
     order = ", ".join(f"{i} ({e:.3f})" for i, e in choices["importance"].removal_order)
     body = f"""
@@ -149,6 +154,8 @@ ORT. Spearman: rank correlation of the 19,900 pairwise cosine similarities (teac
 batch 1 at the padded length of 32 held-out sentences, {THREADS} thread, 15 interleaved rounds, ratio to the teacher.
 
 {md_table(["model", "ONNX MB", "params", "cosine mean", "cosine worst", "Spearman (pairs)", "ORT ms", "latency vs teacher"], rows)}
+
+{verdict}
 
 Training runs: {json.dumps({k: v for k, v in log.items() if k.endswith('train')})}
 

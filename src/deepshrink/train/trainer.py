@@ -18,7 +18,9 @@ when CUDA is present; ``DEEPSHRINK_BACKEND=gloo`` forces gloo), wraps the model 
 ``DistributedDataParallel`` and shards the data with ``DistributedSampler``; only rank 0
 writes checkpoints and draws the progress bar. With ``global_batch=True`` the batch size is
 the global one and every world size walks the same permutation, so N processes give the
-single-process result up to float summation order (what distillation uses).
+single-process result up to float summation order (what distillation uses) — exactly so when
+the sample count is a multiple of the world size (``DistributedSampler`` pads with repeated
+samples otherwise) and the model has no BatchNorm (each rank normalises its own half-batch).
 """
 
 from __future__ import annotations
