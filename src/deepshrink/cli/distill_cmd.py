@@ -156,7 +156,7 @@ def distill_cmd(
     if json_out:
         print_json({"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None})
         return
-    print_report(report)
+    print_report(report, "--eval-data" if eval_data is not None else "the first 256 training samples (no --eval-data)")
     if table is not None:
         from .common_cmds import print_bench
 
@@ -164,7 +164,7 @@ def distill_cmd(
     console.print(f"wrote {output}")
 
 
-def print_report(report: Any) -> None:
+def print_report(report: Any, evaluated_on: str = "the evaluation data") -> None:
     console.print(f"[bold]student[/] {report.student_from}: parameters {report.teacher_params:,} → "
                   f"{report.student_params:,} ({report.student_params / max(report.teacher_params, 1):.2f}×)",
                   highlight=False)
@@ -182,7 +182,7 @@ def print_report(report: Any) -> None:
                       + (f", resumed at step {report.resumed_from}" if report.resumed_from else ""), highlight=False)
     if report.evals:
         console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in report.evals[-1].items())
-                      + " on the evaluation data after the last epoch", highlight=False)
+                      + f" on {evaluated_on} after the last epoch", highlight=False)
 
 
 def _launch(nproc: int) -> int:
