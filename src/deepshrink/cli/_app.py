@@ -108,6 +108,10 @@ def _usage_error_kind(exc: BaseException) -> str | None:
     return "usage" if "UsageError" in names else "click"
 
 
+# the arguments of the running command (after the program name): `distill --nproc` starts copies of it
+current_argv: list[str] = []
+
+
 def _warning_line(shown: set[str]) -> Any:
     """A ``warnings.showwarning`` that prints each message once as one ``warning:`` line on stderr,
     without Python's source path and code line."""
@@ -124,6 +128,7 @@ def _warning_line(shown: set[str]) -> Any:
 def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status. Errors we raise become one line, no traceback; a Python
     warning becomes one ``warning:`` line, printed once."""
+    current_argv[:] = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     # TensorFlow's C++ start-up lines (oneDNN notice, absl preamble) would land on the user's terminal
