@@ -152,7 +152,7 @@ def distill_cmd(
 
     written = _save(result, output, force=force, src=teacher)
     shutil.rmtree(ckpt, ignore_errors=True)
-    table = _measure(t_handle, written, output, teacher, eval_data or data, repeats, json_out)
+    table = _measure(t_handle, written, output, teacher, eval_data or data, repeats, json_out, name=str(output))
     if json_out:
         print_json({"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None})
         return

@@ -174,7 +174,7 @@ def derive_width(model: nn.Module, fraction: float, example_inputs: tuple[torch.
     from ..prune.config import StructuredPruneConfig
 
     importance = "activation" if act_batches else "l2"
-    cfg = StructuredPruneConfig(ratio=1.0 - fraction, ffn_ratio=1.0 - fraction, importance=importance)
+    cfg = StructuredPruneConfig(ratio=1.0 - fraction, importance=importance)  # FFN neurons follow ratio
     data = None
     if act_batches:
         data = tuple(torch.cat([b[i] for b in act_batches]).numpy() for i in range(len(act_batches[0])))
