@@ -43,11 +43,25 @@ LOW_BIT_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto
 
 
 def stored_low_bit_weights(model: onnx.ModelProto) -> int:
-    """How many weight tensors ``model`` stores in 8 bits or fewer: initializers of an integer
-    type of at most 8 bits with two or more dimensions (QDQ and QOperator weights, MatMulNBits
-    blocks, integer LSTM weights; scales and zero points are scalars or vectors). A tensor shared by
-    several nodes counts once."""
-    return sum(1 for t in model.graph.initializer if t.data_type in LOW_BIT_TYPES and len(t.dims) >= 2)
+    """How many layers compute with a weight ``model`` stores in 8 bits or fewer: the nodes that read
+    an initializer of an integer type of at most 8 bits with two or more dimensions (QOperator
+    weights, MatMulNBits blocks, integer LSTM weights), directly or through a
+    ``DequantizeLinear`` (QDQ). Scales and zero points are scalars or vectors and do not count; a
+    layer reading two such weights (an LSTM's W and R) counts once, a weight shared by two layers
+    (tied embedding and head) counts for each."""
+    low = {t.name for t in model.graph.initializer if t.data_type in LOW_BIT_TYPES and len(t.dims) >= 2}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    layers: set[int] = set()
+    for name in low:
+        for n in readers.get(name, []):
+            if n.op_type == "DequantizeLinear":
+                layers.update(id(m) for m in readers.get(n.output[0], []))
+            else:
+                layers.add(id(n))
+    return len(layers)
 
 
 def result(prep: Prepared, model: onnx.ModelProto, report: dict[str, Any]) -> QuantizeOutcome:
