@@ -382,7 +382,9 @@ def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int, ...]]) 
         spec = next((s for s in handle.inputs if s.name == n), None)
         if spec is None:
             raise InputError(f"--input-shape names {n!r}, but the model's inputs are {names}")
-        if len(spec.shape) != len(shp) or any(isinstance(d, int) and d != v for d, v in zip(spec.shape, shp, strict=False)):
+        # only fixed dims must match: a symbolic, unnamed (``?``) or non-positive (``-1``, Paddle2ONNX) dim is dynamic
+        if len(spec.shape) != len(shp) or any(isinstance(d, int) and d > 0 and d != v
+                                              for d, v in zip(spec.shape, shp, strict=False)):
             raise InputError(f"--input-shape {n}:{'x'.join(map(str, shp))} does not fit the model's {spec.describe()}")
     rng = np.random.default_rng(0)
     handle.example_inputs = {
