@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backends.onnx import index_bounds, io_specs, load_onnx
+from .backends.onnx import index_bounds, io_specs, load_onnx, normalize_onnx
 from .backends.torch import forward_arg_names, run_torch
 from .core.handle import ANY_DTYPE, ModelHandle, TensorSpec
 from .errors import InputError, UnsupportedError, first_line
@@ -88,10 +88,13 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         model = load_onnx(path)
+        normalized = normalize_onnx(model)
         ins, outs = io_specs(model)
         handle = ModelHandle(model, "onnx", ins, outs, source=str(path), path=path)
         meta = {p.key: p.value for p in model.metadata_props}
         handle.metadata = meta
+        if normalized:
+            handle.metadata["deepshrink.normalized"] = "; ".join(normalized)
         tok = meta.get(META_TOKENIZER)
         if tok and (path.parent / tok).is_dir():
             handle.tokenizer_dir = path.parent / tok
