@@ -81,7 +81,8 @@ def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or mo
     console.print(f"  parameters {res['parameters']:,} ({res['nonzero']:,} non-zero), weights {fmt_bytes(res['weight_bytes'])}"
                   + (f", file {fmt_bytes(res['file_bytes'])}" if res["file_bytes"] else ""))
     if res.get("flops") is not None:
-        console.print(f"  FLOPs (batch 1) {res['flops']:,}")
+        console.print(f"  FLOPs (batch 1) {res['flops']:,}"
+                      + (f" at {res['flops_shape']}" if res.get("flops_shape") else ""), markup=False)
     if res.get("flops_note"):
         console.print(f"  note: {res['flops_note']}", style="yellow", markup=False, highlight=False)
     ops = ", ".join(f"{k}×{v}" for k, v in list(res["ops"].items())[:20])
