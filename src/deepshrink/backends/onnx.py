@@ -83,7 +83,7 @@ def make_session(model: str | os.PathLike[str] | onnx.ModelProto | bytes, *, thr
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions, reported in one line; ORT's own log would repeat them
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize

@@ -19,8 +19,8 @@ def imported_handle(src: ModelHandle, data: Any = None) -> ModelHandle:
     """The ONNX handle's model imported as a torch ``GraphModule``, same IO spec.
 
     Its example inputs (what ``torch.export`` traces with) come from ``data`` when given, else
-    from the ONNX handle; symbolic dims get sizes other than 1 (batch 2, others 7) so the
-    export does not specialize them to 1."""
+    from the ONNX handle; symbolic dims get sizes other than 1 (batch 2, dynamic image H/W the
+    model's metadata size or 224, others 7) so the export does not specialize them to 1."""
     gm = onnx_to_torch(src.model)
     ins = [TensorSpec(_ident(s.name, "x"), s.shape, s.dtype) for s in src.inputs]
     if data is not None:
@@ -30,10 +30,13 @@ def imported_handle(src: ModelHandle, data: Any = None) -> ModelHandle:
     elif src.example_inputs is not None:
         example = {_ident(k, "x"): v for k, v in src.example_inputs.items()}
     else:
+        from ...core.shapes import assumed_shape
+
         rng = np.random.default_rng(0)
         example = {}
         for s in src.inputs:
-            shape = s.concrete(batch=2, default=7)
+            # dynamic image H/W: the metadata size or 224, large enough for real pooling/padding stacks
+            shape, _ = assumed_shape(s, src.metadata, batch=2, default=7)
             dt = np.dtype(s.np_dtype)
             example[_ident(s.name, "x")] = (rng.integers(0, 2, shape).astype(dt) if dt.kind in "iub"
                                             else rng.standard_normal(shape).astype(dt))
