@@ -56,8 +56,8 @@ def _dynamic_axes(handle: ModelHandle) -> dict[str, dict[int, str]]:
         rank = ex.ndim if ex is not None else len(spec.shape)
         dims = {0: "batch"} if rank else {}
         for i, d in enumerate(spec.shape):
-            if i > 0 and isinstance(d, str) and i < rank:
-                dims[i] = d
+            if i > 0 and i < rank and (isinstance(d, str) or (isinstance(d, int) and d <= 0)):
+                dims[i] = d if isinstance(d, str) else f"dim{i}"  # -1: dynamic without a name (Paddle2ONNX)
         axes[spec.name] = dims
     return axes
 
