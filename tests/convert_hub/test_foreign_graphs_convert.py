@@ -125,3 +125,20 @@ def test_tflite_resize(mode, coord, tmp_path):
     assert _rel(ref, got) < 1e-5  # ~2e-7 seen
     ops = {o["op_name"] for o in it._get_ops_details()}  # noqa: SLF001
     assert ("RESIZE_NEAREST_NEIGHBOR" if mode == "nearest" else "RESIZE_BILINEAR") in ops
+
+
+def test_graph_fixed_at_batch_1_keeps_its_batch(tmp_path):
+    """A zoo-style graph declared at batch 1 that reshapes to [1, 64]: a dynamic batch cannot be
+    captured, so the .pt2 keeps batch 1 and the reason is given (one line in the CLI)."""
+    m = _model([helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+                helper.make_node("Reshape", ["c", "shape"], ["f"]),
+                helper.make_node("MatMul", ["f", "fc"], ["y"])],
+               [_init("w1", _w((4, 3, 3, 3))), _init("shape", np.array([1, 64], np.int64)), _init("fc", _w((64, 5), 1))],
+               dims=(1, 3, 8, 8))
+    src = tmp_path / "b1.onnx"
+    onnx.save(m, src)
+    # before: "torch.export cannot capture ONNX node 'f' (Reshape): shape '[1, 64]' is invalid for input of size 64*s77"
+    res = ds.convert(src, tmp_path / "b1.pt2")
+    why = res.handle.metadata["deepshrink.static_dims_reason"]
+    assert why.startswith("batch dim of x kept static at 1") and "Reshape" in why
+    assert max(_check_pt2(m, tmp_path / "b1.pt2", [(1, 3, 8, 8)])) < 1e-5

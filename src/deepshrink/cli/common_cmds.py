@@ -60,6 +60,9 @@ def convert_cmd(
     fallback = meta.get("deepshrink.exporter_fallback_reason")
     if fallback:
         console.print(f"[yellow]dynamo exporter failed ({fallback}); used torchscript[/]")
+    if meta.get("deepshrink.static_dims_reason"):
+        console.print("warning: " + meta["deepshrink.static_dims_reason"], style="yellow", markup=False, highlight=False,
+                      soft_wrap=True)
     console.print(f"wrote {result.output}")
 
 

@@ -51,10 +51,13 @@ def _as_handle(model: Any, example_inputs: dict[str, np.ndarray] | None) -> Mode
 
 def _dynamic_axes(handle: ModelHandle) -> dict[str, dict[int, str]]:
     axes: dict[str, dict[int, str]] = {}
+    # inputs whose declared fixed batch must stay fixed (an imported graph that reshapes to [1, ...])
+    keep_fixed = set(filter(None, handle.metadata.get("deepshrink.static_batch", "").split(",")))
     for spec in handle.inputs:
         ex = handle.example_inputs[spec.name] if handle.example_inputs else None
         rank = ex.ndim if ex is not None else len(spec.shape)
-        dims = {0: "batch"} if rank else {}
+        fixed_batch = spec.name in keep_fixed and bool(spec.shape) and isinstance(spec.shape[0], int)
+        dims = {0: "batch"} if rank and not fixed_batch else {}
         for i, d in enumerate(spec.shape):
             if i > 0 and i < rank and (isinstance(d, str) or (isinstance(d, int) and d <= 0)):
                 dims[i] = d if isinstance(d, str) else f"dim{i}"  # -1: dynamic without a name (Paddle2ONNX)
@@ -249,9 +252,10 @@ def _args(handle: ModelHandle) -> tuple[torch.Tensor, ...]:
         raise InputError(f"the PyTorch model {handle.source or ''} has no example inputs to export it with: pass "
                          "input_shapes (CLI --input-shape NAME:1x64) or data".replace("  ", " "))
     out = []
+    keep_fixed = set(filter(None, handle.metadata.get("deepshrink.static_batch", "").split(",")))
     for n in handle.input_names:
         a = np.ascontiguousarray(handle.example_inputs[n])
-        if a.ndim and a.shape[0] == 1:
+        if a.ndim and a.shape[0] == 1 and n not in keep_fixed:
             a = np.concatenate([a, a])
         out.append(torch.from_numpy(a))
     return tuple(out)
