@@ -142,3 +142,23 @@ def test_graph_fixed_at_batch_1_keeps_its_batch(tmp_path):
     why = res.handle.metadata["deepshrink.static_dims_reason"]
     assert why.startswith("batch dim of x kept static at 1") and "Reshape" in why
     assert max(_check_pt2(m, tmp_path / "b1.pt2", [(1, 3, 8, 8)])) < 1e-5
+
+
+def test_tflite_reshape_to_shape_sliced_from_int64_min(tmp_path):
+    """The dynamo exporter's attention reshapes: target = Concat(Shape[INT64_MIN:-2], Shape[-1:], Shape[-2:-1])
+    on a dynamic batch. TF's partial shape evaluation turned the slice into [] (a traceback before)."""
+    pytest.importorskip("tensorflow")
+    i64 = lambda name, v: _init(name, np.array(v, np.int64))  # noqa: E731
+    m = _model([helper.make_node("Shape", ["x"], ["s"]),
+                helper.make_node("Slice", ["s", "lo", "m2"], ["lead"]),
+                helper.make_node("Slice", ["s", "m1", "hi"], ["last"]),
+                helper.make_node("Slice", ["s", "m2", "m1"], ["prev"]),
+                helper.make_node("Concat", ["lead", "last", "prev"], ["t"], axis=0),
+                helper.make_node("Reshape", ["x", "t"], ["r"]),
+                helper.make_node("MatMul", ["r", "w"], ["y"])],
+               [i64("lo", [-2**63]), i64("hi", [2**63 - 1]), i64("m1", [-1]), i64("m2", [-2]), _init("w", _w((4, 3)))],
+               dims=("batch", 2, 4, 6))
+    src = tmp_path / "attn.onnx"
+    onnx.save(m, src)
+    res = ds.convert(src, tmp_path / "attn.tflite")
+    assert res.hops[-1].parity.ok and res.hops[-1].parity.max_abs < 1e-5  # ~1e-7 seen

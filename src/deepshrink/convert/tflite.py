@@ -405,6 +405,9 @@ def _slice(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
         en = int(ends[i])
         sp = int(steps[i]) if steps is not None else 1
         big = 2**31 - 1
+        n = x.shape[axis]
+        if isinstance(n, int) and sp > 0:  # clamp to the known length: TF's partial shape evaluation of a
+            st, en = max(min(st, n), -n), max(min(en, n), -n)  # strided slice from -2**31 gives [] (MHA Reshape)
         idx[axis] = slice(max(min(st, big), -big), max(min(en, big), -big - 1), sp)
     return x[tuple(idx)]
 
