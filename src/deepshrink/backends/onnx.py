@@ -150,8 +150,9 @@ def normalize_onnx(model: onnx.ModelProto) -> list[str]:
        weights; the computation is unchanged (ONNX IR: a Constant and an initializer are the same
        value). Below IR version 4 each new initializer is also declared a graph input, as that IR
        requires.
-    2. ONNX shape inference (``onnx.shape_inference.infer_shapes``) fills ``value_info`` where
-       it can; a graph it rejects, or one past protobuf's 2 GB, is kept as it was.
+    2. Then (only when step 1 changed something) ONNX shape inference
+       (``onnx.shape_inference.infer_shapes``) fills ``value_info`` where it can; a graph it
+       rejects, or one past protobuf's 2 GB, is kept as it was.
 
     ORT's offline graph optimisations (constant folding, Conv+BN fusion) are not applied here:
     they change what ``info`` reports as the file's parameters; quantization runs them in its own
@@ -181,7 +182,7 @@ def normalize_onnx(model: onnx.ModelProto) -> list[str]:
             g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
         elems = sum(int(np.prod(t.dims)) for t in moved)
         notes.append(f"{len(moved)} Constant nodes holding weights ({elems:,} elements) read as initializers")
-    if model.ByteSize() < 1_800_000_000:
+    if moved and model.ByteSize() < 1_800_000_000:  # a graph that needed no change is left as it is (and fast)
         try:
             inferred = onnx.shape_inference.infer_shapes(model)
         except Exception:
