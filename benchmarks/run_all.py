@@ -9,8 +9,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ORDER = ["foundation", "quantize_minilm", "quantize_digits", "quantize_qat", "quantize_bias_correction",
-         "quantize_chargpt", "prune", "compress", "deep_compression", "codec_fuzz",
-         "convert_hub", "onnx_node_suite", "seed_spread"]
+         "quantize_chargpt", "prune", "distill", "compress", "deep_compression", "codec_fuzz",
+         "convert_hub", "onnx_node_suite", "public_reports", "gate", "seed_spread"]
 
 
 def main() -> None:

@@ -182,7 +182,7 @@ def test_demo_runs_offline_as_a_subprocess(tmp_path, seed, measured):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["distill", "m.onnx"], "No such command 'distill'"),
+    (["optimize", "m.onnx"], "No such command 'optimize'"),
     (["quantize", "m.onnx", "-o", "q.onnx", "--sparsty", "0.5"], "--sparsty"),
     (["quantize"], "Missing argument"),
     (["convert", "m.onnx"], "'dst'"),

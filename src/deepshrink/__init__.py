@@ -8,6 +8,7 @@ Public verbs take a model, a config object and keyword-only options::
     ds.bench(["a.onnx", "b.onnx"])           # side-by-side size / latency / fidelity
     ds.pack(h, ds.DeepCompressionConfig(fc_sparsity=0.9), output="m.dsz", data=(x, y))
     ds.unpack("m.dsz", "m.onnx")             # bit-exact decode
+    ds.distill(h, None, (x, y), ds.DistillConfig(derive="width=0.5"))  # a student, distilled
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ _LAZY = {
     "Trainer": ("deepshrink.train", "Trainer"),
     "quantize": ("deepshrink.quantize", "quantize"),
     "prune": ("deepshrink.prune", "prune"),
+    "distill": ("deepshrink.distill", "distill"),
+    "DistillConfig": ("deepshrink.distill.config", "DistillConfig"),
     "compress": ("deepshrink.recipe", "compress"),
     "load_recipe": ("deepshrink.recipe", "load_recipe"),
     "pack": ("deepshrink.codec", "pack"),
@@ -57,7 +60,7 @@ _LAZY.update({n: ("deepshrink.prune.config", n) for n in _PRUNE_CONFIGS})
 
 
 # Verbs that are also packages (``ds.convert.ConvertResult``): the package is the verb.
-_VERB_PACKAGES = {"convert", "quantize", "prune"}
+_VERB_PACKAGES = {"convert", "quantize", "prune", "distill"}
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,10 @@ it into one line on stderr and exit status 2 (``ParityError``: exit 3)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class DeepshrinkError(Exception):
@@ -55,6 +58,7 @@ def first_line(exc: BaseException | str, limit: int = 200) -> str:
     exception's type name instead, so this never fails.
     """
     text = exc if isinstance(exc, str) else str(exc)
+    text = _ANSI.sub("", text)  # terminal colour codes some libraries put in their messages (torch.load)
     for line in text.splitlines():
         if line.strip():
             return line.strip()[:limit]

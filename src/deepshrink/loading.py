@@ -14,6 +14,7 @@ import importlib
 import io
 import json
 import os
+import pickle
 import re
 import sys
 import zipfile
@@ -32,32 +33,90 @@ from .errors import InputError, UnsupportedError, first_line
 META_TOKENIZER = "deepshrink.tokenizer"
 
 
-def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """``["x:1x3x224x224", "mask:1x128"]`` → ``{"x": (1, 3, 224, 224), ...}``; a bare shape is keyed ``""``."""
-    shapes: dict[str, tuple[int, ...]] = {}
+# the size a named (dynamic) axis is traced at when neither NAME=SIZE nor the data gives one: not a
+# power of two, so it does not coincide with a model's fixed widths and get baked in by the exporter
+NAMED_DIM_SIZE = 17
+_DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+Shape = tuple[int | str, ...]
+
+
+def parse_input_shapes(items: list[str] | dict[str, Any] | None) -> dict[str, Shape]:
+    """``["x:1x3x224x224", "mask:1x128"]`` → ``{"x": (1, 3, 224, 224), ...}``; a bare shape is keyed ``""``.
+
+    A name in place of a size marks that axis dynamic, as ONNX's named dims do: ``x:2xseqx8`` is
+    ``(2, "seq", 8)``; ``seq=12`` also says the size to trace at (default: the data's size, else
+    :data:`NAMED_DIM_SIZE`). Axis 0 is the batch axis and always dynamic, unless another axis is
+    named ``batch`` (a sequence-first model: ``x:10xbatchx32``). Dims are separated by ``x`` or, for
+    names that contain an ``x``, by commas (``x:2,max_len,8``). A dict (the Python API) is checked the
+    same way: values are tuples of positive ints and names. Raises :class:`InputError` naming the
+    entry that is not a shape.
+    """
+    if isinstance(items, dict):
+        return {str(k): _check_dims(k, v) for k, v in items.items()}
+    shapes: dict[str, Shape] = {}
     for item in items or []:
         name, sep, dims = item.rpartition(":")
         if not sep:
             name, dims = "", item
-        try:
-            shape = tuple(int(d) for d in re.split(r"[x,]", dims.strip()) if d)
-        except ValueError:
-            shape = ()
-        if not shape or any(d <= 0 for d in shape):
-            raise InputError(f"--input-shape {item!r}: expected NAME:DIMS such as x:1x3x224x224")
-        shapes[name] = shape
+        parts = [d.strip() for d in re.split(r"," if "," in dims else r"x", dims.strip())]
+        shape: list[int | str] = []
+        for d in parts:
+            if d.isdigit() and int(d) > 0:
+                shape.append(int(d))
+            elif _DIM_NAME.fullmatch(d.partition("=")[0]) and (not d.partition("=")[1] or d.partition("=")[2].isdigit()):
+                shape.append(d)
+            else:
+                shape = []
+                break
+        if not shape or any(isinstance(d, str) and d.endswith("=0") for d in shape):
+            raise InputError(f"--input-shape {item!r}: expected NAME:DIMS such as x:1x3x224x224 "
+                             "(a name in place of a size marks a dynamic axis: x:1xseqx8)")
+        shapes[name] = tuple(shape)
     return shapes
 
 
-def load(src: Any, *, weights: str | os.PathLike[str] | None = None, input_shapes: list[str] | dict[str, tuple[int, ...]] | None = None,
+def _check_dims(name: Any, dims: Any) -> Shape:
+    """One API shape: a sequence of positive ints and axis names (``"seq"`` or ``"seq=12"``)."""
+    ok = isinstance(dims, (tuple, list)) and len(dims) > 0
+    out: list[int | str] = []
+    for d in dims if ok else ():
+        if isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0:
+            out.append(int(d))
+        elif isinstance(d, str) and _DIM_NAME.fullmatch(d.partition("=")[0]) and (
+                not d.partition("=")[1] or (d.partition("=")[2].isdigit() and int(d.partition("=")[2]) > 0)):
+            out.append(d)
+        else:
+            ok = False
+    if not ok:
+        raise InputError(f"input_shapes[{name!r}] = {dims!r}: expected a tuple of positive sizes and axis names, "
+                         "such as (1, 3, 224, 224) or (2, 'seq', 8)")
+    return tuple(out)
+
+
+def split_dim(d: int | str) -> tuple[str | None, int | None]:
+    """``"seq=12"`` → ``("seq", 12)``, ``"seq"`` → ``("seq", None)``, ``8`` → ``(None, 8)``."""
+    if isinstance(d, int):
+        return None, d
+    name, _, size = d.partition("=")
+    return name, int(size) if size else None
+
+
+def load(src: Any, *, weights: str | os.PathLike[str] | None = None,
+         input_shapes: list[str] | dict[str, tuple[int | str, ...]] | None = None,
          data: Any = None, trust_remote_code: bool = False) -> ModelHandle:
-    """Load a model from any supported source (see module docstring)."""
-    shapes = input_shapes if isinstance(input_shapes, dict) else parse_input_shapes(input_shapes)
+    """Load a model from any supported source (see module docstring).
+
+    ``input_shapes``: CLI-style strings or ``{name: shape}``; a name in place of a size marks a
+    dynamic axis (see :func:`parse_input_shapes`). Raises :class:`InputError` for a shape that is not one."""
+    shapes = parse_input_shapes(input_shapes)
     if isinstance(src, ModelHandle):
         handle = src
     elif isinstance(src, nn.Module):
         handle = _torch_handle(src, source=type(src).__name__)
     elif _is_onnx_proto(src):
+        from .backends.onnx import inline_external_data
+
+        inline_external_data(src, what="the ONNX model given")
         ins, outs = io_specs(src)
         handle = ModelHandle(src, "onnx", ins, outs, source="<onnx model>")
     else:
@@ -89,6 +148,7 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     if suffix == ".onnx":
         model = load_onnx(path)
         normalized = normalize_onnx(model)
+        _check_onnx_weights_finite(model, str(path))
         ins, outs = io_specs(model)
         handle = ModelHandle(model, "onnx", ins, outs, source=str(path), path=path)
         meta = {p.key: p.value for p in model.metadata_props}
@@ -119,6 +179,35 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     if not path.exists():
         raise InputError(f"model {src} not found (expected a file, a Hugging Face folder or package.module:factory)")
     raise InputError(f"{path}: unknown model format {suffix!r}; use .onnx, .pt2, a Hugging Face folder or module:factory")
+
+
+# Weight slots (op type -> input indices) whose initializers must be finite: a NaN or an infinity there
+# poisons every output. Other constants may hold an infinity on purpose (an attention mask's fill value).
+_WEIGHT_SLOTS = {"MatMul": (0, 1), "Gemm": (0, 1, 2), "Conv": (1, 2), "ConvTranspose": (1, 2), "Gather": (0,),
+                 "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3), "BatchNormalization": (1, 2, 3, 4),
+                 "LayerNormalization": (1, 2)}
+
+
+def _check_onnx_weights_finite(model: Any, source: str) -> None:
+    """Refuse an ONNX model whose weights (the initializers in :data:`_WEIGHT_SLOTS`) hold NaN or ±inf."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    for node in model.graph.node:
+        for i in _WEIGHT_SLOTS.get(node.op_type, ()):
+            name = node.input[i] if i < len(node.input) else ""
+            t = inits.get(name)
+            if t is None or name in seen:
+                continue
+            seen.add(name)
+            try:
+                arr = numpy_helper.to_array(t)
+            except Exception:  # noqa: BLE001 - an odd type; the runtime will say
+                continue
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise InputError(f"model {source}: weight {name!r} of {node.op_type} node {node.name!r} contains NaN "
+                                 "or infinity")
 
 
 def is_factory_source(src: Any) -> bool:
@@ -160,6 +249,9 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
             state = torch.load(path, weights_only=True, map_location="cpu")
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
+    except pickle.UnpicklingError:
+        raise InputError(f"weights file {path} holds pickled objects besides tensors; unpickling them could run "
+                         "code, so it is not loaded (save the state dict as .safetensors)") from None
     except Exception as exc:
         raise InputError(f"weights file {path} cannot be read ({type(exc).__name__}: {first_line(exc, 160)})") from None
     if not isinstance(state, dict):
@@ -184,6 +276,7 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
     except Exception as exc:
         raise InputError(f"{path} is not a readable torch.export archive ({type(exc).__name__}: {str(exc)[:160]})") from None
     module = ep.module()
+    _check_finite(module, str(path))
     names = list(ep.graph_signature.user_inputs)
     ins = []
     example: dict[str, np.ndarray] = {}
@@ -247,10 +340,15 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
     from .examples.minilm import SentenceEncoder
 
     hf_logging.disable_progress_bar()
+    if not trust_remote_code:
+        _refuse_remote_code(path)
     try:
         AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code,
                                           attn_implementation="eager")
+    except pickle.UnpicklingError:
+        raise InputError(f"{path}: the weights (pytorch_model.bin) hold pickled objects besides tensors; unpickling "
+                         "them could run code, so they are not loaded (use model.safetensors)") from None
     except Exception as exc:
         raise InputError(f"{path}: cannot load the Hugging Face model offline ({type(exc).__name__}: "
                          f"{first_line(exc)})") from None
@@ -259,6 +357,7 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
     normalize = is_st and "Normalize" in modules_json.read_text()
     wrapped: nn.Module = SentenceEncoder(model, normalize=normalize) if is_st else _FirstOutput(model)
     wrapped.eval()
+    _check_finite(wrapped, str(path))
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     enc = tok(["deepshrink measures what it ships.", "A second, somewhat longer example sentence for shapes."],
               padding=True, return_tensors="np")
@@ -272,6 +371,24 @@ def load_hf_folder(path: Path, *, trust_remote_code: bool = False) -> ModelHandl
     return handle
 
 
+def _refuse_remote_code(path: Path) -> None:
+    """Refuse, before transformers reads anything else, a folder whose config asks for its own code
+    (``auto_map``: Python files that ``trust_remote_code`` would import and run)."""
+    for name in ("config.json", "tokenizer_config.json"):
+        f = path / name
+        if not f.is_file():
+            continue
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{f} is not valid JSON ({first_line(exc, 120)})") from None
+        auto_map = cfg.get("auto_map") if isinstance(cfg, dict) else None
+        if auto_map:
+            shown = ", ".join(str(v) for v in (auto_map.values() if isinstance(auto_map, dict) else [auto_map]))[:120]
+            raise InputError(f"{path}: {name} asks to run the folder's own code (auto_map: {shown}); deepshrink runs "
+                             "no code from a model folder unless you pass --trust-remote-code (trust_remote_code=True)")
+
+
 class _FirstOutput(nn.Module):
     """Expose a Hugging Face model as ``(input_ids, attention_mask) -> last_hidden_state``."""
 
@@ -283,13 +400,18 @@ class _FirstOutput(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+def _check_finite(model: nn.Module, source: str) -> None:
+    """Refuse a module whose floating-point parameters or buffers hold NaN or ±inf."""
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise InputError(f"model {source}: tensor {name!r} contains NaN or infinity")
+
+
 def _torch_handle(model: nn.Module, source: str) -> ModelHandle:
     from .backends.torch import set_eval
 
     set_eval(model)
-    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-        if p.is_floating_point() and not torch.isfinite(p).all():
-            raise InputError(f"model {source}: tensor {name!r} contains NaN or infinity")
+    _check_finite(model, source)
     names = forward_arg_names(model)
     # dtype unknown until data or --input-shape says: data keeps its integer ids, floats -> float32
     ins = [TensorSpec(n, ("batch",), ANY_DTYPE) for n in names]
@@ -315,15 +437,23 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
         example = dict(handle.example_inputs or {})
         rng = np.random.default_rng(0)
         given = _data_arrays(data, handle) if data is not None else {}
+        specs = {}
         for n, shp in shapes.items():
             arr = given.get(n)
-            if arr is not None and tuple(arr.shape[1:]) == tuple(shp[1:]) and len(arr):
+            fixed0 = _batch_named_elsewhere(shp)
+            fits = (arr is not None and arr.ndim == len(shp) and len(arr) > 0
+                    and all(arr.shape[i] == d for i, d in enumerate(shp) if isinstance(d, int) and (i or fixed0)))
+            concrete = tuple(_example_size(d, arr.shape[i] if fits else None) for i, d in enumerate(shp))
+            if fits:
                 # --data holds this input at the stated shape: take its values, and so its dtype (token ids)
-                example[n] = np.resize(arr, shp).astype(arr.dtype)
+                example[n] = np.resize(arr, concrete).astype(arr.dtype)
             else:
-                example[n] = rng.standard_normal(shp).astype(np.float32)
+                example[n] = rng.standard_normal(concrete).astype(np.float32)
+            dims = tuple(split_dim(d)[0] if isinstance(d, str) else ("batch" if i == 0 and not fixed0 else d)
+                         for i, d in enumerate(shp))
+            specs[n] = TensorSpec(n, dims, str(example[n].dtype))
         handle.example_inputs = example
-        handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
+        handle.inputs = [specs.get(n) or _spec_from_example(n, example[n], handle) for n in names]
     elif data is not None:
         from .core.data import load_data
 
@@ -338,6 +468,22 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
         handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
     if handle.example_inputs is not None:
         _set_output_specs(handle)
+
+
+def _batch_named_elsewhere(shape: tuple[int | str, ...]) -> bool:
+    """Whether an axis other than 0 is named ``batch``: then axis 0 is fixed unless named itself."""
+    return any(isinstance(d, str) and split_dim(d)[0] == "batch" for d in shape[1:])
+
+
+def _example_size(d: int | str, data_size: int | None) -> int:
+    """The size to trace a dim at: a number as given; a named axis at NAME=SIZE, the data's size, or
+    :data:`NAMED_DIM_SIZE` (never 1, which the exporters would fix as a constant)."""
+    name, size = split_dim(d)
+    if name is None:
+        return int(d)
+    if size is not None:
+        return size
+    return data_size if data_size is not None and data_size > 1 else NAMED_DIM_SIZE
 
 
 def _data_arrays(data: Any, handle: ModelHandle) -> dict[str, np.ndarray]:
@@ -377,18 +523,29 @@ def _set_output_specs(handle: ModelHandle, first_name: str | None = None) -> Non
     handle.outputs = [TensorSpec(n, ("batch", *o.shape[1:]), str(o.dtype)) for n, o in zip(names, outs, strict=True)]
 
 
-def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int, ...]]) -> None:
+def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int | str, ...]]) -> None:
+    """An ONNX file fixes which axes are dynamic: a size must fit the file's dim, a named axis must be a
+    dynamic one there; named axes are drawn at their ``NAME=SIZE`` (or :data:`NAMED_DIM_SIZE`)."""
     names = handle.input_names
     if "" in shapes and len(names) == 1:
         shapes = {names[0]: shapes[""]}
+    concrete: dict[str, tuple[int, ...]] = {}
     for n, shp in shapes.items():
         spec = next((s for s in handle.inputs if s.name == n), None)
         if spec is None:
             raise InputError(f"--input-shape names {n!r}, but the model's inputs are {names}")
+        given = "x".join(map(str, shp))
         # only fixed dims must match: a symbolic, unnamed (``?``) or non-positive (``-1``, Paddle2ONNX) dim is dynamic
-        if len(spec.shape) != len(shp) or any(isinstance(d, int) and d > 0 and d != v
+        if len(spec.shape) != len(shp) or any(isinstance(d, int) and d > 0 and isinstance(v, int) and d != v
                                               for d, v in zip(spec.shape, shp, strict=False)):
-            raise InputError(f"--input-shape {n}:{'x'.join(map(str, shp))} does not fit the model's {spec.describe()}")
+            raise InputError(f"--input-shape {n}:{given} does not fit the model's {spec.describe()}")
+        fixed = [i for i, (d, v) in enumerate(zip(spec.shape, shp, strict=True)) if isinstance(d, int) and d > 0
+                 and isinstance(v, str)]
+        if fixed:
+            raise InputError(f"--input-shape {n}:{given} names axis {fixed[0]} dynamic, but the ONNX file fixes it "
+                             f"at {spec.shape[fixed[0]]} ({spec.describe()})")
+        concrete[n] = tuple(_example_size(v, None) for v in shp)
+    shapes = concrete
     rng = np.random.default_rng(0)
     handle.example_inputs = {
         s.name: (rng.standard_normal(shapes[s.name]).astype(s.np_dtype) if s.name in shapes

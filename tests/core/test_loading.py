@@ -28,9 +28,21 @@ def factory_module(tmp_path, monkeypatch):
 def test_parse_input_shapes():
     assert parse_input_shapes(["x:1x3x224x224", "m:2,5"]) == {"x": (1, 3, 224, 224), "m": (2, 5)}
     assert parse_input_shapes(["1x64"]) == {"": (1, 64)}
-    for bad in ("x:", "x:0x3", "x:ax3"):
+    for bad in ("x:", "x:0x3", "x:a-bx3", "x:seq=0x3", "x:2x?x8"):
         with pytest.raises(InputError, match="--input-shape"):
             parse_input_shapes([bad])
+
+
+def test_parse_input_shapes_named_axes():
+    """A name in place of a size marks a dynamic axis (ONNX named dims); NAME=SIZE sets the traced size;
+    commas separate names that contain an 'x'; the API's dict form is checked the same way."""
+    assert parse_input_shapes(["x:2xseqx8"]) == {"x": (2, "seq", 8)}
+    assert parse_input_shapes(["x:2xseq=12x8"]) == {"x": (2, "seq=12", 8)}
+    assert parse_input_shapes(["ids:1,max_len"]) == {"ids": (1, "max_len")}
+    assert parse_input_shapes({"x": (2, "seq", 8)}) == {"x": (2, "seq", 8)}
+    for bad in ({"x": (2, "s q", 8)}, {"x": "2x8"}, {"x": (0, 3)}, {"x": (2, True)}, {"x": ()}):
+        with pytest.raises(InputError, match="input_shapes"):
+            parse_input_shapes(bad)
 
 
 def test_factory_with_safetensors_and_state_dict(tmp_path, factory_module, digits_mlp, rng):

@@ -40,7 +40,8 @@ ROWS = [
     (NM_FT, "lr", 1e-2),
     (ST, "ratio", 0.25), (ST, "importance", "l1"), (ST, "importance", "bn"), (ST, "importance", "taylor"),
     (ST, "importance", "activation"), (ST, "scope", "global"), (ST, "protect", ("stem.*",)),
-    (ST, "heads_ratio", 0.5), (ST, "ffn_ratio", 0.25), (ST, "round_to", 3), (ST, "min_keep", 0.6),
+    (ST, "heads_ratio", 0.5), (ST, "ffn_ratio", 0.25),  # a CNN has neither: refused
+    (ST, "round_to", 3), (ST, "min_keep", 0.6),
     (ST_G, "min_keep", 0.6), (ST, "finetune_epochs", 1), (ST, "lr", 1e-2), (ST_FT, "lr", 1e-2),
 ]
 
@@ -65,15 +66,9 @@ def _same(a, b):
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
-# a CNN has neither attention heads nor transformer FFN blocks: these must be refused, not ignored
-NOT_YET = {"heads_ratio", "ffn_ratio"}
-ROWS = [pytest.param(*r, marks=pytest.mark.xfail(strict=True, reason="not refused on a model without heads/FFN"))
-        if r[1] in NOT_YET else r for r in ROWS]
-
-
 @pytest.mark.parametrize("base, field, value", ROWS,
                          ids=[f"{b[0].__name__.removesuffix('PruneConfig')}{'+' + ','.join(b[1]) if b[1] else ''}-{f}"
-                              for b, f, _v in (r.values if hasattr(r, "values") else r for r in ROWS)])
+                              for b, f, _v in ROWS])
 def test_field_changes_result_or_is_refused(setup, base, field, value):
     cls, kwargs = base
     changed = {**kwargs, field: value}
@@ -89,5 +84,5 @@ def test_field_changes_result_or_is_refused(setup, base, field, value):
 
 def test_every_field_is_covered():
     for cls in (MagnitudePruneConfig, GradualPruneConfig, NMPruneConfig, StructuredPruneConfig):
-        covered = {f for (c, _k), f, _v in (r.values if hasattr(r, "values") else r for r in ROWS) if c is cls}
+        covered = {f for (c, _k), f, _v in ROWS if c is cls}
         assert covered == set(cls.model_fields), f"{cls.__name__}: untested fields {set(cls.model_fields) - covered}"

@@ -89,6 +89,8 @@ def test_magnitude_to_safetensors(weights, tmp_path, capsys):
     (["--method", "structured", "--sparsity", "0.5", "--nm", "1:4"], "--nm does not apply to --method structured"),
     (["--method", "gradual", "--sparsity", "0.5", "--threshold", "0.1"], "it is for magnitude"),
     (["--sparsity", "0.5", "--heads-ratio", "0.5"], "it is for structured"),
+    (["--method", "structured", "--sparsity", "0.5", "--heads-ratio", "0.5"], "the model has no attention heads"),
+    (["--method", "structured", "--sparsity", "0.5", "--ffn-ratio", "0.5"], "the model has no transformer FFN"),
 ])
 def test_bad_options(weights, tmp_path, capsys, args, message):
     out = tmp_path / "out.onnx"
@@ -164,3 +166,44 @@ def test_pt2_input_one_shot_and_refusals(tmp_path, capsys):
         bad = tmp_path / "bad.pt2"
         assert run_app(["prune", str(src), "-o", str(bad), *extra]) == 2
         assert message in _err(capsys) and not bad.exists()
+
+
+GROUPED = """
+import torch
+from torch import nn
+
+class Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.b = nn.Conv2d(8, 16, 1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.b(torch.relu(self.g(torch.relu(self.a(x))))).mean((2, 3)))
+
+def grouped():
+    torch.manual_seed(0)
+    return Grouped().eval()
+"""
+
+
+def test_warnings_printed_once_as_warning_lines(tmp_path, monkeypatch, capsys):
+    """What is left unpruned is said once, as a `warning:` line — not also as a raw UserWarning with a path."""
+    import sys
+
+    (tmp_path / "grouped_models.py").write_text(GROUPED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "g.onnx"
+    try:
+        rc = run_app(["prune", "grouped_models:grouped", "--input-shape", "x:1x3x8x8", "-o", str(out),
+                      "--method", "structured", "--sparsity", "0.5", "--repeats", "1"])
+    finally:
+        sys.modules.pop("grouped_models", None)
+    cap = capsys.readouterr()
+    text = cap.out + cap.err
+    assert rc == 0, text
+    assert "UserWarning" not in text and ".py:" not in text
+    lines = [ln for ln in text.splitlines() if "left unpruned" in ln]
+    assert lines == ["warning: unsupported grouped convolution g: channel group a, channel group g left unpruned"]

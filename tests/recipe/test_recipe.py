@@ -39,7 +39,10 @@ def test_step_configs_are_the_verbs_configs():
     ([{"quantize": {"scheme": "int3"}}], ["step 1 (quantize)", "'int3'", "int8-static"]),
     ([{"quantize": {}}], ["step 1 (quantize)", "needs a scheme"]),
     ([{"prune": {"method": "structured", "sparsity": 1.5}}], ["step 1 (prune)", "ratio"]),
-    ([{"quantize": {"scheme": "int8-dynamic"}}, {"distill": {}}], ["step 2 (distill)", "not available"]),
+    ([{"quantize": {"scheme": "int8-dynamic"}}, {"optimize": {}}], ["step 2 (optimize)", "not available"]),
+    ([{"distill": {"derive": "layers=0"}}], ["step 1 (distill)", "leave 0 layers"]),
+    ([{"distill": {"epochs": 2}}], ["step 1 (distill)", "earlier step"]),
+    ([{"prune": {"sparsity": 0.5}}, {"distill": {"temprature": 2}}], ["step 2 (distill)", "did you mean 'temperature'"]),
     ([{"quantize": {"scheme": "int8-dynamic"}, "prune": {}}], ["step 1", "one verb"]),
 ])
 def test_bad_recipes_name_the_step_and_key(steps, needles):

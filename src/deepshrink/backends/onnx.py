@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +77,15 @@ def make_session(model: str | os.PathLike[str] | onnx.ModelProto | bytes, *, thr
     """An ORT CPU session with ``threads`` intra-op threads and thread spinning off.
 
     Spinning is off by default: two sessions in one process otherwise steal the same
-    cores from each other while idle, which distorts side-by-side timings.
+    cores from each other while idle, which distorts side-by-side timings. External data is
+    checked first (:func:`check_external_data`); a bad reference raises :class:`InputError`.
     """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 4  # errors come back as exceptions, reported in one line; ORT's own log would repeat them
+    so.log_severity_level = 4  # failures come back as exceptions (one line); the log repeats them in colour
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
@@ -91,8 +93,10 @@ def make_session(model: str | os.PathLike[str] | onnx.ModelProto | bytes, *, thr
     if optimized_path:
         so.optimized_model_filepath = optimized_path
     if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
+        # ORT would resolve EXTERNAL tensors of serialized bytes against the current folder
+        model = inline_external_data(model, what="the model given to ONNX Runtime").SerializeToString()
     elif not isinstance(model, bytes):
+        load_onnx(model, load_external=False)  # ORT reads the external data itself: check it first
         model = str(model)
     try:
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
@@ -114,31 +118,37 @@ def run_onnx(session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def load_onnx(path: str | os.PathLike[str], *, load_external: bool = True) -> onnx.ModelProto:
-    """Load an ONNX file; external data must stay inside the model's folder."""
+    """Load an ONNX file; its external data is checked before a byte of it is read.
+
+    Every tensor stored outside the ``.onnx`` file must name, with only the keys the ONNX spec
+    defines (``location``, ``offset``, ``length``, ``checksum``; ``docs/ExternalData.md`` of the
+    ONNX repository), a regular file inside the model's folder: no absolute path, no ``..``, no
+    symbolic link, no file with other hard links, no device, FIFO or folder, and an offset and
+    length that lie inside the file and agree with the tensor's shape and dtype. These are the
+    forms of CVE-2022-25882, CVE-2024-27318, CVE-2026-27489, CVE-2026-34445 and CVE-2026-34446,
+    refused whatever the installed ``onnx`` guards. The bytes are then read by deepshrink itself
+    (``O_NOFOLLOW``, the file re-checked after opening), never by ``onnx.load_external_data``.
+
+    Raises :class:`InputError` (one line naming the file, tensor and problem) for a missing,
+    unreadable or hostile file. ``load_external=False`` checks the references but leaves them
+    unread (the tensors stay ``EXTERNAL``).
+    """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise InputError(f"model file {p} does not exist")
+    if not p.is_file():
+        raise InputError(f"model {p} is not a regular file")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:
-        raise InputError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise InputError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {first_line(exc, 120)})") from None
     if not model.graph.node and not model.graph.output:
         raise InputError(f"{p} is not a readable ONNX model (empty graph)")
     base = p.resolve().parent
-    for tensor in _external_tensors(model):
-        loc = next((e.value for e in tensor.external_data if e.key == "location"), None)
-        if loc is None:
-            continue
-        target = (base / loc).resolve()
-        if base != target and base not in target.parents:
-            raise InputError(f"{p}: external data location {loc!r} of tensor {tensor.name!r} escapes the model's folder")
-        if not target.is_file():
-            raise InputError(f"{p}: external data file {loc!r} (tensor {tensor.name!r}) is missing")
+    refs = check_external_data(model, base, what=str(p))
     if load_external:
-        try:
-            onnx.load_external_data_for_model(model, str(base))
-        except Exception as exc:
-            raise InputError(f"{p}: external data cannot be read ({type(exc).__name__}: {str(exc)[:120]})") from None
+        for ref in refs:
+            ref.read_into_tensor(str(p))
     return model
 
 
@@ -192,35 +202,283 @@ def normalize_onnx(model: onnx.ModelProto) -> list[str]:
     return notes
 
 
+# The keys of an external-data entry the ONNX spec defines (onnx/docs/ExternalData.md); any other key is
+# refused: onnx < 1.21 set each key as an attribute of its reader object (CVE-2026-34445).
+EXTERNAL_DATA_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
+# Beyond this size a model is written with its tensors in a side file (protobuf's limit is 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+class ExternalRef:
+    """One tensor's external data, checked: a regular file inside the model's folder and a byte range in it."""
+
+    def __init__(self, tensor: onnx.TensorProto, location: str, path: Path, offset: int, length: int,
+                 stat: os.stat_result) -> None:
+        self.tensor, self.location, self.path = tensor, location, path
+        self.offset, self.length, self.stat = offset, length, stat
+
+    def read_into_tensor(self, what: str) -> None:
+        """Read the range into ``tensor.raw_data`` and make the tensor self-contained.
+
+        Opened with ``O_NOFOLLOW | O_NONBLOCK`` and re-checked (same inode, a regular file, one
+        link) so a file swapped after the check is refused, not read."""
+        import stat as st
+
+        name = self.tensor.name
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except OSError as exc:
+            raise InputError(f"{what}: external data file {self.location!r} (tensor {name!r}) cannot be opened "
+                             f"({type(exc).__name__}: {exc.strerror})") from None
+        try:
+            now = os.fstat(fd)
+            if (not st.S_ISREG(now.st_mode) or now.st_nlink != 1 or now.st_ino != self.stat.st_ino
+                    or now.st_dev != self.stat.st_dev or now.st_size < self.offset + self.length):
+                raise InputError(f"{what}: external data file {self.location!r} (tensor {name!r}) changed "
+                                 "while it was being loaded")
+            chunks, pos, left = [], self.offset, self.length
+            while left > 0:
+                chunk = os.pread(fd, min(left, 1 << 28), pos)
+                if not chunk:
+                    raise InputError(f"{what}: external data file {self.location!r} (tensor {name!r}) "
+                                     "ended early")
+                chunks.append(chunk)
+                pos += len(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+        self.tensor.raw_data = b"".join(chunks)
+        del self.tensor.external_data[:]
+        self.tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every TensorProto of a model: initializers, sparse initializers (values and indices), node
+    attributes (``t``, ``tensors``, sparse ones) in the graph, its subgraphs and the model's functions."""
+    out: list[onnx.TensorProto] = []
+
+    def sparse(s: Any) -> None:
+        out.extend((s.values, s.indices))
+
+    def nodes(ns: Any) -> None:
+        for n in ns:
+            for a in n.attribute:
+                if a.HasField("t"):
+                    out.append(a.t)
+                out.extend(a.tensors)
+                if a.HasField("sparse_tensor"):
+                    sparse(a.sparse_tensor)
+                for s in a.sparse_tensors:
+                    sparse(s)
+                if a.HasField("g"):
+                    graph(a.g)
+                for g in a.graphs:
+                    graph(g)
+
+    def graph(g: Any) -> None:
+        out.extend(g.initializer)
+        for s in g.sparse_initializer:
+            sparse(s)
+        nodes(g.node)
+
+    graph(model.graph)
+    for f in model.functions:
+        nodes(f.node)
+    return out
+
+
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    return [t for t in onnx.external_data_helper._get_all_tensors(model)
-            if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL]
+    """Tensors that refer to external data (marked ``EXTERNAL`` or carrying external-data entries)."""
+    return [t for t in all_tensors(model)
+            if (t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL) or len(t.external_data)]
+
+
+def _entries(tensor: onnx.TensorProto, what: str) -> dict[str, str]:
+    """A tensor's external-data entries as a dict; unknown or repeated keys refused."""
+    name = tensor.name
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        raise InputError(f"{what}: tensor {name!r} carries external-data entries but is not marked EXTERNAL")
+    entries: dict[str, str] = {}
+    for e in tensor.external_data:
+        if e.key not in EXTERNAL_DATA_KEYS:
+            raise InputError(f"{what}: tensor {name!r} has an unknown external-data key {e.key[:40]!r} "
+                             f"(allowed: {', '.join(sorted(EXTERNAL_DATA_KEYS))})")
+        if e.key in entries:
+            raise InputError(f"{what}: tensor {name!r} repeats the external-data key {e.key!r}")
+        entries[e.key] = e.value
+    return entries
+
+
+def check_location(location: str | None, tensor: str, what: str) -> str:
+    """A safe relative file name for external data, or one-line :class:`InputError` saying why not.
+
+    Refused: missing/empty, NUL or control characters, absolute paths (POSIX, Windows drive or
+    UNC), any ``..`` component (both separators)."""
+    if location is None or not location.strip():
+        raise InputError(f"{what}: tensor {tensor!r} is stored externally but names no location")
+    if any(ord(c) < 32 for c in location):
+        raise InputError(f"{what}: external data location of tensor {tensor!r} contains control characters")
+    shown = location[:80]
+    parts = location.replace("\\", "/").split("/")
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location):
+        raise InputError(f"{what}: external data location {shown!r} of tensor {tensor!r} is an absolute path; "
+                         "it must be a file inside the model's folder")
+    if ".." in parts:
+        raise InputError(f"{what}: external data location {shown!r} of tensor {tensor!r} escapes the model's "
+                         "folder ('..')")
+    return location
+
+
+def _int_entry(entries: dict[str, str], key: str, tensor: str, what: str) -> int | None:
+    raw = entries.get(key)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        raise InputError(f"{what}: external data {key} {raw[:40]!r} of tensor {tensor!r} is not a "
+                         "non-negative integer")
+    return int(raw)
+
+
+# Sub-byte element types, packed several to a byte (ONNX IR spec): elements per byte.
+_PACKED = {"INT4": 2, "UINT4": 2, "FLOAT4E2M1": 2, "INT2": 4, "UINT2": 4}
+# Element types stored as whole bytes, itemsize each.
+_WHOLE_BYTES = ("FLOAT", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64", "BOOL", "FLOAT16", "DOUBLE", "UINT32",
+                "UINT64", "COMPLEX64", "COMPLEX128", "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
+                "FLOAT8E5M2FNUZ", "FLOAT8E8M0")
+
+
+def _expected_bytes(tensor: onnx.TensorProto, what: str) -> int | None:
+    """Bytes the tensor's dims and dtype need; None for strings and types whose packing is not
+    known here (then only the file's bounds are checked)."""
+    if any(d < 0 for d in tensor.dims):
+        raise InputError(f"{what}: tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
+    n = 1
+    for d in tensor.dims:
+        n *= int(d)
+    try:
+        type_name = onnx.TensorProto.DataType.Name(tensor.data_type)
+    except ValueError:
+        return None
+    if type_name in _PACKED:
+        return -(-n // _PACKED[type_name])
+    if type_name not in _WHOLE_BYTES:
+        return None
+    return n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+
+
+def check_external_data(model: onnx.ModelProto, base: str | os.PathLike[str], *, what: str) -> list[ExternalRef]:
+    """Check every external-data reference of ``model`` against the folder ``base``, reading nothing.
+
+    Only ``lstat`` is called on the paths (no ``open``), so a FIFO or a device is refused without
+    blocking. Returns one :class:`ExternalRef` per external tensor; raises :class:`InputError`
+    for the first bad one (see :func:`load_onnx` for the rules)."""
+    import stat as st
+
+    base_p = Path(base)
+    refs = []
+    for tensor in _external_tensors(model):
+        name = tensor.name
+        entries = _entries(tensor, what)
+        location = check_location(entries.get("location"), name, what)
+        if entries.get("basepath"):
+            raise InputError(f"{what}: tensor {name!r} sets an external-data basepath "
+                             f"({entries['basepath'][:60]!r}); external data is read only from the model's folder")
+        offset = _int_entry(entries, "offset", name, what) or 0
+        length = _int_entry(entries, "length", name, what)
+        path = base_p
+        info = None
+        for part in (p for p in location.replace("\\", "/").split("/") if p not in ("", ".")):
+            path = path / part
+            try:
+                info = os.lstat(path)
+            except OSError:
+                raise InputError(f"{what}: external data file {location!r} (tensor {name!r}) is missing") from None
+            if st.S_ISLNK(info.st_mode):
+                raise InputError(f"{what}: external data location {location!r} of tensor {name!r} goes through a "
+                                 f"symbolic link ({path.name}); it must be a plain file inside the model's folder")
+        if info is None:
+            raise InputError(f"{what}: tensor {name!r} is stored externally but names no file")
+        if not st.S_ISREG(info.st_mode):
+            kind = ("a folder" if st.S_ISDIR(info.st_mode) else "a FIFO" if st.S_ISFIFO(info.st_mode)
+                    else "a device" if st.S_ISCHR(info.st_mode) or st.S_ISBLK(info.st_mode)
+                    else "a socket" if st.S_ISSOCK(info.st_mode) else "not a regular file")
+            raise InputError(f"{what}: external data location {location!r} of tensor {name!r} is {kind}, "
+                             "not a regular file")
+        if info.st_nlink != 1:
+            raise InputError(f"{what}: external data file {location!r} of tensor {name!r} has {info.st_nlink} hard "
+                             "links; a hard link can reach a file outside the model's folder")
+        size = info.st_size
+        if offset > size:
+            raise InputError(f"{what}: external data offset {offset} of tensor {name!r} is past the end of "
+                             f"{location!r} ({size} bytes)")
+        available = size - offset
+        if length is not None and length > available:
+            raise InputError(f"{what}: external data of tensor {name!r} ({length} bytes from offset {offset}) runs "
+                             f"past the end of {location!r} ({size} bytes)")
+        nbytes = available if length is None else length
+        want = _expected_bytes(tensor, what)
+        if want is not None and want != nbytes:
+            raise InputError(f"{what}: tensor {name!r} needs {want} bytes for shape {list(tensor.dims)}, but its "
+                             f"external data holds {nbytes}")
+        refs.append(ExternalRef(tensor, location, path, offset, nbytes, info))
+    return refs
 
 
 def external_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The external-data files an ONNX file on disk refers to."""
+    """The external-data files an ONNX file on disk refers to (each checked as by :func:`load_onnx`)."""
     p = Path(path)
     model = onnx.load(str(p), load_external_data=False)
-    locs = set()
-    for t in _external_tensors(model):
-        for e in t.external_data:
-            if e.key == "location":
-                locs.add(e.value)
-    return [p.parent / loc for loc in sorted(locs)]
+    refs = check_external_data(model, p.resolve().parent, what=str(p))
+    return sorted({p.parent / r.location for r in refs})
+
+
+def inline_external_data(model: onnx.ModelProto, *, what: str = "the model") -> onnx.ModelProto:
+    """Make a model in memory self-contained before it is written or handed to a runtime.
+
+    A tensor marked ``EXTERNAL`` whose bytes are already loaded (``raw_data``) is turned back into
+    an ordinary tensor, so ``onnx.save_model`` never writes it to the ``location`` it names (the
+    write form, CVE-2025-51480); one whose bytes are not loaded, or with a location that is
+    absolute, has ``..`` or unknown keys, is refused (:class:`InputError`): its data cannot be
+    carried, and its location is not deepshrink's to trust. Changes ``model`` in place; returns it.
+    """
+    for tensor in _external_tensors(model):
+        entries = _entries(tensor, what) if tensor.data_location == onnx.TensorProto.EXTERNAL else {}
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            check_location(entries.get("location"), tensor.name, what)
+            if not tensor.HasField("raw_data"):
+                raise InputError(f"{what}: tensor {tensor.name!r} refers to external data "
+                                 f"{entries.get('location', '')[:80]!r} that is not loaded; load the model "
+                                 "from its file (deepshrink.load(path)) so the data is checked and read")
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return model
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
-    """Write a self-contained ONNX file atomically (external data only past protobuf's 2 GB)."""
+    """Write a self-contained ONNX file atomically (external data only past protobuf's 2 GB).
+
+    Tensors the model marks ``EXTERNAL`` are first made ordinary (:func:`inline_external_data`):
+    the only external-data file ever written is ``<name>.data`` beside the output, chosen here.
+    Raises :class:`InputError` for a tensor whose external data is not loaded or names an unsafe
+    location."""
     from ..core.fileio import atomic_path
 
     target = Path(path)
-    big = model.ByteSize() > 1_800_000_000
+    inline_external_data(model, what=f"writing {target}")
+    big = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
     if big:
+        from onnx.external_data_helper import set_external_data
+
         from ..core.fileio import atomic_dir
 
         with atomic_dir(target.parent) as tmp:
-            onnx.save_model(model, str(tmp / target.name), save_as_external_data=True,
-                            location=target.name + ".data")
+            # set the entries here: onnx's convert_model_to_external_data refuses a location that exists
+            # relative to the current directory (not the model's), which has nothing to do with this write
+            for tensor in model.graph.initializer:
+                if tensor.HasField("raw_data") and len(tensor.raw_data) >= 1024:
+                    set_external_data(tensor, target.name + ".data")
+            onnx.save_model(model, str(tmp / target.name))
         return
     with atomic_path(target) as tmp:
         onnx.save_model(model, str(tmp))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from typing import Annotated, Any
 
 import typer
@@ -26,7 +27,7 @@ err_console = _console(True)
 
 # Options shared by every command that takes a model.
 WeightsOpt = Annotated[str | None, typer.Option("--weights", "-w", help="weights (.safetensors or state-dict .pt) for a module:factory source")]
-InputShapeOpt = Annotated[list[str] | None, typer.Option("--input-shape", help="NAME:1x3x224x224 (repeatable) for a model without a fixed signature")]
+InputShapeOpt = Annotated[list[str] | None, typer.Option("--input-shape", help="NAME:1x3x224x224 (repeatable) for a model without a fixed signature; a name for a size marks a dynamic axis: x:1xseqx8")]
 DataOpt = Annotated[str | None, typer.Option("--data", "-d", help=".npz, a text file, or a built-in: digits, sentences")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow unpickling/executing code from model files")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output")]
@@ -107,12 +108,37 @@ def _usage_error_kind(exc: BaseException) -> str | None:
     return "usage" if "UsageError" in names else "click"
 
 
+# the arguments of the running command (after the program name): `distill --nproc` starts copies of it
+current_argv: list[str] = []
+
+
+def _warning_line(shown: set[str]) -> Any:
+    """A ``warnings.showwarning`` that prints each message once as one ``warning:`` line on stderr,
+    without Python's source path and code line."""
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        text = first_line(str(message), 500)
+        if text and text not in shown:
+            shown.add(text)
+            err_console.print("warning: " + text, style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+    return show
+
+
 def run_app(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit status. Errors we raise become one line, no traceback."""
+    """Run the CLI; return the exit status. Errors we raise become one line, no traceback; a Python
+    warning becomes one ``warning:`` line, printed once."""
+    current_argv[:] = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     # TensorFlow's C++ start-up lines (oneDNN notice, absl preamble) would land on the user's terminal
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line(set())
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         status = app(args=argv, standalone_mode=False)
         # typer turns Ctrl-C into Exit(130), which click hands back as a return value here

@@ -102,6 +102,12 @@ def pack_cmd(
     train = None
     if ds is not None and handle.kind == "torch" and not lossless and ds.labels is not None:
         train = (*ds.inputs.values(), ds.labels)
+    trains = [f for f, n in (("--prune-epochs", prune_epochs), ("--finetune-epochs", finetune_epochs)) if n]
+    if trains and not lossless and train is None:
+        why = ("the model is ONNX (fine-tuning needs the PyTorch model)" if handle.kind != "torch"
+               else "no --data was given" if ds is None else f"the data {ds.source} has no labels")
+        raise InputError(f"{' and '.join(trains)} fine-tune on labelled data, but {why}; pass --data with a "
+                         "'labels' array (or digits:train), or drop the option")
     res = pack(handle, config, output=output, data=train, force=force, seed=seed, stages=not lossless,
                progress=not json_out)
     back = unpack(output)

@@ -92,8 +92,8 @@ def build_config(scheme: str, *, bits: int | None, group_size: int, method: str,
         return Int8StaticConfig.build(per_channel=int8_pc, observer=observer, smooth_alpha=smooth,
                                       calibration_size=calibration_size, **sel)
     if scheme == "int4-weight":
-        return WeightOnlyConfig.build(bits=bits or 4, group_size=group_size, method=method,
-                                      calibration_size=calibration_size, **sel)
+        cal = {"calibration_size": calibration_size} if method == "gptq" or "--calibration-size" in (given or {}) else {}
+        return WeightOnlyConfig.build(bits=bits or 4, group_size=group_size, method=method, **cal, **sel)
     if scheme == "kmeans":
         return KMeansConfig.build(bits=bits or 4, per_channel=bool(per_channel), **sel)
     if scheme == "log2":
@@ -214,6 +214,10 @@ def _describe(rep: dict[str, Any]) -> str:
     if "weight_bits" in rep:
         parts.append(f"W{rep['weight_bits']}A{rep['act_bits']} on {len(rep.get('layers', []))} layers"
                      + (", bias-corrected" if "bias_correction" in rep else ""))
+    tied = rep.get("tied_weights") or {}
+    if tied.get("shared") or tied.get("two_copies"):
+        parts.append(f"tied weights: {len(tied.get('shared', []))} quantized once and shared, "
+                     f"{len(tied.get('two_copies', []))} stored twice")
     if "groups" in rep:
         parts.append("; ".join(f"{g['scheme']}: {len(g['layers'])} layers" for g in rep["groups"]))
     return ", ".join(parts) or "done"

@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -50,6 +51,9 @@ def _as_handle(model: Any, example_inputs: dict[str, np.ndarray] | None) -> Mode
 
 
 def _dynamic_axes(handle: ModelHandle) -> dict[str, dict[int, str]]:
+    """Input name → {axis: name} of the axes exported dynamic: axis 0 (the batch, or the name the spec
+    gives it) and every axis the spec names. An axis-0 size with another axis named ``batch`` (a
+    sequence-first model: ``x:10xbatchx32``) stays fixed."""
     axes: dict[str, dict[int, str]] = {}
     # inputs whose declared fixed batch must stay fixed (an imported graph that reshapes to [1, ...])
     keep_fixed = set(filter(None, handle.metadata.get("deepshrink.static_batch", "").split(",")))
@@ -57,7 +61,12 @@ def _dynamic_axes(handle: ModelHandle) -> dict[str, dict[int, str]]:
         ex = handle.example_inputs[spec.name] if handle.example_inputs else None
         rank = ex.ndim if ex is not None else len(spec.shape)
         fixed_batch = spec.name in keep_fixed and bool(spec.shape) and isinstance(spec.shape[0], int)
-        dims = {0: "batch"} if rank and not fixed_batch else {}
+        batch_elsewhere = "batch" in spec.shape[1:]
+        dims: dict[int, str] = {}
+        if rank and spec.shape and isinstance(spec.shape[0], str):
+            dims[0] = spec.shape[0]
+        elif rank and not batch_elsewhere and not fixed_batch:
+            dims[0] = "batch"
         for i, d in enumerate(spec.shape):
             if i > 0 and i < rank and (isinstance(d, str) or (isinstance(d, int) and d <= 0)):
                 dims[i] = d if isinstance(d, str) else f"dim{i}"  # -1: dynamic without a name (Paddle2ONNX)
@@ -183,6 +192,9 @@ def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
     if exporter == "dynamo":
         try:
             proto = _export_dynamo(handle, names, opset, dynamic_batch)
+            if dynamic_batch:
+                _check_symbolic(proto, handle)
+                check_dynamic_axes(proto, handle, "the dynamo export", advise=not fallback)
         except Exception as exc:
             why = _root_cause(exc)
             if not fallback:
@@ -193,8 +205,10 @@ def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
         try:
             proto = _export_torchscript(handle, names, opset, dynamic_batch)
         except Exception as exc:
-            msg = first_line(exc, 300)
+            msg = first_line(exc, 300).split(" [Caused by")[0]  # the rest is a fragment of the IR graph
             raise UnsupportedError(f"the torchscript exporter failed: {msg}" + (f" (dynamo failed first: {why})" if why else "")) from None
+        if dynamic_batch:
+            check_dynamic_axes(proto, handle, "the torchscript export")
     _name_dynamic_dims(proto, handle)
     strip_exporter_metadata(proto)
     meta = {"deepshrink.exporter": used, "deepshrink.source": str(handle.source or "")}
@@ -213,6 +227,76 @@ def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
             result.tokenizer_dir = tok_target
         save_onnx(proto, out)
     return result
+
+
+class AxisFixedError(UnsupportedError):
+    """An axis the input spec declares dynamic is fixed in the exported graph."""
+
+
+def _check_symbolic(proto: onnx.ModelProto, handle: ModelHandle) -> None:
+    """Refuse a dynamo export whose graph input fixes an axis the spec declares dynamic (torch.export
+    specialises an axis the model's code branches on, e.g. the sequence axis of ``nn.LSTM``)."""
+    dims_of = {vi.name: vi.type.tensor_type.shape.dim for vi in proto.graph.input}
+    for name, axes in _dynamic_axes(handle).items():
+        dims = dims_of.get(name)
+        for axis, label in axes.items():
+            if dims is not None and axis < len(dims) and dims[axis].HasField("dim_value"):
+                raise AxisFixedError(f"torch.export fixed axis {axis} ({label!r}) of input {name!r} at "
+                                     f"{dims[axis].dim_value}: the model's code specialises it")
+
+
+def check_dynamic_axes(proto: onnx.ModelProto, handle: ModelHandle, what: str, *, advise: bool = True) -> None:
+    """Run the exported graph with every dynamic axis one longer than traced and compare with torch.
+
+    The torchscript exporter traces sizes into ``Reshape`` targets and loop bounds while still
+    declaring the axis dynamic; such a file fails (or computes something else) at any other size.
+    Raises :class:`AxisFixedError` naming the input, the axis and the node ONNX Runtime stops in.
+    """
+    from ..backends.onnx import make_session
+    from ..backends.torch import run_torch
+
+    axes = _dynamic_axes(handle)
+    base = {n: np.asarray(handle.example_inputs[n]) for n in handle.input_names}  # type: ignore[index]
+    labels = sorted({lab for dims in axes.values() for lab in dims.values()})
+    if not labels:
+        return
+    try:
+        sess = make_session(proto, threads=1)
+    except Exception:  # a file ORT cannot load is reported by whoever runs it, with its own message
+        return
+    for label in labels:
+        feed, where = dict(base), []
+        for n, dims in axes.items():
+            grown = [i for i, lab in dims.items() if lab == label]
+            if grown:
+                shape = list(base[n].shape)
+                for i in grown:
+                    shape[i] += 1
+                feed[n] = np.resize(base[n], shape).astype(base[n].dtype)
+                where += [(n, i, base[n].shape[i]) for i in grown]
+        n0, axis, size = where[0]
+        head = f"{what} hard-codes axis {axis} ({label!r}) of input {n0!r}: traced at {size}, the file "
+        tips = ["keep that axis fixed (a size, not a name, in --input-shape) or try the other --exporter"]
+        if axis == 0 and label == "batch" and base[n0].ndim > 1:
+            rest = "".join(f"x{d}" for d in base[n0].shape[2:])
+            tips.insert(0, f"if axis 0 is not the batch (a sequence-first model), name the batch axis: "
+                           f"--input-shape {n0}:{size}xbatch{rest}")
+        hint = "; " + "; or ".join(tips) if advise else ""
+        try:
+            ref = run_torch(handle.model, feed, handle.input_names)
+        except InputError:  # the model itself does not take that size: nothing the file could promise
+            continue
+        try:
+            got = [np.asarray(o) for o in sess.run(None, feed)]
+        except Exception as exc:  # noqa: BLE001 - any failure at another size is the hard-coded axis
+            node = re.search(r"running (\w+) node\. Name:'([^']*)'", str(exc))
+            at = f" in {node.group(1)} node {node.group(2)!r}" if node else ""
+            raise AxisFixedError(head + f"fails at {size + 1}{at}" + hint) from None
+        for r, g in zip(ref, got, strict=False):
+            r = np.asarray(r, np.float64)
+            # a traced size gives grossly wrong numbers, not rounding: 1e-2 leaves room for fp16 models
+            if r.shape != g.shape or (r.size and np.abs(r - g).max() > 1e-2 * max(np.abs(r).max(), 1e-6)):
+                raise AxisFixedError(head + f"gives other numbers than the model at {size + 1}" + hint)
 
 
 def _name_dynamic_dims(proto: onnx.ModelProto, handle: ModelHandle) -> None:
@@ -251,11 +335,11 @@ def _args(handle: ModelHandle) -> tuple[torch.Tensor, ...]:
     if handle.example_inputs is None:
         raise InputError(f"the PyTorch model {handle.source or ''} has no example inputs to export it with: pass "
                          "input_shapes (CLI --input-shape NAME:1x64) or data".replace("  ", " "))
+    axes = _dynamic_axes(handle)
     out = []
-    keep_fixed = set(filter(None, handle.metadata.get("deepshrink.static_batch", "").split(",")))
     for n in handle.input_names:
         a = np.ascontiguousarray(handle.example_inputs[n])
-        if a.ndim and a.shape[0] == 1 and n not in keep_fixed:
+        if a.ndim and a.shape[0] == 1 and 0 in axes.get(n, {0: "batch"}):
             a = np.concatenate([a, a])
         out.append(torch.from_numpy(a))
     return tuple(out)
@@ -280,9 +364,12 @@ def _export_dynamo(handle: ModelHandle, names: list[str], opset: int | None, dyn
 def _export_torchscript(handle: ModelHandle, names: list[str], opset: int | None, dynamic: bool) -> onnx.ModelProto:
     buf = io.BytesIO()
     axes = _dynamic_axes(handle) if dynamic else None
-    if axes is not None:
+    if axes is not None and any(dims.get(0) == "batch" for dims in axes.values()):
         axes.update({n: {0: "batch"} for n in names})
-    with warnings.catch_warnings():
+    from ..core.quiet import native_output_silenced
+
+    # on an error, torch's C++ side prints the whole TorchScript IR graph to file descriptor 1
+    with warnings.catch_warnings(), native_output_silenced():
         warnings.simplefilter("ignore")
         torch.onnx.export(handle.model, _args(handle), buf, input_names=handle.input_names, output_names=names,
                           opset_version=opset or 17, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
@@ -297,7 +384,6 @@ def _quiet_exporter_logs() -> None:
 
 def _root_cause(exc: BaseException) -> str:
     """The innermost cause's type and first meaningful line, without terminal colour codes."""
-    import re
 
     inner = exc
     while inner.__cause__ is not None and inner.__cause__ is not inner:

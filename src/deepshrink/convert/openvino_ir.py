@@ -30,7 +30,9 @@ def onnx_to_openvino(src: ModelHandle, dst: Path, *, compress_to_fp16: bool = Fa
 
     with tempfile.TemporaryDirectory(prefix=".deepshrink-ov.", dir=dst.parent) as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        onnx.save(src.model, str(onnx_path))
+        from ..backends.onnx import inline_external_data
+
+        onnx.save(inline_external_data(src.model), str(onnx_path))
         try:
             ov_model = ov.convert_model(str(onnx_path))
         except Exception as exc:

@@ -25,9 +25,32 @@ def check_output(out: str | os.PathLike[str], *, inputs: tuple[str | os.PathLike
     _refuse_directory(out_p)
     if out_p.exists() and not force:
         raise InputError(f"output {out_p} already exists; pass --force (force=True) to overwrite it")
+    side = out_p.with_name(out_p.name + ".data")  # where save_onnx puts a large model's tensors
+    if out_p.suffix.lower() == ".onnx" and side.is_dir():
+        raise InputError(f"{side} is a directory; a large model's tensors would be written there")
+    if out_p.suffix.lower() == ".onnx" and (side.exists() or side.is_symlink()) and not force:
+        raise InputError(f"{side} already exists (an earlier model's external data?); pass --force (force=True) "
+                         "to overwrite it")
     if not out_p.parent.exists():
         raise InputError(f"output folder {out_p.parent} does not exist")
+    check_writable(out_p.parent)
     return out_p
+
+
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Refuse a folder deepshrink cannot create files in (not a folder, no permission, read-only
+    file system), by creating and removing a probe file there: permission bits alone do not say
+    (root ignores them; a read-only mount or /proc does not)."""
+    folder_p = Path(folder)
+    if not folder_p.is_dir():
+        raise InputError(f"output folder {folder_p} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".deepshrink-probe.", dir=folder_p)
+    except OSError as exc:
+        raise InputError(f"output folder {folder_p} is not writable: a file cannot be created there "
+                         f"({exc.strerror or type(exc).__name__})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _refuse_directory(out: Path) -> None:
@@ -42,7 +65,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     A ``target`` that is a directory is refused before anything is written."""
     target_p = Path(target)
     _refuse_directory(target_p)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target_p.name}.", suffix=".tmp", dir=target_p.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target_p.name}.", suffix=".tmp", dir=target_p.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write {target_p}: {exc.strerror or type(exc).__name__}") from None
     os.close(fd)
     tmp_p = Path(tmp)
     try:
@@ -64,8 +90,11 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     its tokenizer): either all of them land or none does.
     """
     target_p = Path(target)
-    target_p.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".deepshrink.", dir=target_p))
+    try:
+        target_p.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".deepshrink.", dir=target_p))
+    except OSError as exc:
+        raise InputError(f"cannot write into {target_p}: {exc.strerror or type(exc).__name__}") from None
     try:
         yield tmp
         for item in tmp.iterdir():

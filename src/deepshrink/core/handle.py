@@ -79,8 +79,10 @@ class ModelHandle:
             out = {}
             for spec in self.inputs:
                 ex = self.example_inputs[spec.name]
-                shape = (batch, *ex.shape[1:]) if ex.ndim else ex.shape
-                out[spec.name] = _random_like(rng, shape, ex.dtype, ex)
+                shape = list(ex.shape)
+                if ex.ndim:
+                    shape[_batch_axis(spec)] = batch
+                out[spec.name] = _random_like(rng, tuple(shape), ex.dtype, ex)
             return out
         return {s.name: _random_for(rng, s, batch, self.index_bounds.get(s.name), self.metadata) for s in self.inputs}
 
@@ -88,6 +90,13 @@ class ModelHandle:
         ins = ", ".join(s.describe() for s in self.inputs)
         outs = ", ".join(s.describe() for s in self.outputs)
         return f"{self.kind} model from {self.source or '<memory>'}; inputs {ins}; outputs {outs}"
+
+
+def _batch_axis(spec: TensorSpec) -> int:
+    """Axis 0, unless the spec fixes it and names another axis ``batch`` (a sequence-first model)."""
+    if spec.shape and not isinstance(spec.shape[0], str) and "batch" in spec.shape[1:]:
+        return spec.shape.index("batch")
+    return 0
 
 
 def _random_for(rng: np.random.Generator, spec: TensorSpec, batch: int, bound: int | None = None,

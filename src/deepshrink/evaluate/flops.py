@@ -1,6 +1,6 @@
 """FLOPs/MACs. Torch: ``torch.utils.flop_counter``. ONNX: counted from inferred shapes for
-the ops that dominate compute (Conv, Gemm, MatMul and their integer/quantized forms, RNN/GRU/LSTM) —
-written here because no maintained library counts ONNX FLOPs for current opsets."""
+the ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul and their integer/quantized forms,
+RNN/GRU/LSTM) — written here because no maintained library counts ONNX FLOPs for current opsets."""
 
 from __future__ import annotations
 
@@ -153,6 +153,11 @@ def _node_macs(node: Any, shapes: dict[str, list[int]]) -> int:
         if not w:
             return 0
         return int(np.prod(out)) * int(np.prod(w[1:]))
+    if op == "ConvTranspose":  # every input element scatters its group's W[c_in] of [C_out/group, *kernel]
+        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if not x or not w or 0 in x:
+            return 0
+        return int(np.prod(x)) * int(np.prod(w[1:]))
     if op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "MatMulNBits"):
         a = shapes.get(node.input[0])
         if not a:

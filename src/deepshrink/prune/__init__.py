@@ -71,9 +71,15 @@ class PruneReport:
 def prune(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None,
           example_inputs: tuple[torch.Tensor, ...] | dict[str, np.ndarray] | None = None,
           batch_size: int = 64, seed: int = 0, progress: bool = True) -> nn.Module | ModelHandle:
-    """A pruned copy of ``model`` per ``config``; see :func:`prune_with_report` for the options."""
-    return prune_with_report(model, config, data=data, example_inputs=example_inputs, batch_size=batch_size,
-                             seed=seed, progress=progress)[0]
+    """A pruned copy of ``model`` per ``config``; see :func:`prune_with_report` for the options.
+
+    What the report would list as left alone (layers pruning could not touch) is issued once each
+    as a ``UserWarning`` pointing at the caller; :func:`prune_with_report` returns them instead."""
+    pruned, report = prune_with_report(model, config, data=data, example_inputs=example_inputs,
+                                       batch_size=batch_size, seed=seed, progress=progress)
+    for m in report.warnings:
+        warnings.warn(m, stacklevel=2)
+    return pruned
 
 
 def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None,
@@ -83,7 +89,9 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
     """Prune a copy of ``model`` (the caller's module is not changed) and report.
     ``data``: ``(x..., y)`` arrays or a deepshrink ``Dataset`` with labels (needed for
     fine-tuning, gradual pruning and Taylor importance). ``example_inputs``: for the structured
-    graph capture (defaults to the handle's examples or the data)."""
+    graph capture (defaults to the handle's examples or the data). Nothing is issued through
+    :mod:`warnings`: what was left alone is in ``report.warnings``, each message once, for the
+    caller to show (the CLI prints each as one ``warning:`` line)."""
     handle = model if isinstance(model, ModelHandle) else None
     if handle is not None:
         if handle.kind != "torch":
@@ -205,9 +213,7 @@ def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int,
         _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
                   progress=progress, what="fine-tuning")
     remove_masks(module)
-    msgs = [str(w.message) for w in caught]
-    for m in msgs:
-        warnings.warn(m, stacklevel=2)
+    msgs = _unique(str(w.message) for w in caught)
     return module, _report(f"nm {config.n}:{config.m}", before, sp0, module, layers, warnings=msgs,
                            finetune_epochs=config.finetune_epochs)
 
@@ -255,9 +261,7 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
         warnings.simplefilter("always")
         graph = structured_prune(module, config, example_inputs, protected=protected,
                                  taylor_batches=taylor_batches, loss_fn=_ce_loss, act_batches=act_batches)
-    msgs = [str(w.message) for w in caught]
-    for m in msgs:
-        warnings.warn(m, stacklevel=2)
+    msgs = _unique(str(w.message) for w in caught)
     pruned = [g for g in graph.groups if g.keep is not None]
     if not pruned:
         raise InputError("structured pruning found no prunable channel group"
@@ -269,6 +273,11 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
                "members": sorted({m.module for m in g.members})} for g in pruned]  # type: ignore[arg-type]
     return module, _report("structured", before, sp0, module, groups=groups, warnings=msgs,
                            finetune_epochs=config.finetune_epochs)
+
+
+def _unique(msgs: Any) -> list[str]:
+    """Messages in first-seen order, each once."""
+    return list(dict.fromkeys(msgs))
 
 
 def _ce_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:

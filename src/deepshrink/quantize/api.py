@@ -32,8 +32,10 @@ from .configs import (
     QuantConfig,
     WeightOnlyConfig,
 )
+from .normalize import normalize_for_quantization, restore_unquantized_casts
 from .outcome import Prepared, QuantizeOutcome
 from .outcome import result as _result
+from .tied import retie, untie
 
 
 def quantize(model: Any, config: QuantConfig, *, data: Any = None, **options: Any) -> ModelHandle:
@@ -62,24 +64,34 @@ def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress:
     prep = prepare(model, data, fuse=_wants_fuse(config), calibration_size=_calibration_size(config),
                    gemm_as_matmul=not _is_static(config), **load_options)
     out = handler(prep, config, progress=progress)
+    if prep.ties:
+        shared, apart = retie(out.handle.model, prep.ties)
+        out.report["tied_weights"] = {"shared": [t.to_dict() for t in shared], "two_copies": [t.to_dict() for t in apart]}
+    if prep.normalized is not None:
+        restore_unquantized_casts(out.handle.model, prep.normalized)
     _check_loads(out.handle.model)
-    out.report["float_weights"] = float_weights(prep.model, out.handle.model)
+    out.report["float_weights"] = float_weights(prep.handle.model, out.handle.model)
     out.report.setdefault("scheme", type(config).__name__)
     if prep.opset_from is not None:
         out.report["opset_upgraded"] = f"{prep.opset_from} -> {MIN_OPSET}"
     out.report["config"] = config.to_dict()
     if prep.fused:
         out.report["fused"] = prep.fused
+    if prep.normalized:
+        out.report["normalized"] = prep.normalized.to_dict()
     return out
 
 
-def _wants_fuse(config: QuantConfig) -> bool:
+def _wants_fuse(config: QuantConfig) -> str:
+    """"none", "auto" (fuse a BERT-like encoder when one is found) or "bert" (fuse, or refuse)."""
     if isinstance(config, Int8DynamicConfig):
-        return config.fuse != "none"
-    if isinstance(config, (AutoConfig, MixedPrecisionConfig)):
-        base = config.base if isinstance(config, AutoConfig) else config.default
-        return _wants_fuse(base)
-    return False
+        return config.fuse
+    if isinstance(config, AutoConfig):
+        return _wants_fuse(config.base)
+    if isinstance(config, MixedPrecisionConfig):
+        modes = {_wants_fuse(c) for c in (config.default, *config.overrides.values())}
+        return next((m for m in ("bert", "auto") if m in modes), "none")
+    return "none"
 
 
 def _is_static(config: QuantConfig) -> bool:
@@ -91,6 +103,8 @@ def _is_static(config: QuantConfig) -> bool:
 
 
 def _calibration_size(config: QuantConfig) -> int:
+    if isinstance(config, MixedPrecisionConfig):  # each group takes its own share in _mixed
+        return max(_calibration_size(c) for c in (config.default, *config.overrides.values()))
     return int(getattr(config, "calibration_size", 256))
 
 
@@ -117,7 +131,7 @@ def to_onnx_handle(model: Any, **load_options: Any) -> ModelHandle:
     return export_onnx(handle, exporter=exporter)
 
 
-def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int = 256, gemm_as_matmul: bool = False,
+def prepare(model: Any, data: Any, *, fuse: bool | str = False, calibration_size: int = 256, gemm_as_matmul: bool = False,
             **load_options: Any) -> Prepared:
     if data is not None and "data" not in load_options and not isinstance(model, (ModelHandle, onnx.ModelProto)):
         load_options["data"] = data  # a torch model takes its example input shapes from the data
@@ -126,6 +140,9 @@ def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int 
     proto.CopyFrom(handle.model)
     proto, opset_from = _upgrade_opset(proto)
     ob.ensure_node_names(proto)
+    # what ORT's quantizers mishandle (Gemm alpha/beta/2-D bias/transA, Cast-fed fp16 weights), rewritten exactly
+    normalized = normalize_for_quantization(proto)
+    ties = untie(proto)  # a tied embedding/head gets its own projection weight; retie() shares the quantized one
     if gemm_as_matmul:  # ORT's dynamic / weight-only passes and our codebooks see every Linear as MatMul
         ob.gemm_to_matmul(proto)
     arrays, labels = None, None
@@ -137,11 +154,21 @@ def prepare(model: Any, data: Any, *, fuse: bool = False, calibration_size: int 
         arrays, labels = ds.inputs, ds.labels
         _check_runs(proto, arrays, str(ds.source))
     fused: dict[str, int] = {}
-    if fuse:
+    if fuse and fuse != "none":
         dims = ob.detect_bert(proto, handle.tokenizer_dir)
         if dims is not None:
             proto, fused = ob.fuse_transformer(proto, *dims)
-    return Prepared(handle, proto, arrays, labels, fused, opset_from)
+        if fuse == "bert" and not fused.get("Attention"):
+            raise UnsupportedError("fuse='bert': ONNX Runtime's BERT fusions found no attention block to fuse in this "
+                                   "graph" + ("" if dims is not None else " (it is not a BERT-like encoder)")
+                                   + "; use fuse='auto' or 'none'")
+    return Prepared(handle, proto, arrays, labels, fused, opset_from, normalized, ties)
+
+
+# quantized ops: the index of their first scale / zero-point input
+_QPARAMS_FROM = {"MatMulNBits": 2, "DequantizeLinear": 1, "QuantizeLinear": 1, "MatMulInteger": 2, "ConvInteger": 2,
+                 "DynamicQuantizeMatMul": 2, "MatMulIntegerToFloat": 2, "QGemm": 1, "QLinearMatMul": 1,
+                 "QLinearConv": 1, "QAttention": 3, "DynamicQuantizeLSTM": 3}  # LSTM: 3 is its float bias
 
 
 def float_weights(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, Any]:
@@ -155,7 +182,9 @@ def float_weights(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, 
                 if t.data_type in width and sum(1 for d in t.dims if d > 1) >= 2}
 
     total = sum(matrices(before).values())
-    left = matrices(after)
+    qparams = {n.input[i] for n in after.graph.node for i in range(_QPARAMS_FROM.get(n.op_type, len(n.input)),
+                                                                    len(n.input))}
+    left = {k: v for k, v in matrices(after).items() if k not in qparams}  # scales are no float weights
     users: dict[str, list[str]] = {}
     for n in after.graph.node:
         for i in n.input:
@@ -223,7 +252,8 @@ def require_data(prep: Prepared, what: str) -> dict[str, np.ndarray]:
 
 
 def _nodes(prep: Prepared, config: QuantConfig, op_types: Sequence[str]) -> list[str]:
-    cands = ob.weight_nodes(prep.model, op_types)
+    tied_tables = {g for t in prep.ties for g in t.gathers}  # they read their projection's quantized weight
+    cands = [c for c in ob.weight_nodes(prep.model, op_types) if c.name not in tied_tables]
     nodes = ob.select_nodes(cands, config.include, config.exclude)
     if not nodes:
         if cands:
@@ -238,6 +268,12 @@ def no_candidates_message(model: onnx.ModelProto, op_types: Sequence[str], schem
     ops = {n.op_type for n in model.graph.node}
     consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
     uses_consts = any(i in consts for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") for i in n.input)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    casts = sorted({producers[n.input[1]].name for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")
+                    and len(n.input) > 1 and n.input[1] in producers and producers[n.input[1]].op_type == "Cast"})
+    if casts:
+        return (f"{scheme} found no layer to quantize: the weights come through Cast nodes ({', '.join(casts[:3])}) "
+                "whose input is not a stored constant, so no quantizer sees a constant weight")
     if uses_consts:
         return (f"{scheme} found no layer to quantize: this graph's weights are Constant nodes, not initializers "
                 "(Paddle2ONNX / TF exports); deepshrink quantizes initializer weights only for now")
@@ -279,8 +315,9 @@ def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOut
 def _static(prep: Prepared, config: Int8StaticConfig, **_: Any) -> QuantizeOutcome:
     calib = require_data(prep, "static int8")
     model = ob.preprocess(prep.model)
+    normalize_for_quantization(model)  # ORT's pre-processing may fuse MatMul + Add back into a Gemm
     op_types = config.op_types or None
-    nodes = _nodes(Prepared(prep.handle, model, calib), config, op_types or ("Conv", "MatMul", "Gemm"))
+    nodes = _nodes(Prepared(prep.handle, model, calib, ties=prep.ties), config, op_types or ("Conv", "MatMul", "Gemm"))
     report: dict[str, Any] = {"quantized_layers": len(nodes), "observer": config.observer}
     if config.smooth_alpha:
         from .smooth import smooth_model
@@ -291,7 +328,8 @@ def _static(prep: Prepared, config: Int8StaticConfig, **_: Any) -> QuantizeOutco
     selected = nodes if (config.include or config.exclude) else []
     q = ob.quantize_static_int8(model, selected, calib, observer=config.observer, percentile=config.percentile,
                                 per_channel=config.per_channel, fmt=config.format,
-                                symmetric_activations=config.symmetric_activations, op_types=config.op_types)
+                                symmetric_activations=config.symmetric_activations, op_types=config.op_types,
+                                exclude_nodes=[g for t in prep.ties for g in t.gathers])
     return _result(prep, q, report)
 
 
@@ -339,7 +377,7 @@ def _kmeans(prep: Prepared, config: KMeansConfig, **_: Any) -> QuantizeOutcome:
     from .nonlinear import kmeans_quantize
 
     return _codebook(prep, config, lambda a, ax: kmeans_quantize(a, config.bits, axis=ax if config.per_channel else None,
-                                                                seed=config.seed))
+                                                                init=config.init, seed=config.seed))
 
 
 @register(Log2Config)
@@ -360,9 +398,17 @@ def _mixed(prep: Prepared, config: MixedPrecisionConfig, **kw: Any) -> QuantizeO
             raise InputError(f"override pattern {p!r} matches no quantizable layer")
     base = ob.select_nodes(cands, config.include, config.exclude)
     assign: dict[str, QuantConfig] = {}
+    unhandled: list[str] = []
     for name in base:
         c = next(c for c in cands if c.name == name)
-        cfg = next((v for p, v in config.overrides.items() if ob._matches(c, p)), config.default)
+        pattern, cfg = next(((p, v) for p, v in config.overrides.items() if ob._matches(c, p)),
+                            (None, config.default))
+        if not _handles(cfg, c.op_type):
+            if pattern is not None:
+                raise InputError(f"override {pattern!r} gives {c.op_type} layer {c.name!r} to {type(cfg).__name__}, "
+                                 f"which does not quantize {c.op_type}")
+            unhandled.append(c.name)  # the default scheme has no kernel for it: it stays float, and is reported
+            continue
         assign[name] = cfg
     order = sorted({id(c): c for c in assign.values()}.values(),
                    key=lambda c: 0 if isinstance(c, (KMeansConfig, Log2Config, WeightOnlyConfig)) else 1)
@@ -370,10 +416,25 @@ def _mixed(prep: Prepared, config: MixedPrecisionConfig, **kw: Any) -> QuantizeO
     for cfg in order:
         names = [n for n, c in assign.items() if c is cfg]
         sub = cfg.model_copy(update={"include": tuple(names), "exclude": ()})
-        step = handler_for(sub)(Prepared(prep.handle, model, prep.data, prep.labels), sub, **kw)
+        n = getattr(cfg, "calibration_size", None)
+        data = prep.data if prep.data is None or n is None else {k: v[:n] for k, v in prep.data.items()}
+        step = handler_for(sub)(Prepared(prep.handle, model, data, prep.labels, ties=prep.ties), sub, **kw)
         model = step.handle.model
         report["groups"].append({"scheme": type(cfg).__name__, "layers": names})
+    if unhandled:
+        report["float_layers"] = unhandled
     return _result(prep, model, report)
+
+
+def _handles(config: QuantConfig, op_type: str) -> bool:
+    """Whether a single scheme's handler quantizes a layer of ``op_type``."""
+    if isinstance(config, Int8DynamicConfig):
+        return op_type in config.op_types
+    if isinstance(config, Int8StaticConfig):
+        return op_type in (config.op_types or ("Conv", "MatMul", "Gemm"))
+    if isinstance(config, WeightOnlyConfig):
+        return op_type == "MatMul"
+    return op_type in ("MatMul", "Gemm", "Conv")  # codebooks
 
 
 @register(AutoConfig)

@@ -46,6 +46,14 @@ class QuantConfig(Config):
                 raise ValueError("empty layer pattern")
         return v
 
+    def _refuse_unused(self, fields: tuple[str, ...], unused: bool, why: str) -> None:
+        """A field set away from its default where it cannot change the result is refused, never ignored."""
+        if not unused:
+            return
+        for f in fields:
+            if getattr(self, f) != type(self).model_fields[f].default:
+                raise ValueError(f"{f}={getattr(self, f)!r} has no effect: {why}")
+
 
 def _coerce_config(value: Any) -> Any:
     if isinstance(value, dict):
@@ -74,6 +82,8 @@ class Int8DynamicConfig(QuantConfig):
     whose median output channel keeps less than ``per_channel_min_db`` (25 dB) SQNR with one
     scale per tensor (decided from the weights alone); ONNX Runtime's per-column kernels cost
     a fixed time per output column, so the others stay per tensor. ``True``/``False`` force one granularity everywhere.
+    ``LSTM`` layers become ONNX Runtime's ``DynamicQuantizeLSTM`` (int8 input and recurrence weights);
+    ONNX Runtime has no integer GRU kernel, so a GRU stays float and is named in the float-weights report.
     Embedding tables under ``gather_min_elements`` stay float (unless named by ``include``):
     their run-time ``DequantizeLinear`` costs a kernel call for a few hundred kB saved.
     """
@@ -85,7 +95,13 @@ class Int8DynamicConfig(QuantConfig):
     reduce_range: bool = False
     fuse: Literal["auto", "none", "bert"] = "none"
     smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
-    op_types: Patterns = ("MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "Gather")
+    op_types: Patterns = ("MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "Gather", "LSTM")
+
+    @model_validator(mode="after")
+    def _used(self) -> Int8DynamicConfig:
+        self._refuse_unused(("per_channel_min_db",), self.per_channel != "auto",
+                            f"it chooses the layers of per_channel='auto', and per_channel is {self.per_channel}")
+        return self
 
 
 class Int8StaticConfig(QuantConfig):
@@ -99,6 +115,12 @@ class Int8StaticConfig(QuantConfig):
     symmetric_activations: bool = False
     smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
     op_types: Patterns = Field(default=(), description="ORT op types to quantize (empty: ORT's default set)")
+
+    @model_validator(mode="after")
+    def _used(self) -> Int8StaticConfig:
+        self._refuse_unused(("percentile",), self.observer != "percentile",
+                            f"it is the percentile observer's clipping point, and the observer is {self.observer!r}")
+        return self
 
 
 MATMUL_NBITS_GROUP_SIZES = (16, 32, 64, 128, 256)  # MLAS block sizes; others crash inside MlasQuantizeBlockwise
@@ -122,14 +144,32 @@ class WeightOnlyConfig(QuantConfig):
                              f"MatMulNBits kernels take: {', '.join(map(str, MATMUL_NBITS_GROUP_SIZES))}), got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _used(self) -> WeightOnlyConfig:
+        self._refuse_unused(("act_order", "calibration_size"), self.method == "rtn",
+                            "round-to-nearest (method='rtn') uses no calibration data; it is for method='gptq'")
+        return self
+
 
 class KMeansConfig(QuantConfig):
-    """Weight sharing: a k-means codebook of 2**bits floats + uint8 indices (ONNX ``Gather``)."""
+    """Weight sharing: a k-means codebook of 2**bits floats + uint8 indices (ONNX ``Gather``).
+
+    ``init``: the starting centroids of Lloyd's iterations — evenly spaced over the range
+    (``linear``), at the quantiles (``quantile``), or k-means++ (Arthur & Vassilvitskii, 2007)
+    drawn with ``seed`` (the only init that uses it).
+    """
 
     bits: int = Field(default=4, ge=2, le=8)
     per_channel: bool = False
     min_elements: int = Field(default=256, ge=1, description="smaller weights stay float")
+    init: Literal["linear", "quantile", "kmeans++"] = "linear"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _used(self) -> KMeansConfig:
+        self._refuse_unused(("seed",), self.init != "kmeans++",
+                            f"it seeds init='kmeans++', and init is {self.init!r}")
+        return self
 
 
 class Log2Config(QuantConfig):
@@ -159,6 +199,12 @@ class QATConfig(QuantConfig):
     batch_size: int = Field(default=64, ge=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _used(self) -> QATConfig:
+        self._refuse_unused(("learn_scales", "lr", "batch_size", "seed"), self.epochs == 0,
+                            "it applies to training, and epochs=0 trains nothing (post-training quantization)")
+        return self
+
 
 class MixedPrecisionConfig(QuantConfig):
     """Per-layer choice: ``default`` for every selected layer, ``overrides`` = {pattern: config}.
@@ -173,8 +219,11 @@ class MixedPrecisionConfig(QuantConfig):
     @model_validator(mode="after")
     def _no_nesting(self) -> MixedPrecisionConfig:
         for c in (self.default, *self.overrides.values()):
-            if isinstance(c, (MixedPrecisionConfig, AutoConfig)):
+            if isinstance(c, (MixedPrecisionConfig, AutoConfig, QATConfig)):
                 raise ValueError(f"{type(c).__name__} cannot be nested inside MixedPrecisionConfig")
+            if c.include or c.exclude:
+                raise ValueError(f"the include/exclude of a nested {type(c).__name__} have no effect: the override "
+                                 "patterns and MixedPrecisionConfig's own include/exclude choose its layers")
         for p in self.overrides:
             if not p.strip():
                 raise ValueError("empty override pattern")
@@ -223,6 +272,21 @@ class AutoConfig(QuantConfig):
     def _base_kind(self) -> AutoConfig:
         if isinstance(self.base, (MixedPrecisionConfig, AutoConfig)):
             raise ValueError(f"base must be a single scheme, not {type(self.base).__name__}")
+        if not isinstance(self.base, (Int8DynamicConfig, Int8StaticConfig)):
+            raise ValueError(f"base must be Int8DynamicConfig or Int8StaticConfig (the schemes auto keeps layers "
+                             f"float from), not {type(self.base).__name__}")
+        self._refuse_unused(("smooth_outlier_ratios",), not any(a > 0 for a in self.smooth_alphas),
+                            "it chooses which tensors smoothing reaches, and smooth_alphas has no alpha above 0")
+        base = self.base
+        if base.smooth_alpha is not None:
+            raise ValueError("base.smooth_alpha has no effect: auto tries its own smoothing alphas (smooth_alphas)")
+        if "calibration_size" in type(base).model_fields and \
+                base.calibration_size != type(base).model_fields["calibration_size"].default:
+            raise ValueError("base.calibration_size has no effect: auto calibrates on its own calibration_size samples")
+        if isinstance(base, Int8DynamicConfig) and \
+                base.gather_min_elements != Int8DynamicConfig.model_fields["gather_min_elements"].default:
+            raise ValueError("base.gather_min_elements has no effect: auto measures every table it may quantize; "
+                             "exclude the tables to keep float")
         return self
 
 

@@ -5,9 +5,11 @@
   and the options (per-channel, the float default for fused graphs, pre-processing with
   ``skip_symbolic_shape=True``), because ORT's passes already emit the patterns its
   kernels fuse (``QLinearConv``, ``DynamicQuantizeMatMul``, ``QAttention``...).
-- The ``mse`` observer is ours: ORT has no MSE-optimal range search, so we collect the
-  activations, pick each range with :mod:`deepshrink.quantize.observers`, and hand the
-  ranges to ``quantize_static`` through its calibration cache.
+- The ``mse`` and ``entropy`` observers are ours: ORT has no MSE-optimal range search, and its
+  entropy calibrator, reached through ``quantize_static``, keeps 128 histogram bins for 128
+  quantized bins, so its only candidate threshold is the min-max range. We collect the
+  activations, pick each range with :mod:`deepshrink.quantize.observers`, and hand the ranges
+  to ``quantize_static`` through its calibration cache.
 - BERT-like encoders are first fused with ``onnxruntime.transformers.optimizer`` (fused
   Attention is then quantized as one ``QAttention``); the head count it needs is read
   from the model's Hugging Face config or from the attention reshapes in the graph.
@@ -40,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import InputError, UnsupportedError
+from ..errors import DeepshrinkError, InputError, UnsupportedError, first_line
 from .configs import MATMUL_NBITS_GROUP_SIZES, PER_CHANNEL_MIN_DB
 
 INTEGER_OPS = frozenset({
@@ -52,7 +54,7 @@ INTEGER_OPS = frozenset({
 
 # node type -> index of its weight input
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Attention": 1, "ConvTranspose": 1, "Gather": 0,
-                "EmbedLayerNormalization": 2}
+                "EmbedLayerNormalization": 2, "LSTM": 1}
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def weight_nodes(model: onnx.ModelProto, op_types: Iterable[str] | None = None) -> list[WeightNode]:
     """Nodes of ``op_types`` whose weight input is an initializer (float, ≥ 2-D)."""
     inits = initializer_map(model)
-    types = set(op_types) if op_types else set(WEIGHT_INPUT) - {"Gather", "EmbedLayerNormalization"}
+    types = set(op_types) if op_types else set(WEIGHT_INPUT) - {"Gather", "EmbedLayerNormalization", "LSTM"}
     out = []
     for i, n in enumerate(model.graph.node):
         if n.op_type not in types or n.op_type not in WEIGHT_INPUT:
@@ -120,7 +122,10 @@ def select_nodes(candidates: Sequence[WeightNode], include: Sequence[str] = (), 
 
 
 def _save_tmp(model: onnx.ModelProto, path: Path) -> Path:
-    big = model.ByteSize() > 1_800_000_000
+    from ..backends.onnx import EXTERNAL_DATA_THRESHOLD, inline_external_data
+
+    inline_external_data(model)  # onnx.save_model would write loaded EXTERNAL tensors to the location they name
+    big = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
     onnx.save_model(model, str(path), save_as_external_data=big, location=path.name + ".data" if big else None)
     return path
 
@@ -158,6 +163,43 @@ def float_compute_ops(model: onnx.ModelProto | str | Path) -> dict[str, int]:
     return {k: v for k, v in counts.items() if k in ("MatMul", "Conv", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm")}
 
 
+def failing_node(exc: BaseException, model: onnx.ModelProto) -> str | None:
+    """The node ONNX Runtime's quantizer was working on when it raised ``exc``: ``"Gemm 'fc1'"``, or None.
+
+    Read from the traceback: the innermost ``onnxruntime`` frame holding a node (a ``NodeProto``
+    local), else a local naming one of ``model``'s tensors, mapped to the node that reads it.
+    """
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        if "onnxruntime" in tb.tb_frame.f_code.co_filename:
+            frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    readers: dict[str, onnx.NodeProto] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, n)
+    names = {n.name: n for n in model.graph.node if n.name}
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, onnx.NodeProto):
+                return f"{value.op_type} {value.name!r}"
+        for value in frame.f_locals.values():
+            if isinstance(value, str) and value:
+                node = names.get(value) or readers.get(value) or readers.get(value.removesuffix("_quantized"))
+                if node is not None:
+                    return f"{node.op_type} {node.name!r}"
+    return None
+
+
+def ort_quantizer_error(exc: BaseException, model: onnx.ModelProto, what: str = "quantizer") -> UnsupportedError:
+    """One line for an exception raised inside ONNX Runtime's quantization code, naming the node."""
+    node = failing_node(exc, model)
+    where = f" on {node}" if node else ""
+    return UnsupportedError(f"ONNX Runtime's {what} failed{where}: {type(exc).__name__}: {first_line(exc)}; "
+                            "nothing was written (--exclude the layer to keep it float)")
+
+
 def _ort_quantize(fn: Any, model: onnx.ModelProto, **kwargs: Any) -> onnx.ModelProto:
     root = logging.getLogger()
     level = root.level
@@ -166,7 +208,12 @@ def _ort_quantize(fn: Any, model: onnx.ModelProto, **kwargs: Any) -> onnx.ModelP
         with tempfile.TemporaryDirectory(prefix="deepshrink.q.") as d:
             src = _save_tmp(model, Path(d) / "in.onnx")
             out = Path(d) / "out.onnx"
-            fn(str(src), str(out), **kwargs)
+            try:
+                fn(str(src), str(out), **kwargs)
+            except (DeepshrinkError, KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:
+                raise ort_quantizer_error(exc, model) from exc
             return onnx.load(str(out))
     finally:
         root.setLevel(level)
@@ -183,8 +230,23 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
         out = _ort_quantize(run, model)
     except Exception:  # pre-processing is an optimisation, not a requirement
         return model
+    _restore_fused_names(model, out)
     ensure_node_names(out)
     return out
+
+
+def _restore_fused_names(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """Give a node ORT's optimizer renamed while fusing (``fc2`` -> ``fc2/MatMulAddFusion``) its name back,
+    so include/exclude patterns and reports keep naming the user's layers."""
+    old = {n.name for n in before.graph.node if n.name}
+    present = {n.name for n in after.graph.node}
+    for n in after.graph.node:
+        base, _, tail = n.name.rpartition("/")
+        if n.name in old or not tail.endswith("Fusion"):
+            continue
+        if base and base in old and base not in present:
+            n.name = base
+            present.add(base)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,14 +443,16 @@ def split_feeds(inputs: dict[str, np.ndarray], batch: int = 1) -> list[dict[str,
 def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibration: dict[str, np.ndarray], *,
                          observer: str = "minmax", percentile: float = 99.999, per_channel: bool = True,
                          fmt: str = "qdq", symmetric_activations: bool = False,
-                         op_types: Sequence[str] = ()) -> onnx.ModelProto:
-    """ORT ``quantize_static`` with calibrated activation ranges; ``mse`` ranges are computed here."""
+                         op_types: Sequence[str] = (), exclude_nodes: Sequence[str] = ()) -> onnx.ModelProto:
+    """ORT ``quantize_static`` with calibrated activation ranges; ``mse`` and ``entropy`` ranges are computed here.
+
+    ``nodes``: the nodes to quantize (empty: every node of ORT's op types); ``exclude_nodes``: nodes kept float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT,
                              "ActivationSymmetric": symmetric_activations}
     method = {"minmax": CalibrationMethod.MinMax, "moving_average": CalibrationMethod.MinMax,
-              "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.MinMax,
               "mse": CalibrationMethod.MinMax}.get(observer)
     if method is None:
         raise InputError(f"unknown observer {observer!r}; use minmax, moving_average, percentile, mse or entropy")
@@ -396,16 +460,18 @@ def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibrati
         extra["CalibMovingAverage"] = True
     if observer == "percentile":
         extra["CalibPercentile"] = percentile
-    feeds = split_feeds(calibration, batch=1 if observer in ("minmax", "mse") else 8)
+    feeds = split_feeds(calibration, batch=1 if observer in ("minmax", "mse", "entropy") else 8)
     kwargs: dict[str, Any] = dict(
         quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
         per_channel=per_channel, activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes) or None,
+        weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes) or None, nodes_to_exclude=list(exclude_nodes) or None,
         op_types_to_quantize=list(op_types) or None, calibrate_method=method, extra_options=extra)
     with tempfile.TemporaryDirectory(prefix="deepshrink.cal.") as d:
-        if observer == "mse":
+        if observer in ("mse", "entropy"):
+            # ORT has no MSE search, and its entropy calibrator, called through quantize_static, has as many
+            # histogram bins as quantized bins (128 and 128): its one candidate threshold is the min-max range
             cache = Path(d) / "ranges.json"
-            _mse_ranges(model, feeds, cache, kwargs)
+            _observer_ranges(model, feeds, cache, kwargs, observer)
             kwargs["calibration_cache_path"] = str(cache)
             return _ort_quantize(quantize_static, model, calibration_data_reader=None, **kwargs)
         kwargs["calibration_data_reader"] = _Reader(feeds)
@@ -413,8 +479,10 @@ def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibrati
             return _ort_quantize(quantize_static, model, **kwargs)
 
 
-def _mse_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cache: Path, kwargs: dict[str, Any]) -> None:
-    """Min-max calibration names the tensors; their ranges are then re-chosen to minimise MSE."""
+def _observer_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cache: Path, kwargs: dict[str, Any],
+                     observer: str) -> None:
+    """Min-max calibration names the tensors; their ranges are then re-chosen by our ``observer``
+    (``mse``: :class:`~.observers.MSEObserver`; ``entropy``: :class:`~.observers.EntropyObserver`, 2048 bins)."""
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
         TensorData,
@@ -423,7 +491,7 @@ def _mse_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cach
         save_tensors_data,
     )
 
-    from .observers import MSEObserver
+    from .observers import EntropyObserver, MSEObserver
 
     with tempfile.TemporaryDirectory(prefix="deepshrink.mse.") as d:
         src = _save_tmp(model, Path(d) / "in.onnx")
@@ -435,7 +503,8 @@ def _mse_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cach
     acts = collect_tensors(model, names, feeds)
     ranges = {}
     for name in names:
-        obs = MSEObserver(bits=8, symmetric=False, max_samples=1 << 13, grid=40)
+        obs = (MSEObserver(bits=8, symmetric=False, max_samples=1 << 13, grid=40) if observer == "mse" else
+               EntropyObserver(bits=8, symmetric=False))
         for a in acts[name]:
             obs.observe(np.asarray(a, np.float32))
         lo, hi = (float(v) for v in obs.range())
@@ -500,11 +569,17 @@ def quantize_weight_only_rtn(model: onnx.ModelProto, nodes: Sequence[str], *, bi
     all_mm = [w.name for w in weight_nodes(model, ("MatMul",))]
     cfg = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=symmetric, bits=bits,
                                        op_types_to_quantize=("MatMul",))
-    q = MatMulNBitsQuantizer(model, bits=bits, block_size=group_size, is_symmetric=symmetric,
+    work = onnx.ModelProto()
+    work.CopyFrom(model)  # the quantizer rewrites the model it is given: the caller's float model stays intact
+    q = MatMulNBitsQuantizer(work, bits=bits, block_size=group_size, is_symmetric=symmetric,
                              nodes_to_exclude=[n for n in all_mm if n not in set(nodes)], algo_config=cfg)
     logging.disable(logging.INFO)  # one INFO line per node otherwise
     try:
         q.process()
+    except (DeepshrinkError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        raise ort_quantizer_error(exc, model, "weight-only quantizer") from exc
     finally:
         logging.disable(logging.NOTSET)
     out = q.model.model

@@ -213,12 +213,19 @@ def _quantizable(model: nn.Module) -> dict[str, nn.Module]:
             if type(m) in (nn.Linear, nn.Conv2d) or isinstance(m, (FakeQuantLinear, FakeQuantConv2d))}
 
 
-def _select(names: Iterable[str], exclude: Sequence[str], what: str = "layer") -> list[str]:
+def _select(names: Iterable[str], exclude: Sequence[str], what: str = "layer", include: Sequence[str] = ()) -> list[str]:
+    """``names`` matched by ``include`` (all when empty) and by no ``exclude`` pattern; a pattern that matches
+    nothing is an :class:`InputError`, and so is a selection that leaves nothing."""
     names = list(names)
-    for pat in exclude:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-            raise InputError(f"exclude pattern {pat!r} matches no {what}; {what}s: {', '.join(names) or 'none'}")
-    return [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+    for kind, patterns in (("include", include), ("exclude", exclude)):
+        for pat in patterns:
+            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                raise InputError(f"{kind} pattern {pat!r} matches no {what}; {what}s: {', '.join(names) or 'none'}")
+    chosen = [n for n in names if (not include or any(fnmatch.fnmatchcase(n, p) for p in include))
+              and not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+    if names and not chosen:
+        raise InputError(f"include/exclude leave no {what} to quantize; {what}s: {', '.join(names)}")
+    return chosen
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -230,11 +237,13 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 def prepare_qat(model: nn.Module, *, weight_bits: int = 4, act_bits: int | None = 8, exclude: Sequence[str] = (),
                 weight_observer: str = "mse", act_observer: str = "minmax", act_symmetric: bool = False,
                 fold_bn: bool = True, learn_scales: bool = True, weight_per_channel: bool = True,
-                inplace: bool = False) -> nn.Module:
+                inplace: bool = False, include: Sequence[str] = ()) -> nn.Module:
     """Return the model (a copy unless ``inplace``) with fake-quant Linear/Conv2d layers.
 
-    ``exclude``: fnmatch patterns on module names (``"fc"``, ``"blocks.*.mlp.fc2"``); a
-    pattern that matches no Linear/Conv2d layer is an :class:`InputError`. ``act_bits=None``
+    ``include`` / ``exclude``: fnmatch patterns on module names (``"fc"``, ``"blocks.*.mlp.fc2"``):
+    only layers matched by ``include`` (every layer when empty) and by no ``exclude`` pattern are
+    quantized; a pattern that matches no Linear/Conv2d layer is an :class:`InputError`.
+    ``weight_per_channel``: one weight scale per output channel (axis 0), else one per tensor. ``act_bits=None``
     quantizes weights only. Activation quantizers start uncalibrated (identity) until
     :func:`calibrate` runs.
     """
@@ -247,7 +256,7 @@ def prepare_qat(model: nn.Module, *, weight_bits: int = 4, act_bits: int | None 
     layers = _quantizable(work)
     if not layers:
         raise InputError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to quantize")
-    chosen = _select(layers, exclude)
+    chosen = _select(layers, exclude, include=include)
     for name in chosen:
         mod = layers[name]
         if isinstance(mod, (FakeQuantLinear, FakeQuantConv2d)):

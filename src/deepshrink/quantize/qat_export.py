@@ -47,8 +47,8 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     n_rows = len(xs[0])
     calib = [tuple(x[i:i + 64] for x in xs) for i in range(0, min(n_rows, 512), 64)]
     prepared = prepare_qat(handle.model, weight_bits=config.weight_bits, act_bits=config.act_bits,
-                           exclude=config.exclude, act_observer=config.observer if config.observer != "moving_average"
-                           else "minmax", learn_scales=config.learn_scales)
+                           include=config.include, exclude=config.exclude, act_observer=config.observer,
+                           learn_scales=config.learn_scales, weight_per_channel=config.per_channel)
     calibrate(prepared, calib)
     shifts: dict[str, float] = {}
     if config.bias_correction:
@@ -62,7 +62,7 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     plain, record = finalize(prepared)
     example = {n: ds.inputs[n][:2] for n in names}
     exported = export_onnx(plain, example)
-    q = deploy_qdq(exported.model, record, {n: ds.inputs[n][:256] for n in names})
+    q = deploy_qdq(exported.model, record, {n: ds.inputs[n][:256] for n in names}, per_channel=config.per_channel)
     from .outcome import Prepared
     from .outcome import result as _result
 
@@ -74,23 +74,34 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     return QuantizeOutcome(_result(prep, q, {}).handle, report)
 
 
-def deploy_qdq(model: onnx.ModelProto, record: dict[str, Any], calibration: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """ORT static QDQ int8 with the weight / input grids pinned to ``record`` (``qat.LayerQuant``)."""
+def deploy_qdq(model: onnx.ModelProto, record: dict[str, Any], calibration: dict[str, np.ndarray], *,
+               per_channel: bool = True) -> onnx.ModelProto:
+    """ORT static QDQ int8 with the weight / input grids pinned to ``record`` (``qat.LayerQuant``).
+
+    Of the Conv/Gemm/MatMul layers only those in ``record`` are quantized (the others stay float); ``per_channel`` says whether
+    the record's weight scales are one per output channel (axis 0) or one per tensor."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from . import onnx_backend as ob
 
+    ob.ensure_node_names(model)
     inits = ob.initializer_map(model)
     consumers = {n.input[1]: n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
     overrides: dict[str, list[dict[str, Any]]] = {}
+    nodes: list[str] = []
     for layer, lq in record.items():
         wname = _weight_name(layer, inits)
         if wname is None or wname not in consumers:
             raise InputError(f"QAT layer {layer!r}: its weight is not found in the exported ONNX graph")
         node = consumers[wname]
         scales = lq.weight_scale.numpy().astype(np.float32)
-        overrides[wname] = [{"scale": np.array(s, np.float32), "zero_point": np.array(0, np.int8), "axis": 0,
-                             "quant_type": QuantType.QInt8} for s in scales]
+        if per_channel:
+            overrides[wname] = [{"scale": np.array(s, np.float32), "zero_point": np.array(0, np.int8), "axis": 0,
+                                 "quant_type": QuantType.QInt8} for s in scales]
+        else:
+            overrides[wname] = [{"scale": np.array(scales[0], np.float32), "zero_point": np.array(0, np.int8),
+                                 "quant_type": QuantType.QInt8}]
+        nodes.append(node.name)
         if lq.input_scale is not None:
             qt = QuantType.QInt8 if lq.input_signed else QuantType.QUInt8
             zdt = np.int8 if lq.input_signed else np.uint8
@@ -100,7 +111,9 @@ def deploy_qdq(model: onnx.ModelProto, record: dict[str, Any], calibration: dict
     extra = {"TensorQuantOverrides": overrides, "DefaultTensorType": onnx.TensorProto.FLOAT}
     feeds = ob.split_feeds(calibration, 1)
     return ob._ort_quantize(quantize_static, model, calibration_data_reader=ob._Reader(feeds),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel, activation_type=QuantType.QUInt8,
+                            nodes_to_exclude=[n.name for n in model.graph.node
+                                              if n.op_type in ("Conv", "Gemm", "MatMul") and n.name not in nodes],
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
 
 

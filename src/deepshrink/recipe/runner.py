@@ -129,7 +129,7 @@ def compress(model: Any, recipe: Any, out_dir: str | os.PathLike[str], *, data: 
                       names=[o.name for o in outcomes], samples=min(len(evaluation), 4096) if evaluation else 64,
                       progress=False)
         policy = gate or fidelity.FidelityPolicy()
-        if any(s.verb == "prune" for s in rec.steps):  # lossy by design: random inputs cannot judge it
+        if any(s.verb in ("prune", "distill") for s in rec.steps):  # lossy by design: random inputs cannot judge it
             policy = dataclasses.replace(policy, judge_random=False)
         verdict = fidelity.judge(table, policy)
     report = build_report(rec, source, outcomes, table, evaluation, threads=threads, out_dir=out)
@@ -181,6 +181,10 @@ def _check_out_dir(out: Path, *, resume: bool, force: bool) -> None:
         blocker = next((p for p in out.parents if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise InputError(f"cannot create output folder {out}: {blocker} is a file")
+        if blocker is not None:
+            from ..core.fileio import check_writable
+
+            check_writable(blocker)
         return  # created (with its parents) once every check has passed
     if not any(out.iterdir()):
         return
@@ -316,6 +320,17 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
         summary = (f"{rep.method}: parameters {rep.params_before:,} → {rep.params_after:,}, zero weights "
                    f"{100 * rep.sparsity_before:.1f}% → {100 * rep.sparsity_after:.1f}%")
         return pruned, summary, d
+    if step.verb == "distill":
+        from ..distill import distill_with_report
+
+        # with derive: the student is made from the model so far, which teaches it; without: the model so far
+        # (pruned, say) is the student and the recipe's original model the teacher
+        teacher, student = (handle, None) if step.config.derive else (ctx.source, handle)
+        out, drep = distill_with_report(teacher, student, ctx.train, step.config, progress=False)
+        d = drep.to_dict()
+        summary = (f"distilled {drep.student_from}: parameters {drep.teacher_params:,} → {drep.student_params:,}, "
+                   f"{drep.loss} loss {drep.first_loss or 0:.4f} → {drep.last_loss or 0:.4f}")
+        return out, summary, d
     if step.verb == "quantize":
         from ..quantize.api import run_quantize
 
@@ -387,7 +402,9 @@ def _write_artifact(handle: ModelHandle, folder: Path, ctx: _Context) -> tuple[P
         return path, path
     measure = folder / "measure.onnx"
     _write_onnx(handle, measure)
-    if _factory_spec(ctx) is not None:
+    # a student with fewer layers no longer fits the factory's module tree: written as .pt2
+    fewer_layers = handle.metadata.get("deepshrink.distilled", "").startswith("layers=")
+    if _factory_spec(ctx) is not None and not fewer_layers:
         from safetensors.torch import save_file
 
         path = folder / "model.safetensors"

@@ -4,6 +4,7 @@ A recipe is YAML (or the equivalent dict)::
 
     steps:
       - prune: {method: structured, sparsity: 0.5, finetune_epochs: 3}
+      - distill: {epochs: 2}        # recover the pruned model from the original (the teacher)
       - quantize: {scheme: int8-static, observer: mse}
 
 Each step names a verb and its parameters; the parameters are the fields of that verb's config
@@ -27,9 +28,9 @@ from ..errors import InputError
 
 Kind = Literal["torch", "onnx", "dsz"]
 
-VERBS = ("prune", "quantize", "pack", "convert", "evaluate")
+VERBS = ("prune", "quantize", "distill", "pack", "convert", "evaluate")
 # verbs the recipe language reserves for capabilities still to come: named, refused plainly
-LATER = {"distill": "knowledge distillation", "optimize": "graph optimisation"}
+LATER = {"optimize": "graph optimisation"}
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,21 @@ def _quantize_step(index: int, params: dict[str, Any]) -> Step:
                 why=why)
 
 
+def _distill_step(index: int, params: dict[str, Any]) -> Step:
+    """``distill: {derive: layers=3, epochs: 3}`` distils the model so far into a student derived from it;
+    ``distill: {epochs: 3}`` after a prune step recovers the pruned model from the recipe's original model."""
+    from ..core.config import check_keys
+    from ..distill.config import DistillConfig
+
+    check_keys(params, DistillConfig, what="distill")
+    cfg = DistillConfig.build(**params)
+    if cfg.derive is None and index == 1:
+        raise InputError("without derive, distill recovers the model of an earlier step (such as prune) from the "
+                         "original; as the first step give derive: layers=K or derive: width=F")
+    return Step(index, "distill", dict(params), cfg, takes=("torch",), emits="torch", needs="data",
+                why="distillation")
+
+
 def _pack_step(index: int, params: dict[str, Any]) -> Step:
     from ..codec.config import DeepCompressionConfig, PackConfig
     from ..core.config import check_keys
@@ -260,8 +276,8 @@ def _evaluate_step(index: int, params: dict[str, Any]) -> Step:
     return Step(index, "evaluate", {})
 
 
-_BUILDERS = {"prune": _prune_step, "quantize": _quantize_step, "pack": _pack_step, "convert": _convert_step,
-             "evaluate": _evaluate_step}
+_BUILDERS = {"prune": _prune_step, "quantize": _quantize_step, "distill": _distill_step, "pack": _pack_step,
+             "convert": _convert_step, "evaluate": _evaluate_step}
 
 
 def check_chain(recipe: Recipe, source_kind: Kind, *, has_data: bool, has_labels: bool) -> list[Kind]:

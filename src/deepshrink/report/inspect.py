@@ -225,7 +225,9 @@ def _weights(model: onnx.ModelProto) -> Iterator[tuple[onnx.NodeProto, str, np.n
 
 
 def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
-    return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    from ..backends.onnx import load_onnx  # external data checked before it is read
+
+    return model if isinstance(model, onnx.ModelProto) else load_onnx(model)
 
 
 def layer_table(model: onnx.ModelProto | str | Path) -> list[dict]:

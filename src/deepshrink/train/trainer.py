@@ -13,9 +13,14 @@ Float kernels still differ between CPU families (AVX2 vs AVX-512 paths), so "the
 bit-exact on one machine and close elsewhere — tests set thresholds from a multi-seed
 spread for that reason (see ``tests/README.md``).
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1) it initialises a gloo process group, wraps the
-model in ``DistributedDataParallel`` and shards the data with ``DistributedSampler``; only
-rank 0 writes checkpoints and draws the progress bar.
+Under ``torchrun`` (``WORLD_SIZE`` > 1) it initialises a process group (gloo on CPU, nccl
+when CUDA is present; ``DEEPSHRINK_BACKEND=gloo`` forces gloo), wraps the model in
+``DistributedDataParallel`` and shards the data with ``DistributedSampler``; only rank 0
+writes checkpoints and draws the progress bar. With ``global_batch=True`` the batch size is
+the global one and every world size walks the same permutation, so N processes give the
+single-process result up to float summation order (what distillation uses) — exactly so when
+the sample count is a multiple of the world size (``DistributedSampler`` pads with repeated
+samples otherwise) and the model has no BatchNorm (each rank normalises its own half-batch).
 """
 
 from __future__ import annotations
@@ -125,7 +130,8 @@ class Trainer:
                  eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
                  checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 0,
                  progress: bool = True, lr_schedule: str = "constant", params: Iterable[nn.Parameter] | None = None,
-                 deterministic: bool | None = None) -> None:
+                 deterministic: bool | None = None, global_batch: bool = False,
+                 find_unused_parameters: bool = False) -> None:
         if epochs < 0 or batch_size < 1 or lr <= 0:
             raise InputError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}")
         self.model = model
@@ -145,6 +151,8 @@ class Trainer:
         self.lr_schedule = lr_schedule
         self._params = list(params) if params is not None else None
         self.deterministic = deterministic_default() if deterministic is None else bool(deterministic)
+        self.global_batch = global_batch
+        self.find_unused_parameters = find_unused_parameters
         self.step = 0
         self.epoch = 0
         self.total_steps = 0
@@ -154,7 +162,8 @@ class Trainer:
     def _maybe_init_distributed() -> tuple[int, int]:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo")
+            dist.init_process_group("nccl" if torch.cuda.is_available() and os.environ.get("DEEPSHRINK_BACKEND") != "gloo"
+                                    else "gloo")
         if dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
@@ -213,13 +222,32 @@ class Trainer:
         dataset = batches_of(train_data)
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise InputError("training data is empty")
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=self.seed) if world > 1 else None
+        batch_size = self.batch_size
+        if self.global_batch:
+            # batch_size is the global batch: each of the `world` ranks takes batch_size / world samples of
+            # one shared permutation (rank r: perm[r::world]), so rank batches j together are exactly the
+            # single-process batch j and the averaged DDP gradient equals the one-process gradient
+            if self.batch_size % world:
+                raise InputError(f"batch size {self.batch_size} does not split evenly over {world} processes; "
+                                 f"use a multiple of {world}")
+            batch_size = self.batch_size // world
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+        else:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=self.seed) if world > 1 else None
         gen = torch.Generator().manual_seed(self.seed)
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=sampler is None,
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None,
                             sampler=sampler, generator=gen, drop_last=False)
         wrapped: nn.Module = self.model
+        device = None
         if world > 1:
-            wrapped = nn.parallel.DistributedDataParallel(self.model)
+            device_ids = None
+            if torch.cuda.is_available() and dist.get_backend() == "nccl":
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # batches follow it
+                torch.cuda.set_device(device)
+                self.model.to(device)
+                device_ids = [device.index]
+            wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
+                                                        find_unused_parameters=self.find_unused_parameters)
         params = self._params if self._params is not None else [p for p in self.model.parameters() if p.requires_grad]
         opt = self._make_optimizer(params)
         steps_per_epoch = len(loader)
@@ -236,9 +264,9 @@ class Trainer:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                   TimeRemainingColumn())
+                   TextColumn("{task.fields[metric]}"), TimeRemainingColumn())
         with Progress(*columns, disable=not show, transient=True) as bar:
-            task = bar.add_task("train", total=self.total_steps, completed=self.step, loss="-")
+            task = bar.add_task("train", total=self.total_steps, completed=self.step, loss="-", metric="")
             self.model.train()
             while self.step < self.total_steps:
                 if sampler is not None:
@@ -252,6 +280,8 @@ class Trainer:
                         break
                     for cb in self.callbacks:
                         cb.on_step_begin(self)
+                    if device is not None:
+                        batch = [t.to(device) for t in batch]
                     loss = self.step_fn(wrapped, batch)
                     if not torch.isfinite(loss):
                         raise InputError(f"training loss became {loss.item()} at step {self.step}; lower the learning rate")
@@ -275,6 +305,7 @@ class Trainer:
                     if self.eval_fn is not None and rank == 0:
                         self.model.eval()
                         result.evals.append(self.eval_fn(self.model))
+                        bar.update(task, metric=" ".join(f"{k} {v:.4f}" for k, v in result.evals[-1].items()))
                         self.model.train()
                     continue
                 break

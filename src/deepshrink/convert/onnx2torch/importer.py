@@ -362,13 +362,12 @@ def _infer_ranks(b: Builder, proto: onnx.ModelProto) -> None:
 def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
+    from ...backends.onnx import load_onnx
+
     p = Path(model)
     if not p.is_file():
         raise InputError(f"ONNX file {p} does not exist")
-    try:
-        return onnx.load(str(p))
-    except Exception as exc:
-        raise InputError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    return load_onnx(p)  # the checked loader: external data stays inside the model's folder
 
 
 def onnx_to_torch(model: onnx.ModelProto | str | Path, *, tuple_outputs: bool = False) -> fx.GraphModule:

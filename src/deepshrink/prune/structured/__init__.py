@@ -18,12 +18,14 @@ from torch import nn
 
 from ...errors import InputError
 from ..config import StructuredPruneConfig
+from . import attention
 from .apply import apply_plan, mask_plan, plan_global, plan_uniform
+from .attention import HeadPrunedAttention
 from .graph import DependencyGraph, Group, Member, build_graph
 from .importance import activation_scores, group_scores, input_norms, taylor_grads
 
-__all__ = ["DependencyGraph", "Group", "Member", "apply_plan", "build_graph", "fit_to_state_dict", "mask_plan",
-           "plan_structured", "structured_prune"]
+__all__ = ["DependencyGraph", "Group", "HeadPrunedAttention", "Member", "apply_plan", "build_graph",
+           "fit_to_state_dict", "mask_plan", "plan_structured", "structured_prune"]
 
 
 def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inputs: tuple[torch.Tensor, ...] | None,
@@ -32,6 +34,7 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inp
                     act_batches: list[tuple[torch.Tensor, ...]] | None = None) -> DependencyGraph:
     """Build the graph and decide which channels every prunable group keeps (no change yet)."""
     graph = build_graph(model, example_inputs, protected=protected)
+    _check_applies(graph, config)
     ratio_for = {"channel": config.ratio, "ffn": config.ffn_ratio if config.ffn_ratio is not None else config.ratio,
                  "head": config.heads_ratio}
     groups = [g for g in graph.prunable() if ratio_for.get(g.kind, 0.0) > 0]
@@ -55,7 +58,31 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inp
         chans = [g for g in groups if g.kind != "head"]
         plan_global(chans, scores, config.ratio, config.min_keep, config.round_to)
         plan_uniform([g for g in groups if g.kind == "head"], scores, ratio_for)
+    whole = [g for g in groups if g.kind == "head" and g.keep is not None and len(g.keep) == g.size]
+    if whole:  # e.g. 0.2 of 4 heads: less than one head, so none goes; say so rather than ignore the option
+        graph.warnings.append(f"heads_ratio {config.heads_ratio:g} removes no head of "
+                              + ", ".join(f"{g.name} ({g.size} heads)" for g in whole[:4])
+                              + ": less than one head each")
     return graph
+
+
+def _check_applies(graph: DependencyGraph, config: StructuredPruneConfig) -> None:
+    """Refuse ``heads_ratio`` / ``ffn_ratio`` when the model has nothing they could remove, naming why."""
+    for kind, value, field, what in (
+            ("head", config.heads_ratio, "heads_ratio (--heads-ratio)", "attention heads"),
+            ("ffn", config.ffn_ratio, "ffn_ratio (--ffn-ratio)", "transformer FFN neurons")):
+        if not value:
+            continue
+        found = [g for g in graph.groups if g.kind == kind]
+        if any(g.prunable for g in found):
+            continue
+        if found:
+            reasons = "; ".join(f"{g.name}: {g.blocked[0]}" for g in found[:3] if g.blocked)
+            raise InputError(f"{field} {value:g}: the {what} of this model cannot be removed ({reasons})")
+        where = ("nn.MultiheadAttention or BERT-style query/key/value attention" if kind == "head" else
+                 "nn.TransformerEncoderLayer/DecoderLayer linear1 → linear2 or BERT-style intermediate/output")
+        raise InputError(f"{field} {value:g}: the model has no {what} to remove (they are found in {where}); "
+                         + ("leave it at 0" if kind == "head" else "--sparsity sets the share of its other channels"))
 
 
 def structured_prune(model: nn.Module, config: StructuredPruneConfig,
@@ -86,7 +113,13 @@ def _update_hf_configs(model: nn.Module, graph: DependencyGraph) -> None:
 @torch.no_grad()
 def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Resize Linear/Conv/BatchNorm/attention modules of a freshly built ``model`` to the
-    shapes in a pruned ``state`` dict (then ``load_state_dict`` works). Returns ``model``."""
+    shapes in a pruned ``state`` dict (then ``load_state_dict`` works); an ``nn.MultiheadAttention``
+    whose heads were removed becomes a :class:`~.attention.HeadPrunedAttention`. Returns ``model``."""
+    for name, mod in list(model.named_modules()):
+        prefix = f"{name}." if name else ""
+        if isinstance(mod, nn.MultiheadAttention) and prefix + "q_proj.weight" in state and name:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, attention.from_state_dict(mod, state, prefix))
     for name, mod in model.named_modules():
         prefix = f"{name}." if name else ""
         w = state.get(prefix + "weight")

@@ -1,6 +1,7 @@
 """Turn importance scores into a plan (which channels each group keeps) and apply it by
 slicing parameters into physically smaller modules — the same module classes with smaller
-``in/out_features``, ``in/out_channels``, ``num_features`` — so the result is a plain
+``in/out_features``, ``in/out_channels``, ``num_features``; an ``nn.MultiheadAttention`` that
+loses heads becomes a :class:`~.attention.HeadPrunedAttention` — so the result is a plain
 ``nn.Module`` that exports to ONNX without masks.
 
 :func:`mask_plan` is the masked twin used to prove exactness: it zeroes, in the unpruned
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ...errors import InputError
+from .attention import mask_heads, prune_heads
 from .graph import DependencyGraph, Group
 
 
@@ -95,6 +97,7 @@ def _param(t: torch.Tensor, dim: int, idx: torch.Tensor) -> nn.Parameter:
 def apply_plan(model: nn.Module, graph: DependencyGraph) -> None:
     """Slice every member of every planned group; updates module attributes in place."""
     mods = dict(model.named_modules())
+    swapped = False
     for name, roles in _collect(graph).items():
         mod = mods[name]
         if "out" in roles:
@@ -131,12 +134,21 @@ def apply_plan(model: nn.Module, graph: DependencyGraph) -> None:
                 mod.in_channels = mod.out_channels = mod.groups = len(idx)
             else:
                 raise InputError(f"internal: cannot slice per-channel parameters of {name} ({type(mod).__name__})")
+        if "mha_heads" in roles:
+            (_, _, _, kept), = roles["mha_heads"]
+            parent, _, attr = name.rpartition(".")
+            setattr(mods[parent] if parent else model, attr, prune_heads(mod, kept))
+            swapped = True
         if "heads" in roles:
             (_, hsize, _, kept), = roles["heads"]
             mod.num_attention_heads = len(kept)
             mod.all_head_size = len(kept) * hsize
             if hasattr(mod, "num_key_value_groups"):
                 raise InputError(f"internal: grouped-query attention in {name} is not supported")
+    if swapped:  # nn.TransformerEncoder's nested-tensor fast path reads the packed projection it no longer has
+        for m in model.modules():
+            if isinstance(m, nn.TransformerEncoder):
+                m.use_nested_tensor = False
 
 
 @torch.no_grad()
@@ -144,6 +156,8 @@ def mask_plan(model: nn.Module, graph: DependencyGraph) -> None:
     """Zero (in the unpruned ``model``) every consumer column fed by a removed channel."""
     mods = dict(model.named_modules())
     for name, roles in _collect(graph).items():
+        if "mha_heads" in roles:
+            mask_heads(mods[name], roles["mha_heads"][0][3])
         if "in" in roles:
             mod = mods[name]
             idx = _dim_index(mod.weight.shape[1], roles["in"])

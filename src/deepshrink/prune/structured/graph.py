@@ -10,9 +10,12 @@ layouts (offset mapping); a consumer (next Conv/Linear input) records which inpu
 each channel owns. A union of sets is a :class:`Group`: its channels are removed from every
 member at once.
 
-Transformer attention heads and FFN neurons of Hugging Face BERT-style blocks are found by
-module structure (``query``/``key``/``value`` + the block's ``output.dense``;
-``intermediate.dense`` → ``output.dense``), because HF models do not symbolic-trace.
+Transformer attention heads and FFN neurons are found by module structure, because attention
+does not map to channel layouts and HF models do not symbolic-trace: Hugging Face BERT-style blocks
+(``query``/``key``/``value`` + the block's ``output.dense``; ``intermediate.dense`` →
+``output.dense``), every ``nn.MultiheadAttention`` (its heads, swapped for a smaller module, see
+:mod:`.attention`) and the FFN of ``nn.TransformerEncoderLayer``/``DecoderLayer`` (``linear1`` →
+``linear2``). Those modules are opaque to the trace: the residual width they read is left as it is.
 
 Anything the analysis does not understand blocks the channel sets it touches (they are left
 unpruned) and is reported by name — never a crash, never a silently wrong model. The
@@ -34,8 +37,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import first_line
+from .attention import HeadPrunedAttention, unsupported_reason
 
-Role = str  # "out" (weight dim 0 + bias), "in" (weight dim 1), "channel" (per-channel params), "heads"
+# "out" (weight dim 0 + bias), "in" (weight dim 1), "channel" (per-channel params), "heads" (a BERT-style
+# attention's head count), "mha_heads" (the heads of an nn.MultiheadAttention, swapped whole; see attention.py)
+Role = str
 
 
 @dataclass(frozen=True)
@@ -75,11 +81,11 @@ class Group:
 
     @property
     def prunable(self) -> bool:
-        return not self.blocked and any(m.role == "out" for m in self.members)
+        return not self.blocked and any(m.role in ("out", "mha_heads") for m in self.members)
 
     @property
     def name(self) -> str:
-        heads = [m.module for m in self.members if m.role == "heads"]
+        heads = [m.module for m in self.members if m.role in ("heads", "mha_heads")]
         if heads:
             return heads[0]
         outs = [m.module for m in self.members if m.role == "out"]
@@ -218,6 +224,11 @@ class _Analysis:
         return out
 
 
+# ops that cut a tensor into a tuple of pieces of fixed sizes (their result has no single shape)
+_SPLITS = {torch.split, torch.functional.split, torch.chunk, torch.tensor_split, torch.unbind}
+_SPLIT_METHODS = {"split", "chunk", "tensor_split", "unbind", "split_with_sizes"}
+
+
 def _shape(node: Any) -> tuple[int, ...] | None:
     if not isinstance(node, fx.Node):
         return None
@@ -273,6 +284,24 @@ def _transformer_groups(model: nn.Module, ana: _Analysis) -> set[str]:
         ana.add_member(sid, Member(name, "heads", 0, hsize))
         leaves.add(parent or name)
     for name, m in mods.items():
+        if isinstance(m, nn.MultiheadAttention):
+            sid = ana.new_set(m.num_heads, "head")
+            ana.add_member(sid, Member(name, "mha_heads", 0, m.embed_dim // max(m.num_heads, 1)))
+            why = unsupported_reason(m) or ("it is the whole model" if not name else None)
+            if why:
+                ana.block(Layout(0, (Seg(sid, m.num_heads),)), f"unsupported attention {name or type(m).__name__} ({why})")
+            leaves.add(name)
+        elif isinstance(m, HeadPrunedAttention):  # pruned before: opaque, its heads stay as they are
+            leaves.add(name)
+        elif isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            l1, l2 = getattr(m, "linear1", None), getattr(m, "linear2", None)
+            if isinstance(l1, nn.Linear) and isinstance(l2, nn.Linear) and l1.out_features == l2.in_features:
+                sid = ana.new_set(l1.out_features, "ffn")
+                prefix = f"{name}." if name else ""
+                ana.add_member(sid, Member(prefix + "linear1", "out"))
+                ana.add_member(sid, Member(prefix + "linear2", "in"))
+            leaves.add(name)
+    for name, m in mods.items():
         inter = getattr(getattr(m, "intermediate", None), "dense", None)
         outd = getattr(getattr(m, "output", None), "dense", None)
         if isinstance(inter, nn.Linear) and isinstance(outd, nn.Linear) and inter.out_features == outd.in_features:
@@ -312,12 +341,15 @@ def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | Non
         ana.warnings.append("no example inputs to trace the model with (pass example_inputs=(x,) or data=): "
                             "only transformer heads/FFN neurons found by structure are pruned")
     groups = ana.groups()
+    left: dict[str, list[str]] = {}  # one warning per reason, naming every group it blocks
     for g in groups:
         for r in g.blocked:
             if r.startswith("unsupported"):
-                msg = f"{r}: {g.kind} group {g.name} left unpruned"
-                if msg not in ana.warnings:
-                    ana.warnings.append(msg)
+                left.setdefault(r, [])
+                if f"{g.kind} group {g.name}" not in left[r]:
+                    left[r].append(f"{g.kind} group {g.name}")
+    for r, names in left.items():
+        ana.warnings.append(f"{r}: {', '.join(names)} left unpruned")
     return DependencyGraph(groups, ana.warnings, traced)
 
 
@@ -403,13 +435,17 @@ def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
                 result = _reshape(xl, xs, shape)
                 if result is None and xl is not None:
                     unsupported()
+            elif name in leaves:  # heads / FFN found by structure; the residual width it reads stays
+                for _, lo in in_layouts:
+                    ana.block(lo, f"feeds the residual stream of {name} ({type(mod).__name__})")
             else:
-                kind = "transformer block" if name in leaves else f"layer type {type(mod).__name__}"
-                unsupported(f"{kind} ({name})")
+                unsupported(f"layer type {type(mod).__name__} ({name})")
         elif node.op in ("call_function", "call_method"):
             t = node.target
             if shape is None:  # size queries and other non-tensor results
                 result = None
+                if in_layouts and (t in _SPLITS or (node.op == "call_method" and t in _SPLIT_METHODS)):
+                    unsupported()  # a tuple of channel slices with fixed sizes: the group cannot shrink
             elif t in _ELEMENTWISE or (node.op == "call_method" and t in _ELEMENTWISE_METHODS):
                 result = _elementwise(node, shape, ins, env, ana, what)
             elif t in _RESHAPE or (node.op == "call_method" and t in _RESHAPE_METHODS):

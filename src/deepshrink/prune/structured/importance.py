@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .attention import head_views
 from .graph import Group, Member
 
 
@@ -42,6 +43,13 @@ def group_scores(model: nn.Module, group: Group, kind: str,
     used = False
     for member in group.members:
         mod = mods[member.module]
+        if member.role == "mha_heads":
+            if kind == "bn":
+                continue
+            for v in head_views(mod, _head_tensors(mod, member.module, kind, grads)):
+                score += v.sum(1).double()
+                used = True
+            continue
         is_bn = isinstance(mod, nn.modules.batchnorm._BatchNorm)
         if kind == "bn" and not is_bn:
             continue
@@ -65,6 +73,20 @@ def group_scores(model: nn.Module, group: Group, kind: str,
     if not used and kind != "l2":  # e.g. "bn" on a group without BatchNorm
         return group_scores(model, group, "l2")
     return score.sqrt() if kind == "l2" else score
+
+
+def _head_tensors(mod: nn.Module, prefix: str, kind: str,
+                  grads: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The attention's parameters (|w|, w² or |w·grad|) by name, for :func:`~.attention.head_views`."""
+    out = {}
+    for name, p in mod.named_parameters():
+        if kind == "taylor":
+            g = (grads or {}).get(f"{prefix}.{name}" if prefix else name)
+            if g is not None:
+                out[name] = (p.detach() * g).abs()
+        else:
+            out[name] = p.detach().abs() if kind == "l1" else p.detach() ** 2
+    return out
 
 
 def taylor_grads(model: nn.Module, batches: list[tuple[torch.Tensor, ...]],

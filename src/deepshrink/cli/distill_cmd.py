@@ -1,0 +1,252 @@
+"""``deepshrink distill --teacher T (--student S | --derive layers=K | --derive width=F) --data D -o OUT``:
+distil, write the student atomically, then measure the written file against the teacher side by side.
+
+``--nproc N`` starts N processes of this same command (environment as ``torchrun`` sets it: RANK,
+WORLD_SIZE, MASTER_ADDR/PORT); running the command under ``torchrun`` works the same way. Only rank
+0 prints, checkpoints and writes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import InputError
+from ._app import (
+    DataOpt,
+    ForceOpt,
+    InputShapeOpt,
+    JsonOpt,
+    RepeatsOpt,
+    TrustOpt,
+    WeightsOpt,
+    app,
+    console,
+    err_console,
+    load_model,
+    print_json,
+)
+
+LOSSES = ("auto", "kd", "embedding", "hidden", "attention")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def config_for(loss: str, **fields: Any) -> Any:
+    """The DistillConfig for the CLI's ``--loss`` (``hidden``/``attention`` add that term to the output loss)."""
+    from ..distill import DistillConfig
+
+    if loss not in LOSSES:
+        raise InputError(f"--loss {loss!r}: use {', '.join(LOSSES)}")
+    extra: dict[str, Any] = {}
+    if loss in ("kd", "embedding"):
+        extra["loss"] = loss
+    elif loss == "hidden":
+        extra["hidden_weight"] = 1.0
+    elif loss == "attention":
+        extra["attention_weight"] = 1.0
+    return DistillConfig.build(**{k: v for k, v in fields.items() if v is not None}, **extra)
+
+
+def checkpoint_dir_for(output: Path) -> Path:
+    """Where a run writing ``output`` keeps its checkpoint: a hidden sibling folder, removed on success."""
+    return output.parent / f".{output.name}.distill-ckpt"
+
+
+@app.command("distill")
+def distill_cmd(
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="the teacher: package.module:factory (+ --weights), HF folder")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the student: .onnx or .pt2")],
+    student: Annotated[str | None, typer.Option("--student", help="your student model (same sources as --teacher)")] = None,
+    student_weights: Annotated[str | None, typer.Option("--student-weights", help="weights for a module:factory --student")] = None,
+    derive: Annotated[str | None, typer.Option("--derive", help="layers=K (keep K transformer layers) or width=F (keep fraction F of channels)")] = None,
+    layers_from: Annotated[str, typer.Option("--layers-from", help="derive layers: importance (measured) | uniform (every other)")] = "importance",
+    loss: Annotated[str, typer.Option("--loss", help="auto | kd | embedding | hidden (+hidden states) | attention (+attention maps)")] = "auto",
+    temperature: Annotated[float, typer.Option("--temperature", help="KD softmax temperature T")] = 2.0,
+    alpha: Annotated[float, typer.Option("--alpha", help="KD weight of the soft targets; 1 - alpha on the labels")] = 0.5,
+    metric: Annotated[str, typer.Option("--metric", help="embedding / hidden-state distance: mse | cosine")] = "mse",
+    epochs: Annotated[int, typer.Option("--epochs", help="passes over --data")] = 3,
+    lr: Annotated[float | None, typer.Option("--lr", help="learning rate (default 1e-4 for transformers, 1e-3 otherwise)")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="global batch size (split over --nproc)")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the data order, projections and dropout")] = 0,
+    nproc: Annotated[int, typer.Option("--nproc", help="data-parallel processes (DistributedDataParallel)")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its checkpoint")] = False,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="steps between checkpoints (0: every epoch)")] = 0,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the fidelity figure and the table (default: --data)")] = None,
+    repeats: RepeatsOpt = 20,
+    weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
+    trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Distil a teacher into a smaller student and measure the written student against the teacher."""
+    from ..core.fileio import check_output
+
+    if (student is None) == (derive is None):
+        raise InputError("give the student: either --student S or --derive layers=K / --derive width=F")
+    if student_weights is not None and student is None:
+        raise InputError("--student-weights needs --student")
+    if data is None:
+        raise InputError("distillation needs --data (inputs for the teacher; labels optional)")
+    if nproc < 1:
+        raise InputError(f"--nproc {nproc}: give at least 1 process")
+    cores = usable_cores()
+    if nproc > cores:
+        raise InputError(f"--nproc {nproc}: this machine lets this command use {cores} CPU core(s); "
+                         f"use --nproc {cores} or fewer")
+    if layers_from not in ("importance", "uniform"):
+        raise InputError(f"--layers-from {layers_from!r}: use importance or uniform")
+    if repeats < 1:
+        raise InputError("--repeats must be at least 1")
+    suffix = output.suffix.lower()
+    if suffix not in (".onnx", ".pt2"):
+        raise InputError(f"output {output}: unknown format {suffix!r}; a student is written as .onnx or .pt2")
+    config = config_for(loss, derive=derive, layer_selection=layers_from, temperature=temperature, alpha=alpha,
+                        metric=metric, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                        checkpoint_every=checkpoint_every)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if rank == 0:
+        check_output(output, inputs=(teacher, weights, student), force=force)
+    if nproc > 1 and world == 1:
+        raise typer.Exit(_launch(nproc))
+    if world > 1 and config.batch_size % world:
+        raise InputError(f"--batch-size {config.batch_size} does not split evenly over {world} processes")
+    ckpt = checkpoint_dir_for(output)
+    if resume and not (ckpt / "last.ckpt").exists() and rank == 0 and not json_out:
+        console.print(f"no checkpoint at {ckpt}; starting from the beginning", style="yellow", highlight=False)
+
+    from ..core.data import load_data
+    from ..distill import distill_with_report
+
+    t_handle = load_model(teacher, weights=weights, input_shape=input_shape, data=data,
+                          trust_remote_code=trust_remote_code)
+    if t_handle.kind != "torch":
+        raise InputError(f"{teacher} is an ONNX model; distillation trains, so it needs the PyTorch teacher")
+    s_handle = None
+    if student is not None:
+        s_handle = load_model(student, weights=student_weights, input_shape=input_shape, data=data,
+                              trust_remote_code=trust_remote_code)
+        if s_handle.kind != "torch":
+            raise InputError(f"{student} is an ONNX model; the student is trained, so it must be a PyTorch model")
+    train = load_data(data, t_handle)
+    evaluation = load_data(eval_data, t_handle) if eval_data is not None else None
+    if s_handle is not None:
+        load_data(train, s_handle)  # the student reads the same arrays: refuse a mismatch in one line now
+    result, report = distill_with_report(t_handle, s_handle, train, config, eval_data=evaluation,
+                                         checkpoint_dir=ckpt, resume=resume, progress=not json_out and rank == 0)
+    if rank != 0:
+        return
+    result = result.with_model(result.model, inputs=t_handle.inputs, outputs=t_handle.outputs,
+                               example_inputs=t_handle.example_inputs, tokenizer_dir=t_handle.tokenizer_dir)
+    from .prune_cmd import _measure, _save
+
+    written = _save(result, output, force=force, src=teacher)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    table = _measure(t_handle, written, output, teacher, eval_data or data, repeats, json_out, name=str(output))
+    if json_out:
+        print_json({"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None})
+        return
+    print_report(report, "--eval-data" if eval_data is not None else "the first 256 training samples (no --eval-data)")
+    if table is not None:
+        from .common_cmds import print_bench
+
+        print_bench(table)
+    console.print(f"wrote {output}")
+
+
+def print_report(report: Any, evaluated_on: str = "the evaluation data") -> None:
+    console.print(f"[bold]student[/] {report.student_from}: parameters {report.teacher_params:,} → "
+                  f"{report.student_params:,} ({report.student_params / max(report.teacher_params, 1):.2f}×)",
+                  highlight=False)
+    if report.layers:
+        lay = report.layers
+        drops = ", ".join(f"{k}: {v:.3f}" for k, v in lay["drop_one"].items())
+        console.print(f"  kept layers {lay['keep']} of {lay['n_layers']} ({lay['selection']}); output error of the "
+                      f"kept layers before training {lay['error']:.3f}" + (f"; drop-one error per layer {drops}" if drops else ""),
+                      highlight=False)
+    if report.layer_map:
+        console.print(f"  layer map (teacher layer per student layer) {report.layer_map}", highlight=False)
+    if report.first_loss is not None:
+        console.print(f"  {report.loss} loss {report.first_loss:.4f} → {report.last_loss:.4f} over {report.steps} steps, "
+                      f"{report.epochs} epochs, {report.world_size} process(es)"
+                      + (f", resumed at step {report.resumed_from}" if report.resumed_from else ""), highlight=False)
+    if report.evals:
+        console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in report.evals[-1].items())
+                      + f" on {evaluated_on} after the last epoch", highlight=False)
+
+
+def _launch(nproc: int) -> int:
+    """Run this same command in ``nproc`` processes (rank 0 talks; the others are quiet); rank 0's exit status.
+
+    A failing process stops the others, and its first error line is shown if rank 0 said nothing.
+    """
+    import socket
+    import tempfile
+    import time
+
+    from ._app import current_argv
+
+    argv = _without_nproc(current_argv)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    for rank in range(nproc):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        log = None if rank == 0 else tempfile.TemporaryFile()
+        logs.append(log)
+        procs.append(subprocess.Popen([sys.executable, "-m", "deepshrink.cli", *argv], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT if log is not None else None))
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed or all(c is not None for c in codes):
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        failed = [0]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    status = procs[0].returncode
+    if status == 0 and failed:
+        status = procs[failed[0]].returncode or 1
+        log = logs[failed[0]]
+        if log is not None:
+            log.seek(0)
+            lines = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()]
+            err_console.print(f"error: process {failed[0]} failed: {lines[-1] if lines else 'no output'}",
+                              highlight=False, markup=False)
+    for log in logs:
+        if log is not None:
+            log.close()
+    return int(status)
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out.append(a)
+    return out

@@ -1,0 +1,48 @@
+"""Keep third-party native code from writing on the user's terminal.
+
+Some libraries print from C++ straight to the process's file descriptors 1 and 2 (torch's
+TorchScript ONNX exporter dumps the whole IR graph on an export error), which Python-level
+``contextlib.redirect_stdout`` cannot catch. :func:`native_output_silenced` points both
+descriptors at a temporary file for the duration of a call and gives back what was written, so
+the caller can show it behind ``--verbose`` or drop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def native_output_silenced() -> Iterator[list[str]]:
+    """Redirect file descriptors 1 and 2 to a temporary file inside the block.
+
+    Yields a list that, after the block, holds the captured text (one string). Descriptors that
+    cannot be duplicated (no real stdout, e.g. under some embedders) are left alone."""
+    captured: list[str] = []
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:
+        yield captured
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            captured.append(sink.read().decode("utf-8", "replace"))

@@ -1,0 +1,451 @@
+"""Knowledge distillation: ``distill(teacher, student=None, data, config)``.
+
+The student is the caller's model or one derived from the teacher (``DistillConfig.derive``:
+``layers=K`` keeps K transformer layers chosen by measured importance, ``width=F`` narrows
+every layer by structured pruning); it is checked for output compatibility on the data before
+any training. Training goes through the shared :class:`~deepshrink.train.Trainer`: seeded,
+resumable from checkpoints (``checkpoint_dir``), and data-parallel under ``torchrun`` with
+the global batch fixed (N processes reproduce the one-process run up to summation order).
+Losses: :mod:`deepshrink.distill.losses`. The teacher and the caller's student are not changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.handle import ModelHandle
+from ..errors import InputError, UnsupportedError, first_line
+from .config import DistillConfig, parse_derive
+from .derive import LayerChoice, choose_layers, derive_width, find_layer_stack, with_layers
+from .features import Capture
+from .losses import attention_loss, embedding_loss, hidden_loss, kd_loss, uniform_layer_map
+
+__all__ = ["DistillConfig", "DistillReport", "check_compatible", "derive_student", "distill", "distill_with_report"]
+
+RUN_FILE = "distill-run.json"
+
+
+@dataclass
+class DistillReport:
+    """What a distillation did: the student's origin, sizes, the losses optimised and the run's figures."""
+
+    student_from: str  # "given", "layers=3", "width=0.5"
+    loss: str  # the output term: kd or embedding
+    teacher_params: int
+    student_params: int
+    layers: dict[str, Any] | None = None  # LayerChoice.to_dict() when derived by layers
+    width: dict[str, Any] | None = None  # the structured-pruning report when derived by width
+    layer_map: list[int] | None = None
+    steps: int = 0
+    epochs: int = 0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    evals: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+    world_size: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def distill(teacher: Any, student: Any = None, data: Any = None, config: DistillConfig | None = None,
+            **options: Any) -> Any:
+    """The distilled student (a handle for a handle teacher, else an ``nn.Module``); see :func:`distill_with_report`."""
+    return distill_with_report(teacher, student, data, config, **options)[0]
+
+
+def distill_with_report(teacher: Any, student: Any = None, data: Any = None, config: DistillConfig | None = None, *,
+                        eval_data: Any = None, checkpoint_dir: str | os.PathLike[str] | None = None,
+                        resume: bool = False, progress: bool = True, deterministic: bool | None = None,
+                        targets: torch.Tensor | np.ndarray | None = None) -> tuple[Any, DistillReport]:
+    """Distil ``teacher`` into ``student`` (or one derived per ``config.derive``) on ``data``.
+
+    ``teacher``/``student``: ``nn.Module``, torch :class:`ModelHandle` or a source ``ds.load`` reads.
+    ``data``: a deepshrink ``Dataset`` (named inputs, optional labels) or arrays ``(x..., [y])`` —
+    labels are used when the teacher takes one fewer input than the tuple holds. Unlabelled data is
+    enough: the teacher provides the targets. ``eval_data``: what the per-epoch fidelity figure is
+    measured on (default: the first 256 training samples). ``checkpoint_dir``: a checkpoint every
+    ``config.checkpoint_every`` steps (0: every epoch) and at the end; a checkpoint already there is
+    continued only with ``resume=True``. ``targets``: the teacher's outputs on ``data`` (N, ...), computed
+    once by the caller and shared by several students (output losses only; checked against the teacher
+    on the first samples).
+
+    Raises :class:`InputError` (before any training) for empty data, a student whose output does not
+    line up with the teacher's (shape, vocabulary), both or neither of ``student`` and ``derive``, a
+    derivation that leaves no layers, or a checkpoint from other settings.
+    """
+    cfg = config or DistillConfig()
+    t_handle = _handle(teacher, "teacher")
+    t_mod = t_handle.model
+    inputs, labels = _arrays(data, t_handle, "data")
+    probe = tuple(x[: min(8, len(x))] for x in inputs)
+    t_mod.eval()
+    with torch.no_grad():
+        t_probe = _first(t_mod(*probe))
+    out_kind = resolve_loss(cfg.loss, t_handle, t_probe)
+    s_mod, origin, layer_choice, width = derive_student(t_mod, student, cfg, inputs)
+    check_compatible(t_mod, s_mod, probe, out_kind, t_probe)
+
+    layer_map = None
+    hidden, attention = cfg.hidden_weight > 0, cfg.attention_weight > 0
+    cap_t = cap_s = None
+    projections = None
+    if hidden or attention:
+        def run(m: nn.Module) -> Any:
+            return m(*probe)
+
+        cap_t = Capture(t_mod, hidden=hidden, attention=attention, probe=run)
+        cap_s = Capture(s_mod, hidden=hidden, attention=attention, probe=run)
+        layer_map = list(cfg.layer_map) if cfg.layer_map is not None else uniform_layer_map(cap_s.n_layers, cap_t.n_layers)
+        if len(layer_map) != cap_s.n_layers or any(not 0 <= i < cap_t.n_layers for i in layer_map):
+            raise InputError(f"layer_map {layer_map}: give one teacher layer (0..{cap_t.n_layers - 1}) for each of the "
+                             f"student's {cap_s.n_layers} layers")
+        if hidden:
+            with torch.no_grad():
+                cap_t.clear()
+                cap_s.clear()
+                t_mod(*probe)
+                s_mod.eval()
+                s_mod(*probe)
+            tw = [s.shape[-1] for s in cap_t.states]
+            sw = [s.shape[-1] for s in cap_s.states]
+            if any(sw[j] != tw[t] for j, t in enumerate(layer_map)):
+                torch.manual_seed(cfg.seed)
+                projections = nn.ModuleList([nn.Linear(sw[j], tw[t], bias=False) for j, t in enumerate(layer_map)])
+
+    module = _Student(s_mod, projections)
+    precompute = not (hidden or attention)
+    train_arrays: list[torch.Tensor] = list(inputs)
+    if precompute:
+        if targets is not None:
+            given = torch.as_tensor(np.asarray(targets)).float()
+            if len(given) != len(inputs[0]) or not torch.allclose(given[: len(t_probe)], t_probe.float(), atol=1e-4):
+                raise InputError("targets are not the teacher's outputs on this data (length or values differ)")
+            train_arrays.append(given)
+        else:
+            train_arrays.append(_teacher_outputs(t_mod, inputs))
+    if labels is not None:
+        train_arrays.append(labels)
+    n_in = len(inputs)
+    trim = _trim_index(t_handle, inputs)
+    use_labels = labels is not None and out_kind == "kd"
+
+    def step(wrapped: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        xs = _trimmed(tuple(batch[:n_in]), trim)
+        rest = batch[n_in:]
+        if cap_s is not None:
+            cap_s.clear()
+        s_out = _first(wrapped(*xs))
+        if precompute:
+            t_out = rest[0]
+        else:
+            assert cap_t is not None
+            cap_t.clear()
+            _follow(t_mod, xs[0])
+            with torch.no_grad():
+                t_out = _first(t_mod(*xs))
+        if out_kind == "kd":
+            loss = kd_loss(s_out, t_out, rest[-1] if use_labels else None, cfg.temperature, cfg.alpha)
+        else:
+            loss = embedding_loss(s_out, t_out, cfg.metric)
+        if hidden:
+            assert cap_s is not None and cap_t is not None and layer_map is not None
+            loss = loss + cfg.hidden_weight * hidden_loss(cap_s.states, cap_t.states, layer_map, module.proj, cfg.metric)
+        if attention:
+            assert cap_s is not None and cap_t is not None and layer_map is not None
+            loss = loss + cfg.attention_weight * attention_loss(cap_s.maps, cap_t.maps, layer_map)
+        return loss
+
+    eval_fn = _eval_fn(t_mod, t_handle, eval_data, inputs, labels, out_kind, trim)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        _check_run(ckpt, cfg, origin, len(inputs[0]), resume)
+    from ..train import Trainer
+
+    lr = cfg.lr or (1e-4 if find_layer_stack(s_mod) is not None else 1e-3)
+    steps_per_epoch = -(-len(inputs[0]) // cfg.batch_size)
+    trainer = Trainer(module, step_fn=step, optimizer=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay,
+                      epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, eval_fn=eval_fn,
+                      checkpoint_dir=ckpt, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
+                      progress=progress, lr_schedule=cfg.lr_schedule, deterministic=deterministic,
+                      global_batch=True)
+    unused = _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
+    torch.manual_seed(cfg.seed)  # dropout masks: the same on every process and every resume
+    try:
+        res = trainer.fit(tuple(train_arrays))
+    finally:
+        for cap in (cap_s, cap_t):
+            if cap is not None:
+                cap.close()
+        for p in unused:
+            p.requires_grad_(True)
+    world = _leave_process_group()
+    s_mod.eval()
+    report = DistillReport(
+        student_from=origin, loss=out_kind, teacher_params=_params(t_mod), student_params=_params(s_mod),
+        layers=layer_choice.to_dict() if layer_choice else None, width=width, layer_map=layer_map,
+        steps=res.steps, epochs=res.epochs, first_loss=res.losses[0] if res.losses else None,
+        last_loss=res.losses[-1] if res.losses else None, evals=res.evals, resumed_from=res.resumed_from,
+        world_size=world)
+    if isinstance(teacher, ModelHandle) or not isinstance(teacher, nn.Module):
+        s_handle = student if isinstance(student, ModelHandle) else t_handle
+        out = s_handle.with_model(s_mod, metadata={**t_handle.metadata, "deepshrink.distilled": origin})
+        return out, report
+    return s_mod, report
+
+
+# ------------------------------------------------------------------------------------------
+# the student
+
+def derive_student(teacher: nn.Module, student: Any, cfg: DistillConfig, inputs: Sequence[torch.Tensor]
+                   ) -> tuple[nn.Module, str, LayerChoice | None, dict[str, Any] | None]:
+    """(student module, where it came from, the layer choice, the width-pruning report)."""
+    if student is not None and cfg.derive:
+        raise InputError("give either a student or derive=..., not both")
+    if student is not None:
+        return copy.deepcopy(_handle(student, "student").model), "given", None, None
+    if not cfg.derive:
+        raise InputError("no student: pass a student model, or derive one from the teacher (derive='layers=K' or "
+                         "derive='width=F')")
+    kind, value = parse_derive(cfg.derive)
+    batches = [tuple(x[i:i + 32] for x in inputs) for i in range(0, min(len(inputs[0]), 64), 32)]
+    if kind == "layers":
+        choice = choose_layers(teacher, int(value), batches, selection=cfg.layer_selection)
+        s = with_layers(teacher, choice.keep)
+        return s, f"layers={int(value)}", choice, None
+    s, rep = derive_width(teacher, float(value), tuple(x[:8] for x in inputs), act_batches=batches)
+    return s, f"width={value:g}", None, rep
+
+
+def resolve_loss(loss: str, handle: ModelHandle, probe_out: torch.Tensor) -> str:
+    """``auto`` → ``embedding`` for an encoder (tokenizer attached, an output named ``*embedding*``,
+    or unit-norm output rows), ``kd`` otherwise."""
+    if loss != "auto":
+        return loss
+    names = " ".join(handle.output_names).lower()
+    if "embedding" in names or handle.tokenizer_dir is not None:
+        return "embedding"
+    if probe_out.dim() == 2 and probe_out.is_floating_point():
+        norms = probe_out.norm(dim=-1)
+        if torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
+            return "embedding"
+    return "kd"
+
+
+@torch.no_grad()
+def check_compatible(teacher: nn.Module, student: nn.Module, probe: tuple[torch.Tensor, ...], loss: str,
+                     t_out: torch.Tensor | None = None) -> None:
+    """Refuse, in one line, a student whose output cannot be compared with the teacher's on ``probe``
+    (the teacher's inputs): a student that fails on them, another output shape, another vocabulary."""
+    t_out = _first(teacher(*probe)) if t_out is None else t_out
+    was = student.training
+    student.eval()
+    try:
+        s_out = _first(student(*probe))
+    except Exception as exc:
+        raise InputError(f"the student cannot run on the teacher's inputs ({type(exc).__name__}: {first_line(exc)})") from None
+    finally:
+        student.train(was)
+    if not isinstance(s_out, torch.Tensor):
+        raise InputError(f"the student returns {type(s_out).__name__}, not a tensor to compare with the teacher's output")
+    if loss == "kd" and t_out.shape[-1] != s_out.shape[-1]:
+        raise InputError(f"teacher and student outputs do not line up: {t_out.shape[-1]} vs {s_out.shape[-1]} classes "
+                         f"(vocabulary) in the last axis; soft-target KD compares them class by class")
+    if tuple(t_out.shape) != tuple(s_out.shape):
+        raise InputError(f"teacher and student outputs do not line up: teacher {tuple(t_out.shape)}, student "
+                         f"{tuple(s_out.shape)} on the same {len(probe[0])} samples")
+
+
+class _Student(nn.Module):
+    """What the trainer trains (and checkpoints): the student and, for hidden-state losses across
+    widths, the learned projections (dropped after training)."""
+
+    def __init__(self, student: nn.Module, proj: nn.ModuleList | None) -> None:
+        super().__init__()
+        self.student = student
+        self.proj = proj
+
+    def forward(self, *xs: torch.Tensor) -> Any:
+        return self.student(*xs)
+
+
+def _freeze_unused(module: nn.Module, step: Any, batch: tuple[torch.Tensor, ...]) -> list[nn.Parameter]:
+    """Parameters the loss does not reach (a pooler beside the pooled output the loss reads), frozen for the
+    run: the optimiser skips them and DistributedDataParallel need not search for them every step."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]  # BatchNorm statistics: left as they were
+    module.train()
+    step(module, batch).backward()
+    with torch.no_grad():
+        for b, v in saved:
+            b.copy_(v)
+    unused = [p for p in module.parameters() if p.requires_grad and p.grad is None]
+    for p in unused:
+        p.requires_grad_(False)
+    module.zero_grad(set_to_none=True)
+    return unused
+
+
+# ------------------------------------------------------------------------------------------
+# data, evaluation, run bookkeeping
+
+def _handle(src: Any, what: str) -> ModelHandle:
+    from ..loading import load
+
+    h = src if isinstance(src, ModelHandle) else load(src)
+    if h.kind != "torch" or not isinstance(h.model, nn.Module):
+        raise UnsupportedError(f"the {what} must be a PyTorch model to distil with; {h.source or 'it'} is {h.kind}")
+    if _is_exported(h.model):
+        raise UnsupportedError(f"the {what} is a traced .pt2 graph; distillation needs the model's Python modules "
+                               "(package.module:factory with --weights, or a Hugging Face folder)")
+    return h
+
+
+def _is_exported(m: nn.Module) -> bool:
+    try:
+        m.train(m.training)
+        return False
+    except NotImplementedError:
+        return True
+
+
+def _arrays(data: Any, handle: ModelHandle, what: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    if data is None:
+        raise InputError(f"distillation needs {what}: inputs for the teacher (labels optional)")
+    if hasattr(data, "inputs") and isinstance(data.inputs, dict):
+        arrays = [np.asarray(v) for v in data.inputs.values()]
+        labels = getattr(data, "labels", None)
+    elif isinstance(data, (tuple, list)):
+        arrays = [np.asarray(a) for a in data]
+        n_in = len(handle.inputs) or 1
+        labels = arrays.pop() if len(arrays) == n_in + 1 else None
+    else:
+        raise InputError(f"cannot distil on {type(data).__name__}; pass a deepshrink Dataset or arrays (x..., [y])")
+    if not arrays or any(len(a) == 0 for a in arrays):
+        raise InputError(f"the {what} is empty (0 samples)")
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays) or (labels is not None and len(labels) != n):
+        raise InputError(f"the {what}'s arrays disagree on the number of samples")
+    tensors = [torch.as_tensor(a) for a in arrays]
+    tensors = [t.float() if t.is_floating_point() else t for t in tensors]
+    return tensors, None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+
+
+def _trim_index(handle: ModelHandle, inputs: Sequence[torch.Tensor]) -> int | None:
+    """Which input is an attention mask (batches are cut to their longest sequence), if any."""
+    names = handle.input_names
+    if "attention_mask" in names and len(names) == len(inputs):
+        return names.index("attention_mask")
+    return None
+
+
+def _trimmed(xs: tuple[torch.Tensor, ...], trim: int | None) -> tuple[torch.Tensor, ...]:
+    if trim is None or xs[trim].dim() != 2:
+        return xs
+    length = int(xs[trim].sum(1).max().clamp(min=1))
+    return tuple(x[:, :length] if x.dim() >= 2 and x.shape[1] == xs[trim].shape[1] else x for x in xs)
+
+
+def _follow(model: nn.Module, x: torch.Tensor) -> None:
+    p = next(model.parameters(), None)
+    if p is not None and p.device != x.device:
+        model.to(x.device)
+
+
+@torch.no_grad()
+def _teacher_outputs(teacher: nn.Module, inputs: Sequence[torch.Tensor], batch: int = 64) -> torch.Tensor:
+    teacher.eval()
+    return torch.cat([_first(teacher(*(x[i:i + batch] for x in inputs))).float()
+                      for i in range(0, len(inputs[0]), batch)])
+
+
+def _eval_fn(teacher: nn.Module, handle: ModelHandle, eval_data: Any, inputs: list[torch.Tensor],
+             labels: torch.Tensor | None, out_kind: str, trim: int | None) -> Any:
+    if eval_data is not None:
+        e_in, e_lab = _arrays(eval_data, handle, "evaluation data")
+    else:
+        e_in, e_lab = [x[:256] for x in inputs], None if labels is None else labels[:256]
+    t_out = _teacher_outputs(teacher, e_in)
+
+    @torch.no_grad()
+    def fn(module: nn.Module) -> dict[str, float]:
+        s_out = _teacher_outputs(module, e_in)
+        if out_kind == "embedding":
+            cos = torch.nn.functional.cosine_similarity(s_out.flatten(1), t_out.flatten(1), dim=-1)
+            return {"cosine": float(cos.mean())}
+        out = {"agreement": float((s_out.argmax(-1) == t_out.argmax(-1)).float().mean())}
+        if e_lab is not None:
+            out["accuracy"] = float((s_out.argmax(-1) == e_lab).float().mean())
+        return out
+
+    return fn
+
+
+def _check_run(ckpt: Path, cfg: DistillConfig, origin: str, n: int, resume: bool) -> None:
+    """A checkpoint is continued only when asked, and only by the same settings."""
+    marker = ckpt / RUN_FILE
+    run = {"config": cfg.to_dict(), "student": origin, "samples": n}
+    if (ckpt / "last.ckpt").exists():
+        if not resume:
+            raise InputError(f"{ckpt} holds the checkpoint of an earlier run; resume it (--resume) or delete it")
+        try:
+            before = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            before = None
+        if before != json.loads(json.dumps(run)):
+            raise InputError(f"the checkpoint in {ckpt} is from other settings (config, student or data); "
+                             "delete it to start over")
+        return
+    if _rank() == 0:
+        from ..core.fileio import write_text_atomic
+
+        ckpt.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(marker, json.dumps(run))
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def _leave_process_group() -> int:
+    """Wait for every rank, then close the process group the trainer opened; returns the world size."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return 1
+    world = dist.get_world_size()
+    dist.barrier()
+    dist.destroy_process_group()
+    return world
+
+
+def _first(out: Any) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if hasattr(out, "logits"):
+        out = out.logits
+    elif hasattr(out, "last_hidden_state"):
+        out = out.last_hidden_state
+    return out
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+from ..core.verbs import make_callable  # noqa: E402
+
+make_callable(__name__, distill)

@@ -1,0 +1,87 @@
+"""``DistillConfig``: what a distillation run optimises and how the student is made."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ..core.config import Config
+
+_DERIVE = re.compile(r"^(layers|width)=([0-9.]+)$")
+
+
+def parse_derive(spec: str) -> tuple[str, float]:
+    """``"layers=3"`` → ``("layers", 3)``; ``"width=0.5"`` → ``("width", 0.5)``.
+
+    Raises ``ValueError`` (an :class:`~deepshrink.errors.InputError` through the config) for any
+    other spelling, a layer count below 1 or a width outside (0, 1).
+    """
+    m = _DERIVE.match(spec.strip().replace(" ", ""))
+    if not m:
+        raise ValueError(f"derive {spec!r}: expected layers=K (keep K transformer layers) or width=F "
+                         "(keep a fraction F of every layer's channels, 0 < F < 1)")
+    kind, value = m.group(1), float(m.group(2))
+    if kind == "layers":
+        if value != int(value) or value < 1:
+            raise ValueError(f"derive {spec!r} would leave {int(value)} layers; keep at least one (layers=K, K >= 1)")
+        return kind, int(value)
+    if not 0 < value < 1:
+        raise ValueError(f"derive {spec!r}: width is the fraction of channels kept, 0 < F < 1")
+    return kind, value
+
+
+class DistillConfig(Config):
+    """Knowledge distillation from a teacher into a student (Hinton et al. 2015; FitNets; TinyBERT).
+
+    Student: given by the caller, or derived from the teacher by ``derive``: ``"layers=K"`` keeps
+    K of the teacher's transformer layers with their weights (which ones: ``layer_selection``
+    ``"importance"`` — greedy removal of the layer whose absence changes the teacher's output on
+    the data least, measured — or ``"uniform"``, evenly spaced, every other layer when keeping
+    half); ``"width=F"`` keeps a fraction F of every channel group through structured pruning.
+
+    Loss: an output term, plus optional feature terms.
+
+    - ``loss="kd"``: soft-target KD, ``alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) ·
+      CE(s, labels)`` (Hinton et al. 2015); without labels the soft term alone.
+    - ``loss="embedding"``: ``metric`` (``mse`` or ``cosine`` = 1 − cos) between the student's and
+      the teacher's output vectors (sentence-embedding distillation, Reimers & Gurevych 2020).
+    - ``"auto"``: ``embedding`` for an encoder whose output is an embedding (a tokenizer is attached
+      or the output is named ``*embedding*``), ``kd`` otherwise.
+    - ``hidden_weight`` > 0 adds hidden-state distillation: ``metric`` between each student layer's
+      output and its mapped teacher layer's (``layer_map``: teacher layer per student layer,
+      default uniform — student layer j of M ↔ teacher layer (j+1)·N/M − 1, TinyBERT), through a
+      learned linear projection when the widths differ (FitNets); a model without a layer stack
+      uses the features entering its last linear layer.
+    - ``attention_weight`` > 0 adds attention-map distillation: MSE between the mapped layers'
+      attention probabilities (head-averaged when head counts differ; needs eager attention).
+
+    Training: ``epochs`` over the data with ``optimizer`` at ``lr`` (default 1e-4 for models with
+    transformer layers, 1e-3 otherwise), global ``batch_size`` (split over processes), ``seed``.
+    """
+
+    derive: str | None = None
+    layer_selection: Literal["importance", "uniform"] = "importance"
+    loss: Literal["auto", "kd", "embedding"] = "auto"
+    temperature: float = Field(default=2.0, gt=0.0)
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    metric: Literal["mse", "cosine"] = "mse"
+    hidden_weight: float = Field(default=0.0, ge=0.0)
+    attention_weight: float = Field(default=0.0, ge=0.0)
+    layer_map: tuple[int, ...] | None = None
+    epochs: int = Field(default=3, ge=0)
+    lr: float | None = Field(default=None, gt=0.0)
+    batch_size: int = Field(default=32, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    seed: int = 0
+    checkpoint_every: int = Field(default=0, ge=0)
+
+    @field_validator("derive")
+    @classmethod
+    def _derive_ok(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_derive(v)
+        return v

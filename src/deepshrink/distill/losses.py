@@ -1,0 +1,90 @@
+"""Distillation losses. Every function takes float tensors and returns a scalar (0-d) tensor.
+
+Sources: soft targets with the T² factor — Hinton, Vinyals & Dean, "Distilling the Knowledge
+in a Neural Network" (2015); hidden-state hints through a learned projection — Romero et al.,
+FitNets (2015); attention-map and hidden-state MSE with a uniform layer map — Jiao et al.,
+TinyBERT (2020); sentence-embedding MSE — Reimers & Gurevych, "Making Monolingual Sentence
+Embeddings Multilingual using Knowledge Distillation" (2020).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over samples (and positions).
+
+    Logits: (..., C), the class (vocabulary) axis last; leading axes are flattened into samples.
+    The T² factor keeps the gradient scale independent of T (Hinton et al. 2015, §2).
+    """
+    c = student_logits.shape[-1]
+    s = F.log_softmax(student_logits.reshape(-1, c) / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.reshape(-1, c).detach() / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """``alpha · soft_target_loss + (1 − alpha) · cross_entropy(student, labels)``; without labels the soft term.
+
+    ``labels``: int64 class indices shaped like the logits without their last axis.
+    """
+    soft = soft_target_loss(student_logits, teacher_logits, temperature)
+    if labels is None or alpha >= 1.0:
+        return soft
+    hard = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
+    return alpha * soft + (1.0 - alpha) * hard
+
+
+def feature_loss(student: torch.Tensor, teacher: torch.Tensor, metric: str = "mse") -> torch.Tensor:
+    """``mse``: mean squared difference; ``cosine``: mean of 1 − cos over the last axis. Shapes (..., D) equal."""
+    teacher = teacher.detach()
+    if metric == "mse":
+        return F.mse_loss(student, teacher)
+    if metric == "cosine":
+        return (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+    raise ValueError(f"unknown feature metric {metric!r}; use mse or cosine")
+
+
+def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, metric: str = "mse") -> torch.Tensor:
+    """Distance between student and teacher embeddings (N, D): see :func:`feature_loss`."""
+    return feature_loss(student, teacher, metric)
+
+
+def hidden_loss(student_states: list[torch.Tensor], teacher_states: list[torch.Tensor], layer_map: list[int],
+                projections: nn.ModuleList | None, metric: str = "mse") -> torch.Tensor:
+    """Mean over student layers j of ``metric(proj_j(student_states[j]), teacher_states[layer_map[j]])``.
+
+    States: (N, ..., D_student) and (N, ..., D_teacher); ``projections[j]`` maps D_student → D_teacher
+    (None or identity when equal).
+    """
+    terms = []
+    for j, t_idx in enumerate(layer_map):
+        s = student_states[j]
+        if projections is not None:
+            s = projections[j](s)
+        terms.append(feature_loss(s, teacher_states[t_idx], metric))
+    return torch.stack(terms).mean()
+
+
+def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor], layer_map: list[int]) -> torch.Tensor:
+    """Mean MSE between attention probabilities (N, H, L, L) of each student layer and its mapped teacher layer;
+    head-averaged (N, L, L) when the head counts differ (TinyBERT's attention loss)."""
+    terms = []
+    for j, t_idx in enumerate(layer_map):
+        s, t = student_maps[j], teacher_maps[t_idx].detach()
+        if s.shape[1] != t.shape[1]:
+            s, t = s.mean(1), t.mean(1)
+        terms.append(F.mse_loss(s, t))
+    return torch.stack(terms).mean()
+
+
+def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
+    """Teacher layer (0-based) for each student layer: student j of M ↔ teacher (j+1)·N/M − 1 (TinyBERT's
+    g(m) = m·N/M), so the last student layer learns from the last teacher layer."""
+    if n_student < 1 or n_teacher < 1:
+        raise ValueError("layer maps need at least one layer on each side")
+    return [max(0, (j + 1) * n_teacher // n_student - 1) for j in range(n_student)]

@@ -1,0 +1,166 @@
+"""``deepshrink distill`` as a user meets it: bad input refused in one line with nothing written; two
+processes give the one-process student; ``kill -9`` then ``--resume`` gives the uninterrupted student."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from safetensors.torch import save_file
+
+from deepshrink.cli._app import run_app
+
+TEACHER = "deepshrink.examples.digits:DigitsMLP"
+
+
+def _run(capsys, *args):
+    rc = run_app([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line_error(err: str, needle: str) -> None:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def mlp_weights(tmp_path_factory, digits_mlp):
+    path = tmp_path_factory.mktemp("teacher") / "mlp.safetensors"
+    save_file({k: v.contiguous() for k, v in digits_mlp.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def students(tmp_path, monkeypatch):
+    """A module of student factories importable as ``students_mod:NAME``."""
+    (tmp_path / "students_mod.py").write_text(textwrap.dedent("""
+        from torch import nn
+        def twelve():  # 12 classes where the teacher has 10
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, 12))
+        def small():
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def _nothing_written(out):
+    assert not out.exists() and not any(out.parent.glob(f".{out.name}*"))
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights, students):
+    out = tmp_path / "s.onnx"
+    base = ["distill", "--teacher", TEACHER, "-w", mlp_weights, "-o", out]
+    cases = [
+        (["--student", "students_mod:twelve", "--data", "digits:train"], "10 vs 12 classes"),
+        (["--derive", "layers=0", "--data", "digits:train"], "would leave 0 layers"),
+        (["--derive", "layers=2", "--data", "digits:train"], "for an MLP or CNN use derive width=F"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--nproc", str(os.cpu_count() * 4 + 1)], "CPU core"),
+        (["--data", "digits:train"], "either --student S or --derive"),
+        (["--student", "students_mod:small", "--derive", "width=0.5", "--data", "digits:train"], "either --student"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--loss", "sharpness"], "--loss 'sharpness'"),
+    ]
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, x=np.zeros((0, 1, 8, 8), np.float32), labels=np.zeros(0, np.int64))
+    cases.append((["--derive", "width=0.5", "--data", empty], "empty"))
+    for extra, needle in cases:
+        rc, _, err = _run(capsys, *base, *extra)
+        assert rc == 2, (extra, err)
+        _one_line_error(err, needle)
+        _nothing_written(out)
+
+
+@pytest.mark.trains
+def test_user_student_is_distilled(tmp_path, capsys, mlp_weights, students, measured):
+    out = tmp_path / "s.onnx"
+    rc, stdout, err = _run(capsys, "distill", "--teacher", TEACHER, "-w", mlp_weights, "--student", "students_mod:small",
+                           "--data", "digits:train", "--eval-data", "digits:val", "--epochs", "3", "--repeats", "2",
+                           "-o", out, "--json")
+    assert rc == 0, err
+    res = json.loads(stdout)
+    rows = res["bench"]["rows"]
+    assert res["report"]["student_from"] == "given" and rows[1]["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert out.is_file() and not (tmp_path / ".s.onnx.distill-ckpt").exists()
+    # 3 epochs from a random init: the student learned from the teacher (chance 0.1); 1 seed
+    assert measured("user student accuracy after 3 epochs", rows[1]["accuracy"], "lower") > 0.5, rows
+
+
+# ------------------------------------------------------------------------------------------
+# processes: the same student from one or two processes, and after kill -9 + --resume
+
+EPOCHS = 4
+
+
+def _cli(weights, out, *extra):
+    return [sys.executable, "-m", "deepshrink.cli", "distill", "--teacher", TEACHER, "-w", str(weights),
+            "--derive", "width=0.5", "--data", "digits:train", "--eval-data", "digits:val", "--epochs", str(EPOCHS),
+            "--batch-size", "32", "--checkpoint-every", "5", "--repeats", "1", "--json", "-o", str(out), *extra]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DEEPSHRINK_DETERMINISTIC": "1",
+            "PYTHONPATH": os.pathsep.join([p for p in sys.path if p])}
+
+
+def _weights_of(path):
+    import onnx
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, mlp_weights):
+    out = tmp_path_factory.mktemp("one") / "student.onnx"
+    proc = subprocess.run(_cli(mlp_weights, out), capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, json.loads(proc.stdout)
+
+
+def test_two_processes_give_the_one_process_student(tmp_path, mlp_weights, one_process):
+    out = tmp_path / "student.onnx"
+    proc = subprocess.run(_cli(mlp_weights, out, "--nproc", "2"), capture_output=True, text=True, env=_env(),
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads(proc.stdout)["report"]
+    assert rep["world_size"] == 2 and rep["steps"] == one_process[1]["report"]["steps"] == EPOCHS * 34
+    a, b = _weights_of(one_process[0]), _weights_of(out)
+    assert a.keys() == b.keys()
+    # each rank takes half of every global batch of one shared permutation and DDP averages the gradients, so
+    # only float summation order differs: 7.5e-8 measured after 136 Adam steps; 1e-5 leaves room for other CPUs
+    worst = max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a)
+    assert worst < 1e-5, worst
+
+
+def test_kill_then_resume_gives_the_uninterrupted_student(tmp_path, mlp_weights, one_process):
+    import torch
+
+    out = tmp_path / "student.onnx"
+    ckpt = tmp_path / ".student.onnx.distill-ckpt" / "last.ckpt"
+    proc = subprocess.Popen(_cli(mlp_weights, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not out.exists()
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step < EPOCHS * 34, step  # killed mid-training, at a checkpoint between steps 5 and the end
+    # without --resume the checkpoint is not silently reused or overwritten
+    again = subprocess.run(_cli(mlp_weights, out), capture_output=True, text=True, env=_env(), timeout=600)
+    assert again.returncode == 2 and "--resume" in again.stderr and not out.exists()
+    resumed = subprocess.run(_cli(mlp_weights, out, "--resume"), capture_output=True, text=True, env=_env(),
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout)["report"]["resumed_from"] == step
+    a, b = _weights_of(one_process[0]), _weights_of(out)
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # deterministic training: bit for bit
+    assert not ckpt.parent.exists()
