@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backends.onnx import index_bounds, io_specs, load_onnx
+from .backends.onnx import index_bounds, io_specs, load_onnx, normalize_onnx
 from .backends.torch import forward_arg_names, run_torch
 from .core.handle import ANY_DTYPE, ModelHandle, TensorSpec
 from .errors import InputError, UnsupportedError, first_line
@@ -147,11 +147,14 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         model = load_onnx(path)
+        normalized = normalize_onnx(model)
         _check_onnx_weights_finite(model, str(path))
         ins, outs = io_specs(model)
         handle = ModelHandle(model, "onnx", ins, outs, source=str(path), path=path)
         meta = {p.key: p.value for p in model.metadata_props}
         handle.metadata = meta
+        if normalized:
+            handle.metadata["deepshrink.normalized"] = "; ".join(normalized)
         tok = meta.get(META_TOKENIZER)
         if tok and (path.parent / tok).is_dir():
             handle.tokenizer_dir = path.parent / tok
@@ -532,10 +535,12 @@ def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int | str, .
         if spec is None:
             raise InputError(f"--input-shape names {n!r}, but the model's inputs are {names}")
         given = "x".join(map(str, shp))
-        if len(spec.shape) != len(shp) or any(isinstance(d, int) and isinstance(v, int) and d != v
+        # only fixed dims must match: a symbolic, unnamed (``?``) or non-positive (``-1``, Paddle2ONNX) dim is dynamic
+        if len(spec.shape) != len(shp) or any(isinstance(d, int) and d > 0 and isinstance(v, int) and d != v
                                               for d, v in zip(spec.shape, shp, strict=False)):
             raise InputError(f"--input-shape {n}:{given} does not fit the model's {spec.describe()}")
-        fixed = [i for i, (d, v) in enumerate(zip(spec.shape, shp, strict=True)) if isinstance(d, int) and isinstance(v, str)]
+        fixed = [i for i, (d, v) in enumerate(zip(spec.shape, shp, strict=True)) if isinstance(d, int) and d > 0
+                 and isinstance(v, str)]
         if fixed:
             raise InputError(f"--input-shape {n}:{given} names axis {fixed[0]} dynamic, but the ONNX file fixes it "
                              f"at {spec.shape[fixed[0]]} ({spec.describe()})")

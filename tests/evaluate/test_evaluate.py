@@ -106,7 +106,14 @@ def test_info_says_when_dynamic_dims_were_counted_as_1(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, "h", "w"])], [w])
     path = tmp_path / "conv.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    res = ds.info(path)
-    assert "x" in res["flops_note"] and "--input-shape" in res["flops_note"]
+    res = ds.info(path)  # an image input (fixed C, dynamic H/W): counted at 224x224 and said so, not at 1x1
+    assert res["flops"] == 2 * 224 * 224 * 4 * 9 and res["flops_shape"] == "x at 1x1x224x224 (the default for image inputs)"
     sized = ds.info(path, input_shapes=["x:1x1x32x32"])
-    assert "flops_note" not in sized and sized["flops"] == 2 * 32 * 32 * 4 * 9
+    assert "flops_note" not in sized and "flops_shape" not in sized and sized["flops"] == 2 * 32 * 32 * 4 * 9
+    w2 = numpy_helper.from_array(np.ones((8, 4), np.float32), "w2")  # not an image: a sequence of vectors
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w2"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "seq", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "seq", 4])], [w2])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    res = ds.info(path)
+    assert "x" in res["flops_note"] and "--input-shape" in res["flops_note"] and res["flops"] == 2 * 8 * 4

@@ -152,6 +152,56 @@ def load_onnx(path: str | os.PathLike[str], *, load_external: bool = True) -> on
     return model
 
 
+def normalize_onnx(model: onnx.ModelProto) -> list[str]:
+    """Normalise a graph written by another toolchain, in place; returns what was changed, as words.
+
+    1. Floating-point ``Constant`` nodes of the main graph (how Paddle2ONNX and others store
+       weights) become initializers, so parameter counts, quantizers and pruners see them as
+       weights; the computation is unchanged (ONNX IR: a Constant and an initializer are the same
+       value). Below IR version 4 each new initializer is also declared a graph input, as that IR
+       requires.
+    2. Then (only when step 1 changed something) ONNX shape inference
+       (``onnx.shape_inference.infer_shapes``) fills ``value_info`` where it can; a graph it
+       rejects, or one past protobuf's 2 GB, is kept as it was.
+
+    ORT's offline graph optimisations (constant folding, Conv+BN fusion) are not applied here:
+    they change what ``info`` reports as the file's parameters; quantization runs them in its own
+    pre-processing.
+    """
+    notes: list[str] = []
+    g = model.graph
+    graph_outputs = {o.name for o in g.output}
+    keep, moved = [], []
+    for n in g.node:
+        val = next((a.t for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        if (n.op_type == "Constant" and n.domain in ("", "ai.onnx") and not n.input and len(n.output) == 1
+                and val is not None and n.output[0] not in graph_outputs
+                and val.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                                      onnx.TensorProto.BFLOAT16)):
+            t = onnx.TensorProto()
+            t.CopyFrom(val)
+            t.name = n.output[0]
+            moved.append(t)
+        else:
+            keep.append(n)
+    if moved:
+        del g.node[:]
+        g.node.extend(keep)
+        g.initializer.extend(moved)
+        if model.ir_version < 4:
+            g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+        elems = sum(int(np.prod(t.dims)) for t in moved)
+        notes.append(f"{len(moved)} Constant nodes holding weights ({elems:,} elements) read as initializers")
+    if moved and model.ByteSize() < 1_800_000_000:  # a graph that needed no change is left as it is (and fast)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception:
+            inferred = None
+        if inferred is not None:
+            model.graph.CopyFrom(inferred.graph)
+    return notes
+
+
 # The keys of an external-data entry the ONNX spec defines (onnx/docs/ExternalData.md); any other key is
 # refused: onnx < 1.21 set each key as an attribute of its reader object (CVE-2026-34445).
 EXTERNAL_DATA_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})

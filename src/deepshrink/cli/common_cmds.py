@@ -60,6 +60,9 @@ def convert_cmd(
     fallback = meta.get("deepshrink.exporter_fallback_reason")
     if fallback:
         console.print(f"[yellow]dynamo exporter failed ({fallback}); used torchscript[/]")
+    if meta.get("deepshrink.static_dims_reason"):
+        console.print("warning: " + meta["deepshrink.static_dims_reason"], style="yellow", markup=False, highlight=False,
+                      soft_wrap=True)
     console.print(f"wrote {result.output}")
 
 
@@ -81,7 +84,8 @@ def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or mo
     console.print(f"  parameters {res['parameters']:,} ({res['nonzero']:,} non-zero), weights {fmt_bytes(res['weight_bytes'])}"
                   + (f", file {fmt_bytes(res['file_bytes'])}" if res["file_bytes"] else ""))
     if res.get("flops") is not None:
-        console.print(f"  FLOPs (batch 1) {res['flops']:,}")
+        console.print(f"  FLOPs (batch 1) {res['flops']:,}"
+                      + (f" at {res['flops_shape']}" if res.get("flops_shape") else ""), markup=False)
     if res.get("flops_note"):
         console.print(f"  note: {res['flops_note']}", style="yellow", markup=False, highlight=False)
     ops = ", ".join(f"{k}×{v}" for k, v in list(res["ops"].items())[:20])

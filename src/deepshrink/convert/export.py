@@ -55,18 +55,21 @@ def _dynamic_axes(handle: ModelHandle) -> dict[str, dict[int, str]]:
     gives it) and every axis the spec names. An axis-0 size with another axis named ``batch`` (a
     sequence-first model: ``x:10xbatchx32``) stays fixed."""
     axes: dict[str, dict[int, str]] = {}
+    # inputs whose declared fixed batch must stay fixed (an imported graph that reshapes to [1, ...])
+    keep_fixed = set(filter(None, handle.metadata.get("deepshrink.static_batch", "").split(",")))
     for spec in handle.inputs:
         ex = handle.example_inputs[spec.name] if handle.example_inputs else None
         rank = ex.ndim if ex is not None else len(spec.shape)
+        fixed_batch = spec.name in keep_fixed and bool(spec.shape) and isinstance(spec.shape[0], int)
         batch_elsewhere = "batch" in spec.shape[1:]
         dims: dict[int, str] = {}
         if rank and spec.shape and isinstance(spec.shape[0], str):
             dims[0] = spec.shape[0]
-        elif rank and not batch_elsewhere:
+        elif rank and not batch_elsewhere and not fixed_batch:
             dims[0] = "batch"
         for i, d in enumerate(spec.shape):
-            if i > 0 and isinstance(d, str) and i < rank:
-                dims[i] = d
+            if i > 0 and i < rank and (isinstance(d, str) or (isinstance(d, int) and d <= 0)):
+                dims[i] = d if isinstance(d, str) else f"dim{i}"  # -1: dynamic without a name (Paddle2ONNX)
         axes[spec.name] = dims
     return axes
 

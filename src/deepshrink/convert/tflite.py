@@ -405,6 +405,9 @@ def _slice(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
         en = int(ends[i])
         sp = int(steps[i]) if steps is not None else 1
         big = 2**31 - 1
+        n = x.shape[axis]
+        if isinstance(n, int) and sp > 0:  # clamp to the known length: TF's partial shape evaluation of a
+            st, en = max(min(st, n), -n), max(min(en, n), -n)  # strided slice from -2**31 gives [] (MHA Reshape)
         idx[axis] = slice(max(min(st, big), -big), max(min(en, big), -big - 1), sp)
     return x[tuple(idx)]
 
@@ -452,6 +455,72 @@ def _variadic(fn_name: str) -> Callable[..., Any]:
     return f
 
 
+def _resize(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    """ONNX ``Resize`` (and ``Upsample``) of the H/W axes of an NCHW tensor, as TFLite's
+    RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR.
+
+    Nearest: ``asymmetric`` + ``floor`` (``nn.Upsample``'s export) at any scale; at integer
+    upscales every coordinate mode but ``align_corners``/``tf_crop_and_resize`` picks the same
+    pixels (source index ``o // s``), so those map too. Linear: ``half_pixel`` /
+    ``pytorch_half_pixel`` → ``half_pixel_centers``, ``align_corners`` → ``align_corners``,
+    ``asymmetric`` → neither. Raises ``UnsupportedError`` for other modes, cubic, and scales
+    on N or C."""
+    x = ins[0]
+    if _is_const(x) or len(x.shape) != 4:
+        raise UnsupportedError("TFLite route: Resize of a non-4-D (NCHW) tensor")
+    scales = a.get("scales")
+    sizes = None
+    if len(ins) == 2:  # Resize-10 / Upsample-9: (X, scales)
+        scales = ins[1]
+    elif len(ins) > 2:
+        scales = ins[2] if ins[2] is not None and (not _is_const(ins[2]) or ins[2].size) else None
+        sizes = ins[3] if len(ins) > 3 and ins[3] is not None and (not _is_const(ins[3]) or ins[3].size) else None
+    mode = a.get("mode", "nearest")
+    coord = a.get("coordinate_transformation_mode", "half_pixel" if len(ins) > 2 else "asymmetric")
+    nearest_mode = a.get("nearest_mode", "round_prefer_floor" if len(ins) > 2 else "floor")
+    if a.get("axes") is not None or a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise UnsupportedError("TFLite route: Resize with axes, antialias or keep_aspect_ratio_policy")
+    int_up = False
+    if sizes is not None:
+        if _is_const(sizes):
+            sz = [int(v) for v in np.asarray(sizes).reshape(-1)]
+            if len(sz) != 4 or any(isinstance(d, int) and d != v for d, v in zip(x.shape[:2], sz[:2], strict=True)):
+                raise UnsupportedError("TFLite route: Resize of the N or C axis")
+            hw: Any = sz[2:]
+            ih, iw = x.shape[2], x.shape[3]
+            int_up = isinstance(ih, int) and isinstance(iw, int) and hw[0] % ih == 0 and hw[1] % iw == 0
+        else:
+            hw = tf.cast(sizes[2:], tf.int32)
+    elif scales is not None:
+        if not _is_const(scales):
+            raise UnsupportedError("TFLite route: Resize with scales computed at run time")
+        sc = [float(v) for v in np.asarray(scales).reshape(-1)]
+        if len(sc) != 4 or sc[0] != 1.0 or sc[1] != 1.0:
+            raise UnsupportedError("TFLite route: Resize of the N or C axis")
+        int_up = all(v >= 1 and float(v).is_integer() for v in sc[2:])
+        dims = [x.shape[i] if isinstance(x.shape[i], int) else tf.shape(x)[i] for i in (2, 3)]
+        hw = [int(np.floor(d * s)) if isinstance(d, int) else tf.cast(tf.floor(tf.cast(d, tf.float32) * s), tf.int32)
+              for d, s in zip(dims, sc[2:], strict=True)]
+        if not all(isinstance(v, int) for v in hw):
+            hw = tf.stack([tf.cast(v, tf.int32) for v in hw])
+    else:
+        raise UnsupportedError("TFLite route: Resize without scales or sizes")
+    xh = _nhwc(tf, x)
+    if mode == "nearest":
+        exact = coord == "asymmetric" and nearest_mode == "floor"
+        if not (exact or (int_up and coord in ("asymmetric", "half_pixel", "pytorch_half_pixel"))):
+            raise UnsupportedError(f"TFLite route: nearest Resize with {coord}/{nearest_mode} at a non-integer scale")
+        y = tf.compat.v1.image.resize_nearest_neighbor(xh, hw, align_corners=False, half_pixel_centers=False)
+    elif mode == "linear":
+        if coord not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
+            raise UnsupportedError(f"TFLite route: linear Resize with coordinate_transformation_mode {coord}")
+        y = tf.compat.v1.image.resize_bilinear(xh, hw, align_corners=coord == "align_corners",
+                                               half_pixel_centers=coord in ("half_pixel", "pytorch_half_pixel"))
+    else:
+        raise UnsupportedError(f"TFLite route: Resize mode {mode}")
+    return _nchw(tf, tf.cast(y, x.dtype))
+
+
 _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Conv": _conv,
     "MaxPool": _pool("max"),
@@ -485,6 +554,8 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
     "Concat": _concat,
+    "Resize": _resize,
+    "Upsample": _resize,
     "Identity": lambda tf, i, a: i[0],
     "Dropout": lambda tf, i, a: i[0],
     "Shape": lambda tf, i, a: (np.asarray(i[0].shape, dtype=np.int64) if _is_const(i[0]) else

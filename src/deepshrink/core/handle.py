@@ -84,7 +84,7 @@ class ModelHandle:
                     shape[_batch_axis(spec)] = batch
                 out[spec.name] = _random_like(rng, tuple(shape), ex.dtype, ex)
             return out
-        return {s.name: _random_for(rng, s, batch, self.index_bounds.get(s.name)) for s in self.inputs}
+        return {s.name: _random_for(rng, s, batch, self.index_bounds.get(s.name), self.metadata) for s in self.inputs}
 
     def describe(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)
@@ -99,10 +99,14 @@ def _batch_axis(spec: TensorSpec) -> int:
     return 0
 
 
-def _random_for(rng: np.random.Generator, spec: TensorSpec, batch: int, bound: int | None = None) -> np.ndarray:
+def _random_for(rng: np.random.Generator, spec: TensorSpec, batch: int, bound: int | None = None,
+                metadata: dict[str, str] | None = None) -> np.ndarray:
     """Random values for an input known only by its spec; masks and type ids get their usual values,
-    ids into a table of ``bound`` rows stay in ``[0, bound)``."""
-    shape = spec.concrete(batch)
+    ids into a table of ``bound`` rows stay in ``[0, bound)``. Dynamic image H/W take the size in
+    ``metadata`` or 224 × 224 (:func:`deepshrink.core.shapes.assumed_shape`), other dynamic dims 1."""
+    from .shapes import assumed_shape
+
+    shape, _ = assumed_shape(spec, metadata, batch=batch)
     if bound is not None and np.dtype(spec.np_dtype).kind in "iu":
         return rng.integers(0, bound, size=shape).astype(spec.np_dtype)
     lowered = spec.name.lower()

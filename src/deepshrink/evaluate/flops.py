@@ -4,6 +4,8 @@ RNN/GRU/LSTM) — written here because no maintained library counts ONNX FLOPs f
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import numpy as np
@@ -14,22 +16,90 @@ from ..core.handle import ModelHandle
 
 def flops(handle: ModelHandle, batch: int = 1) -> int:
     """Floating-point operations (2 × MACs) of one forward pass at ``batch``."""
-    inputs = handle.sample_inputs(batch=batch)
+    return flops_at(handle, batch)[0]
+
+
+def flops_at(handle: ModelHandle, batch: int = 1) -> tuple[int, list[str]]:
+    """FLOPs (2 × MACs) of one forward pass and, for each input whose size was assumed, which size.
+
+    Sizes: the handle's example inputs (``--input-shape``, ``--data``) when it has them; else
+    dynamic image height/width take the model's metadata size or 224 × 224
+    (:func:`deepshrink.core.shapes.assumed_shape`) and other dynamic dims 1."""
     if handle.kind == "torch":
         import torch
         from torch.nn.attention import SDPBackend, sdpa_kernel
         from torch.utils.flop_counter import FlopCounterMode
 
+        inputs = handle.sample_inputs(batch=batch)
         args = [torch.from_numpy(inputs[n]) for n in handle.input_names]
         # grad enabled: nn.TransformerEncoderLayer's inference fast path is one fused op the counter
         # cannot see into; the math attention kernel is two matmuls it counts
         with FlopCounterMode(display=False) as counter, torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
             handle.model(*args)
-        return int(counter.get_total_flops())
-    return 2 * onnx_macs(handle.model, inputs)
+        return int(counter.get_total_flops()), []
+    notes: list[str] = []
+    if handle.example_inputs is not None:
+        inputs = handle.sample_inputs(batch=batch)
+    else:
+        from ..core.shapes import assumed_shape
+
+        inputs = {}
+        for spec in handle.inputs:
+            shape, why = assumed_shape(spec, handle.metadata, batch=batch)
+            inputs[spec.name] = np.zeros(shape, spec.np_dtype)
+            if why:
+                notes.append(why)
+    return 2 * onnx_macs(handle.model, inputs), notes
+
+
+def _infer(m: onnx.ModelProto) -> onnx.ModelProto | None:
+    """Shapes at the fixed input sizes: ONNX Runtime's symbolic shape inference, which follows
+    Shape → Gather → Concat → Reshape chains that ``onnx.shape_inference`` loses; else ONNX's own."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            out = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+        if out is not None:
+            return out
+    except Exception:  # an op it does not know, a custom domain: fall back
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:
+        return None
+
+
+def _subgraphs(node: Any) -> list[tuple[str, onnx.GraphProto]]:
+    out = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append((a.name, a.g))
+        out.extend((a.name, g) for g in a.graphs)
+    return out
+
+
+def _collect_shapes(g: onnx.GraphProto, shapes: dict[str, list[int]], consts: dict[str, Any]) -> None:
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+        shapes.setdefault(vi.name, dims)
+    for init in g.initializer:
+        shapes[init.name] = list(init.dims)
+        if len(init.dims) == 0 and init.data_type == onnx.TensorProto.INT64:
+            consts[init.name] = int(onnx.numpy_helper.to_array(init))
+    for n in g.node:
+        if n.op_type == "Constant" and n.output:
+            t = next((a.t for a in n.attribute if a.name == "value"), None)
+            if t is not None and len(t.dims) == 0 and t.data_type == onnx.TensorProto.INT64:
+                consts[n.output[0]] = int(onnx.numpy_helper.to_array(t))
+        for _, sg in _subgraphs(n):
+            _collect_shapes(sg, shapes, consts)
 
 
 def onnx_macs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> int:
+    """Multiply-accumulates of one run at the shapes of ``inputs``, counted inside control flow:
+    an ``If`` costs its dearer branch (one runs), a ``Loop`` its body times a constant trip count
+    (once when the count is computed at run time)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for vi in m.graph.input:
@@ -38,20 +108,29 @@ def onnx_macs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> int:
             for d, size in zip(dims, inputs[vi.name].shape, strict=False):
                 d.ClearField("dim_param")
                 d.dim_value = int(size)
-    try:
-        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-    except Exception:
+    inferred = _infer(m)
+    if inferred is None:
         return 0
     shapes: dict[str, list[int]] = {}
-    for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
-        shapes[vi.name] = dims
-    for init in m.graph.initializer:
-        shapes[init.name] = list(init.dims)
+    consts: dict[str, Any] = {}
+    _collect_shapes(inferred.graph, shapes, consts)
+    return int(_graph_macs(inferred.graph, shapes, consts))
+
+
+def _graph_macs(g: onnx.GraphProto, shapes: dict[str, list[int]], consts: dict[str, Any]) -> int:
     total = 0
-    for node in m.graph.node:
-        total += _node_macs(node, shapes)
-    return int(total)
+    for node in g.node:
+        subs = _subgraphs(node)
+        if node.op_type == "If" and subs:
+            total += max(_graph_macs(sg, shapes, consts) for _, sg in subs)
+        elif node.op_type == "Loop" and subs:
+            trips = consts.get(node.input[0]) if node.input and node.input[0] else None
+            total += _graph_macs(subs[0][1], shapes, consts) * (trips if isinstance(trips, int) and trips > 0 else 1)
+        elif subs:  # Scan and custom ops with a body: once per body
+            total += sum(_graph_macs(sg, shapes, consts) for _, sg in subs)
+        else:
+            total += _node_macs(node, shapes)
+    return total
 
 
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}

@@ -28,15 +28,21 @@ def info(model: Any, **load_options: Any) -> dict[str, Any]:
     }
     can_run = handle.kind == "onnx" or handle.example_inputs is not None
     if can_run:
-        from .flops import flops
+        from .flops import flops_at
 
+        assumed_image: list[str] = []
         try:
-            result["flops"] = flops(handle)
+            result["flops"], assumed_image = flops_at(handle)
         except Exception as exc:  # FLOPs are informative; a model we can't count is still valid
             result["flops"] = None
             result["flops_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
-        if handle.example_inputs is None:  # dynamic non-batch dims were filled with 1: say so
-            assumed = [s.name for s in handle.inputs if any(not (isinstance(d, int) and d > 0) for d in s.shape[1:])]
+        if assumed_image:
+            result["flops_shape"] = "; ".join(assumed_image)
+        if handle.example_inputs is None:  # other dynamic non-batch dims were filled with 1: say so
+            from ..core.shapes import image_axes
+
+            assumed = [s.name for s in handle.inputs if image_axes(s) is None
+                       and any(not (isinstance(d, int) and d > 0) for d in s.shape[1:])]
             if assumed:
                 result["flops_note"] = (f"dynamic dims of {', '.join(assumed)} counted as 1; pass --input-shape "
                                         "NAME:1x3x224x224 for the size you run")

@@ -39,12 +39,26 @@ def _tensors(model: Any) -> list[np.ndarray]:
     if _is_onnx(model):
         from onnx import numpy_helper
 
-        return [numpy_helper.to_array(t) for t in model.graph.initializer]
+        return [numpy_helper.to_array(t) for t in _initializers(model.graph)]
     return [p.detach().cpu().float().numpy() for p in model.parameters()]
 
 
+def _initializers(graph: Any) -> list[Any]:
+    """Initializers of ``graph`` and of every subgraph (``If`` branches, ``Loop``/``Scan`` bodies)."""
+    import onnx
+
+    out = list(graph.initializer)
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                out += _initializers(a.g)
+            for g in a.graphs:
+                out += _initializers(g)
+    return out
+
+
 def param_count(model: Any) -> int:
-    """Parameters of a torch module, or initializer elements of an ONNX model (handles accepted)."""
+    """Parameters of a torch module, or initializer elements of an ONNX model, subgraphs included (handles accepted)."""
     model = getattr(model, "model", model)
     return int(sum(t.size for t in _tensors(model)))
 

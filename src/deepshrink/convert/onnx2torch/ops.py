@@ -768,9 +768,15 @@ def _resize(b: Builder, n: OnnxNode) -> Value:
         roi, scales, sizes = _opt(b, n, 1), _opt(b, n, 2), _opt(b, n, 3)
     if n.attr("antialias", 0):
         raise NotImplementedError("Resize with antialias")
-    if scales is not None and b.known(scales) and scales.numel() == 0:
-        scales = None
-    if sizes is not None and b.known(sizes):
+    scale_name = n.inputs[1] if n.opset < 11 else (n.inputs[2] if len(n.inputs) > 2 else "")
+    if scale_name in b.initializers:  # read as it is, not as a buffer torch.export would read at run time
+        scales = b.tensor_of(scale_name)
+    if scales is not None and b.known(scales):  # constant scales: Python floats in the graph, no tensor read
+        scales = [float(v) for v in scales.reshape(-1).tolist()] or None
+    sv = b.sym(n.inputs[3]) if n.opset >= 11 and len(n.inputs) > 3 else None
+    if sv is not None:  # sizes from shape arithmetic (Shape → Slice → Mul → Concat): symbolic sizes
+        sizes = list(sv.items) or None
+    elif sizes is not None and b.known(sizes):
         sizes = rt.ints(sizes)
     coord = n.attr("coordinate_transformation_mode", "half_pixel" if n.opset >= 11 else "asymmetric")
     axes = n.attr("axes")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ...core.handle import ModelHandle, TensorSpec
+from ...errors import UnsupportedError, first_line
 from ..routes import ConvertOptions, register_route
 from .importer import _ident, onnx_to_torch
 
@@ -19,8 +20,8 @@ def imported_handle(src: ModelHandle, data: Any = None) -> ModelHandle:
     """The ONNX handle's model imported as a torch ``GraphModule``, same IO spec.
 
     Its example inputs (what ``torch.export`` traces with) come from ``data`` when given, else
-    from the ONNX handle; symbolic dims get sizes other than 1 (batch 2, others 7) so the
-    export does not specialize them to 1."""
+    from the ONNX handle; symbolic dims get sizes other than 1 (batch 2, dynamic image H/W the
+    model's metadata size or 224, others 7) so the export does not specialize them to 1."""
     gm = onnx_to_torch(src.model)
     ins = [TensorSpec(_ident(s.name, "x"), s.shape, s.dtype) for s in src.inputs]
     if data is not None:
@@ -30,10 +31,13 @@ def imported_handle(src: ModelHandle, data: Any = None) -> ModelHandle:
     elif src.example_inputs is not None:
         example = {_ident(k, "x"): v for k, v in src.example_inputs.items()}
     else:
+        from ...core.shapes import assumed_shape
+
         rng = np.random.default_rng(0)
         example = {}
         for s in src.inputs:
-            shape = s.concrete(batch=2, default=7)
+            # dynamic image H/W: the metadata size or 224, large enough for real pooling/padding stacks
+            shape, _ = assumed_shape(s, src.metadata, batch=2, default=7)
             dt = np.dtype(s.np_dtype)
             example[_ident(s.name, "x")] = (rng.integers(0, 2, shape).astype(dt) if dt.kind in "iub"
                                             else rng.standard_normal(shape).astype(dt))
@@ -45,7 +49,23 @@ def imported_handle(src: ModelHandle, data: Any = None) -> ModelHandle:
 def onnx_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Any, None]:
     from ..writers import save
 
-    handle = save(imported_handle(src, opts.data), dst, force=True)
+    imported = imported_handle(src, opts.data)
+    why_static = None
+    try:
+        handle = save(imported, dst, force=True)
+    except UnsupportedError as exc:
+        # graphs fixed at batch 1 (a Reshape to [1, 9216]) cannot take a dynamic batch: keep the batch the
+        # file declares; the reason goes to handle.metadata (the CLI prints it as one warning line)
+        fixed = [s for s in imported.inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0]
+        if not fixed:
+            raise
+        imported.metadata["deepshrink.static_batch"] = ",".join(s.name for s in fixed)
+        handle = save(imported, dst, force=True)
+        why_static = (f"batch dim of {', '.join(s.name for s in fixed)} kept static at "
+                      f"{', '.join(str(s.shape[0]) for s in fixed)} as the ONNX file declares it; with a dynamic batch, "
+                      f"{first_line(exc, 200)}")
+    if why_static:
+        handle.metadata["deepshrink.static_dims_reason"] = why_static
     try:
         handle.model.eval()
     except NotImplementedError:  # torch.export's loaded module refuses eval(); it is already inference-only

@@ -595,7 +595,7 @@ def _cubic_weights(t: torch.Tensor, a: float) -> torch.Tensor:
     return torch.stack([k(t + 1), k(t), k(1 - t), k(2 - t)], dim=-1)
 
 
-def resize(x: torch.Tensor, scales: torch.Tensor | None, sizes: IntsLike | None, mode: str,
+def resize(x: torch.Tensor, scales: torch.Tensor | Sequence[float] | None, sizes: IntsLike | None, mode: str,
            coord: str, nearest_mode: str, cubic_coeff_a: float, exclude_outside: int,
            roi: torch.Tensor | None = None, axes: list[int] | None = None, policy: str = "stretch",
            extrapolation: float = 0.0) -> torch.Tensor:
@@ -615,11 +615,14 @@ def resize(x: torch.Tensor, scales: torch.Tensor | None, sizes: IntsLike | None,
             scl = [sc if i in ax else 1.0 for i in range(r)]
             out_size = [int(sc * x.shape[i] + 0.5) if i in ax else x.shape[i] for i in range(r)]
     else:
-        given = [float(v) for v in scales.reshape(-1).tolist()]  # type: ignore[union-attr]
+        given = ([float(v) for v in scales.reshape(-1).tolist()] if isinstance(scales, torch.Tensor)
+                 else [float(v) for v in scales])  # type: ignore[union-attr]
         scl = [1.0] * r
         for a, v in zip(ax, given, strict=True):
             scl[a] = v
-        out_size = [int(math.floor(n * s)) for n, s in zip(x.shape, scl, strict=True)]
+        # an integer scale keeps sizes integer arithmetic (symbolic sizes stay exact under torch.export)
+        out_size = [n if s == 1.0 else n * int(s) if float(s).is_integer() else int(math.floor(n * s))
+                    for n, s in zip(x.shape, scl, strict=True)]
     roi_full = None
     if coord == "tf_crop_and_resize":
         rv = [float(v) for v in roi.reshape(-1).tolist()] if roi is not None and roi.numel() else []
@@ -631,7 +634,7 @@ def resize(x: torch.Tensor, scales: torch.Tensor | None, sizes: IntsLike | None,
     y = x.double() if mode != "nearest" else x
     for a in range(r):
         n, on, sc = x.shape[a], out_size[a], scl[a]
-        if on == n and sc == 1.0 and roi_full is None:
+        if isinstance(sc, float) and sc == 1.0 and roi_full is None:
             continue
         if roi_full is not None:
             lo, hi = roi_full[a], roi_full[r + a]

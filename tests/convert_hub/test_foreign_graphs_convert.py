@@ -1,0 +1,164 @@
+"""ONNX → ``.pt2`` / ``.tflite`` of graphs other toolchains write (issue 12): ``Resize`` with
+constant scales or with sizes computed from ``Shape`` stays dynamic in the ``.pt2``; a reflect
+``Pad`` deep in a network with dynamic H/W converts without ``--input-shape`` (the example
+input is image-sized, not 7 × 7); TFLite gets ``Resize``."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import deepshrink as ds
+from deepshrink.backends.onnx import make_session, run_onnx
+
+
+def _init(name: str, arr) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def _w(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * 0.3).astype(np.float32)
+
+
+def _model(nodes, inits, opset: int = 13, dims=("n", 3, "h", "w")) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _upsample_net(by_sizes: bool) -> onnx.ModelProto:
+    """conv s2 → 2× nearest Resize (constant scales, or sizes = Shape[2:] · 2) → concat skip → conv."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w2"], ["b"], pads=[1, 1, 1, 1], strides=[2, 2])]
+    inits = [_init("w1", _w((4, 3, 3, 3))), _init("w2", _w((4, 4, 3, 3), 1)), _init("w3", _w((2, 8, 1, 1), 2))]
+    if by_sizes:
+        nodes += [helper.make_node("Shape", ["b"], ["s"]),
+                  helper.make_node("Slice", ["s", "st", "en"], ["nc"]),
+                  helper.make_node("Slice", ["s", "en", "big"], ["hw"]),
+                  helper.make_node("Mul", ["hw", "two"], ["hw2"]),
+                  helper.make_node("Concat", ["nc", "hw2"], ["sizes"], axis=0),
+                  helper.make_node("Resize", ["b", "", "", "sizes"], ["u"], mode="nearest",
+                                   coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
+        inits += [_init("st", np.array([0], np.int64)), _init("en", np.array([2], np.int64)),
+                  _init("big", np.array([4], np.int64)), _init("two", np.array([2], np.int64))]
+    else:
+        nodes.append(helper.make_node("Resize", ["b", "", "scales"], ["u"], mode="nearest",
+                                      coordinate_transformation_mode="asymmetric", nearest_mode="floor"))
+        inits.append(_init("scales", np.array([1, 1, 2, 2], np.float32)))
+    nodes += [helper.make_node("Concat", ["a", "u"], ["c"], axis=1), helper.make_node("Conv", ["c", "w3"], ["y"])]
+    return _model(nodes, inits)
+
+
+def _rel(ref: np.ndarray, got: np.ndarray) -> float:
+    assert ref.shape == got.shape
+    return float(np.abs(ref - got).max() / np.abs(ref).max())
+
+
+def _check_pt2(model: onnx.ModelProto, pt2, shapes) -> list[float]:
+    mod = torch.export.load(str(pt2)).module()
+    sess = make_session(model, threads=1)
+    errs = []
+    for shp in shapes:
+        x = np.random.default_rng(5).standard_normal(shp).astype(np.float32)
+        ref = run_onnx(sess, {"x": x})[0]
+        with torch.no_grad():
+            errs.append(_rel(ref, mod(torch.from_numpy(x)).numpy()))
+    return errs
+
+
+@pytest.mark.parametrize("by_sizes", [False, True], ids=["const-scales", "sizes-from-shape"])
+def test_resize_pt2_stays_dynamic(by_sizes, tmp_path):
+    m = _upsample_net(by_sizes)
+    src = tmp_path / "up.onnx"
+    onnx.save(m, src)
+    # before: "torch.export cannot capture ONNX node ... (Resize): Could not guard on data-dependent expression"
+    ds.convert(src, tmp_path / "up.pt2", input_shapes=["x:1x3x16x16"])
+    errs = _check_pt2(m, tmp_path / "up.pt2", [(1, 3, 16, 16), (2, 3, 24, 32)])
+    assert max(errs) < 1e-5  # ~2e-7 seen: other batch and H/W than the example
+
+
+def test_reflect_pad_converts_without_input_shape(tmp_path):
+    """Two stride-2 convs then reflect Pad 2: a 7×7 example leaves a 2×2 map, too small to pad."""
+    m = _model([helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2]),
+                helper.make_node("Conv", ["a", "w2"], ["b"], pads=[1, 1, 1, 1], strides=[2, 2]),
+                helper.make_node("Pad", ["b", "pads"], ["p"], mode="reflect"),
+                helper.make_node("Conv", ["p", "w3"], ["y"])],
+               [_init("w1", _w((4, 3, 3, 3))), _init("w2", _w((4, 4, 3, 3), 1)), _init("w3", _w((2, 4, 3, 3), 2)),
+                _init("pads", np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64))])
+    src = tmp_path / "pad.onnx"
+    onnx.save(m, src)
+    ds.convert(src, tmp_path / "pad.pt2")  # before: "Padding size should be less than the corresponding input dimension"
+    assert max(_check_pt2(m, tmp_path / "pad.pt2", [(1, 3, 48, 96), (2, 3, 32, 64)])) < 1e-5
+
+
+@pytest.mark.parametrize(("mode", "coord"), [("nearest", "asymmetric"), ("linear", "half_pixel"),
+                                             ("linear", "align_corners")])
+def test_tflite_resize(mode, coord, tmp_path):
+    pytest.importorskip("tensorflow")
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["a", "", "scales"], ["y"], mode=mode,
+                              coordinate_transformation_mode=coord, nearest_mode="floor")]
+    m = _model(nodes, [_init("w1", _w((4, 3, 3, 3))), _init("scales", np.array([1, 1, 2, 2], np.float32))],
+               dims=("batch", 3, 8, 8))
+    src = tmp_path / "r.onnx"
+    onnx.save(m, src)
+    res = ds.convert(src, tmp_path / "r.tflite")  # before: "ONNX op 'Resize' ... has no TFLite converter"
+    assert res.hops[-1].parity.ok
+    it = Interpreter(model_path=str(tmp_path / "r.tflite"))
+    inp = it.get_input_details()[0]
+    x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    it.resize_tensor_input(inp["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    got = it.get_tensor(it.get_output_details()[0]["index"])
+    ref = run_onnx(make_session(m, threads=1), {"x": x})[0]
+    assert _rel(ref, got) < 1e-5  # ~2e-7 seen
+    ops = {o["op_name"] for o in it._get_ops_details()}  # noqa: SLF001
+    assert ("RESIZE_NEAREST_NEIGHBOR" if mode == "nearest" else "RESIZE_BILINEAR") in ops
+
+
+def test_graph_fixed_at_batch_1_keeps_its_batch(tmp_path):
+    """A zoo-style graph declared at batch 1 that reshapes to [1, 64]: a dynamic batch cannot be
+    captured, so the .pt2 keeps batch 1 and the reason is given (one line in the CLI)."""
+    m = _model([helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+                helper.make_node("Reshape", ["c", "shape"], ["f"]),
+                helper.make_node("MatMul", ["f", "fc"], ["y"])],
+               [_init("w1", _w((4, 3, 3, 3))), _init("shape", np.array([1, 64], np.int64)), _init("fc", _w((64, 5), 1))],
+               dims=(1, 3, 8, 8))
+    src = tmp_path / "b1.onnx"
+    onnx.save(m, src)
+    # before: "torch.export cannot capture ONNX node 'f' (Reshape): shape '[1, 64]' is invalid for input of size 64*s77"
+    res = ds.convert(src, tmp_path / "b1.pt2")
+    why = res.handle.metadata["deepshrink.static_dims_reason"]
+    assert why.startswith("batch dim of x kept static at 1") and "Reshape" in why
+    assert max(_check_pt2(m, tmp_path / "b1.pt2", [(1, 3, 8, 8)])) < 1e-5
+
+
+def test_tflite_reshape_to_shape_sliced_from_int64_min(tmp_path):
+    """The dynamo exporter's attention reshapes: target = Concat(Shape[INT64_MIN:-2], Shape[-1:], Shape[-2:-1])
+    on a dynamic batch. TF's partial shape evaluation turned the slice into [] (a traceback before)."""
+    pytest.importorskip("tensorflow")
+    i64 = lambda name, v: _init(name, np.array(v, np.int64))  # noqa: E731
+    m = _model([helper.make_node("Shape", ["x"], ["s"]),
+                helper.make_node("Slice", ["s", "lo", "m2"], ["lead"]),
+                helper.make_node("Slice", ["s", "m1", "hi"], ["last"]),
+                helper.make_node("Slice", ["s", "m2", "m1"], ["prev"]),
+                helper.make_node("Concat", ["lead", "last", "prev"], ["t"], axis=0),
+                helper.make_node("Reshape", ["x", "t"], ["r"]),
+                helper.make_node("MatMul", ["r", "w"], ["y"])],
+               [i64("lo", [-2**63]), i64("hi", [2**63 - 1]), i64("m1", [-1]), i64("m2", [-2]), _init("w", _w((4, 3)))],
+               dims=("batch", 2, 4, 6))
+    src = tmp_path / "attn.onnx"
+    onnx.save(m, src)
+    res = ds.convert(src, tmp_path / "attn.tflite")
+    assert res.hops[-1].parity.ok and res.hops[-1].parity.max_abs < 1e-5  # ~1e-7 seen
