@@ -515,7 +515,16 @@ def _loose(handle: ModelHandle) -> ModelHandle:
 def _set_output_specs(handle: ModelHandle, first_name: str | None = None) -> None:
     if handle.example_inputs is None:
         return
-    outs = run_torch(handle.model, handle.example_inputs, handle.input_names)
+    try:
+        outs = run_torch(handle.model, handle.example_inputs, handle.input_names)
+    except InputError as exc:
+        named = [f"'{d}' of {s.name} (traced at {handle.example_inputs[s.name].shape[i]})"
+                 for s in handle.inputs for i, d in enumerate(s.shape)
+                 if isinstance(d, str) and i > 0 and d != "batch" and s.name in handle.example_inputs]
+        if not named:
+            raise
+        raise InputError(f"{exc}; --input-shape made {', '.join(named)} a dynamic axis — "
+                         "if that axis has a fixed size, give the number") from None
     if first_name is None and len(handle.outputs) == len(outs):
         names = handle.output_names  # keep names chosen earlier (e.g. sentence_embedding)
     else:
