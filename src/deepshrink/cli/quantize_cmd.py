@@ -185,6 +185,8 @@ def quantize_cmd(
         return
     rep = result.report
     console.print(f"[bold]{rep.get('scheme')}[/]: {_describe(rep)}", highlight=False)
+    if rep.get("conv_integer"):
+        console.print("warning: " + rep["conv_integer"], style="yellow", markup=False, highlight=False)
     fw = rep.get("float_weights") or {}
     if fw.get("share", 0.0) > 0.1 and fw.get("nodes"):
         listed = ", ".join(f"{r['node']} ({', '.join(r['weights'])})" for r in fw["nodes"][:4])

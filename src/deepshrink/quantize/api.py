@@ -289,7 +289,12 @@ def no_candidates_message(model: onnx.ModelProto, op_types: Sequence[str], schem
 
 @register(Int8DynamicConfig)
 def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOutcome:
-    nodes = _nodes(prep, config, config.op_types)
+    op_types = config.op_types
+    conv_only = (op_types == Int8DynamicConfig.model_fields["op_types"].default
+                 and not ob.weight_nodes(prep.model, op_types) and ob.weight_nodes(prep.model, ("Conv",)))
+    if conv_only:  # as ONNX Runtime's quantize_dynamic does: Conv -> ConvInteger (slow; int8-static is the fast path)
+        op_types = ("Conv",)
+    nodes = _nodes(prep, config, op_types)
     small: set[str] = set()
     if not config.include:  # tables the user named are quantized whatever their size
         small = {w.name for w in ob.weight_nodes(prep.model, ("Gather",))
@@ -299,6 +304,9 @@ def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOut
     else:
         small = set()
     model, report = prep.model, {"quantized_layers": len(nodes)}
+    if conv_only:
+        report["conv_integer"] = ("a conv-only network: its Conv layers became ConvInteger, whose ONNX Runtime kernel "
+                                  "is usually slower than float; --scheme int8-static (QLinearConv) is the fast path")
     if small:
         report["float_small_tables"] = sorted(small)
     if config.smooth_alpha:
