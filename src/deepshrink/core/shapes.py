@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-
-from .handle import TensorSpec
+from typing import Any
 
 DEFAULT_IMAGE_SIZE = (224, 224)
 _SIZE_KEYS = ("imgsz", "image_size", "input_size", "img_size")
@@ -43,7 +42,7 @@ def _fixed(d: object) -> bool:
     return isinstance(d, int) and d > 0
 
 
-def image_axes(spec: TensorSpec) -> tuple[int, int] | None:
+def image_axes(spec: Any) -> tuple[int, int] | None:
     """The (H, W) axes of an image-like input whose H and W are dynamic: NCHW or NHWC, channels
     fixed at 1, 3 or 4. None for any other input."""
     s = spec.shape
@@ -56,7 +55,7 @@ def image_axes(spec: TensorSpec) -> tuple[int, int] | None:
     return None
 
 
-def assumed_shape(spec: TensorSpec, metadata: Mapping[str, str] | None, *, batch: int = 1,
+def assumed_shape(spec: Any, metadata: Mapping[str, str] | None, *, batch: int = 1,
                   default: int = 1) -> tuple[tuple[int, ...], str | None]:
     """A concrete shape for ``spec`` and, when an image size was assumed, the reason in words.
 
