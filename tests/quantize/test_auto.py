@@ -72,3 +72,19 @@ def test_minilm_auto_meets_the_target_on_unseen_sentences():
     cb = cosines(embed_one_by_one(h.model, tok, texts), batched)
     # 24 calibration sentences here (64 in the benchmark: 0.9975 / 0.9950 at batch 32)
     assert cb.mean() >= 0.995 and cb.min() >= 0.99  # 0.9962 / 0.9929 seen
+
+
+def test_auto_chooses_static_int8_on_a_conv_network(cnn_onnx, digits):
+    """Most of the digits CNN's weights are in Conv layers: auto runs static int8 (QLinearConv, ORT's
+    fast integer conv) instead of dynamic int8 (which would leave every conv float), and meets its
+    own fidelity target on the calibration data."""
+    import json
+
+    import deepshrink as ds
+
+    data = {"x": digits.x_train[:64].astype("float32")}
+    q = ds.quantize(str(cnn_onnx), AutoConfig(), data=data)
+    rep = json.loads(q.metadata["deepshrink.quantize"])["auto"]
+    assert rep["scheme"].startswith("int8-static") and rep["met"]
+    assert rep["cos_mean"] >= 0.997 and rep["cos_min"] >= 0.99  # AutoConfig's defaults: its contract
+    assert integer_op_counts(q.model).get("QLinearConv", 0) >= 4

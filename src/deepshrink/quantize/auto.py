@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 
 from ..errors import BudgetError, InputError, UnsupportedError
@@ -41,9 +42,11 @@ class AutoResult:
     kept: list[dict[str, Any]] = field(default_factory=list)  # [{layer, score, reason}]
     sensitivity: dict[str, float] = field(default_factory=dict)
     smooth: dict[str, Any] = field(default_factory=dict)
+    scheme: str = ""  # the base scheme the trials ran (int8-static when auto chose it for a conv network)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "cos_mean": self.cos_mean, "cos_min": self.cos_min, "met": self.met,
+        return {"scheme": self.scheme, "alpha": self.alpha, "cos_mean": self.cos_mean, "cos_min": self.cos_min,
+                "met": self.met,
                 "quantized_layers": self.layers - len(self.kept), "kept_float": self.kept, "trials": self.trials,
                 "sensitivity": self.sensitivity, "smooth": self.smooth}
 
@@ -66,6 +69,13 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     if data is None:
         raise InputError("auto mode needs data to measure fidelity on: pass --data")
     base = config.base
+    scheme = "int8-static" if isinstance(base, Int8StaticConfig) else "int8-dynamic"
+    if isinstance(base, Int8DynamicConfig) and base.op_types == Int8DynamicConfig.model_fields["op_types"].default:
+        conv = sum(int(np.prod(w.shape)) for w in ob.weight_nodes(prep.model, ("Conv",)))
+        other = sum(int(np.prod(w.shape)) for w in ob.weight_nodes(prep.model, base.op_types))
+        if conv > other:  # a conv network: ONNX Runtime's fast int8 conv is QLinearConv, i.e. static int8
+            base = Int8StaticConfig(per_channel=True, include=base.include, exclude=base.exclude)
+            scheme = "int8-static, chosen: most weights are in Conv layers"
     if isinstance(base, Int8StaticConfig):
         qfn = _static_fn(base, data)
         op_types: Sequence[str] = base.op_types or ("Conv", "MatMul", "Gemm")
@@ -136,7 +146,7 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
         chosen = best
     if chosen is not None:
         alpha, mean, worst, _sm, q, smooth_info = chosen
-        return AutoResult(q, alpha, mean, worst, True, len(nodes), trials, [], {}, smooth_info)
+        return AutoResult(q, alpha, mean, worst, True, len(nodes), trials, [], {}, smooth_info, scheme)
 
     alpha, mean, worst, smoothed, q, smooth_info = best
     scores = layer_sensitivity(smoothed, nodes, data, qfn, reference=ref1, progress=progress)
@@ -161,7 +171,7 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     kept_info = [{"layer": n, "score": scores[n],
                   "reason": f"sensitivity {scores[n]:.2e} = {100 * scores[n] / total:.0f}% of the summed per-layer loss"}
                  for n in kept]
-    return AutoResult(q, alpha, mean, worst, True, len(nodes), trials, kept_info, scores, smooth_info)
+    return AutoResult(q, alpha, mean, worst, True, len(nodes), trials, kept_info, scores, smooth_info, scheme)
 
 
 def _static_fn(base: Int8StaticConfig, data: dict[str, Any]) -> QuantizeFn:
@@ -172,7 +182,7 @@ def _static_fn(base: Int8StaticConfig, data: dict[str, Any]) -> QuantizeFn:
 
 def summary_from_dict(d: dict[str, Any]) -> str:
     """The CLI's text for an ``AutoResult.to_dict()``: trials, then the layers kept float and why."""
-    lines = [f"auto: smoothing alpha {d['alpha']:g}, {d['quantized_layers']} layers int8, {len(d['kept_float'])} kept float; "
+    lines = [f"auto{' (' + d['scheme'] + ')' if d.get('scheme') else ''}: smoothing alpha {d['alpha']:g}, {d['quantized_layers']} layers int8, {len(d['kept_float'])} kept float; "
              f"cosine {d['cos_mean']:.4f} mean / {d['cos_min']:.4f} worst on the calibration data"]
     for t in d["trials"]:
         lines.append(f"  trial {t['what']}: cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}")
