@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,9 @@ os.environ.setdefault("DEEPSHRINK_DETERMINISTIC", "1")
 
 SEED = int(os.environ.get("DEEPSHRINK_TEST_SEED", "0"))
 
+
+# --import-mode=importlib: the helper modules beside the tests (cli_helpers, ...) import by name
+sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session")
 def seed() -> int:

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from deepshrink.cli._app import run_app
+from cli_helpers import one_line_error, run_cli
 
 # Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
 # tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
@@ -18,16 +18,8 @@ DEMO_ACC = 0.986
 DEMO_DROP = 0.0228
 
 
-def _run(capsys, *args):
-    rc = run_app([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(err: str, needle: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
-    assert "Traceback" not in err
+_run = run_cli
+_one_line_error = one_line_error
 
 
 @pytest.mark.trains

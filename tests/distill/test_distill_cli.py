@@ -13,21 +13,13 @@ import numpy as np
 import pytest
 from safetensors.torch import save_file
 
-from deepshrink.cli._app import run_app
+from cli_helpers import one_line_error, run_cli
 
 TEACHER = "deepshrink.examples.digits:DigitsMLP"
 
 
-def _run(capsys, *args):
-    rc = run_app([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(err: str, needle: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
-    assert "Traceback" not in err
+_run = run_cli
+_one_line_error = one_line_error
 
 
 @pytest.fixture(scope="module")
