@@ -48,6 +48,8 @@ _LAZY = {
     "unpack": ("deepshrink.codec", "unpack"),
     "PackConfig": ("deepshrink.codec", "PackConfig"),
     "DeepCompressionConfig": ("deepshrink.codec", "DeepCompressionConfig"),
+    "optimize": ("deepshrink.optimize", "optimize"),
+    "OptimizeConfig": ("deepshrink.optimize", "OptimizeConfig"),
 }
 # The config classes of the verbs, also lazy: ``from deepshrink import Int8StaticConfig`` imports
 # the configs module on first use (the prune configs bring torch, through deepshrink.prune).
