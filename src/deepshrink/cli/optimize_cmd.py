@@ -13,7 +13,18 @@ import typer
 from rich.table import Table
 
 from ..errors import InputError
-from ._app import DataOpt, ForceOpt, InputShapeOpt, JsonOpt, RepeatsOpt, TrustOpt, WeightsOpt, app, console, print_json
+from ._app import (
+    DataOpt,
+    ForceOpt,
+    InputShapeOpt,
+    JsonOpt,
+    RepeatsOpt,
+    TrustOpt,
+    WeightsOpt,
+    app,
+    console,
+    print_json,
+)
 
 
 @app.command("optimize")
