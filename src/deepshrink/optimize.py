@@ -41,6 +41,7 @@ import onnx
 
 from .core.config import Config
 from .core.handle import ModelHandle
+from .core.verbs import make_callable
 from .errors import InputError, ParityError, UnsupportedError, first_line
 
 # ONNX Runtime levels; "layout" output is tied to this machine's CPU instruction set
@@ -145,7 +146,13 @@ def _ort_optimize(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
             ort.InferenceSession(inline_external_data(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise InputError(f"ONNX Runtime cannot load the model: {first_line(exc, 300)}") from None
-        return onnx.load(path)
+        out = onnx.load(path)
+    # ORT declares every domain it knows (com.microsoft, ai.onnx.ml...); keep the ones the graph uses
+    used = {n.domain for n in out.graph.node} | {""}
+    keep = [o for o in out.opset_import if o.domain in used or o.domain == "ai.onnx"]
+    del out.opset_import[:]
+    out.opset_import.extend(keep)
+    return out
 
 
 def _fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -241,5 +248,7 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
         res.output = str(output)
     return res
 
+
+make_callable(__name__, optimize)  # ``ds.optimize(...)`` and ``ds.optimize.OptimizeConfig`` are one thing
 
 __all__ = ["OptimizeConfig", "OptimizeResult", "optimize", "op_counts", "has_onnxslim"]
