@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import onnx
 
 from .core.config import Config
@@ -164,6 +165,40 @@ def _fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         raise UnsupportedError(f"float16 conversion failed: {first_line(exc)}") from None
 
 
+SEQ_LEN = 16  # parity sequence length for a transformer whose sequence axis is dynamic
+
+
+def transformer_inputs(handle: ModelHandle, data: Any = None, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Parity inputs for a fused transformer: token ids, a *right-padded* attention mask (a prefix
+    of ones per row, 1..L long, as tokenizers produce) and zero token types, at batch 2 and 3 with
+    a sequence of the example's length or :data:`SEQ_LEN`, plus ``data``.
+
+    ORT's fused Attention reads the mask through EmbedLayerNormalization's mask index (the count of
+    ones per row), so a mask with holes — which random inputs would give — is outside its contract."""
+    from .convert.parity import parity_inputs
+
+    sets = parity_inputs(handle, data, seed=seed)
+    rng = np.random.default_rng(seed)
+    for feed in sets[:2]:  # the two random sets; the user's data is kept as it is
+        for spec in handle.inputs:
+            x = feed.get(spec.name)
+            if x is None or x.ndim != 2 or np.dtype(x.dtype).kind not in "iu":
+                continue
+            n = x.shape[0]
+            length = x.shape[1] if x.shape[1] > 1 or not isinstance(spec.shape[1], str) else SEQ_LEN
+            low = spec.name.lower()
+            if "mask" in low:
+                ones = rng.integers(1, length + 1, size=n)
+                ones[0] = length  # one row unpadded
+                feed[spec.name] = (np.arange(length)[None, :] < ones[:, None]).astype(x.dtype)
+            elif "type" in low or "segment" in low:
+                feed[spec.name] = np.zeros((n, length), x.dtype)
+            else:
+                bound = handle.index_bounds.get(spec.name, int(x.max()) + 1 if x.size else 100)
+                feed[spec.name] = rng.integers(0, max(bound, 1), size=(n, length)).astype(x.dtype)
+    return sets
+
+
 def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | Path | None = None,
              data: Any = None, force: bool = False, parity: bool = True, **load_options: Any) -> OptimizeResult:
     """Optimise an ONNX graph offline (see the module docstring for the steps and their sources).
@@ -206,11 +241,6 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
         res.steps.append("onnx shape inference")
     except Exception as exc:  # a model ORT runs may still defeat onnx's inference: go on without it
         res.warnings.append(f"onnx shape inference skipped: {first_line(exc)}")
-    if config.simplify == "onnxslim" or (config.simplify == "auto" and has_onnxslim()):
-        import onnxslim
-
-        m = _slim(m)
-        res.steps.append(f"onnxslim {onnxslim.__version__} (constant folding, dead-node removal)")
     if config.fuse == "transformer":
         ob.ensure_node_names(m)
         dims = ob.detect_bert(m, handle.tokenizer_dir)
@@ -221,7 +251,14 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
             raise UnsupportedError("--fuse transformer: ONNX Runtime's BERT fusions found no attention block to fuse "
                                    "in this graph" + ("" if dims is not None else " (it is not a BERT-like encoder)"))
         res.fused = fused
+        res.warnings.append("the fused attention reads attention_mask as right-padded (a prefix of ones per row, as "
+                            "tokenizers write it); a mask with holes gives different outputs")
         res.steps.append("ONNX Runtime BERT fusions (" + ", ".join(f"{k} {v}" for k, v in fused.items()) + ")")
+    if config.simplify == "onnxslim" or (config.simplify == "auto" and has_onnxslim()):
+        import onnxslim
+
+        m = _slim(m)
+        res.steps.append(f"onnxslim {onnxslim.__version__} (constant folding, dead-node removal)")
     if config.fp16:
         m = _fp16(m)
         res.steps.append("float16 (inputs/outputs kept float32)")
@@ -238,7 +275,8 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
         from .convert.parity import check_parity
 
         atol, rtol = config.tolerances()
-        rep = check_parity(handle, handle.with_model(m), data=data, atol=atol, rtol=rtol)
+        feeds = transformer_inputs(handle, data) if config.fuse == "transformer" else None
+        rep = check_parity(handle, handle.with_model(m), inputs=feeds, data=data, atol=atol, rtol=rtol)
         res.parity = rep
         if not rep.ok:
             raise ParityError(f"the optimised model disagrees with the input: max-abs {rep.max_abs:.3g} "
