@@ -168,10 +168,12 @@ def _fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 SEQ_LEN = 16  # parity sequence length for a transformer whose sequence axis is dynamic
 
 
-def transformer_inputs(handle: ModelHandle, data: Any = None, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Parity inputs for a fused transformer: token ids, a *right-padded* attention mask (a prefix
+def parity_feeds(handle: ModelHandle, data: Any = None, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Parity inputs: :func:`~deepshrink.convert.parity.parity_inputs`, with 2-D integer (token)
+    inputs redrawn as token ids, a *right-padded* attention mask (a prefix
     of ones per row, 1..L long, as tokenizers produce) and zero token types, at batch 2 and 3 with
-    a sequence of the example's length or :data:`SEQ_LEN`, plus ``data``.
+    a sequence of the example's length or :data:`SEQ_LEN` (a dynamic sequence axis would otherwise
+    be drawn at length 1, where attention is trivial), plus ``data``.
 
     ORT's fused Attention reads the mask through EmbedLayerNormalization's mask index (the count of
     ones per row), so a mask with holes — which random inputs would give — is outside its contract."""
@@ -275,7 +277,7 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
         from .convert.parity import check_parity
 
         atol, rtol = config.tolerances()
-        feeds = transformer_inputs(handle, data) if config.fuse == "transformer" else None
+        feeds = parity_feeds(handle, data)
         rep = check_parity(handle, handle.with_model(m), inputs=feeds, data=data, atol=atol, rtol=rtol)
         res.parity = rep
         if not rep.ok:
@@ -289,4 +291,4 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
 
 make_callable(__name__, optimize)  # ``ds.optimize(...)`` and ``ds.optimize.OptimizeConfig`` are one thing
 
-__all__ = ["OptimizeConfig", "OptimizeResult", "optimize", "op_counts", "has_onnxslim"]
+__all__ = ["OptimizeConfig", "OptimizeResult", "optimize", "op_counts", "has_onnxslim", "parity_feeds"]
