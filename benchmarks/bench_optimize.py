@@ -60,11 +60,9 @@ def main() -> None:
         export_onnx(trained_digits_cnn(0).eval(), {"x": np.zeros((2, 1, 8, 8), np.float32)}, cnn)
         models.append(("digits CNN (seed 0)", cnn, "digits:test", plain))
     if "minilm" in args.models:
-        from deepshrink.examples import minilm_dir
-
         from transformers import AutoTokenizer
 
-        from deepshrink.examples import stdlib_sentences
+        from deepshrink.examples import minilm_dir, stdlib_sentences
 
         mini = tmp / "minilm.onnx"
         save_onnx(to_onnx_handle(load(str(minilm_dir()))).model, mini)
