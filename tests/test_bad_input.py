@@ -343,6 +343,17 @@ CASES = [
       "--force", setup=_existing),
     C("unpack-output-exists", lambda e: ["unpack", f"{e.fx}/good.dsz", "-o", f"{e.out}/out.onnx"], "--force",
       setup=_existing),
+    C("optimize-missing-onnx", lambda e: ["optimize", f"{e.fx}/nope.onnx", "-o", f"{e.out}/o.onnx"], "does not exist"),
+    C("optimize-garbage-onnx", lambda e: ["optimize", f"{e.fx}/garbage.onnx", "-o", f"{e.out}/o.onnx"], "garbage.onnx"),
+    C("optimize-nan-onnx", lambda e: ["optimize", f"{e.fx}/nan.onnx", "-o", f"{e.out}/o.onnx"], "NaN"),
+    C("optimize-output-exists", lambda e: ["optimize", f"{e.fx}/good.onnx", "-o", f"{e.out}/out.onnx"], "--force",
+      setup=_existing),
+    C("optimize-output-symlink-to-input", lambda e: ["optimize", f"{e.fx}/good.onnx", "-o", f"{e.fx}/link.onnx",
+                                                     "--force"], "same file"),
+    C("optimize-bad-level", lambda e: ["optimize", f"{e.fx}/good.onnx", "-o", f"{e.out}/o.onnx", "--level", "all"],
+      "level"),
+    C("optimize-fuse-not-a-transformer", lambda e: ["optimize", f"{e.fx}/good.onnx", "-o", f"{e.out}/o.onnx",
+                                                    "--fuse", "transformer"], "no attention block"),
     C("convert-output-side-file-exists", lambda e: ["convert", f"{e.fx}/good.onnx", f"{e.out}/new.onnx"],
       "new.onnx.data already exists", setup=lambda e: (e.out / "new.onnx.data").write_bytes(b"earlier tensors")),
     C("compress-output-not-empty", lambda e: ["compress", f"{e.fx}/good.onnx", "-r", "int8", "-o", f"{e.out}"],
@@ -558,7 +569,7 @@ def test_table_size() -> None:
     commands = {c.values[0].argv(Env(Path("f"), Path("c"), Path("o")))[0] for c in CASES}
     assert len(CASES) >= 60
     assert commands >= {"convert", "info", "bench", "demo", "quantize", "prune", "compress", "recipes", "pack",
-                        "unpack"}
+                        "unpack", "optimize"}
     assert len(EXTERNAL) >= 20
 
 

@@ -9,6 +9,7 @@ Public verbs take a model, a config object and keyword-only options::
     ds.pack(h, ds.DeepCompressionConfig(fc_sparsity=0.9), output="m.dsz", data=(x, y))
     ds.unpack("m.dsz", "m.onnx")             # bit-exact decode
     ds.distill(h, None, (x, y), ds.DistillConfig(derive="width=0.5"))  # a student, distilled
+    ds.optimize("model.onnx", ds.OptimizeConfig(level="extended"), output="opt.onnx")  # ORT graph optimisation
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ _LAZY = {
     "unpack": ("deepshrink.codec", "unpack"),
     "PackConfig": ("deepshrink.codec", "PackConfig"),
     "DeepCompressionConfig": ("deepshrink.codec", "DeepCompressionConfig"),
+    "optimize": ("deepshrink.optimize", "optimize"),
+    "OptimizeConfig": ("deepshrink.optimize", "OptimizeConfig"),
 }
 # The config classes of the verbs, also lazy: ``from deepshrink import Int8StaticConfig`` imports
 # the configs module on first use (the prune configs bring torch, through deepshrink.prune).
@@ -60,7 +63,7 @@ _LAZY.update({n: ("deepshrink.prune.config", n) for n in _PRUNE_CONFIGS})
 
 
 # Verbs that are also packages (``ds.convert.ConvertResult``): the package is the verb.
-_VERB_PACKAGES = {"convert", "quantize", "prune", "distill"}
+_VERB_PACKAGES = {"convert", "quantize", "prune", "distill", "optimize"}
 
 
 def __getattr__(name: str) -> Any:
