@@ -174,7 +174,7 @@ def test_demo_runs_offline_as_a_subprocess(tmp_path, seed, measured):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["optimize", "m.onnx"], "No such command 'optimize'"),
+    (["shrinkwrap", "m.onnx"], "No such command 'shrinkwrap'"),
     (["quantize", "m.onnx", "-o", "q.onnx", "--sparsty", "0.5"], "--sparsty"),
     (["quantize"], "Missing argument"),
     (["convert", "m.onnx"], "'dst'"),
