@@ -329,3 +329,34 @@ def test_weights_a_scheme_leaves_float_are_named_with_their_share(mlp_handle, di
     assert fw["nodes"][0]["node"].startswith("GRU ") and 0.9 < fw["share"] < 0.97  # 8,064 of 8,544 weights
     mlp = json.loads(ds.quantize(mlp_handle, Int8DynamicConfig()).metadata["deepshrink.quantize"])
     assert mlp["float_weights"]["share"] == 0.0 and mlp["float_weights"]["nodes"] == []
+
+
+def test_old_opset_fixed_batch_graph_quantizes_static(tmp_path, capsys):
+    """A zoo-style graph: opset 9, initializers not listed as graph inputs (onnx's version converter
+    calls them undefined), input fixed at batch 1 (calibration and measurement feed one sample at a
+    time). int8-static upgrades it to opset 13 and writes a loadable, faithful model."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deepshrink.cli import run_app
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w")
+    b = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        "zoo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], initializer=[w, b])
+    src = tmp_path / "zoo.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)]), str(src))
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((40, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    assert run_app(["quantize", str(src), "-o", str(out), "--scheme", "int8-static", "--data",
+                    str(tmp_path / "calib.npz"), "--calibration-size", "16", "--repeats", "1"]) == 0, \
+        capsys.readouterr().err
+    q = onnx.load(str(out))
+    assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].ravel()
+    c = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].ravel()
+    assert float(a @ c / np.linalg.norm(a) / np.linalg.norm(c)) > 0.99  # int8 error on one conv

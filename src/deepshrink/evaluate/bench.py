@@ -144,9 +144,12 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
         raise InputError(f"the data holds {n} samples, fewer than --batch {batch}")
     timers = {f"{i}:{e[0]}": (lambda r=e[2]: r(feed)) for i, e in enumerate(entries)}
     stats = measure_latency(timers, warmup=warmup, repeats=repeats, threads=threads, progress=progress)
+    # a graph fixed at batch B (zoo CNNs: B = 1) is fed B samples at a time
+    dim0 = first_handle.inputs[0].shape[0] if first_handle.inputs and first_handle.inputs[0].shape else None
+    step = dim0 if isinstance(dim0, int) and dim0 > 0 else 32
     outputs = []
     for _label, _rt, runner, *_ in entries:
-        chunks = [runner({k: v[j:j + 32] for k, v in eval_inputs.items()})[0] for j in range(0, n, 32)]
+        chunks = [runner({k: v[j:j + step] for k, v in eval_inputs.items()})[0] for j in range(0, n, step)]
         outputs.append(np.concatenate(chunks))
     from ..convert.parity import compare_outputs
 

@@ -207,11 +207,25 @@ def _upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]
         return model, None
     from onnx import version_converter
 
+    # onnx's converter resolves every node input among the graph inputs (IR < 4 style): an initializer
+    # that is not also a graph input is "undefined" to it. List them as inputs for the conversion only.
+    listed = {i.name for i in model.graph.input}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    added = {t.name for t in probe.graph.initializer if t.name not in listed}
+    for t in probe.graph.initializer:
+        if t.name in added:
+            probe.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     try:
-        upgraded = version_converter.convert_version(model, MIN_OPSET)
+        upgraded = version_converter.convert_version(probe, MIN_OPSET)
     except Exception as exc:
         raise UnsupportedError(f"the model is at opset {current}, and quantized ONNX needs opset {MIN_OPSET}; onnx's "
                                f"version converter failed: {first_line(exc)}") from None
+    if added:
+        keep = [i for i in upgraded.graph.input if i.name not in added]
+        del upgraded.graph.input[:]
+        upgraded.graph.input.extend(keep)
+        upgraded.ir_version = max(upgraded.ir_version, 7)  # IR >= 4: initializers need not be inputs
     return upgraded, current
 
 
@@ -235,7 +249,11 @@ def _check_runs(model: onnx.ModelProto, arrays: dict[str, np.ndarray], source: s
     extra = sorted(set(arrays) - set(want))
     if extra:
         raise InputError(f"data {source} has arrays {extra} that the model does not take; it wants {sorted(want)}")
-    feed = {k: v[:2] for k, v in arrays.items()}
+    def rows(name: str) -> int:  # a graph fixed at batch 1 (zoo CNNs) takes one sample at a time
+        dims = want[name].shape if name in want else None
+        return dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else 2
+
+    feed = {k: v[:rows(k)] for k, v in arrays.items()}
     try:
         sess.run(None, feed)
     except Exception as exc:
