@@ -9,21 +9,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import deepshrink as ds
-from deepshrink.cli._app import run_app
+from cli_helpers import one_line_error, run_cli
 from deepshrink.errors import InputError, MissingExtraError, ParityError, UnsupportedError
 from deepshrink.optimize import OptimizeConfig, has_onnxslim, op_counts, optimize
 
-
-def _run(capsys, *args):
-    rc = run_app([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(err: str, needle: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
-    assert "Traceback" not in err
+_run = run_cli
+_one_line_error = one_line_error
 
 
 def _foldable(path=None) -> onnx.ModelProto:

@@ -24,6 +24,7 @@ from deepshrink.prune.structured import (
     plan_structured,
 )
 from deepshrink.prune.structured.attention import prune_heads
+from prune_helpers import exact
 
 
 def _x(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -153,14 +154,7 @@ class Classifier(nn.Module):
         return self.fc(self.layer(self.embed(x) + self.pos).mean(1))
 
 
-def _exact(model: nn.Module, cfg: StructuredPruneConfig, x: tuple[torch.Tensor, ...]) -> tuple[nn.Module, float]:
-    graph = plan_structured(model, cfg, x)
-    masked, pruned = copy.deepcopy(model), copy.deepcopy(model)
-    mask_plan(masked, graph)
-    apply_plan(pruned, graph)
-    with torch.no_grad():
-        diff = float((masked(*x) - pruned(*x)).abs().max())
-    return pruned, diff
+_exact = exact
 
 
 def test_encoder_layer_heads_and_ffn_pruned_exactly(tmp_path):

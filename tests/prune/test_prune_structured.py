@@ -14,8 +14,9 @@ from torch import nn
 from deepshrink.errors import InputError
 from deepshrink.examples import DigitsCNN, digits_data, trained_digits_cnn
 from deepshrink.prune import StructuredPruneConfig, prune, prune_with_report
-from deepshrink.prune.structured import apply_plan, build_graph, fit_to_state_dict, mask_plan, plan_structured
+from deepshrink.prune.structured import build_graph, fit_to_state_dict, plan_structured
 from deepshrink.train import accuracy_of
+from prune_helpers import exact
 
 # Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
 # tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
@@ -40,14 +41,7 @@ def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def _exact(model: nn.Module, cfg: StructuredPruneConfig, x: tuple[torch.Tensor, ...], **kw) -> tuple[nn.Module, float]:
-    graph = plan_structured(model, cfg, x, **kw)
-    masked, pruned = copy.deepcopy(model), copy.deepcopy(model)
-    mask_plan(masked, graph)
-    apply_plan(pruned, graph)
-    with torch.no_grad():
-        diff = float((masked(*x) - pruned(*x)).abs().max())
-    return pruned, diff
+_exact = exact
 
 
 def test_digits_cnn_groups(cnn):

@@ -36,6 +36,16 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
     return []
 
 
+def first_output(out: Any) -> torch.Tensor:
+    """The first tensor of a model's output (a tensor, tuple, dict or Hugging Face ``ModelOutput``,
+    whose first field is ``last_hidden_state`` or ``logits``). Raises :class:`InputError` when the
+    output holds no tensor."""
+    tensors = flatten_outputs(out)
+    if not tensors:
+        raise InputError(f"the model's output ({type(out).__name__}) holds no tensor")
+    return tensors[0]
+
+
 def set_eval(module: nn.Module) -> nn.Module:
     """``module.eval()``, tolerating modules unpacked from ``torch.export`` (always in eval)."""
     try:

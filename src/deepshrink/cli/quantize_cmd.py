@@ -159,7 +159,7 @@ def quantize_cmd(
                          "HF folder), not ONNX")
     # the table and the gate measure held-out samples: --eval-data, else those --data can spare
     calib: Any = data
-    held: Any = eval_data
+    held: Any = load_data(eval_data, float_handle) if eval_data is not None else None
     if data is not None and eval_data is None:
         calib, held, _spared = gate.split_holdout(load_data(data, float_handle), calibration_size)
     # ptq works on the torch model (fake-quant, bias correction) and exports the result itself
@@ -169,8 +169,7 @@ def quantize_cmd(
         staged = save_quantized(result.handle, stage / output.name, force=True, source=source)
         table = _measure(float_handle, result.handle, staged, held, 1 if no_bench else repeats, json_out,
                          name=str(output), warmup=0 if no_bench else 5)
-        inputs = (load_data(held, float_handle).inputs if held is not None
-                  else float_handle.sample_inputs(batch=gate.LOCATE_SAMPLES, seed=1))
+        inputs = held.inputs if held is not None else float_handle.sample_inputs(batch=gate.LOCATE_SAMPLES, seed=1)
         verdict = gate.check(table, policy, original=float_handle, written=result.handle, inputs=inputs,
                              what=str(output))
     result.handle.path = output

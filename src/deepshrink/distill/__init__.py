@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backends.torch import first_output as _first
 from ..core.handle import ModelHandle
 from ..errors import InputError, UnsupportedError, first_line
 from .config import DistillConfig, parse_derive
@@ -430,16 +431,6 @@ def _leave_process_group() -> int:
     dist.barrier()
     dist.destroy_process_group()
     return world
-
-
-def _first(out: Any) -> torch.Tensor:
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if hasattr(out, "logits"):
-        out = out.logits
-    elif hasattr(out, "last_hidden_state"):
-        out = out.last_hidden_state
-    return out
 
 
 def _params(m: nn.Module) -> int:

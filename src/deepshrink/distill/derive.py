@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backends.torch import first_output as _first
 from ..errors import InputError
 
 Batches = Sequence[tuple[torch.Tensor, ...]]
@@ -155,14 +156,6 @@ def choose_layers(model: nn.Module, k: int, batches: Batches, *, selection: str 
         raise InputError(f"layer selection {selection!r}: use importance or uniform")
     choice.error = error_with(choice.keep) if k < n else 0.0
     return choice
-
-
-def _first(out: Any) -> torch.Tensor:
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if hasattr(out, "last_hidden_state"):
-        out = out.last_hidden_state
-    return out
 
 
 def derive_width(model: nn.Module, fraction: float, example_inputs: tuple[torch.Tensor, ...],

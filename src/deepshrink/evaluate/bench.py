@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.handle import ModelHandle
 from ..errors import InputError
+from .gate import MAX_DROP, MIN_COS
 from .latency import cpu_flags, measure_latency
 from .metrics import accuracy
 from .size import file_size, param_count
@@ -25,9 +26,10 @@ from .size import file_size, param_count
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 # A model measured this far from the first one gets a warning line (accuracy drop, or without
-# labels the worst output cosine): results that collapsed must never pass silently.
-DEGRADED_DROP = 0.05
-DEGRADED_COS_MIN = 0.9
+# labels the worst output cosine): results that collapsed must never pass silently. The same limits
+# as the fidelity gate's defaults, which refuse such a model where a command writes one.
+DEGRADED_DROP = MAX_DROP
+DEGRADED_COS_MIN = MIN_COS
 
 
 @dataclass
