@@ -66,7 +66,7 @@ def main() -> None:
                 for bc in (False, True):
                     out = ds.quantize(m, QATConfig(weight_bits=4, act_bits=8, epochs=0, bias_correction=bc),
                                       data={"x": d.x_train[:512], "labels": d.y_train[:512]})
-                    logits = run_outputs(out.model, {"x": d.x_test}, batch=360)
+                    logits = run_outputs(out.model.model, {"x": d.x_test}, batch=360)
                     res.setdefault(f"onnx-w4-bc{int(bc)}", []).append(100 * float((logits.argmax(1) == d.y_test).mean()))
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in res.items()), flush=True)
 

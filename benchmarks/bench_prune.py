@@ -90,7 +90,7 @@ def tp_prune(model: nn.Module, example: torch.Tensor, ratio: float, ignored: lis
 
 
 def ds_prune(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
-    return prune(model, StructuredPruneConfig(ratio=ratio), example_inputs=(example,))
+    return prune(model, StructuredPruneConfig(ratio=ratio), example_inputs=(example,)).model.model
 
 
 def params(m: nn.Module) -> int:
@@ -234,7 +234,7 @@ def mlp_section(seeds: int = 5) -> None:
     for seed in range(seeds):
         base = trained_digits_mlp(seed)
         for name, cfg in runs.items():
-            m = base if cfg is None else prune(copy.deepcopy(base), cfg, data=tr, seed=seed, progress=False)
+            m = base if cfg is None else prune(copy.deepcopy(base), cfg, data=tr, seed=seed, progress=False).model.model
             acc[name].append(accuracy_of(m, d.x_test, d.y_test))
         print(seed, {k: v[-1] for k, v in acc.items()}, flush=True)
     rows = [[n, " ".join(f"{100 * a:.2f}" for a in v), f"{100 * np.mean(v):.2f}",
@@ -294,7 +294,7 @@ def minilm_section(repeats: int = 20) -> None:
     models, cosines = {"fp32": base}, {}
     for imp in ("l2", "activation"):
         pruned = prune(copy.deepcopy(base), StructuredPruneConfig(ratio=0.5, heads_ratio=0.25, importance=imp),
-                       example_inputs=tuple(torch.from_numpy(v) for v in calib.values()))
+                       example_inputs=tuple(torch.from_numpy(v) for v in calib.values())).model.model
         layer = pruned.encoder.encoder.layer[0]
         assert layer.intermediate.dense.out_features == 768 and layer.attention.self.num_attention_heads == 9
         with torch.no_grad():

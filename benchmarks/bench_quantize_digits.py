@@ -77,7 +77,7 @@ def main() -> None:
         quantized = {}
         for name, cfg in rows_def:
             t = time.time()
-            quantized[name] = ort_default(fp, d.x_val) if cfg is None else quantize(h, cfg, data={"x": d.x_val}).model
+            quantized[name] = ort_default(fp, d.x_val) if cfg is None else quantize(h, cfg, data={"x": d.x_val}).model.model
             print(f"seed {seed} {name}: {time.time() - t:.1f}s", flush=True)
         sessions = {"fp32": s_fp, **{n: make_session(m, threads=2) for n, m in quantized.items()}}
         lat = {b: _interleaved(sessions, {"x": d.x_test[:b]}, args.repeats) for b in (1, 64)}

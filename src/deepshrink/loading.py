@@ -137,15 +137,19 @@ def _is_onnx_proto(obj: Any) -> bool:
 
 
 def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
+    from .core import formats
+
     path = Path(src)
+    fmt = formats.format_of(path)
     if path.is_dir():
-        if (path / "config.json").is_file():
+        if fmt is not None and fmt.name == "hf-folder":
             return load_hf_folder(path, trust_remote_code=trust)
-        if (path / "saved_model.pb").is_file():
+        if fmt is not None and fmt.name == "saved-model":
             raise UnsupportedError(f"{path} is a TensorFlow SavedModel; convert it with `deepshrink convert {path} model.onnx`")
         raise InputError(f"{path} is a folder but not a Hugging Face model (no config.json)")
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    name = fmt.name if fmt is not None else None
+    if name == "onnx":
         model = load_onnx(path)
         normalized = normalize_onnx(model)
         _check_onnx_weights_finite(model, str(path))
@@ -159,12 +163,12 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
         if tok and (path.parent / tok).is_dir():
             handle.tokenizer_dir = path.parent / tok
         return handle
-    if suffix == ".pt2":
+    if name == "pt2":
         return _load_pt2(path, trust)
-    if suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt"):
+    if name in ("safetensors", "torch-pickle"):
         if not path.is_file():
             raise InputError(f"model file {path} does not exist")
-        if suffix == ".safetensors" or not trust:
+        if name == "safetensors" or not trust:
             raise InputError(f"{path} holds weights only; pass the architecture as package.module:factory "
                              f"with --weights {path}" + ("" if suffix == ".safetensors" else
                                                          " (or --trust-remote-code to unpickle a whole model)"))
@@ -172,8 +176,10 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
         if not isinstance(obj, nn.Module):
             raise InputError(f"{path} does not hold a whole nn.Module (found {type(obj).__name__}); use module:factory --weights")
         return _torch_handle(obj, source=str(path))
-    if suffix in (".keras", ".h5", ".tflite", ".xml"):
+    if fmt is not None and fmt.holds in ("keras", "tflite", "openvino"):
         raise UnsupportedError(f"{path}: {suffix} models are a conversion source/target; use `deepshrink convert`")
+    if name == "packed":
+        raise UnsupportedError(f"{path} is a packed model; decode it with `deepshrink unpack {path} -o model.onnx`")
     if is_factory_source(src):
         return _load_factory(src, weights)
     if not path.exists():

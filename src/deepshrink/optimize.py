@@ -42,6 +42,7 @@ import onnx
 
 from .core.config import Config
 from .core.handle import ModelHandle
+from .core.result import Result, VerbReport
 from .core.verbs import make_callable
 from .errors import InputError, ParityError, UnsupportedError, first_line
 
@@ -74,11 +75,13 @@ class OptimizeConfig(Config):
 
 
 @dataclass
-class OptimizeResult:
-    """What :func:`optimize` did: the optimised model, op counts by type and serialized sizes
-    (bytes) before/after, the steps applied, fused-op counts and the parity report."""
+class OptimizeResult(Result):
+    """What :func:`optimize` did: the optimised model (an ONNX handle; ``.model.model`` the
+    ``onnx.ModelProto``), op counts by type and serialized sizes (bytes) before/after, the steps
+    applied, fused-op counts and the parity report; ``report`` the common
+    :class:`~deepshrink.core.result.VerbReport`."""
 
-    model: onnx.ModelProto
+    model: ModelHandle
     ops_before: dict[str, int]
     ops_after: dict[str, int]
     bytes_before: int
@@ -96,6 +99,15 @@ class OptimizeResult:
     @property
     def nodes_after(self) -> int:
         return sum(self.ops_after.values())
+
+    @property
+    def report(self) -> VerbReport:  # type: ignore[override]
+        level = next((s.rpartition("level ")[2] for s in self.steps if "level " in s), "")
+        return VerbReport("optimize", level, f"{self.nodes_before} → {self.nodes_after} nodes, "
+                          f"{self.bytes_before:,} → {self.bytes_after:,} bytes",
+                          measurements={"nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
+                                        "bytes_before": self.bytes_before, "bytes_after": self.bytes_after},
+                          warnings=self.warnings, details=self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": self.output, "steps": self.steps, "fused": self.fused, "warnings": self.warnings,
@@ -234,7 +246,7 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
     handle: ModelHandle = to_onnx_handle(model, **load_options)
     src = onnx.ModelProto()
     src.CopyFrom(handle.model)
-    res = OptimizeResult(src, op_counts(src), {}, src.ByteSize(), 0)
+    res = OptimizeResult(handle.with_model(src), op_counts(src), {}, src.ByteSize(), 0)
 
     m = onnx.ModelProto()
     m.CopyFrom(src)
@@ -270,7 +282,7 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
         where = "on ONNX Runtime" + (" on a CPU with the same instruction set as this one" if config.level == "layout"
                                      else "")
         res.warnings.append(f"the optimised model contains ONNX Runtime-specific ops and runs only {where}")
-    res.model = m
+    res.model = handle.with_model(m, path=None)
     res.ops_after = op_counts(m)
     res.bytes_after = m.ByteSize()
     if parity:
@@ -286,6 +298,7 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
     if output is not None:
         save_onnx(m, output)
         res.output = str(output)
+        res.model.path = Path(output)
     return res
 
 

@@ -58,7 +58,7 @@ def setup(digits):
 def _run(setup, cls, kwargs):
     model, data = setup
     torch.manual_seed(0)
-    out = prune(model, cls.build(**kwargs), data=data, progress=False, seed=0)
+    out = prune(model, cls.build(**kwargs), data=data, progress=False, seed=0).model.model
     return {k: v.detach().clone() for k, v in out.state_dict().items()}
 
 

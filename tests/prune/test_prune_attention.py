@@ -213,7 +213,7 @@ def test_fit_to_state_dict_rebuilds_the_swapped_attention():
     x = _x(11, (2, 12, 32))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the residual stream left alone
-        pruned = prune(m, StructuredPruneConfig(ratio=0.5, heads_ratio=0.5), example_inputs=(x,))
+        pruned = prune(m, StructuredPruneConfig(ratio=0.5, heads_ratio=0.5), example_inputs=(x,)).model.model
     fresh = fit_to_state_dict(MHABlock().eval(), pruned.state_dict())
     fresh.load_state_dict(pruned.state_dict())
     with torch.no_grad():

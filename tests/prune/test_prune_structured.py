@@ -95,7 +95,7 @@ def test_global_scope_removes_ratio_overall(cnn):
 
 def test_protect_leaves_layer_alone(cnn):
     m = prune(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5, protect=("block_conv1",)),
-              example_inputs=(_x(5, (2, 1, 8, 8)),))
+              example_inputs=(_x(5, (2, 1, 8, 8)),)).model.model
     assert m.block_conv1.out_channels == 32 and m.block_bn1.num_features == 32
     assert m.stem[0].out_channels == 32  # its input group too: a protected layer is not touched at all
     assert m.down[0].out_channels == 32 and m.fc.in_features == 32  # the other group still pruned
@@ -163,7 +163,7 @@ def test_onnx_round_trip_matches_torch(cnn, tmp_path):
     from deepshrink.convert.export import export_onnx
 
     x = _x(8, (4, 1, 8, 8))
-    m = prune(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5), example_inputs=(x,))
+    m = prune(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5), example_inputs=(x,)).model.model
     h = export_onnx(m, {"x": x.numpy()}, tmp_path / "p.onnx", exporter="torchscript")
     sess = ort.InferenceSession(str(h.path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
@@ -176,7 +176,7 @@ def test_onnx_round_trip_matches_torch(cnn, tmp_path):
 
 def test_fit_to_state_dict_reloads_pruned_weights(cnn):
     x = _x(9, (4, 1, 8, 8))
-    m = prune(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5), example_inputs=(x,))
+    m = prune(copy.deepcopy(cnn), StructuredPruneConfig(ratio=0.5), example_inputs=(x,)).model.model
     fresh = fit_to_state_dict(DigitsCNN(), m.state_dict())
     fresh.load_state_dict(m.state_dict())
     with torch.no_grad():
@@ -214,7 +214,7 @@ def test_minilm_heads_and_ffn():
     with torch.no_grad():
         cos = nn.functional.cosine_similarity(model(*x), pruned(*x)).mean()
     assert cos > 0.5  # before any fine-tune; 0.67 seen with l2 importance
-    act = prune(copy.deepcopy(model), cfg.replace(importance="activation"), example_inputs=x)
+    act = prune(copy.deepcopy(model), cfg.replace(importance="activation"), example_inputs=x).model.model
     with torch.no_grad():
         cos_act = nn.functional.cosine_similarity(model(*x), act(*x)).mean()
     assert cos_act > cos + 0.03  # 0.76 vs 0.67 seen (calibrated and evaluated on the same 8 sentences)
@@ -268,7 +268,7 @@ def test_public_verb_on_a_handle(cnn):
     import deepshrink as ds
 
     h = ds.load(copy.deepcopy(cnn), input_shapes={"x": (2, 1, 8, 8)})
-    out = ds.prune(h, StructuredPruneConfig(ratio=0.5))  # example inputs come from the handle
+    out = ds.prune(h, StructuredPruneConfig(ratio=0.5)).model  # example inputs come from the handle
     assert out.kind == "torch" and _params(out.model) == 9850  # 0.258× of 38,122
 
 
@@ -277,13 +277,19 @@ def test_the_readme_call_returns_a_pruned_copy_and_leaves_the_model_alone(cnn):
     from deepshrink import StructuredPruneConfig as TopLevelConfig
 
     before = {k: v.clone() for k, v in cnn.state_dict().items()}
-    pruned = ds.prune(cnn, TopLevelConfig(ratio=0.5), example_inputs=(torch.randn(1, 1, 8, 8),))
+    result = ds.prune(cnn, TopLevelConfig(ratio=0.5), example_inputs=(torch.randn(1, 1, 8, 8),))
+    pruned = result.model.model
     assert pruned is not cnn and _params(pruned) < 0.3 * _params(cnn)
     assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    # the common result: a torch handle that keeps the example inputs, a typed report, save()
+    assert result.model.kind == "torch" and result.model.example_inputs["x"].shape == (1, 1, 8, 8)
+    assert result.report.verb == "prune" and result.report.method == "structured"
+    assert result.report.measurements["params_after"] == _params(pruned)
+    assert [r["kept"] for r in result.report.layers] == [g["kept"] for g in result.report.details["groups"]]
     after = cnn.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
     h = ds.load(cnn, input_shapes={"x": (2, 1, 8, 8)})
-    assert ds.prune(h, TopLevelConfig(ratio=0.5)).model is not h.model and _params(h.model) == _params(cnn)
+    assert ds.prune(h, TopLevelConfig(ratio=0.5)).model.model is not h.model and _params(h.model) == _params(cnn)
     with pytest.raises(InputError, match=r"example_inputs=\(x,\) or data="), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.prune(cnn, TopLevelConfig(ratio=0.5))  # nothing to trace a CNN with: the error says what to pass

@@ -44,7 +44,7 @@ def _layer_sparsity(model: torch.nn.Module) -> dict[str, float]:
 
 
 def test_magnitude_layer_scope_hits_target_in_every_layer(mlp):
-    m = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.9))
+    m = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.9)).model.model
     for name, s in _layer_sparsity(m).items():
         assert abs(s - 0.9) < 2e-3, (name, s)  # exact up to rounding of numel
     assert not any("mask" in n for n, _ in m.named_buffers())  # masks removed
@@ -63,7 +63,7 @@ def test_magnitude_global_ranks_all_layers_together(mlp):
 
 
 def test_magnitude_threshold(mlp):
-    m = prune(copy.deepcopy(mlp), MagnitudePruneConfig(threshold=0.05))
+    m = prune(copy.deepcopy(mlp), MagnitudePruneConfig(threshold=0.05)).model.model
     for n, orig in mlp.named_modules():
         if isinstance(orig, torch.nn.Linear):
             w0, w1 = orig.weight.detach(), m.get_submodule(n).weight.detach()
@@ -72,7 +72,7 @@ def test_magnitude_threshold(mlp):
 
 
 def test_nm_two_four(mlp):
-    m = prune(copy.deepcopy(mlp), NMPruneConfig(n=2, m=4))
+    m = prune(copy.deepcopy(mlp), NMPruneConfig(n=2, m=4)).model.model
     for mod in m.modules():
         if isinstance(mod, torch.nn.Linear):
             groups = (mod.weight.detach() != 0).reshape(-1, 4).sum(1)
@@ -82,7 +82,7 @@ def test_nm_two_four(mlp):
 
 def test_nm_conv_groups_channels_last():
     conv = torch.nn.Sequential(torch.nn.Conv2d(8, 4, 3))
-    m = prune(conv, NMPruneConfig(n=2, m=4))
+    m = prune(conv, NMPruneConfig(n=2, m=4)).model.model
     w = m[0].weight.detach().permute(0, 2, 3, 1).reshape(-1, 4)
     assert int((w != 0).sum(1).max()) <= 2
 
@@ -103,14 +103,14 @@ def test_gradual_keeps_accuracy_where_one_shot_loses(mlp, data, seed, measured):
     g, rep = prune_with_report(copy.deepcopy(mlp), GradualPruneConfig(final_sparsity=0.9), data=train,
                                progress=False)
     acc_g = accuracy_of(g, data.x_test, data.y_test)
-    one = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.9, finetune_epochs=2), data=train, progress=False)
+    one = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.9, finetune_epochs=2), data=train, progress=False).model.model
     drop_g = measured("gradual: accuracy drop", base - acc_g, "upper")
     # one model's gain over one-shot spreads too widely to bound (8 seeds: 0.047-0.236): mean of three models
     gains = []
     for s in (3 * seed, 3 * seed + 1, 3 * seed + 2):
         m = trained_digits_mlp(s)
-        g_s = prune(copy.deepcopy(m), GradualPruneConfig(final_sparsity=0.9), data=train, progress=False)
-        o_s = prune(copy.deepcopy(m), MagnitudePruneConfig(sparsity=0.9, finetune_epochs=2), data=train, progress=False)
+        g_s = prune(copy.deepcopy(m), GradualPruneConfig(final_sparsity=0.9), data=train, progress=False).model.model
+        o_s = prune(copy.deepcopy(m), MagnitudePruneConfig(sparsity=0.9, finetune_epochs=2), data=train, progress=False).model.model
         gains.append(accuracy_of(g_s, data.x_test, data.y_test) - accuracy_of(o_s, data.x_test, data.y_test))
     gain = measured("gradual minus one-shot accuracy, mean of 3 models", float(np.mean(gains)), "lower")
     assert rep.sparsity_after == pytest.approx(0.9, abs=2e-3)
@@ -134,7 +134,7 @@ def test_finetune_without_labels_is_an_input_error(mlp, data):
 
 
 def test_protect_pattern(mlp):
-    m = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.5, protect=("fc3",)))
+    m = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.5, protect=("fc3",))).model.model
     assert torch.equal(m.fc3.weight, mlp.fc3.weight)
     with pytest.raises(InputError, match="matches no module"):
         prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.5, protect=("classifier*",)))
@@ -167,8 +167,8 @@ def test_bad_configs_are_input_errors(bad):
 
 
 def test_prune_is_deterministic(mlp):
-    a = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.7, scope="global"))
-    b = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.7, scope="global"))
+    a = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.7, scope="global")).model.model
+    b = prune(copy.deepcopy(mlp), MagnitudePruneConfig(sparsity=0.7, scope="global")).model.model
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
     assert np.isfinite(sum(float(p.detach().sum()) for p in a.parameters()))

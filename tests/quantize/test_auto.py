@@ -78,13 +78,12 @@ def test_auto_chooses_static_int8_on_a_conv_network(cnn_onnx, digits):
     """Most of the digits CNN's weights are in Conv layers: auto runs static int8 (QLinearConv, ORT's
     fast integer conv) instead of dynamic int8 (which would leave every conv float), and meets its
     own fidelity target on the calibration data."""
-    import json
 
     import deepshrink as ds
 
     data = {"x": digits.x_train[:64].astype("float32")}
     q = ds.quantize(str(cnn_onnx), AutoConfig(), data=data)
-    rep = json.loads(q.metadata["deepshrink.quantize"])["auto"]
+    rep = q.report.details["auto"]
     assert rep["scheme"].startswith("int8-static") and rep["met"]
     assert rep["cos_mean"] >= 0.997 and rep["cos_min"] >= 0.99  # AutoConfig's defaults: its contract
-    assert integer_op_counts(q.model).get("QLinearConv", 0) >= 4
+    assert integer_op_counts(q.model.model).get("QLinearConv", 0) >= 4

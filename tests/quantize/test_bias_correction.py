@@ -121,7 +121,7 @@ def test_deployed_ptq_with_bias_correction(digits, seed, measured):
     acc, mse = {}, {}
     for bc in (False, True):
         out = ds.quantize(m, QATConfig(weight_bits=3, act_bits=8, epochs=0, bias_correction=bc), data=data)
-        logits = run_outputs(out.model, {"x": digits.x_test}, batch=360)
+        logits = run_outputs(out.model.model, {"x": digits.x_test}, batch=360)
         acc[bc] = float((logits.argmax(1) == digits.y_test).mean())
         mse[bc] = float(((logits - ref) ** 2).mean())
     # (one model's accuracy gain spreads too widely to bound, 8 seeds: 0.008-0.114; its logits error does not)

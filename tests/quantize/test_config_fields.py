@@ -184,9 +184,9 @@ def _run(cls, fields) -> onnx.GraphProto | str:
         config = cls.build(**fields)
         if cls is QATConfig:
             h = ds.load(_torch_model(), input_shapes={"input": (1, 16)})
-            out = ds.quantize(h, config, data=_torch_data()).model.graph
+            out = ds.quantize(h, config, data=_torch_data()).model.model.graph
         else:
-            out = ds.quantize(ds.load(_onnx_model()), config, data=_onnx_data()).model.graph
+            out = ds.quantize(ds.load(_onnx_model()), config, data=_onnx_data()).model.model.graph
     except DeepshrinkError as exc:
         out = str(exc)
     _CACHE[key] = out

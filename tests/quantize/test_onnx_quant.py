@@ -3,7 +3,6 @@ and accuracy / fidelity stay within stated bounds (digits CNN/MLP, MiniLM)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -68,12 +67,12 @@ def mlp_handle(digits, digits_mlp):
 @pytest.mark.trains
 def test_digits_cnn_static_int8_runs_integer_kernels(cnn_handle, digits, measured):
     q = ds.quantize(cnn_handle, Int8StaticConfig(), data={"x": digits.x_val})
-    acc0, acc1 = _acc(cnn_handle.model, digits.x_test, digits.y_test), _acc(q.model, digits.x_test, digits.y_test)
+    acc0, acc1 = _acc(cnn_handle.model, digits.x_test, digits.y_test), _acc(q.model.model, digits.x_test, digits.y_test)
     assert measured("CNN int8-static (minmax): accuracy drop", acc0 - acc1, "upper") <= INT8_STATIC_DROP["minmax"]
-    ints = integer_op_counts(q.model)
+    ints = integer_op_counts(q.model.model)
     assert ints.get("QLinearConv", 0) >= 4 and ints.get("QGemm", 0) == 1  # 4 QLinearConv, 1 QGemm, 1 QLinearAdd seen
-    assert float_compute_ops(q.model) == {}  # no float Conv/Gemm left for ORT to run
-    ratio = weight_bytes(q.model) / weight_bytes(cnn_handle.model)
+    assert float_compute_ops(q.model.model) == {}  # no float Conv/Gemm left for ORT to run
+    ratio = weight_bytes(q.model.model) / weight_bytes(cnn_handle.model)
     assert ratio <= 0.27  # 0.268 seen
     assert integer_op_counts(cnn_handle.model) == {}  # the check can fail: float model has none
 
@@ -82,9 +81,9 @@ def test_digits_cnn_static_int8_runs_integer_kernels(cnn_handle, digits, measure
 @pytest.mark.parametrize("observer", ["percentile", "entropy", "mse", "moving_average"])
 def test_static_observers(cnn_handle, digits, observer, measured):
     q = ds.quantize(cnn_handle, Int8StaticConfig(observer=observer, calibration_size=48), data={"x": digits.x_val})
-    acc0, acc1 = _acc(cnn_handle.model, digits.x_test, digits.y_test), _acc(q.model, digits.x_test, digits.y_test)
+    acc0, acc1 = _acc(cnn_handle.model, digits.x_test, digits.y_test), _acc(q.model.model, digits.x_test, digits.y_test)
     assert measured(f"CNN int8-static ({observer}): accuracy drop", acc0 - acc1, "upper") <= INT8_STATIC_DROP[observer]
-    assert integer_op_counts(q.model).get("QLinearConv", 0) >= 4
+    assert integer_op_counts(q.model.model).get("QLinearConv", 0) >= 4
 
 
 @pytest.mark.trains
@@ -92,10 +91,10 @@ def test_mlp_dynamic_int8_rewrites_gemm_and_keeps_accuracy(mlp_handle, digits, m
     d = digits.flat()
     assert op_counts(mlp_handle.model).get("Gemm") == 3
     q = ds.quantize(mlp_handle, Int8DynamicConfig(), data={"x": d.x_val})
-    assert integer_op_counts(q.model) == {"DynamicQuantizeMatMul": 3}
-    drop = _acc(mlp_handle.model, d.x_test, d.y_test) - _acc(q.model, d.x_test, d.y_test)
+    assert integer_op_counts(q.model.model) == {"DynamicQuantizeMatMul": 3}
+    drop = _acc(mlp_handle.model, d.x_test, d.y_test) - _acc(q.model.model, d.x_test, d.y_test)
     assert measured("MLP int8-dynamic: accuracy drop", drop, "upper") <= INT8_DYNAMIC_MLP_DROP
-    assert weight_bytes(q.model) / weight_bytes(mlp_handle.model) < 0.27  # 0.266 seen
+    assert weight_bytes(q.model.model) / weight_bytes(mlp_handle.model) < 0.27  # 0.266 seen
 
 
 @pytest.mark.trains
@@ -107,18 +106,18 @@ def test_mlp_dynamic_int8_rewrites_gemm_and_keeps_accuracy(mlp_handle, digits, m
 def test_codebooks_shrink_the_file(mlp_handle, digits, cfg, max_ratio, max_drop, tmp_path, measured):
     d = digits.flat()
     q = ds.quantize(mlp_handle, cfg)
-    ops = op_counts(q.model)
+    ops = op_counts(q.model.model)
     assert ops["Gather"] == 3 and ops["Cast"] == 3
-    idx = [t for t in q.model.graph.initializer if t.name.endswith("_cb_idx")]
+    idx = [t for t in q.model.model.graph.initializer if t.name.endswith("_cb_idx")]
     assert len(idx) == 3 and all(t.data_type == onnx.TensorProto.UINT8 for t in idx)
     a, b = tmp_path / "f.onnx", tmp_path / "q.onnx"
     onnx.save(mlp_handle.model, a)
-    onnx.save(q.model, b)
-    drop = _acc(mlp_handle.model, d.x_test, d.y_test) - _acc(q.model, d.x_test, d.y_test)
+    onnx.save(q.model.model, b)
+    drop = _acc(mlp_handle.model, d.x_test, d.y_test) - _acc(q.model.model, d.x_test, d.y_test)
     measured(f"MLP {type(cfg).__name__}({cfg.bits} bits): accuracy drop", drop, "upper")
     assert b.stat().st_size / a.stat().st_size <= max_ratio
     assert drop <= max_drop
-    levels = max(len(np.unique(run_weights(q.model, t.name[:-7]))) for t in idx)
+    levels = max(len(np.unique(run_weights(q.model.model, t.name[:-7]))) for t in idx)
     assert levels <= 2 ** cfg.bits * (300 if getattr(cfg, "per_channel", False) else 1)
 
 
@@ -137,8 +136,8 @@ def run_weights(model, name):
 def test_weight_only_int4_matmulnbits(mlp_handle, digits, measured):
     d = digits.flat()
     q = ds.quantize(mlp_handle, WeightOnlyConfig(bits=4, group_size=32, include=("fc1*",)))
-    assert integer_op_counts(q.model) == {"MatMulNBits": 1}
-    drop = _acc(mlp_handle.model, d.x_test, d.y_test) - _acc(q.model, d.x_test, d.y_test)
+    assert integer_op_counts(q.model.model) == {"MatMulNBits": 1}
+    drop = _acc(mlp_handle.model, d.x_test, d.y_test) - _acc(q.model.model, d.x_test, d.y_test)
     assert measured("MLP int4 weight-only fc1 g32: accuracy drop", drop, "upper") <= INT4_FC1_DROP
     with pytest.raises(InputError, match="does not divide the input dimension 300.*no MatMulNBits group size"):
         ds.quantize(mlp_handle, WeightOnlyConfig(bits=4, group_size=32))
@@ -153,8 +152,8 @@ def test_gptq_beats_round_to_nearest(mlp_handle, digits, bits, measured):
     for method in ("rtn", "gptq"):
         cfg = WeightOnlyConfig(bits=bits, group_size=32, method=method, symmetric=False, include=("fc1*",))
         q = ds.quantize(mlp_handle, cfg, data={"x": d.x_val})
-        assert integer_op_counts(q.model) == {"MatMulNBits": 1}
-        err[method] = float(((run_outputs(q.model, {"x": d.x_test}) - ref) ** 2).mean())
+        assert integer_op_counts(q.model.model) == {"MatMulNBits": 1}
+        err[method] = float(((run_outputs(q.model.model, {"x": d.x_test}) - ref) ** 2).mean())
     ratio = measured(f"MLP fc1 {bits}-bit logits MSE, GPTQ / RTN", err["gptq"] / err["rtn"], "upper", margin=0.05)
     assert ratio < GPTQ_RTN_RATIO[bits]
 
@@ -168,10 +167,10 @@ def test_qat_deploys_the_trained_grid_as_int8(digits, digits_mlp, measured):
     # 4 training steps: part A's fake-quant step is slow on 2 shared cores (~1.5 s/step seen)
     q = ds.quantize(h, QATConfig(weight_bits=4, act_bits=8, epochs=1, lr=1e-3),
                     data={"x": d.x_train[:256], "labels": d.y_train[:256]})
-    assert integer_op_counts(q.model).get("QGemm", 0) + integer_op_counts(q.model).get("QLinearMatMul", 0) >= 2
+    assert integer_op_counts(q.model.model).get("QGemm", 0) + integer_op_counts(q.model.model).get("QLinearMatMul", 0) >= 2
     acc0 = float((digits_mlp(torch.from_numpy(d.x_test)).argmax(1).numpy() == d.y_test).mean())
-    assert measured("deployed QAT W4A8 (4 steps): accuracy drop", acc0 - _acc(q.model, d.x_test, d.y_test), "upper") <= QAT_DEPLOY_DROP
-    codes = [t for t in q.model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert measured("deployed QAT W4A8 (4 steps): accuracy drop", acc0 - _acc(q.model.model, d.x_test, d.y_test), "upper") <= QAT_DEPLOY_DROP
+    codes = [t for t in q.model.model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
     assert codes and all(np.abs(onnx.numpy_helper.to_array(t)).max() <= 8 for t in codes)  # 4-bit grid kept
     with pytest.raises(InputError, match="labels"):
         ds.quantize(h, QATConfig(), data={"x": d.x_train})
@@ -181,7 +180,7 @@ def test_mixed_precision_per_layer(mlp_handle, digits):
     cfg = MixedPrecisionConfig(default=Int8DynamicConfig(), overrides={"fc3*": KMeansConfig(bits=4, min_elements=10)},
                                exclude=("fc2*",))
     q = ds.quantize(mlp_handle, cfg, data={"x": digits.flat().x_val})
-    ops = op_counts(q.model)
+    ops = op_counts(q.model.model)
     assert ops.get("MatMulInteger") == 1 and ops.get("Gather") == 1 and ops.get("MatMul") == 2  # fc2 float, fc3 codebook
     with pytest.raises(InputError, match="matches no quantizable layer"):
         ds.quantize(mlp_handle, MixedPrecisionConfig(overrides={"conv*": KMeansConfig()}))
@@ -218,21 +217,21 @@ def test_minilm_dynamic_int8_default(minilm_case):
 
     h, tok = minilm_case
     q = ds.quantize(h, Int8DynamicConfig(), data=tokenized(tok, stdlib_sentences(8)))
-    ints = integer_op_counts(q.model)
+    ints = integer_op_counts(q.model.model)
     # all 36 constant-weight MatMuls run integer kernels; only the 12 attention-score MatMuls stay float
     assert ints == {"DynamicQuantizeMatMul": 18, "MatMulIntegerToFloat": 18}
-    assert sum(float_compute_ops(q.model).values()) == 12
+    assert sum(float_compute_ops(q.model.model).values()) == 12
     texts = stdlib_sentences(40, offset=1500)  # never used for calibration
-    c = cosines(embed_one_by_one(h.model, tok, texts), embed_one_by_one(q.model, tok, texts))
+    c = cosines(embed_one_by_one(h.model, tok, texts), embed_one_by_one(q.model.model, tok, texts))
     assert c.mean() > 0.99 and c.min() > 0.975  # 0.9923 / 0.9861 seen (full per-channel: 0.9934 / 0.9845)
-    assert weight_bytes(q.model) / weight_bytes(h.model) < 0.27  # 0.25 seen (embeddings int8 too)
+    assert weight_bytes(q.model.model) / weight_bytes(h.model) < 0.27  # 0.25 seen (embeddings int8 too)
     # granularity auto: per-channel only where per-tensor breaks the weight (the 6 FFN output
     # projections + 2 in layer 0), so the kernels are per-tensor elsewhere (ORT's fast path)
-    pc = json.loads(q.metadata["deepshrink.quantize"])["per_channel_layers"]
+    pc = q.report.details["per_channel_layers"]
     assert 6 <= len(pc) <= 12 and all("output/dense" in k or "layer.0" in k for k in pc)  # 8 seen
     assert max(pc.values()) < 30 and min(pc.values()) < 10  # per-tensor SQNR dB: 8.1..25.6 seen
     fused = ds.quantize(h, Int8DynamicConfig(fuse="auto"), data=tokenized(tok, stdlib_sentences(8)))
-    assert integer_op_counts(fused.model).get("QAttention") == 6  # opt-in BERT fusion: fused attention in int8
+    assert integer_op_counts(fused.model.model).get("QAttention") == 6  # opt-in BERT fusion: fused attention in int8
 
 
 def test_minilm_smoothing_is_exact_in_float_and_folds_attention_output(minilm_case):
@@ -294,10 +293,10 @@ def test_static_int8_of_an_opset_11_graph_is_raised_to_13_and_loads(cnn_handle, 
     old = export_onnx(digits_cnn, {"x": digits.x_val[:2]}, exporter="torchscript", opset=11).model
     assert next(o.version for o in old.opset_import if o.domain in ("", "ai.onnx")) == 11
     out = ds.quantize(old, Int8StaticConfig(), data={"x": digits.x_val})
-    assert next(o.version for o in out.model.opset_import if o.domain in ("", "ai.onnx")) >= 13
-    make_session(out.model)  # loads
-    assert json.loads(out.metadata["deepshrink.quantize"])["opset_upgraded"] == "11 -> 13"
-    assert _acc(cnn_handle.model, digits.x_test, digits.y_test) - _acc(out.model, digits.x_test, digits.y_test) <= 0.0112
+    assert next(o.version for o in out.model.model.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    make_session(out.model.model)  # loads
+    assert out.report.details["opset_upgraded"] == "11 -> 13"
+    assert _acc(cnn_handle.model, digits.x_test, digits.y_test) - _acc(out.model.model, digits.x_test, digits.y_test) <= 0.0112
 
 
 def test_dynamic_int8_on_a_conv_only_net_uses_conv_integer():
@@ -309,14 +308,14 @@ def test_dynamic_int8_on_a_conv_only_net_uses_conv_integer():
     convs = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3)).eval()
     h = export_onnx(convs, {"input": np.zeros((2, 1, 8, 8), np.float32)})
     q = ds.quantize(h, Int8DynamicConfig())
-    rep = json.loads(q.metadata["deepshrink.quantize"])
+    rep = q.report.details
     assert rep["quantized_layers"] == 2 and "int8-static" in rep["conv_integer"]
-    assert integer_op_counts(q.model).get("ConvInteger", 0) == 2
+    assert integer_op_counts(q.model.model).get("ConvInteger", 0) == 2
     x = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
     a = convs(torch.from_numpy(x)).detach().numpy().reshape(16, -1)
     import onnxruntime as ort
 
-    b = ort.InferenceSession(q.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    b = ort.InferenceSession(q.model.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     b = b.reshape(16, -1)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99  # int8 error on a 2-layer conv net (measured 0.9999+)
@@ -324,10 +323,10 @@ def test_dynamic_int8_on_a_conv_only_net_uses_conv_integer():
 
 def test_weights_a_scheme_leaves_float_are_named_with_their_share(mlp_handle, digits, gru_classifier):
     h = export_onnx(gru_classifier, {"x": np.zeros((2, 8, 8), np.float32)})
-    rep = json.loads(ds.quantize(h, Int8DynamicConfig()).metadata["deepshrink.quantize"])
+    rep = ds.quantize(h, Int8DynamicConfig()).report.details
     fw = rep["float_weights"]
     assert fw["nodes"][0]["node"].startswith("GRU ") and 0.9 < fw["share"] < 0.97  # 8,064 of 8,544 weights
-    mlp = json.loads(ds.quantize(mlp_handle, Int8DynamicConfig()).metadata["deepshrink.quantize"])
+    mlp = ds.quantize(mlp_handle, Int8DynamicConfig()).report.details
     assert mlp["float_weights"]["share"] == 0.0 and mlp["float_weights"]["nodes"] == []
 
 

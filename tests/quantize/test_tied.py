@@ -6,8 +6,6 @@ no word of why; the file was 149 KB float, 132 KB "quantized"."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import pytest
@@ -72,16 +70,16 @@ SCHEMES = [  # (config, worst logit cosine vs float on 32 fresh sequences, measu
 def test_tied_matrix_is_quantized_once_and_stays_shared(config, min_cos, head):
     model = _tied_lm(head)
     q = ds.quantize(ds.load(model), config, data=_ids(16, seed=3))
-    rep = json.loads(q.metadata["deepshrink.quantize"])
+    rep = q.report.details
     assert rep["tied_weights"]["shared"] == [{"weight": "head.weight", "gathers": ["embedding"], "projection": "head"}]
     assert rep["float_weights"]["share"] == 0.0  # was 0.89 (int8-dynamic) and 1.0 (int4-weight)
-    inits = {t.name: t for t in q.model.graph.initializer}
+    inits = {t.name: t for t in q.model.model.graph.initializer}
     assert "head.weight" not in inits  # no float copy of the table
-    big = [t for t in q.model.graph.initializer if np.prod(t.dims) > D * D]  # the tied codes (fc is 64x64)
+    big = [t for t in q.model.model.graph.initializer if np.prod(t.dims) > D * D]  # the tied codes (fc is 64x64)
     assert len(big) == 1 and big[0].data_type in (TensorProto.INT8, TensorProto.UINT8), [t.name for t in big]
-    assert len(q.model.SerializeToString()) < 0.35 * len(model.SerializeToString())  # float 149 KB; int8 40 KB
+    assert len(q.model.model.SerializeToString()) < 0.35 * len(model.SerializeToString())  # float 149 KB; int8 40 KB
     fresh = _ids(32, seed=2024)
-    ref, got = run_outputs(model, fresh), run_outputs(q.model, fresh)
+    ref, got = run_outputs(model, fresh), run_outputs(q.model.model, fresh)
     assert _cos(got, ref).min() >= min_cos
 
 
@@ -89,14 +87,14 @@ def test_a_float_projection_keeps_one_float_copy():
     """--exclude the head: the table and the head read one float matrix again, exactly as before."""
     model = _tied_lm()
     q = ds.quantize(ds.load(model), Int8DynamicConfig(exclude=("head",)))
-    rep = json.loads(q.metadata["deepshrink.quantize"])
+    rep = q.report.details
     assert rep["quantized_layers"] == 1 and rep["tied_weights"]["shared"]
-    floats = [t.name for t in q.model.graph.initializer if t.data_type == TensorProto.FLOAT and np.prod(t.dims) >= V]
+    floats = [t.name for t in q.model.model.graph.initializer if t.data_type == TensorProto.FLOAT and np.prod(t.dims) >= V]
     assert floats == ["head.weight"]
     fresh = _ids(8, seed=5)
     ref = run_outputs(model, fresh)
     # only fc is quantized: the logits move a little, the tied matrix not at all
-    assert _cos(run_outputs(q.model, fresh), ref).min() >= 0.999
+    assert _cos(run_outputs(q.model.model, fresh), ref).min() >= 0.999
 
 
 @pytest.mark.parametrize("config", [Int8DynamicConfig(per_channel=True), Int8DynamicConfig(per_channel=False),
@@ -104,7 +102,7 @@ def test_a_float_projection_keeps_one_float_copy():
                                     KMeansConfig()], ids=lambda c: type(c).__name__)
 def test_embedding_reads_exactly_the_matrix_the_head_computes_with(config, tmp_path):
     """Decoding is exact: the embedding rows equal the head's effective weight, W_eff = head(I).T."""
-    q = ds.quantize(ds.load(_tied_lm()), config).model
+    q = ds.quantize(ds.load(_tied_lm()), config).model.model
     q.graph.value_info.extend([helper.make_tensor_value_info("h", TensorProto.FLOAT, ["b", T, D]),  # past com.microsoft
                                helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["b", T, D])])  # ops, inference stops
     onnx.save(q, tmp_path / "q.onnx")

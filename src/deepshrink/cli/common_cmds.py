@@ -69,11 +69,15 @@ def convert_cmd(
 @app.command("info")
 def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or module:factory")],
              weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
-             trust_remote_code: TrustOpt = False, json_out: JsonOpt = False) -> None:
+             trust_remote_code: TrustOpt = False, json_out: JsonOpt = False,
+             layers: Annotated[bool, typer.Option("--layers", help="list every weighted layer by module path, "
+                                                  "weight name and ONNX node name (any works in --include/--exclude/--protect)")] = False,
+             ) -> None:
     """IO spec, parameters, FLOPs, size and op histogram."""
     from ..evaluate.info import info
 
-    res = info(model, weights=weights, input_shapes=input_shape, data=data, trust_remote_code=trust_remote_code)
+    res = info(model, weights=weights, input_shapes=input_shape, data=data, trust_remote_code=trust_remote_code,
+               layer_names=layers)
     if json_out:
         print_json(res)
         return
@@ -90,6 +94,13 @@ def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or mo
         console.print(f"  note: {res['flops_note']}", style="yellow", markup=False, highlight=False)
     ops = ", ".join(f"{k}×{v}" for k, v in list(res["ops"].items())[:20])
     console.print(f"  ops {ops}", markup=False)
+    if layers:
+        t = Table(title="weighted layers (a pattern may use any name column)")
+        for col in ("module", "weight", "onnx node", "op", "params", "bits"):
+            t.add_column(col, justify="right" if col in ("params", "bits") else "left")
+        for r in res["layers"]:
+            t.add_row(r["module"] or "-", r["weight"], r["node"] or "-", r["op"], f"{r['params']:,}", str(r["bits"]))
+        console.print(t)
 
 
 def print_bench(result: Any) -> None:

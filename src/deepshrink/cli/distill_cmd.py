@@ -108,9 +108,9 @@ def distill_cmd(
         raise InputError(f"--layers-from {layers_from!r}: use importance or uniform")
     if repeats < 1:
         raise InputError("--repeats must be at least 1")
-    suffix = output.suffix.lower()
-    if suffix not in (".onnx", ".pt2"):
-        raise InputError(f"output {output}: unknown format {suffix!r}; a student is written as .onnx or .pt2")
+    from ..core import formats
+
+    formats.require(output, ("onnx", "pt2"), what="student output")
     config = config_for(loss, derive=derive, layer_selection=layers_from, temperature=temperature, alpha=alpha,
                         metric=metric, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                         checkpoint_every=checkpoint_every)

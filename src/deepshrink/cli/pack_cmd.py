@@ -91,8 +91,10 @@ def pack_cmd(
         config = config.replace(other_bits=None, buffer_bits=None)
     if repeats < 1:
         raise InputError("--repeats must be >= 1")
+    from ..core import formats
+
     check_output(output, inputs=(src, weights), force=force)
-    if output.suffix.lower() != ".dsz":
+    if formats.by_suffix(output) is not formats.get("packed"):
         raise InputError(f"output {output}: packed files end in .dsz")
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
     if handle.kind == "torch" and not (handle.source and ":" in handle.source and not Path(handle.source).exists()):
@@ -151,18 +153,18 @@ def _measure(handle: Any, back: Any, data: str | None, repeats: int, quiet: bool
     """Original vs the model decoded from the written file, in the same runtime."""
     if data is None:
         return None
-    from ..evaluate.bench import bench
+    from ..evaluate.compare import compare
 
     if handle.kind == "torch":
         module = copy.deepcopy(handle.model)
         module.load_state_dict(back.state_dict(), strict=True)
-        return bench([handle, handle.with_model(module.eval())], data=data, repeats=repeats,
-                     names=["original", "unpacked .dsz"], progress=not quiet)
+        return compare(handle, handle.with_model(module.eval()), data=data, repeats=repeats,
+                       names=("original", "unpacked .dsz"), progress=not quiet)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "unpacked.onnx"
         back.save(path)
-        return bench([handle, str(path)], data=data, repeats=repeats, names=["original", "unpacked .dsz"],
-                     progress=not quiet)
+        return compare(handle, path, data=data, repeats=repeats, names=("original", "unpacked .dsz"),
+                       progress=not quiet)
 
 
 @app.command("unpack")

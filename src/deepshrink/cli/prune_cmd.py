@@ -4,11 +4,9 @@ written file against the original side by side (size, parameters, latency, accur
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 
 from ..errors import InputError
@@ -117,9 +115,9 @@ def prune_cmd(
                      heads_ratio, ffn_ratio, given=options_given(ctx, METHOD_OPTIONS))
     # pruning is lossy by design: random inputs cannot tell a usable result from a broken one
     policy = dataclasses.replace(gate_policy(gate_min_cos, gate_max_drop, allow_degraded), judge_random=False)
-    suffix = output.suffix.lower()
-    if suffix not in (".onnx", ".pt2", ".safetensors"):
-        raise InputError(f"output {output}: unknown format {suffix!r}; use .onnx, .pt2 or .safetensors")
+    from ..core import formats
+
+    suffix = formats.require(output, ("onnx", "pt2", "safetensors")).suffixes[0]
     if method == "structured" and suffix == ".safetensors":
         raise InputError("structured pruning changes layer shapes, which a .safetensors state dict cannot describe; "
                          "write .pt2 or .onnx (Python: deepshrink.prune.structured.fit_to_state_dict re-shapes a model)")
@@ -175,31 +173,14 @@ def _save(handle: Any, output: Path, *, force: bool, src: str) -> Any:
 
 def _measure(original: Any, written: Any, output: Path, src: str, data: Any, repeats: int, quiet: bool, *,
              name: str) -> Any:
-    """Bench the original and the written file in the same runtime (ORT for .onnx)."""
-    from ..evaluate.bench import bench
+    """Bench the original and the written file in the same runtime (``evaluate.compare``)."""
+    from ..evaluate.compare import compare
     from ..loading import load
 
-    if output.suffix.lower() == ".safetensors":
-        after = load(src, weights=str(output))
-        after.path = output
-        after.example_inputs = original.example_inputs
-        after.inputs = original.inputs
-        return bench([original, after], data=data, repeats=repeats, names=[src, name], progress=not quiet)
-    if output.suffix.lower() == ".onnx":
-        with tempfile.TemporaryDirectory() as tmp:
-            before = _save(original, Path(tmp) / "original.onnx", force=True, src=src)
-            return bench([before, str(output)], data=data, repeats=repeats,
-                         names=[f"{src} (onnx)", name], progress=not quiet)
-    # the reloaded .pt2 is a GraphModule; evaluate.size takes anything with `.graph` for ONNX,
-    # so time it behind a thin wrapper (same module, same weights)
-    written = written.with_model(_Wrapped(written.model))
-    return bench([original, written], data=data, repeats=repeats, names=[src, name], progress=not quiet)
-
-
-class _Wrapped(torch.nn.Module):
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args: Any) -> Any:
-        return self.inner(*args)
+    if output.suffix.lower() == ".safetensors":  # weights only: the architecture comes from the source
+        written = load(src, weights=str(output))
+        written.example_inputs = original.example_inputs
+        written.inputs = original.inputs
+    after = output if output.suffix.lower() == ".onnx" else written.with_model(written.model, path=output)
+    return compare(original, after, data=data, repeats=repeats, names=(src, name), progress=not quiet,
+                   export_before=lambda h, p: _save(h, p, force=True, src=src))

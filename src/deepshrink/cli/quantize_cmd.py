@@ -4,7 +4,6 @@ side by side (size, latency, fidelity/accuracy)."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -139,6 +138,7 @@ def quantize_cmd(
     from ..core.fileio import atomic_dir, check_output
     from ..evaluate import gate
     from ..quantize.api import run_quantize, save_quantized, to_onnx_handle
+    from ..quantize.outcome import describe
 
     if repeats < 1 or calibration_size < 1:
         raise InputError("--repeats and --calibration-size must be at least 1")
@@ -149,7 +149,9 @@ def quantize_cmd(
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                           max_kept=max_kept, bias_correction=bias_correction, given=options_given(ctx, SCHEME_OPTIONS))
     policy = gate_policy(gate_min_cos, gate_max_drop, allow_degraded)
-    if output.suffix.lower() != ".onnx":
+    from ..core import formats
+
+    if formats.by_suffix(output) is not formats.get("onnx"):
         raise InputError(f"output {output}: a quantized model is written as .onnx")
     check_output(output, inputs=(src, weights), force=force)
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
@@ -183,7 +185,7 @@ def quantize_cmd(
         print_json(payload)
         return
     rep = result.report
-    console.print(f"[bold]{rep.get('scheme')}[/]: {_describe(rep)}", highlight=False)
+    console.print(f"[bold]{rep.get('scheme')}[/]: {describe(rep)}", highlight=False)
     if rep.get("conv_integer"):
         console.print("warning: " + rep["conv_integer"], style="yellow", markup=False, highlight=False)
     fw = rep.get("float_weights") or {}
@@ -204,36 +206,10 @@ def quantize_cmd(
     console.print(f"wrote {output}")
 
 
-def _describe(rep: dict[str, Any]) -> str:
-    parts = []
-    if "fused" in rep:
-        parts.append("fused " + ", ".join(f"{v} {k}" for k, v in rep["fused"].items()))
-    if "quantized_layers" in rep:
-        parts.append(f"{rep['quantized_layers']} layers quantized")
-    if "smooth" in rep:
-        parts.append(f"smoothing alpha {rep['smooth']['alpha']} ({rep['smooth']['mul_nodes']} Mul nodes)")
-    if "weight_bits" in rep:
-        parts.append(f"W{rep['weight_bits']}A{rep['act_bits']} on {len(rep.get('layers', []))} layers"
-                     + (", bias-corrected" if "bias_correction" in rep else ""))
-    tied = rep.get("tied_weights") or {}
-    if tied.get("shared") or tied.get("two_copies"):
-        parts.append(f"tied weights: {len(tied.get('shared', []))} quantized once and shared, "
-                     f"{len(tied.get('two_copies', []))} stored twice")
-    if "groups" in rep:
-        parts.append("; ".join(f"{g['scheme']}: {len(g['layers'])} layers" for g in rep["groups"]))
-    return ", ".join(parts) or "done"
-
-
 def _measure(float_handle: Any, quant_handle: Any, output: Path, data: Any, repeats: int, quiet: bool, *,
              name: str, warmup: int = 5) -> Any:
-    """Bench the float ONNX model and the written file in ONNX Runtime, side by side."""
-    from ..backends.onnx import save_onnx
-    from ..evaluate.bench import bench
+    """Bench the float ONNX model and the written file in ONNX Runtime, side by side (``evaluate.compare``)."""
+    from ..evaluate.compare import compare
 
-    with tempfile.TemporaryDirectory(prefix="deepshrink.qbench.") as tmp:
-        before_path = Path(tmp) / "float.onnx"
-        save_onnx(float_handle.model, before_path)
-        before = float_handle.with_model(float_handle.model, path=before_path)
-        after = quant_handle.with_model(quant_handle.model, path=output)
-        return bench([before, after], data=data, repeats=repeats, warmup=warmup, names=["float (onnx)", name],
-                     progress=not quiet)
+    return compare(float_handle, quant_handle.with_model(quant_handle.model, path=output), data=data, repeats=repeats,
+                   warmup=warmup, names=("float (onnx)", name), progress=not quiet)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..core.handle import ModelHandle
+from ..core.result import Result, VerbReport
 from ..errors import InputError, UnsupportedError
 from . import container
 from .compress import TensorStats, compress_arrays, compress_torch
@@ -32,8 +33,9 @@ _TORCH_OK = {torch.float32, torch.float16, torch.float64, torch.int64, torch.int
 
 
 @dataclass
-class PackResult:
-    """What :func:`pack` wrote. ``nbytes``: the file's size; ``fp32_bytes``: 4 bytes per
+class PackResult(Result):
+    """What :func:`pack` wrote (a :class:`~deepshrink.core.result.Result`: ``output`` the file,
+    ``report`` the common record, ``save`` writes the decoded model as .onnx/.pt2/.safetensors). ``nbytes``: the file's size; ``fp32_bytes``: 4 bytes per
     parameter of the original model (for ONNX: per float initializer element);
     ``ratio = fp32_bytes / nbytes``. ``stages``: bytes after each Deep Compression stage
     (``pruned``: computed as the paper counts — fp32 non-zeros plus relative indices of 5
@@ -54,6 +56,20 @@ class PackResult:
     @property
     def ratio(self) -> float:
         return self.fp32_bytes / max(self.nbytes, 1)
+
+    @property
+    def output(self) -> Path | None:  # type: ignore[override]
+        return self.path
+
+    @property
+    def report(self) -> VerbReport:  # type: ignore[override]
+        lossy = bool(self.stats)
+        return VerbReport("pack", "deep-compression" if lossy else "lossless",
+                          f"{self.nbytes:,} bytes, {self.ratio:.1f}× smaller than the fp32 weights",
+                          layers=[st.to_dict() for st in self.stats],
+                          measurements={"nbytes": self.nbytes, "fp32_bytes": self.fp32_bytes, "ratio": self.ratio,
+                                        "stages": self.stages},
+                          details=self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path) if self.path else None, "nbytes": self.nbytes, "fp32_bytes": self.fp32_bytes,

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..core.fileio import atomic_dir, check_output
 from ..core.handle import ModelHandle
+from ..core.result import Result, VerbReport
 from ..errors import ParityError, UnsupportedError, first_line
 from .export import export_onnx, torch_export
 from .parity import ParityReport, check_parity
@@ -47,10 +48,27 @@ class Hop:
 
 
 @dataclass
-class ConvertResult:
+class ConvertResult(Result):
+    """What :func:`convert` wrote: ``output`` (the file), ``hops`` (each conversion with its time and
+    parity report) and ``handle``/``model`` (the written model as a handle; None for a runtime
+    format deepshrink runs only through that runtime: TFLite, OpenVINO IR)."""
+
     output: Path
     hops: list[Hop] = field(default_factory=list)
     handle: ModelHandle | None = None
+
+    @property
+    def model(self) -> ModelHandle | None:  # type: ignore[override]
+        return self.handle
+
+    @property
+    def report(self) -> VerbReport:  # type: ignore[override]
+        path = " → ".join([self.hops[0].src_format, *(h.dst_format for h in self.hops)]) if self.hops else ""
+        worst = max((h.parity.max_abs for h in self.hops if h.parity is not None), default=None)
+        return VerbReport("convert", path, f"wrote {self.output}" + (f" (parity max-abs {worst:.3g})" if worst is not None
+                                                                      else ""),
+                          measurements={"seconds": sum(h.seconds for h in self.hops), "parity_max_abs": worst},
+                          details=self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": str(self.output), "hops": [h.to_dict() for h in self.hops]}

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core import formats
 from ..errors import InputError
 
-FORMATS_BY_SUFFIX = {
-    ".onnx": "onnx", ".pt2": "torch", ".safetensors": "torch", ".tflite": "tflite", ".xml": "openvino",
-    ".keras": "keras", ".h5": "keras",
-}
+# the registry's formats a route reads or writes, by the kind of model each holds ("torch" for a
+# torch.export archive and for a state dict written from a torch model)
+_ROUTE_FORMATS = ("onnx", "pt2", "safetensors", "tflite", "openvino", "keras")
+FORMATS_BY_SUFFIX = {s: ("torch" if f.holds == "weights" else f.holds)
+                     for f in formats.FORMATS if f.name in _ROUTE_FORMATS for s in f.suffixes}
 
 
 @dataclass
@@ -105,18 +107,10 @@ def format_of_source(src: Any) -> str:
         return "torch"
     if hasattr(src, "save") and hasattr(src, "predict"):
         return "keras"
-    p = Path(str(src))
-    if p.is_dir():
-        if (p / "saved_model.pb").is_file():
-            return "keras"
-        return "torch"  # a Hugging Face folder
-    suffix = p.suffix.lower()
-    if suffix in (".keras", ".h5"):
+    fmt = formats.format_of(str(src))
+    if fmt is not None and fmt.name == "saved-model":
         return "keras"
-    if suffix == ".tflite":
-        return "tflite"
-    if suffix == ".xml":
-        return "openvino"
-    if suffix == ".onnx":
-        return "onnx"
+    kind = FORMATS_BY_SUFFIX.get(fmt.suffixes[0]) if fmt is not None and fmt.suffixes else None
+    if kind in ("keras", "tflite", "openvino", "onnx"):
+        return kind
     return "torch"

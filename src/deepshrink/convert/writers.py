@@ -12,21 +12,33 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core import formats
 from ..core.handle import ModelHandle
+from ..core.result import Result
 from ..errors import InputError, UnsupportedError
 from ..loading import load
 
 
-def save(handle: ModelHandle | nn.Module, path: str | os.PathLike[str], *, force: bool = False,
+def save(handle: ModelHandle | nn.Module | Result, path: str | os.PathLike[str], *, force: bool = False,
          source_path: str | os.PathLike[str] | None = None, **export_options: Any) -> ModelHandle:
-    """Write a model; the format follows the extension (``.onnx``, ``.pt2``, ``.safetensors``)."""
-    from ..core.fileio import atomic_path, check_output
-
+    """Write a model (a handle, an ``nn.Module`` or a verb's :class:`Result`) atomically; the format
+    follows the extension (``.onnx``, ``.pt2``, ``.safetensors``: :mod:`deepshrink.core.formats`).
+    Returns the handle of what was written. Raises ``InputError`` (existing output without
+    ``force``, unknown extension), ``UnsupportedError`` (an ONNX model as a torch format)."""
+    if isinstance(handle, Result):
+        handle = handle.model
     if isinstance(handle, nn.Module):
         handle = load(handle)
+    fmt = formats.require(path, ("onnx", "pt2", "safetensors"))
+    return _write(handle, path, fmt.name, force=force, source_path=source_path, **export_options)
+
+
+def _write(handle: ModelHandle, path: str | os.PathLike[str], fmt: str, *, force: bool = False,
+           source_path: str | os.PathLike[str] | None = None, **export_options: Any) -> ModelHandle:
+    from ..core.fileio import atomic_path, check_output
+
     out = check_output(path, inputs=(source_path or handle.path,), force=force)
-    suffix = out.suffix.lower()
-    if suffix == ".onnx":
+    if fmt == "onnx":
         if handle.kind == "onnx":
             from ..backends.onnx import save_onnx
 
@@ -36,8 +48,8 @@ def save(handle: ModelHandle | nn.Module, path: str | os.PathLike[str], *, force
 
         return export_onnx(handle, None, out, force=True, **export_options)
     if handle.kind != "torch":
-        raise UnsupportedError(f"cannot write an ONNX model as {suffix}; convert it to PyTorch first")
-    if suffix == ".pt2":
+        raise UnsupportedError(f"cannot write an ONNX model as {out.suffix}; convert it to PyTorch first")
+    if fmt == "pt2":
         from .export import torch_export
 
         ep = torch_export(handle)
@@ -45,11 +57,22 @@ def save(handle: ModelHandle | nn.Module, path: str | os.PathLike[str], *, force
             torch.export.save(ep, str(tmp.with_suffix(".pt2")))
             tmp.with_suffix(".pt2").replace(tmp)
         return load(out)
-    if suffix == ".safetensors":
+    if fmt == "safetensors":
         from safetensors.torch import save_file
 
         state = {k: v.detach().contiguous() for k, v in handle.model.state_dict().items()}
         with atomic_path(out) as tmp:
             save_file(state, str(tmp))
         return handle
-    raise InputError(f"output {out}: unknown format {suffix!r}; use .onnx, .pt2 or .safetensors")
+    raise InputError(f"output {out}: deepshrink does not write {fmt} here")
+
+
+def _writer(fmt: str) -> Any:
+    def write(handle: ModelHandle, path: str | os.PathLike[str], **options: Any) -> ModelHandle:
+        return _write(handle, path, fmt, **options)
+
+    return write
+
+
+for _name in ("onnx", "pt2", "safetensors"):
+    formats.register_writer(_name, _writer(_name))

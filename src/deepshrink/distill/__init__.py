@@ -25,6 +25,7 @@ from torch import nn
 
 from ..backends.torch import first_output as _first
 from ..core.handle import ModelHandle
+from ..core.result import Result, VerbReport
 from ..errors import InputError, UnsupportedError, first_line
 from .config import DistillConfig, parse_derive
 from .derive import LayerChoice, choose_layers, derive_width, find_layer_stack, with_layers
@@ -58,11 +59,28 @@ class DistillReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def verb_report(self, config: DistillConfig) -> VerbReport:
+        """This report as the common :class:`~deepshrink.core.result.VerbReport` (``details`` is :meth:`to_dict`)."""
+        summary = (f"distilled {self.student_from}: parameters {self.teacher_params:,} → {self.student_params:,}, "
+                   f"{self.loss} loss {self.first_loss or 0:.4f} → {self.last_loss or 0:.4f}")
+        return VerbReport("distill", self.student_from, summary, config=config.to_dict(),
+                          measurements={"teacher_params": self.teacher_params, "student_params": self.student_params,
+                                        "steps": self.steps, "first_loss": self.first_loss, "last_loss": self.last_loss},
+                          details=self.to_dict())
+
 
 def distill(teacher: Any, student: Any = None, data: Any = None, config: DistillConfig | None = None,
-            **options: Any) -> Any:
-    """The distilled student (a handle for a handle teacher, else an ``nn.Module``); see :func:`distill_with_report`."""
-    return distill_with_report(teacher, student, data, config, **options)[0]
+            **options: Any) -> Result:
+    """Distil ``teacher`` into a student; see :func:`distill_with_report` for the arguments and errors.
+
+    Returns a :class:`~deepshrink.core.result.Result`: ``.model`` a torch handle on the student
+    (``.model.model`` the ``nn.Module``), ``.report`` (``details`` the :class:`DistillReport`)."""
+    out, rep = distill_with_report(teacher, student, data, config, **options)
+    if not isinstance(out, ModelHandle):
+        from ..loading import load
+
+        out = load(out)
+    return Result(out, rep.verb_report(config or DistillConfig()))
 
 
 def distill_with_report(teacher: Any, student: Any = None, data: Any = None, config: DistillConfig | None = None, *,

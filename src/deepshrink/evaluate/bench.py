@@ -83,10 +83,13 @@ def _external_runner(path: Path, threads: int) -> tuple[str, Runner, list[str]] 
     """TFLite and OpenVINO files, through their adapters when those stacks are installed."""
     import importlib
 
-    modules = {".tflite": ("deepshrink.backends.tflite_rt", "tflite"), ".xml": ("deepshrink.backends.openvino_rt", "openvino")}
-    if path.suffix not in modules:
+    from ..core.formats import by_suffix
+
+    modules = {"tflite": "deepshrink.backends.tflite_rt", "openvino": "deepshrink.backends.openvino_rt"}
+    fmt = by_suffix(path)
+    if fmt is None or fmt.name not in modules:
         return None
-    mod_name, runtime = modules[path.suffix]
+    mod_name, runtime = modules[fmt.name], fmt.name
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as exc:

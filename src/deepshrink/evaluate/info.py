@@ -9,7 +9,38 @@ from ..core.handle import ModelHandle
 from .size import file_size, nonzero_count, param_count, weight_bytes
 
 
-def info(model: Any, **load_options: Any) -> dict[str, Any]:
+def layers(handle: ModelHandle) -> list[dict[str, Any]]:
+    """Every weighted layer under each of its names (see :mod:`deepshrink.core.layers`), in order.
+
+    Rows: ``module`` (PyTorch module path, or the one the weight's name points at; None when the
+    graph's names say nothing), ``weight`` (the weight tensor's name), ``node`` (ONNX node name;
+    None for a PyTorch model, whose node names depend on the export), ``op`` (op or module type),
+    ``params`` (weight elements), ``bits`` (stored bits per weight). Any of the three names works
+    in ``--include`` / ``--exclude`` (quantize) and ``--protect`` (prune)."""
+    from ..core.layers import module_path
+
+    rows: list[dict[str, Any]] = []
+    if handle.kind == "onnx":
+        from ..report.inspect import _weights
+
+        dq = {n.output[0]: n.input[0] for n in handle.model.graph.node if n.op_type == "DequantizeLinear"}
+        for node, name, w, bits in _weights(handle.model):
+            weight = next((i for i in node.input[1:] if i), "") if node.op_type != "Gather" else node.input[0]
+            weight = dq.get(weight, weight)  # QDQ: the stored integer tensor behind the DequantizeLinear
+            rows.append({"module": module_path(weight), "weight": weight, "node": name, "op": node.op_type,
+                         "params": int(w.size), "bits": int(bits)})
+        return rows
+    for path, mod in handle.model.named_modules():
+        w = getattr(mod, "weight", None)
+        if path and w is not None and hasattr(w, "dim") and w.dim() >= 2:
+            rows.append({"module": path, "weight": f"{path}.weight", "node": None, "op": type(mod).__name__,
+                         "params": int(w.numel()), "bits": 8 * w.element_size()})
+    return rows
+
+
+def info(model: Any, *, layer_names: bool = False, **load_options: Any) -> dict[str, Any]:
+    """What a model is: IO spec, parameters, FLOPs, sizes, op histogram (``layer_names``: also
+    :func:`layers`). ``load_options`` go to ``deepshrink.load``; raises what it raises."""
     from ..loading import load
 
     handle: ModelHandle = load(model, **load_options)
@@ -46,4 +77,6 @@ def info(model: Any, **load_options: Any) -> dict[str, Any]:
             if assumed:
                 result["flops_note"] = (f"dynamic dims of {', '.join(assumed)} counted as 1; pass --input-shape "
                                         "NAME:1x3x224x224 for the size you run")
+    if layer_names:
+        result["layers"] = layers(handle)
     return result

@@ -19,8 +19,10 @@ def model_files(path: str | os.PathLike[str]) -> list[Path]:
         from ..backends.onnx import external_files
 
         files += [f for f in external_files(p) if f.is_file()]
-    elif p.suffix == ".xml" and p.with_suffix(".bin").is_file():
-        files.append(p.with_suffix(".bin"))
+    else:
+        from ..core.formats import files_of
+
+        files += files_of(p)
     return files
 
 

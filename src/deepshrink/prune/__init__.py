@@ -5,8 +5,8 @@ One verb, one config per method (the torchao pattern): :class:`MagnitudePruneCon
 Gupta cubic schedule while fine-tuning), :class:`NMPruneConfig` (2:4), and
 :class:`StructuredPruneConfig` (channels / neurons / heads removed through a dependency
 graph, so the network is physically smaller). ``model`` is an ``nn.Module`` or a torch
-:class:`~deepshrink.core.handle.ModelHandle`; it is left as it was, and a pruned copy (a
-handle on it, for a handle) is returned. Structured pruning traces the model with
+:class:`~deepshrink.core.handle.ModelHandle`; it is left as it was, and a
+:class:`~deepshrink.core.result.Result` holding a handle on a pruned copy is returned. Structured pruning traces the model with
 ``example_inputs`` (a handle's own, or the data's). Fine-tuning goes through the shared trainer.
 """
 
@@ -25,6 +25,7 @@ from torch import nn
 
 from ..core.config import handler_for, register
 from ..core.handle import ModelHandle
+from ..core.result import Result, VerbReport
 from ..errors import InputError, UnsupportedError, first_line
 from ._common import (
     WEIGHTED,
@@ -67,19 +68,54 @@ class PruneReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def verb_report(self, config: PruneConfig, layers: list[dict[str, Any]] | None = None) -> VerbReport:
+        """This report as the common :class:`~deepshrink.core.result.VerbReport` (``details`` is :meth:`to_dict`).
+        ``layers``: the structured groups (kind, size, kept) when there are any, else what the caller gives."""
+        summary = (f"parameters {self.params_before:,} → {self.params_after:,}, zero weights "
+                   f"{100 * self.sparsity_before:.1f}% → {100 * self.sparsity_after:.1f}%")
+        rows = [{"name": g.get("name"), "kind": g.get("kind"), "size": g.get("size"), "kept": g.get("kept")}
+                for g in self.groups] or list(layers or [])
+        return VerbReport("prune", self.method, summary, config=config.to_dict(), layers=rows,
+                          measurements={"params_before": self.params_before, "params_after": self.params_after,
+                                        "sparsity_before": self.sparsity_before, "sparsity_after": self.sparsity_after,
+                                        "finetune_epochs": self.finetune_epochs},
+                          warnings=self.warnings, details=self.to_dict())
+
 
 def prune(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None,
           example_inputs: tuple[torch.Tensor, ...] | dict[str, np.ndarray] | None = None,
-          batch_size: int = 64, seed: int = 0, progress: bool = True) -> nn.Module | ModelHandle:
-    """A pruned copy of ``model`` per ``config``; see :func:`prune_with_report` for the options.
+          batch_size: int = 64, seed: int = 0, progress: bool = True) -> Result:
+    """Prune a copy of ``model`` per ``config`` (the caller's model is left as it was).
 
-    What the report would list as left alone (layers pruning could not touch) is issued once each
-    as a ``UserWarning`` pointing at the caller; :func:`prune_with_report` returns them instead."""
+    Returns a :class:`~deepshrink.core.result.Result`: ``.model`` a torch handle on the pruned
+    copy (``.model.model`` the ``nn.Module``), ``.report`` (parameters and zero-weight fraction
+    before/after, per-layer sparsity or kept channels, ``details`` the :class:`PruneReport`),
+    ``.save(path)``. See :func:`prune_with_report` for the options and the errors raised. What the
+    report lists as left alone (layers pruning could not touch) is also issued once each as a
+    ``UserWarning`` pointing at the caller."""
     pruned, report = prune_with_report(model, config, data=data, example_inputs=example_inputs,
                                        batch_size=batch_size, seed=seed, progress=progress)
     for m in report.warnings:
         warnings.warn(m, stacklevel=2)
-    return pruned
+    if not isinstance(pruned, ModelHandle):
+        from ..loading import load
+
+        pruned = load(pruned)
+        inputs = first_inputs(data) or example_inputs
+        if isinstance(inputs, dict):
+            inputs = tuple(torch.as_tensor(np.asarray(v)) for v in inputs.values())
+        if inputs and len(inputs) == len(pruned.inputs):
+            pruned.example_inputs = {n: t.detach().cpu().numpy() for n, t in zip(pruned.input_names, inputs, strict=True)}
+    return Result(pruned, report.verb_report(config, _layer_sparsity(pruned.model)))
+
+
+def _layer_sparsity(module: nn.Module) -> list[dict[str, Any]]:
+    """Per weighted layer: name, weight elements, fraction of exact zeros."""
+    rows = []
+    for name, layer in weighted_layers(module, ()).items():
+        w = layer.weight.detach()
+        rows.append({"name": name, "params": int(w.numel()), "sparsity": float((w == 0).sum()) / max(1, w.numel())})
+    return rows
 
 
 def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None,

@@ -3,7 +3,6 @@ weight sanity checks and the fine-tune data adapter."""
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,15 +23,19 @@ def check_finite(model: nn.Module) -> None:
 
 
 def protected_names(model: nn.Module, patterns: Iterable[str]) -> set[str]:
-    """Module names matched by the fnmatch ``patterns`` (a match also covers the children).
+    """Module names matched by the fnmatch ``patterns`` (a match also covers the children); a
+    pattern may also name the module's weight (``fc1.weight``), see ``deepshrink.core.layers``.
 
     A pattern that matches no module is an error: it is almost always a typo, and silently
     pruning the layer the user meant to keep would be worse.
     """
+    from ..core.layers import matches
+
     names = [n for n, _ in model.named_modules() if n]
     out: set[str] = set()
     for pat in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        # a module path, or its weight's name as ``info --layers`` and ONNX graphs show it
+        hits = [n for n in names if matches(pat, (n, f"{n}.weight"))]
         if not hits:
             sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             raise InputError(f"protect pattern {pat!r} matches no module; module names look like: {sample}")

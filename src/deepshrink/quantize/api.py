@@ -4,12 +4,11 @@ Every scheme produces an ONNX model (the artifact ONNX Runtime runs); a torch mo
 exported first (the TorchScript exporter for Hugging Face encoders, so ORT's BERT
 fusions match — see FACTS). Handlers are registered with
 ``deepshrink.core.config.register`` and return a :class:`QuantizeOutcome`; the verb
-returns its handle with a JSON summary in ``handle.metadata["deepshrink.quantize"]``.
+returns a :class:`~deepshrink.core.result.Result` built from it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import onnx
 
 from ..core.config import handler_for, register
 from ..core.handle import ModelHandle
+from ..core.result import Result
 from ..errors import InputError, UnsupportedError, first_line
 from . import onnx_backend as ob
 from .configs import (
@@ -33,20 +33,31 @@ from .configs import (
     WeightOnlyConfig,
 )
 from .normalize import normalize_for_quantization, restore_unquantized_casts
-from .outcome import Prepared, QuantizeOutcome
+from .outcome import Prepared, QuantizeOutcome, verb_report
 from .outcome import result as _result
 from .tied import retie, untie
 
 
-def quantize(model: Any, config: QuantConfig, *, data: Any = None, **options: Any) -> ModelHandle:
+def quantize(model: Any, config: QuantConfig, *, data: Any = None, **options: Any) -> Result:
     """Quantize ``model`` (handle, nn.Module, onnx.ModelProto or path) with ``config``.
 
     ``options``: ``progress`` and, for a model source, ``deepshrink.load``'s ``weights``,
-    ``input_shapes``, ``trust_remote_code``; any other keyword is refused. The result is in
-    memory: ``ds.save(result, "q.onnx")`` writes it."""
+    ``input_shapes``, ``trust_remote_code``; any other keyword is refused. Returns a
+    :class:`~deepshrink.core.result.Result`: ``.model`` (an ONNX handle, in memory), ``.report``
+    (``method`` the scheme, ``details`` the scheme's record), ``.save("q.onnx")``. Raises
+    ``InputError`` (a config that is not a quantization config, missing or unfit data),
+    ``UnsupportedError`` (a scheme the model cannot take)."""
     out = run_quantize(model, config, data=data, **options)
-    out.handle.metadata["deepshrink.quantize"] = json.dumps(out.report, default=str)
-    return out.handle
+    return Result(out.handle, verb_report(scheme_name(config), out))
+
+
+def scheme_name(config: QuantConfig) -> str:
+    """The CLI/recipe scheme name of ``config`` (``"int8-static"``...), or its class name."""
+    from .configs import SCHEMES
+
+    if isinstance(config, QATConfig) and config.epochs == 0:
+        return "ptq"
+    return next((k for k, v in SCHEMES.items() if type(config) is v), type(config).__name__)
 
 
 def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress: bool = False,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fnmatch
 import io
 import json
 import logging
@@ -98,23 +97,16 @@ def ensure_node_names(model: onnx.ModelProto) -> None:
         seen.add(n.name)
 
 
-def _matches(node: WeightNode, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(node.name, pattern) or fnmatch.fnmatchcase(node.weight, pattern)
-
-
 def select_nodes(candidates: Sequence[WeightNode], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
-    """Names of the candidates matched by ``include`` (all when empty) and not by ``exclude``.
+    """Names of the candidates matched by ``include`` (all when empty) and not by ``exclude``; a
+    pattern may name the node, its weight or the module path (``deepshrink.core.layers``).
 
     A pattern that matches no candidate is an :class:`InputError` that lists a few valid names.
     """
-    for kind, patterns in (("include", include), ("exclude", exclude)):
-        for p in patterns:
-            if not any(_matches(c, p) for c in candidates):
-                shown = ", ".join(c.name for c in candidates[:6]) + (" ..." if len(candidates) > 6 else "")
-                raise InputError(f"--{kind} pattern {p!r} matches no quantizable layer; layers are: {shown or '(none)'}")
-    chosen = [c for c in candidates if (not include or any(_matches(c, p) for p in include))
-              and not any(_matches(c, p) for p in exclude)]
-    return [c.name for c in chosen]
+    from ..core.layers import names_of, select
+
+    return select([(c.name, names_of(c.name, c.weight)) for c in candidates], include, exclude,
+                  what="quantizable layer")
 
 
 # ---------------------------------------------------------------------------------------------

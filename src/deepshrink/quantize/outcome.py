@@ -81,3 +81,52 @@ def result(prep: Prepared, model: onnx.ModelProto, report: dict[str, Any]) -> Qu
     h = ModelHandle(model, "onnx", ins, outs, example_inputs=prep.handle.example_inputs, source=prep.handle.source,
                     path=None, tokenizer_dir=prep.handle.tokenizer_dir, metadata=meta)
     return QuantizeOutcome(h, report)
+
+
+def describe(rep: dict[str, Any]) -> str:
+    """One line of what a quantization did, from its report (``QuantizeOutcome.report``)."""
+    parts = []
+    if "fused" in rep:
+        parts.append("fused " + ", ".join(f"{v} {k}" for k, v in rep["fused"].items()))
+    if "quantized_layers" in rep:
+        kept = rep.get("kept_float") or rep.get("kept") or []
+        parts.append(f"{rep['quantized_layers']} layers quantized" + (f", {len(kept)} kept in float" if kept else ""))
+    if "smooth" in rep:
+        parts.append(f"smoothing alpha {rep['smooth']['alpha']} ({rep['smooth']['mul_nodes']} Mul nodes)")
+    if "weight_bits" in rep:
+        parts.append(f"W{rep['weight_bits']}A{rep['act_bits']} on {len(rep.get('layers', []))} layers"
+                     + (", bias-corrected" if "bias_correction" in rep else ""))
+    tied = rep.get("tied_weights") or {}
+    if tied.get("shared") or tied.get("two_copies"):
+        parts.append(f"tied weights: {len(tied.get('shared', []))} quantized once and shared, "
+                     f"{len(tied.get('two_copies', []))} stored twice")
+    if "groups" in rep:
+        parts.append("; ".join(f"{g['scheme']}: {len(g['layers'])} layers" for g in rep["groups"]))
+    return ", ".join(parts) or "quantized"
+
+
+def verb_report(scheme: str, outcome: QuantizeOutcome) -> Any:
+    """The :class:`~deepshrink.core.result.VerbReport` of a quantization: ``details`` is the outcome's
+    report (JSON-ready); ``layers`` are read from the quantized graph on first access (bits and
+    sparsity per weighted layer, :func:`deepshrink.report.inspect.layer_table`)."""
+    import json
+
+    from ..core.result import VerbReport
+
+    rep = json.loads(json.dumps(outcome.report, default=str))
+    model = outcome.handle.model
+
+    def layers() -> list[dict[str, Any]]:
+        if not isinstance(model, onnx.ModelProto):
+            return []
+        from ..report.inspect import layer_table
+
+        return layer_table(model)
+
+    warnings = [rep["conv_integer"]] if rep.get("conv_integer") else []
+    fw = rep.get("float_weights") or {}
+    measurements = {k: rep[k] for k in ("quantized_layers",) if k in rep}
+    if fw:
+        measurements["float_weight_share"] = fw.get("share", 0.0)
+    return VerbReport("quantize", scheme, describe(rep), config=rep.get("config") or {}, layers=layers,
+                      measurements=measurements, warnings=warnings, details=rep)

@@ -333,10 +333,11 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
         return out, summary, d
     if step.verb == "quantize":
         from ..quantize.api import run_quantize
+        from ..quantize.outcome import describe
 
         res = run_quantize(handle, step.config, data=ctx.train, progress=False)
         d = json.loads(json.dumps(res.report, default=str))
-        return res.handle, f"{step.params['scheme']}: {_quant_summary(d)}", d
+        return res.handle, f"{step.params['scheme']}: {describe(d)}", d
     if step.verb == "convert":
         if step.params["format"] == "onnx" and handle.kind == "torch":
             from ..convert.export import export_onnx
@@ -367,17 +368,6 @@ def _pack(step: Step, handle: ModelHandle, ctx: _Context, out: Path) -> tuple[Mo
     d = res.to_dict()
     summary = f"{step.params['method']}: {res.nbytes:,} bytes, {res.ratio:.1f}× smaller than the fp32 weights"
     return decoded, summary, {k: v for k, v in d.items() if k in ("nbytes", "fp32_bytes", "ratio", "stages")}
-
-
-def _quant_summary(d: dict[str, Any]) -> str:
-    for key in ("quantized_layers", "quantized", "layers"):
-        v = d.get(key)
-        if isinstance(v, (list, dict)):
-            v = len(v)
-        if isinstance(v, int):
-            kept = d.get("kept_float") or d.get("kept") or []
-            return f"{v} layers quantized" + (f", {len(kept)} kept in float" if kept else "")
-    return "quantized"
 
 
 # ------------------------------------------------------------------------------------------
