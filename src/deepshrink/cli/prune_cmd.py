@@ -51,35 +51,15 @@ METHOD_OPTIONS = {
 }
 
 
-def _config(method: str, sparsity: float | None, threshold: float | None, scope: str | None, importance: str,
-            protect: list[str], finetune_epochs: int, lr: float | None, nm: str, heads_ratio: float,
-            ffn_ratio: float | None, given: dict[str, str] | None = None) -> Any:
-    from ..prune import GradualPruneConfig, MagnitudePruneConfig, NMPruneConfig, StructuredPruneConfig
+def _config(method: str, *args: Any, given: dict[str, str] | None = None) -> Any:
+    """The config for a CLI method (:func:`deepshrink.prune.config.config_from_options`); an option
+    the method does not use (``given``) is refused first."""
+    from ..prune.config import config_from_options
 
     if method not in METHODS:
         raise InputError(f"--method {method!r}: use {', '.join(METHODS)}")
     refuse_inapplicable("--method", method, given or {}, METHOD_OPTIONS, METHOD_SUMMARY)
-    common: dict[str, Any] = {"protect": list(protect), **({"lr": lr} if lr is not None else {})}
-    if method == "magnitude":
-        if sparsity is None and threshold is None:
-            raise InputError("--method magnitude needs --sparsity S (0 <= S < 1) or --threshold T")
-        return MagnitudePruneConfig.from_dict({**common, "sparsity": sparsity, "threshold": threshold,
-                                               "scope": scope or "layer", "finetune_epochs": finetune_epochs})
-    if method == "gradual":
-        if sparsity is None:
-            raise InputError("--method gradual needs --sparsity S (the final sparsity, 0 <= S < 1)")
-        return GradualPruneConfig.from_dict({**common, "final_sparsity": sparsity, "scope": scope or "layer",
-                                             "epochs": finetune_epochs or 30})
-    if method == "nm":
-        n, _, m = nm.partition(":")
-        if not (n.isdigit() and m.isdigit()):
-            raise InputError(f"--nm {nm!r}: expected N:M such as 2:4")
-        return NMPruneConfig.from_dict({**common, "n": int(n), "m": int(m), "finetune_epochs": finetune_epochs})
-    if sparsity is None:
-        raise InputError("--method structured needs --sparsity S (fraction of channels removed, 0 <= S < 1)")
-    return StructuredPruneConfig.from_dict({**common, "ratio": sparsity, "importance": importance,
-                                            "scope": scope or "uniform", "heads_ratio": heads_ratio,
-                                            "ffn_ratio": ffn_ratio, "finetune_epochs": finetune_epochs})
+    return config_from_options(method, *args)
 
 
 @app.command("prune")
@@ -107,7 +87,7 @@ def prune_cmd(
 ) -> None:
     """Prune a PyTorch model and measure the written file against the original."""
     from ..core.data import load_data
-    from ..core.fileio import atomic_dir, check_output
+    from ..core.fileio import check_output
     from ..evaluate import gate
     from ..prune import prune_with_report
 
@@ -133,12 +113,11 @@ def prune_cmd(
     if ds is not None and eval_data is None and trains:  # never measure on the samples it trained on
         ds, held, _spared = gate.split_holdout(ds, len(ds))
     pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
-    with atomic_dir(output.parent) as stage:  # nothing lands unless the gate passes
-        staged = stage / output.name
-        written = _save(pruned, staged, force=True, src=src)
-        table = _measure(handle, written, staged, src, held, repeats, json_out, name=str(output))
-        inputs = held.inputs if held is not None else handle.sample_inputs(batch=gate.LOCATE_SAMPLES, seed=1)
-        verdict = gate.check(table, policy, original=handle, written=pruned, inputs=inputs, what=str(output))
+    table, verdict = gate.write_checked(  # nothing lands unless the gate passes
+        handle, pruned, output, held=held, policy=policy,
+        write=lambda h, path: _save(h, path, force=True, src=src),
+        measure=lambda written, path, data: _measure(handle, written, path, src, data, repeats, json_out,
+                                                     name=str(output)))
     result = {"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None,
               "gate": verdict.to_dict()}
     if json_out:

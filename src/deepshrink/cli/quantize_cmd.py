@@ -58,53 +58,15 @@ SCHEME_OPTIONS = {
 }
 
 
-def build_config(scheme: str, *, bits: int | None, group_size: int, method: str, observer: str,
-                 per_channel: bool | None, smooth: float | None, include: list[str], exclude: list[str],
-                 target_cos: float, min_cos: float, calibration_size: int, max_kept: float = 0.5,
-                 bias_correction: bool | None = None, given: dict[str, str] | None = None) -> Any:
-    """The config for a CLI scheme; every bad value is a one-line InputError.
-
-    ``given``: the SCHEME_OPTIONS the user set; one the scheme does not use is refused."""
-    from ..quantize import (
-        AutoConfig,
-        Int8DynamicConfig,
-        Int8StaticConfig,
-        KMeansConfig,
-        Log2Config,
-        QATConfig,
-        WeightOnlyConfig,
-    )
+def build_config(scheme: str, *, given: dict[str, str] | None = None, **options: Any) -> Any:
+    """The config for a CLI scheme (:func:`deepshrink.quantize.configs.config_from_options`); an
+    option the scheme does not use (``given``: the SCHEME_OPTIONS the user set) is refused first."""
+    from ..quantize.configs import config_from_options
 
     if scheme not in SCHEMES:
         raise InputError(f"--scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
     refuse_inapplicable("--scheme", scheme, given or {}, SCHEME_OPTIONS, SCHEME_SUMMARY)
-    if bits is not None and not 2 <= bits <= 8:
-        raise InputError(f"--bits {bits} is outside 2–8")
-    if bits is not None and bits != 8 and scheme in ("int8-dynamic", "int8-static", "auto"):
-        raise InputError(f"--scheme {scheme} is 8-bit; for {bits} bits use int4-weight, ptq, kmeans or log2")
-    sel = {"include": tuple(include), "exclude": tuple(exclude)}
-    int8_pc = True if per_channel is None else per_channel
-    if scheme == "int8-dynamic":
-        return Int8DynamicConfig.build(per_channel="auto" if per_channel is None else per_channel,
-                                       smooth_alpha=smooth, **sel)
-    if scheme == "int8-static":
-        return Int8StaticConfig.build(per_channel=int8_pc, observer=observer, smooth_alpha=smooth,
-                                      calibration_size=calibration_size, **sel)
-    if scheme == "int4-weight":
-        cal = {"calibration_size": calibration_size} if method == "gptq" or "--calibration-size" in (given or {}) else {}
-        return WeightOnlyConfig.build(bits=bits or 4, group_size=group_size, method=method, **cal, **sel)
-    if scheme == "kmeans":
-        return KMeansConfig.build(bits=bits or 4, per_channel=bool(per_channel), **sel)
-    if scheme == "log2":
-        return Log2Config.build(bits=bits or 4, **sel)
-    if scheme == "ptq":  # low-bit weights, 8-bit activations, deployed as QDQ int8 kernels
-        if per_channel is False:
-            raise InputError("--scheme ptq quantizes weights per output channel; drop --per-tensor")
-        return QATConfig.build(weight_bits=bits or 4, act_bits=8, epochs=0, observer=observer,
-                               bias_correction=True if bias_correction is None else bias_correction, **sel)
-    return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
-                            max_kept_fraction=max_kept,
-                            base=Int8DynamicConfig.build(per_channel=int8_pc, fuse="auto"), **sel)
+    return config_from_options(scheme, calibration_size_given="--calibration-size" in (given or {}), **options)
 
 
 @app.command("quantize")
@@ -135,7 +97,7 @@ def quantize_cmd(
 ) -> None:
     """Quantize a model to an ONNX file and measure the written file against the float model."""
     from ..core.data import load_data
-    from ..core.fileio import atomic_dir, check_output
+    from ..core.fileio import check_output
     from ..evaluate import gate
     from ..quantize.api import run_quantize, save_quantized, to_onnx_handle
     from ..quantize.outcome import describe
@@ -167,13 +129,12 @@ def quantize_cmd(
     # ptq works on the torch model (fake-quant, bias correction) and exports the result itself
     result = run_quantize(handle if scheme == "ptq" else float_handle, config, data=calib, progress=not json_out)
     source = src if Path(src).is_file() else None
-    with atomic_dir(output.parent) as stage:  # nothing lands unless the gate passes
-        staged = save_quantized(result.handle, stage / output.name, force=True, source=source)
-        table = _measure(float_handle, result.handle, staged, held, 1 if no_bench else repeats, json_out,
-                         name=str(output), warmup=0 if no_bench else 5)
-        inputs = held.inputs if held is not None else float_handle.sample_inputs(batch=gate.LOCATE_SAMPLES, seed=1)
-        verdict = gate.check(table, policy, original=float_handle, written=result.handle, inputs=inputs,
-                             what=str(output))
+    table, verdict = gate.write_checked(  # nothing lands unless the gate passes
+        float_handle, result.handle, output, held=held, policy=policy,
+        write=lambda h, path: save_quantized(h, path, force=True, source=source),
+        measure=lambda _written, path, data: _measure(float_handle, result.handle, path, data,
+                                                      1 if no_bench else repeats, json_out, name=str(output),
+                                                      warmup=0 if no_bench else 5))
     result.handle.path = output
     if result.handle.tokenizer_dir is not None:
         result.handle.tokenizer_dir = output.parent / (output.name + ".tokenizer")

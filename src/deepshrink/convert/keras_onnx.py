@@ -166,7 +166,7 @@ def keras_runner(source: TFSource, nchw: bool) -> Callable[[dict[str, np.ndarray
 @register_route("keras", "onnx", options=("nchw",))
 def _route(src: Any, dst: Path, opts: ConvertOptions) -> tuple[ModelHandle, Any]:
     from ..loading import load
-    from .tflite import parity_against
+    from .parity import parity_against
 
     nchw = bool(opts.extra.get("nchw", False))
     source = load_tf_source(src, trust_remote_code=opts.trust_remote_code)

@@ -52,8 +52,7 @@ def bisect_openvino(src: ModelHandle, xml: Path, inputs: dict[str, np.ndarray], 
 
     OpenVINO keeps ONNX tensor names, so both sides expose every intermediate by name; the
     first float tensor (in graph order) past the tolerance is reported as a ``Divergence``."""
-    from .parity import onnx_intermediates
-    from .tflite import first_divergence
+    from .parity import first_divergence, onnx_intermediates
 
     ov = import_openvino()
     order, ref = onnx_intermediates(src.model, inputs)
@@ -83,7 +82,7 @@ def bisect_openvino(src: ModelHandle, xml: Path, inputs: dict[str, np.ndarray], 
 
 @register_route("onnx", "openvino", options=("fp16",))
 def _route(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[None, Any]:
-    from .tflite import parity_against
+    from .parity import parity_against
 
     fp16 = bool(opts.extra.get("fp16", False))
     onnx_to_openvino(src, dst, compress_to_fp16=fp16)

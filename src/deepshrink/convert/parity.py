@@ -13,6 +13,7 @@ successor is unmatched too is the first diverging layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -283,4 +284,45 @@ def bisect_divergence(ref: ModelHandle, cand: ModelHandle, inputs: dict[str, np.
             continue  # an isolated gap: the candidate fused this value away, the next one agrees
         return Divergence(name, who[0] if who else None, who[1] if who else None,
                           err if np.isfinite(err) else float("nan"))
+    return None
+
+
+def parity_against(ref: ModelHandle, runner: Callable[[dict[str, np.ndarray]], list[np.ndarray]], *,
+                   data: Any = None, atol: float = 1e-4, rtol: float = 1e-4, inputs: list[dict[str, np.ndarray]] | None = None,
+                   batches: tuple[int, ...] = (2, 3)) -> Any:
+    """A :class:`ParityReport` of ``runner`` (a runtime deepshrink holds no handle for: TFLite,
+    OpenVINO, Keras) against the ONNX/torch ``ref``: ``runner(feed) -> outputs`` on the same
+    input sets as :func:`check_parity` (``inputs``, else ``data`` plus fresh random batches)."""
+    sets = inputs or parity_inputs(ref, data, batches=batches)
+    pairs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    n = 0
+    for feed in sets:
+        r = run_model(ref, feed)
+        c = runner(feed)
+        for i, (a, b) in enumerate(zip(r, c, strict=False)):
+            pairs.setdefault(i, []).append((np.asarray(a), np.asarray(b).reshape(np.shape(a))))
+        n += len(next(iter(feed.values())))
+    names = ref.output_names
+    diffs = []
+    for i, ps in pairs.items():
+        a = np.concatenate([p[0].reshape(len(p[0]), -1) for p in ps])
+        b = np.concatenate([p[1].reshape(len(p[1]), -1) for p in ps])
+        diffs.append(compare_outputs(a, b, names[i] if i < len(names) else f"output_{i}"))
+    scale = max((float(np.abs(p[0]).max()) for ps in pairs.values() for p in ps), default=0.0)
+    ok = all(d.max_abs <= atol + rtol * scale for d in diffs)
+    return ParityReport(ok, atol, rtol, diffs, n)
+
+
+def first_divergence(order: list[tuple[str, str, str]], ref: dict[str, np.ndarray], got: dict[str, Any],
+                     atol: float, rtol: float) -> Any:
+    """The first tensor (graph order) where ``got`` leaves the tolerance around ``ref``."""
+    for name, node, op in order:
+        if name not in got or name not in ref:
+            continue
+        a, b = np.asarray(ref[name]), np.asarray(got[name])
+        if a.shape != b.shape or not a.size:
+            continue
+        err = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+        if not err <= atol + rtol * float(np.abs(a).max()):
+            return Divergence(reference_layer=node, candidate_node=name, candidate_op=op, max_abs=err)
     return None

@@ -47,54 +47,10 @@ def import_tf() -> Any:
     return tf
 
 
-# ---------------------------------------------------------------- parity against a runner
-def parity_against(ref: ModelHandle, runner: Callable[[dict[str, np.ndarray]], list[np.ndarray]], *,
-                   data: Any = None, atol: float = 1e-4, rtol: float = 1e-4, inputs: list[dict[str, np.ndarray]] | None = None,
-                   batches: tuple[int, ...] = (2, 3)) -> Any:
-    """A ``ParityReport`` of ``runner`` (TFLite, OpenVINO...) against the ONNX/torch ``ref``."""
-    from .parity import ParityReport, compare_outputs, parity_inputs, run_model
-
-    sets = inputs or parity_inputs(ref, data, batches=batches)
-    pairs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    n = 0
-    for feed in sets:
-        r = run_model(ref, feed)
-        c = runner(feed)
-        for i, (a, b) in enumerate(zip(r, c, strict=False)):
-            pairs.setdefault(i, []).append((np.asarray(a), np.asarray(b).reshape(np.shape(a))))
-        n += len(next(iter(feed.values())))
-    names = ref.output_names
-    diffs = []
-    for i, ps in pairs.items():
-        a = np.concatenate([p[0].reshape(len(p[0]), -1) for p in ps])
-        b = np.concatenate([p[1].reshape(len(p[1]), -1) for p in ps])
-        diffs.append(compare_outputs(a, b, names[i] if i < len(names) else f"output_{i}"))
-    scale = max((float(np.abs(p[0]).max()) for ps in pairs.values() for p in ps), default=0.0)
-    ok = all(d.max_abs <= atol + rtol * scale for d in diffs)
-    return ParityReport(ok, atol, rtol, diffs, n)
-
-
-def first_divergence(order: list[tuple[str, str, str]], ref: dict[str, np.ndarray], got: dict[str, Any],
-                     atol: float, rtol: float) -> Any:
-    """The first tensor (graph order) where ``got`` leaves the tolerance around ``ref``."""
-    from .parity import Divergence
-
-    for name, node, op in order:
-        if name not in got or name not in ref:
-            continue
-        a, b = np.asarray(ref[name]), np.asarray(got[name])
-        if a.shape != b.shape or not a.size:
-            continue
-        err = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
-        if not err <= atol + rtol * float(np.abs(a).max()):
-            return Divergence(reference_layer=node, candidate_node=name, candidate_op=op, max_abs=err)
-    return None
-
-
 def bisect_tflite(src: ModelHandle, inputs: dict[str, np.ndarray], *, atol: float = 1e-4, rtol: float = 1e-4) -> Any:
     """Where the TensorFlow re-expression departs from ONNX Runtime, node by node (run eagerly).
     ``None`` means the TF graph matches everywhere: the difference came from TFLite's converter."""
-    from .parity import onnx_intermediates
+    from .parity import first_divergence, onnx_intermediates
 
     tf = import_tf()
     order, ref = onnx_intermediates(src.model, inputs)
@@ -661,6 +617,8 @@ def _route(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[None, Any
     if not opts.verify:
         return None, None
     runner = make_runner(dst, threads=2)
+    from .parity import parity_against
+
     if int8 and calibration is not None:  # quantized: measured on the real data, not random inputs
         sets = [{k: v[:256] for k, v in calibration.items()}]
         report = parity_against(src, runner, inputs=sets, atol=opts.atol, rtol=opts.rtol)

@@ -194,3 +194,26 @@ def message(verdict: GateVerdict) -> str:
     where = (f"; first layer below the limit: {verdict.first_broken_layer} (cosine {verdict.first_broken_cos:.3f})"
              if verdict.first_broken_layer else "")
     return verdict.reason + where
+
+
+def write_checked(original: Any, result: Any, output: Any, *, write: Any, measure: Any, held: Dataset | None,
+                  policy: FidelityPolicy) -> tuple[Any, GateVerdict]:
+    """Write ``result`` (a handle) to ``output`` only if it passes the gate: ``write(result, staged_path)``
+    writes it into a staging folder beside ``output`` (returns the written handle),
+    ``measure(written, staged_path, held)`` measures it against ``original`` (a bench table, see
+    :func:`deepshrink.evaluate.compare.compare`), :func:`check` judges it on ``held`` (or random
+    inputs); the staged file is renamed to ``output`` only when the verdict lets it through.
+    Returns ``(table, verdict)``; raises :class:`DegradedError` (nothing written) or what the
+    writers raise."""
+    from pathlib import Path
+
+    from ..core.fileio import atomic_dir
+
+    output = Path(output)
+    with atomic_dir(output.parent) as stage:
+        staged = stage / output.name
+        written = write(result, staged)
+        table = measure(written, staged, held)
+        inputs = held.inputs if held is not None else original.sample_inputs(batch=LOCATE_SAMPLES, seed=1)
+        verdict = check(table, policy, original=original, written=result, inputs=inputs, what=str(output))
+    return table, verdict

@@ -6,6 +6,7 @@ out-of-range sparsity is an :class:`~deepshrink.errors.InputError` before any wo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -156,3 +157,37 @@ def config_for_method(method: str, params: dict[str, Any] | None = None) -> Conf
     cls = METHODS[method]
     check_keys(params, cls, what=f"method {method}")
     return cls.build(**params)
+
+
+def config_from_options(method: str, sparsity: float | None = None, threshold: float | None = None,
+                        scope: str | None = None, importance: str = "l2", protect: Sequence[str] = (),
+                        finetune_epochs: int = 0, lr: float | None = None, nm: str = "2:4", heads_ratio: float = 0.0,
+                        ffn_ratio: float | None = None) -> Config:
+    """The config of a pruning method from the command line's flat options (``sparsity`` is each
+    method's target; ``scope`` None: the method's default). Raises :class:`InputError` (one line)
+    for an unknown method, a missing target or a bad value."""
+    from ..errors import InputError
+
+    if method not in METHODS:
+        raise InputError(f"--method {method!r}: use {', '.join(METHODS)}")
+    common: dict[str, Any] = {"protect": list(protect), **({"lr": lr} if lr is not None else {})}
+    if method == "magnitude":
+        if sparsity is None and threshold is None:
+            raise InputError("--method magnitude needs --sparsity S (0 <= S < 1) or --threshold T")
+        return MagnitudePruneConfig.from_dict({**common, "sparsity": sparsity, "threshold": threshold,
+                                               "scope": scope or "layer", "finetune_epochs": finetune_epochs})
+    if method == "gradual":
+        if sparsity is None:
+            raise InputError("--method gradual needs --sparsity S (the final sparsity, 0 <= S < 1)")
+        return GradualPruneConfig.from_dict({**common, "final_sparsity": sparsity, "scope": scope or "layer",
+                                             "epochs": finetune_epochs or 30})
+    if method == "nm":
+        n, _, m = nm.partition(":")
+        if not (n.isdigit() and m.isdigit()):
+            raise InputError(f"--nm {nm!r}: expected N:M such as 2:4")
+        return NMPruneConfig.from_dict({**common, "n": int(n), "m": int(m), "finetune_epochs": finetune_epochs})
+    if sparsity is None:
+        raise InputError("--method structured needs --sparsity S (fraction of channels removed, 0 <= S < 1)")
+    return StructuredPruneConfig.from_dict({**common, "ratio": sparsity, "importance": importance,
+                                            "scope": scope or "uniform", "heads_ratio": heads_ratio,
+                                            "ffn_ratio": ffn_ratio, "finetune_epochs": finetune_epochs})

@@ -14,6 +14,7 @@ A pattern that matches no layer is an error at quantize time, not a silent no-op
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -321,3 +322,43 @@ def config_for_scheme(scheme: str, params: dict[str, Any] | None = None) -> Quan
     params = {**_SCHEME_DEFAULTS.get(scheme, {}), **(params or {})}
     check_keys(params, cls, what=f"scheme {scheme}")
     return cls.build(**params)
+
+
+def config_from_options(scheme: str, *, bits: int | None = None, group_size: int = 128, method: str = "rtn",
+                        observer: str = "minmax", per_channel: bool | None = None, smooth: float | None = None,
+                        include: Sequence[str] = (), exclude: Sequence[str] = (), target_cos: float = 0.997,
+                        min_cos: float = 0.99, calibration_size: int = 64, max_kept: float = 0.5,
+                        bias_correction: bool | None = None, calibration_size_given: bool = False) -> QuantConfig:
+    """The config of a scheme from the command line's flat options and their defaults (``bits``
+    None: the scheme's own — 4 for low-bit schemes; ``per_channel`` None: the scheme's choice).
+    Raises :class:`InputError` (one line) for an unknown scheme or a value out of range."""
+    if scheme not in ("int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto", "ptq"):
+        raise InputError(f"--scheme {scheme!r}: use one of int8-dynamic, int8-static, int4-weight, kmeans, log2, "
+                         "auto, ptq")
+    if bits is not None and not 2 <= bits <= 8:
+        raise InputError(f"--bits {bits} is outside 2–8")
+    if bits is not None and bits != 8 and scheme in ("int8-dynamic", "int8-static", "auto"):
+        raise InputError(f"--scheme {scheme} is 8-bit; for {bits} bits use int4-weight, ptq, kmeans or log2")
+    sel = {"include": tuple(include), "exclude": tuple(exclude)}
+    int8_pc = True if per_channel is None else per_channel
+    if scheme == "int8-dynamic":
+        return Int8DynamicConfig.build(per_channel="auto" if per_channel is None else per_channel,
+                                       smooth_alpha=smooth, **sel)
+    if scheme == "int8-static":
+        return Int8StaticConfig.build(per_channel=int8_pc, observer=observer, smooth_alpha=smooth,
+                                      calibration_size=calibration_size, **sel)
+    if scheme == "int4-weight":
+        cal = {"calibration_size": calibration_size} if method == "gptq" or calibration_size_given else {}
+        return WeightOnlyConfig.build(bits=bits or 4, group_size=group_size, method=method, **cal, **sel)
+    if scheme == "kmeans":
+        return KMeansConfig.build(bits=bits or 4, per_channel=bool(per_channel), **sel)
+    if scheme == "log2":
+        return Log2Config.build(bits=bits or 4, **sel)
+    if scheme == "ptq":  # low-bit weights, 8-bit activations, deployed as QDQ int8 kernels
+        if per_channel is False:
+            raise InputError("--scheme ptq quantizes weights per output channel; drop --per-tensor")
+        return QATConfig.build(weight_bits=bits or 4, act_bits=8, epochs=0, observer=observer,
+                               bias_correction=True if bias_correction is None else bias_correction, **sel)
+    return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
+                            max_kept_fraction=max_kept,
+                            base=Int8DynamicConfig.build(per_channel=int8_pc, fuse="auto"), **sel)
