@@ -311,33 +311,33 @@ def _run_or_reuse(out: Path, step: Step, prev: StepOutcome, ctx: _Context, key: 
 
 
 def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle, str, dict[str, Any]]:
-    """Run one verb; return the new handle, one line of what it did, and the verb's own report."""
-    if step.verb == "prune":
-        from ..prune import prune_with_report
+    """Run one verb; return the new handle, one line of what it did, and the verb's own report.
+    Every transforming verb returns the common :class:`~deepshrink.core.result.Result`."""
+    import warnings
 
-        pruned, rep = prune_with_report(handle, step.config, data=ctx.train, progress=False)
-        d = rep.to_dict()
-        summary = (f"{rep.method}: parameters {rep.params_before:,} → {rep.params_after:,}, zero weights "
-                   f"{100 * rep.sparsity_before:.1f}% → {100 * rep.sparsity_after:.1f}%")
-        return pruned, summary, d
-    if step.verb == "distill":
-        from ..distill import distill_with_report
+    result = None
+    with warnings.catch_warnings():  # what a verb left alone is in its report, printed by the step line
+        warnings.simplefilter("ignore", UserWarning)
+        if step.verb == "prune":
+            from ..prune import prune
 
-        # with derive: the student is made from the model so far, which teaches it; without: the model so far
-        # (pruned, say) is the student and the recipe's original model the teacher
-        teacher, student = (handle, None) if step.config.derive else (ctx.source, handle)
-        out, drep = distill_with_report(teacher, student, ctx.train, step.config, progress=False)
-        d = drep.to_dict()
-        summary = (f"distilled {drep.student_from}: parameters {drep.teacher_params:,} → {drep.student_params:,}, "
-                   f"{drep.loss} loss {drep.first_loss or 0:.4f} → {drep.last_loss or 0:.4f}")
-        return out, summary, d
-    if step.verb == "quantize":
-        from ..quantize.api import run_quantize
-        from ..quantize.outcome import describe
+            result = prune(handle, step.config, data=ctx.train, progress=False)
+        elif step.verb == "distill":
+            from ..distill import distill
 
-        res = run_quantize(handle, step.config, data=ctx.train, progress=False)
-        d = json.loads(json.dumps(res.report, default=str))
-        return res.handle, f"{step.params['scheme']}: {describe(d)}", d
+            # with derive: the student is made from the model so far, which teaches it; without: the model so
+            # far (pruned, say) is the student and the recipe's original model the teacher
+            teacher, student = (handle, None) if step.config.derive else (ctx.source, handle)
+            result = distill(teacher, student, ctx.train, step.config, progress=False)
+        elif step.verb == "quantize":
+            from ..quantize import quantize
+
+            result = quantize(handle, step.config, data=ctx.train, progress=False)
+    if result is not None:
+        rep = result.report
+        name = step.params.get("scheme") or step.params.get("method") or rep.method
+        summary = f"{name}: {rep.summary}" if step.verb != "distill" else rep.summary
+        return result.model, summary, rep.to_dict()["details"]
     if step.verb == "convert":
         if step.params["format"] == "onnx" and handle.kind == "torch":
             from ..convert.export import export_onnx
