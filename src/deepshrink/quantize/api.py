@@ -431,14 +431,14 @@ def _mixed(prep: Prepared, config: MixedPrecisionConfig, **kw: Any) -> QuantizeO
     cands = ob.weight_nodes(prep.model, all_types)
     ob.select_nodes(cands, config.include, config.exclude)  # validates patterns
     for p in config.overrides:
-        if not any(ob._matches(c, p) for c in cands):
+        if not any(ob.node_matches(c, p) for c in cands):
             raise InputError(f"override pattern {p!r} matches no quantizable layer")
     base = ob.select_nodes(cands, config.include, config.exclude)
     assign: dict[str, QuantConfig] = {}
     unhandled: list[str] = []
     for name in base:
         c = next(c for c in cands if c.name == name)
-        pattern, cfg = next(((p, v) for p, v in config.overrides.items() if ob._matches(c, p)),
+        pattern, cfg = next(((p, v) for p, v in config.overrides.items() if ob.node_matches(c, p)),
                             (None, config.default))
         if not _handles(cfg, c.op_type):
             if pattern is not None:

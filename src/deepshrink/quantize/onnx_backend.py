@@ -97,6 +97,13 @@ def ensure_node_names(model: onnx.ModelProto) -> None:
         seen.add(n.name)
 
 
+def node_matches(node: WeightNode, pattern: str) -> bool:
+    """``pattern`` names the node, its weight or the module path (``deepshrink.core.layers``)."""
+    from ..core.layers import matches, names_of
+
+    return matches(pattern, names_of(node.name, node.weight))
+
+
 def select_nodes(candidates: Sequence[WeightNode], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
     """Names of the candidates matched by ``include`` (all when empty) and not by ``exclude``; a
     pattern may name the node, its weight or the module path (``deepshrink.core.layers``).
