@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +237,7 @@ class Workspace:
         self.root = root
         self.built: dict[str, Path] = {}
         self.written: dict[str, Path] = {}  # name -> first README command output of that name
+        self.skipped: set[str] = set()  # README commands skipped (an optional stack is missing)
         pkg = root / "pkgs" / "my_pkg"
         pkg.mkdir(parents=True)
         (pkg / "__init__.py").write_text(MY_PKG)
@@ -338,8 +340,10 @@ class Workspace:
 
         torch.manual_seed(0)
         model = CharGPT(context=32, d=64, layers=1, heads=2).eval()
-        torch.onnx.export(model, (torch.zeros(1, 32, dtype=torch.int64),), str(d / "gpt.onnx"), dynamo=False,
-                          input_names=["ids"], output_names=["logits"], dynamic_axes={"ids": {0: "batch"}})
+        with warnings.catch_warnings():  # the tracer's notes on the context-length check
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.zeros(1, 32, dtype=torch.int64),), str(d / "gpt.onnx"), dynamo=False,
+                              input_names=["ids"], output_names=["logits"], dynamic_axes={"ids": {0: "batch"}})
         return d / "gpt.onnx"
 
     def b_gpt_calib(self, d: Path) -> Path:
@@ -362,6 +366,7 @@ class Workspace:
         """A folder laid out as all-MiniLM-L6-v2 (sentence-transformers BERT), 4 layers x 32 wide, seeded."""
         import json
 
+        pytest.importorskip("transformers", reason="Hugging Face folders need the [examples] extra")
         from transformers import BertConfig, BertModel
 
         folder = d / "all-MiniLM-L6-v2"
@@ -447,6 +452,8 @@ def _inputs_of(cmd: str, words: list[str], ws: Workspace) -> dict[str, Path]:
         elif re.fullmatch(r"[\w.-]+\.(onnx|dsz|xml|tflite|npz|safetensors|pt2|txt|yaml)", name):
             producer = next((c for c in readme_commands() if name in outputs(shlex.split(c))), None)
             assert producer, f"{cmd}: nothing provides {name}"
+            if producer in ws.skipped:
+                pytest.skip(f"{name} comes from `{producer}`, which was skipped")
             pytest.fail(f"{name} comes from `{producer}`, which did not run before")
     return found
 
@@ -476,6 +483,8 @@ def _check_output(path: Path) -> None:
         assert load_file(str(path))
     elif path.suffix == ".xml":
         assert path.with_suffix(".bin").is_file()
+    elif path.suffix == ".pt2":
+        assert torch.export.load(str(path)).module() is not None
     else:
         assert path.stat().st_size > 0
 
@@ -532,18 +541,22 @@ def _short(cmd: str) -> str:
     return re.sub(r"[^\w.:=-]+", "_", " ".join(cmd.split()[1:4]))[:60]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~3 s each, ~100 s of CPU for all of them (the MiniLM and compress ones most)
 @pytest.mark.parametrize("cmd", readme_commands(), ids=[f"{i:02d}-{_short(c)}" for i, c in enumerate(readme_commands())])
 def test_readme_command(cmd, ws, user_env, tmp_path, monkeypatch, capsys) -> None:
-    for module in NEEDS.get(cmd, []):
-        pytest.importorskip(module, reason=f"`{cmd}` needs {module}")
     words = as_run(cmd)
-    if TORCHSCRIPT in FASTER.get(cmd, ([], ""))[0]:
-        _torchscript_exports(monkeypatch)
     here = tmp_path / "cwd"
     here.mkdir()
-    for name, src in _inputs_of(cmd, words, ws).items():
-        _place(src, here / name)
+    try:
+        for module in NEEDS.get(cmd, []):
+            pytest.importorskip(module, reason=f"`{cmd}` needs {module}")
+        for name, src in _inputs_of(cmd, words, ws).items():
+            _place(src, here / name)
+    except pytest.skip.Exception:
+        ws.skipped.add(cmd)
+        raise
+    if TORCHSCRIPT in FASTER.get(cmd, ([], ""))[0]:
+        _torchscript_exports(monkeypatch)
     monkeypatch.chdir(here)
     if words[1] == "compress" and "--resume" in words:
         _interrupted_run(words, monkeypatch, capsys)
@@ -565,8 +578,6 @@ def test_readme_python_blocks(ws, user_env, tmp_path, monkeypatch, capsys) -> No
     monkeypatch.chdir(tmp_path)
     for name in ("w.safetensors", "calib.npz", "val.npz"):
         (tmp_path / name).symlink_to(ws.get(INPUTS[name]))
-    import deepshrink as ds
-
     x, y = _images(16, 224, 5)
     from my_pkg.models import resnet
 
@@ -582,8 +593,7 @@ def test_readme_python_blocks(ws, user_env, tmp_path, monkeypatch, capsys) -> No
     (tmp_path / "model.int8.onnx").unlink()  # the second block writes it again
     exec(compile(blocks[1], "README.md (Python block 2)", "exec"), ns)
     q = ns["q"]
-    assert q.report.layers and q.report.summary
+    assert q.report.layers and "quantized" in q.report.summary, q.report.summary
     assert (tmp_path / "model.int8.onnx").is_file()
     assert (tmp_path / "ckpt").is_dir()
     assert ns["h"].model is not q.model.model
-    del ds
