@@ -399,7 +399,7 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
     pareto_doc = {"schema": SCHEMA, "objectives": ["loss", "size_bytes", "latency_ratio"],
                   "loss": "accuracy points lost" if config.max_drop is not None else "1 - mean cosine",
                   "chosen": chosen.trial if chosen else None,
-                  "front": [c.to_dict() for c in pareto]}
+                  "front": [{k: v for k, v in c.to_dict().items() if k != "build_s"} for c in pareto]}
     write_text_atomic(out / "pareto.json", json.dumps(pareto_doc, indent=2))
     write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str))
     write_text_atomic(out / "report.md", _markdown(report))
