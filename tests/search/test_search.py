@@ -144,3 +144,22 @@ def test_config_refuses_contradictions():
             SearchConfig.build(**bad)
     assert SearchConfig(target_cos=0.997).worst_cos == 0.99
     assert SearchConfig(target_cos=0.95).worst_cos == 0.95
+
+
+def test_conv_network_unlabelled_cosine_target(tmp_path, cnn_onnx, digits):
+    """A conv network gets static int8 (QLinearConv); without labels the target is output cosine."""
+    from deepshrink.core.data import Dataset
+
+    data = Dataset({"x": digits.x_train[:400]}, None, "digits-unlabelled")
+    cfg = SearchConfig(target_cos=0.999, min_cos=0.99, choices=("float", "int8", "codebook"), trials=4, repeats=0)
+    res = ds.search(str(cnn_onnx), data, cfg, tmp_path / "s")
+    r = res.report
+    assert r["int8"].startswith("int8-static")
+    assert [lay["op_type"] for lay in r["layers"]] == ["Conv"] * 4 + ["Gemm"]
+    assert all("int4" not in lay["options"] for lay in r["layers"])  # no MatMulNBits for Conv / Gemm
+    c = r["chosen"]
+    assert c["select"]["cos_mean"] >= 0.999 and c["select"]["cos_min"] >= 0.99
+    assert c["select"]["drop_points"] is None  # no labels, no accuracy
+    # calibration 300 of the 400 samples; the last 100 held out, split 50 / 50
+    assert (r["data"]["calibration_samples"], r["data"]["select_samples"], r["data"]["test_samples"]) == (300, 50, 50)
+    assert r["reproduced"]["matches_candidate"]

@@ -457,6 +457,10 @@ def _report(source: Any, config: SearchConfig, space: Space, ev: Evaluator, cand
 
     ref = {"size_bytes": ev.ref_size, "select_accuracy": ev.ref_acc_select, "test_accuracy": ev.ref_acc_test,
            "latency_ms": final["reference"]["median_ms"] if final else None}
+    if final is not None and plain is not None and (chosen or closest) is not None:
+        mine, peer = final.get(f"trial {(chosen or closest).trial}"), final.get(f"trial {plain.trial}")  # type: ignore[union-attr]
+        if mine is not None and peer is not None:
+            ref["chosen_vs_plain_int8_latency"] = mine["median_ms"] / peer["median_ms"]
     if chosen is not None and reproduced is not None:
         reproduced["matches_candidate"] = reproduced["sha256"] == chosen.sha256
     return {
