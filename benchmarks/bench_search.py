@@ -195,6 +195,7 @@ def main() -> None:
     ap.add_argument("--only", default="cnn-size,cnn-latency,dwse")
     ap.add_argument("--minilm", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--keep", type=Path, default=None, help="keep every search's output folder under this folder")
     args = ap.parse_args()
     args.only = args.only.split(",") + (["minilm"] if args.minilm else [])
     import torch
@@ -203,7 +204,8 @@ def main() -> None:
     rows: list[list[Any]] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
+        tmp = args.keep or Path(d)
+        tmp.mkdir(parents=True, exist_ok=True)
         digits_cases(args, tmp, rows, notes)
         if "minilm" in args.only:
             minilm_case(args, tmp, rows, notes)

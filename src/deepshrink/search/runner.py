@@ -118,8 +118,8 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     from .sensitivity import choice_sensitivity, warm_starts
 
     sens_inputs = calibration.take(min(len(calibration), config.sensitivity_samples)).inputs
-    sens = choice_sensitivity(ev, sens_inputs)
-    starts = warm_starts(space, sens)
+    sens = choice_sensitivity(ev, sens_inputs, progress=progress)
+    starts = warm_starts(space, sens, None if config.target_cos is None else 1.0 - config.target_cos)
     trials = _optimise(ev, space, starts, config, progress, say)
     seconds = time.perf_counter() - t_start
 
@@ -291,6 +291,8 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
     them the smallest file wins.
     """
     feasible = _feasible(cands, ev, config, budget)
+    if final is not None:  # the finalists only: their latencies come from the same rounds
+        feasible = [c for c in feasible if f"trial {c.trial}" in final] or feasible
 
     def lat(c: Candidate) -> tuple[float, float]:
         t = (final or {}).get(f"trial {c.trial}")

@@ -18,7 +18,8 @@ from .objective import Evaluator
 from .space import Space
 
 
-def choice_sensitivity(ev: Evaluator, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def choice_sensitivity(ev: Evaluator, inputs: dict[str, np.ndarray], *, progress: bool = False
+                       ) -> dict[str, dict[str, float]]:
     """``{layer: {choice: 1 - mean cosine}}`` with only that layer quantized that way."""
     from ..quantize.sensitivity import layer_sensitivity, run_outputs
 
@@ -34,17 +35,22 @@ def choice_sensitivity(ev: Evaluator, inputs: dict[str, np.ndarray]) -> dict[str
         def one(_model: onnx.ModelProto, names: Any, c: str = choice) -> onnx.ModelProto:
             return onnx.load_from_string(ev.build({**base, **{n: c for n in names}}))
 
-        for name, score in layer_sensitivity(ev.reference.model, layers, inputs, one, reference=ref).items():
+        for name, score in layer_sensitivity(ev.reference.model, layers, inputs, one, reference=ref,
+                                             progress=progress).items():
             out[name][choice] = score
     return out
 
 
-def warm_starts(space: Space, sens: dict[str, dict[str, float]]) -> list[tuple[str, dict[str, str]]]:
+def warm_starts(space: Space, sens: dict[str, dict[str, float]], allowed: float | None = None
+                ) -> list[tuple[str, dict[str, str]]]:
     """Assignments to try first, from the sensitivity ranking (most promising first), de-duplicated.
 
-    Plain int8; int8 with the 1, 2 and 3 most int8-sensitive layers kept float; the smallest
-    choice (codebook, else int4, else int8) everywhere; the smallest choice on the least sensitive
-    half of the layers with int8 on the rest; int4 on every layer that takes it.
+    Plain int8; with a cosine target (``allowed`` = ``1 - target_cos``), the additive estimate:
+    int8 on the least sensitive layers while their summed sensitivity stays within 1/2, 1/4 and
+    1/8 of ``allowed`` (per-layer losses add up to first order), the rest float; int8 with the 1, 2
+    and 3 most int8-sensitive layers kept float; the smallest choice (codebook, else int4, else
+    int8) everywhere; the smallest choice on the least sensitive half of the layers with int8 on
+    the rest; int4 on every layer that takes it.
     """
     free = space.free
     out: list[tuple[str, dict[str, str]]] = []
@@ -57,6 +63,15 @@ def warm_starts(space: Space, sens: dict[str, dict[str, float]]) -> list[tuple[s
     int8 = space.uniform("int8")
     add("plain int8", int8)
     ranked = sorted((lay for lay in free if "int8" in lay.options), key=lambda lay: -sens[lay.name].get("int8", 0.0))
+    if allowed is not None and allowed > 0:
+        for frac in (2, 4, 8):
+            total, assign = 0.0, {lay.name: "float" for lay in free}
+            for lay in reversed(ranked):  # least sensitive first
+                total += sens[lay.name].get("int8", 0.0)
+                if total > allowed / frac:
+                    break
+                assign[lay.name] = "int8"
+            add(f"int8 within 1/{frac} of the allowed loss (additive estimate)", assign)
     for k in range(1, min(3, len(ranked) - 1) + 1):
         add(f"int8, {k} most sensitive kept float", {**int8, **{lay.name: "float" for lay in ranked[:k]}})
 
