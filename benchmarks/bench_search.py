@@ -195,6 +195,7 @@ def main() -> None:
     ap.add_argument("--only", default="cnn-size,cnn-latency,dwse")
     ap.add_argument("--minilm", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--name", default="search", help="results/<name>.md")
     ap.add_argument("--keep", type=Path, default=None, help="keep every search's output folder under this folder")
     args = ap.parse_args()
     args.only = args.only.split(",") + (["minilm"] if args.minilm else [])
@@ -216,7 +217,7 @@ def main() -> None:
     if args.no_write:
         print(body)
         return
-    write_result("search", "search: per-layer choices on measured latency and held-out accuracy (issue 14)",
+    write_result(args.name, "search: per-layer choices on measured latency and held-out accuracy (issue 14)",
                  this_command(), body)
 
 
