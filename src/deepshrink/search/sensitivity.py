@@ -62,8 +62,8 @@ def warm_starts(space: Space, sens: dict[str, dict[str, float]], allowed: float 
     """Assignments to try first, from the sensitivity ranking (most promising first), de-duplicated.
 
     Plain int8; with a cosine target (``allowed`` = ``1 - target_cos``), the additive estimate:
-    int8 on the least sensitive layers while their summed sensitivity stays within 1/2, 1/4 and
-    1/8 of ``allowed`` (per-layer losses add up to first order), the rest float; int8 with the 1, 2
+    int8 on the least sensitive layers while their summed sensitivity stays within 1, 3/4, 1/2
+    and 1/4 of ``allowed`` (per-layer losses add up to first order), the rest float; int8 with the 1, 2
     and 3 most int8-sensitive layers kept float; the smallest choice (codebook, else int4, else
     int8) everywhere; the smallest choice on the least sensitive half of the layers with int8 on
     the rest; int4 on every layer that takes it.
@@ -80,14 +80,14 @@ def warm_starts(space: Space, sens: dict[str, dict[str, float]], allowed: float 
     add("plain int8", int8)
     ranked = sorted((lay for lay in free if "int8" in lay.options), key=lambda lay: -sens[lay.name].get("int8", 0.0))
     if allowed is not None and allowed > 0:
-        for frac in (2, 4, 8):
+        for frac in (1.0, 0.75, 0.5, 0.25):
             total, assign = 0.0, {lay.name: "float" for lay in free}
             for lay in reversed(ranked):  # least sensitive first
                 total += sens[lay.name].get("int8", 0.0)
-                if total > allowed / frac:
+                if total > allowed * frac:
                     break
                 assign[lay.name] = "int8"
-            add(f"int8 within 1/{frac} of the allowed loss (additive estimate)", assign)
+            add(f"int8 within {frac:g} of the allowed loss (additive estimate)", assign)
     for k in range(1, min(3, len(ranked) - 1) + 1):
         add(f"int8, {k} most sensitive kept float", {**int8, **{lay.name: "float" for lay in ranked[:k]}})
 
