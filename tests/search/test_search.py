@@ -164,3 +164,15 @@ def test_conv_network_unlabelled_cosine_target(tmp_path, cnn_onnx, digits):
     # calibration 300 of the 400 samples; the last 100 held out, split 50 / 50
     assert (r["data"]["calibration_samples"], r["data"]["select_samples"], r["data"]["test_samples"]) == (300, 50, 50)
     assert r["reproduced"]["matches_candidate"]
+
+
+def test_cli_json_with_an_absolute_latency_budget(tmp_path, mlp_onnx, capsys):
+    from deepshrink.cli import run_app
+
+    rc = run_app(["search", str(mlp_onnx), "-d", DATA, "--eval-data", EVAL, "--max-drop", "1", "--budget",
+                  "latency=1000ms", "--trials", "3", "--repeats", "2", "--json", "-o", str(tmp_path / "j")])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["met"]
+    # 1000 ms against a reference that runs in well under 1 ms: the budget is a ratio far above 1
+    assert out["report"]["verdict"]["budget_ratio"] > 100
+    assert Path(out["files"]["best.onnx"]).is_file()

@@ -98,7 +98,11 @@ class Evaluator:
         self.ref_test = self._outputs(self.ref_bytes, test.inputs) if test is not None else None
         self.ref_acc_select = _accuracy(self.ref_select, select.labels)
         self.ref_acc_test = _accuracy(self.ref_test, test.labels) if test is not None else None
-        self.feed = {k: v[:1] for k, v in select.inputs.items()}  # batch 1: one request
+        from ..quantize.sensitivity import _trim
+
+        # batch 1: one request, without the padding a tokenized batch carries
+        self.feed = _trim({k: v[:1] for k, v in select.inputs.items()})
+        self.budget_ratio: float | None = None
         self.cache: dict[str, Candidate] = {}
         self.builds = 0
 

@@ -250,8 +250,10 @@ def _budget_value(config: SearchConfig, ev: Evaluator) -> float | None:
         return b.value
     if b.resource == "size":
         return b.value / ev.ref_size
-    ref_ms = ev.time_against_reference({}, max(config.repeats, 5))["reference"].median_ms
-    return b.value / ref_ms
+    if ev.budget_ratio is None:  # timed once: every trial and the final choice use the same figure
+        ref_ms = ev.time_against_reference({}, max(config.repeats, 20))["reference"].median_ms
+        ev.budget_ratio = b.value / ref_ms
+    return ev.budget_ratio
 
 
 def _over_budget(c: Candidate, config: SearchConfig, budget: float | None) -> float:
