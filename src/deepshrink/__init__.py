@@ -10,6 +10,7 @@ Public verbs take a model, a config object and keyword-only options::
     ds.unpack("m.dsz", "m.onnx")             # bit-exact decode
     ds.distill(h, None, (x, y), ds.DistillConfig(derive="width=0.5"))  # a student, distilled
     ds.optimize("model.onnx", ds.OptimizeConfig(level="extended"), output="opt.onnx")  # ORT graph optimisation
+    ds.search("model.onnx", "digits:train", ds.SearchConfig(max_drop=0.5), "out/")  # per-layer search
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ _LAZY = {
     "DeepCompressionConfig": ("deepshrink.codec", "DeepCompressionConfig"),
     "optimize": ("deepshrink.optimize", "optimize"),
     "OptimizeConfig": ("deepshrink.optimize", "OptimizeConfig"),
+    "search": ("deepshrink.search", "search"),
+    "SearchConfig": ("deepshrink.search", "SearchConfig"),
 }
 # The config classes of the verbs, also lazy: ``from deepshrink import Int8StaticConfig`` imports
 # the configs module on first use (the prune configs bring torch, through deepshrink.prune).
@@ -63,7 +66,7 @@ _LAZY.update({n: ("deepshrink.prune.config", n) for n in _PRUNE_CONFIGS})
 
 
 # Verbs that are also packages (``ds.convert.ConvertResult``): the package is the verb.
-_VERB_PACKAGES = {"convert", "quantize", "prune", "distill", "optimize"}
+_VERB_PACKAGES = {"convert", "quantize", "prune", "distill", "optimize", "search"}
 
 
 def __getattr__(name: str) -> Any:

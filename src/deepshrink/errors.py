@@ -1,5 +1,6 @@
 """Typed errors. Everything a user can cause is a ``DeepshrinkError``; the CLI turns
-it into one line on stderr and exit status 2 (``ParityError``: exit 3)."""
+it into one line on stderr and exit status 2 (``ParityError``: exit 3; a search whose budget no
+candidate met, ``deepshrink.search.BudgetNotMetError``: exit 4)."""
 
 from __future__ import annotations
 

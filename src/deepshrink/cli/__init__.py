@@ -24,7 +24,8 @@ def _optional(module: str) -> None:
             raise
 
 
-for _m in ("quantize_cmd", "prune_cmd", "compress_cmd", "pack_cmd", "distill_cmd", "optimize_cmd"):
+for _m in ("quantize_cmd", "prune_cmd", "compress_cmd", "pack_cmd", "distill_cmd", "optimize_cmd",
+           "search_cmd"):
     _optional(_m)
 
 

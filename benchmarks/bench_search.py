@@ -1,0 +1,225 @@
+"""``deepshrink search`` (issue 14): per-layer choices, timed on ONNX Runtime, judged on held-out data.
+
+Cases, each with its peer measured in the same run:
+
+- digits CNN, size budget 1/30 of fp32 at <= 0.5 pt accuracy drop (quantization choices only:
+  the Deep Compression pieces are not in the search space yet, so the closest point is stated);
+- digits CNN, latency budget 0.5x at <= 0.5 pt;
+- a model none of the examples resemble (a depthwise-separable CNN with squeeze-excite, trained
+  here on digits): no budget, <= 0.5 pt; the chosen point against plain int8 in the same rounds;
+- MiniLM (skipped with ``--no-minilm``), cosine >= 0.997 mean / 0.99 worst on held-out sentences, the chosen point
+  against ORT ``quantize_dynamic`` timed in the same interleaved rounds.
+
+    python benchmarks/bench_search.py [--trials 16] [--no-minilm] [--only cnn-size,cnn-latency,dwse]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import machine_line, md_table, this_command, write_result  # noqa: E402
+
+
+def dwse_cnn() -> Any:
+    """Depthwise-separable CNN with a squeeze-excite block, trained 15 epochs on digits (seed 0)."""
+    import torch
+    from torch import nn
+
+    from deepshrink.examples import digits_data
+    from deepshrink.train import Trainer
+
+    class DwSe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(1, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+            self.dw1 = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False), nn.BatchNorm2d(24),
+                                     nn.ReLU())
+            self.pw1 = nn.Sequential(nn.Conv2d(24, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
+            self.se_down, self.se_up = nn.Linear(48, 12), nn.Linear(12, 48)
+            self.dw2 = nn.Sequential(nn.Conv2d(48, 48, 3, stride=2, padding=1, groups=48, bias=False),
+                                     nn.BatchNorm2d(48), nn.ReLU())
+            self.pw2 = nn.Sequential(nn.Conv2d(48, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.pw1(self.dw1(self.stem(x)))
+            s = torch.sigmoid(self.se_up(torch.relu(self.se_down(x.mean(dim=(2, 3))))))
+            x = x * s[:, :, None, None]
+            x = self.pw2(self.dw2(x))
+            return self.head(x.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    d = digits_data()
+    model = DwSe()
+    Trainer(model, epochs=15, lr=3e-3, batch_size=64, seed=0, progress=False, deterministic=True).fit(
+        (d.x_train, d.y_train))
+    return model.eval()
+
+
+def run_search(model: Any, out: Path, data: str, eval_data: str | None, **cfg: Any) -> tuple[dict[str, Any], float]:
+    import deepshrink as ds
+    from deepshrink.search import BudgetNotMetError, SearchConfig
+
+    t0 = time.perf_counter()
+    try:
+        res = ds.search(model, data, SearchConfig.build(**cfg), out, eval_data=eval_data, say=print)
+    except BudgetNotMetError as exc:
+        assert exc.result is not None
+        res = exc.result
+    return res.report, time.perf_counter() - t0
+
+
+def fmt_point(report: dict[str, Any], which: str) -> list[str]:
+    c = report.get(which)
+    if not c:
+        return ["-"] * 5
+    t = c.get("final_timing") or {}
+    lat = f"{t['latency_ratio']:.2f}× ±{t['latency_spread']:.2f}" if t else "-"
+    test = c.get("test") or c["select"]
+    fid = (f"{test['drop_points']:+.2f} pt" if test.get("drop_points") is not None
+           else f"{test['cos_mean']:.4f} / {test['cos_min']:.4f}")
+    ch = ", ".join(f"{n} {k}" for k, n in sorted(c["choices"].items()))
+    return [ch, f"{c['size_ratio']:.3f}×", lat, fid, str(c["trial"])]
+
+
+def digits_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], notes: list[str]) -> None:
+    import deepshrink as ds
+    from deepshrink.examples import trained_digits_cnn
+
+    cnn = tmp / "cnn.onnx"
+    ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), cnn)
+    cases = []
+    if "cnn-size" in args.only:
+        cases.append(("digits CNN, size ≤ 1/30", str(cnn), {"budget": {"resource": "size", "value": 1 / 30,
+                                                                     "relative": True}}))
+    if "cnn-latency" in args.only:
+        cases.append(("digits CNN, latency ≤ 0.5×", str(cnn), {"budget": {"resource": "latency", "value": 0.5,
+                                                                        "relative": True}}))
+    if "dwse" in args.only:
+        dw = tmp / "dwse.onnx"
+        ds.convert(ds.load(dwse_cnn(), input_shapes=["x:1x1x8x8"]), dw)
+        cases.append(("depthwise-separable + SE CNN (new), no budget", str(dw), {}))
+    for name, model, extra in cases:
+        rep, secs = run_search(model, tmp / name.replace(" ", "_").replace("/", "_"), "digits:train", "digits:test",
+                               max_drop=0.5, trials=args.trials, repeats=args.repeats, threads=2, **extra)
+        v = rep["verdict"]
+        status = "met" if v["met"] else "**not met** (exit 4)"
+        rows.append([name, status, "chosen" if v["met"] else "closest",
+                     *fmt_point(rep, "chosen" if v["met"] else "closest"), f"{secs:.0f} s",
+                     f"{rep['search']['trials']}/{rep['search']['built']}"])
+        rows.append(["", "", "plain int8 (peer, same rounds)", *fmt_point(rep, "plain_int8"), "", ""])
+        ref = rep["reference"]
+        notes.append(f"- {name}: reference {ref['size_bytes']:,} B, {ref['latency_ms'] or 0:.3f} ms; "
+                     f"test accuracy {100 * (ref['test_accuracy'] or 0):.2f}%; int8 = {rep['int8']}. "
+                     + (v["why"] if v["met"] else v["message"]) + "".join(f" Warning: {w}" for w in v["warnings"]))
+
+
+def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], notes: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import deepshrink as ds
+    from deepshrink.backends.onnx import make_session
+    from deepshrink.convert.parity import compare_outputs
+    from deepshrink.core.data import load_data
+    from deepshrink.evaluate.latency import measure_latency
+    from deepshrink.examples import minilm_dir
+    from deepshrink.quantize.sensitivity import run_outputs
+
+    src = str(minilm_dir())
+    rep, secs = run_search(src, tmp / "minilm", f"sentences:{args.sentences}", None, target_cos=0.997, min_cos=0.99,
+                           trials=args.trials, repeats=args.repeats, threads=2, choices=("float", "int8"),
+                           sensitivity_samples=24)
+    v = rep["verdict"]
+    rows.append(["MiniLM, cos ≥ 0.997 / 0.99", "met" if v["met"] else "**not met**",
+                 "chosen" if v["met"] else "closest", *fmt_point(rep, "chosen" if v["met"] else "closest"),
+                 f"{secs:.0f} s", f"{rep['search']['trials']}/{rep['search']['built']}"])
+    if not v["met"]:
+        notes.append(f"- MiniLM: {v['message']}")
+        return
+    # the peer: ORT quantize_dynamic on the same float export, timed with the search's model in the same rounds
+    ref_path = tmp / "minilm_ref.onnx"
+    ds.convert(ds.load(src), ref_path)
+    ort_path = tmp / "minilm_ort_dynamic.onnx"
+    quantize_dynamic(str(ref_path), str(ort_path), weight_type=QuantType.QInt8)
+    best = tmp / "minilm" / "best.onnx"
+    h = ds.load(str(ref_path))
+    from deepshrink.evaluate.gate import split_holdout
+    from deepshrink.search.runner import _split_select_test
+
+    data = load_data(f"sentences:{args.sentences}", h)
+    _calib, held, _ = split_holdout(data, len(data))  # as the search split it: the test half it never saw
+    test_set = _split_select_test(held)[1]
+    assert test_set is not None
+    test = test_set.inputs
+    ref_out = run_outputs(onnx.load(str(ref_path)), test, batch=1)
+    fids = {}
+    for name, p in (("ORT quantize_dynamic", ort_path), ("search", best)):
+        d = compare_outputs(ref_out, run_outputs(onnx.load(str(p)), test, batch=1))
+        fids[name] = (d.cos_mean, d.cos_min)
+    feed = {k: v[:1] for k, v in test.items()}
+    from deepshrink.quantize.sensitivity import _trim
+
+    feed = _trim(feed)
+    sess = {n: make_session(str(p), threads=2) for n, p in (("float", ref_path), ("ORT quantize_dynamic", ort_path),
+                                                              ("search", best))}
+    st = measure_latency({n: (lambda s=s: s.run(None, feed)) for n, s in sess.items()}, repeats=args.final_repeats,
+                         threads=2)
+    peer = st["ORT quantize_dynamic"]
+    ours = st["search"]
+    rows.append(["", "", "ORT quantize_dynamic (peer, same rounds)", "all MatMul int8",
+                 f"{ort_path.stat().st_size / ref_path.stat().st_size:.3f}×",
+                 f"{peer.ratio:.2f}× ±{peer.ratio_spread:.2f}",
+                 f"{fids['ORT quantize_dynamic'][0]:.4f} / {fids['ORT quantize_dynamic'][1]:.4f}", "-", "", ""])
+    notes.append(f"- MiniLM: re-timed in one set of {args.final_repeats} interleaved rounds (batch 1, 2 threads): "
+                 f"search {ours.ratio:.2f}× ±{ours.ratio_spread:.2f} of float, ORT quantize_dynamic "
+                 f"{peer.ratio:.2f}× ±{peer.ratio_spread:.2f}: search / ORT = {ours.median_ms / peer.median_ms:.2f}×. "
+                 f"Cosine on the test half (never seen by the search): search {fids['search'][0]:.4f} / "
+                 f"{fids['search'][1]:.4f}, ORT {fids['ORT quantize_dynamic'][0]:.4f} / "
+                 f"{fids['ORT quantize_dynamic'][1]:.4f}.")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--final-repeats", type=int, default=60)
+    ap.add_argument("--sentences", type=int, default=256)
+    ap.add_argument("--only", default="cnn-size,cnn-latency,dwse")
+    ap.add_argument("--no-minilm", dest="minilm", action="store_false", help="skip MiniLM (~17 min on 2 loaded cores)")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--name", default="search", help="results/<name>.md")
+    ap.add_argument("--keep", type=Path, default=None, help="keep every search's output folder under this folder")
+    args = ap.parse_args()
+    args.only = args.only.split(",") + (["minilm"] if args.minilm else [])
+    import torch
+
+    torch.set_num_threads(2)
+    rows: list[list[Any]] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = args.keep or Path(d)
+        tmp.mkdir(parents=True, exist_ok=True)
+        digits_cases(args, tmp, rows, notes)
+        if "minilm" in args.only:
+            minilm_case(args, tmp, rows, notes)
+    table = md_table(["case", "verdict", "point", "choices", "size vs fp32", "latency vs fp32 (final re-timing)",
+                      "held-out test drop / cosine", "trial", "search time", "trials/built"], rows)
+    body = (f"{machine_line(2)}. CPU shared with other jobs: spreads are half the 10–90% range of the per-round "
+            f"ratio.\n\n{table}\n\n" + "\n".join(notes) + "\n")
+    if args.no_write:
+        print(body)
+        return
+    write_result(args.name, "search: per-layer choices on measured latency and held-out accuracy (issue 14)",
+                 this_command(), body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""``deepshrink search``: per-layer quantization choices searched against a fidelity target and a budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._app import (
+    DataOpt,
+    ForceOpt,
+    InputShapeOpt,
+    JsonOpt,
+    ThreadsOpt,
+    TrustOpt,
+    WeightsOpt,
+    app,
+    console,
+    print_json,
+)
+
+EXIT_BUDGET_NOT_MET = 4
+
+
+@app.command("search")
+def search_cmd(
+    src: Annotated[str, typer.Argument(help="the model: .onnx, .pt2, package.module:factory (+ --weights), HF folder")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder: best.onnx, best.yaml, pareto.json, reports")],
+    data: DataOpt = None,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data the candidates are judged on (default: the last part of --data, never used to calibrate)")] = None,
+    max_drop: Annotated[float | None, typer.Option("--max-drop", help="accuracy points the chosen model may lose (needs labels)")] = None,
+    target_cos: Annotated[float | None, typer.Option("--target-cos", help="mean output cosine to the original to keep (unlabelled data)")] = None,
+    min_cos: Annotated[float | None, typer.Option("--min-cos", help="worst-sample output cosine to keep (default: min(0.99, --target-cos))")] = None,
+    budget: Annotated[str | None, typer.Option("--budget", help="size=2MB | size=0.1x | latency=0.5x | latency=2ms")] = None,
+    trials: Annotated[int, typer.Option("--trials", help="candidates to build and measure (sensitivity warm starts included)")] = 24,
+    time_limit: Annotated[str | None, typer.Option("--time", help="wall-clock cap on the trials: 90s, 10m, 1h")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="the optimiser's seed: the same seed gives the same trials")] = 0,
+    choices: Annotated[str, typer.Option("--choices", help="what a layer may become, comma-separated: float,int8,int4,codebook")] = "float,int8,int4,codebook",
+    weights: WeightsOpt = None, input_shape: InputShapeOpt = None, trust_remote_code: TrustOpt = False,
+    force: ForceOpt = False, json_out: JsonOpt = False,
+    threads: ThreadsOpt = 2,
+    repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds per candidate (0: no timing; the search then minimises size)")] = 20,
+) -> None:
+    """Search per-layer quantization (float / int8 / int4 / codebook) for the fastest or smallest model that
+    keeps the fidelity target; every candidate is built, timed on ONNX Runtime and judged on held-out data.
+
+    Exit status 4 when no candidate meets the target and the budget (the reports are still written)."""
+    from ..errors import InputError
+    from ..search import SearchConfig, parse_budget, parse_duration, search
+    from ..search.config import CHOICES
+
+    if data is None:
+        raise InputError("search needs --data: calibration samples, and held-out ones to judge candidates on")
+    if max_drop is not None and max_drop < 0:
+        raise InputError(f"--max-drop {max_drop:g} is negative; give the accuracy points the model may lose (>= 0)")
+    if max_drop is not None and target_cos is not None:
+        raise InputError("give either --max-drop (accuracy points, labelled data) or --target-cos (output cosine), "
+                         "not both")
+    if max_drop is None and target_cos is None:
+        raise InputError("give a fidelity target: --max-drop PT (accuracy points, labelled data) or --target-cos C")
+    picked = tuple(c.strip() for c in choices.split(",") if c.strip())
+    bad = [c for c in picked if c not in CHOICES]
+    if bad:
+        raise InputError(f"--choices: unknown choice {bad[0]!r}; use {', '.join(CHOICES)}")
+    config = SearchConfig.build(max_drop=max_drop, target_cos=target_cos, min_cos=min_cos,
+                                budget=parse_budget(budget) if budget is not None else None, choices=picked,
+                                trials=trials, time_s=parse_duration(time_limit) if time_limit else None,
+                                seed=seed, threads=threads, repeats=repeats)
+    say = (lambda *a, **k: None) if json_out else (lambda msg: console.print(msg, highlight=False, markup=False))
+    from ..search import BudgetNotMetError
+
+    try:
+        res = search(src, data, config, output, eval_data=eval_data, force=force, weights=weights,
+                     input_shapes=input_shape, trust_remote_code=trust_remote_code, progress=not json_out, say=say)
+    except BudgetNotMetError as exc:
+        if json_out and exc.result is not None:
+            print_json({"output": str(exc.result.out_dir), "met": False, "report": exc.result.report})
+        raise
+    if json_out:
+        print_json({"output": str(res.out_dir), "met": True, "files": {k: str(v) for k, v in res.files.items()},
+                    "report": res.report})
+        return
+    c = res.report["chosen"]
+    t = c.get("final_timing") or {}
+    lat = f", {t['latency_ratio']:.2f}x ±{t['latency_spread']:.2f} the original's latency" if t else ""
+    test = c.get("test") or c["select"]
+    fid = (f"accuracy drop {test['drop_points']:.2f} pt" if test.get("drop_points") is not None
+           else f"cosine {test['cos_mean']:.4f} mean / {test['cos_min']:.4f} worst")
+    console.print(f"chosen: trial {c['trial']} ({', '.join(f'{n} {k}' for k, n in sorted(c['choices'].items()))}): "
+                  f"{c['size_ratio']:.3f}x the size{lat}; {fid} on held-out samples", highlight=False, markup=False)
+    for w in res.report["verdict"]["warnings"]:
+        console.print(f"warning: {w}", style="yellow", highlight=False, markup=False)
+    console.print(f"wrote {res.files['best.onnx']}, {res.files['best.yaml']}; report: {res.files['report.md']}",
+                  highlight=False, markup=False)

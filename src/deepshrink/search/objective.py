@@ -1,0 +1,202 @@
+"""Building and measuring one candidate: quantize, write, time against the reference, score on held-out data.
+
+Every candidate is built through the same call ``deepshrink compress`` makes for a ``quantize``
+step (:func:`deepshrink.quantize.api.run_quantize` on the same calibration samples), written as the
+bytes ``compress`` would write, timed on ONNX Runtime interleaved with the float reference
+(:func:`deepshrink.evaluate.latency.measure_latency`: per-round ratio, its median and spread),
+and scored on the *held-out* samples — never on the calibration ones. Results are cached by the
+assignment, so no candidate is built twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..convert.parity import compare_outputs
+from ..core.data import Dataset
+from ..errors import DeepshrinkError, first_line
+from .config import SearchConfig
+from .space import Space, key
+
+
+@dataclass
+class Scores:
+    """Fidelity of one model's outputs on one held-out set."""
+
+    samples: int
+    accuracy: float | None  # top-1, 0..1 (labelled data only)
+    drop: float | None  # accuracy points lost against the reference (0..100)
+    cos_mean: float
+    cos_min: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "accuracy": self.accuracy, "drop_points": self.drop,
+                "cos_mean": self.cos_mean, "cos_min": self.cos_min}
+
+
+@dataclass
+class Candidate:
+    """One measured assignment."""
+
+    trial: int
+    assign: dict[str, str]
+    key: str
+    size_bytes: int = 0
+    size_ratio: float = 1.0
+    sha256: str = ""
+    latency_ratio: float | None = None
+    latency_spread: float | None = None
+    latency_ms: float | None = None
+    select: Scores | None = None
+    test: Scores | None = None
+    error: str | None = None
+    build_s: float = 0.0
+    origin: str = "optimiser"  # or "warm start: ..."
+    model_bytes: bytes | None = field(default=None, repr=False)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.assign.values():
+            out[c] = out.get(c, 0) + 1
+        return out
+
+    def to_dict(self, *, timings: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {"trial": self.trial, "origin": self.origin, "choices": self.counts(),
+                             "layers": dict(self.assign), "size_bytes": self.size_bytes,
+                             "size_ratio": self.size_ratio, "sha256": self.sha256,
+                             "select": self.select.to_dict() if self.select else None,
+                             "test": self.test.to_dict() if self.test else None}
+        if timings:
+            d.update({"latency_ratio": self.latency_ratio, "latency_spread": self.latency_spread,
+                      "latency_ms": self.latency_ms, "build_s": round(self.build_s, 2)})
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+class Evaluator:
+    """Builds and measures candidates against the float reference; caches them by assignment."""
+
+    def __init__(self, reference: Any, space: Space, calibration: Dataset, select: Dataset, test: Dataset | None,
+                 config: SearchConfig) -> None:
+        from ..backends.onnx import save_onnx
+
+        self.reference, self.space, self.calibration, self.config = reference, space, calibration, config
+        self.select_set, self.test_set = select, test
+        with tempfile.TemporaryDirectory() as tmp:
+            save_onnx(reference.model, Path(tmp) / "ref.onnx")
+            self.ref_bytes = (Path(tmp) / "ref.onnx").read_bytes()
+        self.ref_size = len(self.ref_bytes)
+        self.ref_select = self._outputs(self.ref_bytes, select.inputs)
+        self.ref_test = self._outputs(self.ref_bytes, test.inputs) if test is not None else None
+        self.ref_acc_select = _accuracy(self.ref_select, select.labels)
+        self.ref_acc_test = _accuracy(self.ref_test, test.labels) if test is not None else None
+        from ..quantize.sensitivity import _trim
+
+        # batch 1: one request, without the padding a tokenized batch carries
+        self.feed = _trim({k: v[:1] for k, v in select.inputs.items()})
+        self.budget_ratio: float | None = None
+        self.cache: dict[str, Candidate] = {}
+        self.builds = 0
+
+    # -- measuring ---------------------------------------------------------------------------
+
+    def _outputs(self, model_bytes: bytes, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import onnx
+
+        from ..quantize.sensitivity import run_outputs
+
+        return run_outputs(onnx.load_from_string(model_bytes), inputs, batch=1, threads=self.config.threads)
+
+    def scores(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, ref_acc: float | None) -> Scores:
+        d = compare_outputs(ref, out)
+        acc = _accuracy(out, labels)
+        drop = None if acc is None or ref_acc is None else 100.0 * (ref_acc - acc)
+        return Scores(len(out), acc, drop, float(d.cos_mean), float(d.cos_min))
+
+    def time_against_reference(self, models: dict[str, bytes], repeats: int) -> dict[str, Any]:
+        """Interleaved timing of the reference and ``models`` (batch 1); the reference comes first."""
+        from ..backends.onnx import make_session
+        from ..evaluate.latency import measure_latency
+
+        sessions = {"reference": make_session(self.ref_bytes, threads=self.config.threads)}
+        sessions.update({n: make_session(b, threads=self.config.threads) for n, b in models.items()})
+        feed = self.feed
+        runners = {n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}
+        return measure_latency(runners, warmup=3, repeats=repeats, threads=self.config.threads)
+
+    # -- candidates ---------------------------------------------------------------------------
+
+    def evaluate(self, assign: dict[str, str], *, trial: int, origin: str = "optimiser") -> Candidate:
+        k = key(assign)
+        if k in self.cache:
+            return self.cache[k]
+        cand = Candidate(trial, dict(assign), k, origin=origin)
+        t0 = time.perf_counter()
+        try:
+            data = self.build(assign)
+        except DeepshrinkError as exc:
+            cand.error = first_line(exc, 300)
+            self.cache[k] = cand
+            return cand
+        self.builds += 1
+        cand.model_bytes = data
+        cand.size_bytes, cand.size_ratio = len(data), len(data) / self.ref_size
+        cand.sha256 = hashlib.sha256(data).hexdigest()
+        out = self._outputs(data, self.select_set.inputs)
+        cand.select = self.scores(out, self.ref_select, self.select_set.labels, self.ref_acc_select)
+        if self.test_set is not None:
+            out = self._outputs(data, self.test_set.inputs)
+            cand.test = self.scores(out, self.ref_test, self.test_set.labels, self.ref_acc_test)
+        if self.config.repeats:
+            st = self.time_against_reference({"candidate": data}, self.config.repeats)["candidate"]
+            cand.latency_ratio, cand.latency_spread, cand.latency_ms = st.ratio, st.ratio_spread, st.median_ms
+        cand.build_s = time.perf_counter() - t0
+        self.cache[k] = cand
+        return cand
+
+    def build(self, assign: dict[str, str]) -> bytes:
+        """The bytes ``compress`` writes for this assignment's recipe step."""
+        from ..backends.onnx import save_onnx
+        from ..quantize.api import run_quantize
+
+        cfg = self.space.config(assign)
+        if cfg is None:
+            return self.ref_bytes
+        res = run_quantize(self.reference, cfg, data=self.calibration, progress=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_onnx(res.handle.model, Path(tmp) / "model.onnx")
+            return (Path(tmp) / "model.onnx").read_bytes()
+
+    # -- fidelity against the target -----------------------------------------------------------
+
+    def shortfall(self, s: Scores | None) -> float:
+        """How far ``s`` is from the fidelity target (<= 0: met). Accuracy: points; cosine: cosine units."""
+        if s is None:
+            return float("inf")
+        c = self.config
+        if c.max_drop is not None:
+            return (s.drop if s.drop is not None else float("inf")) - c.max_drop
+        assert c.target_cos is not None and c.worst_cos is not None
+        return max(c.target_cos - s.cos_mean, c.worst_cos - s.cos_min)
+
+    def loss(self, s: Scores | None) -> float:
+        """The quality objective: accuracy points lost, or 1 - mean cosine."""
+        if s is None:
+            return float("inf")
+        if self.config.max_drop is not None:
+            return s.drop if s.drop is not None else float("inf")
+        return 1.0 - s.cos_mean
+
+
+def _accuracy(out: np.ndarray | None, labels: np.ndarray | None) -> float | None:
+    if out is None or labels is None or out.ndim != 2:
+        return None
+    return float((out.argmax(1) == labels[:len(out)]).mean())

@@ -1,0 +1,576 @@
+"""``ds.search``: per-layer sensitivity, then a seeded multi-objective optuna search, then the outputs.
+
+Flow (issue 14):
+
+1. Load the model and the data. Calibration = what ``deepshrink compress`` would give the
+   quantize step (``--data``, less its held-out tail when no ``--eval-data`` is given, as
+   :func:`deepshrink.evaluate.gate.split_holdout` splits it). Held-out = ``--eval-data`` or that
+   tail; it is split again into a *select* half (the search's objective) and a *test* half (the
+   figure reported for the chosen point, which the search never saw).
+2. Per-layer sensitivity of every choice (:mod:`.sensitivity`), which seeds the optimiser.
+3. optuna's multivariate TPE (seeded; ``enqueue_trial`` for the warm starts) minimises
+   (quality loss, cost) under the constraints (fidelity target, budget); cost is the budgeted
+   quantity, else latency (else size when timing is off). Each proposal is built, written,
+   timed interleaved with the reference and scored on the select half (:mod:`.objective`).
+4. The Pareto set over (loss, size, latency) (:mod:`.pareto`); the chosen point: among the
+   candidates that meet the fidelity target and the budget, the fastest (size budget, or none)
+   or the smallest (latency budget). Finalists are re-timed together with the reference.
+5. ``best.yaml`` is replayed through ``deepshrink compress`` to write ``best.onnx`` — so the
+   recipe reproduces the file byte for byte by construction — then ``pareto.json``,
+   ``report.json``, ``report.md`` and ``pareto.png``.
+
+When no candidate meets the target and the budget, the reports are written (no ``best.*``) and
+:class:`BudgetNotMetError` (exit status 4) names the closest candidate and how far it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.data import Dataset
+from ..core.fileio import write_text_atomic
+from ..errors import BudgetError, InputError
+from .config import SearchConfig
+from .objective import Candidate, Evaluator
+from .pareto import front
+from .space import Space, build_space
+
+SCHEMA = "deepshrink.search/1"
+HOLDOUT_MIN_TEST = 32  # below twice this many held-out samples, select and test are the same samples
+
+
+class BudgetNotMetError(BudgetError):
+    """No candidate met the fidelity target and the budget; the reports are written. Exit status 4."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, result: SearchResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class SearchResult:
+    out_dir: Path
+    met: bool
+    best: Candidate | None
+    report: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLike[str], *, eval_data: Any = None,
+           force: bool = False, weights: str | None = None, input_shapes: Any = None,
+           trust_remote_code: bool = False, progress: bool = False, say: Any = None) -> SearchResult:
+    """Search per-layer quantization choices of ``model`` for ``config``'s target; write OUT_DIR.
+
+    ``model``: anything :func:`deepshrink.load` takes (a path, ``package.module:factory`` with
+    ``weights``, an ``nn.Module`` with ``input_shapes``, a handle). ``data``: calibration (and,
+    without ``eval_data``, held-out) samples — a path, a built-in source (``digits:train``,
+    ``sentences:256``) or a :class:`Dataset`. Returns a :class:`SearchResult`; OUT_DIR then holds
+    ``best.onnx``, ``best.yaml``, ``pareto.json``, ``report.json``, ``report.md``, ``pareto.png``.
+
+    Raises :class:`InputError` (exit 2, nothing written) for a bad model, data, target (accuracy
+    without labels) or output folder; :class:`BudgetNotMetError` (exit 4, reports written, no
+    ``best.*``) when no candidate meets the target and the budget.
+    """
+    from ..core.data import load_data
+    from ..evaluate.gate import split_holdout
+    from ..loading import load
+    from ..quantize.api import to_onnx_handle
+
+    say = say or (lambda *a, **k: None)
+    out = Path(output)
+    _check_out_dir(out, force)
+    source = load(model, weights=weights, input_shapes=input_shapes, data=data, trust_remote_code=trust_remote_code)
+    train = load_data(data, source)
+    if eval_data is not None:
+        calibration, held = train, load_data(eval_data, source)
+    else:
+        calibration, held, spared = split_holdout(train, len(train))
+        if not spared:
+            raise InputError(f"data {train.source} has {len(train)} samples: too few to hold some back for "
+                             "evaluation; pass more data or --eval-data")
+    held = held.take(min(len(held), config.eval_samples))
+    if config.max_drop is not None and held.labels is None:
+        raise InputError(f"--max-drop is accuracy points and the held-out data {held.source} has no labels; "
+                         "give labelled data (an .npz with a 'labels' array, digits:train) or use --target-cos")
+    select, test = _split_select_test(held)
+    t_start = time.perf_counter()
+    reference = to_onnx_handle(source)
+    say(f"calibration: {len(calibration)} samples of {calibration.source}; held-out: {len(select)} to choose on"
+        + (f", {len(test)} to report on" if test is not None else " (too few to keep a separate test part)"))
+    calib_arrays = calibration.take(min(len(calibration), 256)).inputs
+    space = build_space(reference, calib_arrays, config)
+    if not space.free:
+        raise InputError("search: the model has no layer any choice applies to (no MatMul/Gemm/Conv weights)")
+    ev = Evaluator(reference, space, calibration, select, test, config)
+    say(f"{len(space.free)} layers to choose for; int8 is {space.int8_kind}")
+
+    say("per-layer sensitivity")
+    from .sensitivity import choice_sensitivity, warm_starts
+
+    sens_inputs = calibration.take(min(len(calibration), config.sensitivity_samples)).inputs
+    sens = choice_sensitivity(ev, sens_inputs, progress=progress)
+    starts = warm_starts(space, sens, None if config.target_cos is None else 1.0 - config.target_cos)
+    trials = _optimise(ev, space, starts, config, progress, say)
+    seconds = time.perf_counter() - t_start
+
+    cands = [ev.cache[k] for k in dict.fromkeys(t["key"] for t in trials)]
+    plain = ev.cache.get(_key(space.uniform("int8")))
+    res = _finish(out, source, model, data, eval_data, weights, input_shapes, trust_remote_code, config, space, ev,
+                  cands, trials, sens, plain, seconds, say)
+    if not res.met:
+        raise BudgetNotMetError(res.report["verdict"]["message"], res)
+    return res
+
+
+def _key(assign: dict[str, str]) -> str:
+    from .space import key
+
+    return key(assign)
+
+
+def _split_select_test(held: Dataset) -> tuple[Dataset, Dataset | None]:
+    from ..evaluate.gate import _slice
+
+    n = len(held)
+    if n < 2 * HOLDOUT_MIN_TEST:
+        return held, None
+    half = n // 2
+    return _slice(held, 0, half), _slice(held, half, n)
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    from ..core.fileio import check_writable
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder {out} is a file; give a folder for the search's results")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise InputError(f"output folder {out} is not empty; pass --force to overwrite the search's files in it")
+        if not (out / "pareto.json").exists():
+            raise InputError(f"output folder {out} holds files search did not write; refusing to overwrite them "
+                             "even with --force: choose an empty or new folder")
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(f"cannot create output folder {out}: {blocker} is a file")
+    if blocker is not None:
+        check_writable(blocker)
+
+
+# ------------------------------------------------------------------------------------------
+# the optimiser
+
+def _optimise(ev: Evaluator, space: Space, starts: list[tuple[str, dict[str, str]]], config: SearchConfig,
+              progress: bool, say: Any) -> list[dict[str, Any]]:
+    try:
+        import optuna
+    except ImportError:
+        from ..errors import MissingExtraError
+
+        raise MissingExtraError("optuna", "search", "deepshrink search") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cost_kind = _cost_kind(config)
+    budget = _budget_value(config, ev)
+
+    def cost(c: Candidate) -> float:
+        if cost_kind == "latency":
+            return c.latency_ratio if c.latency_ratio is not None else float("inf")
+        return c.size_ratio
+
+    def constraints(trial: Any) -> list[float]:
+        return list(trial.user_attrs.get("constraints", [1.0, 1.0]))
+
+    # optuna 5 takes constraints from the trial (Trial.set_constraint); optuna 4 from a function
+    per_trial = hasattr(optuna.trial.Trial, "set_constraint")
+    sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True,
+                                         n_startup_trials=max(len(starts), min(10, config.trials // 2)),
+                                         **({} if per_trial else {"constraints_func": constraints}))
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    free = space.free
+    for _what, assign in starts[:config.trials]:
+        study.enqueue_trial({lay.name: assign[lay.name] for lay in free})
+    origins = {_key(a): w for w, a in starts}
+    log: list[dict[str, Any]] = []
+    best_line = {"text": "-"}
+
+    def objective(trial: Any) -> tuple[float, float]:
+        assign = {lay.name: trial.suggest_categorical(lay.name, list(lay.options)) for lay in free}
+        k = _key(assign)
+        cand = ev.evaluate(assign, trial=trial.number, origin=origins.get(k, "optimiser"))
+        c1 = ev.shortfall(cand.select)
+        c2 = _over_budget(cand, config, budget)
+        trial.set_user_attr("constraints", [min(c1, 1e9), min(c2, 1e9)])
+        if per_trial:
+            trial.set_constraint("fidelity", min(c1, 1e9))
+            trial.set_constraint("budget", min(c2, 1e9))
+        log.append({"trial": trial.number, "key": k, "cached": cand.trial != trial.number})
+        if c1 <= 0 and c2 <= 0:
+            best_line["text"] = f"trial {cand.trial}: {_point(cand, ev)}"
+        return min(ev.loss(cand.select), 1e9), min(cost(cand), 1e9)
+
+    bar_ctx: Any = contextlib.nullcontext(None)
+    if progress:
+        from rich.progress import Progress, TextColumn
+
+        bar_ctx = Progress(*Progress.get_default_columns(), TextColumn("best: {task.fields[best]}"), transient=True)
+    with bar_ctx as bar:
+        task = bar.add_task("search", total=config.trials, best="-") if bar is not None else None
+
+        def callback(_study: Any, _trial: Any) -> None:
+            if bar is not None:
+                bar.update(task, advance=1, best=best_line["text"])
+
+        study.optimize(objective, n_trials=config.trials, timeout=config.time_s, callbacks=[callback],
+                       gc_after_trial=False, show_progress_bar=False)
+    say(f"{len(log)} trials, {ev.builds} models built (the rest from the cache)")
+    return log
+
+
+def _cost_kind(config: SearchConfig) -> str:
+    if config.budget is not None:
+        return config.budget.resource
+    return "latency" if config.repeats else "size"
+
+
+def _budget_value(config: SearchConfig, ev: Evaluator) -> float | None:
+    """The budget as a ratio to the reference (size: of its file; latency: of its median ms)."""
+    b = config.budget
+    if b is None:
+        return None
+    if b.relative:
+        return b.value
+    if b.resource == "size":
+        return b.value / ev.ref_size
+    if ev.budget_ratio is None:  # timed once: every trial and the final choice use the same figure
+        ref_ms = ev.time_against_reference({}, max(config.repeats, 20))["reference"].median_ms
+        ev.budget_ratio = b.value / ref_ms
+    return ev.budget_ratio
+
+
+def _over_budget(c: Candidate, config: SearchConfig, budget: float | None) -> float:
+    """How far ``c`` is over the budget, as a ratio to the reference (<= 0: within)."""
+    if c.error is not None:
+        return float("inf")
+    if budget is None or config.budget is None:
+        return 0.0
+    if config.budget.resource == "size":
+        return c.size_ratio - budget
+    return (c.latency_ratio if c.latency_ratio is not None else float("inf")) - budget
+
+
+def _point(c: Candidate, ev: Evaluator) -> str:
+    s = c.select
+    fid = (f"drop {s.drop:.2f} pt" if ev.config.max_drop is not None and s and s.drop is not None
+           else f"cos {s.cos_mean:.4f}/{s.cos_min:.4f}" if s else "-")
+    lat = f", {c.latency_ratio:.2f}x latency" if c.latency_ratio is not None else ""
+    return f"{fid}, {c.size_ratio:.3f}x size{lat}"
+
+
+# ------------------------------------------------------------------------------------------
+# choosing, re-measuring, writing
+
+def _feasible(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget: float | None
+              ) -> list[Candidate]:
+    ok = [c for c in cands if c.error is None and c.select is not None]
+    return [c for c in ok if ev.shortfall(c.select) <= 0 and _over_budget(c, config, budget) <= 0]
+
+
+def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget: float | None,
+            final: dict[str, Any] | None) -> tuple[Candidate | None, Candidate | None, str]:
+    """(chosen, closest when none is chosen, why).
+
+    Latency uses the finalists' re-timing (``final``, all in the same rounds) when there is one.
+    Candidates whose latency is within the fastest one's spread count as equally fast; among
+    them the smallest file wins.
+    """
+    feasible = _feasible(cands, ev, config, budget)
+    if final is not None:  # the finalists only: their latencies come from the same rounds
+        feasible = [c for c in feasible if f"trial {c.trial}" in final] or feasible
+
+    def lat(c: Candidate) -> tuple[float, float]:
+        t = (final or {}).get(f"trial {c.trial}")
+        if t is not None:
+            return t["latency_ratio"], t["latency_spread"]
+        return (c.latency_ratio if c.latency_ratio is not None else float("inf")), c.latency_spread or 0.0
+
+    if feasible:
+        if (config.budget is not None and config.budget.resource == "latency") or not config.repeats:
+            best = min(feasible, key=lambda c: (c.size_bytes, ev.loss(c.select), c.trial))
+            return best, None, "the smallest candidate that meets the fidelity target" + (
+                " and the budget" if config.budget is not None else "")
+        fastest = min(feasible, key=lambda c: (lat(c)[0], c.trial))
+        band = lat(fastest)[0] + max(lat(fastest)[1], 0.02)
+        best = min((c for c in feasible if lat(c)[0] <= band), key=lambda c: (c.size_bytes, c.trial))
+        return best, None, ("the smallest of the fastest candidates (within the fastest's timing spread) that meet "
+                            "the fidelity target" + (" and the size budget" if config.budget is not None else ""))
+    ok = [c for c in cands if c.error is None and c.select is not None]
+    met_fid = [c for c in ok if ev.shortfall(c.select) <= 0]
+    if met_fid:
+        closest = min(met_fid, key=lambda c: (_over_budget(c, config, budget), c.trial))
+    elif ok:
+        closest = min(ok, key=lambda c: (ev.shortfall(c.select), c.trial))
+    else:
+        closest = None
+    return None, closest, ""
+
+
+def _target_text(config: SearchConfig) -> str:
+    if config.max_drop is not None:
+        return f"accuracy drop <= {config.max_drop:g} pt"
+    return f"cosine >= {config.target_cos:g} mean / {config.worst_cos:g} worst"
+
+
+def _not_met_message(closest: Candidate | None, ev: Evaluator, config: SearchConfig, budget: float | None) -> str:
+    want = _target_text(config) + (f" and {config.budget.describe()}" if config.budget else "")
+    if closest is None:
+        return f"no candidate could be built and measured for {want}; see report.json for each trial's error"
+    short = ev.shortfall(closest.select)
+    if short > 0:
+        unit = "pt" if config.max_drop is not None else "in cosine"
+        far = f"it misses the fidelity target by {short:.4g} {unit}"
+    else:
+        assert config.budget is not None and budget is not None
+        have = closest.size_ratio if config.budget.resource == "size" else closest.latency_ratio or float("inf")
+        far = (f"its {config.budget.resource} is {have:.3f}x the original against a budget of {budget:.3f}x "
+               f"({have / budget:.2f}x over)")
+    return (f"no candidate meets {want}: the closest is trial {closest.trial} ({_point(closest, ev)}; "
+            f"{_choices_text(closest)}); {far}. Reports are in the output folder; no best.onnx was written")
+
+
+def _choices_text(c: Candidate) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(c.counts().items()))
+
+
+def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weights: Any, input_shapes: Any,
+            trust: bool, config: SearchConfig, space: Space, ev: Evaluator, cands: list[Candidate],
+            trials: list[dict[str, Any]], sens: dict[str, dict[str, float]], plain: Candidate | None, seconds: float,
+            say: Any) -> SearchResult:
+    import yaml
+
+    budget = _budget_value(config, ev)
+
+    def loss(c: Candidate) -> float:
+        return ev.loss(c.select)
+
+    pareto = front(cands, loss)
+    final = None
+    if config.repeats:  # the finalists re-timed together, interleaved with the reference, with more rounds
+        feasible = _feasible(cands, ev, config, budget)
+        finalists = [c for c in feasible if c in pareto] or feasible
+        fin = {f"trial {c.trial}": c.model_bytes for c in {id(c): c for c in [*finalists, *pareto, *(
+            [plain] if plain is not None else [])]}.values() if c.model_bytes is not None}
+        say(f"re-timing {len(fin)} finalists with the reference ({config.final_repeats} interleaved rounds)")
+        stats = ev.time_against_reference(fin, config.final_repeats)
+        final = {n: {"latency_ratio": s.ratio, "latency_spread": s.ratio_spread, "median_ms": s.median_ms}
+                 for n, s in stats.items()}
+    chosen, closest, why = _choose(cands, ev, config, budget, final)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    for stale in ("best.onnx", "best.yaml"):  # an earlier --force'd run's answer is not this run's
+        with contextlib.suppress(FileNotFoundError):
+            (out / stale).unlink()
+    reproduced = None
+    if chosen is not None:
+        recipe = space.recipe(chosen.assign)
+        text = (f"# written by deepshrink search; replay: {_replay_command(model, data, eval_data, weights)}\n"
+                + yaml.safe_dump(recipe, sort_keys=False))
+        write_text_atomic(out / "best.yaml", text)
+        files["best.yaml"] = out / "best.yaml"
+        say("writing best.onnx through deepshrink compress --recipe best.yaml")
+        reproduced = _replay(model, out / "best.yaml", data, eval_data, weights, input_shapes, trust, out / "best.onnx")
+        files["best.onnx"] = out / "best.onnx"
+    warnings = []
+    if chosen is not None and final is not None and f"trial {chosen.trial}" in final:
+        t = final[f"trial {chosen.trial}"]
+        if t["latency_ratio"] > 1.0 + max(t["latency_spread"], 0.02):
+            warnings.append(f"the chosen model is slower than the original on this machine ({t['latency_ratio']:.2f}x "
+                            f"±{t['latency_spread']:.2f}, batch 1, {config.threads} threads): no quantized candidate "
+                            "that meets the target ran faster; keep the original if speed matters")
+    verdict = {"met": chosen is not None, "warnings": warnings, "target": _target_text(config),
+               "budget": config.budget.describe() if config.budget else None, "budget_ratio": budget,
+               "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget)}
+    report = _report(source, config, space, ev, cands, trials, sens, pareto, chosen, closest, plain, final,
+                     reproduced, verdict, seconds)
+    pareto_doc = {"schema": SCHEMA, "objectives": ["loss", "size_bytes", "latency_ratio"],
+                  "loss": "accuracy points lost" if config.max_drop is not None else "1 - mean cosine",
+                  "chosen": chosen.trial if chosen else None,
+                  "front": [{k: v for k, v in c.to_dict().items() if k != "build_s"} for c in pareto]}
+    write_text_atomic(out / "pareto.json", json.dumps(pareto_doc, indent=2))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str))
+    write_text_atomic(out / "report.md", _markdown(report))
+    files.update({n: out / n for n in ("pareto.json", "report.json", "report.md")})
+    png = _plot(out / "pareto.png", cands, pareto, chosen, plain, ev)
+    if png is not None:
+        files["pareto.png"] = png
+    return SearchResult(out, chosen is not None, chosen, report, files)
+
+
+def _replay_command(model: Any, data: Any, eval_data: Any, weights: Any) -> str:
+    def arg(v: Any, name: str) -> str:
+        return str(v) if isinstance(v, (str, os.PathLike)) else name
+
+    cmd = f"deepshrink compress {arg(model, 'MODEL')} --recipe best.yaml --data {arg(data, 'DATA')}"
+    if weights is not None:
+        cmd += f" --weights {arg(weights, 'WEIGHTS')}"
+    if eval_data is not None:
+        cmd += f" --eval-data {arg(eval_data, 'EVAL_DATA')}"
+    return cmd + " -o OUT"
+
+
+def _replay(model: Any, recipe: Path, data: Any, eval_data: Any, weights: Any, input_shapes: Any, trust: bool,
+            dest: Path) -> dict[str, Any]:
+    """Run ``compress --recipe`` on the chosen recipe in a scratch folder; copy its model to ``dest``."""
+    from ..recipe import compress
+
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".replay.") as tmp:
+        res = compress(model, str(recipe), Path(tmp) / "run", data=data, eval_data=eval_data, weights=weights,
+                       input_shapes=input_shapes, trust_remote_code=trust, measure=False)
+        tmp_dest = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(res.model_path, tmp_dest)
+        os.replace(tmp_dest, dest)
+    import hashlib
+
+    return {"sha256": hashlib.sha256(dest.read_bytes()).hexdigest(), "size_bytes": dest.stat().st_size}
+
+
+def _report(source: Any, config: SearchConfig, space: Space, ev: Evaluator, cands: list[Candidate],
+            trials: list[dict[str, Any]], sens: dict[str, dict[str, float]], pareto: list[Candidate],
+            chosen: Candidate | None, closest: Candidate | None, plain: Candidate | None,
+            final: dict[str, Any] | None, reproduced: dict[str, Any] | None, verdict: dict[str, Any],
+            seconds: float) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
+    from ..recipe.runner import environment
+
+    def figures(c: Candidate | None) -> dict[str, Any] | None:
+        if c is None:
+            return None
+        d = c.to_dict()
+        if final is not None and f"trial {c.trial}" in final:
+            d["final_timing"] = final[f"trial {c.trial}"]
+        return d
+
+    ref = {"size_bytes": ev.ref_size, "select_accuracy": ev.ref_acc_select, "test_accuracy": ev.ref_acc_test,
+           "latency_ms": final["reference"]["median_ms"] if final else None}
+    if final is not None and plain is not None and (chosen or closest) is not None:
+        mine, peer = final.get(f"trial {(chosen or closest).trial}"), final.get(f"trial {plain.trial}")  # type: ignore[union-attr]
+        if mine is not None and peer is not None:
+            ref["chosen_vs_plain_int8_latency"] = mine["median_ms"] / peer["median_ms"]
+    if chosen is not None and reproduced is not None:
+        reproduced["matches_candidate"] = reproduced["sha256"] == chosen.sha256
+    return {
+        "schema": SCHEMA, "title": f"deepshrink search: {source.source or 'model'}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "source": source.source,
+        "config": config.to_dict(), "environment": environment(config.threads),
+        "data": {"calibration": ev.calibration.source, "calibration_samples": len(ev.calibration),
+                 "select": ev.select_set.source, "select_samples": len(ev.select_set),
+                 "test": ev.test_set.source if ev.test_set is not None else None,
+                 "test_samples": len(ev.test_set) if ev.test_set is not None else 0},
+        "int8": space.int8_kind,
+        "layers": [{"name": lay.name, "op_type": lay.op_type, "shape": list(lay.shape), "options": list(lay.options),
+                    "sensitivity": sens.get(lay.name, {}),
+                    "chosen": chosen.assign.get(lay.name, "float") if chosen else None} for lay in space.layers],
+        "reference": ref, "verdict": verdict,
+        "chosen": figures(chosen), "closest": figures(closest) if chosen is None else None,
+        "plain_int8": figures(plain), "final_timing": final, "reproduced": reproduced,
+        "search": {"trials": len(trials), "built": ev.builds, "seconds": round(seconds, 1),
+                   "sampler": "optuna TPESampler(multivariate=True)", "seed": config.seed,
+                   "cost": _cost_kind(config)},
+        "pareto": [c.trial for c in pareto],
+        "candidates": [figures(c) for c in sorted(cands, key=lambda c: c.trial)],
+    }
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    v = r["verdict"]
+    lines = [f"# {r['title']}", "", f"Target: {v['target']}" + (f"; budget: {v['budget']}" if v["budget"] else ""),
+             "", f"**{'met' if v['met'] else 'not met'}**: {v['why'] or v['message']}", ""]
+    lines += [f"**warning**: {w}" for w in v.get("warnings", [])] + ([""] if v.get("warnings") else [])
+    d = r["data"]
+    lines += [f"Calibration: {d['calibration_samples']} samples of {d['calibration']}; chosen on "
+              f"{d['select_samples']} held-out samples ({d['select']})"
+              + (f", reported on {d['test_samples']} more ({d['test']}) the search never saw." if d["test"] else "."),
+              f"int8 here is {r['int8']}. {r['search']['trials']} trials, {r['search']['built']} models built, "
+              f"{r['search']['seconds']} s.", ""]
+    lines += ["| point | trial | choices | size | latency vs original | select | test |", "|---|---|---|---|---|---|---|"]
+
+    def fid(s: dict[str, Any] | None) -> str:
+        if not s:
+            return "-"
+        acc = f"{100 * s['accuracy']:.2f}% ({s['drop_points']:+.2f} pt drop), " if s.get("accuracy") is not None else ""
+        return f"{acc}cos {s['cos_mean']:.4f}/{s['cos_min']:.4f}"
+
+    def row(name: str, c: dict[str, Any] | None) -> None:
+        if c is None:
+            return
+        t = c.get("final_timing") or {"latency_ratio": c.get("latency_ratio"), "latency_spread": c.get("latency_spread")}
+        lat = "-" if t.get("latency_ratio") is None else f"{t['latency_ratio']:.2f}x ±{t['latency_spread']:.2f}"
+        ch = ", ".join(f"{n} {k}" for k, n in sorted(c["choices"].items()))
+        lines.append(f"| {name} | {c['trial']} | {ch} | {c['size_bytes']:,} B ({c['size_ratio']:.3f}x) | {lat} | "
+                     f"{fid(c['select'])} | {fid(c['test'])} |")
+
+    row("chosen", r["chosen"])
+    row("closest (not met)", r["closest"])
+    row("plain int8", r["plain_int8"])
+    by_trial = {c["trial"]: c for c in r["candidates"]}
+    for t in r["pareto"]:
+        row("Pareto", by_trial[t])
+    lines += ["", f"Reference: {r['reference']['size_bytes']:,} B" + (
+        f", {r['reference']['latency_ms']:.3f} ms median" if r["reference"]["latency_ms"] else ""), ""]
+    lines += ["## Per-layer choices and sensitivity (1 - mean cosine with only that layer changed)", "",
+              "| layer | op | shape | chosen | " + " | ".join(("int8", "int4", "codebook")) + " |",
+              "|---|---|---|---|---|---|---|"]
+    for lay in r["layers"]:
+        s = lay["sensitivity"]
+        lines.append(f"| {lay['name']} | {lay['op_type']} | {'x'.join(map(str, lay['shape']))} | {lay['chosen'] or '-'} | "
+                     + " | ".join(f"{s[k]:.2e}" if k in s else "-" for k in ("int8", "int4", "codebook")) + " |")
+    if r.get("reproduced"):
+        rp = r["reproduced"]
+        lines += ["", f"best.onnx was written by replaying best.yaml through `deepshrink compress` "
+                      f"(sha256 {rp['sha256'][:16]}…, {'identical to' if rp.get('matches_candidate') else 'DIFFERENT from'}"
+                      " the candidate the search measured)."]
+    lines += ["", "![Pareto set](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(path: Path, cands: list[Candidate], pareto: list[Candidate], chosen: Candidate | None,
+          plain: Candidate | None, ev: Evaluator) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ok = [c for c in cands if c.error is None and c.select is not None]
+    if not ok:
+        return None
+    use_lat = all(c.latency_ratio is not None for c in ok)
+    x = (lambda c: c.latency_ratio) if use_lat else (lambda c: c.size_ratio)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.scatter([x(c) for c in ok], [ev.loss(c.select) for c in ok], s=[10 + 90 * c.size_ratio for c in ok],
+               c="#bbbbbb", label="candidates (marker area ~ size)")
+    ax.scatter([x(c) for c in pareto], [ev.loss(c.select) for c in pareto], c="#1f77b4", label="Pareto set")
+    if plain is not None and plain.select is not None:
+        ax.scatter([x(plain)], [ev.loss(plain.select)], marker="s", c="#ff7f0e", label="plain int8")
+    if chosen is not None:
+        ax.scatter([x(chosen)], [ev.loss(chosen.select)], marker="*", s=200, c="#d62728", label="chosen")
+    ax.set_xlabel("latency / original (batch 1)" if use_lat else "size / original")
+    ax.set_ylabel("accuracy points lost" if ev.config.max_drop is not None else "1 - mean cosine")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
