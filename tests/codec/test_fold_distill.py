@@ -144,3 +144,35 @@ def test_new_options_reject_bad_input() -> None:
     with pytest.raises(UnsupportedError, match="torch.fx"):
         pack(_Untraceable(), cfg)
     assert DeepCompressionConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_kernel_masks_zero_whole_kernels_first() -> None:
+    from deepshrink.codec.compress import kernel_masks
+
+    torch.manual_seed(0)
+    conv, lin = nn.Conv2d(4, 5, 3), nn.Linear(8, 4)
+    masks = kernel_masks({"conv": conv, "lin": lin}, sparsity=0.6, kernel_sparsity=0.5)
+    kernels = masks["conv"].reshape(20, 9)
+    assert int((masks["conv"] == 0).sum()) == round(0.6 * 180)
+    dead = kernels.sum(dim=1) == 0
+    assert int(dead.sum()) == 10  # half the kernels whole
+    # the dead kernels are the 10 of smallest L2 norm
+    norms = conv.weight.detach().reshape(20, 9).norm(dim=1)
+    assert set(torch.argsort(norms)[:10].tolist()) == set(torch.nonzero(dead).reshape(-1).tolist())
+    # Linear layers: plain magnitude (the 19 smallest of 32 weights)
+    w = lin.weight.detach().abs().reshape(-1)
+    assert torch.equal(masks["lin"].reshape(-1) == 0, w <= torch.sort(w).values[18])
+    # a kernel share above the sparsity raises the zeros to whole kernels
+    assert int((kernel_masks({"c": conv}, 0.1, 0.5)["c"] == 0).sum()) == 90
+
+
+def test_pack_with_kernel_sparsity(tmp_path) -> None:
+    x, y = _data()
+    cfg = DeepCompressionConfig(fc_sparsity=0.3, conv_sparsity=0.75, kernel_sparsity=0.5, conv_bits=3, fc_bits=3,
+                                other_bits=3, prune_epochs=2, finetune_epochs=1, batch_size=32)
+    res = pack(_net(), cfg, output=tmp_path / "k.dsz", data=(x, y))
+    w = res.tensors["c2.weight"].reshape(-1, 9)
+    assert (w == 0).mean() == pytest.approx(0.75, abs=1 / w.size)
+    assert (np.abs(w).sum(axis=1) == 0).sum() >= round(0.5 * len(w))
+    assert int((res.tensors["fc.weight"] == 0).sum()) == round(0.3 * 18)  # fc: no kernels, plain magnitude
+    assert tensors_equal(unpack(tmp_path / "k.dsz").tensors, res.tensors)

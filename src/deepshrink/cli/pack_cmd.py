@@ -67,6 +67,7 @@ def pack_cmd(
     other_bits: Annotated[int | None, typer.Option("--other-bits", help="k-means bits for biases and norm parameters (default 8)")] = None,
     buffer_bits: Annotated[int | None, typer.Option("--buffer-bits", help="k-means bits for BatchNorm running statistics (default 8)")] = None,
     layer_bits: Annotated[list[str] | None, typer.Option("--layer-bits", help="PATTERN=BITS per-layer (or per-tensor) k-means bits (fnmatch, repeatable)")] = None,
+    kernel_sparsity: Annotated[float | None, typer.Option("--kernel-sparsity", help="fraction of conv k×k kernels pruned whole before single weights (cheaper sparse indices)")] = None,
     fold_bn: Annotated[bool, typer.Option("--fold-bn", help="fold BatchNorm into the preceding conv after pruning (fewer stored tensors)")] = False,
     distill: Annotated[bool, typer.Option("--distill", help="fine-tune on soft targets of the original model as well as the labels")] = False,
     keep_other: Annotated[bool, typer.Option("--keep-other", help="leave biases, norms and buffers untouched")] = False,
@@ -92,7 +93,7 @@ def pack_cmd(
                      prune_epochs=prune_epochs, finetune_epochs=finetune_epochs,
                      layer_bits=_layer_sparsity(layer_bits or [], "--layer-bits", int,
                                                 "PATTERN=BITS such as 'stem.*=6'") or None,
-                     fold_bn=fold_bn or None, distill=distill or None)
+                     kernel_sparsity=kernel_sparsity, fold_bn=fold_bn or None, distill=distill or None)
     if keep_other and not lossless:
         config = config.replace(other_bits=None, buffer_bits=None)
     if repeats < 1:

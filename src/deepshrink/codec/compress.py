@@ -221,6 +221,47 @@ def _kd_step(teacher: nn.Module | None, cfg: DeepCompressionConfig) -> Any:
     return step
 
 
+def kernel_masks(layers: dict[str, nn.Module], sparsity: float, kernel_sparsity: float) -> dict[str, torch.Tensor]:
+    """Masks (1 keep, 0 prune) that first zero whole convolution kernels (the ``k×k`` slice
+    of one input channel of one filter), the ``round(kernel_sparsity · kernels)`` of
+    smallest L2 norm, then the smallest-magnitude remaining weights up to
+    ``round(sparsity · numel)`` zeros per layer (Mao et al., "Exploring the Granularity of
+    Sparsity in CNNs", CVPRW 2017: coarse groups need fewer index bits). Layers whose
+    kernels are single weights (1×1, Linear) get plain magnitude masks."""
+    out = {}
+    for name, m in layers.items():
+        w = m.weight.detach()
+        k = int(round(sparsity * w.numel()))
+        score = w.abs().reshape(-1).clone()
+        if w.dim() > 2 and w[0, 0].numel() > 1 and kernel_sparsity > 0:
+            ker = w.reshape(-1, w[0, 0].numel())
+            nk = int(round(kernel_sparsity * ker.shape[0]))
+            if nk:
+                dead = torch.argsort(ker.norm(dim=1), stable=True)[:nk]
+                score.view(ker.shape)[dead] = -1.0  # ranked first
+                k = max(k, nk * ker.shape[1])
+        mask = torch.ones(w.numel(), dtype=torch.float32)
+        if k:
+            mask[torch.argsort(score, stable=True)[:k]] = 0.0
+        out[name] = mask.view_as(w)
+    return out
+
+
+def _kernel_callback(layers: dict[str, nn.Module], final: float, kernel_sparsity: float) -> Any:
+    """Gradual pruning (Zhu & Gupta's schedule) with :func:`kernel_masks`: the kernel share
+    grows in proportion to the sparsity."""
+    from ..prune.unstructured import GradualPruneCallback, apply_masks
+
+    class KernelPrune(GradualPruneCallback):
+        def _update(self, step: int, sparsity: float) -> None:
+            ks = kernel_sparsity * sparsity / final if final > 0 else 0.0
+            apply_masks(self.layers, kernel_masks(self.layers, sparsity, ks))
+            self.current = sparsity
+            self.history.append((step, sparsity))
+
+    return KernelPrune(layers, initial=0.0, final=final)
+
+
 def _prune_torch(model: nn.Module, targets: dict[str, float], cfg: DeepCompressionConfig, data: Any, seed: int,
                  progress: bool, extra: tuple[Any, ...] = (), step_fn: Any = None) -> None:
     from ..prune.unstructured import (
@@ -239,11 +280,13 @@ def _prune_torch(model: nn.Module, targets: dict[str, float], cfg: DeepCompressi
             by_s.setdefault(s, {})[name] = modules[name]
     if not by_s:
         return
+    ks = {s: (cfg.kernel_sparsity if 0 < cfg.kernel_sparsity <= s else 0.0) for s in by_s}
     if data is None or cfg.prune_epochs == 0:
         for s, layers in by_s.items():
-            apply_masks(layers, magnitude_masks(layers, sparsity=s))
+            apply_masks(layers, kernel_masks(layers, s, ks[s]) if ks[s] else magnitude_masks(layers, sparsity=s))
     else:
-        cbs = [GradualPruneCallback(layers, initial=0.0, final=s) for s, layers in sorted(by_s.items())]
+        cbs = [_kernel_callback(layers, s, ks[s]) if ks[s] else GradualPruneCallback(layers, initial=0.0, final=s)
+               for s, layers in sorted(by_s.items())]
         Trainer(model, epochs=cfg.prune_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, step_fn=step_fn,
                 progress=progress, callbacks=[*cbs, HoldMasks(model), *extra], lr_schedule=cfg.lr_schedule).fit(data)
     remove_masks(model)

@@ -53,6 +53,10 @@ class DeepCompressionConfig(PackConfig):
     values. With labelled data the centroids are fine-tuned for ``finetune_epochs``
     (gradients summed per cluster, assignments fixed).
 
+    ``kernel_sparsity``: conv layers whose sparsity is at least this first lose this fraction of
+    their k×k kernels whole (smallest L2 norm), then single weights up to their sparsity:
+    clustered zeros cost the sparse encoding fewer gap bits (Mao et al., CVPRW 2017).
+
     ``fold_bn``: fold every BatchNorm that directly follows a convolution into that
     convolution's weights before pruning (Jacob et al., CVPR 2018, §3.2): the norm's scale
     becomes 1, its running mean 0 and variance 1 (constants that cost a few bytes), its
@@ -79,6 +83,7 @@ class DeepCompressionConfig(PackConfig):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     centroid_lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=64, ge=1)
+    kernel_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
     fold_bn: bool = False
     distill: bool = False
     kd_temperature: float = Field(default=4.0, gt=0)
