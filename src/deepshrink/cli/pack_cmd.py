@@ -180,11 +180,12 @@ def unpack_cmd(
 ) -> None:
     """Decode a .dsz file (checksums and every length checked) into .onnx or .safetensors."""
     from ..codec import unpack
+    from ..codec.container import ENCODINGS
 
     res = unpack(src, output, force=force)
     info = {"output": str(output), "source": res.source_kind, "factory": res.factory,
             "tensors": len(res.tensors), "encodings": {e: sum(r.encoding == e for r in res.records)
-                                                       for e in ("raw", "dense", "sparse")}}
+                                                       for e in ENCODINGS}}
     if json_out:
         print_json(info)
         return
