@@ -177,7 +177,9 @@ def test_cli_unpack_bad_input(case, mlp_weights, tmp_path, capsys) -> None:
 def test_cli_pack_bad_options(mlp_weights, tmp_path, capsys) -> None:
     out = tmp_path / "m.dsz"
     for args, needle in ((["--sparsity", "1.5"], "fc_sparsity"), (["--layer-sparsity", "fc1"], "PATTERN=S"),
-                         (["--init", "best"], "init"), (["--gap-bits", "12"], "gap_bits")):
+                         (["--init", "best"], "init"), (["--gap-bits", "12"], "gap_bits"),
+                         (["--layer-bits", "fc3"], "PATTERN=BITS"), (["--layer-bits", "fc3=9"], "layer_bits"),
+                         (["--kernel-sparsity", "1.5"], "kernel_sparsity")):
         assert run_app(["pack", MLP, "-w", mlp_weights, "-o", str(out), *args]) == 2
         assert needle in _err(capsys)
     assert not out.exists()

@@ -31,16 +31,17 @@ from ._app import (
 )
 
 
-def _layer_sparsity(items: list[str]) -> dict[str, float]:
+def _layer_sparsity(items: list[str], option: str = "--layer-sparsity", kind: type = float,
+                    example: str = "PATTERN=S such as 'fc3=0.75'") -> dict[str, Any]:
     out = {}
     for item in items:
         pat, sep, val = item.rpartition("=")
         try:
-            out[pat] = float(val)
+            out[pat] = kind(val)
         except ValueError:
             sep = ""
         if not sep or not pat:
-            raise InputError(f"--layer-sparsity {item!r}: expected PATTERN=S such as 'fc3=0.75'")
+            raise InputError(f"{option} {item!r}: expected {example}")
     return out
 
 
@@ -65,6 +66,10 @@ def pack_cmd(
     conv_bits: Annotated[int | None, typer.Option("--conv-bits", help="k-means bits for conv weights (default 8)")] = None,
     other_bits: Annotated[int | None, typer.Option("--other-bits", help="k-means bits for biases and norm parameters (default 8)")] = None,
     buffer_bits: Annotated[int | None, typer.Option("--buffer-bits", help="k-means bits for BatchNorm running statistics (default 8)")] = None,
+    layer_bits: Annotated[list[str] | None, typer.Option("--layer-bits", help="PATTERN=BITS per-layer (or per-tensor) k-means bits (fnmatch, repeatable)")] = None,
+    kernel_sparsity: Annotated[float | None, typer.Option("--kernel-sparsity", help="fraction of conv k×k kernels pruned whole before single weights (cheaper sparse indices)")] = None,
+    fold_bn: Annotated[bool, typer.Option("--fold-bn", help="fold BatchNorm into the preceding conv after pruning (fewer stored tensors)")] = False,
+    distill: Annotated[bool, typer.Option("--distill", help="fine-tune on soft targets of the original model as well as the labels")] = False,
     keep_other: Annotated[bool, typer.Option("--keep-other", help="leave biases, norms and buffers untouched")] = False,
     init: Annotated[str | None, typer.Option("--init", help="k-means initialisation: linear | density | random")] = None,
     prune_epochs: Annotated[int | None, typer.Option("--prune-epochs", help="epochs of gradual pruning with fine-tuning (needs labelled --data)")] = None,
@@ -85,8 +90,10 @@ def pack_cmd(
     config = _config(lossless, entropy, gap_bits, fc_sparsity=sparsity, conv_sparsity=conv_sparsity,
                      layer_sparsity=_layer_sparsity(layer_sparsity or []) or None, fc_bits=fc_bits,
                      conv_bits=conv_bits, other_bits=other_bits, buffer_bits=buffer_bits, init=init,
-                     prune_epochs=prune_epochs,
-                     finetune_epochs=finetune_epochs)
+                     prune_epochs=prune_epochs, finetune_epochs=finetune_epochs,
+                     layer_bits=_layer_sparsity(layer_bits or [], "--layer-bits", int,
+                                                "PATTERN=BITS such as 'stem.*=6'") or None,
+                     kernel_sparsity=kernel_sparsity, fold_bn=fold_bn or None, distill=distill or None)
     if keep_other and not lossless:
         config = config.replace(other_bits=None, buffer_bits=None)
     if repeats < 1:
@@ -175,11 +182,12 @@ def unpack_cmd(
 ) -> None:
     """Decode a .dsz file (checksums and every length checked) into .onnx or .safetensors."""
     from ..codec import unpack
+    from ..codec.container import ENCODINGS
 
     res = unpack(src, output, force=force)
     info = {"output": str(output), "source": res.source_kind, "factory": res.factory,
             "tensors": len(res.tensors), "encodings": {e: sum(r.encoding == e for r in res.records)
-                                                       for e in ("raw", "dense", "sparse")}}
+                                                       for e in ENCODINGS}}
     if json_out:
         print_json(info)
         return

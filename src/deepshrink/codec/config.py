@@ -52,6 +52,20 @@ class DeepCompressionConfig(PackConfig):
     ``"linear"`` (the paper's choice), ``"density"`` or ``"random"``. Centroids are float16
     values. With labelled data the centroids are fine-tuned for ``finetune_epochs``
     (gradients summed per cluster, assignments fixed).
+
+    ``kernel_sparsity``: conv layers whose sparsity is at least this first lose this fraction of
+    their k×k kernels whole (smallest L2 norm), then single weights up to their sparsity:
+    clustered zeros cost the sparse encoding fewer gap bits (Mao et al., CVPRW 2017).
+
+    ``fold_bn``: fold every BatchNorm that directly follows a convolution into that
+    convolution's weights before pruning (Jacob et al., CVPR 2018, §3.2): the norm's scale
+    becomes 1, its running mean 0 and variance 1 (constants that cost a few bytes), its
+    shift carries the folded bias, and it stays in inference mode while fine-tuning. Needs
+    a model ``torch.fx`` can trace. ``distill``: fine-tune (pruning and centroids) on
+    ``kd_alpha`` · soft targets of the uncompressed model at ``kd_temperature`` plus
+    ``1 − kd_alpha`` · cross-entropy (Hinton et al., 2015). ``layer_bits`` maps fnmatch
+    patterns of layer names (for their weights) or tensor names (``"fc.bias"``) to k-means
+    bits and wins over ``fc_bits`` / ``conv_bits`` / ``other_bits`` (first match).
     """
 
     fc_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -69,6 +83,22 @@ class DeepCompressionConfig(PackConfig):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     centroid_lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=64, ge=1)
+    kernel_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
+    fold_bn: bool = False
+    distill: bool = False
+    kd_temperature: float = Field(default=4.0, gt=0)
+    kd_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    layer_bits: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("layer_bits")
+    @classmethod
+    def _layer_bits(cls, v: dict[str, int]) -> dict[str, int]:
+        for pat, b in v.items():
+            if not pat.strip():
+                raise ValueError("empty layer pattern")
+            if not 2 <= b <= 8:  # k-means needs at least 2 bits
+                raise ValueError(f"bits {b} for {pat!r} is outside 2..8")
+        return v
 
     @field_validator("layer_sparsity")
     @classmethod

@@ -1,5 +1,6 @@
-"""The ``.dsz`` container: tensors stored as raw bytes, dense codebook indices, or sparse
-codebook indices with relative position gaps, entropy-coded with canonical Huffman codes.
+"""The ``.dsz`` container: tensors stored as raw bytes, dense codebook indices, sparse
+codebook indices with relative position gaps, entropy-coded with canonical Huffman codes,
+or (version 2) one constant value.
 
 The byte layout is documented in ``docs/FORMAT.md``; this module is its only reader and
 writer. Encoding is lossless *by bit pattern*: a tensor's distinct bit patterns become its
@@ -27,7 +28,8 @@ from ..errors import InputError
 from . import huffman
 
 MAGIC = b"\x89DSZ"
-VERSION = 1
+VERSION = 2  # written when a record uses the constant encoding; otherwise files say 1
+READS = (1, 2)
 MAX_CODEBOOK = 256  # codebook encodings hold at most 2^8 distinct values (8-bit indices)
 MAX_GAP_BITS = 8
 MAX_NDIM = 8
@@ -37,7 +39,7 @@ MAX_SOURCE_RAW = 1 << 30  # 1 GiB: largest decompressed metadata (model descript
 SourceKind = Literal["tensors", "torch", "onnx"]
 Entropy = Literal["huffman", "fixed"]
 _KINDS: dict[str, int] = {"tensors": 0, "torch": 1, "onnx": 2}
-ENCODINGS = ("raw", "dense", "sparse")
+ENCODINGS = ("raw", "dense", "sparse", "constant")
 
 # dtype code -> numpy dtype; the bit view is the unsigned integer of the same width
 _DTYPES: dict[int, np.dtype] = {
@@ -203,6 +205,9 @@ def _encode_record(name: str, arr: np.ndarray, *, entropy: Entropy, gap_bits: in
     store = _narrowest(arr, code)
     candidates["raw"] = (numel * _DTYPES[store].itemsize, store)
     uniq, inv = _unique(bits)
+    if len(uniq) == 1 and numel:  # every element the same bit pattern: one value, nothing per element
+        cb, cb_store = _codebook_bytes(uniq.view(dtype), code)
+        candidates["constant"] = (len(cb), (cb, cb_store))
     if 0 < len(uniq) <= MAX_CODEBOOK:
         vals = uniq.view(dtype)
         cb, cb_store = _codebook_bytes(vals, code)
@@ -241,6 +246,9 @@ def _encode_record(name: str, arr: np.ndarray, *, entropy: Entropy, gap_bits: in
     if choice == "raw":
         store = candidates["raw"][1]
         body = head + bytes([0, store]) + arr.reshape(-1).astype(_DTYPES[store]).tobytes()  # type: ignore[index]
+    elif choice == "constant":
+        cb, cb_store = candidates["constant"][1]  # type: ignore[misc]
+        body = head + bytes([3, cb_store]) + cb
     elif choice == "dense":
         vals, inv, lens, cb, cb_store = candidates["dense"][1]  # type: ignore[misc]
         payload = huffman.encode(inv, lens)
@@ -263,7 +271,7 @@ def encode(tensors: Mapping[str, np.ndarray], *, source_kind: SourceKind = "tens
            force: Mapping[str, str] | None = None) -> tuple[bytes, list[RecordInfo]]:
     """Serialise ``tensors`` (name → numpy array) into ``.dsz`` bytes.
 
-    Per tensor the smallest of raw / dense codebook / sparse codebook is written (or
+    Per tensor the smallest of raw / dense codebook / sparse codebook / constant is written (or
     ``force[name]``). ``entropy="fixed"`` writes fixed-length codes instead of Huffman
     codes (the "quantized, not entropy-coded" stage). ``gap_bits`` fixes the sparse gap
     width (1–8 bits; default: the best per tensor). ``source`` is the factory string
@@ -278,15 +286,16 @@ def encode(tensors: Mapping[str, np.ndarray], *, source_kind: SourceKind = "tens
     meta = _varint(len(source)) + source + b"".join(_varint(len(n)) + n for n in (k.encode("utf-8") for k in tensors))
     packed = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: the file's CRC32 guards it
     meta_z = packed.compress(meta) + packed.flush()
-    out = [MAGIC, bytes([VERSION, 0, _KINDS[source_kind]]), _varint(len(tensors)), _varint(len(meta)),
-           _varint(len(meta_z)), meta_z]
+    out = []
     infos = []
     for name, arr in tensors.items():
         rec, info = _encode_record(name, np.asarray(arr), entropy=entropy, gap_bits=gap_bits,
                                    force=(force or {}).get(name))
         out.append(rec)
         infos.append(info)
-    blob = b"".join(out)
+    version = VERSION if any(i.encoding == "constant" for i in infos) else 1  # version-1 readers read the rest
+    blob = b"".join([MAGIC, bytes([version, 0, _KINDS[source_kind]]), _varint(len(tensors)), _varint(len(meta)),
+                     _varint(len(meta_z)), meta_z, *out])
     return blob + zlib.crc32(blob).to_bytes(4, "little"), infos
 
 
@@ -297,7 +306,8 @@ def _table(r: _Reader, alphabet: int, what: str) -> np.ndarray:
     return lens
 
 
-def _decode_record(body: memoryview, name: str, where: str, budget: int) -> tuple[np.ndarray, RecordInfo]:
+def _decode_record(body: memoryview, name: str, where: str, budget: int,
+                   version: int = VERSION) -> tuple[np.ndarray, RecordInfo]:
     r = _Reader(body, where)
     code = r.u8("dtype")
     if code not in _DTYPES:
@@ -352,6 +362,11 @@ def _decode_record(body: memoryview, name: str, where: str, budget: int) -> tupl
             arr = np.zeros(numel, dtype=dtype)
             arr[pos] = np.concatenate([cb, np.zeros(1, dtype=dtype)])[syms]
             info = {"codebook_size": k, "gap_bits": w, "entries": n_entries}
+    elif enc == 3 and version >= 2:  # constant
+        if numel == 0:
+            raise InputError(f"{where}: constant encoding for an empty tensor")
+        value = np.frombuffer(r.take(sdt.itemsize, "constant value"), dtype=sdt).astype(dtype)
+        arr = np.full(numel, value[0], dtype=dtype)
     else:
         raise InputError(f"{where}: unknown encoding {enc}")
     if r.remaining():
@@ -369,8 +384,10 @@ def decode(data: bytes | bytearray | memoryview, *, what: str = "file", max_rati
     budget = max_ratio * len(buf) + (16 << 20)
     if len(buf) < len(MAGIC) + 3 + 4 or bytes(buf[:4]) != MAGIC:
         raise InputError(f"{what} is not a deepshrink .dsz file (bad magic or too short)")
-    if buf[4] != VERSION:
-        raise InputError(f"{what}: .dsz version {buf[4]} is not supported (this reader reads version {VERSION})")
+    version = buf[4]
+    if version not in READS:
+        raise InputError(f"{what}: .dsz version {version} is not supported (this reader reads versions "
+                         f"{', '.join(map(str, READS))})")
     stored = int.from_bytes(buf[-4:], "little")
     if zlib.crc32(buf[:-4]) != stored:
         raise InputError(f"{what} is damaged: whole-file CRC32 mismatch{_first_bad_record(buf, what)}")
@@ -413,7 +430,7 @@ def decode(data: bytes | bytearray | memoryview, *, what: str = "file", max_rati
         crc = int.from_bytes(r.take(4, f"record {i} CRC32"), "little")
         if zlib.crc32(body) != crc:
             raise InputError(f"{what}: record {i} ({name!r}) fails its CRC32")
-        arr, info = _decode_record(body, name, f"{what}: record {i} ({name!r})", budget)
+        arr, info = _decode_record(body, name, f"{what}: record {i} ({name!r})", budget, version)
         budget -= arr.nbytes
         out.tensors[name] = arr
         out.records.append(RecordInfo(**{**info.__dict__, "nbytes": r.pos - start}))

@@ -99,9 +99,10 @@ BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
                     {"steps": [{"quantize": {"scheme": "int4-weight", "group_size": 32}}]}),
     "auto-int8": ("int8 that searches smoothing / per-channel / kept-float layers to a fidelity target",
                   {"steps": [{"quantize": {"scheme": "auto"}}]}),
-    "deep-compression": ("Deep Compression (Han et al.): prune 90% FC / 70% conv, trained k-means sharing, Huffman .dsz",
+    "deep-compression": ("Deep Compression (Han et al.): prune 90% FC / 70% conv, trained k-means sharing, Huffman .dsz; "
+                         "BatchNorm folded into convs, fine-tuning distilled from the original",
                          {"steps": [{"pack": {"method": "deep-compression", "fc_sparsity": 0.9,
-                                              "conv_sparsity": 0.7}}]}),
+                                              "conv_sparsity": 0.7, "fold_bn": True, "distill": True}}]}),
     "prune-int8": ("structured pruning of 25% of the channels (kept in multiples of 8) with 5 fine-tune "
                    "epochs, then static int8",
                    {"steps": [{"prune": {"method": "structured", "sparsity": 0.25, "round_to": 8,
