@@ -57,6 +57,8 @@ SCHEME_OPTIONS = {
     "--max-kept": ("auto",),
     "--bias-correction/--no-bias-correction": ("ptq",),
 }
+# Options of the command (not of the scheme's config) that only some schemes use.
+COMMAND_SCHEME_OPTIONS = {"--allow-slower": ("auto",)}
 
 
 def build_config(scheme: str, *, bits: int | None, group_size: int, method: str, observer: str,
@@ -130,6 +132,7 @@ def quantize_cmd(
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: the samples of --data not used to calibrate)")] = None,
     repeats: RepeatsOpt = 30,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="skip the timed before/after table (the fidelity gate still runs)")] = False,
+    allow_slower: Annotated[bool, typer.Option("--allow-slower", help="auto: keep the result even when it measures slower than the float model (otherwise exit 3, nothing written)")] = False,
     allow_degraded: AllowDegradedOpt = False, gate_min_cos: GateCosOpt = 0.9, gate_max_drop: GateDropOpt = 5.0,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -148,6 +151,8 @@ def quantize_cmd(
                           per_channel=per_channel, smooth=smooth, include=include or [], exclude=exclude or [],
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                           max_kept=max_kept, bias_correction=bias_correction, given=options_given(ctx, SCHEME_OPTIONS))
+    refuse_inapplicable("--scheme", scheme, options_given(ctx, COMMAND_SCHEME_OPTIONS), COMMAND_SCHEME_OPTIONS,
+                        SCHEME_SUMMARY)
     policy = gate_policy(gate_min_cos, gate_max_drop, allow_degraded)
     if output.suffix.lower() != ".onnx":
         raise InputError(f"output {output}: a quantized model is written as .onnx")
@@ -165,20 +170,22 @@ def quantize_cmd(
     # ptq works on the torch model (fake-quant, bias correction) and exports the result itself
     result = run_quantize(handle if scheme == "ptq" else float_handle, config, data=calib, progress=not json_out)
     source = src if Path(src).is_file() else None
-    with atomic_dir(output.parent) as stage:  # nothing lands unless the gate passes
+    timed = not no_bench or (scheme == "auto" and not allow_slower)  # auto's speed gate needs real timings
+    with atomic_dir(output.parent) as stage:  # nothing lands unless the gates pass
         staged = save_quantized(result.handle, stage / output.name, force=True, source=source)
-        table = _measure(float_handle, result.handle, staged, held, 1 if no_bench else repeats, json_out,
-                         name=str(output), warmup=0 if no_bench else 5)
+        table = _measure(float_handle, result.handle, staged, held, repeats if timed else 1, json_out,
+                         name=str(output), warmup=5 if timed else 0)
         inputs = held.inputs if held is not None else float_handle.sample_inputs(batch=gate.LOCATE_SAMPLES, seed=1)
         verdict = gate.check(table, policy, original=float_handle, written=result.handle, inputs=inputs,
                              what=str(output))
+        slower = gate.check_speed(table, allow_slower=allow_slower, what=str(output)) if scheme == "auto" else None
     result.handle.path = output
     if result.handle.tokenizer_dir is not None:
         result.handle.tokenizer_dir = output.parent / (output.name + ".tokenizer")
     if no_bench:
         table = None
     payload = {"output": str(output), "report": result.report, "bench": table.to_dict() if table else None,
-               "gate": verdict.to_dict()}
+               "gate": verdict.to_dict(), "slower": slower}
     if json_out:
         print_json(payload)
         return
@@ -201,6 +208,8 @@ def quantize_cmd(
 
         print_bench(table)
     print_gate(verdict)
+    if slower:
+        console.print(f"warning: {slower} (kept: --allow-slower)", style="yellow", markup=False, highlight=False)
     console.print(f"wrote {output}")
 
 

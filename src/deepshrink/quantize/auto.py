@@ -88,7 +88,12 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     exclude = tuple(config.exclude) + tuple(base.exclude)
     nodes = ob.select_nodes(cands, include, exclude)
     if not nodes:
-        raise InputError("auto: no layer left to quantize")
+        if cands:
+            raise InputError(f"auto: no layer left to quantize: --include/--exclude removed all {len(cands)} "
+                             "candidates")
+        from .api import no_candidates_message
+
+        raise InputError(no_candidates_message(float_model, op_types, "auto"))
     ref1 = run_outputs(float_model, data, batch=1)
     ref = (ref1, run_outputs(float_model, data, batch=16))
     trials: list[dict[str, Any]] = []
