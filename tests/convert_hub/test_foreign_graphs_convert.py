@@ -162,3 +162,21 @@ def test_tflite_reshape_to_shape_sliced_from_int64_min(tmp_path):
     onnx.save(m, src)
     res = ds.convert(src, tmp_path / "attn.tflite")
     assert res.hops[-1].parity.ok and res.hops[-1].parity.max_abs < 1e-5  # ~1e-7 seen
+
+
+def test_empty_float_initializers_do_not_break_pt2_saving(tmp_path):
+    """Paddle2ONNX writes an empty float ``roi`` (and empty ``scales``) for every Resize (PP-OCRv4's
+    text detector has 8): imported as empty parameters they share a null storage, and
+    torch.export.save failed with "numel: integer multiplication overflow" (a traceback, exit 1)."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Resize", ["a", "roi1", "sc"], ["b"], mode="nearest"),
+             helper.make_node("Resize", ["b", "roi2", "sc"], ["c"], mode="nearest"),
+             helper.make_node("Conv", ["c", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    inits = [_init("w1", _w((4, 3, 3, 3))), _init("w2", _w((2, 4, 3, 3), 1)),
+             _init("roi1", np.zeros(0, np.float32)), _init("roi2", np.zeros(0, np.float32)),
+             _init("sc", np.array([1, 1, 2, 2], np.float32))]
+    m = _model(nodes, inits, opset=11)
+    src = tmp_path / "paddle_resize.onnx"
+    onnx.save(m, src)
+    ds.convert(src, tmp_path / "r.pt2", input_shapes=["x:1x3x16x16"])
+    assert max(_check_pt2(m, tmp_path / "r.pt2", [(1, 3, 16, 16), (2, 3, 24, 32)])) < 1e-5
