@@ -39,7 +39,7 @@ from _common import machine_line, md_table, this_command, write_result  # noqa: 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(__file__).parent / "_work" / "pypi"
 CALIB, HELD = 16, 16
-QUANTIZE_TIMEOUT = 900  # s: auto's trials on 2 shared cores; past this the row says "timed out"  # samples: calibration (auto's trials and ORT's calibrator), held out (the table)
+QUANTIZE_TIMEOUT = 600  # s: auto's trials on 2 shared cores; past this the row says "timed out"  # samples: calibration (auto's trials and ORT's calibrator), held out (the table)
 
 
 @dataclass
@@ -250,6 +250,13 @@ def own_bench(paths: list[Path], held: dict[str, np.ndarray], repeats: int) -> l
     return rows
 
 
+def convert_step(m: Model, path: Path, work: Path) -> dict:
+    shape = [a for s in m.input_shape for a in ("--input-shape", s)]
+    rc, _out, err, s = ds("convert", path, work / "m.pt2", *shape, "--force", timeout=900)
+    print(f"  convert rc={rc} {s:.0f}s {err if rc else ''}", flush=True)
+    return {"rc": rc, "error": err if rc else "", "s": round(s, 1)}
+
+
 def run_model(m: Model, path: Path, repeats: int) -> dict:
     work = WORK / "runs" / m.name
     work.mkdir(parents=True, exist_ok=True)
@@ -264,9 +271,7 @@ def run_model(m: Model, path: Path, repeats: int) -> dict:
                  "bytes": path.stat().st_size}
     print(f"== {m.name} ({m.wheel}, {path.stat().st_size / 1e6:.1f} MB)", flush=True)
 
-    rc, out, err, s = ds("convert", path, work / "m.pt2", *shape, timeout=900)
-    res["convert"] = {"rc": rc, "error": err if rc else "", "s": round(s, 1)}
-    print(f"  convert rc={rc} {s:.0f}s {err if rc else ''}", flush=True)
+    res["convert"] = convert_step(m, path, work)
 
     rc, out, err, s = ds("info", path, "--json", *shape, timeout=600)
     info = _json(out) if rc == 0 else {}
@@ -274,7 +279,8 @@ def run_model(m: Model, path: Path, repeats: int) -> dict:
                    "flops": info.get("flops"), "flops_shape": info.get("flops_shape")}
     print(f"  info rc={rc} params={info.get('parameters')} flops={info.get('flops')} {err if rc else ''}", flush=True)
 
-    rc, out, err, s = ds("optimize", path, "-o", work / "opt.onnx", "--json", "--repeats", "5", timeout=900)
+    rc, out, err, s = ds("optimize", path, "-o", work / "opt.onnx", "--data", work / "calib.npz", "--json",
+                         "--repeats", "5", timeout=900)
     opt = _json(out) if rc == 0 else {}
     res["optimize"] = {"rc": rc, "error": err if rc else "",
                        "nodes": [sum((opt.get("ops_before") or {}).values()), sum((opt.get("ops_after") or {}).values())]}
@@ -291,7 +297,12 @@ def run_model(m: Model, path: Path, repeats: int) -> dict:
     print(f"  quantize auto rc={rc} {s:.0f}s scheme={auto.get('scheme')} slower={q.get('slower')} "
           f"{err if rc else ''}", flush=True)
 
-    peers = ort_peers(path, calib, work)
+    here = Path.cwd()
+    os.chdir(work)  # ORT's pre-processing leaves temporary files in the working directory
+    try:
+        peers = ort_peers(path, calib, work)
+    finally:
+        os.chdir(here)
     res["ort"] = {k: (v if isinstance(v, str) else "ok") for k, v in peers.items()}
     print(f"  ORT peers: {res['ort']}", flush=True)
 
@@ -375,15 +386,27 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="rebuild the table from the stored results")
+    ap.add_argument("--store", default="a", help="name of this run's results file (two runs at once: two names)")
+    ap.add_argument("--convert-only", action="store_true", help="rerun only `convert` of the chosen models")
     args = ap.parse_args()
     chosen = [m for m in MODELS if not args.models or m.name in args.models.split(",")]
-    store = WORK / "results.json"  # kept across runs: a subset rerun replaces its own rows
-    done = {r["model"]: r for r in json.loads(store.read_text())} if store.exists() else {}
+    # kept across runs (one file per --store, so that two runs can share the machine): a rerun replaces its rows
+    store = WORK / f"results-{args.store}.json"
+    mine = {r["model"]: r for r in json.loads(store.read_text())} if store.exists() else {}
     if not args.report_only:
         paths = fetch(chosen)
         for m in chosen:
-            done[m.name] = run_model(m, paths[m.name], args.repeats)
-            store.write_text(json.dumps(list(done.values()), indent=1, default=str))
+            if args.convert_only:  # rerun the import alone (after a fix), keep the other steps' figures
+                old = next(r for f in sorted(WORK.glob("results-*.json")) for r in json.loads(f.read_text())
+                           if r["model"] == m.name)
+                old["convert"] = convert_step(m, paths[m.name], WORK / "runs" / m.name)
+                mine[m.name] = old
+            else:
+                mine[m.name] = run_model(m, paths[m.name], args.repeats)
+            store.write_text(json.dumps(list(mine.values()), indent=1, default=str))
+    done = {}
+    for f in sorted(WORK.glob("results-*.json"), key=lambda p: p.stat().st_mtime):  # the newest row wins
+        done.update({r["model"]: r for r in json.loads(f.read_text())})
     results = [done[m.name] for m in MODELS if m.name in done]
     body = report(results, args.repeats)
     if args.no_write:

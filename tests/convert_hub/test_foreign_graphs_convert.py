@@ -180,3 +180,20 @@ def test_empty_float_initializers_do_not_break_pt2_saving(tmp_path):
     onnx.save(m, src)
     ds.convert(src, tmp_path / "r.pt2", input_shapes=["x:1x3x16x16"])
     assert max(_check_pt2(m, tmp_path / "r.pt2", [(1, 3, 16, 16), (2, 3, 24, 32)])) < 1e-5
+
+
+def test_minus_inf_constant_survives_the_pt2_round_trip(tmp_path):
+    """magika's tf2onnx graph holds a ``-inf`` scalar constant (a fill value); the written ``.pt2`` was
+    refused on reload ("tensor 'const_8' contains NaN or infinity"). ±inf in a constant is allowed
+    (as in ONNX outside weight inputs); NaN and non-finite parameters are still refused."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Greater", ["a", "zero"], ["keep"]),
+             helper.make_node("Where", ["keep", "a", "ninf"], ["m"]),
+             helper.make_node("ReduceMax", ["m"], ["y"], axes=[2, 3], keepdims=0)]
+    m = _model(nodes, [_init("w1", _w((4, 3, 3, 3))), _init("zero", np.array(0.0, np.float32)),
+                       _init("ninf", np.array(-np.inf, np.float32))])
+    src = tmp_path / "ninf.onnx"
+    onnx.save(m, src)
+    ds.convert(src, tmp_path / "ninf.pt2", input_shapes=["x:1x3x8x8"])
+    assert ds.load(tmp_path / "ninf.pt2").kind == "torch"
+    assert max(_check_pt2(m, tmp_path / "ninf.pt2", [(1, 3, 8, 8), (2, 3, 12, 16)])) < 1e-5
