@@ -172,3 +172,25 @@ def test_other_schemes_are_not_speed_gated(slow_measure, tmp_path, capsys):
     out = tmp_path / "q.onnx"
     rc, _o, _e = run_cli(capsys, "quantize", path, "-o", out, "--scheme", "int8-dynamic", "--repeats", "3")
     assert rc == 0 and out.exists()
+
+
+def test_auto_on_data_the_model_cannot_run_is_one_line(tmp_path, capsys):
+    """silero VAD v6 (faster-whisper's copy) takes a window sequence ``input [seq, 576]`` with a fixed
+    state ``h [1, 1, 128]``: no first axis is a sample axis for every input. auto ran the float model on
+    the data and ONNX Runtime's multi-line error escaped as a traceback (exit 1)."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="fc"), helper.make_node("Add", ["a", "h"], ["y"])]
+    g = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["seq", 8]),
+                                         helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["seq", 8])], [w])
+    path = tmp_path / "seq.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.standard_normal((40, 8)).astype(np.float32), h=np.zeros((40, 1, 8), np.float32))
+    out = tmp_path / "out" / "q.onnx"
+    out.parent.mkdir()
+    rc, _o, err = run_cli(capsys, "quantize", path, "-o", out, "--scheme", "auto", "--data", data, "--no-bench")
+    assert rc == 2, err
+    one_line_error(err, "auto: the float model does not run on --data (x: (")
+    assert list(out.parent.iterdir()) == []
