@@ -197,3 +197,19 @@ def test_minus_inf_constant_survives_the_pt2_round_trip(tmp_path):
     ds.convert(src, tmp_path / "ninf.pt2", input_shapes=["x:1x3x8x8"])
     assert ds.load(tmp_path / "ninf.pt2").kind == "torch"
     assert max(_check_pt2(m, tmp_path / "ninf.pt2", [(1, 3, 8, 8), (2, 3, 12, 16)])) < 1e-5
+
+
+def test_input_name_that_is_not_an_identifier_converts(tmp_path):
+    """onnx's zoo graphs (light_shufflenet: 'gpu_0/data_0') name inputs with '/': the imported module calls
+    it 'gpu_0_data_0', and convert's parity check failed with "input(s) ['gpu_0_data_0'] missing"."""
+    nodes = [helper.make_node("Conv", ["gpu_0/data_0", "w1"], ["y"], pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("gpu_0/data_0", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [_init("w1", _w((4, 3, 3, 3)))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    src = tmp_path / "slash.onnx"
+    onnx.save(m, src)
+    ds.convert(src, tmp_path / "slash.pt2")
+    x = np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    ref = run_onnx(make_session(m, threads=1), {"gpu_0/data_0": x})[0]
+    got = torch.export.load(str(tmp_path / "slash.pt2")).module()(torch.from_numpy(x)).detach().numpy()
+    assert _rel(ref, got) < 1e-5
