@@ -81,7 +81,7 @@ def _subgraphs(node: Any) -> list[tuple[str, onnx.GraphProto]]:
 
 def _collect_shapes(g: onnx.GraphProto, shapes: dict[str, list[int]], consts: dict[str, Any]) -> None:
     for vi in list(g.value_info) + list(g.input) + list(g.output):
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+        dims = [max(d.dim_value, 0) if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
         shapes.setdefault(vi.name, dims)
     for init in g.initializer:
         shapes[init.name] = list(init.dims)
@@ -108,6 +108,12 @@ def onnx_macs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> int:
             for d, size in zip(dims, inputs[vi.name].shape, strict=False):
                 d.ClearField("dim_param")
                 d.dim_value = int(size)
+    # declared intermediate shapes with -1 dims (Paddle2ONNX writes [-1, C, 1, 1]) would stay as they are
+    # and count negative MACs: drop them so inference recomputes them at the sizes given
+    keep = [vi for vi in m.graph.value_info
+            if not any(d.HasField("dim_value") and d.dim_value < 0 for d in vi.type.tensor_type.shape.dim)]
+    del m.graph.value_info[:]
+    m.graph.value_info.extend(keep)
     inferred = _infer(m)
     if inferred is None:
         return 0
