@@ -194,3 +194,20 @@ def test_auto_on_data_the_model_cannot_run_is_one_line(tmp_path, capsys):
     assert rc == 2, err
     one_line_error(err, "auto: the float model does not run on --data (x: (")
     assert list(out.parent.iterdir()) == []
+
+
+def test_optimize_parity_inputs_take_the_sizes_of_data(tmp_path):
+    """PP-OCRv4's recogniser declares its height '?' but runs only at 48; optimize's random parity
+    inputs drew 224 and ONNX Runtime failed ("Concat ... mismatched dimensions") even with --data.
+    Here: a Reshape to [n, 32] that only an 8x4 (or 4x8...) image fits, H/W declared dynamic."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32), "w")
+    shp = numpy_helper.from_array(np.array([0, 32], np.int64), "shp")  # 0: keep the batch
+    nodes = [helper.make_node("Reshape", ["x", "shp"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])], [w, shp])
+    path = tmp_path / "fixed_hw.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((8, 1, 8, 4)).astype(np.float32))
+    res = ds.optimize(str(path), ds.OptimizeConfig(level="basic", simplify="none"), data=str(data))
+    assert res.parity is not None and res.parity.ok
