@@ -26,6 +26,7 @@ def jobs(w: str, onnx_in: str, out: Path) -> list[list[str]]:
     js = [["convert", *src, str(out / "cnn.onnx")], ["convert", *src, str(out / "cnn.pt2")]]
     for s in SCHEMES:
         extra = ["--group-size", "32"] if s == "int4-weight" else []  # the digits layers are 64 wide
+        extra += ["--allow-slower"] if s == "auto" else []  # its speed gate times the result: not deterministic
         js.append(["quantize", *(src if s == "ptq" else [onnx_in]), "-o", str(out / f"q-{s}.onnx"), "--scheme", s,
                    *extra, *data, "--no-bench", "--allow-degraded"])
     js.append(["prune", *src, "-o", str(out / "p-mag.onnx"), "--sparsity", "0.5", *data, "--repeats", "1",

@@ -407,10 +407,17 @@ class _FirstOutput(nn.Module):
 
 
 def _check_finite(model: nn.Module, source: str) -> None:
-    """Refuse a module whose floating-point parameters or buffers hold NaN or ±inf."""
-    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+    """Refuse a module whose floating-point parameters hold NaN or ±inf, or whose buffers hold NaN.
+
+    A buffer or lifted constant may legitimately be ±inf (a ``-inf`` fill value or mask: magika's
+    tf2onnx graph has one, imported into the ``.pt2`` as a constant), as the ONNX check allows it
+    outside weight inputs."""
+    for name, p in model.named_parameters():
         if p.is_floating_point() and not torch.isfinite(p).all():
             raise InputError(f"model {source}: tensor {name!r} contains NaN or infinity")
+    for name, b in model.named_buffers():
+        if b.is_floating_point() and torch.isnan(b).any():
+            raise InputError(f"model {source}: tensor {name!r} contains NaN")
 
 
 def _torch_handle(model: nn.Module, source: str) -> ModelHandle:

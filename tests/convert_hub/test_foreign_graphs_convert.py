@@ -162,3 +162,54 @@ def test_tflite_reshape_to_shape_sliced_from_int64_min(tmp_path):
     onnx.save(m, src)
     res = ds.convert(src, tmp_path / "attn.tflite")
     assert res.hops[-1].parity.ok and res.hops[-1].parity.max_abs < 1e-5  # ~1e-7 seen
+
+
+def test_empty_float_initializers_do_not_break_pt2_saving(tmp_path):
+    """Paddle2ONNX writes an empty float ``roi`` (and empty ``scales``) for every Resize (PP-OCRv4's
+    text detector has 8): imported as empty parameters they share a null storage, and
+    torch.export.save failed with "numel: integer multiplication overflow" (a traceback, exit 1)."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Resize", ["a", "roi1", "sc"], ["b"], mode="nearest"),
+             helper.make_node("Resize", ["b", "roi2", "sc"], ["c"], mode="nearest"),
+             helper.make_node("Conv", ["c", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    inits = [_init("w1", _w((4, 3, 3, 3))), _init("w2", _w((2, 4, 3, 3), 1)),
+             _init("roi1", np.zeros(0, np.float32)), _init("roi2", np.zeros(0, np.float32)),
+             _init("sc", np.array([1, 1, 2, 2], np.float32))]
+    m = _model(nodes, inits, opset=11)
+    src = tmp_path / "paddle_resize.onnx"
+    onnx.save(m, src)
+    ds.convert(src, tmp_path / "r.pt2", input_shapes=["x:1x3x16x16"])
+    assert max(_check_pt2(m, tmp_path / "r.pt2", [(1, 3, 16, 16), (2, 3, 24, 32)])) < 1e-5
+
+
+def test_minus_inf_constant_survives_the_pt2_round_trip(tmp_path):
+    """magika's tf2onnx graph holds a ``-inf`` scalar constant (a fill value); the written ``.pt2`` was
+    refused on reload ("tensor 'const_8' contains NaN or infinity"). ±inf in a constant is allowed
+    (as in ONNX outside weight inputs); NaN and non-finite parameters are still refused."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Greater", ["a", "zero"], ["keep"]),
+             helper.make_node("Where", ["keep", "a", "ninf"], ["m"]),
+             helper.make_node("ReduceMax", ["m"], ["y"], axes=[2, 3], keepdims=0)]
+    m = _model(nodes, [_init("w1", _w((4, 3, 3, 3))), _init("zero", np.array(0.0, np.float32)),
+                       _init("ninf", np.array(-np.inf, np.float32))])
+    src = tmp_path / "ninf.onnx"
+    onnx.save(m, src)
+    ds.convert(src, tmp_path / "ninf.pt2", input_shapes=["x:1x3x8x8"])
+    assert ds.load(tmp_path / "ninf.pt2").kind == "torch"
+    assert max(_check_pt2(m, tmp_path / "ninf.pt2", [(1, 3, 8, 8), (2, 3, 12, 16)])) < 1e-5
+
+
+def test_input_name_that_is_not_an_identifier_converts(tmp_path):
+    """onnx's zoo graphs (light_shufflenet: 'gpu_0/data_0') name inputs with '/': the imported module calls
+    it 'gpu_0_data_0', and convert's parity check failed with "input(s) ['gpu_0_data_0'] missing"."""
+    nodes = [helper.make_node("Conv", ["gpu_0/data_0", "w1"], ["y"], pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("gpu_0/data_0", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [_init("w1", _w((4, 3, 3, 3)))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    src = tmp_path / "slash.onnx"
+    onnx.save(m, src)
+    ds.convert(src, tmp_path / "slash.pt2")
+    x = np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    ref = run_onnx(make_session(m, threads=1), {"gpu_0/data_0": x})[0]
+    got = torch.export.load(str(tmp_path / "slash.pt2")).module()(torch.from_numpy(x)).detach().numpy()
+    assert _rel(ref, got) < 1e-5

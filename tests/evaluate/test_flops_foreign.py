@@ -81,3 +81,26 @@ def test_flops_after_runtime_reshape_chain(tmp_path):
     path = tmp_path / "chain.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
     assert ds.info(path, input_shapes=["x:1x4x6"])["flops"] == 2 * 24 * 10  # 0 before
+
+
+def test_declared_minus_one_dims_do_not_count_negative(tmp_path):
+    """Paddle2ONNX declares intermediate shapes with -1 batch ([-1, 200, 1, 1] in the PP-OCR text-direction
+    classifier's SE blocks): they stayed as declared and counted negative MACs (info: "flops -111,296")."""
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["a", "w2"], ["y"]),
+         # an op ONNX Runtime's symbolic shape inference does not know: the fallback keeps declared shapes
+         helper.make_node("Probe", ["a"], ["z"], domain="ai.example")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 2, 8, 8]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [_init("w1", (4, 3, 3, 3)), _init("w2", (2, 4, 1, 1), 1)],
+        value_info=[helper.make_tensor_value_info("a", TensorProto.FLOAT, [-1, 4, 8, 8])])
+    path = tmp_path / "neg.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.example", 1)]),
+              path)
+    from deepshrink.evaluate.flops import onnx_macs
+
+    macs = onnx_macs(onnx.load(path), {"x": np.zeros((1, 3, 8, 8), np.float32)})
+    # conv1: 1·4·8·8 outputs × 27 MACs; conv2: 1·2·8·8 × 4 MACs
+    assert macs == 4 * 64 * 27 + 2 * 64 * 4

@@ -61,7 +61,7 @@ def test_static_int8_cli_writes_and_measures(cnn_onnx, tmp_path, capsys, measure
 def test_auto_cli_prints_kept_layers(mlp_onnx, calib_npz, tmp_path, capsys):
     out = tmp_path / "mlp.auto.onnx"
     rc = run_app(["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "auto", "--data", str(calib_npz),
-                  "--target-cos", "0.999999", "--max-kept", "1", "--no-bench"])
+                  "--target-cos", "0.999999", "--max-kept", "1", "--no-bench", "--allow-slower"])
     text = capsys.readouterr().out
     assert rc == 0 and out.exists()
     assert "kept float:" in text and "sensitivity" in text and "trial" in text

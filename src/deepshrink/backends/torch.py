@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,11 @@ def call_batch(module: nn.Module, batch: Any) -> Any:
 
 def run_torch(module: nn.Module, inputs: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
     names = names or list(inputs)
+    if any(n not in inputs for n in names):
+        # a module imported from ONNX names its inputs as Python identifiers ('gpu_0/data_0' -> 'gpu_0_data_0');
+        # data keyed by the ONNX names still reaches them
+        alias = {re.sub(r"\W", "_", k).strip("_"): k for k in inputs}
+        inputs = {**inputs, **{n: inputs[alias[n]] for n in names if n not in inputs and n in alias}}
     missing = [n for n in names if n not in inputs]
     if missing:
         raise InputError(f"input(s) {missing} missing; the data provides {sorted(inputs)}")

@@ -56,6 +56,8 @@ SCHEME_OPTIONS = {
     "--max-kept": ("auto",),
     "--bias-correction/--no-bias-correction": ("ptq",),
 }
+# Options of the command (not of the scheme's config) that only some schemes use.
+COMMAND_SCHEME_OPTIONS = {"--allow-slower": ("auto",)}
 
 
 def build_config(scheme: str, *, given: dict[str, str] | None = None, **options: Any) -> Any:
@@ -91,6 +93,7 @@ def quantize_cmd(
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: the samples of --data not used to calibrate)")] = None,
     repeats: RepeatsOpt = 30,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="skip the timed before/after table (the fidelity gate still runs)")] = False,
+    allow_slower: Annotated[bool, typer.Option("--allow-slower", help="auto: keep the result even when it measures slower than the float model (otherwise exit 3, nothing written)")] = False,
     allow_degraded: AllowDegradedOpt = False, gate_min_cos: GateCosOpt = 0.9, gate_max_drop: GateDropOpt = 5.0,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -110,6 +113,8 @@ def quantize_cmd(
                           per_channel=per_channel, smooth=smooth, include=include or [], exclude=exclude or [],
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                           max_kept=max_kept, bias_correction=bias_correction, given=options_given(ctx, SCHEME_OPTIONS))
+    refuse_inapplicable("--scheme", scheme, options_given(ctx, COMMAND_SCHEME_OPTIONS), COMMAND_SCHEME_OPTIONS,
+                        SCHEME_SUMMARY)
     policy = gate_policy(gate_min_cos, gate_max_drop, allow_degraded)
     from ..core import formats
 
@@ -129,19 +134,24 @@ def quantize_cmd(
     # ptq works on the torch model (fake-quant, bias correction) and exports the result itself
     result = run_quantize(handle if scheme == "ptq" else float_handle, config, data=calib, progress=not json_out)
     source = src if Path(src).is_file() else None
-    table, verdict = gate.write_checked(  # nothing lands unless the gate passes
+    timed = not no_bench or (scheme == "auto" and not allow_slower)  # auto's speed gate needs real timings
+    speed: dict[str, Any] = {}
+    table, verdict = gate.write_checked(  # nothing lands unless the gates pass
         float_handle, result.handle, output, held=held, policy=policy,
         write=lambda h, path: save_quantized(h, path, force=True, source=source),
         measure=lambda _written, path, data: _measure(float_handle, result.handle, path, data,
-                                                      1 if no_bench else repeats, json_out, name=str(output),
-                                                      warmup=0 if no_bench else 5))
+                                                      repeats if timed else 1, json_out, name=str(output),
+                                                      warmup=5 if timed else 0),
+        also=(lambda t: speed.update(slower=gate.check_speed(t, allow_slower=allow_slower, what=str(output))))
+        if scheme == "auto" else None)
+    slower = speed.get("slower")
     result.handle.path = output
     if result.handle.tokenizer_dir is not None:
         result.handle.tokenizer_dir = output.parent / (output.name + ".tokenizer")
     if no_bench:
         table = None
     payload = {"output": str(output), "report": result.report, "bench": table.to_dict() if table else None,
-               "gate": verdict.to_dict()}
+               "gate": verdict.to_dict(), "slower": slower}
     if json_out:
         print_json(payload)
         return
@@ -164,6 +174,8 @@ def quantize_cmd(
 
         print_bench(table)
     print_gate(verdict)
+    if slower:
+        console.print(f"warning: {slower} (kept: --allow-slower)", style="yellow", markup=False, highlight=False)
     console.print(f"wrote {output}")
 
 

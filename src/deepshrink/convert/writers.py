@@ -54,7 +54,13 @@ def _write(handle: ModelHandle, path: str | os.PathLike[str], fmt: str, *, force
 
         ep = torch_export(handle)
         with atomic_path(out) as tmp:
-            torch.export.save(ep, str(tmp.with_suffix(".pt2")))
+            try:
+                torch.export.save(ep, str(tmp.with_suffix(".pt2")))
+            except RuntimeError as exc:  # torch's packager: one line, not a traceback; nothing written
+                from ..errors import first_line
+
+                tmp.with_suffix(".pt2").unlink(missing_ok=True)
+                raise UnsupportedError(f"torch.export.save could not write the program: {first_line(exc, 200)}") from exc
             tmp.with_suffix(".pt2").replace(tmp)
         return load(out)
     if fmt == "safetensors":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,8 +59,15 @@ def _infer(m: onnx.ModelProto) -> onnx.ModelProto | None:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            out = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+        # on some graphs it saves "sym_shape_infer_temp.onnx" in the working directory and leaves it there
+        temp = Path("sym_shape_infer_temp.onnx")
+        existed = temp.exists()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                out = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+        finally:
+            if not existed:
+                temp.unlink(missing_ok=True)
         if out is not None:
             return out
     except Exception:  # an op it does not know, a custom domain: fall back
@@ -81,7 +89,7 @@ def _subgraphs(node: Any) -> list[tuple[str, onnx.GraphProto]]:
 
 def _collect_shapes(g: onnx.GraphProto, shapes: dict[str, list[int]], consts: dict[str, Any]) -> None:
     for vi in list(g.value_info) + list(g.input) + list(g.output):
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+        dims = [max(d.dim_value, 0) if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
         shapes.setdefault(vi.name, dims)
     for init in g.initializer:
         shapes[init.name] = list(init.dims)
@@ -108,6 +116,12 @@ def onnx_macs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> int:
             for d, size in zip(dims, inputs[vi.name].shape, strict=False):
                 d.ClearField("dim_param")
                 d.dim_value = int(size)
+    # declared shapes with -1 dims (Paddle2ONNX writes [-1, C, 1, 1]) would stay as they are and count
+    # negative MACs: make those dims unknown so inference recomputes them at the sizes given
+    for vi in list(m.graph.value_info) + list(m.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.ClearField("dim_value")
     inferred = _infer(m)
     if inferred is None:
         return 0

@@ -189,6 +189,32 @@ def check(table: Any, policy: FidelityPolicy, *, original: Any = None, written: 
     return verdict
 
 
+class SlowerError(DeepshrinkError):
+    """The written model runs slower than the float one beyond the measurement's spread. Exit status 3."""
+
+    exit_code = 3
+
+
+def check_speed(table: Any, *, allow_slower: bool = False, what: str = "the written model") -> str | None:
+    """The speed gate of ``quantize --scheme auto``: a model chosen *to be faster* must not be slower.
+
+    ``table``: a :func:`deepshrink.evaluate.bench.bench` result whose first row is the float model
+    and last row the written one; ``ratio`` is the median per-round latency ratio (written / float,
+    interleaved rounds) and ``ratio_spread`` half its 10–90 % range. Slower *beyond spread* means
+    ``ratio - ratio_spread > 1``: a ratio within the noise of the machine is not judged slower.
+    Returns ``None`` when not slower, else one line saying by how much — raised as
+    :class:`SlowerError` (nothing written) unless ``allow_slower``, in which case the caller prints
+    it as a warning."""
+    first, row = table.rows[0], table.rows[-1]
+    if row.ratio - row.ratio_spread <= 1.0:
+        return None
+    line = (f"{what} is slower than the float model: {row.ratio:.2f}× its latency (±{row.ratio_spread:.2f}, "
+            f"{row.median_ms:.3g} vs {first.median_ms:.3g} ms, {table.repeats} interleaved rounds)")
+    if not allow_slower:
+        raise SlowerError(line + "; nothing written (--allow-slower keeps it)")
+    return line
+
+
 def message(verdict: GateVerdict) -> str:
     """One line: why the gate fired and, when found, where."""
     where = (f"; first layer below the limit: {verdict.first_broken_layer} (cosine {verdict.first_broken_cos:.3f})"
@@ -197,12 +223,13 @@ def message(verdict: GateVerdict) -> str:
 
 
 def write_checked(original: Any, result: Any, output: Any, *, write: Any, measure: Any, held: Dataset | None,
-                  policy: FidelityPolicy) -> tuple[Any, GateVerdict]:
+                  policy: FidelityPolicy, also: Any = None) -> tuple[Any, GateVerdict]:
     """Write ``result`` (a handle) to ``output`` only if it passes the gate: ``write(result, staged_path)``
     writes it into a staging folder beside ``output`` (returns the written handle),
     ``measure(written, staged_path, held)`` measures it against ``original`` (a bench table, see
     :func:`deepshrink.evaluate.compare.compare`), :func:`check` judges it on ``held`` (or random
-    inputs); the staged file is renamed to ``output`` only when the verdict lets it through.
+    inputs), then ``also(table)`` when given (a further check that raises to refuse, e.g.
+    :func:`check_speed`); the staged file is renamed to ``output`` only when the verdict lets it through.
     Returns ``(table, verdict)``; raises :class:`DegradedError` (nothing written) or what the
     writers raise."""
     from pathlib import Path
@@ -216,4 +243,6 @@ def write_checked(original: Any, result: Any, output: Any, *, write: Any, measur
         table = measure(written, staged, held)
         inputs = held.inputs if held is not None else original.sample_inputs(batch=LOCATE_SAMPLES, seed=1)
         verdict = check(table, policy, original=original, written=result, inputs=inputs, what=str(output))
+        if also is not None:  # a further gate on the same table (auto's speed check); raising keeps nothing
+            also(table)
     return table, verdict

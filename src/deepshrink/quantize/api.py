@@ -303,6 +303,11 @@ def no_candidates_message(model: onnx.ModelProto, op_types: Sequence[str], schem
     if casts:
         return (f"{scheme} found no layer to quantize: the weights come through Cast nodes ({', '.join(casts[:3])}) "
                 "whose input is not a stored constant, so no quantizer sees a constant weight")
+    computed = _computed_weights(model, producers)
+    if computed:
+        return (f"{scheme} found no layer to quantize: the weights are computed by the graph "
+                f"({', '.join(computed[:3])}), not stored; run `deepshrink optimize IN.onnx -o FOLDED.onnx` "
+                "first to fold them into stored weights, then quantize FOLDED.onnx")
     if uses_consts:
         return (f"{scheme} found no layer to quantize: this graph's weights are Constant nodes, not initializers "
                 "(Paddle2ONNX / TF exports); deepshrink quantizes initializer weights only for now")
@@ -310,6 +315,26 @@ def no_candidates_message(model: onnx.ModelProto, op_types: Sequence[str], schem
         return (f"{scheme} quantizes weights of {', '.join(op_types)}, and this model computes with Conv: use "
                 "--scheme int8-static with --data (recipe int8-static) for convolutions")
     return f"{scheme} found no layer to quantize: no {', '.join(op_types)} with a constant weight in this graph"
+
+
+def _computed_weights(model: onnx.ModelProto, producers: dict[str, Any]) -> list[str]:
+    """Op types (with a node name) of nodes other than ``Constant`` that compute a MatMul/Gemm/Conv
+    weight from constants alone (``ConstantOfShape``, ``Add`` of two constants, ...): a constant-folding
+    pass (``deepshrink optimize``) turns them into the stored weights the quantizers need."""
+    const = {i.name for i in model.graph.initializer}
+    for n in model.graph.node:  # topological order: a node is constant when all its inputs are
+        if n.op_type == "Constant" or (n.input and all(not i or i in const for i in n.input)
+                                       and n.op_type not in ("RandomNormal", "RandomUniform")):
+            const.update(o for o in n.output if o)
+    found = []
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1:
+            src = producers.get(n.input[1])
+            if src is not None and src.op_type not in ("Constant", "Cast") and n.input[1] in const:
+                label = f"{src.op_type} {src.name}" if src.name else src.op_type
+                if label not in found:
+                    found.append(label)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,6 +376,9 @@ def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOut
 @register(Int8StaticConfig)
 def _static(prep: Prepared, config: Int8StaticConfig, **_: Any) -> QuantizeOutcome:
     calib = require_data(prep, "static int8")
+    static_ops = config.op_types or ("Conv", "MatMul", "Gemm")
+    if not ob.weight_nodes(prep.model, static_ops):  # computed weights: ORT's calibrator fails on them
+        raise InputError(no_candidates_message(prep.model, static_ops, type(config).__name__))
     model = ob.preprocess(prep.model)
     normalize_for_quantization(model)  # ORT's pre-processing may fuse MatMul + Add back into a Gemm
     op_types = config.op_types or None

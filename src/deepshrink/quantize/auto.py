@@ -88,9 +88,21 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     exclude = tuple(config.exclude) + tuple(base.exclude)
     nodes = ob.select_nodes(cands, include, exclude)
     if not nodes:
-        raise InputError("auto: no layer left to quantize")
-    ref1 = run_outputs(float_model, data, batch=1)
-    ref = (ref1, run_outputs(float_model, data, batch=16))
+        if cands:
+            raise InputError(f"auto: no layer left to quantize: --include/--exclude removed all {len(cands)} "
+                             "candidates")
+        from .api import no_candidates_message
+
+        raise InputError(no_candidates_message(float_model, op_types, "auto"))
+    try:
+        ref1 = run_outputs(float_model, data, batch=1)
+        ref = (ref1, run_outputs(float_model, data, batch=16))
+    except Exception as exc:  # ORT's multi-line message on data that does not fit the model's fixed dims
+        from ..errors import first_line
+
+        shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in data.items())
+        raise InputError(f"auto: the float model does not run on --data ({shapes}; a sample is a slice of "
+                         f"the first axis): {first_line(exc, 200)}") from None
     trials: list[dict[str, Any]] = []
     best: tuple[float, float, float, onnx.ModelProto, onnx.ModelProto, dict[str, Any]] | None = None
     absmax = None

@@ -146,8 +146,11 @@ class Builder:
 
     def _initializer(self, name: str) -> Value:
         t = self.tensor_of(name)
-        if not t.dtype.is_floating_point or t.dim() == 0:
-            return t  # integer data and scalars are import-time constants
+        if not t.dtype.is_floating_point or t.dim() == 0 or t.numel() == 0:
+            # integer data, scalars and empty tensors (Paddle2ONNX's Resize roi/scales placeholders) are
+            # import-time constants; empty parameters share a null storage that torch.export.save cannot
+            # package ("numel: integer multiplication overflow")
+            return t
         if name in self.buffer_inputs:
             return self.get_attr(name, t, buffer=True)
         return self.get_attr(name, nn.Parameter(t), buffer=False)
