@@ -1,0 +1,112 @@
+"""Property tests (hypothesis) of the input parsers a user's files reach: recipes, configs, ONNX files.
+
+Property, for every generated input: the parser returns a value, or raises a
+``deepshrink.errors.DeepshrinkError`` with a message — never another exception, never a hang
+(hypothesis ``deadline``), never a large allocation (peak RSS growth bounded). Built configs and
+recipes round-trip through their dict form. Derandomized: the same examples every run. The long
+run is ``benchmarks/fuzz_inputs.py`` (results in ``benchmarks/results/fuzz_inputs.md``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cli_helpers import run_cli
+from fuzz_helpers import (
+    PARAMS,
+    RECIPES,
+    YAML_TEXT,
+    OnnxSeeds,
+    check_config_dict,
+    check_onnx,
+    check_recipe,
+    check_recipe_file,
+    check_verb_config,
+    config_dicts,
+    onnx_cases,
+    rss_bytes,
+    write_case,
+)
+
+# a hung parser fails within seconds; generous, as the 2-core machine is shared
+FAST = settings(max_examples=150, deadline=5000, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+ONNX = settings(max_examples=120, deadline=10000, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
+# no single input may grow the process by this much (a hostile dim or length read into memory would)
+RSS_GROWTH = 512 << 20
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    return OnnxSeeds()
+
+
+@given(config_dicts())
+@FAST
+def test_config_from_dict(data):
+    check_config_dict(data)
+
+
+@given(st.sampled_from(["quantize", "prune", "pack", "distill", "optimize"]), st.data())
+@FAST
+def test_verb_configs(verb, data):
+    names = {"quantize": ["int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto", "qat", "ptq",
+                          "mixed", "bogus"],
+             "prune": ["magnitude", "gradual", "nm", "structured", "bogus"],
+             "pack": ["deep-compression", "lossless"], "distill": ["-"], "optimize": ["-"]}[verb]
+    name = data.draw(st.sampled_from(names))
+    params = data.draw(PARAMS)
+    check_verb_config(verb, name, {str(k): v for k, v in params.items()})
+
+
+@given(RECIPES)
+@FAST
+def test_parse_recipe(raw):
+    check_recipe(raw)
+
+
+@given(st.one_of(YAML_TEXT, RECIPES.map(lambda r: __import__("yaml").safe_dump(r, allow_unicode=True))
+                 .filter(lambda s: True), st.binary(max_size=64)))
+@settings(max_examples=100, deadline=5000, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+def test_load_recipe_file(tmp_path, text):
+    check_recipe_file(tmp_path, text)
+
+
+def test_onnx_seeds_load(seeds):
+    """Control: the unmutated seeds load (so a refusal below is the mutation's doing)."""
+    assert check_onnx(seeds, seeds.inline.SerializeToString(), None) == "ok"
+    ext = seeds.external.SerializeToString().replace(b"seed.onnx.data", b"case.onnx.data")
+    assert check_onnx(seeds, ext, seeds.data) == "ok"
+
+
+@given(st.data())
+@ONNX
+def test_mutated_onnx_loads_or_refuses(seeds, data):
+    before = rss_bytes()
+    _what, model, side = data.draw(onnx_cases(seeds))
+    check_onnx(seeds, model, side)
+    assert rss_bytes() - before < RSS_GROWTH
+
+
+# the CLI on a few mutated files: exit status 0 or 2, and a refusal is one line
+CLI_CASES = 12
+
+
+@given(st.data())
+@settings(max_examples=CLI_CASES, deadline=30000, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+def test_mutated_onnx_through_the_cli(seeds, capsys, data):
+    _what, model, side = data.draw(onnx_cases(seeds))
+    path = write_case(seeds, model, side)
+    rc, out, err = run_cli(capsys, "info", path)
+    assert "Traceback" not in out + err
+    assert rc in (0, 2), (rc, err)
+    if rc == 2:
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), err
