@@ -77,6 +77,60 @@ def test_load_recipe_file(tmp_path, text):
     check_recipe_file(tmp_path, text)
 
 
+def test_info_writes_nothing_in_the_current_folder(seeds, tmp_path, monkeypatch):
+    """Found by the fuzzer: on a graph whose shapes ONNX Runtime's symbolic inference cannot complete (here an
+    op it does not know), ``info``'s FLOP count left ``sym_shape_infer_temp.onnx`` and one uuid-named ``.data``
+    file per tensor in the current folder."""
+    import onnx
+
+    from deepshrink.evaluate.info import info
+
+    m = onnx.ModelProto()
+    m.CopyFrom(seeds.inline)
+    next(n for n in m.graph.node if n.op_type == "Relu").op_type = "NoSuchOp"
+    path = tmp_path / "m.onnx"
+    path.write_bytes(m.SerializeToString())
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert info(path)["ops"]["NoSuchOp"] == 1
+    assert not list(cwd.iterdir())
+
+
+def test_config_type_must_be_a_name():
+    """Found by the fuzzer: a non-string ``type`` raised TypeError (unhashable list) instead of one line."""
+    from deepshrink.core.config import config_from_dict
+    from deepshrink.errors import InputError
+
+    with pytest.raises(InputError, match="config type must be a class name"):
+        config_from_dict({"type": []})
+    with pytest.raises(InputError, match="a config is a mapping"):
+        config_from_dict([("type", "Int8DynamicConfig")])
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda t: (t.ClearField("dims"),), "needs 4 bytes"),  # raw data of a (32, 16) table read as a scalar
+    (lambda t: setattr(t, "data_type", 8), "does not allow"),  # STRING values as raw bytes
+    (lambda t: setattr(t, "data_type", 0), "unknown data type"),
+    (lambda t: t.dims.extend([2**40]), "needs"),  # a huge dimension: refused from its count, never allocated
+])
+def test_tensor_data_must_fit_dims_and_dtype(seeds, tmp_path, edit, needle):
+    """Found by the fuzzer: an initializer whose raw bytes disagree with its dims or dtype was accepted by the
+    loader, and ``info`` then failed inside numpy (ValueError / TypeError)."""
+    import onnx
+
+    import deepshrink as ds
+    from deepshrink.errors import InputError
+
+    m = onnx.ModelProto()
+    m.CopyFrom(seeds.inline)
+    edit(next(t for t in m.graph.initializer if t.name == "wte"))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(m.SerializeToString())
+    with pytest.raises(InputError, match=needle):
+        ds.load(path)
+
+
 def test_onnx_seeds_load(seeds):
     """Control: the unmutated seeds load (so a refusal below is the mutation's doing)."""
     assert check_onnx(seeds, seeds.inline.SerializeToString(), None) == "ok"
@@ -101,10 +155,14 @@ CLI_CASES = 12
 @settings(max_examples=CLI_CASES, deadline=30000, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
-def test_mutated_onnx_through_the_cli(seeds, capsys, data):
+def test_mutated_onnx_through_the_cli(seeds, capsys, tmp_path, monkeypatch, data):
     _what, model, side = data.draw(onnx_cases(seeds))
     path = write_case(seeds, model, side)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    monkeypatch.chdir(cwd)
     rc, out, err = run_cli(capsys, "info", path)
+    assert not list(cwd.iterdir())  # nothing written where the user stands
     assert "Traceback" not in out + err
     assert rc in (0, 2), (rc, err)
     if rc == 2:
