@@ -119,7 +119,15 @@ def main() -> None:
             "and `deepshrink info` on a small decoder ONNX (with and without external data) mutated by protobuf "
             "field edits (dims, dtypes, dangling inputs, external-data entries, opsets, subgraphs, functions, "
             "sparse initializers), bit flips / truncations / inserted bytes of the .onnx, or of its external "
-            "data file. Outcome `ok` = loaded or built; otherwise the DeepshrinkError raised.\n\n"
+            "data file. Outcome `ok` = loaded or built; otherwise the DeepshrinkError raised (its message must be "
+            "one line).\n\n"
+            "Defects the fuzzer found while this run was built, each fixed with a regression test in "
+            "`tests/test_fuzz_inputs.py`: an initializer whose raw bytes disagree with its dims (a scalar shape, "
+            "a huge dim) or dtype (STRING or UNDEFINED as raw or external data) loaded, and `info` then failed "
+            "inside numpy (ValueError, TypeError); `info` on a graph ONNX Runtime's symbolic shape inference "
+            "cannot complete left `sym_shape_infer_temp.onnx` and one uuid-named `.data` file per tensor in the "
+            "current folder; `config_from_dict` with a non-string `type` raised TypeError; a recipe with a "
+            "control character printed a two-line YAML error.\n\n"
             + md_table(["target", "outcome", "count"], rows)
             + ("\n\nFailures:\n" + "\n".join(f"- {f}" for f in failures[:30]) if failures else ""))
     if args.no_write:

@@ -31,10 +31,16 @@ def outcome(fn: Any, *args: Any, **kwargs: Any) -> str:
     try:
         fn(*args, **kwargs)
     except DeepshrinkError as exc:
-        msg = str(exc).strip()
-        assert msg, f"{type(exc).__name__} with an empty message"
+        one_line(exc)
         return type(exc).__name__
     return "ok"
+
+
+def one_line(exc: BaseException) -> None:
+    """The CLI prints the message as it is: it must be one non-empty line."""
+    msg = str(exc).strip()
+    assert msg, f"{type(exc).__name__} with an empty message"
+    assert "\n" not in msg, f"{type(exc).__name__} message spans lines: {msg[:300]!r}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +165,7 @@ def check_config_dict(data: dict[str, Any]) -> str:
     try:
         cfg = config_from_dict(data)
     except DeepshrinkError as exc:
-        assert str(exc).strip()
+        one_line(exc)
         return type(exc).__name__
     again = config_from_dict(cfg.to_dict())
     assert again == cfg, (cfg, again)
@@ -195,7 +201,7 @@ def check_recipe(raw: Any) -> str:
     try:
         recipe = parse_recipe(raw, name="fuzz")
     except DeepshrinkError as exc:
-        assert str(exc).strip()
+        one_line(exc)
         return type(exc).__name__
     again = parse_recipe(recipe.resolved(), name="fuzz")
     assert [s.config for s in again.steps] == [s.config for s in recipe.steps]
@@ -222,7 +228,7 @@ def check_recipe_file(folder: Path, text: str | bytes) -> str:
     try:
         recipe = load_recipe(path)
     except DeepshrinkError as exc:
-        assert str(exc).strip()
+        one_line(exc)
         return type(exc).__name__
     assert recipe.steps
     return "ok"

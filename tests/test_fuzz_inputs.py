@@ -168,3 +168,19 @@ def test_mutated_onnx_through_the_cli(seeds, capsys, tmp_path, monkeypatch, data
     if rc == 2:
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), err
+
+
+@given(st.one_of(YAML_TEXT, RECIPES.map(lambda r: __import__("yaml").safe_dump(r, allow_unicode=True))))
+@settings(max_examples=CLI_CASES, deadline=30000, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+def test_fuzzed_recipe_through_the_cli(capsys, tmp_path, text):
+    """``compress`` reads the recipe first: a bad one is one line; a good one reaches the (missing) model."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text, encoding="utf-8", errors="surrogatepass")
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli(capsys, "compress", tmp_path / "missing.onnx", "--recipe", recipe, "-o", out)
+    assert "Traceback" not in stdout + err
+    assert rc == 2, (rc, err)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert not out.exists()

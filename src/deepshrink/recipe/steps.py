@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 Kind = Literal["torch", "onnx", "dsz"]
 
@@ -147,7 +147,8 @@ def load_recipe(spec: str | os.PathLike[str] | dict[str, Any] | Recipe) -> Recip
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise InputError(f"recipe {path} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+        why = first_line(getattr(exc, "problem", None) or str(exc))  # a ReaderError names the place on a 2nd line
+        raise InputError(f"recipe {path} is not valid YAML{at}: {why}") from None
     return parse_recipe(raw, name=path.name)
 
 
