@@ -252,6 +252,10 @@ def _stream(src: str, output: Path, config: Any, policy: Any, json_out: bool, *,
     console.print(f"weight fidelity: worst layer {rep.worst_layer} cosine {rep.worst_cosine:.4f} (the end-to-end "
                   "table and gate are skipped: they would hold the float model in memory)", highlight=False,
                   markup=False)
+    if rep.float_left > 0.1:
+        console.print(f"warning: stayed float: {', '.join(rep.float_left_largest)} — {100 * rep.float_left:.0f}% of the "
+                      "float model's weight bytes (streaming quantizes MatMul weights only)", style="yellow",
+                      markup=False, highlight=False)
     if unused_data:
         console.print("note: --data / --eval-data were not used: a streamed model is judged by its weights",
                       style="dim", markup=False, highlight=False)

@@ -54,12 +54,15 @@ class StreamReport:
     bytes_out: int = 0  # bytes of the written .onnx and .data
     worst_layer: str = ""
     worst_cosine: float = 1.0  # cosine between a layer's fp32 weight and its dequantized codes
+    float_left: float = 0.0  # share of the source's float weight-matrix bytes still float (Gemm, Gather, excluded)
+    float_left_largest: list[str] = field(default_factory=list)  # the largest of those, by name
     layers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": "rtn", "streamed": True, "quantized_layers": self.quantized_layers, "bits": self.bits,
                 "group_size": self.group_size, "symmetric": self.symmetric, "float_bytes_in": self.float_bytes_in,
-                "bytes_out": self.bytes_out, "worst_layer": self.worst_layer, "worst_cosine": self.worst_cosine}
+                "bytes_out": self.bytes_out, "worst_layer": self.worst_layer, "worst_cosine": self.worst_cosine,
+                "float_left": self.float_left, "float_left_largest": self.float_left_largest}
 
 
 def external_bytes(path: str | os.PathLike[str]) -> int:
@@ -248,6 +251,18 @@ def stream_weight_only_rtn(src: str | os.PathLike[str], out: str | os.PathLike[s
                 report.quantized_layers += 1
                 if progress is not None:
                     progress(nd.name, report.quantized_layers, total)
+            def matrix_bytes(t: TensorProto) -> int:  # float tensors with two or more non-trivial axes
+                width = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2}.get(t.data_type, 0)
+                n = 1
+                for d in t.dims:
+                    n *= int(d)
+                return width * n if sum(1 for d in t.dims if d > 1) >= 2 else 0
+
+            total = sum(matrix_bytes(t) for t in g.initializer)
+            left = sorted(((matrix_bytes(t), t.name) for t in g.initializer
+                           if not (t.name in done and uses.get(t.name, 0) == 0) and matrix_bytes(t)), reverse=True)
+            report.float_left = sum(b for b, _ in left) / total if total else 0.0
+            report.float_left_largest = [name for _, name in left[:4]]
             kept: list[TensorProto] = []
             for t in g.initializer:
                 if t.name in done and uses.get(t.name, 0) == 0:
