@@ -131,6 +131,15 @@ def test_tensor_data_must_fit_dims_and_dtype(seeds, tmp_path, edit, needle):
         ds.load(path)
 
 
+def test_recipe_step_keys_need_not_be_strings():
+    """Found by the long fuzz run: YAML ``- evaluate: {0: null}`` raised TypeError (str.join on an int key)."""
+    from deepshrink.errors import InputError
+    from deepshrink.recipe.steps import parse_recipe
+
+    with pytest.raises(InputError, match=r"takes no parameters \(got 0\)"):
+        parse_recipe({"steps": [{"evaluate": {0: None}}]})
+
+
 def test_onnx_seeds_load(seeds):
     """Control: the unmutated seeds load (so a refusal below is the mutation's doing)."""
     assert check_onnx(seeds, seeds.inline.SerializeToString(), None) == "ok"

@@ -272,7 +272,7 @@ def _convert_step(index: int, params: dict[str, Any]) -> Step:
 
 def _evaluate_step(index: int, params: dict[str, Any]) -> Step:
     if params:
-        raise InputError(f"takes no parameters (got {', '.join(params)}); every step is measured on "
+        raise InputError(f"takes no parameters (got {', '.join(map(str, params))}); every step is measured on "
                          "--eval-data anyway")
     return Step(index, "evaluate", {})
 
