@@ -127,8 +127,9 @@ def main() -> None:
             "inside numpy (ValueError, TypeError); `info` on a graph ONNX Runtime's symbolic shape inference "
             "cannot complete left `sym_shape_infer_temp.onnx` and one uuid-named `.data` file per tensor in the "
             "current folder; `config_from_dict` with a non-string `type` raised TypeError; a recipe with a "
-            "control character printed a two-line YAML error; an `evaluate` step with a non-string key raised "
-            "TypeError.\n\n"
+            "control character printed a two-line YAML error; an `evaluate` step with a non-string key and a "
+            "`pack` step whose method is a list raised TypeError; a name or external-data entry holding invalid "
+            "UTF-8 (protobuf returns bytes) raised TypeError in the external-data check.\n\n"
             + md_table(["target", "outcome", "count"], rows)
             + ("\n\nFailures:\n" + "\n".join(f"- {f}" for f in failures[:30]) if failures else ""))
     if args.no_write:

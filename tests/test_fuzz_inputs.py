@@ -193,3 +193,28 @@ def test_fuzzed_recipe_through_the_cli(capsys, tmp_path, text):
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), err
     assert not out.exists()
+
+
+def test_names_must_be_utf8(seeds, tmp_path):
+    """Found by the long fuzz run: protobuf returns bytes for a string field holding invalid UTF-8, and the
+    external-data check failed on them with TypeError (``ord()`` of an int)."""
+    import onnx
+
+    import deepshrink as ds
+    from deepshrink.errors import InputError
+
+    for old, new in ((b"case.onnx.data", b"case.onnx.dat\xff"), (b"MatMul", b"MatMu\xff")):
+        blob = seeds.external.SerializeToString().replace(b"seed.onnx.data", b"case.onnx.data").replace(old, new)
+        path = write_case(seeds, blob, seeds.data)
+        assert isinstance(onnx.load(str(path), load_external_data=False), onnx.ModelProto)
+        with pytest.raises(InputError, match="not valid UTF-8"):
+            ds.load(path)
+
+
+def test_pack_method_must_be_a_name():
+    """Found by the long fuzz run: ``pack: {method: []}`` raised TypeError (unhashable list)."""
+    from deepshrink.errors import InputError
+    from deepshrink.recipe.steps import parse_recipe
+
+    with pytest.raises(InputError, match="use deep-compression or lossless"):
+        parse_recipe({"steps": [{"pack": {"method": []}}]})

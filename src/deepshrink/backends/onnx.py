@@ -157,9 +157,43 @@ def load_onnx_graph(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, list
         raise InputError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {first_line(exc, 120)})") from None
     if not model.graph.node and not model.graph.output:
         raise InputError(f"{p} is not a readable ONNX model (empty graph)")
+    check_text(model, what=str(p))
     refs = check_external_data(model, p.resolve().parent, what=str(p))
     check_tensor_data(model, what=str(p))
     return model, refs
+
+
+def check_text(model: onnx.ModelProto, *, what: str) -> None:
+    """Every name of the model is text: protobuf returns ``bytes`` for a string field that is not valid
+    UTF-8, which later code would trip on. Raises :class:`InputError` naming the first such field."""
+
+    def bad(values: Any, field: str) -> None:
+        for v in values:
+            if not isinstance(v, str):
+                raise InputError(f"{what}: a {field} is not valid UTF-8 text ({bytes(v)[:40]!r})")
+
+    def graph(g: Any) -> None:
+        bad([g.name], "graph name")
+        bad([v.name for v in (*g.input, *g.output, *g.value_info)], "graph value name")
+        bad([t.name for t in g.initializer], "initializer name")
+        for n in g.node:
+            bad([n.op_type, n.name, n.domain, *n.input, *n.output], "node field")
+            for a in n.attribute:
+                bad([a.name], "attribute name")
+                if a.HasField("g"):
+                    graph(a.g)
+                for sub in a.graphs:
+                    graph(sub)
+
+    bad([o.domain for o in model.opset_import], "opset domain")
+    bad([v for p in model.metadata_props for v in (p.key, p.value)], "metadata entry")
+    graph(model.graph)
+    for f in model.functions:
+        bad([f.name, f.domain, *f.input, *f.output], "function field")
+        for n in f.node:
+            bad([n.op_type, n.name, n.domain, *n.input, *n.output], "node field")
+    for t in all_tensors(model):
+        bad([t.name, *(v for e in t.external_data for v in (e.key, e.value))], "tensor name or external-data entry")
 
 
 def normalize_onnx(model: onnx.ModelProto) -> list[str]:
@@ -318,6 +352,8 @@ def _entries(tensor: onnx.TensorProto, what: str) -> dict[str, str]:
         raise InputError(f"{what}: tensor {name!r} carries external-data entries but is not marked EXTERNAL")
     entries: dict[str, str] = {}
     for e in tensor.external_data:
+        if not isinstance(e.key, str) or not isinstance(e.value, str):  # protobuf hands back bytes for invalid UTF-8
+            raise InputError(f"{what}: tensor {name!r} has an external-data entry that is not valid UTF-8 text")
         if e.key not in EXTERNAL_DATA_KEYS:
             raise InputError(f"{what}: tensor {name!r} has an unknown external-data key {e.key[:40]!r} "
                              f"(allowed: {', '.join(sorted(EXTERNAL_DATA_KEYS))})")

@@ -248,7 +248,7 @@ def _pack_step(index: int, params: dict[str, Any]) -> Step:
 
     method = params.pop("method", "deep-compression")
     classes = {"deep-compression": DeepCompressionConfig, "lossless": PackConfig}
-    if method not in classes:
+    if not isinstance(method, str) or method not in classes:
         raise InputError(f"method {method!r}: use deep-compression or lossless")
     check_keys(params, classes[method], what=f"method {method}")
     cfg = classes[method].build(**params)
