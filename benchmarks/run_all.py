@@ -9,7 +9,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ORDER = ["foundation", "quantize_minilm", "quantize_digits", "quantize_qat", "quantize_bias_correction",
-         "quantize_chargpt", "prune", "distill", "compress", "deep_compression", "optimize", "pypi_models", "codec_fuzz",
+         "quantize_chargpt", "prune", "distill", "compress", "deep_compression", "optimize", "pypi_models", "search",
+         "codec_fuzz", "fuzz_inputs", "memory_scale",
          "convert_hub", "onnx_node_suite", "public_reports", "gate", "seed_spread"]
 
 

@@ -114,9 +114,10 @@ def load(src: Any, *, weights: str | os.PathLike[str] | None = None,
     elif isinstance(src, nn.Module):
         handle = _torch_handle(src, source=type(src).__name__)
     elif _is_onnx_proto(src):
-        from .backends.onnx import inline_external_data
+        from .backends.onnx import check_tensor_data, inline_external_data
 
         inline_external_data(src, what="the ONNX model given")
+        check_tensor_data(src, what="the ONNX model given")
         ins, outs = io_specs(src)
         handle = ModelHandle(src, "onnx", ins, outs, source="<onnx model>")
     else:

@@ -133,6 +133,19 @@ def load_onnx(path: str | os.PathLike[str], *, load_external: bool = True) -> on
     unreadable or hostile file. ``load_external=False`` checks the references but leaves them
     unread (the tensors stay ``EXTERNAL``).
     """
+    model, refs = load_onnx_graph(path)
+    if load_external:
+        for ref in refs:
+            ref.read_into_tensor(str(path))
+    return model
+
+
+def load_onnx_graph(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, list[ExternalRef]]:
+    """The graph of an ONNX file with its external tensors left unread, and their checked references.
+
+    The checks are :func:`load_onnx`'s; each :class:`ExternalRef` reads one tensor's bytes on
+    demand (:meth:`ExternalRef.read_bytes`), which is how a model larger than memory is
+    processed tensor by tensor. Raises :class:`InputError` as :func:`load_onnx` does."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"model file {p} does not exist")
@@ -144,12 +157,43 @@ def load_onnx(path: str | os.PathLike[str], *, load_external: bool = True) -> on
         raise InputError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {first_line(exc, 120)})") from None
     if not model.graph.node and not model.graph.output:
         raise InputError(f"{p} is not a readable ONNX model (empty graph)")
-    base = p.resolve().parent
-    refs = check_external_data(model, base, what=str(p))
-    if load_external:
-        for ref in refs:
-            ref.read_into_tensor(str(p))
-    return model
+    check_text(model, what=str(p))
+    refs = check_external_data(model, p.resolve().parent, what=str(p))
+    check_tensor_data(model, what=str(p))
+    return model, refs
+
+
+def check_text(model: onnx.ModelProto, *, what: str) -> None:
+    """Every name of the model is text: protobuf returns ``bytes`` for a string field that is not valid
+    UTF-8, which later code would trip on. Raises :class:`InputError` naming the first such field."""
+
+    def bad(values: Any, field: str) -> None:
+        for v in values:
+            if not isinstance(v, str):
+                raise InputError(f"{what}: a {field} is not valid UTF-8 text ({bytes(v)[:40]!r})")
+
+    def graph(g: Any) -> None:
+        bad([g.name], "graph name")
+        bad([v.name for v in (*g.input, *g.output, *g.value_info)], "graph value name")
+        bad([t.name for t in g.initializer], "initializer name")
+        for n in g.node:
+            bad([n.op_type, n.name, n.domain, *n.input, *n.output], "node field")
+            for a in n.attribute:
+                bad([a.name], "attribute name")
+                if a.HasField("g"):
+                    graph(a.g)
+                for sub in a.graphs:
+                    graph(sub)
+
+    bad([o.domain for o in model.opset_import], "opset domain")
+    bad([v for p in model.metadata_props for v in (p.key, p.value)], "metadata entry")
+    graph(model.graph)
+    for f in model.functions:
+        bad([f.name, f.domain, *f.input, *f.output], "function field")
+        for n in f.node:
+            bad([n.op_type, n.name, n.domain, *n.input, *n.output], "node field")
+    for t in all_tensors(model):
+        bad([t.name, *(v for e in t.external_data for v in (e.key, e.value))], "tensor name or external-data entry")
 
 
 def normalize_onnx(model: onnx.ModelProto) -> list[str]:
@@ -222,6 +266,15 @@ class ExternalRef:
 
         Opened with ``O_NOFOLLOW | O_NONBLOCK`` and re-checked (same inode, a regular file, one
         link) so a file swapped after the check is refused, not read."""
+        self.tensor.raw_data = self.read_bytes(what).tobytes()
+        del self.tensor.external_data[:]
+        self.tensor.data_location = onnx.TensorProto.DEFAULT
+
+    def read_bytes(self, what: str) -> np.ndarray:
+        """The range's bytes as a new uint8 array of ``length`` (the tensor is left as it is).
+
+        One buffer of exactly ``length`` bytes is allocated (checked against the file before),
+        filled with ``preadv``; the file is opened and re-checked as in :meth:`read_into_tensor`."""
         import stat as st
 
         name = self.tensor.name
@@ -237,20 +290,18 @@ class ExternalRef:
                     or now.st_dev != self.stat.st_dev or now.st_size < self.offset + self.length):
                 raise InputError(f"{what}: external data file {self.location!r} (tensor {name!r}) changed "
                                  "while it was being loaded")
-            chunks, pos, left = [], self.offset, self.length
-            while left > 0:
-                chunk = os.pread(fd, min(left, 1 << 28), pos)
-                if not chunk:
+            buf = np.empty(self.length, np.uint8)
+            view = memoryview(buf)
+            done = 0
+            while done < self.length:
+                got = os.preadv(fd, [view[done:done + (1 << 28)]], self.offset + done)
+                if got <= 0:
                     raise InputError(f"{what}: external data file {self.location!r} (tensor {name!r}) "
                                      "ended early")
-                chunks.append(chunk)
-                pos += len(chunk)
-                left -= len(chunk)
+                done += got
         finally:
             os.close(fd)
-        self.tensor.raw_data = b"".join(chunks)
-        del self.tensor.external_data[:]
-        self.tensor.data_location = onnx.TensorProto.DEFAULT
+        return buf
 
 
 def all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -301,6 +352,8 @@ def _entries(tensor: onnx.TensorProto, what: str) -> dict[str, str]:
         raise InputError(f"{what}: tensor {name!r} carries external-data entries but is not marked EXTERNAL")
     entries: dict[str, str] = {}
     for e in tensor.external_data:
+        if not isinstance(e.key, str) or not isinstance(e.value, str):  # protobuf hands back bytes for invalid UTF-8
+            raise InputError(f"{what}: tensor {name!r} has an external-data entry that is not valid UTF-8 text")
         if e.key not in EXTERNAL_DATA_KEYS:
             raise InputError(f"{what}: tensor {name!r} has an unknown external-data key {e.key[:40]!r} "
                              f"(allowed: {', '.join(sorted(EXTERNAL_DATA_KEYS))})")
@@ -349,8 +402,8 @@ _WHOLE_BYTES = ("FLOAT", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64", "
 
 
 def _expected_bytes(tensor: onnx.TensorProto, what: str) -> int | None:
-    """Bytes the tensor's dims and dtype need; None for strings and types whose packing is not
-    known here (then only the file's bounds are checked)."""
+    """Bytes the tensor's dims and dtype need; None for strings, UNDEFINED and types not known here
+    (callers refuse those as raw or external data)."""
     if any(d < 0 for d in tensor.dims):
         raise InputError(f"{what}: tensor {tensor.name!r} has a negative dimension {list(tensor.dims)}")
     n = 1
@@ -360,11 +413,70 @@ def _expected_bytes(tensor: onnx.TensorProto, what: str) -> int | None:
         type_name = onnx.TensorProto.DataType.Name(tensor.data_type)
     except ValueError:
         return None
+    if type_name == "UNDEFINED":
+        return None
     if type_name in _PACKED:
         return -(-n // _PACKED[type_name])
+    if type_name in ("FLOAT6E2M3", "FLOAT6E3M2"):  # 6-bit elements, packed
+        return -(-6 * n // 8)
     if type_name not in _WHOLE_BYTES:
         return None
     return n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+
+
+# The typed field a tensor without raw_data keeps its values in (ONNX IR, onnx.proto's TensorProto), and
+# how many entries of it one element takes (complex: two) or how many elements one entry packs (4/2-bit).
+_TYPED_FIELD = {"FLOAT": "float_data", "COMPLEX64": "float_data", "DOUBLE": "double_data", "COMPLEX128": "double_data",
+                "INT64": "int64_data", "UINT32": "uint64_data", "UINT64": "uint64_data", "STRING": "string_data"}
+
+
+def _typed_entries(type_name: str, n: int) -> tuple[str, int]:
+    """The typed field and the entry count ``n`` elements of ``type_name`` need without raw_data."""
+    field = _TYPED_FIELD.get(type_name, "int32_data")  # int8..int32, bool, float16, bfloat16, float8, 4-/2-bit
+    if type_name.startswith("COMPLEX"):
+        return field, 2 * n
+    if type_name in _PACKED:
+        return field, -(-n // _PACKED[type_name])
+    return field, n
+
+
+def check_tensor_data(model: onnx.ModelProto, *, what: str) -> None:
+    """Every tensor of the model that is not external holds exactly the data its dims and dtype need.
+
+    Refused (:class:`InputError`, one line): an undefined or unknown data type, a negative
+    dimension, ``raw_data`` whose byte count is not ``prod(dims) × itemsize`` (packed for
+    4-/2-bit types), or a typed field (``float_data``, ``int32_data``, ...) with the wrong number
+    of entries. Counts are Python integers: a huge dimension is refused, never allocated.
+    External tensors are checked by :func:`check_external_data`."""
+    for tensor in all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        name = tensor.name[:60]
+        try:
+            type_name = onnx.TensorProto.DataType.Name(tensor.data_type)
+        except ValueError:
+            type_name = ""
+        if not type_name or type_name == "UNDEFINED":
+            raise InputError(f"{what}: tensor {name!r} has an unknown data type {tensor.data_type}")
+        if any(d < 0 for d in tensor.dims):
+            raise InputError(f"{what}: tensor {name!r} has a negative dimension {list(tensor.dims)[:8]}")
+        n = 1
+        for d in tensor.dims:
+            n *= int(d)
+        if tensor.HasField("raw_data"):
+            want = _expected_bytes(tensor, what)
+            if want is None:
+                raise InputError(f"{what}: tensor {name!r} stores {type_name} values as raw bytes, which that type "
+                                 "does not allow")
+            if want != len(tensor.raw_data):
+                raise InputError(f"{what}: tensor {name!r} of shape {list(tensor.dims)[:8]} ({type_name}) needs "
+                                 f"{want} bytes but holds {len(tensor.raw_data)}")
+            continue
+        field, entries = _typed_entries(type_name, n)
+        have = len(getattr(tensor, field))
+        if have != entries:
+            raise InputError(f"{what}: tensor {name!r} of shape {list(tensor.dims)[:8]} ({type_name}) needs "
+                             f"{entries} values but holds {have}")
 
 
 def check_external_data(model: onnx.ModelProto, base: str | os.PathLike[str], *, what: str) -> list[ExternalRef]:
@@ -418,7 +530,10 @@ def check_external_data(model: onnx.ModelProto, base: str | os.PathLike[str], *,
                              f"past the end of {location!r} ({size} bytes)")
         nbytes = available if length is None else length
         want = _expected_bytes(tensor, what)
-        if want is not None and want != nbytes:
+        if want is None:
+            raise InputError(f"{what}: tensor {name!r} of data type {tensor.data_type} cannot be stored externally "
+                             "(an undefined, unknown or string type)")
+        if want != nbytes:
             raise InputError(f"{what}: tensor {name!r} needs {want} bytes for shape {list(tensor.dims)}, but its "
                              f"external data holds {nbytes}")
         refs.append(ExternalRef(tensor, location, path, offset, nbytes, info))

@@ -23,6 +23,7 @@ from ._app import (
     WeightsOpt,
     app,
     console,
+    fmt_bytes,
     gate_policy,
     load_model,
     print_gate,
@@ -121,6 +122,9 @@ def quantize_cmd(
     if formats.by_suffix(output) is not formats.get("onnx"):
         raise InputError(f"output {output}: a quantized model is written as .onnx")
     check_output(output, inputs=(src, weights), force=force)
+    if scheme == "int4-weight" and method == "rtn" and weights is None and _streams(src):
+        _stream(src, output, config, policy, json_out, unused_data=data is not None or eval_data is not None)
+        return
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
     float_handle = to_onnx_handle(handle)
     if scheme == "ptq" and handle.kind != "torch":
@@ -176,6 +180,64 @@ def quantize_cmd(
     print_gate(verdict)
     if slower:
         console.print(f"warning: {slower} (kept: --allow-slower)", style="yellow", markup=False, highlight=False)
+    console.print(f"wrote {output}")
+
+
+def _streams(src: str) -> bool:
+    """An ONNX file whose external data is too large to hold two or three times: quantized by streaming."""
+    from ..quantize import streaming
+
+    p = Path(src)
+    return p.suffix.lower() == ".onnx" and p.is_file() and streaming.external_bytes(p) >= streaming.STREAM_MIN_BYTES
+
+
+def _stream(src: str, output: Path, config: Any, policy: Any, json_out: bool, *, unused_data: bool) -> None:
+    """int4-weight RTN tensor by tensor (:mod:`deepshrink.quantize.streaming`). The before/after table and
+    the end-to-end fidelity gate need the float model in memory, so the gate judges each layer's weight
+    instead: the worst cosine between a float weight and its dequantized codes must reach --gate-min-cos."""
+    from ..evaluate.gate import DegradedError, GateVerdict
+    from ..quantize.streaming import stream_weight_only_rtn
+
+    def gate(rep: Any) -> None:
+        if rep.worst_cosine < policy.min_cos and not policy.allow_degraded:
+            verdict = GateVerdict(False, f"layer {rep.worst_layer}'s weight cosine {rep.worst_cosine:.4f} is below "
+                                  f"{policy.min_cos}", 0, "weights", cos_min=rep.worst_cosine,
+                                  first_broken_layer=rep.worst_layer, first_broken_cos=rep.worst_cosine)
+            raise DegradedError(f"{output} degraded: {verdict.reason}; nothing written (--allow-degraded keeps it)",
+                                verdict)
+
+    from ..quantize.weight_only import _progress
+
+    with _progress(0, "RTN (streamed)", not json_out) as bar:
+        task = bar.add_task("rtn", total=None, layer="")
+
+        def step(layer: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, layer=layer)
+
+        rep = stream_weight_only_rtn(src, output, bits=config.bits, group_size=config.group_size,
+                                     symmetric=config.symmetric, include=config.include, exclude=config.exclude,
+                                     progress=step, before_commit=gate)
+    payload = {"output": str(output), "report": {"scheme": "WeightOnlyConfig", **rep.to_dict(),
+                                                  "config": config.to_dict()}, "bench": None, "gate": None}
+    if json_out:
+        print_json(payload)
+        return
+    console.print(f"[bold]WeightOnlyConfig[/]: {rep.quantized_layers} layers quantized, streamed tensor by tensor "
+                  f"({fmt_bytes(rep.float_bytes_in)} float in, {fmt_bytes(rep.bytes_out)} out)", highlight=False)
+    console.print(f"weight fidelity: worst layer {rep.worst_layer} cosine {rep.worst_cosine:.4f} (the end-to-end "
+                  "table and gate are skipped: they would hold the float model in memory)", highlight=False,
+                  markup=False)
+    if rep.float_left > 0.1:
+        console.print(f"warning: stayed float: {', '.join(rep.float_left_largest)} — {100 * rep.float_left:.0f}% of the "
+                      "float model's weight bytes (streaming quantizes MatMul weights only)", style="yellow",
+                      markup=False, highlight=False)
+    if unused_data:
+        console.print("note: --data / --eval-data were not used: a streamed model is judged by its weights",
+                      style="dim", markup=False, highlight=False)
+    if rep.worst_cosine < policy.min_cos:
+        console.print(f"warning: kept despite the fidelity gate (--allow-degraded): layer {rep.worst_layer}'s weight "
+                      f"cosine {rep.worst_cosine:.4f} is below {policy.min_cos}", style="yellow", markup=False,
+                      highlight=False)
     console.print(f"wrote {output}")
 
 

@@ -39,8 +39,12 @@ class Config(BaseModel):
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        if not isinstance(data, dict):
+            raise InputError(f"a config is a mapping of field names to values, got {type(data).__name__}")
         data = dict(data)
         name = data.pop("type", cls.__name__)
+        if not isinstance(name, str):
+            raise InputError(f"config type must be a class name such as 'Int8DynamicConfig', got {name!r:.60}")
         target = _CONFIG_TYPES.get(name)
         if target is None or not issubclass(target, cls):
             raise InputError(f"unknown config type {name!r}; known: {', '.join(sorted(_CONFIG_TYPES))}")

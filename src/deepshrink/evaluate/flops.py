@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,20 +56,22 @@ def _infer(m: onnx.ModelProto) -> onnx.ModelProto | None:
     """Shapes at the fixed input sizes: ONNX Runtime's symbolic shape inference, which follows
     Shape → Gather → Concat → Reshape chains that ``onnx.shape_inference`` loses; else ONNX's own."""
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
 
-        # on some graphs it saves "sym_shape_infer_temp.onnx" in the working directory and leaves it there
-        temp = Path("sym_shape_infer_temp.onnx")
-        existed = temp.exists()
-        try:
+        # SymbolicShapeInference.infer_shapes' own loop, minus its last step: when inference is incomplete it
+        # saves "sym_shape_infer_temp.onnx" and a data file per tensor into the current directory (ORT 1.2x)
+        opset = get_opset(m)
+        if opset and opset >= 7:
+            sym = SymbolicShapeInference(2**31 - 1, True, False, 0)
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                out = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
-        finally:
-            if not existed:
-                temp.unlink(missing_ok=True)
-        if out is not None:
-            return out
-    except Exception:  # an op it does not know, a custom domain: fall back
+                sym._preprocess(m)
+                complete = False
+                while sym.run_:
+                    complete = sym._infer_impl()
+                sym._update_output_from_vi()
+            if complete:
+                return sym.out_mp_
+    except Exception:  # an op it does not know, a custom domain, another ORT version: fall back
         pass
     try:
         return onnx.shape_inference.infer_shapes(m, data_prop=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 Kind = Literal["torch", "onnx", "dsz"]
 
@@ -148,7 +148,8 @@ def load_recipe(spec: str | os.PathLike[str] | dict[str, Any] | Recipe) -> Recip
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise InputError(f"recipe {path} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+        why = first_line(getattr(exc, "problem", None) or str(exc))  # a ReaderError names the place on a 2nd line
+        raise InputError(f"recipe {path} is not valid YAML{at}: {why}") from None
     return parse_recipe(raw, name=path.name)
 
 
@@ -248,7 +249,7 @@ def _pack_step(index: int, params: dict[str, Any]) -> Step:
 
     method = params.pop("method", "deep-compression")
     classes = {"deep-compression": DeepCompressionConfig, "lossless": PackConfig}
-    if method not in classes:
+    if not isinstance(method, str) or method not in classes:
         raise InputError(f"method {method!r}: use deep-compression or lossless")
     check_keys(params, classes[method], what=f"method {method}")
     cfg = classes[method].build(**params)
@@ -272,7 +273,7 @@ def _convert_step(index: int, params: dict[str, Any]) -> Step:
 
 def _evaluate_step(index: int, params: dict[str, Any]) -> Step:
     if params:
-        raise InputError(f"takes no parameters (got {', '.join(params)}); every step is measured on "
+        raise InputError(f"takes no parameters (got {', '.join(map(str, params))}); every step is measured on "
                          "--eval-data anyway")
     return Step(index, "evaluate", {})
 
