@@ -48,7 +48,7 @@ def test_streamed_equals_in_memory(decoder, tmp_path, symmetric):
     rep = streaming.stream_weight_only_rtn(decoder, out, symmetric=symmetric)
     assert rep.quantized_layers == 31  # 6 MatMuls in each of 5 layers, and the LM head
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx", "q.onnx.data"]
-    mem = ds.quantize(decoder, WeightOnlyConfig.build(bits=4, group_size=128, method="rtn", symmetric=symmetric)).model
+    mem = ds.quantize(decoder, WeightOnlyConfig.build(bits=4, group_size=128, method="rtn", symmetric=symmetric)).model.model
     got, want = _tensors(load_onnx(out)), _tensors(mem)
     assert sorted(got) == sorted(want)
     for name in want:
