@@ -38,8 +38,8 @@ def main() -> None:
     import deepshrink as ds
     from deepshrink.examples import digits_data, trained_digits_cnn
     from deepshrink.quantize import QATConfig
+    from deepshrink.quantize.onnx.sensitivity import run_outputs
     from deepshrink.quantize.qat import simulate_ptq
-    from deepshrink.quantize.sensitivity import run_outputs
     from deepshrink.train import accuracy_of
 
     d = digits_data()

@@ -7,7 +7,7 @@ Every measured step runs in a fresh child process; its peak RSS is the child's `
 1. ``generate``: :func:`deepshrink.examples.decoder_onnx.write_decoder_onnx` writes the random
    model (ONNX graph + one external-data file, one tensor at a time).
 2. ``cli-stream``: ``deepshrink quantize BIG.onnx -o OUT --scheme int4-weight`` — above
-   ``STREAM_MIN_BYTES`` of external data the CLI streams (:mod:`deepshrink.quantize.streaming`).
+   ``STREAM_MIN_BYTES`` of external data the CLI streams (:mod:`deepshrink.quantize.onnx.streaming`).
 3. On a smaller model, the same RTN through both paths: ``api-stream``
    (``stream_weight_only_rtn``) and ``api-memory`` (``ds.quantize`` + ``ds.save``: the model, ORT's
    working copy and the result in memory), and ``cli-memory`` (the CLI on a model under the
@@ -72,7 +72,7 @@ def child_generate(path: str, d: int, layers: int, vocab: int) -> dict:
 
 
 def child_api_stream(src: str, out: str) -> dict:
-    from deepshrink.quantize.streaming import stream_weight_only_rtn
+    from deepshrink.quantize.onnx.streaming import stream_weight_only_rtn
 
     return stream_weight_only_rtn(src, out, symmetric=True).to_dict()
 

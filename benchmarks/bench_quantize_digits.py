@@ -39,7 +39,7 @@ def main() -> None:
     from deepshrink.evaluate.size import weight_bytes
     from deepshrink.examples import digits_data, trained_digits_cnn
     from deepshrink.quantize import Int8StaticConfig, quantize
-    from deepshrink.quantize.onnx_backend import float_compute_ops, integer_op_counts
+    from deepshrink.quantize.onnx.backend import float_compute_ops, integer_op_counts
 
     class Reader(CalibrationDataReader):
         def __init__(self, x: np.ndarray) -> None:

@@ -131,7 +131,7 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
     from deepshrink.core.data import load_data
     from deepshrink.evaluate.latency import measure_latency
     from deepshrink.examples import minilm_dir
-    from deepshrink.quantize.sensitivity import run_outputs
+    from deepshrink.quantize.onnx.sensitivity import run_outputs
 
     src = str(minilm_dir())
     rep, secs = run_search(src, tmp / "minilm", f"sentences:{args.sentences}", None, target_cos=0.997, min_cos=0.99,
@@ -165,7 +165,7 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
         d = compare_outputs(ref_out, run_outputs(onnx.load(str(p)), test, batch=1))
         fids[name] = (d.cos_mean, d.cos_min)
     feed = {k: v[:1] for k, v in test.items()}
-    from deepshrink.quantize.sensitivity import _trim
+    from deepshrink.quantize.onnx.sensitivity import _trim
 
     feed = _trim(feed)
     sess = {n: make_session(str(p), threads=2) for n, p in (("float", ref_path), ("ORT quantize_dynamic", ort_path),

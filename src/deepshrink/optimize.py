@@ -11,7 +11,7 @@
    redundant-node elimination alone (``simplify="auto"`` falls back to it, ``"onnxslim"`` refuses);
 3. with ``fuse="transformer"``, ONNX Runtime's BERT fusions (Attention, SkipLayerNormalization,
    BiasGelu, EmbedLayerNormalization) — the same pass ``quantize``'s ``fuse="bert"`` uses
-   (:func:`deepshrink.quantize.onnx_backend.fuse_transformer`); a graph with no attention block
+   (:func:`deepshrink.quantize.onnx.backend.fuse_transformer`); a graph with no attention block
    to fuse is refused;
 4. with ``fp16=True``, float32 weights and activations become float16 with float32 graph inputs
    and outputs (``onnxruntime.transformers.float16.convert_float_to_float16``, keep_io_types);
@@ -226,8 +226,8 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
     """
     from .backends.onnx import save_onnx
     from .core.verbs import LOAD_OPTIONS, check_options
-    from .quantize import onnx_backend as ob
     from .quantize.api import to_onnx_handle
+    from .quantize.onnx import backend as ob
 
     check_options("optimize", load_options, LOAD_OPTIONS)
     config = config or OptimizeConfig()

@@ -12,8 +12,8 @@ from deepshrink.convert.export import export_onnx
 from deepshrink.errors import BudgetError
 from deepshrink.quantize import AutoConfig, Int8DynamicConfig
 from deepshrink.quantize.api import run_quantize
-from deepshrink.quantize.onnx_backend import gemm_to_matmul, integer_op_counts, weight_nodes
-from deepshrink.quantize.sensitivity import dynamic_int8_fn, layer_sensitivity, run_outputs
+from deepshrink.quantize.onnx.backend import gemm_to_matmul, integer_op_counts, weight_nodes
+from deepshrink.quantize.onnx.sensitivity import dynamic_int8_fn, layer_sensitivity, run_outputs
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: shared helpers beside the tests
 from q3b_cases import cosines, embed_one_by_one, minilm_float, tokenized  # noqa: E402

@@ -13,8 +13,8 @@ import deepshrink as ds
 from deepshrink.errors import InputError
 from deepshrink.quantize import QATConfig
 from deepshrink.quantize.bias_correction import correct_bias, correct_bias_pairs
+from deepshrink.quantize.onnx.sensitivity import run_outputs
 from deepshrink.quantize.qat import calibrate, prepare_qat, simulate_ptq
-from deepshrink.quantize.sensitivity import run_outputs
 
 # Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
 # tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).

@@ -1,5 +1,5 @@
 """Graphs ONNX Runtime's quantizers mishandle are rewritten exactly before quantization
-(``deepshrink.quantize.normalize``): Gemm alpha/beta/2-D bias/transA, Cast-fed fp16 weights,
+(``deepshrink.quantize.onnx.normalize``): Gemm alpha/beta/2-D bias/transA, Cast-fed fp16 weights,
 Constant-node weights; and a failure inside ORT's quantizer is one line naming the node."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 import deepshrink as ds
 from deepshrink.errors import UnsupportedError
 from deepshrink.quantize import Int8DynamicConfig, Int8StaticConfig, WeightOnlyConfig
-from deepshrink.quantize import onnx_backend as ob
-from deepshrink.quantize.normalize import normalize_for_quantization
-from deepshrink.quantize.sensitivity import run_outputs
+from deepshrink.quantize.onnx import backend as ob
+from deepshrink.quantize.onnx.normalize import normalize_for_quantization
+from deepshrink.quantize.onnx.sensitivity import run_outputs
 
 K, N = 48, 24
 

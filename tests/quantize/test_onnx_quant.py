@@ -23,9 +23,9 @@ from deepshrink.quantize import (
     MixedPrecisionConfig,
     WeightOnlyConfig,
 )
-from deepshrink.quantize.onnx_backend import float_compute_ops, integer_op_counts, op_counts
-from deepshrink.quantize.sensitivity import run_outputs
-from deepshrink.quantize.smooth import smooth_model
+from deepshrink.quantize.onnx.backend import float_compute_ops, integer_op_counts, op_counts
+from deepshrink.quantize.onnx.sensitivity import run_outputs
+from deepshrink.quantize.onnx.smooth import smooth_model
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: shared helpers beside the tests
 from q3b_cases import cosines, embed_one_by_one, minilm_float, tokenized  # noqa: E402
@@ -193,7 +193,7 @@ def test_smoothing_folds_into_layernorm_without_changing_the_function():
         net[1].weight.mul_(torch.linspace(0.1, 20, 32))  # outlier channels after the LayerNorm
     x = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
     h = export_onnx(net, {"input": x[:2]})
-    from deepshrink.quantize.onnx_backend import gemm_to_matmul
+    from deepshrink.quantize.onnx.backend import gemm_to_matmul
 
     m = onnx.ModelProto()
     m.CopyFrom(h.model)
@@ -253,7 +253,7 @@ def test_per_channel_auto_picks_layers_by_weight_sqnr():
     """One weight with a few outlier output columns (needs per-channel) and one without."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from deepshrink.quantize.onnx_backend import choose_per_channel, per_tensor_sqnr_db, quantize_dynamic_int8
+    from deepshrink.quantize.onnx.backend import choose_per_channel, per_tensor_sqnr_db, quantize_dynamic_int8
 
     rng = np.random.default_rng(3)
     flat = rng.normal(0, 0.05, (64, 32)).astype(np.float32)
@@ -302,7 +302,7 @@ def test_static_int8_of_an_opset_11_graph_is_raised_to_13_and_loads(cnn_handle, 
 def test_dynamic_int8_on_a_conv_only_net_uses_conv_integer():
     """As ONNX Runtime's quantize_dynamic does, a conv-only network gets ConvInteger (int8 kernels,
     activations quantized at run time), with a warning that int8-static is the fast path."""
-    from deepshrink.quantize.onnx_backend import integer_op_counts
+    from deepshrink.quantize.onnx.backend import integer_op_counts
 
     torch.manual_seed(0)
     convs = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3)).eval()

@@ -53,7 +53,7 @@ def test_static_int8_cli_writes_and_measures(cnn_onnx, tmp_path, capsys, measure
     assert len(rows) == 2 and rows[1]["size_bytes"] < 0.5 * rows[0]["size_bytes"]  # 0.3x seen
     assert measured("CLI int8-static: accuracy drop", rows[0]["accuracy"] - rows[1]["accuracy"], "upper",
                     margin=2 / 256) <= INT8_DROP
-    from deepshrink.quantize.onnx_backend import integer_op_counts
+    from deepshrink.quantize.onnx.backend import integer_op_counts
 
     assert integer_op_counts(out).get("QLinearConv", 0) >= 4
 
@@ -183,7 +183,7 @@ def test_ptq_cli_low_bit_with_bias_correction(tmp_path, capsys, digits, seed, me
     from safetensors.torch import save_file
 
     from deepshrink.examples import trained_digits_cnn
-    from deepshrink.quantize.onnx_backend import integer_op_counts
+    from deepshrink.quantize.onnx.backend import integer_op_counts
 
     w = tmp_path / "cnn.safetensors"
     save_file(trained_digits_cnn(seed + 2).state_dict(), str(w))

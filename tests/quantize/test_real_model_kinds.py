@@ -77,7 +77,7 @@ def test_optimize_folds_computed_weights_so_quantize_finds_them(computed):
     assert not any(n.op_type == "ConstantOfShape" for n in folded.model.model.graph.node)
     q = ds.quantize(ds.load(folded.model.model), Int8DynamicConfig())
     assert q.report.details["quantized_layers"] == 1
-    from deepshrink.quantize.sensitivity import run_outputs
+    from deepshrink.quantize.onnx.sensitivity import run_outputs
 
     x = {"x": np.random.default_rng(7).standard_normal((16, 3, 8, 8)).astype(np.float32)}
     a, b = run_outputs(_computed_weight_model(), x), run_outputs(q.model.model, x)

@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import deepshrink as ds
 from deepshrink.quantize import Int8DynamicConfig
-from deepshrink.quantize.onnx_backend import integer_op_counts
-from deepshrink.quantize.sensitivity import run_outputs
+from deepshrink.quantize.onnx.backend import integer_op_counts
+from deepshrink.quantize.onnx.sensitivity import run_outputs
 
 IN, H, SEQ = 16, 32, 10
 

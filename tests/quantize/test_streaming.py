@@ -21,7 +21,8 @@ import deepshrink as ds
 from cli_helpers import one_line_error, run_cli
 from deepshrink.backends.onnx import load_onnx, make_session
 from deepshrink.examples.decoder_onnx import write_decoder_onnx
-from deepshrink.quantize import WeightOnlyConfig, streaming
+from deepshrink.quantize import WeightOnlyConfig
+from deepshrink.quantize.onnx import streaming
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ _PROBE = textwrap.dedent("""
     src, out, tiny = sys.argv[1:4]
     import deepshrink as ds
     from deepshrink.quantize import WeightOnlyConfig
-    from deepshrink.quantize.streaming import stream_weight_only_rtn
+    from deepshrink.quantize.onnx.streaming import stream_weight_only_rtn
 
     def status(key):  # this process's own figures (ru_maxrss would carry the forking parent's peak over exec)
         for line in open("/proc/self/status"):

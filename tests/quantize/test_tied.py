@@ -1,5 +1,5 @@
 """A language model whose output head ties the embedding matrix: every scheme quantizes the shared
-matrix once and keeps it shared (``deepshrink.quantize.tied``).
+matrix once and keeps it shared (``deepshrink.quantize.onnx.tied``).
 
 Before: the tied matrix (89% of the weight bytes) stayed fp32 under int8-dynamic and int4-weight, with
 no word of why; the file was 149 KB float, 132 KB "quantized"."""
@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import deepshrink as ds
 from deepshrink.quantize import Int8DynamicConfig, Int8StaticConfig, KMeansConfig, WeightOnlyConfig
-from deepshrink.quantize.sensitivity import run_outputs
+from deepshrink.quantize.onnx.sensitivity import run_outputs
 
 V, D, T = 512, 64, 8
 

@@ -63,7 +63,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from deepshrink.quantize import onnx_backend as ob
+    from deepshrink.quantize.onnx import backend as ob
 
     d = tmp_path_factory.mktemp("report-models")
     out = {"float": _export(d / "float.onnx")}

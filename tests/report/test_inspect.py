@@ -108,7 +108,7 @@ def test_matmulnbits_asymmetric_exact(bits):
     """deepshrink's GPTQ writer packs codes and zero points itself: read them back exactly."""
     from onnx import TensorProto, helper
 
-    from deepshrink.quantize.onnx_backend import write_matmul_nbits
+    from deepshrink.quantize.onnx.backend import write_matmul_nbits
 
     k, n, group = 64, 8, 32
     rng = np.random.default_rng(bits)

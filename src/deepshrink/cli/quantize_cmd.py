@@ -104,7 +104,7 @@ def quantize_cmd(
     from ..core.fileio import check_output
     from ..evaluate import gate
     from ..quantize.api import run_quantize, save_quantized, to_onnx_handle
-    from ..quantize.outcome import describe
+    from ..quantize.onnx.outcome import describe
 
     if repeats < 1 or calibration_size < 1:
         raise InputError("--repeats and --calibration-size must be at least 1")
@@ -170,7 +170,7 @@ def quantize_cmd(
         console.print(f"warning: stayed float: {listed}{more} — {100 * fw['share']:.0f}% of the float model's "
                       "weight bytes", style="yellow", markup=False, highlight=False)
     if "auto" in rep:
-        from ..quantize.auto import summary_from_dict
+        from ..quantize.onnx.auto import summary_from_dict
 
         console.print(summary_from_dict(rep["auto"]), highlight=False, markup=False)
     if table is not None:
@@ -185,18 +185,18 @@ def quantize_cmd(
 
 def _streams(src: str) -> bool:
     """An ONNX file whose external data is too large to hold two or three times: quantized by streaming."""
-    from ..quantize import streaming
+    from ..quantize.onnx import streaming
 
     p = Path(src)
     return p.suffix.lower() == ".onnx" and p.is_file() and streaming.external_bytes(p) >= streaming.STREAM_MIN_BYTES
 
 
 def _stream(src: str, output: Path, config: Any, policy: Any, json_out: bool, *, unused_data: bool) -> None:
-    """int4-weight RTN tensor by tensor (:mod:`deepshrink.quantize.streaming`). The before/after table and
+    """int4-weight RTN tensor by tensor (:mod:`deepshrink.quantize.onnx.streaming`). The before/after table and
     the end-to-end fidelity gate need the float model in memory, so the gate judges each layer's weight
     instead: the worst cosine between a float weight and its dequantized codes must reach --gate-min-cos."""
     from ..evaluate.gate import DegradedError, GateVerdict
-    from ..quantize.streaming import stream_weight_only_rtn
+    from ..quantize.onnx.streaming import stream_weight_only_rtn
 
     def gate(rep: Any) -> None:
         if rep.worst_cosine < policy.min_cos and not policy.allow_degraded:

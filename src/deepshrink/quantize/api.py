@@ -20,7 +20,6 @@ from ..core.config import handler_for, register
 from ..core.handle import ModelHandle
 from ..core.result import Result
 from ..errors import InputError, UnsupportedError, first_line
-from . import onnx_backend as ob
 from .configs import (
     AutoConfig,
     Int8DynamicConfig,
@@ -32,10 +31,11 @@ from .configs import (
     QuantConfig,
     WeightOnlyConfig,
 )
-from .normalize import normalize_for_quantization, restore_unquantized_casts
-from .outcome import Prepared, QuantizeOutcome, verb_report
-from .outcome import result as _result
-from .tied import retie, untie
+from .onnx import backend as ob
+from .onnx.normalize import normalize_for_quantization, restore_unquantized_casts
+from .onnx.outcome import Prepared, QuantizeOutcome, verb_report
+from .onnx.outcome import result as _result
+from .onnx.tied import retie, untie
 
 
 def quantize(model: Any, config: QuantConfig, *, data: Any = None, **options: Any) -> Result:
@@ -288,53 +288,8 @@ def _nodes(prep: Prepared, config: QuantConfig, op_types: Sequence[str]) -> list
         if cands:
             raise InputError(f"no layer left to quantize: --include/--exclude removed all {len(cands)} candidates "
                              f"of types {list(op_types)}")
-        raise InputError(no_candidates_message(prep.model, op_types, type(config).__name__))
+        raise InputError(ob.no_candidates_message(prep.model, op_types, type(config).__name__))
     return nodes
-
-
-def no_candidates_message(model: onnx.ModelProto, op_types: Sequence[str], scheme: str) -> str:
-    """Why a scheme found nothing to quantize, and which scheme would (one line)."""
-    ops = {n.op_type for n in model.graph.node}
-    consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
-    uses_consts = any(i in consts for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") for i in n.input)
-    producers = {o: n for n in model.graph.node for o in n.output}
-    casts = sorted({producers[n.input[1]].name for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")
-                    and len(n.input) > 1 and n.input[1] in producers and producers[n.input[1]].op_type == "Cast"})
-    if casts:
-        return (f"{scheme} found no layer to quantize: the weights come through Cast nodes ({', '.join(casts[:3])}) "
-                "whose input is not a stored constant, so no quantizer sees a constant weight")
-    computed = _computed_weights(model, producers)
-    if computed:
-        return (f"{scheme} found no layer to quantize: the weights are computed by the graph "
-                f"({', '.join(computed[:3])}), not stored; run `deepshrink optimize IN.onnx -o FOLDED.onnx` "
-                "first to fold them into stored weights, then quantize FOLDED.onnx")
-    if uses_consts:
-        return (f"{scheme} found no layer to quantize: this graph's weights are Constant nodes, not initializers "
-                "(Paddle2ONNX / TF exports); deepshrink quantizes initializer weights only for now")
-    if "Conv" in ops and not ops & set(op_types):
-        return (f"{scheme} quantizes weights of {', '.join(op_types)}, and this model computes with Conv: use "
-                "--scheme int8-static with --data (recipe int8-static) for convolutions")
-    return f"{scheme} found no layer to quantize: no {', '.join(op_types)} with a constant weight in this graph"
-
-
-def _computed_weights(model: onnx.ModelProto, producers: dict[str, Any]) -> list[str]:
-    """Op types (with a node name) of nodes other than ``Constant`` that compute a MatMul/Gemm/Conv
-    weight from constants alone (``ConstantOfShape``, ``Add`` of two constants, ...): a constant-folding
-    pass (``deepshrink optimize``) turns them into the stored weights the quantizers need."""
-    const = {i.name for i in model.graph.initializer}
-    for n in model.graph.node:  # topological order: a node is constant when all its inputs are
-        if n.op_type == "Constant" or (n.input and all(not i or i in const for i in n.input)
-                                       and n.op_type not in ("RandomNormal", "RandomUniform")):
-            const.update(o for o in n.output if o)
-    found = []
-    for n in model.graph.node:
-        if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1:
-            src = producers.get(n.input[1])
-            if src is not None and src.op_type not in ("Constant", "Cast") and n.input[1] in const:
-                label = f"{src.op_type} {src.name}" if src.name else src.op_type
-                if label not in found:
-                    found.append(label)
-    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +319,7 @@ def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOut
     if small:
         report["float_small_tables"] = sorted(small)
     if config.smooth_alpha:
-        from .smooth import smooth_model
+        from .onnx.smooth import smooth_model
 
         model, sm = smooth_model(model, require_data(prep, "smoothing"), alpha=config.smooth_alpha, nodes=nodes)
         report["smooth"] = sm.to_dict()
@@ -378,14 +333,14 @@ def _static(prep: Prepared, config: Int8StaticConfig, **_: Any) -> QuantizeOutco
     calib = require_data(prep, "static int8")
     static_ops = config.op_types or ("Conv", "MatMul", "Gemm")
     if not ob.weight_nodes(prep.model, static_ops):  # computed weights: ORT's calibrator fails on them
-        raise InputError(no_candidates_message(prep.model, static_ops, type(config).__name__))
+        raise InputError(ob.no_candidates_message(prep.model, static_ops, type(config).__name__))
     model = ob.preprocess(prep.model)
     normalize_for_quantization(model)  # ORT's pre-processing may fuse MatMul + Add back into a Gemm
     op_types = config.op_types or None
     nodes = _nodes(Prepared(prep.handle, model, calib, ties=prep.ties), config, op_types or ("Conv", "MatMul", "Gemm"))
     report: dict[str, Any] = {"quantized_layers": len(nodes), "observer": config.observer}
     if config.smooth_alpha:
-        from .smooth import smooth_model
+        from .onnx.smooth import smooth_model
 
         model, sm = smooth_model(model, calib, alpha=config.smooth_alpha, nodes=nodes)
         report["smooth"] = sm.to_dict()
@@ -406,7 +361,7 @@ def _weight_only(prep: Prepared, config: WeightOnlyConfig, **_: Any) -> Quantize
         q = ob.quantize_weight_only_rtn(prep.model, nodes, bits=config.bits, group_size=config.group_size,
                                         symmetric=config.symmetric)
     else:
-        from .onnx_gptq import gptq_matmul_nbits
+        from .onnx.gptq import gptq_matmul_nbits
 
         q = gptq_matmul_nbits(prep.model, nodes, require_data(prep, "GPTQ"), bits=config.bits,
                               group_size=config.group_size, symmetric=config.symmetric, act_order=config.act_order)
@@ -504,7 +459,7 @@ def _handles(config: QuantConfig, op_type: str) -> bool:
 
 @register(AutoConfig)
 def _auto(prep: Prepared, config: AutoConfig, **kw: Any) -> QuantizeOutcome:
-    from .auto import auto_quantize
+    from .onnx.auto import auto_quantize
 
     result = auto_quantize(prep, config, progress=kw.get("progress", False))
     return _result(prep, result.model, {"auto": result.to_dict()})
@@ -513,7 +468,7 @@ def _auto(prep: Prepared, config: AutoConfig, **kw: Any) -> QuantizeOutcome:
 @register(QATConfig)
 def _qat(model: Any, config: QATConfig, *, data: Any = None, progress: bool = False, **load_options: Any) -> QuantizeOutcome:
     try:
-        from .qat_export import qat_quantize
+        from .onnx.qat_export import qat_quantize
     except ImportError:
         raise UnsupportedError("QAT is not available in this build") from None
     return qat_quantize(model, config, data=data, progress=progress, **load_options)

@@ -553,7 +553,7 @@ def _slower_reason(step: dict[str, Any], o: StepOutcome) -> str:
     if o.verb == "prune" and step["details"].get("method") in ("magnitude", "gradual", "nm"):
         return "ONNX Runtime runs zeroed weights as dense: unstructured sparsity does not make it faster"
     if o.verb == "quantize":
-        from ..quantize.onnx_backend import integer_op_counts
+        from ..quantize.onnx.backend import integer_op_counts
 
         ints = integer_op_counts(o.measure)
         if not ints:

@@ -98,7 +98,7 @@ class Evaluator:
         self.ref_test = self._outputs(self.ref_bytes, test.inputs) if test is not None else None
         self.ref_acc_select = _accuracy(self.ref_select, select.labels)
         self.ref_acc_test = _accuracy(self.ref_test, test.labels) if test is not None else None
-        from ..quantize.sensitivity import _trim
+        from ..quantize.onnx.sensitivity import _trim
 
         # batch 1: one request, without the padding a tokenized batch carries
         self.feed = _trim({k: v[:1] for k, v in select.inputs.items()})
@@ -111,7 +111,7 @@ class Evaluator:
     def _outputs(self, model_bytes: bytes, inputs: dict[str, np.ndarray]) -> np.ndarray:
         import onnx
 
-        from ..quantize.sensitivity import run_outputs
+        from ..quantize.onnx.sensitivity import run_outputs
 
         return run_outputs(onnx.load_from_string(model_bytes), inputs, batch=1, threads=self.config.threads)
 

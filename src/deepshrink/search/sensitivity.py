@@ -2,7 +2,7 @@
 
 For each layer and each of its quantized choices, the model with only that layer changed is
 built (the same path as every candidate) and scored with
-:func:`deepshrink.quantize.sensitivity.layer_sensitivity`: ``1 - mean cosine`` of the outputs
+:func:`deepshrink.quantize.onnx.sensitivity.layer_sensitivity`: ``1 - mean cosine`` of the outputs
 against the float model on calibration samples. The ranking seeds the optimiser
 (:func:`warm_starts`); it is never used to judge a candidate.
 """
@@ -28,8 +28,8 @@ def choice_sensitivity(ev: Evaluator, inputs: dict[str, np.ndarray], *, progress
     """
     from ..quantize.api import prepare
     from ..quantize.configs import Int8StaticConfig
-    from ..quantize.outcome import Prepared
-    from ..quantize.sensitivity import layer_sensitivity, run_outputs
+    from ..quantize.onnx.outcome import Prepared
+    from ..quantize.onnx.sensitivity import layer_sensitivity, run_outputs
     from .space import _literal
 
     space = ev.space

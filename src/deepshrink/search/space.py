@@ -118,8 +118,8 @@ def build_space(model: Any, calibration: dict[str, np.ndarray], config: SearchCo
     ``int4`` applies to MatMul layers whose input dimension ``group_size`` divides; ``codebook`` to
     weights of at least 256 elements.
     """
-    from ..quantize import onnx_backend as ob
     from ..quantize.api import _handles, prepare
+    from ..quantize.onnx import backend as ob
 
     conv = sum(int(np.prod(w.shape)) for w in ob.weight_nodes(model.model, ("Conv",)))
     other = sum(int(np.prod(w.shape)) for w in ob.weight_nodes(model.model, ("MatMul", "Gemm")))

@@ -41,8 +41,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import DeepshrinkError, InputError, UnsupportedError, first_line
-from .configs import MATMUL_NBITS_GROUP_SIZES, PER_CHANNEL_MIN_DB
+from ...errors import DeepshrinkError, InputError, UnsupportedError, first_line
+from ..configs import MATMUL_NBITS_GROUP_SIZES, PER_CHANNEL_MIN_DB
 
 INTEGER_OPS = frozenset({
     "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
@@ -99,7 +99,7 @@ def ensure_node_names(model: onnx.ModelProto) -> None:
 
 def node_matches(node: WeightNode, pattern: str) -> bool:
     """``pattern`` names the node, its weight or the module path (``deepshrink.core.layers``)."""
-    from ..core.layers import matches, names_of
+    from ...core.layers import matches, names_of
 
     return matches(pattern, names_of(node.name, node.weight))
 
@@ -110,7 +110,7 @@ def select_nodes(candidates: Sequence[WeightNode], include: Sequence[str] = (), 
 
     A pattern that matches no candidate is an :class:`InputError` that lists a few valid names.
     """
-    from ..core.layers import names_of, select
+    from ...core.layers import names_of, select
 
     return select([(c.name, names_of(c.name, c.weight)) for c in candidates], include, exclude,
                   what="quantizable layer")
@@ -121,7 +121,7 @@ def select_nodes(candidates: Sequence[WeightNode], include: Sequence[str] = (), 
 
 
 def _save_tmp(model: onnx.ModelProto, path: Path) -> Path:
-    from ..backends.onnx import EXTERNAL_DATA_THRESHOLD, inline_external_data
+    from ...backends.onnx import EXTERNAL_DATA_THRESHOLD, inline_external_data
 
     inline_external_data(model)  # onnx.save_model would write loaded EXTERNAL tensors to the location they name
     big = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
@@ -490,7 +490,7 @@ def _observer_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
         save_tensors_data,
     )
 
-    from .observers import EntropyObserver, MSEObserver
+    from ..observers import EntropyObserver, MSEObserver
 
     with tempfile.TemporaryDirectory(prefix="deepshrink.mse.") as d:
         src = _save_tmp(model, Path(d) / "in.onnx")
@@ -513,7 +513,7 @@ def _observer_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
 
 def collect_tensors(model: onnx.ModelProto, names: Sequence[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
     """Run the float model and return the values of intermediate tensors ``names`` per feed."""
-    from ..backends.onnx import make_session
+    from ...backends.onnx import make_session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -712,3 +712,48 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
             g.node.insert(idx + j, m)
         done += 1
     return done
+
+
+def no_candidates_message(model: onnx.ModelProto, op_types: Sequence[str], scheme: str) -> str:
+    """Why a scheme found nothing to quantize, and which scheme would (one line)."""
+    ops = {n.op_type for n in model.graph.node}
+    consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
+    uses_consts = any(i in consts for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") for i in n.input)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    casts = sorted({producers[n.input[1]].name for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")
+                    and len(n.input) > 1 and n.input[1] in producers and producers[n.input[1]].op_type == "Cast"})
+    if casts:
+        return (f"{scheme} found no layer to quantize: the weights come through Cast nodes ({', '.join(casts[:3])}) "
+                "whose input is not a stored constant, so no quantizer sees a constant weight")
+    computed = _computed_weights(model, producers)
+    if computed:
+        return (f"{scheme} found no layer to quantize: the weights are computed by the graph "
+                f"({', '.join(computed[:3])}), not stored; run `deepshrink optimize IN.onnx -o FOLDED.onnx` "
+                "first to fold them into stored weights, then quantize FOLDED.onnx")
+    if uses_consts:
+        return (f"{scheme} found no layer to quantize: this graph's weights are Constant nodes, not initializers "
+                "(Paddle2ONNX / TF exports); deepshrink quantizes initializer weights only for now")
+    if "Conv" in ops and not ops & set(op_types):
+        return (f"{scheme} quantizes weights of {', '.join(op_types)}, and this model computes with Conv: use "
+                "--scheme int8-static with --data (recipe int8-static) for convolutions")
+    return f"{scheme} found no layer to quantize: no {', '.join(op_types)} with a constant weight in this graph"
+
+
+def _computed_weights(model: onnx.ModelProto, producers: dict[str, Any]) -> list[str]:
+    """Op types (with a node name) of nodes other than ``Constant`` that compute a MatMul/Gemm/Conv
+    weight from constants alone (``ConstantOfShape``, ``Add`` of two constants, ...): a constant-folding
+    pass (``deepshrink optimize``) turns them into the stored weights the quantizers need."""
+    const = {i.name for i in model.graph.initializer}
+    for n in model.graph.node:  # topological order: a node is constant when all its inputs are
+        if n.op_type == "Constant" or (n.input and all(not i or i in const for i in n.input)
+                                       and n.op_type not in ("RandomNormal", "RandomUniform")):
+            const.update(o for o in n.output if o)
+    found = []
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1:
+            src = producers.get(n.input[1])
+            if src is not None and src.op_type not in ("Constant", "Cast") and n.input[1] in const:
+                label = f"{src.op_type} {src.name}" if src.name else src.op_type
+                if label not in found:
+                    found.append(label)
+    return found

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_backend import collect_tensors, initializer_map, split_feeds
+from .backend import collect_tensors, initializer_map, split_feeds
 
 LN_TYPES = {"LayerNormalization": (1, 2), "SkipLayerNormalization": (2, 3), "EmbedLayerNormalization": (5, 6)}
 

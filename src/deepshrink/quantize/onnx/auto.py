@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import BudgetError, InputError, UnsupportedError
-from . import onnx_backend as ob
-from .configs import AutoConfig, Int8DynamicConfig, Int8StaticConfig
+from ...errors import BudgetError, InputError, UnsupportedError
+from ..configs import AutoConfig, Int8DynamicConfig, Int8StaticConfig
+from . import backend as ob
 from .sensitivity import QuantizeFn, deployed_fidelity, layer_sensitivity, run_outputs
 
 
@@ -91,14 +91,12 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
         if cands:
             raise InputError(f"auto: no layer left to quantize: --include/--exclude removed all {len(cands)} "
                              "candidates")
-        from .api import no_candidates_message
-
-        raise InputError(no_candidates_message(float_model, op_types, "auto"))
+        raise InputError(ob.no_candidates_message(float_model, op_types, "auto"))
     try:
         ref1 = run_outputs(float_model, data, batch=1)
         ref = (ref1, run_outputs(float_model, data, batch=16))
     except Exception as exc:  # ORT's multi-line message on data that does not fit the model's fixed dims
-        from ..errors import first_line
+        from ...errors import first_line
 
         shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in data.items())
         raise InputError(f"auto: the float model does not run on --data ({shapes}; a sample is a slice of "

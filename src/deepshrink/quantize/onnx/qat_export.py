@@ -20,17 +20,17 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import InputError
-from .configs import QATConfig
+from ...errors import InputError
+from ..configs import QATConfig
 
 
 def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: bool = False, **load_options: Any) -> Any:
-    from ..convert.export import export_onnx
-    from ..core.data import load_data
-    from ..core.handle import ModelHandle
-    from ..loading import load
+    from ...convert.export import export_onnx
+    from ...core.data import load_data
+    from ...core.handle import ModelHandle
+    from ...loading import load
+    from ..qat import calibrate, finalize, prepare_qat, train_qat
     from .outcome import QuantizeOutcome
-    from .qat import calibrate, finalize, prepare_qat, train_qat
 
     handle = model if isinstance(model, ModelHandle) else load(model, data=data, **load_options)
     if handle.kind != "torch":
@@ -52,7 +52,7 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     calibrate(prepared, calib)
     shifts: dict[str, float] = {}
     if config.bias_correction:
-        from .bias_correction import correct_bias
+        from ..bias_correction import correct_bias
 
         shifts = correct_bias(prepared, calib)
     if training:
@@ -82,7 +82,7 @@ def deploy_qdq(model: onnx.ModelProto, record: dict[str, Any], calibration: dict
     the record's weight scales are one per output channel (axis 0) or one per tensor."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from . import onnx_backend as ob
+    from . import backend as ob
 
     ob.ensure_node_names(model)
     inits = ob.initializer_map(model)

@@ -6,7 +6,7 @@ weight is then read alone from its byte range (``preadv`` into one buffer, no ``
 the file's pages never count as the process's memory), quantized with ONNX Runtime's own
 ``MatMulNBits`` block quantizer — the kernel its ``MatMulNBitsQuantizer`` calls, so the codes,
 scales and zero points are byte-identical to the in-memory path
-(:func:`deepshrink.quantize.onnx_backend.quantize_weight_only_rtn`) — and appended to the
+(:func:`deepshrink.quantize.onnx.backend.quantize_weight_only_rtn`) — and appended to the
 output's external-data file before the next weight is read. Every other external tensor is
 copied across in 64 MiB chunks. Peak memory is about the largest single weight (fp32) plus
 its codes, whatever the model's size.
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from ..backends.onnx import ExternalRef, load_onnx_graph
-from ..errors import InputError, UnsupportedError
-from . import onnx_backend as ob
+from ...backends.onnx import ExternalRef, load_onnx_graph
+from ...errors import InputError, UnsupportedError
+from . import backend as ob
 
 __all__ = ["STREAM_MIN_BYTES", "StreamReport", "external_bytes", "stream_weight_only_rtn"]
 
@@ -190,8 +190,8 @@ def stream_weight_only_rtn(src: str | os.PathLike[str], out: str | os.PathLike[s
     Runtime cannot store or a model that does not load after quantization. Nothing is written
     on error.
     """
-    from ..backends.onnx import make_session
-    from ..core.fileio import atomic_dir
+    from ...backends.onnx import make_session
+    from ...core.fileio import atomic_dir
 
     src_p, out_p = Path(src), Path(out)
     what = str(src_p)

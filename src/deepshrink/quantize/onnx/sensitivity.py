@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..convert.parity import compare_outputs
+from ...convert.parity import compare_outputs
 
 QuantizeFn = Callable[[onnx.ModelProto, Sequence[str]], onnx.ModelProto]
 
 
 def run_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray], *, batch: int = 16, threads: int = 2) -> np.ndarray:
     """First output of ``model`` on ``inputs``, run in batches."""
-    from ..backends.onnx import make_session
+    from ...backends.onnx import make_session
 
     sess = make_session(model, threads=threads)
     names = [i.name for i in sess.get_inputs()]
@@ -83,6 +83,6 @@ def layer_sensitivity(model: onnx.ModelProto, layers: Sequence[str], inputs: dic
 
 
 def dynamic_int8_fn(per_channel: bool = True, reduce_range: bool = False) -> QuantizeFn:
-    from .onnx_backend import quantize_dynamic_int8
+    from .backend import quantize_dynamic_int8
 
     return lambda m, nodes: quantize_dynamic_int8(m, nodes, per_channel=per_channel, reduce_range=reduce_range)

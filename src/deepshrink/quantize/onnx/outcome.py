@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..core.handle import ModelHandle
+from ...core.handle import ModelHandle
 from .normalize import Normalized
 from .tied import Tie
 
@@ -70,7 +70,7 @@ def result(prep: Prepared, model: onnx.ModelProto, report: dict[str, Any]) -> Qu
     A report's ``quantized_layers`` from an integer scheme is the count of weights the written
     graph holds in low-bit form (:func:`stored_low_bit_weights`), not the number of candidate
     nodes: ONNX Runtime quantizes some ops the candidates miss (ConvTranspose) and skips others."""
-    from ..backends.onnx import io_specs
+    from ...backends.onnx import io_specs
 
     stored = stored_low_bit_weights(model)
     if stored and "quantized_layers" in report:
@@ -111,7 +111,7 @@ def verb_report(scheme: str, outcome: QuantizeOutcome) -> Any:
     sparsity per weighted layer, :func:`deepshrink.report.inspect.layer_table`)."""
     import json
 
-    from ..core.result import VerbReport
+    from ...core.result import VerbReport
 
     rep = json.loads(json.dumps(outcome.report, default=str))
     model = outcome.handle.model
@@ -119,7 +119,7 @@ def verb_report(scheme: str, outcome: QuantizeOutcome) -> Any:
     def layers() -> list[dict[str, Any]]:
         if not isinstance(model, onnx.ModelProto):
             return []
-        from ..report.inspect import layer_table
+        from ...report.inspect import layer_table
 
         return layer_table(model)
 

@@ -5,7 +5,7 @@ does not install beside this stack, so we run part A's GPTQ solver
 (:func:`deepshrink.quantize.weight_only.gptq_quantize_weight`) on each MatMul weight with
 the Hessian ``2·XᵀX/n`` of that layer's float inputs collected by running the ONNX model
 on the calibration data, and pack the codes into ``MatMulNBits`` ourselves
-(:func:`deepshrink.quantize.onnx_backend.write_matmul_nbits`). The Hessians come from the
+(:func:`deepshrink.quantize.onnx.backend.write_matmul_nbits`). The Hessians come from the
 float model in one pass (not layer-by-layer sequential as in the paper): one ORT run
 instead of one per layer.
 """
@@ -19,13 +19,13 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from . import onnx_backend as ob
+from . import backend as ob
 
 
 def gptq_matmul_nbits(model: onnx.ModelProto, nodes: Sequence[str], calibration: dict[str, np.ndarray], *,
                       bits: int, group_size: int, symmetric: bool = False, damp: float = 0.01,
                       act_order: bool = True) -> onnx.ModelProto:
-    from .weight_only import gptq_quantize_weight, rtn_quantize_weight
+    from ..weight_only import gptq_quantize_weight, rtn_quantize_weight
 
     ob.check_group_size(model, nodes, group_size)
     m = onnx.ModelProto()
