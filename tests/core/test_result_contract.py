@@ -112,3 +112,24 @@ def test_the_format_table_answers_for_every_path(tmp_path):
 
     assert file_size(tmp_path / "m.xml") == len("<net/>") + 8
     assert np.isclose(len(formats.FORMATS), len({f.name for f in formats.FORMATS}))  # names are unique
+
+
+def test_configs_declare_what_they_take_emit_and_need():
+    """A chain is checked from what each config declares (``Config.contract``), before any work."""
+    rows = [
+        (ds.Int8DynamicConfig(), (("torch", "onnx"), "onnx", None)),
+        (ds.Int8StaticConfig(), (("torch", "onnx"), "onnx", "data")),
+        (ds.WeightOnlyConfig(method="gptq"), (("torch", "onnx"), "onnx", "data")),
+        (ds.QATConfig(epochs=2), (("torch",), "onnx", "labels")),
+        (ds.QATConfig(epochs=0), (("torch",), "onnx", "data")),
+        (ds.MixedPrecisionConfig(overrides={"fc1": ds.Int8StaticConfig()}), (("torch", "onnx"), "onnx", "data")),
+        (ds.MagnitudePruneConfig(sparsity=0.5), (("torch",), "torch", None)),
+        (ds.MagnitudePruneConfig(sparsity=0.5, finetune_epochs=1), (("torch",), "torch", "labels")),
+        (ds.GradualPruneConfig(final_sparsity=0.5), (("torch",), "torch", "labels")),
+        (ds.StructuredPruneConfig(ratio=0.5, importance="activation"), (("torch",), "torch", "data")),
+        (ds.DistillConfig(derive="width=0.5"), (("torch",), "torch", "data")),
+        (ds.PackConfig(), (("torch", "onnx"), "dsz", None)),
+    ]
+    for cfg, (takes, emits, needs) in rows:
+        c = cfg.contract()
+        assert (c.takes, c.emits, c.needs) == (takes, emits, needs), type(cfg).__name__

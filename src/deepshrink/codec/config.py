@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from ..core.config import Config, format_validation_error
+from ..core.config import Config, Contract, format_validation_error
 from ..errors import InputError
 
 
@@ -20,6 +20,10 @@ class PackConfig(Config):
     sparse tensor's relative position gaps, 1–8 bits (default: the smallest file per
     tensor; the paper uses 5 for FC and 8 for conv layers).
     """
+
+    def contract(self) -> Contract:
+        """Packing takes either kind and writes the final ``.dsz`` file."""
+        return Contract(("torch", "onnx"), "dsz")
 
     entropy: Literal["huffman", "fixed"] = "huffman"
     gap_bits: int | None = Field(default=None, ge=1, le=8)

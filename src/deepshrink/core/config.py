@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -19,6 +20,20 @@ _CONFIG_TYPES: dict[str, type[Config]] = {}
 _HANDLERS: dict[type, Callable[..., Any]] = {}
 
 C = TypeVar("C", bound="Config")
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a verb run with a config accepts, writes and needs, so a chain of steps (a recipe) can be
+    checked before any work. ``takes``: model kinds accepted (``"torch"``, ``"onnx"``); ``emits``:
+    the kind written (None: unchanged; ``"dsz"``: a packed file); ``needs``: ``"labels"``
+    (labelled data), ``"data"`` (any samples: calibration, importance, distillation) or None;
+    ``why``: what needs the data, for the error message."""
+
+    takes: tuple[str, ...] = ("torch", "onnx")
+    emits: str | None = None
+    needs: str | None = None
+    why: str = ""
 
 
 class Config(BaseModel):
@@ -60,6 +75,10 @@ class Config(BaseModel):
             return cls(**data)
         except ValidationError as exc:
             raise InputError(f"invalid {cls.__name__}: {format_validation_error(exc)}") from None
+
+    def contract(self) -> Contract:
+        """What this config's verb takes, emits and needs (see :class:`Contract`); verbs' configs override it."""
+        return Contract()
 
     def replace(self: C, **changes: Any) -> C:
         return type(self).from_dict({**self.to_dict(), **changes})

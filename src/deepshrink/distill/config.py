@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ..core.config import Config
+from ..core.config import Config, Contract
 
 _DERIVE = re.compile(r"^(layers|width)=([0-9.]+)$")
 
@@ -60,6 +60,10 @@ class DistillConfig(Config):
     Training: ``epochs`` over the data with ``optimizer`` at ``lr`` (default 1e-4 for models with
     transformer layers, 1e-3 otherwise), global ``batch_size`` (split over processes), ``seed``.
     """
+
+    def contract(self) -> Contract:
+        """Distillation trains a PyTorch student on samples (labels optional)."""
+        return Contract(("torch",), "torch", "data", "distillation")
 
     derive: str | None = None
     layer_selection: Literal["importance", "uniform"] = "importance"

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..core.config import Config
+from ..core.config import Config, Contract
 
 DEFAULT_LR = 1e-3
 
@@ -23,6 +23,18 @@ def _refuse_unused_lr(cfg: Config) -> None:
                          "or leave lr out")
 
 
+
+def _prune_contract(cfg: Config) -> Contract:
+    """Pruning takes and writes a PyTorch model; fine-tuning (and gradual pruning, Taylor importance)
+    needs labels, activation importance any samples."""
+    if getattr(cfg, "finetune_epochs", 0) or isinstance(cfg, GradualPruneConfig):
+        return Contract(("torch",), "torch", "labels", "fine-tuning")
+    if getattr(cfg, "importance", None) == "taylor":
+        return Contract(("torch",), "torch", "labels", "taylor importance")
+    if getattr(cfg, "importance", None) == "activation":
+        return Contract(("torch",), "torch", "data", "activation importance")
+    return Contract(("torch",), "torch")
+
 class MagnitudePruneConfig(Config):
     """Unstructured magnitude pruning: zero the smallest weights of every Linear/Conv.
 
@@ -31,6 +43,8 @@ class MagnitudePruneConfig(Config):
     ``"global"`` ranks all weights together. ``finetune_epochs`` > 0 retrains with the masks
     held (needs labelled data).
     """
+
+    contract = _prune_contract
 
     sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
     threshold: float | None = Field(default=None, ge=0.0)
@@ -58,6 +72,8 @@ class GradualPruneConfig(Config):
     MLP at 90% sparsity within 0.5 pt of fp32 (benchmarks/results/prune_unstructured.md).
     """
 
+    contract = _prune_contract
+
     final_sparsity: float = Field(ge=0.0, lt=1.0)
     initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
     epochs: int = Field(default=30, ge=1)
@@ -81,6 +97,8 @@ class GradualPruneConfig(Config):
 class NMPruneConfig(Config):
     """N:M semi-structured sparsity: in every group of ``m`` consecutive input weights keep the
     ``n`` largest (2:4 is what sparse tensor cores accelerate)."""
+
+    contract = _prune_contract
 
     n: int = Field(default=2, ge=1)
     m: int = Field(default=4, ge=2)
@@ -110,6 +128,8 @@ class StructuredPruneConfig(Config):
     ``protect``: fnmatch patterns of module names left entirely alone (the model's output
     layer always keeps its outputs).
     """
+
+    contract = _prune_contract
 
     ratio: float = Field(ge=0.0, lt=1.0)
     importance: Literal["l1", "l2", "bn", "taylor", "activation"] = "l2"

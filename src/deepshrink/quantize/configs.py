@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..core.config import Config
+from ..core.config import Config, Contract
 from ..errors import InputError
 
 Observer = Literal["minmax", "moving_average", "percentile", "mse", "entropy"]
@@ -35,6 +35,19 @@ PER_CHANNEL_MIN_DB = 25.0  # int8 granularity "auto": per-channel below this med
 
 class QuantConfig(Config):
     """Base of every quantization config: which layers it applies to."""
+
+    def contract(self) -> Contract:
+        """Quantization writes ONNX; calibrated schemes need samples, QAT labels and the PyTorch model."""
+        if isinstance(self, QATConfig):
+            if self.epochs > 0:
+                return Contract(("torch",), "onnx", "labels", "quantization-aware training")
+            return Contract(("torch",), "onnx", "data", "calibration")
+        if isinstance(self, MixedPrecisionConfig):
+            parts = [c.contract() for c in (self.default, *self.overrides.values())]
+            need = next((c for c in parts if c.needs), None)
+            return Contract(("torch", "onnx"), "onnx", need.needs if need else None, need.why if need else "")
+        calibrated = isinstance(self, (Int8StaticConfig, AutoConfig)) or getattr(self, "method", None) == "gptq"
+        return Contract(("torch", "onnx"), "onnx", "data" if calibrated else None, "calibration" if calibrated else "")
 
     include: Patterns = Field(default=(), description="patterns of layers to quantize (empty: all)")
     exclude: Patterns = Field(default=(), description="patterns of layers to keep in float")

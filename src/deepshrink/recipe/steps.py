@@ -199,16 +199,15 @@ def _prune_step(index: int, params: dict[str, Any]) -> Step:
 
     method = params.pop("method", "structured")
     cfg = config_for_method(str(method), params)
-    needs, why = None, ""
-    if getattr(cfg, "finetune_epochs", 0) or method == "gradual":
-        needs, why = "labels", "fine-tuning"
-    elif getattr(cfg, "importance", None) == "taylor":
-        needs, why = "labels", "taylor importance"
-    elif getattr(cfg, "importance", None) == "activation":
-        needs, why = "data", "activation importance"
     assert method in METHODS
-    return Step(index, "prune", {"method": method, **params}, cfg, takes=("torch",), emits="torch", needs=needs,
-                why=why)
+    return _step(index, "prune", {"method": method, **params}, cfg)
+
+
+def _step(index: int, verb: str, params: dict[str, Any], cfg: Any) -> Step:
+    """A step whose accepted/written kinds and data needs are what its config declares (``Config.contract``)."""
+    c = cfg.contract()
+    return Step(index, verb, params, cfg, takes=c.takes, emits=c.emits, needs=c.needs,  # type: ignore[arg-type]
+                why=c.why)
 
 
 def _quantize_step(index: int, params: dict[str, Any]) -> Step:
@@ -218,14 +217,7 @@ def _quantize_step(index: int, params: dict[str, Any]) -> Step:
         raise InputError(f"needs a scheme: one of {', '.join(SCHEMES)}")
     scheme = str(params.pop("scheme"))
     cfg = config_for_scheme(scheme, params)
-    needs, why = None, ""
-    if scheme == "qat" and getattr(cfg, "epochs", 0) > 0:
-        needs, why = "labels", "quantization-aware training"
-    elif scheme in ("int8-static", "auto", "ptq", "qat") or getattr(cfg, "method", None) == "gptq":
-        needs, why = "data", "calibration"
-    takes: tuple[Kind, ...] = ("torch",) if scheme in ("qat", "ptq") else ("torch", "onnx")
-    return Step(index, "quantize", {"scheme": scheme, **params}, cfg, takes=takes, emits="onnx", needs=needs,
-                why=why)
+    return _step(index, "quantize", {"scheme": scheme, **params}, cfg)
 
 
 def _distill_step(index: int, params: dict[str, Any]) -> Step:
@@ -239,8 +231,7 @@ def _distill_step(index: int, params: dict[str, Any]) -> Step:
     if cfg.derive is None and index == 1:
         raise InputError("without derive, distill recovers the model of an earlier step (such as prune) from the "
                          "original; as the first step give derive: layers=K or derive: width=F")
-    return Step(index, "distill", dict(params), cfg, takes=("torch",), emits="torch", needs="data",
-                why="distillation")
+    return _step(index, "distill", dict(params), cfg)
 
 
 def _pack_step(index: int, params: dict[str, Any]) -> Step:
@@ -253,7 +244,7 @@ def _pack_step(index: int, params: dict[str, Any]) -> Step:
         raise InputError(f"method {method!r}: use deep-compression or lossless")
     check_keys(params, classes[method], what=f"method {method}")
     cfg = classes[method].build(**params)
-    return Step(index, "pack", {"method": method, **params}, cfg, takes=("torch", "onnx"), emits="dsz")
+    return _step(index, "pack", {"method": method, **params}, cfg)
 
 
 def _convert_step(index: int, params: dict[str, Any]) -> Step:
