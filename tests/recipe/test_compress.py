@@ -56,6 +56,7 @@ def test_outputs_and_report(uninterrupted, capsys):
     assert steps[3]["size_bytes"] < 0.4 * steps[0]["size_bytes"]  # int8 weights
     for s in steps:  # every step measured on its own file, on the test digits
         assert s["runtime"] == "onnxruntime" and 0 < s["latency_ms"]["median"] and 0.5 < s["accuracy"] <= 1.0
+        assert s["latency_ms"]["p10"] <= s["latency_ms"]["median"] <= s["latency_ms"]["p90"]  # the footer's spread
     assert report["data"] == {"source": "digits:test", "samples": 360, "labels": True}
     assert report["environment"]["threads"] == 2 and "torch" in report["environment"]["packages"]
     assert report["final"]["size_ratio"] == pytest.approx(steps[3]["size_bytes"] / steps[0]["size_bytes"])

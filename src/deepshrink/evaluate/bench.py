@@ -49,6 +49,7 @@ class BenchRow:
     cos_min: float | None = None
     max_abs: float | None = None
     top1_agreement: float | None = None
+    p10_ms: float | None = None  # with p90_ms: the spread of this model's own rounds
 
 
 @dataclass
@@ -165,7 +166,7 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
         acc = accuracy(out, labels) if labels is not None and out.ndim == 2 else None
         rows.append(BenchRow(label, runtime, size, params, st.median_ms, st.p90_ms, st.spread,
                              1.0 / st.ratio if st.ratio > 0 else 0.0, st.ratio, st.ratio_spread, acc,
-                             fid.cos_mean, fid.cos_min, fid.max_abs, fid.top1))
+                             fid.cos_mean, fid.cos_min, fid.max_abs, fid.top1, p10_ms=st.p10_ms))
     result = BenchResult(rows, threads, batch, repeats, cpu_flags(), n, data_name)
     first = rows[0]
     for row in rows[1:]:

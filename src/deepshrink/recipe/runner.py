@@ -491,7 +491,8 @@ def build_report(rec: Recipe, source: ModelHandle, outcomes: list[StepOutcome], 
             "size_bytes": (o.artifact if o.artifact.suffix == ".dsz" else o.measure).stat().st_size, "flags": []}
         if row is not None:
             entry.update({"runtime": row.runtime, "params": row.params,
-                          "latency_ms": {"median": row.median_ms, "p90": row.p90_ms, "spread": row.spread},
+                          "latency_ms": {"median": row.median_ms, "p10": row.p10_ms, "p90": row.p90_ms,
+                                         "spread": row.spread},
                           "latency_ratio": row.ratio, "latency_ratio_spread": row.ratio_spread,
                           "accuracy": row.accuracy, "cos_mean": row.cos_mean, "cos_min": row.cos_min,
                           "top1_agreement": row.top1_agreement})
