@@ -63,6 +63,13 @@ def readme_commands() -> list[str]:
 # tests/convert and tests/recipe cover the dynamo exports. Only speed: every flag shown still runs.
 TORCHSCRIPT = "exports with the torchscript exporter"
 FASTER: dict[str, tuple[list[str], str]] = {
+    "deepshrink search cnn.onnx --data digits:train --eval-data digits:test --max-drop 0.5 --budget size=0.4x "
+    "-o cnn-search/":
+        (["+ --trials 6 --repeats 2"], "fewer trials and latency rounds (tests/search runs full searches)"),
+    "deepshrink search ./all-MiniLM-L6-v2/ --data sentences:256 --target-cos 0.997 --min-cos 0.99 --trials 24 "
+    "-o minilm-search/":
+        (["sentences:256 -> sentences:32", "--trials 24 -> --trials 4", "+ --repeats 2"],
+         "fewer sentences, trials and latency rounds"),
     "deepshrink compress my_pkg.models:resnet -w w.safetensors --input-shape x:1x3x224x224 --recipe prune-int8 "
     "-o out/ --data train.npz --eval-data val.npz":
         (["+ --repeats 2"], "the per-step latency rounds (default 20) are not what this test checks"),
@@ -447,6 +454,8 @@ def _inputs_of(cmd: str, words: list[str], ws: Workspace) -> dict[str, Path]:
             found[name] = ws.get(overrides[name])
         elif name in ws.written:
             found[name] = ws.written[name]
+        elif "/" in name and name.split("/")[0] in ws.written:  # a file inside a folder an earlier command wrote
+            found[name] = ws.written[name.split("/")[0]] / name.split("/", 1)[1]
         elif name in INPUTS:
             found[name] = ws.get(INPUTS[name])
         elif re.fullmatch(r"[\w.-]+\.(onnx|dsz|xml|tflite|npz|safetensors|pt2|txt|yaml)", name):
@@ -460,16 +469,27 @@ def _inputs_of(cmd: str, words: list[str], ws: Workspace) -> dict[str, Path]:
 
 def _place(src: Path, dst: Path) -> None:
     """Link ``src`` into the command's folder under the name the command uses, with its sidecars."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
     dst.symlink_to(src)
     for side in (Path(f"{src}.tokenizer"), src.with_suffix(".bin") if src.suffix == ".xml" else None):
         if side is not None and side.exists():
             Path(f"{dst}.tokenizer" if side.name.endswith(".tokenizer") else dst.with_suffix(".bin")).symlink_to(side)
 
 
+def onnx_checker(path: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(str(path))
+
+
 def _check_output(path: Path) -> None:
     """The file a command wrote is there and, where cheap, loads."""
     assert path.exists(), f"{path.name} was not written"
-    if path.is_dir():  # compress's OUT_DIR (README: "OUT_DIR ends with ...")
+    if path.is_dir() and (path / "pareto.json").exists():  # search's OUT_DIR
+        for name in ("best.onnx", "best.yaml", "report.json", "report.md", "pareto.png"):
+            assert (path / name).is_file(), f"{path}/{name} missing"
+        onnx_checker(path / "best.onnx")
+    elif path.is_dir():  # compress's OUT_DIR (README: "OUT_DIR ends with ...")
         for name in ("report.json", "report.md", "report.html", "recipe.yaml", "environment.json"):
             assert (path / name).is_file(), f"{path}/{name} missing"
         assert any(path.glob("model.*")), f"{path}: no model file"
