@@ -133,3 +133,17 @@ def test_configs_declare_what_they_take_emit_and_need():
     for cfg, (takes, emits, needs) in rows:
         c = cfg.contract()
         assert (c.takes, c.emits, c.needs) == (takes, emits, needs), type(cfg).__name__
+
+
+def test_a_handle_answers_for_the_model_it_holds(mlp_and_data):
+    """``result.model`` is a handle, yet reads like the model: module methods on a torch handle, graph
+    fields on an ONNX one; copying a handle copies the handle."""
+    mlp, _ = mlp_and_data
+    p = ds.prune(mlp, ds.MagnitudePruneConfig(sparsity=0.5), example_inputs=(torch.zeros(1, 64),))
+    assert sum(t.numel() for t in p.model.parameters()) == sum(t.numel() for t in mlp.parameters())
+    assert p.model.eval()(torch.zeros(2, 64)).shape == (2, 10)
+    q = ds.quantize(p.model, ds.Int8DynamicConfig())
+    assert q.model.graph is q.model.model.graph and q.model.opset_import
+    assert type(copy.deepcopy(q.model)).__name__ == "ModelHandle"
+    with pytest.raises(AttributeError, match="onnx model"):
+        _ = q.model.no_such_thing

@@ -60,6 +60,21 @@ class ModelHandle:
     # random inputs stay valid ids (filled by the loaders, e.g. from an ONNX Gather's data shape)
     index_bounds: dict[str, int] = field(default_factory=dict)
 
+    def __getattr__(self, name: str) -> Any:
+        """What the handle does not define is the wrapped model's: a torch handle answers
+        ``parameters()``, ``eval()``, ``state_dict()``...; an ONNX handle ``graph``, ``opset_import``...
+        (so ``ds.prune(m, cfg).model.parameters()`` reads as it would on the module). Dunder names
+        are never forwarded (copying or pickling a handle must copy the handle)."""
+        if name.startswith("__") or name == "model":
+            raise AttributeError(name)
+        model = self.__dict__.get("model")
+        if model is None:
+            raise AttributeError(name)
+        try:
+            return getattr(model, name)
+        except AttributeError:
+            raise AttributeError(f"'ModelHandle' ({self.__dict__.get('kind')} model) has no attribute {name!r}") from None
+
     @property
     def input_names(self) -> list[str]:
         return [s.name for s in self.inputs]
