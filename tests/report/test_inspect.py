@@ -9,7 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from deepshrink.report import layer_table, weight_histograms
-from deepshrink.report.inspect import _weights
+from deepshrink.report.inspect import weighted_nodes
 
 from .conftest import CONV, FC1, FC2
 
@@ -51,7 +51,7 @@ def test_int8(models, name, ref, ops, per_channel):
     else:  # only weights that round to zero
         assert all(r["sparsity"] < 0.02 for r in rows)
     floats = _float_weights(models[ref])
-    for _, _, w, _ in _weights(onnx.load(str(models[name]))):
+    for _, _, w, _ in weighted_nodes(onnx.load(str(models[name]))):
         orig = floats[w.size]
         w = w if w.shape == orig.shape else w.T  # ORT stores a MatMul weight as (in, out)
         rows_abs = np.abs(orig).reshape(orig.shape[0], -1)
@@ -64,7 +64,7 @@ def test_matmulnbits_4bit(models):
     rows = layer_table(models["nbits"])
     assert _summary(rows) == [("Conv", CONV, 32), ("MatMulNBits", FC1, 4), ("MatMulNBits", FC2, 4)]
     ref = _float_weights(models["float"])
-    for node, _, w, _ in _weights(onnx.load(str(models["nbits"]))):
+    for node, _, w, _ in weighted_nodes(onnx.load(str(models["nbits"]))):
         if node.op_type != "MatMulNBits":
             continue
         orig = ref[w.size].T  # (K, N) as MatMul sees it
@@ -82,7 +82,7 @@ def test_codebook(models, name, bits, levels):
     rows = layer_table(models[name])
     assert _summary(rows) == [("Conv", CONV, 32), ("Gemm", FC1, bits), ("Gemm", FC2, 32)]
     assert rows[1]["shape"] == [64, 288]
-    w = next(w for _, n, w, _ in _weights(onnx.load(str(models[name]))) if n == "node_linear")
+    w = next(w for _, n, w, _ in weighted_nodes(onnx.load(str(models[name]))) if n == "node_linear")
     table = np.linspace(-0.05, 0.05, levels, dtype=np.float32)
     assert set(np.unique(w)) <= set(table)  # every weight is a codebook entry, in the weight's layout
 
@@ -121,7 +121,7 @@ def test_matmulnbits_asymmetric_exact(bits):
                               [numpy_helper.from_array(np.zeros((k, n), np.float32), "w")])
     model = helper.make_model(graph)
     write_matmul_nbits(model, "mm", q, scales, zeros, bits, group)
-    [(node, name, w, stored)] = list(_weights(model))
+    [(node, name, w, stored)] = list(weighted_nodes(model))
     expected = (q - np.repeat(zeros, group, axis=0)) * np.repeat(scales, group, axis=0)
     assert (node.op_type, name, stored) == ("MatMulNBits", "mm", bits)
     np.testing.assert_allclose(w, expected, rtol=1e-6)
@@ -146,5 +146,5 @@ def test_qdq_int4_blocked():
     [row] = layer_table(model)
     assert (row["op"], row["params"], row["bits"], row["shape"]) == ("MatMul", k * n, 4, [k, n])
     assert row["sparsity"] == pytest.approx(np.mean(q == 0))
-    [(_, _, w, _)] = list(_weights(model))
+    [(_, _, w, _)] = list(weighted_nodes(model))
     np.testing.assert_allclose(w, q * np.repeat(scale, block, axis=0), rtol=1e-6)

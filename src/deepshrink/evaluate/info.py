@@ -21,10 +21,10 @@ def layers(handle: ModelHandle) -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = []
     if handle.kind == "onnx":
-        from ..report.inspect import _weights
+        from ..report.inspect import weighted_nodes
 
         dq = {n.output[0]: n.input[0] for n in handle.model.graph.node if n.op_type == "DequantizeLinear"}
-        for node, name, w, bits in _weights(handle.model):
+        for node, name, w, bits in weighted_nodes(handle.model):
             weight = next((i for i in node.input[1:] if i), "") if node.op_type != "Gather" else node.input[0]
             weight = dq.get(weight, weight)  # QDQ: the stored integer tensor behind the DequantizeLinear
             rows.append({"module": module_path(weight), "weight": weight, "node": name, "op": node.op_type,

@@ -337,7 +337,9 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
         rep = result.report
         name = step.params.get("scheme") or step.params.get("method") or rep.method
         summary = f"{name}: {rep.summary}" if step.verb != "distill" else rep.summary
-        return result.model, summary, rep.to_dict()["details"]
+        # only the verb's own record: ``rep.to_dict()`` would also build the per-layer table, which
+        # dequantizes every weight of the step's model, for nothing here
+        return result.model, summary, json.loads(json.dumps(rep.details, default=str))
     if step.verb == "convert":
         if step.params["format"] == "onnx" and handle.kind == "torch":
             from ..convert.export import export_onnx

@@ -203,7 +203,7 @@ def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
     return vals.reshape(packed.shape[0], -1).astype(np.float32)
 
 
-def _weights(model: onnx.ModelProto) -> Iterator[tuple[onnx.NodeProto, str, np.ndarray, int]]:
+def weighted_nodes(model: onnx.ModelProto) -> Iterator[tuple[onnx.NodeProto, str, np.ndarray, int]]:
     """(node, name, dequantized weight, stored bits) for every weighted layer, in graph order;
     one weight at a time, so a large model never has all its weights dequantized at once."""
     g = _Graph(model)
@@ -240,7 +240,7 @@ def layer_table(model: onnx.ModelProto | str | Path) -> list[dict]:
     dequantized weight). Biases, codebook tables and scales are not counted.
     """
     rows = []
-    for node, name, w, bits in _weights(_load(model)):
+    for node, name, w, bits in weighted_nodes(_load(model)):
         rows.append({"name": name, "op": node.op_type, "params": int(w.size), "shape": [int(d) for d in w.shape],
                      "bits": int(bits), "sparsity": float(np.count_nonzero(w == 0) / max(1, w.size))})
     return rows
@@ -253,7 +253,7 @@ def weight_histograms(model: onnx.ModelProto | str | Path, *, layers: int = 4, b
     graph order; the range is the layer's own min..max.
     """
     found = []  # (elements, graph position, row): every layer's histogram, the largest kept
-    for pos, (_, name, w, _) in enumerate(_weights(_load(model))):
+    for pos, (_, name, w, _) in enumerate(weighted_nodes(_load(model))):
         counts, edges = np.histogram(w.astype(np.float64).ravel(), bins=bins)
         found.append((w.size, pos, {"layer": name, "edges": edges.tolist(), "counts": counts.astype(int).tolist()}))
     keep = sorted(found, key=lambda r: (-r[0], r[1]))[:layers]
