@@ -94,7 +94,10 @@ def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or mo
         console.print(f"  note: {res['flops_note']}", style="yellow", markup=False, highlight=False)
     ops = ", ".join(f"{k}×{v}" for k, v in list(res["ops"].items())[:20])
     console.print(f"  ops {ops}", markup=False)
-    if layers:
+    if layers and not res["layers"]:
+        console.print("  no layer reads a stored weight (weights computed by the graph, e.g. ConstantOfShape?): "
+                      "`deepshrink optimize` folds them into stored weights", style="yellow", markup=False)
+    elif layers:
         t = Table(title="weighted layers (a pattern may use any name column)")
         for col in ("module", "weight", "onnx node", "op", "params", "bits"):
             t.add_column(col, justify="right" if col in ("params", "bits") else "left")
