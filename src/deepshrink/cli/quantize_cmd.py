@@ -94,7 +94,7 @@ def quantize_cmd(
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: the samples of --data not used to calibrate)")] = None,
     repeats: RepeatsOpt = 30,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="skip the timed before/after table (the fidelity gate still runs)")] = False,
-    allow_slower: Annotated[bool, typer.Option("--allow-slower", help="auto: keep the result even when it measures slower than the float model (otherwise exit 3, nothing written)")] = False,
+    allow_slower: Annotated[bool, typer.Option("--allow-slower", help="auto: keep the most-quantized layout that meets the fidelity target without timing alternatives, even when it measures slower than the float model (otherwise auto times static/dynamic int8 per op type, keeps the fastest, and exits 3 with nothing written if even that is slower)")] = False,
     allow_degraded: AllowDegradedOpt = False, gate_min_cos: GateCosOpt = 0.9, gate_max_drop: GateDropOpt = 5.0,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -113,7 +113,8 @@ def quantize_cmd(
     config = build_config(scheme, bits=bits, group_size=group_size, method=method, observer=observer,
                           per_channel=per_channel, smooth=smooth, include=include or [], exclude=exclude or [],
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
-                          max_kept=max_kept, bias_correction=bias_correction, given=options_given(ctx, SCHEME_OPTIONS))
+                          max_kept=max_kept, bias_correction=bias_correction, given=options_given(ctx, SCHEME_OPTIONS),
+                          **({"choose_by_speed": not allow_slower} if scheme == "auto" else {}))
     refuse_inapplicable("--scheme", scheme, options_given(ctx, COMMAND_SCHEME_OPTIONS), COMMAND_SCHEME_OPTIONS,
                         SCHEME_SUMMARY)
     policy = gate_policy(gate_min_cos, gate_max_drop, allow_degraded)

@@ -266,6 +266,10 @@ class AutoConfig(QuantConfig):
     smooth_outlier_ratios: tuple[float, ...] = (8.0, 5.0, 4.0, 0.0)
     max_kept_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     calibration_size: int = Field(default=64, ge=2, le=100_000)
+    # choose among the layouts that meet the target (static/dynamic int8 per op type) by timing them
+    # against the float model at 2 threads, as `bench` does; False keeps the most-quantized layout
+    # without timing (the output is then the same on every run)
+    choose_by_speed: bool = True
 
     @field_validator("smooth_alphas")
     @classmethod
@@ -341,9 +345,11 @@ def config_from_options(scheme: str, *, bits: int | None = None, group_size: int
                         observer: str = "minmax", per_channel: bool | None = None, smooth: float | None = None,
                         include: Sequence[str] = (), exclude: Sequence[str] = (), target_cos: float = 0.997,
                         min_cos: float = 0.99, calibration_size: int = 64, max_kept: float = 0.5,
-                        bias_correction: bool | None = None, calibration_size_given: bool = False) -> QuantConfig:
+                        bias_correction: bool | None = None, calibration_size_given: bool = False,
+                        choose_by_speed: bool = True) -> QuantConfig:
     """The config of a scheme from the command line's flat options and their defaults (``bits``
-    None: the scheme's own — 4 for low-bit schemes; ``per_channel`` None: the scheme's choice).
+    None: the scheme's own — 4 for low-bit schemes; ``per_channel`` None: the scheme's choice;
+    ``choose_by_speed``: auto only, see :class:`AutoConfig`).
     Raises :class:`InputError` (one line) for an unknown scheme or a value out of range."""
     if scheme not in ("int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto", "ptq"):
         raise InputError(f"--scheme {scheme!r}: use one of int8-dynamic, int8-static, int4-weight, kmeans, log2, "
@@ -373,5 +379,5 @@ def config_from_options(scheme: str, *, bits: int | None = None, group_size: int
         return QATConfig.build(weight_bits=bits or 4, act_bits=8, epochs=0, observer=observer,
                                bias_correction=True if bias_correction is None else bias_correction, **sel)
     return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
-                            max_kept_fraction=max_kept,
+                            max_kept_fraction=max_kept, choose_by_speed=choose_by_speed,
                             base=Int8DynamicConfig.build(per_channel=int8_pc, fuse="auto"), **sel)

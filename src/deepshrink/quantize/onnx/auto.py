@@ -10,6 +10,17 @@
    until the target is met or ``max_kept_fraction`` of the layers is kept.
 3. Report every trial, the layers kept and why (their sensitivity score).
 
+4. Choose by measuring (``choose_by_speed``): int8 is not faster everywhere — ONNX Runtime's
+   static (QDQ → ``QLinearConv``) convs lose to the float kernels on small feature maps, its
+   dynamic ``ConvInteger`` is slower than float on every CNN measured here, and on a tiny
+   MatMul the run-time quantization costs more than it saves. So the layouts that split the
+   layers by op type — static for Conv with dynamic or static or no int8 for MatMul/Gemm, and
+   the other base for the MatMul/Gemm layers — are built, each must meet the same fidelity
+   target, and all are timed against the float model, interleaved (batch 1, as ``bench``
+   does). Among the layouts faster than float (median per-round ratio < 1) the one that
+   quantizes the most weight elements wins; when none is faster, the fastest is kept and the
+   CLI's speed gate judges the written file (exit 3 unless ``--allow-slower``).
+
 Fidelity is measured on the user's data (the calibration set given to ``quantize``), as
 the worse of running each sample alone and running padded batches of 16 (dynamic int8 takes
 one activation range per batch, so both deployments are checked).
@@ -29,6 +40,8 @@ from ..configs import AutoConfig, Int8DynamicConfig, Int8StaticConfig
 from . import backend as ob
 from .sensitivity import QuantizeFn, deployed_fidelity, layer_sensitivity, run_outputs
 
+SPEED_THREADS = 2  # the thread count `bench` and the CLI's speed gate time at
+
 
 @dataclass
 class AutoResult:
@@ -43,12 +56,13 @@ class AutoResult:
     sensitivity: dict[str, float] = field(default_factory=dict)
     smooth: dict[str, Any] = field(default_factory=dict)
     scheme: str = ""  # the base scheme the trials ran (int8-static when auto chose it for a conv network)
+    speed: list[dict[str, Any]] = field(default_factory=list)  # the layouts timed (step 4), chosen one marked
 
     def to_dict(self) -> dict[str, Any]:
         return {"scheme": self.scheme, "alpha": self.alpha, "cos_mean": self.cos_mean, "cos_min": self.cos_min,
                 "met": self.met,
                 "quantized_layers": self.layers - len(self.kept), "kept_float": self.kept, "trials": self.trials,
-                "sensitivity": self.sensitivity, "smooth": self.smooth}
+                "sensitivity": self.sensitivity, "smooth": self.smooth, "speed": self.speed}
 
     def summary(self) -> str:
         return summary_from_dict(self.to_dict())
@@ -155,8 +169,9 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     if chosen is None and best[1] >= config.target_cos and best[2] >= config.min_cos:
         chosen = best
     if chosen is not None:
-        alpha, mean, worst, _sm, q, smooth_info = chosen
-        return AutoResult(q, alpha, mean, worst, True, len(nodes), trials, [], {}, smooth_info, scheme)
+        alpha, mean, worst, sm, q, smooth_info = chosen
+        res = AutoResult(q, alpha, mean, worst, True, len(nodes), trials, [], {}, smooth_info, scheme)
+        return _by_speed(res, sm, nodes, base, float_model, ref, data, config, progress)
 
     alpha, mean, worst, smoothed, q, smooth_info = best
     scores = layer_sensitivity(smoothed, nodes, data, qfn, reference=ref1, progress=progress)
@@ -181,7 +196,99 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     kept_info = [{"layer": n, "score": scores[n],
                   "reason": f"sensitivity {scores[n]:.2e} = {100 * scores[n] / total:.0f}% of the summed per-layer loss"}
                  for n in kept]
-    return AutoResult(q, alpha, mean, worst, True, len(nodes), trials, kept_info, scores, smooth_info, scheme)
+    res = AutoResult(q, alpha, mean, worst, True, len(nodes), trials, kept_info, scores, smooth_info, scheme)
+    return _by_speed(res, smoothed, [n for n in nodes if n not in kept], base, float_model, ref, data, config,
+                     progress)
+
+
+def _layouts(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
+             data: dict[str, Any]) -> list[tuple[str, list[str], Any]]:
+    """The alternatives to the base layout: ``(what, nodes quantized, build() -> model)``, split by op type."""
+    types = {w.name: w.op_type for w in ob.weight_nodes(smoothed)}
+    conv = [n for n in nodes if types.get(n) == "Conv"]
+    mm = [n for n in nodes if types.get(n) in ("MatMul", "Gemm")]
+    static = isinstance(base, Int8StaticConfig)
+    sfn = _static_fn(base if static else Int8StaticConfig(per_channel=True), data)
+
+    def dyn(m: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+        pc = base.per_channel if isinstance(base, Int8DynamicConfig) else True
+        return ob.quantize_dynamic_int8(m, names, per_channel=pc)
+
+    out: list[tuple[str, list[str], Any]] = []
+    if conv and mm:
+        out.append(("static int8 Conv only, MatMul/Gemm float", conv, lambda: sfn(smoothed, conv)))
+        out.append(("dynamic int8 MatMul/Gemm only, Conv float", mm, lambda: dyn(smoothed, mm)))
+        out.append(("static int8 Conv + dynamic int8 MatMul/Gemm", conv + mm, lambda: dyn(sfn(smoothed, conv), mm)))
+        if static:
+            out.append(("static int8 MatMul/Gemm only, Conv float", mm, lambda: sfn(smoothed, mm)))
+    elif mm and len(mm) == len(nodes):
+        other = ("dynamic", lambda: dyn(smoothed, mm)) if static else ("static", lambda: sfn(smoothed, mm))
+        out.append((f"{other[0]} int8 on the same layers", mm, other[1]))
+    return out
+
+
+def _by_speed(res: AutoResult, smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
+              float_model: onnx.ModelProto, ref: tuple[np.ndarray, np.ndarray], data: dict[str, Any],
+              config: AutoConfig, progress: bool) -> AutoResult:
+    """Step 4 of the module doc: time the base layout against its per-op-type alternatives; keep the fastest."""
+    if not config.choose_by_speed or not nodes:
+        return res
+    sizes = {w.name: int(np.prod(w.shape)) for w in ob.weight_nodes(smoothed)}
+    cands: list[dict[str, Any]] = [{"what": f"{res.scheme.split(',')[0] or 'base'} on all {len(nodes)} layers",
+                                    "model": res.model,
+                                    "names": list(nodes),
+                                    "int8_weights": sum(sizes.get(n, 0) for n in nodes),
+                                    "cos_mean": res.cos_mean, "cos_min": res.cos_min}]
+    for what, names, build in _layouts(smoothed, nodes, base, data):
+        try:
+            q = build()
+            mean, worst = deployed_fidelity(ref, q, data)
+        except Exception as exc:  # an ORT quantizer that cannot write this layout: not a candidate
+            from ...errors import first_line
+
+            res.speed.append({"what": what, "skipped": first_line(exc, 160)})
+            continue
+        if mean < config.target_cos or worst < config.min_cos:
+            res.speed.append({"what": what, "cos_mean": mean, "cos_min": worst, "skipped": "misses the fidelity target"})
+            continue
+        cands.append({"what": what, "model": q, "names": names, "int8_weights": sum(sizes.get(n, 0) for n in names),
+                      "cos_mean": mean, "cos_min": worst})
+    if len(cands) == 1:
+        return res
+    timed = time_layouts(float_model, [c["model"] for c in cands], data, progress=progress)
+    for c, (ratio, spread) in zip(cands, timed, strict=True):
+        c["ratio"], c["ratio_spread"] = ratio, spread
+    faster = [c for c in cands if c["ratio"] < 1.0]
+    pick = (max(faster, key=lambda c: (c["int8_weights"], -c["ratio"])) if faster
+            else min(cands, key=lambda c: c["ratio"]))
+    for c in cands:
+        res.speed.append({k: v for k, v in c.items() if k not in ("model", "names")} | {"chosen": c is pick})
+    if pick is not cands[0]:
+        res.model, res.cos_mean, res.cos_min = pick["model"], pick["cos_mean"], pick["cos_min"]
+        why = (f"timed: the layout \"{pick['what']}\" ({pick['ratio']:.2f}× the float latency) keeps it float"
+               + ("" if faster else "; no layout was faster than float"))
+        res.kept = res.kept + [{"layer": n, "score": 0.0, "reason": why} for n in nodes if n not in pick["names"]]
+    return res
+
+
+def time_layouts(float_model: onnx.ModelProto, models: Sequence[onnx.ModelProto], data: dict[str, Any], *,
+                 progress: bool = False) -> list[tuple[float, float]]:
+    """``(ratio, spread)`` of each model's latency against ``float_model`` on the first sample of ``data``:
+    the median of per-round ratios and half their 10–90 % range, timed interleaved in ONNX Runtime at
+    :data:`SPEED_THREADS` threads (:func:`deepshrink.evaluate.latency.measure_latency`), at least
+    20 rounds and 1 s."""
+    from ...backends.onnx import make_session
+    from ...evaluate.latency import measure_latency
+    from .sensitivity import _trim
+
+    first = {k: v[:1] for k, v in data.items()}
+    runners = {}
+    for i, m in enumerate([float_model, *models]):
+        sess = make_session(m, threads=SPEED_THREADS)
+        feed = _trim({k: first[k] for k in (x.name for x in sess.get_inputs())})
+        runners[str(i)] = (lambda s=sess, f=feed: s.run(None, f))
+    stats = measure_latency(runners, warmup=3, repeats=20, min_seconds=1.0, threads=SPEED_THREADS, progress=progress)
+    return [(stats[str(i + 1)].ratio, stats[str(i + 1)].ratio_spread) for i in range(len(models))]
 
 
 def _static_fn(base: Int8StaticConfig, data: dict[str, Any]) -> QuantizeFn:
@@ -196,6 +303,12 @@ def summary_from_dict(d: dict[str, Any]) -> str:
              f"cosine {d['cos_mean']:.4f} mean / {d['cos_min']:.4f} worst on the calibration data"]
     for t in d["trials"]:
         lines.append(f"  trial {t['what']}: cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}")
+    for t in d.get("speed") or []:
+        if "skipped" in t:
+            lines.append(f"  layout {t['what']}: not timed ({t['skipped']})")
+        else:
+            lines.append(f"  layout {t['what']}: {t['ratio']:.2f}× the float latency (±{t['ratio_spread']:.2f}), "
+                         f"cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}{'  <- chosen' if t.get('chosen') else ''}")
     for k in d["kept_float"]:
         lines.append(f"  kept float: {k['layer']} ({k['reason']})")
     if not d["kept_float"]:

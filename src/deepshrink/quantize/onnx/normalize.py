@@ -24,7 +24,16 @@ constants, no change to what the graph computes):
   broadcasts to ``[N]`` (``[]``, ``[1]``, ``[1, N]``, ``[1, 1]``) is stored as ``[N]``; a ``Gemm``
   that still is not canonical (``transA=1``, a non-constant ``B`` with ``alpha != 1``, a per-row
   or non-constant scaled ``C``) is written as ``MatMul`` (+ ``Transpose`` / ``Mul`` / ``Add``),
-  which every quantizer handles.
+  which every quantizer handles;
+- a ``BatchNormalization`` (inference form) that is the only reader of a ``Conv`` with constant
+  weights is folded into that Conv's weight and bias (Ioffe & Szegedy 2015, eq. for inference;
+  the folding of Jacob et al. 2018, sec. 3.2). ONNX Runtime fuses the pair at session time for a
+  float model, but not once the Conv's output is wrapped in QuantizeLinear/DequantizeLinear, so a
+  static int8 CNN quantized unfolded runs an extra float BatchNormalization per conv (measured on
+  the real-graphs case 1: 1.86× against 1.57× the float latency). ORT's offline "basic" level
+  would fold it too, but it also rewrites ``MatMul``+``Add`` into ``Gemm`` under new node names,
+  which would break the layer names users pass to ``--include``/``--exclude``; the fold here is
+  the four-line algebra and keeps every name.
 
 The Gemm semantics are ONNX's (https://onnx.ai/onnx/operators/onnx__Gemm.html):
 ``Y = alpha * A' @ B' + beta * C``.
@@ -49,16 +58,19 @@ class Normalized:
     casts_folded: list[str] = field(default_factory=list)  # Cast nodes replaced by float32 initializers
     gemm_canonical: list[str] = field(default_factory=list)  # Gemm kept, alpha/beta/bias folded
     gemm_to_matmul: list[str] = field(default_factory=list)  # Gemm rewritten as MatMul (+ Add ...)
+    bn_folded: list[str] = field(default_factory=list)  # BatchNormalization nodes folded into their Conv
     # each folded Cast with its source initializer, so a weight no scheme quantized goes back to its
     # stored precision (see restore_unquantized_casts)
     cast_sources: list[tuple[onnx.NodeProto, onnx.TensorProto]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, list[str]]:
         return {k: v for k, v in (("constants_folded", self.constants_folded), ("casts_folded", self.casts_folded), ("gemm_canonical", self.gemm_canonical),
-                                  ("gemm_to_matmul", self.gemm_to_matmul)) if v}
+                                  ("gemm_to_matmul", self.gemm_to_matmul),
+                                  ("bn_folded", self.bn_folded)) if v}
 
     def __bool__(self) -> bool:
-        return bool(self.constants_folded or self.casts_folded or self.gemm_canonical or self.gemm_to_matmul)
+        return bool(self.constants_folded or self.casts_folded or self.gemm_canonical or self.gemm_to_matmul
+                    or self.bn_folded)
 
 
 def normalize_for_quantization(model: onnx.ModelProto) -> Normalized:
@@ -71,9 +83,74 @@ def normalize_for_quantization(model: onnx.ModelProto) -> Normalized:
     done.casts_folded, done.cast_sources = fold_constant_casts(model)
     canon, to_mm = canonicalize_gemms(model)
     done.gemm_canonical, done.gemm_to_matmul = canon, to_mm
+    done.bn_folded = fold_batchnorm(model)
     if done:
         _drop_unused_initializers(model)
     return done
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> list[str]:
+    """Fold each inference-mode ``BatchNormalization`` that alone reads a ``Conv``'s output into that Conv.
+
+    With ``s = scale / sqrt(var + epsilon)`` per output channel: ``W' = W * s`` (over the kernel's
+    first axis) and ``b' = (b - mean) * s + B``; the Conv takes the BN's output name, so readers
+    are unchanged. Only done when the Conv's weight (and bias, if any) and the four BN inputs are
+    float32 initializers read by nobody else, the BN has one output and ``training_mode`` 0, and
+    the Conv's output is not a graph output. Returns the names of the folded BN nodes.
+    """
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    outputs = {o.name for o in g.output}
+    declared = {i.name for i in g.input}  # IR < 4 lists initializers as inputs too: those may be fed
+    producer = {o: n for n in g.node for o in n.output}
+
+    def const(name: str) -> np.ndarray | None:
+        t = inits.get(name)
+        if t is None or t.data_type != TensorProto.FLOAT or readers.get(name, 0) != 1 or name in declared:
+            return None
+        return numpy_helper.to_array(t)
+
+    folded: list[str] = []
+    drop: set[int] = set()
+    for bn in g.node:
+        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or len(bn.output) != 1 \
+                or len(bn.input) != 5 or _attr(bn, "training_mode", 0):
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") \
+                or readers.get(bn.input[0], 0) != 1 or bn.input[0] in outputs or len(conv.input) < 2:
+            continue
+        w = const(conv.input[1])
+        b = const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        scale, shift, mean, var = (const(x) for x in bn.input[1:])
+        if w is None or scale is None or shift is None or mean is None or var is None \
+                or (len(conv.input) > 2 and conv.input[2] and b is None) or scale.shape != (w.shape[0],):
+            continue
+        eps = float(_attr(bn, "epsilon", 1e-5))  # type: ignore[arg-type]
+        s = (scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps))
+        w2 = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+        b0 = b.astype(np.float64) if b is not None else np.zeros(w.shape[0])
+        b2 = ((b0 - mean) * s + shift).astype(np.float32)
+        wname, bname = conv.input[1], f"{conv.input[1]}_bn_folded_bias"
+        for t in [t for t in g.initializer if t.name in (wname, *(bn.input[1:]), *(conv.input[2:3]))]:
+            g.initializer.remove(t)
+        g.initializer.append(numpy_helper.from_array(w2, wname))
+        g.initializer.append(numpy_helper.from_array(b2, bname))
+        del conv.input[2:]
+        conv.input.append(bname)
+        _forget_shapes(model, {conv.output[0]})
+        conv.output[0] = bn.output[0]
+        drop.add(id(bn))
+        folded.append(bn.name or bn.output[0])
+    if drop:
+        keep = [n for n in g.node if id(n) not in drop]
+        del g.node[:]
+        g.node.extend(keep)
+    return folded
 
 
 def fold_constant_nodes(model: onnx.ModelProto) -> list[str]:

@@ -1,0 +1,153 @@
+"""``quantize --scheme auto`` chooses among int8 layouts by measuring (issue 12, item 6), and
+BatchNormalization is folded into its Conv before quantizing.
+
+The timings are replaced here (``auto.time_layouts``) by a function of what each layout
+contains, so the choice rule is tested without depending on the machine's load; the real
+timing runs in ``real-graphs/check.sh`` case 1b and ``benchmarks/bench_pypi_models.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import deepshrink as ds
+from cli_helpers import run_cli
+from deepshrink.quantize import AutoConfig
+from deepshrink.quantize.onnx import auto
+from deepshrink.quantize.onnx.normalize import fold_batchnorm
+
+
+def _cnn(shared_bn_input: bool = False) -> onnx.ModelProto:
+    """x [b, 3, 12, 12] -> conv1 -> bn1 -> Relu -> conv2 (stride 2) -> bn2 -> Relu -> GlobalAveragePool
+    -> Flatten -> fc MatMul [16, 10] -> Add. With ``shared_bn_input`` conv1's output also feeds an Add,
+    so bn1 must not be folded into it."""
+    rng = np.random.default_rng(0)
+
+    def t(name: str, *shape: int, scale: float = 0.3, positive: bool = False) -> onnx.TensorProto:
+        a = rng.standard_normal(shape).astype(np.float32) * scale
+        return numpy_helper.from_array(np.abs(a) + 0.5 if positive else a, name)
+
+    inits = [t("w1", 8, 3, 3, 3), t("s1", 8, positive=True), t("b1", 8), t("m1", 8), t("v1", 8, positive=True),
+             t("w2", 16, 8, 3, 3), t("s2", 16, positive=True), t("b2", 16), t("m2", 16), t("v2", 16, positive=True),
+             t("fc_w", 16, 10), t("fc_b", 10)]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "s1", "b1", "m1", "v1"], ["n1"], name="bn1", epsilon=1e-3),
+             helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["c2", "s2", "b2", "m2", "v2"], ["n2"], name="bn2"),
+             helper.make_node("Relu", ["n2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fc_w"], ["mm"], name="fc"),
+             helper.make_node("Add", ["mm", "fc_b"], ["y"], name="fc_add")]
+    if shared_bn_input:
+        nodes[2] = helper.make_node("Add", ["n1", "c1"], ["r1"], name="skip")
+    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 10])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _data(n: int = 32) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(1).standard_normal((n, 3, 12, 12)).astype(np.float32)}
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_batchnorm_is_folded_into_its_conv_exactly_and_names_are_kept():
+    m = _cnn()
+    x = _data(8)["x"]
+    before = _run(m, x)
+    folded = fold_batchnorm(m)
+    assert folded == ["bn1", "bn2"]
+    assert [n.op_type for n in m.graph.node].count("BatchNormalization") == 0
+    assert {n.name for n in m.graph.node if n.op_type == "Conv"} == {"conv1", "conv2"}
+    onnx.checker.check_model(m)
+    after = _run(m, x)
+    assert np.abs(after - before).max() <= 1e-5 * np.abs(before).max()  # 2.4e-7 relative seen (float32 rounding)
+
+
+def test_batchnorm_is_not_folded_when_the_conv_output_has_another_reader():
+    m = _cnn(shared_bn_input=True)
+    assert fold_batchnorm(m) == ["bn2"]  # bn1's input c1 also feeds the Add: folding would change it
+    assert [n.name for n in m.graph.node if n.op_type == "BatchNormalization"] == ["bn1"]
+
+
+def _fake_timing(ratios):
+    """A ``time_layouts`` returning ``ratios(model)`` ± 0.02 for each model, recording the calls."""
+    calls = []
+
+    def timing(float_model, models, data, *, progress=False):
+        calls.append(len(models))
+        return [(ratios(m), 0.02) for m in models]
+
+    return timing, calls
+
+
+def _int8_convs(model: onnx.ModelProto) -> int:
+    """Convs whose weight is dequantized from int8 (static QDQ) or that run as ConvInteger."""
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return sum(1 for n in model.graph.node if (n.op_type == "Conv" and n.input[1] in dq) or n.op_type == "ConvInteger")
+
+
+def _int8_matmuls(model: onnx.ModelProto) -> int:
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return sum(1 for n in model.graph.node if (n.op_type in ("MatMul", "Gemm") and n.input[1] in dq)
+               or n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul"))
+
+
+def test_auto_keeps_convs_float_when_int8_convs_measure_slower(monkeypatch):
+    """The case1b situation: static int8 convs are slower than float on small feature maps; the
+    MatMul alone in int8 is faster. Auto writes that layout and says why the convs stayed float."""
+    timing, calls = _fake_timing(lambda m: 1.5 if _int8_convs(m) else 0.95)
+    monkeypatch.setattr(auto, "time_layouts", timing)
+    r = ds.quantize(_cnn(), AutoConfig(), data=_data())
+    rep = r.report.details["auto"]
+    assert calls == [5]  # the base (static everywhere) + 4 per-op-type layouts, each meeting the target
+    assert _int8_convs(r.model.model) == 0 and _int8_matmuls(r.model.model) == 1
+    kept = {k["layer"]: k["reason"] for k in rep["kept_float"]}
+    assert set(kept) == {"conv1", "conv2"} and all("timed" in v and "0.95×" in v for v in kept.values())
+    chosen = [t for t in rep["speed"] if t.get("chosen")]
+    assert len(chosen) == 1 and "MatMul/Gemm only" in chosen[0]["what"]
+    assert rep["cos_mean"] >= 0.997 and rep["cos_min"] >= 0.99
+
+
+def test_auto_keeps_the_most_quantized_layout_when_it_is_faster(monkeypatch):
+    """Every layout faster than float: the one quantizing the most weights wins, even if another is faster."""
+    timing, _calls = _fake_timing(lambda m: 0.9 if _int8_convs(m) and _int8_matmuls(m) else 0.6)
+    monkeypatch.setattr(auto, "time_layouts", timing)
+    r = ds.quantize(_cnn(), AutoConfig(), data=_data())
+    untimed = ds.quantize(_cnn(), AutoConfig(choose_by_speed=False), data=_data())
+    assert r.model.model.SerializeToString() == untimed.model.model.SerializeToString()
+    assert _int8_convs(r.model.model) == 2 and _int8_matmuls(r.model.model) == 1
+    assert r.report.details["auto"]["kept_float"] == []
+
+
+def test_auto_keeps_the_fastest_when_none_is_faster_than_float(monkeypatch):
+    timing, _calls = _fake_timing(lambda m: 1.2 + 0.1 * _int8_convs(m) + 0.05 * _int8_matmuls(m))
+    monkeypatch.setattr(auto, "time_layouts", timing)
+    rep = ds.quantize(_cnn(), AutoConfig(), data=_data()).report.details["auto"]
+    chosen = [t for t in rep["speed"] if t.get("chosen")][0]
+    assert chosen["ratio"] == pytest.approx(1.25)  # MatMul int8 only: the least slow
+    assert all("no layout was faster than float" in k["reason"] for k in rep["kept_float"])
+
+
+def test_allow_slower_skips_the_timing(monkeypatch, tmp_path, capsys):
+    """``--allow-slower`` keeps the most-quantized layout untimed (the output is the same on every run)."""
+    def refuse(*_a, **_k):
+        raise AssertionError("time_layouts must not run with --allow-slower")
+
+    monkeypatch.setattr(auto, "time_layouts", refuse)
+    src, data = tmp_path / "cnn.onnx", tmp_path / "d.npz"
+    onnx.save(_cnn(), src)
+    np.savez(data, **_data(64))
+    out = tmp_path / "q.onnx"
+    rc, _o, err = run_cli(capsys, "quantize", src, "-o", out, "--scheme", "auto", "--data", data, "--allow-slower",
+                          "--no-bench")
+    assert rc == 0, err
+    assert _int8_convs(onnx.load(out)) == 2
