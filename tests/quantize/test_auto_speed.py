@@ -21,10 +21,10 @@ from deepshrink.quantize.onnx import auto
 from deepshrink.quantize.onnx.normalize import fold_batchnorm
 
 
-def _cnn(shared_bn_input: bool = False) -> onnx.ModelProto:
+def _cnn(shared_bn_input: bool = False, grouped: bool = False) -> onnx.ModelProto:
     """x [b, 3, 12, 12] -> conv1 -> bn1 -> Relu -> conv2 (stride 2) -> bn2 -> Relu -> GlobalAveragePool
     -> Flatten -> fc MatMul [16, 10] -> Add. With ``shared_bn_input`` conv1's output also feeds an Add,
-    so bn1 must not be folded into it."""
+    so bn1 must not be folded into it; with ``grouped`` conv2 has ``group`` 8 (two outputs per input channel)."""
     rng = np.random.default_rng(0)
 
     def t(name: str, *shape: int, scale: float = 0.3, positive: bool = False) -> onnx.TensorProto:
@@ -32,12 +32,12 @@ def _cnn(shared_bn_input: bool = False) -> onnx.ModelProto:
         return numpy_helper.from_array(np.abs(a) + 0.5 if positive else a, name)
 
     inits = [t("w1", 8, 3, 3, 3), t("s1", 8, positive=True), t("b1", 8), t("m1", 8), t("v1", 8, positive=True),
-             t("w2", 16, 8, 3, 3), t("s2", 16, positive=True), t("b2", 16), t("m2", 16), t("v2", 16, positive=True),
+             t("w2", 16, 1 if grouped else 8, 3, 3), t("s2", 16, positive=True), t("b2", 16), t("m2", 16), t("v2", 16, positive=True),
              t("fc_w", 16, 10), t("fc_b", 10)]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("BatchNormalization", ["c1", "s1", "b1", "m1", "v1"], ["n1"], name="bn1", epsilon=1e-3),
              helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", strides=[2, 2]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", strides=[2, 2], group=8 if grouped else 1),
              helper.make_node("BatchNormalization", ["c2", "s2", "b2", "m2", "v2"], ["n2"], name="bn2"),
              helper.make_node("Relu", ["n2"], ["r2"], name="relu2"),
              helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
@@ -113,8 +113,24 @@ def test_auto_keeps_convs_float_when_int8_convs_measure_slower(monkeypatch):
     kept = {k["layer"]: k["reason"] for k in rep["kept_float"]}
     assert set(kept) == {"conv1", "conv2"} and all("timed" in v and "0.95×" in v for v in kept.values())
     chosen = [t for t in rep["speed"] if t.get("chosen")]
-    assert len(chosen) == 1 and "MatMul/Gemm only" in chosen[0]["what"]
+    assert len(chosen) == 1 and chosen[0]["what"].startswith("Conv float + ")
     assert rep["cos_mean"] >= 0.997 and rep["cos_min"] >= 0.99
+
+
+def test_auto_keeps_grouped_convs_float_when_only_they_are_slower(monkeypatch):
+    """Per conv kind: ORT's int8 grouped/depthwise kernels lose to float more often than dense ones."""
+    def ratio(m: onnx.ModelProto) -> float:
+        dq = {n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+        grouped_int8 = any(n.name == "conv2" and n.input[1] in dq for n in m.graph.node)
+        return 1.3 if grouped_int8 else 0.8
+
+    timing, calls = _fake_timing(ratio)
+    monkeypatch.setattr(auto, "time_layouts", timing)
+    rep = ds.quantize(_cnn(grouped=True), AutoConfig(), data=_data()).report.details["auto"]
+    assert calls == [8]  # base + (all / group-1 only / no Conv) x (static / dynamic / float MatMul) - base - none
+    chosen = [t for t in rep["speed"] if t.get("chosen")][0]
+    assert chosen["what"] == "static int8 Conv with group 1 (1 grouped/depthwise float) + static int8 MatMul/Gemm"
+    assert [k["layer"] for k in rep["kept_float"]] == ["conv2"]
 
 
 def test_auto_keeps_the_most_quantized_layout_when_it_is_faster(monkeypatch):

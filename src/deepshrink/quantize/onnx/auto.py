@@ -28,6 +28,7 @@ one activation range per batch, so both deployments are checked).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,9 +204,16 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
 
 def _layouts(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
              data: dict[str, Any]) -> list[tuple[str, list[str], Any]]:
-    """The alternatives to the base layout: ``(what, nodes quantized, build() -> model)``, split by op type."""
+    """The alternatives to the base layout: ``(what, nodes quantized, build() -> model)``.
+
+    Convs: all static int8, only the dense ones (``group`` 1: ONNX Runtime's int8 depthwise and
+    grouped kernels are the ones that lose to float most often), or none; MatMul/Gemm: static,
+    dynamic or float. Every combination but the base layout itself and "nothing quantized"."""
     types = {w.name: w.op_type for w in ob.weight_nodes(smoothed)}
+    grouped = {n.name for n in smoothed.graph.node if n.op_type == "Conv"
+               and any(a.name == "group" and a.i > 1 for a in n.attribute)}
     conv = [n for n in nodes if types.get(n) == "Conv"]
+    dense = [n for n in conv if n not in grouped]
     mm = [n for n in nodes if types.get(n) in ("MatMul", "Gemm")]
     static = isinstance(base, Int8StaticConfig)
     sfn = _static_fn(base if static else Int8StaticConfig(per_channel=True), data)
@@ -214,16 +222,28 @@ def _layouts(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
         pc = base.per_channel if isinstance(base, Int8DynamicConfig) else True
         return ob.quantize_dynamic_int8(m, names, per_channel=pc)
 
+    def build(static_convs: list[str], dynamic_mm: list[str], static_mm: list[str]) -> onnx.ModelProto:
+        m = sfn(smoothed, static_convs + static_mm) if static_convs or static_mm else smoothed
+        return dyn(m, dynamic_mm) if dynamic_mm else m
+
+    conv_sets: list[tuple[str, list[str]]] = [("static int8 Conv", conv)] if conv else []
+    if conv and dense and len(dense) < len(conv):
+        conv_sets.append((f"static int8 Conv with group 1 ({len(conv) - len(dense)} grouped/depthwise float)", dense))
+    conv_sets.append(("Conv float" if conv else "", []))
+    mm_sets: list[tuple[str, list[str]]] = [("static int8 MatMul/Gemm", mm), ("dynamic int8 MatMul/Gemm", mm),
+                                            ("MatMul/Gemm float" if mm else "", [])] if mm else [("", [])]
     out: list[tuple[str, list[str], Any]] = []
-    if conv and mm:
-        out.append(("static int8 Conv only, MatMul/Gemm float", conv, lambda: sfn(smoothed, conv)))
-        out.append(("dynamic int8 MatMul/Gemm only, Conv float", mm, lambda: dyn(smoothed, mm)))
-        out.append(("static int8 Conv + dynamic int8 MatMul/Gemm", conv + mm, lambda: dyn(sfn(smoothed, conv), mm)))
-        if static:
-            out.append(("static int8 MatMul/Gemm only, Conv float", mm, lambda: sfn(smoothed, mm)))
-    elif mm and len(mm) == len(nodes):
-        other = ("dynamic", lambda: dyn(smoothed, mm)) if static else ("static", lambda: sfn(smoothed, mm))
-        out.append((f"{other[0]} int8 on the same layers", mm, other[1]))
+    for cwhat, cset in conv_sets:
+        for mwhat, mset in mm_sets:
+            if not cset and not mset:
+                continue
+            mkind = "static" if mwhat.startswith("static") else "dynamic" if mwhat.startswith("dynamic") else "float"
+            if (static and cset == conv and (not mm or mkind == "static")) or \
+                    (not static and not conv and mkind == "dynamic"):
+                continue  # the base layout
+            what = " + ".join(w for w in (cwhat, mwhat) if w)
+            out.append((what, cset + mset, functools.partial(build, cset, mset if mkind == "dynamic" else [],
+                                                                     [] if mkind == "dynamic" else mset)))
     return out
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -466,11 +467,12 @@ def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibrati
         weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes) or None, nodes_to_exclude=list(exclude_nodes) or None,
         op_types_to_quantize=list(op_types) or None, calibrate_method=method, extra_options=extra)
     with tempfile.TemporaryDirectory(prefix="deepshrink.cal.") as d:
-        if observer in ("mse", "entropy"):
+        if observer in ("minmax", "mse", "entropy"):
             # ORT has no MSE search, and its entropy calibrator, called through quantize_static, has as many
-            # histogram bins as quantized bins (128 and 128): its one candidate threshold is the min-max range
+            # histogram bins as quantized bins (128 and 128): its one candidate threshold is the min-max range.
+            # The ranges do not depend on which nodes are quantized: auto's trials reuse them (_RANGES)
             cache = Path(d) / "ranges.json"
-            _observer_ranges(model, feeds, cache, kwargs, observer)
+            cache.write_bytes(_cached_ranges(model, feeds, kwargs, observer))
             kwargs["calibration_cache_path"] = str(cache)
             return _ort_quantize(quantize_static, model, calibration_data_reader=None, **kwargs)
         kwargs["calibration_data_reader"] = _Reader(feeds)
@@ -478,10 +480,43 @@ def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibrati
             return _ort_quantize(quantize_static, model, **kwargs)
 
 
+_RANGES: collections.OrderedDict[tuple[str, ...], bytes] = collections.OrderedDict()  # the last few calibrations
+
+
+def _cached_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], kwargs: dict[str, Any],
+                   observer: str) -> bytes:
+    """The calibration cache file (ORT's ``TensorsData`` JSON) of ``model`` on ``feeds`` for ``observer``,
+    computed once per (graph, data, observer, op types) and kept for the next call: auto and search
+    quantize the same calibrated graph with many node subsets, and the ranges do not depend on them."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    h = hashlib.sha1(model.SerializeToString())
+    for f in feeds:
+        for k in sorted(f):
+            a = np.ascontiguousarray(f[k])
+            h.update(f"{k}{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+    # the op types quantize_static calibrates when given none: the same tensors as its own reader path
+    types = kwargs.get("op_types_to_quantize") or sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+    key = (h.hexdigest(), observer, ",".join(types))
+    if key in _RANGES:
+        _RANGES.move_to_end(key)
+        return _RANGES[key]
+    with tempfile.TemporaryDirectory(prefix="deepshrink.ranges.") as d:
+        path = Path(d) / "ranges.json"
+        _observer_ranges(model, feeds, path, {**kwargs, "op_types_to_quantize": types}, observer)
+        data = path.read_bytes()
+    _RANGES[key] = data
+    while len(_RANGES) > 4:
+        _RANGES.popitem(last=False)
+    return data
+
+
 def _observer_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], cache: Path, kwargs: dict[str, Any],
                      observer: str) -> None:
-    """Min-max calibration names the tensors; their ranges are then re-chosen by our ``observer``
-    (``mse``: :class:`~.observers.MSEObserver`; ``entropy``: :class:`~.observers.EntropyObserver`, 2048 bins)."""
+    """Min-max calibration names the tensors and gives their ranges (``minmax``), or the ranges are then
+    re-chosen by our ``observer`` (``mse``: :class:`~.observers.MSEObserver`; ``entropy``:
+    :class:`~.observers.EntropyObserver`, 2048 bins)."""
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
         TensorData,
@@ -499,6 +534,9 @@ def _observer_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
         cal.collect_data(_Reader(feeds))
         minmax = cal.compute_data()
         names = list(minmax.data)
+    if observer == "minmax":
+        save_tensors_data(minmax, cache)
+        return
     acts = collect_tensors(model, names, feeds)
     ranges = {}
     for name in names:
