@@ -213,3 +213,75 @@ def test_input_name_that_is_not_an_identifier_converts(tmp_path):
     ref = run_onnx(make_session(m, threads=1), {"gpu_0/data_0": x})[0]
     got = torch.export.load(str(tmp_path / "slash.pt2")).module()(torch.from_numpy(x)).detach().numpy()
     assert _rel(ref, got) < 1e-5
+
+
+def test_paddle_reshape_targets_computed_from_shapes_stay_dynamic(tmp_path):
+    """PP-OCRv4's recogniser (Paddle2ONNX): a Reshape whose target is computed (ONNX's own shape
+    inference then gives its output no rank), followed by a Reshape to ``[cast(-1), cast(Shape[2:3])]``
+    with every constant cast int32 → int64. Before: "torch.export cannot capture ONNX node ... (Reshape):
+    Could not extract specialized integer from data-dependent expression u0"."""
+    i32 = TensorProto.INT32
+    m = _model([helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+                helper.make_node("Shape", ["c"], ["s"]),
+                helper.make_node("Slice", ["s", "zero", "two"], ["nc"]),
+                helper.make_node("Concat", ["nc", "minus1"], ["t1"], axis=0),
+                helper.make_node("Reshape", ["c", "t1"], ["f"]),  # [n, 4, h*w], rank unknown to onnx
+                helper.make_node("Shape", ["f"], ["s2"]),
+                helper.make_node("Cast", ["s2"], ["s2i"], to=i32),
+                helper.make_node("Slice", ["s2i", "two32", "three32"], ["hw32"]),
+                helper.make_node("Cast", ["hw32"], ["hw"], to=TensorProto.INT64),
+                helper.make_node("Constant", [], ["m1_32"], value=numpy_helper.from_array(np.array([-1], np.int32))),
+                helper.make_node("Cast", ["m1_32"], ["m1"], to=TensorProto.INT64),
+                helper.make_node("Concat", ["m1", "hw"], ["t2"], axis=0),
+                helper.make_node("Reshape", ["f", "t2"], ["y"])],
+               [_init("w1", _w((4, 3, 3, 3))), _init("zero", np.array([0], np.int64)),
+                _init("two", np.array([2], np.int64)), _init("minus1", np.array([-1], np.int64)),
+                _init("two32", np.array([2], np.int32)), _init("three32", np.array([3], np.int32))])
+    src = tmp_path / "paddle.onnx"
+    onnx.save(m, src)
+    res = ds.convert(src, tmp_path / "paddle.pt2", input_shapes=["x:1x3x8x16"])
+    assert "deepshrink.static_dims_reason" not in res.handle.metadata  # captured dynamic, no fallback
+    assert max(_check_pt2(m, tmp_path / "paddle.pt2", [(1, 3, 8, 16), (2, 3, 12, 20)])) < 1e-5
+
+
+def test_yolo_float_range_over_a_size_stays_dynamic(tmp_path):
+    """YOLOv8's head (Ultralytics export): ``Range(0.0, Cast(Shape[3], FLOAT), 1.0)`` — anchor
+    offsets over the feature map's width. Before: "torch.export cannot capture ONNX node ... (Range):
+    Could not guard on data-dependent expression zuf1 > 0.0"."""
+    m = _model([helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+                helper.make_node("Shape", ["c"], ["s"]),
+                helper.make_node("Gather", ["s", "three"], ["wi"], axis=0),
+                helper.make_node("Cast", ["wi"], ["wf"], to=TensorProto.FLOAT),
+                helper.make_node("Range", ["start", "wf", "step"], ["r"]),
+                helper.make_node("Add", ["c", "r"], ["y"])],
+               [_init("w1", _w((4, 3, 3, 3))), _init("three", np.array(3, np.int64)),
+                _init("start", np.array(0.0, np.float32)), _init("step", np.array(1.0, np.float32))])
+    src = tmp_path / "yolo.onnx"
+    onnx.save(m, src)
+    res = ds.convert(src, tmp_path / "yolo.pt2", input_shapes=["x:1x3x16x16"])
+    assert "deepshrink.static_dims_reason" not in res.handle.metadata
+    assert max(_check_pt2(m, tmp_path / "yolo.pt2", [(1, 3, 16, 16), (2, 3, 24, 40)])) < 1e-5
+
+
+def test_static_fallback_says_which_dims_became_static(tmp_path, monkeypatch):
+    """The last resort of item 3: when no dynamic capture works, every dim takes the example shape
+    (from --input-shape) and the reason names the dims. Forced here by a capture that refuses
+    dynamic shapes."""
+    from deepshrink.convert import export as export_mod
+    from deepshrink.errors import UnsupportedError
+
+    real = torch.export.export
+
+    def picky(mod, args, dynamic_shapes=None, strict=False):
+        if dynamic_shapes:
+            raise UnsupportedError("Could not guard on data-dependent expression (forced)")
+        return real(mod, args, dynamic_shapes=dynamic_shapes, strict=strict)
+
+    monkeypatch.setattr(export_mod.torch.export, "export", picky)
+    m = _upsample_net(by_sizes=False)
+    src = tmp_path / "up.onnx"
+    onnx.save(m, src)
+    res = ds.convert(src, tmp_path / "up.pt2", input_shapes=["x:1x3x16x16"])
+    why = res.handle.metadata["deepshrink.static_dims_reason"]
+    assert why.startswith("dims x[0]=1, x[2]=16, x[3]=16 became static") and "forced" in why, why
+    assert max(_check_pt2(m, tmp_path / "up.pt2", [(1, 3, 16, 16)])) < 1e-5

@@ -55,6 +55,8 @@ def _dynamic_axes(handle: ModelHandle) -> dict[str, dict[int, str]]:
     gives it) and every axis the spec names. An axis-0 size with another axis named ``batch`` (a
     sequence-first model: ``x:10xbatchx32``) stays fixed."""
     axes: dict[str, dict[int, str]] = {}
+    if handle.metadata.get("deepshrink.static_all"):  # the last resort of the ONNX import: every dim static
+        return axes
     # inputs whose declared fixed batch must stay fixed (an imported graph that reshapes to [1, ...])
     keep_fixed = set(filter(None, handle.metadata.get("deepshrink.static_batch", "").split(",")))
     for spec in handle.inputs:
@@ -137,7 +139,7 @@ def torch_export(handle: ModelHandle) -> torch.export.ExportedProgram:
             _quiet_exporter_logs()
             logging.disable(logging.CRITICAL)  # torch logs whole graphs when capture fails; we report one line
             try:
-                return torch.export.export(handle.model, args, dynamic_shapes=dyn, strict=False)
+                return torch.export.export(handle.model, args, dynamic_shapes=dyn or None, strict=False)
             finally:
                 logging.disable(logging.NOTSET)
     except Exception as exc:
@@ -336,10 +338,11 @@ def _args(handle: ModelHandle) -> tuple[torch.Tensor, ...]:
         raise InputError(f"the PyTorch model {handle.source or ''} has no example inputs to export it with: pass "
                          "input_shapes (CLI --input-shape NAME:1x64) or data".replace("  ", " "))
     axes = _dynamic_axes(handle)
+    unnamed: dict[int, str] = {} if handle.metadata.get("deepshrink.static_all") else {0: "batch"}
     out = []
     for n in handle.input_names:
         a = np.ascontiguousarray(handle.example_inputs[n])
-        if a.ndim and a.shape[0] == 1 and 0 in axes.get(n, {0: "batch"}):
+        if a.ndim and a.shape[0] == 1 and 0 in axes.get(n, unnamed):
             a = np.concatenate([a, a])
         out.append(torch.from_numpy(a))
     return tuple(out)

@@ -79,6 +79,9 @@ def _infer(m: onnx.ModelProto) -> onnx.ModelProto | None:
         return None
 
 
+symbolic_shapes = _infer  # the importer's rank source for graphs ONNX's own inference leaves unranked
+
+
 def _subgraphs(node: Any) -> list[tuple[str, onnx.GraphProto]]:
     out = []
     for a in node.attribute:

@@ -116,6 +116,9 @@ class Builder:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.uses: dict[str, int] = {}
         self.shapes: dict[str, ShapeVal] = {}
+        # a scalar of shape arithmetic cast to a float type (YOLO heads: Range(0.0, float(W), 1.0)): its
+        # value stays a symbolic size for the converters that can use one
+        self.float_shapes: dict[str, ShapeVal] = {}
         self.ranks: dict[str, int] = {}
         self.static_dims: dict[str, list[int | None]] = {}
         self.buffer_inputs: set[str] = set()  # initializers that are statistics, not trainable
@@ -347,15 +350,29 @@ def convert_nodes(b: Builder, nodes: list[OnnxNode]) -> None:
 
 
 def _infer_ranks(b: Builder, proto: onnx.ModelProto) -> None:
-    """Ranks (and static sizes) of every value ONNX shape inference can tell."""
+    """Ranks (and static sizes) of every value shape inference can tell: ONNX's own, then, for the values
+    it leaves without a rank (after a Reshape whose target is computed at run time, as Paddle2ONNX
+    writes them), ONNX Runtime's symbolic shape inference. A value without a rank makes its ``Shape``
+    a tensor that ``torch.export`` cannot specialize."""
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception:
         inferred = proto
-    g = inferred.graph
+    _take_ranks(b, inferred.graph)
+    outputs = {o for n in proto.graph.node for o in n.output if o}
+    if all(o in b.ranks for o in outputs):
+        return
+    from ...evaluate.flops import symbolic_shapes
+
+    sym = symbolic_shapes(proto)
+    if sym is not None:
+        _take_ranks(b, sym.graph, only_new=True)
+
+
+def _take_ranks(b: Builder, g: onnx.GraphProto, *, only_new: bool = False) -> None:
     for vi in [*g.input, *g.value_info, *g.output]:
         t = vi.type.tensor_type
-        if not t.HasField("shape"):
+        if not t.HasField("shape") or (only_new and vi.name in b.ranks):
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         b.ranks[vi.name] = len(dims)

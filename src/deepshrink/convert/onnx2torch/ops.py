@@ -635,7 +635,14 @@ def _cast(b: Builder, n: OnnxNode) -> Value:
     sv = b.shapes.get(n.inputs[0])
     if sv is not None and n.attr("to") in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
         return sv
-    return b.call(rt.cast, b.value(n.inputs[0]), torch_dtype(n.attr("to")))
+    if sv is not None and sv.scalar and n.attr("to") in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        b.float_shapes[n.outputs[0]] = sv
+    x = b.value(n.inputs[0])
+    if b.known(x) and isinstance(x, torch.Tensor) and x.numel() <= 64:
+        # a cast constant (Paddle2ONNX casts every fill_constant of a Reshape target) stays a known value,
+        # so shape arithmetic reading it stays symbolic instead of a tensor torch.export must guard on
+        return rt.cast(x, torch_dtype(n.attr("to")))
+    return b.call(rt.cast, x, torch_dtype(n.attr("to")))
 
 
 @converter("CastLike")
@@ -677,6 +684,20 @@ def _range(b: Builder, n: OnnxNode) -> Value:
         dt = b.initializers[n.inputs[0]].data_type if n.inputs[0] in b.initializers else None
         return b.call(rt.arange, *[v.items[0] for v in syms if v is not None],  # type: ignore[union-attr]
                       torch_dtype(dt) if dt else torch.int64)
+    if any(i in b.float_shapes for i in n.inputs):  # float bounds from sizes: arange over a symbolic size
+        vals: list[Any] = []
+        for i in n.inputs:
+            c = b.value(i) if i not in b.float_shapes else None
+            if i in b.float_shapes:
+                vals.append(b.float_shapes[i].items[0])
+            elif b.known(c) and isinstance(c, torch.Tensor) and c.numel() == 1:
+                vals.append(float(c.reshape(-1)[0]))
+            else:
+                vals = []
+                break
+        if vals:
+            dt = b.initializers[n.inputs[0]].data_type if n.inputs[0] in b.initializers else onnx.TensorProto.FLOAT
+            return b.call(rt.arange, *vals, torch_dtype(dt))
     return b.call(rt.arange, *_inputs(b, n))
 
 
