@@ -1,6 +1,7 @@
 """Auto mode: quantize as much as possible while meeting a fidelity target.
 
-1. Try the base scheme without smoothing, then with each SmoothQuant alpha in
+1. Try the base scheme without smoothing, then (when MatMul/Gemm layers SmoothQuant can smooth hold
+   at least ``SMOOTH_MIN_SHARE`` of the weights; a Conv network skips it) with each SmoothQuant alpha in
    ``smooth_alphas`` on the activation tensors whose outlier ratio reaches each of
    ``smooth_outlier_ratios`` (most selective first). Stop at the first ratio where a trial
    meets ``target_cos`` (mean) and ``min_cos`` (worst sample) and keep its best alpha:
@@ -42,6 +43,17 @@ from . import backend as ob
 from .sensitivity import QuantizeFn, deployed_fidelity, layer_sensitivity, run_outputs
 
 SPEED_THREADS = 2  # the thread count `bench` and the CLI's speed gate time at
+SMOOTH_MIN_SHARE = 0.1  # smoothing trials only when smoothable layers hold this share of the weights
+
+
+def _smoothable_share(model: onnx.ModelProto, nodes: Sequence[str]) -> float:
+    """The share of ``nodes``' weight elements in layers SmoothQuant can smooth (MatMul/Gemm on an activation)."""
+    from .smooth import _targets
+
+    sizes = {w.name: int(np.prod(w.shape)) for w in ob.weight_nodes(model)}
+    total = sum(sizes.get(n, 0) for n in nodes)
+    smooth = sum(sizes.get(n.name, 0) for group in _targets(model, nodes).values() for n in group)
+    return smooth / total if total else 0.0
 
 
 @dataclass
@@ -123,6 +135,10 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     plan: list[tuple[float, float]] = [(0.0, 0.0)] if 0.0 in config.smooth_alphas else []
     for ratio in config.smooth_outlier_ratios or (0.0,):
         plan += [(a, ratio) for a in config.smooth_alphas if a > 0]
+    if plan and plan[0] == (0.0, 0.0) and _smoothable_share(float_model, nodes) < SMOOTH_MIN_SHARE:
+        # SmoothQuant moves activation outliers into MatMul/Gemm weights; on a graph whose quantized weights
+        # are mostly Conv kernels the trials cannot change much, and each costs a full calibration
+        plan = plan[:1]
     steps: Any = plan
     if progress:
         from rich.progress import track
