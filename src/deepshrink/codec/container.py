@@ -37,6 +37,13 @@ MAX_GAP_BITS = 8
 MAX_NDIM = 8
 MAX_RATIO = 1024  # decoded bytes per file byte a reader accepts (plus 16 MiB)
 MAX_SOURCE_RAW = 1 << 30  # 1 GiB: largest decompressed metadata (model description + names) accepted
+# version 3: the metadata is deflated with this preset dictionary (docs/FORMAT.md spells it out):
+# words of common PyTorch / Hugging Face state-dict names, most frequent last (shortest match distance)
+META_DICT = (b"features.classifier.downsample.layer1.layer2.layer3.layer4.conv1.conv2.conv3.bn1.bn2.bn3.head.stem."
+             b"blocks.norm1.norm2.attn.qkv.proj.mlp.fc1.fc2.embeddings.word_embeddings.position_embeddings."
+             b"token_type_embeddings.LayerNorm.encoder.layer.attention.self.query.key.value.output.dense."
+             b"intermediate.pooler.decoder.lm_head.block.conv.norm.bn.fc.num_batches_tracked.running_var."
+             b"running_mean.bias.weight")
 
 SourceKind = Literal["tensors", "torch", "onnx"]
 Entropy = Literal["huffman", "fixed"]
@@ -317,7 +324,9 @@ def encode(tensors: Mapping[str, np.ndarray], *, source_kind: SourceKind = "tens
     if version == 2:  # version-1 readers read a file without constants
         version = 2 if any(i.encoding == "constant" for i in infos) else 1
     meta = _varint(len(source)) + source + b"".join(entries)
-    packed = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: the file's CRC32 guards it
+    # raw deflate (the file's CRC32 guards it); version 3 with the preset dictionary of common names
+    packed = (zlib.compressobj(9, zlib.DEFLATED, -15, zdict=META_DICT) if version == 3
+              else zlib.compressobj(9, zlib.DEFLATED, -15))
     meta_z = packed.compress(meta) + packed.flush()
     blob = b"".join([MAGIC, bytes([version, 0, _KINDS[source_kind]]), _varint(len(tensors)), _varint(len(meta)),
                      _varint(len(meta_z)), meta_z, *out])
@@ -450,7 +459,7 @@ def decode(data: bytes | bytearray | memoryview, *, what: str = "file", max_rati
     meta_z = r.take(r.varint("compressed metadata length", r.remaining()), "metadata")
     if raw_len > 1100 * len(meta_z) + 64:  # beyond deflate's largest ratio (about 1032:1)
         raise InputError(f"{what}: metadata length {raw_len} is impossible for {len(meta_z)} compressed bytes")
-    d = zlib.decompressobj(-15)
+    d = zlib.decompressobj(-15, zdict=META_DICT) if version >= 3 else zlib.decompressobj(-15)
     try:
         meta = d.decompress(bytes(meta_z), raw_len + 1)
     except zlib.error as exc:
