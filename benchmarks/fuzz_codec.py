@@ -51,11 +51,11 @@ def _refresh(blob: bytes) -> bytes:
     try:
         r = _Reader(memoryview(blob[:-4]), "f")
         r.take(7, "h")
-        n = r.varint("n", 1 << 20)
+        r.varint("n", 1 << 40)
         r.varint("m", 1 << 40)
         r.take(r.varint("z", 1 << 40), "meta")
         out = [bytes(blob[:r.pos])]
-        for _ in range(n):
+        while r.remaining():  # version 3: constant tensors have no record, so read records to the end
             body = bytes(r.take(r.varint("len", 1 << 40), "body"))
             r.take(4, "crc")
             out.append(_varint(len(body)) + body + zlib.crc32(body).to_bytes(4, "little"))
