@@ -1,8 +1,9 @@
 """Long fuzz run of the .dsz decoder (the test suite runs a few seconds of the same idea).
 
-Files: a Deep-Compression-packed digits MLP (sparse + dense + raw records, torch source) and a
-lossless-packed ONNX digits MLP (ONNX source). Mutations: truncation, bit flips, random byte
-runs — half of them with every CRC32 recomputed afterwards, so the parser behind the checksums
+Files: a Deep-Compression-packed digits MLP (sparse + dense + raw records, torch source), a
+lossless-packed ONNX digits MLP (ONNX source) and a Deep-Compression-packed digits CNN with its
+BatchNorms folded (constant tensors, which `.dsz` 3 keeps in the deflated metadata). Mutations: truncation, bit flips, random byte
+runs, changes inside the inflated metadata (deflated again) — half of them with every CRC32 recomputed afterwards, so the parser behind the checksums
 is exercised, not just the checksum. Every outcome must be a clean decode or one
 ``InputError``; anything else (another exception, a decode past the reader's max_ratio) is a
 failure, printed with the seed that reproduces it.
@@ -30,7 +31,7 @@ def _files() -> dict[str, bytes]:
     import torch
 
     from deepshrink.codec import DeepCompressionConfig, PackConfig, pack
-    from deepshrink.examples import trained_digits_mlp
+    from deepshrink.examples import trained_digits_cnn, trained_digits_mlp
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="fuzz_dsz."))
@@ -41,7 +42,11 @@ def _files() -> dict[str, bytes]:
     onnx_path = tmp / "mlp.onnx"
     torch.onnx.export(model, (torch.zeros(1, 64),), str(onnx_path), input_names=["x"], dynamo=False)
     b = pack(str(onnx_path), PackConfig(), output=tmp / "onnx.dsz")
-    return {"mlp (torch, DC)": Path(a.path).read_bytes(), "mlp (onnx, lossless)": Path(b.path).read_bytes()}
+    cnn_cfg = DeepCompressionConfig(fc_sparsity=0.6, conv_sparsity=0.93, conv_bits=3, fc_bits=3, other_bits=4,
+                                    fold_bn=True, prune_epochs=0, finetune_epochs=0)
+    c = pack(trained_digits_cnn(0), cnn_cfg, output=tmp / "cnn.dsz", factory="deepshrink.examples:DigitsCNN")
+    return {"mlp (torch, DC)": Path(a.path).read_bytes(), "mlp (onnx, lossless)": Path(b.path).read_bytes(),
+            "cnn (torch, DC, BatchNorm folded: 16 constant tensors)": Path(c.path).read_bytes()}
 
 
 def _refresh(blob: bytes) -> bytes:
@@ -51,11 +56,11 @@ def _refresh(blob: bytes) -> bytes:
     try:
         r = _Reader(memoryview(blob[:-4]), "f")
         r.take(7, "h")
-        n = r.varint("n", 1 << 20)
+        r.varint("n", 1 << 40)
         r.varint("m", 1 << 40)
         r.take(r.varint("z", 1 << 40), "meta")
         out = [bytes(blob[:r.pos])]
-        for _ in range(n):
+        while r.remaining():  # version 3: constant tensors have no record, so read records to the end
             body = bytes(r.take(r.varint("len", 1 << 40), "body"))
             r.take(4, "crc")
             out.append(_varint(len(body)) + body + zlib.crc32(body).to_bytes(4, "little"))
@@ -66,9 +71,37 @@ def _refresh(blob: bytes) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
+def _mutate_metadata(rng: random.Random, blob: bytes) -> bytes:
+    """Inflate the metadata (names, and in version 3 every tensor's dtype, shape, encoding and
+    constant value), change 1-4 bytes of it, deflate it again: the parser behind the DEFLATE
+    stream is reached, which raw byte mutations of the compressed stream rarely do."""
+    from deepshrink.codec.container import META_DICT, _Reader, _varint
+
+    r = _Reader(memoryview(blob[:-4]), "f")
+    head = bytes(r.take(7, "h"))
+    n = r.varint("n", 1 << 40)
+    r.varint("m", 1 << 40)
+    kw = {"zdict": META_DICT} if blob[4] >= 3 else {}
+    meta = bytearray(zlib.decompressobj(-15, **kw).decompress(bytes(r.take(r.varint("z", 1 << 40), "meta"))))
+    for _ in range(rng.randint(1, 4)):
+        i = rng.randrange(len(meta) + 1)
+        kind = rng.choice(["flip", "insert", "delete"])
+        if kind == "flip" and i < len(meta):
+            meta[i] ^= 1 << rng.randrange(8)
+        elif kind == "insert":
+            meta[i:i] = bytes([rng.randrange(256)])
+        else:
+            del meta[i:i + 1]
+    z = zlib.compressobj(9, zlib.DEFLATED, -15, **kw)
+    mz = z.compress(bytes(meta)) + z.flush()
+    return head + _varint(n) + _varint(len(meta)) + _varint(len(mz)) + mz + blob[r.pos:]
+
+
 def _mutate(rng: random.Random, blob: bytes) -> tuple[str, bytes]:
     b = bytearray(blob)
-    op = rng.choice(["truncate", "flip", "bytes", "insert", "delete"])
+    op = rng.choice(["truncate", "flip", "bytes", "insert", "delete", "metadata"])
+    if op == "metadata":
+        return op, _mutate_metadata(rng, blob)
     if op == "truncate":
         return op, bytes(b[: rng.randrange(len(b))])
     for _ in range(rng.randint(1, 4)):

@@ -21,7 +21,7 @@ def test_constant_tensors_round_trip_bit_exactly() -> None:
         "i": np.full((40,), -3, np.int64), "b": np.ones((9,), bool), "h": np.full((33,), 2.5, np.float16),
         "mixed": np.array([1.0, 2.0] * 20, np.float32),
     }
-    blob, infos = container.encode(tensors)
+    blob, infos = container.encode(tensors, version=2)
     assert blob[4] == 2  # version 2: a constant record is inside
     out = container.decode(blob)
     for name, a in tensors.items():
@@ -35,13 +35,13 @@ def test_constant_tensors_round_trip_bit_exactly() -> None:
     assert sizes["big"] == 1 + 4 + 2 + 4 + 4
     assert sizes["i"] == 1 + 3 + 2 + 1 + 4  # int64 -3 stored as int8
     # the one-value codebook it replaces: 23 bytes for 64 ones (a 1-bit code per element)
-    _, forced = container.encode({"ones": tensors["ones"]}, force={"ones": "dense"})
+    _, forced = container.encode({"ones": tensors["ones"]}, force={"ones": "dense"}, version=2)
     assert forced[0].nbytes == 23 and sizes["ones"] == 12
 
 
 def test_files_without_constants_stay_version_1() -> None:
     assert SAMPLE[4] == 1
-    blob, _ = container.encode({"x": np.ones(64, np.float32)}, force={"x": "dense"})
+    blob, _ = container.encode({"x": np.ones(64, np.float32)}, force={"x": "dense"}, version=2)
     assert blob[4] == 1 and container.decode(blob).tensors["x"].sum() == 64
 
 
@@ -66,7 +66,7 @@ def test_forged_constant_records(body: bytes, version: int, message: str) -> Non
 
 def test_every_truncation_and_bit_flip_of_a_version_2_file_is_rejected() -> None:
     blob, _ = container.encode({"c": np.ones(32, np.float32), "w": np.arange(6, dtype=np.float32)},
-                               source_kind="torch", source=b"pkg.mod:f")
+                               source_kind="torch", source=b"pkg.mod:f", version=2)
     assert blob[4] == 2
     for n in range(len(blob)):
         with pytest.raises(InputError):

@@ -113,10 +113,10 @@ def test_pack_with_fold_distill_and_layer_bits(tmp_path) -> None:
     assert clusters["fc.bias"] == 3
     st = res.tensors
     assert np.all(st["b1.weight"] == 1) and np.all(st["b2.running_var"] == 1) and np.all(st["b1.running_mean"] == 0)
-    # the folded norms' constants are constant records (.dsz version 2)
+    # the folded norms' constants are constant tensors (.dsz version 3: value in the metadata, no record)
     rec = {r.name: r for r in res.records}
     assert {rec[f"b{i}.{t}"].encoding for i in (1, 2) for t in ("weight", "running_mean", "running_var")} == {"constant"}
-    assert out.read_bytes()[4] == 2
+    assert out.read_bytes()[4] == 3 and {rec[f"b{i}.weight"].nbytes for i in (1, 2)} == {0}
     assert tensors_equal(unpack(out).tensors, res.tensors)
     # the input model is not modified
     assert torch.equal(m.b1.running_var, _net().b1.running_var)

@@ -23,7 +23,7 @@ def _sample() -> bytes:
     blob, infos = container.encode({
         "fc.weight": sparse.reshape(20, 30), "fc.bias": cb[rng.integers(0, 8, 20)],
         "raw": rng.normal(size=5).astype(np.float32), "n": np.array(7, np.int64),
-    }, source_kind="torch", source=b"pkg.mod:factory")
+    }, source_kind="torch", source=b"pkg.mod:factory", version=2)  # the version-1 layout (test_v3_layout.py: 3)
     assert [i.encoding for i in infos] == ["sparse", "dense", "raw", "raw"]
     return blob
 

@@ -150,7 +150,8 @@ def _print_records(res: Any) -> None:
         s = stats.get(r.name)
         t.add_row(r.name, "x".join(map(str, r.shape)) or "scalar", r.encoding,
                   f"{s.nonzero / max(s.numel, 1):.1%}" if s else "", str(r.codebook_size or ""),
-                  str(r.gap_bits or ""), f"{r.nbytes:,}")
+                  str(r.gap_bits or ""),
+                  "(metadata)" if r.encoding == "constant" and not r.nbytes else f"{r.nbytes:,}")
     console.print(t)
     if len(res.records) > 40:
         console.print(f"  ... {len(res.records) - 40} more tensors")

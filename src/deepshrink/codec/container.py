@@ -1,6 +1,8 @@
 """The ``.dsz`` container: tensors stored as raw bytes, dense codebook indices, sparse
 codebook indices with relative position gaps, entropy-coded with canonical Huffman codes,
-or (version 2) one constant value.
+or (version 2) one constant value. Version 3 (written by default) moves each tensor's
+dtype, shape and encoding — and a constant tensor's value — into the deflated metadata
+block, so records hold only payloads.
 
 The byte layout is documented in ``docs/FORMAT.md``; this module is its only reader and
 writer. Encoding is lossless *by bit pattern*: a tensor's distinct bit patterns become its
@@ -28,13 +30,20 @@ from ..errors import InputError
 from . import huffman
 
 MAGIC = b"\x89DSZ"
-VERSION = 2  # written when a record uses the constant encoding; otherwise files say 1
-READS = (1, 2)
+VERSION = 3  # written by default; version=2 writes the version-1/2 layout (1 when nothing is constant)
+READS = (1, 2, 3)
 MAX_CODEBOOK = 256  # codebook encodings hold at most 2^8 distinct values (8-bit indices)
 MAX_GAP_BITS = 8
 MAX_NDIM = 8
 MAX_RATIO = 1024  # decoded bytes per file byte a reader accepts (plus 16 MiB)
 MAX_SOURCE_RAW = 1 << 30  # 1 GiB: largest decompressed metadata (model description + names) accepted
+# version 3: the metadata is deflated with this preset dictionary (docs/FORMAT.md spells it out):
+# words of common PyTorch / Hugging Face state-dict names, most frequent last (shortest match distance)
+META_DICT = (b"features.classifier.downsample.layer1.layer2.layer3.layer4.conv1.conv2.conv3.bn1.bn2.bn3.head.stem."
+             b"blocks.norm1.norm2.attn.qkv.proj.mlp.fc1.fc2.embeddings.word_embeddings.position_embeddings."
+             b"token_type_embeddings.LayerNorm.encoder.layer.attention.self.query.key.value.output.dense."
+             b"intermediate.pooler.decoder.lm_head.block.conv.norm.bn.fc.num_batches_tracked.running_var."
+             b"running_mean.bias.weight")
 
 SourceKind = Literal["tensors", "torch", "onnx"]
 Entropy = Literal["huffman", "fixed"]
@@ -186,8 +195,12 @@ def _sparse_entries(nz: np.ndarray, sym: np.ndarray, numel: int, k: int, w: int)
     return g_out, s_out
 
 
-def _encode_record(name: str, arr: np.ndarray, *, entropy: Entropy, gap_bits: int | None,
-                   force: str | None) -> tuple[bytes, RecordInfo]:
+def _encode_tensor(name: str, arr: np.ndarray, *, entropy: Entropy, gap_bits: int | None,
+                   force: str | None, version: int) -> tuple[bytes, bytes, RecordInfo]:
+    """(head: dtype, ndim, dims, encoding, storage dtype; the encoding's fields; its info
+    with ``nbytes`` 0 — the caller frames it). In version 3 a constant tensor is always
+    stored as its value (it needs no record); before, a one-element tensor stays raw (a tie)
+    so that files without other constants remain readable by version-1 readers."""
     dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
     code = _CODES.get(np.dtype(dtype))
     if code is None:
@@ -240,35 +253,40 @@ def _encode_record(name: str, arr: np.ndarray, *, entropy: Entropy, gap_bits: in
             raise InputError(f"tensor {name!r}: encoding {force!r} is not possible for it "
                              f"(possible: {', '.join(candidates)})")
         choice = force
+    elif version >= 3 and "constant" in candidates:
+        choice = "constant"
     else:
         choice = min(candidates, key=lambda c: candidates[c][0])
     info: dict[str, int] = {}
     if choice == "raw":
         store = candidates["raw"][1]
-        body = head + bytes([0, store]) + arr.reshape(-1).astype(_DTYPES[store]).tobytes()  # type: ignore[index]
+        tag, fields = bytes([0, store]), arr.reshape(-1).astype(_DTYPES[store]).tobytes()  # type: ignore[index]
     elif choice == "constant":
         cb, cb_store = candidates["constant"][1]  # type: ignore[misc]
-        body = head + bytes([3, cb_store]) + cb
+        tag, fields = bytes([3, cb_store]), cb
     elif choice == "dense":
         vals, inv, lens, cb, cb_store = candidates["dense"][1]  # type: ignore[misc]
         payload = huffman.encode(inv, lens)
-        body = (head + bytes([1, cb_store]) + _varint(len(vals)) + cb + huffman.table_bytes(lens)
-                + _varint(len(payload)) + payload)
+        tag = bytes([1, cb_store])
+        fields = _varint(len(vals)) + cb + huffman.table_bytes(lens) + _varint(len(payload)) + payload
         info = {"codebook_size": len(vals)}
     else:
         k, cb, cb_store, w, g, s, lg, ls = candidates["sparse"][1]  # type: ignore[misc]
         pg, ps = huffman.encode(g, lg), huffman.encode(s, ls)
-        body = (head + bytes([2, cb_store]) + _varint(k) + cb + bytes([w]) + _varint(len(g))
-                + huffman.table_bytes(ls) + huffman.table_bytes(lg)
-                + _varint(len(ps)) + ps + _varint(len(pg)) + pg)
+        tag = bytes([2, cb_store])
+        fields = (_varint(k) + cb + bytes([w]) + _varint(len(g)) + huffman.table_bytes(ls) + huffman.table_bytes(lg)
+                  + _varint(len(ps)) + ps + _varint(len(pg)) + pg)
         info = {"codebook_size": k, "gap_bits": w, "entries": len(g)}
-    record = _varint(len(body)) + body + zlib.crc32(body).to_bytes(4, "little")
-    return record, RecordInfo(name, str(np.dtype(dtype)), tuple(arr.shape), choice, len(record), **info)
+    return head + tag, fields, RecordInfo(name, str(np.dtype(dtype)), tuple(arr.shape), choice, 0, **info)
+
+
+def _frame(body: bytes) -> bytes:
+    return _varint(len(body)) + body + zlib.crc32(body).to_bytes(4, "little")
 
 
 def encode(tensors: Mapping[str, np.ndarray], *, source_kind: SourceKind = "tensors", source: bytes = b"",
            entropy: Entropy = "huffman", gap_bits: int | None = None,
-           force: Mapping[str, str] | None = None) -> tuple[bytes, list[RecordInfo]]:
+           force: Mapping[str, str] | None = None, version: int = VERSION) -> tuple[bytes, list[RecordInfo]]:
     """Serialise ``tensors`` (name → numpy array) into ``.dsz`` bytes.
 
     Per tensor the smallest of raw / dense codebook / sparse codebook / constant is written (or
@@ -276,24 +294,40 @@ def encode(tensors: Mapping[str, np.ndarray], *, source_kind: SourceKind = "tens
     codes (the "quantized, not entropy-coded" stage). ``gap_bits`` fixes the sparse gap
     width (1–8 bits; default: the best per tensor). ``source`` is the factory string
     (``"torch"``) or the weight-stripped ONNX graph (``"onnx"``); it is deflated together
-    with the tensor names into the metadata block.
-    Raises :class:`InputError` for an unsupported dtype or an impossible forced encoding.
+    with the tensor names (version 3: and each tensor's dtype, shape, encoding and constant
+    value) into the metadata block. ``version``: 3 (default), or 2 for the older layout that
+    version-1/2 readers read (written as version 1 when no tensor is constant). A constant
+    tensor's ``RecordInfo.nbytes`` is 0 in version 3: it lives in the metadata block.
+    Raises :class:`InputError` for an unsupported dtype, an impossible forced encoding or
+    an unknown version.
     """
     if source_kind not in _KINDS:
         raise InputError(f"unknown source kind {source_kind!r}; use {', '.join(_KINDS)}")
     if gap_bits is not None and not 1 <= gap_bits <= MAX_GAP_BITS:
         raise InputError(f"gap_bits {gap_bits}: use 1..{MAX_GAP_BITS}")
-    meta = _varint(len(source)) + source + b"".join(_varint(len(n)) + n for n in (k.encode("utf-8") for k in tensors))
-    packed = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: the file's CRC32 guards it
-    meta_z = packed.compress(meta) + packed.flush()
-    out = []
-    infos = []
+    if version not in (2, 3):
+        raise InputError(f"version {version}: write 3, or 2 for version-1/2 readers")
+    entries, out, infos = [], [], []
     for name, arr in tensors.items():
-        rec, info = _encode_record(name, np.asarray(arr), entropy=entropy, gap_bits=gap_bits,
-                                   force=(force or {}).get(name))
+        head, fields, info = _encode_tensor(name, np.asarray(arr), entropy=entropy, gap_bits=gap_bits,
+                                            force=(force or {}).get(name), version=version)
+        key = _varint(len(name.encode("utf-8"))) + name.encode("utf-8")
+        if version == 3:
+            constant = info.encoding == "constant"
+            entries.append(key + head + (fields if constant else b""))
+            rec = b"" if constant else _frame(fields)
+        else:
+            entries.append(key)
+            rec = _frame(head + fields)
         out.append(rec)
-        infos.append(info)
-    version = VERSION if any(i.encoding == "constant" for i in infos) else 1  # version-1 readers read the rest
+        infos.append(RecordInfo(**{**info.__dict__, "nbytes": len(rec)}))
+    if version == 2:  # version-1 readers read a file without constants
+        version = 2 if any(i.encoding == "constant" for i in infos) else 1
+    meta = _varint(len(source)) + source + b"".join(entries)
+    # raw deflate (the file's CRC32 guards it); version 3 with the preset dictionary of common names
+    packed = (zlib.compressobj(9, zlib.DEFLATED, -15, zdict=META_DICT) if version == 3
+              else zlib.compressobj(9, zlib.DEFLATED, -15))
+    meta_z = packed.compress(meta) + packed.flush()
     blob = b"".join([MAGIC, bytes([version, 0, _KINDS[source_kind]]), _varint(len(tensors)), _varint(len(meta)),
                      _varint(len(meta_z)), meta_z, *out])
     return blob + zlib.crc32(blob).to_bytes(4, "little"), infos
@@ -306,9 +340,18 @@ def _table(r: _Reader, alphabet: int, what: str) -> np.ndarray:
     return lens
 
 
-def _decode_record(body: memoryview, name: str, where: str, budget: int,
-                   version: int = VERSION) -> tuple[np.ndarray, RecordInfo]:
-    r = _Reader(body, where)
+@dataclass(frozen=True)
+class _Head:
+    code: int
+    shape: tuple[int, ...]
+    numel: int
+    enc: int
+    store: int
+
+
+def _parse_head(r: _Reader, where: str, budget: int, version: int) -> _Head:
+    """dtype, ndim, dims, encoding, storage dtype — checked, and the shape bounded by
+    ``budget`` (bytes the reader still allows) before anything is allocated."""
     code = r.u8("dtype")
     if code not in _DTYPES:
         raise InputError(f"{where}: unknown dtype code {code}")
@@ -322,22 +365,29 @@ def _decode_record(body: memoryview, name: str, where: str, budget: int,
         raise InputError(f"{where}: shape {list(shape)} would decode to {numel * dtype.itemsize:,} bytes, over the "
                          f"{budget:,} bytes left for this file (max_ratio)")
     enc = r.u8("encoding")
+    if enc > 3 or (enc == 3 and version < 2):
+        raise InputError(f"{where}: unknown encoding {enc}")
     store = r.u8("storage dtype")
     if store != code and store not in _NARROWER.get(code, ()):
         raise InputError(f"{where}: storage dtype code {store} cannot hold a {dtype} tensor")
-    sdt = _DTYPES[store]
+    return _Head(code, shape, numel, enc, store)
+
+
+def _decode_fields(r: _Reader, h: _Head, name: str, where: str) -> tuple[np.ndarray, RecordInfo]:
+    """The encoding's fields (the rest of ``r``: nothing may follow them) into the tensor."""
+    dtype, sdt, numel, shape = _DTYPES[h.code], _DTYPES[h.store], h.numel, h.shape
     info: dict[str, int] = {}
-    if enc == 0:  # raw
+    if h.enc == 0:  # raw
         if numel * sdt.itemsize != r.remaining():
             raise InputError(f"{where}: raw payload is {r.remaining()} bytes, shape {shape} needs "
                              f"{numel * sdt.itemsize}")
         arr = np.frombuffer(r.take(r.remaining(), "payload"), dtype=sdt).astype(dtype)
-    elif enc in (1, 2):
+    elif h.enc in (1, 2):
         k = r.varint("codebook size", MAX_CODEBOOK)
-        if enc == 1 and k == 0 and numel:
+        if h.enc == 1 and k == 0 and numel:
             raise InputError(f"{where}: empty codebook for a non-empty tensor")
         cb = np.frombuffer(r.take(k * sdt.itemsize, "codebook"), dtype=sdt).astype(dtype)
-        if enc == 1:
+        if h.enc == 1:
             lens = _table(r, k, "index")
             payload = r.take(r.varint("payload length", r.remaining()), "index payload")
             idx = huffman.decode(payload, lens, numel, what=f"{where} indices")
@@ -362,17 +412,21 @@ def _decode_record(body: memoryview, name: str, where: str, budget: int,
             arr = np.zeros(numel, dtype=dtype)
             arr[pos] = np.concatenate([cb, np.zeros(1, dtype=dtype)])[syms]
             info = {"codebook_size": k, "gap_bits": w, "entries": n_entries}
-    elif enc == 3 and version >= 2:  # constant
+    else:  # constant (checked by _parse_head: version >= 2)
         if numel == 0:
             raise InputError(f"{where}: constant encoding for an empty tensor")
         value = np.frombuffer(r.take(sdt.itemsize, "constant value"), dtype=sdt).astype(dtype)
         arr = np.full(numel, value[0], dtype=dtype)
-    else:
-        raise InputError(f"{where}: unknown encoding {enc}")
     if r.remaining():
         raise InputError(f"{where}: {r.remaining()} unexpected bytes after the payload")
-    arr = arr.reshape(shape)
-    return arr, RecordInfo(name, str(dtype), shape, ENCODINGS[enc], 0, **info)
+    return arr.reshape(shape), RecordInfo(name, str(dtype), shape, ENCODINGS[h.enc], 0, **info)
+
+
+def _decode_record(body: memoryview, name: str, where: str, budget: int,
+                   version: int = VERSION) -> tuple[np.ndarray, RecordInfo]:
+    """A version-1/2 record body: head, then the encoding's fields."""
+    r = _Reader(body, where)
+    return _decode_fields(r, _parse_head(r, where, budget, version), name, where)
 
 
 def decode(data: bytes | bytearray | memoryview, *, what: str = "file", max_ratio: int = MAX_RATIO) -> Container:
@@ -399,12 +453,13 @@ def decode(data: bytes | bytearray | memoryview, *, what: str = "file", max_rati
     kinds = {v: k for k, v in _KINDS.items()}
     if kind_code not in kinds:
         raise InputError(f"{what}: unknown source kind {kind_code}")
-    n = r.varint("record count", r.remaining() // 6)
+    # v1/2: every tensor is a record of at least 6 bytes; v3: at least 5 bytes of metadata (inflated)
+    n = r.varint("record count", r.remaining() // 6 if version < 3 else MAX_SOURCE_RAW // 5)
     raw_len = r.varint("metadata length", MAX_SOURCE_RAW)
     meta_z = r.take(r.varint("compressed metadata length", r.remaining()), "metadata")
     if raw_len > 1100 * len(meta_z) + 64:  # beyond deflate's largest ratio (about 1032:1)
         raise InputError(f"{what}: metadata length {raw_len} is impossible for {len(meta_z)} compressed bytes")
-    d = zlib.decompressobj(-15)
+    d = zlib.decompressobj(-15, zdict=META_DICT) if version >= 3 else zlib.decompressobj(-15)
     try:
         meta = d.decompress(bytes(meta_z), raw_len + 1)
     except zlib.error as exc:
@@ -413,12 +468,19 @@ def decode(data: bytes | bytearray | memoryview, *, what: str = "file", max_rati
         raise InputError(f"{what}: metadata decompresses to the wrong length")
     m = _Reader(memoryview(meta), f"{what}: metadata")
     source = bytes(m.take(m.varint("source length", m.remaining()), "source"))
-    names = []
+    names, heads, consts = [], [], {}
     for i in range(n):
         try:
             names.append(bytes(m.take(m.varint(f"name {i} length", m.remaining()), f"name {i}")).decode("utf-8"))
         except UnicodeDecodeError:
             raise InputError(f"{what}: tensor name {i} is not UTF-8") from None
+        if version >= 3:  # the tensor's head (and a constant's value) follows its name
+            where = f"{what}: tensor {i} ({names[-1]!r})"
+            h = _parse_head(m, where, budget, version)
+            budget -= h.numel * _DTYPES[h.code].itemsize  # every shape bounded before anything is allocated
+            heads.append(h)
+            if h.enc == 3:
+                consts[i] = _Reader(m.take(_DTYPES[h.store].itemsize, f"tensor {i} constant value"), where)
     if m.remaining():
         raise InputError(f"{what}: {m.remaining()} unexpected bytes after the tensor names")
     if len(set(names)) != len(names):
@@ -426,12 +488,21 @@ def decode(data: bytes | bytearray | memoryview, *, what: str = "file", max_rati
     out = Container(kinds[kind_code], source)  # type: ignore[arg-type]
     for i, name in enumerate(names):
         start = r.pos
+        if i in consts:
+            arr, info = _decode_fields(consts[i], heads[i], name, f"{what}: tensor {i} ({name!r})")
+            out.tensors[name] = arr
+            out.records.append(info)
+            continue
         body = r.take(r.varint(f"record {i} length", r.remaining()), f"record {i}")
         crc = int.from_bytes(r.take(4, f"record {i} CRC32"), "little")
         if zlib.crc32(body) != crc:
             raise InputError(f"{what}: record {i} ({name!r}) fails its CRC32")
-        arr, info = _decode_record(body, name, f"{what}: record {i} ({name!r})", budget, version)
-        budget -= arr.nbytes
+        where = f"{what}: record {i} ({name!r})"
+        if version >= 3:
+            arr, info = _decode_fields(_Reader(body, where), heads[i], name, where)
+        else:
+            arr, info = _decode_record(body, name, where, budget, version)
+            budget -= arr.nbytes
         out.tensors[name] = arr
         out.records.append(RecordInfo(**{**info.__dict__, "nbytes": r.pos - start}))
     if r.remaining():
@@ -444,13 +515,15 @@ def _first_bad_record(buf: memoryview, what: str) -> str:
     try:
         r = _Reader(buf[:-4], what)
         r.take(7, "head")
-        n = r.varint("count", r.remaining())
+        r.varint("count", 1 << 62)  # version 3: constant tensors have no record, so read records to the end
         r.varint("raw", 1 << 62)
         r.take(r.varint("metadata length", r.remaining()), "metadata")
-        for i in range(n):
+        i = 0
+        while r.remaining():
             body = r.take(r.varint("len", r.remaining()), "body")
             if zlib.crc32(body) != int.from_bytes(r.take(4, "crc"), "little"):
-                return f" (record {i} fails its own CRC32)"
+                return f" (record {i} fails its own CRC32)" if buf[4] < 3 else f" (stored record {i} fails its CRC32)"
+            i += 1
     except InputError:
         return " (the header or a record length is damaged)"
     return ""
