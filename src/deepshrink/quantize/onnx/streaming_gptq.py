@@ -78,16 +78,6 @@ def _subgraph_reads(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def _tensor_bytes(t: onnx.TensorProto) -> int:
-    count = 1
-    for d in t.dims:
-        count *= int(d)
-    try:
-        return count * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    except (KeyError, TypeError, ValueError):
-        return count
-
-
 def _reads(node: onnx.NodeProto) -> list[str]:
     """Every tensor name a node reads: its inputs and the names its subgraphs use."""
     return [i for i in node.input if i] + _subgraph_reads(node)
@@ -98,10 +88,10 @@ def plan_segments(graph: onnx.GraphProto, layers: Iterable[str]) -> list[Segment
 
     ``layers``: the names of the selected ``MatMul`` nodes; every segment but the last ends after
     at least one of them, and a cut lies between the first and the last of them. Initializers and
-    graph inputs do not count as live (they are at hand for every segment). The cuts are the
-    positions where at most ``floor`` activations are live, ``floor`` the smallest count that
-    leaves no segment with more than 1/16 of the weight bytes (or twice the largest selected
-    weight); for a transformer that is the residual stream plus what every block reads. Raises
+    graph inputs do not count as live (they are at hand for every segment), nor does a tensor live
+    across more than half of the cut positions between the first and last selected layer (it is
+    carried along). The cuts are where the fewest of the rest are live, once a segment holds a
+    selected layer; in a transformer, the residual stream between attention and MLP halves. Raises
     :class:`InputError` when a node reads a tensor no earlier node computes (the nodes are not in
     topological order)."""
     nodes = list(graph.node)
@@ -125,50 +115,34 @@ def plan_segments(graph: onnx.GraphProto, layers: Iterable[str]) -> list[Segment
     for o in graph.output:
         if o.name in produced_at:
             last_read[o.name] = n
-    # live[p]: activations computed before node p and read by node p or later (p = the cut before node p)
-    delta = [0] * (n + 2)
-    for name, at in produced_at.items():
-        end = last_read.get(name, at)
-        if end > at:
-            delta[at + 1] += 1
-            delta[end + 1] -= 1
-    live, run = [], 0
-    for p in range(n + 1):
-        run += delta[p]
-        live.append(run)
     at_layer = [i for i, nd in enumerate(nodes) if nd.name in layers]
-    sizes = {t.name: _tensor_bytes(t) for t in graph.initializer}
-    node_bytes = [sum(sizes.get(r, 0) for r in dict.fromkeys(_reads(nd))) for nd in nodes]
-
-    def greedy(floor: int) -> list[int]:
+    cuts = [0, n]
+    if at_layer:
+        first, last = at_layer[0] + 1, at_layer[-1] + 1  # the cuts with a selected layer on both sides
+        span = {name: (at + 1, last_read.get(name, at)) for name, at in produced_at.items()}
+        # A tensor live across most of the region (an attention mask every block reads, position ids) is
+        # carried from segment to segment like a graph input and not counted: otherwise the fewest live
+        # tensors would only be found after its last reader, inside the last block.
+        carried = {name for name, (lo, hi) in span.items()
+                   if min(hi, last - 1) - max(lo, first) + 1 > (last - first) // 2}
+        # live[p]: the other activations computed before node p and read by node p or later
+        delta = [0] * (n + 2)
+        for name, (lo, hi) in span.items():
+            if hi >= lo and name not in carried:
+                delta[lo] += 1
+                delta[hi + 1] -= 1
+        live, run = [], 0
+        for p in range(n + 1):
+            run += delta[p]
+            live.append(run)
+        floor = min((live[p] for p in range(first, last)), default=0)
         cuts, seen = [0], False
-        for p in range(at_layer[0] + 1, at_layer[-1] + 1):  # a selected layer on both sides
+        for p in range(first, last):
             seen = seen or nodes[p - 1].name in layers
             if seen and live[p] <= floor:
                 cuts.append(p)
                 seen = False
-        return [*cuts, n]
-
-    def largest(cuts: list[int]) -> int:
-        return max(sum(node_bytes[a:b]) for a, b in zip(cuts, cuts[1:], strict=False))
-
-    cuts = [0, n]
-    if at_layer:
-        # The fewest live activations is not one number for the whole graph: a tensor every block reads
-        # (an attention mask) is live between all blocks but the last. So the floor rises from the global
-        # minimum until no segment holds more than a sixteenth of the weights (or twice the largest
-        # layer's), or, failing that, until segments stop shrinking.
-        limit = max(sum(sizes.values()) // 16, 2 * max(sizes.get(nodes[i].input[1], 0) for i in at_layer))
-        best = None
-        for floor in sorted({live[p] for p in range(at_layer[0] + 1, at_layer[-1] + 1)})[:8]:
-            trial = greedy(floor)
-            size = largest(trial)
-            if best is None or size < best[0]:
-                best = (size, trial)
-            if size <= limit:
-                break
-        if best is not None:
-            cuts = best[1]
+        cuts.append(n)
     segs = []
     for a, b in zip(cuts, cuts[1:], strict=False):
         inside = {o for nd in nodes[a:b] for o in nd.output if o}
@@ -294,6 +268,7 @@ class _Driver:
         so.log_severity_level = 4
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.disable_prepacking", "1")  # one copy of each weight
+        so.enable_cpu_mem_arena = False  # the activations are freed with the session, not kept in an arena
         if ext_names:
             so.add_external_initializers(ext_names, ext_values)
         try:
@@ -417,8 +392,8 @@ def stream_gptq(src: str | os.PathLike[str], out: str | os.PathLike[str], calibr
     :func:`deepshrink.quantize.weight_only.gptq_quantize_weight`'s; ``threads``: ONNX Runtime's
     intra-op threads (default: torch's thread count, which follows ``OMP_NUM_THREADS``).
     ``on_segment(done, total)`` is called after each segment. The report's ``extra`` holds the
-    segment count, the largest segment's weight bytes, the calibration size and the mean output
-    errors of GPTQ and round-to-nearest; each layer's record its own. Raises :class:`InputError` for
+    segment count, the largest segment's weight bytes, the calibration size, the mean output
+    errors of GPTQ and round-to-nearest and each layer's (``layer_errors``: [layer, GPTQ, RTN]). Raises :class:`InputError` for
     a bad file or bad calibration data (empty, missing inputs, not running), and what the RTN
     path raises; nothing is written on error."""
     import torch
@@ -445,6 +420,7 @@ def stream_gptq(src: str | os.PathLike[str], out: str | os.PathLike[str], calibr
         if rep.layers:
             rep.extra["err_gptq_mean"] = float(np.mean([r["err_gptq"] for r in rep.layers]))
             rep.extra["err_rtn_mean"] = float(np.mean([r["err_rtn"] for r in rep.layers]))
+            rep.extra["layer_errors"] = [[r["layer"], r["err_gptq"], r["err_rtn"]] for r in rep.layers]
         if before_commit is not None:
             before_commit(rep)
 
