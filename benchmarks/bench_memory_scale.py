@@ -1,5 +1,6 @@
 """Memory at scale (issue 17): int4 weight-only quantization of a decoder-only transformer larger
-than a comfortable share of memory, streamed tensor by tensor, and GPTQ with layer-by-layer calibration.
+than a comfortable share of memory, streamed tensor by tensor (RTN) or segment by segment (GPTQ with
+layer-by-layer calibration).
 
 Every measured step runs in a fresh child process; its peak RSS is the child's ``ru_maxrss``
 (``os.wait4``), its time the wall clock around it. Steps:
@@ -136,7 +137,6 @@ def _size(spec: str) -> tuple[int, int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--child", nargs="+")
     ap.add_argument("--work", default="/tmp/deepshrink-memscale")
     ap.add_argument("--big", default="2048,26,50304", help="d_model,layers,vocab of the streamed model")
     ap.add_argument("--small", default="1024,8,32000", help="d_model,layers,vocab for the path comparison")
@@ -224,7 +224,7 @@ quantized), against round-to-nearest with the same groups on the same inputs:
 """
     print(body)
     if not a.no_write:
-        write_result("memory_scale", "Memory at scale: streamed int4 weight-only quantization (issue 17)",
+        write_result("memory_scale", "Memory at scale: streamed int4 weight-only quantization, RTN and GPTQ (issue 17)",
                      this_command(), body)
 
 

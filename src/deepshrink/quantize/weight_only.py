@@ -128,21 +128,29 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int 
         raise InputError(f"{name}: Hessian shape {tuple(hessian.shape)} does not match input dimension {k}")
     if dtype not in (torch.float32, torch.float64):
         raise InputError(f"{name}: GPTQ works in float32 or float64, not {dtype}")
-    w = weight.detach().to(dtype).clone()
-    h = hessian.detach().to(dtype).clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
+    # One working copy of each: the permutation makes it (act_order), else a clone; the inputs stay as given.
+    src_w, src_h = weight.detach().to(dtype), hessian.detach().to(dtype)
+    diag = torch.diag(src_h).clone()
+    dead = diag == 0  # inputs that were always zero: their columns are zeroed, their Hessian diagonal set to 1
+    diag[dead] = 1.0
     block = max(g, (block_size // g) * g) if g <= block_size else g
     qmax = 2**bits - 1
     codes = torch.zeros(n, k, dtype=torch.uint8)
     scales = torch.zeros(n, k // g, dtype=dtype)
     zeros = torch.zeros(n, k // g, dtype=dtype)
-    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(k)
+    perm = torch.argsort(diag, descending=True, stable=True) if act_order else torch.arange(k)
     if act_order:
         for j in range(k // g):  # static groups: grids from the original weights, fixed before any update
-            scales[:, j], zeros[:, j] = _group_params(w[:, j * g:(j + 1) * g], bits, symmetric)
-        w, h = w[:, perm], h[perm][:, perm]
+            wg = src_w[:, j * g:(j + 1) * g].clone()
+            wg[:, dead[j * g:(j + 1) * g]] = 0.0
+            scales[:, j], zeros[:, j] = _group_params(wg, bits, symmetric)
+        w, h = src_w[:, perm], src_h[perm][:, perm]
+    else:
+        w, h = src_w.clone(), src_h.clone()
+    del src_w, src_h
+    dead = dead[perm]
+    w[:, dead] = 0.0
+    h[dead, dead] = 1.0
     hinv = _inverse_cholesky(h, damp, name)
     del h
     for i1 in range(0, k, block):

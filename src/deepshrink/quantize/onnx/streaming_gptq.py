@@ -164,6 +164,20 @@ def _needed(nodes: Sequence[onnx.NodeProto], wanted: Iterable[str]) -> list[onnx
     return keep[::-1]
 
 
+def _trim() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``) between segments: each segment frees
+    hundreds of MB of weights and Hessians in pieces glibc would otherwise keep, and the next segment's
+    pieces rarely fit the holes. A no-op where the C library has no ``malloc_trim``."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class _Driver:
     """Runs the segments in order and hands the writer each selected weight's codes when it asks."""
 
@@ -323,6 +337,7 @@ class _Driver:
             x = xs[srcs[0]] if len(srcs) == 1 else np.concatenate([xs[t] for t in srcs])
             self.ready[w] = self._quantize(w, x, gptq_quantize_weight, rtn_quantize_weight, torch)
             del x
+            _trim()
             if self.weight_uses.get(w, 0) > sum(1 for nm in seg.layers if by_name[nm].input[1] == w):
                 self.quantized[w] = self.ready[w][:3]  # read again by a later segment
         del xs
@@ -340,6 +355,7 @@ class _Driver:
                 self.acts.update(results)
         for name in [n for n in self.acts if self.last_read.get(n, -1) < seg.stop]:
             del self.acts[name]  # nothing after this segment reads it
+        _trim()
         if self.on_segment is not None:
             self.on_segment(index + 1, len(self.segments))
 
@@ -354,21 +370,21 @@ class _Driver:
         layer = gptq(wt, h, self.bits, self.group_size, damp=self.damp, symmetric=self.symmetric,
                      act_order=self.act_order, name=w, dtype=torch.float32)
         del h
-        ref = rtn(wt, self.bits, self.group_size, symmetric=self.symmetric, name=w)
         zeros = None if self.symmetric else layer.zeros.numpy()
         packed, scales, zpack = ob.pack_matmul_nbits(layer.q.numpy(), layer.scales.numpy(), zeros, self.bits,
                                                      self.group_size)
         err = {"gptq": 0.0, "rtn": 0.0}
         norm = 0.0
-        for j in range(0, n, 4096):  # output channels a slice at a time: a 50k-wide LM head is never doubled
+        for j in range(0, n, 4096):  # output channels a slice at a time: a 50k-wide LM head is never copied whole
             y = xt @ torch.from_numpy(weight[:, j:j + 4096])
             norm += float(y.square().sum())
-            for key, res in (("gptq", layer), ("rtn", ref)):
-                part = type(res)(res.q[j:j + 4096], res.scales[j:j + 4096], res.zeros[j:j + 4096], res.bits,
-                                 res.group_size)
-                err[key] += float((y - xt @ part.dequantize().T).square().sum())
-            del y
-        del ref, layer
+            ref = rtn(wt[j:j + 4096], self.bits, self.group_size, symmetric=self.symmetric, name=w)  # row-wise
+            part = type(layer)(layer.q[j:j + 4096], layer.scales[j:j + 4096], layer.zeros[j:j + 4096], self.bits,
+                               layer.group_size)
+            for key, res in (("gptq", part), ("rtn", ref)):
+                err[key] += float((y - xt @ res.dequantize().T).square().sum())
+            del y, ref, part
+        del layer
         norm = norm or 1.0
         err_gptq, err_rtn = (err["gptq"] / norm) ** 0.5, (err["rtn"] / norm) ** 0.5
         cos = _cosine(weight, packed, scales, zpack if zpack is not None else np.zeros((n, 1), np.uint8), self.bits,
