@@ -163,9 +163,9 @@ _PROBE = textwrap.dedent("""
 
 def test_memory_growth_is_bounded(tmp_path):
     """Peak RSS a streamed GPTQ run adds (fresh process, after a warm-up on a 2-layer model of the same
-    width), against the 38.5 MB model's size: never the whole model."""
+    width), against the 76 MB model's size: never the whole model."""
     src = tmp_path / "m.onnx"
-    write_decoder_onnx(src, d_model=256, layers=12, heads=4, vocab=256)
+    write_decoder_onnx(src, d_model=256, layers=24, heads=4, vocab=256)
     warm = tmp_path / "warm.onnx"
     write_decoder_onnx(warm, d_model=256, layers=2, heads=4, vocab=256)
     size = (tmp_path / "m.onnx.data").stat().st_size
@@ -173,6 +173,7 @@ def test_memory_growth_is_bounded(tmp_path):
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     growth = int(res.stdout.strip().splitlines()[-1])
-    # measured (2 runs): +17.9 and +25.1 MB (0.46–0.65x; one segment's weights, ORT's sessions and the
-    # runs-check loading the 3 MB output); the in-memory GPTQ path (ds.quantize) grew by 1.7 GB on this model
-    assert growth < 0.9 * size, (growth, size)
+    # measured (2 runs): +34.3 and +35.2 MB (0.45x), the same as on the 12-layer, 38.5 MB model (+34.8, +37.6 MB):
+    # a fixed cost (ORT sessions, the runs-check, allocator pages handed back by malloc_trim and touched again),
+    # not a share of the model. The in-memory GPTQ path (ds.quantize) grew by 1.7 GB on the 38.5 MB model.
+    assert growth < 0.6 * size, (growth, size)
