@@ -1,5 +1,6 @@
 """Memory at scale (issue 17): int4 weight-only quantization of a decoder-only transformer larger
-than a comfortable share of memory, streamed tensor by tensor, and GPTQ with layer-by-layer calibration.
+than a comfortable share of memory, streamed tensor by tensor (RTN) or segment by segment (GPTQ with
+layer-by-layer calibration).
 
 Every measured step runs in a fresh child process; its peak RSS is the child's ``ru_maxrss``
 (``os.wait4``), its time the wall clock around it. Steps:
@@ -13,12 +14,13 @@ Every measured step runs in a fresh child process; its peak RSS is the child's `
    working copy and the result in memory), and ``cli-memory`` (the CLI on a model under the
    streaming threshold: it loads the model, quantizes in memory, and the fidelity gate holds the
    float and quantized sessions).
-4. ``gptq``: GPTQ (:func:`deepshrink.quantize.weight_only.gptq_quantize_weight`) block by block as
-   in the paper's LLM runs: the calibration activations enter block *i* after blocks < *i* were
-   quantized; only block *i*'s six weights are read from the external data, each layer's Hessian
-   ``2XᵀX/n`` is collected from its inputs, the block is quantized layer by layer (each layer's
-   inputs recomputed with the block's earlier layers quantized), and the activations advance
-   through the quantized block. Reports the layers' output error ``‖WX − ŴX‖/‖WX‖`` against RTN's.
+4. ``gptq``: ``deepshrink quantize BIG.onnx --scheme int4-weight --method gptq --data calib.npz`` streams
+   too (:mod:`deepshrink.quantize.onnx.streaming_gptq`): the graph is cut into segments where the
+   fewest activations are live, the calibration activations (``--gptq-samples`` × ``--gptq-seq``
+   random token ids) enter each segment after the earlier ones were quantized, and only that
+   segment's weights are read. On the small model the streaming threshold is set to 0
+   (``cli-streamed``) so the same path runs. Reports the layers' output error
+   ``‖XW − XŴ‖/‖XW‖`` against round-to-nearest's on the same calibration inputs.
 
     python benchmarks/bench_memory_scale.py --work /tmp/memscale            # 1.5 B + 167 M models
     python benchmarks/bench_memory_scale.py --work /tmp/ms --big 1024,8,32000 --small 512,4,8192 --no-write
@@ -86,79 +88,32 @@ def child_api_memory(src: str, out: str) -> dict:
     return {}
 
 
-def _read(refs: dict, name: str, what: str):
+def child_cli_streamed(*args: str) -> dict:
+    """The CLI with the streaming threshold at 0, so a model under 1 GiB takes the streamed path too."""
+    import contextlib
+    import io
+
+    from deepshrink.cli import main as cli_main
+    from deepshrink.quantize.onnx import streaming
+
+    streaming.STREAM_MIN_BYTES = 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        cli_main([*args, "--json"])
+    text = out.getvalue().strip()
+    return json.loads(text[text.find("{"):])
+
+
+def child_calibration(path: str, vocab: int, samples: int, seq: int) -> dict:
     import numpy as np
 
-    ref = refs[name]
-    return ref.read_bytes(what).view(np.float32).reshape([int(d) for d in ref.tensor.dims])
-
-
-def child_gptq(src: str, samples: int, seq: int) -> dict:
-    """Block-by-block GPTQ of the decoder (see the module docstring); nothing is written."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from deepshrink.backends.onnx import load_onnx_graph
-    from deepshrink.quantize.weight_only import gptq_quantize_weight, rtn_quantize_weight
-
-    torch.set_num_threads(1)
-    model, ref_list = load_onnx_graph(src)
-    refs = {r.tensor.name: r for r in ref_list}
-    layers = sum(1 for t in model.graph.initializer if t.name.endswith("attn.q_proj.weight"))
-    vocab, d = (int(x) for x in refs["wte"].tensor.dims)
-    heads = max(1, d // 128)
-    rng = np.random.default_rng(0)
-    ids = torch.from_numpy(rng.integers(0, vocab, (samples, seq)))
-    x = torch.from_numpy(_read(refs, "wte", src))[ids].clone()  # (S, T, d); the table is freed below
-    mask = torch.triu(torch.full((seq, seq), -1e9), 1)
-    t0 = time.perf_counter()
-    err_g, err_r, done = [], [], 0
-
-    def ln(v, p):
-        return F.layer_norm(v, (d,), torch.from_numpy(_read(refs, p + ".weight", src)),
-                            torch.from_numpy(_read(refs, p + ".bias", src)))
-
-    def quant(name, inp):
-        """GPTQ the (K, N) ONNX weight ``name`` on inputs ``inp`` (S, T, K); returns the dequantized (K, N)."""
-        nonlocal done
-        w = torch.from_numpy(_read(refs, name, src)).T.contiguous()  # (N, K), the nn.Linear layout
-        xx = inp.reshape(-1, inp.shape[-1]).to(torch.float64)
-        h = (2.0 / len(xx)) * (xx.T @ xx)
-        g = gptq_quantize_weight(w, h.to(torch.float32), 4, 128, symmetric=True, name=name).dequantize()
-        r = rtn_quantize_weight(w, 4, 128, symmetric=True, name=name).dequantize()
-        xf = xx.to(torch.float32)
-        ref = xf @ w.T
-        err_g.append(float((ref - xf @ g.T).norm() / ref.norm()))
-        err_r.append(float((ref - xf @ r.T).norm() / ref.norm()))
-        done += 1
-        return g.T.contiguous()
-
-    def attention(h, wq, wk, wv):
-        s, t, _ = h.shape
-        q, k, v = ((h @ w).reshape(s, t, heads, d // heads).transpose(1, 2) for w in (wq, wk, wv))
-        a = torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5 + mask, -1) @ v
-        return a.transpose(1, 2).reshape(s, t, d)
-
-    with torch.no_grad():
-        for i in range(layers):
-            p = f"h.{i}."
-            h = ln(x, p + "ln_1")
-            wq = quant(p + "attn.q_proj.weight", h)
-            wk = quant(p + "attn.k_proj.weight", h)
-            wv = quant(p + "attn.v_proj.weight", h)
-            a = attention(h, wq, wk, wv)
-            x = x + a @ quant(p + "attn.o_proj.weight", a)
-            h = ln(x, p + "ln_2")
-            m = torch.relu(h @ quant(p + "mlp.fc_in.weight", h))
-            x = x + m @ quant(p + "mlp.fc_out.weight", m)
-        quant("lm_head.weight", ln(x, "ln_f"))
-    return {"layers": done, "seconds": time.perf_counter() - t0, "err_gptq": float(np.mean(err_g)),
-            "err_rtn": float(np.mean(err_r)), "calibration": f"{samples}x{seq} tokens"}
+    ids = np.random.default_rng(0).integers(0, vocab, (samples, seq))
+    np.savez(path, input_ids=ids)
+    return {"samples": samples, "seq": seq}
 
 
 CHILDREN = {"generate": child_generate, "api-stream": child_api_stream, "api-memory": child_api_memory,
-            "gptq": child_gptq}
+            "cli-streamed": child_cli_streamed, "calibration": child_calibration}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,26 +137,30 @@ def _size(spec: str) -> tuple[int, int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--child", nargs="+")
     ap.add_argument("--work", default="/tmp/deepshrink-memscale")
     ap.add_argument("--big", default="2048,26,50304", help="d_model,layers,vocab of the streamed model")
-    ap.add_argument("--small", default="1024,8,32000", help="d_model,layers,vocab for the path comparison and GPTQ")
+    ap.add_argument("--small", default="1024,8,32000", help="d_model,layers,vocab for the path comparison")
     ap.add_argument("--gptq-samples", type=int, default=8)
     ap.add_argument("--gptq-seq", type=int, default=128)
+    ap.add_argument("--sizes", default="small,big", help="which models: small, big or both")
+    ap.add_argument("--steps", default="rtn,gptq", help="rtn (the RTN paths), gptq (the streamed GPTQ CLI) or both")
     ap.add_argument("--keep", action="store_true", help="keep the generated models")
     ap.add_argument("--no-write", action="store_true", help="print the table, do not write results/")
-    a = ap.parse_args()
-    if a.child:
-        mode, *rest = a.child
-        conv = [int(v) if v.lstrip("-").isdigit() else v for v in rest]
+    if sys.argv[1:2] == ["--child"]:  # before argparse: a CLI child's own options start with "-"
+        mode, *rest = sys.argv[2:]
+        conv = rest if mode == "cli-streamed" else [int(v) if v.lstrip("-").isdigit() else v for v in rest]
         print(json.dumps(CHILDREN[mode](*conv)))
         return
+    a = ap.parse_args()
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     figures: dict[str, dict] = {}
+    steps = set(a.steps.split(","))
     for label, spec in (("small", a.small), ("big", a.big)):
+        if label not in a.sizes.split(","):
+            continue
         d, layers, vocab = _size(spec)
         src = work / f"{label}.onnx"
         gen = _child("generate", src, d, layers, vocab)
@@ -210,25 +169,35 @@ def main() -> None:
         rows.append([label, f"d={d}, {layers} layers, vocab {vocab}", f"{figures[label]['params'] / 1e9:.3f} B",
                      _gib(fp32), "generate (write_decoder_onnx)", _gib(gen["rss"]),
                      f"{gen['rss'] / fp32:.3f}", f"{gen['wall']:.0f} s", ""])
-        cli = ("deepshrink quantize --scheme int4-weight" + (" (streams)" if label == "big" else " (in memory)"),
-               ("cli", "quantize", src, "-o", work / f"{label}_cli.onnx", "--scheme", "int4-weight", "--no-bench",
-                "--force"))
-        runs = [cli]
-        if label == "small":
-            runs = [("stream_weight_only_rtn (API)", ("api-stream", src, work / "small_stream.onnx")),
-                    ("ds.quantize + ds.save (API, in memory)", ("api-memory", src, work / "small_mem.onnx")),
-                    cli,
-                    (f"GPTQ layer by layer ({a.gptq_samples}x{a.gptq_seq} tokens)",
-                     ("gptq", src, a.gptq_samples, a.gptq_seq))]
+        calib = work / f"{label}_calib.npz"
+        _child("calibration", calib, vocab, a.gptq_samples, a.gptq_seq)
+        gptq_args = ("quantize", src, "-o", work / f"{label}_gptq.onnx", "--scheme", "int4-weight", "--method", "gptq",
+                     "--data", calib, "--calibration-size", a.gptq_samples, "--no-bench", "--force")
+        runs = []
+        if "rtn" in steps:
+            runs.append(("deepshrink quantize --scheme int4-weight" + (" (streams)" if label == "big" else " (in memory)"),
+                         ("cli", "quantize", src, "-o", work / f"{label}_cli.onnx", "--scheme", "int4-weight",
+                          "--no-bench", "--force")))
+            if label == "small":
+                runs[:0] = [("stream_weight_only_rtn (API)", ("api-stream", src, work / "small_stream.onnx")),
+                            ("ds.quantize + ds.save (API, in memory)", ("api-memory", src, work / "small_mem.onnx"))]
+        if "gptq" in steps:
+            what = f"deepshrink quantize --method gptq ({a.gptq_samples}x{a.gptq_seq} tokens, streams"
+            runs.append((what + (")" if label == "big" else ", threshold set to 0)"),
+                         ("cli" if label == "big" else "cli-streamed", *gptq_args)))
         for what, (mode, *args) in runs:
             r = _cli(*args) if mode == "cli" else _child(mode, *args)
             note = ""
             out = r["out"]
-            if "report" in out and out["report"].get("streamed"):
-                note = f"{out['report']['quantized_layers']} layers, worst weight cosine {out['report']['worst_cosine']:.4f}"
-            elif "err_gptq" in out:
-                note = (f"{out['layers']} layers; output error ‖WX−ŴX‖/‖WX‖ GPTQ {out['err_gptq']:.4f} vs RTN "
-                        f"{out['err_rtn']:.4f}")
+            rep = out.get("report") or {}
+            if rep.get("method") == "gptq":
+                note = (f"{rep['quantized_layers']} layers in {rep['segments']} segments (largest "
+                        f"{rep['largest_segment_bytes'] / 2**20:.0f} MiB of weights); output error ‖XW−XŴ‖/‖XW‖ "
+                        f"GPTQ {rep['err_gptq_mean']:.4f} vs RTN {rep['err_rtn_mean']:.4f} (mean over layers); "
+                        f"worst weight cosine {rep['worst_cosine']:.4f}")
+                figures[label]["gptq_layers"] = rep.get("layer_errors", [])
+            elif rep.get("streamed"):
+                note = f"{rep['quantized_layers']} layers, worst weight cosine {rep['worst_cosine']:.4f}"
             rows.append([label, "", "", "", what, _gib(r["rss"]), f"{r['rss'] / fp32:.3f}", f"{r['wall']:.0f} s", note])
             print(rows[-1], flush=True)
         if not a.keep:
@@ -236,15 +205,26 @@ def main() -> None:
                 f.unlink() if f.is_file() else shutil.rmtree(f)
     table = md_table(["model", "shape", "parameters", "fp32 size", "step", "peak RSS", "RSS / fp32 size", "time",
                       "notes"], rows)
+    some = []
+    for label, fig in figures.items():
+        errs = fig.get("gptq_layers") or []
+        picks = errs[:6] + errs[len(errs) // 2:len(errs) // 2 + 2] + errs[-3:]  # the first block, a middle one, the end
+        some += [[label, name, f"{g:.4f}", f"{r:.4f}", f"{r / g:.1f}×"] for name, g, r in dict.fromkeys(map(tuple, picks))]
+    layer_table = md_table(["model", "layer", "GPTQ ‖XW−XŴ‖/‖XW‖", "RTN", "RTN / GPTQ"], some) if some else ""
     body = f"""Each step ran in a fresh process (`OMP_NUM_THREADS=1`); peak RSS is its `ru_maxrss`. The models are
 random decoder-only transformers (`deepshrink.examples.decoder_onnx`), written as ONNX with one external-data file.
 Machine: 2 shared cores, 24 GB RAM (other jobs were running: times are indicative).
 
 {table}
+
+Output error of single layers after streamed GPTQ (on each layer's calibration inputs, the earlier segments
+quantized), against round-to-nearest with the same groups on the same inputs:
+
+{layer_table}
 """
     print(body)
     if not a.no_write:
-        write_result("memory_scale", "Memory at scale: streamed int4 weight-only quantization (issue 17)",
+        write_result("memory_scale", "Memory at scale: streamed int4 weight-only quantization, RTN and GPTQ (issue 17)",
                      this_command(), body)
 
 

@@ -123,8 +123,8 @@ def quantize_cmd(
     if formats.by_suffix(output) is not formats.get("onnx"):
         raise InputError(f"output {output}: a quantized model is written as .onnx")
     check_output(output, inputs=(src, weights), force=force)
-    if scheme == "int4-weight" and method == "rtn" and weights is None and _streams(src):
-        _stream(src, output, config, policy, json_out, unused_data=data is not None or eval_data is not None)
+    if scheme == "int4-weight" and weights is None and _streams(src):
+        _stream(src, output, config, policy, json_out, data=data, eval_data=eval_data)
         return
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
     float_handle = to_onnx_handle(handle)
@@ -192,12 +192,34 @@ def _streams(src: str) -> bool:
     return p.suffix.lower() == ".onnx" and p.is_file() and streaming.external_bytes(p) >= streaming.STREAM_MIN_BYTES
 
 
-def _stream(src: str, output: Path, config: Any, policy: Any, json_out: bool, *, unused_data: bool) -> None:
-    """int4-weight RTN tensor by tensor (:mod:`deepshrink.quantize.onnx.streaming`). The before/after table and
-    the end-to-end fidelity gate need the float model in memory, so the gate judges each layer's weight
-    instead: the worst cosine between a float weight and its dequantized codes must reach --gate-min-cos."""
+def _calibration(src: str, data: str, size: int) -> dict[str, Any]:
+    """The first ``size`` samples of ``--data``, checked against the ONNX graph's inputs (its weights unread)."""
+    from ..backends.onnx import index_bounds, io_specs, load_onnx_graph
+    from ..core.data import load_data
+    from ..core.handle import ModelHandle
+
+    model, _ = load_onnx_graph(src)
+    inputs, outputs = io_specs(model)
+    handle = ModelHandle(None, "onnx", inputs, outputs, source=src, path=Path(src), index_bounds=index_bounds(model))
+    ds = load_data(data, handle)
+    return {k: v[:size] for k, v in ds.inputs.items()}
+
+
+def _stream(src: str, output: Path, config: Any, policy: Any, json_out: bool, *, data: str | None,
+            eval_data: str | None) -> None:
+    """int4-weight tensor by tensor (RTN, :mod:`deepshrink.quantize.onnx.streaming`) or segment by segment
+    (GPTQ on --data, :mod:`deepshrink.quantize.onnx.streaming_gptq`). The before/after table and the end-to-end
+    fidelity gate need the float model in memory, so the gate judges each layer's weight instead: the worst
+    cosine between a float weight and its dequantized codes must reach --gate-min-cos."""
     from ..evaluate.gate import DegradedError, GateVerdict
     from ..quantize.onnx.streaming import stream_weight_only_rtn
+    from ..quantize.onnx.streaming_gptq import stream_gptq
+
+    gptq = config.method == "gptq"
+    if gptq and data is None:
+        raise InputError("GPTQ needs calibration data: pass --data (an .npz of the model's inputs, a text file, "
+                         "or a built-in: digits, sentences)")
+    calib = _calibration(src, data, config.calibration_size) if gptq and data is not None else None
 
     def gate(rep: Any) -> None:
         if rep.worst_cosine < policy.min_cos and not policy.allow_degraded:
@@ -209,22 +231,31 @@ def _stream(src: str, output: Path, config: Any, policy: Any, json_out: bool, *,
 
     from ..quantize.weight_only import _progress
 
-    with _progress(0, "RTN (streamed)", not json_out) as bar:
-        task = bar.add_task("rtn", total=None, layer="")
+    with _progress(0, "GPTQ (streamed)" if gptq else "RTN (streamed)", not json_out) as bar:
+        task = bar.add_task(config.method, total=None, layer="")
 
         def step(layer: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, layer=layer)
 
-        rep = stream_weight_only_rtn(src, output, bits=config.bits, group_size=config.group_size,
-                                     symmetric=config.symmetric, include=config.include, exclude=config.exclude,
-                                     progress=step, before_commit=gate)
+        common = dict(bits=config.bits, group_size=config.group_size, symmetric=config.symmetric,
+                      include=config.include, exclude=config.exclude, progress=step, before_commit=gate)
+        if calib is not None:
+            rep = stream_gptq(src, output, calib, act_order=config.act_order, **common)
+        else:
+            rep = stream_weight_only_rtn(src, output, **common)
     payload = {"output": str(output), "report": {"scheme": "WeightOnlyConfig", **rep.to_dict(),
                                                   "config": config.to_dict()}, "bench": None, "gate": None}
     if json_out:
         print_json(payload)
         return
-    console.print(f"[bold]WeightOnlyConfig[/]: {rep.quantized_layers} layers quantized, streamed tensor by tensor "
+    how = (f"GPTQ streamed in {rep.extra['segments']} segments on {rep.extra['calibration_samples']} calibration "
+           f"samples" if gptq else "streamed tensor by tensor")
+    console.print(f"[bold]WeightOnlyConfig[/]: {rep.quantized_layers} layers quantized, {how} "
                   f"({fmt_bytes(rep.float_bytes_in)} float in, {fmt_bytes(rep.bytes_out)} out)", highlight=False)
+    if gptq:
+        console.print(f"output error ‖XW−XŴ‖/‖XW‖ on the calibration inputs, mean over layers: GPTQ "
+                      f"{rep.extra['err_gptq_mean']:.4f}, round-to-nearest {rep.extra['err_rtn_mean']:.4f}",
+                      highlight=False, markup=False)
     console.print(f"weight fidelity: worst layer {rep.worst_layer} cosine {rep.worst_cosine:.4f} (the end-to-end "
                   "table and gate are skipped: they would hold the float model in memory)", highlight=False,
                   markup=False)
@@ -232,8 +263,10 @@ def _stream(src: str, output: Path, config: Any, policy: Any, json_out: bool, *,
         console.print(f"warning: stayed float: {', '.join(rep.float_left_largest)} — {100 * rep.float_left:.0f}% of the "
                       "float model's weight bytes (streaming quantizes MatMul weights only)", style="yellow",
                       markup=False, highlight=False)
-    if unused_data:
-        console.print("note: --data / --eval-data were not used: a streamed model is judged by its weights",
+    unused = [flag for flag, given in (("--data", data is not None and not gptq), ("--eval-data", eval_data is not None))
+              if given]
+    if unused:
+        console.print(f"note: {' / '.join(unused)} not used: a streamed model is judged by its weights",
                       style="dim", markup=False, highlight=False)
     if rep.worst_cosine < policy.min_cos:
         console.print(f"warning: kept despite the fidelity gate (--allow-degraded): layer {rep.worst_layer}'s weight "

@@ -624,6 +624,31 @@ def quantize_weight_only_rtn(model: onnx.ModelProto, nodes: Sequence[str], *, bi
     return out
 
 
+def pack_matmul_nbits(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int,
+                      group_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """ONNX Runtime's ``MatMulNBits`` layout from codes in the ``nn.Linear`` orientation.
+
+    ``q``: (N, K) integers in [0, 2**bits); ``scales``/``zeros``: (N, K // group_size) (``zeros``
+    None: symmetric, ORT's default zero point 2**(bits-1)). Returns packed codes
+    (N, K/g, g·bits/8) uint8 (first code in the low bits of each byte), scales (N, K/g) float32
+    and packed zero points (N, ⌈(K/g)·bits/8⌉) uint8 or None: the arrays
+    ``MatMulNBitsQuantizer`` writes (com.microsoft ``MatMulNBits`` contrib-op spec)."""
+    n, k = q.shape
+    blocks = k // group_size
+    qt = q.reshape(n, blocks, group_size).astype(np.uint8)
+    per_byte = 8 // bits
+    packed = np.zeros((n, blocks, group_size // per_byte), np.uint8)
+    for j in range(per_byte):
+        packed |= (qt[:, :, j::per_byte] << (bits * j)).astype(np.uint8)
+    zpack = None
+    if zeros is not None:
+        zt = zeros.astype(np.uint8)  # (N, blocks)
+        zpack = np.zeros((n, (blocks * bits + 7) // 8), np.uint8)
+        for b in range(blocks):
+            zpack[:, (b * bits) // 8] |= (zt[:, b] << ((b * bits) % 8)).astype(np.uint8)
+    return packed, np.ascontiguousarray(scales, dtype=np.float32), zpack
+
+
 def write_matmul_nbits(model: onnx.ModelProto, node_name: str, q: np.ndarray, scales: np.ndarray,
                        zeros: np.ndarray | None, bits: int, group_size: int) -> None:
     """Replace MatMul ``node_name`` by ``MatMulNBits`` from given integer codes.
@@ -637,22 +662,12 @@ def write_matmul_nbits(model: onnx.ModelProto, node_name: str, q: np.ndarray, sc
     idx = next(i for i, n in enumerate(g.node) if n.name == node_name)
     node = g.node[idx]
     k, n = q.shape
-    blocks = k // group_size
-    qt = q.T.reshape(n, blocks, group_size).astype(np.uint8)
-    per_byte = 8 // bits
-    packed = np.zeros((n, blocks, group_size // per_byte), np.uint8)
-    for j in range(per_byte):
-        packed |= (qt[:, :, j::per_byte] << (bits * j)).astype(np.uint8)
+    packed, _, zpack = pack_matmul_nbits(q.T, scales.T, None if zeros is None else zeros.T, bits, group_size)
     base = node.input[1]
     new_inputs = [node.input[0], base + "_nbits_q", base + "_nbits_scales"]
     g.initializer.extend([numpy_helper.from_array(packed, base + "_nbits_q"),
                           numpy_helper.from_array(scales.T.reshape(-1).astype(np.float32), base + "_nbits_scales")])
-    if zeros is not None:
-        zt = zeros.T.astype(np.uint8)  # (N, blocks)
-        zb = (blocks * bits + 7) // 8
-        zpack = np.zeros((n, zb), np.uint8)
-        for b in range(blocks):
-            zpack[:, (b * bits) // 8] |= (zt[:, b] << ((b * bits) % 8)).astype(np.uint8)
+    if zpack is not None:
         g.initializer.append(numpy_helper.from_array(zpack.reshape(-1), base + "_nbits_zeros"))
         new_inputs.append(base + "_nbits_zeros")
     new = helper.make_node("MatMulNBits", new_inputs, list(node.output), name=node.name, domain="com.microsoft",

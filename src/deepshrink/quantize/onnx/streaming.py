@@ -31,7 +31,8 @@ from ...backends.onnx import ExternalRef, load_onnx_graph
 from ...errors import InputError, UnsupportedError
 from . import backend as ob
 
-__all__ = ["STREAM_MIN_BYTES", "StreamReport", "external_bytes", "stream_weight_only_rtn"]
+__all__ = ["STREAM_MIN_BYTES", "LayerCodes", "StreamReport", "external_bytes", "stream_matmul_nbits",
+           "stream_weight_only_rtn"]
 
 # An ONNX source whose external data holds at least this many bytes is quantized by streaming
 # (``deepshrink quantize --scheme int4-weight``): the in-memory path holds the fp32 model two to
@@ -46,6 +47,7 @@ _INLINE_BELOW = 1024  # smaller tensors stay inside the .onnx file
 class StreamReport:
     """What :func:`stream_weight_only_rtn` did: layers, bytes in/out, worst per-layer fidelity."""
 
+    method: str = "rtn"
     quantized_layers: int = 0
     bits: int = 4
     group_size: int = 128
@@ -57,10 +59,11 @@ class StreamReport:
     float_left: float = 0.0  # share of the source's float weight-matrix bytes still float (Gemm, Gather, excluded)
     float_left_largest: list[str] = field(default_factory=list)  # the largest of those, by name
     layers: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # what the method adds (GPTQ: segments, calibration, errors)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": "rtn", "streamed": True, "quantized_layers": self.quantized_layers, "bits": self.bits,
-                "group_size": self.group_size, "symmetric": self.symmetric, "float_bytes_in": self.float_bytes_in,
+        return {"method": self.method, "streamed": True, **self.extra, "quantized_layers": self.quantized_layers,
+                "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "float_bytes_in": self.float_bytes_in,
                 "bytes_out": self.bytes_out, "worst_layer": self.worst_layer, "worst_cosine": self.worst_cosine,
                 "float_left": self.float_left, "float_left_largest": self.float_left_largest}
 
@@ -171,6 +174,12 @@ def _weight(tensor: TensorProto, refs: dict[str, ExternalRef], what: str) -> np.
     return w
 
 
+# One layer's codes in ``MatMulNBits`` layout: packed codes (N, K/g, g·bits/8) uint8, scales (N, K/g) float32,
+# packed zero points (N, ⌈(K/g)·bits/8⌉) uint8 or None (symmetric: ORT's default zero point 2^(bits-1)), and
+# the layer's record for the report (at least ``cosine``: the weight against its dequantized codes).
+LayerCodes = tuple[np.ndarray, np.ndarray, "np.ndarray | None", dict[str, Any]]
+
+
 def stream_weight_only_rtn(src: str | os.PathLike[str], out: str | os.PathLike[str], *, bits: int = 4,
                            group_size: int = 128, symmetric: bool = False, include: Sequence[str] = (),
                            exclude: Sequence[str] = (), check_loads: bool = True,
@@ -190,6 +199,40 @@ def stream_weight_only_rtn(src: str | os.PathLike[str], out: str | os.PathLike[s
     Runtime cannot store or a model that does not load after quantization. Nothing is written
     on error.
     """
+    what = str(src)
+
+    def rtn(model: Any, refs: dict[str, ExternalRef], nodes: frozenset[str]) -> Callable[[str, str], LayerCodes]:
+        inits = {t.name: t for t in model.graph.initializer}
+
+        def codes(node: str, wname: str) -> LayerCodes:
+            w = _weight(inits[wname], refs, what)
+            packed, scales, zeros = _block_quant(w, bits, group_size, symmetric)
+            cos = _cosine(w, packed, scales, zeros, bits, symmetric)
+            return packed, scales, None if symmetric else zeros, {"cosine": cos}
+        return codes
+
+    return stream_matmul_nbits(src, out, rtn, bits=bits, group_size=group_size, symmetric=symmetric,
+                               include=include, exclude=exclude, check_loads=check_loads, progress=progress,
+                               before_commit=before_commit)
+
+
+def stream_matmul_nbits(src: str | os.PathLike[str], out: str | os.PathLike[str],
+                        make_codes: Callable[[Any, dict[str, ExternalRef], frozenset[str]],
+                                             Callable[[str, str], LayerCodes]], *, bits: int,
+                        group_size: int, symmetric: bool, include: Sequence[str] = (), exclude: Sequence[str] = (),
+                        check_loads: bool = True, progress: Callable[[str, int, int], None] | None = None,
+                        before_commit: Callable[[StreamReport], None] | None = None,
+                        report: StreamReport | None = None) -> StreamReport:
+    """The streaming writer shared by RTN and GPTQ (:mod:`.streaming_gptq`): checks and selects the
+    ``MatMul`` layers as :func:`stream_weight_only_rtn` says, then walks the graph in node order and
+    asks ``codes(node, weight)`` for each selected weight's :data:`LayerCodes` (once per weight, in
+    graph order), appending them to the output's data file before the next is asked for.
+
+    ``make_codes(model, refs, nodes)`` builds ``codes``: ``model`` is a copy of the graph as loaded
+    (external tensors unread; the writer edits its own), ``refs`` the checked external references by
+    tensor name, ``nodes`` the selected node names. Errors and atomicity are
+    :func:`stream_weight_only_rtn`'s; ``report`` (a fresh :class:`StreamReport` by default) is filled
+    and returned."""
     from ...backends.onnx import make_session
     from ...core.fileio import atomic_dir
 
@@ -206,10 +249,16 @@ def stream_weight_only_rtn(src: str | os.PathLike[str], out: str | os.PathLike[s
     if not nodes:
         raise InputError(f"{what}: no MatMul with a 2-D float constant weight to quantize")
     ob.check_group_size(model, sorted(nodes), group_size)
-    report = StreamReport(bits=bits, group_size=group_size, symmetric=symmetric)
+    if report is None:
+        report = StreamReport()
+    report.bits, report.group_size, report.symmetric = bits, group_size, symmetric
     report.float_bytes_in = sum(r.length for r in ref_list) + sum(len(t.raw_data) for t in model.graph.initializer)
     g = model.graph
     inits = {t.name: t for t in g.initializer}
+    snapshot = type(model)()
+    snapshot.CopyFrom(model)  # the graph only: external tensors are unread references
+    codes_for = make_codes(snapshot, refs, frozenset(nodes))
+    del snapshot
     uses: dict[str, int] = {}
     for nd in g.node:
         for i in nd.input:
@@ -226,21 +275,20 @@ def stream_weight_only_rtn(src: str | os.PathLike[str], out: str | os.PathLike[s
                     continue
                 wname = nd.input[1]
                 if wname not in done:
-                    w = _weight(inits[wname], refs, what)
-                    k, n = w.shape
-                    packed, scales, zeros = _block_quant(w, bits, group_size, symmetric)
-                    cos = _cosine(w, packed, scales, zeros, bits, symmetric)
-                    del w
-                    names = [wname + f"_Q{bits}", wname + "_scales"] + ([] if symmetric else [wname + "_zero_points"])
-                    for name, arr in zip(names, (packed, scales, zeros), strict=False):
+                    k, n = (int(d) for d in inits[wname].dims)
+                    packed, scales, zeros, record = codes_for(nd.name, wname)
+                    names = [wname + f"_Q{bits}", wname + "_scales"] + ([] if zeros is None else [wname + "_zero_points"])
+                    arrays = (packed, scales) if zeros is None else (packed, scales, zeros)
+                    for name, arr in zip(names, arrays, strict=True):
                         t = numpy_helper.from_array(np.ascontiguousarray(arr), name)
                         if arr.nbytes >= _INLINE_BELOW:
                             writer.add(t, t.raw_data)
                         new_inits.append(t)
+                    del packed, scales, zeros, arrays
                     done[wname] = names
-                    report.layers.append({"layer": nd.name, "weight": wname, "shape": [k, n], "cosine": cos})
-                    if cos < report.worst_cosine:
-                        report.worst_cosine, report.worst_layer = cos, nd.name
+                    report.layers.append({"layer": nd.name, "weight": wname, "shape": [k, n], **record})
+                    if record["cosine"] < report.worst_cosine:
+                        report.worst_cosine, report.worst_layer = record["cosine"], nd.name
                 k, n = (int(d) for d in inits[wname].dims)
                 new = helper.make_node("MatMulNBits", [nd.input[0], *done[wname]], list(nd.output),
                                        name=nd.name + f"_Q{bits}", domain="com.microsoft", K=k, N=n, bits=bits,
