@@ -75,7 +75,7 @@ def distill_cmd(
     layers_from: Annotated[str, typer.Option("--layers-from", help="derive layers: importance (measured) | uniform (every other)")] = "importance",
     loss: Annotated[str, typer.Option("--loss", help="auto | kd | embedding | hidden (+hidden states) | attention (+attention maps)")] = "auto",
     temperature: Annotated[float, typer.Option("--temperature", help="KD softmax temperature T")] = 2.0,
-    alpha: Annotated[float, typer.Option("--alpha", help="KD weight of the soft targets; 1 - alpha on the labels")] = 0.5,
+    alpha: Annotated[float | None, typer.Option("--alpha", help="KD weight of the soft targets; 1 - alpha on the labels (default 0.5 with labels; without labels the soft targets alone)")] = None,
     metric: Annotated[str, typer.Option("--metric", help="embedding / hidden-state distance: mse | cosine")] = "mse",
     epochs: Annotated[int, typer.Option("--epochs", help="passes over --data")] = 3,
     lr: Annotated[float | None, typer.Option("--lr", help="learning rate (default 1e-4 for transformers, 1e-3 otherwise)")] = None,
@@ -111,7 +111,7 @@ def distill_cmd(
     from ..core import formats
 
     formats.require(output, ("onnx", "pt2"), what="student output")
-    config = config_for(loss, derive=derive, layer_selection=layers_from, temperature=temperature, alpha=alpha,
+    config = config_for(loss, derive=derive, layer_selection=layers_from, temperature=temperature, alpha=0.5 if alpha is None else alpha,
                         metric=metric, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                         checkpoint_every=checkpoint_every)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -139,6 +139,9 @@ def distill_cmd(
         if s_handle.kind != "torch":
             raise InputError(f"{student} is an ONNX model; the student is trained, so it must be a PyTorch model")
     train = load_data(data, t_handle)
+    if alpha is not None and alpha < 1.0 and train.labels is None:
+        raise InputError(f"--alpha {alpha:g} puts weight {1 - alpha:g} on the labels, but {train.source} has none; "
+                         "pass labelled data, or --alpha 1 for the soft targets alone")
     evaluation = load_data(eval_data, t_handle) if eval_data is not None else None
     if s_handle is not None:
         load_data(train, s_handle)  # the student reads the same arrays: refuse a mismatch in one line now
