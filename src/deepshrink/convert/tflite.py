@@ -566,7 +566,9 @@ def onnx_to_tflite(src: ModelHandle, dst: Path, *, int8: bool = False, calibrati
     tf = import_tf()
     sig = _signature(tf, src)
 
-    @tf.function(input_signature=sig)
+    # autograph off: the graph is straight-line Python, and autograph would wrap a converter's
+    # UnsupportedError in a multi-line "in user code: File ..." trace
+    @tf.function(input_signature=sig, autograph=False)
     def serve(*args: Any) -> Any:
         return graph(tf, *args)
 
