@@ -7,7 +7,7 @@ A case passes when it converts and every output matches the reference (rtol 1e-3
 max(case atol, 1e-5)), for both routes. The TFLite side (``onnx_node_tflite.py``) runs each
 case through TensorFlow's converter in a worker process with a per-case timeout and runs the
 ``.tflite`` in TensorFlow's interpreter; it is run twice: on the cases as written, and with
-the inputs exporters write as constants (shapes, axes, sizes, scales: ``PARAM_SLOTS``)
+the inputs exporters write as constants (weights, shapes, axes, sizes, scales: ``PARAM_SLOTS``)
 turned into initializers, since TFLite needs most of those static. Results:
 ``benchmarks/results/onnx_node_suite.md``.
 
@@ -140,7 +140,7 @@ def main() -> None:
         from deepshrink.convert.tflite import _TF_OPS
 
         tf_ver = __import__("tensorflow").__version__
-        tfl_head = " | deepshrink ONNX → TFLite | TFLite, parameter inputs as constants"
+        tfl_head = " | deepshrink ONNX → TFLite | TFLite, weight/parameter inputs as constants"
         tfl_cells = [f" | **{rate(names_all, tfl)}** | {rate(names_all, tfl_c)}",
                      f" | **{rate(names_core, tfl)}** | {rate(names_core, tfl_c)}"]
         tfl_status = Counter(v[0] for v in tfl.values())
@@ -151,11 +151,11 @@ TFLite side: tensorflow-cpu {tf_ver} (its `tf.lite.TFLiteConverter` and `tf.lite
 {t_tfl:.0f} s for both TFLite passes, one case at a time under `nice -n 10`, {TIMEOUT_S:.0f} s timeout per case.
 Each case: `ds.load(model)` → `deepshrink.convert.tflite.onnx_to_tflite` (float32) → the interpreter on the
 case's inputs, same tolerance as the PyTorch side. {len(_TF_OPS)} ONNX ops have a TFLite converter. The second
-TFLite column reruns the {n_folded} cases that feed shapes/axes/sizes/scales/bounds as graph inputs
+TFLite column reruns the {n_folded} cases that feed weights or shapes/axes/sizes/scales/bounds as graph inputs
 (`PARAM_SLOTS` in `onnx_node_tflite.py`) with those inputs as initializers — how real exporters write
 them, and what a static TFLite graph needs; the other cases keep their first result.
-TFLite outcome counts, as written: {dict(tfl_status)}; parameter inputs as constants: {dict(tflc_status)}.
-{tfl_ops_full} of {len(by_op)} operators pass every case through TFLite (parameter inputs as constants).
+TFLite outcome counts, as written: {dict(tfl_status)}; weight/parameter inputs as constants: {dict(tflc_status)}.
+{tfl_ops_full} of {len(by_op)} operators pass every case through TFLite (weight/parameter inputs as constants).
 "unsupported" is a clear `UnsupportedError` (no converter, or a variant refused by name);
 "tflite-converter" is TensorFlow's converter refusing the traced graph; "error"/"mismatch" are
 crashes and wrong values — the route's real defects.

@@ -180,9 +180,11 @@ def tflite_statuses(cases: list[Any], *, timeout: float = TIMEOUT_S, log: Any = 
     return out
 
 
-# Input slots that exporters write as constants (shapes, axes, sizes, scales, bounds, pads),
-# by op; the node cases feed them as graph inputs because the generator feeds everything.
+# Input slots that exporters write as constants (weights; shapes, axes, sizes, scales, bounds,
+# pads), by op; the node cases feed them as graph inputs because the generator feeds everything.
 PARAM_SLOTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "BatchNormalization": (1, 2, 3, 4),
+    "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2), "GroupNormalization": (1, 2), "PRelu": (1,),
     "Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Slice": (1, 2, 3, 4), "Split": (1,),
     "Squeeze": (1,), "Unsqueeze": (1,), "Expand": (1,), "Tile": (1,), "Pad": (1, 2, 3), "TopK": (1,),
     "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
@@ -193,7 +195,7 @@ PARAM_SLOTS: dict[str, tuple[int, ...]] = {
 
 
 def params_as_constants(case: Any) -> Any | None:
-    """A copy of ``case`` whose parameter inputs (see ``PARAM_SLOTS``) are initializers holding
+    """A copy of ``case`` whose weight and parameter inputs (``PARAM_SLOTS``) are initializers holding
     the case's first data set's values, or ``None`` when the case has none or several data sets."""
     import copy
 
