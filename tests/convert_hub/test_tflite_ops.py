@@ -210,3 +210,56 @@ def test_int16_input_keeps_its_dtype(tmp_path):
     x = np.array([[-7, 5, 9], [4, -3, 0]], np.int16)
     y = np.array([[3, -2, 4], [3, 3, 7]], np.int16)
     _tflite_vs_ort(m, {"x": x, "y": y}, tmp_path)
+
+
+_UNARY = [("Abs", {}), ("Ceil", {}), ("Floor", {}), ("Sin", {}), ("Cos", {}), ("Sign", {}), ("Softsign", {}),
+          ("Softplus", {}), ("Mish", {}), ("Elu", {"alpha": 0.7}), ("Selu", {}), ("Celu", {"alpha": 2.0}),
+          ("ThresholdedRelu", {"alpha": 0.3}), ("HardSigmoid", {"alpha": 0.25, "beta": 0.4}), ("HardSwish", {})]
+
+
+def test_unary_activations(tmp_path):
+    """Element-wise ops without a TFLite converter before (MobileNetV3/YOLO activations and
+    the like), one output each in one graph; Log/Reciprocal on positive values, Round on ties."""
+    nodes = [helper.make_node(op, ["x"], [f"y{k}"], **kw) for k, (op, kw) in enumerate(_UNARY)]
+    nodes += [helper.make_node("Log", ["p"], ["log"]), helper.make_node("Reciprocal", ["p"], ["rec"]),
+              helper.make_node("Round", ["r"], ["round"])]
+    outs = [f"y{k}" for k in range(len(_UNARY))] + ["log", "rec", "round"]
+    shape = (2, 4, 3, 5)
+    m = _model(nodes, [("x", shape), ("p", shape), ("r", (7,))], outs)
+    feeds = {"x": RNG.standard_normal(shape).astype(np.float32) * 3,
+             "p": RNG.uniform(0.2, 3.0, shape).astype(np.float32),
+             "r": np.float32([0.5, 1.5, 2.5, -0.5, -1.5, 0.2, 3.7])}  # ONNX Round: half to even
+    _tflite_vs_ort(m, feeds, tmp_path)
+
+
+_X = ("x", (2, 4, 3, 5))
+
+
+@pytest.mark.parametrize("node,inits,feed", [
+    (helper.make_node("PRelu", ["x", "s"], ["y"]), [("s", RNG.uniform(0, 1, (4, 1, 1)).astype(np.float32))], None),
+    (helper.make_node("Pad", ["x", "p", "v"], ["y"]), [("p", np.array([0, 0, 1, 2, 0, 0, 2, 1])), ("v", np.float32(-3))],
+     None),
+    (helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect"), [("p", np.array([0, 0, 2, 1, 0, 0, 1, 2]))], None),
+    (helper.make_node("Pad", ["x", "p"], ["y"], mode="edge"), [("p", np.array([0, 0, 1, 1, 0, 0, 1, 0]))], None),
+    (helper.make_node("Tile", ["x", "r"], ["y"]), [("r", np.array([1, 2, 1, 3]))], None),
+    (helper.make_node("ArgMax", ["x"], ["y"], axis=1), [], None),
+    (helper.make_node("ArgMin", ["x"], ["y"], axis=-1, keepdims=0), [], None),
+    (helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2), [], None),
+    (helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD"), [], None),
+    (helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2), [], RNG.standard_normal((2, 4, 6, 4)).astype(np.float32)),
+    (helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"]),
+     [("s", RNG.standard_normal(4).astype(np.float32)), ("b", RNG.standard_normal(4).astype(np.float32))], None),
+    (helper.make_node("ReduceMin", ["x", "ax"], ["y"], keepdims=0), [("ax", np.array([1, 3]))], None),
+    (helper.make_node("ReduceProd", ["x", "ax"], ["y"]), [("ax", np.array([2]))], None),
+    (helper.make_node("Sum", ["x", "x", "x"], ["y"]), [], None),
+    (helper.make_node("Mean", ["x", "x"], ["y"]), [], None),
+], ids=lambda v: getattr(v, "op_type", "") + (f"-{v.attribute[-1].s.decode()}" if getattr(v, "op_type", "") in
+                                               ("Pad", "DepthToSpace") and v.attribute else ""))
+def test_more_ops(node, inits, feed, tmp_path):
+    """Ops without a TFLite converter before: PRelu, Pad, Tile, ArgMax, DepthToSpace /
+    PixelShuffle, InstanceNorm, the remaining reductions, variadic Sum/Mean."""
+    x = feed if feed is not None else RNG.standard_normal(_X[1]).astype(np.float32)
+    m = _model([node], [("x", x.shape)], ["y"], inits, opset=18)
+    if node.op_type in ("ArgMax", "ArgMin"):
+        m.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64
+    _tflite_vs_ort(m, {"x": x}, tmp_path)

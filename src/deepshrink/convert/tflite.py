@@ -352,7 +352,8 @@ def _reduce(name: str) -> Callable[..., Any]:
             if a.get("noop_with_empty_axes", 0):
                 return ins[0]
             axes = None
-        fn = {"mean": tf.reduce_mean, "sum": tf.reduce_sum, "max": tf.reduce_max}[name]
+        fn = {"mean": tf.reduce_mean, "sum": tf.reduce_sum, "max": tf.reduce_max, "min": tf.reduce_min,
+              "prod": tf.reduce_prod}[name]
         return fn(ins[0], axis=axes, keepdims=bool(a.get("keepdims", 1)))
 
     return f
@@ -716,6 +717,88 @@ def _resize(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     return _nchw(tf, tf.cast(y, x.dtype))
 
 
+def _pad(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    """ONNX ``Pad`` (opset 2 attributes or opset 11+ inputs, opset-18 ``axes``): ``constant``
+    → PAD/PADV2, ``reflect`` → MIRROR_PAD (REFLECT), ``edge`` → MIRROR_PAD (SYMMETRIC), which
+    repeats the border exactly when no pad exceeds 1. Pads must be constant and >= 0."""
+    x = ins[0]
+    rank = len(x.shape)
+    mode = a.get("mode", "constant")
+    if "pads" in a:
+        pads, value = list(a["pads"]), float(a.get("value", 0.0))
+    else:
+        if not _is_const(ins[1]):
+            raise UnsupportedError("TFLite route: Pad with pads computed at run time")
+        pads = [int(v) for v in np.asarray(ins[1]).reshape(-1)]
+        cv = ins[2] if len(ins) > 2 and ins[2] is not None else None
+        if cv is not None and not _is_const(cv):
+            raise UnsupportedError("TFLite route: Pad with a constant_value computed at run time")
+        value = np.asarray(cv).reshape(-1)[0] if cv is not None and np.asarray(cv).size else 0
+    axes = list(range(rank))
+    if len(ins) > 3 and ins[3] is not None:
+        if not _is_const(ins[3]):
+            raise UnsupportedError("TFLite route: Pad with axes computed at run time")
+        axes = [int(v) % rank for v in np.asarray(ins[3]).reshape(-1)]
+    n = len(axes)
+    paddings = [[0, 0] for _ in range(rank)]
+    for k, ax in enumerate(axes):
+        paddings[ax] = [pads[k], pads[k + n]]
+    if any(p < 0 for pr in paddings for p in pr):
+        raise UnsupportedError("TFLite route: Pad with negative pads (cropping)")
+    if mode == "constant":
+        return tf.pad(_t(tf, x), paddings, constant_values=tf.constant(value, dtype=_t(tf, x).dtype))
+    if mode == "reflect":
+        return tf.pad(x, paddings, mode="REFLECT")
+    if mode == "edge" and all(p <= 1 for pr in paddings for p in pr):
+        return tf.pad(x, paddings, mode="SYMMETRIC")
+    raise UnsupportedError(f"TFLite route: Pad mode {mode}" + (" wider than 1" if mode == "edge" else ""))
+
+
+def _arg(kind: str) -> Callable[..., Any]:
+    def f(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+        if a.get("select_last_index", 0):
+            raise UnsupportedError(f"TFLite route: Arg{kind.capitalize()} with select_last_index")
+        axis = a.get("axis", 0)
+        fn = tf.math.argmax if kind == "max" else tf.math.argmin
+        y = fn(ins[0], axis=axis, output_type=tf.int64)
+        return tf.expand_dims(y, axis) if a.get("keepdims", 1) else y
+
+    return f
+
+
+def _depth_to_space(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    """ONNX ``DepthToSpace``: ``DCR`` is TFLite's DEPTH_TO_SPACE (NHWC); ``CRD`` (PixelShuffle's
+    export) is the reshape/transpose of the operator spec (static C, H, W)."""
+    b = int(a["blocksize"])
+    x = ins[0]
+    if a.get("mode", "DCR") == "DCR":
+        return _nchw(tf, tf.nn.depth_to_space(_nhwc(tf, x), b))
+    _, c, h, w = x.shape
+    if not all(isinstance(d, int) for d in (c, h, w)):
+        raise UnsupportedError("TFLite route: DepthToSpace CRD needs static C, H, W")
+    n = tf.shape(x)[0]
+    y = tf.reshape(x, tf.stack([n, c // (b * b), b, b, h, w]))
+    y = tf.transpose(y, [0, 1, 4, 2, 5, 3])
+    return tf.reshape(y, tf.stack([n, c // (b * b), h * b, w * b]))
+
+
+def _instance_norm(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    x, scale, bias = ins[0], ins[1], ins[2]
+    rank = len(x.shape)
+    mean, var = tf.nn.moments(x, axes=list(range(2, rank)), keepdims=True)
+    shape = [1, -1] + [1] * (rank - 2)
+    y = (x - mean) * tf.math.rsqrt(var + a.get("epsilon", 1e-5))
+    return y * tf.reshape(scale, shape) + tf.reshape(bias, shape)
+
+
+def _softplus(tf: Any, x: Any) -> Any:
+    return tf.nn.relu(x) + tf.math.log(1.0 + tf.exp(-tf.abs(x)))  # stable log(1 + e^x)
+
+
+def _elu_like(tf: Any, x: Any, alpha: float) -> Any:
+    return tf.where(x > 0, x, alpha * (tf.exp(x) - 1.0))
+
+
 _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
@@ -769,6 +852,38 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "GatherElements": _gather_elements,
     "GatherND": lambda tf, i, a: tf.gather_nd(_t(tf, i[0]), _t(tf, i[1]), batch_dims=a.get("batch_dims", 0)),
     "Where": lambda tf, i, a: tf.where(_t(tf, i[0]), _t(tf, i[1]), _t(tf, i[2])),
+    "Abs": lambda tf, i, a: tf.abs(i[0]),
+    "Ceil": lambda tf, i, a: tf.math.ceil(i[0]),
+    "Floor": lambda tf, i, a: tf.math.floor(i[0]),
+    "Round": lambda tf, i, a: tf.math.round(i[0]),  # half to even, as ONNX
+    "Log": lambda tf, i, a: tf.math.log(i[0]),
+    "Sin": lambda tf, i, a: tf.math.sin(i[0]),
+    "Cos": lambda tf, i, a: tf.math.cos(i[0]),
+    "Sign": lambda tf, i, a: tf.math.sign(i[0]),
+    "Reciprocal": lambda tf, i, a: 1.0 / i[0],
+    "Softsign": lambda tf, i, a: i[0] / (1.0 + tf.abs(i[0])),
+    "Softplus": lambda tf, i, a: _softplus(tf, i[0]),
+    "Mish": lambda tf, i, a: i[0] * tf.tanh(_softplus(tf, i[0])),
+    "Elu": lambda tf, i, a: _elu_like(tf, i[0], a.get("alpha", 1.0)),
+    "Selu": lambda tf, i, a: a.get("gamma", 1.0507009873554805) * _elu_like(tf, i[0], a.get("alpha", 1.6732632423543772)),
+    "Celu": lambda tf, i, a: tf.nn.relu(i[0]) + tf.minimum(0.0, a.get("alpha", 1.0) * (tf.exp(i[0] / a.get("alpha", 1.0)) - 1.0)),
+    "ThresholdedRelu": lambda tf, i, a: tf.where(i[0] > a.get("alpha", 1.0), i[0], tf.zeros_like(i[0])),
+    "HardSigmoid": lambda tf, i, a: tf.clip_by_value(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0.0, 1.0),
+    "HardSwish": lambda tf, i, a: i[0] * tf.clip_by_value(i[0] / 6.0 + 0.5, 0.0, 1.0),
+    "PRelu": lambda tf, i, a: tf.where(i[0] < 0, i[0] * _t(tf, i[1]), i[0]),
+    "Pad": _pad,
+    "Tile": lambda tf, i, a: tf.tile(i[0], [int(v) for v in np.asarray(i[1]).reshape(-1)] if _is_const(i[1])
+                                     else tf.cast(i[1], tf.int32)),
+    "ArgMax": _arg("max"),
+    "ArgMin": _arg("min"),
+    "DepthToSpace": _depth_to_space,
+    "SpaceToDepth": lambda tf, i, a: _nchw(tf, tf.nn.space_to_depth(_nhwc(tf, i[0]), int(a["blocksize"]))),
+    "InstanceNormalization": _instance_norm,
+    "ReduceMin": _reduce("min"),
+    "ReduceProd": _reduce("prod"),
+    "Sum": _variadic("add"),
+    "Mean": lambda tf, i, a: _variadic("add")(tf, i, a) / float(len(i)),
+    "Xor": lambda tf, i, a: tf.math.logical_xor(_t(tf, i[0]), _t(tf, i[1])),
     "And": lambda tf, i, a: tf.logical_and(_t(tf, i[0]), _t(tf, i[1])),
     "Or": lambda tf, i, a: tf.logical_or(_t(tf, i[0]), _t(tf, i[1])),
     "Not": lambda tf, i, a: tf.logical_not(_t(tf, i[0])),
