@@ -263,3 +263,32 @@ def test_more_ops(node, inits, feed, tmp_path):
     if node.op_type in ("ArgMax", "ArgMin"):
         m.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64
     _tflite_vs_ort(m, {"x": x}, tmp_path)
+
+
+def test_conv_same_lower(tmp_path):
+    """auto_pad=SAME_LOWER was read as no padding (wrong shape and values)."""
+    w = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    m = _model([helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_LOWER", strides=[2, 2])],
+               [("x", (1, 2, 6, 7))], ["y"], [("w", w)])
+    got = _tflite_vs_ort(m, {"x": RNG.standard_normal((1, 2, 6, 7)).astype(np.float32)}, tmp_path)
+    assert got[0].shape == (1, 3, 3, 4)
+
+
+@pytest.mark.parametrize("node,words", [
+    (helper.make_node("Dropout", ["x", "r", "t"], ["y"]), "Dropout with training_mode"),
+    (helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="CRD"), "SpaceToDepth mode CRD"),
+])
+def test_variants_tflite_would_get_wrong_are_refused(node, words, tmp_path):
+    """Both converted before and gave other values (node suite: max-abs 2.55 and 27)."""
+    m = _model([node], [("x", (1, 4, 4, 6))], ["y"], [("r", np.float32(0.5)), ("t", np.bool_(True))])
+    _refused(m, tmp_path, words)
+
+
+def test_clip_on_integers_with_one_bound(tmp_path):
+    """An int32 Clip with only a min: the absent max was +inf, which TF refused for an int32 tensor."""
+    g = helper.make_graph([helper.make_node("Clip", ["x", "lo"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.INT32, (3, 4))],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, (3, 4))],
+                          initializer=[numpy_helper.from_array(np.int32(-2), "lo")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    _tflite_vs_ort(m, {"x": RNG.integers(-9, 9, (3, 4)).astype(np.int32)}, tmp_path)

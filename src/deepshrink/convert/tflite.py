@@ -1,17 +1,31 @@
 """PyTorch or ONNX → TFLite / LiteRT, float32 or full-integer int8 with a representative
 dataset, parity-checked in TFLite's interpreter against ONNX Runtime.
 
-Which converter, and why (measured here with ``pip install --dry-run``, Nov 2026):
-- ``onnx2tf`` 1.29 pins numpy 1.26, onnx 1.19, onnxruntime 1.23, protobuf 4 and
-  tensorflow 2.19 — installing it would downgrade half of this stack;
-- ``litert-torch`` 0.10 pulls jax, torchao, kagglehub and downgrades pydantic and
-  typing_extensions, and converts through StableHLO with its own torch expectations;
+Which converter, and why (re-checked against this stack — Python 3.11.7, torch 2.13, tensorflow-cpu
+2.21, numpy 2.4, onnx 1.23, onnxruntime 1.32 — on 30 Nov 2026; ``notes/issue-12-session-d-tflite.md``):
+- ``onnx2tf`` 2.6.x (2.6.9) requires Python >= 3.12 and pins numpy 2.2.6, onnx 1.20.1,
+  onnxruntime 1.26.0, protobuf 7.35.1 (and torch 2.11 in its ``[torch]`` extra): it cannot
+  install here, and would downgrade numpy/onnx/onnxruntime where it could. The newest for 3.11,
+  1.29.24, would replace tensorflow-cpu 2.21 by tensorflow 2.19, numpy by 1.26, onnx by 1.19,
+  onnxruntime by 1.23 and protobuf by 4.25 (``pip install --dry-run``).
+- ``litert-torch`` 0.10 installs beside torch 2.13 and TF 2.21 without touching them, but adds
+  jax/jaxlib 0.10, torchao, kagglehub, ai-edge-litert and lowers pydantic (2.14 → 2.11),
+  typing_extensions (4.16 → 4.12) and anyio (4.16 → 4.14) below our lock. Fed by deepshrink's ONNX →
+  PyTorch importer (``benchmarks/onnx_node_litert.py``, run in a side environment) it passed 39 of
+  47 node cases of 13 detector/segmenter ops where this table passed 40 (litert-torch: 0/4 Resize,
+  a SIGSEGV on a 3-D ConvTranspose; this table: refusals by name), at ~3 s per conversion instead
+  of ~0.5 s, with static shapes only; on ``real-graphs`` case4 (``Resize`` by scales) it failed
+  ("failed to legalize operation 'tfl.floor'" on the importer's float64 size arithmetic). Not in
+  the lock, so not the route; an opt-in fallback for ops this table refuses is the next step.
 - TensorFlow's own ``tf.lite.TFLiteConverter`` (TF 2.21, already our ``[tf]`` extra) works
   beside torch 2.13 but needs a TensorFlow graph.
 
-So the route re-expresses the ONNX graph as a ``tf.function`` — a small table of op
-converters like the ONNX → PyTorch importer, covering what CNNs/MLPs use (Conv, Gemm,
-MatMul, pooling, BatchNorm, element-wise, reshapes) — and hands that to TF's converter.
+So the route re-expresses the ONNX graph as a ``tf.function`` — a table of op converters like
+the ONNX → PyTorch importer, covering what CNNs, detectors, segmenters and transformer blocks use
+(Conv/ConvTranspose, Gemm, MatMul, pooling, norms, Resize, element-wise, reshapes; coverage on
+the ONNX backend node tests: ``benchmarks/results/onnx_node_suite.md``) — and hands that to TF's
+converter. A variant TFLite cannot reproduce exactly (a ``Resize`` whose pixels TFLite's resize
+kernels do not pick, say) is refused by name, never converted to other values.
 PyTorch sources get there through ONNX (``convert`` plans torch → onnx → tflite). Layout: the
 function keeps ONNX's NCHW tensors and transposes to NHWC around each conv/pool, so the
 ``.tflite`` takes the same inputs as the ONNX model.
@@ -143,7 +157,10 @@ def _conv(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     dil = a.get("dilations", [1, 1])
     pads = a.get("pads", [0, 0, 0, 0])
     auto = a.get("auto_pad", "NOTSET")
-    padding: Any = "SAME" if auto in ("SAME_UPPER",) else ("VALID" if auto == "VALID" else _explicit_pads(pads))
+    if auto == "SAME_LOWER":  # the odd pixel at the start (TF's SAME puts it at the end): explicit pads
+        k_eff = [(kk - 1) * d + 1 for kk, d in zip(w.shape[2:], dil, strict=True)]
+        pads = _pool_pads({"auto_pad": auto}, [x.shape[2], x.shape[3]], k_eff, list(strides))
+    padding: Any = "SAME" if auto == "SAME_UPPER" else ("VALID" if auto == "VALID" else _explicit_pads(pads))
     xh = _nhwc(tf, x)
     if group == 1:
         y = tf.nn.conv2d(xh, w.transpose(2, 3, 1, 0), strides=[1, *strides, 1], padding=padding, dilations=[1, *dil, 1])
@@ -410,9 +427,16 @@ def _softmax(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
 
 
 def _clip(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
-    lo = a.get("min", ins[1] if len(ins) > 1 and ins[1] is not None else -np.inf)
-    hi = a.get("max", ins[2] if len(ins) > 2 and ins[2] is not None else np.inf)
-    return tf.clip_by_value(ins[0], float(np.asarray(lo)), float(np.asarray(hi)))
+    lo = a.get("min", ins[1] if len(ins) > 1 and ins[1] is not None else None)
+    hi = a.get("max", ins[2] if len(ins) > 2 and ins[2] is not None else None)
+    x = _t(tf, ins[0])
+    if not all(v is None or _is_const(v) or isinstance(v, float) for v in (lo, hi)):
+        raise UnsupportedError("TFLite route: Clip with bounds computed at run time")
+    dt = x.dtype.as_numpy_dtype
+    info = np.finfo(dt) if np.issubdtype(dt, np.floating) else np.iinfo(dt)
+    lo_v = np.asarray(info.min if lo is None else lo).astype(dt).item()  # absent bound: the dtype's range
+    hi_v = np.asarray(info.max if hi is None else hi).astype(dt).item()
+    return tf.minimum(tf.maximum(x, tf.constant(lo_v, x.dtype)), tf.constant(hi_v, x.dtype))
 
 
 def _cast(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
@@ -782,6 +806,21 @@ def _depth_to_space(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     return tf.reshape(y, tf.stack([n, c // (b * b), h * b, w * b]))
 
 
+def _space_to_depth(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    if a.get("mode", "DCR") != "DCR":  # TFLite's SPACE_TO_DEPTH orders channels as DCR only
+        raise UnsupportedError(f"TFLite route: SpaceToDepth mode {a['mode']}")
+    return _nchw(tf, tf.nn.space_to_depth(_nhwc(tf, ins[0]), int(a["blocksize"])))
+
+
+def _dropout(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    """Inference Dropout: the input, and an all-true mask. ``training_mode`` true (or computed)
+    would drop at random: refused."""
+    train = ins[2] if len(ins) > 2 else None
+    if train is not None and (not _is_const(train) or bool(np.asarray(train).reshape(-1)[0])):
+        raise UnsupportedError("TFLite route: Dropout with training_mode (random masks)")
+    return ins[0], tf.ones_like(ins[0], dtype=tf.bool)
+
+
 def _instance_norm(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     x, scale, bias = ins[0], ins[1], ins[2]
     rank = len(x.shape)
@@ -837,7 +876,7 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Resize": _resize,
     "Upsample": _resize,
     "Identity": lambda tf, i, a: i[0],
-    "Dropout": lambda tf, i, a: (i[0], tf.ones_like(i[0], dtype=tf.bool)),  # inference: identity, mask all true
+    "Dropout": _dropout,
     "Size": lambda tf, i, a: (np.asarray(np.asarray(i[0]).size, dtype=np.int64) if _is_const(i[0]) else
                               tf.cast(tf.size(i[0]), tf.int64)),
     "Shape": lambda tf, i, a: (np.asarray(i[0].shape, dtype=np.int64) if _is_const(i[0]) else
@@ -877,7 +916,7 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "ArgMax": _arg("max"),
     "ArgMin": _arg("min"),
     "DepthToSpace": _depth_to_space,
-    "SpaceToDepth": lambda tf, i, a: _nchw(tf, tf.nn.space_to_depth(_nhwc(tf, i[0]), int(a["blocksize"]))),
+    "SpaceToDepth": _space_to_depth,
     "InstanceNormalization": _instance_norm,
     "ReduceMin": _reduce("min"),
     "ReduceProd": _reduce("prod"),
