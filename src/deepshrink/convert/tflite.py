@@ -814,9 +814,11 @@ def _space_to_depth(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
 
 def _dropout(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     """Inference Dropout: the input, and an all-true mask. ``training_mode`` true (or computed)
-    would drop at random: refused."""
+    would drop at random: refused, unless the ratio is a constant 0."""
     train = ins[2] if len(ins) > 2 else None
-    if train is not None and (not _is_const(train) or bool(np.asarray(train).reshape(-1)[0])):
+    ratio = ins[1] if len(ins) > 1 else None
+    no_drop = ratio is not None and _is_const(ratio) and float(np.asarray(ratio).reshape(-1)[0]) == 0.0
+    if train is not None and not no_drop and (not _is_const(train) or bool(np.asarray(train).reshape(-1)[0])):
         raise UnsupportedError("TFLite route: Dropout with training_mode (random masks)")
     return ins[0], tf.ones_like(ins[0], dtype=tf.bool)
 
