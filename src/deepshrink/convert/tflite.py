@@ -1,17 +1,31 @@
 """PyTorch or ONNX → TFLite / LiteRT, float32 or full-integer int8 with a representative
 dataset, parity-checked in TFLite's interpreter against ONNX Runtime.
 
-Which converter, and why (measured here with ``pip install --dry-run``, Nov 2026):
-- ``onnx2tf`` 1.29 pins numpy 1.26, onnx 1.19, onnxruntime 1.23, protobuf 4 and
-  tensorflow 2.19 — installing it would downgrade half of this stack;
-- ``litert-torch`` 0.10 pulls jax, torchao, kagglehub and downgrades pydantic and
-  typing_extensions, and converts through StableHLO with its own torch expectations;
+Which converter, and why (re-checked against this stack — Python 3.11.7, torch 2.13, tensorflow-cpu
+2.21, numpy 2.4, onnx 1.23, onnxruntime 1.32 — on 30 Nov 2026; ``notes/issue-12-session-d-tflite.md``):
+- ``onnx2tf`` 2.6.x (2.6.9) requires Python >= 3.12 and pins numpy 2.2.6, onnx 1.20.1,
+  onnxruntime 1.26.0, protobuf 7.35.1 (and torch 2.11 in its ``[torch]`` extra): it cannot
+  install here, and would downgrade numpy/onnx/onnxruntime where it could. The newest for 3.11,
+  1.29.24, would replace tensorflow-cpu 2.21 by tensorflow 2.19, numpy by 1.26, onnx by 1.19,
+  onnxruntime by 1.23 and protobuf by 4.25 (``pip install --dry-run``).
+- ``litert-torch`` 0.10 installs beside torch 2.13 and TF 2.21 without touching them, but adds
+  jax/jaxlib 0.10, torchao, kagglehub, ai-edge-litert and lowers pydantic (2.14 → 2.11),
+  typing_extensions (4.16 → 4.12) and anyio (4.16 → 4.14) below our lock. Fed by deepshrink's ONNX →
+  PyTorch importer (``benchmarks/onnx_node_litert.py``, run in a side environment) it passed 39 of
+  47 node cases of 13 detector/segmenter ops where this table passed 40 (litert-torch: 0/4 Resize,
+  a SIGSEGV on a 3-D ConvTranspose; this table: refusals by name), at ~3 s per conversion instead
+  of ~0.5 s, with static shapes only; on ``real-graphs`` case4 (``Resize`` by scales) it failed
+  ("failed to legalize operation 'tfl.floor'" on the importer's float64 size arithmetic). Not in
+  the lock, so not the route; an opt-in fallback for ops this table refuses is the next step.
 - TensorFlow's own ``tf.lite.TFLiteConverter`` (TF 2.21, already our ``[tf]`` extra) works
   beside torch 2.13 but needs a TensorFlow graph.
 
-So the route re-expresses the ONNX graph as a ``tf.function`` — a small table of op
-converters like the ONNX → PyTorch importer, covering what CNNs/MLPs use (Conv, Gemm,
-MatMul, pooling, BatchNorm, element-wise, reshapes) — and hands that to TF's converter.
+So the route re-expresses the ONNX graph as a ``tf.function`` — a table of op converters like
+the ONNX → PyTorch importer, covering what CNNs, detectors, segmenters and transformer blocks use
+(Conv/ConvTranspose, Gemm, MatMul, pooling, norms, Resize, element-wise, reshapes; coverage on
+the ONNX backend node tests: ``benchmarks/results/onnx_node_suite.md``) — and hands that to TF's
+converter. A variant TFLite cannot reproduce exactly (a ``Resize`` whose pixels TFLite's resize
+kernels do not pick, say) is refused by name, never converted to other values.
 PyTorch sources get there through ONNX (``convert`` plans torch → onnx → tflite). Layout: the
 function keeps ONNX's NCHW tensors and transposes to NHWC around each conv/pool, so the
 ``.tflite`` takes the same inputs as the ONNX model.
@@ -102,6 +116,10 @@ class _TFGraph:
             else:
                 out = _TF_OPS[n.op_type](tf, ins, attrs)
             outs = out if isinstance(out, (list, tuple)) else [out]
+            for k, name in enumerate(n.output):
+                if name and k >= len(outs):  # e.g. MaxPool's Indices: refused by name, not a KeyError later
+                    raise UnsupportedError(f"TFLite route: {n.op_type} output #{k} ('{name}') is not computed "
+                                           f"(node '{n.name or n.output[0]}')")
             for name, v in zip(n.output, outs, strict=False):
                 env[name] = v
         return env
@@ -139,7 +157,10 @@ def _conv(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     dil = a.get("dilations", [1, 1])
     pads = a.get("pads", [0, 0, 0, 0])
     auto = a.get("auto_pad", "NOTSET")
-    padding: Any = "SAME" if auto in ("SAME_UPPER",) else ("VALID" if auto == "VALID" else _explicit_pads(pads))
+    if auto == "SAME_LOWER":  # the odd pixel at the start (TF's SAME puts it at the end): explicit pads
+        k_eff = [(kk - 1) * d + 1 for kk, d in zip(w.shape[2:], dil, strict=True)]
+        pads = _pool_pads({"auto_pad": auto}, [x.shape[2], x.shape[3]], k_eff, list(strides))
+    padding: Any = "SAME" if auto == "SAME_UPPER" else ("VALID" if auto == "VALID" else _explicit_pads(pads))
     xh = _nhwc(tf, x)
     if group == 1:
         y = tf.nn.conv2d(xh, w.transpose(2, 3, 1, 0), strides=[1, *strides, 1], padding=padding, dilations=[1, *dil, 1])
@@ -153,23 +174,150 @@ def _conv(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     return _nchw(tf, y)
 
 
+def _conv_transpose(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    """ONNX ``ConvTranspose`` (1-D or 2-D, NCHW) as TFLite's TRANSPOSE_CONV.
+
+    The full, unpadded transposed convolution (``padding="VALID"``: spatial size
+    ``(in - 1) * stride + (k - 1) * dilation + 1``) is computed, then the window ONNX's
+    reference implementation takes of it (zero-extended where it reaches past it):
+    ``pads`` cropped and ``output_padding`` rows appended; with ``output_shape`` its first
+    rows/columns; with ``auto_pad=SAME_*`` the centred window of ``output_shape`` (default
+    ``input * stride``). Dilations are applied to
+    the constant kernel (zeros inserted), groups run as one TRANSPOSE_CONV per group
+    (``tf.split`` / ``tf.concat``). Weights must be constant: ``(C_in, C_out / group, kH, kW)``.
+    Spatial input sizes must be static. Raises ``UnsupportedError`` for 3-D."""
+    x, w, b = ins[0], ins[1], ins[2] if len(ins) > 2 else None
+    if not _is_const(w) or w.ndim not in (3, 4):
+        raise UnsupportedError("TFLite route: ConvTranspose needs constant 1-D or 2-D weights")
+    one_d = w.ndim == 3
+    if one_d:  # (N, C, L) -> (N, C, 1, L)
+        x, w = tf.expand_dims(x, 2), w[:, :, None, :]
+
+    def two(key: str, default: int) -> list[int]:
+        v = list(a.get(key, [default] * (1 if one_d else 2)))
+        return [default, *v] if one_d else v
+
+    strides, dil, out_pad = two("strides", 1), two("dilations", 1), two("output_padding", 0)
+    group = int(a.get("group", 1))
+    if any(d != 1 for d in dil):  # a dilated kernel is the kernel with (d - 1) zeros between taps
+        c_in, c_out, kh, kw = w.shape
+        wd = np.zeros((c_in, c_out, (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1), w.dtype)
+        wd[:, :, ::dil[0], ::dil[1]] = w
+        w = wd
+    k = list(w.shape[2:])
+    in_hw = [x.shape[2], x.shape[3]]
+    if not all(isinstance(d, int) for d in in_hw):
+        raise UnsupportedError("TFLite route: ConvTranspose needs static spatial input sizes")
+    full = [(i - 1) * s + kk for i, s, kk in zip(in_hw, strides, k, strict=True)]
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):  # ONNX's reference: output = output_shape or input * stride
+        target = [int(v) for v in a["output_shape"]][-len(k):] if "output_shape" in a else [
+            i * s for i, s in zip(in_hw, strides, strict=True)]
+        if one_d:
+            target = [1, target[-1]]
+        total = [f + op - t for f, op, t in zip(full, out_pad, target, strict=True)]
+        begin = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+        size = target
+    elif "output_shape" in a:  # explicit output size: the first output_shape rows/columns, pads ignored
+        size = [int(v) for v in a["output_shape"]][-len(k):]
+        if one_d:
+            size = [1, size[-1]]
+        begin = [0, 0]
+    else:
+        p = [0] * 4 if auto == "VALID" else list(a.get("pads", [0] * (2 if one_d else 4)))
+        pb, pe = ([0, p[0]], [0, p[1]]) if one_d else ([p[0], p[1]], [p[2], p[3]])
+        begin = pb
+        size = [f + op - b0 - e0 for f, op, b0, e0 in zip(full, out_pad, pb, pe, strict=True)]
+    xh = _nhwc(tf, x)
+    n = tf.shape(xh)[0]
+    c_out_g = w.shape[1]
+    xs = tf.split(xh, group, axis=3) if group > 1 else [xh]
+    ws = np.split(w, group, axis=0) if group > 1 else [w]
+    ys = [tf.nn.conv2d_transpose(xg, wg.transpose(2, 3, 1, 0), tf.stack([n, full[0], full[1], c_out_g]),
+                                 strides=[1, *strides, 1], padding="VALID") for xg, wg in zip(xs, ws, strict=True)]
+    y = ys[0] if len(ys) == 1 else tf.concat(ys, axis=3)
+    # the output is rows [begin, begin + size) of the full result extended with zeros on both sides
+    before = [max(0, -b0) for b0 in begin]
+    after = [max(0, b0 + sz - f) for b0, sz, f in zip(begin, size, full, strict=True)]
+    if any(before) or any(after):
+        y = tf.pad(y, [[0, 0], [before[0], after[0]], [before[1], after[1]], [0, 0]])
+    st = [b0 + bf for b0, bf in zip(begin, before, strict=True)]
+    if st != [0, 0] or [sz + s0 for sz, s0 in zip(size, st, strict=True)] != [f + bf + af for f, bf, af in zip(full, before, after, strict=True)]:
+        y = y[:, st[0]:st[0] + size[0], st[1]:st[1] + size[1], :]
+    if b is not None:
+        y = y + b
+    y = _nchw(tf, y)
+    return y[:, :, 0, :] if one_d else y
+
+
+def _pool_pads(a: dict[str, Any], in_hw: list[Any], k: list[int], s: list[int]) -> list[int]:
+    """ONNX pooling pads ``[top, left, bottom, right]`` with ``auto_pad`` (SAME_UPPER/LOWER:
+    output ``ceil(in / stride)``, the extra pixel at the end / start) and ``ceil_mode`` (extra
+    end padding for the last partial window, which must start inside the input or its left
+    padding — ONNX's reference rule) resolved; needs static sizes for either."""
+    auto = a.get("auto_pad", "NOTSET")
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    if auto in ("SAME_UPPER", "SAME_LOWER", "VALID") or a.get("ceil_mode", 0):
+        if not all(isinstance(d, int) for d in in_hw):
+            raise UnsupportedError("TFLite route: pooling with auto_pad/ceil_mode needs static spatial sizes")
+    if auto == "VALID":
+        return [0, 0, 0, 0]
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        total = [max(0, (-(-i // st) - 1) * st + kk - i) for i, st, kk in zip(in_hw, s, k, strict=True)]
+        small = [t // 2 for t in total]
+        big = [t - t // 2 for t in total]
+        return [*small, *big] if auto == "SAME_UPPER" else [*big, *small]
+    if a.get("ceil_mode", 0):
+        for ax in range(2):
+            span = in_hw[ax] + pads[ax] + pads[ax + 2] - k[ax]
+            out = -(-span // s[ax]) + 1
+            if (out - 1) * s[ax] >= in_hw[ax] + pads[ax]:
+                out -= 1
+            pads[ax + 2] += max(0, (out - 1) * s[ax] + k[ax] - (in_hw[ax] + pads[ax] + pads[ax + 2]))
+    return pads
+
+
 def _pool(kind: str) -> Callable[..., Any]:
+    """ONNX MaxPool / AveragePool, 1-D (as H = 1) or 2-D, as TFLite's MAX_POOL_2D /
+    AVERAGE_POOL_2D on NHWC with explicit padding (``_pool_pads``). Max pads with the dtype's
+    lowest value; average with ``count_include_pad=0`` divides the window sums by the number of
+    real pixels (a constant map). Raises ``UnsupportedError`` for 3-D, dilations, and
+    average pooling with ``ceil_mode``."""
+
     def f(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
-        k = a["kernel_shape"]
-        if len(k) != 2 or a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1, 1])):
-            raise UnsupportedError(f"TFLite route: {kind} pool variant (ceil_mode/dilations/non-2D)")
-        s = a.get("strides", [1, 1])
-        pads = a.get("pads", [0, 0, 0, 0])
-        xh = _nhwc(tf, ins[0])
+        k = list(a["kernel_shape"])
+        one_d = len(k) == 1
+        if len(k) not in (1, 2) or any(d != 1 for d in a.get("dilations", [1] * len(k))):
+            raise UnsupportedError(f"TFLite route: {kind} pool variant (dilations or 3-D)")
+        if kind == "avg" and a.get("ceil_mode", 0):
+            raise UnsupportedError("TFLite route: AveragePool with ceil_mode")
+        s = list(a.get("strides", [1] * len(k)))
+        x = ins[0]
+        if one_d:  # (N, C, L) -> (N, C, 1, L)
+            x = tf.expand_dims(x, 2)
+            k, s = [1, *k], [1, *s]
+            p1 = list(a.get("pads", [0, 0]))
+            a = {**a, "pads": [0, p1[0], 0, p1[1]]}
+        pads = _pool_pads(a, [x.shape[2], x.shape[3]], k, s)
+        xh = _nhwc(tf, x)
         if any(pads):
             if kind == "max":
-                xh = tf.pad(xh, _explicit_pads(pads), constant_values=float("-inf"))
-            elif a.get("count_include_pad", 0):
-                xh = tf.pad(xh, _explicit_pads(pads))
+                dt = xh.dtype.as_numpy_dtype
+                low = -np.inf if np.issubdtype(dt, np.floating) else np.iinfo(dt).min
+                xh = tf.pad(xh, _explicit_pads(pads), constant_values=tf.constant(low, xh.dtype))
             else:
-                raise UnsupportedError("TFLite route: AveragePool with padding excluded from the count")
+                xh = tf.pad(xh, _explicit_pads(pads))
         fn = tf.nn.max_pool2d if kind == "max" else tf.nn.avg_pool2d
-        return _nchw(tf, fn(xh, k, [1, *s, 1], "VALID"))
+        y = fn(xh, k, [1, *s, 1], "VALID")
+        if kind == "avg" and any(pads) and not a.get("count_include_pad", 0):
+            ih, iw = x.shape[2], x.shape[3]
+            if not (isinstance(ih, int) and isinstance(iw, int)):
+                raise UnsupportedError("TFLite route: AveragePool excluding padding needs static spatial sizes")
+            ones = np.pad(np.ones((ih, iw), np.float32), [[pads[0], pads[2]], [pads[1], pads[3]]])
+            cnt = np.lib.stride_tricks.sliding_window_view(ones, k)[::s[0], ::s[1]].sum(axis=(2, 3))
+            y = y * (float(k[0] * k[1]) / cnt)[None, :, :, None].astype(np.float32)
+        y = _nchw(tf, y)
+        return y[:, :, 0, :] if one_d else y
 
     return f
 
@@ -214,8 +362,15 @@ def _reduce(name: str) -> Callable[..., Any]:
     def f(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
         axes = a.get("axes")
         if axes is None and len(ins) > 1 and ins[1] is not None:
-            axes = [int(i) for i in ins[1]]
-        fn = {"mean": tf.reduce_mean, "sum": tf.reduce_sum, "max": tf.reduce_max}[name]
+            if not _is_const(ins[1]):
+                raise UnsupportedError(f"TFLite route: Reduce{name.capitalize()} with axes computed at run time")
+            axes = [int(i) for i in np.asarray(ins[1]).reshape(-1)]
+        if not axes:  # absent or empty: every axis, unless noop_with_empty_axes
+            if a.get("noop_with_empty_axes", 0):
+                return ins[0]
+            axes = None
+        fn = {"mean": tf.reduce_mean, "sum": tf.reduce_sum, "max": tf.reduce_max, "min": tf.reduce_min,
+              "prod": tf.reduce_prod}[name]
         return fn(ins[0], axis=axes, keepdims=bool(a.get("keepdims", 1)))
 
     return f
@@ -229,7 +384,18 @@ def _axes(ins: list[Any], a: dict[str, Any]) -> list[int]:
 
 def _squeeze(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     ax = _axes(ins, a)
-    return tf.squeeze(ins[0], axis=ax or None)
+    x = ins[0]
+    if _is_const(x):
+        return np.squeeze(x, axis=tuple(ax) or None)
+    rank = len(x.shape)
+    if ax and any(x.shape[i] is None for i in range(rank)):
+        # TFLite's SQUEEZE refuses a tensor with several unknown dims ("squeeze_dims ... at most 8"
+        # from the converter, seen on torch's 2-head attention export): a reshape to the kept dims
+        drop = {int(i) % rank for i in ax}
+        dyn = tf.shape(x)
+        keep = [x.shape[i] if x.shape[i] is not None else dyn[i] for i in range(rank) if i not in drop]
+        return tf.reshape(x, tf.stack([tf.cast(k, tf.int32) for k in keep]) if keep else [])
+    return tf.squeeze(x, axis=ax or None)
 
 
 def _unsqueeze(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
@@ -261,9 +427,16 @@ def _softmax(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
 
 
 def _clip(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
-    lo = a.get("min", ins[1] if len(ins) > 1 and ins[1] is not None else -np.inf)
-    hi = a.get("max", ins[2] if len(ins) > 2 and ins[2] is not None else np.inf)
-    return tf.clip_by_value(ins[0], float(np.asarray(lo)), float(np.asarray(hi)))
+    lo = a.get("min", ins[1] if len(ins) > 1 and ins[1] is not None else None)
+    hi = a.get("max", ins[2] if len(ins) > 2 and ins[2] is not None else None)
+    x = _t(tf, ins[0])
+    if not all(v is None or _is_const(v) or isinstance(v, float) for v in (lo, hi)):
+        raise UnsupportedError("TFLite route: Clip with bounds computed at run time")
+    dt = x.dtype.as_numpy_dtype
+    info = np.finfo(dt) if np.issubdtype(dt, np.floating) else np.iinfo(dt)
+    lo_v = np.asarray(info.min if lo is None else lo).astype(dt).item()  # absent bound: the dtype's range
+    hi_v = np.asarray(info.max if hi is None else hi).astype(dt).item()
+    return tf.minimum(tf.maximum(x, tf.constant(lo_v, x.dtype)), tf.constant(hi_v, x.dtype))
 
 
 def _cast(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
@@ -290,7 +463,12 @@ def _split(tf: Any, ins: list[Any], a: dict[str, Any], n_out: int) -> Any:
     axis = a.get("axis", 0)
     if sizes:
         return tf.split(ins[0], [int(v) for v in sizes], axis=axis)
-    return tf.split(ins[0], a.get("num_outputs", n_out), axis=axis)
+    parts = a.get("num_outputs", n_out)
+    dim = ins[0].shape[axis]
+    if isinstance(dim, int) and dim % parts:  # ONNX-18 num_outputs: ceil(dim / n) each, the last smaller
+        step = -(-dim // parts)
+        return tf.split(ins[0], [step] * (parts - 1) + [dim - step * (parts - 1)], axis=axis)
+    return tf.split(ins[0], parts, axis=axis)
 
 
 def _div(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
@@ -302,6 +480,20 @@ def _div(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
         q = tf.math.floordiv(tf.cast(_t(tf, x), tf.int32), tf.cast(_t(tf, y), tf.int32))  # TFLite: int32 only
         return tf.cast(q, dt)
     return x / y
+
+
+def _mod(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    """ONNX ``Mod``: ``fmod=0`` takes the divisor's sign (TFLite FLOOR_MOD), ``fmod=1`` the
+    dividend's (C ``fmod``: ``x - trunc(x / y) * y``, built from builtins)."""
+    x, y = ins[0], ins[1]
+    if _is_const(x) and _is_const(y):
+        return (np.fmod(x, y) if a.get("fmod", 0) else np.mod(x, y)).astype(np.asarray(x).dtype)
+    x, y = _t(tf, x), tf.cast(_t(tf, y), _t(tf, x).dtype)
+    if not a.get("fmod", 0):
+        return tf.math.floormod(x, y)
+    if x.dtype.is_integer:
+        return x - tf.math.sign(x) * tf.math.floormod(tf.abs(x), tf.abs(y))
+    return x - tf.math.sign(x / y) * tf.floor(tf.abs(x / y)) * y
 
 
 def _gather(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
@@ -380,12 +572,13 @@ def _layernorm(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     rank = len(x.shape)
     axes = list(range(axis % rank, rank))
     mean, var = tf.nn.moments(x, axes=axes, keepdims=True)
-    y = (x - mean) * tf.math.rsqrt(var + a.get("epsilon", 1e-5))
+    inv_std = tf.math.rsqrt(var + a.get("epsilon", 1e-5))
+    y = (x - mean) * inv_std
     if len(ins) > 1 and ins[1] is not None:
         y = y * ins[1]
     if len(ins) > 2 and ins[2] is not None:
         y = y + ins[2]
-    return y
+    return y, mean, inv_std  # ONNX's optional Mean and InvStdDev outputs
 
 
 def _range(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
@@ -411,16 +604,57 @@ def _variadic(fn_name: str) -> Callable[..., Any]:
     return f
 
 
+def _onnx_nearest_index(coord: str, rounding: str, n_in: int, n_out: int, scale: float) -> np.ndarray:
+    """Source index of each output pixel for ONNX ``Resize`` nearest (the operator spec's
+    coordinate transforms and rounding modes), clamped to the input."""
+    o = np.arange(n_out, dtype=np.float64)
+    if coord == "half_pixel" or (coord == "pytorch_half_pixel" and n_out > 1):
+        xo = (o + 0.5) / scale - 0.5
+    elif coord == "pytorch_half_pixel":
+        xo = np.zeros_like(o)
+    elif coord == "align_corners":
+        xo = o * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros_like(o)
+    elif coord == "asymmetric":
+        xo = o / scale
+    elif coord == "tf_half_pixel_for_nn":
+        xo = (o + 0.5) / scale
+    else:
+        raise UnsupportedError(f"TFLite route: nearest Resize with coordinate_transformation_mode {coord}")
+    idx = {"round_prefer_floor": np.ceil(xo - 0.5), "round_prefer_ceil": np.floor(xo + 0.5),
+           "floor": np.floor(xo), "ceil": np.ceil(xo)}[rounding]
+    return np.clip(idx, 0, n_in - 1).astype(np.int64)
+
+
+def _tflite_nearest_index(n_in: int, n_out: int, align: bool, half: bool) -> np.ndarray:
+    """Source index TFLite's RESIZE_NEAREST_NEIGHBOR picks (its reference kernel, float32)."""
+    sc = np.float32((n_in - 1) / (n_out - 1)) if align and n_out > 1 else np.float32(n_in / n_out)
+    v = (np.arange(n_out, dtype=np.float32) + np.float32(0.5 if half else 0.0)) * sc
+    idx = np.floor(v + np.float32(0.5)) if align else np.floor(v)  # TfLiteRound: half away from zero (v >= 0)
+    idx = np.minimum(idx, n_in - 1)
+    return np.maximum(idx, 0).astype(np.int64)
+
+
 def _resize(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     """ONNX ``Resize`` (and ``Upsample``) of the H/W axes of an NCHW tensor, as TFLite's
-    RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR.
+    RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR (flags ``align_corners``, ``half_pixel_centers``).
 
-    Nearest: ``asymmetric`` + ``floor`` (``nn.Upsample``'s export) at any scale; at integer
-    upscales every coordinate mode but ``align_corners``/``tf_crop_and_resize`` picks the same
-    pixels (source index ``o // s``), so those map too. Linear: ``half_pixel`` /
-    ``pytorch_half_pixel`` → ``half_pixel_centers``, ``align_corners`` → ``align_corners``,
-    ``asymmetric`` → neither. Raises ``UnsupportedError`` for other modes, cubic, and scales
-    on N or C."""
+    TFLite maps output to input with the ratio ``in / out``; ONNX with the given ``scales``
+    (or ``out / in`` for ``sizes``). Where the two differ (a scale whose ``in × scale`` is not a
+    whole number) the result would differ, so the route refuses it, except for
+    ``align_corners``, which reads only the sizes. ``axes`` (opset 18) may name H and W in
+    either order.
+
+    Nearest, static sizes: the ONNX source index of every output pixel (coordinate mode ×
+    rounding mode, per the operator spec) is computed and the TFLite flag setting that picks
+    the same pixels is used; if none does, ``UnsupportedError``. Sizes known only at run time:
+    ``asymmetric`` + ``floor`` (``nn.Upsample``'s export) and ``half_pixel`` + ``round_prefer_ceil``
+    are exact at any scale, ``half_pixel`` + ``round_prefer_floor`` at integer upscales (no
+    rounding ties); others are refused. Linear: ``half_pixel`` / ``pytorch_half_pixel`` →
+    ``half_pixel_centers``, ``align_corners`` → ``align_corners``, ``asymmetric`` → neither; an
+    output of one pixel is refused for ``align_corners`` / ``pytorch_half_pixel`` (ONNX then
+    reads pixel 0). Raises ``UnsupportedError`` for cubic, ``tf_crop_and_resize``,
+    ``half_pixel_symmetric``, antialias, ``keep_aspect_ratio_policy`` other than ``stretch``,
+    and resizing N or C."""
     x = ins[0]
     if _is_const(x) or len(x.shape) != 4:
         raise UnsupportedError("TFLite route: Resize of a non-4-D (NCHW) tensor")
@@ -434,51 +668,181 @@ def _resize(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
     mode = a.get("mode", "nearest")
     coord = a.get("coordinate_transformation_mode", "half_pixel" if len(ins) > 2 else "asymmetric")
     nearest_mode = a.get("nearest_mode", "round_prefer_floor" if len(ins) > 2 else "floor")
-    if a.get("axes") is not None or a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise UnsupportedError("TFLite route: Resize with axes, antialias or keep_aspect_ratio_policy")
-    int_up = False
+    if a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise UnsupportedError("TFLite route: Resize with antialias or keep_aspect_ratio_policy")
+    if mode not in ("nearest", "linear"):
+        raise UnsupportedError(f"TFLite route: Resize mode {mode}")
+    axes = [int(v) % 4 for v in a["axes"]] if a.get("axes") is not None else [0, 1, 2, 3]
+    if sorted(axes) not in ([2, 3], [0, 1, 2, 3]):
+        raise UnsupportedError(f"TFLite route: Resize over axes {list(a['axes'])} (only H and W resize)")
+    in_hw = [x.shape[2], x.shape[3]]
+    static_in = all(isinstance(d, int) for d in in_hw)
+    sc_hw: list[float] | None = None
     if sizes is not None:
         if _is_const(sizes):
-            sz = [int(v) for v in np.asarray(sizes).reshape(-1)]
-            if len(sz) != 4 or any(isinstance(d, int) and d != v for d, v in zip(x.shape[:2], sz[:2], strict=True)):
+            sz = dict(zip(axes, [int(v) for v in np.asarray(sizes).reshape(-1)], strict=True))
+            if any(ax in sz and isinstance(x.shape[ax], int) and sz[ax] != x.shape[ax] for ax in (0, 1)):
                 raise UnsupportedError("TFLite route: Resize of the N or C axis")
-            hw: Any = sz[2:]
-            ih, iw = x.shape[2], x.shape[3]
-            int_up = isinstance(ih, int) and isinstance(iw, int) and hw[0] % ih == 0 and hw[1] % iw == 0
+            hw: Any = [sz[2], sz[3]]
         else:
+            if axes != [0, 1, 2, 3]:
+                raise UnsupportedError("TFLite route: Resize with axes and sizes computed at run time")
             hw = tf.cast(sizes[2:], tf.int32)
     elif scales is not None:
         if not _is_const(scales):
             raise UnsupportedError("TFLite route: Resize with scales computed at run time")
-        sc = [float(v) for v in np.asarray(scales).reshape(-1)]
-        if len(sc) != 4 or sc[0] != 1.0 or sc[1] != 1.0:
+        sc = dict(zip(axes, [float(v) for v in np.asarray(scales).reshape(-1)], strict=True))
+        if sc.get(0, 1.0) != 1.0 or sc.get(1, 1.0) != 1.0:
             raise UnsupportedError("TFLite route: Resize of the N or C axis")
-        int_up = all(v >= 1 and float(v).is_integer() for v in sc[2:])
-        dims = [x.shape[i] if isinstance(x.shape[i], int) else tf.shape(x)[i] for i in (2, 3)]
-        hw = [int(np.floor(d * s)) if isinstance(d, int) else tf.cast(tf.floor(tf.cast(d, tf.float32) * s), tf.int32)
-              for d, s in zip(dims, sc[2:], strict=True)]
-        if not all(isinstance(v, int) for v in hw):
-            hw = tf.stack([tf.cast(v, tf.int32) for v in hw])
+        sc_hw = [sc[2], sc[3]]
+        if static_in:
+            hw = [int(np.floor(d * v)) for d, v in zip(in_hw, sc_hw, strict=True)]
+            ratio_ok = all(d * v == o for d, v, o in zip(in_hw, sc_hw, hw, strict=True))
+        else:
+            ratio_ok = all(v >= 1 and float(v).is_integer() for v in sc_hw)
+            dims = [d if isinstance(d, int) else tf.shape(x)[i + 2] for i, d in enumerate(in_hw)]
+            hw = tf.stack([tf.cast(tf.floor(tf.cast(d, tf.float32) * v), tf.int32) for d, v in zip(dims, sc_hw, strict=True)])
+        if not ratio_ok and coord != "align_corners":
+            raise UnsupportedError(f"TFLite route: Resize by scales {sc_hw} whose output size is not input × scale "
+                                   "exactly (TFLite maps pixels by the size ratio); give sizes instead")
     else:
         raise UnsupportedError("TFLite route: Resize without scales or sizes")
+    static_out = isinstance(hw, list) and all(isinstance(v, int) for v in hw)
+    if static_out and min(hw) == 1 and coord in ("align_corners", "pytorch_half_pixel"):
+        raise UnsupportedError(f"TFLite route: Resize to a size of 1 with {coord}")
     xh = _nhwc(tf, x)
     if mode == "nearest":
-        exact = coord == "asymmetric" and nearest_mode == "floor"
-        if not (exact or (int_up and coord in ("asymmetric", "half_pixel", "pytorch_half_pixel"))):
-            raise UnsupportedError(f"TFLite route: nearest Resize with {coord}/{nearest_mode} at a non-integer scale")
-        y = tf.compat.v1.image.resize_nearest_neighbor(xh, hw, align_corners=False, half_pixel_centers=False)
-    elif mode == "linear":
+        if static_in and static_out:
+            scale = sc_hw if sc_hw is not None else [o / i for o, i in zip(hw, in_hw, strict=True)]
+            want = [_onnx_nearest_index(coord, nearest_mode, i, o, v) for i, o, v in zip(in_hw, hw, scale, strict=True)]
+            flags = next(((al, hp) for al, hp in ((False, False), (False, True), (True, False))
+                          if all(np.array_equal(w, _tflite_nearest_index(i, o, al, hp))
+                                 for w, i, o in zip(want, in_hw, hw, strict=True))), None)
+            if flags is None:
+                raise UnsupportedError(f"TFLite route: nearest Resize with {coord}/{nearest_mode} from {in_hw} to {hw}: "
+                                       "no TFLite resize picks the same pixels")
+            align, half = flags
+        else:
+            int_up = sc_hw is not None and all(v >= 1 and float(v).is_integer() for v in sc_hw)
+            if coord == "asymmetric" and nearest_mode == "floor":
+                align, half = False, False
+            elif coord in ("half_pixel", "pytorch_half_pixel") and (
+                    nearest_mode == "round_prefer_ceil" or (nearest_mode == "round_prefer_floor" and int_up)):
+                align, half = False, True
+            else:
+                raise UnsupportedError(f"TFLite route: nearest Resize with {coord}/{nearest_mode} at sizes known only at "
+                                       "run time")
+        y = tf.compat.v1.image.resize_nearest_neighbor(xh, hw, align_corners=align, half_pixel_centers=half)
+    else:
         if coord not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
             raise UnsupportedError(f"TFLite route: linear Resize with coordinate_transformation_mode {coord}")
         y = tf.compat.v1.image.resize_bilinear(xh, hw, align_corners=coord == "align_corners",
                                                half_pixel_centers=coord in ("half_pixel", "pytorch_half_pixel"))
-    else:
-        raise UnsupportedError(f"TFLite route: Resize mode {mode}")
     return _nchw(tf, tf.cast(y, x.dtype))
+
+
+def _pad(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    """ONNX ``Pad`` (opset 2 attributes or opset 11+ inputs, opset-18 ``axes``): ``constant``
+    → PAD/PADV2, ``reflect`` → MIRROR_PAD (REFLECT), ``edge`` → MIRROR_PAD (SYMMETRIC), which
+    repeats the border exactly when no pad exceeds 1. Pads must be constant and >= 0."""
+    x = ins[0]
+    rank = len(x.shape)
+    mode = a.get("mode", "constant")
+    if "pads" in a:
+        pads, value = list(a["pads"]), float(a.get("value", 0.0))
+    else:
+        if not _is_const(ins[1]):
+            raise UnsupportedError("TFLite route: Pad with pads computed at run time")
+        pads = [int(v) for v in np.asarray(ins[1]).reshape(-1)]
+        cv = ins[2] if len(ins) > 2 and ins[2] is not None else None
+        if cv is not None and not _is_const(cv):
+            raise UnsupportedError("TFLite route: Pad with a constant_value computed at run time")
+        value = np.asarray(cv).reshape(-1)[0] if cv is not None and np.asarray(cv).size else 0
+    axes = list(range(rank))
+    if len(ins) > 3 and ins[3] is not None:
+        if not _is_const(ins[3]):
+            raise UnsupportedError("TFLite route: Pad with axes computed at run time")
+        axes = [int(v) % rank for v in np.asarray(ins[3]).reshape(-1)]
+    n = len(axes)
+    paddings = [[0, 0] for _ in range(rank)]
+    for k, ax in enumerate(axes):
+        paddings[ax] = [pads[k], pads[k + n]]
+    if any(p < 0 for pr in paddings for p in pr):
+        raise UnsupportedError("TFLite route: Pad with negative pads (cropping)")
+    if mode == "constant":
+        return tf.pad(_t(tf, x), paddings, constant_values=tf.constant(value, dtype=_t(tf, x).dtype))
+    if mode == "reflect":
+        return tf.pad(x, paddings, mode="REFLECT")
+    if mode == "edge" and all(p <= 1 for pr in paddings for p in pr):
+        return tf.pad(x, paddings, mode="SYMMETRIC")
+    raise UnsupportedError(f"TFLite route: Pad mode {mode}" + (" wider than 1" if mode == "edge" else ""))
+
+
+def _arg(kind: str) -> Callable[..., Any]:
+    def f(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+        if a.get("select_last_index", 0):
+            raise UnsupportedError(f"TFLite route: Arg{kind.capitalize()} with select_last_index")
+        axis = a.get("axis", 0)
+        fn = tf.math.argmax if kind == "max" else tf.math.argmin
+        y = fn(ins[0], axis=axis, output_type=tf.int64)
+        return tf.expand_dims(y, axis) if a.get("keepdims", 1) else y
+
+    return f
+
+
+def _depth_to_space(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    """ONNX ``DepthToSpace``: ``DCR`` is TFLite's DEPTH_TO_SPACE (NHWC); ``CRD`` (PixelShuffle's
+    export) is the reshape/transpose of the operator spec (static C, H, W)."""
+    b = int(a["blocksize"])
+    x = ins[0]
+    if a.get("mode", "DCR") == "DCR":
+        return _nchw(tf, tf.nn.depth_to_space(_nhwc(tf, x), b))
+    _, c, h, w = x.shape
+    if not all(isinstance(d, int) for d in (c, h, w)):
+        raise UnsupportedError("TFLite route: DepthToSpace CRD needs static C, H, W")
+    n = tf.shape(x)[0]
+    y = tf.reshape(x, tf.stack([n, c // (b * b), b, b, h, w]))
+    y = tf.transpose(y, [0, 1, 4, 2, 5, 3])
+    return tf.reshape(y, tf.stack([n, c // (b * b), h * b, w * b]))
+
+
+def _space_to_depth(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    if a.get("mode", "DCR") != "DCR":  # TFLite's SPACE_TO_DEPTH orders channels as DCR only
+        raise UnsupportedError(f"TFLite route: SpaceToDepth mode {a['mode']}")
+    return _nchw(tf, tf.nn.space_to_depth(_nhwc(tf, ins[0]), int(a["blocksize"])))
+
+
+def _dropout(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    """Inference Dropout: the input, and an all-true mask. ``training_mode`` true (or computed)
+    would drop at random: refused, unless the ratio is a constant 0."""
+    train = ins[2] if len(ins) > 2 else None
+    ratio = ins[1] if len(ins) > 1 else None
+    no_drop = ratio is not None and _is_const(ratio) and float(np.asarray(ratio).reshape(-1)[0]) == 0.0
+    if train is not None and not no_drop and (not _is_const(train) or bool(np.asarray(train).reshape(-1)[0])):
+        raise UnsupportedError("TFLite route: Dropout with training_mode (random masks)")
+    return ins[0], tf.ones_like(ins[0], dtype=tf.bool)
+
+
+def _instance_norm(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
+    x, scale, bias = ins[0], ins[1], ins[2]
+    rank = len(x.shape)
+    mean, var = tf.nn.moments(x, axes=list(range(2, rank)), keepdims=True)
+    shape = [1, -1] + [1] * (rank - 2)
+    y = (x - mean) * tf.math.rsqrt(var + a.get("epsilon", 1e-5))
+    return y * tf.reshape(scale, shape) + tf.reshape(bias, shape)
+
+
+def _softplus(tf: Any, x: Any) -> Any:
+    return tf.nn.relu(x) + tf.math.log(1.0 + tf.exp(-tf.abs(x)))  # stable log(1 + e^x)
+
+
+def _elu_like(tf: Any, x: Any, alpha: float) -> Any:
+    return tf.where(x > 0, x, alpha * (tf.exp(x) - 1.0))
 
 
 _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
     "MaxPool": _pool("max"),
     "AveragePool": _pool("avg"),
     "GlobalAveragePool": lambda tf, i, a: tf.reduce_mean(i[0], axis=[2, 3], keepdims=True),
@@ -489,6 +853,7 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Sub": lambda tf, i, a: i[0] - i[1],
     "Mul": lambda tf, i, a: i[0] * i[1],
     "Div": _div,
+    "Mod": _mod,
     "Relu": lambda tf, i, a: tf.nn.relu(i[0]),
     "LeakyRelu": lambda tf, i, a: tf.nn.leaky_relu(i[0], a.get("alpha", 0.01)),
     "Sigmoid": lambda tf, i, a: tf.sigmoid(i[0]),
@@ -513,7 +878,9 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "Resize": _resize,
     "Upsample": _resize,
     "Identity": lambda tf, i, a: i[0],
-    "Dropout": lambda tf, i, a: i[0],
+    "Dropout": _dropout,
+    "Size": lambda tf, i, a: (np.asarray(np.asarray(i[0]).size, dtype=np.int64) if _is_const(i[0]) else
+                              tf.cast(tf.size(i[0]), tf.int64)),
     "Shape": lambda tf, i, a: (np.asarray(i[0].shape, dtype=np.int64) if _is_const(i[0]) else
                                tf.cast(tf.shape(i[0]), tf.int64))[a.get("start", 0):a.get("end")],
     "Gather": _gather,
@@ -526,6 +893,38 @@ _TF_OPS: dict[str, Callable[[Any, list[Any], dict[str, Any]], Any]] = {
     "GatherElements": _gather_elements,
     "GatherND": lambda tf, i, a: tf.gather_nd(_t(tf, i[0]), _t(tf, i[1]), batch_dims=a.get("batch_dims", 0)),
     "Where": lambda tf, i, a: tf.where(_t(tf, i[0]), _t(tf, i[1]), _t(tf, i[2])),
+    "Abs": lambda tf, i, a: tf.abs(i[0]),
+    "Ceil": lambda tf, i, a: tf.math.ceil(i[0]),
+    "Floor": lambda tf, i, a: tf.math.floor(i[0]),
+    "Round": lambda tf, i, a: tf.math.round(i[0]),  # half to even, as ONNX
+    "Log": lambda tf, i, a: tf.math.log(i[0]),
+    "Sin": lambda tf, i, a: tf.math.sin(i[0]),
+    "Cos": lambda tf, i, a: tf.math.cos(i[0]),
+    "Sign": lambda tf, i, a: tf.math.sign(i[0]),
+    "Reciprocal": lambda tf, i, a: 1.0 / i[0],
+    "Softsign": lambda tf, i, a: i[0] / (1.0 + tf.abs(i[0])),
+    "Softplus": lambda tf, i, a: _softplus(tf, i[0]),
+    "Mish": lambda tf, i, a: i[0] * tf.tanh(_softplus(tf, i[0])),
+    "Elu": lambda tf, i, a: _elu_like(tf, i[0], a.get("alpha", 1.0)),
+    "Selu": lambda tf, i, a: a.get("gamma", 1.0507009873554805) * _elu_like(tf, i[0], a.get("alpha", 1.6732632423543772)),
+    "Celu": lambda tf, i, a: tf.nn.relu(i[0]) + tf.minimum(0.0, a.get("alpha", 1.0) * (tf.exp(i[0] / a.get("alpha", 1.0)) - 1.0)),
+    "ThresholdedRelu": lambda tf, i, a: tf.where(i[0] > a.get("alpha", 1.0), i[0], tf.zeros_like(i[0])),
+    "HardSigmoid": lambda tf, i, a: tf.clip_by_value(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0.0, 1.0),
+    "HardSwish": lambda tf, i, a: i[0] * tf.clip_by_value(i[0] / 6.0 + 0.5, 0.0, 1.0),
+    "PRelu": lambda tf, i, a: tf.where(i[0] < 0, i[0] * _t(tf, i[1]), i[0]),
+    "Pad": _pad,
+    "Tile": lambda tf, i, a: tf.tile(i[0], [int(v) for v in np.asarray(i[1]).reshape(-1)] if _is_const(i[1])
+                                     else tf.cast(i[1], tf.int32)),
+    "ArgMax": _arg("max"),
+    "ArgMin": _arg("min"),
+    "DepthToSpace": _depth_to_space,
+    "SpaceToDepth": _space_to_depth,
+    "InstanceNormalization": _instance_norm,
+    "ReduceMin": _reduce("min"),
+    "ReduceProd": _reduce("prod"),
+    "Sum": _variadic("add"),
+    "Mean": lambda tf, i, a: _variadic("add")(tf, i, a) / float(len(i)),
+    "Xor": lambda tf, i, a: tf.math.logical_xor(_t(tf, i[0]), _t(tf, i[1])),
     "And": lambda tf, i, a: tf.logical_and(_t(tf, i[0]), _t(tf, i[1])),
     "Or": lambda tf, i, a: tf.logical_or(_t(tf, i[0]), _t(tf, i[1])),
     "Not": lambda tf, i, a: tf.logical_not(_t(tf, i[0])),
@@ -566,7 +965,9 @@ def onnx_to_tflite(src: ModelHandle, dst: Path, *, int8: bool = False, calibrati
     tf = import_tf()
     sig = _signature(tf, src)
 
-    @tf.function(input_signature=sig)
+    # autograph off: the graph is straight-line Python, and autograph would wrap a converter's
+    # UnsupportedError in a multi-line "in user code: File ..." trace
+    @tf.function(input_signature=sig, autograph=False)
     def serve(*args: Any) -> Any:
         return graph(tf, *args)
 
