@@ -167,3 +167,34 @@ def test_allow_slower_skips_the_timing(monkeypatch, tmp_path, capsys):
                           "--no-bench")
     assert rc == 0, err
     assert _int8_convs(onnx.load(out)) == 2
+
+
+def _deep_mlp(layers: int = 10) -> onnx.ModelProto:
+    """x [b, 32] -> (MatMul [32, 32] -> Relu) x layers -> y [b, 32]."""
+    rng = np.random.default_rng(3)
+    nodes, inits, cur = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array((rng.standard_normal((32, 32)) / 5).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [cur, f"w{i}"], [f"m{i}"], name=f"fc{i}"),
+                  helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}")]
+        cur = f"r{i}"
+    nodes[-1] = helper.make_node("Relu", [f"m{layers - 1}"], ["y"], name=f"relu{layers - 1}")
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 32])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_keep_float_bisects_on_many_layers():
+    """10 layers, a target int8 misses: the count kept float is bisected (≤ 1 + log2(10) + 1 trials after the
+    first), and the count found is the smallest that meets the target among those tried."""
+    data = {"x": np.random.default_rng(4).standard_normal((48, 32)).astype(np.float32)}
+    cfg = AutoConfig(target_cos=0.9999, min_cos=0.9, smooth_alphas=(0.0,), max_kept_fraction=1.0,
+                     choose_by_speed=False)
+    rep = ds.quantize(_deep_mlp(), cfg, data=data).report.details["auto"]
+    assert rep["met"] and rep["cos_mean"] >= 0.9999  # 7 kept seen: 10, 5, 7, 6 tried
+    kept = len(rep["kept_float"])
+    probes = rep["trials"][1:]
+    assert 1 <= kept < 10 and len(probes) <= 5  # limit 10, then 5, then 2 or 7, ...: 4-5 trials, not up to 10
+    by_count = {int(t["what"].split(", ")[1].split()[0]): t["cos_mean"] for t in probes}
+    assert by_count[kept] >= 0.9999
+    assert all(c < 0.9999 for k, c in by_count.items() if k < kept)  # every smaller count tried missed it

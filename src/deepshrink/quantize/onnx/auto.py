@@ -7,8 +7,10 @@
    meets ``target_cos`` (mean) and ``min_cos`` (worst sample) and keep its best alpha:
    fewer smoothed tensors means fewer ``Mul`` nodes at run time.
 2. If none does, take the best alpha, measure per-layer sensitivity
-   (:mod:`.sensitivity`), and keep the most sensitive layers in float one at a time
-   until the target is met or ``max_kept_fraction`` of the layers is kept.
+   (:mod:`.sensitivity`), and keep the most sensitive layers in float until the target is met
+   or ``max_kept_fraction`` of the layers is kept: one more layer per trial up to
+   ``LINEAR_KEEP_MAX`` layers, else a bisection on the count (the fewest that meet it, assuming
+   fidelity grows with the layers kept; log2 of the trials).
 3. Report every trial, the layers kept and why (their sensitivity score).
 
 4. Choose by measuring (``choose_by_speed``): int8 is not faster everywhere — ONNX Runtime's
@@ -43,6 +45,7 @@ from . import backend as ob
 from .sensitivity import QuantizeFn, deployed_fidelity, layer_sensitivity, run_outputs
 
 SPEED_THREADS = 2  # the thread count `bench` and the CLI's speed gate time at
+LINEAR_KEEP_MAX = 4  # up to this many keepable layers the keep-float trials go one by one, beyond it they bisect
 SMOOTH_MIN_SHARE = 0.1  # smoothing trials only when smoothable layers hold this share of the weights
 
 
@@ -194,17 +197,33 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     scores = layer_sensitivity(smoothed, nodes, data, qfn, reference=ref1, progress=progress)
     order = sorted(nodes, key=lambda n: scores[n], reverse=True)
     limit = int(len(nodes) * config.max_kept_fraction)
-    kept: list[str] = []
-    met = False
-    for name in order[:limit]:
-        kept.append(name)
-        q = qfn(smoothed, [n for n in nodes if n not in kept])
-        mean, worst = deployed_fidelity(ref, q, data)
-        trials.append({"what": f"alpha={alpha:g}, {len(kept)} most sensitive kept float", "alpha": alpha,
-                       "cos_mean": mean, "cos_min": worst})
-        if mean >= config.target_cos and worst >= config.min_cos:
-            met = True
-            break
+
+    def probe(k: int) -> tuple[onnx.ModelProto, float, float, bool]:
+        """Keep the ``k`` most sensitive layers float; record the trial."""
+        q_k = qfn(smoothed, [n for n in nodes if n not in order[:k]])
+        m_k, w_k = deployed_fidelity(ref, q_k, data)
+        trials.append({"what": f"alpha={alpha:g}, {k} most sensitive kept float", "alpha": alpha,
+                       "cos_mean": m_k, "cos_min": w_k})
+        return q_k, m_k, w_k, m_k >= config.target_cos and w_k >= config.min_cos
+
+    met, k = False, 0
+    if limit <= LINEAR_KEEP_MAX:  # few layers: one more kept per trial, the fewest that meet the target
+        for k in range(1, limit + 1):
+            q, mean, worst, met = probe(k)
+            if met:
+                break
+    else:  # bisect on the count (fidelity grows with the layers kept): log2(limit) trials instead of limit
+        q, mean, worst, met = probe(limit)
+        k = limit
+        lo = 0  # keeping none missed the target (the trials above)
+        while met and k - lo > 1:
+            mid = (lo + k) // 2
+            q_m, m_m, w_m, ok = probe(mid)
+            if ok:
+                k, q, mean, worst = mid, q_m, m_m, w_m
+            else:
+                lo = mid
+    kept = order[:k]
     if not met:
         raise BudgetError(f"auto could not reach cosine {config.target_cos} mean / {config.min_cos} worst: best "
                           f"{mean:.6f} / {worst:.6f} with {len(kept)} of {len(nodes)} layers kept float "
