@@ -83,6 +83,8 @@ def make_session(model: str | os.PathLike[str] | onnx.ModelProto | bytes, *, thr
     """
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # run-time warnings (a declared output shape the graph does not keep) are
+    # ORT's coloured log lines on the user's terminal, once per run; errors still come back as exceptions
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1

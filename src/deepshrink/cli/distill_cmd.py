@@ -92,7 +92,10 @@ def distill_cmd(
     """Distil a teacher into a smaller student and measure the written student against the teacher."""
     from ..core.fileio import check_output
 
-    if (student is None) == (derive is None):
+    if student is not None and derive is not None:
+        raise InputError("give the student one way: --student S (your model) or --derive layers=K / width=F "
+                         "(derived from the teacher), not both")
+    if student is None and derive is None:
         raise InputError("give the student: either --student S or --derive layers=K / --derive width=F")
     if student_weights is not None and student is None:
         raise InputError("--student-weights needs --student")

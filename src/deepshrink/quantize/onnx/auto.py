@@ -21,7 +21,8 @@
    the other base for the MatMul/Gemm layers — are built, each must meet the same fidelity
    target, and all are timed against the float model, interleaved (batch 1, as ``bench``
    does). Among the layouts faster than float (median per-round ratio < 1) the one that
-   quantizes the most weight elements wins; when none is faster, the fastest is kept and the
+   quantizes the most weight elements wins, unless another runs in at most ``MUCH_FASTER``
+   (0.8) of its time, which then wins; when none is faster, the fastest is kept and the
    CLI's speed gate judges the written file (exit 3 unless ``--allow-slower``).
 
 Fidelity is measured on the user's data (the calibration set given to ``quantize``), as
@@ -46,7 +47,8 @@ from .sensitivity import QuantizeFn, deployed_fidelity, layer_sensitivity, run_o
 
 SPEED_THREADS = 2  # the thread count `bench` and the CLI's speed gate time at
 LINEAR_KEEP_MAX = 4  # up to this many keepable layers the keep-float trials go one by one, beyond it they bisect
-SMOOTH_MIN_SHARE = 0.1  # smoothing trials only when smoothable layers hold this share of the weights
+SMOOTH_MIN_SHARE = 0.1
+MUCH_FASTER = 0.8  # auto prefers the most-quantized layout faster than float unless one is this much faster  # smoothing trials only when smoothable layers hold this share of the weights
 
 
 def _smoothable_share(model: onnx.ModelProto, nodes: Sequence[str]) -> float:
@@ -117,6 +119,7 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     include = tuple(config.include) + tuple(base.include)
     exclude = tuple(config.exclude) + tuple(base.exclude)
     nodes = ob.select_nodes(cands, include, exclude)
+    convs = ob.select_nodes(ob.weight_nodes(float_model, ("Conv",)), include, exclude)
     if not nodes:
         if cands:
             raise InputError(f"auto: no layer left to quantize: --include/--exclude removed all {len(cands)} "
@@ -191,7 +194,7 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     if chosen is not None:
         alpha, mean, worst, sm, q, smooth_info = chosen
         res = AutoResult(q, alpha, mean, worst, True, len(nodes), trials, [], {}, smooth_info, scheme)
-        return _by_speed(res, sm, nodes, base, float_model, ref, data, config, progress)
+        return _by_speed(res, sm, nodes, base, float_model, ref, data, config, progress, convs)
 
     alpha, mean, worst, smoothed, q, smooth_info = best
     scores = layer_sensitivity(smoothed, nodes, data, qfn, reference=ref1, progress=progress)
@@ -234,22 +237,23 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
                  for n in kept]
     res = AutoResult(q, alpha, mean, worst, True, len(nodes), trials, kept_info, scores, smooth_info, scheme)
     return _by_speed(res, smoothed, [n for n in nodes if n not in kept], base, float_model, ref, data, config,
-                     progress)
+                     progress, convs)
 
 
 def _layouts(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
-             data: dict[str, Any]) -> list[tuple[str, list[str], Any]]:
+             data: dict[str, Any], convs: Sequence[str] = ()) -> list[tuple[str, list[str], Any]]:
     """The alternatives to the base layout: ``(what, nodes quantized, build() -> model)``.
 
     Convs: all static int8, only the dense ones (``group`` 1: ONNX Runtime's int8 depthwise and
     grouped kernels are the ones that lose to float most often), or none; MatMul/Gemm: static,
     dynamic or float. Every combination but the base layout itself and "nothing quantized"."""
-    types = {w.name: w.op_type for w in ob.weight_nodes(smoothed)}
+    types = {w.name: w.op_type for w in ob.weight_nodes(smoothed, list(ob.WEIGHT_INPUT))}
     grouped = {n.name for n in smoothed.graph.node if n.op_type == "Conv"
                and any(a.name == "group" and a.i > 1 for a in n.attribute)}
-    conv = [n for n in nodes if types.get(n) == "Conv"]
+    own = [n for n in nodes if types.get(n) == "Conv"]
+    conv = own + [n for n in convs if n not in own]  # a dynamic base leaves Convs out: static ones may still pay
     dense = [n for n in conv if n not in grouped]
-    mm = [n for n in nodes if types.get(n) in ("MatMul", "Gemm")]
+    mm = [n for n in nodes if types.get(n) != "Conv"]  # MatMul/Gemm, and what a dynamic base also takes (LSTM...)
     static = isinstance(base, Int8StaticConfig)
     sfn = _static_fn(base if static else Int8StaticConfig(per_channel=True), data)
 
@@ -274,7 +278,7 @@ def _layouts(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
                 continue
             mkind = "static" if mwhat.startswith("static") else "dynamic" if mwhat.startswith("dynamic") else "float"
             if (static and cset == conv and (not mm or mkind == "static")) or \
-                    (not static and not conv and mkind == "dynamic"):
+                    (not static and not cset and not own and mkind == "dynamic"):
                 continue  # the base layout
             what = " + ".join(w for w in (cwhat, mwhat) if w)
             out.append((what, cset + mset, functools.partial(build, cset, mset if mkind == "dynamic" else [],
@@ -284,17 +288,17 @@ def _layouts(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
 
 def _by_speed(res: AutoResult, smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
               float_model: onnx.ModelProto, ref: tuple[np.ndarray, np.ndarray], data: dict[str, Any],
-              config: AutoConfig, progress: bool) -> AutoResult:
+              config: AutoConfig, progress: bool, convs: Sequence[str] = ()) -> AutoResult:
     """Step 4 of the module doc: time the base layout against its per-op-type alternatives; keep the fastest."""
     if not config.choose_by_speed or not nodes:
         return res
-    sizes = {w.name: int(np.prod(w.shape)) for w in ob.weight_nodes(smoothed)}
+    sizes = {w.name: int(np.prod(w.shape)) for w in ob.weight_nodes(smoothed, list(ob.WEIGHT_INPUT))}
     cands: list[dict[str, Any]] = [{"what": f"{res.scheme.split(',')[0] or 'base'} on all {len(nodes)} layers",
                                     "model": res.model,
                                     "names": list(nodes),
                                     "int8_weights": sum(sizes.get(n, 0) for n in nodes),
                                     "cos_mean": res.cos_mean, "cos_min": res.cos_min}]
-    for what, names, build in _layouts(smoothed, nodes, base, data):
+    for what, names, build in _layouts(smoothed, nodes, base, data, convs):
         try:
             q = build()
             mean, worst = deployed_fidelity(ref, q, data)
@@ -314,12 +318,15 @@ def _by_speed(res: AutoResult, smoothed: onnx.ModelProto, nodes: Sequence[str], 
     for c, (ratio, spread) in zip(cands, timed, strict=True):
         c["ratio"], c["ratio_spread"] = ratio, spread
     faster = [c for c in cands if c["ratio"] < 1.0]
-    pick = (max(faster, key=lambda c: (c["int8_weights"], -c["ratio"])) if faster
-            else min(cands, key=lambda c: c["ratio"]))
+    fastest = min(cands, key=lambda c: c["ratio"])
+    pick = max(faster, key=lambda c: (c["int8_weights"], -c["ratio"])) if faster else fastest
+    if faster and fastest["ratio"] <= MUCH_FASTER * pick["ratio"]:
+        pick = fastest  # a layout that quantizes less but runs clearly faster
     for c in cands:
         res.speed.append({k: v for k, v in c.items() if k not in ("model", "names")} | {"chosen": c is pick})
     if pick is not cands[0]:
         res.model, res.cos_mean, res.cos_min = pick["model"], pick["cos_mean"], pick["cos_min"]
+        res.layers += len([n for n in pick["names"] if n not in nodes])  # static Convs a dynamic base left out
         why = (f"timed: the layout \"{pick['what']}\" ({pick['ratio']:.2f}× the float latency) keeps it float"
                + ("" if faster else "; no layout was faster than float"))
         res.kept = res.kept + [{"layer": n, "score": 0.0, "reason": why} for n in nodes if n not in pick["names"]]
@@ -354,7 +361,9 @@ def _static_fn(base: Int8StaticConfig, data: dict[str, Any]) -> QuantizeFn:
 
 def summary_from_dict(d: dict[str, Any]) -> str:
     """The CLI's text for an ``AutoResult.to_dict()``: trials, then the layers kept float and why."""
-    lines = [f"auto{' (' + d['scheme'] + ')' if d.get('scheme') else ''}: smoothing alpha {d['alpha']:g}, {d['quantized_layers']} layers int8, {len(d['kept_float'])} kept float; "
+    chosen = next((t["what"] for t in d.get("speed") or [] if t.get("chosen")), None)
+    base = f" (base {d['scheme']}; timed layout: {chosen})" if chosen else f" ({d['scheme']})" if d.get("scheme") else ""
+    lines = [f"auto{base}: smoothing alpha {d['alpha']:g}, {d['quantized_layers']} layers int8, {len(d['kept_float'])} kept float; "
              f"cosine {d['cos_mean']:.4f} mean / {d['cos_min']:.4f} worst on the calibration data"]
     for t in d["trials"]:
         lines.append(f"  trial {t['what']}: cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}")
@@ -364,8 +373,15 @@ def summary_from_dict(d: dict[str, Any]) -> str:
         else:
             lines.append(f"  layout {t['what']}: {t['ratio']:.2f}× the float latency (±{t['ratio_spread']:.2f}), "
                          f"cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}{'  <- chosen' if t.get('chosen') else ''}")
+    by_reason: dict[str, list[str]] = {}
     for k in d["kept_float"]:
-        lines.append(f"  kept float: {k['layer']} ({k['reason']})")
+        by_reason.setdefault(k["reason"], []).append(k["layer"])
+    for reason, layers in by_reason.items():
+        if len(layers) <= 3:
+            lines += [f"  kept float: {name} ({reason})" for name in layers]
+        else:  # a timed layout keeping a whole op type float: one line, not one per layer
+            more = f" and {len(layers) - 6} more" if len(layers) > 6 else ""
+            lines.append(f"  kept float, {len(layers)} layers: {', '.join(layers[:6])}{more} ({reason})")
     if not d["kept_float"]:
         lines.append("  no layer needed to stay float")
     return "\n".join(lines)
