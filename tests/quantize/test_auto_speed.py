@@ -208,3 +208,13 @@ def test_keep_float_bisects_on_many_layers():
     by_count = {int(t["what"].split(", ")[1].split()[0]): t["cos_mean"] for t in probes}
     assert by_count[kept] >= 0.9999
     assert all(c < 0.9999 for k, c in by_count.items() if k < kept)  # every smaller count tried missed it
+
+
+def test_auto_runs_a_graph_fixed_at_batch_1():
+    """ddddocr's OCR model declares ``input1: [1, 1, 64, W]``: auto fed 16 samples at once and ONNX Runtime
+    refused them ("Got invalid dimensions for input"); a fixed batch is now fed at its size."""
+    m = _cnn()
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    rep = ds.quantize(m, AutoConfig(choose_by_speed=False), data=_data()).report.details["auto"]
+    assert rep["met"] and rep["cos_mean"] >= 0.997 and rep["quantized_layers"] == 3
