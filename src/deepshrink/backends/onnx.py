@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 from pathlib import Path
@@ -600,3 +602,31 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
         return
     with atomic_path(target) as tmp:
         onnx.save_model(model, str(tmp))
+
+
+def symbolic_shapes(m: onnx.ModelProto) -> onnx.ModelProto | None:
+    """``m`` with shapes inferred: ONNX Runtime's symbolic shape inference, which follows
+    Shape → Gather → Concat → Reshape chains that ``onnx.shape_inference`` loses (FLOPs at a given
+    size, the ONNX → PyTorch importer's ranks); else ONNX's own (``data_prop``); None if both fail."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+
+        # SymbolicShapeInference.infer_shapes' own loop, minus its last step: when inference is incomplete it
+        # saves "sym_shape_infer_temp.onnx" and a data file per tensor into the current directory (ORT 1.2x)
+        opset = get_opset(m)
+        if opset and opset >= 7:
+            sym = SymbolicShapeInference(2**31 - 1, True, False, 0)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                sym._preprocess(m)
+                complete = False
+                while sym.run_:
+                    complete = sym._infer_impl()
+                sym._update_output_from_vi()
+            if complete:
+                return sym.out_mp_
+    except Exception:  # an op it does not know, a custom domain, another ORT version: fall back
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:
+        return None

@@ -4,8 +4,6 @@ RNN/GRU/LSTM) — written here because no maintained library counts ONNX FLOPs f
 
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import Any
 
 import numpy as np
@@ -53,33 +51,9 @@ def flops_at(handle: ModelHandle, batch: int = 1) -> tuple[int, list[str]]:
 
 
 def _infer(m: onnx.ModelProto) -> onnx.ModelProto | None:
-    """Shapes at the fixed input sizes: ONNX Runtime's symbolic shape inference, which follows
-    Shape → Gather → Concat → Reshape chains that ``onnx.shape_inference`` loses; else ONNX's own."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+    from ..backends.onnx import symbolic_shapes
 
-        # SymbolicShapeInference.infer_shapes' own loop, minus its last step: when inference is incomplete it
-        # saves "sym_shape_infer_temp.onnx" and a data file per tensor into the current directory (ORT 1.2x)
-        opset = get_opset(m)
-        if opset and opset >= 7:
-            sym = SymbolicShapeInference(2**31 - 1, True, False, 0)
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                sym._preprocess(m)
-                complete = False
-                while sym.run_:
-                    complete = sym._infer_impl()
-                sym._update_output_from_vi()
-            if complete:
-                return sym.out_mp_
-    except Exception:  # an op it does not know, a custom domain, another ORT version: fall back
-        pass
-    try:
-        return onnx.shape_inference.infer_shapes(m, data_prop=True)
-    except Exception:
-        return None
-
-
-symbolic_shapes = _infer  # the importer's rank source for graphs ONNX's own inference leaves unranked
+    return symbolic_shapes(m)
 
 
 def _subgraphs(node: Any) -> list[tuple[str, onnx.GraphProto]]:

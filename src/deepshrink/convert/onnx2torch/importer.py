@@ -362,7 +362,7 @@ def _infer_ranks(b: Builder, proto: onnx.ModelProto) -> None:
     outputs = {o for n in proto.graph.node for o in n.output if o}
     if all(o in b.ranks for o in outputs):
         return
-    from ...evaluate.flops import symbolic_shapes
+    from ...backends.onnx import symbolic_shapes
 
     sym = symbolic_shapes(proto)
     if sym is not None:
