@@ -32,22 +32,9 @@ TIMEOUT_S = 60.0
 
 
 def _feed_value(a: Any) -> np.ndarray:
-    import onnx
-    from onnx import numpy_helper
+    from deepshrink.convert.onnx2torch.node_suite import plain_array
 
-    from deepshrink.errors import UnsupportedError
-
-    if isinstance(a, onnx.TensorProto):
-        a = numpy_helper.to_array(a)
-    if isinstance(a, np.generic):
-        a = np.asarray(a)
-    if not isinstance(a, np.ndarray):
-        raise UnsupportedError(f"non-tensor input ({type(a).__name__}: sequence/optional/map)")
-    if a.dtype.kind in "OSU":
-        raise UnsupportedError("string tensor input")
-    if a.dtype.name == "bfloat16" or str(a.dtype).startswith("float8") or a.dtype.name in ("int4", "uint4", "float4e2m1"):
-        raise UnsupportedError(f"{a.dtype} input")
-    return a
+    return plain_array(a)
 
 
 def run_tflite_case(case: Any, folder: str) -> tuple[str, str]:

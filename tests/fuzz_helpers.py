@@ -417,3 +417,14 @@ def check_onnx(seeds: OnnxSeeds, model: bytes, data: bytes | None) -> str:
     from deepshrink.evaluate.info import info
 
     return outcome(info, write_case(seeds, model, data))
+
+
+def mutate_bytes(b: bytes, pos: int, data: bytes, op: str) -> bytes:
+    """``b`` with ``data`` written over (``replace``) or inserted at (``insert``) position ``pos`` (taken
+    modulo ``len(b) + 1``), or ``max(len(data), 1)`` bytes removed there (``delete``)."""
+    pos %= len(b) + 1
+    if op == "replace":
+        return b[:pos] + data + b[pos + len(data):]
+    if op == "insert":
+        return b[:pos] + data + b[pos:]
+    return b[:pos] + b[pos + max(len(data), 1):]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from deepshrink.codec import container
 from deepshrink.codec.container import _varint
 from deepshrink.errors import InputError
+from fuzz_helpers import mutate_bytes
 
 
 def _sample() -> bytes:
@@ -157,14 +158,7 @@ def test_positions_past_the_end_are_rejected() -> None:
 def test_fuzzed_records_behind_valid_checksums(record: int, pos: int, data: bytes, op: str) -> None:
     """Mutate one record body, recompute every CRC: decode must succeed or raise InputError."""
     head, bodies = _split(SAMPLE)
-    b = bodies[record]
-    pos %= len(b) + 1
-    if op == "replace":
-        b = b[:pos] + data + b[pos + len(data):]
-    elif op == "insert":
-        b = b[:pos] + data + b[pos:]
-    else:
-        b = b[:pos] + b[pos + max(len(data), 1):]
+    b = mutate_bytes(bodies[record], pos, data, op)
     bodies[record] = b
     try:
         out = container.decode(_frame(head, bodies))

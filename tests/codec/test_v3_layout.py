@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from deepshrink.codec import container
 from deepshrink.codec.container import _varint
 from deepshrink.errors import InputError
+from fuzz_helpers import mutate_bytes
 
 from .test_hostile import _rejects
 
@@ -143,14 +144,7 @@ def test_fuzzed_metadata_and_records_behind_valid_checksums(part: int, pos: int,
     """Mutate the metadata (part -1) or one record, re-deflate and recompute every CRC: decode
     must succeed or raise InputError, and never produce anything large."""
     meta, bodies = _parts(SAMPLE3)
-    b = meta if part < 0 else bodies[part]
-    pos %= len(b) + 1
-    if op == "replace":
-        b = b[:pos] + data + b[pos + len(data):]
-    elif op == "insert":
-        b = b[:pos] + data + b[pos:]
-    else:
-        b = b[:pos] + b[pos + max(len(data), 1):]
+    b = mutate_bytes(meta if part < 0 else bodies[part], pos, data, op)
     if part < 0:
         meta = b
     else:

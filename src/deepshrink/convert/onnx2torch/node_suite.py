@@ -58,7 +58,13 @@ def _to_torch(a: Any) -> Any:
         return None
     if isinstance(a, list):  # a sequence
         return [_to_torch(i) for i in a]
-    if isinstance(a, onnx.TensorProto):  # cases that need an exact element type give protos
+    return np_to_torch(plain_array(a), "input")
+
+
+def plain_array(a: Any) -> np.ndarray:
+    """A node test's input as a numpy array of a dtype the runtimes take (a proto is decoded: cases that
+    need an exact element type give protos); raises :class:`UnsupportedError` naming what it is not."""
+    if isinstance(a, onnx.TensorProto):
         a = numpy_helper.to_array(a)
     if isinstance(a, np.generic):
         a = np.asarray(a)
@@ -68,7 +74,7 @@ def _to_torch(a: Any) -> Any:
         raise UnsupportedError("string tensor input")
     if a.dtype.name == "bfloat16" or str(a.dtype).startswith("float8") or a.dtype.name in ("int4", "uint4", "float4e2m1"):
         raise UnsupportedError(f"{a.dtype} input")
-    return np_to_torch(a, "input")
+    return a
 
 
 def _match(out: Any, ref: Any, rtol: float, atol: float) -> str:
