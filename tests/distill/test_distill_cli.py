@@ -56,7 +56,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights,
         (["--derive", "layers=2", "--data", "digits:train"], "for an MLP or CNN use derive width=F"),
         (["--derive", "width=0.5", "--data", "digits:train", "--nproc", str(os.cpu_count() * 4 + 1)], "CPU core"),
         (["--data", "digits:train"], "either --student S or --derive"),
-        (["--student", "students_mod:small", "--derive", "width=0.5", "--data", "digits:train"], "either --student"),
+        (["--student", "students_mod:small", "--derive", "width=0.5", "--data", "digits:train"], "not both"),
         (["--derive", "width=0.5", "--data", "digits:train", "--loss", "sharpness"], "--loss 'sharpness'"),
     ]
     empty = tmp_path / "empty.npz"

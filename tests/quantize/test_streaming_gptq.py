@@ -173,7 +173,8 @@ def test_memory_growth_is_bounded(tmp_path):
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     growth = int(res.stdout.strip().splitlines()[-1])
-    # measured (2 runs): +34.3 and +35.2 MB (0.45x), the same as on the 12-layer, 38.5 MB model (+34.8, +37.6 MB):
-    # a fixed cost (ORT sessions, the runs-check, allocator pages handed back by malloc_trim and touched again),
-    # not a share of the model. The in-memory GPTQ path (ds.quantize) grew by 1.7 GB on the 38.5 MB model.
-    assert growth < 0.6 * size, (growth, size)
+    # measured: +34.3 and +35.2 MB (0.45x) in a worktree, +49.3 MB (0.65x) in a fresh clone under load; the same
+    # on the 12-layer, 38.5 MB model (+34.8, +37.6 MB): a fixed cost (ORT sessions, the runs-check, allocator pages
+    # handed back by malloc_trim and touched again), not a share of the model. The in-memory GPTQ path
+    # (ds.quantize) grew by 1.7 GB (44x) on the 38.5 MB model, so 0.8x still tells the two apart.
+    assert growth < 0.8 * size, (growth, size)

@@ -119,7 +119,11 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
     include = tuple(config.include) + tuple(base.include)
     exclude = tuple(config.exclude) + tuple(base.exclude)
     nodes = ob.select_nodes(cands, include, exclude)
-    convs = ob.select_nodes(ob.weight_nodes(float_model, ("Conv",)), include, exclude)
+    # Convs the base leaves out (a dynamic base), selected by the same patterns: step 4 may still quantize them
+    conv_cands = ob.weight_nodes(float_model, ("Conv",))
+    picked = set(ob.select_nodes(list({c.name: c for c in [*cands, *conv_cands]}.values()), include, exclude)) \
+        if conv_cands and cands else set()
+    convs = [c.name for c in conv_cands if c.name in picked]
     if not nodes:
         if cands:
             raise InputError(f"auto: no layer left to quantize: --include/--exclude removed all {len(cands)} "
