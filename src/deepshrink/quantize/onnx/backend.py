@@ -44,6 +44,7 @@ from onnx import helper, numpy_helper
 
 from ...errors import DeepshrinkError, InputError, UnsupportedError, first_line
 from ..configs import MATMUL_NBITS_GROUP_SIZES, PER_CHANNEL_MIN_DB
+from .normalize import drop_unused_initializers
 
 INTEGER_OPS = frozenset({
     "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
@@ -412,7 +413,7 @@ def scalar_zero_points(model: onnx.ModelProto) -> int:
     if changed:
         if zero_name not in inits:
             model.graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int8), zero_name))
-        _drop_unused_initializers(model)
+        drop_unused_initializers(model)
     return changed
 
 
@@ -674,16 +675,11 @@ def write_matmul_nbits(model: onnx.ModelProto, node_name: str, q: np.ndarray, sc
                            K=k, N=n, bits=bits, block_size=group_size)
     g.node.remove(node)
     g.node.insert(idx, new)
-    _drop_unused_initializers(model)
+    drop_unused_initializers(model)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
 
 
 # ---------------------------------------------------------------------------------------------

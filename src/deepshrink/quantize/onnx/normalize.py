@@ -85,7 +85,7 @@ def normalize_for_quantization(model: onnx.ModelProto) -> Normalized:
     done.gemm_canonical, done.gemm_to_matmul = canon, to_mm
     done.bn_folded = fold_batchnorm(model)
     if done:
-        _drop_unused_initializers(model)
+        drop_unused_initializers(model)
     return done
 
 
@@ -118,7 +118,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> list[str]:
     drop: set[int] = set()
     for bn in g.node:
         if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or len(bn.output) != 1 \
-                or len(bn.input) != 5 or _attr(bn, "training_mode", 0):
+                or len(bn.input) != 5 or node_attr(bn, "training_mode", 0):
             continue
         conv = producer.get(bn.input[0])
         if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") \
@@ -130,7 +130,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> list[str]:
         if w is None or scale is None or shift is None or mean is None or var is None \
                 or (len(conv.input) > 2 and conv.input[2] and b is None) or scale.shape != (w.shape[0],):
             continue
-        eps = float(_attr(bn, "epsilon", 1e-5))  # type: ignore[arg-type]
+        eps = float(node_attr(bn, "epsilon", 1e-5))  # type: ignore[arg-type]
         s = (scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps))
         w2 = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
         b0 = b.astype(np.float64) if b is not None else np.zeros(w.shape[0])
@@ -165,7 +165,7 @@ def fold_constant_nodes(model: onnx.ModelProto) -> list[str]:
     folded: list[str] = []
     keep = []
     for n in g.node:
-        value = _attr(n, "value", None) if n.op_type == "Constant" and n.domain in ("", "ai.onnx") else None
+        value = node_attr(n, "value", None) if n.op_type == "Constant" and n.domain in ("", "ai.onnx") else None
         if (isinstance(value, onnx.TensorProto) and len(n.attribute) == 1 and value.data_type in floats
                 and int(np.prod(value.dims)) > 1 and n.output[0] not in outputs):  # scalars (scales, eps) stay
             t = onnx.TensorProto()
@@ -196,7 +196,7 @@ def fold_constant_casts(model: onnx.ModelProto) -> tuple[list[str], list[tuple[o
     new_inits = []
     for n in g.node:
         if (n.op_type == "Cast" and n.domain in ("", "ai.onnx") and len(n.input) == 1 and n.input[0] in inits
-                and n.input[0] not in graph_inputs and _attr(n, "to", None) == TensorProto.FLOAT
+                and n.input[0] not in graph_inputs and node_attr(n, "to", None) == TensorProto.FLOAT
                 and inits[n.input[0]].data_type in _FLOAT_SOURCES):
             arr = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32)
             new_inits.append(numpy_helper.from_array(arr, n.output[0]))
@@ -270,8 +270,8 @@ def canonicalize_gemms(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
         if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx"):
             new_nodes.append(n)
             continue
-        alpha, beta = float(_attr(n, "alpha", 1.0)), float(_attr(n, "beta", 1.0))
-        trans_a, trans_b = int(_attr(n, "transA", 0)), int(_attr(n, "transB", 0))
+        alpha, beta = float(node_attr(n, "alpha", 1.0)), float(node_attr(n, "beta", 1.0))
+        trans_a, trans_b = int(node_attr(n, "transA", 0)), int(node_attr(n, "transB", 0))
         a_in, b_in = n.input[0], n.input[1]
         c_in = n.input[2] if len(n.input) > 2 else ""
         b, c = const(b_in), const(c_in)
@@ -346,7 +346,8 @@ def _as_row(c: np.ndarray, n_out: int | None) -> np.ndarray | None:
     return None
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+def node_attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    """The value of ``node``'s attribute ``name``, or ``default`` when the node does not set it."""
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -359,7 +360,8 @@ def _forget_shapes(model: onnx.ModelProto, names: set[str]) -> None:
         g.value_info.remove(v)
 
 
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Remove the initializers no node reads (inside If/Loop bodies included) and no output names."""
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     for n in g.node:  # names read inside subgraphs (If/Loop bodies) count as used

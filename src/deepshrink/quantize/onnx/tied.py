@@ -35,6 +35,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .normalize import drop_unused_initializers, node_attr
+
 
 @dataclass(frozen=True)
 class Tie:
@@ -67,12 +69,12 @@ def untie(model: onnx.ModelProto) -> list[Tie]:
         if t.data_type != TensorProto.FLOAT or len(t.dims) != 2 or name in {o.name for o in g.output}:
             continue
         users = readers.get(name, [])
-        gathers = [n for n in users if n.op_type == "Gather" and n.input[0] == name and _attr(n, "axis", 0) == 0]
+        gathers = [n for n in users if n.op_type == "Gather" and n.input[0] == name and node_attr(n, "axis", 0) == 0]
         others = [n for n in users if n not in gathers]
         if not gathers or len(others) != 1:
             continue
         proj = others[0]
-        if proj.op_type == "Transpose" and list(_attr(proj, "perm", [1, 0])) == [1, 0]:
+        if proj.op_type == "Transpose" and list(node_attr(proj, "perm", [1, 0])) == [1, 0]:
             mms = readers.get(proj.output[0], [])
             if len(mms) != 1 or mms[0].op_type != "MatMul" or mms[0].input[1] != proj.output[0]:
                 continue
@@ -82,8 +84,8 @@ def untie(model: onnx.ModelProto) -> list[Tie]:
             inits[wt] = g.initializer[-1]
             mm.input[1] = wt
             g.node.remove(proj)
-        elif (proj.op_type == "Gemm" and proj.input[1] == name and _attr(proj, "transB", 0) == 1
-              and not _attr(proj, "transA", 0) and _attr(proj, "alpha", 1.0) == 1.0 and _attr(proj, "beta", 1.0) == 1.0):
+        elif (proj.op_type == "Gemm" and proj.input[1] == name and node_attr(proj, "transB", 0) == 1
+              and not node_attr(proj, "transA", 0) and node_attr(proj, "alpha", 1.0) == 1.0 and node_attr(proj, "beta", 1.0) == 1.0):
             wt = _unique(f"{name}_transposed", inits)
             g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(t).T), wt))
             inits[wt] = g.initializer[-1]
@@ -115,7 +117,7 @@ def retie(model: onnx.ModelProto, ties: list[Tie]) -> tuple[list[Tie], list[Tie]
         ok = _retie_one(model, tie)
         (shared if ok else apart).append(tie)
     if shared:
-        _drop_unused_initializers(model)
+        drop_unused_initializers(model)
     return shared, apart
 
 
@@ -196,8 +198,8 @@ def _retie_nbits(model: onnx.ModelProto, tie: Tie, gathers: list[onnx.NodeProto]
     g = model.graph
     if len(node.input) > 3 and node.input[3]:
         return False  # stored zero points (asymmetric): left as two copies
-    bits, block = int(_attr(node, "bits", 4)), int(_attr(node, "block_size", 32))
-    k_dim, n_dim = int(_attr(node, "K", 0)), int(_attr(node, "N", 0))
+    bits, block = int(node_attr(node, "bits", 4)), int(node_attr(node, "block_size", 32))
+    k_dim, n_dim = int(node_attr(node, "K", 0)), int(node_attr(node, "N", 0))
     packed, scales = inits.get(node.input[1]), inits.get(node.input[2]) if len(node.input) > 2 else None
     if packed is None or scales is None or k_dim % block or 8 % bits:
         return False
@@ -274,17 +276,3 @@ def _unique(base: str, taken: dict[str, object]) -> str:
     return name
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    g = model.graph
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    keep = [t for t in g.initializer if t.name in used]
-    if len(keep) != len(g.initializer):
-        del g.initializer[:]
-        g.initializer.extend(keep)
