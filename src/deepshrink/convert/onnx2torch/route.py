@@ -50,52 +50,61 @@ def onnx_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Any,
     from ..writers import save
 
     imported = imported_handle(src, opts.data)
-    why_static = None
-    static_feed: dict[str, Any] = {}
+    why_static, static_feed = None, {}
     try:
         handle = save(imported, dst, force=True)
     except UnsupportedError as exc:
         # graphs fixed at batch 1 (a Reshape to [1, 9216]) cannot take a dynamic batch: keep the batch the
         # file declares; the reason goes to handle.metadata (the CLI prints it as one warning line)
         fixed = [s for s in imported.inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0]
-        try:
-            if not fixed:
-                raise exc
+        handle, failure = None, exc
+        if fixed:
             imported.metadata["deepshrink.static_batch"] = ",".join(s.name for s in fixed)
-            handle = save(imported, dst, force=True)
-            why_static = (f"batch dim of {', '.join(s.name for s in fixed)} kept static at "
-                          f"{', '.join(str(s.shape[0]) for s in fixed)} as the ONNX file declares it; with a dynamic "
-                          f"batch, {first_line(exc, 200)}")
-        except UnsupportedError as exc2:
-            # the last resort (issue 12 item 3): every dim static at the example shapes (--input-shape, --data,
-            # or the defaults large enough for the graph), said in one line
-            imported.metadata["deepshrink.static_all"] = "1"
-            if src.example_inputs is not None and opts.data is None:  # the sizes --input-shape gave, as given
-                imported.example_inputs = {_ident(k, "x"): v for k, v in src.example_inputs.items()}
-            handle = save(imported, dst, force=True)  # still failing: the user gets this capture's one line
-            static_feed = {s.name: imported.example_inputs[_ident(s.name, "x")] for s in src.inputs
-                           if imported.example_inputs and _ident(s.name, "x") in imported.example_inputs}
-            dims = [(s.name, tuple(imported.example_inputs[s.name].shape)) for s in imported.inputs
-                    if imported.example_inputs and s.name in imported.example_inputs]
-            declared = {s.name: s.shape for s in imported.inputs}
-            dynamic = [f"{n}[{i}]={d}" for n, shape in dims for i, d in enumerate(shape)
-                       if i < len(declared.get(n, ())) and not (isinstance(declared[n][i], int) and declared[n][i] > 0)]
-            why_static = (f"dims {', '.join(dynamic) or 'of every input'} became static (the example shapes: "
-                          f"{', '.join(n + ' ' + 'x'.join(map(str, sh)) for n, sh in dims)}; pass --input-shape for "
-                          f"others) because torch.export could not keep them dynamic: {first_line(exc2, 200)}")
+            try:
+                handle = save(imported, dst, force=True)
+                why_static = (f"batch dim of {', '.join(s.name for s in fixed)} kept static at "
+                              f"{', '.join(str(s.shape[0]) for s in fixed)} as the ONNX file declares it; with a "
+                              f"dynamic batch, {first_line(exc, 200)}")
+            except UnsupportedError as exc2:
+                failure = exc2
+        if handle is None:
+            handle, why_static, static_feed = _all_static(src, imported, dst, opts, failure)
     parity = None
     if why_static:
         handle.metadata["deepshrink.static_dims_reason"] = why_static
-        if imported.metadata.get("deepshrink.static_all") and static_feed:
-            # a fully static program runs only at its example shapes: parity is checked there
-            from ..parity import check_parity
+    if static_feed:  # a fully static program runs only at its example shapes: parity is checked there
+        from ..parity import check_parity
 
-            parity = check_parity(src, handle, inputs=[static_feed])
+        parity = check_parity(src, handle, inputs=[static_feed])
     try:
         handle.model.eval()
     except NotImplementedError:  # torch.export's loaded module refuses eval(); it is already inference-only
         handle.model = _Frozen(handle.model)
     return handle, parity
+
+
+def _all_static(src: ModelHandle, imported: ModelHandle, dst: Path, opts: ConvertOptions,
+                failure: BaseException) -> tuple[ModelHandle, str, dict[str, Any]]:
+    """The last resort (issue 12 item 3): every dim static at the example shapes (--input-shape, --data, or
+    the defaults large enough for the graph). Returns the written handle, the one-line reason naming the
+    dims that became static, and the feed (by ONNX input name) parity must use; raises what the capture
+    raises when even this fails."""
+    from ..writers import save
+
+    imported.metadata["deepshrink.static_all"] = "1"
+    if src.example_inputs is not None and opts.data is None:  # the sizes --input-shape gave, as given
+        imported.example_inputs = {_ident(k, "x"): v for k, v in src.example_inputs.items()}
+    handle = save(imported, dst, force=True)
+    examples = imported.example_inputs or {}
+    feed = {s.name: examples[_ident(s.name, "x")] for s in src.inputs if _ident(s.name, "x") in examples}
+    dims = [(s.name, tuple(examples[s.name].shape)) for s in imported.inputs if s.name in examples]
+    declared = {s.name: s.shape for s in imported.inputs}
+    dynamic = [f"{n}[{i}]={d}" for n, shape in dims for i, d in enumerate(shape)
+               if i < len(declared.get(n, ())) and not (isinstance(declared[n][i], int) and declared[n][i] > 0)]
+    why = (f"dims {', '.join(dynamic) or 'of every input'} became static (the example shapes: "
+           f"{', '.join(n + ' ' + 'x'.join(map(str, sh)) for n, sh in dims)}; pass --input-shape for others) "
+           f"because torch.export could not keep them dynamic: {first_line(failure, 200)}")
+    return handle, why, feed
 
 
 class _Frozen(torch.nn.Module):
