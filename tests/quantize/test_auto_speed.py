@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 import deepshrink as ds
 from cli_helpers import run_cli
 from deepshrink.quantize import AutoConfig
-from deepshrink.quantize.onnx import auto
+from deepshrink.quantize.onnx import auto, layer_speed
 from deepshrink.quantize.onnx.normalize import fold_batchnorm
 
 
@@ -78,6 +78,15 @@ def test_batchnorm_is_not_folded_when_the_conv_output_has_another_reader():
     assert [n.name for n in m.graph.node if n.op_type == "BatchNormalization"] == ["bn1"]
 
 
+_REAL_TIME_LAYERS = layer_speed.time_layers
+
+
+@pytest.fixture(autouse=True)
+def _no_layer_timing(monkeypatch):
+    """The per-layer timings are real ones unless a test gives its own: none here by default."""
+    monkeypatch.setattr(layer_speed, "time_layers", lambda *a, **k: {})
+
+
 def _fake_timing(ratios):
     """A ``time_layouts`` returning ``ratios(model)`` ± 0.02 for each model, recording the calls."""
     calls = []
@@ -95,6 +104,13 @@ def _int8_convs(model: onnx.ModelProto) -> int:
     return sum(1 for n in model.graph.node if (n.op_type == "Conv" and n.input[1] in dq) or n.op_type == "ConvInteger")
 
 
+def _stored_int8(model: onnx.ModelProto) -> set[str]:
+    """Weights stored as int8 and dequantized by ``Cast`` + ``Mul`` when ORT loads the model."""
+    int8 = {t.name for t in model.graph.initializer if t.data_type == TensorProto.INT8}
+    cast = {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in int8}
+    return {n.output[0] for n in model.graph.node if n.op_type == "Mul" and n.input[0] in cast}
+
+
 def _int8_matmuls(model: onnx.ModelProto) -> int:
     dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     return sum(1 for n in model.graph.node if (n.op_type in ("MatMul", "Gemm") and n.input[1] in dq)
@@ -108,8 +124,9 @@ def test_auto_keeps_convs_float_when_int8_convs_measure_slower(monkeypatch):
     monkeypatch.setattr(auto, "time_layouts", timing)
     r = ds.quantize(_cnn(), AutoConfig(), data=_data())
     rep = r.report.details["auto"]
-    assert calls == [5]  # the base (static everywhere) + 4 per-op-type layouts, each meeting the target
+    assert calls == [6]  # the base (static everywhere) + 4 per-op-type layouts + int8 storage, each meeting the target
     assert _int8_convs(r.model.model) == 0 and _int8_matmuls(r.model.model) == 1
+    assert _stored_int8(r.model.model) == {"w1", "w2"}  # the float convs' weights are stored in int8 all the same
     kept = {k["layer"]: k["reason"] for k in rep["kept_float"]}
     assert set(kept) == {"conv1", "conv2"} and all("timed" in v and "0.95×" in v for v in kept.values())
     chosen = [t for t in rep["speed"] if t.get("chosen")]
@@ -127,7 +144,7 @@ def test_auto_keeps_grouped_convs_float_when_only_they_are_slower(monkeypatch):
     timing, calls = _fake_timing(ratio)
     monkeypatch.setattr(auto, "time_layouts", timing)
     rep = ds.quantize(_cnn(grouped=True), AutoConfig(), data=_data()).report.details["auto"]
-    assert calls == [8]  # base + (all / group-1 only / no Conv) x (static / dynamic / float MatMul) - base - none
+    assert calls == [9]  # base + (all / group-1 only / no Conv) x (static / dynamic / float MatMul) - base - none + storage
     chosen = [t for t in rep["speed"] if t.get("chosen")][0]
     assert chosen["what"] == "static int8 Conv with group 1 (1 grouped/depthwise float) + static int8 MatMul/Gemm"
     assert [k["layer"] for k in rep["kept_float"]] == ["conv2"]
@@ -155,12 +172,99 @@ def test_auto_takes_a_much_faster_layout_over_the_most_quantized(monkeypatch):
 
 
 def test_auto_keeps_the_fastest_when_none_is_faster_than_float(monkeypatch):
-    timing, _calls = _fake_timing(lambda m: 1.2 + 0.1 * _int8_convs(m) + 0.05 * _int8_matmuls(m))
+    """Here even the int8-storage layout (the float graph once loaded) measures slower than float."""
+    timing, _calls = _fake_timing(lambda m: 1.3 if _stored_int8(m) else 1.2 + 0.1 * _int8_convs(m) + 0.05 * _int8_matmuls(m))
     monkeypatch.setattr(auto, "time_layouts", timing)
     rep = ds.quantize(_cnn(), AutoConfig(), data=_data()).report.details["auto"]
     chosen = [t for t in rep["speed"] if t.get("chosen")][0]
     assert chosen["ratio"] == pytest.approx(1.25)  # MatMul int8 only: the least slow
     assert all("no layout was faster than float" in k["reason"] for k in rep["kept_float"])
+
+
+def test_auto_stores_int8_weights_when_no_int8_arithmetic_pays(monkeypatch):
+    """The case1b situation on an idle machine: every int8-compute layout is slower than float. Auto keeps
+    the float graph and stores the weights in int8; ONNX Runtime folds the dequantization when it loads
+    the model, so the graph that runs is the float one (same optimised op sequence) and outputs agree."""
+    timing, _calls = _fake_timing(lambda m: 1.0 if _stored_int8(m) else 1.1 + 0.1 * _int8_convs(m))
+    monkeypatch.setattr(auto, "time_layouts", timing)
+    m = _cnn()
+    r = ds.quantize(m, AutoConfig(), data=_data())
+    rep = r.report.details["auto"]
+    q = r.model.model
+    assert [t["what"] for t in rep["speed"] if t.get("chosen")] == [auto.STORAGE_WHAT] and rep["kept_float"] == []
+    assert _stored_int8(q) == {"w1", "w2", "fc_w"} and _int8_convs(q) == 0 and _int8_matmuls(q) == 0
+    assert not {t.name for t in q.graph.initializer if t.data_type == TensorProto.FLOAT} & {"w1", "w2", "fc_w"}
+
+    def optimised_ops(model: onnx.ModelProto, path) -> list[str]:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(path)
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    ref = _cnn()
+    fold_batchnorm(ref)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        assert optimised_ops(q, Path(d) / "q.onnx") == optimised_ops(ref, Path(d) / "f.onnx")
+    x = _data(8)["x"]
+    a, b = _run(m, x), _run(q, x)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.9999  # per-channel int8 weights: 0.99999+ seen
+    assert len(q.SerializeToString()) < 0.5 * len(m.SerializeToString())
+
+
+def test_auto_builds_a_per_layer_layout_from_each_layer_timed_alone(monkeypatch):
+    """Item 6's "per layer": conv1 measured faster in int8 alone, conv2 slower, the fc faster as dynamic
+    int8 than as static. The layout made of those choices is one more candidate; here it is the
+    fastest whole model, so it is written."""
+    alone = {"conv1": {"static": 0.8}, "conv2": {"static": 1.3}, "fc": {"static": 1.2, "dynamic": 0.9}}
+    monkeypatch.setattr(layer_speed, "time_layers", lambda m, layers, *a, **k: {n: alone[n] for n in layers if n in alone})
+
+    def ratio(m: onnx.ModelProto) -> float:
+        dq = {n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+        conv1 = any(n.name == "conv1" and n.input[1] in dq for n in m.graph.node)
+        conv2 = any(n.name == "conv2" and n.input[1] in dq for n in m.graph.node)
+        dyn = any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in m.graph.node)
+        return 0.7 if conv1 and not conv2 and dyn else 0.95
+
+    timing, calls = _fake_timing(ratio)
+    monkeypatch.setattr(auto, "time_layouts", timing)
+    r = ds.quantize(_cnn(), AutoConfig(), data=_data())
+    rep = r.report.details["auto"]
+    assert calls == [7]  # base + 4 per-op-type layouts + the per-layer one + int8 storage
+    chosen = [t for t in rep["speed"] if t.get("chosen")][0]
+    assert chosen["what"].startswith("per layer") and "1 of 2 Conv" in chosen["what"]
+    assert chosen["ratio"] == pytest.approx(0.7)
+    assert [k["layer"] for k in rep["kept_float"]] == ["conv2"]
+    assert rep["layer_speed"] == alone
+    assert "per-layer timing: 2 of 3 layers ran faster in int8 than in float alone" in auto.summary_from_dict(rep)
+
+
+def test_layer_inputs_and_single_node_models_reproduce_the_layer():
+    """The captured input of a layer, run through that layer alone, gives what the layer computes in the
+    whole model (here: the fc MatMul, whose output plus the bias is the model output)."""
+    m = _cnn()
+    data = _data(4)
+    caught = layer_speed.layer_inputs(m, ["conv2", "fc"], data, samples=3)
+    assert caught["fc"].shape == (3, 16) and caught["conv2"].shape == (3, 8, 12, 12)
+    one = layer_speed.single_node_model(m, "fc", caught["fc"][:1])
+    sess = ort.InferenceSession(one.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": caught["fc"]})[0] + numpy_helper.to_array(next(t for t in m.graph.initializer
+                                                                         if t.name == "fc_b"))
+    assert np.abs(y - _run(m, data["x"][:3])).max() <= 1e-5
+
+
+def test_time_layers_times_each_layer_in_each_form():
+    """Real timings (values not asserted: they depend on the machine): one ratio per layer and form."""
+    m = _cnn()
+    fold_batchnorm(m)
+    got = _REAL_TIME_LAYERS(m, ["conv1", "conv2", "fc"], _data(4),
+                                              {"dyn": lambda one, names, d: auto.ob.quantize_dynamic_int8(one, names)},
+                                              repeats=3, min_seconds=0.0)
+    assert set(got) == {"conv1", "conv2", "fc"} and all(set(v) == {"dyn"} and v["dyn"] > 0 for v in got.values())
 
 
 def test_allow_slower_skips_the_timing(monkeypatch, tmp_path, capsys):

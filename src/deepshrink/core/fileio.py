@@ -24,12 +24,12 @@ def check_output(out: str | os.PathLike[str], *, inputs: tuple[str | os.PathLike
             raise InputError(f"output {out_p} is the same file as the input; choose another path")
     _refuse_directory(out_p)
     if out_p.exists() and not force:
-        raise InputError(f"output {out_p} already exists; pass --force (force=True) to overwrite it")
+        raise InputError(f"output {out_p} already exists; pass --force to overwrite it")
     side = out_p.with_name(out_p.name + ".data")  # where save_onnx puts a large model's tensors
     if out_p.suffix.lower() == ".onnx" and side.is_dir():
         raise InputError(f"{side} is a directory; a large model's tensors would be written there")
     if out_p.suffix.lower() == ".onnx" and (side.exists() or side.is_symlink()) and not force:
-        raise InputError(f"{side} already exists (an earlier model's external data?); pass --force (force=True) "
+        raise InputError(f"{side} already exists (an earlier model's external data?); pass --force "
                          "to overwrite it")
     if not out_p.parent.exists():
         raise InputError(f"output folder {out_p.parent} does not exist")

@@ -22,8 +22,13 @@
    target, and all are timed against the float model, interleaved (batch 1, as ``bench``
    does). Among the layouts faster than float (median per-round ratio < 1) the one that
    quantizes the most weight elements wins, unless another runs in at most ``MUCH_FASTER``
-   (0.8) of its time, which then wins; when none is faster, the fastest is kept and the
-   CLI's speed gate judges the written file (exit 3 unless ``--allow-slower``).
+   (0.8) of its time, which then wins. When none is faster, int8 arithmetic does not pay on
+   this graph, and the layout that stores the weights in int8 but computes in float
+   (:func:`.backend.int8_weight_storage`: ONNX Runtime folds the dequantization away when it
+   loads the model, so the graph that runs is the float one) is kept if it meets the fidelity
+   target and is not slower than float beyond the timing spread: the file shrinks, the speed
+   stays. Otherwise the fastest layout is kept and the CLI's speed gate judges the written file
+   (exit 3 unless ``--allow-slower``).
 
 Fidelity is measured on the user's data (the calibration set given to ``quantize``), as
 the worse of running each sample alone and running padded batches of 16 (dynamic int8 takes
@@ -47,8 +52,9 @@ from .sensitivity import QuantizeFn, deployed_fidelity, layer_sensitivity, run_o
 
 SPEED_THREADS = 2  # the thread count `bench` and the CLI's speed gate time at
 LINEAR_KEEP_MAX = 4  # up to this many keepable layers the keep-float trials go one by one, beyond it they bisect
-SMOOTH_MIN_SHARE = 0.1
-MUCH_FASTER = 0.8  # auto prefers the most-quantized layout faster than float unless one is this much faster  # smoothing trials only when smoothable layers hold this share of the weights
+SMOOTH_MIN_SHARE = 0.1  # smoothing trials only when smoothable layers hold this share of the weights
+MUCH_FASTER = 0.8  # auto prefers the most-quantized layout faster than float unless one is this much faster
+STORAGE_WHAT = "int8 weight storage, float compute (dequantized when ONNX Runtime loads the model)"
 
 
 def _smoothable_share(model: onnx.ModelProto, nodes: Sequence[str]) -> float:
@@ -75,12 +81,14 @@ class AutoResult:
     smooth: dict[str, Any] = field(default_factory=dict)
     scheme: str = ""  # the base scheme the trials ran (int8-static when auto chose it for a conv network)
     speed: list[dict[str, Any]] = field(default_factory=list)  # the layouts timed (step 4), chosen one marked
+    layer_speed: dict[str, dict[str, float]] = field(default_factory=dict)  # {layer: {int8 form: ratio alone}}
 
     def to_dict(self) -> dict[str, Any]:
         return {"scheme": self.scheme, "alpha": self.alpha, "cos_mean": self.cos_mean, "cos_min": self.cos_min,
                 "met": self.met,
                 "quantized_layers": self.layers - len(self.kept), "kept_float": self.kept, "trials": self.trials,
-                "sensitivity": self.sensitivity, "smooth": self.smooth, "speed": self.speed}
+                "sensitivity": self.sensitivity, "smooth": self.smooth, "speed": self.speed,
+                "layer_speed": self.layer_speed}
 
     def summary(self) -> str:
         return summary_from_dict(self.to_dict())
@@ -244,13 +252,43 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
                      progress, convs)
 
 
+def _layer_forms(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any, data: dict[str, Any],
+                 convs: Sequence[str] = (), progress: bool = False) -> dict[str, dict[str, float]]:
+    """Each layer timed alone (:func:`.layer_speed.time_layers`): Conv as static int8, MatMul/Gemm as
+    static and dynamic int8, against float. ``{layer: {form: ratio}}``."""
+    from . import layer_speed
+
+    types = {w.name: w.op_type for w in ob.weight_nodes(smoothed, list(ob.WEIGHT_INPUT))}
+    conv = [n for n in dict.fromkeys([*nodes, *convs]) if types.get(n) == "Conv"]
+    mm = [n for n in nodes if types.get(n) in ("MatMul", "Gemm")]
+    static = base if isinstance(base, Int8StaticConfig) else Int8StaticConfig(per_channel=True)
+    pc = base.per_channel if isinstance(base, Int8DynamicConfig) else True
+
+    def static_form(m: onnx.ModelProto, names: list[str], d: dict[str, Any]) -> onnx.ModelProto:
+        return _static_fn(static, d)(m, names)
+
+    def dynamic_form(m: onnx.ModelProto, names: list[str], _d: dict[str, Any]) -> onnx.ModelProto:
+        return ob.quantize_dynamic_int8(m, names, per_channel=pc)
+
+    out = layer_speed.time_layers(smoothed, conv, data, {"static": static_form}, threads=SPEED_THREADS,
+                                  progress=progress) if conv else {}
+    if mm:
+        out.update(layer_speed.time_layers(smoothed, mm, data, {"static": static_form, "dynamic": dynamic_form},
+                                           threads=SPEED_THREADS, progress=progress))
+    return out
+
+
 def _layouts(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
-             data: dict[str, Any], convs: Sequence[str] = ()) -> list[tuple[str, list[str], Any]]:
+             data: dict[str, Any], convs: Sequence[str] = (),
+             per_layer: dict[str, dict[str, float]] | None = None) -> list[tuple[str, list[str], Any]]:
     """The alternatives to the base layout: ``(what, nodes quantized, build() -> model)``.
 
     Convs: all static int8, only the dense ones (``group`` 1: ONNX Runtime's int8 depthwise and
     grouped kernels are the ones that lose to float most often), or none; MatMul/Gemm: static,
-    dynamic or float. Every combination but the base layout itself and "nothing quantized"."""
+    dynamic or float. Every combination but the base layout itself and "nothing quantized".
+    With ``per_layer`` (each layer's int8/float ratio timed alone, :func:`_layer_forms`), one more:
+    each timed layer in its fastest int8 form when that form ran faster than float alone, the
+    others float — unless that equals a layout above."""
     types = {w.name: w.op_type for w in ob.weight_nodes(smoothed, list(ob.WEIGHT_INPUT))}
     grouped = {n.name for n in smoothed.graph.node if n.op_type == "Conv"
                and any(a.name == "group" and a.i > 1 for a in n.attribute)}
@@ -287,6 +325,27 @@ def _layouts(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
             what = " + ".join(w for w in (cwhat, mwhat) if w)
             out.append((what, cset + mset, functools.partial(build, cset, mset if mkind == "dynamic" else [],
                                                                      [] if mkind == "dynamic" else mset)))
+    if per_layer:
+        def best(n: str) -> str | None:
+            forms = per_layer.get(n) or {}
+            f = min(forms, key=lambda k: forms[k], default=None)
+            return f if f is not None and forms[f] < 1.0 else None
+
+        pc_conv = [n for n in conv if best(n) == "static"]
+        pl_dyn = [n for n in mm if best(n) == "dynamic"]
+        pl_static = [n for n in mm if best(n) == "static"]
+        same = {(frozenset(c), frozenset(m), k) for c, _ in conv_sets for m, k in
+                ((mm, "static"), (mm, "dynamic"), ([], "float"))}
+        kind = "static" if pl_static and not pl_dyn else "dynamic" if pl_dyn and not pl_static else \
+            "float" if not pl_static and not pl_dyn else "mixed"
+        key = (frozenset(pc_conv), frozenset(pl_static + pl_dyn), kind)
+        is_base = (static and pc_conv == conv and (not mm or kind == "static") and len(pl_static) == len(mm)) or \
+                  (not static and not pc_conv and not own and kind == "dynamic" and len(pl_dyn) == len(mm))
+        if (pc_conv or pl_dyn or pl_static) and key not in same and not is_base:
+            parts = [f"static int8 on {len(pc_conv)} of {len(conv)} Conv" if conv else "",
+                     f"static int8 on {len(pl_static)}, dynamic on {len(pl_dyn)} of {len(mm)} MatMul/Gemm" if mm else ""]
+            out.append(("per layer (each measured faster in int8 alone): " + ", ".join(p for p in parts if p),
+                        pc_conv + pl_static + pl_dyn, functools.partial(build, pc_conv, pl_dyn, pl_static)))
     return out
 
 
@@ -302,7 +361,9 @@ def _by_speed(res: AutoResult, smoothed: onnx.ModelProto, nodes: Sequence[str], 
                                     "names": list(nodes),
                                     "int8_weights": sum(sizes.get(n, 0) for n in nodes),
                                     "cos_mean": res.cos_mean, "cos_min": res.cos_min}]
-    for what, names, build in _layouts(smoothed, nodes, base, data, convs):
+    per_layer = _layer_forms(smoothed, nodes, base, data, convs, progress)
+    res.layer_speed = per_layer
+    for what, names, build in _layouts(smoothed, nodes, base, data, convs, per_layer):
         try:
             q = build()
             mean, worst = deployed_fidelity(ref, q, data)
@@ -316,20 +377,49 @@ def _by_speed(res: AutoResult, smoothed: onnx.ModelProto, nodes: Sequence[str], 
             continue
         cands.append({"what": what, "model": q, "names": names, "int8_weights": sum(sizes.get(n, 0) for n in names),
                       "cos_mean": mean, "cos_min": worst})
+    stored = list(nodes) + [n for n in convs if n not in nodes]
+    try:
+        q = ob.int8_weight_storage(smoothed, stored)
+        mean, worst = deployed_fidelity(ref, q, data)
+    except Exception as exc:  # pragma: no cover - a graph ONNX Runtime cannot fold: not a candidate
+        from ...errors import first_line
+
+        res.speed.append({"what": STORAGE_WHAT, "skipped": first_line(exc, 160)})
+    else:
+        if mean < config.target_cos or worst < config.min_cos:
+            res.speed.append({"what": STORAGE_WHAT, "cos_mean": mean, "cos_min": worst,
+                              "skipped": "misses the fidelity target"})
+        else:
+            cands.append({"what": STORAGE_WHAT, "model": q, "names": stored, "storage": True,
+                          "int8_weights": sum(sizes.get(n, 0) for n in stored), "cos_mean": mean, "cos_min": worst})
     if len(cands) == 1:
         return res
     timed = time_layouts(float_model, [c["model"] for c in cands], data, progress=progress)
     for c, (ratio, spread) in zip(cands, timed, strict=True):
         c["ratio"], c["ratio_spread"] = ratio, spread
-    faster = [c for c in cands if c["ratio"] < 1.0]
+    compute = [c for c in cands if not c.get("storage")]
+    storage = next((c for c in cands if c.get("storage")), None)
+    faster = [c for c in compute if c["ratio"] < 1.0]
     fastest = min(cands, key=lambda c: c["ratio"])
     pick = max(faster, key=lambda c: (c["int8_weights"], -c["ratio"])) if faster else fastest
-    if faster and fastest["ratio"] <= MUCH_FASTER * pick["ratio"]:
-        pick = fastest  # a layout that quantizes less but runs clearly faster
+    if faster and min(faster, key=lambda c: c["ratio"])["ratio"] <= MUCH_FASTER * pick["ratio"]:
+        pick = min(faster, key=lambda c: c["ratio"])  # a layout that quantizes less but runs clearly faster
+    elif not faster and storage is not None and storage["ratio"] - storage["ratio_spread"] <= 1.0:
+        pick = storage  # no int8 arithmetic pays here: keep the float speed, store the weights in int8
+    float_left = [n for n in stored if n not in pick["names"]]
+    if float_left and pick is not storage:  # what the timing keeps float can still be stored in int8
+        try:
+            q = ob.int8_weight_storage(pick["model"], float_left)
+            mean, worst = deployed_fidelity(ref, q, data)
+        except Exception:  # pragma: no cover - same as a layout that cannot be built
+            mean = worst = -1.0
+        if mean >= config.target_cos and worst >= config.min_cos:
+            pick.update(model=q, cos_mean=mean, cos_min=worst, stored_float=float_left, int8_storage=len(float_left))
     for c in cands:
-        res.speed.append({k: v for k, v in c.items() if k not in ("model", "names")} | {"chosen": c is pick})
+        res.speed.append({k: v for k, v in c.items() if k not in ("model", "names", "stored_float")}
+                         | {"chosen": c is pick})
+    res.model, res.cos_mean, res.cos_min = pick["model"], pick["cos_mean"], pick["cos_min"]
     if pick is not cands[0]:
-        res.model, res.cos_mean, res.cos_min = pick["model"], pick["cos_mean"], pick["cos_min"]
         res.layers += len([n for n in pick["names"] if n not in nodes])  # static Convs a dynamic base left out
         why = (f"timed: the layout \"{pick['what']}\" ({pick['ratio']:.2f}× the float latency) keeps it float"
                + ("" if faster else "; no layout was faster than float"))
@@ -371,12 +461,20 @@ def summary_from_dict(d: dict[str, Any]) -> str:
              f"cosine {d['cos_mean']:.4f} mean / {d['cos_min']:.4f} worst on the calibration data"]
     for t in d["trials"]:
         lines.append(f"  trial {t['what']}: cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}")
+    ls = d.get("layer_speed") or {}
+    if ls:
+        faster = sum(1 for forms in ls.values() if forms and min(forms.values()) < 1.0)
+        lines.append(f"  per-layer timing: {faster} of {len(ls)} layers ran faster in int8 than in float alone")
     for t in d.get("speed") or []:
         if "skipped" in t:
             lines.append(f"  layout {t['what']}: not timed ({t['skipped']})")
         else:
             lines.append(f"  layout {t['what']}: {t['ratio']:.2f}× the float latency (±{t['ratio_spread']:.2f}), "
                          f"cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}{'  <- chosen' if t.get('chosen') else ''}")
+            if t.get("int8_storage"):
+                n = t["int8_storage"]
+                lines.append(f"    + the weights of the {n} layer{'s' if n > 1 else ''} it computes in float stored in int8 "
+                             "(dequantized when ONNX Runtime loads the model)")
     by_reason: dict[str, list[str]] = {}
     for k in d["kept_float"]:
         by_reason.setdefault(k["reason"], []).append(k["layer"])
