@@ -151,7 +151,7 @@ def time_layers(model: onnx.ModelProto, layers: Sequence[str], data: dict[str, n
             continue
         feed = {"x": x[:1]}
         try:
-            runners = {k: (lambda s=make_session(m, threads=threads): s.run(None, feed)) for k, m in models.items()}
+            runners = {k: (lambda s=make_session(m, threads=threads), f=feed: s.run(None, f)) for k, m in models.items()}
             stats = measure_latency(runners, warmup=2, repeats=repeats, min_seconds=min_seconds, threads=threads)
         except Exception:  # noqa: BLE001 - a one-node model ORT will not run: the whole-model layouts still decide
             continue
