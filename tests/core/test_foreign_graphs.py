@@ -83,6 +83,10 @@ def test_assumed_image_size_from_metadata_or_224():
     assert assumed_shape(spec, {"imgsz": "[320, 256]"}) == ((1, 3, 320, 256), "images at 1x3x320x256 (the model's metadata)")
     assert assumed_shape(spec, {}, batch=2)[0] == (2, 3, 224, 224)
     assert assumed_shape(TensorSpec("x", ("n", "h", "w", 3)), None)[0] == (1, 224, 224, 3)  # NHWC
+    # a text line (ddddocr declares [1, 1, 64, image_width]): the fixed height stays, the width gets 224
+    assert assumed_shape(TensorSpec("input1", (1, 1, 64, "image_width")), None) == \
+        ((1, 1, 64, 224), "input1 at 1x1x64x224 (the default for image inputs)")
+    assert assumed_shape(TensorSpec("x", ("n", "h", 32, 3)), None)[0] == (1, 224, 32, 3)
     # not an image: a token sequence, and a 4-D tensor with a dynamic channel dim
     assert assumed_shape(TensorSpec("ids", ("b", "seq"), "int64"), None, default=7) == ((1, 7), None)
     assert assumed_shape(TensorSpec("f", ("b", "c", "h", "w")), None)[0] == (1, 1, 1, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 import warnings
 from typing import Annotated, Any
 
@@ -16,6 +17,15 @@ from ..errors import DeepshrinkError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="deepshrink: make trained networks smaller and faster, measured on the artifact.")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", help="after a one-line error, also print its "
+                                                "traceback and what third-party tools wrote (accepted anywhere on "
+                                                "the command line; DEEPSHRINK_VERBOSE=1 does the same)")] = False) -> None:
+    """deepshrink: make trained networks smaller and faster, measured on the artifact."""
+
+
 def _console(stderr: bool) -> Console:
     probe = Console(stderr=stderr)
     # piped output (CI logs, `| less`) would otherwise be squeezed to 80 columns
@@ -128,7 +138,14 @@ def _warning_line(shown: set[str]) -> Any:
 def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status. Errors we raise become one line, no traceback; a Python
     warning becomes one ``warning:`` line, printed once."""
-    current_argv[:] = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    from ..core import quiet
+
+    # --verbose is accepted anywhere on the line (users type it after the command, as with --force)
+    quiet.set_verbose("--verbose" in args)
+    args = [a for a in args if a != "--verbose"]
+    argv = args
+    current_argv[:] = args
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     # TensorFlow's C++ start-up lines (oneDNN notice, absl preamble) would land on the user's terminal
@@ -147,6 +164,9 @@ def _run(argv: list[str] | None) -> int:
                 err_console.print("interrupted")
             return status
     except DeepshrinkError as exc:
+        from ..core.quiet import detail
+
+        detail("".join(traceback.format_exception(exc)), what="traceback (--verbose)")
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         report = getattr(exc, "report", None)
         if report is not None and hasattr(report, "summary"):

@@ -369,13 +369,17 @@ def _export_torchscript(handle: ModelHandle, names: list[str], opset: int | None
     axes = _dynamic_axes(handle) if dynamic else None
     if axes is not None and any(dims.get(0) == "batch" for dims in axes.values()):
         axes.update({n: {0: "batch"} for n in names})
-    from ..core.quiet import native_output_silenced
+    from ..core.quiet import detail, native_output_silenced
 
     # on an error, torch's C++ side prints the whole TorchScript IR graph to file descriptor 1
-    with warnings.catch_warnings(), native_output_silenced():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(handle.model, _args(handle), buf, input_names=handle.input_names, output_names=names,
-                          opset_version=opset or 17, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
+    captured: list[str] = []
+    try:
+        with warnings.catch_warnings(), native_output_silenced() as captured:
+            warnings.simplefilter("ignore")
+            torch.onnx.export(handle.model, _args(handle), buf, input_names=handle.input_names, output_names=names,
+                              opset_version=opset or 17, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
+    finally:
+        detail("".join(captured), what="torch.onnx.export (TorchScript) output")
     return onnx.load_from_string(buf.getvalue())
 
 

@@ -46,3 +46,24 @@ def native_output_silenced() -> Iterator[list[str]]:
                 os.close(fd)
             sink.seek(0)
             captured.append(sink.read().decode("utf-8", "replace"))
+
+
+_VERBOSE = [False]
+
+
+def set_verbose(on: bool) -> None:
+    """Turn on the detail behind ``--verbose`` (the CLI sets it; ``DEEPSHRINK_VERBOSE=1`` does too)."""
+    _VERBOSE[0] = bool(on)
+
+
+def verbose() -> bool:
+    """Whether ``--verbose`` (or ``DEEPSHRINK_VERBOSE=1``) asked for the detail behind one-line errors."""
+    return _VERBOSE[0] or os.environ.get("DEEPSHRINK_VERBOSE", "") not in ("", "0")
+
+
+def detail(text: str, *, what: str = "") -> None:
+    """Write ``text`` (third-party output captured, a traceback) on stderr when :func:`verbose`; else drop it."""
+    if text and text.strip() and verbose():
+        head = f"--- {what} ---\n" if what else ""
+        sys.stderr.write(head + text.rstrip() + "\n")
+        sys.stderr.flush()

@@ -43,14 +43,17 @@ def _fixed(d: object) -> bool:
 
 
 def image_axes(spec: Any) -> tuple[int, int] | None:
-    """The (H, W) axes of an image-like input whose H and W are dynamic: NCHW or NHWC, channels
-    fixed at 1, 3 or 4. None for any other input."""
+    """The (H, W) axes of an image-like input with a dynamic H or W (or both; a text-line
+    recogniser declares ``[1, 1, 64, width]``): NCHW or NHWC, channels fixed at 1, 3 or 4. None
+    for any other input."""
     s = spec.shape
     if len(s) != 4 or spec.dtype not in ("float32", "float16", "float64", "uint8"):
         return None
-    if _fixed(s[1]) and s[1] in (1, 3, 4) and not _fixed(s[2]) and not _fixed(s[3]):
+    nchw = _fixed(s[1]) and s[1] in (1, 3, 4) and not (_fixed(s[2]) and _fixed(s[3]))
+    nhwc = _fixed(s[3]) and s[3] in (1, 3, 4) and not (_fixed(s[1]) and _fixed(s[2]))
+    if nchw:  # both readings possible ([n, 3, h, 3]): channels first, the common export layout
         return 2, 3
-    if _fixed(s[3]) and s[3] in (1, 3, 4) and not _fixed(s[1]) and not _fixed(s[2]):
+    if nhwc:
         return 1, 2
     return None
 
@@ -67,6 +70,8 @@ def assumed_shape(spec: Any, metadata: Mapping[str, str] | None, *, batch: int =
         return tuple(shape), None
     meta = metadata_image_size(metadata)
     h, w = meta or DEFAULT_IMAGE_SIZE
-    shape[axes[0]], shape[axes[1]] = h, w
+    for axis, size in zip(axes, (h, w), strict=True):
+        if not _fixed(spec.shape[axis]):  # a fixed H (a text line's 64 pixels) stays as declared
+            shape[axis] = size
     why = "the model's metadata" if meta else "the default for image inputs"
     return tuple(shape), f"{spec.name} at {'x'.join(map(str, shape))} ({why})"

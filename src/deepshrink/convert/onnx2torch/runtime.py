@@ -1031,13 +1031,58 @@ def _act(name: str, alpha: float | None = None, beta: float | None = None) -> An
     raise NotImplementedError(f"recurrent activation {name}")
 
 
+def _cell(kind: str, xt: torch.Tensor, h: torch.Tensor, c: torch.Tensor, wd: torch.Tensor, rd: torch.Tensor,
+          wb: torch.Tensor, rb: torch.Tensor, pd: torch.Tensor | None, f: list[Any], hidden: int,
+          clip: float | None, linear_before_reset: int, input_forget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One time step of an ONNX RNN / GRU / LSTM direction: ``(h, c)`` after input ``xt`` [batch, input]."""
+    gx = xt @ wd.t() + wb
+    if kind == "RNN":
+        g = gx + h @ rd.t() + rb
+        if clip:
+            g = torch.clamp(g, -clip, clip)
+        return f[0](g), c
+    if kind == "GRU":
+        gz, gr, gh = gx.split(hidden, -1)
+        rz, rr, rh = rd.split(hidden, 0)
+        bz, br, bh = rb.split(hidden, -1)
+        pre_z, pre_r = gz + h @ rz.t() + bz, gr + h @ rr.t() + br
+        if clip:
+            pre_z, pre_r = torch.clamp(pre_z, -clip, clip), torch.clamp(pre_r, -clip, clip)
+        z, rg = f[0](pre_z), f[0](pre_r)
+        pre_h = gh + rg * (h @ rh.t() + bh) if linear_before_reset else gh + (rg * h) @ rh.t() + bh
+        if clip:
+            pre_h = torch.clamp(pre_h, -clip, clip)
+        return (1 - z) * f[1](pre_h) + z * h, c
+    g = gx + h @ rd.t() + rb
+    gi, go, gf, gc = g.split(hidden, -1)
+    if pd is not None:
+        pi, po, pf = pd.split(hidden, -1)
+        gi, gf = gi + pi * c, gf + pf * c
+    if clip:
+        gi, gf, gc = (torch.clamp(v, -clip, clip) for v in (gi, gf, gc))
+    i_, f_ = f[0](gi), f[0](gf)
+    if input_forget:
+        f_ = 1 - i_
+    cn = f_ * c + i_ * f[1](gc)
+    if pd is not None:
+        go = go + po * cn
+    if clip:
+        go = torch.clamp(go, -clip, clip)
+    return f[0](go) * f[2](cn), cn
+
+
 def recurrent(kind: str, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, bias: torch.Tensor | None,
               seq_lens: torch.Tensor | None, h0: torch.Tensor | None, c0: torch.Tensor | None, p: torch.Tensor | None,
               hidden: int, direction: str, activations: list[str] | None, alphas: list[float] | None,
               betas: list[float] | None, clip: float | None, layout: int, linear_before_reset: int,
               input_forget: int) -> tuple[torch.Tensor, ...]:
-    """ONNX RNN / GRU / LSTM, stepped in Python (eager), all directions, gate orders as ONNX
-    defines them (LSTM i,o,f,c; GRU z,r,h), optional sequence lengths, peepholes and clip."""
+    """ONNX RNN / GRU / LSTM, all directions, gate orders as ONNX defines them (LSTM i,o,f,c; GRU
+    z,r,h), optional sequence lengths, peepholes and clip.
+
+    Without ``sequence_lens`` (every sequence spans all steps) the steps run as one
+    ``torch._higher_order_ops.scan``: ``torch.export`` captures it with a dynamic sequence length
+    (a Python loop would be unrolled at the example's length, and ``torch.nn.LSTM`` is too: both
+    specialise it). With lengths, the steps are a Python loop (per-sample lengths are data)."""
     if layout:
         x = x.transpose(0, 1)
         h0 = h0.transpose(0, 1) if h0 is not None else None
@@ -1052,61 +1097,44 @@ def recurrent(kind: str, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, bias
     al = list(alphas or [])
     be = list(betas or [])
     fns = [_act(nm, al[i] if i < len(al) else None, be[i] if i < len(be) else None) for i, nm in enumerate(names)]
-    lens = seq_lens.long() if seq_lens is not None else torch.full((batch,), seq, dtype=torch.long)
     ys, hs, cs = [], [], []
     for d in range(ndir):
         reverse = direction == "reverse" or d == 1
         f = fns[d * per:(d + 1) * per]
-        wd, rd = w[d], r[d]
+        # copies, not views: scan refuses operands that alias one another (two slices of one bias)
+        wd, rd = w[d].clone(), r[d].clone()
         bd = bias[d] if bias is not None else torch.zeros(2 * gates * hidden, dtype=x.dtype)
-        wb, rb = bd[:gates * hidden], bd[gates * hidden:]
-        h = h0[d] if h0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
-        c = c0[d] if c0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
-        pd = p[d] if p is not None else None
+        wb, rb = bd[:gates * hidden].clone(), bd[gates * hidden:].clone()
+        h = h0[d].clone() if h0 is not None else x.new_zeros(batch, hidden)
+        c = c0[d].clone() if c0 is not None else x.new_zeros(batch, hidden)
+        pd = p[d].clone() if p is not None else None
+
+        def step(hc: tuple[torch.Tensor, torch.Tensor], xt: torch.Tensor, f: list[Any] = f, wd: torch.Tensor = wd,
+                 rd: torch.Tensor = rd, wb: torch.Tensor = wb, rb: torch.Tensor = rb,
+                 pd: torch.Tensor | None = pd) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+            hn, cn = _cell(kind, xt, hc[0], hc[1], wd, rd, wb, rb, pd, f, hidden, clip, linear_before_reset,
+                           input_forget)
+            return (hn, cn if kind == "LSTM" else cn.clone()), hn.clone()  # RNN/GRU carry c through unchanged
+
+        if seq_lens is None:
+            from torch._higher_order_ops.scan import scan
+
+            xs = x.flip(0) if reverse else x
+            (h, c), y = scan(step, (h, c), xs)
+            ys.append(y.flip(0) if reverse else y)
+            hs.append(h)
+            cs.append(c)
+            continue
+        lens = seq_lens.long()
         out = [torch.zeros(batch, hidden, dtype=x.dtype) for _ in range(seq)]
-        steps = range(seq - 1, -1, -1) if reverse else range(seq)
-        for t in steps:
+        for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
             if reverse:  # each sequence runs backward over its own valid length
                 xt = torch.stack([x[int(lens[bi]) - 1 - (seq - 1 - t), bi] if seq - 1 - t < int(lens[bi])
                                   else torch.zeros_like(x[0, bi]) for bi in range(batch)])
             else:
                 xt = x[t]
-            valid = (torch.arange(batch) < batch) & ((seq - 1 - t if reverse else t) < lens)
-            gx = xt @ wd.t() + wb
-            if kind == "RNN":
-                g = gx + h @ rd.t() + rb
-                if clip:
-                    g = torch.clamp(g, -clip, clip)
-                hn, cn = f[0](g), c
-            elif kind == "GRU":
-                gz, gr, gh = gx.split(hidden, -1)
-                rz, rr, rh = rd.split(hidden, 0)
-                bz, br, bh = rb.split(hidden, -1)
-                pre_z, pre_r = gz + h @ rz.t() + bz, gr + h @ rr.t() + br
-                if clip:
-                    pre_z, pre_r = torch.clamp(pre_z, -clip, clip), torch.clamp(pre_r, -clip, clip)
-                z, rg = f[0](pre_z), f[0](pre_r)
-                pre_h = gh + rg * (h @ rh.t() + bh) if linear_before_reset else gh + (rg * h) @ rh.t() + bh
-                if clip:
-                    pre_h = torch.clamp(pre_h, -clip, clip)
-                hn, cn = (1 - z) * f[1](pre_h) + z * h, c
-            else:
-                g = gx + h @ rd.t() + rb
-                gi, go, gf, gc = g.split(hidden, -1)
-                if pd is not None:
-                    pi, po, pf = pd.split(hidden, -1)
-                    gi, gf = gi + pi * c, gf + pf * c
-                if clip:
-                    gi, gf, gc = (torch.clamp(v, -clip, clip) for v in (gi, gf, gc))
-                i_, f_ = f[0](gi), f[0](gf)
-                if input_forget:
-                    f_ = 1 - i_
-                cn = f_ * c + i_ * f[1](gc)
-                if pd is not None:
-                    go = go + po * cn
-                if clip:
-                    go = torch.clamp(go, -clip, clip)
-                hn = f[0](go) * f[2](cn)
+            valid = (seq - 1 - t if reverse else t) < lens
+            (hn, cn), _ = step((h, c), xt)
             m = valid.unsqueeze(1)
             h = torch.where(m, hn, h)
             c = torch.where(m, cn, c)
