@@ -219,3 +219,20 @@ def test_demo_never_replaces_a_folder_it_did_not_write(capsys, tmp_path):
     (mine / "thesis.txt").write_text("keep")
     rc, _, err = _run(capsys, "demo", "--out", mine, "--model", "digits")
     assert rc == 2 and "did not write" in err and (mine / "thesis.txt").read_text() == "keep"
+
+
+def test_verbose_anywhere_shows_the_traceback_behind_the_one_line_error(capsys, tmp_path):
+    """Bad input is one line; ``--verbose`` (before or after the command) adds the traceback above it."""
+    from cli_helpers import one_line_error, run_cli
+
+    missing = tmp_path / "missing.onnx"
+    rc, _out, err = run_cli(capsys, "info", missing)
+    assert rc == 2
+    one_line_error(err, "does not exist")
+    for args in (("info", missing, "--verbose"), ("--verbose", "info", missing)):
+        rc, _out, err = run_cli(capsys, *args)
+        assert rc == 2 and "Traceback" in err and "InputError" in err, err
+        assert err.strip().splitlines()[-1].startswith("error:") and "does not exist" in err.strip().splitlines()[-1]
+    from deepshrink.core import quiet
+
+    quiet.set_verbose(False)

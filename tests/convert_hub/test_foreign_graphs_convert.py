@@ -285,3 +285,24 @@ def test_static_fallback_says_which_dims_became_static(tmp_path, monkeypatch):
     why = res.handle.metadata["deepshrink.static_dims_reason"]
     assert why.startswith("dims x[0]=1, x[2]=16, x[3]=16 became static") and "forced" in why, why
     assert max(_check_pt2(m, tmp_path / "up.pt2", [(1, 3, 16, 16)])) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_recurrent_pt2_keeps_the_sequence_dynamic(kind, tmp_path):
+    """ddddocr's OCR model: a bidirectional LSTM over a width computed at run time. Stepped in a Python
+    loop, torch.export specialised the sequence length to the example's (the .pt2 then refused any
+    other width: "Guard failed"); run as one scan it stays dynamic. x: [seq, batch, 6], hidden 5."""
+    gates = {"LSTM": 4, "GRU": 3}[kind]
+    hid = 5
+    attrs = {"hidden_size": hid, "direction": "bidirectional"}
+    if kind == "GRU":
+        attrs["linear_before_reset"] = 1
+    m = _model([helper.make_node(kind, ["x", "W", "R", "B"], ["y_all", "y_h"], **attrs),
+                helper.make_node("Transpose", ["y_all"], ["y"], perm=[0, 2, 1, 3])],
+               [_init("W", _w((2, gates * hid, 6))), _init("R", _w((2, gates * hid, hid), 1)),
+                _init("B", _w((2, 2 * gates * hid), 2))], opset=14, dims=("seq", "b", 6))
+    src = tmp_path / "rnn.onnx"
+    onnx.save(m, src)
+    ds.convert(src, tmp_path / "rnn.pt2", input_shapes=["x:7x2x6"])
+    errs = _check_pt2(m, tmp_path / "rnn.pt2", [(7, 2, 6), (3, 1, 6), (19, 3, 6)])
+    assert max(errs) < 1e-5  # ~1e-7 seen; before: the 3- and 19-step inputs failed a guard on the length 7
