@@ -306,3 +306,28 @@ def test_recurrent_pt2_keeps_the_sequence_dynamic(kind, tmp_path):
     ds.convert(src, tmp_path / "rnn.pt2", input_shapes=["x:7x2x6"])
     errs = _check_pt2(m, tmp_path / "rnn.pt2", [(7, 2, 6), (3, 1, 6), (19, 3, 6)])
     assert max(errs) < 1e-5  # ~1e-7 seen; before: the 3- and 19-step inputs failed a guard on the length 7
+
+
+def test_a_program_that_runs_only_at_the_example_size_is_caught():
+    """torch.export may guard a dim it was told is dynamic instead of failing (the stepped LSTM did: its
+    .pt2 refused every other width). The route runs the written program at other sizes and, when the
+    source runs there and the program does not, says so (it then writes an all-static program)."""
+    from deepshrink.convert.onnx2torch.route import _fails_at_other_sizes
+    from deepshrink.core.handle import ModelHandle, TensorSpec
+
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], [], dims=("n", 3, "w"))
+
+    class OnlySeven(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[2] != 7:
+                raise RuntimeError("Guard failed: x.size()[2] == 7")
+            return torch.relu(x)
+
+    src = ds.load(m)
+    spec = [TensorSpec("x", ("n", 3, "w"), "float32")]
+    example = {"x": np.zeros((2, 3, 7), np.float32)}
+    bad = ModelHandle(OnlySeven(), "torch", spec, ["y"], example)
+    line = _fails_at_other_sizes(src, bad, bad)
+    assert line is not None and "x 2x3x8" in line and "Guard failed" in line
+    good = ModelHandle(torch.nn.ReLU(), "torch", spec, ["y"], example)
+    assert _fails_at_other_sizes(src, good, good) is None

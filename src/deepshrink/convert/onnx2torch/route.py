@@ -69,6 +69,12 @@ def onnx_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Any,
                 failure = exc2
         if handle is None:
             handle, why_static, static_feed = _all_static(src, imported, dst, opts, failure)
+    if not static_feed:
+        other = _fails_at_other_sizes(src, handle, imported)
+        if other:  # a capture that guarded a dynamic dim to the example's size: the file would lie about it
+            handle, why_static, static_feed = _all_static(
+                src, imported, dst, opts, UnsupportedError(f"the captured program ran only at the example's sizes "
+                                                           f"({other})"))
     parity = None
     if why_static:
         handle.metadata["deepshrink.static_dims_reason"] = why_static
@@ -81,6 +87,43 @@ def onnx_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Any,
     except NotImplementedError:  # torch.export's loaded module refuses eval(); it is already inference-only
         handle.model = _Frozen(handle.model)
     return handle, parity
+
+
+def _fails_at_other_sizes(src: ModelHandle, handle: ModelHandle, imported: ModelHandle) -> str | None:
+    """Run the written program with every dynamic non-batch dim a little larger than in the example
+    (+32 from 64 up, so image sizes stay multiples of 32; else +1). The error line when ONNX Runtime
+    runs the source at those sizes but the program does not (torch.export specialised a dim it was
+    told was dynamic: it records a guard instead of failing); ``None`` when it runs, or when the
+    check cannot be made (no example, no dynamic dim, or the source itself refuses those sizes)."""
+    from ...backends.onnx import make_session
+    from ..parity import run_model
+
+    examples = imported.example_inputs or {}
+    rng = np.random.default_rng(1)
+    feed, changed = {}, False
+    for spec in src.inputs:
+        x = examples.get(_ident(spec.name, "x"))
+        if x is None:
+            return None
+        shape = list(np.shape(x))
+        for i, d in enumerate(spec.shape[:len(shape)]):
+            if i > 0 and not (isinstance(d, int) and d > 0):
+                shape[i] += 32 if shape[i] >= 64 else 1
+                changed = True
+        x = np.asarray(x)
+        feed[spec.name] = (np.resize(x, shape) if x.dtype.kind in "iub"  # token ids and masks keep valid values
+                           else rng.standard_normal(shape).astype(x.dtype))
+    if not changed:
+        return None
+    try:
+        make_session(src.model, threads=1).run(None, feed)
+    except Exception:  # noqa: BLE001 - the source refuses these sizes too: nothing to learn
+        return None
+    try:
+        run_model(handle, feed)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the program's, reported in one line
+        return f"at {', '.join(k + ' ' + 'x'.join(map(str, v.shape)) for k, v in feed.items())}: {first_line(exc, 160)}"
+    return None
 
 
 def _all_static(src: ModelHandle, imported: ModelHandle, dst: Path, opts: ConvertOptions,
