@@ -97,7 +97,10 @@ def format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        parts.append(f"{loc}: {err['msg']}")
+        msg = str(err["msg"])
+        for prefix in ("Value error, ", "Assertion failed, "):  # pydantic's wording for our own validators' messages
+            msg = msg.removeprefix(prefix)
+        parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 
 
