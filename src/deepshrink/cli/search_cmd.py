@@ -43,16 +43,16 @@ def search_cmd(
     force: ForceOpt = False, json_out: JsonOpt = False,
     threads: ThreadsOpt = 2,
     repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds per candidate (0: no timing; the search then minimises size)")] = 20,
-    ray: Annotated[str | None, typer.Option("--ray", metavar="[ADDRESS]", help="measure trials in parallel on Ray (pip install 'deepshrink[ray]'): --ray alone starts a local cluster for the run and stops it after; HOST:PORT, ray://HOST:PORT or auto joins a running one (deepshrink installed on its nodes). Same seed, same trials as without --ray")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="[ADDRESS]", help="measure trials in parallel on Ray (needs the 'ray' extra): --ray alone starts a local cluster for the run and stops it after; HOST:PORT, ray://HOST:PORT or auto joins a running one (deepshrink installed on its nodes). Same seed, same trials as without --ray")] = None,
     ray_workers: Annotated[int | None, typer.Option("--ray-workers", help="trials measured at once on Ray, each with --threads threads (default: the cluster's CPUs // --threads)")] = None,
     proposal_batch: Annotated[int, typer.Option("--proposal-batch", help="trials proposed per round before the optimiser sees their results; with or without --ray, the same value gives the same trials")] = 4,
 ) -> None:
     """Search per-layer quantization (float / int8 / int4 / codebook) for the fastest or smallest model that
     keeps the fidelity target; every candidate is built, timed on ONNX Runtime and judged on held-out data.
 
-    With --ray the trials are built and measured side by side on Ray workers (each pinned to --threads threads);
-    the finalists are re-timed alone afterwards. Exit status 4 when no candidate meets the target and the budget
-    (the reports are still written)."""
+    With --ray, trials run side by side on Ray workers (--threads threads each); finalists are re-timed alone.
+
+    Exit status 4 when no candidate meets the target and the budget (the reports are still written)."""
     from ..errors import InputError
     from ..search import SearchConfig, parse_budget, parse_duration, search
     from ..search.config import CHOICES

@@ -182,6 +182,20 @@ def workers(ev: Evaluator, config: SearchConfig, say: Any) -> Iterator[Sequentia
                     ray.kill(a)
 
 
+def _process_token() -> str:
+    """One token per process: Ray's driver keeps the first token it read for the process's life, so a
+    second local cluster with a new token would refuse it."""
+    global _TOKEN
+    if _TOKEN is None:
+        import secrets
+
+        _TOKEN = secrets.token_hex(32)
+    return _TOKEN
+
+
+_TOKEN: str | None = None
+
+
 @contextlib.contextmanager
 def _cluster(ray: Any, config: SearchConfig, say: Any) -> Iterator[float]:
     """Connect to (or start) the cluster; yield its CPU count; disconnect (or shut it down) after."""
@@ -207,11 +221,9 @@ def _cluster(ray: Any, config: SearchConfig, say: Any) -> Iterator[float]:
            "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
                                                       os.environ.get("PYTHONPATH")) if p)}
     if "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ:
-        import secrets
-
         # Ray turns token authentication on for a new local cluster and, finding this token, writes
         # none to ~/.ray/auth_token
-        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        env["RAY_AUTH_TOKEN"] = _process_token()
     saved = {k: os.environ.get(k) for k in (*env, "RAY_AUTH_MODE")}  # ray.init sets RAY_AUTH_MODE
     os.environ.update(env)
     try:
