@@ -245,7 +245,7 @@ def _optimise(ev: Evaluator, space: Space, starts: list[tuple[str, dict[str, str
 
         bar_ctx = Progress(*Progress.get_default_columns(), TextColumn("best: {task.fields[best]}"), transient=True)
     t0 = time.perf_counter()
-    with bar_ctx as bar, workers(ev, config, say) as pool:
+    with workers(ev, config, say) as pool, bar_ctx as bar:  # Ray's start-up lines before the bar
         task = bar.add_task("search", total=config.trials, best="-") if bar is not None else None
 
         def measured(cand: Candidate) -> None:
