@@ -147,6 +147,9 @@ def test_config_refuses_contradictions():
         with pytest.raises(InputError):
             SearchConfig.build(**bad)
     assert SearchConfig(target_cos=0.997).worst_cos == 0.99
+    assert SearchConfig(max_drop=1, ray=True).ray == "local" and SearchConfig(max_drop=1, ray=False).ray is None
+    with pytest.raises(InputError, match="give ray too"):
+        SearchConfig.build(max_drop=1, ray_workers=2)
     assert SearchConfig(target_cos=0.95).worst_cos == 0.95
 
 
