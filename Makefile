@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	touch $(STAMP)
 
 # The tests also exercise the optional stacks (their tests skip where a stack is absent).
-TEST_EXTRAS ?= dev,examples,tf,openvino,peers,optimize,search
+TEST_EXTRAS ?= dev,examples,tf,openvino,peers,optimize,search,ray
 
 # Debian's chromium renders report.html for the screenshot test; best effort (the test skips without it).
 $(TEST_STAMP): $(STAMP)

@@ -11,6 +11,13 @@ Cases, each with its peer measured in the same run:
   against ORT ``quantize_dynamic`` timed in the same interleaved rounds.
 
     python benchmarks/bench_search.py [--trials 16] [--no-minilm] [--only cnn-size,cnn-latency,dwse]
+
+``--ray`` (results/search_ray.md): the same search run sequentially and on 2 local Ray workers
+(1 thread each, the sequential run 1 thread too), same seed — digits CNN untimed (exact
+objectives: accuracy lost and size) and timed with a size budget, MiniLM untimed — wall time of
+both, whether the trials and the Pareto set are the same.
+
+    python benchmarks/bench_search.py --ray [--trials 24] [--no-minilm]
 """
 
 from __future__ import annotations
@@ -186,6 +193,62 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
                  f"{fids['ORT quantize_dynamic'][1]:.4f}.")
 
 
+def ray_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], notes: list[str]) -> None:
+    """The same search sequentially and on 2 local Ray workers (same seed, 1 thread per trial)."""
+    import json
+
+    import deepshrink as ds
+    from deepshrink.examples import trained_digits_cnn
+
+    cnn = tmp / "cnn.onnx"
+    ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), cnn)
+    digits = (str(cnn), "digits:train", "digits:test")
+    cases = [("digits CNN ≤ 0.5 pt, untimed (--repeats 0)", digits, {"repeats": 0, "max_drop": 0.5}),
+             (f"digits CNN ≤ 0.5 pt, size ≤ 0.4×, timed (--repeats {args.repeats})", digits,
+              {"repeats": args.repeats, "max_drop": 0.5,
+               "budget": {"resource": "size", "value": 0.4, "relative": True}})]
+    if args.minilm:
+        from deepshrink.examples import minilm_dir
+
+        cases.append(("MiniLM cos ≥ 0.997 / 0.99, float/int8, untimed (--repeats 0)",
+                      (str(minilm_dir()), f"sentences:{args.sentences}", None),
+                      {"repeats": 0, "target_cos": 0.997, "min_cos": 0.99, "choices": ("float", "int8"),
+                       "sensitivity_samples": 24}))
+
+    def untimed(rep: dict[str, Any]) -> list[dict[str, Any]]:
+        drop = ("latency_ratio", "latency_spread", "latency_ms", "build_s", "final_timing")
+        return [{k: v for k, v in c.items() if k not in drop} for c in rep["candidates"]]
+
+    for i, (name, (model, data, eval_data), extra) in enumerate(cases):
+        got = {}
+        for runner, more in (("sequential", {}), ("Ray, 2 workers", {"ray": "local", "ray_workers": 2})):
+            out = tmp / f"case{i}-{runner[:3]}"
+            rep, secs = run_search(model, out, data, eval_data, trials=args.trials, threads=1, seed=0, **extra, **more)
+            got[runner] = (rep, secs, (out / "pareto.json").read_bytes())
+        (sr, ss, sp), (rr, rs, rp) = got["sequential"], got["Ray, 2 workers"]
+        same_trials = untimed(sr) == untimed(rr)
+        same_front = sr["pareto"] == rr["pareto"]
+        same_bytes = sp == rp
+        for runner, (rep, secs, _) in got.items():
+            s = rep["search"]
+            ch = rep.get("chosen") or {}
+            rows.append([name if runner == "sequential" else "", runner, f"{secs:.0f} s", f"{s['trials_seconds']:.0f} s",
+                         f"{s['trials']}/{s['built']}", ", ".join(f"{n} {k}" for k, n in sorted(ch.get("choices", {}).items())),
+                         str(rep["pareto"]),
+                         "" if runner == "sequential" else
+                         f"trials {'same' if same_trials else 'DIFFERENT'}; Pareto set {'same' if same_front else 'DIFFERENT'}"
+                         f"; pareto.json {'byte-identical' if same_bytes else 'differs'}"])
+        notes.append(f"- {name}: whole search {ss:.0f} s sequential vs {rs:.0f} s on Ray "
+                     f"(trials phase {sr['search']['trials_seconds']:.0f} s vs {rr['search']['trials_seconds']:.0f} s, "
+                     f"the Ray figure including the local cluster's start); same trials: {same_trials}; same Pareto "
+                     f"set: {same_front}; pareto.json byte-identical: {same_bytes}"
+                     + ("" if same_bytes else " (it carries the measured latencies)")
+                     + f"; chosen trial {(sr.get('chosen') or {}).get('trial')} vs {(rr.get('chosen') or {}).get('trial')}.")
+        if args.keep is not None:
+            (args.keep / f"case{i}-compare.json").write_text(json.dumps(
+                {"sequential": sr["pareto"], "ray": rr["pareto"]}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=16)
@@ -197,7 +260,11 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--name", default="search", help="results/<name>.md")
     ap.add_argument("--keep", type=Path, default=None, help="keep every search's output folder under this folder")
+    ap.add_argument("--ray", action="store_true", help="sequential vs 2 local Ray workers (results/search_ray.md)")
     args = ap.parse_args()
+    if args.ray:
+        ray_main(args)
+        return
     args.only = args.only.split(",") + (["minilm"] if args.minilm else [])
     import torch
 
@@ -219,6 +286,26 @@ def main() -> None:
         return
     write_result(args.name, "search: per-layer choices on measured latency and held-out accuracy (issue 14)",
                  this_command(), body)
+
+
+def ray_main(args: argparse.Namespace) -> None:
+    rows: list[list[Any]] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = args.keep or Path(d)
+        tmp.mkdir(parents=True, exist_ok=True)
+        ray_cases(args, tmp, rows, notes)
+    table = md_table(["case (seed 0)", "runner", "wall time", "trials phase", "trials/built",
+                      "chosen", "Pareto set (trials)", "same as sequential?"], rows)
+    body = (f"{machine_line(1)}; {args.trials} trials, proposals in rounds of 4 in both runs. The sequential run "
+            "measures one trial after another on 1 thread; the Ray run starts a local cluster of 2 CPUs and measures 2 "
+            "trials at a time, each pinned to 1 thread; the finalists are re-timed alone in the driver after it.\n\n"
+            f"{table}\n\n" + "\n".join(notes) + "\n")
+    if args.no_write:
+        print(body)
+        return
+    write_result("search_ray" if args.name == "search" else args.name,
+                 "search --ray: the same search on 2 local Ray workers (issue 14)", this_command(), body)
 
 
 if __name__ == "__main__":

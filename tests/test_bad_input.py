@@ -315,6 +315,9 @@ CASES = [
                                      f"{e.out}/run"], "fidelity target"),
     C("search-bad-time", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
                                     f"{e.out}/run", "--target-cos", "0.99", "--time", "soon"], "time 'soon'"),
+    # where nothing answers (with the ray extra) or without the extra: one line naming --ray, before any loading
+    C("search-ray-dead-address", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
+                                            f"{e.out}/run", "--target-cos", "0.99", "--ray", "127.0.0.1:1"], "--ray"),
     C("prune-gradual-needs-data", lambda e: ["prune", FACTORY, "-o", f"{e.out}/p.pt2", "-m", "gradual", "-s", "0.5"],
       "data"),
     # --- recipes -----------------------------------------------------------------------------------

@@ -147,6 +147,9 @@ def test_config_refuses_contradictions():
         with pytest.raises(InputError):
             SearchConfig.build(**bad)
     assert SearchConfig(target_cos=0.997).worst_cos == 0.99
+    assert SearchConfig(max_drop=1, ray=True).ray == "local" and SearchConfig(max_drop=1, ray=False).ray is None
+    with pytest.raises(InputError, match="give ray too"):
+        SearchConfig.build(max_drop=1, ray_workers=2)
     assert SearchConfig(target_cos=0.95).worst_cos == 0.95
 
 
@@ -179,3 +182,32 @@ def test_cli_json_with_an_absolute_latency_budget(tmp_path, mlp_onnx, capsys):
     # 1000 ms against a reference that runs in well under 1 ms: the budget is a ratio far above 1
     assert out["report"]["verdict"]["budget_ratio"] > 100
     assert Path(out["files"]["best.onnx"]).is_file()
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["search", "m.onnx", "--ray", "-o", "x"], ["search", "m.onnx", "--ray", "local", "-o", "x"]),
+    (["search", "m.onnx", "-o", "x", "--ray"], ["search", "m.onnx", "-o", "x", "--ray", "local"]),
+    (["search", "m.onnx", "--ray", "10.0.0.2:6379"], ["search", "m.onnx", "--ray", "10.0.0.2:6379"]),
+    (["search", "m.onnx", "--ray=auto"], ["search", "m.onnx", "--ray=auto"]),
+    (["quantize", "m.onnx", "--ray"], ["quantize", "m.onnx", "--ray"]),  # only search has it
+])
+def test_bare_ray_option_means_a_local_cluster(argv, expected):
+    import deepshrink.cli.search_cmd  # noqa: F401 - registers --ray's bare value
+    from deepshrink.cli._app import _complete_optional_values
+
+    assert _complete_optional_values(argv) == expected
+
+
+def test_ray_without_the_extra_one_line_exit_2(tmp_path, mlp_onnx, capsys, monkeypatch):
+    import sys
+
+    from deepshrink.cli import run_app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as without the extra
+    rc = run_app(["search", str(mlp_onnx), "-d", DATA, "--max-drop", "1", "--ray", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install 'deepshrink[ray]'" in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1 and not (tmp_path / "o").exists()
+    rc = run_app(["search", str(mlp_onnx), "-d", DATA, "--max-drop", "1", "--ray-workers", "2", "-o",
+                  str(tmp_path / "o")])
+    assert rc == 2 and "give --ray too" in capsys.readouterr().err

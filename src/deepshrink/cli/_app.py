@@ -121,6 +121,25 @@ def _usage_error_kind(exc: BaseException) -> str | None:
 # the arguments of the running command (after the program name): `distill --nproc` starts copies of it
 current_argv: list[str] = []
 
+# (command, option) -> the value a bare option stands for: `search --ray` means `--ray local`. typer's
+# parser has no option with an optional value (click's is_flag=False + flag_value), so the bare form
+# is completed here: the option takes the next word unless there is none or it starts with "-".
+OPTIONAL_VALUE: dict[tuple[str, str], str] = {}
+
+
+def _complete_optional_values(argv: list[str]) -> list[str]:
+    if not argv or not any(cmd == argv[0] for cmd, _ in OPTIONAL_VALUE):
+        return argv
+    out: list[str] = []
+    for i, word in enumerate(argv):
+        if word == "--":
+            return out + argv[i:]
+        out.append(word)
+        bare = OPTIONAL_VALUE.get((argv[0], word))
+        if bare is not None and i > 0 and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(bare)
+    return out
+
 
 def _warning_line(shown: set[str]) -> Any:
     """A ``warnings.showwarning`` that prints each message once as one ``warning:`` line on stderr,
@@ -157,7 +176,8 @@ def run_app(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     try:
-        status = app(args=argv, standalone_mode=False)
+        status = app(args=_complete_optional_values(list(sys.argv[1:] if argv is None else argv)),
+                     standalone_mode=False)
         # typer turns Ctrl-C into Exit(130), which click hands back as a return value here
         if isinstance(status, int) and status != 0:
             if status == 130:

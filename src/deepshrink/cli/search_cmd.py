@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ._app import (
+    OPTIONAL_VALUE,
     DataOpt,
     ForceOpt,
     InputShapeOpt,
@@ -21,6 +22,7 @@ from ._app import (
 )
 
 EXIT_BUDGET_NOT_MET = 4
+OPTIONAL_VALUE[("search", "--ray")] = "local"  # bare --ray: a local cluster for the run
 
 
 @app.command("search")
@@ -41,9 +43,14 @@ def search_cmd(
     force: ForceOpt = False, json_out: JsonOpt = False,
     threads: ThreadsOpt = 2,
     repeats: Annotated[int, typer.Option("--repeats", help="interleaved timing rounds per candidate (0: no timing; the search then minimises size)")] = 20,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="[ADDRESS]", help="measure trials in parallel on Ray (needs the 'ray' extra): --ray alone starts a local cluster for the run and stops it after; HOST:PORT, ray://HOST:PORT or auto joins a running one (deepshrink installed on its nodes). Same seed, same trials as without --ray")] = None,
+    ray_workers: Annotated[int | None, typer.Option("--ray-workers", help="trials measured at once on Ray, each with --threads threads (default: the cluster's CPUs // --threads)")] = None,
+    proposal_batch: Annotated[int, typer.Option("--proposal-batch", help="trials proposed per round before the optimiser sees their results; with or without --ray, the same value gives the same trials")] = 4,
 ) -> None:
     """Search per-layer quantization (float / int8 / int4 / codebook) for the fastest or smallest model that
     keeps the fidelity target; every candidate is built, timed on ONNX Runtime and judged on held-out data.
+
+    With --ray, trials run side by side on Ray workers (--threads threads each); finalists are re-timed alone.
 
     Exit status 4 when no candidate meets the target and the budget (the reports are still written)."""
     from ..errors import InputError
@@ -59,6 +66,8 @@ def search_cmd(
                          "not both")
     if max_drop is None and target_cos is None:
         raise InputError("give a fidelity target: --max-drop PT (accuracy points, labelled data) or --target-cos C")
+    if ray_workers is not None and ray is None:
+        raise InputError("--ray-workers is the number of Ray workers; give --ray too (alone: a local cluster)")
     picked = tuple(c.strip() for c in choices.split(",") if c.strip())
     bad = [c for c in picked if c not in CHOICES]
     if bad:
@@ -66,7 +75,8 @@ def search_cmd(
     config = SearchConfig.build(max_drop=max_drop, target_cos=target_cos, min_cos=min_cos,
                                 budget=parse_budget(budget) if budget is not None else None, choices=picked,
                                 trials=trials, time_s=parse_duration(time_limit) if time_limit else None,
-                                seed=seed, threads=threads, repeats=repeats)
+                                seed=seed, threads=threads, repeats=repeats, ray=ray, ray_workers=ray_workers,
+                                proposal_batch=proposal_batch)
     say = (lambda *a, **k: None) if json_out else (lambda msg: console.print(msg, highlight=False, markup=False))
     from ..search import BudgetNotMetError
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..core.config import Config
 from ..errors import InputError
 
 Choice = Literal["float", "int8", "int4", "codebook"]
 CHOICES: tuple[str, ...] = ("float", "int8", "int4", "codebook")
+LOCAL_RAY = "local"  # SearchConfig.ray: start a local Ray cluster for the run
 
 _UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
@@ -82,8 +83,19 @@ class SearchConfig(Config):
     ``quantize --scheme auto`` decides), ``int4`` (MatMulNBits weight-only, group size
     ``group_size``; MatMul layers only), ``codebook`` (k-means, ``codebook_bits`` bits).
     ``trials``: candidates the optimiser proposes (the sensitivity warm start included);
-    ``time_s``: a wall-clock cap on the trials. ``repeats``: interleaved timing rounds per
-    candidate (0: no timing — the search then optimises size, and a latency budget is refused).
+    ``time_s``: a wall-clock cap on the trials (checked between rounds of proposals: a round
+    started is finished). ``repeats``: interleaved timing rounds per candidate (0: no timing — the
+    search then optimises size, and a latency budget is refused).
+
+    ``proposal_batch``: trials the optimiser proposes together (``study.ask()`` that many times,
+    with TPE's constant liar) before it is told their results, in proposal order. The sequential
+    and the Ray run follow this same schedule, so the same seed gives the same trials however
+    many workers measure them. ``ray``: run the trials on Ray — ``"local"`` (or ``True``) starts
+    a local cluster for the run and shuts it down after; ``"auto"``, ``"HOST:PORT"`` or
+    ``"ray://HOST:PORT"`` connects to a running one (deepshrink must be installed on its nodes);
+    when the calling process has already called ``ray.init``, that cluster is used as it is.
+    ``ray_workers``: trials measured at once (default: the cluster's CPUs // ``threads``); each
+    worker reserves ``threads`` CPUs and runs with that many intra-op threads.
     """
 
     max_drop: float | None = Field(default=None, ge=0.0, le=100.0, description="accuracy points")
@@ -101,9 +113,24 @@ class SearchConfig(Config):
     final_repeats: int = Field(default=60, ge=1, le=100_000)
     sensitivity_samples: int = Field(default=64, ge=2, le=100_000)
     eval_samples: int = Field(default=1000, ge=2, le=1_000_000)
+    proposal_batch: int = Field(default=4, ge=1, le=1024)
+    ray: str | None = None
+    ray_workers: int | None = Field(default=None, ge=1, le=4096)
+
+    @field_validator("ray", mode="before")
+    @classmethod
+    def _ray(cls, v: object) -> object:
+        if v is True:
+            return LOCAL_RAY
+        if v is False or v == "":
+            return None
+        return v
 
     @model_validator(mode="after")
     def _target(self) -> SearchConfig:
+        if self.ray_workers is not None and self.ray is None:
+            raise ValueError("ray_workers is the number of Ray workers; give ray too (ray='local' starts a local "
+                             "cluster)")
         if self.max_drop is not None and self.target_cos is not None:
             raise ValueError("give either max_drop (accuracy points, with labels) or target_cos (output cosine), not both")
         if self.max_drop is None and self.target_cos is None:

@@ -144,9 +144,7 @@ class Evaluator:
             data = self.build(assign)
         except DeepshrinkError as exc:
             cand.error = first_line(exc, 300)
-            self.cache[k] = cand
-            return cand
-        self.builds += 1
+            return self.add(cand)
         cand.model_bytes = data
         cand.size_bytes, cand.size_ratio = len(data), len(data) / self.ref_size
         cand.sha256 = hashlib.sha256(data).hexdigest()
@@ -159,8 +157,14 @@ class Evaluator:
             st = self.time_against_reference({"candidate": data}, self.config.repeats)["candidate"]
             cand.latency_ratio, cand.latency_spread, cand.latency_ms = st.ratio, st.ratio_spread, st.median_ms
         cand.build_s = time.perf_counter() - t0
-        self.cache[k] = cand
-        return cand
+        return self.add(cand)
+
+    def add(self, cand: Candidate) -> Candidate:
+        """Cache a measured candidate (here or on a Ray worker) and count it if it was built."""
+        if cand.key not in self.cache:
+            self.cache[cand.key] = cand
+            self.builds += cand.error is None
+        return self.cache[cand.key]
 
     def build(self, assign: dict[str, str]) -> bytes:
         """The bytes ``compress`` writes for this assignment's recipe step."""

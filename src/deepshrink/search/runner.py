@@ -10,11 +10,14 @@ Flow (issue 14):
 2. Per-layer sensitivity of every choice (:mod:`.sensitivity`), which seeds the optimiser.
 3. optuna's multivariate TPE (seeded; ``enqueue_trial`` for the warm starts) minimises
    (quality loss, cost) under the constraints (fidelity target, budget); cost is the budgeted
-   quantity, else latency (else size when timing is off). Each proposal is built, written,
-   timed interleaved with the reference and scored on the select half (:mod:`.objective`).
+   quantity, else latency (else size when timing is off). Proposals come in rounds of
+   ``proposal_batch``; each new one is built, written, timed interleaved with the reference and
+   scored on the select half (:mod:`.objective`) — by the driver, or side by side on Ray
+   workers (:mod:`.parallel`) — and the round is told back in proposal order.
 4. The Pareto set over (loss, size, latency) (:mod:`.pareto`); the chosen point: among the
    candidates that meet the fidelity target and the budget, the fastest (size budget, or none)
-   or the smallest (latency budget). Finalists are re-timed together with the reference.
+   or the smallest (latency budget). Finalists are re-timed together with the reference, in
+   the driver, after any Ray workers are gone.
 5. ``best.yaml`` is replayed through ``deepshrink compress`` to write ``best.onnx`` — so the
    recipe reproduces the file byte for byte by construction — then ``pareto.json``,
    ``report.json``, ``report.md`` and ``pareto.png``.
@@ -89,6 +92,11 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     say = say or (lambda *a, **k: None)
     out = Path(output)
     _check_out_dir(out, force)
+    if config.ray is not None:  # a missing extra or a bad address fails now, not after the sensitivity pass
+        from .parallel import check_address, import_ray
+
+        if not import_ray().is_initialized():
+            check_address(config.ray)
     source = load(model, weights=weights, input_shapes=input_shapes, data=data, trust_remote_code=trust_remote_code)
     train = load_data(data, source)
     if eval_data is not None:
@@ -120,13 +128,13 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     sens_inputs = calibration.take(min(len(calibration), config.sensitivity_samples)).inputs
     sens = choice_sensitivity(ev, sens_inputs, progress=progress)
     starts = warm_starts(space, sens, None if config.target_cos is None else 1.0 - config.target_cos)
-    trials = _optimise(ev, space, starts, config, progress, say)
+    trials, n_workers, trials_s = _optimise(ev, space, starts, config, progress, say)
     seconds = time.perf_counter() - t_start
 
     cands = [ev.cache[k] for k in dict.fromkeys(t["key"] for t in trials)]
     plain = ev.cache.get(_key(space.uniform("int8")))
     res = _finish(out, source, model, data, eval_data, weights, input_shapes, trust_remote_code, config, space, ev,
-                  cands, trials, sens, plain, seconds, say)
+                  cands, trials, sens, plain, seconds, say, (n_workers, trials_s))
     if not res.met:
         raise BudgetNotMetError(res.report["verdict"]["message"], res)
     return res
@@ -170,13 +178,26 @@ def _check_out_dir(out: Path, force: bool) -> None:
 # the optimiser
 
 def _optimise(ev: Evaluator, space: Space, starts: list[tuple[str, dict[str, str]]], config: SearchConfig,
-              progress: bool, say: Any) -> list[dict[str, Any]]:
+              progress: bool, say: Any) -> tuple[list[dict[str, Any]], int, float]:
+    """Ask the optimiser for rounds of ``config.proposal_batch`` trials, measure the new ones, tell it back.
+
+    The schedule — which trials are proposed before which results are known — is the same
+    whether the driver measures the trials one after another or Ray workers measure them side by
+    side, and the results are told in proposal order: with exact objectives (no timing, or a size
+    budget) the same seed gives the same trials and the same Pareto set on any number of workers.
+    A proposal whose assignment was measured before (or earlier in its round) is served from the
+    cache under the number of the trial that first proposed it.
+    """
+    import warnings
+
     try:
         import optuna
     except ImportError:
         from ..errors import MissingExtraError
 
         raise MissingExtraError("optuna", "search", "deepshrink search") from None
+    from .parallel import Job, workers
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cost_kind = _cost_kind(config)
     budget = _budget_value(config, ev)
@@ -191,48 +212,65 @@ def _optimise(ev: Evaluator, space: Space, starts: list[tuple[str, dict[str, str
 
     # optuna 5 takes constraints from the trial (Trial.set_constraint); optuna 4 from a function
     per_trial = hasattr(optuna.trial.Trial, "set_constraint")
-    sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True,
-                                         n_startup_trials=max(len(starts), min(10, config.trials // 2)),
-                                         **({} if per_trial else {"constraints_func": constraints}))
+    with warnings.catch_warnings():  # constant_liar is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # constant liar: the proposals of one round see the round's earlier ones as pending
+        sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True, constant_liar=True,
+                                             n_startup_trials=max(len(starts), min(10, config.trials // 2)),
+                                             **({} if per_trial else {"constraints_func": constraints}))
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
     free = space.free
     for _what, assign in starts[:config.trials]:
         study.enqueue_trial({lay.name: assign[lay.name] for lay in free})
     origins = {_key(a): w for w, a in starts}
     log: list[dict[str, Any]] = []
-    best_line = {"text": "-"}
+    best: dict[str, Any] = {"rank": None, "text": "-"}
 
-    def objective(trial: Any) -> tuple[float, float]:
-        assign = {lay.name: trial.suggest_categorical(lay.name, list(lay.options)) for lay in free}
-        k = _key(assign)
-        cand = ev.evaluate(assign, trial=trial.number, origin=origins.get(k, "optimiser"))
+    def tell(trial: Any, cand: Candidate) -> None:
         c1 = ev.shortfall(cand.select)
         c2 = _over_budget(cand, config, budget)
         trial.set_user_attr("constraints", [min(c1, 1e9), min(c2, 1e9)])
         if per_trial:
             trial.set_constraint("fidelity", min(c1, 1e9))
             trial.set_constraint("budget", min(c2, 1e9))
-        log.append({"trial": trial.number, "key": k, "cached": cand.trial != trial.number})
-        if c1 <= 0 and c2 <= 0:
-            best_line["text"] = f"trial {cand.trial}: {_point(cand, ev)}"
-        return min(ev.loss(cand.select), 1e9), min(cost(cand), 1e9)
+        values = (min(ev.loss(cand.select), 1e9), min(cost(cand), 1e9))
+        study.tell(trial, values)
+        log.append({"trial": trial.number, "key": cand.key, "cached": cand.trial != trial.number})
+        if c1 <= 0 and c2 <= 0 and (best["rank"] is None or (values[1], values[0]) < best["rank"]):
+            best.update(rank=(values[1], values[0]), text=f"trial {cand.trial}: {_point(cand, ev)}")
 
     bar_ctx: Any = contextlib.nullcontext(None)
     if progress:
         from rich.progress import Progress, TextColumn
 
         bar_ctx = Progress(*Progress.get_default_columns(), TextColumn("best: {task.fields[best]}"), transient=True)
-    with bar_ctx as bar:
+    t0 = time.perf_counter()
+    with workers(ev, config, say) as pool, bar_ctx as bar:  # Ray's start-up lines before the bar
         task = bar.add_task("search", total=config.trials, best="-") if bar is not None else None
 
-        def callback(_study: Any, _trial: Any) -> None:
+        def measured(cand: Candidate) -> None:
+            ev.add(cand)
             if bar is not None:
-                bar.update(task, advance=1, best=best_line["text"])
+                bar.update(task, advance=1)
 
-        study.optimize(objective, n_trials=config.trials, timeout=config.time_s, callbacks=[callback],
-                       gc_after_trial=False, show_progress_bar=False)
-    say(f"{len(log)} trials, {ev.builds} models built (the rest from the cache)")
-    return log
+        while len(log) < config.trials and (config.time_s is None or time.perf_counter() - t0 < config.time_s):
+            batch = []
+            for _ in range(min(config.proposal_batch, config.trials - len(log))):
+                trial = study.ask()
+                assign = {lay.name: trial.suggest_categorical(lay.name, list(lay.options)) for lay in free}
+                batch.append((trial, assign, _key(assign)))
+            jobs: dict[str, Job] = {}
+            for trial, assign, k in batch:
+                if k not in ev.cache and k not in jobs:
+                    jobs[k] = Job(trial.number, assign, k, origins.get(k, "optimiser"))
+            pool.run(list(jobs.values()), measured)
+            for trial, _assign, k in batch:
+                tell(trial, ev.cache[k])
+            if bar is not None:
+                bar.update(task, completed=len(log), best=best["text"])
+    say(f"{len(log)} trials, {ev.builds} models built (the rest from the cache)"
+        + (f"; {pool.workers} Ray workers" if config.ray is not None else ""))
+    return log, pool.workers, time.perf_counter() - t0
 
 
 def _cost_kind(config: SearchConfig) -> str:
@@ -353,7 +391,7 @@ def _choices_text(c: Candidate) -> str:
 def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weights: Any, input_shapes: Any,
             trust: bool, config: SearchConfig, space: Space, ev: Evaluator, cands: list[Candidate],
             trials: list[dict[str, Any]], sens: dict[str, dict[str, float]], plain: Candidate | None, seconds: float,
-            say: Any) -> SearchResult:
+            say: Any, runner: tuple[int, float] = (1, 0.0)) -> SearchResult:
     import yaml
 
     budget = _budget_value(config, ev)
@@ -399,7 +437,7 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
                "budget": config.budget.describe() if config.budget else None, "budget_ratio": budget,
                "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget)}
     report = _report(source, config, space, ev, cands, trials, sens, pareto, chosen, closest, plain, final,
-                     reproduced, verdict, seconds)
+                     reproduced, verdict, seconds, runner)
     pareto_doc = {"schema": SCHEMA, "objectives": ["loss", "size_bytes", "latency_ratio"],
                   "loss": "accuracy points lost" if config.max_drop is not None else "1 - mean cosine",
                   "chosen": chosen.trial if chosen else None,
@@ -446,7 +484,7 @@ def _report(source: Any, config: SearchConfig, space: Space, ev: Evaluator, cand
             trials: list[dict[str, Any]], sens: dict[str, dict[str, float]], pareto: list[Candidate],
             chosen: Candidate | None, closest: Candidate | None, plain: Candidate | None,
             final: dict[str, Any] | None, reproduced: dict[str, Any] | None, verdict: dict[str, Any],
-            seconds: float) -> dict[str, Any]:
+            seconds: float, runner: tuple[int, float] = (1, 0.0)) -> dict[str, Any]:
     from datetime import datetime, timezone
 
     from ..recipe.runner import environment
@@ -483,8 +521,10 @@ def _report(source: Any, config: SearchConfig, space: Space, ev: Evaluator, cand
         "chosen": figures(chosen), "closest": figures(closest) if chosen is None else None,
         "plain_int8": figures(plain), "final_timing": final, "reproduced": reproduced,
         "search": {"trials": len(trials), "built": ev.builds, "seconds": round(seconds, 1),
-                   "sampler": "optuna TPESampler(multivariate=True)", "seed": config.seed,
-                   "cost": _cost_kind(config)},
+                   "sampler": "optuna TPESampler(multivariate=True, constant_liar=True)", "seed": config.seed,
+                   "proposal_batch": config.proposal_batch, "cost": _cost_kind(config),
+                   "runner": "ray" if config.ray is not None else "sequential", "workers": runner[0],
+                   "trials_seconds": round(runner[1], 1)},
         "pareto": [c.trial for c in pareto],
         "candidates": [figures(c) for c in sorted(cands, key=lambda c: c.trial)],
     }
