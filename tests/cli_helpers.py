@@ -17,3 +17,20 @@ def one_line_error(err: str, needle: str) -> None:
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
     assert "Traceback" not in err
+
+
+def state_input_graph():
+    """``y = sum(x, 1) + sum(h)``: ``x: [n, 4]`` has a free batch, the state ``h: [1, 1, 3]`` fixes it at 1
+    (how silero VAD v6 declares its LSTM state): a graph to be fed one sample at a time."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("ReduceSum", ["x", "ax"], ["s"], keepdims=1),
+                           helper.make_node("Reshape", ["h", "shape"], ["hf"]),
+                           helper.make_node("ReduceSum", ["hf", "ax"], ["hs"], keepdims=1),
+                           helper.make_node("Add", ["s", "hs"], ["y"])], "state",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+                           helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 1, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+                          [helper.make_tensor("shape", TensorProto.INT64, [2], [1, 3]),
+                           helper.make_tensor("ax", TensorProto.INT64, [1], [1])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])

@@ -193,7 +193,8 @@ def parity_feeds(handle: ModelHandle, data: Any = None, seed: int = 0) -> list[d
 
     sets = parity_inputs(handle, data, seed=seed)
     rng = np.random.default_rng(seed)
-    for feed in sets[:2]:  # the two random sets; the user's data is kept as it is
+    fixed = any(s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0 for s in handle.inputs)
+    for feed in sets[:1 if fixed else 2]:  # the random sets (one at a fixed batch); the user's data is kept as it is
         for spec in handle.inputs:
             x = feed.get(spec.name)
             if x is None or x.ndim != 2 or np.dtype(x.dtype).kind not in "iu":

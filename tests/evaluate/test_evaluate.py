@@ -123,18 +123,10 @@ def test_bench_feeds_a_graph_whose_state_input_fixes_the_batch_one_sample_at_a_t
     """silero VAD v6 declares ``input: [n, 576]`` but ``h: [1, 1, 128]``: the first input's batch is free, so
     bench fed 16 samples at once and ONNX Runtime refused h ("Got invalid dimensions for input: h")."""
     import onnx
-    from onnx import TensorProto, helper
 
-    g = helper.make_graph([helper.make_node("ReduceSum", ["x", "ax"], ["s"], keepdims=1),
-                           helper.make_node("Reshape", ["h", "shape"], ["hf"]),
-                           helper.make_node("ReduceSum", ["hf", "ax"], ["hs"], keepdims=1),
-                           helper.make_node("Add", ["s", "hs"], ["y"])], "state",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
-                           helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 1, 3])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
-                          [helper.make_tensor("shape", TensorProto.INT64, [2], [1, 3]),
-                           helper.make_tensor("ax", TensorProto.INT64, [1], [1])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    from cli_helpers import state_input_graph
+
+    m = state_input_graph()
     rng = np.random.default_rng(0)
     data = {"x": rng.standard_normal((6, 4)).astype(np.float32), "h": rng.standard_normal((6, 1, 3)).astype(np.float32)}
     res = ds.bench([onnx.ModelProto.FromString(m.SerializeToString()), m], data=data, repeats=2)

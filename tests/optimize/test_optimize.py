@@ -192,3 +192,18 @@ def test_minilm_transformer_fusion_and_fp16(minilm_dir):
     # (parity on right-padded masks at sequence 16, batches 2 and 3: the fused Attention's contract)
     assert res.parity.ok and res.parity.n_inputs == 5 and res.parity.outputs[0].cos_min > 0.9999
     assert any("right-padded" in w for w in res.warnings)
+
+
+def test_parity_feeds_a_graph_whose_state_input_fixes_the_batch_at_its_size():
+    """silero VAD v6 (input [n, 576], state h [1, 1, 128]): optimize's parity fed the user's 16 samples at once
+    and ONNX Runtime refused h; the data now goes in chunks of the fixed batch, the random set at it."""
+    from cli_helpers import state_input_graph
+    from deepshrink.convert.parity import parity_inputs
+
+    m = state_input_graph()
+    rng = np.random.default_rng(0)
+    data = {"x": rng.standard_normal((5, 4)).astype(np.float32), "h": rng.standard_normal((5, 1, 3)).astype(np.float32)}
+    sets = parity_inputs(ds.load(m), data)
+    assert [len(s["x"]) for s in sets] == [1, 1, 1, 1, 1, 1] and all(s["h"].shape == (1, 1, 3) for s in sets)
+    res = optimize(m, OptimizeConfig(), data=data)
+    assert res.parity is not None and res.parity.ok and res.parity.n_inputs == 6

@@ -112,7 +112,13 @@ def run_model(handle: ModelHandle, inputs: dict[str, np.ndarray], session: Any =
 
 def parity_inputs(ref: ModelHandle, data: Any = None, *, seed: int = 0, batches: tuple[int, ...] = (2, 3),
                   max_samples: int = 64) -> list[dict[str, np.ndarray]]:
-    """Fresh random inputs at two batch sizes (exercising the dynamic batch axis) + the user's data."""
+    """Fresh random inputs at two batch sizes (exercising the dynamic batch axis) + the user's data.
+
+    A graph where any input fixes the first dim at B (zoo CNNs at batch 1; silero VAD v6's state
+    ``h: [1, 1, 128]`` beside ``input: [n, 576]``) gets B-sample sets only, the data in chunks of B."""
+    fixed = [s.shape[0] for s in ref.inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0]
+    if fixed:
+        batches = (min(fixed),)
     sets = [ref.sample_inputs(batch=b, seed=seed + i) for i, b in enumerate(batches)]
     if data is not None:
         from ..core.data import load_data
@@ -124,7 +130,11 @@ def parity_inputs(ref: ModelHandle, data: Any = None, *, seed: int = 0, batches:
                 d = ds.inputs.get(k)
                 if d is not None and len(d) and d.ndim == v.ndim and d.shape[1:] != v.shape[1:]:
                     s[k] = d[rng.integers(0, len(d), len(v))]
-        sets.append({k: v[:max_samples] for k, v in ds.inputs.items()})
+        if fixed:
+            n = min(len(next(iter(ds.inputs.values()))), 8 * batches[0])
+            sets += [{k: v[i:i + batches[0]] for k, v in ds.inputs.items()} for i in range(0, n, batches[0])]
+        else:
+            sets.append({k: v[:max_samples] for k, v in ds.inputs.items()})
     return sets
 
 
