@@ -172,10 +172,11 @@ def test_other_schemes_are_not_speed_gated(slow_measure, tmp_path, capsys):
     assert rc == 0 and out.exists()
 
 
-def test_auto_on_data_the_model_cannot_run_is_one_line(tmp_path, capsys):
+def test_auto_on_a_graph_whose_state_input_fixes_the_batch(tmp_path, capsys):
     """silero VAD v6 (faster-whisper's copy) takes a window sequence ``input [seq, 576]`` with a fixed
-    state ``h [1, 1, 128]``: no first axis is a sample axis for every input. auto ran the float model on
-    the data and ONNX Runtime's multi-line error escaped as a traceback (exit 1)."""
+    state ``h [1, 1, 128]``. auto once let ONNX Runtime's multi-line error escape as a traceback (exit 1),
+    then refused it in one line when measuring the result (the measurement fed 16 samples into h); every
+    step now feeds such a graph one sample at a time, so the model is written."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
     nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="fc"), helper.make_node("Add", ["a", "h"], ["y"])]
@@ -189,11 +190,10 @@ def test_auto_on_data_the_model_cannot_run_is_one_line(tmp_path, capsys):
     out = tmp_path / "out" / "q.onnx"
     out.parent.mkdir()
     rc, _o, err = run_cli(capsys, "quantize", path, "-o", out, "--scheme", "auto", "--data", data, "--no-bench")
-    assert rc == 2, err
-    # auto itself now feeds a graph with a fixed-batch input one sample at a time (ddddocr), so the refusal
-    # comes from the measurement of the result, still one line naming the input that does not fit
-    one_line_error(err, "invalid dimensions for input: h")
-    assert list(out.parent.iterdir()) == []
+    assert rc == 0, err
+    assert "Traceback" not in err and out.exists()
+    q = onnx.load(out)
+    assert any(t.data_type == TensorProto.INT8 for t in q.graph.initializer)  # int8 compute or int8 storage
 
 
 def test_optimize_parity_inputs_take_the_sizes_of_data(tmp_path):
@@ -211,3 +211,27 @@ def test_optimize_parity_inputs_take_the_sizes_of_data(tmp_path):
     np.savez(data, x=np.random.default_rng(1).standard_normal((8, 1, 8, 4)).astype(np.float32))
     res = ds.optimize(str(path), ds.OptimizeConfig(level="basic", simplify="none"), data=str(data))
     assert res.parity is not None and res.parity.ok
+
+
+def test_a_scalar_model_input_in_the_data_is_one_line(tmp_path, capsys):
+    """silero VAD v5 takes its sample rate as a 0-d input ``sr``: every verb's data layer wants a sample axis
+    on every array, so the data cannot be given yet (left for later; see notes/issue-12-session-e.md). Until
+    then: one line naming the array, exit 2, nothing written."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="fc"),
+             helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["a", "srf"], ["y"])]
+    g = helper.make_graph(nodes, "sr", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+                                        helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [w])
+    path = tmp_path / "sr.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.standard_normal((8, 4)).astype(np.float32), sr=np.array(16000, np.int64))
+    out = tmp_path / "out" / "q.onnx"
+    out.parent.mkdir()
+    rc, _o, err = run_cli(capsys, "quantize", path, "-o", out, "--scheme", "auto", "--data", data, "--no-bench")
+    assert rc == 2, err
+    one_line_error(err, "array 'sr' is a scalar (0-d)")
+    assert list(out.parent.iterdir()) == []
