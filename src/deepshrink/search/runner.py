@@ -112,6 +112,9 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     if not space.free:
         raise InputError("search: the model has no layer any choice applies to (no MatMul/Gemm/Conv weights)")
     ev = Evaluator(reference, space, calibration, select, test, config)
+    from .forms import choose_int8_form
+
+    space, _forms = choose_int8_form(ev, reference, calib_arrays, config, say)  # how int8 layers are built
     say(f"{len(space.free)} layers to choose for; int8 is {space.int8_kind}")
 
     say("per-layer sensitivity")
@@ -475,7 +478,7 @@ def _report(source: Any, config: SearchConfig, space: Space, ev: Evaluator, cand
                  "select": ev.select_set.source, "select_samples": len(ev.select_set),
                  "test": ev.test_set.source if ev.test_set is not None else None,
                  "test_samples": len(ev.test_set) if ev.test_set is not None else 0},
-        "int8": space.int8_kind,
+        "int8": space.int8_kind, "int8_forms": ev.forms,
         "layers": [{"name": lay.name, "op_type": lay.op_type, "shape": list(lay.shape), "options": list(lay.options),
                     "sensitivity": sens.get(lay.name, {}),
                     "chosen": chosen.assign.get(lay.name, "float") if chosen else None} for lay in space.layers],
