@@ -94,7 +94,7 @@ def digits_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], not
     from deepshrink.examples import trained_digits_cnn
 
     cnn = tmp / "cnn.onnx"
-    ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), cnn)
+    ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), cnn, force=True)
     cases = []
     if "cnn-size" in args.only:
         cases.append(("digits CNN, size ≤ 1/30", str(cnn), {"budget": {"resource": "size", "value": 1 / 30,
@@ -104,7 +104,7 @@ def digits_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], not
                                                                         "relative": True}}))
     if "dwse" in args.only:
         dw = tmp / "dwse.onnx"
-        ds.convert(ds.load(dwse_cnn(), input_shapes=["x:1x1x8x8"]), dw)
+        ds.convert(ds.load(dwse_cnn(), input_shapes=["x:1x1x8x8"]), dw, force=True)
         cases.append(("depthwise-separable + SE CNN (new), no budget", str(dw), {}))
     for name, model, extra in cases:
         rep, secs = run_search(model, tmp / name.replace(" ", "_").replace("/", "_"), "digits:train", "digits:test",
@@ -134,9 +134,15 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
     from deepshrink.quantize.onnx.sensitivity import run_outputs
 
     src = str(minilm_dir())
-    rep, secs = run_search(src, tmp / "minilm", f"sentences:{args.sentences}", None, target_cos=0.997, min_cos=0.99,
-                           trials=args.trials, repeats=args.repeats, threads=2, choices=("float", "int8"),
-                           sensitivity_samples=24)
+    if args.reuse and (tmp / "minilm" / "report.json").is_file():  # the peer part only, on a kept search
+        import json
+
+        rep = json.loads((tmp / "minilm" / "report.json").read_text())
+        secs = rep["search"]["seconds"]
+    else:
+        rep, secs = run_search(src, tmp / "minilm", f"sentences:{args.sentences}", None, target_cos=0.997,
+                               min_cos=0.99, trials=args.trials, repeats=args.repeats, threads=2,
+                               choices=("float", "int8"), sensitivity_samples=24)
     v = rep["verdict"]
     rows.append(["MiniLM, cos ≥ 0.997 / 0.99", "met" if v["met"] else "**not met**",
                  "chosen" if v["met"] else "closest", *fmt_point(rep, "chosen" if v["met"] else "closest"),
@@ -153,13 +159,13 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
     ref_path = tmp / "minilm_ref.onnx"
     save_onnx(to_onnx_handle(ds.load(src)).model, ref_path)
     dyn_path = tmp / "minilm_ref_dynamo.onnx"
-    ds.convert(ds.load(src), dyn_path)
+    ds.convert(ds.load(src), dyn_path, force=True)
     peers = {"ORT quantize_dynamic": (ref_path, tmp / "minilm_ort_dynamic.onnx"),
              "ORT quantize_dynamic (dynamo export)": (dyn_path, tmp / "minilm_ort_dynamic_dynamo.onnx")}
     for f32, q8 in peers.values():
         quantize_dynamic(str(f32), str(q8), weight_type=QuantType.QInt8)
     best = tmp / "minilm" / "best.onnx"
-    h = ds.load(str(ref_path))
+    h = ds.load(src)  # its tokenizer reads the sentences
     from deepshrink.evaluate.gate import split_holdout
     from deepshrink.search.runner import _split_select_test
 
@@ -220,6 +226,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--name", default="search", help="results/<name>.md")
     ap.add_argument("--keep", type=Path, default=None, help="keep every search's output folder under this folder")
+    ap.add_argument("--reuse", action="store_true", help="MiniLM: reuse the search kept under --keep, time the peers")
     args = ap.parse_args()
     args.only = args.only.split(",") + (["minilm"] if args.minilm else [])
     import torch

@@ -504,6 +504,15 @@ def _markdown(r: dict[str, Any]) -> str:
               + (f", reported on {d['test_samples']} more ({d['test']}) the search never saw." if d["test"] else "."),
               f"int8 here is {r['int8']}. {r['search']['trials']} trials, {r['search']['built']} models built, "
               f"{r['search']['seconds']} s.", ""]
+    if r.get("int8_forms"):  # how int8 layers are built: measured before the per-layer search (.forms)
+        lines += ["| int8 form (all layers int8) | select | latency vs original | size | |", "|---|---|---|---|---|"]
+        for f in r["int8_forms"]:
+            sel = f.get("select")
+            lat = f"{f['latency_ratio']:.2f}x ±{f['latency_spread']:.2f}" if f.get("latency_ratio") is not None else "-"
+            lines.append(f"| {f['form']} | " + (f"cos {sel['cos_mean']:.4f}/{sel['cos_min']:.4f} | {lat} | "
+                                                f"{f['size_ratio']:.3f}x" if sel else f"{f.get('error')} | - | -")
+                         + f" | {'chosen: ' + f['why'] if f.get('chosen') else ''} |")
+        lines.append("")
     lines += ["| point | trial | choices | size | latency vs original | select | test |", "|---|---|---|---|---|---|---|"]
 
     def fid(s: dict[str, Any] | None) -> str:
