@@ -46,15 +46,18 @@ def _tokens(n: int, seed: int) -> Dataset:
 
 
 def test_forms_of_a_bert_encoder(bert_onnx):
-    from deepshrink.search.space import SMOOTH_ALPHAS, int8_forms
+    from deepshrink.search.space import SMOOTHING, int8_forms
 
     forms = int8_forms(ds.load(str(bert_onnx)))
     labels = [label for label, _ in forms]
-    # dynamic int8, then SmoothQuant + per-channel at each alpha, then each of these on the fused graph
-    assert len(forms) == 2 * (1 + len(SMOOTH_ALPHAS))
-    assert [cfg.fuse for _, cfg in forms] == ["none"] * 3 + ["bert"] * 3
-    assert [cfg.smooth_alpha for _, cfg in forms] == [None, *SMOOTH_ALPHAS] * 2
-    assert all(label.endswith("BERT-fused graph") for label in labels[3:])
+    # dynamic int8, then SmoothQuant + per-channel at each setting, then each of these on the fused graph
+    n = 1 + len(SMOOTHING)
+    assert len(forms) == 2 * n == 8
+    assert [cfg.fuse for _, cfg in forms] == ["none"] * n + ["bert"] * n
+    assert [cfg.smooth_alpha for _, cfg in forms] == [None, *(a for a, _ in SMOOTHING)] * 2
+    assert [cfg.smooth_min_outlier_ratio for _, cfg in forms] == [0.0, *(r for _, r in SMOOTHING)] * 2
+    assert [cfg.per_channel for _, cfg in forms] == ["auto", True, True, True] * 2
+    assert all(label.endswith("BERT-fused graph") for label in labels[n:])
 
 
 def test_search_measures_every_form_and_keeps_the_chosen_one(bert_onnx, tmp_path):
@@ -63,7 +66,7 @@ def test_search_measures_every_form_and_keeps_the_chosen_one(bert_onnx, tmp_path
                        sensitivity_samples=8)
     res = ds.search(str(bert_onnx), _tokens(48, 0), cfg, tmp_path / "out", eval_data=_tokens(64, 1))
     forms = res.report["int8_forms"]
-    assert len(forms) == 6 and all("error" not in f for f in forms)
+    assert len(forms) == 8 and all("error" not in f for f in forms)
     chosen = [f for f in forms if f.get("chosen")]
     assert len(chosen) == 1
     # every form's all-int8 model meets this loose target; the smallest wins, ties to the earlier form
@@ -72,9 +75,9 @@ def test_search_measures_every_form_and_keeps_the_chosen_one(bert_onnx, tmp_path
     assert chosen[0] is forms[sizes.index(min(sizes))]
     assert res.report["int8"] == chosen[0]["form"]
     # the fused forms' graphs have one Attention per layer, whose layer list the search then chooses over
-    for f in forms[3:]:
+    for f in forms[4:]:
         assert f["fused"]["Attention"] == 2 and f["layers"] == 2 * 4  # Attention + 3 MatMuls per layer
-    for f in forms[:3]:
+    for f in forms[:4]:
         assert f["layers"] == 2 * 6  # Q, K, V, attention output, FFN in, FFN out
     # the chosen form's all-int8 model is the plain-int8 warm start (trial 0), built once
     assert res.report["plain_int8"]["trial"] == 0

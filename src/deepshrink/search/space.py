@@ -28,10 +28,12 @@ from .config import SearchConfig
 
 LAYER_OPS = ("MatMul", "Gemm", "Conv", "Attention")  # the layers MixedPrecisionConfig assigns
 CODEBOOK_MIN_ELEMENTS = KMeansConfig.model_fields["min_elements"].default
-# SmoothQuant alphas of the dynamic int8 forms: the paper's default (0.5) and the strong migration that
-# models with severe activation outliers need (Xiao et al. 2023 use 0.75-0.85 for them; MiniLM, measured:
-# 0.7 -> cosine 0.9978, 0.8 -> 0.9981 on held-out sentences, fused, per-channel)
-SMOOTH_ALPHAS = (0.5, 0.8)
+# SmoothQuant settings of the dynamic int8 forms, (alpha, smooth only tensors with at least this outlier
+# ratio): the paper's default alpha (0.5) and the strong migration models with severe activation outliers
+# need (Xiao et al. 2023 use 0.75-0.85 for them; MiniLM, measured: 0.7 -> cosine 0.9978, 0.8 -> 0.9981 on
+# held-out sentences, fused, per-channel), the latter also on the outlying tensors only (ratio >= 8, the
+# first of `quantize --scheme auto`'s ratios): each unfoldable smoothed tensor costs a Mul at run time
+SMOOTHING = ((0.5, 0.0), (0.8, 8.0), (0.8, 0.0))
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def int8_forms(model: Any) -> list[tuple[str, QuantConfig]]:
     ONNX Runtime's fast int8 convolution is the static one (the rule of ``quantize --scheme auto``).
     Otherwise dynamic int8 (``DynamicQuantizeMatMul``) as ``quantize --scheme int8-dynamic`` builds it,
     then with SmoothQuant (Xiao et al. 2023, "SmoothQuant: Accurate and Efficient Post-Training
-    Quantization for LLMs") at each of :data:`SMOOTH_ALPHAS` and per-channel weight scales — the
+    Quantization for LLMs") at each setting of :data:`SMOOTHING` and per-channel weight scales — the
     activation's outlier channels, which set its one run-time range, move into the weights' rows —
     and, for a BERT-like encoder (``quantize.onnx.backend.detect_bert``), each of these on the graph
     ONNX Runtime's transformer optimizer fused (Attention → ``QAttention``, SkipLayerNormalization,
@@ -138,8 +140,9 @@ def int8_forms(model: Any) -> list[tuple[str, QuantConfig]]:
                  Int8StaticConfig(per_channel=True))]
     kind = "int8-dynamic (most weights are in MatMul/Gemm layers)"
     forms: list[tuple[str, QuantConfig]] = [(kind, Int8DynamicConfig())]
-    forms += [(f"{kind}, SmoothQuant alpha {a:g}, per-channel", Int8DynamicConfig(per_channel=True, smooth_alpha=a))
-              for a in SMOOTH_ALPHAS]
+    forms += [(f"{kind}, SmoothQuant alpha {a:g}" + (f" on tensors with outlier ratio >= {r:g}" if r else "")
+               + ", per-channel", Int8DynamicConfig(per_channel=True, smooth_alpha=a, smooth_min_outlier_ratio=r))
+              for a, r in SMOOTHING]
     if ob.detect_bert(model.model, getattr(model, "tokenizer_dir", None)) is not None:
         forms += [(f"{label}, BERT-fused graph", cfg.model_copy(update={"fuse": "bert"})) for label, cfg in forms]
     return forms
