@@ -101,7 +101,7 @@ def digits_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], not
     from deepshrink.examples import trained_digits_cnn
 
     cnn = tmp / "cnn.onnx"
-    ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), cnn)
+    ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), cnn, force=True)
     cases = []
     if "cnn-size" in args.only:
         cases.append(("digits CNN, size ≤ 1/30", str(cnn), {"budget": {"resource": "size", "value": 1 / 30,
@@ -111,7 +111,7 @@ def digits_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], not
                                                                         "relative": True}}))
     if "dwse" in args.only:
         dw = tmp / "dwse.onnx"
-        ds.convert(ds.load(dwse_cnn(), input_shapes=["x:1x1x8x8"]), dw)
+        ds.convert(ds.load(dwse_cnn(), input_shapes=["x:1x1x8x8"]), dw, force=True)
         cases.append(("depthwise-separable + SE CNN (new), no budget", str(dw), {}))
     for name, model, extra in cases:
         rep, secs = run_search(model, tmp / name.replace(" ", "_").replace("/", "_"), "digits:train", "digits:test",
@@ -141,9 +141,15 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
     from deepshrink.quantize.onnx.sensitivity import run_outputs
 
     src = str(minilm_dir())
-    rep, secs = run_search(src, tmp / "minilm", f"sentences:{args.sentences}", None, target_cos=0.997, min_cos=0.99,
-                           trials=args.trials, repeats=args.repeats, threads=2, choices=("float", "int8"),
-                           sensitivity_samples=24)
+    if args.reuse and (tmp / "minilm" / "report.json").is_file():  # the peer part only, on a kept search
+        import json
+
+        rep = json.loads((tmp / "minilm" / "report.json").read_text())
+        secs = rep["search"]["seconds"]
+    else:
+        rep, secs = run_search(src, tmp / "minilm", f"sentences:{args.sentences}", None, target_cos=0.997,
+                               min_cos=0.99, trials=args.trials, repeats=args.repeats, threads=2,
+                               choices=("float", "int8"), sensitivity_samples=24)
     v = rep["verdict"]
     rows.append(["MiniLM, cos ≥ 0.997 / 0.99", "met" if v["met"] else "**not met**",
                  "chosen" if v["met"] else "closest", *fmt_point(rep, "chosen" if v["met"] else "closest"),
@@ -151,13 +157,22 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
     if not v["met"]:
         notes.append(f"- MiniLM: {v['message']}")
         return
-    # the peer: ORT quantize_dynamic on the same float export, timed with the search's model in the same rounds
+    # the peer: ORT quantize_dynamic (default settings) on the float export the search started from (the
+    # TorchScript export deepshrink makes of a Hugging Face encoder) and on `deepshrink convert`'s default
+    # (dynamo) export; the search's model is compared with the faster of the two, per round
+    from deepshrink.backends.onnx import save_onnx
+    from deepshrink.quantize.api import to_onnx_handle
+
     ref_path = tmp / "minilm_ref.onnx"
-    ds.convert(ds.load(src), ref_path)
-    ort_path = tmp / "minilm_ort_dynamic.onnx"
-    quantize_dynamic(str(ref_path), str(ort_path), weight_type=QuantType.QInt8)
+    save_onnx(to_onnx_handle(ds.load(src)).model, ref_path)
+    dyn_path = tmp / "minilm_ref_dynamo.onnx"
+    ds.convert(ds.load(src), dyn_path, force=True)
+    peers = {"ORT quantize_dynamic": (ref_path, tmp / "minilm_ort_dynamic.onnx"),
+             "ORT quantize_dynamic (dynamo export)": (dyn_path, tmp / "minilm_ort_dynamic_dynamo.onnx")}
+    for f32, q8 in peers.values():
+        quantize_dynamic(str(f32), str(q8), weight_type=QuantType.QInt8)
     best = tmp / "minilm" / "best.onnx"
-    h = ds.load(str(ref_path))
+    h = ds.load(src)  # its tokenizer reads the sentences
     from deepshrink.evaluate.gate import split_holdout
     from deepshrink.search.runner import _split_select_test
 
@@ -167,30 +182,42 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
     assert test_set is not None
     test = test_set.inputs
     ref_out = run_outputs(onnx.load(str(ref_path)), test, batch=1)
+    models = {**{n: q8 for n, (_f, q8) in peers.items()}, "search": best}
     fids = {}
-    for name, p in (("ORT quantize_dynamic", ort_path), ("search", best)):
+    for name, p in models.items():
         d = compare_outputs(ref_out, run_outputs(onnx.load(str(p)), test, batch=1))
         fids[name] = (d.cos_mean, d.cos_min)
-    feed = {k: v[:1] for k, v in test.items()}
     from deepshrink.quantize.onnx.sensitivity import _trim
 
-    feed = _trim(feed)
-    sess = {n: make_session(str(p), threads=2) for n, p in (("float", ref_path), ("ORT quantize_dynamic", ort_path),
-                                                              ("search", best))}
-    st = measure_latency({n: (lambda s=s: s.run(None, feed)) for n, s in sess.items()}, repeats=args.final_repeats,
-                         threads=2)
-    peer = st["ORT quantize_dynamic"]
-    ours = st["search"]
-    rows.append(["", "", "ORT quantize_dynamic (peer, same rounds)", "all MatMul int8",
-                 f"{ort_path.stat().st_size / ref_path.stat().st_size:.3f}×",
-                 f"{peer.ratio:.2f}× ±{peer.ratio_spread:.2f}",
-                 f"{fids['ORT quantize_dynamic'][0]:.4f} / {fids['ORT quantize_dynamic'][1]:.4f}", "-", "", ""])
-    notes.append(f"- MiniLM: re-timed in one set of {args.final_repeats} interleaved rounds (batch 1, 2 threads): "
-                 f"search {ours.ratio:.2f}× ±{ours.ratio_spread:.2f} of float, ORT quantize_dynamic "
-                 f"{peer.ratio:.2f}× ±{peer.ratio_spread:.2f}: search / ORT = {ours.median_ms / peer.median_ms:.2f}×. "
-                 f"Cosine on the test half (never seen by the search): search {fids['search'][0]:.4f} / "
-                 f"{fids['search'][1]:.4f}, ORT {fids['ORT quantize_dynamic'][0]:.4f} / "
-                 f"{fids['ORT quantize_dynamic'][1]:.4f}.")
+    sizes = {n: p.stat().st_size / ref_path.stat().st_size for n, p in models.items()}
+    lines = []
+    for i in range(args.peer_sentences):  # first test sentences, each alone (batch 1, no padding)
+        feed = _trim({k: v[i:i + 1] for k, v in test.items()})
+        sess = {n: make_session(str(p), threads=2) for n, p in (("float", ref_path), *models.items())}
+        runners = {n: (lambda s=s, f=feed: s.run(None, {x.name: f[x.name] for x in s.get_inputs()}))
+                   for n, s in sess.items()}
+        for peer in peers:  # per-round ratio of the search's model to each peer (the peer first: the baseline)
+            order = [peer, "search"] + [n for n in runners if n not in (peer, "search")]
+            st = measure_latency({n: runners[n] for n in order}, repeats=args.peer_repeats, threads=2)
+            ours = st["search"]
+            lines.append(f"{feed['input_ids'].shape[1]} tokens, vs {peer}: search/peer {ours.ratio:.3f}× "
+                         f"±{ours.ratio_spread:.3f} per round; float {st['float'].median_ms:.2f} ms, peer "
+                         f"{st[peer].median_ms:.2f} ms ({st[peer].median_ms / st['float'].median_ms:.2f}× float), "
+                         f"search {ours.median_ms:.2f} ms ({ours.median_ms / st['float'].median_ms:.2f}× float)")
+            if i == 0:
+                rows.append(["", "", f"{peer} (peer, same rounds)", "all MatMul int8", f"{sizes[peer]:.3f}×",
+                             f"{st[peer].median_ms / st['float'].median_ms:.2f}× (search/peer "
+                             f"{ours.ratio:.2f}× ±{ours.ratio_spread:.2f})",
+                             f"{fids[peer][0]:.4f} / {fids[peer][1]:.4f}", "-", "", ""])
+    forms = "; ".join(f"{f['form']}{' [chosen]' if f.get('chosen') else ''}: "
+                      + (f"cos {f['select']['cos_mean']:.4f}/{f['select']['cos_min']:.4f}, "
+                         f"{f.get('latency_ratio', float('nan')):.2f}× float" if "select" in f else f["error"])
+                      for f in rep.get("int8_forms", []))
+    notes.append(f"- MiniLM: int8 forms measured before the search (all-int8 model, select half, latency vs float): "
+                 f"{forms or '-'}. Search's int8 form: {rep['int8']}.")
+    notes.append(f"- MiniLM vs ORT quantize_dynamic, {args.peer_repeats} interleaved rounds per sentence (batch 1, "
+                 f"2 threads): " + "; ".join(lines) + ". Cosine on the test half (never seen by the search): "
+                 + ", ".join(f"{n} {a:.4f} / {b:.4f}" for n, (a, b) in fids.items()) + ".")
 
 
 def ray_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], notes: list[str]) -> None:
@@ -254,6 +281,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--final-repeats", type=int, default=60)
+    ap.add_argument("--peer-repeats", type=int, default=300, help="MiniLM vs ORT: interleaved rounds per sentence")
+    ap.add_argument("--peer-sentences", type=int, default=3, help="MiniLM vs ORT: test sentences timed, each alone")
     ap.add_argument("--sentences", type=int, default=256)
     ap.add_argument("--only", default="cnn-size,cnn-latency,dwse")
     ap.add_argument("--no-minilm", dest="minilm", action="store_false", help="skip MiniLM (~17 min on 2 loaded cores)")
@@ -261,6 +290,7 @@ def main() -> None:
     ap.add_argument("--name", default="search", help="results/<name>.md")
     ap.add_argument("--keep", type=Path, default=None, help="keep every search's output folder under this folder")
     ap.add_argument("--ray", action="store_true", help="sequential vs 2 local Ray workers (results/search_ray.md)")
+    ap.add_argument("--reuse", action="store_true", help="MiniLM: reuse the search kept under --keep, time the peers")
     args = ap.parse_args()
     if args.ray:
         ray_main(args)

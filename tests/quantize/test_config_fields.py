@@ -47,6 +47,8 @@ ROWS = [
     (Int8DynamicConfig, "reduce_range", {}, True, CHANGES),
     (Int8DynamicConfig, "fuse", {}, "bert", "not a BERT-like encoder"),  # fuse="auto" changes MiniLM: test_onnx_quant
     (Int8DynamicConfig, "smooth_alpha", {}, 0.5, CHANGES),
+    (Int8DynamicConfig, "smooth_min_outlier_ratio", {"smooth_alpha": 0.5}, 1e6, CHANGES),  # no tensor is that outlying
+    (Int8DynamicConfig, "smooth_min_outlier_ratio", {}, 8.0, "smooth_alpha is not set"),
     (Int8DynamicConfig, "op_types", {"gather_min_elements": 0}, ("MatMul",), CHANGES),
     (Int8StaticConfig, "include", {}, ("fc1",), CHANGES),
     (Int8StaticConfig, "exclude", {}, ("fc2",), CHANGES),

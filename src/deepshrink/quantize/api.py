@@ -321,7 +321,8 @@ def _dynamic(prep: Prepared, config: Int8DynamicConfig, **_: Any) -> QuantizeOut
     if config.smooth_alpha:
         from .onnx.smooth import smooth_model
 
-        model, sm = smooth_model(model, require_data(prep, "smoothing"), alpha=config.smooth_alpha, nodes=nodes)
+        model, sm = smooth_model(model, require_data(prep, "smoothing"), alpha=config.smooth_alpha, nodes=nodes,
+                                 min_outlier_ratio=config.smooth_min_outlier_ratio)
         report["smooth"] = sm.to_dict()
     q = ob.quantize_dynamic_int8(model, nodes, per_channel=config.per_channel, reduce_range=config.reduce_range,
                                  report=report, per_channel_min_db=config.per_channel_min_db)

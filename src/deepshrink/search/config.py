@@ -79,8 +79,8 @@ class SearchConfig(Config):
     (worst sample; default ``min(0.99, target_cos)``) — cosine of the first output to the
     original's, for unlabelled data. ``budget``: an optional cap on size or latency (see
     :class:`Budget`). ``choices``: what a layer may become — ``float``, ``int8`` (static int8
-    QDQ for a network whose weights are mostly in Conv layers, dynamic int8 otherwise, as
-    ``quantize --scheme auto`` decides), ``int4`` (MatMulNBits weight-only, group size
+    QDQ for a network whose weights are mostly in Conv layers, dynamic int8 otherwise, in the
+    form — SmoothQuant, per-channel, BERT-fused — measured best first: :mod:`.forms`), ``int4`` (MatMulNBits weight-only, group size
     ``group_size``; MatMul layers only), ``codebook`` (k-means, ``codebook_bits`` bits).
     ``trials``: candidates the optimiser proposes (the sensitivity warm start included);
     ``time_s``: a wall-clock cap on the trials (checked between rounds of proposals: a round

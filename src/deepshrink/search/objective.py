@@ -105,6 +105,7 @@ class Evaluator:
         self.budget_ratio: float | None = None
         self.cache: dict[str, Candidate] = {}
         self.builds = 0
+        self.forms: list[dict[str, Any]] = []  # the int8 forms measured before the search (.forms)
 
     # -- measuring ---------------------------------------------------------------------------
 
@@ -134,7 +135,9 @@ class Evaluator:
 
     # -- candidates ---------------------------------------------------------------------------
 
-    def evaluate(self, assign: dict[str, str], *, trial: int, origin: str = "optimiser") -> Candidate:
+    def evaluate(self, assign: dict[str, str], *, trial: int, origin: str = "optimiser", timed: bool = True
+                 ) -> Candidate:
+        """Build, score and (``timed`` and ``repeats`` > 0) time ``assign``; served from the cache when built before."""
         k = key(assign)
         if k in self.cache:
             return self.cache[k]
@@ -153,7 +156,7 @@ class Evaluator:
         if self.test_set is not None:
             out = self._outputs(data, self.test_set.inputs)
             cand.test = self.scores(out, self.ref_test, self.test_set.labels, self.ref_acc_test)
-        if self.config.repeats:
+        if self.config.repeats and timed:
             st = self.time_against_reference({"candidate": data}, self.config.repeats)["candidate"]
             cand.latency_ratio, cand.latency_spread, cand.latency_ms = st.ratio, st.ratio_spread, st.median_ms
         cand.build_s = time.perf_counter() - t0

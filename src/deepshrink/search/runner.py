@@ -120,6 +120,9 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     if not space.free:
         raise InputError("search: the model has no layer any choice applies to (no MatMul/Gemm/Conv weights)")
     ev = Evaluator(reference, space, calibration, select, test, config)
+    from .forms import choose_int8_form
+
+    space, _forms = choose_int8_form(ev, reference, calib_arrays, config, say)  # how int8 layers are built
     say(f"{len(space.free)} layers to choose for; int8 is {space.int8_kind}")
 
     say("per-layer sensitivity")
@@ -513,7 +516,7 @@ def _report(source: Any, config: SearchConfig, space: Space, ev: Evaluator, cand
                  "select": ev.select_set.source, "select_samples": len(ev.select_set),
                  "test": ev.test_set.source if ev.test_set is not None else None,
                  "test_samples": len(ev.test_set) if ev.test_set is not None else 0},
-        "int8": space.int8_kind,
+        "int8": space.int8_kind, "int8_forms": ev.forms,
         "layers": [{"name": lay.name, "op_type": lay.op_type, "shape": list(lay.shape), "options": list(lay.options),
                     "sensitivity": sens.get(lay.name, {}),
                     "chosen": chosen.assign.get(lay.name, "float") if chosen else None} for lay in space.layers],
@@ -541,6 +544,15 @@ def _markdown(r: dict[str, Any]) -> str:
               + (f", reported on {d['test_samples']} more ({d['test']}) the search never saw." if d["test"] else "."),
               f"int8 here is {r['int8']}. {r['search']['trials']} trials, {r['search']['built']} models built, "
               f"{r['search']['seconds']} s.", ""]
+    if r.get("int8_forms"):  # how int8 layers are built: measured before the per-layer search (.forms)
+        lines += ["| int8 form (all layers int8) | select | latency vs original | size | |", "|---|---|---|---|---|"]
+        for f in r["int8_forms"]:
+            sel = f.get("select")
+            lat = f"{f['latency_ratio']:.2f}x ±{f['latency_spread']:.2f}" if f.get("latency_ratio") is not None else "-"
+            lines.append(f"| {f['form']} | " + (f"cos {sel['cos_mean']:.4f}/{sel['cos_min']:.4f} | {lat} | "
+                                                f"{f['size_ratio']:.3f}x" if sel else f"{f.get('error')} | - | -")
+                         + f" | {'chosen: ' + f['why'] if f.get('chosen') else ''} |")
+        lines.append("")
     lines += ["| point | trial | choices | size | latency vs original | select | test |", "|---|---|---|---|---|---|---|"]
 
     def fid(s: dict[str, Any] | None) -> str:

@@ -26,7 +26,7 @@ def choice_sensitivity(ev: Evaluator, inputs: dict[str, np.ndarray], *, progress
     is made by the choice's own handler on it — the quantization every candidate gets, without
     re-preparing and re-checking the whole model per layer (a third of a MiniLM build's time).
     """
-    from ..quantize.api import prepare
+    from ..quantize.api import _wants_fuse, prepare
     from ..quantize.configs import Int8StaticConfig
     from ..quantize.onnx.outcome import Prepared
     from ..quantize.onnx.sensitivity import layer_sensitivity, run_outputs
@@ -36,7 +36,7 @@ def choice_sensitivity(ev: Evaluator, inputs: dict[str, np.ndarray], *, progress
     ref = run_outputs(ev.reference.model, inputs, batch=1, threads=ev.config.threads)
     calib = ev.calibration.take(min(len(ev.calibration), 128))
     prep = prepare(ev.reference, calib.inputs, gemm_as_matmul=not isinstance(space.int8, Int8StaticConfig),
-                   calibration_size=len(calib))
+                   calibration_size=len(calib), fuse=_wants_fuse(space.int8))
     out: dict[str, dict[str, float]] = {lay.name: {} for lay in space.free}
     for choice in ("int8", "int4", "codebook"):
         layers = [lay.name for lay in space.free if choice in lay.options]

@@ -28,6 +28,12 @@ from .config import SearchConfig
 
 LAYER_OPS = ("MatMul", "Gemm", "Conv", "Attention")  # the layers MixedPrecisionConfig assigns
 CODEBOOK_MIN_ELEMENTS = KMeansConfig.model_fields["min_elements"].default
+# SmoothQuant settings of the dynamic int8 forms, (alpha, smooth only tensors with at least this outlier
+# ratio): the paper's default alpha (0.5) and the strong migration models with severe activation outliers
+# need (Xiao et al. 2023 use 0.75-0.85 for them; MiniLM, measured: 0.7 -> cosine 0.9978, 0.8 -> 0.9981 on
+# held-out sentences, fused, per-channel), the latter also on the outlying tensors only (ratio >= 8, the
+# first of `quantize --scheme auto`'s ratios): each unfoldable smoothed tensor costs a Mul at run time
+SMOOTHING = ((0.5, 0.0), (0.8, 8.0), (0.8, 0.0))
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class Space:
     group_size: int
     codebook_bits: int
     fixed_float: list[str] = field(default_factory=list)  # layers no choice applies to
+    fused: dict[str, int] = field(default_factory=dict)  # ORT's transformer fusions this form's graph got
 
     @property
     def free(self) -> list[Layer]:
@@ -110,30 +117,55 @@ def _literal(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def build_space(model: Any, calibration: dict[str, np.ndarray], config: SearchConfig) -> Space:
-    """The layers of the ONNX ``model`` (as the quantizer sees them) and their options.
+def int8_forms(model: Any) -> list[tuple[str, QuantConfig]]:
+    """The ways int8 layers may be built for ``model``, least transformation first: ``[(label, config)]``.
 
-    int8 is static (QLinearConv / QDQ) when most weights are in Conv layers and dynamic otherwise —
+    A network whose weights are mostly in Conv layers gets static int8 (QLinearConv / QDQ) only:
     ONNX Runtime's fast int8 convolution is the static one (the rule of ``quantize --scheme auto``).
-    ``int4`` applies to MatMul layers whose input dimension ``group_size`` divides; ``codebook`` to
-    weights of at least 256 elements.
+    Otherwise dynamic int8 (``DynamicQuantizeMatMul``) as ``quantize --scheme int8-dynamic`` builds it,
+    then with SmoothQuant (Xiao et al. 2023, "SmoothQuant: Accurate and Efficient Post-Training
+    Quantization for LLMs") at each setting of :data:`SMOOTHING` and per-channel weight scales — the
+    activation's outlier channels, which set its one run-time range, move into the weights' rows —
+    and, for a BERT-like encoder (``quantize.onnx.backend.detect_bert``), each of these on the graph
+    ONNX Runtime's transformer optimizer fused (Attention → ``QAttention``, SkipLayerNormalization,
+    BiasGelu, EmbedLayerNormalization: fewer kernels at batch 1). The search builds every form's
+    all-int8 model and picks one by measurement (:mod:`.forms`); nothing here is model-specific.
     """
-    from ..quantize.api import _handles, prepare
     from ..quantize.onnx import backend as ob
 
     conv = sum(int(np.prod(w.shape)) for w in ob.weight_nodes(model.model, ("Conv",)))
     other = sum(int(np.prod(w.shape)) for w in ob.weight_nodes(model.model, ("MatMul", "Gemm")))
     if conv > other:
-        int8: QuantConfig = Int8StaticConfig(per_channel=True)
-        kind = "int8-static (most weights are in Conv layers: ONNX Runtime's QLinearConv)"
-    else:
-        int8 = Int8DynamicConfig()
-        kind = "int8-dynamic (most weights are in MatMul/Gemm layers)"
-    prep = prepare(model, calibration, gemm_as_matmul=not isinstance(int8, Int8StaticConfig))
+        return [("int8-static (most weights are in Conv layers: ONNX Runtime's QLinearConv)",
+                 Int8StaticConfig(per_channel=True))]
+    kind = "int8-dynamic (most weights are in MatMul/Gemm layers)"
+    forms: list[tuple[str, QuantConfig]] = [(kind, Int8DynamicConfig())]
+    forms += [(f"{kind}, SmoothQuant alpha {a:g}" + (f" on tensors with outlier ratio >= {r:g}" if r else "")
+               + ", per-channel", Int8DynamicConfig(per_channel=True, smooth_alpha=a, smooth_min_outlier_ratio=r))
+              for a, r in SMOOTHING]
+    if ob.detect_bert(model.model, getattr(model, "tokenizer_dir", None)) is not None:
+        forms += [(f"{label}, BERT-fused graph", cfg.model_copy(update={"fuse": "bert"})) for label, cfg in forms]
+    return forms
+
+
+def build_space(model: Any, calibration: dict[str, np.ndarray], config: SearchConfig,
+                int8: tuple[str, QuantConfig] | None = None) -> Space:
+    """The layers of the ONNX ``model`` (as the quantizer sees them, after the form's fusions) and their options.
+
+    ``int8``: the form int8 layers are built in, ``(label, config)`` (default: the first of
+    :func:`int8_forms`). ``int4`` applies to MatMul layers whose input dimension ``group_size``
+    divides; ``codebook`` to weights of at least 256 elements.
+    """
+    from ..quantize.api import _handles, _wants_fuse, prepare
+    from ..quantize.onnx import backend as ob
+
+    kind, int8_cfg = int8 if int8 is not None else int8_forms(model)[0]
+    prep = prepare(model, calibration, gemm_as_matmul=not isinstance(int8_cfg, Int8StaticConfig),
+                   fuse=_wants_fuse(int8_cfg))
     layers, fixed = [], []
     for w in ob.weight_nodes(prep.model, LAYER_OPS):
         opts = ["float"]
-        if "int8" in config.choices and _handles(int8, w.op_type):
+        if "int8" in config.choices and _handles(int8_cfg, w.op_type):
             opts.append("int8")
         if "int4" in config.choices and w.op_type == "MatMul" and w.shape[0] % config.group_size == 0:
             opts.append("int4")
@@ -144,4 +176,4 @@ def build_space(model: Any, calibration: dict[str, np.ndarray], config: SearchCo
         layers.append(layer)
         if len(opts) == 1:
             fixed.append(w.name)
-    return Space(layers, int8, kind, config.group_size, config.codebook_bits, fixed)
+    return Space(layers, int8_cfg, kind, config.group_size, config.codebook_bits, fixed, dict(prep.fused))

@@ -458,22 +458,28 @@ def quantize_dynamic_int8(model: onnx.ModelProto, nodes: Sequence[str], *, per_c
     return q
 
 
+# node type -> index of its weight zero point (com.microsoft QAttention: input 7)
+_WEIGHT_ZERO_POINT = {"MatMulInteger": 3, "QAttention": 7}
+
+
 def scalar_zero_points(model: onnx.ModelProto) -> int:
-    """Replace all-zero per-column weight zero points of ``MatMulInteger`` with one scalar zero.
+    """Replace all-zero per-column weight zero points of ``MatMulInteger`` / ``QAttention`` with one scalar zero.
 
     Symmetric int8 weights have zero points that are all 0; given as a vector, ORT takes its
-    per-column zero-point path (slower), although a scalar 0 means the same. Returns the count.
+    per-column zero-point path (slower), although a scalar 0 means the same (both ops take a
+    scalar or a per-column weight zero point). Returns the count.
     """
     inits = initializer_map(model)
     zero_name = "deepshrink_weight_zero_point_int8"
     changed = 0
     for n in model.graph.node:
-        if n.op_type != "MatMulInteger" or len(n.input) < 4 or n.input[3] not in inits:
+        at = _WEIGHT_ZERO_POINT.get(n.op_type)
+        if at is None or len(n.input) <= at or n.input[at] not in inits:
             continue
-        t = inits[n.input[3]]
+        t = inits[n.input[at]]
         a = numpy_helper.to_array(t)
         if a.ndim == 1 and a.size > 1 and a.dtype == np.int8 and not a.any():
-            n.input[3] = zero_name
+            n.input[at] = zero_name
             changed += 1
     if changed:
         if zero_name not in inits:
