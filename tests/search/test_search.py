@@ -18,13 +18,6 @@ DATA, EVAL = "digits:train", "digits:test"
 
 
 @pytest.fixture(scope="module")
-def mlp_onnx(tmp_path_factory, digits_mlp) -> Path:
-    path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
-    ds.convert(ds.load(digits_mlp, input_shapes=["x:1x1x8x8"]), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def size_run(tmp_path_factory, mlp_onnx):
     """A search with a size budget and 2 timing rounds: the optimiser sees (accuracy lost, size), both exact."""
     out = tmp_path_factory.mktemp("run") / "a"

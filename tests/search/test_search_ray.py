@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -23,13 +22,6 @@ import deepshrink as ds  # noqa: E402
 from deepshrink.search import SearchConfig  # noqa: E402
 
 DATA, EVAL = "digits:train", "digits:test"
-
-
-@pytest.fixture(scope="module")
-def mlp_onnx(tmp_path_factory, digits_mlp) -> Path:
-    path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
-    ds.convert(ds.load(digits_mlp, input_shapes=["x:1x1x8x8"]), path)
-    return path
 
 
 def _ray_children() -> list[str]:
