@@ -104,7 +104,8 @@ def held_out_table(models: dict, teacher_name: str, quantize_name: str | None, t
 
 def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, text: str = "stdlib",
                    hidden_weight: float = 0.0, layer_map: str = "uniform", schedule: str = "cosine",
-                   warmup: float = 0.0, max_length: int = 64, quick: bool = False, batch_size: int = 32) -> None:
+                   warmup: float = 0.0, max_length: int = 64, quick: bool = False, batch_size: int = 32,
+                   freeze: tuple[str, ...] = ()) -> None:
     import numpy as np
     import torch
     from scipy.stats import spearmanr
@@ -148,7 +149,7 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, 
     for label, selection in runs:
         cfg = DistillConfig(derive="layers=3", layer_selection=selection, loss="embedding", metric="cosine",
                             epochs=epochs, lr=lr, lr_schedule=schedule, warmup=warmup, batch_size=batch_size,
-                            hidden_weight=hidden_weight, layer_map=layer_map)
+                            hidden_weight=hidden_weight, layer_map=layer_map, freeze=freeze)
         t0 = time.process_time()
         student, rep = distill_with_report(teacher, None, train, cfg, eval_data=enc(held_out[:64]),
                                            targets=targets, progress=False)
@@ -157,7 +158,7 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, 
                                  "layer_map": rep.layer_map}
         models[f"{label} {keep[label]}, distilled"] = student
     settings = (f"text {text} ({len(train_text)} sentences, max {max_length} tokens), {epochs} epoch(s), batch {batch_size}, lr {lr} "
-                f"{schedule} warmup {warmup}, hidden_weight {hidden_weight} layer_map {layer_map}")
+                f"{schedule} warmup {warmup}, hidden_weight {hidden_weight} layer_map {layer_map} freeze {list(freeze)}")
     if quick:  # torch only: the held-out figures of the distilled student, no ONNX / latency
         with torch.no_grad():
             embs = {n: np.stack([m(*enc([x])).numpy()[0] for x in held_out])
@@ -188,7 +189,7 @@ Teacher all-MiniLM-L6-v2 (6 layers). Student: 3 layers with the teacher's weight
 squared error; drop-one errors per layer {drop}; removed in order {order}) vs every other layer {keep['every other']}.
 Distilled on {len(train_text)} unlabelled sentences ({'`stdlib_sentences(wide=True)` without the held-out ones' if text == 'stdlib' else '`sentences:wide`: `training_sentences()`, the wide stdlib list without the narrow list from 1000 on, then numpy/scipy/sklearn/torch/transformers docstrings'}),
 {epochs} epoch(s), batch {batch_size}, AdamW lr {lr} {schedule} schedule (warmup {warmup:g} of the steps), loss 1 − cos(student, teacher
-embedding){f' + {hidden_weight:g} × hidden-state MSE (real tokens only), layer map {layer_map}' if hidden_weight else ''}; max {max_length} tokens. Held out: the 200 sentences `stdlib_sentences()[1745:1945]`, never trained on; each embedded alone in
+embedding){f' + {hidden_weight:g} × hidden-state MSE (real tokens only), layer map {layer_map}' if hidden_weight else ''}; max {max_length} tokens{f'; frozen {list(freeze)}' if freeze else ''}. Held out: the 200 sentences `stdlib_sentences()[1745:1945]`, never trained on; each embedded alone in
 ORT. Spearman: rank correlation of the 19,900 pairwise cosine similarities (teacher vs student). Latency: ORT,
 batch 1 at the padded length of 32 held-out sentences, {THREADS} thread, 15 interleaved rounds, ratio to the teacher.
 
@@ -354,6 +355,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.0)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--freeze", action="append", default=[], help="glob over the student's parameter names")
     ap.add_argument("--quick", action="store_true", help="torch-only held-out figures of the distilled student")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--digits-epochs", type=int, default=30)
@@ -366,7 +368,7 @@ def main() -> None:
     if a.section in ("all", "minilm"):
         minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform, text=a.text, hidden_weight=a.hidden_weight,
                        layer_map=a.layer_map, schedule=a.schedule, warmup=a.warmup, max_length=a.max_length,
-                       quick=a.quick, batch_size=a.batch_size)
+                       quick=a.quick, batch_size=a.batch_size, freeze=tuple(a.freeze))
 
 
 if __name__ == "__main__":

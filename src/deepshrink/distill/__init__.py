@@ -114,6 +114,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     out_kind = resolve_loss(cfg.loss, t_handle, t_probe)
     s_mod, origin, layer_choice, width = derive_student(t_mod, student, cfg, inputs)
     check_compatible(t_mod, s_mod, probe, out_kind, t_probe)
+    frozen = _freeze_named(s_mod, cfg.freeze)  # the student is a copy: refused names leave nothing changed
 
     layer_map = None
     hidden, attention = cfg.hidden_weight > 0, cfg.attention_weight > 0
@@ -201,7 +202,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                       checkpoint_dir=ckpt, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
                       progress=progress, lr_schedule=cfg.lr_schedule, deterministic=deterministic,
                       global_batch=True, warmup_steps=warmup_steps)
-    unused = _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
+    unused = frozen + _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
     torch.manual_seed(cfg.seed)  # dropout masks: the same on every process and every resume
     try:
         res = trainer.fit(tuple(train_arrays))
@@ -312,6 +313,24 @@ class _Student(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> Any:
         return self.student(*xs)
+
+
+def _freeze_named(student: nn.Module, patterns: Sequence[str]) -> list[nn.Parameter]:
+    """The student's parameters whose names match a glob in ``patterns`` (``*word_embeddings*``), frozen for the
+    run; a pattern that matches nothing is refused in one line (a typo would silently train everything)."""
+    import fnmatch
+
+    named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    out: list[nn.Parameter] = []
+    for pat in patterns:
+        hits = [p for n, p in named if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            sample = ", ".join(n for n, _ in named[:3])
+            raise InputError(f"freeze {pat!r} matches none of the student's parameters (names such as {sample})")
+        out += [p for p in hits if all(p is not q for q in out)]
+    for p in out:
+        p.requires_grad_(False)
+    return out
 
 
 def _freeze_unused(module: nn.Module, step: Any, batch: tuple[torch.Tensor, ...]) -> list[nn.Parameter]:

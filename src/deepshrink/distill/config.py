@@ -62,7 +62,9 @@ class DistillConfig(Config):
     Training: ``epochs`` over the data with ``optimizer`` at ``lr`` (default 1e-4 for models with
     transformer layers, 1e-3 otherwise), global ``batch_size`` (split over processes), ``seed``;
     ``lr_schedule`` ``constant`` / ``cosine`` / ``linear`` decay after a linear warmup over the first
-    ``warmup`` fraction of the steps (:func:`deepshrink.train.trainer.lr_factor`).
+    ``warmup`` fraction of the steps (:func:`deepshrink.train.trainer.lr_factor`). ``freeze``: globs over
+    the student's parameter names kept as they are (``("*word_embeddings*",)``: a copied student keeps the
+    teacher's 11.7M-parameter MiniLM vocabulary table, and each step skips its gradient and update).
     """
 
     def contract(self) -> Contract:
@@ -85,6 +87,7 @@ class DistillConfig(Config):
     weight_decay: float = Field(default=0.0, ge=0.0)
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup: float = Field(default=0.0, ge=0.0, lt=1.0)
+    freeze: tuple[str, ...] = ()
     seed: int = 0
     checkpoint_every: int = Field(default=0, ge=0)
 
