@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,56 +40,20 @@ def _load_avg() -> str:
         return "?"
 
 
-def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool) -> None:
+def held_out_table(models: dict, teacher_name: str, quantize_name: str | None, tok: Any, held_out: list[str],
+                   enc: Any, train: tuple, log: dict) -> list[list[str]]:
+    """Export every model to ONNX (+ ``quantize_name`` int8 dynamic), embed each held-out sentence alone in ORT,
+    and measure cosine / Spearman against ``teacher_name`` and ORT latency (batch 1) against it; rows of the table."""
     import numpy as np
-    import torch
     from scipy.stats import spearmanr
-    from transformers import AutoTokenizer
 
     import deepshrink as ds
     from deepshrink.backends.onnx import make_session
+    from deepshrink.convert.export import export_onnx
     from deepshrink.core.data import Dataset
-    from deepshrink.distill import DistillConfig, distill_with_report
-    from deepshrink.distill.derive import choose_layers, uniform_layers, with_layers
     from deepshrink.evaluate.bench import bench
-    from deepshrink.examples import minilm, minilm_dir
-    from deepshrink.examples.text import stdlib_sentences
     from deepshrink.quantize import Int8DynamicConfig
 
-    torch.set_num_threads(THREADS)
-    t_start = time.process_time()
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    wide = stdlib_sentences(wide=True)
-    held_out = wide[1745:1945]
-    train_text = (wide[:1745] + wide[1945:])[:n_train]
-    assert not set(held_out) & set(train_text)
-
-    def enc(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        e = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
-        return e["input_ids"], e["attention_mask"]
-
-    train = enc(train_text)
-    teacher = minilm()
-    with torch.no_grad():
-        targets = torch.cat([teacher(train[0][i:i + 64], train[1][i:i + 64]) for i in range(0, len(train_text), 64)])
-    calib = tuple(x[:64] for x in train)
-    # the same choice distill makes inside (first 64 training sentences, batches of 32), shown in the table
-    choices = {"importance": choose_layers(teacher, 3, [tuple(x[i:i + 32] for x in calib) for i in (0, 32)])}
-    keep = {"importance": choices["importance"].keep, "every other": uniform_layers(6, 3)}
-    models: dict[str, torch.nn.Module] = {"teacher (6 layers)": teacher}
-    for sel, layers in keep.items():
-        models[f"{sel} {layers}, copied"] = with_layers(teacher, layers)
-    log: dict[str, object] = {"keep": keep, "drop_one": choices["importance"].drop_one}
-    runs = [("importance", "importance")] + ([("every other", "uniform")] if with_uniform else [])
-    for label, selection in runs:
-        cfg = DistillConfig(derive="layers=3", layer_selection=selection, loss="embedding", metric="cosine",
-                            epochs=epochs, lr=lr, lr_schedule="cosine", batch_size=32)
-        t0 = time.process_time()
-        student, rep = distill_with_report(teacher, None, train, cfg, eval_data=enc(held_out[:64]),
-                                           targets=targets, progress=False)
-        log[f"{label} train"] = {"cpu_s": round(time.process_time() - t0, 1), "steps": rep.steps,
-                                 "evals": rep.evals, "loss": [rep.first_loss, rep.last_loss]}
-        models[f"{label} {keep[label]}, distilled"] = student
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         ex = {"input_ids": train[0][:2].numpy(), "attention_mask": train[1][:2].numpy()}
@@ -97,15 +62,13 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool) -> 
             h = h.with_model(m, inputs=[ds.TensorSpec(n, ("batch", "sequence"), "int64") for n in ex],
                              example_inputs=ex)
             path = Path(tmp) / f"{len(paths)}.onnx"
-            from deepshrink.convert.export import export_onnx
-
             export_onnx(h, None, path, exporter="torchscript", output_names=["sentence_embedding"])
             paths[name] = path
-        best = f"importance {keep['importance']}, distilled"
-        q = ds.quantize(str(paths[best]), Int8DynamicConfig())
-        qpath = Path(tmp) / "q.onnx"
-        ds.save(q, qpath)
-        paths[best + " + int8 dynamic"] = qpath
+        if quantize_name is not None:
+            q = ds.quantize(str(paths[quantize_name]), Int8DynamicConfig())
+            qpath = Path(tmp) / "q.onnx"
+            ds.save(q, qpath)
+            paths[quantize_name + " + int8 dynamic"] = qpath
         # embeddings of each held-out sentence alone (no padding), ORT
         emb = {}
         for name, path in paths.items():
@@ -116,7 +79,7 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool) -> 
                 rows.append(sess.run(None, {"input_ids": e["input_ids"].astype(np.int64),
                                             "attention_mask": e["attention_mask"].astype(np.int64)})[0][0])
             emb[name] = np.stack(rows)
-        ref = emb["teacher (6 layers)"]
+        ref = emb[teacher_name]
         iu = np.triu_indices(len(held_out), 1)
         sims_t = (ref @ ref.T)[iu]
         timing_data = Dataset({k: v.numpy() for k, v in zip(("input_ids", "attention_mask"), enc(held_out[:32]),
@@ -128,13 +91,90 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool) -> 
         for name, path in paths.items():
             e = emb[name]
             cos = (e * ref).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
-            rho = spearmanr(sims_t, ((e / np.linalg.norm(e, axis=1, keepdims=True)) @
-                                     (e / np.linalg.norm(e, axis=1, keepdims=True)).T)[iu]).statistic
+            en = e / np.linalg.norm(e, axis=1, keepdims=True)
+            rho = spearmanr(sims_t, (en @ en.T)[iu]).statistic
             r = lat[name]
             rows.append([name, f"{path.stat().st_size / 2**20:.1f}", f"{r.params:,}" if r.params else "-",
                          f"{cos.mean():.4f}", f"{cos.min():.4f}", f"{rho:.4f}", f"{r.median_ms:.2f}",
                          f"{r.ratio:.2f}× ±{r.ratio_spread:.2f}"])
-            log[name] = {"cos_mean": float(cos.mean()), "spearman": float(rho), "latency_ratio": r.ratio}
+            log[name] = {"cos_mean": float(cos.mean()), "cos_worst": float(cos.min()), "spearman": float(rho),
+                         "latency_ratio": r.ratio}
+    return rows
+
+
+def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, text: str = "stdlib",
+                   hidden_weight: float = 0.0, layer_map: str = "uniform", schedule: str = "cosine",
+                   warmup: float = 0.0, max_length: int = 64, quick: bool = False, batch_size: int = 32,
+                   freeze: tuple[str, ...] = ()) -> None:
+    import numpy as np
+    import torch
+    from scipy.stats import spearmanr
+    from transformers import AutoTokenizer
+
+    from deepshrink.distill import DistillConfig, distill_with_report
+    from deepshrink.distill.derive import choose_layers, uniform_layers, with_layers
+    from deepshrink.examples import minilm, minilm_dir
+    from deepshrink.examples.text import stdlib_sentences, training_sentences
+
+    torch.set_num_threads(THREADS)
+    t_start = time.process_time()
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    wide = stdlib_sentences(wide=True)
+    held_out = wide[1745:1945]
+    if text == "stdlib":
+        train_text = (wide[:1745] + wide[1945:])[:n_train]
+    else:  # sentences:wide — the stdlib list without the narrow list's 1000+, then installed packages' docstrings
+        train_text = training_sentences(n_train)
+    assert not set(held_out) & set(train_text)
+
+    def enc(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        e = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return e["input_ids"], e["attention_mask"]
+
+    train = enc(train_text)
+    teacher = minilm()
+    targets = None
+    if hidden_weight == 0:  # output loss only: the teacher's embeddings once, shared by the students
+        with torch.no_grad():
+            targets = torch.cat([teacher(train[0][i:i + 64], train[1][i:i + 64]) for i in range(0, len(train_text), 64)])
+    calib = tuple(x[:64] for x in train)
+    # the same choice distill makes inside (first 64 training sentences, batches of 32), shown in the table
+    choices = {"importance": choose_layers(teacher, 3, [tuple(x[i:i + 32] for x in calib) for i in (0, 32)])}
+    keep = {"importance": choices["importance"].keep, "every other": uniform_layers(6, 3)}
+    models: dict[str, torch.nn.Module] = {"teacher (6 layers)": teacher}
+    for sel, layers in keep.items():
+        models[f"{sel} {layers}, copied"] = with_layers(teacher, layers)
+    log: dict[str, object] = {"keep": keep, "drop_one": choices["importance"].drop_one}
+    runs = [("importance", "importance")] + ([("every other", "uniform")] if with_uniform else [])
+    for label, selection in runs:
+        cfg = DistillConfig(derive="layers=3", layer_selection=selection, loss="embedding", metric="cosine",
+                            epochs=epochs, lr=lr, lr_schedule=schedule, warmup=warmup, batch_size=batch_size,
+                            hidden_weight=hidden_weight, layer_map=layer_map, freeze=freeze)
+        t0 = time.process_time()
+        student, rep = distill_with_report(teacher, None, train, cfg, eval_data=enc(held_out[:64]),
+                                           targets=targets, progress=False)
+        log[f"{label} train"] = {"cpu_s": round(time.process_time() - t0, 1), "steps": rep.steps,
+                                 "evals": rep.evals, "loss": [rep.first_loss, rep.last_loss],
+                                 "layer_map": rep.layer_map}
+        models[f"{label} {keep[label]}, distilled"] = student
+    settings = (f"text {text} ({len(train_text)} sentences, max {max_length} tokens), {epochs} epoch(s), batch {batch_size}, lr {lr} "
+                f"{schedule} warmup {warmup}, hidden_weight {hidden_weight} layer_map {layer_map} freeze {list(freeze)}")
+    if quick:  # torch only: the held-out figures of the distilled student, no ONNX / latency
+        with torch.no_grad():
+            embs = {n: np.stack([m(*enc([x])).numpy()[0] for x in held_out])
+                    for n, m in models.items() if n.startswith("teacher") or "distilled" in n}
+        ref = embs.pop("teacher (6 layers)")
+        iu = np.triu_indices(len(held_out), 1)
+        for name, e in embs.items():
+            cos = (e * ref).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
+            en = e / np.linalg.norm(e, axis=1, keepdims=True)
+            rho = spearmanr((ref @ ref.T)[iu], (en @ en.T)[iu]).statistic
+            print(json.dumps({"quick": name, "settings": settings, "cos_mean": round(float(cos.mean()), 4),
+                              "cos_worst": round(float(cos.min()), 4), "spearman": round(float(rho), 4),
+                              **log[f"{name.split(' [')[0]} train"]}))
+        return
+    best = f"importance {keep['importance']}, distilled"
+    rows = held_out_table(models, "teacher (6 layers)", best, tok, held_out, enc, train, log)
     cpu = time.process_time() - t_start
     b = log[f"importance {keep['importance']}, distilled"]
     verdict = (f"Issue 15 targets for the distilled importance student: cosine mean ≥ 0.95 "
@@ -147,9 +187,9 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool) -> 
 Teacher all-MiniLM-L6-v2 (6 layers). Student: 3 layers with the teacher's weights; which 3: measured importance
 (greedy: remove the layer whose absence changes the teacher's embedding least on 64 training sentences, relative
 squared error; drop-one errors per layer {drop}; removed in order {order}) vs every other layer {keep['every other']}.
-Distilled on {len(train_text)} unlabelled standard-library sentences (`stdlib_sentences(wide=True)` without the
-held-out ones), {epochs} epoch(s), batch 32, AdamW lr {lr} cosine schedule, loss 1 − cos(student, teacher
-embedding). Held out: the 200 sentences `stdlib_sentences()[1745:1945]`, never trained on; each embedded alone in
+Distilled on {len(train_text)} unlabelled sentences ({'`stdlib_sentences(wide=True)` without the held-out ones' if text == 'stdlib' else '`sentences:wide`: `training_sentences()`, the wide stdlib list without the narrow list from 1000 on, then numpy/scipy/sklearn/torch/transformers docstrings'}),
+{epochs} epoch(s), batch {batch_size}, AdamW lr {lr} {schedule} schedule (warmup {warmup:g} of the steps), loss 1 − cos(student, teacher
+embedding){f' + {hidden_weight:g} × hidden-state MSE (real tokens only), layer map {layer_map}' if hidden_weight else ''}; max {max_length} tokens{f'; frozen {list(freeze)}' if freeze else ''}. Held out: the 200 sentences `stdlib_sentences()[1745:1945]`, never trained on; each embedded alone in
 ORT. Spearman: rank correlation of the 19,900 pairwise cosine similarities (teacher vs student). Latency: ORT,
 batch 1 at the padded length of 32 held-out sentences, {THREADS} thread, 15 interleaved rounds, ratio to the teacher.
 
@@ -163,6 +203,73 @@ Benchmark CPU time {cpu:.0f} s (OMP_NUM_THREADS=1; load average {_load_avg()} �
 {machine_line(THREADS)}
 """
     write_result("distill_minilm", "Distillation: MiniLM → 3 layers on unlabelled text (issue 15)", this_command(), body)
+
+
+def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float = 1.0, schedule: str = "cosine",
+                   warmup: float = 0.0, max_length: int = 64, batch_size: int = 32) -> None:
+    """MiniLM structurally pruned (½ of FFN neurons, ¼ of heads, activation importance) then recovered by
+    distillation from the unpruned teacher (embedding 1 − cos + hidden-state MSE, layer j ↔ layer j)."""
+    import copy
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from deepshrink.distill import DistillConfig, distill_with_report
+    from deepshrink.examples import minilm, minilm_dir
+    from deepshrink.examples.text import stdlib_sentences, training_sentences
+    from deepshrink.prune import StructuredPruneConfig, prune
+
+    torch.set_num_threads(THREADS)
+    t_start = time.process_time()
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    held_out = stdlib_sentences(wide=True)[1745:1945]
+    train_text = training_sentences(n_train)
+    assert not set(held_out) & set(train_text)
+
+    def enc(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        e = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return e["input_ids"], e["attention_mask"]
+
+    train = enc(train_text)
+    teacher = minilm()
+    calib = enc(stdlib_sentences(64))  # as bench_prune.py: the narrow list's first 64 sentences
+    pruned = prune(copy.deepcopy(teacher), StructuredPruneConfig(ratio=0.5, heads_ratio=0.25, importance="activation"),
+                   example_inputs=calib).model.model
+    layer = pruned.encoder.encoder.layer[0]
+    assert layer.intermediate.dense.out_features == 768 and layer.attention.self.num_attention_heads == 9
+    cfg = DistillConfig(loss="embedding", metric="cosine", hidden_weight=hidden_weight, epochs=epochs, lr=lr,
+                        lr_schedule=schedule, warmup=warmup, batch_size=batch_size)
+    t0 = time.process_time()
+    student, rep = distill_with_report(teacher, pruned, train, cfg, eval_data=enc(held_out[:64]), progress=False)
+    log: dict[str, object] = {"train": {"cpu_s": round(time.process_time() - t0, 1), "steps": rep.steps,
+                                       "evals": rep.evals, "loss": [rep.first_loss, rep.last_loss],
+                                       "layer_map": rep.layer_map}}
+    models = {"teacher (unpruned)": teacher, "pruned: FFN 1536→768, heads 12→9": pruned,
+              "pruned + distilled": student}
+    rows = held_out_table(models, "teacher (unpruned)", None, tok, held_out, enc, train, log)
+    b = log["pruned + distilled"]
+    verdict = (f"Issue 15 targets for the recovered student: cosine mean ≥ 0.98 "
+               f"({'met' if b['cos_mean'] >= 0.98 else 'not met'}: {b['cos_mean']:.4f}), latency ≤ 0.65× "
+               f"({'met' if b['latency_ratio'] <= 0.65 else 'not met'}: {b['latency_ratio']:.2f}×).")
+    body = f"""
+Teacher all-MiniLM-L6-v2. Student: the teacher structurally pruned in every layer (half of the FFN neurons,
+3 of 12 heads; activation importance on the narrow list's first 64 sentences, as `bench_prune.py minilm`), then
+distilled from the unpruned teacher on {len(train_text)} unlabelled `sentences:wide` sentences, {epochs} epoch(s),
+batch {batch_size}, AdamW lr {lr} {schedule} schedule (warmup {warmup:g}), loss 1 − cos(embedding) + {hidden_weight:g} ×
+hidden-state MSE (real tokens, layer map {rep.layer_map}), max {max_length} tokens. Held out and measured as in
+the 3-layer table (200 sentences each alone in ORT; latency batch 1, {THREADS} thread, ratio to the teacher).
+
+{md_table(["model", "ONNX MB", "params", "cosine mean", "cosine worst", "Spearman (pairs)", "ORT ms", "latency vs teacher"], rows)}
+
+{verdict}
+
+Training: {json.dumps(log["train"])}
+
+Benchmark CPU time {time.process_time() - t_start:.0f} s (OMP_NUM_THREADS=1; load average {_load_avg()}).
+{machine_line(THREADS)}
+"""
+    write_result("distill_minilm_pruned", "Distillation: MiniLM pruned (½ FFN, ¼ heads) recovered from the unpruned "
+                 "teacher (issue 15)", this_command(), body)
 
 
 def digits_section(seeds: int, epochs: int) -> None:
@@ -235,18 +342,33 @@ Benchmark CPU time {time.process_time() - t_start:.0f} s (OMP_NUM_THREADS=1; loa
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("section", nargs="?", default="all", choices=["all", "minilm", "digits"])
+    ap.add_argument("section", nargs="?", default="all", choices=["all", "minilm", "minilm-pruned", "digits"])
     ap.add_argument("--sentences", type=int, default=4000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--no-uniform", action="store_true", help="skip distilling the every-other student")
+    ap.add_argument("--text", choices=["stdlib", "wide"], default="stdlib", help="training text: the wide stdlib list, "
+                    "or sentences:wide (stdlib + installed packages' docstrings)")
+    ap.add_argument("--hidden-weight", type=float, default=0.0)
+    ap.add_argument("--layer-map", default="uniform", choices=["uniform", "kept"])
+    ap.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "linear"])
+    ap.add_argument("--warmup", type=float, default=0.0)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--freeze", action="append", default=[], help="glob over the student's parameter names")
+    ap.add_argument("--quick", action="store_true", help="torch-only held-out figures of the distilled student")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--digits-epochs", type=int, default=30)
     a = ap.parse_args()
     if a.section in ("all", "digits"):
         digits_section(a.seeds, a.digits_epochs)
+    if a.section == "minilm-pruned":
+        pruned_section(a.sentences, a.epochs, a.lr, hidden_weight=a.hidden_weight or 1.0, schedule=a.schedule,
+                       warmup=a.warmup, max_length=a.max_length, batch_size=a.batch_size)
     if a.section in ("all", "minilm"):
-        minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform)
+        minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform, text=a.text, hidden_weight=a.hidden_weight,
+                       layer_map=a.layer_map, schedule=a.schedule, warmup=a.warmup, max_length=a.max_length,
+                       quick=a.quick, batch_size=a.batch_size, freeze=tuple(a.freeze))
 
 
 if __name__ == "__main__":

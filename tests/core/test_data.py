@@ -87,3 +87,21 @@ def test_fractional_data_for_an_integer_input_and_scalar_arrays_are_refused(tmp_
     assert ok.inputs["ids"].dtype == np.int32 and ok.inputs["ids"][2, 3] == 11
     with pytest.raises(InputError, match="'sr' is a scalar"):
         Dataset({"x": np.zeros((2, 3)), "sr": np.array(16000)})
+
+
+def test_wide_sentences_are_training_text_apart_from_the_evaluation_sentences(minilm_dir):
+    from deepshrink.examples.text import _split, stdlib_sentences, training_sentences
+
+    h = ds.load(str(minilm_dir))
+    d = load_data("sentences:wide:300", h, max_length=16)
+    assert len(d) == 300 and d.source == "sentences:wide:300" and d.inputs["input_ids"].shape[1] <= 16
+    wide = training_sentences(6000)  # the stdlib part, then the first package sentences
+    assert not set(wide) & set(stdlib_sentences(offset=1000))  # what sentences:N evaluates on
+    assert wide[:300] == training_sentences(300) and len(set(wide)) == 6000
+    out: list[str] = []
+    _split("Parameters ---------- x : array_like Input data. Compute the mean of the input along the axis. "
+           "See :func:`numpy.sum` for the sum of elements.", set(), out, 6, 40, strict=True)
+    assert out == ["Compute the mean of the input along the axis."]  # numpydoc rules and reST roles left out
+    for bad in ("wider", "wide:x", "wide:0", "many"):
+        with pytest.raises(InputError, match="sentences"):
+            load_data(f"sentences:{bad}", h)

@@ -93,3 +93,21 @@ def test_checkpoint_needs_resume_and_the_same_settings(digits_mlp, digits, tmp_p
     student, rep = distill_with_report(digits_mlp, None, data, cfg, checkpoint_dir=tmp_path, resume=True,
                                        progress=False)
     assert rep.resumed_from == 4 and rep.steps == 4  # finished run: resumed at its end, nothing more to do
+
+
+def test_kept_layer_map_and_frozen_parameters(tiny_bert):
+    ids, mask = _tokens(16)
+    cfg = DistillConfig(derive="layers=2", hidden_weight=1.0, layer_map="kept", epochs=1, lr=1e-3, batch_size=16,
+                        lr_schedule="linear", warmup=0.5)
+    _, rep = distill_with_report(tiny_bert, None, (ids, mask), cfg, progress=False, deterministic=True)
+    assert rep.layer_map == rep.layers["keep"] and rep.layer_map != [1, 3] and rep.steps == 1
+    cfg = DistillConfig(derive="layers=2", epochs=1, lr=1e-3, batch_size=16, freeze=("*word_embeddings*",))
+    student, _ = distill_with_report(tiny_bert, None, (ids, mask), cfg, progress=False, deterministic=True)
+    emb = "encoder.embeddings.word_embeddings.weight"
+    assert torch.equal(student.state_dict()[emb], tiny_bert.state_dict()[emb])  # frozen: the teacher's table
+    pos = "encoder.embeddings.position_embeddings.weight"
+    assert not torch.equal(student.state_dict()[pos], tiny_bert.state_dict()[pos])  # the rest trains
+    assert all(p.requires_grad for p in student.parameters())  # given back trainable
+    with pytest.raises(InputError, match="copied from"):
+        distill_with_report(tiny_bert, with_layers(tiny_bert, [0, 1]), (ids, mask),
+                            DistillConfig(hidden_weight=1.0, layer_map="kept", epochs=1), progress=False)

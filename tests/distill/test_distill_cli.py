@@ -58,6 +58,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights,
         (["--data", "digits:train"], "either --student S or --derive"),
         (["--student", "students_mod:small", "--derive", "width=0.5", "--data", "digits:train"], "not both"),
         (["--derive", "width=0.5", "--data", "digits:train", "--loss", "sharpness"], "--loss 'sharpness'"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--loss", "hidden", "--layer-map", "0,x"], "--layer-map '0,x'"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--loss", "hidden", "--layer-map", "kept"], "copied from"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--lr-schedule", "step"], "lr_schedule"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--warmup", "1.5"], "warmup"),
+        (["--derive", "width=0.5", "--data", "sentences:wider"], "sentences:wide:N"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--freeze", "*word_embeddings*"], "matches none"),
     ]
     empty = tmp_path / "empty.npz"
     np.savez(empty, x=np.zeros((0, 1, 8, 8), np.float32), labels=np.zeros(0, np.int64))

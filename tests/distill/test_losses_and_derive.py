@@ -131,3 +131,27 @@ def test_outputs_that_do_not_line_up_are_refused():
     with pytest.raises(InputError, match="cannot run on the teacher's inputs"):
         check_compatible(teacher, nn.Linear(5, 10), x, "kd")
     check_compatible(teacher, nn.Sequential(nn.Linear(8, 3), nn.Linear(3, 10)), x, "kd")  # lines up: no error
+
+
+def test_hidden_loss_counts_only_real_tokens():
+    s = [torch.zeros(2, 3, 4)]
+    t = [torch.ones(2, 3, 4)]
+    t[0][1, 2] = 10.0  # a padded position: masked out it does not count
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert float(hidden_loss(s, t, [0], None, mask=mask)) == pytest.approx(1.0)
+    assert float(hidden_loss(s, t, [0], None)) == pytest.approx((5 * 4 + 100 * 4) / 24)
+
+
+def test_learning_rate_schedules():
+    from deepshrink.train.trainer import lr_factor
+
+    # warmup 2 of 10 steps: 1/2, 1, then the decay over the remaining 8
+    assert [lr_factor("constant", s, 10, 2) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]
+    assert [lr_factor("linear", s, 10, 2) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    assert lr_factor("cosine", 6, 10, 2) == pytest.approx(0.5) and lr_factor("cosine", 4, 10, 2) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor("cosine", 0, 10) == 1.0 and lr_factor("cosine", 10, 10) == pytest.approx(0.0)
+    with pytest.raises(InputError, match="step"):
+        lr_factor("step", 0, 10)
+    with pytest.raises(InputError):
+        DistillConfig.build(warmup=1.0)

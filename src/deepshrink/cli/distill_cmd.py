@@ -60,6 +60,16 @@ def config_for(loss: str, **fields: Any) -> Any:
     return DistillConfig.build(**{k: v for k, v in fields.items() if v is not None}, **extra)
 
 
+def parse_layer_map(spec: str | None) -> str | tuple[int, ...] | None:
+    """``--layer-map``: ``uniform`` / ``kept``, or teacher layers separated by commas (``0,4,5``)."""
+    if spec is None or spec in ("uniform", "kept"):
+        return spec
+    parts = [p.strip() for p in spec.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise InputError(f"--layer-map {spec!r}: use uniform, kept, or one teacher layer per student layer (0,4,5)")
+    return tuple(int(p) for p in parts)
+
+
 def checkpoint_dir_for(output: Path) -> Path:
     """Where a run writing ``output`` keeps its checkpoint: a hidden sibling folder, removed on success."""
     return output.parent / f".{output.name}.distill-ckpt"
@@ -77,8 +87,13 @@ def distill_cmd(
     temperature: Annotated[float, typer.Option("--temperature", help="KD softmax temperature T")] = 2.0,
     alpha: Annotated[float | None, typer.Option("--alpha", help="KD weight of the soft targets; 1 - alpha on the labels (default 0.5 with labels; without labels the soft targets alone)")] = None,
     metric: Annotated[str, typer.Option("--metric", help="embedding / hidden-state distance: mse | cosine")] = "mse",
+    layer_map: Annotated[str | None, typer.Option("--layer-map", help="hidden/attention losses: teacher layer per student layer — uniform (TinyBERT) | kept (where a --derive layers=K student's layers came from) | e.g. 0,4,5")] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="passes over --data")] = 3,
     lr: Annotated[float | None, typer.Option("--lr", help="learning rate (default 1e-4 for transformers, 1e-3 otherwise)")] = None,
+    lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="constant | cosine | linear (decay after the warmup)")] = "constant",
+    warmup: Annotated[float, typer.Option("--warmup", help="fraction of the steps with a linear learning-rate warmup")] = 0.0,
+    max_length: Annotated[int, typer.Option("--max-length", help="text data: tokens kept per sentence")] = 128,
+    freeze: Annotated[list[str] | None, typer.Option("--freeze", help="keep the student's parameters whose names match this glob as they are (repeatable), e.g. '*word_embeddings*'")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="global batch size (split over --nproc)")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="seed of the data order, projections and dropout")] = 0,
     nproc: Annotated[int, typer.Option("--nproc", help="data-parallel processes (DistributedDataParallel)")] = 1,
@@ -111,12 +126,15 @@ def distill_cmd(
         raise InputError(f"--layers-from {layers_from!r}: use importance or uniform")
     if repeats < 1:
         raise InputError("--repeats must be at least 1")
+    if max_length < 2:
+        raise InputError(f"--max-length {max_length}: keep at least 2 tokens per sentence")
     from ..core import formats
 
     formats.require(output, ("onnx", "pt2"), what="student output")
     config = config_for(loss, derive=derive, layer_selection=layers_from, temperature=temperature, alpha=0.5 if alpha is None else alpha,
                         metric=metric, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                        checkpoint_every=checkpoint_every)
+                        checkpoint_every=checkpoint_every, layer_map=parse_layer_map(layer_map),
+                        lr_schedule=lr_schedule, warmup=warmup, freeze=tuple(freeze or ()))
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank == 0:
         check_output(output, inputs=(teacher, weights, student), force=force)
@@ -141,11 +159,11 @@ def distill_cmd(
                               trust_remote_code=trust_remote_code)
         if s_handle.kind != "torch":
             raise InputError(f"{student} is an ONNX model; the student is trained, so it must be a PyTorch model")
-    train = load_data(data, t_handle)
+    train = load_data(data, t_handle, max_length=max_length)
     if alpha is not None and alpha < 1.0 and train.labels is None:
         raise InputError(f"--alpha {alpha:g} puts weight {1 - alpha:g} on the labels, but {train.source} has none; "
                          "pass labelled data, or --alpha 1 for the soft targets alone")
-    evaluation = load_data(eval_data, t_handle) if eval_data is not None else None
+    evaluation = load_data(eval_data, t_handle, max_length=max_length) if eval_data is not None else None
     if s_handle is not None:
         load_data(train, s_handle)  # the student reads the same arrays: refuse a mismatch in one line now
     result, report = distill_with_report(t_handle, s_handle, train, config, eval_data=evaluation,

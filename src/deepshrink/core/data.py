@@ -7,7 +7,8 @@ any work starts. Specs:
 - ``path/to/file.npz`` — arrays named after the model inputs, optional ``labels``;
 - ``path/to/file.txt`` — one text per line, tokenized by the model's Hugging Face tokenizer;
 - ``digits`` / ``digits:train|val|test`` — scikit-learn's digits (validation split by default);
-- ``sentences`` / ``sentences:N`` — N sentences from the Python standard library's docstrings.
+- ``sentences`` / ``sentences:N`` — N sentences from the Python standard library's docstrings; ``sentences:wide[:N]`` —
+  the large training text (stdlib and installed packages' docstrings, disjoint from ``sentences:N``).
 """
 
 from __future__ import annotations

@@ -114,6 +114,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     out_kind = resolve_loss(cfg.loss, t_handle, t_probe)
     s_mod, origin, layer_choice, width = derive_student(t_mod, student, cfg, inputs)
     check_compatible(t_mod, s_mod, probe, out_kind, t_probe)
+    frozen = _freeze_named(s_mod, cfg.freeze)  # the student is a copy: refused names leave nothing changed
 
     layer_map = None
     hidden, attention = cfg.hidden_weight > 0, cfg.attention_weight > 0
@@ -125,7 +126,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
 
         cap_t = Capture(t_mod, hidden=hidden, attention=attention, probe=run)
         cap_s = Capture(s_mod, hidden=hidden, attention=attention, probe=run)
-        layer_map = list(cfg.layer_map) if cfg.layer_map is not None else uniform_layer_map(cap_s.n_layers, cap_t.n_layers)
+        layer_map = _layer_map(cfg.layer_map, layer_choice, cap_s.n_layers, cap_t.n_layers)
         if len(layer_map) != cap_s.n_layers or any(not 0 <= i < cap_t.n_layers for i in layer_map):
             raise InputError(f"layer_map {layer_map}: give one teacher layer (0..{cap_t.n_layers - 1}) for each of the "
                              f"student's {cap_s.n_layers} layers")
@@ -179,7 +180,9 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
             loss = embedding_loss(s_out, t_out, cfg.metric)
         if hidden:
             assert cap_s is not None and cap_t is not None and layer_map is not None
-            loss = loss + cfg.hidden_weight * hidden_loss(cap_s.states, cap_t.states, layer_map, module.proj, cfg.metric)
+            mask = xs[trim] if trim is not None else None
+            loss = loss + cfg.hidden_weight * hidden_loss(cap_s.states, cap_t.states, layer_map, module.proj, cfg.metric,
+                                                          mask=mask)
         if attention:
             assert cap_s is not None and cap_t is not None and layer_map is not None
             loss = loss + cfg.attention_weight * attention_loss(cap_s.maps, cap_t.maps, layer_map)
@@ -193,12 +196,13 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
 
     lr = cfg.lr or (1e-4 if find_layer_stack(s_mod) is not None else 1e-3)
     steps_per_epoch = -(-len(inputs[0]) // cfg.batch_size)
+    warmup_steps = int(round(cfg.warmup * steps_per_epoch * cfg.epochs))
     trainer = Trainer(module, step_fn=step, optimizer=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay,
                       epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, eval_fn=eval_fn,
                       checkpoint_dir=ckpt, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
                       progress=progress, lr_schedule=cfg.lr_schedule, deterministic=deterministic,
-                      global_batch=True)
-    unused = _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
+                      global_batch=True, warmup_steps=warmup_steps)
+    unused = frozen + _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
     torch.manual_seed(cfg.seed)  # dropout masks: the same on every process and every resume
     try:
         res = trainer.fit(tuple(train_arrays))
@@ -244,6 +248,19 @@ def derive_student(teacher: nn.Module, student: Any, cfg: DistillConfig, inputs:
         return s, f"layers={int(value)}", choice, None
     s, rep = derive_width(teacher, float(value), tuple(x[:8] for x in inputs), act_batches=batches)
     return s, f"width={value:g}", None, rep
+
+
+def _layer_map(spec: Any, choice: LayerChoice | None, n_student: int, n_teacher: int) -> list[int]:
+    """The teacher layer for each student layer: given, ``uniform`` (TinyBERT) or ``kept`` (where a
+    ``layers=K`` student's layers were copied from)."""
+    if spec is None or spec == "uniform":
+        return uniform_layer_map(n_student, n_teacher)
+    if spec == "kept":
+        if choice is None:
+            raise InputError("layer_map 'kept' maps each student layer to the teacher layer it was copied from; "
+                             "it needs a student derived with derive='layers=K' (give the map, or 'uniform')")
+        return list(choice.keep)
+    return list(spec)
 
 
 def resolve_loss(loss: str, handle: ModelHandle, probe_out: torch.Tensor) -> str:
@@ -296,6 +313,24 @@ class _Student(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> Any:
         return self.student(*xs)
+
+
+def _freeze_named(student: nn.Module, patterns: Sequence[str]) -> list[nn.Parameter]:
+    """The student's parameters whose names match a glob in ``patterns`` (``*word_embeddings*``), frozen for the
+    run; a pattern that matches nothing is refused in one line (a typo would silently train everything)."""
+    import fnmatch
+
+    named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    out: list[nn.Parameter] = []
+    for pat in patterns:
+        hits = [p for n, p in named if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            sample = ", ".join(n for n, _ in named[:3])
+            raise InputError(f"freeze {pat!r} matches none of the student's parameters (names such as {sample})")
+        out += [p for p in hits if all(p is not q for q in out)]
+    for p in out:
+        p.requires_grad_(False)
+    return out
 
 
 def _freeze_unused(module: nn.Module, step: Any, batch: tuple[torch.Tensor, ...]) -> list[nn.Parameter]:

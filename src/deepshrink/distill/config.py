@@ -50,15 +50,21 @@ class DistillConfig(Config):
     - ``"auto"``: ``embedding`` for an encoder whose output is an embedding (a tokenizer is attached
       or the output is named ``*embedding*``), ``kd`` otherwise.
     - ``hidden_weight`` > 0 adds hidden-state distillation: ``metric`` between each student layer's
-      output and its mapped teacher layer's (``layer_map``: teacher layer per student layer,
-      default uniform — student layer j of M ↔ teacher layer (j+1)·N/M − 1, TinyBERT), through a
+      output and its mapped teacher layer's (``layer_map``: a teacher layer per student layer, or
+      ``"uniform"`` (the default) — student layer j of M ↔ teacher layer (j+1)·N/M − 1, TinyBERT — or
+      ``"kept"`` for a ``layers=K`` student: each student layer ↔ the teacher layer it was copied from,
+      e.g. [0, 4, 5]), through a
       learned linear projection when the widths differ (FitNets); a model without a layer stack
       uses the features entering its last linear layer.
     - ``attention_weight`` > 0 adds attention-map distillation: MSE between the mapped layers'
       attention probabilities (head-averaged when head counts differ; needs eager attention).
 
     Training: ``epochs`` over the data with ``optimizer`` at ``lr`` (default 1e-4 for models with
-    transformer layers, 1e-3 otherwise), global ``batch_size`` (split over processes), ``seed``.
+    transformer layers, 1e-3 otherwise), global ``batch_size`` (split over processes), ``seed``;
+    ``lr_schedule`` ``constant`` / ``cosine`` / ``linear`` decay after a linear warmup over the first
+    ``warmup`` fraction of the steps (:func:`deepshrink.train.trainer.lr_factor`). ``freeze``: globs over
+    the student's parameter names kept as they are (``("*word_embeddings*",)``: a copied student keeps the
+    teacher's 11.7M-parameter MiniLM vocabulary table, and each step skips its gradient and update).
     """
 
     def contract(self) -> Contract:
@@ -73,13 +79,15 @@ class DistillConfig(Config):
     metric: Literal["mse", "cosine"] = "mse"
     hidden_weight: float = Field(default=0.0, ge=0.0)
     attention_weight: float = Field(default=0.0, ge=0.0)
-    layer_map: tuple[int, ...] | None = None
+    layer_map: tuple[int, ...] | Literal["uniform", "kept"] | None = None
     epochs: int = Field(default=3, ge=0)
     lr: float | None = Field(default=None, gt=0.0)
     batch_size: int = Field(default=32, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     weight_decay: float = Field(default=0.0, ge=0.0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup: float = Field(default=0.0, ge=0.0, lt=1.0)
+    freeze: tuple[str, ...] = ()
     seed: int = 0
     checkpoint_every: int = Field(default=0, ge=0)
 

@@ -55,18 +55,23 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, metric: str = "
 
 
 def hidden_loss(student_states: list[torch.Tensor], teacher_states: list[torch.Tensor], layer_map: list[int],
-                projections: nn.ModuleList | None, metric: str = "mse") -> torch.Tensor:
+                projections: nn.ModuleList | None, metric: str = "mse", mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over student layers j of ``metric(proj_j(student_states[j]), teacher_states[layer_map[j]])``.
 
     States: (N, ..., D_student) and (N, ..., D_teacher); ``projections[j]`` maps D_student → D_teacher
-    (None or identity when equal).
+    (None or identity when equal). ``mask``: (N, L) with 1 for real tokens, 0 for padding, for states
+    (N, L, D): only the real tokens' positions count (a padded position's state is not compared).
     """
     terms = []
     for j, t_idx in enumerate(layer_map):
         s = student_states[j]
         if projections is not None:
             s = projections[j](s)
-        terms.append(feature_loss(s, teacher_states[t_idx], metric))
+        t = teacher_states[t_idx]
+        if mask is not None and s.dim() == 3 and tuple(mask.shape) == tuple(s.shape[:2]):
+            keep = mask.bool()
+            s, t = s[keep], t[keep]
+        terms.append(feature_loss(s, t, metric))
     return torch.stack(terms).mean()
 
 

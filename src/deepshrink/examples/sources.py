@@ -25,10 +25,24 @@ def digits(arg: str, handle: ModelHandle | None, max_length: int = 128) -> Datas
 
 
 def sentences(arg: str, handle: ModelHandle | None, max_length: int = 128) -> Dataset:
-    """``N`` (default 64) sentences from the standard library's docstrings, tokenized by the model's tokenizer."""
-    from .text import stdlib_sentences
+    """Text tokenized by the model's tokenizer.
 
-    if arg and not arg.isdigit():
-        raise InputError(f"built-in data 'sentences:{arg}': give a number of sentences, such as sentences:64")
+    ``sentences:N`` (default 64): N sentences from the standard library's docstrings (the narrow list from
+    its sentence 1000: evaluation and calibration text). ``sentences:wide`` / ``sentences:wide:N``: the
+    large training text of :func:`~deepshrink.examples.text.training_sentences` (the wide stdlib list, then
+    installed packages' docstrings; ~93,000 sentences, disjoint from every ``sentences:N``), all or the first N.
+    """
+    from .text import stdlib_sentences, training_sentences
+
+    kind, _, count = arg.partition(":") if arg.startswith("wide") else ("", "", arg)
+    if kind not in ("", "wide") or (count and not count.isdigit()):
+        raise InputError(f"built-in data 'sentences:{arg}': give a number of sentences (sentences:64), or "
+                         "sentences:wide / sentences:wide:N for the large training text")
+    if kind == "wide":
+        n = int(count) if count else None
+        if n == 0:
+            raise InputError("built-in data 'sentences:wide:0' has no sentences; give N >= 1")
+        texts = training_sentences(n)
+        return tokenize(texts, handle, source=f"sentences:wide:{len(texts)}", max_length=max_length)
     n = int(arg) if arg else 64
     return tokenize(stdlib_sentences(n, offset=1000), handle, source=f"sentences:{n}", max_length=max_length)

@@ -131,9 +131,12 @@ class Trainer:
                  checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 0,
                  progress: bool = True, lr_schedule: str = "constant", params: Iterable[nn.Parameter] | None = None,
                  deterministic: bool | None = None, global_batch: bool = False,
-                 find_unused_parameters: bool = False) -> None:
-        if epochs < 0 or batch_size < 1 or lr <= 0:
-            raise InputError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}")
+                 find_unused_parameters: bool = False, warmup_steps: int = 0) -> None:
+        if epochs < 0 or batch_size < 1 or lr <= 0 or warmup_steps < 0:
+            raise InputError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}, "
+                             f"warmup_steps={warmup_steps}")
+        if lr_schedule not in SCHEDULES:
+            raise InputError(f"unknown lr_schedule {lr_schedule!r}; use {', '.join(SCHEDULES)}")
         self.model = model
         self.step_fn = step_fn or default_step
         self.optimizer_name = optimizer
@@ -149,6 +152,7 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.lr_schedule = lr_schedule
+        self.warmup_steps = warmup_steps
         self._params = list(params) if params is not None else None
         self.deterministic = deterministic_default() if deterministic is None else bool(deterministic)
         self.global_batch = global_batch
@@ -318,12 +322,30 @@ class Trainer:
         return result
 
     def _make_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
-        if self.lr_schedule == "constant":
+        if self.lr_schedule == "constant" and not self.warmup_steps:
             return None
-        if self.lr_schedule == "cosine":
-            total = max(1, self.total_steps)
-            return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        raise InputError(f"unknown lr_schedule {self.lr_schedule!r}; use constant or cosine")
+        kind, total, warm = self.lr_schedule, self.total_steps, self.warmup_steps
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(kind, s, total, warm))
+
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
+    """The learning rate at optimizer step ``step`` (0-based) of ``total``, as a fraction of the peak.
+
+    A linear warmup over the first ``warmup`` steps ((step + 1) / warmup), then ``constant`` (1),
+    ``cosine`` (½(1 + cos(π·p)), Loshchilov & Hutter, SGDR 2017) or ``linear`` (1 − p) decay, where p is
+    the fraction of the steps after the warmup already taken (0 → 1). Raises ``InputError`` for another name.
+    """
+    if schedule not in SCHEDULES:
+        raise InputError(f"unknown lr_schedule {schedule!r}; use {', '.join(SCHEDULES)}")
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    p = min(step - warmup, max(1, total - warmup)) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * p)) if schedule == "cosine" else 1.0 - p
 
 
 @torch.no_grad()
