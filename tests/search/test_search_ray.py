@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -45,11 +48,15 @@ def runs(tmp_path_factory, mlp_onnx):
     tmp = tmp_path_factory.mktemp("ray")
     home = tmp / "home"
     home.mkdir()
-    before = set(os.listdir(os.environ.get("TMPDIR", "/tmp")))
+    # a temp folder of this test's own (another test run on the machine may start a cluster too), short:
+    # Ray's socket paths under it must stay within AF_UNIX's 107 bytes
+    private_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
     base = {"max_drop": 1.0, "trials": 10, "repeats": 0, "seed": 2, "threads": 1}
     seq = ds.search(str(mlp_onnx), DATA, SearchConfig(**base), tmp / "seq", eval_data=EVAL)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(home))  # Ray must write nothing there (no ~/.ray/auth_token, no usage config)
+        mp.setenv("TMPDIR", str(private_tmp))
+        mp.setattr(tempfile, "tempdir", str(private_tmp))
         par = ds.search(str(mlp_onnx), DATA, SearchConfig(**base, ray="local", ray_workers=2), tmp / "ray",
                         eval_data=EVAL)
     assert not ray.is_initialized()
@@ -59,7 +66,8 @@ def runs(tmp_path_factory, mlp_onnx):
             break
         time.sleep(0.2)
         left = _ray_children()
-    new_tmp = set(os.listdir(os.environ.get("TMPDIR", "/tmp"))) - before
+    new_tmp = set(os.listdir(private_tmp))
+    shutil.rmtree(private_tmp, ignore_errors=True)
     return seq, par, home, left, new_tmp
 
 
