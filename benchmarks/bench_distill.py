@@ -33,6 +33,16 @@ from _common import machine_line, md_table, this_command, write_result  # noqa: 
 THREADS = 1
 
 
+def _encoder(tok: Any, max_length: int) -> Any:
+    """``texts -> (input_ids, attention_mask)``: padded, truncated to ``max_length`` tokens."""
+
+    def enc(texts: list[str]) -> tuple[Any, Any]:
+        e = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return e["input_ids"], e["attention_mask"]
+
+    return enc
+
+
 def _load_avg() -> str:
     try:
         return f"{os.getloadavg()[0]:.1f}"
@@ -127,10 +137,7 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, 
         train_text = training_sentences(n_train)
     assert not set(held_out) & set(train_text)
 
-    def enc(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        e = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return e["input_ids"], e["attention_mask"]
-
+    enc = _encoder(tok, max_length)
     train = enc(train_text)
     teacher = minilm()
     targets = None
@@ -226,10 +233,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
     train_text = training_sentences(n_train)
     assert not set(held_out) & set(train_text)
 
-    def enc(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        e = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return e["input_ids"], e["attention_mask"]
-
+    enc = _encoder(tok, max_length)
     train = enc(train_text)
     teacher = minilm()
     calib = enc(stdlib_sentences(64))  # as bench_prune.py: the narrow list's first 64 sentences
