@@ -243,6 +243,18 @@ def test_auto_builds_a_per_layer_layout_from_each_layer_timed_alone(monkeypatch)
     assert "per-layer timing: 2 of 3 layers ran faster in int8 than in float alone" in auto.summary_from_dict(rep)
 
 
+def test_a_per_layer_layout_equal_to_an_op_type_layout_is_not_timed_twice(monkeypatch):
+    """Both convs faster as static int8 alone and the fc as dynamic int8: that is the layout "static int8 Conv +
+    dynamic int8 MatMul/Gemm" already built, so no per-layer layout is added."""
+    alone = {"conv1": {"static": 0.8}, "conv2": {"static": 0.9}, "fc": {"static": 1.2, "dynamic": 0.9}}
+    monkeypatch.setattr(layer_speed, "time_layers", lambda m, layers, *a, **k: {n: alone[n] for n in layers if n in alone})
+    timing, calls = _fake_timing(lambda m: 0.9)
+    monkeypatch.setattr(auto, "time_layouts", timing)
+    rep = ds.quantize(_cnn(), AutoConfig(), data=_data()).report.details["auto"]
+    assert calls == [6]  # base + 4 per-op-type layouts + int8 storage: the per-layer one is one of them
+    assert not [t for t in rep["speed"] if t["what"].startswith("per layer")]
+
+
 def test_layer_inputs_and_single_node_models_reproduce_the_layer():
     """The captured input of a layer, run through that layer alone, gives what the layer computes in the
     whole model (here: the fc MatMul, whose output plus the bias is the model output)."""

@@ -334,7 +334,7 @@ def _layouts(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
         pc_conv = [n for n in conv if best(n) == "static"]
         pl_dyn = [n for n in mm if best(n) == "dynamic"]
         pl_static = [n for n in mm if best(n) == "static"]
-        same = {(frozenset(c), frozenset(m), k) for c, _ in conv_sets for m, k in
+        same = {(frozenset(c), frozenset(m), k) for _, c in conv_sets for m, k in
                 ((mm, "static"), (mm, "dynamic"), ([], "float"))}
         kind = "static" if pl_static and not pl_dyn else "dynamic" if pl_dyn and not pl_static else \
             "float" if not pl_static and not pl_dyn else "mixed"
