@@ -193,7 +193,9 @@ def parity_feeds(handle: ModelHandle, data: Any = None, seed: int = 0) -> list[d
 
     sets = parity_inputs(handle, data, seed=seed)
     rng = np.random.default_rng(seed)
-    fixed = any(s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0 for s in handle.inputs)
+    from .core.shapes import fixed_batch
+
+    fixed = fixed_batch(handle.inputs) is not None
     for feed in sets[:1 if fixed else 2]:  # the random sets (one at a fixed batch); the user's data is kept as it is
         for spec in handle.inputs:
             x = feed.get(spec.name)

@@ -116,9 +116,11 @@ def parity_inputs(ref: ModelHandle, data: Any = None, *, seed: int = 0, batches:
 
     A graph where any input fixes the first dim at B (zoo CNNs at batch 1; silero VAD v6's state
     ``h: [1, 1, 128]`` beside ``input: [n, 576]``) gets B-sample sets only, the data in chunks of B."""
-    fixed = [s.shape[0] for s in ref.inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0]
+    from ..core.shapes import fixed_batch
+
+    fixed = fixed_batch(ref.inputs)
     if fixed:
-        batches = (min(fixed),)
+        batches = (fixed,)
     sets = [ref.sample_inputs(batch=b, seed=seed + i) for i, b in enumerate(batches)]
     if data is not None:
         from ..core.data import load_data

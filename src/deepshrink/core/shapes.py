@@ -75,3 +75,11 @@ def assumed_shape(spec: Any, metadata: Mapping[str, str] | None, *, batch: int =
             shape[axis] = size
     why = "the model's metadata" if meta else "the default for image inputs"
     return tuple(shape), f"{spec.name} at {'x'.join(map(str, shape))} ({why})"
+
+
+def fixed_batch(specs: Any) -> int | None:
+    """The batch a graph is fixed at: the smallest first dim that any input declares as a fixed size
+    (zoo CNNs at 1; silero VAD v6's state ``h: [1, 1, 128]`` beside ``input: [n, 576]``), or ``None``
+    when every input's first dim is free. ``specs``: :class:`TensorSpec`-like objects with ``shape``."""
+    fixed = [s.shape[0] for s in specs if s.shape and _fixed(s.shape[0])]
+    return min(fixed) if fixed else None

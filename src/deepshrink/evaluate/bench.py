@@ -152,8 +152,9 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
     stats = measure_latency(timers, warmup=warmup, repeats=repeats, threads=threads, progress=progress)
     # a graph fixed at batch B (zoo CNNs: B = 1) is fed B samples at a time
     # (any input's fixed first dim counts: silero VAD v6 declares input [n, 576] but state h [1, 1, 128])
-    fixed = [s.shape[0] for s in first_handle.inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0]
-    step = min(fixed) if fixed else 32
+    from ..core.shapes import fixed_batch
+
+    step = fixed_batch(first_handle.inputs) or 32
     outputs = []
     for _label, _rt, runner, *_ in entries:
         chunks = [runner({k: v[j:j + step] for k, v in eval_inputs.items()})[0] for j in range(0, n, step)]
