@@ -25,9 +25,9 @@ def run_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray], *, batch:
 
     sess = make_session(model, threads=threads)
     names = [i.name for i in sess.get_inputs()]
-    fixed = [i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0]
-    if fixed:  # a graph fixed at batch B (zoo CNNs, ddddocr: B = 1) is fed B samples at a time
-        batch = fixed[0]
+    from ...core.shapes import fixed_batch
+
+    batch = fixed_batch(sess.get_inputs()) or batch  # a graph fixed at batch B (zoo CNNs, ddddocr: 1): B at a time
     n = len(next(iter(inputs.values())))
     outs = [sess.run(None, _trim({k: inputs[k][i:i + batch] for k in names}))[0] for i in range(0, n, batch)]
     return np.concatenate(outs)
