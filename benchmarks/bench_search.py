@@ -299,14 +299,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    rows: list[list[Any]] = []
-    notes: list[str] = []
-    with tempfile.TemporaryDirectory() as d:
-        tmp = args.keep or Path(d)
-        tmp.mkdir(parents=True, exist_ok=True)
-        digits_cases(args, tmp, rows, notes)
-        if "minilm" in args.only:
-            minilm_case(args, tmp, rows, notes)
+    rows, notes = _run_cases(args, [digits_cases] + ([minilm_case] if "minilm" in args.only else []))
     table = md_table(["case", "verdict", "point", "choices", "size vs fp32", "latency vs fp32 (final re-timing)",
                       "held-out test drop / cosine", "trial", "search time", "trials/built"], rows)
     body = (f"{machine_line(2)}. CPU shared with other jobs: spreads are half the 10–90% range of the per-round "
@@ -318,13 +311,20 @@ def main() -> None:
                  this_command(), body)
 
 
-def ray_main(args: argparse.Namespace) -> None:
+def _run_cases(args: argparse.Namespace, cases: list[Any]) -> tuple[list[list[Any]], list[str]]:
+    """Run each ``case(args, folder, rows, notes)`` in ``--keep`` (or a temporary folder); the table rows and notes."""
     rows: list[list[Any]] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = args.keep or Path(d)
         tmp.mkdir(parents=True, exist_ok=True)
-        ray_cases(args, tmp, rows, notes)
+        for case in cases:
+            case(args, tmp, rows, notes)
+    return rows, notes
+
+
+def ray_main(args: argparse.Namespace) -> None:
+    rows, notes = _run_cases(args, [ray_cases])
     table = md_table(["case (seed 0)", "runner", "wall time", "trials phase", "trials/built",
                       "chosen", "Pareto set (trials)", "same as sequential?"], rows)
     body = (f"{machine_line(1)}; {args.trials} trials, proposals in rounds of 4 in both runs. The sequential run "
