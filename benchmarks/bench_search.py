@@ -2,8 +2,9 @@
 
 Cases, each with its peer measured in the same run:
 
-- digits CNN, size budget 1/30 of fp32 at <= 0.5 pt accuracy drop (quantization choices only:
-  the Deep Compression pieces are not in the search space yet, so the closest point is stated);
+- digits CNN, size budget 1/30 of fp32 at <= 0.5 pt accuracy drop: the PyTorch model, so besides the
+  per-layer quantization choices the search tries Deep Compression candidates (per-layer sparsity and
+  k-means bits, fine-tuned, packed into .dsz; ``--pack-trials``);
 - digits CNN, latency budget 0.5x at <= 0.5 pt;
 - a model none of the examples resemble (a depthwise-separable CNN with squeeze-excite, trained
   here on digits): no budget, <= 0.5 pt; the chosen point against plain int8 in the same rounds;
@@ -103,9 +104,10 @@ def digits_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], not
     cnn = tmp / "cnn.onnx"
     ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), cnn, force=True)
     cases = []
-    if "cnn-size" in args.only:
-        cases.append(("digits CNN, size ≤ 1/30", str(cnn), {"budget": {"resource": "size", "value": 1 / 30,
-                                                                     "relative": True}}))
+    if "cnn-size" in args.only:  # the PyTorch model, so the Deep Compression candidates (fine-tuned) apply
+        cases.append(("digits CNN, size ≤ 1/30", "deepshrink.examples:trained_digits_cnn",
+                      {"budget": {"resource": "size", "value": 1 / 30, "relative": True},
+                       "pack_trials": args.pack_trials}))
     if "cnn-latency" in args.only:
         cases.append(("digits CNN, latency ≤ 0.5×", str(cnn), {"budget": {"resource": "latency", "value": 0.5,
                                                                         "relative": True}}))
@@ -285,6 +287,7 @@ def main() -> None:
     ap.add_argument("--peer-sentences", type=int, default=3, help="MiniLM vs ORT: test sentences timed, each alone")
     ap.add_argument("--sentences", type=int, default=256)
     ap.add_argument("--only", default="cnn-size,cnn-latency,dwse")
+    ap.add_argument("--pack-trials", type=int, default=6, help="digits CNN size case: Deep Compression candidates")
     ap.add_argument("--no-minilm", dest="minilm", action="store_false", help="skip MiniLM (~17 min on 2 loaded cores)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--name", default="search", help="results/<name>.md")

@@ -315,6 +315,12 @@ CASES = [
                                      f"{e.out}/run"], "fidelity target"),
     C("search-bad-time", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
                                     f"{e.out}/run", "--target-cos", "0.99", "--time", "soon"], "time 'soon'"),
+    C("search-pack-unknown", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
+                                        f"{e.out}/run", "--target-cos", "0.99", "--pack", "maybe"], "--pack 'maybe'"),
+    C("search-pack-epochs", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
+                                       f"{e.out}/run", "--target-cos", "0.99", "--pack-epochs", "40"], "--pack-epochs"),
+    C("search-pack-on-onnx", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
+                                        f"{e.out}/run", "--target-cos", "0.99", "--pack", "on"], "--pack on"),
     # where nothing answers (with the ray extra) or without the extra: one line naming --ray, before any loading
     C("search-ray-dead-address", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
                                             f"{e.out}/run", "--target-cos", "0.99", "--ray", "127.0.0.1:1"], "--ray"),

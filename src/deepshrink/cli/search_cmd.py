@@ -28,7 +28,7 @@ OPTIONAL_VALUE[("search", "--ray")] = "local"  # bare --ray: a local cluster for
 @app.command("search")
 def search_cmd(
     src: Annotated[str, typer.Argument(help="the model: .onnx, .pt2, package.module:factory (+ --weights), HF folder")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output folder: best.onnx, best.yaml, pareto.json, reports")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder: best.onnx (or best.dsz), best.yaml, pareto.json, reports")],
     data: DataOpt = None,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data the candidates are judged on (default: the last part of --data, never used to calibrate)")] = None,
     max_drop: Annotated[float | None, typer.Option("--max-drop", help="accuracy points the chosen model may lose (needs labels)")] = None,
@@ -46,11 +46,15 @@ def search_cmd(
     ray: Annotated[str | None, typer.Option("--ray", metavar="[ADDRESS]", help="measure trials in parallel on Ray (needs the 'ray' extra): --ray alone starts a local cluster for the run and stops it after; HOST:PORT, ray://HOST:PORT or auto joins a running one (deepshrink installed on its nodes). Same seed, same trials as without --ray")] = None,
     ray_workers: Annotated[int | None, typer.Option("--ray-workers", help="trials measured at once on Ray, each with --threads threads (default: the cluster's CPUs // --threads)")] = None,
     proposal_batch: Annotated[int, typer.Option("--proposal-batch", help="trials proposed per round before the optimiser sees their results; with or without --ray, the same value gives the same trials")] = 4,
+    pack: Annotated[str, typer.Option("--pack", help="also search Deep Compression (per-layer pruning + k-means bits, fine-tuned, packed into best.dsz): auto (with a size budget, a PyTorch model and labelled data), on, off")] = "auto",
+    pack_trials: Annotated[int, typer.Option("--pack-trials", help="Deep Compression candidates to fine-tune and build")] = 6,
+    pack_epochs: Annotated[str, typer.Option("--pack-epochs", metavar="P,F", help="epochs of pruning and of centroid fine-tuning per Deep Compression candidate")] = "40,10",
 ) -> None:
     """Search per-layer quantization (float / int8 / int4 / codebook) for the fastest or smallest model that
     keeps the fidelity target; every candidate is built, timed on ONNX Runtime and judged on held-out data.
 
     With --ray, trials run side by side on Ray workers (--threads threads each); finalists are re-timed alone.
+    With a size budget and a PyTorch model on labelled data, Deep Compression candidates (--pack) are searched too.
 
     Exit status 4 when no candidate meets the target and the budget (the reports are still written)."""
     from ..errors import InputError
@@ -72,11 +76,17 @@ def search_cmd(
     bad = [c for c in picked if c not in CHOICES]
     if bad:
         raise InputError(f"--choices: unknown choice {bad[0]!r}; use {', '.join(CHOICES)}")
+    if pack not in ("auto", "on", "off"):
+        raise InputError(f"--pack {pack!r}: use auto, on or off")
+    parts = pack_epochs.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise InputError(f"--pack-epochs {pack_epochs!r}: give two whole numbers, pruning and fine-tuning epochs: 40,10")
     config = SearchConfig.build(max_drop=max_drop, target_cos=target_cos, min_cos=min_cos,
                                 budget=parse_budget(budget) if budget is not None else None, choices=picked,
                                 trials=trials, time_s=parse_duration(time_limit) if time_limit else None,
                                 seed=seed, threads=threads, repeats=repeats, ray=ray, ray_workers=ray_workers,
-                                proposal_batch=proposal_batch)
+                                proposal_batch=proposal_batch, pack=pack, pack_trials=pack_trials,
+                                pack_epochs=tuple(int(p) for p in parts))
     say = (lambda *a, **k: None) if json_out else (lambda msg: console.print(msg, highlight=False, markup=False))
     from ..search import BudgetNotMetError
 
@@ -101,5 +111,6 @@ def search_cmd(
                   f"{c['size_ratio']:.3f}x the size{lat}; {fid} on held-out samples", highlight=False, markup=False)
     for w in res.report["verdict"]["warnings"]:
         console.print(f"warning: {w}", style="yellow", highlight=False, markup=False)
-    console.print(f"wrote {res.files['best.onnx']}, {res.files['best.yaml']}; report: {res.files['report.md']}",
+    best = res.files.get("best.dsz") or res.files["best.onnx"]
+    console.print(f"wrote {best}, {res.files['best.yaml']}; report: {res.files['report.md']}",
                   highlight=False, markup=False)

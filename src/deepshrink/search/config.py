@@ -96,6 +96,12 @@ class SearchConfig(Config):
     when the calling process has already called ``ray.init``, that cluster is used as it is.
     ``ray_workers``: trials measured at once (default: the cluster's CPUs // ``threads``); each
     worker reserves ``threads`` CPUs and runs with that many intra-op threads.
+
+    ``pack``: also search Deep Compression candidates (:mod:`.pack`: per-layer sparsity and k-means
+    bits, fine-tuned, packed into ``.dsz``) — ``"auto"`` with a size budget when the model is
+    PyTorch and the data labelled, ``"on"`` always (refused without both), ``"off"`` never.
+    ``pack_trials``: Deep Compression candidates fine-tuned and built; ``pack_epochs``: (pruning,
+    centroid fine-tuning) epochs of each.
     """
 
     max_drop: float | None = Field(default=None, ge=0.0, le=100.0, description="accuracy points")
@@ -116,6 +122,16 @@ class SearchConfig(Config):
     proposal_batch: int = Field(default=4, ge=1, le=1024)
     ray: str | None = None
     ray_workers: int | None = Field(default=None, ge=1, le=4096)
+    pack: Literal["auto", "on", "off"] = "auto"
+    pack_trials: int = Field(default=6, ge=1, le=10_000)
+    pack_epochs: tuple[int, int] = (40, 10)
+
+    @field_validator("pack_epochs")
+    @classmethod
+    def _pack_epochs(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 0:
+            raise ValueError("pack_epochs are (pruning, centroid fine-tuning) epochs, each 0 or more")
+        return v
 
     @field_validator("ray", mode="before")
     @classmethod

@@ -59,7 +59,9 @@ class Candidate:
     error: str | None = None
     build_s: float = 0.0
     origin: str = "optimiser"  # or "warm start: ..."
-    model_bytes: bytes | None = field(default=None, repr=False)
+    model_bytes: bytes | None = field(default=None, repr=False)  # the ONNX model that is scored and timed
+    family: str = "quantize"  # or "pack": a Deep Compression .dsz (.pack)
+    recipe: dict[str, Any] | None = None  # the recipe that builds it, when not the search space's quantize step
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -68,7 +70,8 @@ class Candidate:
         return out
 
     def to_dict(self, *, timings: bool = True) -> dict[str, Any]:
-        d: dict[str, Any] = {"trial": self.trial, "origin": self.origin, "choices": self.counts(),
+        d: dict[str, Any] = {"trial": self.trial, "origin": self.origin, "family": self.family,
+                             "choices": self.counts(),
                              "layers": dict(self.assign), "size_bytes": self.size_bytes,
                              "size_ratio": self.size_ratio, "sha256": self.sha256,
                              "select": self.select.to_dict() if self.select else None,
@@ -148,9 +151,21 @@ class Evaluator:
         except DeepshrinkError as exc:
             cand.error = first_line(exc, 300)
             return self.add(cand)
+        self.measure(cand, data, timed=timed)
+        cand.build_s = time.perf_counter() - t0
+        return self.add(cand)
+
+    def measure(self, cand: Candidate, data: bytes, *, timed: bool = True, size_bytes: int | None = None,
+                sha_of: bytes | None = None) -> None:
+        """Score the ONNX model ``data`` on the select and test halves and (``timed``) time it, into ``cand``.
+
+        ``size_bytes`` / ``sha_of``: the shipped file's size and bytes when it is not ``data`` itself
+        (a packed ``.dsz`` whose decoded model is ``data``).
+        """
         cand.model_bytes = data
-        cand.size_bytes, cand.size_ratio = len(data), len(data) / self.ref_size
-        cand.sha256 = hashlib.sha256(data).hexdigest()
+        cand.size_bytes = len(data) if size_bytes is None else size_bytes
+        cand.size_ratio = cand.size_bytes / self.ref_size
+        cand.sha256 = hashlib.sha256(data if sha_of is None else sha_of).hexdigest()
         out = self._outputs(data, self.select_set.inputs)
         cand.select = self.scores(out, self.ref_select, self.select_set.labels, self.ref_acc_select)
         if self.test_set is not None:
@@ -159,8 +174,6 @@ class Evaluator:
         if self.config.repeats and timed:
             st = self.time_against_reference({"candidate": data}, self.config.repeats)["candidate"]
             cand.latency_ratio, cand.latency_spread, cand.latency_ms = st.ratio, st.ratio_spread, st.median_ms
-        cand.build_s = time.perf_counter() - t0
-        return self.add(cand)
 
     def add(self, cand: Candidate) -> Candidate:
         """Cache a measured candidate (here or on a Ray worker) and count it if it was built."""

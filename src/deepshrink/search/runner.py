@@ -18,8 +18,11 @@ Flow (issue 14):
    candidates that meet the fidelity target and the budget, the fastest (size budget, or none)
    or the smallest (latency budget). Finalists are re-timed together with the reference, in
    the driver, after any Ray workers are gone.
-5. ``best.yaml`` is replayed through ``deepshrink compress`` to write ``best.onnx`` — so the
-   recipe reproduces the file byte for byte by construction — then ``pareto.json``,
+   With a size budget (``pack``), Deep Compression candidates follow: a sparsity and a k-means bit
+   width per prunable layer, fine-tuned and packed into ``.dsz`` (:mod:`.pack`); they join the same
+   Pareto set and choice.
+5. ``best.yaml`` is replayed through ``deepshrink compress`` to write ``best.onnx`` (``best.dsz`` for a
+   Deep Compression point) — so the recipe reproduces the file byte for byte by construction — then ``pareto.json``,
    ``report.json``, ``report.md`` and ``pareto.png``.
 
 When no candidate meets the target and the budget, the reports are written (no ``best.*``) and
@@ -78,7 +81,7 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     ``weights``, an ``nn.Module`` with ``input_shapes``, a handle). ``data``: calibration (and,
     without ``eval_data``, held-out) samples — a path, a built-in source (``digits:train``,
     ``sentences:256``) or a :class:`Dataset`. Returns a :class:`SearchResult`; OUT_DIR then holds
-    ``best.onnx``, ``best.yaml``, ``pareto.json``, ``report.json``, ``report.md``, ``pareto.png``.
+    ``best.onnx`` (or ``best.dsz``), ``best.yaml``, ``pareto.json``, ``report.json``, ``report.md``, ``pareto.png``.
 
     Raises :class:`InputError` (exit 2, nothing written) for a bad model, data, target (accuracy
     without labels) or output folder; :class:`BudgetNotMetError` (exit 4, reports written, no
@@ -111,6 +114,9 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
         raise InputError(f"--max-drop is accuracy points and the held-out data {held.source} has no labels; "
                          "give labelled data (an .npz with a 'labels' array, digits:train) or use --target-cos")
     select, test = _split_select_test(held)
+    from .pack import wanted
+
+    with_pack = wanted(config, source, calibration, say)  # a model or data --pack on cannot use: refused now
     t_start = time.perf_counter()
     reference = to_onnx_handle(source)
     say(f"calibration: {len(calibration)} samples of {calibration.source}; held-out: {len(select)} to choose on"
@@ -132,15 +138,31 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     sens = choice_sensitivity(ev, sens_inputs, progress=progress)
     starts = warm_starts(space, sens, None if config.target_cos is None else 1.0 - config.target_cos)
     trials, n_workers, trials_s = _optimise(ev, space, starts, config, progress, say)
+    cands = [ev.cache[k] for k in dict.fromkeys(t["key"] for t in trials)]
+    pack_info = None
+    if with_pack:
+        from .pack import search_pack
+
+        budget = _budget_value(config, ev) if config.budget is not None and config.budget.resource == "size" else None
+        deadline = None if config.time_s is None else t_start + config.time_s
+        built, pack_info = search_pack(ev, source, _factory_spec(model), sens_inputs, config, budget, deadline, say,
+                                       first_trial=len(trials), progress=progress)
+        cands += built
     seconds = time.perf_counter() - t_start
 
-    cands = [ev.cache[k] for k in dict.fromkeys(t["key"] for t in trials)]
     plain = ev.cache.get(_key(space.uniform("int8")))
     res = _finish(out, source, model, data, eval_data, weights, input_shapes, trust_remote_code, config, space, ev,
-                  cands, trials, sens, plain, seconds, say, (n_workers, trials_s))
+                  cands, trials, sens, plain, seconds, say, (n_workers, trials_s), pack_info)
     if not res.met:
         raise BudgetNotMetError(res.report["verdict"]["message"], res)
     return res
+
+
+def _factory_spec(model: Any) -> str | None:
+    """``package.module:factory`` when the model was given that way (what ``compress``'s pack step records)."""
+    if isinstance(model, str) and ":" in model and not Path(model).exists():
+        return model
+    return None
 
 
 def _key(assign: dict[str, str]) -> str:
@@ -384,7 +406,7 @@ def _not_met_message(closest: Candidate | None, ev: Evaluator, config: SearchCon
         far = (f"its {config.budget.resource} is {have:.3f}x the original against a budget of {budget:.3f}x "
                f"({have / budget:.2f}x over)")
     return (f"no candidate meets {want}: the closest is trial {closest.trial} ({_point(closest, ev)}; "
-            f"{_choices_text(closest)}); {far}. Reports are in the output folder; no best.onnx was written")
+            f"{_choices_text(closest)}); {far}. Reports are in the output folder; no best model was written")
 
 
 def _choices_text(c: Candidate) -> str:
@@ -394,7 +416,7 @@ def _choices_text(c: Candidate) -> str:
 def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weights: Any, input_shapes: Any,
             trust: bool, config: SearchConfig, space: Space, ev: Evaluator, cands: list[Candidate],
             trials: list[dict[str, Any]], sens: dict[str, dict[str, float]], plain: Candidate | None, seconds: float,
-            say: Any, runner: tuple[int, float] = (1, 0.0)) -> SearchResult:
+            say: Any, runner: tuple[int, float] = (1, 0.0), pack_info: dict[str, Any] | None = None) -> SearchResult:
     import yaml
 
     budget = _budget_value(config, ev)
@@ -416,19 +438,20 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
     chosen, closest, why = _choose(cands, ev, config, budget, final)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    for stale in ("best.onnx", "best.yaml"):  # an earlier --force'd run's answer is not this run's
+    for stale in ("best.onnx", "best.dsz", "best.yaml"):  # an earlier --force'd run's answer is not this run's
         with contextlib.suppress(FileNotFoundError):
             (out / stale).unlink()
     reproduced = None
     if chosen is not None:
-        recipe = space.recipe(chosen.assign)
+        recipe = chosen.recipe or space.recipe(chosen.assign)
+        best = "best.dsz" if chosen.family == "pack" else "best.onnx"
         text = (f"# written by deepshrink search; replay: {_replay_command(model, data, eval_data, weights)}\n"
                 + yaml.safe_dump(recipe, sort_keys=False))
         write_text_atomic(out / "best.yaml", text)
         files["best.yaml"] = out / "best.yaml"
-        say("writing best.onnx through deepshrink compress --recipe best.yaml")
-        reproduced = _replay(model, out / "best.yaml", data, eval_data, weights, input_shapes, trust, out / "best.onnx")
-        files["best.onnx"] = out / "best.onnx"
+        say(f"writing {best} through deepshrink compress --recipe best.yaml")
+        reproduced = _replay(model, out / "best.yaml", data, eval_data, weights, input_shapes, trust, out / best)
+        files[best] = out / best
     warnings = []
     if chosen is not None and final is not None and f"trial {chosen.trial}" in final:
         t = final[f"trial {chosen.trial}"]
@@ -441,6 +464,9 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
                "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget)}
     report = _report(source, config, space, ev, cands, trials, sens, pareto, chosen, closest, plain, final,
                      reproduced, verdict, seconds, runner)
+    if pack_info is not None:
+        pack_info["chosen"] = dict(chosen.assign) if chosen is not None and chosen.family == "pack" else None
+        report["deep_compression"] = pack_info
     pareto_doc = {"schema": SCHEMA, "objectives": ["loss", "size_bytes", "latency_ratio"],
                   "loss": "accuracy points lost" if config.max_drop is not None else "1 - mean cosine",
                   "chosen": chosen.trial if chosen else None,
@@ -519,7 +545,8 @@ def _report(source: Any, config: SearchConfig, space: Space, ev: Evaluator, cand
         "int8": space.int8_kind, "int8_forms": ev.forms,
         "layers": [{"name": lay.name, "op_type": lay.op_type, "shape": list(lay.shape), "options": list(lay.options),
                     "sensitivity": sens.get(lay.name, {}),
-                    "chosen": chosen.assign.get(lay.name, "float") if chosen else None} for lay in space.layers],
+                    "chosen": chosen.assign.get(lay.name, "float") if chosen and chosen.family == "quantize" else None}
+                   for lay in space.layers],
         "reference": ref, "verdict": verdict,
         "chosen": figures(chosen), "closest": figures(closest) if chosen is None else None,
         "plain_int8": figures(plain), "final_timing": final, "reproduced": reproduced,
@@ -585,9 +612,26 @@ def _markdown(r: dict[str, Any]) -> str:
         s = lay["sensitivity"]
         lines.append(f"| {lay['name']} | {lay['op_type']} | {'x'.join(map(str, lay['shape']))} | {lay['chosen'] or '-'} | "
                      + " | ".join(f"{s[k]:.2e}" if k in s else "-" for k in ("int8", "int4", "codebook")) + " |")
+    dc = r.get("deep_compression")
+    if dc:
+        sp = sorted({float(k) for lay in dc["layers"] for k in lay["sensitivity"]})
+        sch = dc["schedule"]
+        lines += ["", "## Deep Compression candidates (per-layer sparsity and k-means bits, packed into .dsz)", "",
+                  f"{dc['built']} built of {dc['proposals']} proposals ({dc['not_built_over_budget']} estimated over "
+                  f"the size budget, not fine-tuned); each fine-tuned {sch['prune_epochs']} pruning + "
+                  f"{sch['finetune_epochs']} centroid epochs, distilled from the original (alpha {sch['kd_alpha']:g})"
+                  + (", BatchNorm folded" if sch["fold_bn"] else "") + ".", "",
+                  "Sensitivity: 1 - mean cosine with only that layer pruned by magnitude, no fine-tuning.", "",
+                  "| layer | kind | weights | chosen | " + " | ".join(f"{100 * x:g}%" for x in sp if x) + " |",
+                  "|---|---|---|---|" + "---|" * sum(1 for x in sp if x)]
+        for lay in dc["layers"]:
+            ch = (dc.get("chosen") or {}).get(lay["name"], "-")
+            lines.append(f"| {lay['name']} | {lay['kind']} | {lay['weights']:,} | {ch} | "
+                         + " | ".join(f"{lay['sensitivity'][f'{x:g}']:.2e}" for x in sp if x) + " |")
     if r.get("reproduced"):
         rp = r["reproduced"]
-        lines += ["", f"best.onnx was written by replaying best.yaml through `deepshrink compress` "
+        best = "best.dsz" if (r.get("chosen") or {}).get("family") == "pack" else "best.onnx"
+        lines += ["", f"{best} was written by replaying best.yaml through `deepshrink compress` "
                       f"(sha256 {rp['sha256'][:16]}…, {'identical to' if rp.get('matches_candidate') else 'DIFFERENT from'}"
                       " the candidate the search measured)."]
     lines += ["", "![Pareto set](pareto.png)", ""]

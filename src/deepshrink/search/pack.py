@@ -1,0 +1,386 @@
+"""Deep Compression candidates in the search: a sparsity and a k-means bit width per prunable layer.
+
+Quantization choices alone cannot make a file much smaller than a quarter of fp32 (a codebook's
+indices are stored one byte each in ONNX). Below that, the search also tries the packed ``.dsz``
+form of :func:`deepshrink.codec.pack`: magnitude pruning with fine-tuning, trained k-means weight
+sharing and Huffman coding (Han et al., "Deep Compression", ICLR 2016). Each layer gets its own
+sparsity and bit width — the paper sets both per layer from a sensitivity analysis (its §3 and
+Fig. 6: accuracy against the fraction of one layer pruned, no retraining); here that analysis
+seeds the optimiser:
+
+1. **Sensitivity**: every prunable layer (Conv / Linear weight) pruned alone by magnitude at each
+   sparsity of :data:`SPARSITY`, ``1 - mean cosine`` of the outputs against the original on
+   calibration samples (a torch forward each; cheap).
+2. **Warm starts**: for a few file sizes just under the budget and each bit width of
+   :data:`WARM_BITS`, the pruning is spread over the layers greedily — the step that costs the least
+   sensitivity per byte saved first (:func:`allocate`) — and checked by packing it one-shot (no
+   fine-tuning: pruning and k-means are exact, the Huffman code nearly so).
+3. **Optimiser**: optuna's multivariate TPE (seeded) over the per-layer sparsity and bits,
+   minimising (quality loss, size) under the same fidelity and budget constraints as the
+   quantization trials. A proposal whose one-shot size estimate is over the size budget by more
+   than 5 % is told the estimate without fine-tuning (it counts as a proposal, not a build).
+
+Each built candidate is exactly what a ``pack: {method: deep-compression, ...}`` recipe step of
+``deepshrink compress`` writes — same calibration samples, seed 0, single-threaded deterministic
+fine-tuning — so ``compress --recipe best.yaml`` reproduces the chosen ``.dsz`` byte for byte. Its
+size is the ``.dsz`` file; its fidelity and latency are measured on the decoded model exported to
+ONNX (the float graph the file unpacks to), like every other candidate. The fine-tuning schedule
+is issue 16's best for the digits CNN (cosine lr 1e-2 while pruning over ``pack_epochs[0]`` epochs,
+centroids over ``pack_epochs[1]``, distilled from the original at alpha 0.9, BatchNorm folded where
+the model has convolutions followed by BatchNorm).
+
+Deep Compression fine-tunes, so these candidates need a PyTorch model and labelled data; they run
+in the driver process, one after another (also when the quantization trials ran on Ray).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.data import Dataset
+from ..errors import DeepshrinkError, InputError, first_line
+from .config import SearchConfig
+from .objective import Candidate, Evaluator
+
+SPARSITY = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95)  # fraction of a layer's weights set to zero
+BITS = (3, 4, 5, 6, 8)  # k-means bits of a layer's non-zero weights
+WARM_BITS = (5, 4, 3)
+OVER_ESTIMATE = 1.05  # proposals estimated this far over a size budget are not fine-tuned
+SCHEDULE: dict[str, Any] = {"lr": 0.01, "lr_schedule": "cosine", "distill": True, "kd_alpha": 0.9, "other_bits": 4}
+
+
+@dataclass(frozen=True)
+class PackLayer:
+    """A prunable layer: a torch module with a Conv or Linear weight."""
+
+    name: str  # the module's name, as DeepCompressionConfig's layer patterns match it
+    kind: str  # "conv" or "fc"
+    numel: int
+
+
+def label(sparsity: float, bits: int) -> str:
+    """The per-layer choice as a report shows it: ``"pruned 90%, 4-bit"``."""
+    return f"pruned {round(100 * sparsity)}%, {bits}-bit" if sparsity else f"{bits}-bit"
+
+
+def wanted(config: SearchConfig, source: Any, data: Dataset, say: Any) -> bool:
+    """Whether this search tries Deep Compression candidates (``config.pack``).
+
+    ``"auto"``: with a size budget, a PyTorch model and labelled data. ``"on"``: always, and a
+    model or data that cannot have them is refused (:class:`InputError`) before any work.
+    """
+    if config.pack == "off":
+        return False
+    why = None
+    if source.kind != "torch":
+        why = f"the model is {source.kind}, and Deep Compression fine-tunes a PyTorch model"
+    elif data.labels is None:
+        why = f"the data {data.source} has no labels to fine-tune on"
+    elif not layers_of(source.model):
+        why = "the model has no Conv or Linear layer to prune"
+    if config.pack == "on" and why is not None:
+        raise InputError(f"--pack on: {why}; use --pack off (quantization choices only)")
+    if config.pack == "auto" and (config.budget is None or config.budget.resource != "size"):
+        return False
+    if why is not None:
+        say(f"no Deep Compression candidates: {why}")
+        return False
+    return True
+
+
+def layers_of(module: Any) -> list[PackLayer]:
+    """The prunable layers of ``module`` in definition order."""
+    from torch import nn
+
+    from ..codec.compress import _kind
+
+    return [PackLayer(n, _kind(m, "weight"), int(m.weight.numel())) for n, m in module.named_modules()
+            if isinstance(getattr(m, "weight", None), nn.Parameter) and _kind(m, "weight") in ("conv", "fc")]
+
+
+def _has_conv_bn(module: Any) -> bool:
+    from torch import nn
+
+    mods = list(module.modules())
+    return any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in mods) and \
+        any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in mods)
+
+
+def params_of(layers: list[PackLayer], assign: dict[str, tuple[float, int]], config: SearchConfig, fold_bn: bool,
+              *, one_shot: bool = False) -> dict[str, Any]:
+    """The ``pack`` recipe step's parameters (``DeepCompressionConfig`` fields) for a per-layer assignment."""
+    from .space import _literal
+
+    prune_epochs, finetune_epochs = (0, 0) if one_shot else config.pack_epochs
+    sparsity = {_literal(lay.name): float(assign[lay.name][0]) for lay in layers if assign[lay.name][0] > 0}
+    bits = {_literal(lay.name): int(assign[lay.name][1]) for lay in layers}
+    return {"method": "deep-compression", "fc_sparsity": 0.0, "layer_sparsity": sparsity, "layer_bits": bits,
+            **SCHEDULE, "prune_epochs": prune_epochs, "finetune_epochs": finetune_epochs, "fold_bn": fold_bn}
+
+
+class PackEvaluator:
+    """Builds Deep Compression candidates the way ``compress``'s pack step does and measures them with ``ev``."""
+
+    def __init__(self, ev: Evaluator, source: Any, factory: str | None, config: SearchConfig) -> None:
+        self.ev, self.source, self.factory, self.config = ev, source, factory, config
+        self.layers = layers_of(source.model)
+        self.fold_bn = _has_conv_bn(source.model)
+        self.estimates: dict[str, int] = {}
+
+    def _pack(self, params: dict[str, Any], *, data: Any) -> Any:
+        from ..codec import DeepCompressionConfig, pack
+        from ..train import deterministic_training
+
+        cfg = DeepCompressionConfig.build(**{k: v for k, v in params.items() if k != "method"})
+        with deterministic_training(), tempfile.TemporaryDirectory() as tmp:
+            res = pack(self.source, cfg, output=Path(tmp) / "model.dsz", data=data, factory=self.factory)
+            return res, (Path(tmp) / "model.dsz").read_bytes()
+
+    def estimate(self, assign: dict[str, tuple[float, int]]) -> int:
+        """The ``.dsz`` size of ``assign`` packed one-shot (no fine-tuning), bytes; cached."""
+        params = params_of(self.layers, assign, self.config, self.fold_bn, one_shot=True)
+        k = json.dumps(params, sort_keys=True)
+        if k not in self.estimates:
+            res, _blob = self._pack(params, data=None)
+            self.estimates[k] = res.nbytes
+        return self.estimates[k]
+
+    def evaluate(self, assign: dict[str, tuple[float, int]], *, trial: int, origin: str) -> Candidate:
+        """Fine-tune, pack, decode, export and measure ``assign``; served from ``ev``'s cache when built before."""
+        from ..backends.onnx import save_onnx
+        from ..quantize.api import to_onnx_handle
+        from .space import key
+
+        shown = {lay.name: label(*assign[lay.name]) for lay in self.layers}
+        params = params_of(self.layers, assign, self.config, self.fold_bn)
+        k = "pack:" + key(shown)
+        if k in self.ev.cache:
+            return self.ev.cache[k]
+        cand = Candidate(trial, shown, k, origin=origin, family="pack", recipe={"steps": [{"pack": params}]})
+        t0 = time.perf_counter()
+        try:
+            res, blob = self._pack(params, data=self.ev.calibration)
+            decoded = self.source.with_model(res.model.model)
+            with tempfile.TemporaryDirectory() as tmp:
+                save_onnx(to_onnx_handle(decoded).model, Path(tmp) / "model.onnx")
+                onnx_bytes = (Path(tmp) / "model.onnx").read_bytes()
+        except (DeepshrinkError, RuntimeError, ValueError) as exc:  # one candidate failing ends only that trial
+            cand.error = first_line(exc, 300)
+            return self.ev.add(cand)
+        self.ev.measure(cand, onnx_bytes, size_bytes=len(blob), sha_of=blob)
+        cand.build_s = time.perf_counter() - t0
+        return self.ev.add(cand)
+
+
+def prune_sensitivity(pe: PackEvaluator, inputs: dict[str, np.ndarray]) -> dict[str, dict[float, float]]:
+    """``{layer: {sparsity: 1 - mean cosine}}`` with only that layer pruned by magnitude, no fine-tuning."""
+    import torch
+
+    from ..convert.parity import compare_outputs
+
+    model = pe.source.model
+    names = [spec.name for spec in pe.source.inputs]
+    feed = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names]
+
+    def run() -> np.ndarray:
+        with torch.no_grad():
+            out = model(*feed)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out.detach().float().numpy()
+
+    was_training = model.training
+    model.eval()
+    ref = run()
+    mods = dict(model.named_modules())
+    out: dict[str, dict[float, float]] = {}
+    try:
+        for lay in pe.layers:
+            w = mods[lay.name].weight
+            keep = w.detach().clone()
+            order = torch.argsort(keep.abs().reshape(-1), stable=True)
+            out[lay.name] = {}
+            for s in SPARSITY:
+                if not s:
+                    out[lay.name][s] = 0.0
+                    continue
+                with torch.no_grad():
+                    flat = keep.clone().reshape(-1)
+                    flat[order[:int(round(s * flat.numel()))]] = 0.0
+                    w.copy_(flat.reshape(w.shape))
+                out[lay.name][s] = float(1.0 - compare_outputs(ref, run()).cos_mean)
+            with torch.no_grad():
+                w.copy_(keep)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def allocate(layers: list[PackLayer], sens: dict[str, dict[float, float]], bits: int, target_bytes: float,
+             overhead: float) -> dict[str, tuple[float, int]]:
+    """Per-layer sparsity at ``bits`` for an estimated file of ``target_bytes``: greedy on loss per byte saved.
+
+    Every layer starts dense; the step (to any higher sparsity of :data:`SPARSITY`) that saves bytes
+    at the least increase in pruning sensitivity per byte is taken — the least costly one that
+    reaches the target, once one does — until the estimate (``overhead`` plus each layer's non-zeros at
+    ``bits`` + about 4 bits of Huffman-coded position gap) is within the target, or every layer is
+    at the highest sparsity. Small, sensitive layers (a first convolution, a classifier) stay dense
+    longest, as the paper's per-layer choices do.
+    """
+    level = {lay.name: 0 for lay in layers}
+
+    def nbytes(lay: PackLayer, s: float) -> float:
+        return lay.numel * (1.0 - s) * (bits + (4 if s > 0 else 0)) / 8.0
+
+    total = overhead + sum(nbytes(lay, 0.0) for lay in layers)
+    while total > target_bytes:
+        best: tuple[float, PackLayer, int, float] | None = None
+        last: tuple[float, PackLayer, int, float] | None = None  # the least costly step that reaches the target
+        for lay in layers:  # a step may jump levels: the first ones can save nothing (position codes)
+            i = level[lay.name]
+            for j in range(i + 1, len(SPARSITY)):
+                saved = nbytes(lay, SPARSITY[i]) - nbytes(lay, SPARSITY[j])
+                if saved <= 0:
+                    continue
+                cost = max(sens[lay.name][SPARSITY[j]] - sens[lay.name][SPARSITY[i]], 1e-9)
+                if best is None or cost / saved < best[0]:
+                    best = (cost / saved, lay, j, saved)
+                if total - saved <= target_bytes and (last is None or cost < last[0]):
+                    last = (cost, lay, j, saved)
+        if best is None:
+            break
+        if last is not None:
+            level[last[1].name] = last[2]
+            break
+        level[best[1].name] = best[2]
+        total -= best[3]
+    return {lay.name: (SPARSITY[level[lay.name]], bits) for lay in layers}
+
+
+def warm_starts(pe: PackEvaluator, sens: dict[str, dict[float, float]], budget_bytes: float | None
+                ) -> list[tuple[str, dict[str, tuple[float, int]]]]:
+    """Per-layer (sparsity, bits) assignments to build first, most promising first.
+
+    For file sizes at 0.95, 0.85 and 0.7 of a size budget (without one: 1/10, 1/20 and 1/40 of
+    the original file) and 5, 4 and 3 bits, :func:`allocate` spreads the pruning over the layers by
+    sensitivity; each is then sized by packing it one-shot and, while over its target, re-allocated
+    for a proportionally smaller one. Order: the largest target first, most bits first.
+    """
+    fracs = (0.95, 0.85, 0.7)
+    targets = [f * budget_bytes for f in fracs] if budget_bytes is not None else \
+        [pe.ev.ref_size / d for d in (10, 20, 40)]
+    out: list[tuple[str, dict[str, tuple[float, int]]]] = []
+    for target in targets:
+        for bits in WARM_BITS:
+            dense = {lay.name: (0.0, bits) for lay in pe.layers}
+            overhead = max(pe.estimate(dense) - sum(lay.numel * bits / 8.0 for lay in pe.layers), 0.0)
+            goal, assign = target, allocate(pe.layers, sens, bits, target, overhead)
+            for _ in range(6):  # the analytic estimate is rough: correct it with the real one-shot size
+                est = pe.estimate(assign)
+                if est <= target:
+                    break
+                goal *= target / est
+                assign = allocate(pe.layers, sens, bits, goal, overhead)
+            if pe.estimate(assign) <= target * OVER_ESTIMATE and all(a != assign for _w, a in out):
+                out.append((f"sensitivity allocation for {target:,.0f} B at {bits} bits", assign))
+    return out
+
+
+def search_pack(ev: Evaluator, source: Any, factory: str | None, inputs: dict[str, np.ndarray], config: SearchConfig,
+                budget_ratio: float | None, deadline: float | None, say: Any, *, first_trial: int = 0,
+                progress: bool = False) -> tuple[list[Candidate], dict[str, Any]]:
+    """Run the Deep Compression trials; return the built candidates and what the report shows of them.
+
+    ``inputs``: calibration inputs for the pruning sensitivity. ``budget_ratio``: a size budget as
+    a fraction of the reference file (``None``: no size budget). ``deadline``:
+    ``time.perf_counter()`` value after which no new build starts. Trials are numbered from
+    ``first_trial`` on (after the quantization trials).
+    """
+    import warnings
+
+    import optuna
+
+    pe = PackEvaluator(ev, source, factory, config)
+    say(f"Deep Compression candidates: {len(pe.layers)} prunable layers; sensitivity to pruning")
+    sens = prune_sensitivity(pe, inputs)
+    budget_bytes = None if budget_ratio is None else budget_ratio * ev.ref_size
+    starts = warm_starts(pe, sens, budget_bytes)
+    per_trial = hasattr(optuna.trial.Trial, "set_constraint")
+    n_warm = min(len(starts), max(1, config.pack_trials // 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=config.seed, multivariate=True, n_startup_trials=n_warm,
+            **({} if per_trial else {"constraints_func": lambda t: list(t.user_attrs.get("constraints", [1.0, 1.0]))}))
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    for _what, assign in starts[:n_warm]:
+        study.enqueue_trial({**{f"{n}:sparsity": s for n, (s, _b) in assign.items()},
+                             **{f"{n}:bits": b for n, (_s, b) in assign.items()}})
+    origins = {json.dumps(sorted(a.items())): w for w, a in starts}
+    built: list[Candidate] = []
+    proposals, skipped = 0, 0
+    bar_ctx: Any = None
+    if progress:
+        from rich.progress import Progress
+
+        bar_ctx = Progress(*Progress.get_default_columns(), transient=True)
+        bar_ctx.start()
+        task = bar_ctx.add_task("Deep Compression trials", total=config.pack_trials)
+    try:
+        while len(built) < config.pack_trials and proposals < 10 * config.pack_trials:
+            if deadline is not None and time.perf_counter() > deadline:
+                say("Deep Compression trials stopped by --time")
+                break
+            trial = study.ask()
+            proposals += 1
+            assign = {lay.name: (float(trial.suggest_categorical(f"{lay.name}:sparsity", list(SPARSITY))),
+                                 int(trial.suggest_categorical(f"{lay.name}:bits", list(BITS)))) for lay in pe.layers}
+            est = pe.estimate(assign)
+            if budget_bytes is not None and est > budget_bytes * OVER_ESTIMATE:
+                over = est / budget_bytes - 1.0
+                _tell(study, trial, per_trial, (1e3, est / ev.ref_size), (0.0, over))
+                skipped += 1
+                continue
+            origin = origins.get(json.dumps(sorted(assign.items())), "optimiser")
+            cand = pe.evaluate(assign, trial=first_trial + trial.number, origin=f"Deep Compression {origin}")
+            if cand not in built:
+                built.append(cand)
+                if bar_ctx is not None:
+                    bar_ctx.update(task, advance=1)
+            short = ev.shortfall(cand.select)
+            over = 0.0 if budget_bytes is None else cand.size_bytes / budget_bytes - 1.0
+            loss = ev.loss(cand.select) if cand.error is None else 1e3
+            _tell(study, trial, per_trial, (min(loss, 1e3), cand.size_ratio), (min(short, 1e9), over))
+            say(f"  Deep Compression trial {cand.trial}: " + (cand.error or _point(cand, ev)))
+    finally:
+        if bar_ctx is not None:
+            bar_ctx.stop()
+    info = {"layers": [{"name": lay.name, "kind": lay.kind, "weights": lay.numel,
+                        "sensitivity": {f"{s:g}": v for s, v in sens[lay.name].items()}} for lay in pe.layers],
+            "schedule": {**SCHEDULE, "prune_epochs": config.pack_epochs[0], "finetune_epochs": config.pack_epochs[1],
+                         "fold_bn": pe.fold_bn},
+            "proposals": proposals, "built": len(built), "not_built_over_budget": skipped,
+            "warm_starts": [w for w, _a in starts[:n_warm]]}
+    return built, info
+
+
+def _point(c: Candidate, ev: Evaluator) -> str:
+    s = c.select
+    fid = (f"drop {s.drop:+.2f} pt" if s is not None and s.drop is not None
+           else f"cos {s.cos_mean:.4f}/{s.cos_min:.4f}" if s is not None else "-")
+    return f"{fid}, {c.size_bytes:,} B ({c.size_ratio:.4f}x)"
+
+
+def _tell(study: Any, trial: Any, per_trial: bool, values: tuple[float, float], constraints: tuple[float, float]
+          ) -> None:
+    trial.set_user_attr("constraints", list(constraints))
+    if per_trial:
+        trial.set_constraint("fidelity", constraints[0])
+        trial.set_constraint("budget", constraints[1])
+    study.tell(trial, values)

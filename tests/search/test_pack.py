@@ -1,0 +1,71 @@
+"""Deep Compression candidates in ``ds.search`` (issue 14 × 16): a size budget below what quantization
+reaches, met by per-layer pruning + k-means bits packed into ``best.dsz``, replayed byte for byte."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("optuna")
+
+import deepshrink as ds  # noqa: E402
+from deepshrink.errors import InputError  # noqa: E402
+from deepshrink.search import SearchConfig, parse_budget  # noqa: E402
+from deepshrink.search.pack import SPARSITY, PackLayer, allocate  # noqa: E402
+
+CNN = "deepshrink.examples:trained_digits_cnn"
+
+
+@pytest.fixture(scope="module")
+def pack_run(tmp_path_factory):
+    """Untimed (exact objectives), 2 quantization trials, 3 Deep Compression ones with short fine-tuning."""
+    cfg = SearchConfig(max_drop=6.0, budget=parse_budget("size=0.05x"), trials=2, repeats=0, seed=0, pack_trials=3,
+                       pack_epochs=(4, 2))
+    return ds.search(CNN, "digits:train", cfg, tmp_path_factory.mktemp("pack") / "out", eval_data="digits:test")
+
+
+def test_size_budget_below_quantization_is_met_by_a_packed_point(pack_run, measured):
+    res = pack_run
+    rep = res.report
+    assert res.met and rep["chosen"]["family"] == "pack"
+    assert rep["chosen"]["size_ratio"] <= 0.05
+    # quantization alone cannot get there (uint8 codebook indices: about a quarter of fp32)
+    assert min(c["size_ratio"] for c in rep["candidates"] if c["family"] == "quantize") > 0.2
+    # search seeds 0-2 with 4+2 fine-tuning epochs: test drop 0.56-1.67 pt (one digit is 0.56 pt)
+    assert measured("search_pack_test_drop_points", rep["chosen"]["test"]["drop_points"], "upper") <= 6.0
+    dc = rep["deep_compression"]
+    assert [lay["name"] for lay in dc["layers"]] == ["stem.0", "block_conv1", "block_conv2", "down.0", "fc"]
+    assert dc["built"] == 3 and dc["chosen"] == rep["chosen"]["layers"]
+    assert "## Deep Compression candidates" in (res.out_dir / "report.md").read_text()
+
+
+def test_best_dsz_is_the_measured_candidate(pack_run, digits):
+    res = pack_run
+    assert not (res.out_dir / "best.onnx").exists()
+    blob = (res.out_dir / "best.dsz").read_bytes()
+    assert res.report["reproduced"]["matches_candidate"]  # compress --recipe best.yaml wrote the same bytes
+    assert len(blob) == res.report["chosen"]["size_bytes"]
+    model = ds.unpack(res.out_dir / "best.dsz").build(trust_remote_code=True)
+    import torch
+
+    with torch.no_grad():
+        pred = model(torch.from_numpy(digits.x_test[180:])).argmax(1).numpy()
+    # the decoded file scores exactly what the search reported for the chosen point on the test half
+    assert float(np.mean(pred == digits.y_test[180:])) == pytest.approx(res.report["chosen"]["test"]["accuracy"])
+
+
+def test_allocate_prunes_the_cheap_layers_first():
+    big, small = PackLayer("big", "conv", 10_000), PackLayer("small", "conv", 100)
+    sens = {"big": {s: s / 10 for s in SPARSITY}, "small": {s: s for s in SPARSITY}}
+    a = allocate([big, small], sens, 4, target_bytes=3_000, overhead=0.0)
+    assert a["small"] == (0.0, 4)  # pruning it saves little and costs more
+    assert 0.0 < a["big"][0] < SPARSITY[-1]
+    nbytes = 10_000 * (1 - a["big"][0]) * 8 / 8 + 100 * 4 / 8
+    assert nbytes <= 3_000
+
+
+def test_pack_on_refuses_an_onnx_model(tmp_path, cnn_onnx):
+    cfg = SearchConfig(max_drop=1.0, trials=2, repeats=0, pack="on")
+    with pytest.raises(InputError, match="--pack on: the model is onnx"):
+        ds.search(str(cnn_onnx), "digits:train", cfg, tmp_path / "o", eval_data="digits:test")
+    assert not (tmp_path / "o").exists()
