@@ -319,6 +319,9 @@ CASES = [
                                         f"{e.out}/run", "--target-cos", "0.99", "--pack", "maybe"], "--pack 'maybe'"),
     C("search-pack-epochs", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
                                        f"{e.out}/run", "--target-cos", "0.99", "--pack-epochs", "40"], "--pack-epochs"),
+    C("search-structured-unknown", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
+                                              f"{e.out}/run", "--target-cos", "0.99", "--structured", "x"],
+      "--structured 'x'"),
     C("search-pack-on-onnx", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
                                         f"{e.out}/run", "--target-cos", "0.99", "--pack", "on"], "--pack on"),
     # where nothing answers (with the ray extra) or without the extra: one line naming --ray, before any loading

@@ -69,3 +69,31 @@ def test_pack_on_refuses_an_onnx_model(tmp_path, cnn_onnx):
     with pytest.raises(InputError, match="--pack on: the model is onnx"):
         ds.search(str(cnn_onnx), "digits:train", cfg, tmp_path / "o", eval_data="digits:test")
     assert not (tmp_path / "o").exists()
+
+
+def test_channel_pruned_candidate_is_what_its_recipe_builds(tmp_path):
+    """structured="on" without a latency budget builds the ratios 0.25 then 0.5; the first is checked."""
+    import hashlib
+
+    cfg = SearchConfig(max_drop=100.0, trials=1, repeats=2, final_repeats=3, structured="on", structured_trials=1,
+                       structured_epochs=2)
+    res = ds.search(CNN, "digits:train", cfg, tmp_path / "s", eval_data="digits:test")
+    sp = res.report["structured_pruning"]
+    assert set(sp["one_shot_timing"]) == {"0.25", "0.375", "0.5", "0.625", "0.75"}
+    [cand] = [c for c in res.report["candidates"] if c["family"] == "structured"]
+    assert cand["trial"] == sp["built"][0] and cand["layers"] == {"structured pruning": "0.25 of channels removed"}
+    # a quarter of the channels of every group removed: about (3/4)^2 of the conv weights are left
+    assert 0.45 < cand["size_ratio"] < 0.65
+    replay = ds.compress(CNN, {"steps": [{"prune": {"method": "structured", "ratio": 0.25, "finetune_epochs": 2,
+                                                    "lr": 0.01}}, {"convert": {"format": "onnx"}}]},
+                         tmp_path / "c", data="digits:train", eval_data="digits:test", measure=False)
+    assert hashlib.sha256(replay.model_path.read_bytes()).hexdigest() == cand["sha256"]
+    assert "## Channel-pruned candidates" in (res.out_dir / "report.md").read_text()
+
+
+def test_structured_on_refuses_unlabelled_data(tmp_path, digits):
+    np.savez(tmp_path / "x.npz", x=digits.x_train[:128])
+    cfg = SearchConfig(target_cos=0.99, trials=1, repeats=0, structured="on")
+    with pytest.raises(InputError, match="--structured on: the data .* has no labels"):
+        ds.search(CNN, str(tmp_path / "x.npz"), cfg, tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -49,12 +49,16 @@ def search_cmd(
     pack: Annotated[str, typer.Option("--pack", help="also search Deep Compression (per-layer pruning + k-means bits, fine-tuned, packed into best.dsz): auto (with a size budget, a PyTorch model and labelled data), on, off")] = "auto",
     pack_trials: Annotated[int, typer.Option("--pack-trials", help="Deep Compression candidates to fine-tune and build")] = 6,
     pack_epochs: Annotated[str, typer.Option("--pack-epochs", metavar="P,F", help="epochs of pruning and of centroid fine-tuning per Deep Compression candidate")] = "40,10",
+    structured: Annotated[str, typer.Option("--structured", help="also search channel pruning (fine-tuned): auto (with a latency budget, a PyTorch model and labelled data), on, off")] = "auto",
+    structured_trials: Annotated[int, typer.Option("--structured-trials", help="pruning ratios to fine-tune and build")] = 3,
+    structured_epochs: Annotated[int, typer.Option("--structured-epochs", help="fine-tuning epochs of each channel-pruned candidate")] = 30,
 ) -> None:
     """Search per-layer quantization (float / int8 / int4 / codebook) for the fastest or smallest model that
     keeps the fidelity target; every candidate is built, timed on ONNX Runtime and judged on held-out data.
 
     With --ray, trials run side by side on Ray workers (--threads threads each); finalists are re-timed alone.
-    With a size budget and a PyTorch model on labelled data, Deep Compression candidates (--pack) are searched too.
+    With a size budget and a PyTorch model on labelled data, Deep Compression candidates (--pack) are searched too;
+    with a latency budget, channel-pruned ones (--structured).
 
     Exit status 4 when no candidate meets the target and the budget (the reports are still written)."""
     from ..errors import InputError
@@ -76,8 +80,9 @@ def search_cmd(
     bad = [c for c in picked if c not in CHOICES]
     if bad:
         raise InputError(f"--choices: unknown choice {bad[0]!r}; use {', '.join(CHOICES)}")
-    if pack not in ("auto", "on", "off"):
-        raise InputError(f"--pack {pack!r}: use auto, on or off")
+    for opt, val in (("--pack", pack), ("--structured", structured)):
+        if val not in ("auto", "on", "off"):
+            raise InputError(f"{opt} {val!r}: use auto, on or off")
     parts = pack_epochs.split(",")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise InputError(f"--pack-epochs {pack_epochs!r}: give two whole numbers, pruning and fine-tuning epochs: 40,10")
@@ -86,7 +91,8 @@ def search_cmd(
                                 trials=trials, time_s=parse_duration(time_limit) if time_limit else None,
                                 seed=seed, threads=threads, repeats=repeats, ray=ray, ray_workers=ray_workers,
                                 proposal_batch=proposal_batch, pack=pack, pack_trials=pack_trials,
-                                pack_epochs=tuple(int(p) for p in parts))
+                                pack_epochs=tuple(int(p) for p in parts), structured=structured,
+                                structured_trials=structured_trials, structured_epochs=structured_epochs)
     say = (lambda *a, **k: None) if json_out else (lambda msg: console.print(msg, highlight=False, markup=False))
     from ..search import BudgetNotMetError
 

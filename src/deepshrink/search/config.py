@@ -102,6 +102,12 @@ class SearchConfig(Config):
     PyTorch and the data labelled, ``"on"`` always (refused without both), ``"off"`` never.
     ``pack_trials``: Deep Compression candidates fine-tuned and built; ``pack_epochs``: (pruning,
     centroid fine-tuning) epochs of each.
+
+    ``structured``: also search channel-pruned candidates (:mod:`.slim`: a fraction of every
+    prunable group's channels removed, fine-tuned ``structured_epochs`` epochs; the ratios timed
+    one-shot first) — ``"auto"`` with a latency budget when the model is PyTorch and the data
+    labelled, ``"on"`` always (refused without both), ``"off"`` never. ``structured_trials``:
+    ratios fine-tuned and built.
     """
 
     max_drop: float | None = Field(default=None, ge=0.0, le=100.0, description="accuracy points")
@@ -125,6 +131,9 @@ class SearchConfig(Config):
     pack: Literal["auto", "on", "off"] = "auto"
     pack_trials: int = Field(default=6, ge=1, le=10_000)
     pack_epochs: tuple[int, int] = (40, 10)
+    structured: Literal["auto", "on", "off"] = "auto"
+    structured_trials: int = Field(default=3, ge=1, le=100)
+    structured_epochs: int = Field(default=30, ge=0, le=100_000)
 
     @field_validator("pack_epochs")
     @classmethod

@@ -20,7 +20,8 @@ Flow (issue 14):
    the driver, after any Ray workers are gone.
    With a size budget (``pack``), Deep Compression candidates follow: a sparsity and a k-means bit
    width per prunable layer, fine-tuned and packed into ``.dsz`` (:mod:`.pack`); they join the same
-   Pareto set and choice.
+   Pareto set and choice. With a latency budget (``structured``), channel-pruned candidates
+   (:mod:`.slim`): the pruning ratios timed one-shot, the ones around the budget fine-tuned.
 5. ``best.yaml`` is replayed through ``deepshrink compress`` to write ``best.onnx`` (``best.dsz`` for a
    Deep Compression point) — so the recipe reproduces the file byte for byte by construction — then ``pareto.json``,
    ``report.json``, ``report.md`` and ``pareto.png``.
@@ -115,8 +116,10 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
                          "give labelled data (an .npz with a 'labels' array, digits:train) or use --target-cos")
     select, test = _split_select_test(held)
     from .pack import wanted
+    from .slim import wanted as wanted_slim
 
     with_pack = wanted(config, source, calibration, say)  # a model or data --pack on cannot use: refused now
+    with_slim = wanted_slim(config, source, calibration, say)
     t_start = time.perf_counter()
     reference = to_onnx_handle(source)
     say(f"calibration: {len(calibration)} samples of {calibration.source}; held-out: {len(select)} to choose on"
@@ -148,11 +151,22 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
         built, pack_info = search_pack(ev, source, _factory_spec(model), sens_inputs, config, budget, deadline, say,
                                        first_trial=len(trials), progress=progress)
         cands += built
+    slim_info = None
+    if with_slim:
+        from .slim import search_slim
+
+        budget = _budget_value(config, ev) if config.budget is not None and config.budget.resource == "latency" else None
+        deadline = None if config.time_s is None else t_start + config.time_s
+        build = {"model": model, "data": data, "eval_data": eval_data, "weights": weights,
+                 "input_shapes": input_shapes, "trust_remote_code": trust_remote_code}
+        built, slim_info = search_slim(ev, source, build, config, budget, deadline, say,
+                                       first_trial=len(trials) + (pack_info or {}).get("proposals", 0))
+        cands += built
     seconds = time.perf_counter() - t_start
 
     plain = ev.cache.get(_key(space.uniform("int8")))
     res = _finish(out, source, model, data, eval_data, weights, input_shapes, trust_remote_code, config, space, ev,
-                  cands, trials, sens, plain, seconds, say, (n_workers, trials_s), pack_info)
+                  cands, trials, sens, plain, seconds, say, (n_workers, trials_s), pack_info, slim_info)
     if not res.met:
         raise BudgetNotMetError(res.report["verdict"]["message"], res)
     return res
@@ -416,7 +430,8 @@ def _choices_text(c: Candidate) -> str:
 def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weights: Any, input_shapes: Any,
             trust: bool, config: SearchConfig, space: Space, ev: Evaluator, cands: list[Candidate],
             trials: list[dict[str, Any]], sens: dict[str, dict[str, float]], plain: Candidate | None, seconds: float,
-            say: Any, runner: tuple[int, float] = (1, 0.0), pack_info: dict[str, Any] | None = None) -> SearchResult:
+            say: Any, runner: tuple[int, float] = (1, 0.0), pack_info: dict[str, Any] | None = None,
+            slim_info: dict[str, Any] | None = None) -> SearchResult:
     import yaml
 
     budget = _budget_value(config, ev)
@@ -467,6 +482,8 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
     if pack_info is not None:
         pack_info["chosen"] = dict(chosen.assign) if chosen is not None and chosen.family == "pack" else None
         report["deep_compression"] = pack_info
+    if slim_info is not None:
+        report["structured_pruning"] = slim_info
     pareto_doc = {"schema": SCHEMA, "objectives": ["loss", "size_bytes", "latency_ratio"],
                   "loss": "accuracy points lost" if config.max_drop is not None else "1 - mean cosine",
                   "chosen": chosen.trial if chosen else None,
@@ -628,6 +645,14 @@ def _markdown(r: dict[str, Any]) -> str:
             ch = (dc.get("chosen") or {}).get(lay["name"], "-")
             lines.append(f"| {lay['name']} | {lay['kind']} | {lay['weights']:,} | {ch} | "
                          + " | ".join(f"{lay['sensitivity'][f'{x:g}']:.2e}" for x in sp if x) + " |")
+    sp = r.get("structured_pruning")
+    if sp:
+        lines += ["", "## Channel-pruned candidates (structured pruning, fine-tuned)", "",
+                  f"Every ratio timed one-shot (no fine-tuning; latency does not depend on the weights' values), "
+                  f"then trials {', '.join(map(str, sp['built'])) or 'none'} fine-tuned {sp['finetune_epochs']} "
+                  f"epochs at lr {sp['lr']:g}.", "", "| channels removed | one-shot latency vs original |", "|---|---|"]
+        for k, t in sp["one_shot_timing"].items():
+            lines.append(f"| {k} | {t['latency_ratio']:.2f}x ±{t['latency_spread']:.2f} |")
     if r.get("reproduced"):
         rp = r["reproduced"]
         best = "best.dsz" if (r.get("chosen") or {}).get("family") == "pack" else "best.onnx"
