@@ -14,14 +14,15 @@ Flow (issue 14):
    ``proposal_batch``; each new one is built, written, timed interleaved with the reference and
    scored on the select half (:mod:`.objective`) — by the driver, or side by side on Ray
    workers (:mod:`.parallel`) — and the round is told back in proposal order.
-4. The Pareto set over (loss, size, latency) (:mod:`.pareto`); the chosen point: among the
-   candidates that meet the fidelity target and the budget, the fastest (size budget, or none)
-   or the smallest (latency budget). Finalists are re-timed together with the reference, in
-   the driver, after any Ray workers are gone.
    With a size budget (``pack``), Deep Compression candidates follow: a sparsity and a k-means bit
-   width per prunable layer, fine-tuned and packed into ``.dsz`` (:mod:`.pack`); they join the same
-   Pareto set and choice. With a latency budget (``structured``), channel-pruned candidates
-   (:mod:`.slim`): the pruning ratios timed one-shot, the ones around the budget fine-tuned.
+   width per prunable layer, fine-tuned and packed into ``.dsz`` (:mod:`.pack`); with a latency
+   budget (``structured``), channel-pruned candidates (:mod:`.slim`): the pruning ratios timed
+   one-shot, the ones around the budget fine-tuned. They join the same Pareto set and choice.
+4. The Pareto set over (loss, size, latency) (:mod:`.pareto`); the chosen point: among the
+   candidates that meet the fidelity target and the budget, the fastest — the most faithful of
+   them with a size budget (held-out loss, then mean cosine), the smallest without one — or the
+   smallest (latency budget). Finalists are re-timed together with the reference, in the
+   driver, after any Ray workers are gone.
 5. ``best.yaml`` is replayed through ``deepshrink compress`` to write ``best.onnx`` (``best.dsz`` for a
    Deep Compression point) — so the recipe reproduces the file byte for byte by construction — then ``pareto.json``,
    ``report.json``, ``report.md`` and ``pareto.png``.
@@ -379,16 +380,29 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
             return t["latency_ratio"], t["latency_spread"]
         return (c.latency_ratio if c.latency_ratio is not None else float("inf")), c.latency_spread or 0.0
 
+    size_budget = config.budget is not None and config.budget.resource == "size"
+
+    def faithful(c: Candidate) -> tuple[float, float, int, int]:
+        return _faithful(c, ev)
+
     if feasible:
         if (config.budget is not None and config.budget.resource == "latency") or not config.repeats:
+            if size_budget:  # untimed: within the budget, the size has done its part
+                return min(feasible, key=faithful), None, ("the most faithful candidate (held-out loss, then mean "
+                                                           "cosine) within the size budget")
             best = min(feasible, key=lambda c: (c.size_bytes, ev.loss(c.select), c.trial))
             return best, None, "the smallest candidate that meets the fidelity target" + (
                 " and the budget" if config.budget is not None else "")
         fastest = min(feasible, key=lambda c: (lat(c)[0], c.trial))
         band = lat(fastest)[0] + max(lat(fastest)[1], 0.02)
-        best = min((c for c in feasible if lat(c)[0] <= band), key=lambda c: (c.size_bytes, c.trial))
+        fast = [c for c in feasible if lat(c)[0] <= band]
+        if size_budget:
+            return min(fast, key=faithful), None, (
+                "the most faithful (held-out loss, then mean cosine) of the fastest candidates (within the fastest's "
+                "timing spread) that meet the fidelity target and the size budget")
+        best = min(fast, key=lambda c: (c.size_bytes, c.trial))
         return best, None, ("the smallest of the fastest candidates (within the fastest's timing spread) that meet "
-                            "the fidelity target" + (" and the size budget" if config.budget is not None else ""))
+                            "the fidelity target")
     ok = [c for c in cands if c.error is None and c.select is not None]
     met_fid = [c for c in ok if ev.shortfall(c.select) <= 0]
     if met_fid:
@@ -398,6 +412,12 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
     else:
         closest = None
     return None, closest, ""
+
+
+def _faithful(c: Candidate, ev: Evaluator) -> tuple[float, float, int, int]:
+    """Rank by fidelity: held-out loss, then mean cosine — which breaks the ties of an accuracy drop counted
+    in whole samples of a small held-out half — then size."""
+    return ev.loss(c.select), 1.0 - (c.select.cos_mean if c.select else 0.0), c.size_bytes, c.trial
 
 
 def _target_text(config: SearchConfig) -> str:
@@ -444,6 +464,8 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
     if config.repeats:  # the finalists re-timed together, interleaved with the reference, with more rounds
         feasible = _feasible(cands, ev, config, budget)
         finalists = [c for c in feasible if c in pareto] or feasible
+        if config.budget is not None and config.budget.resource == "size":  # the choice ranks these by fidelity
+            finalists += [c for c in sorted(feasible, key=lambda c: _faithful(c, ev))[:3] if c not in finalists]
         fin = {f"trial {c.trial}": c.model_bytes for c in {id(c): c for c in [*finalists, *pareto, *(
             [plain] if plain is not None else [])]}.values() if c.model_bytes is not None}
         say(f"re-timing {len(fin)} finalists with the reference ({config.final_repeats} interleaved rounds)")
