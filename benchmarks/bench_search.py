@@ -5,6 +5,8 @@ Cases, each with its peer measured in the same run:
 - digits CNN, size budget 1/30 of fp32 at <= 0.5 pt accuracy drop: the PyTorch model, so besides the
   per-layer quantization choices the search tries Deep Compression candidates (per-layer sparsity and
   k-means bits, fine-tuned, packed into .dsz; ``--pack-trials``);
+- the same CNN exported to ONNX, size budget 1/8: one-shot Deep Compression (no training), as for a model
+  another toolchain wrote;
 - digits CNN, latency budget 0.5x at <= 0.5 pt: the PyTorch model, so channel-pruned candidates
   (structured pruning, fine-tuned; the ratios timed one-shot first) are tried besides quantization;
 - a model none of the examples resemble (a depthwise-separable CNN with squeeze-excite, trained
@@ -100,11 +102,18 @@ def fmt_point(report: dict[str, Any], which: str) -> list[str]:
 
 def digits_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], notes: list[str]) -> None:
     import deepshrink as ds
+    from deepshrink.examples import trained_digits_cnn
 
     cases = []
     if "cnn-size" in args.only:  # the PyTorch model, so the Deep Compression candidates (fine-tuned) apply
         cases.append(("digits CNN, size ≤ 1/30", "deepshrink.examples:trained_digits_cnn",
                       {"budget": {"resource": "size", "value": 1 / 30, "relative": True},
+                       "pack_trials": args.pack_trials}))
+    if "cnn-onnx-size" in args.only:  # the same network as ONNX: one-shot Deep Compression (no training)
+        onnx_cnn = tmp / "cnn.onnx"
+        ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), onnx_cnn, force=True)
+        cases.append(("digits CNN as ONNX, size ≤ 1/8", str(onnx_cnn),
+                      {"budget": {"resource": "size", "value": 1 / 8, "relative": True},
                        "pack_trials": args.pack_trials}))
     if "cnn-latency" in args.only:  # the PyTorch model, so the channel-pruned candidates (fine-tuned) apply
         cases.append(("digits CNN, latency ≤ 0.5×", "deepshrink.examples:trained_digits_cnn",
@@ -284,7 +293,7 @@ def main() -> None:
     ap.add_argument("--peer-repeats", type=int, default=300, help="MiniLM vs ORT: interleaved rounds per sentence")
     ap.add_argument("--peer-sentences", type=int, default=3, help="MiniLM vs ORT: test sentences timed, each alone")
     ap.add_argument("--sentences", type=int, default=256)
-    ap.add_argument("--only", default="cnn-size,cnn-latency,dwse")
+    ap.add_argument("--only", default="cnn-size,cnn-onnx-size,cnn-latency,dwse")
     ap.add_argument("--pack-trials", type=int, default=6, help="digits CNN size case: Deep Compression candidates")
     ap.add_argument("--no-minilm", dest="minilm", action="store_false", help="skip MiniLM (~17 min on 2 loaded cores)")
     ap.add_argument("--no-write", action="store_true")

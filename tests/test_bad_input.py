@@ -322,8 +322,8 @@ CASES = [
     C("search-structured-unknown", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
                                               f"{e.out}/run", "--target-cos", "0.99", "--structured", "x"],
       "--structured 'x'"),
-    C("search-pack-on-onnx", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
-                                        f"{e.out}/run", "--target-cos", "0.99", "--pack", "on"], "--pack on"),
+    C("search-pack-on-unlabelled", lambda e: ["search", FACTORY, "-d", f"{e.fx}/unlabelled64.npz", "-o",
+                                              f"{e.out}/run", "--target-cos", "0.99", "--pack", "on"], "--pack on"),
     # where nothing answers (with the ray extra) or without the extra: one line naming --ray, before any loading
     C("search-ray-dead-address", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
                                             f"{e.out}/run", "--target-cos", "0.99", "--ray", "127.0.0.1:1"], "--ray"),

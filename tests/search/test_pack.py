@@ -64,10 +64,23 @@ def test_allocate_prunes_the_cheap_layers_first():
     assert nbytes <= 3_000
 
 
-def test_pack_on_refuses_an_onnx_model(tmp_path, cnn_onnx):
-    cfg = SearchConfig(max_drop=1.0, trials=2, repeats=0, pack="on")
-    with pytest.raises(InputError, match="--pack on: the model is onnx"):
-        ds.search(str(cnn_onnx), "digits:train", cfg, tmp_path / "o", eval_data="digits:test")
+def test_an_onnx_model_gets_one_shot_deep_compression(tmp_path, cnn_onnx):
+    cfg = SearchConfig(max_drop=1.0, budget=parse_budget("size=0.15x"), trials=2, repeats=0, seed=0, pack_trials=3)
+    res = ds.search(str(cnn_onnx), "digits:train", cfg, tmp_path / "o", eval_data="digits:test")
+    rep = res.report
+    assert res.met and rep["chosen"]["family"] == "pack" and rep["chosen"]["size_ratio"] <= 0.15
+    assert rep["deep_compression"]["schedule"] == {"one_shot": True}
+    assert all(lay["name"].endswith(".weight") for lay in rep["deep_compression"]["layers"])  # initializer names
+    assert rep["reproduced"]["matches_candidate"]
+    # search seeds 0-2: test drop 0.00-0.56 pt (one digit is 0.56 pt)
+    assert rep["chosen"]["test"]["drop_points"] <= 2.0
+
+
+def test_pack_on_refuses_a_torch_model_without_labels(tmp_path, digits):
+    np.savez(tmp_path / "x.npz", x=digits.x_train[:128])
+    cfg = SearchConfig(target_cos=0.99, trials=1, repeats=0, pack="on")
+    with pytest.raises(InputError, match="--pack on: the data .* has no labels"):
+        ds.search(CNN, str(tmp_path / "x.npz"), cfg, tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 

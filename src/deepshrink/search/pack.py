@@ -29,8 +29,12 @@ is issue 16's best for the digits CNN (cosine lr 1e-2 while pruning over ``pack_
 centroids over ``pack_epochs[1]``, distilled from the original at alpha 0.9, BatchNorm folded where
 the model has convolutions followed by BatchNorm).
 
-Deep Compression fine-tunes, so these candidates need a PyTorch model and labelled data; they run
-in the driver process, one after another (also when the quantization trials ran on Ray).
+Fine-tuning needs a PyTorch model and labelled data. An ONNX model (what other toolchains ship)
+gets the one-shot form instead — each weight initializer of two or more dimensions pruned by
+magnitude and k-means-shared with no training, as ``pack`` does for ONNX — with the same
+sensitivity, allocation and optimiser (its sensitivity runs the ONNX model once per layer and
+sparsity); without fine-tuning only mild settings keep a tight target. These candidates run in the
+driver process, one after another (also when the quantization trials ran on Ray).
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ from .objective import Candidate, Evaluator
 SPARSITY = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95)  # fraction of a layer's weights set to zero
 BITS = (3, 4, 5, 6, 8)  # k-means bits of a layer's non-zero weights
 WARM_BITS = (5, 4, 3)
+ONE_SHOT_BITS = (4, 5, 6, 8)  # k-means without centroid fine-tuning: 3 bits loses too much
+ONE_SHOT_WARM_BITS = (6, 5, 4)
+ONNX_SENSITIVITY_SAMPLES = 32  # the one-shot sensitivity runs the whole ONNX model per layer and sparsity
+MIN_ONNX_ELEMENTS = 256  # smaller ONNX weights keep the config's default bits (not searched)
+ONE_SHOT_SPARSITY = (0.0, 0.3, 0.5, 0.7)  # without fine-tuning, pruning beyond this costs too much
 OVER_ESTIMATE = 1.05  # proposals estimated this far over a size budget are not fine-tuned
 SCHEDULE: dict[str, Any] = {"lr": 0.01, "lr_schedule": "cosine", "distill": True, "kd_alpha": 0.9, "other_bits": 4}
 
@@ -73,18 +82,20 @@ def label(sparsity: float, bits: int) -> str:
 def wanted(config: SearchConfig, source: Any, data: Dataset, say: Any) -> bool:
     """Whether this search tries Deep Compression candidates (``config.pack``).
 
-    ``"auto"``: with a size budget, a PyTorch model and labelled data. ``"on"``: always, and a
-    model or data that cannot have them is refused (:class:`InputError`) before any work.
+    ``"auto"``: with a size budget, for a PyTorch model with labelled data (fine-tuned) or an ONNX
+    model (one-shot). ``"on"``: always, and a model or data that cannot have them is refused
+    (:class:`InputError`) before any work.
     """
     if config.pack == "off":
         return False
     why = None
-    if source.kind != "torch":
-        why = f"the model is {source.kind}, and Deep Compression fine-tunes a PyTorch model"
-    elif data.labels is None:
-        why = f"the data {data.source} has no labels to fine-tune on"
-    elif not layers_of(source.model):
-        why = "the model has no Conv or Linear layer to prune"
+    if source.kind not in ("torch", "onnx"):
+        why = f"the model is {source.kind}; Deep Compression takes a PyTorch or an ONNX model"
+    elif source.kind == "torch" and data.labels is None:
+        why = (f"the data {data.source} has no labels to fine-tune the PyTorch model on (an ONNX export of it "
+               "gets one-shot Deep Compression)")
+    elif not layers_of(source):
+        why = "the model has no weight layer to prune"
     if config.pack == "on" and why is not None:
         raise InputError(f"--pack on: {why}; use --pack off (quantization choices only)")
     if config.pack == "auto" and (config.budget is None or config.budget.resource != "size"):
@@ -95,13 +106,24 @@ def wanted(config: SearchConfig, source: Any, data: Dataset, say: Any) -> bool:
     return True
 
 
-def layers_of(module: Any) -> list[PackLayer]:
-    """The prunable layers of ``module`` in definition order."""
+def layers_of(source: Any) -> list[PackLayer]:
+    """The prunable layers of a model handle in definition order: Conv / Linear modules of a torch model,
+    float initializers of two or more dimensions of an ONNX one (as ``pack`` names and kinds them)."""
+    if source.kind == "onnx":
+        from onnx import numpy_helper
+
+        out = []
+        for init in source.model.graph.initializer:
+            if len(init.dims) >= 2 and init.data_type in (1, 10, 11):  # float, float16, double
+                n = int(np.prod(init.dims))
+                if n >= MIN_ONNX_ELEMENTS and np.isfinite(numpy_helper.to_array(init)).all():
+                    out.append(PackLayer(init.name, "fc" if len(init.dims) == 2 else "conv", n))
+        return out
     from torch import nn
 
     from ..codec.compress import _kind
 
-    return [PackLayer(n, _kind(m, "weight"), int(m.weight.numel())) for n, m in module.named_modules()
+    return [PackLayer(n, _kind(m, "weight"), int(m.weight.numel())) for n, m in source.model.named_modules()
             if isinstance(getattr(m, "weight", None), nn.Parameter) and _kind(m, "weight") in ("conv", "fc")]
 
 
@@ -115,14 +137,18 @@ def _has_conv_bn(module: Any) -> bool:
 
 def params_of(layers: list[PackLayer], assign: dict[str, tuple[float, int]], config: SearchConfig, fold_bn: bool,
               *, one_shot: bool = False) -> dict[str, Any]:
-    """The ``pack`` recipe step's parameters (``DeepCompressionConfig`` fields) for a per-layer assignment."""
+    """The ``pack`` recipe step's parameters (``DeepCompressionConfig`` fields) for a per-layer assignment.
+
+    ``one_shot``: no fine-tuning (an ONNX model, or the size estimate of a torch candidate)."""
     from .space import _literal
 
-    prune_epochs, finetune_epochs = (0, 0) if one_shot else config.pack_epochs
     sparsity = {_literal(lay.name): float(assign[lay.name][0]) for lay in layers if assign[lay.name][0] > 0}
     bits = {_literal(lay.name): int(assign[lay.name][1]) for lay in layers}
-    return {"method": "deep-compression", "fc_sparsity": 0.0, "layer_sparsity": sparsity, "layer_bits": bits,
-            **SCHEDULE, "prune_epochs": prune_epochs, "finetune_epochs": finetune_epochs, "fold_bn": fold_bn}
+    head = {"method": "deep-compression", "fc_sparsity": 0.0, "layer_sparsity": sparsity, "layer_bits": bits}
+    if one_shot:
+        return {**head, "prune_epochs": 0, "finetune_epochs": 0, "fold_bn": fold_bn}
+    return {**head, **SCHEDULE, "prune_epochs": config.pack_epochs[0], "finetune_epochs": config.pack_epochs[1],
+            "fold_bn": fold_bn}
 
 
 class PackEvaluator:
@@ -130,8 +156,12 @@ class PackEvaluator:
 
     def __init__(self, ev: Evaluator, source: Any, factory: str | None, config: SearchConfig) -> None:
         self.ev, self.source, self.factory, self.config = ev, source, factory, config
-        self.layers = layers_of(source.model)
-        self.fold_bn = _has_conv_bn(source.model)
+        self.layers = layers_of(source)
+        self.one_shot = source.kind == "onnx"
+        self.fold_bn = not self.one_shot and _has_conv_bn(source.model)
+        self.sparsity = ONE_SHOT_SPARSITY if self.one_shot else SPARSITY
+        self.bits = ONE_SHOT_BITS if self.one_shot else BITS
+        self.warm_bits = ONE_SHOT_WARM_BITS if self.one_shot else WARM_BITS
         self.estimates: dict[str, int] = {}
 
     def _pack(self, params: dict[str, Any], *, data: Any) -> Any:
@@ -159,17 +189,17 @@ class PackEvaluator:
         from .space import key
 
         shown = {lay.name: label(*assign[lay.name]) for lay in self.layers}
-        params = params_of(self.layers, assign, self.config, self.fold_bn)
+        params = params_of(self.layers, assign, self.config, self.fold_bn, one_shot=self.one_shot)
         k = "pack:" + key(shown)
         if k in self.ev.cache:
             return self.ev.cache[k]
         cand = Candidate(trial, shown, k, origin=origin, family="pack", recipe={"steps": [{"pack": params}]})
         t0 = time.perf_counter()
         try:
-            res, blob = self._pack(params, data=self.ev.calibration)
-            decoded = self.source.with_model(res.model.model)
+            res, blob = self._pack(params, data=None if self.one_shot else self.ev.calibration)
+            decoded = res.model.model if self.one_shot else to_onnx_handle(self.source.with_model(res.model.model)).model
             with tempfile.TemporaryDirectory() as tmp:
-                save_onnx(to_onnx_handle(decoded).model, Path(tmp) / "model.onnx")
+                save_onnx(decoded, Path(tmp) / "model.onnx")
                 onnx_bytes = (Path(tmp) / "model.onnx").read_bytes()
         except (DeepshrinkError, RuntimeError, ValueError) as exc:  # one candidate failing ends only that trial
             cand.error = first_line(exc, 300)
@@ -181,9 +211,11 @@ class PackEvaluator:
 
 def prune_sensitivity(pe: PackEvaluator, inputs: dict[str, np.ndarray]) -> dict[str, dict[float, float]]:
     """``{layer: {sparsity: 1 - mean cosine}}`` with only that layer pruned by magnitude, no fine-tuning."""
-    import torch
-
     from ..convert.parity import compare_outputs
+
+    if pe.source.kind == "onnx":
+        return _onnx_sensitivity(pe, {k: v[:ONNX_SENSITIVITY_SAMPLES] for k, v in inputs.items()})
+    import torch
 
     model = pe.source.model
     names = [spec.name for spec in pe.source.inputs]
@@ -206,7 +238,7 @@ def prune_sensitivity(pe: PackEvaluator, inputs: dict[str, np.ndarray]) -> dict[
             keep = w.detach().clone()
             order = torch.argsort(keep.abs().reshape(-1), stable=True)
             out[lay.name] = {}
-            for s in SPARSITY:
+            for s in pe.sparsity:
                 if not s:
                     out[lay.name][s] = 0.0
                     continue
@@ -222,11 +254,41 @@ def prune_sensitivity(pe: PackEvaluator, inputs: dict[str, np.ndarray]) -> dict[
     return out
 
 
+def _onnx_sensitivity(pe: PackEvaluator, inputs: dict[str, np.ndarray]) -> dict[str, dict[float, float]]:
+    """The ONNX form: one initializer at a time replaced by its pruned copy, the model run, then restored."""
+    from onnx import numpy_helper
+
+    from ..convert.parity import compare_outputs
+    from ..quantize.onnx.sensitivity import run_outputs
+
+    model = pe.source.model
+    threads = pe.config.threads
+    ref = run_outputs(model, inputs, threads=threads)
+    inits = {i.name: i for i in model.graph.initializer}
+    out: dict[str, dict[float, float]] = {}
+    for lay in pe.layers:
+        init = inits[lay.name]
+        original = type(init)()
+        original.CopyFrom(init)
+        arr = numpy_helper.to_array(original)
+        order = np.argsort(np.abs(arr.reshape(-1)), kind="stable")
+        out[lay.name] = {0.0: 0.0}
+        try:
+            for s in pe.sparsity[1:]:
+                flat = arr.copy().reshape(-1)
+                flat[order[:int(round(s * flat.size))]] = 0
+                init.CopyFrom(numpy_helper.from_array(flat.reshape(arr.shape), lay.name))
+                out[lay.name][s] = float(1.0 - compare_outputs(ref, run_outputs(model, inputs, threads=threads)).cos_mean)
+        finally:
+            init.CopyFrom(original)
+    return out
+
+
 def allocate(layers: list[PackLayer], sens: dict[str, dict[float, float]], bits: int, target_bytes: float,
-             overhead: float) -> dict[str, tuple[float, int]]:
+             overhead: float, levels: tuple[float, ...] = SPARSITY) -> dict[str, tuple[float, int]]:
     """Per-layer sparsity at ``bits`` for an estimated file of ``target_bytes``: greedy on loss per byte saved.
 
-    Every layer starts dense; the step (to any higher sparsity of :data:`SPARSITY`) that saves bytes
+    Every layer starts dense; the step (to any higher sparsity of ``levels``) that saves bytes
     at the least increase in pruning sensitivity per byte is taken — the least costly one that
     reaches the target, once one does — until the estimate (``overhead`` plus each layer's non-zeros at
     ``bits`` + about 4 bits of Huffman-coded position gap) is within the target, or every layer is
@@ -244,11 +306,11 @@ def allocate(layers: list[PackLayer], sens: dict[str, dict[float, float]], bits:
         last: tuple[float, PackLayer, int, float] | None = None  # the least costly step that reaches the target
         for lay in layers:  # a step may jump levels: the first ones can save nothing (position codes)
             i = level[lay.name]
-            for j in range(i + 1, len(SPARSITY)):
-                saved = nbytes(lay, SPARSITY[i]) - nbytes(lay, SPARSITY[j])
+            for j in range(i + 1, len(levels)):
+                saved = nbytes(lay, levels[i]) - nbytes(lay, levels[j])
                 if saved <= 0:
                     continue
-                cost = max(sens[lay.name][SPARSITY[j]] - sens[lay.name][SPARSITY[i]], 1e-9)
+                cost = max(sens[lay.name][levels[j]] - sens[lay.name][levels[i]], 1e-9)
                 if best is None or cost / saved < best[0]:
                     best = (cost / saved, lay, j, saved)
                 if total - saved <= target_bytes and (last is None or cost < last[0]):
@@ -260,7 +322,7 @@ def allocate(layers: list[PackLayer], sens: dict[str, dict[float, float]], bits:
             break
         level[best[1].name] = best[2]
         total -= best[3]
-    return {lay.name: (SPARSITY[level[lay.name]], bits) for lay in layers}
+    return {lay.name: (levels[level[lay.name]], bits) for lay in layers}
 
 
 def warm_starts(pe: PackEvaluator, sens: dict[str, dict[float, float]], budget_bytes: float | None
@@ -277,16 +339,16 @@ def warm_starts(pe: PackEvaluator, sens: dict[str, dict[float, float]], budget_b
         [pe.ev.ref_size / d for d in (10, 20, 40)]
     out: list[tuple[str, dict[str, tuple[float, int]]]] = []
     for target in targets:
-        for bits in WARM_BITS:
+        for bits in pe.warm_bits:
             dense = {lay.name: (0.0, bits) for lay in pe.layers}
             overhead = max(pe.estimate(dense) - sum(lay.numel * bits / 8.0 for lay in pe.layers), 0.0)
-            goal, assign = target, allocate(pe.layers, sens, bits, target, overhead)
+            goal, assign = target, allocate(pe.layers, sens, bits, target, overhead, pe.sparsity)
             for _ in range(6):  # the analytic estimate is rough: correct it with the real one-shot size
                 est = pe.estimate(assign)
                 if est <= target:
                     break
                 goal *= target / est
-                assign = allocate(pe.layers, sens, bits, goal, overhead)
+                assign = allocate(pe.layers, sens, bits, goal, overhead, pe.sparsity)
             if pe.estimate(assign) <= target * OVER_ESTIMATE and all(a != assign for _w, a in out):
                 out.append((f"sensitivity allocation for {target:,.0f} B at {bits} bits", assign))
     return out
@@ -339,8 +401,8 @@ def search_pack(ev: Evaluator, source: Any, factory: str | None, inputs: dict[st
                 break
             trial = study.ask()
             proposals += 1
-            assign = {lay.name: (float(trial.suggest_categorical(f"{lay.name}:sparsity", list(SPARSITY))),
-                                 int(trial.suggest_categorical(f"{lay.name}:bits", list(BITS)))) for lay in pe.layers}
+            assign = {lay.name: (float(trial.suggest_categorical(f"{lay.name}:sparsity", list(pe.sparsity))),
+                                 int(trial.suggest_categorical(f"{lay.name}:bits", list(pe.bits)))) for lay in pe.layers}
             est = pe.estimate(assign)
             if budget_bytes is not None and est > budget_bytes * OVER_ESTIMATE:
                 over = est / budget_bytes - 1.0
@@ -363,8 +425,9 @@ def search_pack(ev: Evaluator, source: Any, factory: str | None, inputs: dict[st
             bar_ctx.stop()
     info = {"layers": [{"name": lay.name, "kind": lay.kind, "weights": lay.numel,
                         "sensitivity": {f"{s:g}": v for s, v in sens[lay.name].items()}} for lay in pe.layers],
-            "schedule": {**SCHEDULE, "prune_epochs": config.pack_epochs[0], "finetune_epochs": config.pack_epochs[1],
-                         "fold_bn": pe.fold_bn},
+            "schedule": ({"one_shot": True} if pe.one_shot else
+                         {**SCHEDULE, "prune_epochs": config.pack_epochs[0], "finetune_epochs": config.pack_epochs[1],
+                          "fold_bn": pe.fold_bn}),
             "proposals": proposals, "built": len(built), "not_built_over_budget": skipped,
             "warm_starts": [w for w, _a in starts[:n_warm]]}
     return built, info

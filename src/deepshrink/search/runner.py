@@ -657,9 +657,11 @@ def _markdown(r: dict[str, Any]) -> str:
         sch = dc["schedule"]
         lines += ["", "## Deep Compression candidates (per-layer sparsity and k-means bits, packed into .dsz)", "",
                   f"{dc['built']} built of {dc['proposals']} proposals ({dc['not_built_over_budget']} estimated over "
-                  f"the size budget, not fine-tuned); each fine-tuned {sch['prune_epochs']} pruning + "
-                  f"{sch['finetune_epochs']} centroid epochs, distilled from the original (alpha {sch['kd_alpha']:g})"
-                  + (", BatchNorm folded" if sch["fold_bn"] else "") + ".", "",
+                  "the size budget, not built); " + (
+                      "one-shot (an ONNX model: pruned and weight-shared without training)." if sch.get("one_shot") else
+                      f"each fine-tuned {sch['prune_epochs']} pruning + {sch['finetune_epochs']} centroid epochs, "
+                      f"distilled from the original (alpha {sch['kd_alpha']:g})"
+                      + (", BatchNorm folded" if sch["fold_bn"] else "") + "."), "",
                   "Sensitivity: 1 - mean cosine with only that layer pruned by magnitude, no fine-tuning.", "",
                   "| layer | kind | weights | chosen | " + " | ".join(f"{100 * x:g}%" for x in sp if x) + " |",
                   "|---|---|---|---|" + "---|" * sum(1 for x in sp if x)]
