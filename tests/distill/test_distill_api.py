@@ -40,6 +40,9 @@ def test_layers_kept_with_hidden_and_attention_losses(tiny_bert):
     assert len(student.encoder.encoder.layer) == 2 and student.encoder.config.num_hidden_layers == 2
     assert len(tiny_bert.encoder.encoder.layer) == 4  # the teacher is left alone
     assert rep.loss == "embedding"  # unit-norm outputs: an encoder
+    assert rep.objective == "embedding + 1×hidden (mse) + 1×attention"  # what first/last_loss measure
+    assert rep.verb_report(cfg).summary.endswith(f"embedding + 1×hidden (mse) + 1×attention loss "
+                                                 f"{rep.first_loss:.4f} → {rep.last_loss:.4f}")
     assert rep.layer_map == [1, 3] and rep.layers["n_layers"] == 4 and len(rep.layers["keep"]) == 2
     assert len(rep.layers["drop_one"]) == 4 and rep.steps == 12
     # fidelity on held-out tokens rises from the copied layers'. 5 init seeds: copied 0.35-0.57, distilled

@@ -201,7 +201,7 @@ def print_report(report: Any, evaluated_on: str = "the evaluation data") -> None
     if report.layer_map:
         console.print(f"  layer map (teacher layer per student layer) {report.layer_map}", highlight=False)
     if report.first_loss is not None:
-        console.print(f"  {report.loss} loss {report.first_loss:.4f} → {report.last_loss:.4f} over {report.steps} steps, "
+        console.print(f"  {report.objective or report.loss} loss {report.first_loss:.4f} → {report.last_loss:.4f} over {report.steps} steps, "
                       f"{report.epochs} epochs, {report.world_size} process(es)"
                       + (f", resumed at step {report.resumed_from}" if report.resumed_from else ""), highlight=False)
     if report.evals:

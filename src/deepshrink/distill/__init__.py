@@ -55,6 +55,7 @@ class DistillReport:
     evals: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
     world_size: int = 1
+    objective: str = ""  # the whole loss optimised, e.g. "embedding + 1×hidden (mse)"; first/last_loss are of it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +63,7 @@ class DistillReport:
     def verb_report(self, config: DistillConfig) -> VerbReport:
         """This report as the common :class:`~deepshrink.core.result.VerbReport` (``details`` is :meth:`to_dict`)."""
         summary = (f"distilled {self.student_from}: parameters {self.teacher_params:,} → {self.student_params:,}, "
-                   f"{self.loss} loss {self.first_loss or 0:.4f} → {self.last_loss or 0:.4f}")
+                   f"{self.objective or self.loss} loss {self.first_loss or 0:.4f} → {self.last_loss or 0:.4f}")
         return VerbReport("distill", self.student_from, summary, config=config.to_dict(),
                           measurements={"teacher_params": self.teacher_params, "student_params": self.student_params,
                                         "steps": self.steps, "first_loss": self.first_loss, "last_loss": self.last_loss},
@@ -219,7 +220,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
         layers=layer_choice.to_dict() if layer_choice else None, width=width, layer_map=layer_map,
         steps=res.steps, epochs=res.epochs, first_loss=res.losses[0] if res.losses else None,
         last_loss=res.losses[-1] if res.losses else None, evals=res.evals, resumed_from=res.resumed_from,
-        world_size=world)
+        world_size=world, objective=out_kind + (f" + {cfg.hidden_weight:g}×hidden ({cfg.metric})" if hidden else "")
+        + (f" + {cfg.attention_weight:g}×attention" if attention else ""))
     if isinstance(teacher, ModelHandle) or not isinstance(teacher, nn.Module):
         s_handle = student if isinstance(student, ModelHandle) else t_handle
         out = s_handle.with_model(s_mod, metadata={**t_handle.metadata, "deepshrink.distilled": origin})
