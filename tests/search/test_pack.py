@@ -11,7 +11,7 @@ pytest.importorskip("optuna")
 import deepshrink as ds  # noqa: E402
 from deepshrink.errors import InputError  # noqa: E402
 from deepshrink.search import SearchConfig, parse_budget  # noqa: E402
-from deepshrink.search.pack import SPARSITY, PackLayer, allocate  # noqa: E402
+from deepshrink.search.pack import SPARSITY, PackLayer, allocate, label  # noqa: E402
 
 CNN = "deepshrink.examples:trained_digits_cnn"
 
@@ -52,6 +52,16 @@ def test_best_dsz_is_the_measured_candidate(pack_run, digits):
         pred = model(torch.from_numpy(digits.x_test[180:])).argmax(1).numpy()
     # the decoded file scores exactly what the search reported for the chosen point on the test half
     assert float(np.mean(pred == digits.y_test[180:])) == pytest.approx(res.report["chosen"]["test"]["accuracy"])
+
+
+def test_choice_labels_read_unambiguously_when_counted():
+    # Trial 14f: "2 pruned 50%, 3-bit, 1 pruned 80%, 8-bit" (counts joined by commas) read as 4 items
+    from deepshrink.search.objective import Candidate
+    from deepshrink.search.runner import _choices_text
+
+    assert label(0.9, 4) == "pruned 90% at 4-bit" and label(0.0, 5) == "5-bit"
+    c = Candidate(0, {"a": label(0.5, 3), "b": label(0.5, 3), "c": label(0.8, 8)}, "k")
+    assert _choices_text(c) == "2 pruned 50% at 3-bit, 1 pruned 80% at 8-bit"
 
 
 def test_allocate_prunes_the_cheap_layers_first():

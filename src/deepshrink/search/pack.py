@@ -66,8 +66,9 @@ class PackLayer:
 
 
 def label(sparsity: float, bits: int) -> str:
-    """The per-layer choice as a report shows it: ``"pruned 90%, 4-bit"``."""
-    return f"pruned {round(100 * sparsity)}%, {bits}-bit" if sparsity else f"{bits}-bit"
+    """The per-layer choice as a report shows it: ``"pruned 90% at 4-bit"`` (no comma: the reports
+    list the choices comma-separated with a count each, ``"2 pruned 50% at 3-bit, 1 4-bit"``)."""
+    return f"pruned {round(100 * sparsity)}% at {bits}-bit" if sparsity else f"{bits}-bit"
 
 
 def wanted(config: SearchConfig, source: Any, data: Dataset, say: Any) -> bool:
