@@ -107,3 +107,26 @@ def test_structured_on_refuses_unlabelled_data(tmp_path, digits):
     with pytest.raises(InputError, match="--structured on: the data .* has no labels"):
         ds.search(CNN, str(tmp_path / "x.npz"), cfg, tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_single_whole_model_choice_is_printed_without_a_count():
+    # Trial 14f: the channel-pruned point read "1 0.625 of channels removed"
+    from deepshrink.search.objective import choices_text
+
+    assert choices_text({"0.625 of channels removed": 1}) == "0.625 of channels removed"
+    assert choices_text({"int8": 2, "float": 4}) == "4 float, 2 int8"
+
+
+def test_held_out_miss_of_the_chosen_point_is_a_warning():
+    # Trial 14f: a channel-pruned point chosen at -0.33 pt on 300 samples lost 4.00 pt on the other 300,
+    # against --max-drop 1, with no warning anywhere
+    from deepshrink.search.objective import Candidate, Scores
+    from deepshrink.search.runner import _held_out_warning
+
+    c = Candidate(25, {"m": "0.625 of channels removed"}, "k", select=Scores(300, 0.8633, -0.33, 0.81, -0.4),
+                  test=Scores(300, 0.8433, 4.0, 0.82, -0.7))
+    w = _held_out_warning(c, SearchConfig(max_drop=1.0))
+    assert w.startswith("on the 300 held-out samples the search never saw, the chosen model loses 4.00 accuracy "
+                        "points, outside the target (accuracy drop <= 1 pt) it met on the 300 it was chosen on")
+    w = _held_out_warning(c, SearchConfig(target_cos=0.99))
+    assert "keeps cosine 0.8200 mean / -0.7000 worst, outside the target (cosine >= 0.99 mean" in w

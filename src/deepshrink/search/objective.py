@@ -216,6 +216,14 @@ class Evaluator:
         return 1.0 - s.cos_mean
 
 
+def choices_text(counts: dict[str, int]) -> str:
+    """A candidate's choices as reports and the CLI print them: ``"4 float, 2 int8"`` (count, choice;
+    sorted by choice). A single whole-model choice is printed alone: ``"0.5 of channels removed"``."""
+    if len(counts) == 1 and next(iter(counts.values())) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
 def _accuracy(out: np.ndarray | None, labels: np.ndarray | None) -> float | None:
     if out is None or labels is None or out.ndim != 2:
         return None

@@ -46,7 +46,7 @@ from ..core.data import Dataset
 from ..core.fileio import write_text_atomic
 from ..errors import BudgetError, InputError
 from .config import SearchConfig
-from .objective import Candidate, Evaluator
+from .objective import Candidate, Evaluator, choices_text
 from .pareto import front
 from .space import Space, build_space
 
@@ -423,8 +423,19 @@ def _not_met_message(closest: Candidate | None, ev: Evaluator, config: SearchCon
             f"{_choices_text(closest)}); {far}. Reports are in the output folder; no best model was written")
 
 
+def _held_out_warning(chosen: Candidate, config: SearchConfig) -> str:
+    """The chosen point misses the target on the samples the search never saw (it chose on the others)."""
+    t, s = chosen.test, chosen.select
+    assert t is not None and s is not None
+    fid = (f"loses {t.drop:.2f} accuracy points" if config.max_drop is not None and t.drop is not None
+           else f"keeps cosine {t.cos_mean:.4f} mean / {t.cos_min:.4f} worst")
+    return (f"on the {t.samples} held-out samples the search never saw, the chosen model {fid}, outside the "
+            f"target ({_target_text(config)}) it met on the {s.samples} it was chosen on: the choice may not "
+            "generalise; give more held-out data (--eval-data) or a tighter target")
+
+
 def _choices_text(c: Candidate) -> str:
-    return ", ".join(f"{n} {k}" for k, n in sorted(c.counts().items()))
+    return choices_text(c.counts())
 
 
 def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weights: Any, input_shapes: Any,
@@ -474,6 +485,8 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
             warnings.append(f"the chosen model is slower than the original on this machine ({t['latency_ratio']:.2f}x "
                             f"±{t['latency_spread']:.2f}, batch 1, {config.threads} threads): no quantized candidate "
                             "that meets the target ran faster; keep the original if speed matters")
+    if chosen is not None and chosen.test is not None and ev.shortfall(chosen.test) > 0:
+        warnings.append(_held_out_warning(chosen, config))
     verdict = {"met": chosen is not None, "warnings": warnings, "target": _target_text(config),
                "budget": config.budget.describe() if config.budget else None, "budget_ratio": budget,
                "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget)}
@@ -610,7 +623,7 @@ def _markdown(r: dict[str, Any]) -> str:
             return
         t = c.get("final_timing") or {"latency_ratio": c.get("latency_ratio"), "latency_spread": c.get("latency_spread")}
         lat = "-" if t.get("latency_ratio") is None else f"{t['latency_ratio']:.2f}x ±{t['latency_spread']:.2f}"
-        ch = ", ".join(f"{n} {k}" for k, n in sorted(c["choices"].items()))
+        ch = choices_text(c["choices"])
         lines.append(f"| {name} | {c['trial']} | {ch} | {c['size_bytes']:,} B ({c['size_ratio']:.3f}x) | {lat} | "
                      f"{fid(c['select'])} | {fid(c['test'])} |")
 
