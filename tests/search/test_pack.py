@@ -130,3 +130,24 @@ def test_held_out_miss_of_the_chosen_point_is_a_warning():
                         "points, outside the target (accuracy drop <= 1 pt) it met on the 300 it was chosen on")
     w = _held_out_warning(c, SearchConfig(target_cos=0.99))
     assert "keeps cosine 0.8200 mean / -0.7000 worst, outside the target (cosine >= 0.99 mean" in w
+
+
+def test_a_size_budget_below_any_packing_names_the_smallest_one(tmp_path):
+    # Trial 14f: at size=0.01x every proposal was estimated over the budget; the run printed nothing about
+    # Deep Compression and its exit-4 line named a 0.199x quantized point as the closest
+    from deepshrink.search import BudgetNotMetError
+
+    cfg = SearchConfig(max_drop=1.0, budget=parse_budget("size=0.002x"), trials=1, repeats=0, seed=0, pack_trials=1,
+                       pack_epochs=(1, 1))
+    said: list[str] = []
+    with pytest.raises(BudgetNotMetError) as info:
+        ds.search(CNN, "digits:train", cfg, tmp_path / "out", eval_data="digits:test", say=said.append)
+    rep = info.value.result.report
+    dc = rep["deep_compression"]
+    assert dc["built"] == 0 and dc["not_built_over_budget"] == dc["proposals"] == 10
+    budget = 0.002 * rep["reference"]["size_bytes"]
+    # measured: the digits CNN packs to 2,732 B of its 155,058 B ONNX file at 95% / 3 bits one-shot (0.018x)
+    assert budget < dc["floor_bytes"] < 0.05 * rep["reference"]["size_bytes"]
+    assert any(s.startswith("  no Deep Compression candidate fine-tuned: all 10 proposals") for s in said)
+    assert f"is {dc['floor_bytes']:,} B (" in (tmp_path / "out" / "report.md").read_text()
+    assert f"no Deep Compression point packs below {dc['floor_bytes']:,} B" in str(info.value)

@@ -362,11 +362,20 @@ def search_pack(ev: Evaluator, source: Any, factory: str | None, inputs: dict[st
     finally:
         if bar_ctx is not None:
             bar_ctx.stop()
+    floor = None
+    if not built and skipped and budget_bytes is not None:
+        # every proposal was over the budget: say how small this model packs at all (every layer at the
+        # highest sparsity and the fewest bits), so the user sees how far the budget is out of reach
+        floor = pe.estimate({lay.name: (SPARSITY[-1], BITS[0]) for lay in pe.layers})
+        say(f"  no Deep Compression candidate fine-tuned: all {skipped} proposals were estimated over the budget "
+            f"({budget_bytes:,.0f} B); the smallest packing of this model (every layer pruned "
+            f"{round(100 * SPARSITY[-1])}% at {BITS[0]}-bit, one-shot) is {floor:,} B, {floor / ev.ref_size:.4f}x "
+            "the original")
     info = {"layers": [{"name": lay.name, "kind": lay.kind, "weights": lay.numel,
                         "sensitivity": {f"{s:g}": v for s, v in sens[lay.name].items()}} for lay in pe.layers],
             "schedule": {**SCHEDULE, "prune_epochs": config.pack_epochs[0], "finetune_epochs": config.pack_epochs[1],
                          "fold_bn": pe.fold_bn},
-            "proposals": proposals, "built": len(built), "not_built_over_budget": skipped,
+            "proposals": proposals, "built": len(built), "not_built_over_budget": skipped, "floor_bytes": floor,
             "warm_starts": [w for w, _a in starts[:n_warm]]}
     return built, info
 

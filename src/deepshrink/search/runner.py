@@ -490,6 +490,11 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
     verdict = {"met": chosen is not None, "warnings": warnings, "target": _target_text(config),
                "budget": config.budget.describe() if config.budget else None, "budget_ratio": budget,
                "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget)}
+    if chosen is None and (pack_info or {}).get("floor_bytes"):
+        floor = pack_info["floor_bytes"]  # type: ignore[index]
+        verdict["message"] = verdict["message"].replace(
+            ". Reports are in", f"; no Deep Compression point packs below {floor:,} B ({floor / ev.ref_size:.4f}x, "
+            "every layer at the highest sparsity and the fewest bits, one-shot). Reports are in")
     report = _report(source, config, space, ev, cands, trials, sens, pareto, chosen, closest, plain, final,
                      reproduced, verdict, seconds, runner)
     if pack_info is not None:
@@ -650,7 +655,10 @@ def _markdown(r: dict[str, Any]) -> str:
                   f"{dc['built']} built of {dc['proposals']} proposals ({dc['not_built_over_budget']} estimated over "
                   f"the size budget, not fine-tuned); each fine-tuned {sch['prune_epochs']} pruning + "
                   f"{sch['finetune_epochs']} centroid epochs, distilled from the original (alpha {sch['kd_alpha']:g})"
-                  + (", BatchNorm folded" if sch["fold_bn"] else "") + ".", "",
+                  + (", BatchNorm folded" if sch["fold_bn"] else "") + "."
+                  + (f" The smallest packing of this model (every layer at the highest sparsity and the fewest "
+                     f"bits, one-shot) is {dc['floor_bytes']:,} B ({dc['floor_bytes'] / r['reference']['size_bytes']:.4f}x "
+                     "the original)." if dc.get("floor_bytes") else ""), "",
                   "Sensitivity: 1 - mean cosine with only that layer pruned by magnitude, no fine-tuning.", "",
                   "| layer | kind | weights | chosen | " + " | ".join(f"{100 * x:g}%" for x in sp if x) + " |",
                   "|---|---|---|---|" + "---|" * sum(1 for x in sp if x)]
