@@ -109,6 +109,14 @@ def test_structured_on_refuses_unlabelled_data(tmp_path, digits):
     assert not (tmp_path / "o").exists()
 
 
+def test_structured_on_refuses_no_timing(tmp_path):
+    # Trial 14f: --structured on --repeats 0 silently searched no channel-pruned candidate
+    cfg = SearchConfig(max_drop=1.0, trials=1, repeats=0, structured="on")
+    with pytest.raises(InputError, match="--structured on: .* --repeats 0 times nothing"):
+        ds.search(CNN, "digits:train", cfg, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_single_whole_model_choice_is_printed_without_a_count():
     # Trial 14f: the channel-pruned point read "1 0.625 of channels removed"
     from deepshrink.search.objective import choices_text

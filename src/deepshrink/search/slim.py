@@ -40,7 +40,8 @@ def wanted(config: SearchConfig, source: Any, data: Any, say: Any) -> bool:
     """Whether this search tries channel-pruned candidates (``config.structured``).
 
     ``"auto"``: with a latency budget, a PyTorch model and labelled data. ``"on"``: always, and a
-    model or data that cannot have them is refused (:class:`InputError`) before any work.
+    model or data that cannot have them, or ``repeats=0`` (no timing), is refused (:class:`InputError`)
+    before any work.
     """
     if config.structured == "off":
         return False
@@ -51,6 +52,9 @@ def wanted(config: SearchConfig, source: Any, data: Any, say: Any) -> bool:
         why = f"the data {data.source} has no labels to fine-tune on"
     if config.structured == "on" and why is not None:
         raise InputError(f"--structured on: {why}; use --structured off (quantization choices only)")
+    if config.structured == "on" and config.repeats == 0:
+        raise InputError("--structured on: channel-pruned candidates are chosen by their measured latency, and "
+                         "--repeats 0 times nothing; give --repeats 1 or more, or --structured off")
     if config.structured == "auto" and (config.budget is None or config.budget.resource != "latency"):
         return False
     if why is not None:
