@@ -36,7 +36,10 @@ def test_size_budget_below_quantization_is_met_by_a_packed_point(pack_run, measu
     dc = rep["deep_compression"]
     assert [lay["name"] for lay in dc["layers"]] == ["stem.0", "block_conv1", "block_conv2", "down.0", "fc"]
     assert dc["built"] == 3 and dc["chosen"] == rep["chosen"]["layers"]
-    assert "## Deep Compression candidates" in (res.out_dir / "report.md").read_text()
+    md = (res.out_dir / "report.md").read_text()
+    assert "## Deep Compression candidates" in md
+    # trial 14f: the line read "2 trials, 5 models built" (the packed candidates counted as built, not as trials)
+    assert f"2 quantization trials and 3 Deep Compression candidates, {rep['search']['built']} models built in all" in md
 
 
 def test_best_dsz_is_the_measured_candidate(pack_run, digits):
@@ -159,3 +162,24 @@ def test_a_size_budget_below_any_packing_names_the_smallest_one(tmp_path):
     assert any(s.startswith("  no Deep Compression candidate fine-tuned: all 10 proposals") for s in said)
     assert f"is {dc['floor_bytes']:,} B (" in (tmp_path / "out" / "report.md").read_text()
     assert f"no Deep Compression point packs below {dc['floor_bytes']:,} B" in str(info.value)
+
+
+def test_no_prunable_channel_group_is_reported_not_a_traceback(tmp_path):
+    # Trial 14f: an MLP with LayerNorm (and a GRU classifier) under --budget latency=0.6x: every ratio failed,
+    # then report.md crashed on a KeyError after the whole search; the same reason was printed 5 times
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 10))
+    cfg = SearchConfig(max_drop=100.0, trials=1, repeats=2, final_repeats=3, structured="on", structured_trials=1,
+                       structured_epochs=1)
+    said: list[str] = []
+    res = ds.search(model, "digits:train", cfg, tmp_path / "s", eval_data="digits:test", say=said.append)
+    sp = res.report["structured_pruning"]
+    assert sp["built"] == [] and sp["one_shot_timing"] == {} and len(sp["errors"]) == 5
+    [line] = [s for s in said if s.startswith("no channel-pruned candidate: ")]
+    assert line.startswith("no channel-pruned candidate: every ratio: structured pruning found no prunable channel")
+    assert line.count("structured pruning found") == 1
+    assert "Not built: every ratio: structured pruning found no prunable channel group" in \
+        (tmp_path / "s" / "report.md").read_text()

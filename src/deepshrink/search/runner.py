@@ -434,6 +434,13 @@ def _held_out_warning(chosen: Candidate, config: SearchConfig) -> str:
             "generalise; give more held-out data (--eval-data) or a tighter target")
 
 
+def _other_families(r: dict[str, Any]) -> str:
+    """``" and 6 Deep Compression candidates"``: the candidates built besides the quantization trials."""
+    names = {"pack": "Deep Compression", "structured": "channel-pruned"}
+    n = {f: sum(1 for c in r.get("candidates", []) if c.get("family") == f) for f in names}
+    return "".join(f" and {k} {names[f]} candidate{'s' * (k != 1)}" for f, k in n.items() if k)
+
+
 def _choices_text(c: Candidate) -> str:
     return choices_text(c.counts())
 
@@ -604,8 +611,8 @@ def _markdown(r: dict[str, Any]) -> str:
     lines += [f"Calibration: {d['calibration_samples']} samples of {d['calibration']}; chosen on "
               f"{d['select_samples']} held-out samples ({d['select']})"
               + (f", reported on {d['test_samples']} more ({d['test']}) the search never saw." if d["test"] else "."),
-              f"int8 here is {r['int8']}. {r['search']['trials']} trials, {r['search']['built']} models built, "
-              f"{r['search']['seconds']} s.", ""]
+              f"int8 here is {r['int8']}. {r['search']['trials']} quantization trials{_other_families(r)}, "
+              f"{r['search']['built']} models built in all, {r['search']['seconds']} s.", ""]
     if r.get("int8_forms"):  # how int8 layers are built: measured before the per-layer search (.forms)
         lines += ["| int8 form (all layers int8) | select | latency vs original | size | |", "|---|---|---|---|---|"]
         for f in r["int8_forms"]:
@@ -674,6 +681,10 @@ def _markdown(r: dict[str, Any]) -> str:
                   f"epochs at lr {sp['lr']:g}.", "", "| channels removed | one-shot latency vs original |", "|---|---|"]
         for k, t in sp["one_shot_timing"].items():
             lines.append(f"| {k} | {t['latency_ratio']:.2f}x ±{t['latency_spread']:.2f} |")
+        if sp.get("errors"):
+            from .slim import errors_text
+
+            lines += ["", f"Not built: {errors_text(sp['errors'])}."]
     if r.get("reproduced"):
         rp = r["reproduced"]
         best = "best.dsz" if (r.get("chosen") or {}).get("family") == "pack" else "best.onnx"

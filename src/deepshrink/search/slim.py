@@ -114,9 +114,11 @@ def search_slim(ev: Evaluator, source: Any, build: dict[str, Any], config: Searc
         timing = {k: {"latency_ratio": s.ratio, "latency_spread": s.ratio_spread} for k, s in stats.items()
                   if k != "reference"}
     timed = [r for r in RATIOS if f"{r:g}" in timing]
+    info: dict[str, Any] = {"ratios": list(RATIOS), "one_shot_timing": timing, "errors": errors, "lr": LR,
+                            "finetune_epochs": config.structured_epochs, "built": []}
     if not timed:
-        say("no pruning ratio could be built: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
-        return [], {"timing": timing, "errors": errors, "built": []}
+        say("no channel-pruned candidate: " + errors_text(errors))
+        return [], info
     if budget_ratio is None:
         order = [r for r in (0.25, 0.5) if r in timed]
     else:
@@ -132,8 +134,19 @@ def search_slim(ev: Evaluator, source: Any, build: dict[str, Any], config: Searc
         c = built[-1]
         say(f"  channel-pruned trial {c.trial} ({r:g} of channels removed): "
             + (c.error or f"{_fid(c)}, {c.size_ratio:.3f}x size, {c.latency_ratio or 0:.2f}x latency"))
-    return built, {"ratios": list(RATIOS), "one_shot_timing": timing, "errors": errors, "lr": LR,
-                   "finetune_epochs": config.structured_epochs, "built": [c.trial for c in built]}
+    info["built"] = [c.trial for c in built]
+    return built, info
+
+
+def errors_text(errors: dict[str, str]) -> str:
+    """Why pruning ratios could not be built, one reason each; a reason shared by every ratio said once."""
+    if not errors:
+        return ""
+    reasons = set(errors.values())
+    if len(reasons) == 1:
+        which = "every ratio" if len(errors) == len(RATIOS) else "ratios " + ", ".join(errors)
+        return f"{which}: {next(iter(reasons))}"
+    return "; ".join(f"ratio {k}: {v}" for k, v in errors.items())
 
 
 def _fid(c: Candidate) -> str:
