@@ -183,3 +183,12 @@ def test_no_prunable_channel_group_is_reported_not_a_traceback(tmp_path):
     assert line.count("structured pruning found") == 1
     assert "Not built: every ratio: structured pruning found no prunable channel group" in \
         (tmp_path / "s" / "report.md").read_text()
+
+
+def test_a_drop_of_exactly_max_drop_meets_it():
+    # Trial 14f: 3 of 300 samples lost read 1.0000000000000009 pt: "outside the target (accuracy drop <= 1 pt)"
+    from deepshrink.search.objective import _drop_points
+
+    assert 100 * (0.91 - 0.90) > 1.0  # the float subtraction the drop was computed by
+    assert _drop_points(0.91, 0.90, 300) == 1.0 and _drop_points(0.86, 0.87, 300) == -1.0
+    assert _drop_points(0.5, 0.495, 600) == 0.5
