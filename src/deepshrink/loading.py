@@ -180,12 +180,26 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     if fmt is not None and fmt.holds in ("keras", "tflite", "openvino"):
         raise UnsupportedError(f"{path}: {suffix} models are a conversion source/target; use `deepshrink convert`")
     if name == "packed":
-        raise UnsupportedError(f"{path} is a packed model; decode it with `deepshrink unpack {path} -o model.onnx`")
+        raise UnsupportedError(f"{path} is a packed model; decode it with `deepshrink unpack {path} -o "
+                               f"{_unpack_target(path)}`")
     if is_factory_source(src):
         return _load_factory(src, weights)
     if not path.exists():
         raise InputError(f"model {src} not found (expected a file, a Hugging Face folder or package.module:factory)")
     raise InputError(f"{path}: unknown model format {suffix!r}; use .onnx, .pt2, a Hugging Face folder or module:factory")
+
+
+def _unpack_target(path: Path) -> str:
+    """What ``unpack`` can write for a ``.dsz`` file: ``model.onnx`` for an ONNX source, else
+    ``model.safetensors`` (a torch model or bare tensors decode to a state dict)."""
+    from .codec.container import peek_source_kind
+
+    try:
+        with open(path, "rb") as fh:
+            kind = peek_source_kind(fh.read(7))
+    except OSError:
+        kind = None
+    return "model.onnx" if kind == "onnx" else "model.safetensors"
 
 
 # Weight slots (op type -> input indices) whose initializers must be finite: a NaN or an infinity there

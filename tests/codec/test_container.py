@@ -132,3 +132,20 @@ def test_bad_inputs_to_encode() -> None:
         container.encode({"w": np.arange(1000, dtype=np.float32)}, force={"w": "dense"})
     with pytest.raises(InputError, match="gap_bits"):
         container.encode({"w": np.zeros(3, np.float32)}, gap_bits=9)
+
+
+@pytest.mark.parametrize(("kind", "target"), [("torch", "model.safetensors"), ("onnx", "model.onnx"),
+                                              ("tensors", "model.safetensors")])
+def test_loading_a_dsz_names_the_unpack_output_its_source_kind_takes(tmp_path, kind: str, target: str) -> None:
+    # Trial 14f: `deepshrink info best.dsz` (a torch model) advised `unpack -o model.onnx`, which then refused.
+    from deepshrink.errors import UnsupportedError
+    from deepshrink.loading import load
+
+    blob, _ = container.encode({"w": np.ones(4, np.float32)}, source_kind=kind,  # type: ignore[arg-type]
+                               source=b"pkg.mod:f" if kind == "torch" else b"")
+    assert container.peek_source_kind(blob[:7]) == kind
+    assert container.peek_source_kind(b"PK\x03\x04abc") is None
+    path = tmp_path / "m.dsz"
+    path.write_bytes(blob)
+    with pytest.raises(UnsupportedError, match=f"unpack {path} -o {target}`$"):
+        load(str(path))

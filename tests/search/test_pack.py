@@ -11,7 +11,7 @@ pytest.importorskip("optuna")
 import deepshrink as ds  # noqa: E402
 from deepshrink.errors import InputError  # noqa: E402
 from deepshrink.search import SearchConfig, parse_budget  # noqa: E402
-from deepshrink.search.pack import SPARSITY, PackLayer, allocate  # noqa: E402
+from deepshrink.search.pack import SPARSITY, PackLayer, allocate, label  # noqa: E402
 
 CNN = "deepshrink.examples:trained_digits_cnn"
 
@@ -36,7 +36,10 @@ def test_size_budget_below_quantization_is_met_by_a_packed_point(pack_run, measu
     dc = rep["deep_compression"]
     assert [lay["name"] for lay in dc["layers"]] == ["stem.0", "block_conv1", "block_conv2", "down.0", "fc"]
     assert dc["built"] == 3 and dc["chosen"] == rep["chosen"]["layers"]
-    assert "## Deep Compression candidates" in (res.out_dir / "report.md").read_text()
+    md = (res.out_dir / "report.md").read_text()
+    assert "## Deep Compression candidates" in md
+    # trial 14f: the line read "2 trials, 5 models built" (the packed candidates counted as built, not as trials)
+    assert f"2 quantization trials and 3 Deep Compression candidates, {rep['search']['built']} models built in all" in md
 
 
 def test_best_dsz_is_the_measured_candidate(pack_run, digits):
@@ -52,6 +55,16 @@ def test_best_dsz_is_the_measured_candidate(pack_run, digits):
         pred = model(torch.from_numpy(digits.x_test[180:])).argmax(1).numpy()
     # the decoded file scores exactly what the search reported for the chosen point on the test half
     assert float(np.mean(pred == digits.y_test[180:])) == pytest.approx(res.report["chosen"]["test"]["accuracy"])
+
+
+def test_choice_labels_read_unambiguously_when_counted():
+    # Trial 14f: "2 pruned 50%, 3-bit, 1 pruned 80%, 8-bit" (counts joined by commas) read as 4 items
+    from deepshrink.search.objective import Candidate
+    from deepshrink.search.runner import _choices_text
+
+    assert label(0.9, 4) == "pruned 90% at 4-bit" and label(0.0, 5) == "5-bit"
+    c = Candidate(0, {"a": label(0.5, 3), "b": label(0.5, 3), "c": label(0.8, 8)}, "k")
+    assert _choices_text(c) == "2 pruned 50% at 3-bit, 1 pruned 80% at 8-bit"
 
 
 def test_allocate_prunes_the_cheap_layers_first():
@@ -110,3 +123,85 @@ def test_structured_on_refuses_unlabelled_data(tmp_path, digits):
     with pytest.raises(InputError, match="--structured on: the data .* has no labels"):
         ds.search(CNN, str(tmp_path / "x.npz"), cfg, tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_structured_on_refuses_no_timing(tmp_path):
+    # Trial 14f: --structured on --repeats 0 silently searched no channel-pruned candidate
+    cfg = SearchConfig(max_drop=1.0, trials=1, repeats=0, structured="on")
+    with pytest.raises(InputError, match="--structured on: .* --repeats 0 times nothing"):
+        ds.search(CNN, "digits:train", cfg, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_single_whole_model_choice_is_printed_without_a_count():
+    # Trial 14f: the channel-pruned point read "1 0.625 of channels removed"
+    from deepshrink.search.objective import choices_text
+
+    assert choices_text({"0.625 of channels removed": 1}) == "0.625 of channels removed"
+    assert choices_text({"int8": 2, "float": 4}) == "4 float, 2 int8"
+
+
+def test_held_out_miss_of_the_chosen_point_is_a_warning():
+    # Trial 14f: a channel-pruned point chosen at -0.33 pt on 300 samples lost 4.00 pt on the other 300,
+    # against --max-drop 1, with no warning anywhere
+    from deepshrink.search.objective import Candidate, Scores
+    from deepshrink.search.runner import _held_out_warning
+
+    c = Candidate(25, {"m": "0.625 of channels removed"}, "k", select=Scores(300, 0.8633, -0.33, 0.81, -0.4),
+                  test=Scores(300, 0.8433, 4.0, 0.82, -0.7))
+    w = _held_out_warning(c, SearchConfig(max_drop=1.0))
+    assert w.startswith("on the 300 held-out samples the search never saw, the chosen model loses 4.00 accuracy "
+                        "points, outside the target (accuracy drop <= 1 pt) it met on the 300 it was chosen on")
+    w = _held_out_warning(c, SearchConfig(target_cos=0.99))
+    assert "keeps cosine 0.8200 mean / -0.7000 worst, outside the target (cosine >= 0.99 mean" in w
+
+
+def test_a_size_budget_below_any_packing_names_the_smallest_one(tmp_path):
+    # Trial 14f: at size=0.01x every proposal was estimated over the budget; the run printed nothing about
+    # Deep Compression and its exit-4 line named a 0.199x quantized point as the closest
+    from deepshrink.search import BudgetNotMetError
+
+    cfg = SearchConfig(max_drop=1.0, budget=parse_budget("size=0.002x"), trials=1, repeats=0, seed=0, pack_trials=1,
+                       pack_epochs=(1, 1))
+    said: list[str] = []
+    with pytest.raises(BudgetNotMetError) as info:
+        ds.search(CNN, "digits:train", cfg, tmp_path / "out", eval_data="digits:test", say=said.append)
+    rep = info.value.result.report
+    dc = rep["deep_compression"]
+    assert dc["built"] == 0 and dc["not_built_over_budget"] == dc["proposals"] == 10
+    budget = 0.002 * rep["reference"]["size_bytes"]
+    # measured: the digits CNN packs to 2,732 B of its 155,058 B ONNX file at 95% / 3 bits one-shot (0.018x)
+    assert budget < dc["floor_bytes"] < 0.05 * rep["reference"]["size_bytes"]
+    assert any(s.startswith("  no Deep Compression candidate fine-tuned: all 10 proposals") for s in said)
+    assert f"is {dc['floor_bytes']:,} B (" in (tmp_path / "out" / "report.md").read_text()
+    assert f"no Deep Compression point packs below {dc['floor_bytes']:,} B" in str(info.value)
+
+
+def test_no_prunable_channel_group_is_reported_not_a_traceback(tmp_path):
+    # Trial 14f: an MLP with LayerNorm (and a GRU classifier) under --budget latency=0.6x: every ratio failed,
+    # then report.md crashed on a KeyError after the whole search; the same reason was printed 5 times
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 10))
+    cfg = SearchConfig(max_drop=100.0, trials=1, repeats=2, final_repeats=3, structured="on", structured_trials=1,
+                       structured_epochs=1)
+    said: list[str] = []
+    res = ds.search(model, "digits:train", cfg, tmp_path / "s", eval_data="digits:test", say=said.append)
+    sp = res.report["structured_pruning"]
+    assert sp["built"] == [] and sp["one_shot_timing"] == {} and len(sp["errors"]) == 5
+    [line] = [s for s in said if s.startswith("no channel-pruned candidate: ")]
+    assert line.startswith("no channel-pruned candidate: every ratio: structured pruning found no prunable channel")
+    assert line.count("structured pruning found") == 1
+    assert "Not built: every ratio: structured pruning found no prunable channel group" in \
+        (tmp_path / "s" / "report.md").read_text()
+
+
+def test_a_drop_of_exactly_max_drop_meets_it():
+    # Trial 14f: 3 of 300 samples lost read 1.0000000000000009 pt: "outside the target (accuracy drop <= 1 pt)"
+    from deepshrink.search.objective import _drop_points
+
+    assert 100 * (0.91 - 0.90) > 1.0  # the float subtraction the drop was computed by
+    assert _drop_points(0.91, 0.90, 300) == 1.0 and _drop_points(0.86, 0.87, 300) == -1.0
+    assert _drop_points(0.5, 0.495, 600) == 0.5

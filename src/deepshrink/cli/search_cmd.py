@@ -95,6 +95,7 @@ def search_cmd(
                                 structured_trials=structured_trials, structured_epochs=structured_epochs)
     say = (lambda *a, **k: None) if json_out else (lambda msg: console.print(msg, highlight=False, markup=False))
     from ..search import BudgetNotMetError
+    from ..search.objective import choices_text
 
     try:
         res = search(src, data, config, output, eval_data=eval_data, force=force, weights=weights,
@@ -113,7 +114,7 @@ def search_cmd(
     test = c.get("test") or c["select"]
     fid = (f"accuracy drop {test['drop_points']:.2f} pt" if test.get("drop_points") is not None
            else f"cosine {test['cos_mean']:.4f} mean / {test['cos_min']:.4f} worst")
-    console.print(f"chosen: trial {c['trial']} ({', '.join(f'{n} {k}' for k, n in sorted(c['choices'].items()))}): "
+    console.print(f"chosen: trial {c['trial']} ({choices_text(c['choices'])}): "
                   f"{c['size_ratio']:.3f}x the size{lat}; {fid} on held-out samples", highlight=False, markup=False)
     for w in res.report["verdict"]["warnings"]:
         console.print(f"warning: {w}", style="yellow", highlight=False, markup=False)

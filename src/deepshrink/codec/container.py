@@ -334,6 +334,16 @@ def encode(tensors: Mapping[str, np.ndarray], *, source_kind: SourceKind = "tens
 
 
 # -- decoding ---------------------------------------------------------------------------
+def peek_source_kind(head: bytes) -> str | None:
+    """The source kind (``"tensors"``, ``"torch"``, ``"onnx"``) a ``.dsz`` file's first 7 bytes
+    name, or ``None`` when they are not a ``.dsz`` header. Reads the header only: no checksum is
+    verified (for messages; :func:`decode` checks the whole file)."""
+    if len(head) < len(MAGIC) + 3 or head[:len(MAGIC)] != MAGIC:
+        return None
+    kinds = {v: k for k, v in _KINDS.items()}
+    return kinds.get(head[len(MAGIC) + 2])
+
+
 def _table(r: _Reader, alphabet: int, what: str) -> np.ndarray:
     lens = huffman.table_from_bytes(r.take((alphabet + 1) // 2, f"{what} Huffman table"), alphabet)
     huffman.check_lengths(lens, what=f"{r.what}: {what}")

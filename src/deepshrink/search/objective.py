@@ -122,7 +122,7 @@ class Evaluator:
     def scores(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, ref_acc: float | None) -> Scores:
         d = compare_outputs(ref, out)
         acc = _accuracy(out, labels)
-        drop = None if acc is None or ref_acc is None else 100.0 * (ref_acc - acc)
+        drop = None if acc is None or ref_acc is None else _drop_points(ref_acc, acc, len(out))
         return Scores(len(out), acc, drop, float(d.cos_mean), float(d.cos_min))
 
     def time_against_reference(self, models: dict[str, bytes], repeats: int) -> dict[str, Any]:
@@ -214,6 +214,20 @@ class Evaluator:
         if self.config.max_drop is not None:
             return s.drop if s.drop is not None else float("inf")
         return 1.0 - s.cos_mean
+
+
+def _drop_points(ref_acc: float, acc: float, n: int) -> float:
+    """Accuracy points lost, ``100 * (ref_acc - acc)``, computed from the sample counts so that a drop
+    of exactly ``--max-drop`` compares equal to it (``100 * (0.91 - 0.90)`` is 1.0000000000000009)."""
+    return 100.0 * (round(ref_acc * n) - round(acc * n)) / n if n else 0.0
+
+
+def choices_text(counts: dict[str, int]) -> str:
+    """A candidate's choices as reports and the CLI print them: ``"4 float, 2 int8"`` (count, choice;
+    sorted by choice). A single whole-model choice is printed alone: ``"0.5 of channels removed"``."""
+    if len(counts) == 1 and next(iter(counts.values())) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
 
 
 def _accuracy(out: np.ndarray | None, labels: np.ndarray | None) -> float | None:

@@ -75,8 +75,9 @@ class PackLayer:
 
 
 def label(sparsity: float, bits: int) -> str:
-    """The per-layer choice as a report shows it: ``"pruned 90%, 4-bit"``."""
-    return f"pruned {round(100 * sparsity)}%, {bits}-bit" if sparsity else f"{bits}-bit"
+    """The per-layer choice as a report shows it: ``"pruned 90% at 4-bit"`` (no comma: the reports
+    list the choices comma-separated with a count each, ``"2 pruned 50% at 3-bit, 1 4-bit"``)."""
+    return f"pruned {round(100 * sparsity)}% at {bits}-bit" if sparsity else f"{bits}-bit"
 
 
 def wanted(config: SearchConfig, source: Any, data: Dataset, say: Any) -> bool:
@@ -423,12 +424,21 @@ def search_pack(ev: Evaluator, source: Any, factory: str | None, inputs: dict[st
     finally:
         if bar_ctx is not None:
             bar_ctx.stop()
+    floor = None
+    if not built and skipped and budget_bytes is not None:
+        # every proposal was over the budget: say how small this model packs at all (every layer at the
+        # highest sparsity and the fewest bits), so the user sees how far the budget is out of reach
+        floor = pe.estimate({lay.name: (pe.sparsity[-1], pe.bits[0]) for lay in pe.layers})
+        say(f"  no Deep Compression candidate fine-tuned: all {skipped} proposals were estimated over the budget "
+            f"({budget_bytes:,.0f} B); the smallest packing of this model (every layer pruned "
+            f"{round(100 * pe.sparsity[-1])}% at {pe.bits[0]}-bit, one-shot) is {floor:,} B, {floor / ev.ref_size:.4f}x "
+            "the original")
     info = {"layers": [{"name": lay.name, "kind": lay.kind, "weights": lay.numel,
                         "sensitivity": {f"{s:g}": v for s, v in sens[lay.name].items()}} for lay in pe.layers],
             "schedule": ({"one_shot": True} if pe.one_shot else
                          {**SCHEDULE, "prune_epochs": config.pack_epochs[0], "finetune_epochs": config.pack_epochs[1],
                           "fold_bn": pe.fold_bn}),
-            "proposals": proposals, "built": len(built), "not_built_over_budget": skipped,
+            "proposals": proposals, "built": len(built), "not_built_over_budget": skipped, "floor_bytes": floor,
             "warm_starts": [w for w, _a in starts[:n_warm]]}
     return built, info
 

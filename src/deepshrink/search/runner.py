@@ -47,7 +47,7 @@ from ..core.data import Dataset
 from ..core.fileio import write_text_atomic
 from ..errors import BudgetError, InputError
 from .config import SearchConfig
-from .objective import Candidate, Evaluator
+from .objective import Candidate, Evaluator, choices_text
 from .pareto import front
 from .space import Space, build_space
 
@@ -443,8 +443,26 @@ def _not_met_message(closest: Candidate | None, ev: Evaluator, config: SearchCon
             f"{_choices_text(closest)}); {far}. Reports are in the output folder; no best model was written")
 
 
+def _held_out_warning(chosen: Candidate, config: SearchConfig) -> str:
+    """The chosen point misses the target on the samples the search never saw (it chose on the others)."""
+    t, s = chosen.test, chosen.select
+    assert t is not None and s is not None
+    fid = (f"loses {t.drop:.2f} accuracy points" if config.max_drop is not None and t.drop is not None
+           else f"keeps cosine {t.cos_mean:.4f} mean / {t.cos_min:.4f} worst")
+    return (f"on the {t.samples} held-out samples the search never saw, the chosen model {fid}, outside the "
+            f"target ({_target_text(config)}) it met on the {s.samples} it was chosen on: the choice may not "
+            "generalise; give more held-out data (--eval-data) or a tighter target")
+
+
+def _other_families(r: dict[str, Any]) -> str:
+    """``" and 6 Deep Compression candidates"``: the candidates built besides the quantization trials."""
+    names = {"pack": "Deep Compression", "structured": "channel-pruned"}
+    n = {f: sum(1 for c in r.get("candidates", []) if c.get("family") == f) for f in names}
+    return "".join(f" and {k} {names[f]} candidate{'s' * (k != 1)}" for f, k in n.items() if k)
+
+
 def _choices_text(c: Candidate) -> str:
-    return ", ".join(f"{n} {k}" for k, n in sorted(c.counts().items()))
+    return choices_text(c.counts())
 
 
 def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weights: Any, input_shapes: Any,
@@ -496,9 +514,16 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
             warnings.append(f"the chosen model is slower than the original on this machine ({t['latency_ratio']:.2f}x "
                             f"±{t['latency_spread']:.2f}, batch 1, {config.threads} threads): no quantized candidate "
                             "that meets the target ran faster; keep the original if speed matters")
+    if chosen is not None and chosen.test is not None and ev.shortfall(chosen.test) > 0:
+        warnings.append(_held_out_warning(chosen, config))
     verdict = {"met": chosen is not None, "warnings": warnings, "target": _target_text(config),
                "budget": config.budget.describe() if config.budget else None, "budget_ratio": budget,
                "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget)}
+    if chosen is None and (pack_info or {}).get("floor_bytes"):
+        floor = pack_info["floor_bytes"]  # type: ignore[index]
+        verdict["message"] = verdict["message"].replace(
+            ". Reports are in", f"; no Deep Compression point packs below {floor:,} B ({floor / ev.ref_size:.4f}x, "
+            "every layer at the highest sparsity and the fewest bits, one-shot). Reports are in")
     report = _report(source, config, space, ev, cands, trials, sens, pareto, chosen, closest, plain, final,
                      reproduced, verdict, seconds, runner)
     if pack_info is not None:
@@ -608,8 +633,8 @@ def _markdown(r: dict[str, Any]) -> str:
     lines += [f"Calibration: {d['calibration_samples']} samples of {d['calibration']}; chosen on "
               f"{d['select_samples']} held-out samples ({d['select']})"
               + (f", reported on {d['test_samples']} more ({d['test']}) the search never saw." if d["test"] else "."),
-              f"int8 here is {r['int8']}. {r['search']['trials']} trials, {r['search']['built']} models built, "
-              f"{r['search']['seconds']} s.", ""]
+              f"int8 here is {r['int8']}. {r['search']['trials']} quantization trials{_other_families(r)}, "
+              f"{r['search']['built']} models built in all, {r['search']['seconds']} s.", ""]
     if r.get("int8_forms"):  # how int8 layers are built: measured before the per-layer search (.forms)
         lines += ["| int8 form (all layers int8) | select | latency vs original | size | |", "|---|---|---|---|---|"]
         for f in r["int8_forms"]:
@@ -632,7 +657,7 @@ def _markdown(r: dict[str, Any]) -> str:
             return
         t = c.get("final_timing") or {"latency_ratio": c.get("latency_ratio"), "latency_spread": c.get("latency_spread")}
         lat = "-" if t.get("latency_ratio") is None else f"{t['latency_ratio']:.2f}x ±{t['latency_spread']:.2f}"
-        ch = ", ".join(f"{n} {k}" for k, n in sorted(c["choices"].items()))
+        ch = choices_text(c["choices"])
         lines.append(f"| {name} | {c['trial']} | {ch} | {c['size_bytes']:,} B ({c['size_ratio']:.3f}x) | {lat} | "
                      f"{fid(c['select'])} | {fid(c['test'])} |")
 
@@ -661,7 +686,10 @@ def _markdown(r: dict[str, Any]) -> str:
                       "one-shot (an ONNX model: pruned and weight-shared without training)." if sch.get("one_shot") else
                       f"each fine-tuned {sch['prune_epochs']} pruning + {sch['finetune_epochs']} centroid epochs, "
                       f"distilled from the original (alpha {sch['kd_alpha']:g})"
-                      + (", BatchNorm folded" if sch["fold_bn"] else "") + "."), "",
+                      + (", BatchNorm folded" if sch["fold_bn"] else "") + ".")
+                  + (f" The smallest packing of this model (every layer at the highest sparsity and the fewest "
+                     f"bits, one-shot) is {dc['floor_bytes']:,} B ({dc['floor_bytes'] / r['reference']['size_bytes']:.4f}x "
+                     "the original)." if dc.get("floor_bytes") else ""), "",
                   "Sensitivity: 1 - mean cosine with only that layer pruned by magnitude, no fine-tuning.", "",
                   "| layer | kind | weights | chosen | " + " | ".join(f"{100 * x:g}%" for x in sp if x) + " |",
                   "|---|---|---|---|" + "---|" * sum(1 for x in sp if x)]
@@ -677,6 +705,10 @@ def _markdown(r: dict[str, Any]) -> str:
                   f"epochs at lr {sp['lr']:g}.", "", "| channels removed | one-shot latency vs original |", "|---|---|"]
         for k, t in sp["one_shot_timing"].items():
             lines.append(f"| {k} | {t['latency_ratio']:.2f}x ±{t['latency_spread']:.2f} |")
+        if sp.get("errors"):
+            from .slim import errors_text
+
+            lines += ["", f"Not built: {errors_text(sp['errors'])}."]
     if r.get("reproduced"):
         rp = r["reproduced"]
         best = "best.dsz" if (r.get("chosen") or {}).get("family") == "pack" else "best.onnx"

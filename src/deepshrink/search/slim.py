@@ -40,7 +40,8 @@ def wanted(config: SearchConfig, source: Any, data: Any, say: Any) -> bool:
     """Whether this search tries channel-pruned candidates (``config.structured``).
 
     ``"auto"``: with a latency budget, a PyTorch model and labelled data. ``"on"``: always, and a
-    model or data that cannot have them is refused (:class:`InputError`) before any work.
+    model or data that cannot have them, or ``repeats=0`` (no timing), is refused (:class:`InputError`)
+    before any work.
     """
     if config.structured == "off":
         return False
@@ -51,6 +52,9 @@ def wanted(config: SearchConfig, source: Any, data: Any, say: Any) -> bool:
         why = f"the data {data.source} has no labels to fine-tune on"
     if config.structured == "on" and why is not None:
         raise InputError(f"--structured on: {why}; use --structured off (quantization choices only)")
+    if config.structured == "on" and config.repeats == 0:
+        raise InputError("--structured on: channel-pruned candidates are chosen by their measured latency, and "
+                         "--repeats 0 times nothing; give --repeats 1 or more, or --structured off")
     if config.structured == "auto" and (config.budget is None or config.budget.resource != "latency"):
         return False
     if why is not None:
@@ -110,9 +114,11 @@ def search_slim(ev: Evaluator, source: Any, build: dict[str, Any], config: Searc
         timing = {k: {"latency_ratio": s.ratio, "latency_spread": s.ratio_spread} for k, s in stats.items()
                   if k != "reference"}
     timed = [r for r in RATIOS if f"{r:g}" in timing]
+    info: dict[str, Any] = {"ratios": list(RATIOS), "one_shot_timing": timing, "errors": errors, "lr": LR,
+                            "finetune_epochs": config.structured_epochs, "built": []}
     if not timed:
-        say("no pruning ratio could be built: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
-        return [], {"timing": timing, "errors": errors, "built": []}
+        say("no channel-pruned candidate: " + errors_text(errors))
+        return [], info
     if budget_ratio is None:
         order = [r for r in (0.25, 0.5) if r in timed]
     else:
@@ -128,8 +134,19 @@ def search_slim(ev: Evaluator, source: Any, build: dict[str, Any], config: Searc
         c = built[-1]
         say(f"  channel-pruned trial {c.trial} ({r:g} of channels removed): "
             + (c.error or f"{_fid(c)}, {c.size_ratio:.3f}x size, {c.latency_ratio or 0:.2f}x latency"))
-    return built, {"ratios": list(RATIOS), "one_shot_timing": timing, "errors": errors, "lr": LR,
-                   "finetune_epochs": config.structured_epochs, "built": [c.trial for c in built]}
+    info["built"] = [c.trial for c in built]
+    return built, info
+
+
+def errors_text(errors: dict[str, str]) -> str:
+    """Why pruning ratios could not be built, one reason each; a reason shared by every ratio said once."""
+    if not errors:
+        return ""
+    reasons = set(errors.values())
+    if len(reasons) == 1:
+        which = "every ratio" if len(errors) == len(RATIOS) else "ratios " + ", ".join(errors)
+        return f"{which}: {next(iter(reasons))}"
+    return "; ".join(f"ratio {k}: {v}" for k, v in errors.items())
 
 
 def _fid(c: Candidate) -> str:
