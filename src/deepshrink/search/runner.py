@@ -19,9 +19,9 @@ Flow (issue 14):
    budget (``structured``), channel-pruned candidates (:mod:`.slim`): the pruning ratios timed
    one-shot, the ones around the budget fine-tuned. They join the same Pareto set and choice.
 4. The Pareto set over (loss, size, latency) (:mod:`.pareto`); the chosen point: among the
-   candidates that meet the fidelity target and the budget, the fastest — the most faithful of
-   them with a size budget (held-out loss, then mean cosine), the smallest without one — or the
-   smallest (latency budget). Finalists are re-timed together with the reference, in the
+   candidates that meet the fidelity target and the budget, with a latency budget the most
+   faithful (held-out loss — a gain counts as none — then mean cosine); otherwise the fastest,
+   and of those the most faithful with a size budget, the smallest without one. Finalists are re-timed together with the reference, in the
    driver, after any Ray workers are gone.
 5. ``best.yaml`` is replayed through ``deepshrink compress`` to write ``best.onnx`` (``best.dsz`` for a
    Deep Compression point) — so the recipe reproduces the file byte for byte by construction — then ``pareto.json``,
@@ -387,9 +387,9 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
 
     if feasible:
         if (config.budget is not None and config.budget.resource == "latency") or not config.repeats:
-            if size_budget:  # untimed: within the budget, the size has done its part
+            if config.budget is not None:  # within the budget the budgeted cost has done its part
                 return min(feasible, key=faithful), None, ("the most faithful candidate (held-out loss, then mean "
-                                                           "cosine) within the size budget")
+                                                           f"cosine) within the {config.budget.resource} budget")
             best = min(feasible, key=lambda c: (c.size_bytes, ev.loss(c.select), c.trial))
             return best, None, "the smallest candidate that meets the fidelity target" + (
                 " and the budget" if config.budget is not None else "")
@@ -415,9 +415,10 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
 
 
 def _faithful(c: Candidate, ev: Evaluator) -> tuple[float, float, int, int]:
-    """Rank by fidelity: held-out loss, then mean cosine — which breaks the ties of an accuracy drop counted
-    in whole samples of a small held-out half — then size."""
-    return ev.loss(c.select), 1.0 - (c.select.cos_mean if c.select else 0.0), c.size_bytes, c.trial
+    """Rank by fidelity: held-out loss — an accuracy *gain* counts as no loss: on a small held-out half it is
+    noise, not fidelity — then mean cosine, which breaks the ties of an accuracy counted in whole samples,
+    then size."""
+    return max(ev.loss(c.select), 0.0), 1.0 - (c.select.cos_mean if c.select else 0.0), c.size_bytes, c.trial
 
 
 def _target_text(config: SearchConfig) -> str:
