@@ -20,7 +20,9 @@ from prune_helpers import exact
 
 # Thresholds on figures that depend on the trained models, derived by benchmarks/seed_spread.py (8 seeds, see
 # tests/README.md): upper bound max(mean + 3 std, worst + margin), lower bound min(mean - 3 std, worst - margin).
-DROP_CNN_HALF_CHANNELS = 0.0217  # half the channels, 6 fine-tune epochs, 8 seeds: 0.0000-0.0139 (mean 0.0059)
+# half the channels, 6 fine-tune epochs, 8 seeds: Intel Xeon 0.0000-0.0139 (mean 0.0059); AMD EPYC 0.0000-0.0250
+# (mean 0.0080, std 0.0081): mean + 3 std on the wider of the two
+DROP_CNN_HALF_CHANNELS = 0.0322
 
 
 @pytest.fixture(scope="module")
