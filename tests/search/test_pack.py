@@ -89,10 +89,11 @@ def test_an_onnx_model_gets_one_shot_deep_compression(tmp_path, cnn_onnx):
     assert rep["chosen"]["test"]["drop_points"] <= 2.0
 
 
-def test_pack_on_refuses_a_torch_model_without_labels(tmp_path, digits):
+@pytest.mark.parametrize(("family", "repeats"), [("pack", 0), ("structured", 2)])
+def test_on_refuses_a_torch_model_without_labels(tmp_path, digits, family, repeats):
     np.savez(tmp_path / "x.npz", x=digits.x_train[:128])
-    cfg = SearchConfig(target_cos=0.99, trials=1, repeats=0, pack="on")
-    with pytest.raises(InputError, match="--pack on: the data .* has no labels"):
+    cfg = SearchConfig(target_cos=0.99, trials=1, repeats=repeats, **{family: "on"})
+    with pytest.raises(InputError, match=f"--{family} on: the data .* has no labels"):
         ds.search(CNN, str(tmp_path / "x.npz"), cfg, tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
@@ -117,12 +118,6 @@ def test_channel_pruned_candidate_is_what_its_recipe_builds(tmp_path):
     assert "## Channel-pruned candidates" in (res.out_dir / "report.md").read_text()
 
 
-def test_structured_on_refuses_unlabelled_data(tmp_path, digits):
-    np.savez(tmp_path / "x.npz", x=digits.x_train[:128])
-    cfg = SearchConfig(target_cos=0.99, trials=1, repeats=0, structured="on")
-    with pytest.raises(InputError, match="--structured on: the data .* has no labels"):
-        ds.search(CNN, str(tmp_path / "x.npz"), cfg, tmp_path / "o")
-    assert not (tmp_path / "o").exists()
 
 
 def test_structured_on_refuses_no_timing(tmp_path):
