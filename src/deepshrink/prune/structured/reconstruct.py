@@ -191,7 +191,8 @@ def reconstruct(model: nn.Module, targets: Targets, batches: list[tuple[torch.Te
     for name in order:
         lin = mods[name]
         owner = mods.get(name.removesuffix(".out_proj"))
-        seq_first = isinstance(owner, HeadPrunedAttention) and name.endswith(".out_proj") and not owner.batch_first
+        # HeadPrunedAttention calls out_proj on (L, N, H·d) whatever its batch_first
+        seq_first = isinstance(owner, HeadPrunedAttention) and name.endswith(".out_proj")
         k = lin.in_features
         nb = 1 if lin.bias is not None else 0  # a column of ones fits the bias
         a = torch.zeros(k + nb, k + nb, dtype=torch.float64)
