@@ -119,8 +119,9 @@ def prune_cmd(
     ds = load_data(data, handle) if data is not None else None
     held: Any = load_data(eval_data, handle) if eval_data is not None else ds
     trains = finetune_epochs > 0 or method == "gradual" or importance == "taylor"
-    if ds is not None and eval_data is None and trains:  # never measure on the samples it trained on
-        ds, held, _spared = gate.split_holdout(ds, len(ds))
+    if ds is not None and eval_data is None and (trains or reconstruct):  # never measure on the samples it fitted
+        used = len(ds) if trains else min(len(ds), getattr(config, "reconstruct_samples", len(ds)))
+        ds, held, _spared = gate.split_holdout(ds, used)
     pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
     table, verdict = gate.write_checked(  # nothing lands unless the gate passes
         handle, pruned, output, held=held, policy=policy,
