@@ -28,6 +28,7 @@ NM_FT = (NMPruneConfig, {"finetune_epochs": 1})
 ST = (StructuredPruneConfig, {"ratio": 0.5})
 ST_G = (StructuredPruneConfig, {"ratio": 0.5, "scope": "global"})
 ST_FT = (StructuredPruneConfig, {"ratio": 0.5, "finetune_epochs": 1})
+ST_R = (StructuredPruneConfig, {"ratio": 0.5, "reconstruct": True})
 
 # (base, field, value): each field of each config at least once
 ROWS = [
@@ -43,6 +44,8 @@ ROWS = [
     (ST, "heads_ratio", 0.5), (ST, "ffn_ratio", 0.25),  # a CNN has neither: refused
     (ST, "round_to", 3), (ST, "min_keep", 0.6),
     (ST_G, "min_keep", 0.6), (ST, "finetune_epochs", 1), (ST, "lr", 1e-2), (ST_FT, "lr", 1e-2),
+    (ST, "reconstruct", True), (ST_R, "reconstruct_ridge", 1.0), (ST_R, "reconstruct_samples", 64),
+    (ST, "reconstruct_ridge", 1.0),  # without reconstruct: refused
 ]
 
 

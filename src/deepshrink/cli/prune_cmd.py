@@ -48,6 +48,8 @@ METHOD_OPTIONS = {
     "--heads-ratio": ("structured",),
     "--ffn-ratio": ("structured",),
     "--nm": ("nm",),
+    "--reconstruct": ("structured",),
+    "--reconstruct-ridge": ("structured",),
 }
 
 
@@ -76,6 +78,8 @@ def prune_cmd(
     heads_ratio: Annotated[float, typer.Option("--heads-ratio", help="structured: fraction of attention heads removed")] = 0.0,
     ffn_ratio: Annotated[float | None, typer.Option("--ffn-ratio", help="structured: fraction of FFN neurons removed (default: --sparsity)")] = None,
     nm: Annotated[str, typer.Option("--nm", help="nm: N:M pattern")] = "2:4",
+    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="structured: re-fit each pruned layer's consumer by least squares to the unpruned outputs on --data (Kwon et al. 2022)")] = False,
+    reconstruct_ridge: Annotated[float | None, typer.Option("--reconstruct-ridge", help="structured --reconstruct: pull towards the pruned weights, > 0 (default 0.01)")] = None,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="fine-tune epochs on --data (gradual: total epochs, default 30)")] = 0,
     lr: Annotated[float | None, typer.Option("--lr", help="fine-tune learning rate (default 1e-3; gradual 2e-3)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="fine-tune batch size")] = 64,
@@ -91,8 +95,13 @@ def prune_cmd(
     from ..evaluate import gate
     from ..prune import prune_with_report
 
+    given = options_given(ctx, METHOD_OPTIONS)
+    if method == "structured" and reconstruct_ridge is not None and not reconstruct:
+        raise InputError("--reconstruct-ridge applies only with --reconstruct")
+    if method == "structured" and reconstruct and data is None:
+        raise InputError("--reconstruct needs --data: the unlabelled samples the pruned layers are re-fitted on")
     config = _config(method, sparsity, threshold, scope, importance, protect or [], finetune_epochs, lr, nm,
-                     heads_ratio, ffn_ratio, given=options_given(ctx, METHOD_OPTIONS))
+                     heads_ratio, ffn_ratio, reconstruct, reconstruct_ridge, given=given)
     # pruning is lossy by design: random inputs cannot tell a usable result from a broken one
     policy = dataclasses.replace(gate_policy(gate_min_cos, gate_max_drop, allow_degraded), judge_random=False)
     from ..core import formats
@@ -110,8 +119,9 @@ def prune_cmd(
     ds = load_data(data, handle) if data is not None else None
     held: Any = load_data(eval_data, handle) if eval_data is not None else ds
     trains = finetune_epochs > 0 or method == "gradual" or importance == "taylor"
-    if ds is not None and eval_data is None and trains:  # never measure on the samples it trained on
-        ds, held, _spared = gate.split_holdout(ds, len(ds))
+    if ds is not None and eval_data is None and (trains or reconstruct):  # never measure on the samples it fitted
+        used = len(ds) if trains else min(len(ds), getattr(config, "reconstruct_samples", len(ds)))
+        ds, held, _spared = gate.split_holdout(ds, used)
     pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
     table, verdict = gate.write_checked(  # nothing lands unless the gate passes
         handle, pruned, output, held=held, policy=policy,
@@ -130,6 +140,11 @@ def prune_cmd(
         console.print(f"  {g['kind']} group {g['name']}: {g['size']} → {g['kept']}", highlight=False)
     if len(report.groups) > 12:
         console.print(f"  ... {len(report.groups) - 12} more groups")
+    if report.reconstructed:
+        fits = report.reconstructed
+        mean = sum(f["before"] for f in fits) / len(fits), sum(f["after"] for f in fits) / len(fits)
+        console.print(f"reconstructed {len(fits)} layers on {fits[0]['tokens']:,} tokens: output error vs the "
+                      f"unpruned layers {mean[0]:.4f} → {mean[1]:.4f} (mean relative squared error)", highlight=False)
     for w in report.warnings:
         console.print("warning: " + w, style="yellow", markup=False)
     if table is not None:

@@ -53,7 +53,9 @@ __all__ = ["GradualPruneConfig", "MagnitudePruneConfig", "NMPruneConfig", "Prune
 @dataclass
 class PruneReport:
     """What a prune did: parameters and zero-weight fraction before/after, the groups
-    removed (structured), warnings about what was left alone, the sparsity schedule."""
+    removed (structured), warnings about what was left alone, the sparsity schedule; ``reconstructed``
+    (structured with ``reconstruct``): per re-fitted layer its calibration tokens and the relative squared
+    error of its output against the unpruned layer's, before and after the fit."""
 
     method: str
     params_before: int
@@ -64,6 +66,7 @@ class PruneReport:
     warnings: list[str] = field(default_factory=list)
     finetune_epochs: int = 0
     schedule: list[tuple[int, float]] = field(default_factory=list)
+    reconstructed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -275,6 +278,7 @@ def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_
 def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, example_inputs: Any,
                 batch_size: int, seed: int, progress: bool, **_: Any) -> tuple[nn.Module, PruneReport]:
     from .structured import structured_prune
+    from .structured.reconstruct import mask_index as reconstruct_mask_index
 
     before, sp0 = count_params(module), sparsity_of(module)
     if _is_exported_graph(module):
@@ -293,10 +297,17 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     if config.importance == "activation" and data is not None:
         xs = first_inputs(data, 256) or ()
         act_batches = [tuple(x[i:i + batch_size] for x in xs) for i in range(0, len(xs[0]), batch_size)] if xs else None
+    recon_batches = recon_mask = None
+    if config.reconstruct and data is not None:
+        xs = first_inputs(data, config.reconstruct_samples) or ()
+        recon_batches = [tuple(x[i:i + batch_size] for x in xs) for i in range(0, len(xs[0]), batch_size)] if xs else None
+        names = list(data.inputs) if isinstance(getattr(data, "inputs", None), dict) else None
+        recon_mask = reconstruct_mask_index(module, len(xs), names) if xs else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         graph = structured_prune(module, config, example_inputs, protected=protected,
-                                 taylor_batches=taylor_batches, loss_fn=_ce_loss, act_batches=act_batches)
+                                 taylor_batches=taylor_batches, loss_fn=_ce_loss, act_batches=act_batches,
+                                 recon_batches=recon_batches, recon_mask=recon_mask)
     msgs = _unique(str(w.message) for w in caught)
     pruned = [g for g in graph.groups if g.keep is not None]
     if not pruned:
@@ -308,7 +319,7 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     groups = [{"name": g.name, "kind": g.kind, "size": g.size, "kept": int(len(g.keep)),
                "members": sorted({m.module for m in g.members})} for g in pruned]  # type: ignore[arg-type]
     return module, _report("structured", before, sp0, module, groups=groups, warnings=msgs,
-                           finetune_epochs=config.finetune_epochs)
+                           finetune_epochs=config.finetune_epochs, reconstructed=[f.to_dict() for f in graph.fits])
 
 
 def _unique(msgs: Any) -> list[str]:

@@ -127,6 +127,12 @@ class StructuredPruneConfig(Config):
     importances across groups (each group keeps at least ``min_keep`` of its channels).
     ``protect``: fnmatch patterns of module names left entirely alone (the model's output
     layer always keeps its outputs).
+    ``reconstruct``: after removing, re-fit every pruned layer's consumer (FFN output dense, attention
+    output projection, a following Linear) by ridge least squares so it reproduces the unpruned layer's
+    output on example data, layer by layer (Kwon et al., NeurIPS 2022; see
+    :mod:`deepshrink.prune.structured.reconstruct`); needs unlabelled example data. ``reconstruct_ridge``
+    (> 0): the pull towards the pruned weights, relative to the mean input energy; ``reconstruct_samples``:
+    how many example samples it fits on.
     """
 
     contract = _prune_contract
@@ -141,12 +147,17 @@ class StructuredPruneConfig(Config):
     min_keep: float = Field(default=0.1, gt=0.0, le=1.0)
     finetune_epochs: int = Field(default=0, ge=0)
     lr: float = Field(default=DEFAULT_LR, gt=0)
+    reconstruct: bool = False
+    reconstruct_ridge: float = Field(default=1e-2, gt=0.0)
+    reconstruct_samples: int = Field(default=1024, ge=1)
 
     @model_validator(mode="after")
     def _applies(self) -> StructuredPruneConfig:
         if self.min_keep != 0.1 and self.scope == "uniform":
             raise ValueError(f"min_keep {self.min_keep:g} applies only to scope='global' (uniform removes the same "
                              "fraction from every group)")
+        if not self.reconstruct and (self.reconstruct_ridge != 1e-2 or self.reconstruct_samples != 1024):
+            raise ValueError("reconstruct_ridge / reconstruct_samples apply only with reconstruct=True")
         _refuse_unused_lr(self)
         return self
 
@@ -182,7 +193,8 @@ def config_for_method(method: str, params: dict[str, Any] | None = None) -> Conf
 def config_from_options(method: str, sparsity: float | None = None, threshold: float | None = None,
                         scope: str | None = None, importance: str = "l2", protect: Sequence[str] = (),
                         finetune_epochs: int = 0, lr: float | None = None, nm: str = "2:4", heads_ratio: float = 0.0,
-                        ffn_ratio: float | None = None) -> Config:
+                        ffn_ratio: float | None = None, reconstruct: bool = False,
+                        reconstruct_ridge: float | None = None) -> Config:
     """The config of a pruning method from the command line's flat options (``sparsity`` is each
     method's target; ``scope`` None: the method's default). Raises :class:`InputError` (one line)
     for an unknown method, a missing target or a bad value."""
@@ -210,4 +222,7 @@ def config_from_options(method: str, sparsity: float | None = None, threshold: f
         raise InputError("--method structured needs --sparsity S (fraction of channels removed, 0 <= S < 1)")
     return StructuredPruneConfig.from_dict({**common, "ratio": sparsity, "importance": importance,
                                             "scope": scope or "uniform", "heads_ratio": heads_ratio,
-                                            "ffn_ratio": ffn_ratio, "finetune_epochs": finetune_epochs})
+                                            "ffn_ratio": ffn_ratio, "finetune_epochs": finetune_epochs,
+                                            "reconstruct": reconstruct,
+                                            **({"reconstruct_ridge": reconstruct_ridge}
+                                               if reconstruct_ridge is not None else {})})

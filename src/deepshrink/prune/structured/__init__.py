@@ -18,7 +18,7 @@ from torch import nn
 
 from ...errors import InputError
 from ..config import StructuredPruneConfig
-from . import attention
+from . import attention, reconstruct
 from .apply import apply_plan, mask_plan, plan_global, plan_uniform
 from .attention import HeadPrunedAttention
 from .graph import DependencyGraph, Group, Member, build_graph
@@ -86,12 +86,40 @@ def _check_applies(graph: DependencyGraph, config: StructuredPruneConfig) -> Non
 
 
 def structured_prune(model: nn.Module, config: StructuredPruneConfig,
-                     example_inputs: tuple[torch.Tensor, ...] | None, **kw: Any) -> DependencyGraph:
-    """Plan and apply in place; returns the graph (with ``keep`` set on pruned groups)."""
+                     example_inputs: tuple[torch.Tensor, ...] | None, *,
+                     recon_batches: list[tuple[torch.Tensor, ...]] | None = None, recon_mask: int | None = None,
+                     **kw: Any) -> DependencyGraph:
+    """Plan and apply in place; returns the graph (with ``keep`` set on pruned groups).
+
+    With ``config.reconstruct``, the pruned layers' consumers are then re-fitted on ``recon_batches``
+    (tuples of the model's positional inputs; default ``act_batches``, else ``example_inputs``;
+    ``recon_mask``: the index of an attention mask among them, default found by the forward signature)
+    and ``graph.fits`` lists each re-fitted layer's output error before/after
+    (:func:`.reconstruct.reconstruct`). Raises :class:`InputError` when reconstruction has no data."""
     graph = plan_structured(model, config, example_inputs, **kw)
     for w in graph.warnings:
         warnings.warn(w, stacklevel=2)
+    targets = None
+    if config.reconstruct:
+        batches = recon_batches or kw.get("act_batches") or ([example_inputs] if example_inputs is not None else None)
+        if not batches:
+            raise InputError("reconstruct needs example data (--data) to fit the pruned layers on")
+        if recon_mask is None:
+            recon_mask = reconstruct.mask_index(model, len(batches[0]))
+        fit = reconstruct.consumers(model, graph)
+        skipped = reconstruct.left_alone(model, graph)
+        if not fit:
+            raise InputError("reconstruct re-fits the Linear layers and attention output projections that read "
+                             "removed channels; here only convolutions do (" + ", ".join(skipped[:3]) + ")")
+        if skipped:
+            msg = (f"reconstruct left {len(skipped)} convolution(s) as pruned (only Linear layers are re-fitted): "
+                   + ", ".join(skipped[:4]))
+            graph.warnings.append(msg)
+            warnings.warn(msg, stacklevel=2)
+        targets = reconstruct.original_outputs(model, fit, batches, recon_mask)
     apply_plan(model, graph)
+    if targets:
+        graph.fits = reconstruct.reconstruct(model, targets, batches, recon_mask, config.reconstruct_ridge)
     _update_hf_configs(model, graph)
     return graph
 

@@ -101,6 +101,7 @@ class DependencyGraph:
     groups: list[Group]
     warnings: list[str]
     traced: bool
+    fits: list[Any] = field(default_factory=list)  # reconstruct.Fit per re-fitted layer, when asked
 
     def prunable(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
