@@ -115,7 +115,7 @@ def held_out_table(models: dict, teacher_name: str, quantize_name: str | None, t
 def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, text: str = "stdlib",
                    hidden_weight: float = 0.0, layer_map: str = "uniform", schedule: str = "cosine",
                    warmup: float = 0.0, max_length: int = 64, quick: bool = False, batch_size: int = 32,
-                   freeze: tuple[str, ...] = ()) -> None:
+                   freeze: tuple[str, ...] = (), dropout: float | None = None) -> None:
     import numpy as np
     import torch
     from scipy.stats import spearmanr
@@ -156,7 +156,7 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, 
     for label, selection in runs:
         cfg = DistillConfig(derive="layers=3", layer_selection=selection, loss="embedding", metric="cosine",
                             epochs=epochs, lr=lr, lr_schedule=schedule, warmup=warmup, batch_size=batch_size,
-                            hidden_weight=hidden_weight, layer_map=layer_map, freeze=freeze)
+                            hidden_weight=hidden_weight, layer_map=layer_map, freeze=freeze, dropout=dropout)
         t0 = time.process_time()
         student, rep = distill_with_report(teacher, None, train, cfg, eval_data=enc(held_out[:64]),
                                            targets=targets, progress=False)
@@ -268,12 +268,9 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
         start = models["pruned + reconstructed (no training)"] = pruned_copy(True)
         start_name = "pruned + reconstructed"
     cfg = DistillConfig(loss="embedding", metric="cosine", hidden_weight=hidden_weight, epochs=epochs, lr=lr,
-                        lr_schedule=schedule, warmup=warmup, batch_size=batch_size, freeze=freeze)
+                        lr_schedule=schedule, warmup=warmup, batch_size=batch_size, freeze=freeze,
+                        dropout=student_dropout)  # the student's dropout while it trains (MiniLM's own: 0.1)
     student = copy.deepcopy(start)
-    if student_dropout is not None:  # the student's dropout while it trains (MiniLM's own: 0.1)
-        for mod in student.modules():
-            if isinstance(mod, torch.nn.Dropout):
-                mod.p = student_dropout
     t0 = time.process_time()
     student, rep = distill_with_report(teacher, student, train, cfg, eval_data=enc(held_out[:64]), progress=False)
     best = f"{start_name} + distilled"
@@ -437,7 +434,7 @@ def main() -> None:
     if a.section in ("all", "minilm"):
         minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform, text=a.text, hidden_weight=a.hidden_weight,
                        layer_map=a.layer_map, schedule=a.schedule, warmup=a.warmup, max_length=a.max_length,
-                       quick=a.quick, batch_size=a.batch_size, freeze=tuple(a.freeze))
+                       quick=a.quick, batch_size=a.batch_size, freeze=tuple(a.freeze), dropout=a.student_dropout)
 
 
 if __name__ == "__main__":

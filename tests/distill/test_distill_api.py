@@ -1,6 +1,8 @@
 """``ds.distill`` end to end on small models: a tiny random BERT (layers kept, hidden-state and attention
 losses) and the digits MLP (half width by structured pruning, KD with labels)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -114,3 +116,29 @@ def test_kept_layer_map_and_frozen_parameters(tiny_bert):
     with pytest.raises(InputError, match="copied from"):
         distill_with_report(tiny_bert, with_layers(tiny_bert, [0, 1]), (ids, mask),
                             DistillConfig(hidden_weight=1.0, layer_map="kept", epochs=1), progress=False)
+
+
+def test_dropout_zero_lets_a_copy_match_its_teacher_exactly(digits_mlp, digits):
+    from transformers import BertConfig, BertModel
+
+    from deepshrink.examples.minilm import SentenceEncoder
+
+    torch.manual_seed(0)
+    teacher = SentenceEncoder(BertModel(BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=32, attn_implementation="eager", hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1))).eval()
+    ids, mask = _tokens(32)
+    losses = {}
+    for p in (None, 0.0):
+        cfg = DistillConfig(epochs=1, lr=1e-3, batch_size=16, dropout=p)
+        student, rep = distill_with_report(teacher, copy.deepcopy(teacher), (ids, mask), cfg, progress=False,
+                                           deterministic=True)
+        losses[p] = rep.first_loss
+        # the written student keeps the model's own dropout
+        assert {m.p for m in student.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    # an exact copy: without dropout its first-step loss (1 - cosine) is zero, with the model's own 0.1 it is not
+    assert losses[0.0] < 1e-6 < losses[None]
+    with pytest.raises(InputError, match="no torch.nn.Dropout"):
+        distill_with_report(digits_mlp, None, (digits.flat().x_train[:64], digits.y_train[:64]),
+                            DistillConfig(derive="width=0.5", epochs=1, dropout=0.0), progress=False)

@@ -94,6 +94,7 @@ def distill_cmd(
     warmup: Annotated[float, typer.Option("--warmup", help="fraction of the steps with a linear learning-rate warmup")] = 0.0,
     max_length: Annotated[int, typer.Option("--max-length", help="text data: tokens kept per sentence")] = 128,
     freeze: Annotated[list[str] | None, typer.Option("--freeze", help="keep the student's parameters whose names match this glob as they are (repeatable), e.g. '*word_embeddings*'")] = None,
+    dropout: Annotated[float | None, typer.Option("--dropout", help="the student's dropout probability while it trains (default: the model's own; 0 helps a student recover its teacher exactly)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="global batch size (split over --nproc)")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="seed of the data order, projections and dropout")] = 0,
     nproc: Annotated[int, typer.Option("--nproc", help="data-parallel processes (DistributedDataParallel)")] = 1,
@@ -134,7 +135,7 @@ def distill_cmd(
     config = config_for(loss, derive=derive, layer_selection=layers_from, temperature=temperature, alpha=0.5 if alpha is None else alpha,
                         metric=metric, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                         checkpoint_every=checkpoint_every, layer_map=parse_layer_map(layer_map),
-                        lr_schedule=lr_schedule, warmup=warmup, freeze=tuple(freeze or ()))
+                        lr_schedule=lr_schedule, warmup=warmup, freeze=tuple(freeze or ()), dropout=dropout)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank == 0:
         check_output(output, inputs=(teacher, weights, student), force=force)

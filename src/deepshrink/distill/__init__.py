@@ -116,6 +116,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     s_mod, origin, layer_choice, width = derive_student(t_mod, student, cfg, inputs)
     check_compatible(t_mod, s_mod, probe, out_kind, t_probe)
     frozen = _freeze_named(s_mod, cfg.freeze)  # the student is a copy: refused names leave nothing changed
+    dropouts = _dropouts(s_mod, cfg.dropout)
 
     layer_map = None
     hidden, attention = cfg.hidden_weight > 0, cfg.attention_weight > 0
@@ -213,6 +214,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                 cap.close()
         for p in unused:
             p.requires_grad_(True)
+        for mod, p_drop in dropouts:
+            mod.p = p_drop
     world = _leave_process_group()
     s_mod.eval()
     report = DistillReport(
@@ -315,6 +318,20 @@ class _Student(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> Any:
         return self.student(*xs)
+
+
+def _dropouts(student: nn.Module, p: float | None) -> list[tuple[nn.Module, float]]:
+    """Set every ``nn.Dropout`` of ``student`` to ``p`` for the run; return (module, its own p) to restore.
+    Raises :class:`InputError` when ``p`` is given and the student has no dropout to set."""
+    if p is None:
+        return []
+    mods = [m for m in student.modules() if isinstance(m, nn.Dropout)]
+    if not mods:
+        raise InputError(f"dropout {p:g}: the student has no torch.nn.Dropout module to set; leave dropout out")
+    own = [(m, float(m.p)) for m in mods]
+    for m in mods:
+        m.p = p
+    return own
 
 
 def _freeze_named(student: nn.Module, patterns: Sequence[str]) -> list[nn.Parameter]:

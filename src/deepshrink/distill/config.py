@@ -65,6 +65,10 @@ class DistillConfig(Config):
     ``warmup`` fraction of the steps (:func:`deepshrink.train.trainer.lr_factor`). ``freeze``: globs over
     the student's parameter names kept as they are (``("*word_embeddings*",)``: a copied student keeps the
     teacher's 11.7M-parameter MiniLM vocabulary table, and each step skips its gradient and update).
+    ``dropout``: the drop probability of every ``torch.nn.Dropout`` module of the student while it trains
+    (``None``: the model's own; the written student keeps its own values). Measured on a pruned MiniLM
+    recovered from its teacher, 100 steps at lr 1e-4: 0.9297 cosine with 0, 0.9253 with MiniLM's own 0.1 —
+    the student copies a teacher it should match exactly, and dropout's noise works against that.
     """
 
     def contract(self) -> Contract:
@@ -88,6 +92,7 @@ class DistillConfig(Config):
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup: float = Field(default=0.0, ge=0.0, lt=1.0)
     freeze: tuple[str, ...] = ()
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     seed: int = 0
     checkpoint_every: int = Field(default=0, ge=0)
 
