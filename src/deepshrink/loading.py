@@ -192,11 +192,11 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
 def _unpack_target(path: Path) -> str:
     """What ``unpack`` can write for a ``.dsz`` file: ``model.onnx`` for an ONNX source, else
     ``model.safetensors`` (a torch model or bare tensors decode to a state dict)."""
-    from .codec.container import peek_source_kind
+    from .core.formats import peek_dsz_source_kind
 
     try:
         with open(path, "rb") as fh:
-            kind = peek_source_kind(fh.read(7))
+            kind = peek_dsz_source_kind(fh.read(7))
     except OSError:
         kind = None
     return "model.onnx" if kind == "onnx" else "model.safetensors"

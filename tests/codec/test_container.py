@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from deepshrink.codec import container, huffman
+from deepshrink.core.formats import peek_dsz_source_kind
 from deepshrink.errors import InputError
 
 
@@ -143,8 +144,8 @@ def test_loading_a_dsz_names_the_unpack_output_its_source_kind_takes(tmp_path, k
 
     blob, _ = container.encode({"w": np.ones(4, np.float32)}, source_kind=kind,  # type: ignore[arg-type]
                                source=b"pkg.mod:f" if kind == "torch" else b"")
-    assert container.peek_source_kind(blob[:7]) == kind
-    assert container.peek_source_kind(b"PK\x03\x04abc") is None
+    assert peek_dsz_source_kind(blob[:7]) == kind
+    assert peek_dsz_source_kind(b"PK\x03\x04abc") is None
     path = tmp_path / "m.dsz"
     path.write_bytes(blob)
     with pytest.raises(UnsupportedError, match=f"unpack {path} -o {target}`$"):

@@ -26,10 +26,11 @@ from typing import Literal
 
 import numpy as np
 
+from ..core.formats import DSZ_MAGIC, DSZ_SOURCE_KINDS
 from ..errors import InputError
 from . import huffman
 
-MAGIC = b"\x89DSZ"
+MAGIC = DSZ_MAGIC
 VERSION = 3  # written by default; version=2 writes the version-1/2 layout (1 when nothing is constant)
 READS = (1, 2, 3)
 MAX_CODEBOOK = 256  # codebook encodings hold at most 2^8 distinct values (8-bit indices)
@@ -47,7 +48,7 @@ META_DICT = (b"features.classifier.downsample.layer1.layer2.layer3.layer4.conv1.
 
 SourceKind = Literal["tensors", "torch", "onnx"]
 Entropy = Literal["huffman", "fixed"]
-_KINDS: dict[str, int] = {"tensors": 0, "torch": 1, "onnx": 2}
+_KINDS: dict[str, int] = DSZ_SOURCE_KINDS
 ENCODINGS = ("raw", "dense", "sparse", "constant")
 
 # dtype code -> numpy dtype; the bit view is the unsigned integer of the same width
@@ -334,16 +335,6 @@ def encode(tensors: Mapping[str, np.ndarray], *, source_kind: SourceKind = "tens
 
 
 # -- decoding ---------------------------------------------------------------------------
-def peek_source_kind(head: bytes) -> str | None:
-    """The source kind (``"tensors"``, ``"torch"``, ``"onnx"``) a ``.dsz`` file's first 7 bytes
-    name, or ``None`` when they are not a ``.dsz`` header. Reads the header only: no checksum is
-    verified (for messages; :func:`decode` checks the whole file)."""
-    if len(head) < len(MAGIC) + 3 or head[:len(MAGIC)] != MAGIC:
-        return None
-    kinds = {v: k for k, v in _KINDS.items()}
-    return kinds.get(head[len(MAGIC) + 2])
-
-
 def _table(r: _Reader, alphabet: int, what: str) -> np.ndarray:
     lens = huffman.table_from_bytes(r.take((alphabet + 1) // 2, f"{what} Huffman table"), alphabet)
     huffman.check_lengths(lens, what=f"{r.what}: {what}")

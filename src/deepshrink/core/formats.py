@@ -23,6 +23,20 @@ from typing import Any
 from ..errors import InputError
 
 ENTRY_POINT_GROUP = "deepshrink.formats"
+# a packed (.dsz) file's first bytes: magic, then version (2 bytes), then the kind of model it holds
+DSZ_MAGIC = b"\x89DSZ"
+DSZ_SOURCE_KINDS: dict[str, int] = {"tensors": 0, "torch": 1, "onnx": 2}
+
+
+def peek_dsz_source_kind(head: bytes) -> str | None:
+    """The source kind (``"tensors"``, ``"torch"``, ``"onnx"``) a ``.dsz`` file's first 7 bytes name, or
+    ``None`` when they are not a ``.dsz`` header. Reads the header only, verifies nothing (for messages;
+    :func:`deepshrink.codec.container.decode` checks the whole file). Here, not in the codec, so that
+    loading can name what a packed file unpacks to without depending on the codec."""
+    if len(head) < len(DSZ_MAGIC) + 3 or head[:len(DSZ_MAGIC)] != DSZ_MAGIC:
+        return None
+    kinds = {v: k for k, v in DSZ_SOURCE_KINDS.items()}
+    return kinds.get(head[len(DSZ_MAGIC) + 2])
 
 
 @dataclass(frozen=True)
