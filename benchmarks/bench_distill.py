@@ -112,13 +112,32 @@ def held_out_table(models: dict, teacher_name: str, quantize_name: str | None, t
     return rows
 
 
+def quick_figures(models: dict[str, Any], teacher: str, held_out: list[str], enc: Any, settings: str,
+                  extra: Any) -> None:
+    """``--quick``: each model's held-out cosine to ``teacher`` (mean, worst) and the Spearman correlation of
+    the pairwise similarities, torch only, each sentence alone; one JSON line per model."""
+    import numpy as np
+    import torch
+    from scipy.stats import spearmanr
+
+    with torch.no_grad():
+        embs = {n: np.stack([m(*enc([x])).numpy()[0] for x in held_out]) for n, m in models.items()}
+    ref = embs.pop(teacher)
+    iu = np.triu_indices(len(held_out), 1)
+    for name, e in embs.items():
+        cos = (e * ref).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
+        en = e / np.linalg.norm(e, axis=1, keepdims=True)
+        rho = spearmanr((ref @ ref.T)[iu], (en @ en.T)[iu]).statistic
+        print(json.dumps({"quick": name, "settings": settings, "cos_mean": round(float(cos.mean()), 4),
+                          "cos_worst": round(float(cos.min()), 4), "spearman": round(float(rho), 4),
+                          **extra(name)}))
+
+
 def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, text: str = "stdlib",
                    hidden_weight: float = 0.0, layer_map: str = "uniform", schedule: str = "cosine",
                    warmup: float = 0.0, max_length: int = 64, quick: bool = False, batch_size: int = 32,
                    freeze: tuple[str, ...] = (), dropout: float | None = None) -> None:
-    import numpy as np
     import torch
-    from scipy.stats import spearmanr
     from transformers import AutoTokenizer
 
     from deepshrink.distill import DistillConfig, distill_with_report
@@ -167,18 +186,8 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, 
     settings = (f"text {text} ({len(train_text)} sentences, max {max_length} tokens), {epochs} epoch(s), batch {batch_size}, lr {lr} "
                 f"{schedule} warmup {warmup}, hidden_weight {hidden_weight} layer_map {layer_map} freeze {list(freeze)}")
     if quick:  # torch only: the held-out figures of the distilled student, no ONNX / latency
-        with torch.no_grad():
-            embs = {n: np.stack([m(*enc([x])).numpy()[0] for x in held_out])
-                    for n, m in models.items() if n.startswith("teacher") or "distilled" in n}
-        ref = embs.pop("teacher (6 layers)")
-        iu = np.triu_indices(len(held_out), 1)
-        for name, e in embs.items():
-            cos = (e * ref).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
-            en = e / np.linalg.norm(e, axis=1, keepdims=True)
-            rho = spearmanr((ref @ ref.T)[iu], (en @ en.T)[iu]).statistic
-            print(json.dumps({"quick": name, "settings": settings, "cos_mean": round(float(cos.mean()), 4),
-                              "cos_worst": round(float(cos.min()), 4), "spearman": round(float(rho), 4),
-                              **log[f"{name.split(' [')[0]} train"]}))
+        quick_figures({n: m for n, m in models.items() if n.startswith("teacher") or "distilled" in n},
+                      "teacher (6 layers)", held_out, enc, settings, lambda name: log[f"{name.split(' [')[0]} train"])
         return
     best = f"importance {keep['importance']}, distilled"
     rows = held_out_table(models, "teacher (6 layers)", best, tok, held_out, enc, train, log)
@@ -220,9 +229,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
     recovered by distillation from the unpruned teacher (embedding 1 − cos + hidden-state MSE, layer j ↔ j)."""
     import copy
 
-    import numpy as np
     import torch
-    from scipy.stats import spearmanr
     from transformers import AutoTokenizer
 
     from deepshrink.distill import DistillConfig, distill_with_report
@@ -281,17 +288,8 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
                 f"{schedule} warmup {warmup}, hidden_weight {hidden_weight}, freeze {list(freeze)}, "
                 f"reconstruct {recon_sentences}, student dropout {student_dropout}")
     if quick:  # torch only: the held-out figures, no ONNX / latency
-        with torch.no_grad():
-            embs = {n: np.stack([m(*enc([x])).numpy()[0] for x in held_out]) for n, m in models.items()}
-        ref = embs.pop("teacher (unpruned)")
-        iu = np.triu_indices(len(held_out), 1)
-        for name, e in embs.items():
-            cos = (e * ref).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
-            en = e / np.linalg.norm(e, axis=1, keepdims=True)
-            rho = spearmanr((ref @ ref.T)[iu], (en @ en.T)[iu]).statistic
-            print(json.dumps({"quick": name, "settings": settings, "cos_mean": round(float(cos.mean()), 4),
-                              "cos_worst": round(float(cos.min()), 4), "spearman": round(float(rho), 4),
-                              **({"train": log["train"]} if "distilled" in name else {})}))
+        quick_figures(models, "teacher (unpruned)", held_out, enc, settings,
+                      lambda name: {"train": log["train"]} if "distilled" in name else {})
         return
     rows = held_out_table(models, "teacher (unpruned)", None, tok, held_out, enc, train, log)
     b = log[best]
