@@ -410,9 +410,13 @@ def _write_artifact(handle: ModelHandle, folder: Path, ctx: _Context) -> tuple[P
 
 
 def _factory_spec(ctx: _Context) -> str | None:
-    spec = ctx.model_spec
-    if isinstance(spec, str) and ":" in spec and not Path(spec).exists():
-        return spec
+    return factory_spec(ctx.model_spec)
+
+
+def factory_spec(model: Any) -> str | None:
+    """``package.module:factory`` when the model was given that way (what a pack step records in the file)."""
+    if isinstance(model, str) and ":" in model and not Path(model).exists():
+        return model
     return None
 
 

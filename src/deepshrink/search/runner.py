@@ -149,7 +149,9 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
 
         budget = _budget_value(config, ev) if config.budget is not None and config.budget.resource == "size" else None
         deadline = None if config.time_s is None else t_start + config.time_s
-        built, pack_info = search_pack(ev, source, _factory_spec(model), sens_inputs, config, budget, deadline, say,
+        from ..recipe.runner import factory_spec  # as compress's pack step records it: the replay's bytes
+
+        built, pack_info = search_pack(ev, source, factory_spec(model), sens_inputs, config, budget, deadline, say,
                                        first_trial=len(trials), progress=progress)
         cands += built
     slim_info = None
@@ -171,13 +173,6 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     if not res.met:
         raise BudgetNotMetError(res.report["verdict"]["message"], res)
     return res
-
-
-def _factory_spec(model: Any) -> str | None:
-    """``package.module:factory`` when the model was given that way (what ``compress``'s pack step records)."""
-    if isinstance(model, str) and ":" in model and not Path(model).exists():
-        return model
-    return None
 
 
 def _key(assign: dict[str, str]) -> str:
