@@ -180,3 +180,23 @@ class SearchConfig(Config):
         if self.target_cos is None:
             return None
         return self.min_cos if self.min_cos is not None else min(0.99, self.target_cos)
+
+
+def family_wanted(setting: str, flag: str, why_not: str | None, config: SearchConfig, auto_budget: str,
+                  family: str, say: object) -> bool:
+    """The rule of an ``auto | on | off`` candidate family (``--pack``, ``--structured``).
+
+    ``why_not``: why this model/data cannot have the family (``None``: it can). ``"on"`` refuses a
+    model that cannot (:class:`InputError`, before any work); ``"auto"`` takes the family only under a
+    budget on ``auto_budget`` (``"size"`` / ``"latency"``) and says in one line when it cannot.
+    """
+    if setting == "off":
+        return False
+    if setting == "on" and why_not is not None:
+        raise InputError(f"{flag} on: {why_not}; use {flag} off (quantization choices only)")
+    if setting == "auto" and (config.budget is None or config.budget.resource != auto_budget):
+        return False
+    if why_not is not None:
+        say(f"no {family} candidates: {why_not}")  # type: ignore[operator]
+        return False
+    return True

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from ..core.data import Dataset
-from ..errors import DeepshrinkError, InputError, first_line
+from ..errors import DeepshrinkError, first_line
 from .config import SearchConfig
 from .objective import Candidate, Evaluator
 
@@ -87,6 +87,8 @@ def wanted(config: SearchConfig, source: Any, data: Dataset, say: Any) -> bool:
     model (one-shot). ``"on"``: always, and a model or data that cannot have them is refused
     (:class:`InputError`) before any work.
     """
+    from .config import family_wanted
+
     if config.pack == "off":
         return False
     why = None
@@ -97,14 +99,7 @@ def wanted(config: SearchConfig, source: Any, data: Dataset, say: Any) -> bool:
                "gets one-shot Deep Compression)")
     elif not layers_of(source):
         why = "the model has no weight layer to prune"
-    if config.pack == "on" and why is not None:
-        raise InputError(f"--pack on: {why}; use --pack off (quantization choices only)")
-    if config.pack == "auto" and (config.budget is None or config.budget.resource != "size"):
-        return False
-    if why is not None:
-        say(f"no Deep Compression candidates: {why}")
-        return False
-    return True
+    return family_wanted(config.pack, "--pack", why, config, "size", "Deep Compression", say)
 
 
 def layers_of(source: Any) -> list[PackLayer]:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeepshrinkError, InputError, first_line
+from ..errors import DeepshrinkError, first_line
 from .config import SearchConfig
 from .objective import Candidate, Evaluator
 
@@ -43,26 +43,17 @@ def wanted(config: SearchConfig, source: Any, data: Any, say: Any) -> bool:
     model or data that cannot have them, or ``repeats=0`` (no timing), is refused (:class:`InputError`)
     before any work.
     """
-    if config.structured == "off":
-        return False
+    from .config import family_wanted
+
     why = None
     if source.kind != "torch":
         why = f"the model is {source.kind}, and channel pruning with fine-tuning needs a PyTorch model"
     elif data.labels is None:
         why = f"the data {data.source} has no labels to fine-tune on"
-    if config.structured == "on" and why is not None:
-        raise InputError(f"--structured on: {why}; use --structured off (quantization choices only)")
-    if config.structured == "on" and config.repeats == 0:
-        raise InputError("--structured on: channel-pruned candidates are chosen by their measured latency, and "
-                         "--repeats 0 times nothing; give --repeats 1 or more, or --structured off")
-    if config.structured == "auto" and (config.budget is None or config.budget.resource != "latency"):
-        return False
-    if why is not None:
-        say(f"no channel-pruned candidates: {why}")
-        return False
-    if config.repeats == 0:
-        return False
-    return True
+    elif config.repeats == 0:  # chosen by measured latency: nothing to choose by when nothing is timed
+        why = ("channel-pruned candidates are chosen by their measured latency, and --repeats 0 times nothing; "
+               "give --repeats 1 or more")
+    return family_wanted(config.structured, "--structured", why, config, "latency", "channel-pruned", say)
 
 
 def recipe_of(ratio: float, config: SearchConfig) -> dict[str, Any]:
