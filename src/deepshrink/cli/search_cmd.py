@@ -36,7 +36,9 @@ def search_cmd(
     min_cos: Annotated[float | None, typer.Option("--min-cos", help="worst-sample output cosine to keep (default: min(0.99, --target-cos))")] = None,
     budget: Annotated[str | None, typer.Option("--budget", help="size=2MB | size=0.1x | latency=0.5x | latency=2ms")] = None,
     trials: Annotated[int, typer.Option("--trials", help="candidates to build and measure (sensitivity warm starts included)")] = 24,
-    time_limit: Annotated[str | None, typer.Option("--time", help="wall-clock cap on the trials: 90s, 10m, 1h")] = None,
+    time_limit: Annotated[str | None, typer.Option(
+        "--time", help="wall-clock cap on the trials: 90s, 10m, 1h (the finalists' re-timing and the replay that "
+        "writes best.* come after it)")] = None,
     seed: Annotated[int, typer.Option("--seed", help="the optimiser's seed: the same seed gives the same trials")] = 0,
     choices: Annotated[str, typer.Option("--choices", help="what a layer may become, comma-separated: float,int8,int4,codebook")] = "float,int8,int4,codebook",
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, trust_remote_code: TrustOpt = False,

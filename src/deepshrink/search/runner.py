@@ -535,7 +535,7 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
     write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str))
     write_text_atomic(out / "report.md", _markdown(report))
     files.update({n: out / n for n in ("pareto.json", "report.json", "report.md")})
-    png = _plot(out / "pareto.png", cands, pareto, chosen, plain, ev)
+    png = _plot(out / "pareto.png", cands, pareto, chosen, plain, ev, budget)
     if png is not None:
         files["pareto.png"] = png
     return SearchResult(out, chosen is not None, chosen, report, files)
@@ -716,7 +716,8 @@ def _markdown(r: dict[str, Any]) -> str:
 
 
 def _plot(path: Path, cands: list[Candidate], pareto: list[Candidate], chosen: Candidate | None,
-          plain: Candidate | None, ev: Evaluator) -> Path | None:
+          plain: Candidate | None, ev: Evaluator, budget: float | None = None) -> Path | None:
+    """Loss against the budgeted cost (latency, or size under a size budget or when untimed); the budget drawn."""
     try:
         import matplotlib
 
@@ -727,7 +728,7 @@ def _plot(path: Path, cands: list[Candidate], pareto: list[Candidate], chosen: C
     ok = [c for c in cands if c.error is None and c.select is not None]
     if not ok:
         return None
-    use_lat = all(c.latency_ratio is not None for c in ok)
+    use_lat = _cost_kind(ev.config) == "latency" and all(c.latency_ratio is not None for c in ok)
     x = (lambda c: c.latency_ratio) if use_lat else (lambda c: c.size_ratio)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     ax.scatter([x(c) for c in ok], [ev.loss(c.select) for c in ok], s=[10 + 90 * c.size_ratio for c in ok],
@@ -737,6 +738,13 @@ def _plot(path: Path, cands: list[Candidate], pareto: list[Candidate], chosen: C
         ax.scatter([x(plain)], [ev.loss(plain.select)], marker="s", c="#ff7f0e", label="plain int8")
     if chosen is not None:
         ax.scatter([x(chosen)], [ev.loss(chosen.select)], marker="*", s=200, c="#d62728", label="chosen")
+    if budget is not None and (ev.config.budget is not None) and (ev.config.budget.resource == "latency") == use_lat:
+        ax.axvline(budget, color="#d62728", linestyle="--", linewidth=1, label="budget")
+    cfg = ev.config
+    ax.axhline(cfg.max_drop if cfg.max_drop is not None else 1.0 - (cfg.target_cos or 1.0), color="#2ca02c",
+               linestyle=":", linewidth=1, label="fidelity target")
+    if not use_lat and max(x(c) for c in ok) > 10 * min(x(c) for c in ok):  # Deep Compression points: 0.03x beside 0.3x
+        ax.set_xscale("log")
     ax.set_xlabel("latency / original (batch 1)" if use_lat else "size / original")
     ax.set_ylabel("accuracy points lost" if ev.config.max_drop is not None else "1 - mean cosine")
     ax.grid(alpha=0.3)
