@@ -62,6 +62,16 @@ def test_structured_to_onnx_with_table(weights, tmp_path, capsys, measured):
     assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (3, 10)
 
 
+def test_structured_round_to_keeps_multiples_of_n(weights, tmp_path, capsys):
+    """--round-to 8: 40% of 32 and 64 channels removed would keep 19 and 38; rounded up to 24 and 40."""
+    out = tmp_path / "cnn.pt2"
+    rc = run_app(["prune", CNN, "-w", weights["cnn"], "-o", str(out), "--method", "structured", "--sparsity", "0.4",
+                  "--round-to", "8", "--data", "digits:val", "--repeats", "1", "--json", "--allow-degraded"])
+    assert rc == 0, _err(capsys)
+    kept = {g["name"]: g["kept"] for g in json.loads(capsys.readouterr().out)["report"]["groups"]}
+    assert kept == {"stem.0": 24, "block_conv1": 24, "down.0": 40}
+
+
 def test_magnitude_to_safetensors(weights, tmp_path, capsys):
     from safetensors.torch import load_file
 
@@ -91,6 +101,8 @@ def test_magnitude_to_safetensors(weights, tmp_path, capsys):
     (["--sparsity", "0.5", "--heads-ratio", "0.5"], "it is for structured"),
     (["--method", "structured", "--sparsity", "0.5", "--heads-ratio", "0.5"], "the model has no attention heads"),
     (["--method", "structured", "--sparsity", "0.5", "--ffn-ratio", "0.5"], "the model has no transformer FFN"),
+    (["--sparsity", "0.5", "--round-to", "8"], "--round-to does not apply to --method magnitude"),
+    (["--method", "structured", "--sparsity", "0.5", "--round-to", "0"], "round_to"),
 ])
 def test_bad_options(weights, tmp_path, capsys, args, message):
     out = tmp_path / "out.onnx"

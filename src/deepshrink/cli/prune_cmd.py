@@ -50,6 +50,7 @@ METHOD_OPTIONS = {
     "--nm": ("nm",),
     "--reconstruct": ("structured",),
     "--reconstruct-ridge": ("structured",),
+    "--round-to": ("structured",),
 }
 
 
@@ -73,13 +74,14 @@ def prune_cmd(
     sparsity: Annotated[float | None, typer.Option("--sparsity", "-s", help="fraction of weights (unstructured) or channels (structured) removed, 0 <= S < 1")] = None,
     threshold: Annotated[float | None, typer.Option("--threshold", help="magnitude: zero every |w| below this instead")] = None,
     scope: Annotated[str | None, typer.Option("--scope", help="layer | global (unstructured); uniform | global (structured)")] = None,
-    importance: Annotated[str, typer.Option("--importance", help="structured: l1 | l2 | bn | taylor")] = "l2",
+    importance: Annotated[str, typer.Option("--importance", help="structured: l1 | l2 | bn | taylor | activation")] = "l2",
     protect: Annotated[list[str] | None, typer.Option("--protect", help="fnmatch pattern of module names to leave alone (repeatable)")] = None,
     heads_ratio: Annotated[float, typer.Option("--heads-ratio", help="structured: fraction of attention heads removed")] = 0.0,
     ffn_ratio: Annotated[float | None, typer.Option("--ffn-ratio", help="structured: fraction of FFN neurons removed (default: --sparsity)")] = None,
     nm: Annotated[str, typer.Option("--nm", help="nm: N:M pattern")] = "2:4",
     reconstruct: Annotated[bool, typer.Option("--reconstruct", help="structured: re-fit each pruned layer's consumer by least squares to the unpruned outputs on --data (Kwon et al. 2022)")] = False,
     reconstruct_ridge: Annotated[float | None, typer.Option("--reconstruct-ridge", help="structured --reconstruct: pull towards the pruned weights, > 0 (default 0.01)")] = None,
+    round_to: Annotated[int, typer.Option("--round-to", help="structured: keep a multiple of N channels per group (16 for AVX-512 CPUs, 8 for AVX2: counts between multiples run no faster)")] = 1,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="fine-tune epochs on --data (gradual: total epochs, default 30)")] = 0,
     lr: Annotated[float | None, typer.Option("--lr", help="fine-tune learning rate (default 1e-3; gradual 2e-3)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="fine-tune batch size")] = 64,
@@ -101,7 +103,7 @@ def prune_cmd(
     if method == "structured" and reconstruct and data is None:
         raise InputError("--reconstruct needs --data: the unlabelled samples the pruned layers are re-fitted on")
     config = _config(method, sparsity, threshold, scope, importance, protect or [], finetune_epochs, lr, nm,
-                     heads_ratio, ffn_ratio, reconstruct, reconstruct_ridge, given=given)
+                     heads_ratio, ffn_ratio, reconstruct, reconstruct_ridge, round_to, given=given)
     # pruning is lossy by design: random inputs cannot tell a usable result from a broken one
     policy = dataclasses.replace(gate_policy(gate_min_cos, gate_max_drop, allow_degraded), judge_random=False)
     from ..core import formats
