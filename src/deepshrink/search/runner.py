@@ -450,6 +450,15 @@ def _held_out_warning(chosen: Candidate, config: SearchConfig) -> str:
             "generalise; give more held-out data (--eval-data) or a tighter target")
 
 
+def _one_value_warning(ev: Evaluator) -> str:
+    """The cosine target of a model whose first output is one number per sample is a weak check: say so."""
+    shape = "x".join(map(str, ev.ref_select.shape[1:])) or "scalar"
+    return (f"the model's first output has one value per sample ({shape}): its cosine is taken over the "
+            f"{len(ev.ref_select)} held-out samples as one vector, so mean and worst are one figure and "
+            "--min-cos checks no single sample; compare the values themselves (deepshrink bench --data) "
+            "before trusting the choice")
+
+
 def _other_families(r: dict[str, Any]) -> str:
     """``" and 6 Deep Compression candidates"``: the candidates built besides the quantization trials."""
     names = {"pack": "Deep Compression", "structured": "channel-pruned"}
@@ -512,6 +521,8 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
                             "that meets the target ran faster; keep the original if speed matters")
     if chosen is not None and chosen.test is not None and ev.shortfall(chosen.test) > 0:
         warnings.append(_held_out_warning(chosen, config))
+    if config.max_drop is None and ev.one_value_per_sample:
+        warnings.append(_one_value_warning(ev))
     verdict = {"met": chosen is not None, "warnings": warnings, "target": _target_text(config),
                "budget": config.budget.describe() if config.budget else None, "budget_ratio": budget,
                "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget)}

@@ -1,0 +1,46 @@
+"""``ds.search`` on model shapes that real ONNX files have and the examples do not (trial 14g, models from
+PyPI wheels): a first output of one value per sample (silero VAD's speech probability)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("optuna")
+
+import deepshrink as ds  # noqa: E402
+from deepshrink.search import SearchConfig  # noqa: E402
+
+
+def _sigmoid_scorer(path, rng) -> None:
+    """x (N,64) → MatMul 64×64 → Relu → MatMul 64×1 → Sigmoid: one probability per sample, (N, 1)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (64, 64)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (64, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 1])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_one_value_per_sample_is_one_cosine_over_the_set_and_said(tmp_path):
+    # Trial 14g: silero VAD v6's first output is one speech probability per sample. Every candidate read
+    # "cosine 0.9978 mean / 0.9978 worst", and the chosen int8 model moved probabilities by up to 0.05
+    # (0.368 -> 0.422); for an (N, 1) output each "per-sample cosine" was the sign of a probability, 1.0 always
+    rng = np.random.default_rng(0)
+    src = tmp_path / "p.onnx"
+    _sigmoid_scorer(src, rng)
+    np.savez(tmp_path / "d.npz", x=rng.normal(0, 1, (128, 64)).astype(np.float32))
+    cfg = SearchConfig(target_cos=0.5, trials=3, repeats=0, seed=0, choices=("float", "int8", "int4", "codebook"))
+    said: list[str] = []
+    res = ds.search(str(src), str(tmp_path / "d.npz"), cfg, tmp_path / "o", say=said.append)
+    cands = res.report["candidates"]
+    quantized = [c for c in cands if c["choices"].get("float", 0) < 2]
+    assert quantized and all(c["select"]["cos_mean"] == c["select"]["cos_min"] for c in cands)
+    assert min(c["select"]["cos_mean"] for c in quantized) < 0.99999  # not the sign agreement, 1.0 for all
+    [w] = [w for w in res.report["verdict"]["warnings"] if "one value per sample" in w]
+    assert "(1): its cosine is taken over the 32 held-out samples as one vector" in w
+    assert f"**warning**: {w}" in (tmp_path / "o" / "report.md").read_text()
