@@ -44,3 +44,17 @@ def test_one_value_per_sample_is_one_cosine_over_the_set_and_said(tmp_path):
     [w] = [w for w in res.report["verdict"]["warnings"] if "one value per sample" in w]
     assert "(1): its cosine is taken over the 32 held-out samples as one vector" in w
     assert f"**warning**: {w}" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_a_slower_median_is_said_even_within_a_wide_spread():
+    # Trial 14g: ppocr-cls's chosen point re-timed at 1.12x ±0.80 the original (a shared machine); the
+    # warning fired only beyond the spread, so nothing said the written model was no faster than float
+    from deepshrink.search.runner import _slower_warning
+
+    w = _slower_warning({"latency_ratio": 1.12, "latency_spread": 0.80}, 2)
+    assert w is not None and w.startswith("the chosen model is no faster than the original on this machine "
+                                          "(1.12x ±0.80, batch 1, 2 threads: the median is slower, within a wide")
+    assert _slower_warning({"latency_ratio": 1.30, "latency_spread": 0.10}, 2).startswith(
+        "the chosen model is slower than the original on this machine (1.30x ±0.10")
+    assert _slower_warning({"latency_ratio": 1.01, "latency_spread": 0.80}, 2) is None
+    assert _slower_warning({"latency_ratio": 0.47, "latency_spread": 0.22}, 2) is None

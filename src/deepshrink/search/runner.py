@@ -450,6 +450,20 @@ def _held_out_warning(chosen: Candidate, config: SearchConfig) -> str:
             "generalise; give more held-out data (--eval-data) or a tighter target")
 
 
+def _slower_warning(t: dict[str, float], threads: int) -> str | None:
+    """The chosen point's final timing is slower than the original's: said, even when the median is
+    slower only within a wide spread (a shared machine: ppocr-cls measured 1.12x ±0.80)."""
+    ratio, spread = t["latency_ratio"], t["latency_spread"]
+    if ratio <= 1.02:
+        return None
+    noisy = ratio <= 1.0 + spread
+    return (f"the chosen model is {'no faster' if noisy else 'slower'} than the original on this machine "
+            f"({ratio:.2f}x ±{spread:.2f}, batch 1, {threads} threads"
+            f"{': the median is slower, within a wide spread' if noisy else ''}): no quantized candidate that meets "
+            "the target ran faster; keep the original if speed matters"
+            + ("; time both again on a quiet machine (deepshrink bench)" if noisy else ""))
+
+
 def _one_value_warning(ev: Evaluator) -> str:
     """The cosine target of a model whose first output is one number per sample is a weak check: say so."""
     shape = "x".join(map(str, ev.ref_select.shape[1:])) or "scalar"
@@ -514,11 +528,9 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
         files[best] = out / best
     warnings = []
     if chosen is not None and final is not None and f"trial {chosen.trial}" in final:
-        t = final[f"trial {chosen.trial}"]
-        if t["latency_ratio"] > 1.0 + max(t["latency_spread"], 0.02):
-            warnings.append(f"the chosen model is slower than the original on this machine ({t['latency_ratio']:.2f}x "
-                            f"±{t['latency_spread']:.2f}, batch 1, {config.threads} threads): no quantized candidate "
-                            "that meets the target ran faster; keep the original if speed matters")
+        slow = _slower_warning(final[f"trial {chosen.trial}"], config.threads)
+        if slow:
+            warnings.append(slow)
     if chosen is not None and chosen.test is not None and ev.shortfall(chosen.test) > 0:
         warnings.append(_held_out_warning(chosen, config))
     if config.max_drop is None and ev.one_value_per_sample:
