@@ -239,3 +239,28 @@ def test_an_inf_graph_constant_does_not_stop_deep_compression(tmp_path):
         compress_arrays({"w": np.full((4, 4), np.inf, np.float32)}, DeepCompressionConfig())
     kept, _ = compress_arrays({"c": np.array(-np.inf, np.float32)}, DeepCompressionConfig())
     assert kept["c"] == -np.inf
+
+
+def test_warm_starts_keep_more_bits_when_the_unpruned_model_fits():
+    # Trial 14g: ppocr-cls (Paddle2ONNX) at size=0.4x: the one-shot warm starts were 6, 5 and 4 bits
+    # unpruned, 0.197x / 0.169x / 0.149x, all far under the budget (worst cosine 0.88 / 0.97 / 0.42);
+    # 8 bits, which also fits, was never tried
+    from types import SimpleNamespace
+
+    from deepshrink.search.pack import ONE_SHOT_BITS, ONE_SHOT_SPARSITY, ONE_SHOT_WARM_BITS, warm_starts
+
+    layers = [PackLayer("a", "conv", 40_000), PackLayer("b", "fc", 10_000)]
+
+    def estimate(assign):  # bytes: the non-zero weights at their bits, positions at 4 bits when pruned
+        return sum(lay.numel * (1 - assign[lay.name][0]) * (assign[lay.name][1] + 4 * (assign[lay.name][0] > 0)) / 8
+                   for lay in layers)
+
+    pe = SimpleNamespace(layers=layers, bits=ONE_SHOT_BITS, warm_bits=ONE_SHOT_WARM_BITS, sparsity=ONE_SHOT_SPARSITY,
+                         estimate=estimate, ev=SimpleNamespace(ref_size=200_000))
+    sens = {lay.name: {s: s for s in ONE_SHOT_SPARSITY} for lay in layers}
+    starts = warm_starts(pe, sens, 0.4 * 200_000)
+    name, first = starts[0]
+    assert name == "sensitivity allocation for 76,000 B at 8 bits" and first == {"a": (0.0, 8), "b": (0.0, 8)}
+    assert [n.rsplit(" at ", 1)[1] for n, _ in starts].count("8 bits") == 1  # the same point is not repeated
+    # a budget 8 bits does not fit unpruned: the warm starts are the usual ones
+    assert all(not n.endswith("at 8 bits") for n, _ in warm_starts(pe, sens, 0.1 * 200_000))
