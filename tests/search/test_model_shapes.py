@@ -58,3 +58,30 @@ def test_a_slower_median_is_said_even_within_a_wide_spread():
         "the chosen model is slower than the original on this machine (1.30x ±0.10")
     assert _slower_warning({"latency_ratio": 1.01, "latency_spread": 0.80}, 2) is None
     assert _slower_warning({"latency_ratio": 0.47, "latency_spread": 0.22}, 2) is None
+
+
+@pytest.mark.parametrize("sr", [np.array(16000, np.int64), np.full(16, 16000, np.int64)], ids=["0-d", "per-sample"])
+def test_a_scalar_model_input_is_one_line_whatever_the_data_gives_it(tmp_path, capsys, sr):
+    # Trial 14g: silero VAD v5's sample rate `sr` is a 0-d input. Its 0-d array was refused with "repeat the
+    # value once per sample"; done so, the search failed inside ONNX Runtime ("If nodes condition input must
+    # have exactly one element") naming the data "<dict>"
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deepshrink.cli import run_app
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 1, (64, 64)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Cast", ["sr"], ["f"], to=1),
+             helper.make_node("Mul", ["a", "f"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64]),
+                                       helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", x=np.zeros((16, 64), np.float32), sr=sr)
+    out = tmp_path / "o"
+    rc = run_app(["search", str(tmp_path / "m.onnx"), "-d", str(tmp_path / "d.npz"), "--target-cos", "0.99",
+                  "--trials", "1", "--repeats", "0", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+    assert f"data {tmp_path / 'd.npz'}: the model's input sr: int64[scalar] is a scalar (0-d)" in err
+    assert "repeat" not in err and not out.exists()
