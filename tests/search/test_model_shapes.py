@@ -85,3 +85,31 @@ def test_a_scalar_model_input_is_one_line_whatever_the_data_gives_it(tmp_path, c
     assert rc == 2 and len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
     assert f"data {tmp_path / 'd.npz'}: the model's input sr: int64[scalar] is a scalar (0-d)" in err
     assert "repeat" not in err and not out.exists()
+
+
+def test_a_latency_budget_is_judged_on_the_finalists_re_timing():
+    # Trial 14g: ppocr-cls at latency=0.8x on a shared machine: the exit-4 line gave the closest point's trial
+    # timing (0.98x) while report.md gave its re-timing (1.05x ±1.51); and a point within the budget by its
+    # 20-round trial timing counted as within it even when the 60-round re-timing of the finalists was not
+    from types import SimpleNamespace
+
+    from deepshrink.search.objective import Candidate, Evaluator, Scores
+    from deepshrink.search.runner import _choose, _not_met_message
+
+    cfg = SearchConfig(target_cos=0.99, budget=ds.search.parse_budget("latency=0.5x"), repeats=20)
+    ev = SimpleNamespace(config=cfg)
+    ev.shortfall = lambda s: Evaluator.shortfall(ev, s)
+    ev.loss = lambda s: Evaluator.loss(ev, s)
+    good = Scores(32, None, None, 0.999, 0.995)
+    a = Candidate(3, {"l": "int8"}, "a", size_bytes=10, size_ratio=0.3, latency_ratio=0.45, latency_spread=0.1,
+                  select=good)
+    b = Candidate(7, {"l": "float"}, "b", size_bytes=20, size_ratio=0.6, latency_ratio=0.60, latency_spread=0.1,
+                  select=good)
+    assert _choose([a, b], ev, cfg, 0.5, None)[0] is a  # trial timings only: a is within the budget
+    final = {"trial 3": {"latency_ratio": 0.55, "latency_spread": 0.2}, "trial 7": {"latency_ratio": 0.58,
+                                                                                    "latency_spread": 0.2}}
+    chosen, closest, _ = _choose([a, b], ev, cfg, 0.5, final)
+    assert chosen is None and closest is a
+    msg = _not_met_message(closest, ev, cfg, 0.5, final)
+    assert "(cos 0.9990/0.9950, 0.300x size, 0.55x ±0.20 latency (re-timed); int8)" in msg
+    assert "its latency is 0.550x the original against a budget of 0.500x (1.10x over)" in msg

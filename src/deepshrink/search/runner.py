@@ -329,43 +329,55 @@ def _budget_value(config: SearchConfig, ev: Evaluator) -> float | None:
     return ev.budget_ratio
 
 
-def _over_budget(c: Candidate, config: SearchConfig, budget: float | None) -> float:
-    """How far ``c`` is over the budget, as a ratio to the reference (<= 0: within)."""
+def _over_budget(c: Candidate, config: SearchConfig, budget: float | None, final: dict[str, Any] | None = None
+                 ) -> float:
+    """How far ``c`` is over the budget, as a ratio to the reference (<= 0: within); a latency from the
+    finalists' re-timing (``final``) when ``c`` is one of them."""
     if c.error is not None:
         return float("inf")
     if budget is None or config.budget is None:
         return 0.0
     if config.budget.resource == "size":
         return c.size_ratio - budget
-    return (c.latency_ratio if c.latency_ratio is not None else float("inf")) - budget
+    return _latency(c, final) - budget
 
 
-def _point(c: Candidate, ev: Evaluator) -> str:
+def _latency(c: Candidate, final: dict[str, Any] | None = None) -> float:
+    """``c``'s latency ratio: the finalists' re-timing when it is one of them, else its trial's timing."""
+    t = (final or {}).get(f"trial {c.trial}")
+    if t is not None:
+        return float(t["latency_ratio"])
+    return c.latency_ratio if c.latency_ratio is not None else float("inf")
+
+
+def _point(c: Candidate, ev: Evaluator, final: dict[str, Any] | None = None) -> str:
     s = c.select
     fid = (f"drop {s.drop:.2f} pt" if ev.config.max_drop is not None and s and s.drop is not None
            else f"cos {s.cos_mean:.4f}/{s.cos_min:.4f}" if s else "-")
-    lat = f", {c.latency_ratio:.2f}x latency" if c.latency_ratio is not None else ""
+    t = (final or {}).get(f"trial {c.trial}")
+    lat = (f", {t['latency_ratio']:.2f}x ±{t['latency_spread']:.2f} latency (re-timed)" if t is not None
+           else f", {c.latency_ratio:.2f}x latency" if c.latency_ratio is not None else "")
     return f"{fid}, {c.size_ratio:.3f}x size{lat}"
 
 
 # ------------------------------------------------------------------------------------------
 # choosing, re-measuring, writing
 
-def _feasible(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget: float | None
-              ) -> list[Candidate]:
+def _feasible(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget: float | None,
+              final: dict[str, Any] | None = None) -> list[Candidate]:
     ok = [c for c in cands if c.error is None and c.select is not None]
-    return [c for c in ok if ev.shortfall(c.select) <= 0 and _over_budget(c, config, budget) <= 0]
+    return [c for c in ok if ev.shortfall(c.select) <= 0 and _over_budget(c, config, budget, final) <= 0]
 
 
 def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget: float | None,
             final: dict[str, Any] | None) -> tuple[Candidate | None, Candidate | None, str]:
     """(chosen, closest when none is chosen, why).
 
-    Latency uses the finalists' re-timing (``final``, all in the same rounds) when there is one.
-    Candidates whose latency is within the fastest one's spread count as equally fast; among
-    them the smallest file wins.
+    Latency uses the finalists' re-timing (``final``, all in the same rounds) when there is one —
+    for a latency budget too, and for the closest point when none meets it. Candidates whose
+    latency is within the fastest one's spread count as equally fast; among them the smallest file wins.
     """
-    feasible = _feasible(cands, ev, config, budget)
+    feasible = _feasible(cands, ev, config, budget, final)
     if final is not None:  # the finalists only: their latencies come from the same rounds
         feasible = [c for c in feasible if f"trial {c.trial}" in final] or feasible
 
@@ -401,7 +413,7 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
     ok = [c for c in cands if c.error is None and c.select is not None]
     met_fid = [c for c in ok if ev.shortfall(c.select) <= 0]
     if met_fid:
-        closest = min(met_fid, key=lambda c: (_over_budget(c, config, budget), c.trial))
+        closest = min(met_fid, key=lambda c: (_over_budget(c, config, budget, final), c.trial))
     elif ok:
         closest = min(ok, key=lambda c: (ev.shortfall(c.select), c.trial))
     else:
@@ -422,7 +434,8 @@ def _target_text(config: SearchConfig) -> str:
     return f"cosine >= {config.target_cos:g} mean / {config.worst_cos:g} worst"
 
 
-def _not_met_message(closest: Candidate | None, ev: Evaluator, config: SearchConfig, budget: float | None) -> str:
+def _not_met_message(closest: Candidate | None, ev: Evaluator, config: SearchConfig, budget: float | None,
+                     final: dict[str, Any] | None = None) -> str:
     want = _target_text(config) + (f" and {config.budget.describe()}" if config.budget else "")
     if closest is None:
         return f"no candidate could be built and measured for {want}; see report.json for each trial's error"
@@ -432,10 +445,10 @@ def _not_met_message(closest: Candidate | None, ev: Evaluator, config: SearchCon
         far = f"it misses the fidelity target by {short:.4g} {unit}"
     else:
         assert config.budget is not None and budget is not None
-        have = closest.size_ratio if config.budget.resource == "size" else closest.latency_ratio or float("inf")
+        have = closest.size_ratio if config.budget.resource == "size" else _latency(closest, final)
         far = (f"its {config.budget.resource} is {have:.3f}x the original against a budget of {budget:.3f}x "
                f"({have / budget:.2f}x over)")
-    return (f"no candidate meets {want}: the closest is trial {closest.trial} ({_point(closest, ev)}; "
+    return (f"no candidate meets {want}: the closest is trial {closest.trial} ({_point(closest, ev, final)}; "
             f"{_choices_text(closest)}); {far}. Reports are in the output folder; no best model was written")
 
 
@@ -537,7 +550,7 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
         warnings.append(_one_value_warning(ev))
     verdict = {"met": chosen is not None, "warnings": warnings, "target": _target_text(config),
                "budget": config.budget.describe() if config.budget else None, "budget_ratio": budget,
-               "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget)}
+               "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget, final)}
     if chosen is None and (pack_info or {}).get("floor_bytes"):
         floor = pack_info["floor_bytes"]  # type: ignore[index]
         verdict["message"] = verdict["message"].replace(
