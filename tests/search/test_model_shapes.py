@@ -113,3 +113,27 @@ def test_a_latency_budget_is_judged_on_the_finalists_re_timing():
     msg = _not_met_message(closest, ev, cfg, 0.5, final)
     assert "(cos 0.9990/0.9950, 0.300x size, 0.55x ±0.20 latency (re-timed); int8)" in msg
     assert "its latency is 0.550x the original against a budget of 0.500x (1.10x over)" in msg
+
+
+def test_pareto_json_says_which_points_keep_the_target(tmp_path):
+    # Trial 14g: magika's pareto.json listed an int4 point at worst cosine 0.9699, smaller and faster than the
+    # chosen one, against --target-cos 0.99: nothing in the file said it misses the target
+    import json
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "p.onnx"
+    _sigmoid_scorer(src, rng)
+    np.savez(tmp_path / "d.npz", x=rng.normal(0, 1, (128, 64)).astype(np.float32))
+    cfg = SearchConfig(target_cos=0.9999, min_cos=0.9999, budget=ds.search.parse_budget("size=0.6x"), trials=6,
+                       repeats=0, seed=0, pack="off")
+    try:
+        res = ds.search(str(src), str(tmp_path / "d.npz"), cfg, tmp_path / "o")
+        met = res.met
+    except ds.search.BudgetNotMetError:
+        met = False
+    front = json.loads((tmp_path / "o" / "pareto.json").read_text())["front"]
+    for p in front:
+        assert p["meets_target"] == (p["select"]["cos_mean"] >= 0.9999 and p["select"]["cos_min"] >= 0.9999)
+        assert p["within_budget"] == (p["size_ratio"] <= 0.6)
+    assert any(not (p["meets_target"] and p["within_budget"]) for p in front)
+    assert met == any(p["meets_target"] and p["within_budget"] for p in front)

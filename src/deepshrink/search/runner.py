@@ -342,6 +342,16 @@ def _over_budget(c: Candidate, config: SearchConfig, budget: float | None, final
     return _latency(c, final) - budget
 
 
+def _verdict_of(c: Candidate, ev: Evaluator, config: SearchConfig, budget: float | None,
+                final: dict[str, Any] | None) -> dict[str, bool]:
+    """Whether a Pareto point keeps the fidelity target on the samples chosen on (and fits the budget):
+    the front holds points that miss it (more faithful or smaller than any that keeps it)."""
+    out = {"meets_target": ev.shortfall(c.select) <= 0}
+    if config.budget is not None:
+        out["within_budget"] = _over_budget(c, config, budget, final) <= 0
+    return out
+
+
 def _latency(c: Candidate, final: dict[str, Any] | None = None) -> float:
     """``c``'s latency ratio: the finalists' re-timing when it is one of them, else its trial's timing."""
     t = (final or {}).get(f"trial {c.trial}")
@@ -566,7 +576,8 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
     pareto_doc = {"schema": SCHEMA, "objectives": ["loss", "size_bytes", "latency_ratio"],
                   "loss": "accuracy points lost" if config.max_drop is not None else "1 - mean cosine",
                   "chosen": chosen.trial if chosen else None,
-                  "front": [{k: v for k, v in c.to_dict().items() if k != "build_s"} for c in pareto]}
+                  "front": [{**{k: v for k, v in c.to_dict().items() if k != "build_s"},
+                             **_verdict_of(c, ev, config, budget, final)} for c in pareto]}
     write_text_atomic(out / "pareto.json", json.dumps(pareto_doc, indent=2))
     write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str))
     write_text_atomic(out / "report.md", _markdown(report))
