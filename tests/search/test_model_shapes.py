@@ -137,3 +137,19 @@ def test_pareto_json_says_which_points_keep_the_target(tmp_path):
         assert p["within_budget"] == (p["size_ratio"] <= 0.6)
     assert any(not (p["meets_target"] and p["within_budget"]) for p in front)
     assert met == any(p["meets_target"] and p["within_budget"] for p in front)
+
+
+def test_a_search_logged_to_a_file_prints_no_blank_lines(tmp_path, capsys):
+    # Trials 14f and 14g: every search written to a log had 3-4 empty lines after "per-layer sensitivity"
+    # (the transient progress bars, drawn on a console that is not a terminal)
+    from deepshrink.cli import run_app
+
+    rng = np.random.default_rng(2)
+    _sigmoid_scorer(tmp_path / "p.onnx", rng)
+    np.savez(tmp_path / "d.npz", x=rng.normal(0, 1, (96, 64)).astype(np.float32))
+    rc = run_app(["search", str(tmp_path / "p.onnx"), "-d", str(tmp_path / "d.npz"), "--target-cos", "0.5",
+                  "--trials", "2", "--repeats", "0", "-o", str(tmp_path / "o")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    lines = (out.out + out.err).splitlines()
+    assert "per-layer sensitivity" in lines and "" not in lines
