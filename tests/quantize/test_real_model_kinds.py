@@ -233,5 +233,5 @@ def test_a_scalar_model_input_in_the_data_is_one_line(tmp_path, capsys):
     out.parent.mkdir()
     rc, _o, err = run_cli(capsys, "quantize", path, "-o", out, "--scheme", "auto", "--data", data, "--no-bench")
     assert rc == 2, err
-    one_line_error(err, "array 'sr' is a scalar (0-d)")
+    one_line_error(err, "the model's input sr: int64[scalar] is a scalar (0-d)")
     assert list(out.parent.iterdir()) == []

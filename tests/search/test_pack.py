@@ -200,3 +200,67 @@ def test_a_drop_of_exactly_max_drop_meets_it():
     assert 100 * (0.91 - 0.90) > 1.0  # the float subtraction the drop was computed by
     assert _drop_points(0.91, 0.90, 300) == 1.0 and _drop_points(0.86, 0.87, 300) == -1.0
     assert _drop_points(0.5, 0.495, 600) == 0.5
+
+
+def _onnx_with_inf_constant(path, rng) -> None:
+    """x (N,16) → MatMul 16×32 → Max(-inf, ·) → MatMul 32×4: jax2tf starts a Max from a -inf constant so."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.array(-np.inf, np.float32), "neg_inf"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (32, 4)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Max", ["neg_inf", "h"], ["m"]),
+             helper.make_node("MatMul", ["m", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_an_inf_graph_constant_does_not_stop_deep_compression(tmp_path):
+    # Trial 14g: magika (tf2onnx) under --budget size=0.4x ran its 12 quantization trials, then stopped with
+    # "initializer 'jax2tf_get_logits_/Const_26:0' holds NaN or Inf values" (exit 2, nothing written): the
+    # scalar -inf a Max starts from is no weight, and is now kept as it is
+    from deepshrink.codec.compress import compress_arrays
+    from deepshrink.codec.config import DeepCompressionConfig
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "m.onnx"
+    _onnx_with_inf_constant(src, rng)
+    np.savez(tmp_path / "d.npz", x=rng.normal(0, 1, (96, 16)).astype(np.float32))
+    cfg = SearchConfig(target_cos=0.9, budget=parse_budget("size=0.5x"), trials=2, repeats=0, seed=0, pack_trials=2)
+    res = ds.search(str(src), str(tmp_path / "d.npz"), cfg, tmp_path / "o")
+    dc = res.report["deep_compression"]
+    assert dc["built"] >= 1 and res.met
+    if res.report["chosen"]["family"] == "pack":
+        assert res.report["reproduced"]["matches_candidate"]
+    # a weight (two or more dimensions) that holds Inf is still refused
+    with pytest.raises(InputError, match="'w' holds NaN or Inf"):
+        compress_arrays({"w": np.full((4, 4), np.inf, np.float32)}, DeepCompressionConfig())
+    kept, _ = compress_arrays({"c": np.array(-np.inf, np.float32)}, DeepCompressionConfig())
+    assert kept["c"] == -np.inf
+
+
+def test_warm_starts_keep_more_bits_when_the_unpruned_model_fits():
+    # Trial 14g: ppocr-cls (Paddle2ONNX) at size=0.4x: the one-shot warm starts were 6, 5 and 4 bits
+    # unpruned, 0.197x / 0.169x / 0.149x, all far under the budget (worst cosine 0.88 / 0.97 / 0.42);
+    # 8 bits, which also fits, was never tried
+    from types import SimpleNamespace
+
+    from deepshrink.search.pack import ONE_SHOT_BITS, ONE_SHOT_SPARSITY, ONE_SHOT_WARM_BITS, warm_starts
+
+    layers = [PackLayer("a", "conv", 40_000), PackLayer("b", "fc", 10_000)]
+
+    def estimate(assign):  # bytes: the non-zero weights at their bits, positions at 4 bits when pruned
+        return sum(lay.numel * (1 - assign[lay.name][0]) * (assign[lay.name][1] + 4 * (assign[lay.name][0] > 0)) / 8
+                   for lay in layers)
+
+    pe = SimpleNamespace(layers=layers, bits=ONE_SHOT_BITS, warm_bits=ONE_SHOT_WARM_BITS, sparsity=ONE_SHOT_SPARSITY,
+                         estimate=estimate, ev=SimpleNamespace(ref_size=200_000))
+    sens = {lay.name: {s: s for s in ONE_SHOT_SPARSITY} for lay in layers}
+    starts = warm_starts(pe, sens, 0.4 * 200_000)
+    name, first = starts[0]
+    assert name == "sensitivity allocation for 76,000 B at 8 bits" and first == {"a": (0.0, 8), "b": (0.0, 8)}
+    assert [n.rsplit(" at ", 1)[1] for n, _ in starts].count("8 bits") == 1  # the same point is not repeated
+    # a budget 8 bits does not fit unpruned: the warm starts are the usual ones
+    assert all(not n.endswith("at 8 bits") for n, _ in warm_starts(pe, sens, 0.1 * 200_000))

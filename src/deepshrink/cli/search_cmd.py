@@ -101,7 +101,8 @@ def search_cmd(
 
     try:
         res = search(src, data, config, output, eval_data=eval_data, force=force, weights=weights,
-                     input_shapes=input_shape, trust_remote_code=trust_remote_code, progress=not json_out, say=say)
+                     input_shapes=input_shape, trust_remote_code=trust_remote_code,
+                     progress=not json_out and console.is_terminal, say=say)  # no bars in a log: blank lines
     except BudgetNotMetError as exc:
         if json_out and exc.result is not None:
             print_json({"output": str(exc.result.out_dir), "met": False, "report": exc.result.report})

@@ -397,7 +397,9 @@ def compress_arrays(tensors: dict[str, np.ndarray], cfg: DeepCompressionConfig, 
                     ) -> tuple[dict[str, np.ndarray], list[TensorStats]]:
     """One-shot Deep Compression of named float arrays (ONNX initializers): 2-D tensors are
     "fc", ≥ 3-D "conv", the rest "other". Magnitude pruning per tensor, then k-means.
-    Returns new arrays (same dtypes/shapes) and per-tensor statistics."""
+    An "other" tensor holding NaN or Inf (a graph constant such as the ``-inf`` a Max starts from) is
+    kept as it is. Returns new arrays (same dtypes/shapes) and per-tensor statistics. Raises
+    :class:`InputError` for an "fc"/"conv" weight holding NaN or Inf."""
     kinds = {n: ("fc" if a.ndim == 2 else "conv" if a.ndim >= 3 else "other")
              for n, a in tensors.items() if a.dtype.kind == "f"}
     check_patterns([n for n, k in kinds.items() if k != "other"], cfg, list(kinds))
@@ -408,6 +410,9 @@ def compress_arrays(tensors: dict[str, np.ndarray], cfg: DeepCompressionConfig, 
         if a.size == 0:
             continue
         if not np.isfinite(a).all():
+            if kind == "other":  # a constant such as jax2tf's -inf that starts a Max: no weight, kept as it is
+                stats.append(TensorStats(name, kind, a.size, int(np.count_nonzero(a)), 0.0, 0, 0))
+                continue
             raise InputError(f"initializer {name!r} holds NaN or Inf values; Deep Compression needs finite weights")
         w = torch.from_numpy(a.astype(np.float32).reshape(-1))
         s = _sparsity(name, kind, cfg) if kind != "other" else 0.0

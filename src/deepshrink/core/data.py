@@ -102,7 +102,17 @@ def data_source_names() -> list[str]:
 
 def load_data(spec: str | Path | Dataset | dict[str, np.ndarray], handle: ModelHandle | None = None,
               *, max_length: int = 128) -> Dataset:
-    """Load ``spec`` (see module docstring) and check it against ``handle``'s inputs."""
+    """Load ``spec`` (see module docstring) and check it against ``handle``'s inputs.
+
+    Raises :class:`InputError` for data that cannot feed the model — among them a model with a
+    scalar (rank-0) input, such as silero VAD v5's sample rate ``sr``: every array has a sample
+    axis first, and a scalar input cannot take one (neither a 0-d array nor one value per sample)."""
+    scalar = [s for s in (handle.inputs if handle is not None else []) if s.dtype != ANY_DTYPE and not s.shape]
+    if scalar:
+        where = spec.source if isinstance(spec, Dataset) else "<dict>" if isinstance(spec, dict) else str(spec)
+        raise InputError(f"data {where}: the model's input {scalar[0].describe()} is a scalar (0-d), and data "
+                         "gives every input a sample axis first (a value per sample does not fit it either); "
+                         "make that input a constant of the graph first")
     if isinstance(spec, Dataset):
         ds = spec
     elif isinstance(spec, dict):

@@ -119,7 +119,15 @@ class Evaluator:
 
         return run_outputs(onnx.load_from_string(model_bytes), inputs, batch=1, threads=self.config.threads)
 
+    @property
+    def one_value_per_sample(self) -> bool:
+        """The first output holds one number per sample (a VAD's speech probability, a sigmoid score):
+        no per-sample cosine exists, so its cosine is taken over the held-out set as one vector."""
+        return self.ref_select.ndim >= 1 and self.ref_select.size == len(self.ref_select)
+
     def scores(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, ref_acc: float | None) -> Scores:
+        if ref.ndim >= 1 and ref.size == len(ref) and out.size == ref.size:  # (N, 1): a per-sample cosine is a sign
+            ref, out = ref.reshape(-1), out.reshape(-1)
         d = compare_outputs(ref, out)
         acc = _accuracy(out, labels)
         drop = None if acc is None or ref_acc is None else _drop_points(ref_acc, acc, len(out))

@@ -336,14 +336,20 @@ def warm_starts(pe: PackEvaluator, sens: dict[str, dict[float, float]], budget_b
     For file sizes at 0.95, 0.85 and 0.7 of a size budget (without one: 1/10, 1/20 and 1/40 of
     the original file) and 5, 4 and 3 bits, :func:`allocate` spreads the pruning over the layers by
     sensitivity; each is then sized by packing it one-shot and, while over its target, re-allocated
-    for a proportionally smaller one. Order: the largest target first, most bits first.
+    for a proportionally smaller one. A target that every layer unpruned at more bits than those
+    (the most of :attr:`PackEvaluator.bits` that fits) already packs under gets that point first: a
+    size budget that 6-bit weights undershoot by half (ppocr-cls at 0.4x: 0.197x) is no reason to
+    drop bits. Order: the largest target first, most bits first.
     """
     fracs = (0.95, 0.85, 0.7)
     targets = [f * budget_bytes for f in fracs] if budget_bytes is not None else \
         [pe.ev.ref_size / d for d in (10, 20, 40)]
+    higher = sorted((b for b in pe.bits if b > max(pe.warm_bits)), reverse=True)
+    dense_size = {b: pe.estimate({lay.name: (0.0, b) for lay in pe.layers}) for b in higher}
     out: list[tuple[str, dict[str, tuple[float, int]]]] = []
     for target in targets:
-        for bits in pe.warm_bits:
+        fits = [b for b in higher if dense_size[b] <= target][:1]
+        for bits in (*fits, *pe.warm_bits):
             dense = {lay.name: (0.0, bits) for lay in pe.layers}
             overhead = max(pe.estimate(dense) - sum(lay.numel * bits / 8.0 for lay in pe.layers), 0.0)
             goal, assign = target, allocate(pe.layers, sens, bits, target, overhead, pe.sparsity)

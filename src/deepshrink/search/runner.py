@@ -329,43 +329,65 @@ def _budget_value(config: SearchConfig, ev: Evaluator) -> float | None:
     return ev.budget_ratio
 
 
-def _over_budget(c: Candidate, config: SearchConfig, budget: float | None) -> float:
-    """How far ``c`` is over the budget, as a ratio to the reference (<= 0: within)."""
+def _over_budget(c: Candidate, config: SearchConfig, budget: float | None, final: dict[str, Any] | None = None
+                 ) -> float:
+    """How far ``c`` is over the budget, as a ratio to the reference (<= 0: within); a latency from the
+    finalists' re-timing (``final``) when ``c`` is one of them."""
     if c.error is not None:
         return float("inf")
     if budget is None or config.budget is None:
         return 0.0
     if config.budget.resource == "size":
         return c.size_ratio - budget
-    return (c.latency_ratio if c.latency_ratio is not None else float("inf")) - budget
+    return _latency(c, final) - budget
 
 
-def _point(c: Candidate, ev: Evaluator) -> str:
+def _verdict_of(c: Candidate, ev: Evaluator, config: SearchConfig, budget: float | None,
+                final: dict[str, Any] | None) -> dict[str, bool]:
+    """Whether a Pareto point keeps the fidelity target on the samples chosen on (and fits the budget):
+    the front holds points that miss it (more faithful or smaller than any that keeps it)."""
+    out = {"meets_target": ev.shortfall(c.select) <= 0}
+    if config.budget is not None:
+        out["within_budget"] = _over_budget(c, config, budget, final) <= 0
+    return out
+
+
+def _latency(c: Candidate, final: dict[str, Any] | None = None) -> float:
+    """``c``'s latency ratio: the finalists' re-timing when it is one of them, else its trial's timing."""
+    t = (final or {}).get(f"trial {c.trial}")
+    if t is not None:
+        return float(t["latency_ratio"])
+    return c.latency_ratio if c.latency_ratio is not None else float("inf")
+
+
+def _point(c: Candidate, ev: Evaluator, final: dict[str, Any] | None = None) -> str:
     s = c.select
     fid = (f"drop {s.drop:.2f} pt" if ev.config.max_drop is not None and s and s.drop is not None
            else f"cos {s.cos_mean:.4f}/{s.cos_min:.4f}" if s else "-")
-    lat = f", {c.latency_ratio:.2f}x latency" if c.latency_ratio is not None else ""
+    t = (final or {}).get(f"trial {c.trial}")
+    lat = (f", {t['latency_ratio']:.2f}x ±{t['latency_spread']:.2f} latency (re-timed)" if t is not None
+           else f", {c.latency_ratio:.2f}x latency" if c.latency_ratio is not None else "")
     return f"{fid}, {c.size_ratio:.3f}x size{lat}"
 
 
 # ------------------------------------------------------------------------------------------
 # choosing, re-measuring, writing
 
-def _feasible(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget: float | None
-              ) -> list[Candidate]:
+def _feasible(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget: float | None,
+              final: dict[str, Any] | None = None) -> list[Candidate]:
     ok = [c for c in cands if c.error is None and c.select is not None]
-    return [c for c in ok if ev.shortfall(c.select) <= 0 and _over_budget(c, config, budget) <= 0]
+    return [c for c in ok if ev.shortfall(c.select) <= 0 and _over_budget(c, config, budget, final) <= 0]
 
 
 def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget: float | None,
             final: dict[str, Any] | None) -> tuple[Candidate | None, Candidate | None, str]:
     """(chosen, closest when none is chosen, why).
 
-    Latency uses the finalists' re-timing (``final``, all in the same rounds) when there is one.
-    Candidates whose latency is within the fastest one's spread count as equally fast; among
-    them the smallest file wins.
+    Latency uses the finalists' re-timing (``final``, all in the same rounds) when there is one —
+    for a latency budget too, and for the closest point when none meets it. Candidates whose
+    latency is within the fastest one's spread count as equally fast; among them the smallest file wins.
     """
-    feasible = _feasible(cands, ev, config, budget)
+    feasible = _feasible(cands, ev, config, budget, final)
     if final is not None:  # the finalists only: their latencies come from the same rounds
         feasible = [c for c in feasible if f"trial {c.trial}" in final] or feasible
 
@@ -401,7 +423,7 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
     ok = [c for c in cands if c.error is None and c.select is not None]
     met_fid = [c for c in ok if ev.shortfall(c.select) <= 0]
     if met_fid:
-        closest = min(met_fid, key=lambda c: (_over_budget(c, config, budget), c.trial))
+        closest = min(met_fid, key=lambda c: (_over_budget(c, config, budget, final), c.trial))
     elif ok:
         closest = min(ok, key=lambda c: (ev.shortfall(c.select), c.trial))
     else:
@@ -422,7 +444,8 @@ def _target_text(config: SearchConfig) -> str:
     return f"cosine >= {config.target_cos:g} mean / {config.worst_cos:g} worst"
 
 
-def _not_met_message(closest: Candidate | None, ev: Evaluator, config: SearchConfig, budget: float | None) -> str:
+def _not_met_message(closest: Candidate | None, ev: Evaluator, config: SearchConfig, budget: float | None,
+                     final: dict[str, Any] | None = None) -> str:
     want = _target_text(config) + (f" and {config.budget.describe()}" if config.budget else "")
     if closest is None:
         return f"no candidate could be built and measured for {want}; see report.json for each trial's error"
@@ -432,10 +455,10 @@ def _not_met_message(closest: Candidate | None, ev: Evaluator, config: SearchCon
         far = f"it misses the fidelity target by {short:.4g} {unit}"
     else:
         assert config.budget is not None and budget is not None
-        have = closest.size_ratio if config.budget.resource == "size" else closest.latency_ratio or float("inf")
+        have = closest.size_ratio if config.budget.resource == "size" else _latency(closest, final)
         far = (f"its {config.budget.resource} is {have:.3f}x the original against a budget of {budget:.3f}x "
                f"({have / budget:.2f}x over)")
-    return (f"no candidate meets {want}: the closest is trial {closest.trial} ({_point(closest, ev)}; "
+    return (f"no candidate meets {want}: the closest is trial {closest.trial} ({_point(closest, ev, final)}; "
             f"{_choices_text(closest)}); {far}. Reports are in the output folder; no best model was written")
 
 
@@ -448,6 +471,29 @@ def _held_out_warning(chosen: Candidate, config: SearchConfig) -> str:
     return (f"on the {t.samples} held-out samples the search never saw, the chosen model {fid}, outside the "
             f"target ({_target_text(config)}) it met on the {s.samples} it was chosen on: the choice may not "
             "generalise; give more held-out data (--eval-data) or a tighter target")
+
+
+def _slower_warning(t: dict[str, float], threads: int) -> str | None:
+    """The chosen point's final timing is slower than the original's: said, even when the median is
+    slower only within a wide spread (a shared machine: ppocr-cls measured 1.12x ±0.80)."""
+    ratio, spread = t["latency_ratio"], t["latency_spread"]
+    if ratio <= 1.02:
+        return None
+    noisy = ratio <= 1.0 + spread
+    return (f"the chosen model is {'no faster' if noisy else 'slower'} than the original on this machine "
+            f"({ratio:.2f}x ±{spread:.2f}, batch 1, {threads} threads"
+            f"{': the median is slower, within a wide spread' if noisy else ''}): no quantized candidate that meets "
+            "the target ran faster; keep the original if speed matters"
+            + ("; time both again on a quiet machine (deepshrink bench)" if noisy else ""))
+
+
+def _one_value_warning(ev: Evaluator) -> str:
+    """The cosine target of a model whose first output is one number per sample is a weak check: say so."""
+    shape = "x".join(map(str, ev.ref_select.shape[1:])) or "scalar"
+    return (f"the model's first output has one value per sample ({shape}): its cosine is taken over the "
+            f"{len(ev.ref_select)} held-out samples as one vector, so mean and worst are one figure and "
+            "--min-cos checks no single sample; compare the values themselves (deepshrink bench --data) "
+            "before trusting the choice")
 
 
 def _other_families(r: dict[str, Any]) -> str:
@@ -505,16 +551,16 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
         files[best] = out / best
     warnings = []
     if chosen is not None and final is not None and f"trial {chosen.trial}" in final:
-        t = final[f"trial {chosen.trial}"]
-        if t["latency_ratio"] > 1.0 + max(t["latency_spread"], 0.02):
-            warnings.append(f"the chosen model is slower than the original on this machine ({t['latency_ratio']:.2f}x "
-                            f"±{t['latency_spread']:.2f}, batch 1, {config.threads} threads): no quantized candidate "
-                            "that meets the target ran faster; keep the original if speed matters")
+        slow = _slower_warning(final[f"trial {chosen.trial}"], config.threads)
+        if slow:
+            warnings.append(slow)
     if chosen is not None and chosen.test is not None and ev.shortfall(chosen.test) > 0:
         warnings.append(_held_out_warning(chosen, config))
+    if config.max_drop is None and ev.one_value_per_sample:
+        warnings.append(_one_value_warning(ev))
     verdict = {"met": chosen is not None, "warnings": warnings, "target": _target_text(config),
                "budget": config.budget.describe() if config.budget else None, "budget_ratio": budget,
-               "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget)}
+               "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget, final)}
     if chosen is None and (pack_info or {}).get("floor_bytes"):
         floor = pack_info["floor_bytes"]  # type: ignore[index]
         verdict["message"] = verdict["message"].replace(
@@ -530,7 +576,8 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
     pareto_doc = {"schema": SCHEMA, "objectives": ["loss", "size_bytes", "latency_ratio"],
                   "loss": "accuracy points lost" if config.max_drop is not None else "1 - mean cosine",
                   "chosen": chosen.trial if chosen else None,
-                  "front": [{k: v for k, v in c.to_dict().items() if k != "build_s"} for c in pareto]}
+                  "front": [{**{k: v for k, v in c.to_dict().items() if k != "build_s"},
+                             **_verdict_of(c, ev, config, budget, final)} for c in pareto]}
     write_text_atomic(out / "pareto.json", json.dumps(pareto_doc, indent=2))
     write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str))
     write_text_atomic(out / "report.md", _markdown(report))
