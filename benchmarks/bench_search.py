@@ -192,12 +192,20 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
     from deepshrink.search.runner import _split_select_test
 
     data = load_data(f"sentences:{args.sentences}", h)
-    _calib, held, _ = split_holdout(data, len(data))  # as the search split it: the test half it never saw
-    test_set = _split_select_test(held)[1]
+    calib, held, _ = split_holdout(data, len(data))  # as the search split it: the test half it never saw
+    select_set, test_set = _split_select_test(held)
     assert test_set is not None
     test = test_set.inputs
     ref_out = run_outputs(onnx.load(str(ref_path)), test, batch=1)
     models = {**{n: q8 for n, (_f, q8) in peers.items()}, "search": best}
+    nncf_note = nncf_accuracy_control(ref_path, calib, select_set, tmp / "minilm_nncf_ac.onnx", max_drop=0.003)
+    if nncf_note.get("path") is not None:
+        peers["NNCF accuracy control"] = (ref_path, nncf_note["path"])
+        models["NNCF accuracy control"] = nncf_note["path"]
+    notes.append(f"- MiniLM, NNCF `quantize_with_accuracy_control` (nncf {nncf_note['version']}, ONNX backend, "
+                 f"transformer model type, the search's calibration sentences, validated on its select half with "
+                 f"mean cosine to the float model, max_drop 0.003 absolute = mean ≥ 0.997; NNCF has no worst-sample "
+                 f"bound): {nncf_note['text']}")
     fids = {}
     for name, p in models.items():
         d = compare_outputs(ref_out, run_outputs(onnx.load(str(p)), test, batch=1))
@@ -220,7 +228,8 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
                          f"{st[peer].median_ms:.2f} ms ({st[peer].median_ms / st['float'].median_ms:.2f}× float), "
                          f"search {ours.median_ms:.2f} ms ({ours.median_ms / st['float'].median_ms:.2f}× float)")
             if i == 0:
-                rows.append(["", "", f"{peer} (peer, same rounds)", "all MatMul int8", f"{sizes[peer]:.3f}×",
+                what = "int8 QDQ, layers float as NNCF chose" if peer.startswith("NNCF") else "all MatMul int8"
+                rows.append(["", "", f"{peer} (peer, same rounds)", what, f"{sizes[peer]:.3f}×",
                              f"{st[peer].median_ms / st['float'].median_ms:.2f}× (search/peer "
                              f"{ours.ratio:.2f}× ±{ours.ratio_spread:.2f})",
                              f"{fids[peer][0]:.4f} / {fids[peer][1]:.4f}", "-", "", ""])
@@ -233,6 +242,58 @@ def minilm_case(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], note
     notes.append(f"- MiniLM vs ORT quantize_dynamic, {args.peer_repeats} interleaved rounds per sentence (batch 1, "
                  f"2 threads): " + "; ".join(lines) + ". Cosine on the test half (never seen by the search): "
                  + ", ".join(f"{n} {a:.4f} / {b:.4f}" for n, (a, b) in fids.items()) + ".")
+
+
+def nncf_accuracy_control(ref_path: Path, calib: Any, select: Any, dest: Path, *, max_drop: float) -> dict[str, Any]:
+    """NNCF's accuracy-controlled int8 (static, QDQ) of the float ONNX model, its metric the mean cosine of the
+    first output to the float model's, each sentence alone; ``{"path", "version", "text"}`` (path None: failed)."""
+    try:
+        import nncf
+    except ImportError:
+        return {"path": None, "version": "-", "text": "not installed (`pip install -e .[peers]`)"}
+    import logging
+
+    import numpy as np
+    import onnx
+
+    from deepshrink.backends.onnx import make_session
+    from deepshrink.quantize.onnx.sensitivity import _trim
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+
+    def items(d: Any) -> list[dict[str, Any]]:
+        return [_trim({k: v[i:i + 1] for k, v in d.inputs.items()}) for i in range(len(d))]
+
+    model = onnx.load(str(ref_path))
+    names = [i.name for i in make_session(model, threads=2).get_inputs()]
+    cal = [{k: v for k, v in f.items() if k in names} for f in items(calib.take(min(len(calib), 64)))]
+    val = [{k: v for k, v in f.items() if k in names} for f in items(select)]
+    float_sess = make_session(model, threads=2)
+    ref = {f["input_ids"].tobytes(): float_sess.run(None, f)[0].ravel() for f in val}
+
+    def validate(m: Any, data: Any) -> tuple[float, list[float]]:
+        sess = make_session(m, threads=2)
+        cos = []
+        for f in data:
+            a, b = ref[f["input_ids"].tobytes()], sess.run(None, f)[0].ravel()
+            cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)))
+        return float(np.mean(cos)), cos
+
+    t0 = time.perf_counter()
+    try:
+        q = nncf.quantize_with_accuracy_control(model, nncf.Dataset(cal), nncf.Dataset(val), validate,
+                                                max_drop=max_drop, model_type=nncf.ModelType.TRANSFORMER,
+                                                subset_size=len(cal))
+    except Exception as exc:  # a peer's failure is a figure of the table, not the end of the benchmark
+        return {"path": None, "version": nncf.__version__,
+                "text": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    onnx.save(q, str(dest))
+    mean, cos = validate(q, val)
+    ops = [n.op_type for n in q.graph.node]
+    return {"path": dest, "version": nncf.__version__,
+            "text": f"{time.perf_counter() - t0:.0f} s; select half mean / worst cosine {mean:.4f} / {min(cos):.4f}; "
+                    f"{ops.count('QuantizeLinear')} QuantizeLinear, {ops.count('DequantizeLinear')} DequantizeLinear "
+                    "nodes (static int8 QDQ)."}
 
 
 def ray_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], notes: list[str]) -> None:

@@ -100,6 +100,19 @@ def data_source_names() -> list[str]:
     return sorted(set(_SOURCES) | set(_entry_points()))
 
 
+def _scalar_inputs(handle: ModelHandle | None) -> list[Any]:
+    """The input specs of an ONNX graph declared rank 0 (a ``shape`` with no dims). A spec with an
+    empty shape says "unknown" elsewhere — a graph input without shape information, a PyTorch or
+    Hugging Face handle before data has fixed its shapes — so only the graph's own declaration counts."""
+    graph = getattr(getattr(handle, "model", None), "graph", None)
+    if handle is None or handle.kind != "onnx" or graph is None:
+        return []
+    declared = {v.name for v in graph.input
+                if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+                and len(v.type.tensor_type.shape.dim) == 0}
+    return [s for s in handle.inputs if s.name in declared and not s.shape]
+
+
 def load_data(spec: str | Path | Dataset | dict[str, np.ndarray], handle: ModelHandle | None = None,
               *, max_length: int = 128) -> Dataset:
     """Load ``spec`` (see module docstring) and check it against ``handle``'s inputs.
@@ -107,7 +120,7 @@ def load_data(spec: str | Path | Dataset | dict[str, np.ndarray], handle: ModelH
     Raises :class:`InputError` for data that cannot feed the model — among them a model with a
     scalar (rank-0) input, such as silero VAD v5's sample rate ``sr``: every array has a sample
     axis first, and a scalar input cannot take one (neither a 0-d array nor one value per sample)."""
-    scalar = [s for s in (handle.inputs if handle is not None else []) if s.dtype != ANY_DTYPE and not s.shape]
+    scalar = _scalar_inputs(handle)
     if scalar:
         where = spec.source if isinstance(spec, Dataset) else "<dict>" if isinstance(spec, dict) else str(spec)
         raise InputError(f"data {where}: the model's input {scalar[0].describe()} is a scalar (0-d), and data "
