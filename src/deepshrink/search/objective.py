@@ -109,6 +109,7 @@ class Evaluator:
         self.cache: dict[str, Candidate] = {}
         self.builds = 0
         self.forms: list[dict[str, Any]] = []  # the int8 forms measured before the search (.forms)
+        self.int8_speed: dict[str, float] = {}  # {layer: int8/float latency alone} (.sensitivity.int8_speed)
 
     # -- measuring ---------------------------------------------------------------------------
 

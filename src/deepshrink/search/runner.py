@@ -140,7 +140,13 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
 
     sens_inputs = calibration.take(min(len(calibration), config.sensitivity_samples)).inputs
     sens = choice_sensitivity(ev, sens_inputs, progress=progress)
-    starts = warm_starts(space, sens, None if config.target_cos is None else 1.0 - config.target_cos)
+    speed = None
+    if _cost_kind(config) == "latency":  # timed, and latency is what the search lowers: where does int8 pay?
+        from .sensitivity import int8_speed
+
+        say("per-layer int8 speed (each layer timed alone)")
+        speed = ev.int8_speed = int8_speed(ev, calib_arrays, progress=progress)
+    starts = warm_starts(space, sens, None if config.target_cos is None else 1.0 - config.target_cos, speed)
     trials, n_workers, trials_s = _optimise(ev, space, starts, config, progress, say)
     cands = [ev.cache[k] for k in dict.fromkeys(t["key"] for t in trials)]
     pack_info = None
@@ -385,17 +391,20 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
 
     Latency uses the finalists' re-timing (``final``, all in the same rounds) when there is one —
     for a latency budget too, and for the closest point when none meets it. Candidates whose
-    latency is within the fastest one's spread count as equally fast; among them the smallest file wins.
+    latency is within the fastest one's :func:`median_tolerance` count as equally fast; among them the
+    smallest file wins.
     """
     feasible = _feasible(cands, ev, config, budget, final)
     if final is not None:  # the finalists only: their latencies come from the same rounds
         feasible = [c for c in feasible if f"trial {c.trial}" in final] or feasible
 
     def lat(c: Candidate) -> tuple[float, float]:
+        """(median ratio, how far another median may sit from it and count as equally fast)."""
         t = (final or {}).get(f"trial {c.trial}")
         if t is not None:
-            return t["latency_ratio"], t["latency_spread"]
-        return (c.latency_ratio if c.latency_ratio is not None else float("inf")), c.latency_spread or 0.0
+            return t["latency_ratio"], median_tolerance(t["latency_spread"], config.final_repeats)
+        return ((c.latency_ratio if c.latency_ratio is not None else float("inf")),
+                median_tolerance(c.latency_spread or 0.0, config.repeats))
 
     size_budget = config.budget is not None and config.budget.resource == "size"
 
@@ -415,11 +424,11 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
         fast = [c for c in feasible if lat(c)[0] <= band]
         if size_budget:
             return min(fast, key=faithful), None, (
-                "the most faithful (held-out loss, then mean cosine) of the fastest candidates (within the fastest's "
-                "timing spread) that meet the fidelity target and the size budget")
+                "the most faithful (held-out loss, then mean cosine) of the fastest candidates (within the timing "
+                "uncertainty of the fastest's median) that meet the fidelity target and the size budget")
         best = min(fast, key=lambda c: (c.size_bytes, c.trial))
-        return best, None, ("the smallest of the fastest candidates (within the fastest's timing spread) that meet "
-                            "the fidelity target")
+        return best, None, ("the smallest of the fastest candidates (within the timing uncertainty of the fastest's "
+                            "median) that meet the fidelity target")
     ok = [c for c in cands if c.error is None and c.select is not None]
     met_fid = [c for c in ok if ev.shortfall(c.select) <= 0]
     if met_fid:
@@ -429,6 +438,22 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
     else:
         closest = None
     return None, closest, ""
+
+
+def median_tolerance(spread: float, rounds: int) -> float:
+    """How far apart two median latency ratios of ``rounds`` interleaved rounds may be and still be
+    counted equal: two standard errors of their difference, at least 0.02, never more than ``spread``.
+
+    ``spread`` is half the 10-90 % range of the per-round ratio (:class:`~deepshrink.evaluate.latency.
+    LatencyStats`), about 1.28 standard deviations for a normal spread; a median's standard error is
+    about 1.25 sigma / sqrt(rounds), a difference of two sqrt(2) times that. The per-round spread itself
+    is far wider than the median's uncertainty once there are more than a few rounds: on a loaded
+    machine ppocr-cls's 0.99x and 1.17x medians of 60 rounds were both within ±0.25-0.35 per round.
+    """
+    if rounds <= 0:
+        return max(spread, 0.02)
+    se = 1.2533 * (spread / 1.2816) / rounds ** 0.5
+    return max(0.02, min(spread, 2.0 * 2 ** 0.5 * se))
 
 
 def _faithful(c: Candidate, ev: Evaluator) -> tuple[float, float, int, int]:
@@ -526,6 +551,11 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
         finalists = [c for c in feasible if c in pareto] or feasible
         if config.budget is not None and config.budget.resource == "size":  # the choice ranks these by fidelity
             finalists += [c for c in sorted(feasible, key=lambda c: _faithful(c, ev))[:3] if c not in finalists]
+        elif _cost_kind(config) == "latency":  # the fastest medians, though within the front's spread tolerance:
+            # on a loaded machine a trial's spread hides a real gap (ppocr-cls: 0.98x vs 1.21x, ±0.3), and the
+            # finalists' rounds together are what can tell them apart
+            timed = [c for c in feasible if c.latency_ratio is not None]
+            finalists += [c for c in sorted(timed, key=lambda c: (c.latency_ratio, c.trial))[:3] if c not in finalists]
         fin = {f"trial {c.trial}": c.model_bytes for c in {id(c): c for c in [*finalists, *pareto, *(
             [plain] if plain is not None else [])]}.values() if c.model_bytes is not None}
         say(f"re-timing {len(fin)} finalists with the reference ({config.final_repeats} interleaved rounds)")
@@ -652,6 +682,7 @@ def _report(source: Any, config: SearchConfig, space: Space, ev: Evaluator, cand
         "int8": space.int8_kind, "int8_forms": ev.forms,
         "layers": [{"name": lay.name, "op_type": lay.op_type, "shape": list(lay.shape), "options": list(lay.options),
                     "sensitivity": sens.get(lay.name, {}),
+                    **({"int8_latency_alone": ev.int8_speed[lay.name]} if lay.name in ev.int8_speed else {}),
                     "chosen": chosen.assign.get(lay.name, "float") if chosen and chosen.family == "quantize" else None}
                    for lay in space.layers],
         "reference": ref, "verdict": verdict,
@@ -713,12 +744,14 @@ def _markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Reference: {r['reference']['size_bytes']:,} B" + (
         f", {r['reference']['latency_ms']:.3f} ms median" if r["reference"]["latency_ms"] else ""), ""]
     lines += ["## Per-layer choices and sensitivity (1 - mean cosine with only that layer changed)", "",
-              "| layer | op | shape | chosen | " + " | ".join(("int8", "int4", "codebook")) + " |",
-              "|---|---|---|---|---|---|---|"]
+              "| layer | op | shape | chosen | " + " | ".join(("int8", "int4", "codebook")) + " | int8/float latency alone |",
+              "|---|---|---|---|---|---|---|---|"]
     for lay in r["layers"]:
         s = lay["sensitivity"]
+        alone = f"{lay['int8_latency_alone']:.2f}x" if "int8_latency_alone" in lay else "-"
         lines.append(f"| {lay['name']} | {lay['op_type']} | {'x'.join(map(str, lay['shape']))} | {lay['chosen'] or '-'} | "
-                     + " | ".join(f"{s[k]:.2e}" if k in s else "-" for k in ("int8", "int4", "codebook")) + " |")
+                     + " | ".join(f"{s[k]:.2e}" if k in s else "-" for k in ("int8", "int4", "codebook"))
+                     + f" | {alone} |")
     dc = r.get("deep_compression")
     if dc:
         sp = sorted({float(k) for lay in dc["layers"] for k in lay["sensitivity"]})

@@ -117,7 +117,7 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
             base = Int8StaticConfig(per_channel=True, include=base.include, exclude=base.exclude)
             scheme = "int8-static, chosen: most weights are in Conv layers"
     if isinstance(base, Int8StaticConfig):
-        qfn = _static_fn(base, data)
+        qfn = static_int8_fn(base, data)
         op_types: Sequence[str] = base.op_types or ("Conv", "MatMul", "Gemm")
     else:
         qfn = _quantize_fn(base)
@@ -265,7 +265,7 @@ def _layer_forms(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any, dat
     pc = base.per_channel if isinstance(base, Int8DynamicConfig) else True
 
     def static_form(m: onnx.ModelProto, names: list[str], d: dict[str, Any]) -> onnx.ModelProto:
-        return _static_fn(static, d)(m, names)
+        return static_int8_fn(static, d)(m, names)
 
     def dynamic_form(m: onnx.ModelProto, names: list[str], _d: dict[str, Any]) -> onnx.ModelProto:
         return ob.quantize_dynamic_int8(m, names, per_channel=pc)
@@ -297,7 +297,7 @@ def _layouts(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any,
     dense = [n for n in conv if n not in grouped]
     mm = [n for n in nodes if types.get(n) != "Conv"]  # MatMul/Gemm, and what a dynamic base also takes (LSTM...)
     static = isinstance(base, Int8StaticConfig)
-    sfn = _static_fn(base if static else Int8StaticConfig(per_channel=True), data)
+    sfn = static_int8_fn(base if static else Int8StaticConfig(per_channel=True), data)
 
     def dyn(m: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         pc = base.per_channel if isinstance(base, Int8DynamicConfig) else True
@@ -447,7 +447,8 @@ def time_layouts(float_model: onnx.ModelProto, models: Sequence[onnx.ModelProto]
     return [(stats[str(i + 1)].ratio, stats[str(i + 1)].ratio_spread) for i in range(len(models))]
 
 
-def _static_fn(base: Int8StaticConfig, data: dict[str, Any]) -> QuantizeFn:
+def static_int8_fn(base: Int8StaticConfig, data: dict[str, Any]) -> QuantizeFn:
+    """``fn(model, node names) -> model``: those nodes static int8 as ``base`` says, calibrated on ``data``."""
     return lambda m, nodes: ob.quantize_static_int8(
         m, nodes, data, observer=base.observer, percentile=base.percentile, per_channel=base.per_channel,
         fmt=base.format, symmetric_activations=base.symmetric_activations, op_types=base.op_types)
