@@ -34,3 +34,13 @@ def state_input_graph():
                           [helper.make_tensor("shape", TensorProto.INT64, [2], [1, 3]),
                            helper.make_tensor("ax", TensorProto.INT64, [1], [1])])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def save_batch_graph(path, nodes, inits, inputs: int, outputs: int, out_name: str, opset: int = 17) -> None:
+    """Save a graph of ``nodes``/``inits`` reading ``x: [n, inputs]`` and writing ``out_name: [n, outputs]``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", inputs])],
+                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["n", outputs])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))

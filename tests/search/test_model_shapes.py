@@ -9,21 +9,19 @@ import pytest
 pytest.importorskip("optuna")
 
 import deepshrink as ds  # noqa: E402
+from cli_helpers import save_batch_graph  # noqa: E402
 from deepshrink.search import SearchConfig  # noqa: E402
 
 
 def _sigmoid_scorer(path, rng) -> None:
     """x (N,64) → MatMul 64×64 → Relu → MatMul 64×1 → Sigmoid: one probability per sample, (N, 1)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     inits = [numpy_helper.from_array(rng.normal(0, 0.2, (64, 64)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.normal(0, 0.2, (64, 1)).astype(np.float32), "w2")]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("MatMul", ["r", "w2"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 1])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    save_batch_graph(path, nodes, inits, 64, 1, "p")
 
 
 def test_one_value_per_sample_is_one_cosine_over_the_set_and_said(tmp_path):
@@ -87,19 +85,28 @@ def test_a_scalar_model_input_is_one_line_whatever_the_data_gives_it(tmp_path, c
     assert "repeat" not in err and not out.exists()
 
 
+def _scoring_only(cfg: SearchConfig):
+    """An Evaluator's scoring rules (shortfall, loss) for ``cfg``, without a model."""
+    from types import SimpleNamespace
+
+    from deepshrink.search.objective import Evaluator
+
+    ev = SimpleNamespace(config=cfg)
+    ev.shortfall = lambda s: Evaluator.shortfall(ev, s)
+    ev.loss = lambda s: Evaluator.loss(ev, s)
+    return ev
+
+
 def test_a_latency_budget_is_judged_on_the_finalists_re_timing():
     # Trial 14g: ppocr-cls at latency=0.8x on a shared machine: the exit-4 line gave the closest point's trial
     # timing (0.98x) while report.md gave its re-timing (1.05x ±1.51); and a point within the budget by its
     # 20-round trial timing counted as within it even when the 60-round re-timing of the finalists was not
-    from types import SimpleNamespace
 
-    from deepshrink.search.objective import Candidate, Evaluator, Scores
+    from deepshrink.search.objective import Candidate, Scores
     from deepshrink.search.runner import _choose, _not_met_message
 
     cfg = SearchConfig(target_cos=0.99, budget=ds.search.parse_budget("latency=0.5x"), repeats=20)
-    ev = SimpleNamespace(config=cfg)
-    ev.shortfall = lambda s: Evaluator.shortfall(ev, s)
-    ev.loss = lambda s: Evaluator.loss(ev, s)
+    ev = _scoring_only(cfg)
     good = Scores(32, None, None, 0.999, 0.995)
     a = Candidate(3, {"l": "int8"}, "a", size_bytes=10, size_ratio=0.3, latency_ratio=0.45, latency_spread=0.1,
                   select=good)
@@ -159,18 +166,15 @@ def test_the_fastest_median_wins_beyond_its_uncertainty_not_its_per_round_spread
     # Session g, ppocr-cls on a loaded machine: the finalists' 60-round medians were 0.99x ±0.25 (int8 only where
     # it ran faster alone) and 1.17x ±0.35 (48 of 54 layers int8); counted equal within the per-round spread, the
     # smaller file won at 1.17x, slower than the original. A median of 60 rounds is known far better than that.
-    from types import SimpleNamespace
 
-    from deepshrink.search.objective import Candidate, Evaluator, Scores
+    from deepshrink.search.objective import Candidate, Scores
     from deepshrink.search.runner import _choose, median_tolerance
 
     assert median_tolerance(0.25, 60) == pytest.approx(2 * 2 ** 0.5 * 1.2533 * 0.25 / 1.2816 / 60 ** 0.5)  # 0.0893
     assert median_tolerance(0.25, 2) == 0.25  # few rounds: never wider than the spread itself
     assert median_tolerance(0.001, 60) == 0.02  # nor narrower than 2 %
     cfg = SearchConfig(target_cos=0.99, repeats=20, final_repeats=60)
-    ev = SimpleNamespace(config=cfg)
-    ev.shortfall = lambda s: Evaluator.shortfall(ev, s)
-    ev.loss = lambda s: Evaluator.loss(ev, s)
+    ev = _scoring_only(cfg)
     good = Scores(32, None, None, 0.9998, 0.995)
     fast = Candidate(2, {"l": "float"}, "f", size_bytes=76, size_ratio=0.76, latency_ratio=0.98, latency_spread=0.3,
                      select=good)

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("optuna")
 
 import deepshrink as ds  # noqa: E402
+from cli_helpers import save_batch_graph  # noqa: E402
 from deepshrink.errors import InputError  # noqa: E402
 from deepshrink.search import SearchConfig, parse_budget  # noqa: E402
 from deepshrink.search.pack import SPARSITY, PackLayer, allocate, label  # noqa: E402
@@ -204,17 +205,14 @@ def test_a_drop_of_exactly_max_drop_meets_it():
 
 def _onnx_with_inf_constant(path, rng) -> None:
     """x (N,16) → MatMul 16×32 → Max(-inf, ·) → MatMul 32×4: jax2tf starts a Max from a -inf constant so."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 32)).astype(np.float32), "w1"),
              numpy_helper.from_array(np.array(-np.inf, np.float32), "neg_inf"),
              numpy_helper.from_array(rng.normal(0, 0.3, (32, 4)).astype(np.float32), "w2")]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Max", ["neg_inf", "h"], ["m"]),
              helper.make_node("MatMul", ["m", "w2"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    save_batch_graph(path, nodes, inits, 16, 4, "y")
 
 
 def test_an_inf_graph_constant_does_not_stop_deep_compression(tmp_path):
