@@ -236,3 +236,15 @@ def test_verbose_anywhere_shows_the_traceback_behind_the_one_line_error(capsys, 
     from deepshrink.core import quiet
 
     quiet.set_verbose(False)
+
+
+def test_python_dash_m_deepshrink_is_the_command_line():
+    """``python -m deepshrink`` (what a user tries first without the script on PATH) runs the same CLI."""
+    import deepshrink
+
+    v = subprocess.run([sys.executable, "-m", "deepshrink", "--version"], capture_output=True, text=True, timeout=120)
+    assert v.returncode == 0 and v.stdout.strip() == f"deepshrink {deepshrink.__version__}", v.stderr[-500:]
+    bad = subprocess.run([sys.executable, "-m", "deepshrink", "info", "no-such-model.onnx"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2
+    one_line_error(bad.stderr, "no-such-model.onnx")

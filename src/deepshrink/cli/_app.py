@@ -19,10 +19,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="deepshrink: make trained networks smaller and faster, measured on the artifact.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"deepshrink {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", help="after a one-line error, also print its "
                                                 "traceback and what third-party tools wrote (accepted anywhere on "
-                                                "the command line; DEEPSHRINK_VERBOSE=1 does the same)")] = False) -> None:
+                                                "the command line; DEEPSHRINK_VERBOSE=1 does the same)")] = False,
+          version: Annotated[bool, typer.Option("--version", help="print the version and exit", callback=_version,
+                                                is_eager=True)] = False) -> None:
     """deepshrink: make trained networks smaller and faster, measured on the artifact."""
 
 
