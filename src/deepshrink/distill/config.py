@@ -71,8 +71,9 @@ class DistillConfig(Config):
     the student copies a teacher it should match exactly, and dropout's noise works against that.
     ``group_by_length``: batches of sentences of similar length (:class:`deepshrink.train.LengthGroupedSampler`:
     shuffled pools of 50 batches, each pool sorted by length) instead of a plain shuffle, so the padding each
-    batch is cut to stays short; needs an ``attention_mask`` input (refused otherwise). Measured on MiniLM
-    with up to 128 tokens: see ``benchmarks/results/distill_minilm.md``.
+    batch is cut to stays short; needs an ``attention_mask`` input (refused otherwise). Measured on the
+    3-layer MiniLM student, up to 128 tokens, 300 steps of 32 on one thread: 217 CPU-s grouped vs 508 with a
+    plain shuffle (236 at 32 tokens), held-out cosine 0.9144 vs 0.9151 (``benchmarks/results/distill_minilm.md``).
     """
 
     def contract(self) -> Contract:
