@@ -150,8 +150,8 @@ def test_group_by_length_batches_sentences_of_similar_length(tiny_bert, digits_m
     mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
     widths = {}
     for grouped in (False, True):
-        seen = []
-        hook = tiny_bert.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+        seen: list[int] = []
+        hook = tiny_bert.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(args[0].shape[1]))
         try:
             cfg = DistillConfig(derive="layers=2", hidden_weight=1.0, epochs=1, lr=1e-3, batch_size=8,
                                 group_by_length=grouped)
