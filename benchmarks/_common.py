@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -36,4 +37,4 @@ def md_table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def this_command() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    return "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])  # quoted: '*glob*' pastes as given

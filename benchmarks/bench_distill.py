@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine_line, md_table, this_command, write_result  # noqa: E402
 
 THREADS = 1
+SPLIT = 32  # held-out cosine is also reported for sentences of ≤ SPLIT and > SPLIT tokens (26% of them are longer)
 
 
 def _encoder(tok: Any, max_length: int) -> Any:
@@ -41,6 +42,12 @@ def _encoder(tok: Any, max_length: int) -> Any:
         return e["input_ids"], e["attention_mask"]
 
     return enc
+
+
+def _by_length(cos: Any, lengths: Any) -> tuple[float, float]:
+    """Mean of ``cos`` over the sentences of ≤ :data:`SPLIT` tokens and over the longer ones."""
+    short = lengths <= SPLIT
+    return float(cos[short].mean()), float(cos[~short].mean())
 
 
 def _load_avg() -> str:
@@ -81,6 +88,7 @@ def held_out_table(models: dict, teacher_name: str, quantize_name: str | None, t
             paths[quantize_name + " + int8 dynamic"] = qpath
         # embeddings of each held-out sentence alone (no padding), ORT
         emb = {}
+        lengths = np.array([len(ids) for ids in tok(held_out)["input_ids"]])  # untruncated, as embedded below
         for name, path in paths.items():
             sess = make_session(path, threads=THREADS)
             rows = []
@@ -104,22 +112,26 @@ def held_out_table(models: dict, teacher_name: str, quantize_name: str | None, t
             en = e / np.linalg.norm(e, axis=1, keepdims=True)
             rho = spearmanr(sims_t, (en @ en.T)[iu]).statistic
             r = lat[name]
+            short, long = _by_length(cos, lengths)
             rows.append([name, f"{path.stat().st_size / 2**20:.1f}", f"{r.params:,}" if r.params else "-",
-                         f"{cos.mean():.4f}", f"{cos.min():.4f}", f"{rho:.4f}", f"{r.median_ms:.2f}",
-                         f"{r.ratio:.2f}× ±{r.ratio_spread:.2f}"])
-            log[name] = {"cos_mean": float(cos.mean()), "cos_worst": float(cos.min()), "spearman": float(rho),
-                         "latency_ratio": r.ratio}
+                         f"{cos.mean():.4f}", f"{cos.min():.4f}", f"{short:.4f} / {long:.4f}", f"{rho:.4f}",
+                         f"{r.median_ms:.2f}", f"{r.ratio:.2f}× ±{r.ratio_spread:.2f}"])
+            log[name] = {"cos_mean": float(cos.mean()), "cos_worst": float(cos.min()), "cos_short": short,
+                         "cos_long": long, "spearman": float(rho), "latency_ratio": r.ratio}
     return rows
 
 
-def quick_figures(models: dict[str, Any], teacher: str, held_out: list[str], enc: Any, settings: str,
+def quick_figures(models: dict[str, Any], teacher: str, held_out: list[str], tok: Any, settings: str,
                   extra: Any) -> None:
-    """``--quick``: each model's held-out cosine to ``teacher`` (mean, worst) and the Spearman correlation of
-    the pairwise similarities, torch only, each sentence alone; one JSON line per model."""
+    """``--quick``: each model's held-out cosine to ``teacher`` (mean, worst, ≤ / > :data:`SPLIT` tokens) and the
+    Spearman correlation of the pairwise similarities, torch only, each sentence alone and untruncated (as the ORT
+    table); one JSON line per model."""
     import numpy as np
     import torch
     from scipy.stats import spearmanr
 
+    enc = _encoder(tok, 512)
+    lengths = np.array([len(ids) for ids in tok(held_out)["input_ids"]])
     with torch.no_grad():
         embs = {n: np.stack([m(*enc([x])).numpy()[0] for x in held_out]) for n, m in models.items()}
     ref = embs.pop(teacher)
@@ -128,15 +140,17 @@ def quick_figures(models: dict[str, Any], teacher: str, held_out: list[str], enc
         cos = (e * ref).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
         en = e / np.linalg.norm(e, axis=1, keepdims=True)
         rho = spearmanr((ref @ ref.T)[iu], (en @ en.T)[iu]).statistic
+        short, long = _by_length(cos, lengths)
         print(json.dumps({"quick": name, "settings": settings, "cos_mean": round(float(cos.mean()), 4),
-                          "cos_worst": round(float(cos.min()), 4), "spearman": round(float(rho), 4),
+                          "cos_worst": round(float(cos.min()), 4), f"cos_le{SPLIT}": round(short, 4),
+                          f"cos_gt{SPLIT}": round(long, 4), "spearman": round(float(rho), 4),
                           **extra(name)}))
 
 
 def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, text: str = "stdlib",
                    hidden_weight: float = 0.0, layer_map: str = "uniform", schedule: str = "cosine",
                    warmup: float = 0.0, max_length: int = 64, quick: bool = False, batch_size: int = 32,
-                   freeze: tuple[str, ...] = (), dropout: float | None = None) -> None:
+                   freeze: tuple[str, ...] = (), dropout: float | None = None, group_by_length: bool = False) -> None:
     import torch
     from transformers import AutoTokenizer
 
@@ -175,7 +189,8 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, 
     for label, selection in runs:
         cfg = DistillConfig(derive="layers=3", layer_selection=selection, loss="embedding", metric="cosine",
                             epochs=epochs, lr=lr, lr_schedule=schedule, warmup=warmup, batch_size=batch_size,
-                            hidden_weight=hidden_weight, layer_map=layer_map, freeze=freeze, dropout=dropout)
+                            hidden_weight=hidden_weight, layer_map=layer_map, freeze=freeze, dropout=dropout,
+                            group_by_length=group_by_length)
         t0 = time.process_time()
         student, rep = distill_with_report(teacher, None, train, cfg, eval_data=enc(held_out[:64]),
                                            targets=targets, progress=False)
@@ -184,10 +199,11 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, 
                                  "layer_map": rep.layer_map}
         models[f"{label} {keep[label]}, distilled"] = student
     settings = (f"text {text} ({len(train_text)} sentences, max {max_length} tokens), {epochs} epoch(s), batch {batch_size}, lr {lr} "
-                f"{schedule} warmup {warmup}, hidden_weight {hidden_weight} layer_map {layer_map} freeze {list(freeze)}")
+                f"{schedule} warmup {warmup}, hidden_weight {hidden_weight} layer_map {layer_map} freeze {list(freeze)} "
+                f"dropout {dropout} group_by_length {group_by_length}")
     if quick:  # torch only: the held-out figures of the distilled student, no ONNX / latency
         quick_figures({n: m for n, m in models.items() if n.startswith("teacher") or "distilled" in n},
-                      "teacher (6 layers)", held_out, enc, settings, lambda name: log[f"{name.split(' [')[0]} train"])
+                      "teacher (6 layers)", held_out, tok, settings, lambda name: log[f"{name.split(' [')[0]} train"])
         return
     best = f"importance {keep['importance']}, distilled"
     rows = held_out_table(models, "teacher (6 layers)", best, tok, held_out, enc, train, log)
@@ -197,6 +213,7 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, 
                f"({'met' if b['cos_mean'] >= 0.95 else 'not met'}: {b['cos_mean']:.4f}), Spearman ≥ 0.9 "
                f"({'met' if b['spearman'] >= 0.9 else 'not met'}: {b['spearman']:.4f}), latency ≤ 0.55× "
                f"({'met' if b['latency_ratio'] <= 0.55 else 'not met'}: {b['latency_ratio']:.2f}×).")
+    n_short = sum(len(ids) <= SPLIT for ids in tok(held_out)["input_ids"])
     drop = ", ".join(f"{k}: {v:.3f}" for k, v in choices["importance"].drop_one.items())
     order = ", ".join(f"{i} ({e:.3f})" for i, e in choices["importance"].removal_order)
     body = f"""
@@ -205,11 +222,12 @@ Teacher all-MiniLM-L6-v2 (6 layers). Student: 3 layers with the teacher's weight
 squared error; drop-one errors per layer {drop}; removed in order {order}) vs every other layer {keep['every other']}.
 Distilled on {len(train_text)} unlabelled sentences ({'`stdlib_sentences(wide=True)` without the held-out ones' if text == 'stdlib' else '`sentences:wide`: `training_sentences()`, the wide stdlib list without the narrow list from 1000 on, then numpy/scipy/sklearn/torch/transformers docstrings'}),
 {epochs} epoch(s), batch {batch_size}, AdamW lr {lr} {schedule} schedule (warmup {warmup:g} of the steps), loss 1 − cos(student, teacher
-embedding){f' + {hidden_weight:g} × hidden-state MSE (real tokens only), layer map {layer_map}' if hidden_weight else ''}; max {max_length} tokens{f'; frozen {list(freeze)}' if freeze else ''}. Held out: the 200 sentences `stdlib_sentences()[1745:1945]`, never trained on; each embedded alone in
-ORT. Spearman: rank correlation of the 19,900 pairwise cosine similarities (teacher vs student). Latency: ORT,
+embedding){f' + {hidden_weight:g} × hidden-state MSE (real tokens only), layer map {layer_map}' if hidden_weight else ''}; max {max_length} tokens{f'; frozen {list(freeze)}' if freeze else ''}{f'; student dropout {dropout:g}' if dropout is not None else ''}{'; batches grouped by length (`group_by_length`: shuffled pools of 50 batches, each sorted by length)' if group_by_length else ''}. Held out: the 200 sentences `stdlib_sentences()[1745:1945]`, never trained on; each embedded alone in
+ORT, untruncated; "cosine ≤{SPLIT} / >{SPLIT} tokens": the mean over the {n_short} held-out sentences of at most {SPLIT} tokens and over the
+{len(held_out) - n_short} longer ones. Spearman: rank correlation of the 19,900 pairwise cosine similarities (teacher vs student). Latency: ORT,
 batch 1 at the padded length of 32 held-out sentences, {THREADS} thread, 15 interleaved rounds, ratio to the teacher.
 
-{md_table(["model", "ONNX MB", "params", "cosine mean", "cosine worst", "Spearman (pairs)", "ORT ms", "latency vs teacher"], rows)}
+{md_table(["model", "ONNX MB", "params", "cosine mean", "cosine worst", f"cosine ≤{SPLIT} / >{SPLIT} tokens", "Spearman (pairs)", "ORT ms", "latency vs teacher"], rows)}
 
 {verdict}
 
@@ -288,7 +306,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
                 f"{schedule} warmup {warmup}, hidden_weight {hidden_weight}, freeze {list(freeze)}, "
                 f"reconstruct {recon_sentences}, student dropout {student_dropout}")
     if quick:  # torch only: the held-out figures, no ONNX / latency
-        quick_figures(models, "teacher (unpruned)", held_out, enc, settings,
+        quick_figures(models, "teacher (unpruned)", held_out, tok, settings,
                       lambda name: {"train": log["train"]} if "distilled" in name else {})
         return
     rows = held_out_table(models, "teacher (unpruned)", None, tok, held_out, enc, train, log)
@@ -318,7 +336,7 @@ max {max_length} tokens, frozen: {", ".join(f"`{f}`" for f in freeze) or "nothin
 {"0.1 (MiniLM's own)" if student_dropout is None else f"{student_dropout:g} while training"}. Held out and measured as in the
 3-layer table (200 sentences each alone in ORT; latency batch 1, {THREADS} thread, ratio to the teacher).
 {recon}
-{md_table(["model", "ONNX MB", "params", "cosine mean", "cosine worst", "Spearman (pairs)", "ORT ms", "latency vs teacher"], rows)}
+{md_table(["model", "ONNX MB", "params", "cosine mean", "cosine worst", f"cosine ≤{SPLIT} / >{SPLIT} tokens", "Spearman (pairs)", "ORT ms", "latency vs teacher"], rows)}
 
 {verdict}
 
@@ -420,6 +438,8 @@ def main() -> None:
                     help="minilm-pruned: re-fit the pruned layers on the first N training sentences (0: not)")
     ap.add_argument("--student-dropout", type=float, default=None,
                     help="minilm-pruned: the student's dropout probability while it trains (default: the model's)")
+    ap.add_argument("--group-by-length", action="store_true",
+                    help="minilm: batch training sentences of similar length together (DistillConfig.group_by_length)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--digits-epochs", type=int, default=30)
     a = ap.parse_args()
@@ -432,7 +452,8 @@ def main() -> None:
     if a.section in ("all", "minilm"):
         minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform, text=a.text, hidden_weight=a.hidden_weight,
                        layer_map=a.layer_map, schedule=a.schedule, warmup=a.warmup, max_length=a.max_length,
-                       quick=a.quick, batch_size=a.batch_size, freeze=tuple(a.freeze), dropout=a.student_dropout)
+                       quick=a.quick, batch_size=a.batch_size, freeze=tuple(a.freeze), dropout=a.student_dropout,
+                       group_by_length=a.group_by_length)
 
 
 if __name__ == "__main__":

@@ -142,3 +142,27 @@ def test_dropout_zero_lets_a_copy_match_its_teacher_exactly(digits_mlp, digits):
     with pytest.raises(InputError, match="no torch.nn.Dropout"):
         distill_with_report(digits_mlp, None, (digits.flat().x_train[:64], digits.y_train[:64]),
                             DistillConfig(derive="width=0.5", epochs=1, dropout=0.0), progress=False)
+
+
+def test_group_by_length_batches_sentences_of_similar_length(tiny_bert, digits_mlp, digits):
+    ids, _ = _tokens(64)
+    lengths = torch.randint(2, 13, (64,), generator=torch.Generator().manual_seed(2))
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+    widths = {}
+    for grouped in (False, True):
+        seen: list[int] = []
+        hook = tiny_bert.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(args[0].shape[1]))
+        try:
+            cfg = DistillConfig(derive="layers=2", hidden_weight=1.0, epochs=1, lr=1e-3, batch_size=8,
+                                group_by_length=grouped)
+            _, rep = distill_with_report(tiny_bert, None, (ids, mask), cfg, progress=False, deterministic=True)
+        finally:
+            hook.remove()
+        assert rep.steps == 8
+        widths[grouped] = sum(seen[-8:])  # the teacher's input width in the 8 training steps (cut to the longest)
+    # 8 batches of 8 (lengths 2-12): a plain shuffle pads nearly every batch to 11-12 tokens (88 in all here),
+    # grouped batches to their own longest (57; the sum of the 8 sorted groups' maxima, deterministic)
+    assert widths[True] < widths[False] - 20, widths
+    with pytest.raises(InputError, match="attention_mask"):
+        distill_with_report(digits_mlp, None, (digits.flat().x_train[:64], digits.y_train[:64]),
+                            DistillConfig(derive="width=0.5", epochs=1, group_by_length=True), progress=False)

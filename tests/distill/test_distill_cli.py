@@ -66,6 +66,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights,
         (["--derive", "width=0.5", "--data", "digits:train", "--freeze", "*word_embeddings*"], "matches none"),
         (["--derive", "width=0.5", "--data", "digits:train", "--dropout", "1.5"], "dropout"),
         (["--derive", "width=0.5", "--data", "digits:train", "--dropout", "0"], "no torch.nn.Dropout"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--group-by-length"], "attention_mask"),
     ]
     empty = tmp_path / "empty.npz"
     np.savez(empty, x=np.zeros((0, 1, 8, 8), np.float32), labels=np.zeros(0, np.int64))

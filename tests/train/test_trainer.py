@@ -150,3 +150,46 @@ def test_cache_key_names_the_whole_recipe(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "0.0.0")  # another torch build: another file
     others.add(cache_key("m", seed=0, epochs=30, lr=1e-3))
     assert a not in others and len(others) == 4
+
+
+def test_length_grouped_sampler_batches_similar_lengths_and_splits_ranks_like_one_process():
+    from deepshrink.train import LengthGroupedSampler
+
+    lengths = np.random.default_rng(0).integers(1, 129, 1000)  # 1000 = 31 batches of 32 + a short one of 8
+    s = LengthGroupedSampler(lengths, 32, seed=3, pool=10)
+    order = list(s)
+    assert sorted(order) == list(range(1000))  # every sample once per epoch
+    batches = [order[i:i + 32] for i in range(0, 1000, 32)]
+    assert len(batches[-1]) == 8  # the short batch last: the others are full global batches
+    # padded tokens per batch (longest × size) against a plain shuffle of the same data
+    padded = sum(lengths[b].max() * len(b) for b in batches)
+    perm = np.random.default_rng(1).permutation(1000)
+    plain = sum(lengths[perm[i:i + 32]].max() * len(perm[i:i + 32]) for i in range(0, 1000, 32))
+    assert padded < 0.6 * plain, (padded, plain, lengths.sum())
+    assert list(LengthGroupedSampler(lengths, 32, seed=3, pool=10)) == order  # (seed, epoch) fixes the order
+    s.set_epoch(1)
+    assert list(s) != order
+    s.set_epoch(0)
+    # two ranks with the global batch 32: rank batches j of 16 together are exactly global batch j
+    ranks = [list(LengthGroupedSampler(lengths, 32, seed=3, pool=10, world=2, rank=r)) for r in (0, 1)]
+    assert all(len(r) == 500 for r in ranks)
+    for j, b in enumerate(batches):
+        assert sorted(ranks[0][16 * j:16 * j + 16] + ranks[1][16 * j:16 * j + 16]) == sorted(b)
+    with pytest.raises(InputError, match="length grouping"):
+        LengthGroupedSampler(lengths, 32, world=3)
+
+
+def test_trainer_with_lengths_takes_every_sample_once(digits):
+    d = digits.flat()
+    seen = []
+
+    def step(model, batch):
+        seen.append(batch[0])
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    x, y = d.x_train[:100], d.y_train[:100]
+    Trainer(DigitsMLP(), step_fn=step, batch_size=16, progress=False, lengths=list(range(100))).fit((x, y))
+    got = torch.cat(seen).numpy()
+    assert len(seen) == 7 and sorted(map(bytes, got)) == sorted(map(bytes, np.asarray(x)))
+    with pytest.raises(InputError, match="lengths for"):
+        Trainer(DigitsMLP(), progress=False, lengths=[1, 2]).fit((x, y))

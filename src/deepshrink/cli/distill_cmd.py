@@ -95,6 +95,7 @@ def distill_cmd(
     max_length: Annotated[int, typer.Option("--max-length", help="text data: tokens kept per sentence")] = 128,
     freeze: Annotated[list[str] | None, typer.Option("--freeze", help="keep the student's parameters whose names match this glob as they are (repeatable), e.g. '*word_embeddings*'")] = None,
     dropout: Annotated[float | None, typer.Option("--dropout", help="the student's dropout probability while it trains (default: the model's own; 0 helps a student recover its teacher exactly)")] = None,
+    group_by_length: Annotated[bool, typer.Option("--group-by-length", help="text data: batch sentences of similar length together (less padding per step)")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="global batch size (split over --nproc)")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="seed of the data order, projections and dropout")] = 0,
     nproc: Annotated[int, typer.Option("--nproc", help="data-parallel processes (DistributedDataParallel)")] = 1,
@@ -135,7 +136,8 @@ def distill_cmd(
     config = config_for(loss, derive=derive, layer_selection=layers_from, temperature=temperature, alpha=0.5 if alpha is None else alpha,
                         metric=metric, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                         checkpoint_every=checkpoint_every, layer_map=parse_layer_map(layer_map),
-                        lr_schedule=lr_schedule, warmup=warmup, freeze=tuple(freeze or ()), dropout=dropout)
+                        lr_schedule=lr_schedule, warmup=warmup, freeze=tuple(freeze or ()), dropout=dropout,
+                        group_by_length=group_by_length)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank == 0:
         check_output(output, inputs=(teacher, weights, student), force=force)

@@ -190,6 +190,11 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
             loss = loss + cfg.attention_weight * attention_loss(cap_s.maps, cap_t.maps, layer_map)
         return loss
 
+    lengths = None
+    if cfg.group_by_length:
+        if trim is None or inputs[trim].dim() != 2:
+            raise InputError("group_by_length needs the teacher to take an attention_mask input (token sequences)")
+        lengths = inputs[trim].sum(1).tolist()
     eval_fn = _eval_fn(t_mod, t_handle, eval_data, inputs, labels, out_kind, trim)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None:
@@ -203,7 +208,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                       epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, eval_fn=eval_fn,
                       checkpoint_dir=ckpt, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
                       progress=progress, lr_schedule=cfg.lr_schedule, deterministic=deterministic,
-                      global_batch=True, warmup_steps=warmup_steps)
+                      global_batch=True, warmup_steps=warmup_steps, lengths=lengths)
     unused = frozen + _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
     torch.manual_seed(cfg.seed)  # dropout masks: the same on every process and every resume
     try:

@@ -2,6 +2,7 @@
 
 from .trainer import (
     Callback,
+    LengthGroupedSampler,
     Trainer,
     TrainResult,
     accuracy_of,
@@ -10,5 +11,5 @@ from .trainer import (
     deterministic_training,
 )
 
-__all__ = ["Callback", "Trainer", "TrainResult", "accuracy_of", "batches_of", "deterministic_default",
+__all__ = ["Callback", "LengthGroupedSampler", "Trainer", "TrainResult", "accuracy_of", "batches_of", "deterministic_default",
            "deterministic_training"]

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
 
 from ..core.fileio import atomic_path
 from ..errors import InputError
@@ -121,8 +121,64 @@ def batches_of(data: Any) -> Dataset:
     raise InputError(f"cannot train on {type(data).__name__}; pass a Dataset or a tuple of arrays")
 
 
+class LengthGroupedSampler(Sampler[int]):
+    """Sample order that puts samples of similar length in the same batch, so padded batches waste little.
+
+    Each epoch: a random permutation seeded by ``(seed, epoch)``, cut into pools of ``pool`` batches of
+    ``batch_size`` samples; each pool sorted by ``lengths`` (longest first) and cut into batches; the full
+    batches shuffled together, the one short batch (when ``len(lengths)`` is not a multiple of ``batch_size``)
+    last. Batches stay random in what they hold apart from length, and every sample is drawn once per epoch.
+    ``batch_size`` is the global batch: rank ``r`` of ``world`` yields ``order[r::world]`` (padded with the
+    first samples to a multiple of ``world``, as ``DistributedSampler``), so a DataLoader with
+    ``batch_size // world`` gives each rank its share of the same global batches. The "sortish" mega-batch
+    scheme of fairseq and Hugging Face's ``group_by_length`` (pool 50 there too).
+
+    ``lengths``: one non-negative int per sample (e.g. an attention mask's row sums). Raises
+    ``InputError`` for a ``batch_size`` or ``pool`` below 1 or ``world`` not dividing ``batch_size``.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0, world: int = 1, rank: int = 0,
+                 pool: int = 50) -> None:
+        if batch_size < 1 or pool < 1 or world < 1 or batch_size % world or not 0 <= rank < world:
+            raise InputError(f"bad length grouping: batch_size={batch_size}, pool={pool}, world={world}, rank={rank}")
+        self.lengths = torch.as_tensor(np.asarray(lengths)).long()
+        self.batch_size, self.seed, self.world, self.rank, self.pool = batch_size, seed, world, rank, pool
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_order(self) -> list[int]:
+        """This epoch's order of all samples (every rank's batches together), before the rank split."""
+        n, b = len(self.lengths), self.batch_size
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(n, generator=g)
+        batches: list[torch.Tensor] = []
+        for i in range(0, n, b * self.pool):
+            idx = perm[i:i + b * self.pool]
+            idx = idx[torch.argsort(self.lengths[idx], descending=True, stable=True)]
+            batches.extend(idx[j:j + b] for j in range(0, len(idx), b))
+        short = [x for x in batches if len(x) < b]
+        full = [x for x in batches if len(x) == b]
+        order = torch.cat([full[k] for k in torch.randperm(len(full), generator=g).tolist()] + short)
+        return order.tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.global_order()
+        order += order[: -len(order) % self.world]
+        return iter(order[self.rank::self.world])
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.world)
+
+
 class Trainer:
-    """``Trainer(model, epochs=3).fit((x, y))`` — see module docstring."""
+    """``Trainer(model, epochs=3).fit((x, y))`` — see module docstring.
+
+    ``lengths`` (one int per training sample) groups samples of similar length into the same batches
+    (:class:`LengthGroupedSampler`) instead of a plain shuffle; the step function is expected to cut the
+    padding off each batch.
+    """
 
     def __init__(self, model: nn.Module, *, step_fn: StepFn | None = None, optimizer: str = "adam",
                  lr: float = 1e-3, weight_decay: float = 0.0, epochs: int = 1, max_steps: int | None = None,
@@ -131,7 +187,8 @@ class Trainer:
                  checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 0,
                  progress: bool = True, lr_schedule: str = "constant", params: Iterable[nn.Parameter] | None = None,
                  deterministic: bool | None = None, global_batch: bool = False,
-                 find_unused_parameters: bool = False, warmup_steps: int = 0) -> None:
+                 find_unused_parameters: bool = False, warmup_steps: int = 0,
+                 lengths: Sequence[int] | None = None) -> None:
         if epochs < 0 or batch_size < 1 or lr <= 0 or warmup_steps < 0:
             raise InputError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}, "
                              f"warmup_steps={warmup_steps}")
@@ -157,6 +214,7 @@ class Trainer:
         self.deterministic = deterministic_default() if deterministic is None else bool(deterministic)
         self.global_batch = global_batch
         self.find_unused_parameters = find_unused_parameters
+        self.lengths = lengths
         self.step = 0
         self.epoch = 0
         self.total_steps = 0
@@ -238,6 +296,11 @@ class Trainer:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
         else:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=self.seed) if world > 1 else None
+        if self.lengths is not None:
+            if len(self.lengths) != len(dataset):  # type: ignore[arg-type]
+                raise InputError(f"{len(self.lengths)} lengths for {len(dataset)} training samples")  # type: ignore[arg-type]
+            sampler = LengthGroupedSampler(self.lengths, batch_size * world if not self.global_batch else self.batch_size,
+                                           seed=self.seed, world=world, rank=rank)
         gen = torch.Generator().manual_seed(self.seed)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None,
                             sampler=sampler, generator=gen, drop_last=False)
