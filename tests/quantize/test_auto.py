@@ -37,7 +37,7 @@ def test_sensitivity_is_plain_data(mlp, digits):
 def test_auto_keeps_the_most_sensitive_layers_when_smoothing_is_not_enough(mlp, digits):
     x = {"x": digits.flat().x_val[:64]}
     # int8 alone gives 0.9999951 here; asking for 0.999999 forces layers to stay float
-    cfg = AutoConfig(target_cos=0.999999, min_cos=0.99, smooth_alphas=(0.0,), max_kept_fraction=1.0,
+    cfg = AutoConfig(strategy="layouts", target_cos=0.999999, min_cos=0.99, smooth_alphas=(0.0,), max_kept_fraction=1.0,
                      base=Int8DynamicConfig(per_channel=True))
     out = run_quantize(mlp, cfg, data=x)
     auto = out.report["auto"]
@@ -56,7 +56,7 @@ def test_minilm_auto_meets_the_target_on_unseen_sentences():
     from deepshrink.examples import stdlib_sentences
 
     h, tok = minilm_float()
-    out = run_quantize(h, AutoConfig(smooth_alphas=(0.0, 0.7)), data=tokenized(tok, stdlib_sentences(24)))
+    out = run_quantize(h, AutoConfig(strategy="layouts", smooth_alphas=(0.0, 0.7)), data=tokenized(tok, stdlib_sentences(24)))
     auto = out.report["auto"]
     assert auto["trials"][0]["cos_mean"] < 0.997 <= auto["cos_mean"]  # plain int8 misses it: 0.991 -> 0.997+ seen
     assert auto["alpha"] == 0.7 and auto["kept_float"] == []
@@ -82,7 +82,7 @@ def test_auto_chooses_static_int8_on_a_conv_network(cnn_onnx, digits):
     import deepshrink as ds
 
     data = {"x": digits.x_train[:64].astype("float32")}
-    q = ds.quantize(str(cnn_onnx), AutoConfig(choose_by_speed=False), data=data)  # the base layout, untimed
+    q = ds.quantize(str(cnn_onnx), AutoConfig(strategy="layouts", choose_by_speed=False), data=data)  # the base layout, untimed
     rep = q.report.details["auto"]
     assert rep["scheme"].startswith("int8-static") and rep["met"]
     assert rep["cos_mean"] >= 0.997 and rep["cos_min"] >= 0.99  # AutoConfig's defaults: its contract

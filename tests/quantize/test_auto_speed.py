@@ -122,7 +122,7 @@ def test_auto_keeps_convs_float_when_int8_convs_measure_slower(monkeypatch):
     MatMul alone in int8 is faster. Auto writes that layout and says why the convs stayed float."""
     timing, calls = _fake_timing(lambda m: 1.5 if _int8_convs(m) else 0.95)
     monkeypatch.setattr(auto, "time_layouts", timing)
-    r = ds.quantize(_cnn(), AutoConfig(), data=_data())
+    r = ds.quantize(_cnn(), AutoConfig(strategy="layouts"), data=_data())
     rep = r.report.details["auto"]
     assert calls == [6]  # the base (static everywhere) + 4 per-op-type layouts + int8 storage, each meeting the target
     assert _int8_convs(r.model.model) == 0 and _int8_matmuls(r.model.model) == 1
@@ -143,7 +143,7 @@ def test_auto_keeps_grouped_convs_float_when_only_they_are_slower(monkeypatch):
 
     timing, calls = _fake_timing(ratio)
     monkeypatch.setattr(auto, "time_layouts", timing)
-    rep = ds.quantize(_cnn(grouped=True), AutoConfig(), data=_data()).report.details["auto"]
+    rep = ds.quantize(_cnn(grouped=True), AutoConfig(strategy="layouts"), data=_data()).report.details["auto"]
     assert calls == [9]  # base + (all / group-1 only / no Conv) x (static / dynamic / float MatMul) - base - none + storage
     chosen = [t for t in rep["speed"] if t.get("chosen")][0]
     assert chosen["what"] == "static int8 Conv with group 1 (1 grouped/depthwise float) + static int8 MatMul/Gemm"
@@ -154,8 +154,8 @@ def test_auto_keeps_the_most_quantized_layout_when_it_is_faster(monkeypatch):
     """Every layout faster than float: the one quantizing the most weights wins over one only a little faster."""
     timing, _calls = _fake_timing(lambda m: 0.7 if _int8_convs(m) and _int8_matmuls(m) else 0.6)
     monkeypatch.setattr(auto, "time_layouts", timing)
-    r = ds.quantize(_cnn(), AutoConfig(), data=_data())
-    untimed = ds.quantize(_cnn(), AutoConfig(choose_by_speed=False), data=_data())
+    r = ds.quantize(_cnn(), AutoConfig(strategy="layouts"), data=_data())
+    untimed = ds.quantize(_cnn(), AutoConfig(strategy="layouts", choose_by_speed=False), data=_data())
     assert r.model.model.SerializeToString() == untimed.model.model.SerializeToString()
     assert _int8_convs(r.model.model) == 2 and _int8_matmuls(r.model.model) == 1
     assert r.report.details["auto"]["kept_float"] == []
@@ -166,7 +166,7 @@ def test_auto_takes_a_much_faster_layout_over_the_most_quantized(monkeypatch):
     timing, _calls = _fake_timing(lambda m: 0.7 if _int8_convs(m) and _int8_matmuls(m) else
                                   0.45 if not _int8_convs(m) else 0.9)
     monkeypatch.setattr(auto, "time_layouts", timing)
-    rep = ds.quantize(_cnn(), AutoConfig(), data=_data()).report.details["auto"]
+    rep = ds.quantize(_cnn(), AutoConfig(strategy="layouts"), data=_data()).report.details["auto"]
     chosen = [t for t in rep["speed"] if t.get("chosen")][0]
     assert chosen["ratio"] == pytest.approx(0.45) and chosen["what"].startswith("Conv float + ")
 
@@ -175,7 +175,7 @@ def test_auto_keeps_the_fastest_when_none_is_faster_than_float(monkeypatch):
     """Here even the int8-storage layout (the float graph once loaded) measures slower than float."""
     timing, _calls = _fake_timing(lambda m: 1.3 if _stored_int8(m) else 1.2 + 0.1 * _int8_convs(m) + 0.05 * _int8_matmuls(m))
     monkeypatch.setattr(auto, "time_layouts", timing)
-    rep = ds.quantize(_cnn(), AutoConfig(), data=_data()).report.details["auto"]
+    rep = ds.quantize(_cnn(), AutoConfig(strategy="layouts"), data=_data()).report.details["auto"]
     chosen = [t for t in rep["speed"] if t.get("chosen")][0]
     assert chosen["ratio"] == pytest.approx(1.25)  # MatMul int8 only: the least slow
     assert all("no layout was faster than float" in k["reason"] for k in rep["kept_float"])
@@ -188,7 +188,7 @@ def test_auto_stores_int8_weights_when_no_int8_arithmetic_pays(monkeypatch):
     timing, _calls = _fake_timing(lambda m: 1.0 if _stored_int8(m) else 1.1 + 0.1 * _int8_convs(m))
     monkeypatch.setattr(auto, "time_layouts", timing)
     m = _cnn()
-    r = ds.quantize(m, AutoConfig(), data=_data())
+    r = ds.quantize(m, AutoConfig(strategy="layouts"), data=_data())
     rep = r.report.details["auto"]
     q = r.model.model
     assert [t["what"] for t in rep["speed"] if t.get("chosen")] == [auto.STORAGE_WHAT] and rep["kept_float"] == []
@@ -232,7 +232,7 @@ def test_auto_builds_a_per_layer_layout_from_each_layer_timed_alone(monkeypatch)
 
     timing, calls = _fake_timing(ratio)
     monkeypatch.setattr(auto, "time_layouts", timing)
-    r = ds.quantize(_cnn(), AutoConfig(), data=_data())
+    r = ds.quantize(_cnn(), AutoConfig(strategy="layouts"), data=_data())
     rep = r.report.details["auto"]
     assert calls == [7]  # base + 4 per-op-type layouts + the per-layer one + int8 storage
     chosen = [t for t in rep["speed"] if t.get("chosen")][0]
@@ -250,7 +250,7 @@ def test_a_per_layer_layout_equal_to_an_op_type_layout_is_not_timed_twice(monkey
     monkeypatch.setattr(layer_speed, "time_layers", lambda m, layers, *a, **k: {n: alone[n] for n in layers if n in alone})
     timing, calls = _fake_timing(lambda m: 0.9)
     monkeypatch.setattr(auto, "time_layouts", timing)
-    rep = ds.quantize(_cnn(), AutoConfig(), data=_data()).report.details["auto"]
+    rep = ds.quantize(_cnn(), AutoConfig(strategy="layouts"), data=_data()).report.details["auto"]
     assert calls == [6]  # base + 4 per-op-type layouts + int8 storage: the per-layer one is one of them
     assert not [t for t in rep["speed"] if t["what"].startswith("per layer")]
 
@@ -290,7 +290,7 @@ def test_allow_slower_skips_the_timing(monkeypatch, tmp_path, capsys):
     np.savez(data, **_data(64))
     out = tmp_path / "q.onnx"
     rc, _o, err = run_cli(capsys, "quantize", src, "-o", out, "--scheme", "auto", "--data", data, "--allow-slower",
-                          "--no-bench")
+                          "--no-bench", "--strategy", "layouts")
     assert rc == 0, err
     assert _int8_convs(onnx.load(out)) == 2
 
@@ -314,7 +314,7 @@ def test_keep_float_bisects_on_many_layers():
     """10 layers, a target int8 misses: the count kept float is bisected (≤ 1 + log2(10) + 1 trials after the
     first), and the count found is the smallest that meets the target among those tried."""
     data = {"x": np.random.default_rng(4).standard_normal((48, 32)).astype(np.float32)}
-    cfg = AutoConfig(target_cos=0.9999, min_cos=0.9, smooth_alphas=(0.0,), max_kept_fraction=1.0,
+    cfg = AutoConfig(strategy="layouts", target_cos=0.9999, min_cos=0.9, smooth_alphas=(0.0,), max_kept_fraction=1.0,
                      choose_by_speed=False)
     rep = ds.quantize(_deep_mlp(), cfg, data=data).report.details["auto"]
     assert rep["met"] and rep["cos_mean"] >= 0.9999  # 7 kept seen: 10, 5, 7, 6 tried
@@ -332,5 +332,5 @@ def test_auto_runs_a_graph_fixed_at_batch_1():
     m = _cnn()
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
-    rep = ds.quantize(m, AutoConfig(choose_by_speed=False), data=_data()).report.details["auto"]
+    rep = ds.quantize(m, AutoConfig(strategy="layouts", choose_by_speed=False), data=_data()).report.details["auto"]
     assert rep["met"] and rep["cos_mean"] >= 0.997 and rep["quantized_layers"] == 3

@@ -30,7 +30,7 @@ EXAMPLES = [
     MixedPrecisionConfig(default=Int8StaticConfig(observer="mse"),
                          overrides={"*fc3*": KMeansConfig(bits=6), "*fc1*": WeightOnlyConfig(bits=8, group_size=16)},
                          exclude=("*stem*",)),
-    AutoConfig(target_cos=0.995, min_cos=0.98, base=Int8DynamicConfig(per_channel=False), smooth_alphas=(0.0, 0.5)),
+    AutoConfig(strategy="layouts", target_cos=0.995, min_cos=0.98, base=Int8DynamicConfig(per_channel=False), smooth_alphas=(0.0, 0.5)),
 ]
 
 

@@ -61,7 +61,7 @@ def test_static_int8_cli_writes_and_measures(cnn_onnx, tmp_path, capsys, measure
 def test_auto_cli_prints_kept_layers(mlp_onnx, calib_npz, tmp_path, capsys):
     out = tmp_path / "mlp.auto.onnx"
     rc = run_app(["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "auto", "--data", str(calib_npz),
-                  "--target-cos", "0.999999", "--max-kept", "1", "--no-bench", "--allow-slower"])
+                  "--target-cos", "0.999999", "--max-kept", "1", "--no-bench", "--allow-slower", "--strategy", "layouts"])
     text = capsys.readouterr().out
     assert rc == 0 and out.exists()
     assert "kept float:" in text and "sensitivity" in text and "trial" in text
@@ -78,7 +78,13 @@ def test_auto_cli_prints_kept_layers(mlp_onnx, calib_npz, tmp_path, capsys):
     (["--scheme", "int8-static", "--observer", "median"], "observer"),
     (["--scheme", "int8-dynamic", "--smooth", "1.5"], "--smooth 1.5"),
     (["--scheme", "auto", "--target-cos", "1.5"], "target_cos"),
-    (["--scheme", "auto", "--target-cos", "0.999999", "--max-kept", "0"], "could not reach"),
+    (["--scheme", "auto", "--target-cos", "0.999999", "--max-kept", "0", "--strategy", "layouts"], "could not reach"),
+    (["--scheme", "auto", "--max-kept", "0.3"], "--max-kept applies to auto's --strategy layouts"),
+    (["--scheme", "auto", "--exclude", "fc*"], "--exclude applies to auto's --strategy layouts"),
+    (["--scheme", "auto", "--strategy", "fancy"], "--strategy 'fancy': use search or layouts"),
+    (["--scheme", "auto", "--strategy", "layouts", "--trials", "4"], "--trials is the number of candidates"),
+    (["--scheme", "auto", "--trials", "0"], "trials"),
+    (["--scheme", "int8-dynamic", "--strategy", "layouts"], "--strategy does not apply to --scheme int8-dynamic"),
 ])
 def test_bad_options(mlp_onnx, calib_npz, tmp_path, capsys, extra, needle):
     out = tmp_path / "q.onnx"
@@ -115,7 +121,7 @@ def test_scheme_options_at_their_defaults_or_for_their_scheme_pass(mlp_onnx, cal
                 "calibration_size": 64}
     cfg = build_config("ptq", **defaults, given={"--observer": "--observer"})
     assert cfg.observer == "percentile"  # --observer reaches ptq's activation quantizers
-    assert all(option_param(o) in {*defaults, "max_kept", "bias_correction"} for o in SCHEME_OPTIONS)
+    assert all(option_param(o) in {*defaults, "max_kept", "bias_correction", "strategy", "trials"} for o in SCHEME_OPTIONS)
 
 
 def test_bad_data(mlp_onnx, tmp_path, capsys):

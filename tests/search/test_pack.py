@@ -79,15 +79,18 @@ def test_allocate_prunes_the_cheap_layers_first():
 
 
 def test_an_onnx_model_gets_one_shot_deep_compression(tmp_path, cnn_onnx):
-    cfg = SearchConfig(max_drop=1.0, budget=parse_budget("size=0.15x"), trials=2, repeats=0, seed=0, pack_trials=3)
+    # the one-shot point (0.13x, the sensitivity allocation at 6 bits) loses, on the select half, for training seeds
+    # 0-2: 1.11 / 0.00 / 2.78 pt on an Intel Xeon (AMX), 0.00-0.56 pt on an AMD EPYC; the next-best pack point
+    # loses 6.7-88 pt: a limit of 4 pt keeps the point without admitting those
+    cfg = SearchConfig(max_drop=4.0, budget=parse_budget("size=0.15x"), trials=2, repeats=0, seed=0, pack_trials=3)
     res = ds.search(str(cnn_onnx), "digits:train", cfg, tmp_path / "o", eval_data="digits:test")
     rep = res.report
     assert res.met and rep["chosen"]["family"] == "pack" and rep["chosen"]["size_ratio"] <= 0.15
     assert rep["deep_compression"]["schedule"] == {"one_shot": True}
     assert all(lay["name"].endswith(".weight") for lay in rep["deep_compression"]["layers"])  # initializer names
     assert rep["reproduced"]["matches_candidate"]
-    # search seeds 0-2: test drop 0.00-0.56 pt (one digit is 0.56 pt)
-    assert rep["chosen"]["test"]["drop_points"] <= 2.0
+    # training seeds 0-2, test half: 0.56 / 0.00 / 1.67 pt (Intel Xeon), 0.00-0.56 pt (AMD EPYC); one digit is 0.56 pt
+    assert rep["chosen"]["test"]["drop_points"] <= 3.0
 
 
 @pytest.mark.parametrize(("family", "repeats"), [("pack", 0), ("structured", 2)])

@@ -40,7 +40,7 @@ SCHEME_SUMMARY = {
     "int4-weight": "group-wise low-bit weights, float activations",
     "kmeans": "a k-means codebook per weight, float activations, no calibration",
     "log2": "power-of-two weights, float activations, no calibration",
-    "auto": "int8-dynamic, keeping float the layers the fidelity target needs",
+    "auto": "int8 or float per layer, chosen by measuring fidelity on held-out samples and latency",
     "ptq": "low-bit weights and 8-bit activations of a PyTorch model",
 }
 
@@ -55,6 +55,8 @@ SCHEME_OPTIONS = {
     "--target-cos": ("auto",),
     "--min-cos": ("auto",),
     "--max-kept": ("auto",),
+    "--strategy": ("auto",),
+    "--trials": ("auto",),
     "--bias-correction/--no-bias-correction": ("ptq",),
 }
 # Options of the command (not of the scheme's config) that only some schemes use.
@@ -88,13 +90,15 @@ def quantize_cmd(
     exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", help="keep layers matching this pattern float (repeatable)")] = None,
     target_cos: Annotated[float, typer.Option("--target-cos", help="auto: mean cosine to reach")] = 0.997,
     min_cos: Annotated[float, typer.Option("--min-cos", help="auto: worst-sample cosine to reach")] = 0.99,
-    max_kept: Annotated[float, typer.Option("--max-kept", help="auto: largest fraction of layers it may keep float")] = 0.5,
+    max_kept: Annotated[float, typer.Option("--max-kept", help="auto --strategy layouts: largest fraction of layers it may keep float")] = 0.5,
+    strategy: Annotated[str, typer.Option("--strategy", help="auto: search (default: the per-layer search's preset, choosing on held-out samples) | layouts (the fixed sequence: smoothing trials, keep-float bisection, per-op-type layouts)")] = "search",
+    trials: Annotated[int | None, typer.Option("--trials", help="auto --strategy search: candidates measured (default 12)")] = None,
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="samples of --data used to calibrate")] = 64,
     bias_correction: Annotated[bool | None, typer.Option("--bias-correction/--no-bias-correction", help="ptq: remove each layer's mean output shift from weight rounding (default on)")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: the samples of --data not used to calibrate)")] = None,
     repeats: RepeatsOpt = 30,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="skip the timed before/after table (the fidelity gate still runs)")] = False,
-    allow_slower: Annotated[bool, typer.Option("--allow-slower", help="auto: keep the most-quantized layout that meets the fidelity target without timing alternatives, even when it measures slower than the float model (otherwise auto times static/dynamic int8 per op type, keeps the fastest, and exits 3 with nothing written if even that is slower)")] = False,
+    allow_slower: Annotated[bool, typer.Option("--allow-slower", help="auto: choose without timing (the smallest candidate that meets the fidelity target) and keep it even when it measures slower than the float model (otherwise auto times its candidates against the float model, keeps the fastest, and exits 3 with nothing written if even that is slower)")] = False,
     allow_degraded: AllowDegradedOpt = False, gate_min_cos: GateCosOpt = 0.9, gate_max_drop: GateDropOpt = 5.0,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -114,6 +118,7 @@ def quantize_cmd(
                           per_channel=per_channel, smooth=smooth, include=include or [], exclude=exclude or [],
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                           max_kept=max_kept, bias_correction=bias_correction, given=options_given(ctx, SCHEME_OPTIONS),
+                          **({"strategy": strategy, "trials": trials} if scheme == "auto" else {}),
                           **({"choose_by_speed": not allow_slower} if scheme == "auto" else {}))
     refuse_inapplicable("--scheme", scheme, options_given(ctx, COMMAND_SCHEME_OPTIONS), COMMAND_SCHEME_OPTIONS,
                         SCHEME_SUMMARY)
@@ -137,7 +142,10 @@ def quantize_cmd(
     if data is not None and eval_data is None:
         calib, held, _spared = gate.split_holdout(load_data(data, float_handle), calibration_size)
     # ptq works on the torch model (fake-quant, bias correction) and exports the result itself
-    result = run_quantize(handle if scheme == "ptq" else float_handle, config, data=calib, progress=not json_out)
+    searched = scheme == "auto" and config.strategy == "search"  # it holds out the same samples itself
+    result = run_quantize(handle if scheme == "ptq" else float_handle, config, data=data if searched else calib,
+                          progress=not json_out and console.is_terminal,  # no bars in a log: blank lines
+                          **({"say": _say} if searched and not json_out else {}))
     source = src if Path(src).is_file() else None
     timed = not no_bench or (scheme == "auto" and not allow_slower)  # auto's speed gate needs real timings
     speed: dict[str, Any] = {}
@@ -182,6 +190,11 @@ def quantize_cmd(
     if slower:
         console.print(f"warning: {slower} (kept: --allow-slower)", style="yellow", markup=False, highlight=False)
     console.print(f"wrote {output}")
+
+
+def _say(line: str) -> None:
+    """One line of auto's search progress, dimmed."""
+    console.print(line, style="dim", markup=False, highlight=False)
 
 
 def _streams(src: str) -> bool:

@@ -60,10 +60,14 @@ def scheme_name(config: QuantConfig) -> str:
     return next((k for k, v in SCHEMES.items() if type(config) is v), type(config).__name__)
 
 
-def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress: bool = False,
+def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress: bool = False, say: Any = None,
                  **load_options: Any) -> QuantizeOutcome:
     """``load_options`` (``weights``, ``input_shapes``, ``trust_remote_code``) load a model source;
-    any other keyword is refused."""
+    any other keyword is refused. ``say``: a callable for one-line progress messages (auto's search).
+
+    :class:`AutoConfig` with ``strategy="search"`` takes the whole ``data``: its first
+    ``calibration_size`` samples calibrate and the rest are held out to choose on
+    (:mod:`deepshrink.search.preset`)."""
     from ..core.verbs import LOAD_OPTIONS, check_options
 
     check_options("quantize", load_options, ("data", "progress", *LOAD_OPTIONS))
@@ -72,6 +76,13 @@ def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress:
     handler = handler_for(config)
     if isinstance(config, QATConfig):
         return handler(model, config, data=data, progress=progress, **load_options)
+    if isinstance(config, AutoConfig) and config.strategy == "search":  # a preset of the per-layer search
+        from ..search.preset import auto_by_search
+
+        out = auto_by_search(model, config, data=data, progress=progress, say=say, **load_options)
+        out.report.setdefault("scheme", type(config).__name__)
+        out.report["config"] = config.to_dict()
+        return out
     prep = prepare(model, data, fuse=_wants_fuse(config), calibration_size=_calibration_size(config),
                    gemm_as_matmul=not _is_static(config), **load_options)
     out = handler(prep, config, progress=progress)

@@ -263,10 +263,23 @@ class AutoConfig(QuantConfig):
     because every smoothed tensor that cannot be folded into its producer costs a ``Mul``
     at run time. The base scheme fuses BERT-like encoders (``fuse="auto"``): fewer kernels
     at batch 1.
+
+    ``strategy``: ``"search"`` (default) runs :func:`deepshrink.search.search` as a preset — int8 or
+    float per layer, the fidelity target, latency as the cost (size when ``choose_by_speed`` is
+    False), ``trials`` candidates, no pruning or Deep Compression — and chooses on samples held
+    out of the calibration set (:func:`deepshrink.evaluate.gate.split_holdout` past
+    ``calibration_size``), reporting a second held-out part it never chose on; the layers it
+    keeps float then store their weights in int8 when the target still holds. ``"layouts"``: the
+    older fixed sequence (smoothing trials, keep-float bisection, per-op-type layouts timed; see
+    :mod:`deepshrink.quantize.onnx.auto`), which judges fidelity on the calibration samples
+    themselves; ``smooth_alphas``, ``smooth_outlier_ratios``, ``max_kept_fraction``, ``base``
+    and ``include``/``exclude`` apply to it only (the search measures its own smoothing forms).
     """
 
     target_cos: float = Field(default=0.997, gt=0.0, le=1.0)
     min_cos: float = Field(default=0.99, gt=0.0, le=1.0)
+    strategy: Literal["search", "layouts"] = "search"
+    trials: int = Field(default=12, ge=1, le=10_000)
     base: NestedConfig = Field(default_factory=lambda: Int8DynamicConfig(fuse="auto", per_channel=True))
     smooth_alphas: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8)
     smooth_outlier_ratios: tuple[float, ...] = (8.0, 5.0, 4.0, 0.0)
@@ -301,6 +314,16 @@ class AutoConfig(QuantConfig):
                              f"float from), not {type(self.base).__name__}")
         self._refuse_unused(("smooth_outlier_ratios",), not any(a > 0 for a in self.smooth_alphas),
                             "it chooses which tensors smoothing reaches, and smooth_alphas has no alpha above 0")
+        if self.strategy == "search":
+            layouts_only = ("smooth_alphas", "smooth_outlier_ratios", "max_kept_fraction", "base", "include",
+                            "exclude")
+            given = [f for f in layouts_only if f in self.model_fields_set
+                     and getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True)]
+            if given:
+                raise ValueError(f"{given[0]} applies to strategy 'layouts' only: strategy 'search' chooses "
+                                 "every layer and its smoothing by measuring; set strategy='layouts' to use it")
+        elif self.trials != type(self).model_fields["trials"].default:
+            raise ValueError("trials is the search's candidate count: it applies to strategy 'search' only")
         base = self.base
         if base.smooth_alpha is not None:
             raise ValueError("base.smooth_alpha has no effect: auto tries its own smoothing alphas (smooth_alphas)")
@@ -352,7 +375,8 @@ def config_from_options(scheme: str, *, bits: int | None = None, group_size: int
                         include: Sequence[str] = (), exclude: Sequence[str] = (), target_cos: float = 0.997,
                         min_cos: float = 0.99, calibration_size: int = 64, max_kept: float = 0.5,
                         bias_correction: bool | None = None, calibration_size_given: bool = False,
-                        choose_by_speed: bool = True) -> QuantConfig:
+                        choose_by_speed: bool = True, strategy: str = "search", trials: int | None = None
+                        ) -> QuantConfig:
     """The config of a scheme from the command line's flat options and their defaults (``bits``
     None: the scheme's own — 4 for low-bit schemes; ``per_channel`` None: the scheme's choice;
     ``choose_by_speed``: auto only, see :class:`AutoConfig`).
@@ -384,6 +408,20 @@ def config_from_options(scheme: str, *, bits: int | None = None, group_size: int
             raise InputError("--scheme ptq quantizes weights per output channel; drop --per-tensor")
         return QATConfig.build(weight_bits=bits or 4, act_bits=8, epochs=0, observer=observer,
                                bias_correction=True if bias_correction is None else bias_correction, **sel)
+    if strategy not in ("search", "layouts"):
+        raise InputError(f"--strategy {strategy!r}: use search or layouts")
+    if strategy == "search":
+        flags = {"--include": bool(include), "--exclude": bool(exclude), "--per-tensor": per_channel is False,
+                 "--max-kept": max_kept != AutoConfig.model_fields["max_kept_fraction"].default}
+        given = next((f for f, on in flags.items() if on), None)
+        if given is not None:
+            raise InputError(f"{given} applies to auto's --strategy layouts; the default strategy (search) chooses "
+                             "every layer by measuring — add --strategy layouts to use it")
+        return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
+                                choose_by_speed=choose_by_speed, **({} if trials is None else {"trials": trials}))
+    if trials is not None:
+        raise InputError("--trials is the number of candidates auto's search measures; it does not apply to "
+                         "--strategy layouts")
     return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
-                            max_kept_fraction=max_kept, choose_by_speed=choose_by_speed,
+                            max_kept_fraction=max_kept, choose_by_speed=choose_by_speed, strategy="layouts",
                             base=Int8DynamicConfig.build(per_channel=int8_pc, fuse="auto"), **sel)

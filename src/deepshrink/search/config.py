@@ -97,6 +97,11 @@ class SearchConfig(Config):
     ``ray_workers``: trials measured at once (default: the cluster's CPUs // ``threads``); each
     worker reserves ``threads`` CPUs and runs with that many intra-op threads.
 
+    ``score_batches``: the batch sizes every candidate's outputs are computed at on the held-out
+    samples; its fidelity is the worst over them (default batch 1 only; ``quantize --scheme auto``
+    scores at 1 and 32, the batch ``bench`` measures fidelity in, as dynamic int8's per-batch
+    activation range can lose fidelity in batches).
+
     ``pack``: also search Deep Compression candidates (:mod:`.pack`: per-layer sparsity and k-means
     bits, fine-tuned, packed into ``.dsz``) — ``"auto"`` with a size budget when the model is
     PyTorch and the data labelled, ``"on"`` always (refused without both), ``"off"`` never.
@@ -125,6 +130,7 @@ class SearchConfig(Config):
     final_repeats: int = Field(default=60, ge=1, le=100_000)
     sensitivity_samples: int = Field(default=64, ge=2, le=100_000)
     eval_samples: int = Field(default=1000, ge=2, le=1_000_000)
+    score_batches: tuple[int, ...] = (1,)
     proposal_batch: int = Field(default=4, ge=1, le=1024)
     ray: str | None = None
     ray_workers: int | None = Field(default=None, ge=1, le=4096)
@@ -140,6 +146,13 @@ class SearchConfig(Config):
     def _pack_epochs(cls, v: tuple[int, int]) -> tuple[int, int]:
         if min(v) < 0:
             raise ValueError("pack_epochs are (pruning, centroid fine-tuning) epochs, each 0 or more")
+        return v
+
+    @field_validator("score_batches")
+    @classmethod
+    def _score_batches(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or min(v) < 1:
+            raise ValueError("score_batches are batch sizes (at least one, each 1 or more)")
         return v
 
     @field_validator("ray", mode="before")

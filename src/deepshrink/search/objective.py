@@ -113,12 +113,26 @@ class Evaluator:
 
     # -- measuring ---------------------------------------------------------------------------
 
-    def _outputs(self, model_bytes: bytes, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def _outputs(self, model_bytes: bytes, inputs: dict[str, np.ndarray], batch: int = 1) -> np.ndarray:
         import onnx
 
         from ..quantize.onnx.sensitivity import run_outputs
 
-        return run_outputs(onnx.load_from_string(model_bytes), inputs, batch=1, threads=self.config.threads)
+        return run_outputs(onnx.load_from_string(model_bytes), inputs, batch=batch, threads=self.config.threads)
+
+    def _deployed(self, model_bytes: bytes, part: Dataset, ref: np.ndarray, ref_acc: float | None) -> Scores:
+        """The worst scores of the model run at each of ``config.score_batches`` (dynamic int8 takes one
+        activation range per batch, so a model faithful one request at a time can lose fidelity in
+        batches): lowest mean and worst-sample cosine, lowest accuracy, largest drop. The reference
+        is run at batch 1 (a float model's outputs do not depend on the batch)."""
+        runs = [self.scores(self._outputs(model_bytes, part.inputs, b), ref, part.labels, ref_acc)
+                for b in dict.fromkeys(self.config.score_batches)]
+        if len(runs) == 1:
+            return runs[0]
+        accs = [r.accuracy for r in runs if r.accuracy is not None]
+        drops = [r.drop for r in runs if r.drop is not None]
+        return Scores(runs[0].samples, min(accs) if accs else None, max(drops) if drops else None,
+                      min(r.cos_mean for r in runs), min(r.cos_min for r in runs))
 
     @property
     def one_value_per_sample(self) -> bool:
@@ -175,11 +189,9 @@ class Evaluator:
         cand.size_bytes = len(data) if size_bytes is None else size_bytes
         cand.size_ratio = cand.size_bytes / self.ref_size
         cand.sha256 = hashlib.sha256(data if sha_of is None else sha_of).hexdigest()
-        out = self._outputs(data, self.select_set.inputs)
-        cand.select = self.scores(out, self.ref_select, self.select_set.labels, self.ref_acc_select)
+        cand.select = self._deployed(data, self.select_set, self.ref_select, self.ref_acc_select)
         if self.test_set is not None:
-            out = self._outputs(data, self.test_set.inputs)
-            cand.test = self.scores(out, self.ref_test, self.test_set.labels, self.ref_acc_test)
+            cand.test = self._deployed(data, self.test_set, self.ref_test, self.ref_acc_test)
         if self.config.repeats and timed:
             st = self.time_against_reference({"candidate": data}, self.config.repeats)["candidate"]
             cand.latency_ratio, cand.latency_spread, cand.latency_ms = st.ratio, st.ratio_spread, st.median_ms

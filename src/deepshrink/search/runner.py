@@ -76,7 +76,8 @@ class SearchResult:
 
 def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLike[str], *, eval_data: Any = None,
            force: bool = False, weights: str | None = None, input_shapes: Any = None,
-           trust_remote_code: bool = False, progress: bool = False, say: Any = None) -> SearchResult:
+           trust_remote_code: bool = False, progress: bool = False, say: Any = None, replay: bool = True
+           ) -> SearchResult:
     """Search per-layer quantization choices of ``model`` for ``config``'s target; write OUT_DIR.
 
     ``model``: anything :func:`deepshrink.load` takes (a path, ``package.module:factory`` with
@@ -84,6 +85,11 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     without ``eval_data``, held-out) samples — a path, a built-in source (``digits:train``,
     ``sentences:256``) or a :class:`Dataset`. Returns a :class:`SearchResult`; OUT_DIR then holds
     ``best.onnx`` (or ``best.dsz``), ``best.yaml``, ``pareto.json``, ``report.json``, ``report.md``, ``pareto.png``.
+
+    ``replay=False`` writes ``best.onnx`` from the chosen candidate's own bytes instead of replaying
+    ``best.yaml`` through ``compress`` (the same bytes, by construction, without building it again;
+    ``quantize --scheme auto`` uses it). ``input_shapes`` and ``eval_data`` as for :func:`deepshrink.load`
+    and ``compress``.
 
     Raises :class:`InputError` (exit 2, nothing written) for a bad model, data, target (accuracy
     without labels) or output folder; :class:`BudgetNotMetError` (exit 4, reports written, no
@@ -128,7 +134,9 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     calib_arrays = calibration.take(min(len(calibration), 256)).inputs
     space = build_space(reference, calib_arrays, config)
     if not space.free:
-        raise InputError("search: the model has no layer any choice applies to (no MatMul/Gemm/Conv weights)")
+        from ..quantize.onnx.backend import no_candidates_message
+
+        raise InputError(no_candidates_message(reference.model, ("MatMul", "Gemm", "Conv"), "search"))
     ev = Evaluator(reference, space, calibration, select, test, config)
     from .forms import choose_int8_form
 
@@ -175,7 +183,7 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
 
     plain = ev.cache.get(_key(space.uniform("int8")))
     res = _finish(out, source, model, data, eval_data, weights, input_shapes, trust_remote_code, config, space, ev,
-                  cands, trials, sens, plain, seconds, say, (n_workers, trials_s), pack_info, slim_info)
+                  cands, trials, sens, plain, seconds, say, (n_workers, trials_s), pack_info, slim_info, replay)
     if not res.met:
         raise BudgetNotMetError(res.report["verdict"]["message"], res)
     return res
@@ -536,7 +544,7 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
             trust: bool, config: SearchConfig, space: Space, ev: Evaluator, cands: list[Candidate],
             trials: list[dict[str, Any]], sens: dict[str, dict[str, float]], plain: Candidate | None, seconds: float,
             say: Any, runner: tuple[int, float] = (1, 0.0), pack_info: dict[str, Any] | None = None,
-            slim_info: dict[str, Any] | None = None) -> SearchResult:
+            slim_info: dict[str, Any] | None = None, replay: bool = True) -> SearchResult:
     import yaml
 
     budget = _budget_value(config, ev)
@@ -576,8 +584,13 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
                 + yaml.safe_dump(recipe, sort_keys=False))
         write_text_atomic(out / "best.yaml", text)
         files["best.yaml"] = out / "best.yaml"
-        say(f"writing {best} through deepshrink compress --recipe best.yaml")
-        reproduced = _replay(model, out / "best.yaml", data, eval_data, weights, input_shapes, trust, out / best)
+        if replay or chosen.model_bytes is None or chosen.family != "quantize":
+            say(f"writing {best} through deepshrink compress --recipe best.yaml")
+            reproduced = _replay(model, out / "best.yaml", data, eval_data, weights, input_shapes, trust, out / best)
+        else:
+            from ..core.fileio import write_bytes_atomic
+
+            write_bytes_atomic(out / best, chosen.model_bytes)
         files[best] = out / best
     warnings = []
     if chosen is not None and final is not None and f"trial {chosen.trial}" in final:

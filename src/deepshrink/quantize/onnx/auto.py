@@ -456,6 +456,8 @@ def static_int8_fn(base: Int8StaticConfig, data: dict[str, Any]) -> QuantizeFn:
 
 def summary_from_dict(d: dict[str, Any]) -> str:
     """The CLI's text for an ``AutoResult.to_dict()``: trials, then the layers kept float and why."""
+    if d.get("strategy") == "search":
+        return _search_summary(d)
     chosen = next((t["what"] for t in d.get("speed") or [] if t.get("chosen")), None)
     base = f" (base {d['scheme']}; timed layout: {chosen})" if chosen else f" ({d['scheme']})" if d.get("scheme") else ""
     lines = [f"auto{base}: smoothing alpha {d['alpha']:g}, {d['quantized_layers']} layers int8, {len(d['kept_float'])} kept float; "
@@ -487,4 +489,32 @@ def summary_from_dict(d: dict[str, Any]) -> str:
             lines.append(f"  kept float, {len(layers)} layers: {', '.join(layers[:6])}{more} ({reason})")
     if not d["kept_float"]:
         lines.append("  no layer needed to stay float")
+    return "\n".join(lines)
+
+
+def _search_summary(d: dict[str, Any]) -> str:
+    """The CLI's text for auto's search preset (:mod:`deepshrink.search.preset`)."""
+    s = d["search"]
+    where = (f"{s['test_samples']} held-out samples it never chose on" if s["test_samples"]
+             else f"{s['select_samples']} held-out samples (also the ones it chose on: too few to split)"
+             if s["held_out"] else f"the {s['calibration_samples']} calibration samples (too few to hold any out)")
+    lat = (f", {s['latency_ratio']:.2f}x ±{s['latency_spread']:.2f} the float latency"
+           if s.get("latency_ratio") is not None else "")
+    lines = [f"auto (search; int8 is {d['scheme']}): {d['quantized_layers']} layers computed in int8, "
+             f"{len(d['kept_float'])} in float{lat}; cosine {d['cos_mean']:.4f} mean / {d['cos_min']:.4f} worst on {where}",
+             f"  {s['trials']} trials, {s['built']} models built, {s['seconds']} s; chosen: trial {s['chosen_trial']} "
+             f"({s['why']})" if s.get("why") else
+             f"  {s['trials']} trials, {s['built']} models built, {s['seconds']} s; chosen: trial {s['chosen_trial']}"]
+    if s.get("int8_storage_layers"):
+        n = s["int8_storage_layers"]
+        lines.append(f"  + the weights of the {n} layer{'s' if n > 1 else ''} it computes in float stored in int8 "
+                     "(dequantized when ONNX Runtime loads the model)")
+    for t in d.get("speed") or []:
+        lines.append(f"  finalist {t['what']}: {t['ratio']:.2f}x the float latency (±{t['ratio_spread']:.2f}), "
+                     f"cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}{'  <- chosen' if t.get('chosen') else ''}")
+    kept = [k["layer"] for k in d["kept_float"]]
+    if kept:
+        more = f" and {len(kept) - 6} more" if len(kept) > 6 else ""
+        lines.append(f"  computed in float: {', '.join(kept[:6])}{more}")
+    lines += [f"  warning: {w}" for w in s.get("warnings") or []]
     return "\n".join(lines)
