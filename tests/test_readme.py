@@ -83,7 +83,8 @@ FASTER: dict[str, tuple[list[str], str]] = {
     "deepshrink bench ./all-MiniLM-L6-v2/ minilm.onnx --data lines.txt --batch 1 --threads 2":
         (["+ --repeats 2"], "fewer latency rounds"),
     "deepshrink quantize minilm.onnx -o minilm.int8.onnx --scheme auto --data sentences":
-        (["--data sentences -> --data sentences:16", "+ --no-bench"], "fewer calibration sentences; no timing"),
+        (["--data sentences -> --data sentences:16", "+ --no-bench --trials 3"],
+         "fewer calibration sentences and search trials; no table"),
     "deepshrink quantize cnn.onnx -o cnn.int8.onnx --scheme int8-static --data digits --observer mse":
         (["+ --no-bench"], "no timing"),
     "deepshrink quantize gpt.onnx -o gpt.int4.onnx --scheme int4-weight --method gptq --group-size 64 "
