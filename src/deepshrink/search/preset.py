@@ -106,7 +106,7 @@ def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False
     return result(prep, best, {"auto": auto, "quantized_layers": auto["quantized_layers"]})
 
 
-def _closest(exc: BudgetNotMetError) -> str:
+def _closest(exc: Exception) -> str:
     msg = str(exc)
     return msg[0].lower() + msg[1:] if msg else "no candidate met the target"
 
