@@ -89,6 +89,14 @@ def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False
     select, test = _split_select_test(held)
     picked = test if test is not None else select
     fid = chosen["test"] if chosen.get("test") else chosen["select"]
+    timing = (rep.get("final_timing") or {}).get(f"trial {chosen['trial']}")
+    slower = None
+    if timing is not None and timing["latency_ratio"] - timing["latency_spread"] > 1.0:
+        # every int8 point that meets the target ran slower than float: int8 arithmetic does not pay here, so
+        # the float graph (the weights still stored in int8 below) is the fastest answer measured
+        slower = {"trial": chosen["trial"], "latency_ratio": timing["latency_ratio"],
+                  "latency_spread": timing["latency_spread"]}
+        searched, best = best, handle.model
     # the layers the chosen point computes in float: their weights stored in int8 when the target still holds
     float_nodes = [w.name for w in ob.weight_nodes(best, LAYER_OPS)]
     storage = None
@@ -96,12 +104,22 @@ def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False
         storage = _stored(handle.model, best, float_nodes, select, test, config)
         if storage is not None and "model" in storage:
             best, fid = storage["model"], storage["fidelity"]
+    if slower is not None and (storage is None or "model" not in storage):
+        best, slower, storage = searched, None, None  # the search's choice: the CLI's speed gate judges it
+        # (exit 3 unless --allow-slower); its own float layers are left float
     if not _any_eight_bit(best):
         raise BudgetError(f"auto could not reach {target} with any layer in int8: the search's best point keeps "
                           f"every layer float, and storing their weights in int8 gives {storage_text(storage)} on "
                           "held-out samples (lower --target-cos / --min-cos)")
     auto = _auto_dict(rep, chosen, fid, storage, config, spared, len(calib), len(select),
                       0 if test is None else len(test), picked.source)
+    if slower is not None:
+        auto["search"]["slower_than_float"] = slower
+        auto["quantized_layers"] = 0
+        auto["kept_float"] = [{"layer": w, "score": 0.0,
+                               "reason": f"no int8 point that meets the target ran faster than float (the fastest, "
+                                         f"trial {slower['trial']}: {slower['latency_ratio']:.2f}x "
+                                         f"±{slower['latency_spread']:.2f})"} for w in float_nodes]
     prep = Prepared(handle, handle.model, None)
     return result(prep, best, {"auto": auto, "quantized_layers": auto["quantized_layers"]})
 

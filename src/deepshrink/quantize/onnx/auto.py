@@ -500,6 +500,10 @@ def _search_summary(d: dict[str, Any]) -> str:
              if s["held_out"] else f"the {s['calibration_samples']} calibration samples (too few to hold any out)")
     lat = (f", {s['latency_ratio']:.2f}x ±{s['latency_spread']:.2f} the float latency"
            if s.get("latency_ratio") is not None else "")
+    slow = s.get("slower_than_float")
+    if slow:
+        lat = (f" (no int8 point that meets the target ran faster than float: the fastest, trial {slow['trial']}, "
+               f"{slow['latency_ratio']:.2f}x ±{slow['latency_spread']:.2f})")
     lines = [f"auto (search; int8 is {d['scheme']}): {d['quantized_layers']} layers computed in int8, "
              f"{len(d['kept_float'])} in float{lat}; cosine {d['cos_mean']:.4f} mean / {d['cos_min']:.4f} worst on {where}",
              f"  {s['trials']} trials, {s['built']} models built, {s['seconds']} s; chosen: trial {s['chosen_trial']} "
