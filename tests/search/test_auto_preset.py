@@ -139,3 +139,22 @@ def test_when_every_int8_point_is_slower_it_keeps_float_compute_with_int8_storag
     assert not {n.op_type for n in q.graph.node} & {"DynamicQuantizeMatMul", "MatMulInteger", "QLinearMatMul"}
     assert sum(t.data_type == TensorProto.INT8 for t in q.graph.initializer) == 2
     assert "no int8 point that meets the target ran faster than float" in summary_from_dict(auto)
+
+
+def test_a_large_embedding_table_is_stored_in_int8():
+    """ids -> Gather(table [1024, 256]) -> fc MatMul [256, 16]: the search assigns the MatMul; the table
+    (262,144 elements, Int8DynamicConfig's gather threshold) is stored in int8, one scale per row."""
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((1024, 256)).astype(np.float32), "table")
+    w = numpy_helper.from_array((rng.standard_normal((256, 16)) / 16).astype(np.float32), "fc.w")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="emb"),
+             helper.make_node("MatMul", ["e", "fc.w"], ["y"], name="fc")]
+    g = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 16])], [table, w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    out = ds.quantize(ds.load(model), AutoConfig(choose_by_speed=False),
+                      data={"ids": rng.integers(0, 1024, 160).astype(np.int64)})
+    s = out.report.details["auto"]["search"]
+    assert s["int8_storage_tables"] == 1
+    stored = [t for t in out.model.model.graph.initializer if t.data_type == TensorProto.INT8]
+    assert [tuple(t.dims) for t in stored if t.name.startswith("table")] == [(1024, 256)]

@@ -16,7 +16,8 @@ The search brings what the fixed sequence of :mod:`deepshrink.quantize.onnx.auto
 - the original model is one of the candidates, so the chosen point is never slower than the best
   alternative measured without a warning.
 
-After the search, the layers the chosen point computes in float store their weights in int8
+After the search, the layers the chosen point computes in float (and the embedding tables of at
+least 262,144 elements, which the search's per-layer space does not cover) store their weights in int8
 (:func:`deepshrink.quantize.onnx.backend.int8_weight_storage`, dequantized when ONNX Runtime
 loads the model: same speed, smaller file) when the held-out fidelity still meets the target — the
 fallback of the fixed sequence, kept.
@@ -40,6 +41,8 @@ from ..errors import BudgetError, InputError
 SPEED_THREADS = 2  # as quantize.onnx.auto: the thread count `bench` and the CLI's speed gate time at
 SCORE_BATCHES = (1, 32)  # one request, and the batch `bench` (the CLI's table and fidelity gate) measures in
 LAYER_OPS = ("MatMul", "Gemm", "Conv")
+TABLE_OPS = ("Gather", "EmbedLayerNormalization")  # embedding tables: no per-layer choice in the search's space
+TABLE_MIN_ELEMENTS = 262_144  # as Int8DynamicConfig.gather_min_elements: smaller tables are not worth a node
 
 
 def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False, say: Any = None,
@@ -97,11 +100,15 @@ def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False
         slower = {"trial": chosen["trial"], "latency_ratio": timing["latency_ratio"],
                   "latency_spread": timing["latency_spread"]}
         searched, best = best, handle.model
-    # the layers the chosen point computes in float: their weights stored in int8 when the target still holds
+    # the layers the chosen point computes in float, and the large embedding tables (the search assigns only
+    # MatMul/Gemm/Conv layers): their weights stored in int8 when the target still holds
     float_nodes = [w.name for w in ob.weight_nodes(best, LAYER_OPS)]
+    tables = [w.name for w in ob.weight_nodes(best, TABLE_OPS) if int(np.prod(w.shape)) >= TABLE_MIN_ELEMENTS]
     storage = None
-    if float_nodes:
-        storage = _stored(handle.model, best, float_nodes, select, test, config)
+    if float_nodes or tables:
+        storage = _stored(handle.model, best, float_nodes + tables, select, test, config)
+        if storage is not None and "model" in storage:
+            storage["layers"], storage["tables"] = len(float_nodes), len(tables)
         if storage is not None and "model" in storage:
             best, fid = storage["model"], storage["fidelity"]
     if slower is not None and (storage is None or "model" not in storage):
@@ -211,6 +218,7 @@ def _auto_dict(rep: dict[str, Any], chosen: dict[str, Any], fid: dict[str, Any],
                        "latency_ratio": (final.get(f"trial {trial}") or {}).get("latency_ratio"),
                        "latency_spread": (final.get(f"trial {trial}") or {}).get("latency_spread"),
                        "int8_storage_layers": storage["layers"] if storage and "model" in storage else 0,
+                       "int8_storage_tables": storage.get("tables", 0) if storage and "model" in storage else 0,
                        "warnings": rep["verdict"].get("warnings", []), "why": rep["verdict"].get("why"),
                        "trials": rep["search"]["trials"], "built": rep["search"]["built"],
                        "seconds": rep["search"]["seconds"], "int8_forms": rep.get("int8_forms") or [],

@@ -509,10 +509,11 @@ def _search_summary(d: dict[str, Any]) -> str:
              f"  {s['trials']} trials, {s['built']} models built, {s['seconds']} s; chosen: trial {s['chosen_trial']} "
              f"({s['why']})" if s.get("why") else
              f"  {s['trials']} trials, {s['built']} models built, {s['seconds']} s; chosen: trial {s['chosen_trial']}"]
-    if s.get("int8_storage_layers"):
-        n = s["int8_storage_layers"]
-        lines.append(f"  + the weights of the {n} layer{'s' if n > 1 else ''} it computes in float stored in int8 "
-                     "(dequantized when ONNX Runtime loads the model)")
+    if s.get("int8_storage_layers") or s.get("int8_storage_tables"):
+        n, t = s.get("int8_storage_layers", 0), s.get("int8_storage_tables", 0)
+        what = " and ".join(x for x in (f"the {n} layer{'s' if n > 1 else ''} it computes in float" if n else "",
+                                        f"{t} embedding table{'s' if t > 1 else ''}" if t else "") if x)
+        lines.append(f"  + the weights of {what} stored in int8 (dequantized when ONNX Runtime loads the model)")
     for t in d.get("speed") or []:
         lines.append(f"  finalist {t['what']}: {t['ratio']:.2f}x the float latency (±{t['ratio_spread']:.2f}), "
                      f"cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}{'  <- chosen' if t.get('chosen') else ''}")
