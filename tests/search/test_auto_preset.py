@@ -158,3 +158,76 @@ def test_a_large_embedding_table_is_stored_in_int8():
     assert s["int8_storage_tables"] == 1
     stored = [t for t in out.model.model.graph.initializer if t.data_type == TensorProto.INT8]
     assert [tuple(t.dims) for t in stored if t.name.startswith("table")] == [(1024, 256)]
+
+
+def _with_table(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``_mlp`` plus ``y + Gather(table [128, 16], row 3)``: a float weight no layer the search chooses
+    for holds (a quarter of the weight bytes), as an LSTM or an embedding in a real model."""
+    g = model.graph
+    table = np.random.default_rng(2).standard_normal((128, 16)).astype(np.float32)
+    g.initializer.extend([numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([3], np.int64), "row")])
+    g.node[-1].output[0] = "y0"
+    g.node.extend([helper.make_node("Gather", ["table", "row"], ["t"], name="emb"),
+                   helper.make_node("Add", ["y0", "t"], ["y"], name="add")])
+    return model
+
+
+def test_auto_names_the_weights_it_leaves_float():
+    """Session h: silero VAD v6's LSTM (43 % of its weight bytes) stayed float with the search preset and
+    nothing said so — the fixed sequence warned. The preset's report carries ``float_weights`` too."""
+    out = ds.quantize(ds.load(_with_table(_mlp())), AutoConfig(choose_by_speed=False), data=_data(160))
+    fw = out.report.details["float_weights"]
+    assert [r["node"] for r in fw["nodes"]] == ["Gather emb"]
+    assert fw["share"] == pytest.approx(128 * 16 / (64 * 64 + 64 * 16 + 128 * 16))
+
+
+def test_storage_is_decided_on_the_samples_chosen_on_and_the_other_part_only_reported(monkeypatch):
+    """Session h: the int8-storage fallback was kept only when the part reported as "never chosen on" also
+    met the target — a choice on it. Now the choosing part decides; the other is measured for the report."""
+    from deepshrink.quantize.onnx import sensitivity
+    from deepshrink.search import preset
+
+    class Part:
+        def __init__(self, n: int) -> None:
+            self.inputs = {"x": _data(n)["x"]}
+
+        def __len__(self) -> int:
+            return len(self.inputs["x"])
+
+    seen = []
+
+    def fake(ref, model, inputs, batch):  # the choosing part (48) meets the target, the other (40) does not
+        seen.append(len(inputs["x"]))
+        return (0.9999, 0.999) if len(inputs["x"]) == 48 else (0.95, 0.5)
+
+    monkeypatch.setattr(sensitivity, "deployed_fidelity", fake)
+    model = _mlp()
+    got = preset._stored(model, model, ["fc1", "fc2"], Part(48), Part(40), AutoConfig())
+    assert "model" in got and got["layers"] == 2
+    assert (got["fidelity"]["samples"], got["fidelity"]["cos_mean"], got["fidelity"]["cos_min"]) == (40, 0.95, 0.5)
+    assert got["tried"]["cos_mean"] == 0.9999
+    seen.clear()  # a failing choosing part: refused without measuring the reported part
+    monkeypatch.setattr(sensitivity, "deployed_fidelity", lambda ref, model, inputs, batch: (0.9, 0.5))
+    got = preset._stored(model, model, ["fc1", "fc2"], Part(48), Part(40), AutoConfig())
+    assert "model" not in got and got["tried"]["cos_min"] == 0.5
+
+
+def test_cli_log_has_no_blank_lines_and_says_a_refused_storage(tmp_path, capsys):
+    """Session h: in a log (not a terminal) the CLI's own timing of the written file left a blank line
+    (a progress bar that was not shown); and a storage fallback tried and refused was not said."""
+    from deepshrink.quantize.onnx.auto import summary_from_dict
+
+    src, data, out = tmp_path / "mlp.onnx", tmp_path / "d.npz", tmp_path / "q.onnx"
+    onnx.save(_mlp(), src)
+    np.savez(data, **_data(160))
+    rc, text, err = run_cli(capsys, "quantize", src, "-o", out, "--scheme", "auto", "--data", data, "--allow-slower",
+                            "--repeats", "3")
+    assert rc == 0, err
+    assert "" not in text.rstrip("\n").split("\n"), text
+    d = {"strategy": "search", "scheme": "int8-static", "quantized_layers": 1, "cos_mean": 0.999, "cos_min": 0.99,
+         "kept_float": [{"layer": "fc1", "reason": "r"}], "search": {
+             "test_samples": 48, "select_samples": 48, "held_out": True, "calibration_samples": 64, "trials": 12,
+             "built": 8, "seconds": 1.0, "chosen_trial": 2, "int8_storage_layers": 0,
+             "int8_storage_tried": {"cos_mean": 0.996, "cos_min": 0.98, "layers": 1}}}
+    assert "not applied: the weights of the 1 layer it computes in float stored in int8 (cosine 0.9960 / 0.9800" \
+        in summary_from_dict(d)

@@ -294,4 +294,5 @@ def _measure(float_handle: Any, quant_handle: Any, output: Path, data: Any, repe
     from ..evaluate.compare import compare
 
     return compare(float_handle, quant_handle.with_model(quant_handle.model, path=output), data=data, repeats=repeats,
-                   warmup=warmup, names=("float (onnx)", name), progress=not quiet)
+                   warmup=warmup, names=("float (onnx)", name),
+                   progress=not quiet and console.is_terminal)  # a bar in a log leaves a blank line

@@ -109,6 +109,8 @@ def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False
         storage = _stored(handle.model, best, float_nodes + tables, select, test, config)
         if storage is not None and "model" in storage:
             storage["layers"], storage["tables"] = len(float_nodes), len(tables)
+        if storage is not None:
+            storage["tried"]["layers"] = len(float_nodes)
         if storage is not None and "model" in storage:
             best, fid = storage["model"], storage["fidelity"]
     if slower is not None and (storage is None or "model" not in storage):
@@ -128,7 +130,12 @@ def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False
                                          f"trial {slower['trial']}: {slower['latency_ratio']:.2f}x "
                                          f"±{slower['latency_spread']:.2f})"} for w in float_nodes]
     prep = Prepared(handle, handle.model, None)
-    return result(prep, best, {"auto": auto, "quantized_layers": auto["quantized_layers"]})
+    from ..quantize.api import float_weights
+
+    # as every other quantize route: the weights still stored float are named (a layer the search cannot
+    # choose for, such as an LSTM, stays float silently otherwise)
+    return result(prep, best, {"auto": auto, "quantized_layers": auto["quantized_layers"],
+                               "float_weights": float_weights(handle.model, best)})
 
 
 def _closest(exc: Exception) -> str:
@@ -145,8 +152,10 @@ def storage_text(storage: dict[str, Any] | None) -> str:
 
 def _stored(reference: onnx.ModelProto, best: onnx.ModelProto, nodes: list[str], select: Any, test: Any,
             config: Any) -> dict[str, Any] | None:
-    """``best`` with ``nodes``' float weights stored in int8, if its held-out fidelity (select and test,
-    each alone and in batches of 32) still meets the target; else a record of what it reached."""
+    """``best`` with ``nodes``' float weights stored in int8, if its fidelity on the samples the search
+    chose on (``select``, alone and in batches of 32) still meets the target; else a record of what it
+    reached there. The decision never looks at ``test``: that part is only measured, for the report,
+    once the storage is kept — the report says it was never chosen on."""
     from ..quantize.onnx import backend as ob
     from ..quantize.onnx.sensitivity import deployed_fidelity, run_outputs
 
@@ -154,16 +163,17 @@ def _stored(reference: onnx.ModelProto, best: onnx.ModelProto, nodes: list[str],
         q = ob.int8_weight_storage(best, nodes)
     except Exception:  # a graph the storage rewrite cannot handle: keep the chosen model as it is
         return None
-    worst = (1.0, 1.0)
-    figures: dict[str, Any] = {}
-    for part in [p for p in (select, test) if p is not None]:
+
+    def measure(part: Any) -> dict[str, Any]:
         ref = (run_outputs(reference, part.inputs, batch=1), run_outputs(reference, part.inputs, batch=SCORE_BATCHES[1]))
         mean, low = deployed_fidelity(ref, q, part.inputs, batch=SCORE_BATCHES[1])
-        figures = {"samples": len(part), "cos_mean": mean, "cos_min": low}  # the last part: test when there is one
-        worst = (min(worst[0], mean), min(worst[1], low))
-    tried = {"cos_mean": worst[0], "cos_min": worst[1]}
-    if worst[0] < config.target_cos or worst[1] < config.min_cos:
+        return {"samples": len(part), "cos_mean": mean, "cos_min": low}
+
+    chose = measure(select)
+    tried = {"cos_mean": chose["cos_mean"], "cos_min": chose["cos_min"], "layers": len(nodes)}
+    if chose["cos_mean"] < config.target_cos or chose["cos_min"] < config.min_cos:
         return {"tried": tried}
+    figures = measure(test) if test is not None else chose
     return {"model": q, "fidelity": {**figures, "accuracy": None, "drop_points": None}, "layers": len(nodes),
             "tried": tried}
 
@@ -219,6 +229,7 @@ def _auto_dict(rep: dict[str, Any], chosen: dict[str, Any], fid: dict[str, Any],
                        "latency_spread": (final.get(f"trial {trial}") or {}).get("latency_spread"),
                        "int8_storage_layers": storage["layers"] if storage and "model" in storage else 0,
                        "int8_storage_tables": storage.get("tables", 0) if storage and "model" in storage else 0,
+                       "int8_storage_tried": (storage or {}).get("tried"),
                        "warnings": rep["verdict"].get("warnings", []), "why": rep["verdict"].get("why"),
                        "trials": rep["search"]["trials"], "built": rep["search"]["built"],
                        "seconds": rep["search"]["seconds"], "int8_forms": rep.get("int8_forms") or [],

@@ -514,6 +514,12 @@ def _search_summary(d: dict[str, Any]) -> str:
         what = " and ".join(x for x in (f"the {n} layer{'s' if n > 1 else ''} it computes in float" if n else "",
                                         f"{t} embedding table{'s' if t > 1 else ''}" if t else "") if x)
         lines.append(f"  + the weights of {what} stored in int8 (dequantized when ONNX Runtime loads the model)")
+    elif s.get("int8_storage_tried"):
+        t = s["int8_storage_tried"]
+        n = t.get("layers", len(d["kept_float"]))
+        lines.append(f"  not applied: the weights of the {n} layer{'s' if n > 1 else ''} it computes in float stored in "
+                     f"int8 (cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f} on the samples it chose on: below the "
+                     "target)")
     for t in d.get("speed") or []:
         lines.append(f"  finalist {t['what']}: {t['ratio']:.2f}x the float latency (±{t['ratio_spread']:.2f}), "
                      f"cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}{'  <- chosen' if t.get('chosen') else ''}")
