@@ -185,6 +185,12 @@ def test_the_fastest_median_wins_beyond_its_uncertainty_not_its_per_round_spread
     assert _choose([fast, small], ev, cfg, None, final)[0] is fast
     near = {**final, "trial 5": {"latency_ratio": 1.05, "latency_spread": 0.346}}  # within 0.993 + 0.09: equal
     assert _choose([fast, small], ev, cfg, None, near)[0] is small
+    # auto's preset breaks the tie by fidelity on the samples chosen on (session h, magika: the smaller plain int8
+    # at worst 0.9927 fell to 0.985 unseen; the equally fast finalist stood at 0.9981)
+    small.select = Scores(32, None, None, 0.9990, 0.990)
+    by_fidelity = cfg.model_copy(update={"tie_break": "fidelity"})
+    chosen, _closest, why = _choose([fast, small], ev, by_fidelity, None, near)
+    assert chosen is fast and why.startswith("the most faithful")
 
 
 def test_warm_starts_put_int8_only_where_it_ran_faster_alone():

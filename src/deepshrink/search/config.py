@@ -102,6 +102,11 @@ class SearchConfig(Config):
     scores at 1 and 32, the batch ``bench`` measures fidelity in, as dynamic int8's per-batch
     activation range can lose fidelity in batches).
 
+    ``tie_break``: without a budget, among the candidates as fast as the fastest (within the timing
+    uncertainty of its median), the smallest file (``"size"``) or the most faithful on the samples
+    chosen on (``"fidelity"``: held-out loss, then mean cosine — the margin that carries to unseen
+    samples; ``quantize --scheme auto`` uses it).
+
     ``pack``: also search Deep Compression candidates (:mod:`.pack`: per-layer sparsity and k-means
     bits, fine-tuned, packed into ``.dsz``) — ``"auto"`` with a size budget when the model is
     PyTorch and the data labelled, ``"on"`` always (refused without both), ``"off"`` never.
@@ -131,6 +136,7 @@ class SearchConfig(Config):
     sensitivity_samples: int = Field(default=64, ge=2, le=100_000)
     eval_samples: int = Field(default=1000, ge=2, le=1_000_000)
     score_batches: tuple[int, ...] = (1,)
+    tie_break: Literal["size", "fidelity"] = "size"
     proposal_batch: int = Field(default=4, ge=1, le=1024)
     ray: str | None = None
     ray_workers: int | None = Field(default=None, ge=1, le=4096)

@@ -400,7 +400,7 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
     Latency uses the finalists' re-timing (``final``, all in the same rounds) when there is one —
     for a latency budget too, and for the closest point when none meets it. Candidates whose
     latency is within the fastest one's :func:`median_tolerance` count as equally fast; among them the
-    smallest file wins.
+    smallest file wins (``config.tie_break="fidelity"``: the most faithful).
     """
     feasible = _feasible(cands, ev, config, budget, final)
     if final is not None:  # the finalists only: their latencies come from the same rounds
@@ -434,6 +434,10 @@ def _choose(cands: list[Candidate], ev: Evaluator, config: SearchConfig, budget:
             return min(fast, key=faithful), None, (
                 "the most faithful (held-out loss, then mean cosine) of the fastest candidates (within the timing "
                 "uncertainty of the fastest's median) that meet the fidelity target and the size budget")
+        if config.tie_break == "fidelity":
+            return min(fast, key=faithful), None, (
+                "the most faithful (held-out loss, then mean cosine) of the fastest candidates (within the timing "
+                "uncertainty of the fastest's median) that meet the fidelity target")
         best = min(fast, key=lambda c: (c.size_bytes, c.trial))
         return best, None, ("the smallest of the fastest candidates (within the timing uncertainty of the fastest's "
                             "median) that meet the fidelity target")
