@@ -77,9 +77,7 @@ def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress:
     if isinstance(config, QATConfig):
         return handler(model, config, data=data, progress=progress, **load_options)
     if isinstance(config, AutoConfig) and config.strategy == "search":  # a preset of the per-layer search
-        from ..search.preset import auto_by_search
-
-        out = auto_by_search(model, config, data=data, progress=progress, say=say, **load_options)
+        out = _auto_strategy("search")(model, config, data=data, progress=progress, say=say, **load_options)
         out.report.setdefault("scheme", type(config).__name__)
         out.report["config"] = config.to_dict()
         return out
@@ -102,6 +100,24 @@ def run_quantize(model: Any, config: QuantConfig, *, data: Any = None, progress:
     if prep.normalized:
         out.report["normalized"] = prep.normalized.to_dict()
     return out
+
+
+AUTO_STRATEGIES = "deepshrink.auto_strategies"  # entry-point group: AutoConfig.strategy name -> runner
+
+
+def _auto_strategy(name: str) -> Any:
+    """The runner of an :class:`AutoConfig` strategy other than the built-in ``layouts``, found by entry point
+    (``search`` is ``deepshrink.search.preset:auto_by_search``): the search builds on quantize, so quantize
+    finds it as a plugin instead of importing it (the import graph stays one-way, as for the data sources).
+
+    Raises :class:`UnsupportedError` when the entry point is missing (a stale install's metadata)."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group=AUTO_STRATEGIES)}
+    if name not in found:
+        raise UnsupportedError(f"auto strategy {name!r} is not registered: the install's metadata is stale; "
+                               "reinstall deepshrink (pip install -e .), or use strategy 'layouts'")
+    return found[name].load()
 
 
 def _wants_fuse(config: QuantConfig) -> str:
