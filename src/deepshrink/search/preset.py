@@ -111,12 +111,11 @@ def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False
     storage = None
     if float_nodes or tables:
         storage = _stored(handle.model, best, float_nodes + tables, select, test, config)
-        if storage is not None and "model" in storage:
-            storage["layers"], storage["tables"] = len(float_nodes), len(tables)
         if storage is not None:
             storage["tried"]["layers"] = len(float_nodes)
-        if storage is not None and "model" in storage:
-            best, fid = storage["model"], storage["fidelity"]
+            if "model" in storage:
+                storage["layers"], storage["tables"] = len(float_nodes), len(tables)
+                best, fid = storage["model"], storage["fidelity"]
     if slower is not None and (storage is None or "model" not in storage):
         best, slower, storage = searched, None, None  # the search's choice: the CLI's speed gate judges it
         # (exit 3 unless --allow-slower); its own float layers are left float
