@@ -66,7 +66,7 @@ def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False
     from ..evaluate.gate import split_holdout
     from ..quantize.api import to_onnx_handle
     from ..quantize.onnx import backend as ob
-    from ..quantize.onnx.outcome import Prepared, result
+    from ..quantize.onnx.outcome import Prepared, result, stored_low_bit_weights
     from .config import SearchConfig
     from .runner import BudgetNotMetError, _split_select_test, search
 
@@ -119,7 +119,7 @@ def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False
     if slower is not None and (storage is None or "model" not in storage):
         best, slower, storage = searched, None, None  # the search's choice: the CLI's speed gate judges it
         # (exit 3 unless --allow-slower); its own float layers are left float
-    if not _any_eight_bit(best):
+    if not stored_low_bit_weights(best):  # the preset's choices are float / int8: low bit is int8 here
         raise BudgetError(f"auto could not reach {target} with any layer in int8: the search's best point keeps "
                           f"every layer float, and storing their weights in int8 gives {storage_text(storage)} on "
                           "held-out samples (lower --target-cos / --min-cos)")
@@ -179,12 +179,6 @@ def _stored(reference: onnx.ModelProto, best: onnx.ModelProto, nodes: list[str],
     figures = measure(test) if test is not None else chose
     return {"model": q, "fidelity": {**figures, "accuracy": None, "drop_points": None}, "layers": len(nodes),
             "tried": tried}
-
-
-def _any_eight_bit(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` holds an 8-bit weight (computed or stored) of at least 16 elements."""
-    return any(t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and int(np.prod(t.dims)) >= 16
-               for t in model.graph.initializer)
 
 
 def _auto_dict(rep: dict[str, Any], chosen: dict[str, Any], fid: dict[str, Any], storage: dict[str, Any] | None,
