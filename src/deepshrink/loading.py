@@ -169,11 +169,20 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     if name in ("safetensors", "torch-pickle"):
         if not path.is_file():
             raise InputError(f"model file {path} does not exist")
-        if name == "safetensors" or not trust:
+        if name == "safetensors":
             raise InputError(f"{path} holds weights only; pass the architecture as package.module:factory "
-                             f"with --weights {path}" + ("" if suffix == ".safetensors" else
-                                                         " (or --trust-remote-code to unpickle a whole model)"))
-        obj = torch.load(path, weights_only=False, map_location="cpu")  # user opted in
+                             f"with --weights {path}")
+        if not trust:  # a pickle: whether it holds a whole model is only known by running it
+            raise InputError(f"{path} is a pickle; without --trust-remote-code deepshrink reads only weights from it: "
+                             f"pass the architecture as package.module:factory with --weights {path}, or "
+                             "--trust-remote-code to unpickle a whole model (this runs code the file names)")
+        if os.getcwd() not in sys.path:  # as for module:factory: the model's classes may live beside it
+            sys.path.insert(0, os.getcwd())
+        try:
+            obj = torch.load(path, weights_only=False, map_location="cpu")  # user opted in
+        except (ImportError, AttributeError) as exc:  # the pickle names a class that is not importable here
+            raise InputError(f"{path}: unpickling the model failed ({type(exc).__name__}: {first_line(exc, 160)}); make the module that "
+                             "defines the model's class importable (PYTHONPATH) and retry") from None
         if not isinstance(obj, nn.Module):
             raise InputError(f"{path} does not hold a whole nn.Module (found {type(obj).__name__}); use module:factory --weights")
         return _torch_handle(obj, source=str(path))
@@ -311,6 +320,9 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
         ins.append(TensorSpec(name, shape, dtype))
     handle = ModelHandle(module, "torch", ins, [], source=str(path), path=path)
     handle.metadata["input_names"] = ",".join(names)
+    tok = path.parent / (path.name + ".tokenizer")  # written beside it when the model came from a HF folder
+    if tok.is_dir():
+        handle.tokenizer_dir = tok
     if all(isinstance(d, int) for s in ins for d in s.shape):
         example = {s.name: np.zeros(s.shape, s.np_dtype) for s in ins}
         handle.example_inputs = example

@@ -154,3 +154,13 @@ def test_export_keeps_no_machine_paths_or_stack_traces(tmp_path, digits_cnn):
     assert not any(k.startswith("pkg.") for k in keys), keys
     assert b"stack_trace" not in a.read_bytes() and str(tmp_path).encode() not in a.read_bytes()
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_pt2_from_a_hf_folder_keeps_its_tokenizer(tmp_path, minilm_dir):
+    # trial 15i: a .pt2 written from a Hugging Face model lost the tokenizer, so text data failed on it
+    ds.convert(str(minilm_dir), tmp_path / "m.pt2")
+    assert (tmp_path / "m.pt2.tokenizer" / "tokenizer.json").is_file()
+    h = ds.load(str(tmp_path / "m.pt2"))
+    assert h.tokenizer_dir == tmp_path / "m.pt2.tokenizer"
+    d = ds.load_data("sentences:3", h)
+    assert d.inputs["input_ids"].shape[0] == 3

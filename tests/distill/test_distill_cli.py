@@ -71,11 +71,34 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights,
     empty = tmp_path / "empty.npz"
     np.savez(empty, x=np.zeros((0, 1, 8, 8), np.float32), labels=np.zeros(0, np.int64))
     cases.append((["--derive", "width=0.5", "--data", empty], "empty"))
+    x8 = np.zeros((8, 1, 8, 8), np.float32)
+    np.savez(tmp_path / "over.npz", x=x8, labels=np.full(8, 10, np.int64))  # trial 15i: IndexError traceback
+    cases.append((["--derive", "width=0.5", "--data", tmp_path / "over.npz"], "labels run from 10 to 10, but the teacher has 10 classes"))
+    np.savez(tmp_path / "fl.npz", x=x8, labels=np.linspace(0, 0.9, 8).astype(np.float32))  # were truncated to class 0
+    cases.append((["--derive", "width=0.5", "--data", tmp_path / "fl.npz"], "labels must be class indices"))
+    cases.append((["--derive", "width=0.5", "--data", "digits:train", "--eval-data", tmp_path / "over.npz"],
+                  "evaluation data's labels run from 10"))
     for extra, needle in cases:
         rc, _, err = _run(capsys, *base, *extra)
         assert rc == 2, (extra, err)
         _one_line_error(err, needle)
         _nothing_written(out)
+
+
+def test_seed_fixes_a_factory_students_random_start(tmp_path, capsys, mlp_weights, students):
+    import onnx
+    from onnx import numpy_helper
+
+    def weights(name, seed):
+        out = tmp_path / name
+        rc, _, err = _run(capsys, "distill", "--teacher", TEACHER, "-w", mlp_weights, "--student", "students_mod:small",
+                          "--data", "digits:val", "--epochs", "0", "--repeats", "1", "--seed", str(seed), "-o", out)
+        assert rc == 0, err
+        return [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer]
+
+    a, b, c = weights("a.onnx", 0), weights("b.onnx", 0), weights("c.onnx", 1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))  # trial 15i: two runs, two students
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 @pytest.mark.trains

@@ -158,6 +158,9 @@ def distill_cmd(
         raise InputError(f"{teacher} is an ONNX model; distillation trains, so it needs the PyTorch teacher")
     s_handle = None
     if student is not None:
+        import torch
+
+        torch.manual_seed(config.seed)  # a factory student without --student-weights starts from seeded random weights
         s_handle = load_model(student, weights=student_weights, input_shape=input_shape, data=data,
                               trust_remote_code=trust_remote_code)
         if s_handle.kind != "torch":
@@ -183,7 +186,9 @@ def distill_cmd(
     if json_out:
         print_json({"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None})
         return
-    print_report(report, "--eval-data" if eval_data is not None else "the first 256 training samples (no --eval-data)")
+    n_eval = min(256, len(train))
+    print_report(report, "--eval-data" if eval_data is not None else
+                 f"the first {n_eval} training sample{'s' * (n_eval != 1)} (no --eval-data)")
     if table is not None:
         from .common_cmds import print_bench
 

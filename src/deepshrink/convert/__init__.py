@@ -20,7 +20,7 @@ from ..core.fileio import atomic_dir, check_output
 from ..core.handle import ModelHandle
 from ..core.result import Result, VerbReport
 from ..errors import ParityError, UnsupportedError, first_line
-from .export import export_onnx, torch_export
+from .export import export_onnx
 from .parity import ParityReport, check_parity
 from .routes import (
     ConvertOptions,
@@ -157,20 +157,10 @@ def _torch_to_onnx(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[M
 
 @register_route("torch", "torch")
 def _torch_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[ModelHandle, None]:
-    import torch
+    from .writers import save
 
-    from ..loading import load
-
-    if dst.suffix == ".safetensors":
-        from .writers import save
-
-        save(src, dst, force=True)
-        return src, None
-    ep = torch_export(src)
-    torch.export.save(ep, str(dst))
-    handle = load(dst)
-    handle.tokenizer_dir = src.tokenizer_dir
-    return handle, None
+    written = save(src, dst, force=True)  # .pt2: atomically, the tokenizer of a HF source copied beside it
+    return (src if dst.suffix == ".safetensors" else written), None
 
 
 @register_route("onnx", "onnx")

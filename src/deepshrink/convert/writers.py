@@ -7,6 +7,7 @@ Lives in ``convert`` because writing a PyTorch model as ONNX or ``.pt2`` is an e
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,6 +63,10 @@ def _write(handle: ModelHandle, path: str | os.PathLike[str], fmt: str, *, force
                 tmp.with_suffix(".pt2").unlink(missing_ok=True)
                 raise UnsupportedError(f"torch.export.save could not write the program: {first_line(exc, 200)}") from exc
             tmp.with_suffix(".pt2").replace(tmp)
+        if handle.tokenizer_dir is not None:  # as beside an .onnx: text data keeps working on the written model
+            from .export import copy_tokenizer
+
+            copy_tokenizer(Path(handle.tokenizer_dir), out.parent / (out.name + ".tokenizer"))
         return load(out)
     if fmt == "safetensors":
         from safetensors.torch import save_file

@@ -113,6 +113,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     with torch.no_grad():
         t_probe = _first(t_mod(*probe))
     out_kind = resolve_loss(cfg.loss, t_handle, t_probe)
+    if out_kind == "kd":
+        _check_label_range(labels, int(t_probe.shape[-1]), "data")
     s_mod, origin, layer_choice, width = derive_student(t_mod, student, cfg, inputs)
     check_compatible(t_mod, s_mod, probe, out_kind, t_probe)
     frozen = _freeze_named(s_mod, cfg.freeze)  # the student is a copy: refused names leave nothing changed
@@ -415,7 +417,24 @@ def _arrays(data: Any, handle: ModelHandle, what: str) -> tuple[list[torch.Tenso
         raise InputError(f"the {what}'s arrays disagree on the number of samples")
     tensors = [torch.as_tensor(a) for a in arrays]
     tensors = [t.float() if t.is_floating_point() else t for t in tensors]
+    if labels is not None:
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or not (np.issubdtype(lab.dtype, np.integer) or np.issubdtype(lab.dtype, np.bool_)
+                                 or (np.issubdtype(lab.dtype, np.floating) and np.all(lab == np.round(lab)))):
+            raise InputError(f"the {what}'s labels must be class indices (one whole number per sample), got "
+                             f"{lab.dtype} of shape {tuple(lab.shape)}" + (f" such as {lab.flat[0]!r}" if lab.size else ""))
+        labels = lab
     return tensors, None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+
+
+def _check_label_range(labels: torch.Tensor | None, classes: int, what: str) -> None:
+    """Refuse class indices outside ``[0, classes)`` of the teacher's output, before any training."""
+    if labels is None or labels.numel() == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= classes:
+        raise InputError(f"the {what}'s labels run from {lo} to {hi}, but the teacher has {classes} classes "
+                         f"(labels 0..{classes - 1})")
 
 
 def _trim_index(handle: ModelHandle, inputs: Sequence[torch.Tensor]) -> int | None:
@@ -453,6 +472,8 @@ def _eval_fn(teacher: nn.Module, handle: ModelHandle, eval_data: Any, inputs: li
     else:
         e_in, e_lab = [x[:256] for x in inputs], None if labels is None else labels[:256]
     t_out = _teacher_outputs(teacher, e_in)
+    if eval_data is not None and out_kind == "kd":
+        _check_label_range(e_lab, int(t_out.shape[-1]), "evaluation data")
 
     @torch.no_grad()
     def fn(module: nn.Module) -> dict[str, float]:

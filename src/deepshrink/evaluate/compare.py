@@ -51,7 +51,7 @@ def compare(before: ModelHandle, after: ModelHandle | str | Path, *, data: Any =
                 if export_before is None:
                     from ..convert.writers import save as export_before
                 ref = export_before(before, path)
-            kw["names"] = [f"{names[0]} (onnx)", names[1]]
+            kw["names"] = [names[0] if names[0].endswith("(onnx)") else f"{names[0]} (onnx)", names[1]]
             return bench([ref, after], **kw)
     if isinstance(after, ModelHandle) and isinstance(after.model, torch.fx.GraphModule):
         # a reloaded .pt2 is a GraphModule, which has a ``.graph`` as ONNX models do: time it behind

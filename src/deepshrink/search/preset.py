@@ -13,7 +13,7 @@ The search brings what the fixed sequence of :mod:`deepshrink.quantize.onnx.auto
   conv network) is chosen by measuring each form's all-int8 model (:mod:`.forms`), and the per-layer
   float/int8 choice by an optimiser seeded from sensitivity and per-layer timing, every candidate
   timed whole against the original;
-- among candidates as fast as the fastest (within its median's timing uncertainty) it keeps the most
+- among candidates as fast as the fastest (not measurably slower round by round) it keeps the most
   faithful on the samples it chose on, not the smallest file: the margin is what carries to unseen samples
   (magika, from a PyPI wheel: plain int8 chosen at worst 0.9927 fell to 0.985 on unseen inputs while an
   equally fast finalist stood at 0.9981);
@@ -207,6 +207,8 @@ def _auto_dict(rep: dict[str, Any], chosen: dict[str, Any], fid: dict[str, Any],
                       "ratio": t["latency_ratio"], "ratio_spread": t["latency_spread"],
                       "cos_mean": c["select"]["cos_mean"], "cos_min": c["select"]["cos_min"],
                       "chosen": c["trial"] == trial,
+                      **({"vs_chosen": t["vs_chosen"], "vs_chosen_se": t["vs_chosen_se"]}
+                         if "vs_chosen" in t and c["trial"] != trial else {}),
                       **({"int8_storage": storage["layers"]} if c["trial"] == trial and storage
                          and "model" in storage else {})})
     trials = [{"what": f"trial {c['trial']} ({c['origin']}): {_choices(c['choices'])}",

@@ -359,6 +359,10 @@ class Trainer:
                         sched.step()
                     self.step += 1
                     value = float(loss.detach())
+                    if world > 1:  # the global batch's loss, as one process reports it: the mean of the ranks' losses
+                        shared = loss.detach().reshape(1).clone()
+                        dist.all_reduce(shared)
+                        value = float(shared) / world
                     result.losses.append(value)
                     for cb in self.callbacks:
                         cb.on_step_end(self, value)

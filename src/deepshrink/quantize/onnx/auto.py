@@ -521,7 +521,9 @@ def _search_summary(d: dict[str, Any]) -> str:
                      f"int8 (cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f} on the samples it chose on: below the "
                      "target)")
     for t in d.get("speed") or []:
-        lines.append(f"  finalist {t['what']}: {t['ratio']:.2f}x the float latency (±{t['ratio_spread']:.2f}), "
+        paired = (f", {t['vs_chosen']:.2f}x the chosen one round by round (±{2 * t['vs_chosen_se']:.2f})"
+                  if "vs_chosen" in t else "")
+        lines.append(f"  finalist {t['what']}: {t['ratio']:.2f}x the float latency (±{t['ratio_spread']:.2f}){paired}, "
                      f"cosine {t['cos_mean']:.4f} / {t['cos_min']:.4f}{'  <- chosen' if t.get('chosen') else ''}")
     kept = [k["layer"] for k in d["kept_float"]]
     if kept:
