@@ -189,7 +189,7 @@ def minilm_section(n_train: int, epochs: int, lr: float, with_uniform: bool, *, 
     for label, selection in runs:
         cfg = DistillConfig(derive="layers=3", layer_selection=selection, loss="embedding", metric="cosine",
                             epochs=epochs, lr=lr, lr_schedule=schedule, warmup=warmup, batch_size=batch_size,
-                            hidden_weight=hidden_weight, layer_map=layer_map, freeze=freeze, dropout=dropout,
+                            hidden_weight=hidden_weight, layer_map=layer_map if hidden_weight else None, freeze=freeze, dropout=dropout,
                             group_by_length=group_by_length)
         t0 = time.process_time()
         student, rep = distill_with_report(teacher, None, train, cfg, eval_data=enc(held_out[:64]),
@@ -241,7 +241,8 @@ Benchmark CPU time {cpu:.0f} s (OMP_NUM_THREADS=1; load average {_load_avg()} �
 
 def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float = 1.0, schedule: str = "cosine",
                    warmup: float = 0.0, max_length: int = 64, batch_size: int = 32, freeze: tuple[str, ...] = (),
-                   recon_sentences: int = 4096, student_dropout: float | None = None, quick: bool = False) -> None:
+                   recon_sentences: int = 4096, student_dropout: float | None = None, quick: bool = False,
+                   group_by_length: bool = False) -> None:
     """MiniLM structurally pruned (½ of FFN neurons, ¼ of heads, activation importance), its pruned layers
     re-fitted by least squares to the unpruned outputs (``reconstruct``; ``recon_sentences`` 0: not), then
     recovered by distillation from the unpruned teacher (embedding 1 − cos + hidden-state MSE, layer j ↔ j)."""
@@ -294,7 +295,8 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
         start_name = "pruned + reconstructed"
     cfg = DistillConfig(loss="embedding", metric="cosine", hidden_weight=hidden_weight, epochs=epochs, lr=lr,
                         lr_schedule=schedule, warmup=warmup, batch_size=batch_size, freeze=freeze,
-                        dropout=student_dropout)  # the student's dropout while it trains (MiniLM's own: 0.1)
+                        dropout=student_dropout,  # the student's dropout while it trains (MiniLM's own: 0.1)
+                        group_by_length=group_by_length)
     student = copy.deepcopy(start)
     t0 = time.process_time()
     student, rep = distill_with_report(teacher, student, train, cfg, eval_data=enc(held_out[:64]), progress=False)
@@ -304,7 +306,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
                     "loss": [rep.first_loss, rep.last_loss], "layer_map": rep.layer_map}
     settings = (f"{n_train} sentences, max {max_length} tokens, {epochs} epoch(s), batch {batch_size}, lr {lr} "
                 f"{schedule} warmup {warmup}, hidden_weight {hidden_weight}, freeze {list(freeze)}, "
-                f"reconstruct {recon_sentences}, student dropout {student_dropout}")
+                f"reconstruct {recon_sentences}, student dropout {student_dropout}, group_by_length {group_by_length}")
     if quick:  # torch only: the held-out figures, no ONNX / latency
         quick_figures(models, "teacher (unpruned)", held_out, tok, settings,
                       lambda name: {"train": log["train"]} if "distilled" in name else {})
@@ -333,7 +335,7 @@ Teacher all-MiniLM-L6-v2. Student: the teacher structurally pruned in every laye
 `sentences:wide` sentences, {epochs} epoch(s), batch {batch_size}, AdamW lr {lr} {schedule} schedule (warmup
 {warmup:g}), loss 1 − cos(embedding) + {hidden_weight:g} × hidden-state MSE (real tokens, layer map {rep.layer_map}),
 max {max_length} tokens, frozen: {", ".join(f"`{f}`" for f in freeze) or "nothing"}, student dropout
-{"0.1 (MiniLM's own)" if student_dropout is None else f"{student_dropout:g} while training"}. Held out and measured as in the
+{"0.1 (MiniLM's own)" if student_dropout is None else f"{student_dropout:g} while training"}{"; batches grouped by length (`group_by_length`)" if group_by_length else ""}. Held out and measured as in the
 3-layer table (200 sentences each alone in ORT; latency batch 1, {THREADS} thread, ratio to the teacher).
 {recon}
 {md_table(["model", "ONNX MB", "params", "cosine mean", "cosine worst", f"cosine ≤{SPLIT} / >{SPLIT} tokens", "Spearman (pairs)", "ORT ms", "latency vs teacher"], rows)}
@@ -439,7 +441,7 @@ def main() -> None:
     ap.add_argument("--student-dropout", type=float, default=None,
                     help="minilm-pruned: the student's dropout probability while it trains (default: the model's)")
     ap.add_argument("--group-by-length", action="store_true",
-                    help="minilm: batch training sentences of similar length together (DistillConfig.group_by_length)")
+                    help="minilm, minilm-pruned: batch training sentences of similar length together (DistillConfig.group_by_length)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--digits-epochs", type=int, default=30)
     a = ap.parse_args()
@@ -448,7 +450,8 @@ def main() -> None:
     if a.section == "minilm-pruned":
         pruned_section(a.sentences, a.epochs, a.lr, hidden_weight=a.hidden_weight or 1.0, schedule=a.schedule,
                        warmup=a.warmup, max_length=a.max_length, batch_size=a.batch_size, freeze=tuple(a.freeze),
-                       recon_sentences=a.reconstruct, student_dropout=a.student_dropout, quick=a.quick)
+                       recon_sentences=a.reconstruct, student_dropout=a.student_dropout, quick=a.quick,
+                       group_by_length=a.group_by_length)
     if a.section in ("all", "minilm"):
         minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform, text=a.text, hidden_weight=a.hidden_weight,
                        layer_map=a.layer_map, schedule=a.schedule, warmup=a.warmup, max_length=a.max_length,

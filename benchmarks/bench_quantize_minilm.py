@@ -1,7 +1,9 @@
 """MiniLM (all-MiniLM-L6-v2) int8 in ONNX Runtime: deepshrink vs ORT, NNCF and torch.ao, same run.
 
 Calibration: the first 64 standard-library sentences; evaluation: sentences from offset 1200
-on (never seen in calibration). Fidelity = per-sentence cosine of the embedding against the
+on (never seen in calibration). ``ds-auto`` (``quantize --scheme auto``, the search preset) is given
+the 64 calibration sentences and the next ``--holdout`` ones, which it holds out to choose on;
+``ds-auto-layouts`` (``--strategy layouts``, the fixed sequence) the 64 only. Fidelity = per-sentence cosine of the embedding against the
 ORT fp32 model, each sentence run alone (batch 1, no padding). Latency: 2 intra-op threads,
 thread spinning off, every model timed in interleaved rounds; batch 1 = 16 different
 sentences one by one per round, batch 32 = one padded batch of 32 sentences.
@@ -32,7 +34,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from _common import machine_line, md_table, this_command, write_result  # noqa: E402
 
-ROWS = ["ort-fp32", "ort-dynamic", "ort-dynamic-per-channel", "nncf", "torch-ao-dynamic", "ds-default", "ds-auto"]
+ROWS = ["ort-fp32", "ort-dynamic", "ort-dynamic-per-channel", "nncf", "torch-ao-dynamic", "ds-default", "ds-auto",
+        "ds-auto-layouts"]
 
 
 def main() -> None:
@@ -40,6 +43,8 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--eval", type=int, default=200)
     ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--holdout", type=int, default=192, help="ds-auto: sentences after the calibration ones it "
+                    "holds out to choose on")
     ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
@@ -57,6 +62,7 @@ def main() -> None:
     from deepshrink.examples import minilm, minilm_dir, stdlib_sentences
     from deepshrink.quantize import AutoConfig, Int8DynamicConfig
     from deepshrink.quantize.api import run_quantize, to_onnx_handle
+    from deepshrink.quantize.onnx.auto import summary_from_dict
 
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
 
@@ -69,6 +75,8 @@ def main() -> None:
     lat_texts = eval_texts[:16]
     batch32 = enc(eval_texts[16:48])
     calib = enc(calib_texts)
+    holdout_texts = stdlib_sentences(args.calib + args.holdout, offset=0)[args.calib:]
+    assert args.calib + args.holdout <= 1200, "the held-out sentences must not reach the evaluation ones"
     tmp = Path(tempfile.mkdtemp(prefix="bench_q_minilm."))
     notes: list[str] = []
     info: dict[str, dict[str, Any]] = {}
@@ -102,10 +110,12 @@ def main() -> None:
         except Exception as exc:  # a peer that fails here is reported, not hidden
             notes.append(f"NNCF failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             traceback.print_exc()
-    for row, cfg in (("ds-default", Int8DynamicConfig()), ("ds-auto", AutoConfig())):
+    for row, cfg, data in (("ds-default", Int8DynamicConfig(), calib),
+                           ("ds-auto", AutoConfig(calibration_size=len(calib_texts)), enc(calib_texts + holdout_texts)),
+                           ("ds-auto-layouts", AutoConfig(strategy="layouts"), calib)):
         if row in rows:
             t = time.time()
-            out = run_quantize(float_handle, cfg, data=calib)
+            out = run_quantize(float_handle, cfg, data=data)
             onnx.save(out.handle.model, str(tmp / f"{row}.onnx"))
             paths[row], build_s[row] = tmp / f"{row}.onnx", time.time() - t
             info[row] = out.report
@@ -192,26 +202,22 @@ def main() -> None:
         row += [per_round(name, "ort-fp32"), per_round(name, "ort-dynamic")]
         row += [f"{fid[name][0]:.4f}", f"{fid[name][1]:.4f}", f"{fid32[name][0]:.4f} / {fid32[name][1]:.4f}"]
         table.append(row)
-    auto = info.get("ds-auto", {}).get("auto", {})
+    held_line = f"; ds-auto also the next {len(holdout_texts)}, held out to choose on" if "ds-auto" in rows else ""
     body = [machine_line(2) + f"; load average {os.getloadavg()[0]:.1f} (other jobs share these 2 cores)", "",
             f"{len(eval_texts)} evaluation sentences (stdlib_sentences offset 1200), each run alone for the cosine "
             f"columns (and in padded batches of 32 for the last one), calibration: {len(calib_texts)} "
-            f"sentences (offset 0). b1: median over {args.repeats} interleaved rounds of 16 single-sentence calls "
+            f"sentences (offset 0){held_line}. b1: median over {args.repeats} interleaved rounds of 16 single-sentence calls "
             f"(per call); b32: one padded batch of 32. Ratios are against ORT fp32 timed in the same interleaved rounds; "
             f"the 'all rounds' columns are the median (and quartiles) of the per-round ratios over every pass; "
             f"the torch.ao row is timed in its own rounds against ORT fp32 (OMP_WAIT_POLICY=PASSIVE), because torch's "
             f"thread pool in the same rounds slowed every ORT session. One row alone (with its fp32 reference): "
             f"`python benchmarks/bench_quantize_minilm.py --rows ort-fp32,ROW`.", "",
             md_table(header, table), ""]
-    if auto:
-        kept = ", ".join(k["layer"] for k in auto.get("kept_float", [])) or "none"
-        body.append(f"deepshrink auto chose SmoothQuant alpha {auto['alpha']:g} (calibration-set cosine "
-                    f"{auto['cos_mean']:.4f} / {auto['cos_min']:.4f}); layers kept float: {kept}. Trials: " +
-                    "; ".join(f"{t['what']}: {t['cos_mean']:.4f}/{t['cos_min']:.4f}" for t in auto["trials"]) + ".")
-        sm = auto.get("smooth", {})
-        if sm:
-            folded = sum(1 for w in sm.get("folded", {}).values() if w != "Mul")
-            body.append(f"Smoothing: {folded} scale vectors folded into existing weights, {sm.get('mul_nodes')} explicit Mul nodes.")
+    for row in ("ds-auto", "ds-auto-layouts"):
+        auto = info.get(row, {}).get("auto")
+        if auto:  # what `deepshrink quantize --scheme auto` prints, as a block
+            body += [f"{row} (`quantize --scheme auto`{' --strategy layouts' if row.endswith('layouts') else ''}):",
+                     "", "```", summary_from_dict(auto), "```", ""]
     body.append("Build times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in build_s.items()) + ".")
     body += [f"Note: {n}" for n in notes]
     text = "\n".join(body)

@@ -62,5 +62,12 @@ def first_line(exc: BaseException | str, limit: int = 200) -> str:
     text = _ANSI.sub("", text)  # terminal colour codes some libraries put in their messages (torch.load)
     for line in text.splitlines():
         if line.strip():
-            return line.strip()[:limit]
+            line = line.strip()
+            if len(line) <= limit:
+                return line
+            cut = line[:limit - 1]
+            # at a word boundary when there is one in the last fifth, and marked as cut: a word broken off
+            # mid-way ("your version o") reads as a typo
+            space = cut.rfind(" ")
+            return (cut[:space] if space >= limit * 4 // 5 else cut).rstrip(" ,;:(") + "…"
     return "" if isinstance(exc, str) else type(exc).__name__

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .backends.onnx import index_bounds, io_specs, load_onnx, normalize_onnx
-from .backends.torch import forward_arg_names, run_torch
+from .backends.torch import forward_arg_names, forward_optional_names, run_torch
 from .core.handle import ANY_DTYPE, ModelHandle, TensorSpec
 from .errors import InputError, UnsupportedError, first_line
 
@@ -304,7 +304,7 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:
-        raise InputError(f"{path} is not a readable torch.export archive ({type(exc).__name__}: {str(exc)[:160]})") from None
+        raise InputError(f"{path} is not a readable torch.export archive ({type(exc).__name__}: {first_line(exc, 160)})") from None
     module = ep.module()
     _check_finite(module, str(path))
     names = list(ep.graph_signature.user_inputs)
@@ -457,13 +457,31 @@ def _torch_handle(model: nn.Module, source: str) -> ModelHandle:
     ins = [TensorSpec(n, ("batch",), ANY_DTYPE) for n in names]
     handle = ModelHandle(model, "torch", ins, [], source=source)
     handle.metadata["input_names"] = ",".join(names)
+    optional = forward_optional_names(model)
+    if optional:
+        handle.metadata["optional_inputs"] = ",".join(optional)
     return handle
+
+
+def _trim_optional(handle: ModelHandle, provided: Any) -> list[str]:
+    """The model's input names without the trailing ``forward`` parameters that have a default and that
+    neither ``--input-shape`` nor the data provide (torchcrepe's ``forward(x, embed=False)``: ``x`` only).
+    Inputs are passed by position, so an optional parameter before a provided one stays an input."""
+    names = list(handle.input_names)
+    optional = set(filter(None, handle.metadata.get("optional_inputs", "").split(",")))
+    while len(names) > 1 and names[-1] in optional and names[-1] not in provided:
+        names.pop()
+    if len(names) != len(handle.input_names):
+        handle.inputs = [s for s in handle.inputs if s.name in names]
+        handle.metadata["input_names"] = ",".join(names)
+    return names
 
 
 def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]], data: Any) -> None:
     """Fill a torch handle's input spec from --input-shape or --data (batch axis dynamic)."""
     names = handle.input_names
     if shapes:
+        names = _trim_optional(handle, {k for k in shapes if k} or {names[0]})
         if "" in shapes:
             if len(names) != 1 and len(shapes) == 1:
                 raise InputError(f"the model has inputs {names}; name each: --input-shape NAME:DIMS")
@@ -497,7 +515,19 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
     elif data is not None:
         from .core.data import load_data
 
-        ds = load_data(data, None if handle.tokenizer_dir is None and not isinstance(data, str) else _loose(handle))
+        optional = set(filter(None, handle.metadata.get("optional_inputs", "").split(",")))
+        tried = list(names)
+        while True:  # trailing forward parameters with a default are inputs only when the data holds them
+            try:
+                ds = load_data(data, None if handle.tokenizer_dir is None and not isinstance(data, str)
+                               else _loose(handle, tried))
+                break
+            except InputError:
+                if len(tried) > 1 and tried[-1] in optional:
+                    tried.pop()
+                    continue
+                raise
+        names = _trim_optional(handle, set(ds.inputs) | set(tried[:1]))
         missing = [n for n in names if n not in ds.inputs]
         if missing and len(names) == 1 and len(ds.inputs) == 1:
             ds.inputs = {names[0]: next(iter(ds.inputs.values()))}
@@ -546,9 +576,11 @@ def _spec_from_example(name: str, example: np.ndarray, handle: ModelHandle) -> T
     return TensorSpec(name, tuple(dims), str(example.dtype))
 
 
-def _loose(handle: ModelHandle) -> ModelHandle:
-    """A handle whose input spec does not constrain shapes (used before shapes are known)."""
-    return ModelHandle(handle.model, handle.kind, [TensorSpec(s.name, (), s.dtype) for s in handle.inputs],
+def _loose(handle: ModelHandle, names: list[str] | None = None) -> ModelHandle:
+    """A handle whose input spec does not constrain shapes (used before shapes are known); ``names``:
+    only these inputs."""
+    return ModelHandle(handle.model, handle.kind, [TensorSpec(s.name, (), s.dtype) for s in handle.inputs
+                                                   if names is None or s.name in names],
                        tokenizer_dir=handle.tokenizer_dir)
 
 

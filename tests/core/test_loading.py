@@ -213,3 +213,33 @@ def test_torch_model_input_dtype_comes_from_the_data(tmp_path):
 
     assert load_data({"ids": ids}, bare).inputs["ids"].dtype == np.int64  # kept, not cast to float32
     assert load_data({"ids": ids.astype(np.float64)}, bare).inputs["ids"].dtype == np.float32
+
+
+def test_forward_parameters_with_defaults_are_inputs_only_when_given(tmp_path, monkeypatch):
+    # trial 15i: torchcrepe's forward(x, embed=False) made `embed` a required input that no shape can describe
+    (tmp_path / "opt_models.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(16, 4)
+            def forward(self, x, scale=None, embed=False):
+                y = self.fc(x)
+                return y if scale is None else y * scale
+        def net():
+            return Net()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        h = ds.load("opt_models:net", input_shapes={"x": (1, 16)})
+        assert h.input_names == ["x"]
+        ds.convert(h, tmp_path / "a.onnx")
+        assert [i.name for i in onnx.load(str(tmp_path / "a.onnx")).graph.input] == ["x"]
+        np.savez(tmp_path / "d.npz", x=np.ones((4, 16), np.float32))
+        assert ds.load("opt_models:net", data=str(tmp_path / "d.npz")).input_names == ["x"]
+        # named: an input again, and the one before it stays (inputs are passed by position)
+        h2 = ds.load("opt_models:net", input_shapes={"x": (1, 16), "scale": (1, 4)})
+        assert h2.input_names == ["x", "scale"]
+    finally:
+        sys.modules.pop("opt_models", None)

@@ -78,6 +78,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights,
     cases.append((["--derive", "width=0.5", "--data", tmp_path / "fl.npz"], "labels must be class indices"))
     cases.append((["--derive", "width=0.5", "--data", "digits:train", "--eval-data", tmp_path / "over.npz"],
                   "evaluation data's labels run from 10"))
+    cases += [(["--derive", "width=0.5", "--data", "digits:train", *extra], needle) for extra, needle in (
+        (["--metric", "cosine"], "metric (--metric) cosine is not used by the kd loss"),  # trial 15i: ignored
+        (["--layer-map", "0,1"], "layer_map (--layer-map) (0, 1) is not used by the kd loss"))]
     for extra, needle in cases:
         rc, _, err = _run(capsys, *base, *extra)
         assert rc == 2, (extra, err)

@@ -78,3 +78,23 @@ def test_paired_ratio_needs_the_same_rounds():
     with pytest.raises(ValueError, match="same rounds"):
         paired_ratio(a, b)
     assert "rounds_ms" not in a.to_dict()
+
+
+def test_a_faster_finalist_the_tie_break_passed_over_is_named(setup):
+    from deepshrink.search.runner import _faster_alternative
+
+    cfg, ev, (fast, faithful) = setup
+    final = {"reference": {"latency_ratio": 1.0}, "trial 0": {"latency_ratio": 0.45, "vs_chosen": 0.82, "vs_chosen_se": 0.07},
+             "trial 1": {"latency_ratio": 0.59}}
+    text = _faster_alternative(faithful, [fast, faithful], final, ev, cfg, None)
+    assert text.startswith("trial 0") and "0.82x this model's latency round by round (±0.14" in text
+    final["trial 0"]["vs_chosen"] = 0.97  # within 5 %: nothing to say
+    assert _faster_alternative(faithful, [fast, faithful], final, ev, cfg, None) == ""
+
+
+def test_confidence_asks_the_mean_to_clear_the_target_by_its_standard_errors():
+    cfg = SearchConfig(target_cos=0.997, min_cos=0.99, confidence=2.0)
+    edge = Scores(samples=96, accuracy=None, drop=None, cos_mean=0.9971, cos_min=0.9931, cos_se=0.0002)
+    clear = Scores(samples=96, accuracy=None, drop=None, cos_mean=0.9978, cos_min=0.9966, cos_se=0.0002)
+    assert _Ev(cfg).shortfall(edge) == pytest.approx(0.0003) and _Ev(cfg).shortfall(clear) <= 0
+    assert _Ev(SearchConfig(target_cos=0.997, min_cos=0.99)).shortfall(edge) <= 0  # default: the measured mean

@@ -25,6 +25,17 @@ def forward_arg_names(module: nn.Module) -> list[str]:
     return names or ["x"]
 
 
+def forward_optional_names(module: nn.Module) -> list[str]:
+    """Names of ``forward``'s positional parameters that have a default (``embed=False``, ``mask=None``):
+    inputs only when ``--input-shape`` or the data name them."""
+    try:
+        sig = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self" and p.default is not p.empty]
+
+
 def flatten_outputs(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]

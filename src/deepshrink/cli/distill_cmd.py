@@ -161,8 +161,11 @@ def distill_cmd(
         import torch
 
         torch.manual_seed(config.seed)  # a factory student without --student-weights starts from seeded random weights
-        s_handle = load_model(student, weights=student_weights, input_shape=input_shape, data=data,
-                              trust_remote_code=trust_remote_code)
+        try:
+            s_handle = load_model(student, weights=student_weights, input_shape=input_shape, data=data,
+                                  trust_remote_code=trust_remote_code)
+        except InputError as exc:  # the student reads the teacher's --input-shape and --data: say whose inputs
+            raise InputError(f"the student {student}: {exc}") from None
         if s_handle.kind != "torch":
             raise InputError(f"{student} is an ONNX model; the student is trained, so it must be a PyTorch model")
     train = load_data(data, t_handle, max_length=max_length)
@@ -212,6 +215,11 @@ def print_report(report: Any, evaluated_on: str = "the evaluation data") -> None
         console.print(f"  {report.objective or report.loss} loss {report.first_loss:.4f} → {report.last_loss:.4f} over {report.steps} steps, "
                       f"{report.epochs} epochs, {report.world_size} process(es)"
                       + (f", resumed at step {report.resumed_from}" if report.resumed_from else ""), highlight=False)
+    elif report.resumed_from:  # the checkpoint held the last step: nothing left to train, said so
+        console.print(f"  resumed at step {report.resumed_from} of {report.steps}: the checkpoint holds the finished "
+                      "training; no step was left to run", highlight=False)
+    elif report.steps == 0:
+        console.print("  no training step ran (--epochs 0): the student is written as it started", highlight=False)
     if report.evals:
         console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in report.evals[-1].items())
                       + f" on {evaluated_on} after the last epoch", highlight=False)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .handle import ANY_DTYPE, ModelHandle, TensorSpec
 
 LABEL_KEYS = ("labels", "label", "y")
@@ -161,7 +161,7 @@ def _npz(path: Path) -> Dataset:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise InputError(f"data file {path} cannot be read as .npz ({type(exc).__name__}: {str(exc)[:100]})") from None
+        raise InputError(f"data file {path} cannot be read as .npz ({type(exc).__name__}: {first_line(exc, 100)})") from None
     labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
     return Dataset(arrays, labels, str(path))
 
@@ -197,7 +197,9 @@ def conform(ds: Dataset, handle: ModelHandle) -> Dataset:
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise InputError(f"data {ds.source} does not match the model: input(s) {missing} missing; "
-                         f"the data has {sorted(arrays)}, the model wants {[s.describe() for s in specs]}")
+                         f"the data has {sorted(arrays)}, the model wants "
+                         # a spec without a shape is one not known yet (checked before --input-shape applies)
+                         f"{[s.describe() if s.shape else s.name for s in specs]}")
     out = {}
     for s in specs:
         out[s.name] = _check_array(arrays[s.name], s, ds.source)

@@ -115,13 +115,14 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     out_kind = resolve_loss(cfg.loss, t_handle, t_probe)
     if out_kind == "kd":
         _check_label_range(labels, int(t_probe.shape[-1]), "data")
-    s_mod, origin, layer_choice, width = derive_student(t_mod, student, cfg, inputs)
+    s_mod, origin, layer_choice, width = derive_student(t_mod, student, cfg, inputs, progress=progress)
     check_compatible(t_mod, s_mod, probe, out_kind, t_probe)
     frozen = _freeze_named(s_mod, cfg.freeze)  # the student is a copy: refused names leave nothing changed
     dropouts = _dropouts(s_mod, cfg.dropout)
 
     layer_map = None
     hidden, attention = cfg.hidden_weight > 0, cfg.attention_weight > 0
+    _refuse_unused(cfg, out_kind, hidden, attention)
     cap_t = cap_s = None
     projections = None
     if hidden or attention:
@@ -242,8 +243,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
 # ------------------------------------------------------------------------------------------
 # the student
 
-def derive_student(teacher: nn.Module, student: Any, cfg: DistillConfig, inputs: Sequence[torch.Tensor]
-                   ) -> tuple[nn.Module, str, LayerChoice | None, dict[str, Any] | None]:
+def derive_student(teacher: nn.Module, student: Any, cfg: DistillConfig, inputs: Sequence[torch.Tensor],
+                   progress: bool = False) -> tuple[nn.Module, str, LayerChoice | None, dict[str, Any] | None]:
     """(student module, where it came from, the layer choice, the width-pruning report)."""
     if student is not None and cfg.derive:
         raise InputError("give either a student or derive=..., not both")
@@ -255,7 +256,7 @@ def derive_student(teacher: nn.Module, student: Any, cfg: DistillConfig, inputs:
     kind, value = parse_derive(cfg.derive)
     batches = [tuple(x[i:i + 32] for x in inputs) for i in range(0, min(len(inputs[0]), 64), 32)]
     if kind == "layers":
-        choice = choose_layers(teacher, int(value), batches, selection=cfg.layer_selection)
+        choice = choose_layers(teacher, int(value), batches, selection=cfg.layer_selection, progress=progress)
         s = with_layers(teacher, choice.keep)
         return s, f"layers={int(value)}", choice, None
     s, rep = derive_width(teacher, float(value), tuple(x[:8] for x in inputs), act_batches=batches)
@@ -425,6 +426,23 @@ def _arrays(data: Any, handle: ModelHandle, what: str) -> tuple[list[torch.Tenso
                              f"{lab.dtype} of shape {tuple(lab.shape)}" + (f" such as {lab.flat[0]!r}" if lab.size else ""))
         labels = lab
     return tensors, None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+
+
+def _refuse_unused(cfg: DistillConfig, out_kind: str, hidden: bool, attention: bool) -> None:
+    """An option the resolved losses do not read is refused, not ignored (as ``quantize`` does); only
+    values other than the default can be told from "not given"."""
+    defaults = DistillConfig()
+    unused = []
+    if cfg.layer_map is not None and not (hidden or attention):
+        unused.append(("layer_map", "--layer-map", cfg.layer_map, "the hidden-state and attention losses"))
+    if cfg.metric != defaults.metric and out_kind == "kd" and not hidden:
+        unused.append(("metric", "--metric", cfg.metric, "the embedding and hidden-state losses"))
+    if cfg.temperature != defaults.temperature and out_kind != "kd":
+        unused.append(("temperature", "--temperature", cfg.temperature, "the kd loss"))
+    if unused:
+        field, flag, value, what = unused[0]
+        raise InputError(f"{field} ({flag}) {value} is not used by the {out_kind} loss"
+                         f"{' + hidden states' if hidden else ''}: it applies to {what}; leave it out")
 
 
 def _check_label_range(labels: torch.Tensor | None, classes: int, what: str) -> None:

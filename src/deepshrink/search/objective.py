@@ -35,10 +35,11 @@ class Scores:
     drop: float | None  # accuracy points lost against the reference (0..100)
     cos_mean: float
     cos_min: float
+    cos_se: float = 0.0  # standard error of cos_mean: the per-sample cosines' standard deviation / sqrt(samples)
 
     def to_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "accuracy": self.accuracy, "drop_points": self.drop,
-                "cos_mean": self.cos_mean, "cos_min": self.cos_min}
+                "cos_mean": self.cos_mean, "cos_min": self.cos_min, "cos_se": self.cos_se}
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Evaluator:
         accs = [r.accuracy for r in runs if r.accuracy is not None]
         drops = [r.drop for r in runs if r.drop is not None]
         return Scores(runs[0].samples, min(accs) if accs else None, max(drops) if drops else None,
-                      min(r.cos_mean for r in runs), min(r.cos_min for r in runs))
+                      min(r.cos_mean for r in runs), min(r.cos_min for r in runs), max(r.cos_se for r in runs))
 
     @property
     def one_value_per_sample(self) -> bool:
@@ -141,12 +142,18 @@ class Evaluator:
         return self.ref_select.ndim >= 1 and self.ref_select.size == len(self.ref_select)
 
     def scores(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, ref_acc: float | None) -> Scores:
+        se = 0.0
         if ref.ndim >= 1 and ref.size == len(ref) and out.size == ref.size:  # (N, 1): a per-sample cosine is a sign
             ref, out = ref.reshape(-1), out.reshape(-1)
+        elif len(ref) > 1 and out.shape == ref.shape:
+            r, o = ref.reshape(len(ref), -1).astype(np.float64), out.reshape(len(out), -1).astype(np.float64)
+            den = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
+            cos = np.where(den > 0, (r * o).sum(1) / np.where(den > 0, den, 1.0), 1.0)
+            se = float(cos.std(ddof=1) / np.sqrt(len(cos)))
         d = compare_outputs(ref, out)
         acc = _accuracy(out, labels)
         drop = None if acc is None or ref_acc is None else _drop_points(ref_acc, acc, len(out))
-        return Scores(len(out), acc, drop, float(d.cos_mean), float(d.cos_min))
+        return Scores(len(out), acc, drop, float(d.cos_mean), float(d.cos_min), se)
 
     def time_against_reference(self, models: dict[str, bytes], repeats: int) -> dict[str, Any]:
         """Interleaved timing of the reference and ``models`` (batch 1); the reference comes first."""
@@ -226,7 +233,7 @@ class Evaluator:
         if c.max_drop is not None:
             return (s.drop if s.drop is not None else float("inf")) - c.max_drop
         assert c.target_cos is not None and c.worst_cos is not None
-        return max(c.target_cos - s.cos_mean, c.worst_cos - s.cos_min)
+        return max(c.target_cos - (s.cos_mean - c.confidence * s.cos_se), c.worst_cos - s.cos_min)
 
     def loss(self, s: Scores | None) -> float:
         """The quality objective: accuracy points lost, or 1 - mean cosine."""
