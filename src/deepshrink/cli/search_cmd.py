@@ -34,6 +34,7 @@ def search_cmd(
     max_drop: Annotated[float | None, typer.Option("--max-drop", help="accuracy points the chosen model may lose (needs labels)")] = None,
     target_cos: Annotated[float | None, typer.Option("--target-cos", help="mean output cosine to the original to keep (unlabelled data)")] = None,
     min_cos: Annotated[float | None, typer.Option("--min-cos", help="worst-sample output cosine to keep (default: min(0.99, --target-cos))")] = None,
+    confidence: Annotated[float, typer.Option("--confidence", help="--target-cos: standard errors the measured mean must clear it by, so that it holds on unseen samples too (0: the measured mean; quantize --scheme auto uses 2)")] = 0.0,
     budget: Annotated[str | None, typer.Option("--budget", help="size=2MB | size=0.1x | latency=0.5x | latency=2ms")] = None,
     trials: Annotated[int, typer.Option("--trials", help="candidates to build and measure (sensitivity warm starts included)")] = 24,
     time_limit: Annotated[str | None, typer.Option(
@@ -88,7 +89,9 @@ def search_cmd(
     parts = pack_epochs.split(",")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise InputError(f"--pack-epochs {pack_epochs!r}: give two whole numbers, pruning and fine-tuning epochs: 40,10")
-    config = SearchConfig.build(max_drop=max_drop, target_cos=target_cos, min_cos=min_cos,
+    if confidence and target_cos is None:
+        raise InputError("--confidence applies to a cosine target: give --target-cos, or leave --confidence out")
+    config = SearchConfig.build(max_drop=max_drop, target_cos=target_cos, min_cos=min_cos, confidence=confidence,
                                 budget=parse_budget(budget) if budget is not None else None, choices=picked,
                                 trials=trials, time_s=parse_duration(time_limit) if time_limit else None,
                                 seed=seed, threads=threads, repeats=repeats, ray=ray, ray_workers=ray_workers,
