@@ -463,12 +463,17 @@ def _torch_handle(model: nn.Module, source: str) -> ModelHandle:
     return handle
 
 
+def _optional_inputs(handle: ModelHandle) -> set[str]:
+    """The ``forward`` parameters with a default (:func:`_torch_handle` records them)."""
+    return set(filter(None, handle.metadata.get("optional_inputs", "").split(",")))
+
+
 def _trim_optional(handle: ModelHandle, provided: Any) -> list[str]:
     """The model's input names without the trailing ``forward`` parameters that have a default and that
     neither ``--input-shape`` nor the data provide (torchcrepe's ``forward(x, embed=False)``: ``x`` only).
     Inputs are passed by position, so an optional parameter before a provided one stays an input."""
     names = list(handle.input_names)
-    optional = set(filter(None, handle.metadata.get("optional_inputs", "").split(",")))
+    optional = _optional_inputs(handle)
     while len(names) > 1 and names[-1] in optional and names[-1] not in provided:
         names.pop()
     if len(names) != len(handle.input_names):
@@ -515,7 +520,7 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
     elif data is not None:
         from .core.data import load_data
 
-        optional = set(filter(None, handle.metadata.get("optional_inputs", "").split(",")))
+        optional = _optional_inputs(handle)
         tried = list(names)
         while True:  # trailing forward parameters with a default are inputs only when the data holds them
             try:

@@ -85,6 +85,16 @@ class ParityReport:
         return "\n".join(parts)
 
 
+def per_sample_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Cosine of each sample's flattened output (axis 0 is the sample; a 1-D array is one sample), float64
+    (N,); two all-zero samples count as 1, one all-zero sample as 0. ``ref`` and ``out``: the same shape."""
+    ref64, out64 = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    a = ref64.reshape(len(ref64), -1) if ref64.ndim > 1 else ref64.reshape(1, -1)
+    b = out64.reshape(len(out64), -1) if out64.ndim > 1 else out64.reshape(1, -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return np.where((na > 0) & (nb > 0), (a * b).sum(1) / np.maximum(na * nb, 1e-30), (na == nb).astype(float))
+
+
 def compare_outputs(ref: np.ndarray, out: np.ndarray, name: str = "output") -> OutputDiff:
     """max-abs, relative error, per-sample cosine and top-1 agreement (classifier-shaped outputs)."""
     ref64, out64 = np.asarray(ref, np.float64), np.asarray(out, np.float64)
@@ -94,10 +104,7 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, name: str = "output") -> O
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(np.abs(ref64).max()) if ref64.size else 0.0
     rel = max_abs / scale if scale > 0 else max_abs
-    a = ref64.reshape(len(ref64), -1) if ref64.ndim > 1 else ref64.reshape(1, -1)
-    b = out64.reshape(len(out64), -1) if out64.ndim > 1 else out64.reshape(1, -1)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    cos = np.where((na > 0) & (nb > 0), (a * b).sum(1) / np.maximum(na * nb, 1e-30), (na == nb).astype(float))
+    cos = per_sample_cosines(ref64, out64)
     top1 = None
     if ref64.ndim == 2 and ref64.shape[1] > 1:
         top1 = float((ref64.argmax(1) == out64.argmax(1)).mean())

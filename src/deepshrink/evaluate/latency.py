@@ -42,6 +42,13 @@ class LatencyStats:
         return {**d, "spread": self.spread}
 
 
+def _round_ratios(a: LatencyStats, b: LatencyStats) -> np.ndarray:
+    """``a``'s time over ``b``'s, round by round; ``ValueError`` unless they were timed in the same rounds."""
+    if not a.rounds_ms or len(a.rounds_ms) != len(b.rounds_ms):
+        raise ValueError("comparing round by round needs two callables timed in the same rounds")
+    return np.asarray(a.rounds_ms) / np.asarray(b.rounds_ms)
+
+
 def measurably_slower(a: LatencyStats, b: LatencyStats, margin: float = 0.02, z: float = 1.645) -> bool:
     """Whether ``a`` is slower than ``b`` by more than ``margin`` (a fraction) in the rounds they shared:
     a one-sided sign test — ``a`` took more than ``(1 + margin)`` times ``b``'s time in significantly more
@@ -49,9 +56,7 @@ def measurably_slower(a: LatencyStats, b: LatencyStats, margin: float = 0.02, z:
     round's sign, so the long delays a loaded machine puts on single calls do not widen it (a standard
     error from the ratios' spread did: MiniLM at load 5, an 18 % gap within ±0.16). Raises ``ValueError``
     when the two were not timed in the same rounds."""
-    if not a.rounds_ms or len(a.rounds_ms) != len(b.rounds_ms):
-        raise ValueError("measurably_slower needs two callables timed in the same rounds")
-    r = np.asarray(a.rounds_ms) / np.asarray(b.rounds_ms)
+    r = _round_ratios(a, b)
     n = len(r)
     return int((r > 1.0 + margin).sum()) > n / 2 + z * np.sqrt(n) / 2
 
@@ -66,9 +71,7 @@ def paired_ratio(a: LatencyStats, b: LatencyStats) -> tuple[float, float]:
     quantiles; the median's asymptotic efficiency). Raises ``ValueError`` when the two were not
     timed in the same rounds.
     """
-    if not a.rounds_ms or len(a.rounds_ms) != len(b.rounds_ms):
-        raise ValueError("paired_ratio needs two callables timed in the same rounds")
-    r = np.asarray(a.rounds_ms) / np.asarray(b.rounds_ms)
+    r = _round_ratios(a, b)
     sigma = (np.percentile(r, 90) - np.percentile(r, 10)) / 2 / 1.2816
     return float(np.median(r)), float(1.2533 * sigma / len(r) ** 0.5)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..convert.parity import compare_outputs
+from ..convert.parity import compare_outputs, per_sample_cosines
 from ..core.data import Dataset
 from ..errors import DeepshrinkError, first_line
 from .config import SearchConfig
@@ -146,9 +146,7 @@ class Evaluator:
         if ref.ndim >= 1 and ref.size == len(ref) and out.size == ref.size:  # (N, 1): a per-sample cosine is a sign
             ref, out = ref.reshape(-1), out.reshape(-1)
         elif len(ref) > 1 and out.shape == ref.shape:
-            r, o = ref.reshape(len(ref), -1).astype(np.float64), out.reshape(len(out), -1).astype(np.float64)
-            den = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
-            cos = np.where(den > 0, (r * o).sum(1) / np.where(den > 0, den, 1.0), 1.0)
+            cos = per_sample_cosines(ref, out)
             se = float(cos.std(ddof=1) / np.sqrt(len(cos)))
         d = compare_outputs(ref, out)
         acc = _accuracy(out, labels)
