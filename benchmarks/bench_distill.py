@@ -239,11 +239,24 @@ Benchmark CPU time {cpu:.0f} s (OMP_NUM_THREADS=1; load average {_load_avg()} �
     write_result("distill_minilm", "Distillation: MiniLM → 3 layers on unlabelled text (issue 15)", this_command(), body)
 
 
+def importance_text(importance: str, scope: str, widths: list[list[int]]) -> str:
+    """How the pruned student's heads and neurons were chosen, for the results text."""
+    if importance == "activation":
+        how = "activation importance (Wanda-style ‖x‖·‖W col‖)"
+    else:
+        how = ("Fisher importance (`importance='fisher'`: the diagonal Fisher information of a mask on each head and "
+               "neuron, the model's own output standing in for labels, Kwon et al. 2022)")
+    where = ("the same share in every layer" if scope == "uniform" else
+             "ranked across layers (`scope='global'`), kept FFN neurons / heads per layer: "
+             + ", ".join(f"{f}/{h}" for f, h in widths))
+    return f"{how} on the narrow list's first 64 sentences, {where}"
+
+
 def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float = 1.0, schedule: str = "cosine",
                    warmup: float = 0.0, max_length: int = 64, batch_size: int = 32, freeze: tuple[str, ...] = (),
                    recon_sentences: int = 4096, student_dropout: float | None = None, quick: bool = False,
-                   group_by_length: bool = False) -> None:
-    """MiniLM structurally pruned (½ of FFN neurons, ¼ of heads, activation importance), its pruned layers
+                   group_by_length: bool = False, importance: str = "activation", scope: str = "uniform") -> None:
+    """MiniLM structurally pruned (½ of FFN neurons, ¼ of heads, ``importance``/``scope``), its pruned layers
     re-fitted by least squares to the unpruned outputs (``reconstruct``; ``recon_sentences`` 0: not), then
     recovered by distillation from the unpruned teacher (embedding 1 − cos + hidden-state MSE, layer j ↔ j)."""
     import copy
@@ -272,7 +285,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
 
     def pruned_copy(recon: bool) -> torch.nn.Module:
         model = copy.deepcopy(teacher)
-        cfg = StructuredPruneConfig(ratio=0.5, heads_ratio=0.25, importance="activation", reconstruct=recon)
+        cfg = StructuredPruneConfig(ratio=0.5, heads_ratio=0.25, importance=importance, scope=scope, reconstruct=recon)
         rt = enc(train_text[:recon_sentences]) if recon else None
         t0 = time.process_time()
         graph = structured_prune(model, cfg, calib, act_batches=[calib], recon_mask=1,
@@ -283,12 +296,15 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
                                   "tokens": graph.fits[0].tokens,
                                   "layer_error": [[f.module.removeprefix("encoder.encoder."), round(f.before, 4),
                                                    round(f.after, 4)] for f in graph.fits]}
-        layer = model.encoder.encoder.layer[0]
-        assert layer.intermediate.dense.out_features == 768 and layer.attention.self.num_attention_heads == 9
+        layers = model.encoder.encoder.layer
+        assert sum(x.intermediate.dense.out_features for x in layers) == 768 * len(layers)
+        assert sum(x.attention.self.num_attention_heads for x in layers) == 9 * len(layers)
+        log["widths"] = [[x.intermediate.dense.out_features, x.attention.self.num_attention_heads] for x in layers]
         return model
 
     pruned = pruned_copy(False)
-    models = {"teacher (unpruned)": teacher, "pruned: FFN 1536→768, heads 12→9": pruned}
+    models = {"teacher (unpruned)": teacher, "pruned: FFN 1536→768, heads 12→9" + (
+        " (mean over layers)" if scope == "global" else ""): pruned}
     start, start_name = pruned, "pruned"
     if recon_sentences:
         start = models["pruned + reconstructed (no training)"] = pruned_copy(True)
@@ -329,8 +345,8 @@ Relative squared error of each layer's residual sum on the calibration tokens, b
 ({log["reconstruct"]["tokens"]:,} tokens, {log["reconstruct"]["cpu_s"]} s CPU).
 """
     body = f"""
-Teacher all-MiniLM-L6-v2. Student: the teacher structurally pruned in every layer (half of the FFN neurons,
-3 of 12 heads; activation importance on the narrow list's first 64 sentences, as `bench_prune.py minilm`),
+Teacher all-MiniLM-L6-v2. Student: the teacher structurally pruned ({"in every layer" if scope == "uniform" else "in all"}: half of the FFN neurons,
+3 of 12 heads; {importance_text(importance, scope, log["widths"])}),
 {"re-fitted (below), " if recon_sentences else ""}then distilled from the unpruned teacher on {n_train} unlabelled
 `sentences:wide` sentences, {epochs} epoch(s), batch {batch_size}, AdamW lr {lr} {schedule} schedule (warmup
 {warmup:g}), loss 1 − cos(embedding) + {hidden_weight:g} × hidden-state MSE (real tokens, layer map {rep.layer_map}),
@@ -442,6 +458,10 @@ def main() -> None:
                     help="minilm-pruned: the student's dropout probability while it trains (default: the model's)")
     ap.add_argument("--group-by-length", action="store_true",
                     help="minilm, minilm-pruned: batch training sentences of similar length together (DistillConfig.group_by_length)")
+    ap.add_argument("--importance", default="activation", choices=["activation", "fisher"],
+                    help="minilm-pruned: which heads and neurons go (StructuredPruneConfig.importance)")
+    ap.add_argument("--scope", default="uniform", choices=["uniform", "global"],
+                    help="minilm-pruned: the same share in every layer, or ranked across layers")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--digits-epochs", type=int, default=30)
     a = ap.parse_args()
@@ -451,7 +471,7 @@ def main() -> None:
         pruned_section(a.sentences, a.epochs, a.lr, hidden_weight=a.hidden_weight or 1.0, schedule=a.schedule,
                        warmup=a.warmup, max_length=a.max_length, batch_size=a.batch_size, freeze=tuple(a.freeze),
                        recon_sentences=a.reconstruct, student_dropout=a.student_dropout, quick=a.quick,
-                       group_by_length=a.group_by_length)
+                       group_by_length=a.group_by_length, importance=a.importance, scope=a.scope)
     if a.section in ("all", "minilm"):
         minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform, text=a.text, hidden_weight=a.hidden_weight,
                        layer_map=a.layer_map, schedule=a.schedule, warmup=a.warmup, max_length=a.max_length,

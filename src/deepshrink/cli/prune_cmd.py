@@ -74,7 +74,7 @@ def prune_cmd(
     sparsity: Annotated[float | None, typer.Option("--sparsity", "-s", help="fraction of weights (unstructured) or channels (structured) removed, 0 <= S < 1")] = None,
     threshold: Annotated[float | None, typer.Option("--threshold", help="magnitude: zero every |w| below this instead")] = None,
     scope: Annotated[str | None, typer.Option("--scope", help="layer | global (unstructured); uniform | global (structured)")] = None,
-    importance: Annotated[str, typer.Option("--importance", help="structured: l1 | l2 | bn | taylor | activation")] = "l2",
+    importance: Annotated[str, typer.Option("--importance", help="structured: l1 | l2 | bn | taylor | activation | fisher")] = "l2",
     protect: Annotated[list[str] | None, typer.Option("--protect", help="fnmatch pattern of module names to leave alone (repeatable)")] = None,
     heads_ratio: Annotated[float, typer.Option("--heads-ratio", help="structured: fraction of attention heads removed")] = 0.0,
     ffn_ratio: Annotated[float | None, typer.Option("--ffn-ratio", help="structured: fraction of FFN neurons removed (default: --sparsity)")] = None,

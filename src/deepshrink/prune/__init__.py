@@ -294,7 +294,7 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
         taylor_batches = [tuple(torch.as_tensor(np.asarray(a)[i:i + batch_size]) for a in train)
                           for i in range(0, n, batch_size)]
     act_batches = None
-    if config.importance == "activation" and data is not None:
+    if config.importance in ("activation", "fisher") and data is not None:
         xs = first_inputs(data, 256) or ()
         act_batches = [tuple(x[i:i + batch_size] for x in xs) for i in range(0, len(xs[0]), batch_size)] if xs else None
     recon_batches = recon_mask = None

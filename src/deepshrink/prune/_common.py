@@ -81,6 +81,8 @@ def first_inputs(data: Any, n: int = 8) -> tuple[torch.Tensor, ...] | None:
     """The first ``n`` samples of ``data`` as model inputs (labels dropped)."""
     if data is None:
         return None
+    if isinstance(data, (torch.Tensor, np.ndarray)):  # one array of inputs, no labels
+        return (torch.as_tensor(np.asarray(data)[:n]),)
     if isinstance(data, (tuple, list)):
         xs = data[:-1] if len(data) > 1 else data
         return tuple(torch.as_tensor(np.asarray(x)[:n]) for x in xs)

@@ -31,8 +31,8 @@ def _prune_contract(cfg: Config) -> Contract:
         return Contract(("torch",), "torch", "labels", "fine-tuning")
     if getattr(cfg, "importance", None) == "taylor":
         return Contract(("torch",), "torch", "labels", "taylor importance")
-    if getattr(cfg, "importance", None) == "activation":
-        return Contract(("torch",), "torch", "data", "activation importance")
+    if getattr(cfg, "importance", None) in ("activation", "fisher"):
+        return Contract(("torch",), "torch", "data", f"{cfg.importance} importance")
     return Contract(("torch",), "torch")
 
 class MagnitudePruneConfig(Config):
@@ -122,9 +122,13 @@ class StructuredPruneConfig(Config):
     fraction of attention heads removed). ``importance``: ``l1``/``l2`` weight norms over the
     whole coupled group, ``bn`` BatchNorm scale, ``taylor`` |w·grad| (needs labelled data),
     ``activation`` each channel's contribution ‖x‖·‖W col‖ to its consumers (Wanda-style; needs
-    unlabelled example data — the best choice for transformer heads/FFN without fine-tuning).
+    unlabelled example data), ``fisher`` the diagonal Fisher information of a mask on each channel,
+    with the model's own output standing in for labels (Kwon et al., NeurIPS 2022; needs unlabelled
+    example data and a backward pass per sample batch; :func:`.structured.importance.fisher_scores`).
     ``scope="uniform"`` removes the same fraction everywhere; ``"global"`` ranks normalised
-    importances across groups (each group keeps at least ``min_keep`` of its channels).
+    importances across groups (each group keeps at least ``min_keep`` of its channels); with
+    ``fisher`` it ranks the raw scores (one unit in every layer), heads across layers too, so the
+    same total of FFN neurons and heads goes but unevenly, as Kwon et al.'s mask search.
     ``protect``: fnmatch patterns of module names left entirely alone (the model's output
     layer always keeps its outputs).
     ``round_to``: every pruned group keeps a multiple of this many channels (rounded up; heads are
@@ -143,7 +147,7 @@ class StructuredPruneConfig(Config):
     contract = _prune_contract
 
     ratio: float = Field(ge=0.0, lt=1.0)
-    importance: Literal["l1", "l2", "bn", "taylor", "activation"] = "l2"
+    importance: Literal["l1", "l2", "bn", "taylor", "activation", "fisher"] = "l2"
     scope: Literal["uniform", "global"] = "uniform"
     protect: tuple[str, ...] = ()
     heads_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)

@@ -22,7 +22,7 @@ from . import attention, reconstruct
 from .apply import apply_plan, mask_plan, plan_global, plan_uniform
 from .attention import HeadPrunedAttention
 from .graph import DependencyGraph, Group, Member, build_graph
-from .importance import activation_scores, group_scores, input_norms, taylor_grads
+from .importance import activation_scores, fisher_scores, group_scores, input_norms, taylor_grads
 
 __all__ = ["DependencyGraph", "Group", "HeadPrunedAttention", "Member", "apply_plan", "build_graph",
            "fit_to_state_dict", "mask_plan", "plan_structured", "structured_prune"]
@@ -39,26 +39,37 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inp
                  "head": config.heads_ratio}
     groups = [g for g in graph.prunable() if ratio_for.get(g.kind, 0.0) > 0]
     grads = None
-    if config.importance == "activation":
+    if config.importance in ("activation", "fisher"):
         batches = act_batches or ([example_inputs] if example_inputs is not None else None)
         if not batches:
-            raise InputError("importance 'activation' needs example data (--data) to observe activations")
-        consumers = {m.module for g in groups for m in g.members if m.role == "in"}
-        norms = input_norms(model, consumers, batches)
-        scores = {g.id: activation_scores(model, g, norms) for g in groups}
+            raise InputError(f"importance '{config.importance}' needs example data (--data) to observe activations")
+        if config.importance == "fisher":
+            scores = fisher_scores(model, groups, batches)
+        else:
+            consumers = {m.module for g in groups for m in g.members if m.role == "in"}
+            norms = input_norms(model, consumers, batches)
+            scores = {g.id: activation_scores(model, g, norms) for g in groups}
     elif config.importance == "taylor":
         if not taylor_batches or loss_fn is None:
             raise InputError("importance 'taylor' needs labelled data (--data) to compute gradients")
         grads = taylor_grads(model, taylor_batches, loss_fn)
-    if config.importance != "activation":
+    if config.importance not in ("activation", "fisher"):
         scores = {g.id: group_scores(model, g, config.importance, grads) for g in groups}
     if config.scope == "uniform":
         plan_uniform(groups, scores, ratio_for, config.round_to)
+    elif config.importance == "fisher":  # one unit (squared output change) in every layer: rank raw, per kind
+        for kind in ("channel", "ffn", "head"):
+            same = [g for g in groups if g.kind == kind]
+            if same:
+                plan_global(same, scores, ratio_for[kind], config.min_keep, 1 if kind == "head" else config.round_to,
+                            normalise=False)
     else:
         chans = [g for g in groups if g.kind != "head"]
         plan_global(chans, scores, config.ratio, config.min_keep, config.round_to)
         plan_uniform([g for g in groups if g.kind == "head"], scores, ratio_for)
-    whole = [g for g in groups if g.kind == "head" and g.keep is not None and len(g.keep) == g.size]
+    heads_ranked = config.importance == "fisher" and config.scope == "global"  # a layer may keep all its heads
+    whole = [g for g in groups if g.kind == "head" and g.keep is not None and len(g.keep) == g.size
+             and not heads_ranked]
     if whole:  # e.g. 0.2 of 4 heads: less than one head, so none goes; say so rather than ignore the option
         graph.warnings.append(f"heads_ratio {config.heads_ratio:g} removes no head of "
                               + ", ".join(f"{g.name} ({g.size} heads)" for g in whole[:4])

@@ -38,13 +38,15 @@ def plan_uniform(groups: list[Group], scores: dict[int, torch.Tensor], ratio_for
 
 
 def plan_global(groups: list[Group], scores: dict[int, torch.Tensor], ratio: float, min_keep: float,
-                round_to: int = 1) -> None:
-    """Rank mean-normalised scores of all groups together; remove ``ratio`` of all channels,
-    each group keeping at least ``min_keep`` of its own."""
+                round_to: int = 1, *, normalise: bool = True) -> None:
+    """Rank the scores of all groups together; remove ``ratio`` of all channels, each group keeping
+    at least ``min_keep`` of its own. ``normalise``: divide each group's scores by their mean first
+    (weight norms differ in scale from layer to layer); off for scores already in one unit across
+    layers, such as the Fisher information of the model's output."""
     items = []
     for g in groups:
         s = scores[g.id]
-        norm = s / (s.mean() + 1e-12)
+        norm = s / (s.mean() + 1e-12) if normalise else s
         items += [(float(norm[i]), g.id, i) for i in range(g.size)]
     items.sort()
     total = sum(g.size for g in groups)

@@ -150,3 +150,93 @@ def activation_scores(model: nn.Module, group: Group, norms: dict[str, torch.Ten
         score += col[m.offset: m.offset + group.size * m.repeat].reshape(group.size, m.repeat).sum(1)
         used = True
     return score if used else group_scores(model, group, "l2")
+
+
+def _float_leaves(out: object) -> list[torch.Tensor]:
+    """Every floating-point tensor in a model's output (a tensor, tuple/list, dict or ModelOutput)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _float_leaves(o)]
+    return []
+
+
+def fisher_scores(model: nn.Module, groups: list[Group], batches: list[tuple[torch.Tensor, ...]], *,
+                  probes: int = 4, seed: int = 0) -> dict[int, torch.Tensor]:
+    """Diagonal Fisher information of a mask on each channel / head of ``groups``, without labels.
+
+    Method: Kwon et al., "A Fast Post-Training Pruning Framework for Transformers" (NeurIPS 2022) rank
+    heads and neurons by the empirical Fisher of a mask variable m_c (1 = kept) on each:
+    Σ_samples (∂L/∂m_c)². They need labels; here L is the log-likelihood of a Gaussian centred on the
+    model's own output, ``L = vᵀ f(x)`` with ``v ~ N(0, I)`` drawn ``probes`` times per batch, whose
+    expected squared mask gradient is ‖∂f(x)/∂m_c‖² — the second-order estimate of how far the output
+    moves when channel c is removed. It needs no labels and no task head, so it serves any model whose
+    outputs are floating-point tensors. At m = 1, ∂L/∂m_c is Σ over the columns that read channel c
+    (every consumer, every repeat) and over the non-batch positions of x · ∂L/∂x, which forward hooks
+    read off each consumer's input per sample (samples are independent in ``eval()`` mode, so one
+    backward gives every sample's gradient).
+
+    ``batches``: tuples of the model's positional inputs, batch on axis 0. Returns one float64 score
+    of shape ``(group.size,)`` per group id (higher = more important); a group with no Linear/Conv
+    consumer whose input the hooks can see (e.g. ``nn.MultiheadAttention`` heads) gets its L2 norm
+    score (:func:`group_scores`). The model's weights and grads are left as they were."""
+    mods = dict(model.named_modules())
+    consumers = {m.module for g in groups for m in g.members
+                 if m.role == "in" and isinstance(mods.get(m.module), (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))}
+    seen: list[tuple[str, bool, torch.Tensor]] = []  # this forward's consumer inputs
+
+    def hook(name: str, conv: bool) -> Callable[..., None]:
+        def pre(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+            if not (isinstance(args[0], torch.Tensor) and args[0].requires_grad):
+                return None
+            # an alias of the input for this consumer alone: the gradient of the tensor itself would also
+            # count its other uses (a residual branch, a second consumer)
+            x = args[0].view_as(args[0])
+            seen.append((name, conv, x))
+            return (x, *args[1:])
+        return pre
+
+    handles = [mods[n].register_forward_pre_hook(hook(n, not isinstance(mods[n], nn.Linear))) for n in consumers]
+    saved = {n: (p.grad, p.requires_grad) for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(True)  # the hooks need activations that carry a graph
+    acc = {g.id: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    gen = torch.Generator().manual_seed(seed)
+    was = model.training
+    model.eval()
+    try:
+        for b in batches:
+            for _ in range(probes):
+                seen.clear()
+                outs = _float_leaves(model(*b))
+                if not outs:
+                    raise ValueError("importance 'fisher' needs a model with floating-point outputs")
+                loss = sum((torch.randn(o.shape, generator=gen, dtype=o.dtype) * o).sum() for o in outs)
+                grads = torch.autograd.grad(loss, [x for _, _, x in seen], allow_unused=True) if seen else ()
+                col_grad: dict[str, torch.Tensor] = {}  # per-sample ∂L/∂(input column): (batch, in)
+                for (name, conv, x), g in zip(seen, grads, strict=True):
+                    if g is None:
+                        continue
+                    prod = (x.detach() * g).double()
+                    per = prod.flatten(2).sum(2) if conv else prod.reshape(prod.shape[0], -1, prod.shape[-1]).sum(1)
+                    col_grad[name] = col_grad.get(name, 0) + per
+                for g in groups:
+                    per_sample = None
+                    for m in g.members:
+                        cg = col_grad.get(m.module) if m.role == "in" else None
+                        if cg is None:
+                            continue
+                        part = cg[:, m.offset: m.offset + g.size * m.repeat].reshape(cg.shape[0], g.size, m.repeat)
+                        per_sample = part.sum(2) if per_sample is None else per_sample + part.sum(2)
+                    if per_sample is not None:
+                        acc[g.id] += (per_sample ** 2).sum(0)
+    finally:
+        for h in handles:
+            h.remove()
+        for n, p in model.named_parameters():
+            p.grad, rg = saved[n]
+            p.requires_grad_(rg)
+        model.train(was)
+    return {g.id: (acc[g.id] if acc[g.id].any() else group_scores(model, g, "l2")) for g in groups}
