@@ -33,6 +33,8 @@ def jobs(w: str, onnx_in: str, out: Path) -> list[list[str]]:
                "--allow-degraded"])
     js.append(["prune", *src, "-o", str(out / "p-struct.onnx"), "--method", "structured", "--sparsity", "0.5",
                "--finetune-epochs", "1", *data, "--repeats", "1", "--allow-degraded"])
+    js.append(["prune", *src, "-o", str(out / "p-struct.pt2"), "--method", "structured", "--sparsity", "0.5",
+               *data, "--repeats", "1", "--allow-degraded"])  # .pt2 through the atomic writer
     js.append(["pack", *src, "-o", str(out / "cnn.dsz"), "--fc-bits", "4", "--other-bits", "6"])
     js.append(["compress", onnx_in, "--recipe", "int8-static", "-o", str(out / "compress"), *data,
                "--repeats", "1", "--allow-degraded"])

@@ -20,7 +20,7 @@ from ..core.fileio import atomic_dir, check_output
 from ..core.handle import ModelHandle
 from ..core.result import Result, VerbReport
 from ..errors import ParityError, UnsupportedError, first_line
-from .export import copy_tokenizer, export_onnx, torch_export
+from .export import export_onnx
 from .parity import ParityReport, check_parity
 from .routes import (
     ConvertOptions,
@@ -157,22 +157,12 @@ def _torch_to_onnx(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[M
 
 @register_route("torch", "torch")
 def _torch_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[ModelHandle, None]:
-    import torch
-
-    from ..loading import load
+    from .writers import save
 
     if dst.suffix == ".safetensors":
-        from .writers import save
-
         save(src, dst, force=True)
         return src, None
-    ep = torch_export(src)
-    # under its own name: the archive's entries are named after the file, so a temporary name would make
-    # two runs' bytes differ (tests/test_determinism.py)
-    torch.export.save(ep, str(dst))
-    if src.tokenizer_dir is not None:  # as beside an .onnx: text data keeps working on the written model
-        copy_tokenizer(Path(src.tokenizer_dir), dst.parent / (dst.name + ".tokenizer"))
-    handle = load(dst)
+    handle = save(src, dst, force=True)  # .pt2: its bytes repeat from run to run (tests/test_determinism.py)
     handle.tokenizer_dir = src.tokenizer_dir if handle.tokenizer_dir is None else handle.tokenizer_dir
     return handle, None
 

@@ -7,6 +7,7 @@ Lives in ``convert`` because writing a PyTorch model as ONNX or ``.pt2`` is an e
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +55,17 @@ def _write(handle: ModelHandle, path: str | os.PathLike[str], fmt: str, *, force
         from .export import torch_export
 
         ep = torch_export(handle)
-        with atomic_path(out) as tmp:
+        with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as d:
+            # saved under the final file name in a private folder, then moved: torch.export.save names the
+            # archive's entries after the file, so a temporary name would make two runs' bytes differ
+            staged = Path(d) / out.name
             try:
-                torch.export.save(ep, str(tmp.with_suffix(".pt2")))
+                torch.export.save(ep, str(staged))
             except RuntimeError as exc:  # torch's packager: one line, not a traceback; nothing written
                 from ..errors import first_line
 
-                tmp.with_suffix(".pt2").unlink(missing_ok=True)
                 raise UnsupportedError(f"torch.export.save could not write the program: {first_line(exc, 200)}") from exc
-            tmp.with_suffix(".pt2").replace(tmp)
+            staged.replace(tmp)
         if handle.tokenizer_dir is not None:  # as beside an .onnx: text data keeps working on the written model
             from .export import copy_tokenizer
 
