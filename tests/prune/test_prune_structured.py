@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from deepshrink.errors import InputError
 from deepshrink.examples import DigitsCNN, digits_data, trained_digits_cnn
@@ -297,3 +298,61 @@ def test_the_readme_call_returns_a_pruned_copy_and_leaves_the_model_alone(cnn):
         ds.prune(cnn, TopLevelConfig(ratio=0.5))  # nothing to trace a CNN with: the error says what to pass
     with pytest.raises(TypeError, match="'output'"):
         ds.prune(cnn, TopLevelConfig(ratio=0.5), output="small.onnx")
+
+
+class PadPermuteNet(nn.Module):
+    """A pitch-tracker-like CNN: F.pad before each conv (as torchcrepe), a ReflectionPad module, then the
+    channels moved last by permute for a Linear, and a final permute+reshape that interleaves positions and
+    channels (not followable: that last conv stays whole)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, 16, (8, 1), stride=(2, 1)), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, (5, 1)), nn.BatchNorm2d(16)
+        self.pad = nn.ReflectionPad2d((0, 0, 1, 1))
+        self.c3 = nn.Conv2d(16, 8, (3, 1))
+        self.mix = nn.Linear(8, 8)
+        self.c4 = nn.Conv2d(8, 4, (3, 1), padding=(1, 0))
+        self.head = nn.Linear(4 * 16, 3)
+
+    def forward(self, x: torch.Tensor, embed: bool = False) -> torch.Tensor:
+        x = x[:, None, :, None]  # (N, 64) → (N, 1, 64, 1)
+        x = self.b1(F.relu(self.c1(F.pad(x, (0, 0, 3, 3)))))
+        x = self.b2(F.relu(self.c2(F.pad(x, (0, 0, 2, 2)))))
+        x = F.max_pool2d(x, (2, 1))
+        if embed:  # a flag with a default, branched on (torchcrepe's forward): traced at its default
+            return x
+        x = F.relu(self.c3(self.pad(x)))  # (N, 8, 16, 1)
+        x = self.mix(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # channels last for the Linear, then back
+        x = self.c4(x)
+        x = x.transpose(1, 2).reshape(x.shape[0], -1)  # (N, 16 positions × 4 channels), interleaved
+        return self.head(x)
+
+
+def test_pad_and_permute_keep_the_channels_they_carry():
+    torch.manual_seed(0)
+    model = PadPermuteNet().eval()
+    x = (_x(4, (8, 64)),)
+    graph = plan_structured(model, StructuredPruneConfig(ratio=0.5), x)
+    by_name = {g.name: g for g in graph.groups}
+    for name in ("c1", "c2", "c3", "mix"):  # through F.pad, a pad module and a permute pair
+        assert by_name[name].prunable, (name, by_name[name].blocked)
+    assert not by_name["c4"].prunable  # positions and channels interleaved before the head
+    pruned, diff = _exact(model, StructuredPruneConfig(ratio=0.5), x)
+    assert diff < 1e-5
+    assert (pruned.c1.out_channels, pruned.c2.out_channels, pruned.c3.out_channels, pruned.mix.out_features,
+            pruned.c4.out_channels) == (8, 8, 4, 4, 4)
+
+
+def test_padding_the_channel_dimension_blocks_its_group():
+    class PadChannels(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 8, 3), nn.Conv2d(10, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(F.pad(self.a(x), (0, 0, 0, 0, 1, 1))).mean((2, 3))  # two zero channels added
+
+    graph = plan_structured(PadChannels().eval(), StructuredPruneConfig(ratio=0.5), (_x(5, (2, 1, 9, 9)),))
+    a = next(g for g in graph.groups if g.name == "a")
+    assert not a.prunable and "padding of the channel dimension" in a.blocked[0]

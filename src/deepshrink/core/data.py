@@ -50,7 +50,9 @@ class Dataset:
         if n == 0:
             raise InputError(f"data {self.source} is empty (0 samples)")
         if any(v != n for v in lengths.values()):
-            raise InputError(f"data {self.source}: arrays disagree on the number of samples: {lengths}")
+            raise InputError(f"data {self.source}: arrays disagree on the number of samples (their first axis): "
+                             f"{lengths} (deepshrink reads samples on axis 0 of every array; an input whose batch "
+                             "axis is not its first cannot be fed from data yet)")
         if self.labels is not None and len(self.labels) != n:
             raise InputError(f"data {self.source}: {len(self.labels)} labels for {n} samples")
 

@@ -122,6 +122,12 @@ _ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "add", "add_", "mul"
                         "clone", "clamp", "float", "detach", "neg"}
 _RESHAPE = {torch.flatten, torch.reshape}
 _RESHAPE_METHODS = {"flatten", "view", "reshape"}
+_PAD = {F.pad}  # spatial padding keeps the channels (checked on the shapes: a pad of the channel dim blocks)
+_PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+                nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+                nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+_PERMUTE = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
+_PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}
 _REDUCE = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 
@@ -322,7 +328,7 @@ def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | Non
     traced = False
     if example_inputs is not None:
         try:
-            graph = _Tracer(leaves).trace(model)
+            graph = _Tracer(leaves).trace(model, concrete_args=_defaults_beyond(model, len(example_inputs)))
             gm = fx.GraphModule(model, graph)
             from torch.fx.passes.shape_prop import ShapeProp
 
@@ -352,6 +358,21 @@ def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | Non
     for r, names in left.items():
         ana.warnings.append(f"{r}: {', '.join(names)} left unpruned")
     return DependencyGraph(groups, ana.warnings, traced)
+
+
+def _defaults_beyond(model: nn.Module, given: int) -> dict[str, Any] | None:
+    """``forward``'s parameters past the ``given`` positional inputs that have defaults (e.g. ``embed=False``),
+    fixed at those defaults for the trace: the model runs as it is called with ``given`` inputs, and a branch
+    on such a flag (``if embed:``) no longer stops the capture."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    fixed = {p.name: p.default for p in positional[given:] if p.default is not inspect.Parameter.empty}
+    return fixed or None
 
 
 class _Env(dict):
@@ -428,7 +449,8 @@ def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
                     result = xl
                 else:
                     unsupported()
-            elif isinstance(mod, _ACT_MODULES) and not (isinstance(mod, nn.PReLU) and mod.num_parameters > 1):
+            elif (isinstance(mod, _ACT_MODULES) and not (isinstance(mod, nn.PReLU) and mod.num_parameters > 1)) \
+                    or isinstance(mod, _PAD_MODULES):
                 result = _passthrough(xl, xs, shape)
                 if result is None and xl is not None:
                     unsupported()
@@ -452,6 +474,16 @@ def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
             elif t in _RESHAPE or (node.op == "call_method" and t in _RESHAPE_METHODS):
                 x = node.args[0]
                 result = _reshape(lay(x), _shape(x), shape)
+                if result is None and lay(x) is not None:
+                    unsupported()
+            elif t in _PAD or (node.op == "call_method" and t == "pad"):
+                x = node.args[0]
+                result = _passthrough(lay(x), _shape(x), shape)
+                if result is None and lay(x) is not None:
+                    unsupported("padding of the channel dimension")
+            elif t in _PERMUTE or (node.op == "call_method" and t in _PERMUTE_METHODS):
+                x = node.args[0]
+                result = _permute(node, lay(x), _shape(x), shape)
                 if result is None and lay(x) is not None:
                     unsupported()
             elif t in _REDUCE or (node.op == "call_method" and t in _REDUCE_METHODS):
@@ -486,6 +518,33 @@ def _reshape(xl: Layout | None, xs: tuple[int, ...] | None, shape: tuple[int, ..
         r = math.prod(xs[d + 1:])
         return Layout(d, tuple(Seg(s.set_id, s.size, s.repeat * r) for s in xl.segs))
     return None
+
+
+def _permute(node: fx.Node, xl: Layout | None, xs: tuple[int, ...] | None,
+             shape: tuple[int, ...]) -> Layout | None:
+    """permute / transpose: the channel dimension moves with its axis. A flattened layout (``repeat`` > 1:
+    each channel spread over the positions of later axes) is not followed — the axes it spans may move."""
+    if xl is None or xs is None or any(seg.repeat != 1 for seg in xl.segs):
+        return None
+    nd = len(xs)
+    args = list(node.args[1:])
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if name == "permute":
+        dims = node.kwargs.get("dims", args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args)
+        perm = [int(d) % nd for d in dims]
+        if sorted(perm) != list(range(nd)):
+            return None
+    else:  # transpose / swapaxes / swapdims: two axes
+        pair = [node.kwargs.get(k) for k in ("dim0", "dim1", "axis0", "axis1") if k in node.kwargs] or args
+        if len(pair) != 2:
+            return None
+        a, b = (int(d) % nd for d in pair)
+        perm = list(range(nd))
+        perm[a], perm[b] = perm[b], perm[a]
+    new_dim = perm.index(xl.dim)
+    if len(shape) != nd or shape[new_dim] != xs[xl.dim]:
+        return None
+    return Layout(new_dim, xl.segs)
 
 
 def _reduce(node: fx.Node, xl: Layout | None, xs: tuple[int, ...] | None, shape: tuple[int, ...]) -> Layout | None:
