@@ -335,6 +335,8 @@ CASES = [
                                             f"{e.out}/run", "--target-cos", "0.99", "--ray", "127.0.0.1:1"], "--ray"),
     C("prune-gradual-needs-data", lambda e: ["prune", FACTORY, "-o", f"{e.out}/p.pt2", "-m", "gradual", "-s", "0.5"],
       "data"),
+    C("prune-fisher-needs-data", lambda e: ["prune", FACTORY, "-o", f"{e.out}/p.pt2", "-m", "structured", "-s", "0.5",
+                                            "--importance", "fisher"], "--importance fisher scores channels"),
     # --- recipes -----------------------------------------------------------------------------------
     C("compress-unknown-recipe-key", lambda e: ["compress", f"{e.fx}/good.onnx", "-r", f"{e.fx}/unknown_key.yaml",
                                                 "-o", f"{e.out}/run"], "bogus_key"),

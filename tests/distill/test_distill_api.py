@@ -166,3 +166,40 @@ def test_group_by_length_batches_sentences_of_similar_length(tiny_bert, digits_m
     with pytest.raises(InputError, match="attention_mask"):
         distill_with_report(digits_mlp, None, (digits.flat().x_train[:64], digits.y_train[:64]),
                             DistillConfig(derive="width=0.5", epochs=1, group_by_length=True), progress=False)
+
+
+class _TFPortCNN(torch.nn.Module):
+    """Conv → BatchNorm(momentum 0, as models ported from TensorFlow) → sigmoid head: torchcrepe's shape."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv1d(1, width, 5, padding=2)
+        self.bn1 = torch.nn.BatchNorm1d(width, momentum=0.0)
+        self.conv2 = torch.nn.Conv1d(width, width, 5, padding=2)
+        self.bn2 = torch.nn.BatchNorm1d(width, momentum=0.0)
+        self.head = torch.nn.Linear(width, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn1(torch.relu(self.conv1(x[:, None])))
+        h = self.bn2(torch.relu(self.conv2(h)))
+        return torch.sigmoid(self.head(h.mean(2)))
+
+
+def test_frozen_batchnorm_statistics_follow_the_trained_student():
+    torch.manual_seed(0)
+    teacher = _TFPortCNN().eval()
+    x = torch.randn(128, 32)
+    cfg = DistillConfig(derive="width=0.5", epochs=4, lr=1e-2, batch_size=32)
+    student, rep = distill_with_report(teacher, None, (x,), cfg, progress=False)
+    assert rep.loss == "embedding"  # sigmoid outputs are probabilities: matched directly, not softmaxed again
+    assert rep.batchnorm_recalibrated == 2
+    # bn2's running statistics are the exact mean / variance of what it reads under the trained weights
+    with torch.no_grad():
+        pre = student.eval().bn1(torch.relu(student.conv1(x[:, None])))
+        feed = torch.relu(student.conv2(pre))
+    mean = feed.mean((0, 2))
+    assert torch.allclose(student.bn2.running_mean, mean, atol=1e-5)
+    assert student.bn2.momentum == 0.0 and not student.training
+    with torch.no_grad():
+        moved = (student.bn2.running_mean - teacher.bn2.running_mean[: len(mean)]).abs().max()
+    assert moved > 1e-3  # training moved the weights, so the statistics had to change

@@ -113,3 +113,30 @@ def test_global_scope_ranks_raw_scores_across_layers():
     a, b = pruned.a1.out_features, pruned.b1.out_features
     assert a + b == 32  # half of the 64 FFN neurons in all
     assert b < a and b >= 4  # the weak block gives up more, down to its min_keep floor (0.1 of 32 → 4)
+
+
+class IntOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x))).argmax(1)
+
+
+def test_integer_outputs_are_refused_in_one_line():
+    from deepshrink.errors import InputError
+
+    x = _x(6, (16, 8))
+    with pytest.raises(InputError, match="floating-point outputs"):
+        plan_structured(IntOut().eval(), StructuredPruneConfig(ratio=0.5, importance="fisher"), (x[:1],),
+                        act_batches=[(x,)])
+
+
+def test_a_global_plan_that_falls_short_says_so():
+    model = TwoFFN().eval()
+    x = _x(7, (32, 16))
+    cfg = StructuredPruneConfig(ratio=0.9, importance="fisher", scope="global", min_keep=0.5)
+    graph = plan_structured(model, cfg, (x[:1],), act_batches=[(x,)])
+    assert sum(len(g.keep) for g in graph.prunable()) == 32  # each of the two 32-neuron groups keeps its floor, 16
+    assert any("removed 32 of the 57 channels asked" in w and "min_keep 0.5" in w for w in graph.warnings)

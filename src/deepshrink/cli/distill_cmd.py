@@ -220,6 +220,9 @@ def print_report(report: Any, evaluated_on: str = "the evaluation data") -> None
                       "training; no step was left to run", highlight=False)
     elif report.steps == 0:
         console.print("  no training step ran (--epochs 0): the student is written as it started", highlight=False)
+    if report.batchnorm_recalibrated:
+        console.print(f"  BatchNorm statistics recomputed on the training data for {report.batchnorm_recalibrated} "
+                      "layer(s) whose momentum 0 kept them from following training", highlight=False)
     if report.evals:
         console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in report.evals[-1].items())
                       + f" on {evaluated_on} after the last epoch", highlight=False)

@@ -102,6 +102,9 @@ def prune_cmd(
         raise InputError("--reconstruct-ridge applies only with --reconstruct")
     if method == "structured" and reconstruct and data is None:
         raise InputError("--reconstruct needs --data: the unlabelled samples the pruned layers are re-fitted on")
+    if method == "structured" and importance in ("activation", "fisher") and data is None:
+        raise InputError(f"--importance {importance} scores channels on real samples: give --data (unlabelled samples "
+                         "are enough; random inputs from --input-shape would rank them by noise)")
     config = _config(method, sparsity, threshold, scope, importance, protect or [], finetune_epochs, lr, nm,
                      heads_ratio, ffn_ratio, reconstruct, reconstruct_ridge, round_to, given=given)
     # pruning is lossy by design: random inputs cannot tell a usable result from a broken one
@@ -120,9 +123,13 @@ def prune_cmd(
         raise InputError(f"{src} is an ONNX model; pruning needs the PyTorch model (convert it first, or pass module:factory)")
     ds = load_data(data, handle) if data is not None else None
     held: Any = load_data(eval_data, handle) if eval_data is not None else ds
+    from ..prune import ACTIVATION_SAMPLES
+
     trains = finetune_epochs > 0 or method == "gradual" or importance == "taylor"
-    if ds is not None and eval_data is None and (trains or reconstruct):  # never measure on the samples it fitted
-        used = len(ds) if trains else min(len(ds), getattr(config, "reconstruct_samples", len(ds)))
+    scores = method == "structured" and importance in ("activation", "fisher")  # ranks channels on the first 256
+    if ds is not None and eval_data is None and (trains or reconstruct or scores):  # never measure on what it used
+        used = len(ds) if trains else min(len(ds), max(getattr(config, "reconstruct_samples", 0) if reconstruct else 0,
+                                                        ACTIVATION_SAMPLES if scores else 0))
         ds, held, _spared = gate.split_holdout(ds, used)
     pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
     table, verdict = gate.write_checked(  # nothing lands unless the gate passes

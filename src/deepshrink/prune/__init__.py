@@ -46,6 +46,7 @@ from .config import (
     StructuredPruneConfig,
 )
 
+ACTIVATION_SAMPLES = 256  # samples activation / Fisher importance ranks channels on (the data's first)
 __all__ = ["GradualPruneConfig", "MagnitudePruneConfig", "NMPruneConfig", "PruneConfig", "PruneReport",
            "StructuredPruneConfig", "prune", "prune_with_report"]
 
@@ -295,7 +296,7 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
                           for i in range(0, n, batch_size)]
     act_batches = None
     if config.importance in ("activation", "fisher") and data is not None:
-        xs = first_inputs(data, 256) or ()
+        xs = first_inputs(data, ACTIVATION_SAMPLES) or ()
         act_batches = [tuple(x[i:i + batch_size] for x in xs) for i in range(0, len(xs[0]), batch_size)] if xs else None
     recon_batches = recon_mask = None
     if config.reconstruct and data is not None:

@@ -61,11 +61,11 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inp
         for kind in ("channel", "ffn", "head"):
             same = [g for g in groups if g.kind == kind]
             if same:
-                plan_global(same, scores, ratio_for[kind], config.min_keep, 1 if kind == "head" else config.round_to,
-                            normalise=False)
+                _short(graph, kind, config, *plan_global(same, scores, ratio_for[kind], config.min_keep,
+                                                         1 if kind == "head" else config.round_to, normalise=False))
     else:
         chans = [g for g in groups if g.kind != "head"]
-        plan_global(chans, scores, config.ratio, config.min_keep, config.round_to)
+        _short(graph, "channel", config, *plan_global(chans, scores, config.ratio, config.min_keep, config.round_to))
         plan_uniform([g for g in groups if g.kind == "head"], scores, ratio_for)
     heads_ranked = config.importance == "fisher" and config.scope == "global"  # a layer may keep all its heads
     whole = [g for g in groups if g.kind == "head" and g.keep is not None and len(g.keep) == g.size
@@ -75,6 +75,15 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inp
                               + ", ".join(f"{g.name} ({g.size} heads)" for g in whole[:4])
                               + ": less than one head each")
     return graph
+
+
+def _short(graph: DependencyGraph, kind: str, config: StructuredPruneConfig, removed: int, asked: int) -> None:
+    """Say when a global plan removed fewer channels than asked (each group's floor, round_to)."""
+    if removed < asked:
+        what = {"channel": "channels", "ffn": "FFN neurons", "head": "heads"}[kind]
+        rounding = f", rounded up to a multiple of {config.round_to}" if config.round_to > 1 and kind != "head" else ""
+        graph.warnings.append(f"scope global removed {removed} of the {asked} {what} asked: every group keeps at least "
+                              f"min_keep {config.min_keep:g} of its own{rounding}")
 
 
 def _check_applies(graph: DependencyGraph, config: StructuredPruneConfig) -> None:

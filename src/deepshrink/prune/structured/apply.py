@@ -38,11 +38,12 @@ def plan_uniform(groups: list[Group], scores: dict[int, torch.Tensor], ratio_for
 
 
 def plan_global(groups: list[Group], scores: dict[int, torch.Tensor], ratio: float, min_keep: float,
-                round_to: int = 1, *, normalise: bool = True) -> None:
+                round_to: int = 1, *, normalise: bool = True) -> tuple[int, int]:
     """Rank the scores of all groups together; remove ``ratio`` of all channels, each group keeping
     at least ``min_keep`` of its own. ``normalise``: divide each group's scores by their mean first
     (weight norms differ in scale from layer to layer); off for scores already in one unit across
-    layers, such as the Fisher information of the model's output."""
+    layers, such as the Fisher information of the model's output. Returns (channels removed, channels
+    asked): fewer are removed when the floors or ``round_to`` stop it."""
     items = []
     for g in groups:
         s = scores[g.id]
@@ -68,6 +69,7 @@ def plan_global(groups: list[Group], scores: dict[int, torch.Tensor], ratio: flo
             back = sorted(removed[g.id], key=lambda i: -float(scores[g.id][i]))[: want - len(keep)]
             keep = sorted(keep + back)
         g.keep = torch.tensor(keep, dtype=torch.long)
+    return sum(g.size - len(g.keep) for g in groups if g.keep is not None), int(ratio * total + 1e-6)
 
 
 def _dim_index(length: int, slices: list[tuple[int, int, int, torch.Tensor]]) -> torch.Tensor:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ...errors import InputError
 from .attention import head_views
 from .graph import Group, Member
 
@@ -212,7 +213,8 @@ def fisher_scores(model: nn.Module, groups: list[Group], batches: list[tuple[tor
                 seen.clear()
                 outs = _float_leaves(model(*b))
                 if not outs:
-                    raise ValueError("importance 'fisher' needs a model with floating-point outputs")
+                    raise InputError("importance 'fisher' needs a model with floating-point outputs (it measures how "
+                                     "far they move); this one's are integers — use --importance activation")
                 loss = sum((torch.randn(o.shape, generator=gen, dtype=o.dtype) * o).sum() for o in outs)
                 grads = torch.autograd.grad(loss, [x for _, _, x in seen], allow_unused=True) if seen else ()
                 col_grad: dict[str, torch.Tensor] = {}  # per-sample ∂L/∂(input column): (batch, in)
