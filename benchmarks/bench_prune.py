@@ -292,11 +292,18 @@ def minilm_section(repeats: int = 20) -> None:
     with torch.no_grad():
         ref = base(*ev).numpy()
     models, cosines = {"fp32": base}, {}
-    for imp in ("l2", "activation"):
-        pruned = prune(copy.deepcopy(base), StructuredPruneConfig(ratio=0.5, heads_ratio=0.25, importance=imp),
+    variants = {"l2": ("l2", "uniform"), "activation": ("activation", "uniform"), "fisher": ("fisher", "uniform"),
+                "fisher global": ("fisher", "global")}
+    widths = {}
+    for imp, (importance, scope) in variants.items():
+        pruned = prune(copy.deepcopy(base), StructuredPruneConfig(ratio=0.5, heads_ratio=0.25, importance=importance,
+                                                                  scope=scope),
                        example_inputs=tuple(torch.from_numpy(v) for v in calib.values())).model.model
-        layer = pruned.encoder.encoder.layer[0]
-        assert layer.intermediate.dense.out_features == 768 and layer.attention.self.num_attention_heads == 9
+        layers = pruned.encoder.encoder.layer
+        assert sum(x.intermediate.dense.out_features for x in layers) == 768 * len(layers)
+        assert sum(x.attention.self.num_attention_heads for x in layers) == 9 * len(layers)
+        widths[imp] = ", ".join(f"{x.intermediate.dense.out_features}/{x.attention.self.num_attention_heads}"
+                                for x in layers)
         with torch.no_grad():
             out_t = pruned(*ev).numpy()
         cosines[imp] = (ref * out_t).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out_t, axis=1))
@@ -309,15 +316,19 @@ def minilm_section(repeats: int = 20) -> None:
     feed = {k: v[:8] for k, v in evalset.items()}
     st = ort_latency(models, feed, repeats)["stats"]
     rows = [["fp32", f"{params(base):,}", "1.00×", f"{st['fp32'].median_ms:.1f}", _ratio(st["fp32"]), "1", "1"]]
-    for imp in ("l2", "activation", "torch-pruning"):
+    for imp in (*variants, "torch-pruning"):
         label = "Torch-Pruning 1.6 (L2, num_heads)" if imp == "torch-pruning" else f"deepshrink {imp}"
-        rows.append([f"{label}: FFN 1536→768, heads 12→9", f"{params(models[imp]):,}",
+        shape = "FFN 1536→768, heads 12→9" if imp != "fisher global" else "FFN / heads per layer " + widths[imp]
+        rows.append([f"{label}: {shape}", f"{params(models[imp]):,}",
                      f"{params(models[imp]) / params(base):.3f}×", f"{st[imp].median_ms:.1f}", _ratio(st[imp]),
                      f"{cosines[imp].mean():.4f}", f"{cosines[imp].min():.4f}"])
     body = ("all-MiniLM-L6-v2 (sentence embedding, eager attention); every layer loses half of its FFN neurons and 3 of "
-            "12 heads. Importance `l2`: weight norms over each head's q/k/v rows + output-projection columns (FFN: "
+            "12 heads (`fisher global`: half of all FFN neurons and a quarter of all heads). Importance `l2`: weight norms over each head's q/k/v rows + output-projection columns (FFN: "
             "up rows + down columns); `activation`: each head's/neuron's contribution ‖x‖·‖W col‖ into the output "
-            "projection, observed on 64 calibration sentences (offset 0). Torch-Pruning: `MetaPruner` with "
+            "projection, observed on 64 calibration sentences (offset 0); `fisher`: the diagonal Fisher information "
+            "of a mask on each head/neuron with the model's own output in place of labels (Kwon et al. 2022), on the "
+            "same 64 sentences, the same share in every layer or (`fisher global`) ranked across layers — the same "
+            "totals, 4,608 neurons and 54 heads. Torch-Pruning: `MetaPruner` with "
             "`num_heads`, `prune_num_heads=True`, `prune_head_dims=False`, the same ratios, embeddings ignored. Cosine of the sentence embeddings against "
             "fp32 on 64 unseen stdlib sentences (offset 1000), **before any fine-tune** (recovery belongs to "
             f"distillation). ORT latency at batch 8 × 128 tokens, {repeats} interleaved rounds, TorchScript exporter, "
