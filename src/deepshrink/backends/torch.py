@@ -25,15 +25,20 @@ def forward_arg_names(module: nn.Module) -> list[str]:
     return names or ["x"]
 
 
-def forward_optional_names(module: nn.Module) -> list[str]:
-    """Names of ``forward``'s positional parameters that have a default (``embed=False``, ``mask=None``):
-    inputs only when ``--input-shape`` or the data name them."""
+def forward_defaults(module: nn.Module) -> dict[str, Any]:
+    """``forward``'s positional parameters that have a default, in order, with it (``{"embed": False}``)."""
     try:
         sig = inspect.signature(module.forward)
     except (TypeError, ValueError):
-        return []
-    return [p.name for p in sig.parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self" and p.default is not p.empty]
+        return {}
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self" and p.default is not p.empty}
+
+
+def forward_optional_names(module: nn.Module) -> list[str]:
+    """Names of ``forward``'s positional parameters that have a default (``embed=False``, ``mask=None``):
+    inputs only when ``--input-shape`` or the data name them."""
+    return list(forward_defaults(module))
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:

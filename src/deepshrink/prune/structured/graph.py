@@ -364,14 +364,10 @@ def _defaults_beyond(model: nn.Module, given: int) -> dict[str, Any] | None:
     """``forward``'s parameters past the ``given`` positional inputs that have defaults (e.g. ``embed=False``),
     fixed at those defaults for the trace: the model runs as it is called with ``given`` inputs, and a branch
     on such a flag (``if embed:``) no longer stops the capture."""
-    import inspect
+    from ...backends.torch import forward_arg_names, forward_defaults
 
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    fixed = {p.name: p.default for p in positional[given:] if p.default is not inspect.Parameter.empty}
+    defaults = forward_defaults(model)
+    fixed = {n: defaults[n] for n in forward_arg_names(model)[given:] if n in defaults}
     return fixed or None
 
 

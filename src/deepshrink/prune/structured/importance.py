@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ...backends.torch import flatten_outputs
 from ...errors import InputError
 from .attention import head_views
 from .graph import Group, Member
@@ -153,17 +154,6 @@ def activation_scores(model: nn.Module, group: Group, norms: dict[str, torch.Ten
     return score if used else group_scores(model, group, "l2")
 
 
-def _float_leaves(out: object) -> list[torch.Tensor]:
-    """Every floating-point tensor in a model's output (a tensor, tuple/list, dict or ModelOutput)."""
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _float_leaves(o)]
-    return []
-
-
 def fisher_scores(model: nn.Module, groups: list[Group], batches: list[tuple[torch.Tensor, ...]], *,
                   probes: int = 4, seed: int = 0) -> dict[int, torch.Tensor]:
     """Diagonal Fisher information of a mask on each channel / head of ``groups``, without labels.
@@ -200,7 +190,7 @@ def fisher_scores(model: nn.Module, groups: list[Group], batches: list[tuple[tor
         return pre
 
     handles = [mods[n].register_forward_pre_hook(hook(n, not isinstance(mods[n], nn.Linear))) for n in consumers]
-    saved = {n: (p.grad, p.requires_grad) for n, p in model.named_parameters()}
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}  # autograd.grad leaves .grad alone
     for p in model.parameters():
         p.requires_grad_(True)  # the hooks need activations that carry a graph
     acc = {g.id: torch.zeros(g.size, dtype=torch.float64) for g in groups}
@@ -211,7 +201,7 @@ def fisher_scores(model: nn.Module, groups: list[Group], batches: list[tuple[tor
         for b in batches:
             for _ in range(probes):
                 seen.clear()
-                outs = _float_leaves(model(*b))
+                outs = [o for o in flatten_outputs(model(*b)) if o.is_floating_point()]
                 if not outs:
                     raise InputError("importance 'fisher' needs a model with floating-point outputs (it measures how "
                                      "far they move); this one's are integers — use --importance activation")
@@ -238,7 +228,6 @@ def fisher_scores(model: nn.Module, groups: list[Group], batches: list[tuple[tor
         for h in handles:
             h.remove()
         for n, p in model.named_parameters():
-            p.grad, rg = saved[n]
-            p.requires_grad_(rg)
+            p.requires_grad_(saved[n])
         model.train(was)
     return {g.id: (acc[g.id] if acc[g.id].any() else group_scores(model, g, "l2")) for g in groups}
