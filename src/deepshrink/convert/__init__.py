@@ -159,12 +159,8 @@ def _torch_to_onnx(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[M
 def _torch_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[ModelHandle, None]:
     from .writers import save
 
-    if dst.suffix == ".safetensors":
-        save(src, dst, force=True)
-        return src, None
-    handle = save(src, dst, force=True)  # .pt2: its bytes repeat from run to run (tests/test_determinism.py)
-    handle.tokenizer_dir = src.tokenizer_dir if handle.tokenizer_dir is None else handle.tokenizer_dir
-    return handle, None
+    written = save(src, dst, force=True)  # .pt2: atomically, the tokenizer of a HF source copied beside it
+    return (src if dst.suffix == ".safetensors" else written), None
 
 
 @register_route("onnx", "onnx")
