@@ -193,3 +193,33 @@ def test_trainer_with_lengths_takes_every_sample_once(digits):
     assert len(seen) == 7 and sorted(map(bytes, got)) == sorted(map(bytes, np.asarray(x)))
     with pytest.raises(InputError, match="lengths for"):
         Trainer(DigitsMLP(), progress=False, lengths=[1, 2]).fit((x, y))
+
+
+class _TFPortClassifier(torch.nn.Module):
+    """Conv → BatchNorm(momentum 0, as models ported from TensorFlow set it) → classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm1d(8, momentum=0.0)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x[:, None]))).mean(2))
+
+
+def test_batchnorm_with_momentum_0_is_recalibrated_after_any_training():
+    # the shared loop, so pruning's fine-tune and QAT get it too (distillation had it alone before)
+    torch.manual_seed(0)
+    model = _TFPortClassifier()
+    x, y = torch.randn(96, 16), torch.randint(0, 3, (96,))
+    res = Trainer(model, epochs=3, lr=1e-2, batch_size=32, progress=False, deterministic=True).fit((x, y))
+    assert res.batchnorm_recalibrated == 1
+    with torch.no_grad():
+        feed = model.conv(x[:, None])  # what the BatchNorm reads under the trained weights
+    assert torch.allclose(model.bn.running_mean, feed.mean((0, 2)), atol=1e-5)
+    # the variance is the average of the 3 batches' own variances (BatchNorm's estimate), not the pooled one
+    batch_vars = torch.stack([feed[i:i + 32].var((0, 2), unbiased=True) for i in range(0, 96, 32)]).mean(0)
+    assert torch.allclose(model.bn.running_var, batch_vars, rtol=1e-4)
+    assert model.bn.momentum == 0.0 and not model.training
+    assert Trainer(DigitsMLP(), epochs=1, progress=False).fit((x.repeat(1, 4), y)).batchnorm_recalibrated == 0

@@ -194,19 +194,17 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
             loss = loss + cfg.attention_weight * attention_loss(cap_s.maps, cap_t.maps, layer_map)
         return loss
 
+    def forward(wrapped: nn.Module, batch: Sequence[torch.Tensor]) -> Any:  # the student alone (BatchNorm recalibration)
+        if cap_s is not None:
+            cap_s.clear()
+        return wrapped(*_trimmed(tuple(batch[:n_in]), trim))
+
     lengths = None
     if cfg.group_by_length:
         if trim is None or inputs[trim].dim() != 2:
             raise InputError("group_by_length needs the teacher to take an attention_mask input (token sequences)")
         lengths = inputs[trim].sum(1).tolist()
     eval_fn = _eval_fn(t_mod, t_handle, eval_data, inputs, labels, out_kind, trim)
-    if eval_fn is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum == 0
-                                   for m in s_mod.modules()):
-        measure = eval_fn
-
-        def eval_fn(m: nn.Module) -> dict[str, float]:  # judged with the statistics it will be written with
-            _recalibrate_frozen_batchnorm(s_mod, inputs, cfg.batch_size, trim)
-            return measure(m)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None:
         _check_run(ckpt, cfg, origin, len(inputs[0]), resume)
@@ -219,7 +217,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                       epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, eval_fn=eval_fn,
                       checkpoint_dir=ckpt, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
                       progress=progress, lr_schedule=cfg.lr_schedule, deterministic=deterministic,
-                      global_batch=True, warmup_steps=warmup_steps, lengths=lengths)
+                      global_batch=True, warmup_steps=warmup_steps, lengths=lengths,
+                      forward_fn=forward)
     unused = frozen + _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
     torch.manual_seed(cfg.seed)  # dropout masks: the same on every process and every resume
     try:
@@ -233,7 +232,6 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
         for mod, p_drop in dropouts:
             mod.p = p_drop
     world = _leave_process_group()
-    recalibrated = _recalibrate_frozen_batchnorm(s_mod, inputs, cfg.batch_size, trim)
     s_mod.eval()
     report = DistillReport(
         student_from=origin, loss=out_kind, teacher_params=_params(t_mod), student_params=_params(s_mod),
@@ -241,7 +239,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
         steps=res.steps, epochs=res.epochs, first_loss=res.losses[0] if res.losses else None,
         last_loss=res.losses[-1] if res.losses else None, evals=res.evals, resumed_from=res.resumed_from,
         world_size=world, objective=out_kind + (f" + {cfg.hidden_weight:g}×hidden ({cfg.metric})" if hidden else "")
-        + (f" + {cfg.attention_weight:g}×attention" if attention else ""), batchnorm_recalibrated=recalibrated)
+        + (f" + {cfg.attention_weight:g}×attention" if attention else ""), batchnorm_recalibrated=res.batchnorm_recalibrated)
     if isinstance(teacher, ModelHandle) or not isinstance(teacher, nn.Module):
         s_handle = student if isinstance(student, ModelHandle) else t_handle
         out = s_handle.with_model(s_mod, metadata={**t_handle.metadata, "deepshrink.distilled": origin})
@@ -302,52 +300,6 @@ def resolve_loss(loss: str, handle: ModelHandle, probe_out: torch.Tensor) -> str
     if probe_out.is_floating_point() and probe_out.numel() and bool(((probe_out >= 0) & (probe_out <= 1)).all()):
         return "embedding"
     return "kd"
-
-
-@torch.no_grad()
-def _recalibrate_frozen_batchnorm(model: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int,
-                                  trim: int | None, max_samples: int = 2048) -> int:
-    """Recompute the running statistics of BatchNorm layers whose ``momentum`` is 0 on the training inputs.
-
-    Such layers (models ported from TensorFlow, e.g. torchcrepe, set ``momentum=0.0``) never update their
-    running mean/variance while training, so after the student's weights move, ``eval()`` normalises with
-    the statistics of the weights it started from and its outputs drift away from what training optimised
-    (the symptom: a training loss near 0 and a written student far from the teacher). The statistics are
-    recomputed as an exact average (``momentum=None``) over the first ``max_samples`` inputs, in batches
-    of ``batch_size``, one layer at a time in the order the forward pass reaches them (every other module
-    in ``eval()`` mode, earlier layers already on their new statistics), so each layer's statistics are
-    those of what it reads in the written model — the BatchNorm recalibration used after pruning.
-    Returns how many layers were recalibrated (0: the model has none with momentum 0)."""
-    frozen = {id(m): m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-              and m.track_running_stats and m.momentum == 0}
-    if not frozen:
-        return 0
-    n = min(len(inputs[0]), max_samples)
-    batches = [_trimmed(tuple(x[i:i + batch_size] for x in inputs), trim) for i in range(0, n, batch_size)]
-    was = model.training
-    model.eval()
-    order: list[nn.Module] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, _a: order.append(mod) if mod not in order else None)
-             for m in frozen.values()]
-    try:
-        model(*batches[0])
-    finally:
-        for h in hooks:
-            h.remove()
-    try:
-        for m in order:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the batches below
-            m.train()
-            try:
-                for b in batches:
-                    model(*b)
-            finally:
-                m.momentum = 0.0
-                m.eval()
-    finally:
-        model.train(was)
-    return len(order)
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """The one training loop shared by pruning fine-tune, QAT and distillation."""
 
 from .trainer import (
+    BATCHNORM_RECALIBRATION_SAMPLES,
     Callback,
     LengthGroupedSampler,
     Trainer,
@@ -9,7 +10,9 @@ from .trainer import (
     batches_of,
     deterministic_default,
     deterministic_training,
+    frozen_batchnorms,
+    recalibrate_frozen_batchnorm,
 )
 
-__all__ = ["Callback", "LengthGroupedSampler", "Trainer", "TrainResult", "accuracy_of", "batches_of", "deterministic_default",
-           "deterministic_training"]
+__all__ = ["BATCHNORM_RECALIBRATION_SAMPLES", "Callback", "LengthGroupedSampler", "Trainer", "TrainResult", "accuracy_of", "batches_of", "deterministic_default",
+           "deterministic_training", "frozen_batchnorms", "recalibrate_frozen_batchnorm"]

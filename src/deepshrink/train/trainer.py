@@ -43,6 +43,7 @@ from ..core.fileio import atomic_path
 from ..errors import InputError
 
 StepFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+ForwardFn = Callable[[nn.Module, Sequence[torch.Tensor]], Any]
 
 DETERMINISTIC_ENV = "DEEPSHRINK_DETERMINISTIC"
 
@@ -95,6 +96,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
+    batchnorm_recalibrated: int = 0  # BatchNorm layers with momentum 0 whose statistics were recomputed
 
 
 def default_step(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -104,6 +106,64 @@ def default_step(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tenso
     if isinstance(out, (tuple, list)):
         out = out[0]
     return nn.functional.cross_entropy(out, labels)
+
+
+def default_forward(model: nn.Module, batch: Sequence[torch.Tensor]) -> Any:
+    """``model(*inputs)`` on a batch whose last tensor is the labels (what :func:`default_step` reads)."""
+    return model(*batch[:-1])
+
+
+BATCHNORM_RECALIBRATION_SAMPLES = 2048
+
+
+def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``model`` whose running statistics training never updates (``momentum == 0``,
+    as models ported from TensorFlow set it, e.g. torchcrepe)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats and m.momentum == 0]
+
+
+@torch.no_grad()
+def recalibrate_frozen_batchnorm(model: nn.Module, run: Callable[[Any], Any], batches: Sequence[Any]) -> int:
+    """Recompute the running statistics of ``model``'s BatchNorm layers with ``momentum == 0``.
+
+    Such layers never update their running mean/variance while training, so once the weights before them
+    move, ``eval()`` normalises with the statistics of the weights training started from and the model's
+    outputs drift away from what training optimised (the symptom: a training loss near 0 and a model far
+    from it in eval mode). Each layer's statistics are recomputed as an exact average (``momentum=None``)
+    over ``batches`` (``run(batch)`` runs the model on one), one layer at a time in the order the forward
+    pass reaches them, every other module in ``eval()`` mode and earlier layers already on their new
+    statistics, so each layer's statistics are those of what it reads in the model as it will be used —
+    the BatchNorm recalibration done after pruning. ``momentum`` stays 0 afterwards and the model's mode is
+    restored. Returns how many layers were recalibrated (0 when none has momentum 0 or ``batches`` is empty).
+    """
+    frozen = frozen_batchnorms(model)
+    if not frozen or not batches:
+        return 0
+    was = model.training
+    model.eval()
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, _a: order.append(mod) if mod not in order else None)
+             for m in frozen]
+    try:
+        run(batches[0])
+    finally:
+        for h in hooks:
+            h.remove()
+    try:
+        for m in order:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+            m.train()
+            try:
+                for b in batches:
+                    run(b)
+            finally:
+                m.momentum = 0.0
+                m.eval()
+    finally:
+        model.train(was)
+    return len(order)
 
 
 def batches_of(data: Any) -> Dataset:
@@ -178,6 +238,11 @@ class Trainer:
     ``lengths`` (one int per training sample) groups samples of similar length into the same batches
     (:class:`LengthGroupedSampler`) instead of a plain shuffle; the step function is expected to cut the
     padding off each batch.
+
+    BatchNorm layers with ``momentum == 0`` (TensorFlow ports) are recalibrated on the first
+    :data:`BATCHNORM_RECALIBRATION_SAMPLES` training samples before each evaluation and at the end
+    (:func:`recalibrate_frozen_batchnorm`), through ``forward_fn(model, batch)`` — a forward pass without
+    the loss; ``step_fn`` itself when it is not given. ``TrainResult.batchnorm_recalibrated`` counts them.
     """
 
     def __init__(self, model: nn.Module, *, step_fn: StepFn | None = None, optimizer: str = "adam",
@@ -188,7 +253,7 @@ class Trainer:
                  progress: bool = True, lr_schedule: str = "constant", params: Iterable[nn.Parameter] | None = None,
                  deterministic: bool | None = None, global_batch: bool = False,
                  find_unused_parameters: bool = False, warmup_steps: int = 0,
-                 lengths: Sequence[int] | None = None) -> None:
+                 lengths: Sequence[int] | None = None, forward_fn: ForwardFn | None = None) -> None:
         if epochs < 0 or batch_size < 1 or lr <= 0 or warmup_steps < 0:
             raise InputError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}, "
                              f"warmup_steps={warmup_steps}")
@@ -215,6 +280,8 @@ class Trainer:
         self.global_batch = global_batch
         self.find_unused_parameters = find_unused_parameters
         self.lengths = lengths
+        # runs the model on a batch without the loss (BatchNorm recalibration); step_fn when not given
+        self.forward_fn: ForwardFn = forward_fn or (default_forward if step_fn is None else self.step_fn)
         self.step = 0
         self.epoch = 0
         self.total_steps = 0
@@ -374,12 +441,14 @@ class Trainer:
                     for cb in self.callbacks:
                         cb.on_epoch_end(self)
                     if self.eval_fn is not None and rank == 0:
+                        self._recalibrate(dataset)  # judged with the statistics it will be used with
                         self.model.eval()
                         result.evals.append(self.eval_fn(self.model))
                         bar.update(task, metric=" ".join(f"{k} {v:.4f}" for k, v in result.evals[-1].items()))
                         self.model.train()
                     continue
                 break
+        result.batchnorm_recalibrated = self._recalibrate(dataset)
         self.model.eval()
         for cb in self.callbacks:
             cb.on_train_end(self)
@@ -387,6 +456,15 @@ class Trainer:
             self.save_checkpoint(opt)
         result.steps, result.epochs = self.step, self.epoch
         return result
+
+    def _recalibrate(self, dataset: Any) -> int:
+        """:func:`recalibrate_frozen_batchnorm` on the first training samples, in order, at the training
+        batch size (the same samples on every process)."""
+        if not frozen_batchnorms(self.model):
+            return 0
+        n = min(len(dataset), BATCHNORM_RECALIBRATION_SAMPLES)
+        batches = list(DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=self.batch_size))
+        return recalibrate_frozen_batchnorm(self.model, lambda b: self.forward_fn(self.model, b), batches)
 
     def _make_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
         if self.lr_schedule == "constant" and not self.warmup_steps:
