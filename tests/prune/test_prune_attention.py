@@ -284,3 +284,54 @@ def test_a_pruned_model_prunes_again_without_touching_the_swapped_attention():
     assert [g["name"] for g in report.groups] == ["ff1"]
     with torch.no_grad():
         assert _rel(m(*x), twice(*x)) < 1e-5
+
+
+class _MPNetEncoder(nn.Module):
+    """A small random Hugging Face MPNet (q/k/v/o attention, a relative position bias shared by all layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import MPNetConfig, MPNetModel
+
+        torch.manual_seed(0)
+        cfg = MPNetConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=40)
+        self.mpnet = MPNetModel(cfg, add_pooling_layer=False).eval()
+        with torch.no_grad():  # a bias that differs a lot per head, so a wrong head's bias shows in the output
+            self.mpnet.encoder.relative_attention_bias.weight.normal_(0, 3)
+            for p in self.mpnet.encoder.layer.parameters():
+                if p.dim() == 2:
+                    p.normal_(0, 0.3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.mpnet(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def test_mpnet_heads_prune_with_their_slice_of_the_shared_position_bias(tmp_path):
+    pytest.importorskip("transformers")
+    model = _MPNetEncoder().eval()
+    ids = torch.from_numpy(np.random.default_rng(0).integers(3, 64, (4, 12)))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    x = (ids, mask)
+    cfg = StructuredPruneConfig(ratio=0.5, heads_ratio=0.5)
+    with warnings.catch_warnings(record=True):
+        pruned, diff = exact(model, cfg, x)
+    attn = pruned.mpnet.encoder.layer[0].attention.attn
+    assert attn.num_attention_heads == 2 and attn.q.out_features == 16 and attn.o.in_features == 16
+    assert len(attn.pruned_head_index) == 2 and int(attn.pruned_head_index.max()) < 4
+    with torch.no_grad():
+        moved = float((model(*x) - pruned(*x)).abs().max())
+    assert moved > 1e-2  # the removed heads mattered ...
+    assert diff < 1e-4  # ... and the kept ones read their own bias: the masked twin's output (2e-6 seen)
+    # pruned again: the kept indices compose to the original heads, one hook
+    with warnings.catch_warnings(record=True):
+        twice = prune(copy.deepcopy(pruned), StructuredPruneConfig(ratio=0.0, heads_ratio=0.5), example_inputs=x).model.model
+    again = twice.mpnet.encoder.layer[0].attention.attn
+    assert again.num_attention_heads == 1 and int(again.pruned_head_index[0]) in attn.pruned_head_index.tolist()
+    assert len(again._forward_pre_hooks) == 1
+    # rebuilt from the pruned state dict: the slicing comes back with it
+    fresh = fit_to_state_dict(_MPNetEncoder(), pruned.state_dict())
+    fresh.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(*x), pruned(*x), atol=1e-5)

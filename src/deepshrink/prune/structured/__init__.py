@@ -99,7 +99,7 @@ def _check_applies(graph: DependencyGraph, config: StructuredPruneConfig) -> Non
         if found:
             reasons = "; ".join(f"{g.name}: {g.blocked[0]}" for g in found[:3] if g.blocked)
             raise InputError(f"{field} {value:g}: the {what} of this model cannot be removed ({reasons})")
-        where = ("nn.MultiheadAttention or BERT-style query/key/value attention" if kind == "head" else
+        where = ("nn.MultiheadAttention, BERT-style query/key/value or MPNet-style q/k/v/o attention" if kind == "head" else
                  "nn.TransformerEncoderLayer/DecoderLayer linear1 → linear2 or BERT-style intermediate/output")
         raise InputError(f"{field} {value:g}: the model has no {what} to remove (they are found in {where}); "
                          + ("leave it at 0" if kind == "head" else "--sparsity sets the share of its other channels"))
@@ -192,9 +192,14 @@ def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Mo
             mod.num_features = n
             mod.weight, mod.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
             mod.running_mean, mod.running_var = torch.zeros(n), torch.ones(n)
-    for _name, mod in model.named_modules():
+    for name, mod in model.named_modules():
         q = getattr(mod, "query", None)
+        q = getattr(mod, "q", None) if q is None else q
         if isinstance(q, nn.Linear) and isinstance(getattr(mod, "attention_head_size", None), int):
             mod.num_attention_heads = q.out_features // mod.attention_head_size
             mod.all_head_size = q.out_features
+        kept = state.get(f"{name}.{attention.HEAD_INDEX}" if name else attention.HEAD_INDEX)
+        if kept is not None and not hasattr(mod, attention.HEAD_INDEX):
+            mod.register_buffer(attention.HEAD_INDEX, torch.empty_like(kept))
+    attention.restore_position_bias_slicing(model)
     return model

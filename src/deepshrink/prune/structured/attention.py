@@ -9,13 +9,21 @@ removal of Michel et al. 2019, "Are Sixteen Heads Really Better than One?"). Hea
 ``[h·d, (h+1)·d)`` of each of q, k, v inside ``in_proj_weight`` and the same columns of
 ``out_proj.weight`` (PyTorch's ``F.multi_head_attention_forward`` layout).
 
+Hugging Face attention modules (BERT's ``query/key/value``, MPNet's ``q/k/v/o``) keep their class: their
+projections are sliced and ``num_attention_heads`` set per module. MPNet adds a relative position bias
+``(N, H₀, L, S)`` computed once by the encoder for every layer (T5's scheme, Raffel et al. 2020 §2.1; MPNet,
+Song et al. 2020); a layer that lost heads gets it sliced to its kept heads by
+:func:`slice_position_bias` (Hugging Face's own ``prune_heads`` leaves it whole, so MPNet fails after it).
+
 Torch-Pruning's ``MultiheadAttentionPruner`` (1.6) prunes ``embed_dim`` — the residual width every
 head shares — and keeps the head count, so it cannot do this.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,6 +116,63 @@ def _add_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return scores.masked_fill(mask, float("-inf"))
     return scores + mask.to(scores.dtype)
+
+
+POSITION_BIAS = "position_bias"
+HEAD_INDEX = "pruned_head_index"  # buffer: the original indices of the heads a module kept
+
+
+def takes_position_bias(mod: nn.Module) -> bool:
+    """Whether ``mod.forward`` takes a ``position_bias`` (a per-head additive attention bias from outside)."""
+    try:
+        return POSITION_BIAS in inspect.signature(mod.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def slice_position_bias(mod: nn.Module, kept: torch.Tensor) -> None:
+    """Make ``mod`` (an attention module that lost heads) read only its kept heads of the ``position_bias``
+    its caller passes, shape ``(N, H₀, L, S)`` in the original head count ``H₀``.
+
+    ``kept``: int64 indices (of the heads ``mod`` had before this pruning) it keeps. Stored as the buffer
+    ``pruned_head_index`` (original indices, composed when pruned again, so it survives ``state_dict``) and
+    applied by a forward pre-hook; :func:`restore_position_bias_slicing` re-installs the hook on a model
+    rebuilt from a state dict. Modules without a ``position_bias`` argument are left alone."""
+    if not takes_position_bias(mod):
+        return
+    kept = torch.as_tensor(kept, dtype=torch.long)
+    before = getattr(mod, HEAD_INDEX, None)
+    if isinstance(before, torch.Tensor):
+        setattr(mod, HEAD_INDEX, before.index_select(0, kept).clone())
+        return  # the hook is there already
+    mod.register_buffer(HEAD_INDEX, kept.clone())
+    mod.register_forward_pre_hook(_slice_bias, with_kwargs=True)
+
+
+def restore_position_bias_slicing(model: nn.Module) -> int:
+    """Re-install :func:`slice_position_bias`'s hook on every module of ``model`` that has a
+    ``pruned_head_index`` buffer but no hook (a model rebuilt from a pruned state dict). Returns how many."""
+    n = 0
+    for mod in model.modules():
+        if isinstance(getattr(mod, HEAD_INDEX, None), torch.Tensor) and not any(
+                getattr(h, "__name__", "") == _slice_bias.__name__ for h in mod._forward_pre_hooks.values()):
+            mod.register_forward_pre_hook(_slice_bias, with_kwargs=True)
+            n += 1
+    return n
+
+
+def _slice_bias(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    idx: torch.Tensor = getattr(mod, HEAD_INDEX)
+    pos = list(inspect.signature(mod.forward).parameters).index(POSITION_BIAS)
+    if len(args) > pos:
+        bias = args[pos]
+        if isinstance(bias, torch.Tensor) and bias.dim() == 4 and bias.shape[1] != len(idx):
+            args = (*args[:pos], bias.index_select(1, idx.to(bias.device)), *args[pos + 1:])
+    else:
+        bias = kwargs.get(POSITION_BIAS)
+        if isinstance(bias, torch.Tensor) and bias.dim() == 4 and bias.shape[1] != len(idx):
+            kwargs = {**kwargs, POSITION_BIAS: bias.index_select(1, idx.to(bias.device))}
+    return args, kwargs
 
 
 def unsupported_reason(mha: nn.MultiheadAttention) -> str | None:

@@ -274,20 +274,27 @@ def _transformer_groups(model: nn.Module, ana: _Analysis) -> set[str]:
     mods = ana.modules
     leaves: set[str] = set()
     for name, m in mods.items():
-        q, k, v = (getattr(m, a, None) for a in ("query", "key", "value"))
         heads, hsize = getattr(m, "num_attention_heads", None), getattr(m, "attention_head_size", None)
-        if not (all(isinstance(t, nn.Linear) for t in (q, k, v)) and isinstance(heads, int) and isinstance(hsize, int)):
+        if not (isinstance(heads, int) and isinstance(hsize, int)):
             continue
         parent = name.rpartition(".")[0]
-        out = mods.get(f"{parent}.output.dense" if parent else "output.dense")
-        if not isinstance(out, nn.Linear) or out.in_features != heads * hsize or q.out_features != heads * hsize:
+        prefix = f"{name}." if name else ""
+        # BERT: query/key/value, the output projection in the parent block (output.dense);
+        # MPNet: q/k/v/o in the one module
+        layouts = ((("query", "key", "value"), f"{parent}.output.dense" if parent else "output.dense"),
+                   (("q", "k", "v"), prefix + "o"))
+        found = next((lay for lay in layouts if all(isinstance(getattr(m, a, None), nn.Linear) for a in lay[0])), None)
+        if found is None:
+            continue
+        qkv, out_name = found
+        out = mods.get(out_name)
+        if not isinstance(out, nn.Linear) or out.in_features != heads * hsize or getattr(m, qkv[0]).out_features != heads * hsize:
             ana.warnings.append(f"attention module {name!r}: no matching output projection found; its heads are left unpruned")
             continue
         sid = ana.new_set(heads, "head")
-        prefix = f"{name}." if name else ""
-        for lin in ("query", "key", "value"):
+        for lin in qkv:
             ana.add_member(sid, Member(prefix + lin, "out", 0, hsize))
-        ana.add_member(sid, Member(f"{parent}.output.dense" if parent else "output.dense", "in", 0, hsize))
+        ana.add_member(sid, Member(out_name, "in", 0, hsize))
         ana.add_member(sid, Member(name, "heads", 0, hsize))
         leaves.add(parent or name)
     for name, m in mods.items():
