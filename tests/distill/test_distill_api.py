@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 import deepshrink as ds
 from deepshrink.distill import DistillConfig, distill_with_report
@@ -139,9 +140,42 @@ def test_dropout_zero_lets_a_copy_match_its_teacher_exactly(digits_mlp, digits):
         assert {m.p for m in student.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
     # an exact copy: without dropout its first-step loss (1 - cosine) is zero, with the model's own 0.1 it is not
     assert losses[0.0] < 1e-6 < losses[None]
-    with pytest.raises(InputError, match="no torch.nn.Dropout"):
+    with pytest.raises(InputError, match="has no dropout"):
         distill_with_report(digits_mlp, None, (digits.flat().x_train[:64], digits.y_train[:64]),
                             DistillConfig(derive="width=0.5", epochs=1, dropout=0.0), progress=False)
+
+
+class _FunctionalDropoutNet(torch.nn.Module):
+    """Dropout called as a function, no ``nn.Dropout`` module (torchcrepe's way), then BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(torch.relu(self.bn(self.fc1(x))), 0.5, training=self.training)
+        return self.fc2(h)
+
+
+def test_dropout_zero_also_switches_off_functional_dropout():
+    torch.manual_seed(0)
+    teacher = _FunctionalDropoutNet()
+    x = torch.randn(64, 16)
+    with torch.no_grad():  # running statistics = the statistics of x, so only dropout separates train from eval
+        teacher.bn.momentum = None
+        teacher.train()(x)
+    teacher.eval()
+    stats = teacher.bn.running_mean.clone()
+    losses = {}
+    for p in (None, 0.0):
+        cfg = DistillConfig(epochs=1, lr=1e-9, batch_size=64, dropout=p, loss="embedding")
+        student, rep = distill_with_report(teacher, copy.deepcopy(teacher), (x,), cfg, progress=False,
+                                           deterministic=True)
+        losses[p] = rep.first_loss
+    # a copy of its teacher: half its units dropped, the first loss is far from 0; dropout 0 reaches F.dropout too
+    # (left: BatchNorm's biased batch variance against the running unbiased one, 64/63)
+    assert losses[None] > 0.1 and losses[0.0] < 1e-3, losses  # 0.21 and 1e-5 seen
+    assert torch.equal(teacher.bn.running_mean, stats)  # the probe for functional dropout changed no statistics
 
 
 def test_group_by_length_batches_sentences_of_similar_length(tiny_bert, digits_mlp, digits):

@@ -11,7 +11,9 @@ Losses: :mod:`deepshrink.distill.losses`. The teacher and the caller's student a
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -22,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from ..backends.torch import first_output as _first
 from ..core.handle import ModelHandle
@@ -120,6 +124,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     check_compatible(t_mod, s_mod, probe, out_kind, t_probe)
     frozen = _freeze_named(s_mod, cfg.freeze)  # the student is a copy: refused names leave nothing changed
     dropouts = _dropouts(s_mod, cfg.dropout)
+    functional_dropout = _functional_dropout(s_mod, cfg.dropout, probe)
 
     layer_map = None
     hidden, attention = cfg.hidden_weight > 0, cfg.attention_weight > 0
@@ -171,7 +176,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
         rest = batch[n_in:]
         if cap_s is not None:
             cap_s.clear()
-        s_out = _first(wrapped(*xs))
+        with functional_dropout:
+            s_out = _first(wrapped(*xs))
         if precompute:
             t_out = rest[0]
         else:
@@ -340,17 +346,68 @@ class _Student(nn.Module):
 
 
 def _dropouts(student: nn.Module, p: float | None) -> list[tuple[nn.Module, float]]:
-    """Set every ``nn.Dropout`` of ``student`` to ``p`` for the run; return (module, its own p) to restore.
-    Raises :class:`InputError` when ``p`` is given and the student has no dropout to set."""
+    """Set every ``nn.Dropout`` of ``student`` to ``p`` for the run; return (module, its own p) to restore."""
     if p is None:
         return []
     mods = [m for m in student.modules() if isinstance(m, nn.Dropout)]
-    if not mods:
-        raise InputError(f"dropout {p:g}: the student has no torch.nn.Dropout module to set; leave dropout out")
     own = [(m, float(m.p)) for m in mods]
     for m in mods:
         m.p = p
     return own
+
+
+_DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
+
+
+class _DropoutOverride(TorchFunctionMode):
+    """Inside the block, every functional dropout call made in training mode (``F.dropout(x, 0.25,
+    training=self.training)``, the dropout a model calls without an ``nn.Dropout`` module, e.g.
+    torchcrepe) drops with probability ``p`` instead of its own; ``calls`` counts those whose own ``p``
+    differed. A ``torch.overrides.TorchFunctionMode``: every torch call inside goes through it, so it is
+    entered only when the student has such dropout."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.calls = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in _DROPOUT_FUNCTIONS:
+            bound = inspect.signature(func).bind(*args, **kwargs)
+            bound.apply_defaults()
+            if bound.arguments.get("training") and bound.arguments["p"] != self.p:
+                self.calls += 1
+                bound.arguments["p"] = self.p
+            return func(*bound.args, **bound.kwargs)
+        return func(*args, **kwargs)
+
+
+def _functional_dropout(student: nn.Module, p: float | None, probe: tuple[torch.Tensor, ...]) -> Any:
+    """A context for the student's training forward passes: :class:`_DropoutOverride` (``p``) when the student
+    calls functional dropout at another probability once its ``nn.Dropout`` modules are set (one forward pass
+    on ``probe`` in training mode tells), else a no-op. Raises :class:`InputError` when ``p`` is given and the
+    student has no dropout of either kind."""
+    if p is None:
+        return contextlib.nullcontext()
+    probe_mode = _DropoutOverride(p)
+    was = student.training
+    buffers = [(b, b.clone()) for b in student.buffers()]  # BatchNorm statistics stay as they were
+    student.train()
+    try:
+        with torch.no_grad(), probe_mode:
+            student(*probe)
+    finally:
+        student.train(was)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    if probe_mode.calls:
+        return _DropoutOverride(p)
+    if not any(isinstance(m, nn.Dropout) for m in student.modules()):
+        raise InputError(f"dropout {p:g}: the student has no dropout (torch.nn.Dropout or functional) to set; "
+                         "leave dropout out")
+    return contextlib.nullcontext()
 
 
 def _freeze_named(student: nn.Module, patterns: Sequence[str]) -> list[nn.Parameter]:
