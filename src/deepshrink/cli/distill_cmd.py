@@ -24,6 +24,7 @@ from ._app import (
     InputShapeOpt,
     JsonOpt,
     RepeatsOpt,
+    ThreadsOpt,
     TrustOpt,
     WeightsOpt,
     app,
@@ -102,7 +103,7 @@ def distill_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its checkpoint")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="steps between checkpoints (0: every epoch)")] = 0,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the fidelity figure and the table (default: --data)")] = None,
-    repeats: RepeatsOpt = 20,
+    repeats: RepeatsOpt = 20, threads: ThreadsOpt = 2,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
@@ -126,8 +127,8 @@ def distill_cmd(
                          f"use --nproc {cores} or fewer")
     if layers_from not in ("importance", "uniform"):
         raise InputError(f"--layers-from {layers_from!r}: use importance or uniform")
-    if repeats < 1:
-        raise InputError("--repeats must be at least 1")
+    if repeats < 1 or threads < 1:
+        raise InputError("--repeats and --threads must be at least 1")
     if max_length < 2:
         raise InputError(f"--max-length {max_length}: keep at least 2 tokens per sentence")
     from ..core import formats
@@ -185,7 +186,8 @@ def distill_cmd(
 
     written = _save(result, output, force=force, src=teacher)
     shutil.rmtree(ckpt, ignore_errors=True)
-    table = _measure(t_handle, written, output, teacher, eval_data or data, repeats, json_out, name=str(output))
+    table = _measure(t_handle, written, output, teacher, eval_data or data, repeats, json_out, name=str(output),
+                     threads=threads)
     if json_out:
         print_json({"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None})
         return

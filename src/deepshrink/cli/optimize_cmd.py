@@ -19,6 +19,7 @@ from ._app import (
     InputShapeOpt,
     JsonOpt,
     RepeatsOpt,
+    ThreadsOpt,
     TrustOpt,
     WeightsOpt,
     app,
@@ -36,21 +37,21 @@ def optimize_cmd(
     fp16: Annotated[bool, typer.Option("--fp16", help="store float tensors as float16 (inputs/outputs stay float32)")] = False,
     fuse: Annotated[str, typer.Option("--fuse", help="none | transformer (ONNX Runtime's BERT fusions)")] = "none",
     simplify: Annotated[str, typer.Option("--simplify", help="auto (onnxslim when installed) | onnxslim | none")] = "auto",
-    repeats: RepeatsOpt = 30,
+    repeats: RepeatsOpt = 30, threads: ThreadsOpt = 2,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
     """Offline graph optimisation (shape inference, constant folding, fusions, ORT levels), parity-checked."""
     from ..optimize import OptimizeConfig, optimize
 
-    if repeats < 1:
-        raise InputError("--repeats must be >= 1")
+    if repeats < 1 or threads < 1:
+        raise InputError("--repeats and --threads must be at least 1")
     config = OptimizeConfig.build(level=level, fp16=fp16, fuse=fuse, simplify=simplify)
     res = optimize(src, config, output=output, data=data, force=force, weights=weights, input_shapes=input_shape,
                    trust_remote_code=trust_remote_code)
     from ..evaluate.bench import bench
 
-    table = bench([src, str(output)], data=data, repeats=repeats, names=["input", "optimised"],
+    table = bench([src, str(output)], data=data, repeats=repeats, threads=threads, names=["input", "optimised"],
                   progress=not json_out, weights=weights, input_shapes=input_shape,
                   trust_remote_code=trust_remote_code)
     if json_out:

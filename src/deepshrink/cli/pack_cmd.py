@@ -22,6 +22,7 @@ from ._app import (
     InputShapeOpt,
     JsonOpt,
     RepeatsOpt,
+    ThreadsOpt,
     TrustOpt,
     WeightsOpt,
     app,
@@ -77,7 +78,7 @@ def pack_cmd(
     entropy: Annotated[str, typer.Option("--entropy", help="huffman | fixed (fixed-length codes)")] = "huffman",
     gap_bits: Annotated[int | None, typer.Option("--gap-bits", help="sparse gap width 1..8 (default: best per tensor)")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the before/after table (default: --data)")] = None,
-    repeats: RepeatsOpt = 30,
+    repeats: RepeatsOpt = 30, threads: ThreadsOpt = 2,
     seed: Annotated[int, typer.Option("--seed", help="seed for k-means and fine-tuning")] = 0,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -96,8 +97,8 @@ def pack_cmd(
                      kernel_sparsity=kernel_sparsity, fold_bn=fold_bn or None, distill=distill or None)
     if keep_other and not lossless:
         config = config.replace(other_bits=None, buffer_bits=None)
-    if repeats < 1:
-        raise InputError("--repeats must be >= 1")
+    if repeats < 1 or threads < 1:
+        raise InputError("--repeats and --threads must be >= 1")
     from ..core import formats
 
     check_output(output, inputs=(src, weights), force=force)
@@ -122,7 +123,7 @@ def pack_cmd(
     back = unpack(output)
     if not tensors_equal(res.tensors, back.tensors):
         raise InputError(f"{output} does not decode to the packed tensors (a bug: please report it)")
-    table = _measure(handle, back, eval_data or data, repeats, json_out)
+    table = _measure(handle, back, eval_data or data, repeats, json_out, threads)
     if json_out:
         print_json({**res.to_dict(), "verified": True, "bench": table.to_dict() if table else None})
         return
@@ -157,7 +158,7 @@ def _print_records(res: Any) -> None:
         console.print(f"  ... {len(res.records) - 40} more tensors")
 
 
-def _measure(handle: Any, back: Any, data: str | None, repeats: int, quiet: bool) -> Any:
+def _measure(handle: Any, back: Any, data: str | None, repeats: int, quiet: bool, threads: int = 2) -> Any:
     """Original vs the model decoded from the written file, in the same runtime."""
     if data is None:
         return None
@@ -166,12 +167,12 @@ def _measure(handle: Any, back: Any, data: str | None, repeats: int, quiet: bool
     if handle.kind == "torch":
         module = copy.deepcopy(handle.model)
         module.load_state_dict(back.state_dict(), strict=True)
-        return compare(handle, handle.with_model(module.eval()), data=data, repeats=repeats,
+        return compare(handle, handle.with_model(module.eval()), data=data, repeats=repeats, threads=threads,
                        names=("original", "unpacked .dsz"), progress=not quiet)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "unpacked.onnx"
         back.save(path)
-        return compare(handle, path, data=data, repeats=repeats, names=("original", "unpacked .dsz"),
+        return compare(handle, path, data=data, repeats=repeats, threads=threads, names=("original", "unpacked .dsz"),
                        progress=not quiet)
 
 

@@ -19,6 +19,7 @@ from ._app import (
     InputShapeOpt,
     JsonOpt,
     RepeatsOpt,
+    ThreadsOpt,
     TrustOpt,
     WeightsOpt,
     app,
@@ -86,7 +87,7 @@ def prune_cmd(
     lr: Annotated[float | None, typer.Option("--lr", help="fine-tune learning rate (default 1e-3; gradual 2e-3)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="fine-tune batch size")] = 64,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: --data, less the samples fine-tuning uses)")] = None,
-    repeats: RepeatsOpt = 30,
+    repeats: RepeatsOpt = 30, threads: ThreadsOpt = 2,
     allow_degraded: AllowDegradedOpt = False, gate_min_cos: GateCosOpt = 0.9, gate_max_drop: GateDropOpt = 5.0,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -115,8 +116,8 @@ def prune_cmd(
     if method == "structured" and suffix == ".safetensors":
         raise InputError("structured pruning changes layer shapes, which a .safetensors state dict cannot describe; "
                          "write .pt2 or .onnx (Python: deepshrink.prune.structured.fit_to_state_dict re-shapes a model)")
-    if batch_size < 1 or finetune_epochs < 0 or repeats < 1:
-        raise InputError("--batch-size and --repeats must be >= 1, --finetune-epochs >= 0")
+    if batch_size < 1 or finetune_epochs < 0 or repeats < 1 or threads < 1:
+        raise InputError("--batch-size, --repeats and --threads must be >= 1, --finetune-epochs >= 0")
     check_output(output, inputs=(src, weights), force=force)
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
     if handle.kind != "torch":
@@ -135,7 +136,7 @@ def prune_cmd(
     table, verdict = gate.write_checked(  # nothing lands unless the gate passes
         handle, pruned, output, held=held, policy=policy,
         write=lambda h, path: _save(h, path, force=True, src=src),
-        measure=lambda written, path, data: _measure(handle, written, path, src, data, repeats, json_out,
+        measure=lambda written, path, data: _measure(handle, written, path, src, data, repeats, json_out, threads=threads,
                                                      name=str(output)))
     result = {"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None,
               "gate": verdict.to_dict()}
@@ -175,7 +176,7 @@ def _save(handle: Any, output: Path, *, force: bool, src: str) -> Any:
 
 
 def _measure(original: Any, written: Any, output: Path, src: str, data: Any, repeats: int, quiet: bool, *,
-             name: str) -> Any:
+             name: str, threads: int = 2) -> Any:
     """Bench the original and the written file in the same runtime (``evaluate.compare``)."""
     from ..evaluate.compare import compare
     from ..loading import load
@@ -185,5 +186,5 @@ def _measure(original: Any, written: Any, output: Path, src: str, data: Any, rep
         written.example_inputs = original.example_inputs
         written.inputs = original.inputs
     after = output if output.suffix.lower() == ".onnx" else written.with_model(written.model, path=output)
-    return compare(original, after, data=data, repeats=repeats, names=(src, name), progress=not quiet,
+    return compare(original, after, data=data, repeats=repeats, threads=threads, names=(src, name), progress=not quiet,
                    export_before=lambda h, p: _save(h, p, force=True, src=src))
