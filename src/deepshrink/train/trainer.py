@@ -464,6 +464,9 @@ class Trainer:
             return 0
         n = min(len(dataset), BATCHNORM_RECALIBRATION_SAMPLES)
         batches = list(DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=self.batch_size))
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        if device.type != "cpu":  # the model moved to its GPU under nccl: its batches follow it
+            batches = [[t.to(device) for t in b] for b in batches]
         return recalibrate_frozen_batchnorm(self.model, lambda b: self.forward_fn(self.model, b), batches)
 
     def _make_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
