@@ -146,7 +146,7 @@ def test_dropout_zero_lets_a_copy_match_its_teacher_exactly(digits_mlp, digits):
 
 
 class _FunctionalDropoutNet(torch.nn.Module):
-    """Dropout called as a function, no ``nn.Dropout`` module (torchcrepe's way), then BatchNorm."""
+    """Dropout called as a function, no ``nn.Dropout`` module, then BatchNorm."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -176,6 +176,10 @@ def test_dropout_zero_also_switches_off_functional_dropout():
     # (left: BatchNorm's biased batch variance against the running unbiased one, 64/63)
     assert losses[None] > 0.1 and losses[0.0] < 1e-3, losses  # 0.21 and 1e-5 seen
     assert torch.equal(teacher.bn.running_mean, stats)  # the probe for functional dropout changed no statistics
+    # the model's own rate asked for: accepted (it has dropout), nothing to change
+    _, rep = distill_with_report(teacher, copy.deepcopy(teacher), (x,), DistillConfig(
+        epochs=1, lr=1e-9, batch_size=64, dropout=0.5, loss="embedding"), progress=False, deterministic=True)
+    assert abs(rep.first_loss - losses[None]) < 1e-6
 
 
 def test_group_by_length_batches_sentences_of_similar_length(tiny_bert, digits_mlp, digits):

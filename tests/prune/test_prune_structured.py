@@ -356,3 +356,20 @@ def test_padding_the_channel_dimension_blocks_its_group():
     graph = plan_structured(PadChannels().eval(), StructuredPruneConfig(ratio=0.5), (_x(5, (2, 1, 9, 9)),))
     a = next(g for g in graph.groups if g.name == "a")
     assert not a.prunable and "padding of the channel dimension" in a.blocked[0]
+
+
+def test_finetune_recalibrates_batchnorm_with_momentum_0():
+    """A TensorFlow port's BatchNorm (momentum 0) never follows fine-tuning: its statistics are recomputed after it,
+    so the pruned, fine-tuned model in eval mode normalises what its new weights produce."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16, momentum=0.0), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16, momentum=0.0), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    x, y = _x(3, (128, 1, 8, 8)), torch.randint(0, 4, (128,), generator=torch.Generator().manual_seed(0))
+    pruned, rep = prune_with_report(model, StructuredPruneConfig(ratio=0.5, finetune_epochs=2, lr=1e-2),
+                                    data=(x.numpy(), y.numpy()), example_inputs=(x[:2],), progress=False)
+    assert rep.batchnorm_recalibrated == 2 and rep.finetune_loss is not None
+    with torch.no_grad():
+        feed = pruned[0](x)  # what the first BatchNorm reads under the fine-tuned weights
+    assert pruned[1].num_features == 8
+    assert torch.allclose(pruned[1].running_mean, feed.mean((0, 2, 3)), atol=1e-5)

@@ -155,6 +155,12 @@ def prune_cmd(
         mean = sum(f["before"] for f in fits) / len(fits), sum(f["after"] for f in fits) / len(fits)
         console.print(f"reconstructed {len(fits)} layers on {fits[0]['tokens']:,} tokens: output error vs the "
                       f"unpruned layers {mean[0]:.4f} → {mean[1]:.4f} (mean relative squared error)", highlight=False)
+    if report.finetune_loss:
+        console.print(f"fine-tuned {report.finetune_epochs} epoch(s): training loss {report.finetune_loss[0]:.4f} → "
+                      f"{report.finetune_loss[1]:.4f}", highlight=False)
+    if report.batchnorm_recalibrated:
+        console.print(f"  BatchNorm statistics recomputed on the training data for {report.batchnorm_recalibrated} "
+                      "layer(s) whose momentum 0 kept them from following fine-tuning", highlight=False)
     for w in report.warnings:
         console.print("warning: " + w, style="yellow", markup=False)
     if table is not None:

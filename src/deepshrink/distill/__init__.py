@@ -361,24 +361,27 @@ _DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_
 
 class _DropoutOverride(TorchFunctionMode):
     """Inside the block, every functional dropout call made in training mode (``F.dropout(x, 0.25,
-    training=self.training)``, the dropout a model calls without an ``nn.Dropout`` module, e.g.
-    torchcrepe) drops with probability ``p`` instead of its own; ``calls`` counts those whose own ``p``
-    differed. A ``torch.overrides.TorchFunctionMode``: every torch call inside goes through it, so it is
-    entered only when the student has such dropout."""
+    training=self.training)``: the dropout a model calls without an ``nn.Dropout`` module) drops with
+    probability ``p`` instead of its own; ``calls`` counts the training-mode calls, ``changed`` those whose
+    own ``p`` differed. A ``torch.overrides.TorchFunctionMode``: every torch call inside goes through it, so
+    it is entered only when the student has such dropout at another probability."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
         self.calls = 0
+        self.changed = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = dict(kwargs or {})
         if func in _DROPOUT_FUNCTIONS:
             bound = inspect.signature(func).bind(*args, **kwargs)
             bound.apply_defaults()
-            if bound.arguments.get("training") and bound.arguments["p"] != self.p:
+            if bound.arguments.get("training"):
                 self.calls += 1
-                bound.arguments["p"] = self.p
+                if bound.arguments["p"] != self.p:
+                    self.changed += 1
+                    bound.arguments["p"] = self.p
             return func(*bound.args, **bound.kwargs)
         return func(*args, **kwargs)
 
@@ -386,7 +389,8 @@ class _DropoutOverride(TorchFunctionMode):
 def _functional_dropout(student: nn.Module, p: float | None, probe: tuple[torch.Tensor, ...]) -> Any:
     """A context for the student's training forward passes: :class:`_DropoutOverride` (``p``) when the student
     calls functional dropout at another probability once its ``nn.Dropout`` modules are set (one forward pass
-    on ``probe`` in training mode tells), else a no-op. Raises :class:`InputError` when ``p`` is given and the
+    on ``probe`` in training mode tells: a module's own ``nn.Dropout`` calls ``F.dropout`` too, at ``p``
+    already), else a no-op. Raises :class:`InputError` when ``p`` is given and the
     student has no dropout of either kind."""
     if p is None:
         return contextlib.nullcontext()
@@ -402,9 +406,9 @@ def _functional_dropout(student: nn.Module, p: float | None, probe: tuple[torch.
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
-    if probe_mode.calls:
+    if probe_mode.changed:
         return _DropoutOverride(p)
-    if not any(isinstance(m, nn.Dropout) for m in student.modules()):
+    if not probe_mode.calls and not any(isinstance(m, nn.Dropout) for m in student.modules()):
         raise InputError(f"dropout {p:g}: the student has no dropout (torch.nn.Dropout or functional) to set; "
                          "leave dropout out")
     return contextlib.nullcontext()

@@ -56,7 +56,9 @@ class PruneReport:
     """What a prune did: parameters and zero-weight fraction before/after, the groups
     removed (structured), warnings about what was left alone, the sparsity schedule; ``reconstructed``
     (structured with ``reconstruct``): per re-fitted layer its calibration tokens and the relative squared
-    error of its output against the unpruned layer's, before and after the fit."""
+    error of its output against the unpruned layer's, before and after the fit; ``finetune_loss`` the first
+    and last fine-tune step's loss and ``batchnorm_recalibrated`` how many BatchNorm layers with momentum 0
+    had their statistics recomputed after it (:class:`deepshrink.train.Trainer`)."""
 
     method: str
     params_before: int
@@ -68,6 +70,8 @@ class PruneReport:
     finetune_epochs: int = 0
     schedule: list[tuple[int, float]] = field(default_factory=list)
     reconstructed: list[dict[str, Any]] = field(default_factory=list)
+    finetune_loss: list[float] | None = None  # training loss of the first and the last fine-tune step
+    batchnorm_recalibrated: int = 0  # BatchNorm layers with momentum 0 whose statistics fine-tuning recomputed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,7 +195,8 @@ def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source
 
 
 def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_size: int, seed: int, progress: bool,
-              callbacks: list[Any] | None = None, what: str, lr_schedule: str = "constant") -> None:
+              callbacks: list[Any] | None = None, what: str, lr_schedule: str = "constant") -> dict[str, Any]:
+    """Fine-tune ``module`` in place on labelled ``data``; returns the :class:`PruneReport` fields it fills."""
     from ..train import Trainer
     from .unstructured import HoldMasks
 
@@ -203,10 +208,12 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
     if labels.dtype.kind not in "iu":
         raise InputError(f"{what}: labels must be integer class ids (got {labels.dtype})")
     try:
-        Trainer(module, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
-                callbacks=[*(callbacks or []), HoldMasks(module)], lr_schedule=lr_schedule).fit(train)
+        res = Trainer(module, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
+                      callbacks=[*(callbacks or []), HoldMasks(module)], lr_schedule=lr_schedule).fit(train)
     except (RuntimeError, IndexError) as exc:
         raise InputError(f"{what} failed on the data: {first_line(exc)}") from None
+    return {"finetune_loss": [res.losses[0], res.losses[-1]] if res.losses else None,
+            "batchnorm_recalibrated": res.batchnorm_recalibrated}
 
 
 def _report(method: str, before: int, sp_before: float, module: nn.Module, layers: dict[str, nn.Module] | None = None,
@@ -227,11 +234,12 @@ def _magnitude(module: nn.Module, config: MagnitudePruneConfig, *, data: Any, ba
         as_train_data(data, what="fine-tuning")  # fail before any change
     apply_masks(layers, magnitude_masks(layers, sparsity=config.sparsity, threshold=config.threshold,
                                         scope=config.scope))
+    trained: dict[str, Any] = {}
     if config.finetune_epochs:
-        _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
-                  progress=progress, what="fine-tuning")
+        trained = _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
+                            progress=progress, what="fine-tuning")
     remove_masks(module)
-    return module, _report("magnitude", before, sp0, module, layers, finetune_epochs=config.finetune_epochs)
+    return module, _report("magnitude", before, sp0, module, layers, finetune_epochs=config.finetune_epochs, **trained)
 
 
 @register(NMPruneConfig)
@@ -249,13 +257,14 @@ def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int,
     if not masks:
         raise InputError(f"no layer has an input size divisible by {config.m}; N:M pruning changed nothing")
     apply_masks(layers, masks)
+    trained: dict[str, Any] = {}
     if config.finetune_epochs:
-        _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
-                  progress=progress, what="fine-tuning")
+        trained = _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
+                            progress=progress, what="fine-tuning")
     remove_masks(module)
     msgs = _unique(str(w.message) for w in caught)
     return module, _report(f"nm {config.n}:{config.m}", before, sp0, module, layers, warnings=msgs,
-                           finetune_epochs=config.finetune_epochs)
+                           finetune_epochs=config.finetune_epochs, **trained)
 
 
 @register(GradualPruneConfig)
@@ -268,11 +277,11 @@ def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_
     as_train_data(data, what="gradual pruning")
     cb = GradualPruneCallback(layers, initial=config.initial_sparsity, final=config.final_sparsity,
                               begin=config.begin, end=config.end, frequency=config.frequency, scope=config.scope)
-    _finetune(module, data, config.epochs, config.lr, batch_size=batch_size, seed=seed, progress=progress,
-              callbacks=[cb], what="gradual pruning", lr_schedule=config.lr_schedule)
+    trained = _finetune(module, data, config.epochs, config.lr, batch_size=batch_size, seed=seed, progress=progress,
+                        callbacks=[cb], what="gradual pruning", lr_schedule=config.lr_schedule)
     remove_masks(module)
     return module, _report("gradual", before, sp0, module, layers, finetune_epochs=config.epochs,
-                           schedule=cb.history)
+                           schedule=cb.history, **trained)
 
 
 @register(StructuredPruneConfig)
@@ -314,13 +323,15 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     if not pruned:
         raise InputError("structured pruning found no prunable channel group"
                          + (f" ({'; '.join(msgs[:3])})" if msgs else ""))
+    trained: dict[str, Any] = {}
     if config.finetune_epochs:
-        _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
-                  progress=progress, what="fine-tuning")
+        trained = _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
+                            progress=progress, what="fine-tuning")
     groups = [{"name": g.name, "kind": g.kind, "size": g.size, "kept": int(len(g.keep)),
                "members": sorted({m.module for m in g.members})} for g in pruned]  # type: ignore[arg-type]
     return module, _report("structured", before, sp0, module, groups=groups, warnings=msgs,
-                           finetune_epochs=config.finetune_epochs, reconstructed=[f.to_dict() for f in graph.fits])
+                           finetune_epochs=config.finetune_epochs, reconstructed=[f.to_dict() for f in graph.fits],
+                           **trained)
 
 
 def _unique(msgs: Any) -> list[str]:
