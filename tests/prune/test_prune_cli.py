@@ -105,7 +105,8 @@ def test_magnitude_to_safetensors(weights, tmp_path, capsys):
     (["--method", "structured", "--sparsity", "0.5", "--heads-ratio", "0.5"], "the model has no attention heads"),
     (["--method", "structured", "--sparsity", "0.5", "--ffn-ratio", "0.5"], "the model has no transformer FFN"),
     (["--sparsity", "0.5", "--round-to", "8"], "--round-to does not apply to --method magnitude"),
-    (["--method", "structured", "--sparsity", "0.5", "--round-to", "0"], "round_to"),
+    (["--method", "structured", "--sparsity", "0.5", "--round-to", "0"], "round_to (--round-to): "),
+    (["--method", "structured", "--sparsity", "0.5", "--heads-ratio", "1.0"], "heads_ratio (--heads-ratio): "),
 ])
 def test_bad_options(weights, tmp_path, capsys, args, message):
     out = tmp_path / "out.onnx"

@@ -184,6 +184,31 @@ def run_app(argv: list[str] | None = None) -> int:
         return _run(argv)
 
 
+def _with_flags(message: str, argv: list[str] | None) -> str:
+    """A config's validation message (``invalid StructuredPruneConfig: finetune_epochs: ...``) names Python
+    fields; each field that is also an option of the command being run gets its flag beside it
+    (``finetune_epochs (--finetune-epochs): ...``)."""
+    import re
+
+    if not re.match(r"invalid \w+Config: ", message):
+        return message
+    args = list(sys.argv[1:] if argv is None else argv)
+    name = next((a for a in args if not a.startswith("-")), None)
+    try:
+        import typer.main
+
+        command = typer.main.get_command(app).commands.get(name or "")  # type: ignore[attr-defined]
+    except Exception:  # the message stays as it is
+        return message
+    if command is None:
+        return message
+    flags = {p.name: p.opts[0] for p in command.params if getattr(p, "opts", None) and p.opts[0].startswith("--")}
+    head, _, rest = message.partition(": ")
+    parts = [f"{field} ({flags[field]}): {why}" if sep and field in flags else field + sep + why
+             for field, sep, why in (part.partition(": ") for part in rest.split("; "))]
+    return f"{head}: " + "; ".join(parts)
+
+
 def _run(argv: list[str] | None) -> int:
     try:
         status = app(args=_complete_optional_values(list(sys.argv[1:] if argv is None else argv)),
@@ -197,7 +222,7 @@ def _run(argv: list[str] | None) -> int:
         from ..core.quiet import detail
 
         detail("".join(traceback.format_exception(exc)), what="traceback (--verbose)")
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(_with_flags(str(exc), argv))}", highlight=False, soft_wrap=True)
         report = getattr(exc, "report", None)
         if report is not None and hasattr(report, "summary"):
             err_console.print(report.summary(), highlight=False, soft_wrap=True, markup=False)
