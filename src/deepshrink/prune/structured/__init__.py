@@ -38,22 +38,18 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, example_inp
     ratio_for = {"channel": config.ratio, "ffn": config.ffn_ratio if config.ffn_ratio is not None else config.ratio,
                  "head": config.heads_ratio}
     groups = [g for g in graph.prunable() if ratio_for.get(g.kind, 0.0) > 0]
-    grads = None
-    if config.importance in ("activation", "fisher"):
-        batches = act_batches or ([example_inputs] if example_inputs is not None else None)
-        if not batches:
-            raise InputError(f"importance '{config.importance}' needs example data (--data) to observe activations")
-        if config.importance == "fisher":
-            scores = fisher_scores(model, groups, batches)
-        else:
-            consumers = {m.module for g in groups for m in g.members if m.role == "in"}
-            norms = input_norms(model, consumers, batches)
-            scores = {g.id: activation_scores(model, g, norms) for g in groups}
-    elif config.importance == "taylor":
-        if not taylor_batches or loss_fn is None:
-            raise InputError("importance 'taylor' needs labelled data (--data) to compute gradients")
-        grads = taylor_grads(model, taylor_batches, loss_fn)
-    if config.importance not in ("activation", "fisher"):
+    batches = act_batches or ([example_inputs] if example_inputs is not None else None)
+    if config.importance in ("activation", "fisher") and not batches:
+        raise InputError(f"importance '{config.importance}' needs example data (--data) to observe activations")
+    if config.importance == "taylor" and (not taylor_batches or loss_fn is None):
+        raise InputError("importance 'taylor' needs labelled data (--data) to compute gradients")
+    if config.importance == "fisher":
+        scores = fisher_scores(model, groups, batches)
+    elif config.importance == "activation":
+        norms = input_norms(model, {m.module for g in groups for m in g.members if m.role == "in"}, batches)
+        scores = {g.id: activation_scores(model, g, norms) for g in groups}
+    else:  # from the weights (l1, l2, bn) or their gradients (taylor)
+        grads = taylor_grads(model, taylor_batches, loss_fn) if config.importance == "taylor" else None
         scores = {g.id: group_scores(model, g, config.importance, grads) for g in groups}
     if config.scope == "uniform":
         plan_uniform(groups, scores, ratio_for, config.round_to)
