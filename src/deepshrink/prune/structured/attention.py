@@ -21,6 +21,7 @@ head shares — and keeps the head count, so it cannot do this.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any
@@ -161,18 +162,22 @@ def restore_position_bias_slicing(model: nn.Module) -> int:
     return n
 
 
+@functools.cache
+def _bias_position(cls: type) -> int:
+    """Where ``position_bias`` sits among the positional arguments of ``cls.forward`` (after ``self``)."""
+    return list(inspect.signature(cls.forward).parameters).index(POSITION_BIAS) - 1
+
+
 def _slice_bias(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     idx: torch.Tensor = getattr(mod, HEAD_INDEX)
-    pos = list(inspect.signature(mod.forward).parameters).index(POSITION_BIAS)
+    pos = _bias_position(type(mod))
+    bias = args[pos] if len(args) > pos else kwargs.get(POSITION_BIAS)
+    if not (isinstance(bias, torch.Tensor) and bias.dim() == 4 and bias.shape[1] != len(idx)):
+        return args, kwargs
+    cut = bias.index_select(1, idx.to(bias.device))
     if len(args) > pos:
-        bias = args[pos]
-        if isinstance(bias, torch.Tensor) and bias.dim() == 4 and bias.shape[1] != len(idx):
-            args = (*args[:pos], bias.index_select(1, idx.to(bias.device)), *args[pos + 1:])
-    else:
-        bias = kwargs.get(POSITION_BIAS)
-        if isinstance(bias, torch.Tensor) and bias.dim() == 4 and bias.shape[1] != len(idx):
-            kwargs = {**kwargs, POSITION_BIAS: bias.index_select(1, idx.to(bias.device))}
-    return args, kwargs
+        return (*args[:pos], cut, *args[pos + 1:]), kwargs
+    return args, {**kwargs, POSITION_BIAS: cut}
 
 
 def unsupported_reason(mha: nn.MultiheadAttention) -> str | None:
