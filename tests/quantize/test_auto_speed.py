@@ -91,10 +91,12 @@ def _fake_timing(ratios):
     """A ``time_layouts`` returning ``ratios(model)`` ± 0.02 for each model, recording the calls."""
     calls = []
 
-    def timing(float_model, models, data, *, progress=False):
+    def timing(float_model, models, data, *, progress=False, threads=2):
         calls.append(len(models))
+        timing.threads.append(threads)
         return [(ratios(m), 0.02) for m in models]
 
+    timing.threads = []
     return timing, calls
 
 
@@ -334,3 +336,25 @@ def test_auto_runs_a_graph_fixed_at_batch_1():
     m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
     rep = ds.quantize(m, AutoConfig(strategy="layouts", choose_by_speed=False), data=_data()).report.details["auto"]
     assert rep["met"] and rep["cos_mean"] >= 0.997 and rep["quantized_layers"] == 3
+
+
+def test_auto_times_layers_and_layouts_at_the_configured_threads(monkeypatch):
+    """`quantize --threads 1`: every timing auto does (each layer alone, then the whole layouts) runs ORT at 1
+    intra-op thread, not the default 2 — the layout fastest at 2 threads need not be fastest at 1."""
+    from deepshrink.quantize.onnx import layer_speed
+
+    per_layer: list[int] = []
+    real = layer_speed.time_layers
+
+    def layers(*args, threads, **kw):
+        per_layer.append(threads)
+        return real(*args, threads=threads, **kw)
+
+    monkeypatch.setattr(layer_speed, "time_layers", layers)
+    for threads in (1, 2):
+        timing, calls = _fake_timing(lambda m: 0.9)
+        monkeypatch.setattr(auto, "time_layouts", timing)
+        per_layer.clear()
+        ds.quantize(_cnn(), AutoConfig(strategy="layouts", threads=threads), data=_data())
+        assert calls and timing.threads == [threads] * len(calls)
+        assert per_layer and set(per_layer) == {threads}

@@ -46,9 +46,10 @@ def _bad(capsys, argv, out, needle):
 def test_static_int8_cli_writes_and_measures(cnn_onnx, tmp_path, capsys, measured):
     out = tmp_path / "cnn.int8.onnx"
     rc = run_app(["quantize", str(cnn_onnx), "-o", str(out), "--scheme", "int8-static", "--data", "digits",
-                  "--repeats", "3", "--json"])
+                  "--repeats", "3", "--threads", "1", "--json"])
     payload = json.loads(capsys.readouterr().out)
     assert rc == 0 and out.exists()
+    assert payload["bench"]["threads"] == 1  # the table times at the thread count asked for (always 2 before)
     rows = payload["bench"]["rows"]
     assert len(rows) == 2 and rows[1]["size_bytes"] < 0.5 * rows[0]["size_bytes"]  # 0.3x seen
     assert measured("CLI int8-static: accuracy drop", rows[0]["accuracy"] - rows[1]["accuracy"], "upper",
@@ -85,6 +86,7 @@ def test_auto_cli_prints_kept_layers(mlp_onnx, calib_npz, tmp_path, capsys):
     (["--scheme", "auto", "--strategy", "layouts", "--trials", "4"], "--trials is the number of candidates"),
     (["--scheme", "auto", "--trials", "0"], "trials"),
     (["--scheme", "int8-dynamic", "--strategy", "layouts"], "--strategy does not apply to --scheme int8-dynamic"),
+    (["--scheme", "int8-dynamic", "--threads", "0"], "--threads must be at least 1"),
 ])
 def test_bad_options(mlp_onnx, calib_npz, tmp_path, capsys, extra, needle):
     out = tmp_path / "q.onnx"

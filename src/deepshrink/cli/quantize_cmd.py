@@ -19,6 +19,7 @@ from ._app import (
     InputShapeOpt,
     JsonOpt,
     RepeatsOpt,
+    ThreadsOpt,
     TrustOpt,
     WeightsOpt,
     app,
@@ -96,7 +97,7 @@ def quantize_cmd(
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="samples of --data used to calibrate")] = 64,
     bias_correction: Annotated[bool | None, typer.Option("--bias-correction/--no-bias-correction", help="ptq: remove each layer's mean output shift from weight rounding (default on)")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: the samples of --data not used to calibrate)")] = None,
-    repeats: RepeatsOpt = 30,
+    repeats: RepeatsOpt = 30, threads: ThreadsOpt = 2,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="skip the timed before/after table (the fidelity gate still runs)")] = False,
     allow_slower: Annotated[bool, typer.Option("--allow-slower", help="auto: choose without timing (the smallest candidate that meets the fidelity target) and keep it even when it measures slower than the float model (otherwise auto times its candidates against the float model, keeps the fastest, and exits 3 with nothing written if even that is slower)")] = False,
     allow_degraded: AllowDegradedOpt = False, gate_min_cos: GateCosOpt = 0.9, gate_max_drop: GateDropOpt = 5.0,
@@ -110,15 +111,15 @@ def quantize_cmd(
     from ..quantize.api import run_quantize, save_quantized, to_onnx_handle
     from ..quantize.onnx.outcome import describe
 
-    if repeats < 1 or calibration_size < 1:
-        raise InputError("--repeats and --calibration-size must be at least 1")
+    if repeats < 1 or calibration_size < 1 or threads < 1:
+        raise InputError("--repeats, --calibration-size and --threads must be at least 1")
     if smooth is not None and not 0.0 <= smooth <= 1.0:
         raise InputError(f"--smooth {smooth} is outside 0–1")
     config = build_config(scheme, bits=bits, group_size=group_size, method=method, observer=observer,
                           per_channel=per_channel, smooth=smooth, include=include or [], exclude=exclude or [],
                           target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
                           max_kept=max_kept, bias_correction=bias_correction, given=options_given(ctx, SCHEME_OPTIONS),
-                          **({"strategy": strategy, "trials": trials} if scheme == "auto" else {}),
+                          **({"strategy": strategy, "trials": trials, "threads": threads} if scheme == "auto" else {}),
                           **({"choose_by_speed": not allow_slower} if scheme == "auto" else {}))
     refuse_inapplicable("--scheme", scheme, options_given(ctx, COMMAND_SCHEME_OPTIONS), COMMAND_SCHEME_OPTIONS,
                         SCHEME_SUMMARY)
@@ -154,7 +155,7 @@ def quantize_cmd(
         write=lambda h, path: save_quantized(h, path, force=True, source=source),
         measure=lambda _written, path, data: _measure(float_handle, result.handle, path, data,
                                                       repeats if timed else 1, json_out, name=str(output),
-                                                      warmup=5 if timed else 0),
+                                                      warmup=5 if timed else 0, threads=threads),
         also=(lambda t: speed.update(slower=gate.check_speed(t, allow_slower=allow_slower, what=str(output))))
         if scheme == "auto" else None)
     slower = speed.get("slower")
@@ -289,10 +290,10 @@ def _stream(src: str, output: Path, config: Any, policy: Any, json_out: bool, *,
 
 
 def _measure(float_handle: Any, quant_handle: Any, output: Path, data: Any, repeats: int, quiet: bool, *,
-             name: str, warmup: int = 5) -> Any:
+             name: str, warmup: int = 5, threads: int = 2) -> Any:
     """Bench the float ONNX model and the written file in ONNX Runtime, side by side (``evaluate.compare``)."""
     from ..evaluate.compare import compare
 
     return compare(float_handle, quant_handle.with_model(quant_handle.model, path=output), data=data, repeats=repeats,
-                   warmup=warmup, names=("float (onnx)", name),
+                   warmup=warmup, threads=threads, names=("float (onnx)", name),
                    progress=not quiet and console.is_terminal)  # a bar in a log leaves a blank line

@@ -356,7 +356,10 @@ def _dropouts(student: nn.Module, p: float | None) -> list[tuple[nn.Module, floa
     return own
 
 
-_DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
+# the functional dropouts and their signatures, read once: the mode binds every dropout call of every training
+# step against them
+_DROPOUT_SIGNATURES = {f: inspect.signature(f) for f in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+                                                         F.alpha_dropout, F.feature_alpha_dropout)}
 
 
 class _DropoutOverride(TorchFunctionMode):
@@ -374,8 +377,9 @@ class _DropoutOverride(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = dict(kwargs or {})
-        if func in _DROPOUT_FUNCTIONS:
-            bound = inspect.signature(func).bind(*args, **kwargs)
+        signature = _DROPOUT_SIGNATURES.get(func)
+        if signature is not None:
+            bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             if bound.arguments.get("training"):
                 self.calls += 1

@@ -289,6 +289,9 @@ class AutoConfig(QuantConfig):
     # against the float model at 2 threads, as `bench` does; False keeps the most-quantized layout
     # without timing (the output is then the same on every run)
     choose_by_speed: bool = True
+    # intra-op threads of the ONNX Runtime sessions candidates are timed in (``quantize --threads``; 2, as
+    # `bench` times): the layout that is fastest at 2 threads need not be at 1
+    threads: int = Field(default=2, ge=1, le=1024)
 
     @field_validator("smooth_alphas")
     @classmethod
@@ -375,11 +378,11 @@ def config_from_options(scheme: str, *, bits: int | None = None, group_size: int
                         include: Sequence[str] = (), exclude: Sequence[str] = (), target_cos: float = 0.997,
                         min_cos: float = 0.99, calibration_size: int = 64, max_kept: float = 0.5,
                         bias_correction: bool | None = None, calibration_size_given: bool = False,
-                        choose_by_speed: bool = True, strategy: str = "search", trials: int | None = None
-                        ) -> QuantConfig:
+                        choose_by_speed: bool = True, strategy: str = "search", trials: int | None = None,
+                        threads: int = 2) -> QuantConfig:
     """The config of a scheme from the command line's flat options and their defaults (``bits``
     None: the scheme's own — 4 for low-bit schemes; ``per_channel`` None: the scheme's choice;
-    ``choose_by_speed``: auto only, see :class:`AutoConfig`).
+    ``choose_by_speed``, ``threads``: auto only, see :class:`AutoConfig`).
     Raises :class:`InputError` (one line) for an unknown scheme or a value out of range."""
     if scheme not in ("int8-dynamic", "int8-static", "int4-weight", "kmeans", "log2", "auto", "ptq"):
         raise InputError(f"--scheme {scheme!r}: use one of int8-dynamic, int8-static, int4-weight, kmeans, log2, "
@@ -418,10 +421,11 @@ def config_from_options(scheme: str, *, bits: int | None = None, group_size: int
             raise InputError(f"{given} applies to auto's --strategy layouts; the default strategy (search) chooses "
                              "every layer by measuring — add --strategy layouts to use it")
         return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
-                                choose_by_speed=choose_by_speed, **({} if trials is None else {"trials": trials}))
+                                choose_by_speed=choose_by_speed, threads=threads,
+                                **({} if trials is None else {"trials": trials}))
     if trials is not None:
         raise InputError("--trials is the number of candidates auto's search measures; it does not apply to "
                          "--strategy layouts")
     return AutoConfig.build(target_cos=target_cos, min_cos=min_cos, calibration_size=calibration_size,
-                            max_kept_fraction=max_kept, choose_by_speed=choose_by_speed, strategy="layouts",
+                            max_kept_fraction=max_kept, choose_by_speed=choose_by_speed, strategy="layouts", threads=threads,
                             base=Int8DynamicConfig.build(per_channel=int8_pc, fuse="auto"), **sel)

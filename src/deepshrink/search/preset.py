@@ -2,7 +2,8 @@
 
 The preset is :func:`deepshrink.search.search` with: int8 or float per layer (``choices``),
 the auto config's cosine target (``target_cos`` mean, ``min_cos`` worst sample), latency as the
-cost (timed at 2 threads, batch 1, as ``bench`` and the CLI's speed gate time; size when
+cost (timed at ``config.threads`` threads — 2 unless ``quantize --threads`` says otherwise — batch 1, as ``bench``
+and the CLI's speed gate time; size when
 ``choose_by_speed`` is False), ``trials`` candidates, no channel pruning or Deep Compression.
 The search brings what the fixed sequence of :mod:`deepshrink.quantize.onnx.auto` did not have:
 
@@ -42,7 +43,6 @@ import onnx
 
 from ..errors import BudgetError, InputError
 
-SPEED_THREADS = 2  # as quantize.onnx.auto: the thread count `bench` and the CLI's speed gate time at
 # a point meets the mean-cosine target when its mean on the samples chosen on is 2 standard errors above it:
 # MiniLM's plain int8 chosen at 0.9971 on 96 sentences (target 0.997) gave 0.9965 on new ones
 CONFIDENCE = 2.0
@@ -85,7 +85,7 @@ def auto_by_search(model: Any, config: Any, *, data: Any, progress: bool = False
     try:
         scfg = SearchConfig(target_cos=config.target_cos, min_cos=min(config.min_cos, config.target_cos),
                             choices=("float", "int8"), trials=config.trials, pack="off", structured="off",
-                            threads=SPEED_THREADS, repeats=20 if config.choose_by_speed else 0,
+                            threads=config.threads, repeats=20 if config.choose_by_speed else 0,
                             sensitivity_samples=max(2, min(config.calibration_size, 64)),
                             score_batches=SCORE_BATCHES, tie_break="fidelity", confidence=CONFIDENCE)
     except ValidationError as exc:  # pydantic's last line is a URL: name the field and the reason instead

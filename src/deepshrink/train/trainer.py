@@ -123,7 +123,6 @@ def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
             and m.track_running_stats and m.momentum == 0]
 
 
-@torch.no_grad()
 def recalibrate_frozen_batchnorm(model: nn.Module, run: Callable[[Any], Any], batches: Sequence[Any]) -> int:
     """Recompute the running statistics of ``model``'s BatchNorm layers with ``momentum == 0``.
 
@@ -137,7 +136,13 @@ def recalibrate_frozen_batchnorm(model: nn.Module, run: Callable[[Any], Any], ba
     the BatchNorm recalibration done after pruning. ``momentum`` stays 0 afterwards and the model's mode is
     restored. Returns how many layers were recalibrated (0 when none has momentum 0 or ``batches`` is empty).
     """
-    frozen = frozen_batchnorms(model)
+    return _recalibrate_layers(model, frozen_batchnorms(model), run, batches)
+
+
+@torch.no_grad()
+def _recalibrate_layers(model: nn.Module, frozen: list[nn.Module], run: Callable[[Any], Any],
+                        batches: Sequence[Any]) -> int:
+    """:func:`recalibrate_frozen_batchnorm` on the ``frozen`` layers already found."""
     if not frozen or not batches:
         return 0
     was = model.training
@@ -460,14 +465,15 @@ class Trainer:
     def _recalibrate(self, dataset: Any) -> int:
         """:func:`recalibrate_frozen_batchnorm` on the first training samples, in order, at the training
         batch size (the same samples on every process)."""
-        if not frozen_batchnorms(self.model):
+        frozen = frozen_batchnorms(self.model)
+        if not frozen:
             return 0
         n = min(len(dataset), BATCHNORM_RECALIBRATION_SAMPLES)
         batches = list(DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=self.batch_size))
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         if device.type != "cpu":  # the model moved to its GPU under nccl: its batches follow it
             batches = [[t.to(device) for t in b] for b in batches]
-        return recalibrate_frozen_batchnorm(self.model, lambda b: self.forward_fn(self.model, b), batches)
+        return _recalibrate_layers(self.model, frozen, lambda b: self.forward_fn(self.model, b), batches)
 
     def _make_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
         if self.lr_schedule == "constant" and not self.warmup_steps:

@@ -50,7 +50,7 @@ from ..configs import AutoConfig, Int8DynamicConfig, Int8StaticConfig
 from . import backend as ob
 from .sensitivity import QuantizeFn, deployed_fidelity, layer_sensitivity, run_outputs
 
-SPEED_THREADS = 2  # the thread count `bench` and the CLI's speed gate time at
+SPEED_THREADS = 2  # the thread count `bench` and the CLI's speed gate time at, unless `--threads` says otherwise
 LINEAR_KEEP_MAX = 4  # up to this many keepable layers the keep-float trials go one by one, beyond it they bisect
 SMOOTH_MIN_SHARE = 0.1  # smoothing trials only when smoothable layers hold this share of the weights
 MUCH_FASTER = 0.8  # auto prefers the most-quantized layout faster than float unless one is this much faster
@@ -253,7 +253,8 @@ def auto_quantize(prep: Any, config: AutoConfig, *, progress: bool = False) -> A
 
 
 def _layer_forms(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any, data: dict[str, Any],
-                 convs: Sequence[str] = (), progress: bool = False) -> dict[str, dict[str, float]]:
+                 convs: Sequence[str] = (), progress: bool = False, threads: int = SPEED_THREADS
+                 ) -> dict[str, dict[str, float]]:
     """Each layer timed alone (:func:`.layer_speed.time_layers`): Conv as static int8, MatMul/Gemm as
     static and dynamic int8, against float. ``{layer: {form: ratio}}``."""
     from . import layer_speed
@@ -270,11 +271,11 @@ def _layer_forms(smoothed: onnx.ModelProto, nodes: Sequence[str], base: Any, dat
     def dynamic_form(m: onnx.ModelProto, names: list[str], _d: dict[str, Any]) -> onnx.ModelProto:
         return ob.quantize_dynamic_int8(m, names, per_channel=pc)
 
-    out = layer_speed.time_layers(smoothed, conv, data, {"static": static_form}, threads=SPEED_THREADS,
+    out = layer_speed.time_layers(smoothed, conv, data, {"static": static_form}, threads=threads,
                                   progress=progress) if conv else {}
     if mm:
         out.update(layer_speed.time_layers(smoothed, mm, data, {"static": static_form, "dynamic": dynamic_form},
-                                           threads=SPEED_THREADS, progress=progress))
+                                           threads=threads, progress=progress))
     return out
 
 
@@ -361,7 +362,7 @@ def _by_speed(res: AutoResult, smoothed: onnx.ModelProto, nodes: Sequence[str], 
                                     "names": list(nodes),
                                     "int8_weights": sum(sizes.get(n, 0) for n in nodes),
                                     "cos_mean": res.cos_mean, "cos_min": res.cos_min}]
-    per_layer = _layer_forms(smoothed, nodes, base, data, convs, progress)
+    per_layer = _layer_forms(smoothed, nodes, base, data, convs, progress, config.threads)
     res.layer_speed = per_layer
     for what, names, build in _layouts(smoothed, nodes, base, data, convs, per_layer):
         try:
@@ -394,7 +395,7 @@ def _by_speed(res: AutoResult, smoothed: onnx.ModelProto, nodes: Sequence[str], 
                           "int8_weights": sum(sizes.get(n, 0) for n in stored), "cos_mean": mean, "cos_min": worst})
     if len(cands) == 1:
         return res
-    timed = time_layouts(float_model, [c["model"] for c in cands], data, progress=progress)
+    timed = time_layouts(float_model, [c["model"] for c in cands], data, progress=progress, threads=config.threads)
     for c, (ratio, spread) in zip(cands, timed, strict=True):
         c["ratio"], c["ratio_spread"] = ratio, spread
     compute = [c for c in cands if not c.get("storage")]
@@ -428,10 +429,10 @@ def _by_speed(res: AutoResult, smoothed: onnx.ModelProto, nodes: Sequence[str], 
 
 
 def time_layouts(float_model: onnx.ModelProto, models: Sequence[onnx.ModelProto], data: dict[str, Any], *,
-                 progress: bool = False) -> list[tuple[float, float]]:
+                 progress: bool = False, threads: int = SPEED_THREADS) -> list[tuple[float, float]]:
     """``(ratio, spread)`` of each model's latency against ``float_model`` on the first sample of ``data``:
     the median of per-round ratios and half their 10–90 % range, timed interleaved in ONNX Runtime at
-    :data:`SPEED_THREADS` threads (:func:`deepshrink.evaluate.latency.measure_latency`), at least
+    ``threads`` intra-op threads (:func:`deepshrink.evaluate.latency.measure_latency`), at least
     20 rounds and 1 s."""
     from ...backends.onnx import make_session
     from ...evaluate.latency import measure_latency
@@ -440,10 +441,10 @@ def time_layouts(float_model: onnx.ModelProto, models: Sequence[onnx.ModelProto]
     first = {k: v[:1] for k, v in data.items()}
     runners = {}
     for i, m in enumerate([float_model, *models]):
-        sess = make_session(m, threads=SPEED_THREADS)
+        sess = make_session(m, threads=threads)
         feed = _trim({k: first[k] for k in (x.name for x in sess.get_inputs())})
         runners[str(i)] = (lambda s=sess, f=feed: s.run(None, f))
-    stats = measure_latency(runners, warmup=3, repeats=20, min_seconds=1.0, threads=SPEED_THREADS, progress=progress)
+    stats = measure_latency(runners, warmup=3, repeats=20, min_seconds=1.0, threads=threads, progress=progress)
     return [(stats[str(i + 1)].ratio, stats[str(i + 1)].ratio_spread) for i in range(len(models))]
 
 
