@@ -292,8 +292,28 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        raise InputError(f"weights file {path} does not fit the model: {' '.join(lines[1:3])[:300]}") from None
+        detail = _state_mismatch(model.state_dict(), state)
+        if not detail:  # torch refused for another reason: its own words, cut to a line
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            detail = " ".join(lines[1:3])[:300]
+        raise InputError(f"weights file {path} does not fit the model: {detail}") from None
+
+
+def _state_mismatch(own: dict[str, Any], given: dict[str, Any], show: int = 3) -> str:
+    """One line on how a state dict differs from a model's: shape mismatches first (file vs model), then
+    the model's keys the file lacks and the file's keys the model lacks, each counted, the first ``show``
+    named ("" when none differs)."""
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:show]) + (", …" if len(items) > show else "")
+
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in given and hasattr(given[k], "shape") and tuple(given[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    parts = [f"{len(shapes)} shape(s) differ (file vs model): {some(shapes)}" if shapes else "",
+             f"{len(missing)} of the model's tensors missing: {some(missing)}" if missing else "",
+             f"{len(unexpected)} tensors the model does not have: {some(unexpected)}" if unexpected else ""]
+    return "; ".join(p for p in parts if p)
 
 
 def _load_pt2(path: Path, trust: bool) -> ModelHandle:

@@ -61,9 +61,15 @@ def test_factory_with_safetensors_and_state_dict(tmp_path, factory_module, digit
 
 def test_weights_that_do_not_fit(tmp_path, factory_module):
     st = tmp_path / "w.safetensors"
-    save_file({"fc1.weight": torch.zeros(3, 3)}, str(st))
-    with pytest.raises(InputError, match="does not fit the model"):
+    save_file({"fc1.weight": torch.zeros(3, 3), "extra.bias": torch.zeros(2)}, str(st))
+    with pytest.raises(InputError, match="does not fit the model") as err:
         ds.load(factory_module, weights=str(st))
+    # the shape mismatch first, then what is missing and what is extra, each counted (torch's own message was cut
+    # at 300 characters, before the shapes, for a model with many tensors)
+    msg = str(err.value)
+    assert "1 shape(s) differ (file vs model): fc1.weight (3, 3) vs (" in msg
+    assert "of the model's tensors missing: fc1.bias" in msg and "1 tensors the model does not have: extra.bias" in msg
+    assert msg.index("shape(s) differ") < msg.index("missing") < msg.index("does not have")
 
 
 def test_nan_weights_are_refused(tmp_path, factory_module):

@@ -241,3 +241,53 @@ def test_frozen_batchnorm_statistics_follow_the_trained_student():
     with torch.no_grad():
         moved = (student.bn2.running_mean - teacher.bn2.running_mean[: len(mean)]).abs().max()
     assert moved > 1e-3  # training moved the weights, so the statistics had to change
+
+
+class _TwoHeads(torch.nn.Module):
+    """A detector-like model: box offsets first (not class logits), class scores second."""
+
+    def __init__(self, width: int = 64, classes: int = 3, heads: int = 2) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(16, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
+                                        torch.nn.ReLU())
+        self.box, self.cls = torch.nn.Linear(width, 4), torch.nn.Linear(width, classes)
+        self.heads = heads
+
+    def forward(self, x):
+        h = self.body(x)
+        return (self.box(h), self.cls(h)) if self.heads == 2 else self.box(h)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_output_of_a_several_output_model_is_distilled(seed):
+    """Not only the first output (MTCNN's ONet: boxes, landmarks, scores): each is matched, scale-free, and the
+    second output's fidelity rises from the pruned copy's. 5 seeds, half width, 20 epochs: the second output's
+    cosine 0.55–0.88 before, 0.86–0.96 after, gain 0.08–0.31; the first 0.95–0.99 after."""
+    from deepshrink.distill import derive_student
+
+    def cos(a, b):
+        return float(F.cosine_similarity(a, b, dim=-1).mean())
+
+    torch.manual_seed(seed)
+    teacher = _TwoHeads().eval()
+    g = torch.Generator().manual_seed(100 + seed)
+    x, xe = torch.randn(512, 16, generator=g), torch.randn(128, 16, generator=g)
+    cfg = DistillConfig(derive="width=0.5", epochs=20, lr=3e-3, batch_size=64, seed=seed)
+    copied = derive_student(teacher, None, cfg, [x])[0]
+    student, rep = distill_with_report(teacher, None, (x,), cfg, eval_data=(xe,), progress=False, deterministic=True)
+    assert rep.loss == "embedding"  # the box offsets first: no softmax KD on them
+    with torch.no_grad():
+        (tb, tc), (_, cc), (sb, sc) = teacher(xe), copied(xe), student(xe)
+    assert cos(sc, tc) > 0.84 and cos(sc, tc) > cos(cc, tc) + 0.05, (cos(cc, tc), cos(sc, tc))
+    assert cos(sb, tb) > 0.93
+    assert rep.evals[-1]["cosine"] == pytest.approx(min(cos(sb, tb), cos(sc, tc)), abs=1e-4)  # the worst output's
+
+
+def test_a_student_whose_outputs_differ_in_number_or_shape_is_refused():
+    torch.manual_seed(0)
+    x = torch.randn(64, 16)
+    teacher = _TwoHeads().eval()
+    for student, needle in ((_TwoHeads(heads=1), "the teacher returns 2 floating-point output(s), the student 1"),
+                            (_TwoHeads(classes=5), "output 1: teacher (8, 3), student (8, 5)")):
+        with pytest.raises(InputError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            distill_with_report(teacher, student, (x,), DistillConfig(epochs=1), progress=False)

@@ -73,6 +73,46 @@ def test_bench_warns_when_a_model_degrades(digits_mlp, digits):
     assert any("worst cosine fidelity" in w for w in unlabelled.warnings), unlabelled.warnings
 
 
+def test_bench_fidelity_is_the_worst_output_of_a_model_with_several():
+    """A face detector's box/landmark heads beside its class scores: a change to the second output alone shows in
+    the fidelity columns (the first output alone was compared before), and the row names that output."""
+    import copy
+
+    import torch
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.body, self.cls, self.box = torch.nn.Linear(8, 16), torch.nn.Linear(16, 3), torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            return self.cls(h), self.box(h)
+
+    good = TwoHeads().eval()
+    bad = copy.deepcopy(good)
+    with torch.no_grad():
+        bad.box.weight.mul_(-1)  # the second head flipped, the first untouched
+    x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    handles = [ds.load(m, input_shapes=["x:1x8"]) for m in (good, bad)]
+    res = ds.bench(handles, data={"x": x}, repeats=2, names=["fp32", "box flipped"])
+    row = res.rows[1]
+    assert row.worst_output is not None and row.cos_min < 0 and row.max_abs > 0.1
+    assert row.top1_agreement == 1.0  # the class scores themselves did not move
+    assert any("worst cosine fidelity" in w for w in res.warnings), res.warnings
+    same = ds.bench([handles[0], handles[0]], data={"x": x}, repeats=2).rows[1]
+    assert same.cos_min > 0.9999 and same.worst_output is None
+    # with labels, accuracy judges the first output and the fidelity gate still judges the others
+    from deepshrink.evaluate.gate import FidelityPolicy, judge
+
+    labels = good(torch.from_numpy(x))[0].argmax(1).numpy()
+    labelled = ds.bench(handles, data={"x": x, "labels": labels}, repeats=2, names=["fp32", "box flipped"])
+    assert labelled.rows[1].accuracy == 1.0 and any("output" in w and "degraded" in w for w in labelled.warnings)
+    verdict = judge(labelled, FidelityPolicy())
+    assert not verdict.passed and labelled.rows[1].worst_output in verdict.reason
+
+
 def test_flops_count_recurrent_and_encoder_layers(tmp_path, gru_classifier):
     import torch
 
@@ -81,6 +121,12 @@ def test_flops_count_recurrent_and_encoder_layers(tmp_path, gru_classifier):
     ds.convert(ds.load(gru_classifier, input_shapes=["x:1x8x8"]), tmp_path / "gru.onnx")
     # 8 steps x 3 gates x 48 x (8 + 48) MACs, plus the 48x10 head; x2 for FLOPs
     assert ds.info(tmp_path / "gru.onnx")["flops"] == 2 * (8 * 3 * 48 * (8 + 48) + 480)
+    # the PyTorch module too (torch's counter saw the Linear head alone)
+    assert ds.info(ds.load(gru_classifier, input_shapes=["x:1x8x8"]))["flops"] == 2 * (8 * 3 * 48 * (8 + 48) + 480)
+    # a 2-layer bidirectional LSTM: layer 2 reads both directions of layer 1
+    lstm = torch.nn.LSTM(8, 16, num_layers=2, batch_first=True, bidirectional=True)
+    rnn_macs = 8 * 2 * 4 * 16 * ((8 + 16) + (32 + 16))
+    assert ds.info(ds.load(lstm.eval(), input_shapes=["input:1x8x8"]))["flops"] == 2 * rnn_macs
     class Enc(torch.nn.Module):
         def __init__(self):
             super().__init__()

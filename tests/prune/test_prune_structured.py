@@ -67,6 +67,49 @@ def test_removal_equals_masked_original(cnn, importance):
     assert _params(pruned) / _params(cnn) < 0.27  # 0.258 seen
 
 
+class _PReLUNet(nn.Module):
+    """MTCNN's RNet/ONet in small: per-channel PReLU after every conv and the hidden Linear, two heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 16, 3), nn.PReLU(16)
+        self.conv2, self.prelu2 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
+        self.pool = nn.MaxPool2d(2)
+        self.dense, self.prelu3 = nn.Linear(32 * 2 * 2, 64), nn.PReLU(64)
+        self.box, self.cls = nn.Linear(64, 4), nn.Linear(64, 2)
+
+    def forward(self, x):
+        x = self.pool(self.prelu1(self.conv1(x)))
+        x = self.pool(self.prelu2(self.conv2(x)))
+        h = self.prelu3(self.dense(x.flatten(1)))
+        return self.box(h), self.cls(h)
+
+
+def test_per_channel_prelu_is_pruned_with_its_channels():
+    torch.manual_seed(0)
+    net = _PReLUNet().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.PReLU):
+                m.weight.uniform_(-0.5, 0.5)  # slopes that differ per channel: a wrong slice shows
+    x = (_x(3, (4, 3, 14, 14)),)
+    graph = plan_structured(net, StructuredPruneConfig(ratio=0.5), x)
+    assert sorted(g.size for g in graph.prunable()) == [16, 32, 64] and not graph.warnings
+    from deepshrink.prune.structured.apply import apply_plan, mask_plan
+
+    masked, pruned = copy.deepcopy(net), copy.deepcopy(net)
+    mask_plan(masked, graph)
+    apply_plan(pruned, graph)
+    with torch.no_grad():
+        diffs = [float((a - b).abs().max()) for a, b in zip(masked(*x), pruned(*x), strict=True)]
+    assert max(diffs) < 1e-5, diffs
+    assert [m.num_parameters for m in (pruned.prelu1, pruned.prelu2, pruned.prelu3)] == [8, 16, 32]
+    fresh = fit_to_state_dict(_PReLUNet(), pruned.state_dict())
+    fresh.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(fresh.eval()(*x), pruned(*x), strict=True))
+
+
 def test_taylor_importance_uses_labels(cnn, data):
     x = (_x(2, (8, 1, 8, 8)),)
     batches = [(torch.from_numpy(data.x_train[:128]), torch.from_numpy(data.y_train[:128]))]

@@ -144,6 +144,17 @@ def test_mask_and_residual_found_by_signature():
     assert residual_block(bert, f"{layer}.intermediate.dense") is None
 
 
+def test_reconstruct_on_a_model_with_nothing_to_prune_says_so():
+    """Nothing prunable (one Linear, the output layer): the refusal says that, not that only convolutions read the
+    removed channels (a new user's LSTM speaker encoder read "here only convolutions do ()")."""
+    from deepshrink.errors import InputError
+
+    x = torch.randn(16, 8)
+    with pytest.raises(InputError, match="^structured pruning found no prunable channel group"):
+        prune_with_report(nn.Sequential(nn.Linear(8, 4)), StructuredPruneConfig(ratio=0.5, reconstruct=True),
+                          example_inputs=(x,), data=(x,))
+
+
 def test_config_refuses_ridge_without_reconstruct():
     with pytest.raises(ValueError, match="only with reconstruct=True"):
         StructuredPruneConfig(ratio=0.5, reconstruct_ridge=0.1)

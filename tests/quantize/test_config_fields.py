@@ -138,7 +138,9 @@ def test_every_field_has_a_row():
               (AutoConfig, "choose_by_speed"),
               # on a model this small the optimiser's extra trials find a point only within 1e-5 of cosine of plain
               # int8's: tests/search/test_auto_preset.py checks that trials reaches the search
-              (AutoConfig, "trials")}  # its effect depends on timings: test_auto_speed, timings replaced
+              (AutoConfig, "trials"),  # its effect depends on timings: test_auto_speed, timings replaced
+              # the thread count timings run at: test_auto_speed checks that every timing takes it
+              (AutoConfig, "threads")}
     for cls in ALL_CONFIGS:
         fields = {f for f in cls.model_fields if (cls, f) not in exempt}
         covered = {r[1] for r in ROWS if r[0] is cls and r[4] in EFFECTS}

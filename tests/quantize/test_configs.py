@@ -78,3 +78,14 @@ def test_build_gives_input_error():
     with pytest.raises(InputError, match="bits"):
         WeightOnlyConfig.build(bits=12)
     assert WeightOnlyConfig.build(bits=2, group_size=16).bits == 2
+
+
+def test_describe_says_both_counts_when_auto_stores_float_layers_in_int8():
+    """auto computes some layers in float but stores their weights in int8: the one line said "1 layers quantized"
+    beside the summary's "0 layers computed in int8" (a new user's RNet)."""
+    from deepshrink.quantize.onnx.outcome import describe
+
+    rep = {"quantized_layers": 6, "kept_float": [{"layer": "a"}], "auto": {"quantized_layers": 0}}
+    assert describe(rep) == "6 layers' weights in int8, 0 of them computed in int8"
+    same = {"quantized_layers": 4, "kept_float": [{"layer": "a"}], "auto": {"quantized_layers": 4}}
+    assert describe(same) == "4 layers quantized, 1 kept in float"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 from deepshrink.cli._app import run_app
@@ -220,3 +221,19 @@ def test_ptq_cli_bad_input(cnn_onnx, tmp_path, capsys):
          "PyTorch model")
     _bad(capsys, ["quantize", str(cnn_onnx), "-o", str(out), "--scheme", "int8-static", "--bias-correction",
                   "--data", "digits"], out, "--bias-correction does not apply to --scheme int8-static")
+
+
+@pytest.mark.parametrize("select", [["--include", "fc1"], ["--exclude", "fc2"]])
+def test_layers_kept_float_on_purpose_are_not_warned_about(mlp_onnx, tmp_path, capsys, select):
+    """`--include fc1` keeps fc2 and fc3 float because the user said so: the "stayed float" warning is for what a
+    scheme leaves float by itself (a new user's `--include` printed every other layer as a warning)."""
+    out = tmp_path / "q.onnx"
+    rc = run_app(["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-dynamic", "--per-channel",
+                  "--data", "digits", "--repeats", "1", *select])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.exists()
+    assert "stayed float" not in text, text
+    from deepshrink.quantize.api import float_weights
+
+    left = float_weights(onnx.load(str(mlp_onnx)), onnx.load(str(out)))
+    assert left["share"] > 0.1  # fc2 (or fc2 and fc3) is float and above the warning's 10 % all the same

@@ -47,3 +47,36 @@ def test_lstm_runs_as_dynamic_quantize_lstm(direction, per_channel):
     x = {"x": np.random.default_rng(2024).standard_normal((SEQ, 16, IN)).astype(np.float32)}
     ref, got = run_outputs(model, x), run_outputs(q.model.model, x)
     assert np.abs(got - ref).max() <= 0.03 * np.abs(ref).max()  # 0.004-0.011 seen over the six cases
+
+
+def test_a_torch_lstm_reaches_onnx_as_lstm_nodes_and_is_quantized(tmp_path):
+    """The default exporter is torchscript for a module with recurrent layers: dynamo spread a new user's LSTM
+    speaker encoder over Slice/Concat nodes around a loop, where no quantizer found its weights (95 % stayed
+    float). Torchscript writes ONNX LSTM nodes with initializer weights, which int8-dynamic quantizes."""
+    import torch
+
+    from deepshrink.convert.export import export_onnx, resolve_exporter
+
+    class Speaker(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(IN, H, num_layers=2, batch_first=True)
+            self.proj = torch.nn.Linear(H, 8)
+
+        def forward(self, x):
+            return self.proj(self.lstm(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Speaker().eval()
+    assert resolve_exporter("auto", model) == "torchscript" and resolve_exporter("auto", torch.nn.Linear(2, 2)) == "dynamo"
+    h = ds.load(model, input_shapes=[f"x:1x{SEQ}x{IN}"])
+    exported = export_onnx(h)
+    assert exported.metadata["deepshrink.exporter"] == "torchscript"
+    assert [n.op_type for n in exported.model.graph.node].count("LSTM") == 2
+    q = ds.quantize(h, Int8DynamicConfig())
+    assert integer_op_counts(q.model.model).get("DynamicQuantizeLSTM", 0) == 2
+    x = np.random.default_rng(0).standard_normal((4, SEQ, IN)).astype(np.float32)
+    ref = model(torch.from_numpy(x)).detach().numpy()
+    got = run_outputs(q.model.model, {"x": x})
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.999  # int8 LSTM weights, deterministic (seeded weights and inputs): 0.99998 seen

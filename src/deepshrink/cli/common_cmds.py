@@ -32,7 +32,7 @@ def convert_cmd(
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the parity check")] = False,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset to target")] = None,
-    exporter: Annotated[str, typer.Option("--exporter", help="dynamo (default) or torchscript")] = "dynamo",
+    exporter: Annotated[str, typer.Option("--exporter", help="auto (default: torchscript for models with LSTM/GRU/RNN layers, whose ONNX nodes keep their weights where int8 quantizers find them; dynamo otherwise) | dynamo | torchscript")] = "auto",
     via: Annotated[str | None, typer.Option("--via", help="go through an intermediate format, e.g. onnx")] = None,
     atol: Annotated[float, typer.Option("--atol", help="parity tolerance: absolute part")] = 1e-4,
     rtol: Annotated[float, typer.Option("--rtol", help="parity tolerance: part relative to the output's scale")] = 1e-4,
@@ -118,6 +118,10 @@ def print_bench(result: Any) -> None:
                       "-" if r.cos_mean is None else f"{r.cos_mean:.5f} / {r.cos_min:.5f}",
                       "-" if r.max_abs is None else f"{r.max_abs:.2g}")
     console.print(table)
+    worst = [f"{r.name}: {r.worst_output}" for r in result.rows[1:] if r.worst_output]
+    if worst:
+        console.print("cos mean/min and max-abs: each model's worst output (" + "; ".join(worst) + ")", style="dim",
+                      markup=False, highlight=False)
     console.print(f"CPU: {result.cpu}", style="dim", markup=False)
     for w in result.warnings:
         console.print("warning: " + w, style="yellow", markup=False)

@@ -173,7 +173,7 @@ def quantize_cmd(
     console.print(f"[bold]{rep.get('scheme')}[/]: {describe(rep)}", highlight=False)
     if rep.get("conv_integer"):
         console.print("warning: " + rep["conv_integer"], style="yellow", markup=False, highlight=False)
-    fw = rep.get("float_weights") or {}
+    fw = _unasked_float(rep.get("float_weights") or {}, include or [], exclude or [])
     if fw.get("share", 0.0) > 0.1 and fw.get("nodes"):
         listed = ", ".join(f"{r['node']} ({', '.join(r['weights'])})" for r in fw["nodes"][:4])
         more = f" and {len(fw['nodes']) - 4} more" if len(fw["nodes"]) > 4 else ""
@@ -191,6 +191,25 @@ def quantize_cmd(
     if slower:
         console.print(f"warning: {slower} (kept: --allow-slower)", style="yellow", markup=False, highlight=False)
     console.print(f"wrote {output}")
+
+
+def _unasked_float(fw: dict[str, Any], include: list[str], exclude: list[str]) -> dict[str, Any]:
+    """``float_weights`` of the report without the layers the user kept float on purpose (outside
+    ``--include``, or matched by ``--exclude``): the warning names only what the scheme left float by itself.
+    The share shrinks in proportion to the bytes taken out."""
+    if not fw.get("nodes") or not (include or exclude):
+        return fw
+    from ..core.layers import matches, names_of
+
+    def asked(row: dict[str, Any]) -> bool:
+        names = names_of(row["node"].partition(" ")[2], *row["weights"])
+        return bool((include and not any(matches(p, names) for p in include))
+                    or any(matches(p, names) for p in exclude))
+
+    kept = [r for r in fw["nodes"] if not asked(r)]
+    everything = sum(r["bytes"] for r in fw["nodes"])
+    share = fw.get("share", 0.0) * (sum(r["bytes"] for r in kept) / everything if everything else 0.0)
+    return {**fw, "nodes": kept, "share": share}
 
 
 def _say(line: str) -> None:

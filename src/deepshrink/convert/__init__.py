@@ -76,7 +76,7 @@ class ConvertResult(Result):
 
 def convert(src: Any, dst: str | Path, *, via: str | None = None, weights: str | None = None,
             input_shapes: list[str] | None = None, data: Any = None, trust_remote_code: bool = False,
-            exporter: str = "dynamo", opset: int | None = None, verify: bool = True, atol: float = 1e-4,
+            exporter: str = "auto", opset: int | None = None, verify: bool = True, atol: float = 1e-4,
             rtol: float = 1e-4, force: bool = False, **extra: Any) -> ConvertResult:
     """Convert ``src`` (file, folder, ``module:factory``, module or handle) to ``dst``.
 

@@ -1,4 +1,9 @@
-"""PyTorch → ONNX through torch.onnx: ``dynamo`` (default) or ``torchscript`` exporter.
+"""PyTorch → ONNX through torch.onnx: ``dynamo`` or ``torchscript`` exporter, or ``auto`` (the default):
+torchscript for a model with recurrent layers (``nn.LSTM``/``nn.GRU``/``nn.RNN``), dynamo otherwise. The dynamo
+exporter writes a recurrent layer as slices and concatenations of its weights around a loop, where no int8
+quantizer finds them as weights (a 3-layer LSTM speaker encoder: 95 % of its weights stayed float, 0.97× the
+float model's latency); the torchscript exporter writes ONNX ``LSTM``/``GRU``/``RNN`` nodes with the weights as
+initializers, which ONNX Runtime quantizes (``DynamicQuantizeLSTM``: 0.75× on the same model).
 
 Always writes one self-contained ``.onnx`` file (the dynamo exporter otherwise puts the
 weights in a side ``.onnx.data`` file), makes the batch axis — and every axis the input
@@ -29,7 +34,19 @@ from ..core.handle import ModelHandle
 from ..errors import InputError, UnsupportedError, first_line
 
 log = logging.getLogger("deepshrink")
-Exporter = Literal["dynamo", "torchscript"]
+Exporter = Literal["auto", "dynamo", "torchscript"]
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+
+def resolve_exporter(exporter: str, model: Any) -> str:
+    """``auto`` → ``torchscript`` when ``model`` (a module) holds recurrent layers, else ``dynamo`` (module
+    docstring); any other name as given. Raises :class:`InputError` for an unknown name."""
+    if exporter not in EXPORTERS:
+        raise InputError(f"unknown exporter {exporter!r}; use {', '.join(EXPORTERS)}")
+    if exporter != "auto":
+        return exporter
+    recurrent = isinstance(model, torch.nn.Module) and any(isinstance(m, torch.nn.RNNBase) for m in model.modules())
+    return "torchscript" if recurrent else "dynamo"
 # torch's exporter uses these names internally; an output with such a name breaks the file.
 _RESERVED_OUTPUT_NAMES = {"embedding"}
 
@@ -178,7 +195,7 @@ def _torch_dynamic_shapes(handle: ModelHandle) -> dict[str, dict[int, Any]]:
 
 
 def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
-                path: str | os.PathLike[str] | None = None, *, exporter: Exporter = "dynamo",
+                path: str | os.PathLike[str] | None = None, *, exporter: Exporter = "auto",
                 opset: int | None = None, output_names: list[str] | None = None, dynamic_batch: bool = True,
                 force: bool = False, fallback: bool = True) -> ModelHandle:
     """Export a torch model (module or handle) to ``path`` and return the ONNX handle.
@@ -186,8 +203,7 @@ def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,
     Without ``path`` the model is returned in memory only.
     """
     handle = _as_handle(model, example_inputs)
-    if exporter not in ("dynamo", "torchscript"):
-        raise InputError(f"unknown exporter {exporter!r}; use dynamo or torchscript")
+    exporter = resolve_exporter(exporter, handle.model)  # type: ignore[assignment]
     out = check_output(path, inputs=(handle.path,), force=force) if path is not None else None
     names = _output_names(handle, output_names)
     proto, used, why = None, exporter, ""

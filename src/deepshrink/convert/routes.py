@@ -26,7 +26,7 @@ FORMATS_BY_SUFFIX = {s: ("torch" if f.holds == "weights" else f.holds)
 
 @dataclass
 class ConvertOptions:
-    exporter: str = "dynamo"
+    exporter: str = "auto"
     opset: int | None = None
     verify: bool = True
     data: Any = None

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..backends.torch import first_output as _first
+from ..backends.torch import flatten_outputs
 from ..core.handle import ModelHandle
 from ..core.result import Result, VerbReport
 from ..errors import InputError, UnsupportedError, first_line
@@ -116,12 +116,17 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     probe = tuple(x[: min(8, len(x))] for x in inputs)
     t_mod.eval()
     with torch.no_grad():
-        t_probe = _first(t_mod(*probe))
-    out_kind = resolve_loss(cfg.loss, t_handle, t_probe)
+        t_probes = _outputs(t_mod(*probe))
+    t_probe = t_probes[0]
+    n_out = len(t_probes)  # a detector's boxes and landmarks beside its scores: every one is distilled
+    out_kind = resolve_loss(cfg.loss, t_handle, t_probe, n_outputs=n_out)
     if out_kind == "kd":
         _check_label_range(labels, int(t_probe.shape[-1]), "data")
     s_mod, origin, layer_choice, width = derive_student(t_mod, student, cfg, inputs, progress=progress)
-    check_compatible(t_mod, s_mod, probe, out_kind, t_probe)
+    check_compatible(t_mod, s_mod, probe, out_kind, t_probes)
+    # the outputs after the first: mean squared error over the teacher output's variance (scale-free, so boxes in
+    # [0, 1] weigh as much as landmarks in pixels); the first too when it is matched by MSE among several
+    scales = _output_scales(t_mod, inputs) if n_out > 1 else None
     frozen = _freeze_named(s_mod, cfg.freeze)  # the student is a copy: refused names leave nothing changed
     dropouts = _dropouts(s_mod, cfg.dropout)
     functional_dropout = _functional_dropout(s_mod, cfg.dropout, probe)
@@ -157,7 +162,9 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     module = _Student(s_mod, projections)
     precompute = not (hidden or attention)
     train_arrays: list[torch.Tensor] = list(inputs)
-    if precompute:
+    if precompute and n_out > 1:
+        train_arrays.extend(_teacher_outputs(t_mod, inputs, every=True))
+    elif precompute:
         if targets is not None:
             given = torch.as_tensor(np.asarray(targets)).float()
             if len(given) != len(inputs[0]) or not torch.allclose(given[: len(t_probe)], t_probe.float(), atol=1e-4):
@@ -177,19 +184,25 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
         if cap_s is not None:
             cap_s.clear()
         with functional_dropout:
-            s_out = _first(wrapped(*xs))
+            s_outs = _outputs(wrapped(*xs))
         if precompute:
-            t_out = rest[0]
+            t_outs = list(rest[:n_out])
         else:
             assert cap_t is not None
             cap_t.clear()
             _follow(t_mod, xs[0])
             with torch.no_grad():
-                t_out = _first(t_mod(*xs))
+                t_outs = _outputs(t_mod(*xs))
+        s_out, t_out = s_outs[0], t_outs[0]
         if out_kind == "kd":
             loss = kd_loss(s_out, t_out, rest[-1] if use_labels else None, cfg.temperature, cfg.alpha)
+        elif scales is not None and cfg.metric == "mse":
+            loss = F.mse_loss(s_out, t_out) / scales[0]
         else:
             loss = embedding_loss(s_out, t_out, cfg.metric)
+        if scales is not None:
+            for k in range(1, n_out):
+                loss = loss + F.mse_loss(s_outs[k], t_outs[k]) / scales[k]
         if hidden:
             assert cap_s is not None and cap_t is not None and layer_map is not None
             mask = xs[trim] if trim is not None else None
@@ -289,13 +302,18 @@ def _layer_map(spec: Any, choice: LayerChoice | None, n_student: int, n_teacher:
     return list(spec)
 
 
-def resolve_loss(loss: str, handle: ModelHandle, probe_out: torch.Tensor) -> str:
+def resolve_loss(loss: str, handle: ModelHandle, probe_out: torch.Tensor, *, n_outputs: int = 1) -> str:
     """``auto`` → ``embedding`` for an encoder (tokenizer attached, an output named ``*embedding*``,
-    or unit-norm output rows) and for outputs that are already probabilities (every value in [0, 1]:
+    or unit-norm output rows), for outputs that are already probabilities (every value in [0, 1]:
     a sigmoid or softmax head, whose softmax again would be near uniform and teach nothing — the
-    student then matches the outputs themselves, ``metric`` MSE by default); ``kd`` otherwise (logits)."""
+    student then matches the outputs themselves, ``metric`` MSE by default) and for a model with several
+    floating-point outputs (``n_outputs`` > 1: which of them, if any, are class logits cannot be told
+    from their values — MTCNN's ONet returns box offsets first — so each is matched as it is); ``kd``
+    otherwise (logits)."""
     if loss != "auto":
         return loss
+    if n_outputs > 1:
+        return "embedding"
     names = " ".join(handle.output_names).lower()
     if "embedding" in names or handle.tokenizer_dir is not None:
         return "embedding"
@@ -310,14 +328,19 @@ def resolve_loss(loss: str, handle: ModelHandle, probe_out: torch.Tensor) -> str
 
 @torch.no_grad()
 def check_compatible(teacher: nn.Module, student: nn.Module, probe: tuple[torch.Tensor, ...], loss: str,
-                     t_out: torch.Tensor | None = None) -> None:
-    """Refuse, in one line, a student whose output cannot be compared with the teacher's on ``probe``
-    (the teacher's inputs): a student that fails on them, another output shape, another vocabulary."""
-    t_out = _first(teacher(*probe)) if t_out is None else t_out
+                     t_outs: list[torch.Tensor] | None = None) -> None:
+    """Refuse, in one line, a student whose outputs cannot be compared with the teacher's on ``probe``
+    (the teacher's inputs): a student that fails on them, another number of floating-point outputs, another
+    output shape, another vocabulary. ``t_outs``: the teacher's floating-point outputs on ``probe``
+    (:func:`_outputs`), computed here when None."""
+    t_outs = _outputs(teacher(*probe)) if t_outs is None else t_outs
+    t_out = t_outs[0]
     was = student.training
     student.eval()
     try:
-        s_out = _first(student(*probe))
+        out = student(*probe)
+        s_outs = _outputs(out) if flatten_outputs(out) else []
+        s_out = s_outs[0] if s_outs else out
     except Exception as exc:
         raise InputError(f"the student cannot run on the teacher's inputs ({type(exc).__name__}: {first_line(exc)})") from None
     finally:
@@ -327,9 +350,14 @@ def check_compatible(teacher: nn.Module, student: nn.Module, probe: tuple[torch.
     if loss == "kd" and t_out.shape[-1] != s_out.shape[-1]:
         raise InputError(f"teacher and student outputs do not line up: {t_out.shape[-1]} vs {s_out.shape[-1]} classes "
                          f"(vocabulary) in the last axis; soft-target KD compares them class by class")
-    if tuple(t_out.shape) != tuple(s_out.shape):
-        raise InputError(f"teacher and student outputs do not line up: teacher {tuple(t_out.shape)}, student "
-                         f"{tuple(s_out.shape)} on the same {len(probe[0])} samples")
+    if len(s_outs) != len(t_outs):
+        raise InputError(f"teacher and student outputs do not line up: the teacher returns {len(t_outs)} "
+                         f"floating-point output(s), the student {len(s_outs)}; every one is distilled")
+    for k, (t, s) in enumerate(zip(t_outs, s_outs, strict=True)):
+        if tuple(t.shape) != tuple(s.shape):
+            which = f"output {k}: " if len(t_outs) > 1 else ""
+            raise InputError(f"teacher and student outputs do not line up: {which}teacher {tuple(t.shape)}, student "
+                             f"{tuple(s.shape)} on the same {len(probe[0])} samples")
 
 
 class _Student(nn.Module):
@@ -552,11 +580,33 @@ def _follow(model: nn.Module, x: torch.Tensor) -> None:
         model.to(x.device)
 
 
+def _outputs(out: Any) -> list[torch.Tensor]:
+    """A model's floating-point output tensors, in order (the first alone when none is floating-point: a
+    model whose only output is integer is refused later, with its own line). Raises :class:`InputError`
+    when the output holds no tensor."""
+    tensors = flatten_outputs(out)
+    if not tensors:
+        raise InputError(f"the model's output ({type(out).__name__}) holds no tensor")
+    floats = [t for t in tensors if t.is_floating_point()]
+    return floats or tensors[:1]
+
+
 @torch.no_grad()
-def _teacher_outputs(teacher: nn.Module, inputs: Sequence[torch.Tensor], batch: int = 64) -> torch.Tensor:
+def _teacher_outputs(teacher: nn.Module, inputs: Sequence[torch.Tensor], batch: int = 64, *,
+                     every: bool = False) -> Any:
+    """The model's first output on ``inputs`` in batches of ``batch`` (float32); with ``every``, the list of all
+    its floating-point outputs."""
     teacher.eval()
-    return torch.cat([_first(teacher(*(x[i:i + batch] for x in inputs))).float()
-                      for i in range(0, len(inputs[0]), batch)])
+    chunks = [_outputs(teacher(*(x[i:i + batch] for x in inputs))) for i in range(0, len(inputs[0]), batch)]
+    joined = [torch.cat([c[k] for c in chunks]).float() for k in range(len(chunks[0]))]
+    return joined if every else joined[0]
+
+
+def _output_scales(teacher: nn.Module, inputs: Sequence[torch.Tensor], samples: int = 256) -> list[torch.Tensor]:
+    """The variance of each floating-point output of ``teacher`` over the first ``samples`` inputs (a floor of
+    1e-12): what its squared error is divided by when a model's several outputs are distilled together."""
+    outs = _teacher_outputs(teacher, [x[:samples] for x in inputs], every=True)
+    return [o.var().clamp_min(1e-12) for o in outs]
 
 
 def _eval_fn(teacher: nn.Module, handle: ModelHandle, eval_data: Any, inputs: list[torch.Tensor],
@@ -565,19 +615,25 @@ def _eval_fn(teacher: nn.Module, handle: ModelHandle, eval_data: Any, inputs: li
         e_in, e_lab = _arrays(eval_data, handle, "evaluation data")
     else:
         e_in, e_lab = [x[:256] for x in inputs], None if labels is None else labels[:256]
-    t_out = _teacher_outputs(teacher, e_in)
+    t_outs = _teacher_outputs(teacher, e_in, every=True)
+    t_out = t_outs[0]
     if eval_data is not None and out_kind == "kd":
         _check_label_range(e_lab, int(t_out.shape[-1]), "evaluation data")
 
+    def cosine(s: torch.Tensor, t: torch.Tensor) -> float:  # mean per-sample cosine
+        return float(F.cosine_similarity(s.reshape(len(s), -1), t.reshape(len(t), -1), dim=-1).mean())
+
     @torch.no_grad()
     def fn(module: nn.Module) -> dict[str, float]:
-        s_out = _teacher_outputs(module, e_in)
-        if out_kind == "embedding":
-            cos = torch.nn.functional.cosine_similarity(s_out.flatten(1), t_out.flatten(1), dim=-1)
-            return {"cosine": float(cos.mean())}
+        s_outs = _teacher_outputs(module, e_in, every=True)
+        s_out = s_outs[0]
+        if out_kind == "embedding":  # several outputs: the worst one's
+            return {"cosine": min(cosine(s, t) for s, t in zip(s_outs, t_outs, strict=True))}
         out = {"agreement": float((s_out.argmax(-1) == t_out.argmax(-1)).float().mean())}
         if e_lab is not None:
             out["accuracy"] = float((s_out.argmax(-1) == e_lab).float().mean())
+        if len(t_outs) > 1:  # the outputs after the class scores: the worst one's cosine
+            out["cosine"] = min(cosine(s, t) for s, t in zip(s_outs[1:], t_outs[1:], strict=True))
         return out
 
     return fn

@@ -50,6 +50,9 @@ class BenchRow:
     max_abs: float | None = None
     top1_agreement: float | None = None
     p10_ms: float | None = None  # with p90_ms: the spread of this model's own rounds
+    # a model with several floating-point outputs: the fidelity columns are those of its worst output (lowest
+    # worst-sample cosine), named here when that is not the first output; None otherwise
+    worst_output: str | None = None
 
 
 @dataclass
@@ -155,20 +158,19 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
     from ..core.shapes import fixed_batch
 
     step = fixed_batch(first_handle.inputs) or 32
-    outputs = []
-    for _label, _rt, runner, *_ in entries:
-        chunks = [runner({k: v[j:j + step] for k, v in eval_inputs.items()})[0] for j in range(0, n, step)]
-        outputs.append(np.concatenate(chunks))
-    from ..convert.parity import compare_outputs
+    outputs = [_gather([runner({k: v[j:j + step] for k, v in eval_inputs.items()}) for j in range(0, n, step)])
+               for _label, _rt, runner, *_ in entries]
+    out_names = [o.name for o in first_handle.outputs]
 
     rows = []
-    for (label, runtime, _r, size, params, _n), key, out in zip(entries, timers, outputs, strict=True):
+    for (label, runtime, _r, size, params, _n), key, outs in zip(entries, timers, outputs, strict=True):
         st = stats[key]
-        fid = compare_outputs(outputs[0], out)
-        acc = accuracy(out, labels) if labels is not None and out.ndim == 2 else None
+        fid, worst = _fidelity(outputs[0], outs, out_names)
+        out = outs[0]
+        acc = accuracy(out, labels) if labels is not None and out is not None and out.ndim == 2 else None
         rows.append(BenchRow(label, runtime, size, params, st.median_ms, st.p90_ms, st.spread,
                              1.0 / st.ratio if st.ratio > 0 else 0.0, st.ratio, st.ratio_spread, acc,
-                             fid.cos_mean, fid.cos_min, fid.max_abs, fid.top1, p10_ms=st.p10_ms))
+                             fid.cos_mean, fid.cos_min, fid.max_abs, fid.top1, p10_ms=st.p10_ms, worst_output=worst))
     result = BenchResult(rows, threads, batch, repeats, cpu_flags(), n, data_name)
     first = rows[0]
     for row in rows[1:]:
@@ -176,9 +178,10 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
             result.warnings.append(
                 f"{row.name} lost {100 * (first.accuracy - row.accuracy):.1f} accuracy points against {first.name} "
                 f"({100 * first.accuracy:.1f}% → {100 * row.accuracy:.1f}%): the model degraded")
-        elif row.accuracy is None and row.cos_min is not None and row.cos_min < DEGRADED_COS_MIN:
+        elif (row.accuracy is None or row.worst_output) and row.cos_min is not None and row.cos_min < DEGRADED_COS_MIN:
+            which = f"output {row.worst_output!r}" if row.worst_output else "outputs"
             result.warnings.append(
-                f"{row.name}'s outputs diverge from {first.name}'s: worst cosine fidelity {row.cos_min:.3f} "
+                f"{row.name}'s {which} diverge from {first.name}'s: worst cosine fidelity {row.cos_min:.3f} "
                 f"(mean {row.cos_mean:.3f}): the model degraded")
         smaller = (row.size_bytes is not None and first.size_bytes is not None and row.size_bytes <= first.size_bytes) or (
             row.params is not None and first.params is not None and row.params < first.params)
@@ -187,3 +190,41 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
                 f"{row.name} is not faster than {rows[0].name} on this machine ({row.ratio:.2f}× its latency, "
                 f"±{row.ratio_spread:.2f}) — a smaller model is not automatically a faster one")
     return result
+
+
+def _gather(chunks: list[list[np.ndarray]]) -> list[np.ndarray | None]:
+    """Each output of a model run chunk by chunk, the chunks joined on the sample axis (None for an output
+    they cannot be joined on: a scalar, or one whose shape varies otherwise)."""
+    joined: list[np.ndarray | None] = []
+    for o in range(min(len(c) for c in chunks)):
+        parts = [np.asarray(c[o]) for c in chunks]
+        try:
+            joined.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        except ValueError:
+            joined.append(None)
+    return joined
+
+
+def _fidelity(ref: list[np.ndarray | None], outs: list[np.ndarray | None], names: list[str]) -> tuple[Any, str | None]:
+    """The fidelity of ``outs`` to ``ref`` (:func:`deepshrink.convert.parity.compare_outputs`) on every
+    floating-point output both have, and the name of the worst one (lowest worst-sample cosine, then mean)
+    when that is not the first — the first output alone would hide, say, a face detector's landmarks
+    drifting while its class scores hold. Models whose output counts differ (a PyTorch module returning more
+    than its export) are compared on their first output only. Returns ``(OutputDiff, worst name or None)``."""
+    from ..convert.parity import compare_outputs
+
+    if len(ref) != len(outs):
+        ref, outs = ref[:1], outs[:1]
+    pairs = [(i, r, o) for i, (r, o) in enumerate(zip(ref, outs, strict=True))
+             if r is not None and o is not None and np.issubdtype(r.dtype, np.floating)]
+    if not pairs:  # no floating-point output: the first, as it is
+        if ref[0] is None or outs[0] is None:
+            raise InputError("bench compares outputs sample by sample; this model's first output has no sample "
+                             "axis (a scalar) and it has no other floating-point output")
+        return compare_outputs(ref[0], outs[0]), None
+    diffs = [(i, compare_outputs(r, o)) for i, r, o in pairs]
+    i, worst = min(diffs, key=lambda d: (d[1].cos_min, d[1].cos_mean))
+    if i == 0:
+        return worst, None
+    worst.top1 = diffs[0][1].top1 if pairs[0][0] == 0 else None  # top-1 agreement is the first output's
+    return worst, (names[i] if i < len(names) and names[i] else f"output {i}")

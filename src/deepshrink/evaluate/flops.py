@@ -1,6 +1,8 @@
-"""FLOPs/MACs. Torch: ``torch.utils.flop_counter``. ONNX: counted from inferred shapes for
-the ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul and their integer/quantized forms,
-RNN/GRU/LSTM) — written here because no maintained library counts ONNX FLOPs for current opsets."""
+"""FLOPs/MACs. Torch: ``torch.utils.flop_counter``, plus ``nn.LSTM``/``nn.GRU``/``nn.RNN`` counted here (the
+counter sees their fused kernel as no matmul at all: a 3-layer LSTM speaker encoder read as its final Linear
+alone). ONNX: counted from inferred shapes for the ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul
+and their integer/quantized forms, RNN/GRU/LSTM) — written here because no maintained library counts ONNX
+FLOPs for current opsets."""
 
 from __future__ import annotations
 
@@ -32,9 +34,18 @@ def flops_at(handle: ModelHandle, batch: int = 1) -> tuple[int, list[str]]:
         args = [torch.from_numpy(inputs[n]) for n in handle.input_names]
         # grad enabled: nn.TransformerEncoderLayer's inference fast path is one fused op the counter
         # cannot see into; the math attention kernel is two matmuls it counts
-        with FlopCounterMode(display=False) as counter, torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
-            handle.model(*args)
-        return int(counter.get_total_flops()), []
+        rnn_macs: dict[str, int] = {}
+        hooks = [m.register_forward_hook(lambda mod, a, _o, n=name: rnn_macs.__setitem__(n, _rnn_macs(mod, a[0])))
+                 for name, m in handle.model.named_modules() if isinstance(m, torch.nn.RNNBase)]
+        try:
+            with FlopCounterMode(display=False) as counter, torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+                handle.model(*args)
+        finally:
+            for h in hooks:
+                h.remove()
+        seen = {k.split(".", 1)[1]: sum(v.values()) for k, v in counter.get_flop_counts().items() if "." in k}
+        extra = sum(2 * macs for name, macs in rnn_macs.items() if not seen.get(name))  # unless torch counted it
+        return int(counter.get_total_flops()) + extra, []
     notes: list[str] = []
     if handle.example_inputs is not None:
         inputs = handle.sample_inputs(batch=batch)
@@ -48,6 +59,27 @@ def flops_at(handle: ModelHandle, batch: int = 1) -> tuple[int, list[str]]:
             if why:
                 notes.append(why)
     return 2 * onnx_macs(handle.model, inputs), notes
+
+
+def _rnn_macs(mod: Any, x: Any) -> int:
+    """Multiply-accumulates of one ``nn.LSTM``/``nn.GRU``/``nn.RNN`` call on input ``x``: per step, layer and
+    direction, ``gates × hidden × (layer input + recurrent width)``, plus the projection of an LSTM with
+    ``proj_size``. 0 for a packed sequence (its lengths vary)."""
+    import torch
+
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        return 0
+    gates = {"LSTM": 4, "GRU": 3}.get(mod.mode, 1)
+    seq = x.shape[1] if mod.batch_first and x.dim() == 3 else x.shape[0]
+    batch = (x.shape[0] if mod.batch_first else x.shape[1]) if x.dim() == 3 else 1
+    dirs = 2 if mod.bidirectional else 1
+    h = mod.hidden_size
+    hr = getattr(mod, "proj_size", 0) or h  # the width fed back (and on to the next layer)
+    total, width = 0, mod.input_size
+    for _ in range(mod.num_layers):
+        total += dirs * (gates * h * (width + hr) + (h * hr if hr != h else 0))
+        width = hr * dirs
+    return int(seq * batch * total)
 
 
 def _infer(m: onnx.ModelProto) -> onnx.ModelProto | None:

@@ -52,8 +52,9 @@ class DegradedError(DeepshrinkError):
 
 @dataclass(frozen=True)
 class FidelityPolicy:
-    """Where the gate fires: worst output cosine below ``min_cos`` (no labels) or an accuracy drop
-    above ``max_drop`` (a fraction, labels present). ``allow_degraded`` keeps the model anyway."""
+    """Where the gate fires: worst output cosine below ``min_cos`` (no labels; with labels, that of any output
+    after the first) or an accuracy drop above ``max_drop`` (a fraction, labels present). ``allow_degraded``
+    keeps the model anyway."""
 
     min_cos: float = MIN_COS
     max_drop: float = MAX_DROP
@@ -121,13 +122,19 @@ def judge(table: Any, policy: FidelityPolicy) -> GateVerdict:
             v.passed = False
             v.reason = (f"accuracy fell {100 * first.accuracy:.1f}% → {100 * row.accuracy:.1f}% "
                         f"({100 * drop:.1f} points, limit {100 * policy.max_drop:g}) on {n} samples of {table.data}")
+        elif row.worst_output and row.cos_min is not None and row.cos_min < policy.min_cos:
+            # the labels judge the first output; another output (boxes, landmarks) is judged by its fidelity
+            v.passed = False
+            v.reason = (f"output {row.worst_output!r}: worst cosine to the original {row.cos_min:.3f} (mean "
+                        f"{row.cos_mean:.3f}, limit {policy.min_cos:g}) on {n} samples of {table.data}")
     elif table.data == "random" and not policy.judge_random:
         v.reason = ("not judged: outputs on random inputs say little about a lossy model "
                     f"(worst cosine {row.cos_min:.3f}, mean {row.cos_mean:.3f}); pass --data or --eval-data")
     elif row.cos_min is not None and row.cos_min < policy.min_cos:
         v.passed = False
         v.reason = (f"worst output cosine to the original {row.cos_min:.3f} (mean {row.cos_mean:.3f}, limit "
-                    f"{policy.min_cos:g}) on {n} samples of {table.data}")
+                    f"{policy.min_cos:g}) on {n} samples of {table.data}"
+                    + (f" (output {row.worst_output!r})" if row.worst_output else ""))
     return v
 
 

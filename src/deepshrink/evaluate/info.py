@@ -30,7 +30,15 @@ def layers(handle: ModelHandle) -> list[dict[str, Any]]:
             rows.append({"module": module_path(weight), "weight": weight, "node": name, "op": node.op_type,
                          "params": int(w.size), "bits": int(bits)})
         return rows
+    import torch
+
     for path, mod in handle.model.named_modules():
+        if path and isinstance(mod, torch.nn.RNNBase):  # weight_ih_l0, weight_hh_l0, ...: one row, all counted
+            ws = [(n, p) for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
+            if ws:
+                rows.append({"module": path, "weight": f"{path}.{ws[0][0]}", "node": None, "op": type(mod).__name__,
+                             "params": sum(int(p.numel()) for _, p in ws), "bits": 8 * ws[0][1].element_size()})
+            continue
         w = getattr(mod, "weight", None)
         if path and w is not None and hasattr(w, "dim") and w.dim() >= 2:
             rows.append({"module": path, "weight": f"{path}.weight", "node": None, "op": type(mod).__name__,

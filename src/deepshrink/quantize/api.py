@@ -159,7 +159,7 @@ def to_onnx_handle(model: Any, **load_options: Any) -> ModelHandle:
         return handle
     from ..convert.export import export_onnx
 
-    exporter = "torchscript" if handle.tokenizer_dir is not None else "dynamo"
+    exporter = "torchscript" if handle.tokenizer_dir is not None else "auto"
     if handle.example_inputs is None and not all(
             all(isinstance(d, int) for d in spec.shape[1:]) and len(spec.shape) > 1 for spec in handle.inputs):
         raise InputError(f"the PyTorch model {handle.source or ''} has no example inputs to export it with: pass "

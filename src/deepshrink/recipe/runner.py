@@ -344,7 +344,7 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
         if step.params["format"] == "onnx" and handle.kind == "torch":
             from ..convert.export import export_onnx
 
-            h = export_onnx(handle, None, None, exporter=step.params.get("exporter", "dynamo"),
+            h = export_onnx(handle, None, None, exporter=step.params.get("exporter", "auto"),
                             **({"opset": step.params["opset"]} if "opset" in step.params else {}))
             return h, "exported to ONNX", {}
         if step.params["format"] == "pt2" and handle.kind == "onnx":

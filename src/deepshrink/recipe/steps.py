@@ -256,8 +256,8 @@ def _convert_step(index: int, params: dict[str, Any]) -> Step:
     if fmt not in ("onnx", "pt2"):
         raise InputError(f"format {fmt!r}: a recipe converts to onnx or pt2 (use `deepshrink convert` for "
                          "tflite / OpenVINO after the recipe)")
-    if params.get("exporter", "dynamo") not in ("dynamo", "torchscript"):
-        raise InputError(f"exporter {params['exporter']!r}: use dynamo or torchscript")
+    if params.get("exporter", "auto") not in ("auto", "dynamo", "torchscript"):
+        raise InputError(f"exporter {params['exporter']!r}: use auto, dynamo or torchscript")
     return Step(index, "convert", {"format": fmt, **{k: v for k, v in params.items() if k != "format"}},
                 takes=("torch", "onnx"), emits=fmt)  # type: ignore[arg-type]
 

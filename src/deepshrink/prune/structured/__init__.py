@@ -116,7 +116,7 @@ def structured_prune(model: nn.Module, config: StructuredPruneConfig,
     for w in graph.warnings:
         warnings.warn(w, stacklevel=2)
     targets = None
-    if config.reconstruct:
+    if config.reconstruct and any(g.keep is not None for g in graph.groups):  # nothing pruned: nothing to re-fit
         batches = recon_batches or kw.get("act_batches") or ([example_inputs] if example_inputs is not None else None)
         if not batches:
             raise InputError("reconstruct needs example data (--data) to fit the pruned layers on")
@@ -126,7 +126,8 @@ def structured_prune(model: nn.Module, config: StructuredPruneConfig,
         skipped = reconstruct.left_alone(model, graph)
         if not fit:
             raise InputError("reconstruct re-fits the Linear layers and attention output projections that read "
-                             "removed channels; here only convolutions do (" + ", ".join(skipped[:3]) + ")")
+                             "removed channels; here " + ("only convolutions do (" + ", ".join(skipped[:3]) + ")"
+                                                          if skipped else "none does"))
         if skipped:
             msg = (f"reconstruct left {len(skipped)} convolution(s) as pruned (only Linear layers are re-fitted): "
                    + ", ".join(skipped[:4]))
@@ -156,7 +157,7 @@ def _update_hf_configs(model: nn.Module, graph: DependencyGraph) -> None:
 
 @torch.no_grad()
 def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Resize Linear/Conv/BatchNorm/attention modules of a freshly built ``model`` to the
+    """Resize Linear/Conv/BatchNorm/PReLU/attention modules of a freshly built ``model`` to the
     shapes in a pruned ``state`` dict (then ``load_state_dict`` works); an ``nn.MultiheadAttention``
     whose heads were removed becomes a :class:`~.attention.HeadPrunedAttention`. Returns ``model``."""
     for name, mod in list(model.named_modules()):
@@ -188,6 +189,9 @@ def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Mo
             mod.num_features = n
             mod.weight, mod.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
             mod.running_mean, mod.running_var = torch.zeros(n), torch.ones(n)
+        elif isinstance(mod, nn.PReLU) and mod.num_parameters > 1 and w.shape[0] != mod.num_parameters:
+            mod.num_parameters = w.shape[0]
+            mod.weight = nn.Parameter(torch.empty_like(w))
     for name, mod in model.named_modules():
         q = getattr(mod, "query", None)
         q = getattr(mod, "q", None) if q is None else q

@@ -130,6 +130,10 @@ def apply_plan(model: nn.Module, graph: DependencyGraph) -> None:
                     if getattr(mod, b, None) is not None:
                         setattr(mod, b, getattr(mod, b).index_select(0, idx).clone())
                 mod.num_features = len(idx)
+            elif isinstance(mod, nn.PReLU):  # one slope per channel
+                idx = _dim_index(mod.num_parameters, roles["channel"])
+                mod.weight = _param(mod.weight, 0, idx)
+                mod.num_parameters = len(idx)
             elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):  # depthwise
                 idx = _dim_index(mod.weight.shape[0], roles["channel"])
                 mod.weight = _param(mod.weight, 0, idx)

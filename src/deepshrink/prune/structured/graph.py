@@ -446,14 +446,15 @@ def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
                 sid = ana.new_set(mod.out_features)
                 ana.add_member(sid, Member(name, "out"))
                 result = Layout(len(shape) - 1, (Seg(sid, mod.out_features),))
-            elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            elif isinstance(mod, nn.modules.batchnorm._BatchNorm) or (isinstance(mod, nn.PReLU)
+                                                                       and mod.num_parameters > 1):
+                # per-channel parameters on axis 1: BatchNorm's statistics and affine, PReLU's slopes (MTCNN)
                 if xl is not None and xl.dim == 1 and all(s.repeat == 1 for s in xl.segs):
                     ana.members_from_layout(xl, name, "channel")
                     result = xl
                 else:
                     unsupported()
-            elif (isinstance(mod, _ACT_MODULES) and not (isinstance(mod, nn.PReLU) and mod.num_parameters > 1)) \
-                    or isinstance(mod, _PAD_MODULES):
+            elif isinstance(mod, (*_ACT_MODULES, *_PAD_MODULES)):  # a per-channel PReLU is taken above
                 result = _passthrough(xl, xs, shape)
                 if result is None and xl is not None:
                     unsupported()

@@ -88,7 +88,11 @@ def describe(rep: dict[str, Any]) -> str:
     parts = []
     if "fused" in rep:
         parts.append("fused " + ", ".join(f"{v} {k}" for k, v in rep["fused"].items()))
-    if "quantized_layers" in rep:
+    computed = (rep.get("auto") or {}).get("quantized_layers")
+    if "quantized_layers" in rep and computed is not None and computed != rep["quantized_layers"]:
+        # auto may store a float-computed layer's weights in int8: say both counts, not one against the other
+        parts.append(f"{rep['quantized_layers']} layers' weights in int8, {computed} of them computed in int8")
+    elif "quantized_layers" in rep:
         kept = rep.get("kept_float") or rep.get("kept") or []
         parts.append(f"{rep['quantized_layers']} layers quantized" + (f", {len(kept)} kept in float" if kept else ""))
     if "smooth" in rep:
