@@ -347,7 +347,27 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
         example = {s.name: np.zeros(s.shape, s.np_dtype) for s in ins}
         handle.example_inputs = example
     _set_output_specs(handle)
+    if not handle.outputs:  # dynamic dims: the shapes the export recorded, without running the model
+        handle.outputs = _pt2_output_specs(ep)
     return handle
+
+
+def _pt2_output_specs(ep: Any) -> list[TensorSpec]:
+    """The user outputs of an ExportedProgram as specs, from the fake tensors its graph records (a symbolic
+    dim: ``d{i}``, as the inputs name theirs); [] when the graph does not record them."""
+    out_node = next((n for n in ep.graph.nodes if n.op == "output"), None)
+    if out_node is None:
+        return []
+    users = list(ep.graph_signature.user_outputs)
+    specs = []
+    for i, arg in enumerate(out_node.args[0]):
+        val = getattr(arg, "meta", {}).get("val")
+        name = getattr(arg, "name", "")
+        if name not in users or not hasattr(val, "shape"):
+            continue
+        shape = tuple(int(d) if isinstance(d, int) else f"d{j}" for j, d in enumerate(val.shape))
+        specs.append(TensorSpec("output" if len(users) == 1 else f"output_{i}", shape, str(val.dtype).replace("torch.", "")))
+    return specs
 
 
 def _check_pt2_safe(path: Path) -> None:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 import deepshrink as ds
 from deepshrink.evaluate import accuracy, kl_divergence, measure_latency, param_count
@@ -177,3 +178,14 @@ def test_bench_feeds_a_graph_whose_state_input_fixes_the_batch_one_sample_at_a_t
     data = {"x": rng.standard_normal((6, 4)).astype(np.float32), "h": rng.standard_normal((6, 1, 3)).astype(np.float32)}
     res = ds.bench([onnx.ModelProto.FromString(m.SerializeToString()), m], data=data, repeats=2)
     assert res.samples == 6 and res.rows[1].cos_min == pytest.approx(1.0)
+
+
+def test_info_on_a_pt2_names_outputs_flops_and_aten_ops(tmp_path, digits_cnn):
+    """A torch.export archive with a dynamic batch: info said "ops Module×9, GuardsFn×1" and nothing else."""
+    h = ds.load(digits_cnn, input_shapes=["x:1x1x8x8"])
+    ds.convert(h, tmp_path / "cnn.pt2")
+    got, want = ds.info(tmp_path / "cnn.pt2"), ds.info(h)
+    assert [o.split(":")[1].strip() for o in got["outputs"]] == ["float32[d0x10]"]
+    assert got["flops"] == want["flops"] > 0
+    assert got["ops"]["aten.conv2d"] == sum(1 for m in digits_cnn.modules() if isinstance(m, torch.nn.Conv2d))
+    assert "Module" not in got["ops"]

@@ -359,3 +359,30 @@ def test_old_opset_fixed_batch_graph_quantizes_static(tmp_path, capsys):
     a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].ravel()
     c = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].ravel()
     assert float(a @ c / np.linalg.norm(a) / np.linalg.norm(c)) > 0.99  # int8 error on one conv
+
+
+def test_float_islands_name_ops_without_an_int8_kernel():
+    """Static int8 around PReLU (MTCNN): ONNX Runtime has no int8 PRelu, so each runs in float between a
+    dequantize and a quantize — what makes such a model slower in int8, now said instead of "too small"."""
+    import torch
+
+    import deepshrink as ds
+    from deepshrink.quantize import Int8StaticConfig
+    from deepshrink.quantize.onnx.backend import float_islands
+
+    class Net(torch.nn.Module):
+        def __init__(self, act) -> None:
+            super().__init__()
+            self.c1, self.a1 = torch.nn.Conv2d(3, 16, 3), act()
+            self.c2, self.a2 = torch.nn.Conv2d(16, 16, 3), act()
+            self.c3 = torch.nn.Conv2d(16, 8, 3)
+
+        def forward(self, x):
+            return self.c3(self.a2(self.c2(self.a1(self.c1(x)))))
+
+    x = np.random.default_rng(0).random((32, 3, 16, 16), dtype=np.float32)
+    torch.manual_seed(0)
+    islands = [float_islands(ds.quantize(ds.load(Net(act).eval(), input_shapes=["x:1x3x16x16"]), Int8StaticConfig(),
+                                         data={"x": x}).model.model)
+               for act in (lambda: torch.nn.PReLU(16), torch.nn.ReLU)]
+    assert islands == [{"PRelu": 2}, {}]  # ReLU fuses into the int8 conv

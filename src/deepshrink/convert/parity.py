@@ -164,7 +164,8 @@ def check_parity(ref: ModelHandle, cand: ModelHandle, *, inputs: list[dict[str, 
         for i, (a, b) in enumerate(zip(r, c, strict=True)):
             per_out.setdefault(i, []).append((a, b))
         n += len(next(iter(feed.values())))
-    names = cand.output_names or ref.output_names
+    # an ONNX file's own output names; a PyTorch candidate (a .pt2) only has generic ones: the reference's
+    names = (cand.output_names or ref.output_names) if cand.kind == "onnx" else (ref.output_names or cand.output_names)
     diffs = [merge_outputs(pairs, names[i] if i < len(names) else f"output_{i}") for i, pairs in per_out.items()]
     ok = all(d.max_abs <= atol + rtol * _scale(per_out[i]) for i, d in enumerate(diffs))
     report = ParityReport(ok, atol, rtol, diffs, n)

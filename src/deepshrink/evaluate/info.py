@@ -46,6 +46,21 @@ def layers(handle: ModelHandle) -> list[dict[str, Any]]:
     return rows
 
 
+def _torch_ops(model: Any) -> Counter:
+    """Leaf module types of an ``nn.Module``; for a module unpacked from ``torch.export`` (``.pt2``), whose
+    leaves are generic graph modules, the ATen operators its graphs call (``aten.convolution``...)."""
+    calls: Counter = Counter()
+    for m in model.modules():
+        graph = getattr(m, "graph", None)
+        for node in getattr(graph, "nodes", ()):
+            if node.op == "call_function":
+                name = str(node.target)
+                calls[name[: -len(".default")] if name.endswith(".default") else name] += 1
+    if calls and type(model).__module__.startswith("torch."):  # a graph module: its calls are the ops
+        return calls
+    return Counter(type(m).__name__ for _, m in model.named_modules() if not list(m.children()))
+
+
 def info(model: Any, *, layer_names: bool = False, **load_options: Any) -> dict[str, Any]:
     """What a model is: IO spec, parameters, FLOPs, sizes, op histogram (``layer_names``: also
     :func:`layers`). ``load_options`` go to ``deepshrink.load``; raises what it raises."""
@@ -56,7 +71,7 @@ def info(model: Any, *, layer_names: bool = False, **load_options: Any) -> dict[
         ops = Counter(n.op_type for n in handle.model.graph.node)
         opset = {o.domain or "ai.onnx": o.version for o in handle.model.opset_import}
     else:
-        ops = Counter(type(m).__name__ for _, m in handle.model.named_modules() if not list(m.children()))
+        ops = _torch_ops(handle.model)
         opset = {}
     result: dict[str, Any] = {
         "source": handle.source, "kind": handle.kind,
@@ -65,7 +80,9 @@ def info(model: Any, *, layer_names: bool = False, **load_options: Any) -> dict[
         "file_bytes": file_size(handle.path) if handle.path is not None and handle.path.exists() else None,
         "ops": dict(ops.most_common()), "opset": opset, "metadata": handle.metadata,
     }
-    can_run = handle.kind == "onnx" or handle.example_inputs is not None
+    # a .pt2 with a dynamic batch axis and fixed others runs at batch 1 (its recorded shapes say so)
+    can_run = handle.kind == "onnx" or handle.example_inputs is not None or all(
+        isinstance(d, int) for s in handle.inputs for d in s.shape[1:])
     if can_run:
         from .flops import flops_at
 

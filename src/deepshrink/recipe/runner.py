@@ -567,6 +567,13 @@ def _slower_reason(step: dict[str, Any], o: StepOutcome) -> str:
             return "no integer kernel runs in this file (quantization left float compute or unfused QDQ pairs)"
         if "avx512_vnni" not in cpu_flags() and "avx_vnni" not in cpu_flags():
             return f"this CPU has no VNNI int8 dot product ({cpu_flags()})"
+        from ..quantize.onnx.backend import float_islands
+
+        islands = float_islands(o.measure)
+        if islands:
+            listed = ", ".join(f"{k} ×{v}" for k, v in sorted(islands.items(), key=lambda kv: -kv[1]))
+            return (f"ops with no int8 kernel run in float between int8 layers ({listed}), each behind a dequantize "
+                    "and before a quantize step")
         return "the model is too small for int8 kernels to pay for their quantize/dequantize steps"
     return "timing spread on a shared machine; rerun with more --repeats"
 

@@ -217,6 +217,23 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in model.graph.node))
 
 
+def float_islands(model: onnx.ModelProto | str | Path) -> dict[str, int]:
+    """Ops ONNX Runtime runs in float between int8 ones, each costing a dequantize before and a quantize after
+    (``{op_type: count}`` in its optimized graph: a float node fed by ``DequantizeLinear`` whose output goes to
+    ``QuantizeLinear``) — MTCNN's PReLU, for one, has no int8 kernel."""
+    g = optimized_graph(model).graph
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    read_by: dict[str, list[str]] = {}
+    for n in g.node:
+        for i in n.input:
+            read_by.setdefault(i, []).append(n.op_type)
+    skip = {"DequantizeLinear", "QuantizeLinear", *INTEGER_OPS}
+    found = [n.op_type for n in g.node if n.op_type not in skip
+             and any(made_by.get(i) == "DequantizeLinear" for i in n.input)
+             and any("QuantizeLinear" in read_by.get(o, ()) for o in n.output)]
+    return dict(collections.Counter(found))
+
+
 def integer_op_counts(model: onnx.ModelProto | str | Path) -> dict[str, int]:
     """Integer kernels in the ORT-optimized graph: {op_type: count}; empty when ORT runs float."""
     counts = op_counts(optimized_graph(model))
