@@ -275,7 +275,7 @@ def test_every_output_of_a_several_output_model_is_distilled(seed):
     cfg = DistillConfig(derive="width=0.5", epochs=20, lr=3e-3, batch_size=64, seed=seed)
     copied = derive_student(teacher, None, cfg, [x])[0]
     student, rep = distill_with_report(teacher, None, (x,), cfg, eval_data=(xe,), progress=False, deterministic=True)
-    assert rep.loss == "embedding"  # the box offsets first: no softmax KD on them
+    assert rep.loss == "embedding" and rep.objective == "2-output MSE/variance"  # box offsets first: no softmax KD
     with torch.no_grad():
         (tb, tc), (_, cc), (sb, sc) = teacher(xe), copied(xe), student(xe)
     assert cos(sc, tc) > 0.84 and cos(sc, tc) > cos(cc, tc) + 0.05, (cos(cc, tc), cos(sc, tc))

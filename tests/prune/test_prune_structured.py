@@ -416,3 +416,10 @@ def test_finetune_recalibrates_batchnorm_with_momentum_0():
         feed = pruned[0](x)  # what the first BatchNorm reads under the fine-tuned weights
     assert pruned[1].num_features == 8
     assert torch.allclose(pruned[1].running_mean, feed.mean((0, 2, 3)), atol=1e-5)
+
+
+def test_recurrent_layers_are_named_when_left_unpruned(gru_classifier):
+    """An LSTM speaker encoder (98 % of its weights in the LSTM) was refused naming only a torch.norm after it."""
+    graph = plan_structured(gru_classifier, StructuredPruneConfig(ratio=0.5), (torch.zeros(2, 8, 8),))
+    share = sum(p.numel() for p in gru_classifier.gru.parameters()) / sum(p.numel() for p in gru_classifier.parameters())
+    assert f"recurrent layer gru (GRU, {100 * share:.0f}% of the weights) left unpruned" in "; ".join(graph.warnings)

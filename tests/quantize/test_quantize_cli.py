@@ -237,3 +237,12 @@ def test_layers_kept_float_on_purpose_are_not_warned_about(mlp_onnx, tmp_path, c
 
     left = float_weights(onnx.load(str(mlp_onnx)), onnx.load(str(out)))
     assert left["share"] > 0.1  # fc2 (or fc2 and fc3) is float and above the warning's 10 % all the same
+
+
+def test_stayed_float_says_why_for_convolutions_under_int8_dynamic(cnn_onnx, tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    rc = run_app(["quantize", str(cnn_onnx), "-o", str(out), "--scheme", "int8-dynamic", "--data", "digits",
+                  "--repeats", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "stayed float: Conv" in text
+    assert "convolutions need --scheme int8-static" in " ".join(text.split())

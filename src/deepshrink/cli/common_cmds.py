@@ -51,7 +51,8 @@ def convert_cmd(
         print_json(result.to_dict())
         return
     for hop in result.hops:
-        console.print(f"[bold]{hop.src_format} → {hop.dst_format}[/] in {hop.seconds:.1f} s")
+        how = f" ({hop.exporter} exporter)" if hop.exporter else ""
+        console.print(f"[bold]{hop.src_format} → {hop.dst_format}[/]{how} in {hop.seconds:.1f} s")
         if hop.parity is not None:
             console.print(hop.parity.summary(), highlight=False, markup=False)
         else:
@@ -120,8 +121,8 @@ def print_bench(result: Any) -> None:
     console.print(table)
     worst = [f"{r.name}: {r.worst_output}" for r in result.rows[1:] if r.worst_output]
     if worst:
-        console.print("cos mean/min and max-abs: each model's worst output (" + "; ".join(worst) + ")", style="dim",
-                      markup=False, highlight=False)
+        console.print("cos mean/min and max-abs: the worst over each model's outputs; lowest worst-sample cosine in "
+                      "(" + "; ".join(worst) + ")", style="dim", markup=False, highlight=False)
     console.print(f"CPU: {result.cpu}", style="dim", markup=False)
     for w in result.warnings:
         console.print("warning: " + w, style="yellow", markup=False)

@@ -178,7 +178,8 @@ def quantize_cmd(
         listed = ", ".join(f"{r['node']} ({', '.join(r['weights'])})" for r in fw["nodes"][:4])
         more = f" and {len(fw['nodes']) - 4} more" if len(fw["nodes"]) > 4 else ""
         console.print(f"warning: stayed float: {listed}{more} — {100 * fw['share']:.0f}% of the float model's "
-                      "weight bytes", style="yellow", markup=False, highlight=False)
+                      "weight bytes" + _why_float(scheme, {r["node"].partition(" ")[0] for r in fw["nodes"]}),
+                      style="yellow", markup=False, highlight=False)
     if "auto" in rep:
         from ..quantize.onnx.auto import summary_from_dict
 
@@ -191,6 +192,16 @@ def quantize_cmd(
     if slower:
         console.print(f"warning: {slower} (kept: --allow-slower)", style="yellow", markup=False, highlight=False)
     console.print(f"wrote {output}")
+
+
+def _why_float(scheme: str, ops: set[str]) -> str:
+    """Why layers of ``ops`` stay float under ``scheme``, when it is a known gap ("" otherwise)."""
+    why = []
+    if ops & {"GRU", "RNN"}:
+        why.append("ONNX Runtime has no int8 GRU/RNN kernel")
+    if "Conv" in ops and scheme == "int8-dynamic":
+        why.append("int8-dynamic quantizes MatMul/Gemm/LSTM; convolutions need --scheme int8-static")
+    return f" ({'; '.join(why)})" if why else ""
 
 
 def _unasked_float(fw: dict[str, Any], include: list[str], exclude: list[str]) -> dict[str, Any]:

@@ -41,10 +41,11 @@ class Hop:
     path: Path
     seconds: float
     parity: ParityReport | None = None
+    exporter: str | None = None  # torch → onnx: the exporter that wrote the file
 
     def to_dict(self) -> dict[str, Any]:
         return {"from": self.src_format, "to": self.dst_format, "path": str(self.path), "seconds": round(self.seconds, 2),
-                "parity": self.parity.to_dict() if self.parity else None}
+                "parity": self.parity.to_dict() if self.parity else None, "exporter": self.exporter}
 
 
 @dataclass
@@ -111,7 +112,9 @@ def convert(src: Any, dst: str | Path, *, via: str | None = None, weights: str |
                 seconds = time.perf_counter() - t0
                 if (parity is None and verify and isinstance(current, ModelHandle) and isinstance(produced, ModelHandle)):
                     parity = check_parity(current, produced, data=data, atol=atol, rtol=rtol)
-                hop = Hop(a, b, dst if last else out, seconds, parity)
+                hop = Hop(a, b, dst if last else out, seconds, parity,
+                          (produced.metadata.get("deepshrink.exporter") if isinstance(produced, ModelHandle)
+                           and a == "torch" and b == "onnx" else None))
                 result.hops.append(hop)
                 if parity is not None and not parity.ok:
                     raise ParityError(f"conversion {a} → {b} changed the outputs (max-abs {parity.max_abs:.3g}); "

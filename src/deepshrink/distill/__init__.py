@@ -257,7 +257,9 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
         layers=layer_choice.to_dict() if layer_choice else None, width=width, layer_map=layer_map,
         steps=res.steps, epochs=res.epochs, first_loss=res.losses[0] if res.losses else None,
         last_loss=res.losses[-1] if res.losses else None, evals=res.evals, resumed_from=res.resumed_from,
-        world_size=world, objective=out_kind + (f" + {cfg.hidden_weight:g}×hidden ({cfg.metric})" if hidden else "")
+        world_size=world, objective=(out_kind if scales is None else f"{n_out}-output MSE/variance" if out_kind == "embedding"
+                                     and cfg.metric == "mse" else f"{out_kind} + {n_out - 1}-output MSE/variance")
+        + (f" + {cfg.hidden_weight:g}×hidden ({cfg.metric})" if hidden else "")
         + (f" + {cfg.attention_weight:g}×attention" if attention else ""), batchnorm_recalibrated=res.batchnorm_recalibrated)
     if isinstance(teacher, ModelHandle) or not isinstance(teacher, nn.Module):
         s_handle = student if isinstance(student, ModelHandle) else t_handle

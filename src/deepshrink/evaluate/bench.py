@@ -50,8 +50,9 @@ class BenchRow:
     max_abs: float | None = None
     top1_agreement: float | None = None
     p10_ms: float | None = None  # with p90_ms: the spread of this model's own rounds
-    # a model with several floating-point outputs: the fidelity columns are those of its worst output (lowest
-    # worst-sample cosine), named here when that is not the first output; None otherwise
+    # a model with several floating-point outputs: each fidelity column is the worst over its outputs (lowest
+    # cosines, largest max-abs); named here, when it is not the first, the output whose worst-sample cosine is
+    # lowest (the one the fidelity gate judges); None otherwise
     worst_output: str | None = None
 
 
@@ -206,11 +207,13 @@ def _gather(chunks: list[list[np.ndarray]]) -> list[np.ndarray | None]:
 
 
 def _fidelity(ref: list[np.ndarray | None], outs: list[np.ndarray | None], names: list[str]) -> tuple[Any, str | None]:
-    """The fidelity of ``outs`` to ``ref`` (:func:`deepshrink.convert.parity.compare_outputs`) on every
-    floating-point output both have, and the name of the worst one (lowest worst-sample cosine, then mean)
-    when that is not the first — the first output alone would hide, say, a face detector's landmarks
-    drifting while its class scores hold. Models whose output counts differ (a PyTorch module returning more
-    than its export) are compared on their first output only. Returns ``(OutputDiff, worst name or None)``."""
+    """The fidelity of ``outs`` to ``ref`` (:func:`deepshrink.convert.parity.compare_outputs`) over every
+    floating-point output both have — each figure the worst over the outputs (lowest mean and worst-sample
+    cosine, largest max-abs; top-1 agreement the first output's) — and the name of the output with the lowest
+    worst-sample cosine when that is not the first: the first output alone would hide, say, a face detector's
+    landmarks drifting while its class scores hold. Models whose output counts differ (a PyTorch module
+    returning more than its export) are compared on their first output only. Returns ``(OutputDiff, worst
+    name or None)``."""
     from ..convert.parity import compare_outputs
 
     if len(ref) != len(outs):
@@ -224,7 +227,10 @@ def _fidelity(ref: list[np.ndarray | None], outs: list[np.ndarray | None], names
         return compare_outputs(ref[0], outs[0]), None
     diffs = [(i, compare_outputs(r, o)) for i, r, o in pairs]
     i, worst = min(diffs, key=lambda d: (d[1].cos_min, d[1].cos_mean))
-    if i == 0:
+    if len(diffs) == 1:
         return worst, None
-    worst.top1 = diffs[0][1].top1 if pairs[0][0] == 0 else None  # top-1 agreement is the first output's
-    return worst, (names[i] if i < len(names) and names[i] else f"output {i}")
+    from dataclasses import replace
+
+    combined = replace(worst, cos_mean=min(d.cos_mean for _, d in diffs), max_abs=max(d.max_abs for _, d in diffs),
+                       top1=diffs[0][1].top1 if pairs[0][0] == 0 else None)  # top-1 agreement: the first output's
+    return combined, (None if i == 0 else names[i] if i < len(names) and names[i] else f"output {i}")

@@ -438,7 +438,7 @@ def _log2(prep: Prepared, config: Log2Config, **_: Any) -> QuantizeOutcome:
 @register(MixedPrecisionConfig)
 def _mixed(prep: Prepared, config: MixedPrecisionConfig, **kw: Any) -> QuantizeOutcome:
     """Codebook / weight-only overrides first (they rewrite weights), then int8 on the rest."""
-    all_types = ("MatMul", "Gemm", "Conv", "Attention")
+    all_types = ("MatMul", "Gemm", "Conv", "Attention", "LSTM")  # LSTM: int8-dynamic's DynamicQuantizeLSTM
     cands = ob.weight_nodes(prep.model, all_types)
     ob.select_nodes(cands, config.include, config.exclude)  # validates patterns
     for p in config.overrides:

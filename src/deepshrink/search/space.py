@@ -26,7 +26,7 @@ from ..quantize.configs import (
 )
 from .config import SearchConfig
 
-LAYER_OPS = ("MatMul", "Gemm", "Conv", "Attention")  # the layers MixedPrecisionConfig assigns
+LAYER_OPS = ("MatMul", "Gemm", "Conv", "Attention", "LSTM")  # the layers MixedPrecisionConfig assigns
 CODEBOOK_MIN_ELEMENTS = KMeansConfig.model_fields["min_elements"].default
 # SmoothQuant settings of the dynamic int8 forms, (alpha, smooth only tensors with at least this outlier
 # ratio): the paper's default alpha (0.5) and the strong migration models with severe activation outliers
@@ -122,7 +122,8 @@ def int8_forms(model: Any) -> list[tuple[str, QuantConfig]]:
 
     A network whose weights are mostly in Conv layers gets static int8 (QLinearConv / QDQ) only:
     ONNX Runtime's fast int8 convolution is the static one (the rule of ``quantize --scheme auto``).
-    Otherwise dynamic int8 (``DynamicQuantizeMatMul``) as ``quantize --scheme int8-dynamic`` builds it,
+    Otherwise dynamic int8 (``DynamicQuantizeMatMul``, ``DynamicQuantizeLSTM``) as ``quantize --scheme
+    int8-dynamic`` builds it,
     then with SmoothQuant (Xiao et al. 2023, "SmoothQuant: Accurate and Efficient Post-Training
     Quantization for LLMs") at each setting of :data:`SMOOTHING` and per-channel weight scales — the
     activation's outlier channels, which set its one run-time range, move into the weights' rows —
@@ -134,11 +135,13 @@ def int8_forms(model: Any) -> list[tuple[str, QuantConfig]]:
     from ..quantize.onnx import backend as ob
 
     conv = sum(int(np.prod(w.shape)) for w in ob.weight_nodes(model.model, ("Conv",)))
-    other = sum(int(np.prod(w.shape)) for w in ob.weight_nodes(model.model, ("MatMul", "Gemm")))
-    if conv > other:
+    dense = sum(int(np.prod(w.shape)) for w in ob.weight_nodes(model.model, ("MatMul", "Gemm")))
+    recurrent = sum(int(np.prod(w.shape)) for w in ob.weight_nodes(model.model, ("LSTM",)))
+    if conv > dense + recurrent:
         return [("int8-static (most weights are in Conv layers: ONNX Runtime's QLinearConv)",
                  Int8StaticConfig(per_channel=True))]
-    kind = "int8-dynamic (most weights are in MatMul/Gemm layers)"
+    kind = ("int8-dynamic (most weights are in LSTM layers: ONNX Runtime's DynamicQuantizeLSTM)" if recurrent > dense
+            else "int8-dynamic (most weights are in MatMul/Gemm layers)")
     forms: list[tuple[str, QuantConfig]] = [(kind, Int8DynamicConfig())]
     forms += [(f"{kind}, SmoothQuant alpha {a:g}" + (f" on tensors with outlier ratio >= {r:g}" if r else "")
                + ", per-channel", Int8DynamicConfig(per_channel=True, smooth_alpha=a, smooth_min_outlier_ratio=r))

@@ -364,6 +364,14 @@ def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | Non
                     left[r].append(f"{g.kind} group {g.name}")
     for r, names in left.items():
         ana.warnings.append(f"{r}: {', '.join(names)} left unpruned")
+    # recurrent layers are not taken apart (their gates couple every hidden unit across time steps): say so,
+    # with their share of the weights, rather than leave a model that is mostly LSTM unpruned in silence
+    total = sum(p.numel() for p in model.parameters()) or 1
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.RNNBase):
+            share = sum(p.numel() for p in mod.parameters()) / total
+            ana.warnings.append(f"recurrent layer {name} ({type(mod).__name__}, {100 * share:.0f}% of the weights) "
+                                "left unpruned: structured pruning does not remove LSTM/GRU/RNN hidden units")
     return DependencyGraph(groups, ana.warnings, traced)
 
 
