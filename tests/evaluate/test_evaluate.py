@@ -189,3 +189,11 @@ def test_info_on_a_pt2_names_outputs_flops_and_aten_ops(tmp_path, digits_cnn):
     assert got["flops"] == want["flops"] > 0
     assert got["ops"]["aten.conv2d"] == sum(1 for m in digits_cnn.modules() if isinstance(m, torch.nn.Conv2d))
     assert "Module" not in got["ops"]
+
+
+def test_info_layers_lists_recurrent_nodes_of_an_onnx_file(tmp_path, gru_classifier):
+    """`--include`/`--exclude` names for an ONNX speaker encoder: its LSTM nodes were missing from `info --layers`."""
+    ds.convert(ds.load(gru_classifier, input_shapes=["x:1x8x8"]), tmp_path / "gru.onnx")
+    rows = ds.info(tmp_path / "gru.onnx", layer_names=True)["layers"]
+    assert [r["op"] for r in rows] == ["GRU", "Gemm"]  # graph order
+    assert rows[0]["params"] == 3 * 48 * (8 + 48) and rows[0]["node"]

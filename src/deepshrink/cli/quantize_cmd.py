@@ -111,8 +111,9 @@ def quantize_cmd(
     from ..quantize.api import run_quantize, save_quantized, to_onnx_handle
     from ..quantize.onnx.outcome import describe
 
-    if repeats < 1 or calibration_size < 1 or threads < 1:
-        raise InputError("--repeats, --calibration-size and --threads must be at least 1")
+    for flag, value in (("--repeats", repeats), ("--calibration-size", calibration_size), ("--threads", threads)):
+        if value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
     if smooth is not None and not 0.0 <= smooth <= 1.0:
         raise InputError(f"--smooth {smooth} is outside 0–1")
     config = build_config(scheme, bits=bits, group_size=group_size, method=method, observer=observer,

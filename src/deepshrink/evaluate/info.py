@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from ..core.handle import ModelHandle
 from .size import file_size, nonzero_count, param_count, weight_bytes
 
@@ -29,7 +31,19 @@ def layers(handle: ModelHandle) -> list[dict[str, Any]]:
             weight = dq.get(weight, weight)  # QDQ: the stored integer tensor behind the DequantizeLinear
             rows.append({"module": module_path(weight), "weight": weight, "node": name, "op": node.op_type,
                          "params": int(w.size), "bits": int(bits)})
-        return rows
+        # recurrent nodes (float, or int8 as DynamicQuantizeLSTM): W and R, by the node's name
+        inits = {t.name: t for t in handle.model.graph.initializer}
+        for i, node in enumerate(handle.model.graph.node):
+            if node.op_type not in ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"):
+                continue
+            ws = [inits[n] for n in node.input[1:3] if n in inits]
+            if ws:
+                rows.append({"module": module_path(ws[0].name), "weight": ws[0].name,
+                             "node": node.name or f"{node.op_type}_{i}", "op": node.op_type,
+                             "params": sum(int(np.prod(t.dims)) for t in ws),
+                             "bits": 8 if node.op_type == "DynamicQuantizeLSTM" else 32})
+        order = {n.name or f"{n.op_type}_{i}": i for i, n in enumerate(handle.model.graph.node)}
+        return sorted(rows, key=lambda r: order.get(r["node"], len(order)))
     import torch
 
     for path, mod in handle.model.named_modules():
