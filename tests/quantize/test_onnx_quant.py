@@ -386,3 +386,35 @@ def test_float_islands_name_ops_without_an_int8_kernel():
                                          data={"x": x}).model.model)
                for act in (lambda: torch.nn.PReLU(16), torch.nn.ReLU)]
     assert islands == [{"PRelu": 2}, {}]  # ReLU fuses into the int8 conv
+
+
+def test_fidelity_outputs_cover_every_output_of_a_model():
+    """auto's and the search's fidelity read the first output alone: a detector's landmarks could drift while its
+    box held. With several outputs, ``run_outputs`` gives a view whose per-sample cosine is the mean of each
+    output's, and whose first block still gives the first output's argmax (accuracy)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deepshrink.convert.parity import compare_outputs, per_sample_cosines
+    from deepshrink.quantize.onnx.sensitivity import OutputView, run_outputs
+    from deepshrink.search.objective import _accuracy
+
+    rng = np.random.default_rng(0)
+
+    def model(w2: np.ndarray) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+        nodes = [helper.make_node("MatMul", ["x", "w1"], ["scores"]), helper.make_node("MatMul", ["x", "w2"], ["box"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                                  [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 3]),
+                                   helper.make_tensor_value_info("box", TensorProto.FLOAT, ["n", 4])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    w1 = rng.standard_normal((8, 3)).astype(np.float32)
+    w2 = rng.standard_normal((8, 4)).astype(np.float32)
+    x = {"x": rng.standard_normal((40, 8)).astype(np.float32)}
+    ref, moved = run_outputs(model(w2), x), run_outputs(model(-w2), x)  # the second output flipped, the first kept
+    assert isinstance(ref, OutputView) and ref.shape == (40, 7) and ref.first_shape == (40, 3)
+    cos = per_sample_cosines(ref, moved)
+    assert np.allclose(cos, 0.0, atol=1e-9)  # (1 + (-1)) / 2 for every sample
+    assert compare_outputs(ref, run_outputs(model(w2), x)).cos_min > 1 - 1e-12
+    labels = (x["x"] @ w1).argmax(1)
+    assert _accuracy(moved, labels) == 1.0  # the first block's argmax is the scores' own

@@ -257,6 +257,9 @@ def choices_text(counts: dict[str, int]) -> str:
 
 
 def _accuracy(out: np.ndarray | None, labels: np.ndarray | None) -> float | None:
-    if out is None or labels is None or out.ndim != 2:
+    """Top-1 accuracy of the first output (of an :class:`OutputView`: its first block, whose argmax is the
+    output's own)."""
+    shape = getattr(out, "first_shape", None) or (out.shape if out is not None else ())
+    if out is None or labels is None or len(shape) != 2:
         return None
-    return float((out.argmax(1) == labels[:len(out)]).mean())
+    return float((np.asarray(out)[:, :shape[1]].argmax(1) == labels[:len(out)]).mean())

@@ -19,8 +19,40 @@ from ...convert.parity import compare_outputs
 QuantizeFn = Callable[[onnx.ModelProto, Sequence[str]], onnx.ModelProto]
 
 
+class OutputView(np.ndarray):
+    """Several floating-point outputs of a model side by side, ``(N, D_1 + D_2 + ...)``: each output's values
+    for one sample divided by their L2 norm, so the per-sample cosine of two views is the mean over outputs of
+    each output's per-sample cosine (every block has norm 1). ``first_shape``: the first output's own shape —
+    its block comes first, scaled by a positive number per sample, so its argmax (accuracy) is unchanged."""
+
+    first_shape: tuple[int, ...] = ()
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.first_shape = getattr(obj, "first_shape", ())
+
+
+def output_view(outputs: list[np.ndarray]) -> np.ndarray:
+    """The first output as it is when it is the only one; else an :class:`OutputView` of all of them."""
+    if len(outputs) == 1:
+        return outputs[0]
+    n = len(outputs[0])
+    blocks = []
+    for out in outputs:
+        b = out.reshape(n, -1).astype(np.float64)
+        norm = np.linalg.norm(b, axis=1, keepdims=True)
+        unit = np.zeros_like(b)
+        unit[:, :1] = 1.0  # an all-zero block: the same unit vector in every model, so identical zeros agree
+        blocks.append(np.where(norm > 0, b / np.maximum(norm, 1e-300), unit))
+    view = np.concatenate(blocks, axis=1).view(OutputView)
+    view.first_shape = tuple(outputs[0].shape)
+    return view
+
+
 def run_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray], *, batch: int = 16, threads: int = 2) -> np.ndarray:
-    """First output of ``model`` on ``inputs``, run in batches."""
+    """What fidelity is measured on: ``model``'s first output on ``inputs``, run in batches — or, when the model
+    has further floating-point outputs with a sample axis (a detector's boxes and landmarks beside its
+    scores), an :func:`output_view` of all of them, so a cosine target holds for every output on average
+    instead of for the first alone."""
     from ...backends.onnx import make_session
 
     sess = make_session(model, threads=threads)
@@ -29,8 +61,21 @@ def run_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray], *, batch:
 
     batch = fixed_batch(sess.get_inputs()) or batch  # a graph fixed at batch B (zoo CNNs, ddddocr: 1): B at a time
     n = len(next(iter(inputs.values())))
-    outs = [sess.run(None, _trim({k: inputs[k][i:i + batch] for k in names}))[0] for i in range(0, n, batch)]
-    return np.concatenate(outs)
+    runs = [sess.run(None, _trim({k: inputs[k][i:i + batch] for k in names})) for i in range(0, n, batch)]
+    first = np.concatenate([r[0] for r in runs])
+    if len(first) != n or not np.issubdtype(first.dtype, np.floating):
+        return first
+    more = []
+    for k in range(1, len(runs[0])):
+        if not np.issubdtype(np.asarray(runs[0][k]).dtype, np.floating):
+            continue
+        try:
+            joined = np.concatenate([r[k] for r in runs])
+        except ValueError:  # a shape that varies between batches otherwise: not per sample
+            continue
+        if len(joined) == n:  # a recurrent state (layers, batch, hidden) has no sample axis first: left out
+            more.append(joined)
+    return output_view([first, *more])
 
 
 def _trim(feed: dict[str, np.ndarray], mask_name: str = "attention_mask") -> dict[str, np.ndarray]:
