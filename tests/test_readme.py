@@ -125,6 +125,7 @@ NEEDS: dict[str, list[str]] = {
     "deepshrink convert model.onnx model.int8.tflite --int8 --data digits": ["tensorflow"],
     "deepshrink convert model.onnx model.xml": ["openvino"],
     "deepshrink convert digits.keras model.pt2 --via onnx": ["tensorflow", "tf2onnx"],
+    "deepshrink convert face_detection_short_range.tflite face.onnx": ["tensorflow", "tf2onnx"],
     "deepshrink bench model.onnx model.xml model.int8.tflite": ["openvino", "tensorflow"],
 }
 
@@ -330,6 +331,14 @@ class Workspace:
         ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), d / "model.onnx")
         return d / "model.onnx"
 
+    def b_tflite(self, d: Path) -> Path:
+        """A ``.tflite`` stand-in for MediaPipe's detector: the digits CNN through the ONNX → TFLite route."""
+        pytest.importorskip("tensorflow", reason="the TFLite routes need the [tf] extra")
+        import deepshrink as ds
+
+        ds.convert(self.get("digits_onnx"), d / "face_detection_short_range.tflite")
+        return d / "face_detection_short_range.tflite"
+
     def b_recipe(self, d: Path) -> Path:
         """``my.yaml``: the README's recipe block as written."""
         (yaml,) = readme_blocks("yaml")
@@ -407,7 +416,7 @@ INPUTS = {
     "cnn.safetensors": "cnn_weights", "mlp.safetensors": "digits_mlp_weights",
     "train.npz": "train", "val.npz": "val", "calib.npz": "calib", "lines.txt": "lines",
     "gpt.onnx": "gpt", "digits.keras": "keras", "all-MiniLM-L6-v2": "minilm",
-    "model.onnx": "digits_onnx", "cnn.onnx": "digits_onnx",
+    "model.onnx": "digits_onnx", "cnn.onnx": "digits_onnx", "face_detection_short_range.tflite": "tflite",
 }
 # command prefix -> {name: builder}, where the section means another file by the same name
 OVERRIDE = {

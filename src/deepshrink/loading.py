@@ -186,8 +186,12 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
         if not isinstance(obj, nn.Module):
             raise InputError(f"{path} does not hold a whole nn.Module (found {type(obj).__name__}); use module:factory --weights")
         return _torch_handle(obj, source=str(path))
-    if fmt is not None and fmt.holds in ("keras", "tflite", "openvino"):
-        raise UnsupportedError(f"{path}: {suffix} models are a conversion source/target; use `deepshrink convert`")
+    if fmt is not None and fmt.holds in ("keras", "tflite"):
+        raise UnsupportedError(f"{path}: the other verbs work on ONNX and PyTorch models; convert it first: "
+                               f"`deepshrink convert {path} {path.stem}.onnx`")
+    if fmt is not None and fmt.holds == "openvino":
+        raise UnsupportedError(f"{path}: OpenVINO IR is a conversion target (and `bench` runs it); the other verbs "
+                               "work on the ONNX model it came from")
     if name == "packed":
         raise UnsupportedError(f"{path} is a packed model; decode it with `deepshrink unpack {path} -o "
                                f"{_unpack_target(path)}`")

@@ -142,3 +142,18 @@ def test_bisection_of_the_tf_graph(hub_onnx, monkeypatch):
     assert div is not None and div.candidate_op == "Relu", div
     first_relu = next(n for n in h.model.graph.node if n.op_type == "Relu")
     assert div.reference_layer == (first_relu.name or first_relu.output[0])
+
+
+def test_a_tflite_file_converts_to_onnx(hub_onnx, digits, tmp_path):
+    """TFLite as a source (MediaPipe ships its detectors as .tflite): tf2onnx's TFLite reader, parity-checked
+    against TensorFlow's interpreter; the ONNX file computes what the original ONNX model does."""
+    from deepshrink.backends.onnx import make_session, run_onnx
+
+    ds.convert(hub_onnx["cnn"], tmp_path / "cnn.tflite")
+    res = ds.convert(tmp_path / "cnn.tflite", tmp_path / "back.onnx")
+    assert [(h.src_format, h.dst_format) for h in res.hops] == [("tflite", "onnx")]
+    assert res.hops[0].parity.ok and res.hops[0].parity.max_abs < 1e-4  # 4.8e-06 seen
+    back, orig = make_session(str(tmp_path / "back.onnx")), make_session(str(hub_onnx["cnn"]))
+    x = digits.x_test[:32]
+    got = back.run(None, {back.get_inputs()[0].name: x})[0]
+    assert np.abs(got - run_onnx(orig, {"x": x})[0]).max() < 1e-4

@@ -20,8 +20,11 @@ from ..errors import InputError, MissingExtraError, first_line
 
 def _interpreter_cls() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from ..core.quiet import native_output_silenced
+
     try:
-        import tensorflow as tf
+        with native_output_silenced():  # TF's native start-up lines (oneDNN notice) ignore the log level
+            import tensorflow as tf
     except ImportError:
         try:  # the standalone LiteRT runtime works too
             from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
@@ -42,8 +45,10 @@ class TFLiteRunner:
 
     def __init__(self, path: Path, threads: int) -> None:
         cls = _interpreter_cls()
-        try:
-            with warnings.catch_warnings():  # TF 2.21 warns tf.lite.Interpreter moves to ai_edge_litert
+        from ..core.quiet import native_output_silenced
+
+        try:  # TF 2.21 warns tf.lite.Interpreter moves to ai_edge_litert; its XNNPACK delegate announces itself
+            with warnings.catch_warnings(), native_output_silenced():
                 warnings.simplefilter("ignore")
                 self.interpreter = cls(model_path=str(path), num_threads=int(threads))
         except Exception as exc:
@@ -51,12 +56,14 @@ class TFLiteRunner:
         sigs = self.interpreter.get_signature_list()
         self.signature = next(iter(sigs)) if sigs else None
         if self.signature is not None:
-            self.runner = self.interpreter.get_signature_runner(self.signature)
+            with native_output_silenced():  # allocating applies the XNNPACK delegate, which announces itself
+                self.runner = self.interpreter.get_signature_runner(self.signature)
             self.input_names = list(sigs[self.signature]["inputs"])
             self.output_names = list(sigs[self.signature]["outputs"])
         else:
             self.runner = None
-            self.interpreter.allocate_tensors()
+            with native_output_silenced():
+                self.interpreter.allocate_tensors()
             self.input_names = [d["name"] for d in self.interpreter.get_input_details()]
             self.output_names = [d["name"] for d in self.interpreter.get_output_details()]
 
@@ -71,6 +78,15 @@ class TFLiteRunner:
         return feed
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not getattr(self, "_announced", False):  # the first run applies the XNNPACK delegate, which says so
+            from ..core.quiet import native_output_silenced
+
+            self._announced = True
+            with native_output_silenced():
+                return self._run(inputs)
+        return self._run(inputs)
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         feed = self._feed(inputs)
         if self.runner is not None:
             out = self.runner(**feed)

@@ -30,8 +30,11 @@ from .routes import ConvertOptions, register_route
 
 def import_tf2onnx() -> tuple[Any, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from ..core.quiet import native_output_silenced
+
     try:
-        import tensorflow as tf
+        with native_output_silenced():  # TF's native start-up lines (oneDNN notice) ignore the log level
+            import tensorflow as tf
     except ImportError:
         raise MissingExtraError("tensorflow-cpu", "tf", "Keras/TensorFlow conversion") from None
     try:
@@ -178,3 +181,61 @@ def _route(src: Any, dst: Path, opts: ConvertOptions) -> tuple[ModelHandle, Any]
     report = parity_against(handle, keras_runner(source, nchw), data=opts.data, atol=opts.atol, rtol=opts.rtol)
     report.note = "ONNX (ONNX Runtime) compared with the Keras/TF model on the same inputs"
     return handle, report
+
+
+@register_route("tflite", "onnx")
+def _tflite_route(src: Any, dst: Path, opts: ConvertOptions) -> tuple[ModelHandle, Any]:
+    """A ``.tflite`` file (MediaPipe's detectors and landmark models, TF's converter output) → ONNX with
+    tf2onnx's TFLite reader (``tf2onnx.convert.from_tflite``), parity-checked against TensorFlow's TFLite
+    interpreter on the same inputs (outputs matched by tensor name). Custom ops no ONNX runtime has (MediaPipe's
+    ``Convolution2DTransposeBias``) are refused by name."""
+    from ..backends.tflite_rt import make_runner
+    from ..core.fileio import write_bytes_atomic
+    from ..core.quiet import native_output_silenced
+    from ..loading import load
+    from .parity import parity_against
+
+    path = Path(str(getattr(src, "path", None) or src))
+    if not path.is_file():
+        raise InputError(f"model file {path} does not exist")
+    _, tf2onnx = import_tf2onnx()
+    import logging
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    try:
+        with native_output_silenced():
+            proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opts.opset or 17)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise UnsupportedError(f"tf2onnx cannot convert {path}: {' '.join(msg[-2:])[:300]}") from None
+    custom = sorted({n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx", "com.microsoft")})
+    if custom:
+        raise UnsupportedError(f"{path} uses TFLite custom op(s) {', '.join(custom)} that no ONNX runtime runs; "
+                               "nothing written")
+    write_bytes_atomic(dst, proto.SerializeToString())
+    handle = load(dst)
+    handle.metadata["converted_from"] = str(path)
+    if not opts.verify:
+        return handle, None
+    it = make_runner(path, threads=2).interpreter
+    ins, outs = it.get_input_details(), it.get_output_details()
+    # tf2onnx keeps the subgraph's input and output order and names outputs after their tensors: inputs by
+    # position, outputs by name when they match (else by position)
+    by_name = sorted(d["name"] for d in outs) == sorted(handle.output_names)
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        arrays = [np.ascontiguousarray(feed[n]) for n in handle.input_names]
+        for d, a in zip(ins, arrays, strict=True):
+            if tuple(d["shape"]) != a.shape:
+                it.resize_tensor_input(d["index"], a.shape)
+        it.allocate_tensors()
+        for d, a in zip(ins, arrays, strict=True):
+            it.set_tensor(d["index"], a)
+        it.invoke()
+        got = {d["name"]: np.array(it.get_tensor(d["index"])) for d in outs}
+        return [got[n] for n in handle.output_names] if by_name else list(got.values())
+
+    report = parity_against(handle, run, data=opts.data, atol=opts.atol, rtol=opts.rtol)
+    report.note = "ONNX (ONNX Runtime) compared with the TFLite interpreter on the same inputs"
+    return handle, report
+

@@ -87,7 +87,16 @@ class ParityReport:
 
 def per_sample_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Cosine of each sample's flattened output (axis 0 is the sample; a 1-D array is one sample), float64
-    (N,); two all-zero samples count as 1, one all-zero sample as 0. ``ref`` and ``out``: the same shape."""
+    (N,); two all-zero samples count as 1, one all-zero sample as 0. ``ref`` and ``out``: the same shape.
+    Several outputs side by side (an ``OutputView`` with ``widths``): each sample's worst output's cosine, an
+    output of one value per sample counted by its cosine over all the samples."""
+    widths = getattr(ref, "widths", ()) or getattr(out, "widths", ())
+    if widths and np.ndim(ref) == 2 and sum(widths) == np.shape(ref)[1] and np.shape(ref) == np.shape(out):
+        a_all, b_all = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+        edges = np.cumsum((0, *widths))
+        per = [np.full(len(a_all), per_sample_cosines(a_all[:, lo:hi].T, b_all[:, lo:hi].T)[0]) if hi - lo == 1
+               else per_sample_cosines(a_all[:, lo:hi], b_all[:, lo:hi]) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        return np.min(per, axis=0)
     ref64, out64 = np.asarray(ref, np.float64), np.asarray(out, np.float64)
     a = ref64.reshape(len(ref64), -1) if ref64.ndim > 1 else ref64.reshape(1, -1)
     b = out64.reshape(len(out64), -1) if out64.ndim > 1 else out64.reshape(1, -1)
@@ -104,10 +113,11 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, name: str = "output") -> O
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(np.abs(ref64).max()) if ref64.size else 0.0
     rel = max_abs / scale if scale > 0 else max_abs
-    cos = per_sample_cosines(ref64, out64)
+    cos = per_sample_cosines(ref, out)  # the originals: several outputs side by side keep their widths
     top1 = None
-    if ref64.ndim == 2 and ref64.shape[1] > 1:
-        top1 = float((ref64.argmax(1) == out64.argmax(1)).mean())
+    first = getattr(ref, "first_shape", ()) or ref64.shape  # several outputs side by side: the first one's
+    if len(first) == 2 and first[1] > 1:
+        top1 = float((ref64[:, :first[1]].argmax(1) == out64[:, :first[1]].argmax(1)).mean())
     return OutputDiff(name, max_abs, rel, float(cos.mean()), float(cos.min()), top1)
 
 

@@ -54,8 +54,11 @@ from .routes import ConvertOptions, register_route
 
 def import_tf() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from ..core.quiet import native_output_silenced
+
     try:
-        import tensorflow as tf
+        with native_output_silenced():  # TF's native start-up lines (oneDNN notice) ignore the log level
+            import tensorflow as tf
     except ImportError:
         raise MissingExtraError("tensorflow-cpu", "tf", "TFLite conversion") from None
     return tf

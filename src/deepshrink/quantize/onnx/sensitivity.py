@@ -20,15 +20,19 @@ QuantizeFn = Callable[[onnx.ModelProto, Sequence[str]], onnx.ModelProto]
 
 
 class OutputView(np.ndarray):
-    """Several floating-point outputs of a model side by side, ``(N, D_1 + D_2 + ...)``: each output's values
-    for one sample divided by their L2 norm, so the per-sample cosine of two views is the mean over outputs of
-    each output's per-sample cosine (every block has norm 1). ``first_shape``: the first output's own shape —
-    its block comes first, scaled by a positive number per sample, so its argmax (accuracy) is unchanged."""
+    """Several floating-point outputs of a model side by side, ``(N, D_1 + D_2 + ...)`` float64, each flattened
+    per sample; ``widths``: the ``D_k``. :func:`deepshrink.convert.parity.per_sample_cosines` reads a view output
+    by output and gives each sample its worst output's cosine (an output with one value per sample — a
+    presence score — by its cosine over all the samples, where one sample's would be only its sign).
+    ``first_shape``: the first output's own shape; its block comes first, so its argmax (accuracy) is the
+    output's own."""
 
     first_shape: tuple[int, ...] = ()
+    widths: tuple[int, ...] = ()
 
     def __array_finalize__(self, obj: Any) -> None:
         self.first_shape = getattr(obj, "first_shape", ())
+        self.widths = getattr(obj, "widths", ())
 
 
 def output_view(outputs: list[np.ndarray]) -> np.ndarray:
@@ -36,23 +40,17 @@ def output_view(outputs: list[np.ndarray]) -> np.ndarray:
     if len(outputs) == 1:
         return outputs[0]
     n = len(outputs[0])
-    blocks = []
-    for out in outputs:
-        b = out.reshape(n, -1).astype(np.float64)
-        norm = np.linalg.norm(b, axis=1, keepdims=True)
-        unit = np.zeros_like(b)
-        unit[:, :1] = 1.0  # an all-zero block: the same unit vector in every model, so identical zeros agree
-        blocks.append(np.where(norm > 0, b / np.maximum(norm, 1e-300), unit))
+    blocks = [out.reshape(n, -1).astype(np.float64) for out in outputs]
     view = np.concatenate(blocks, axis=1).view(OutputView)
-    view.first_shape = tuple(outputs[0].shape)
+    view.first_shape, view.widths = tuple(outputs[0].shape), tuple(b.shape[1] for b in blocks)
     return view
 
 
 def run_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray], *, batch: int = 16, threads: int = 2) -> np.ndarray:
     """What fidelity is measured on: ``model``'s first output on ``inputs``, run in batches — or, when the model
     has further floating-point outputs with a sample axis (a detector's boxes and landmarks beside its
-    scores), an :func:`output_view` of all of them, so a cosine target holds for every output on average
-    instead of for the first alone."""
+    scores), an :func:`output_view` of all of them, so a cosine target must hold for every output, not for the
+    first alone."""
     from ...backends.onnx import make_session
 
     sess = make_session(model, threads=threads)
