@@ -429,3 +429,23 @@ def test_fidelity_outputs_cover_every_output_of_a_model():
     b = output_view([scores, presence + 0.01 * rng.standard_normal((40, 1))])
     column = float((presence[:, 0] @ np.asarray(b)[:, 3]) / np.linalg.norm(presence) / np.linalg.norm(np.asarray(b)[:, 3]))
     assert np.allclose(per_sample_cosines(a, b), column) and column > 0.99
+
+
+@pytest.mark.parametrize("observer", ["percentile", "moving_average"])
+def test_batch_calibrating_observers_feed_a_graph_fixed_at_batch_1(observer, tmp_path):
+    """A graph fixed at batch 1 (every TFLite-born model): these observers calibrated 8 samples per run and ORT
+    refused ("Got 8 Expected 1"); they feed the batch the graph takes."""
+    import deepshrink as ds
+    from deepshrink.examples import trained_digits_cnn
+    from deepshrink.quantize import Int8StaticConfig
+    from deepshrink.quantize.onnx.backend import integer_op_counts
+
+    ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), tmp_path / "cnn.onnx")
+    m = onnx.load(str(tmp_path / "cnn.onnx"))
+    for vi in (m.graph.input[0], m.graph.output[0]):
+        d = vi.type.tensor_type.shape.dim[0]
+        d.ClearField("dim_param")
+        d.dim_value = 1
+    x = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
+    q = ds.quantize(m, Int8StaticConfig(observer=observer), data={"x": x})
+    assert integer_op_counts(q.model.model).get("QLinearConv", 0) >= 3

@@ -991,8 +991,11 @@ def onnx_to_tflite(src: ModelHandle, dst: Path, *, int8: bool = False, calibrati
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = rep
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    from ..core.quiet import native_output_silenced
+
     try:
-        flat = conv.convert()
+        with native_output_silenced():  # the converter prints its settings ("fully_quantize: 0, ...") natively
+            flat = conv.convert()
     except Exception as exc:
         import re
 
@@ -1024,7 +1027,12 @@ def _route(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[None, Any
     from .parity import parity_against
 
     if int8 and calibration is not None:  # quantized: measured on the real data, not random inputs
-        sets = [{k: v[:256] for k, v in calibration.items()}]
+        from ..core.shapes import fixed_batch
+
+        fixed = fixed_batch(src.inputs)  # a graph fixed at batch B is fed B samples at a time
+        n = min(256, len(next(iter(calibration.values()))))
+        step = fixed or n
+        sets = [{k: v[i:i + step] for k, v in calibration.items()} for i in range(0, n - n % step, step)]
         report = parity_against(src, runner, inputs=sets, atol=opts.atol, rtol=opts.rtol)
     else:
         report = parity_against(src, runner, data=opts.data, atol=opts.atol, rtol=opts.rtol)

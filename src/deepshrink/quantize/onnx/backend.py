@@ -549,7 +549,12 @@ def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibrati
         extra["CalibMovingAverage"] = True
     if observer == "percentile":
         extra["CalibPercentile"] = percentile
-    feeds = split_feeds(calibration, batch=1 if observer in ("minmax", "mse", "entropy") else 8)
+    from ...backends.onnx import io_specs
+    from ...core.shapes import fixed_batch
+
+    # a graph fixed at batch B (TFLite-born detectors: 1) is fed B samples at a time
+    fixed = fixed_batch(io_specs(model)[0])
+    feeds = split_feeds(calibration, batch=fixed or (1 if observer in ("minmax", "mse", "entropy") else 8))
     kwargs: dict[str, Any] = dict(
         quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
         per_channel=per_channel, activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
