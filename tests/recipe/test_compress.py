@@ -136,3 +136,22 @@ def test_deep_compression_step_writes_the_packed_file(tmp_path):
     decoded = unpack(out / "model.dsz")
     assert decoded.factory == "deepshrink.examples:trained_digits_mlp"
     assert float((decoded.tensors["fc1.weight"] == 0).mean()) >= 0.79  # the pruned zeros travel
+
+
+def test_compress_threads_reach_auto_quantization(tmp_path, monkeypatch):
+    """`compress --threads 1` timed its table at 1 thread while the auto-int8 step's search timed at 2."""
+    import deepshrink as ds
+    import deepshrink.quantize as q
+    from deepshrink.errors import InputError
+
+    seen = []
+
+    def record(model, config, **kw):
+        seen.append(config.threads)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(q, "quantize", record)
+    with pytest.raises(InputError, match="stop here"):
+        ds.compress("deepshrink.examples:DigitsMLP", "auto-int8", tmp_path / "out", data="digits:train",
+                    input_shapes=["x:1x64"], threads=1)
+    assert seen == [1]

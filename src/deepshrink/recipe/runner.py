@@ -109,7 +109,8 @@ def compress(model: Any, recipe: Any, out_dir: str | os.PathLike[str], *, data: 
     (out / MARKER).touch()
     (out / "steps").mkdir(exist_ok=True)
     _clean_partial(out / "steps")
-    ctx = _Context(source=source, model_spec=model, weights=weights, train=train, trust=trust_remote_code)
+    ctx = _Context(source=source, model_spec=model, weights=weights, train=train, trust=trust_remote_code,
+                   threads=threads)
     key = _source_key(model, weights, data, source)
     outcomes = [_original(out, ctx, key, say)]
     for step in rec.steps:
@@ -246,6 +247,7 @@ class _Context:
     weights: str | None
     train: Any
     trust: bool
+    threads: int = 2  # compress --threads: what auto quantization times its candidates at, unless the step says
 
 
 def _original(out: Path, ctx: _Context, key: str, say: Any) -> StepOutcome:
@@ -332,7 +334,12 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
         elif step.verb == "quantize":
             from ..quantize import quantize
 
-            result = quantize(handle, step.config, data=ctx.train, progress=False)
+            from ..quantize.configs import AutoConfig
+
+            cfg = step.config
+            if isinstance(cfg, AutoConfig) and "threads" not in step.params:
+                cfg = cfg.model_copy(update={"threads": ctx.threads})
+            result = quantize(handle, cfg, data=ctx.train, progress=False)
     if result is not None:
         rep = result.report
         name = step.params.get("scheme") or step.params.get("method") or rep.method
