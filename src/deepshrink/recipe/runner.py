@@ -333,7 +333,6 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
             result = distill(teacher, student, ctx.train, step.config, progress=False)
         elif step.verb == "quantize":
             from ..quantize import quantize
-
             from ..quantize.configs import AutoConfig
 
             cfg = step.config
