@@ -71,7 +71,7 @@ FORMATS: tuple[Format, ...] = (
     Format("torch-pickle", "pickled PyTorch weights or model", "weights", (".pt", ".pth", ".bin", ".ckpt")),
     Format("tflite", "TensorFlow Lite flatbuffer", "tflite", (".tflite",)),
     Format("openvino", "OpenVINO IR (.xml graph + .bin weights)", "openvino", (".xml",), companions=(".bin",)),
-    Format("keras", "Keras model", "keras", (".keras", ".h5")),
+    Format("keras", "Keras model", "keras", (".keras", ".h5", ".hdf5")),
     Format("packed", "deepshrink Deep Compression container", "packed", (".dsz",)),
     Format("hf-folder", "Hugging Face model folder", "torch", marker="config.json", loadable=True),
     Format("saved-model", "TensorFlow SavedModel folder", "tf", marker="saved_model.pb"),
