@@ -239,7 +239,7 @@ Benchmark CPU time {cpu:.0f} s (OMP_NUM_THREADS=1; load average {_load_avg()} �
     write_result("distill_minilm", "Distillation: MiniLM → 3 layers on unlabelled text (issue 15)", this_command(), body)
 
 
-def importance_text(importance: str, scope: str, widths: list[list[int]]) -> str:
+def importance_text(importance: str, scope: str, widths: list[list[int]], sentences: int = 0) -> str:
     """How the pruned student's heads and neurons were chosen, for the results text."""
     if importance == "activation":
         how = "activation importance (Wanda-style ‖x‖·‖W col‖)"
@@ -249,13 +249,15 @@ def importance_text(importance: str, scope: str, widths: list[list[int]]) -> str
     where = ("the same share in every layer" if scope == "uniform" else
              "ranked across layers (`scope='global'`), kept FFN neurons / heads per layer: "
              + ", ".join(f"{f}/{h}" for f, h in widths))
-    return f"{how} on the narrow list's first 64 sentences, {where}"
+    on = f"the first {sentences} training sentences" if sentences else "the narrow list's first 64 sentences"
+    return f"{how} on {on}, {where}"
 
 
 def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float = 1.0, schedule: str = "cosine",
                    warmup: float = 0.0, max_length: int = 64, batch_size: int = 32, freeze: tuple[str, ...] = (),
                    recon_sentences: int = 4096, student_dropout: float | None = None, quick: bool = False,
-                   group_by_length: bool = False, importance: str = "activation", scope: str = "uniform") -> None:
+                   group_by_length: bool = False, importance: str = "activation", scope: str = "uniform",
+                   importance_sentences: int = 0) -> None:
     """MiniLM structurally pruned (½ of FFN neurons, ¼ of heads, ``importance``/``scope``), its pruned layers
     re-fitted by least squares to the unpruned outputs (``reconstruct``; ``recon_sentences`` 0: not), then
     recovered by distillation from the unpruned teacher (embedding 1 − cos + hidden-state MSE, layer j ↔ j)."""
@@ -281,6 +283,10 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
     train = enc(train_text[:n_train])
     teacher = minilm()
     calib = enc(stdlib_sentences(64))  # importance as bench_prune.py: the narrow list's first 64 sentences
+    act = [calib]
+    if importance_sentences:  # importance from the first N training sentences instead, in batches of 64
+        it = enc(train_text[:importance_sentences])
+        act = [tuple(x[i:i + 64] for x in it) for i in range(0, importance_sentences, 64)]
     log: dict[str, object] = {}
 
     def pruned_copy(recon: bool) -> torch.nn.Module:
@@ -288,7 +294,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
         cfg = StructuredPruneConfig(ratio=0.5, heads_ratio=0.25, importance=importance, scope=scope, reconstruct=recon)
         rt = enc(train_text[:recon_sentences]) if recon else None
         t0 = time.process_time()
-        graph = structured_prune(model, cfg, calib, act_batches=[calib], recon_mask=1,
+        graph = structured_prune(model, cfg, calib, act_batches=act, recon_mask=1,
                                  recon_batches=[tuple(x[i:i + 64] for x in rt) for i in range(0, recon_sentences, 64)]
                                  if rt is not None else None)
         if recon:
@@ -346,7 +352,7 @@ Relative squared error of each layer's residual sum on the calibration tokens, b
 """
     body = f"""
 Teacher all-MiniLM-L6-v2. Student: the teacher structurally pruned ({"in every layer" if scope == "uniform" else "in all"}: half of the FFN neurons,
-3 of 12 heads; {importance_text(importance, scope, log["widths"])}),
+3 of 12 heads; {importance_text(importance, scope, log["widths"], importance_sentences)}),
 {"re-fitted (below), " if recon_sentences else ""}then distilled from the unpruned teacher on {n_train} unlabelled
 `sentences:wide` sentences, {epochs} epoch(s), batch {batch_size}, AdamW lr {lr} {schedule} schedule (warmup
 {warmup:g}), loss 1 − cos(embedding) + {hidden_weight:g} × hidden-state MSE (real tokens, layer map {rep.layer_map}),
@@ -462,6 +468,8 @@ def main() -> None:
                     help="minilm-pruned: which heads and neurons go (StructuredPruneConfig.importance)")
     ap.add_argument("--scope", default="uniform", choices=["uniform", "global"],
                     help="minilm-pruned: the same share in every layer, or ranked across layers")
+    ap.add_argument("--importance-sentences", type=int, default=0, metavar="N",
+                    help="minilm-pruned: measure importance on the first N training sentences (0: the narrow list's first 64)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--digits-epochs", type=int, default=30)
     a = ap.parse_args()
@@ -471,7 +479,8 @@ def main() -> None:
         pruned_section(a.sentences, a.epochs, a.lr, hidden_weight=a.hidden_weight or 1.0, schedule=a.schedule,
                        warmup=a.warmup, max_length=a.max_length, batch_size=a.batch_size, freeze=tuple(a.freeze),
                        recon_sentences=a.reconstruct, student_dropout=a.student_dropout, quick=a.quick,
-                       group_by_length=a.group_by_length, importance=a.importance, scope=a.scope)
+                       group_by_length=a.group_by_length, importance=a.importance, scope=a.scope,
+                       importance_sentences=a.importance_sentences)
     if a.section in ("all", "minilm"):
         minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform, text=a.text, hidden_weight=a.hidden_weight,
                        layer_map=a.layer_map, schedule=a.schedule, warmup=a.warmup, max_length=a.max_length,
