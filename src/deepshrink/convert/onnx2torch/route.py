@@ -50,7 +50,24 @@ def onnx_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Any,
     from ..writers import save
 
     imported = imported_handle(src, opts.data)
-    why_static, static_feed = None, {}
+    why_static: str | None = None
+    static_feed: dict[str, Any] = {}
+    # the file's own declaration (not --input-shape, which gives sizes to its dynamic dims)
+    inits = {t.name for t in src.model.graph.initializer}
+    file_batch = {_ident(i.name, "x"): i.type.tensor_type.shape.dim[0].dim_value for i in src.model.graph.input
+                  if i.name not in inits and i.type.tensor_type.shape.dim
+                  and i.type.tensor_type.shape.dim[0].HasField("dim_value") and i.type.tensor_type.shape.dim[0].dim_value > 0}
+    declared = [s for s in imported.inputs if s.name in file_batch]
+    if declared:
+        # an ONNX file that fixes its batch (every TFLite-born model: 1) runs at that batch only; a program
+        # exported with a dynamic batch would accept others and could compute them wrong (BlazeFace's anchor
+        # reshape folded a batch of 2 into its anchors), so the batch stays as the file declares it
+        imported.metadata["deepshrink.static_batch"] = ",".join(s.name for s in declared)
+        if imported.example_inputs is not None:
+            imported.example_inputs = {k: (v[:file_batch[k]] if k in file_batch else v)
+                                       for k, v in imported.example_inputs.items()}
+        why_static = (f"batch dim of {', '.join(s.name for s in declared)} kept static at "
+                      f"{', '.join(str(file_batch[s.name]) for s in declared)} as the ONNX file declares it")
     try:
         handle = save(imported, dst, force=True)
     except UnsupportedError as exc:
