@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ..core.quiet import native_output_silenced
 from ..errors import InputError, MissingExtraError, first_line
 
 
 def _interpreter_cls() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from ..core.quiet import native_output_silenced
-
     try:
         with native_output_silenced():  # TF's native start-up lines (oneDNN notice) ignore the log level
             import tensorflow as tf
@@ -45,14 +44,13 @@ class TFLiteRunner:
 
     def __init__(self, path: Path, threads: int) -> None:
         cls = _interpreter_cls()
-        from ..core.quiet import native_output_silenced
-
         try:  # TF 2.21 warns tf.lite.Interpreter moves to ai_edge_litert; its XNNPACK delegate announces itself
             with warnings.catch_warnings(), native_output_silenced():
                 warnings.simplefilter("ignore")
                 self.interpreter = cls(model_path=str(path), num_threads=int(threads))
         except Exception as exc:
             raise InputError(f"{path} is not a readable TFLite model: {first_line(exc)}") from None
+        self._announced = False
         sigs = self.interpreter.get_signature_list()
         self.signature = next(iter(sigs)) if sigs else None
         if self.signature is not None:
@@ -78,30 +76,34 @@ class TFLiteRunner:
         return feed
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if not getattr(self, "_announced", False):  # the first run applies the XNNPACK delegate, which says so
-            from ..core.quiet import native_output_silenced
-
-            self._announced = True
-            with native_output_silenced():
-                return self._run(inputs)
-        return self._run(inputs)
-
-    def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         feed = self._feed(inputs)
         if self.runner is not None:
-            out = self.runner(**feed)
+            if not self._announced:  # a signature runner's first call applies the XNNPACK delegate, which says so
+                self._announced = True
+                with native_output_silenced():
+                    out = self.runner(**feed)
+            else:
+                out = self.runner(**feed)
             # output_0, output_1, ... : keep their numeric order
             keys = sorted(out, key=lambda k: (len(k), k))
             return [np.array(out[k]) for k in keys]
-        it = self.interpreter
-        for d, n in zip(it.get_input_details(), self.input_names, strict=True):
-            if tuple(d["shape"]) != feed[n].shape:
-                it.resize_tensor_input(d["index"], feed[n].shape)
-        it.allocate_tensors()
-        for d, n in zip(it.get_input_details(), self.input_names, strict=True):
-            it.set_tensor(d["index"], feed[n])
-        it.invoke()
-        return [np.array(it.get_tensor(d["index"])) for d in it.get_output_details()]
+        return list(invoke(self.interpreter, [feed[n] for n in self.input_names]).values())
+
+
+def invoke(it: Any, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a TFLite interpreter itself (not a signature runner: none may be alive on it) on ``arrays``, one per
+    input in the subgraph's order, resizing inputs to their shapes; ``{output tensor name: array}`` in the
+    subgraph's output order."""
+    ins = it.get_input_details()
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    for d, a in zip(ins, arrays, strict=True):
+        if tuple(d["shape"]) != a.shape:
+            it.resize_tensor_input(d["index"], a.shape)
+    it.allocate_tensors()
+    for d, a in zip(ins, arrays, strict=True):
+        it.set_tensor(d["index"], a)
+    it.invoke()
+    return {d["name"]: np.array(it.get_tensor(d["index"])) for d in it.get_output_details()}
 
 
 def make_runner(path: str | os.PathLike[str], threads: int = 2) -> TFLiteRunner:

@@ -189,11 +189,11 @@ def _tflite_route(src: Any, dst: Path, opts: ConvertOptions) -> tuple[ModelHandl
     tf2onnx's TFLite reader (``tf2onnx.convert.from_tflite``), parity-checked against TensorFlow's TFLite
     interpreter on the same inputs (outputs matched by tensor name). Custom ops no ONNX runtime has (MediaPipe's
     ``Convolution2DTransposeBias``) are refused by name."""
-    from ..backends.tflite_rt import make_runner
+    from ..backends.tflite_rt import invoke, make_runner
     from ..core.fileio import write_bytes_atomic
     from ..core.quiet import native_output_silenced
     from ..loading import load
-    from .parity import parity_against
+    from .parity import judge_as_int8, parity_against
 
     path = Path(str(getattr(src, "path", None) or src))
     if not path.is_file():
@@ -221,31 +221,18 @@ def _tflite_route(src: Any, dst: Path, opts: ConvertOptions) -> tuple[ModelHandl
     handle.metadata["converted_from"] = str(path)
     if not opts.verify:
         return handle, None
-    it = make_runner(path, threads=2).interpreter
-    ins, outs = it.get_input_details(), it.get_output_details()
+    it = make_runner(path, threads=2).interpreter  # the interpreter alone: its signature runner goes with the rest
     # tf2onnx keeps the subgraph's input and output order and names outputs after their tensors: inputs by
     # position, outputs by name when they match (else by position)
-    by_name = sorted(d["name"] for d in outs) == sorted(handle.output_names)
+    by_name = sorted(d["name"] for d in it.get_output_details()) == sorted(handle.output_names)
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        arrays = [np.ascontiguousarray(feed[n]) for n in handle.input_names]
-        for d, a in zip(ins, arrays, strict=True):
-            if tuple(d["shape"]) != a.shape:
-                it.resize_tensor_input(d["index"], a.shape)
-        it.allocate_tensors()
-        for d, a in zip(ins, arrays, strict=True):
-            it.set_tensor(d["index"], a)
-        it.invoke()
-        got = {d["name"]: np.array(it.get_tensor(d["index"])) for d in outs}
+        got = invoke(it, [feed[n] for n in handle.input_names])
         return [got[n] for n in handle.output_names] if by_name else list(got.values())
 
     report = parity_against(handle, run, data=opts.data, atol=opts.atol, rtol=opts.rtol)
     report.note = "ONNX (ONNX Runtime) compared with the TFLite interpreter on the same inputs"
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
-        # an int8 TFLite model: ONNX Runtime's int8 kernels round differently from TFLite's, so max-abs says
-        # little; judged as `convert --int8` judges its own output
-        top1 = [o.top1 for o in report.outputs if o.top1 is not None]
-        report.ok = min(top1) >= 0.9 if top1 else all(o.cos_mean >= 0.98 for o in report.outputs)
-        report.note += "; int8: judged by top-1 agreement >= 0.90 (or cosine >= 0.98), not max-abs"
+        judge_as_int8(report)  # an int8 TFLite model: judged as `convert --int8` judges its own output
     return handle, report
 
