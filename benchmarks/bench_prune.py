@@ -8,12 +8,14 @@ Sections (each writes ``benchmarks/results/prune_<section>.md``; no argument run
 - ``wide``: a wider CNN at 3×64×64, batch 32 (latency only).
 - ``digits-cnn``: digits CNN (residual block + BatchNorm), 50% channels, the same
   fine-tune for both tools, 5 seeds.
+- ``onnx-cnn``: the digits CNN as an ONNX file (BatchNorm folded by the exporter), pruned through the
+  PyTorch import — against the module with and without its BatchNorm, and Torch-Pruning on the import; 5 seeds.
 - ``mlp``: digits MLP 64-300-100-10 at 90% sparsity: naive one-shot + 2 epochs vs gradual
   (Zhu & Gupta) + fine-tune, 5 seeds.
 - ``minilm``: all-MiniLM-L6-v2 with 50% of FFN neurons and a quarter of heads removed: ORT
   latency ratio and sentence-embedding cosine before any fine-tune.
 
-Run: ``python benchmarks/bench_prune.py [resnet|wide|digits-cnn|mlp|minilm]``.
+Run: ``python benchmarks/bench_prune.py [resnet|wide|digits-cnn|onnx-cnn|mlp|minilm]``.
 """
 
 from __future__ import annotations
@@ -213,6 +215,56 @@ def digits_cnn_section(seeds: int = 5, epochs: int = 10, lr: float = 2e-3) -> No
                  "python benchmarks/bench_prune.py digits-cnn", body)
 
 
+def onnx_cnn_section(seeds: int = 5, epochs: int = 10, lr: float = 2e-3) -> None:
+    """The digits CNN given as an ONNX file (exported by torch's dynamo exporter, which folds its BatchNorm into the
+    convolutions), pruned through deepshrink's PyTorch import; beside it the PyTorch module itself, the module with
+    its BatchNorm folded by hand (the same function as the ONNX file), and Torch-Pruning on the imported graph."""
+    from torch.fx.experimental.optimization import fuse
+
+    import deepshrink as dsk
+    from deepshrink.convert.onnx2torch.route import trainable_handle
+    from deepshrink.examples import digits_data, trained_digits_cnn
+    from deepshrink.train import Trainer, accuracy_of
+
+    torch.set_num_threads(1)
+    d = digits_data()
+    ex = torch.from_numpy(d.x_train[:2])
+    names = ["fp32", "module (BatchNorm)", "module, BatchNorm folded", "ONNX file: deepshrink",
+             "ONNX file: torch-pruning on the import"]
+    acc: dict[str, list[float]] = {n: [] for n in names}
+    kept: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(seeds):
+            base = trained_digits_cnn(seed).eval()
+            acc["fp32"].append(accuracy_of(base, d.x_test, d.y_test))
+            path = Path(tmp) / f"cnn{seed}.onnx"
+            dsk.convert(dsk.load(base, input_shapes=["x:1x1x8x8"]), path)
+            imported = trainable_handle(dsk.load(path)).model
+            tpm = copy.deepcopy(imported)
+            tp_prune(tpm, ex, 0.5, [m for n, m in tpm.named_modules() if isinstance(m, nn.Linear)])
+            models = {"module (BatchNorm)": ds_prune(copy.deepcopy(base), ex, 0.5),
+                      "module, BatchNorm folded": ds_prune(fuse(copy.deepcopy(base)), ex, 0.5),
+                      "ONNX file: deepshrink": ds_prune(imported, ex, 0.5),
+                      "ONNX file: torch-pruning on the import": tpm}
+            for name, m in models.items():
+                kept[name] = params(m) / params(base)
+                Trainer(m, epochs=epochs, lr=lr, batch_size=64, seed=seed, progress=False).fit((d.x_train, d.y_train))
+                acc[name].append(accuracy_of(m, d.x_test, d.y_test))
+            print(seed, {k: v[-1] for k, v in acc.items()}, flush=True)
+    rows = [[n, "-" if n == "fp32" else f"{kept[n]:.3f}", " ".join(f"{100 * a:.2f}" for a in v),
+             f"{100 * np.mean(v):.2f}", "-" if n == "fp32" else f"{100 * (np.mean(v) - np.mean(acc['fp32'])):+.2f}"]
+            for n, v in acc.items()]
+    body = (f"Digits CNN (trained per seed), 50% of the channels of every group (L2), fine-tuned {epochs} epochs "
+            f"(Adam lr {lr}, batch 64, same seed) with the deepshrink Trainer; test accuracy (360 images), {seeds} "
+            "seeds. The ONNX rows start from the file `deepshrink convert` writes (dynamo exporter: BatchNorm folded "
+            "into the convolutions), imported to PyTorch (`convert.onnx2torch.route.trainable_handle`, what `prune "
+            "x.onnx` does); Torch-Pruning 1.6 prunes the same imported graph (its Linear head kept).\n\n"
+            + md_table(["model", "params vs fp32", "accuracy per seed (%)", "mean %", "vs fp32 (pt)"], rows)
+            + "\n\n" + machine_line(1))
+    write_result("prune_onnx_cnn", "Structured pruning of an ONNX file (digits CNN) through its PyTorch import",
+                 "python benchmarks/bench_prune.py onnx-cnn", body)
+
+
 def mlp_section(seeds: int = 5) -> None:
     from deepshrink.examples import digits_data, trained_digits_mlp
     from deepshrink.prune import GradualPruneConfig, MagnitudePruneConfig
@@ -345,6 +397,7 @@ SECTIONS = {
     "wide": lambda: conv_section("wide", "Structured pruning: wider CNN (128-256-512), 3×64×64, batch 32",
                                  (128, 256, 512), 1, (32, 3, 64, 64), 6, False),
     "digits-cnn": digits_cnn_section,
+    "onnx-cnn": onnx_cnn_section,
     "mlp": mlp_section,
     "minilm": minilm_section,
 }

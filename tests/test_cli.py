@@ -248,3 +248,24 @@ def test_python_dash_m_deepshrink_is_the_command_line():
                          text=True, timeout=120)
     assert bad.returncode == 2
     one_line_error(bad.stderr, "no-such-model.onnx")
+
+
+def test_deprecation_notices_of_libraries_show_only_with_verbose(capsys):
+    """A library's deprecation notice (torch's ``LeafSpec is deprecated`` on every ``.pt2`` load) is for its own
+    developers: it reached the user's terminal as a ``warning:`` line. Kept for ``--verbose``; a UserWarning
+    is still shown."""
+    from deepshrink.cli._app import _warning_line
+    from deepshrink.core import quiet
+
+    for verbose in (False, True):
+        quiet.set_verbose(verbose)
+        try:
+            show = _warning_line(set())
+            show(FutureWarning("isinstance(treespec, LeafSpec) is deprecated"), FutureWarning, "pytree.py", 1)
+            show(DeprecationWarning("old api"), DeprecationWarning, "x.py", 1)
+            show(UserWarning("layer fc left float"), UserWarning, "x.py", 1)
+        finally:
+            quiet.set_verbose(False)
+        err = capsys.readouterr().err
+        assert "warning: layer fc left float" in err
+        assert ("LeafSpec" in err and "old api" in err) is verbose and ("LeafSpec" in err or "old api" in err) is verbose

@@ -325,8 +325,11 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
         raise InputError(f"model file {path} does not exist")
     if not trust:
         _check_pt2_safe(path)
+    from .core.formats import PT2_OUTPUT_NAMES, pt2_output_names
+
+    extra = {PT2_OUTPUT_NAMES: ""}
     try:
-        ep = torch.export.load(str(path))
+        ep = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:
         raise InputError(f"{path} is not a readable torch.export archive ({type(exc).__name__}: {first_line(exc, 160)})") from None
     module = ep.module()
@@ -344,6 +347,11 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
         ins.append(TensorSpec(name, shape, dtype))
     handle = ModelHandle(module, "torch", ins, [], source=str(path), path=path)
     handle.metadata["input_names"] = ",".join(names)
+    # a program traced without a dynamic batch runs at that batch only (an ONNX file fixed at batch 1, converted):
+    # exports from it keep the batch fixed, as a dynamic one would fail the program's guard
+    static = [s.name for s in ins if s.shape and isinstance(s.shape[0], int)]
+    if static:
+        handle.metadata["deepshrink.static_batch"] = ",".join(static)
     tok = path.parent / (path.name + ".tokenizer")  # written beside it when the model came from a HF folder
     if tok.is_dir():
         handle.tokenizer_dir = tok
@@ -353,7 +361,11 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
     _set_output_specs(handle)
     if not handle.outputs:  # dynamic dims: the shapes the export recorded, without running the model
         handle.outputs = _pt2_output_specs(ep)
+    names = pt2_output_names(extra[PT2_OUTPUT_NAMES])
+    if names is not None and len(names) == len(handle.outputs):  # the names the model had when deepshrink wrote it
+        handle.outputs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(names, handle.outputs, strict=True)]
     return handle
+
 
 
 def _pt2_output_specs(ep: Any) -> list[TensorSpec]:

@@ -79,6 +79,26 @@ def test_compare_outputs_math():
     assert d.top1 == 0.5
 
 
+def test_one_value_per_sample_is_compared_over_the_samples():
+    """A (N, 1) output (a presence score): one sample's cosine is only its sign, so a value near 0 that flips
+    would read -1; the output is judged by its cosine over all the samples instead, the same figure whether
+    the output comes as (N, 1), (N,) or inside several outputs side by side."""
+    from deepshrink.quantize.onnx.sensitivity import output_view
+
+    ref = np.array([[2.0], [1.0], [1e-3], [-1.5], [0.5]])
+    out = np.array([[2.1], [0.9], [-1e-3], [-1.4], [0.5]])
+    over = float(ref[:, 0] @ out[:, 0] / np.linalg.norm(ref) / np.linalg.norm(out))
+    d = compare_outputs(ref, out)
+    assert d.cos_min == pytest.approx(over) and d.cos_mean == pytest.approx(over) and 0.99 < over < 1
+    assert compare_outputs(ref[:, 0], out[:, 0]).cos_min == pytest.approx(over)
+    boxes = np.arange(20.0).reshape(5, 4)
+    side = compare_outputs(output_view([boxes, ref]), output_view([boxes, out]))
+    assert side.cos_min == pytest.approx(over) and side.top1 == 1.0  # the (N, 4) block equal: the score decides
+    from deepshrink.search.objective import _accuracy
+
+    assert _accuracy(out, np.zeros(5, int)) is None  # one column: no argmax accuracy (it would always be 1.0 here)
+
+
 def test_merge_outputs_of_data_dependent_length():
     """Sets whose outputs differ in length from set to set (NonZero's [2, count]) are compared set by
     set; where they do concatenate, the merge gives the concatenated comparison's numbers."""

@@ -104,6 +104,29 @@ def test_pt2_route_through_cli(hub_onnx, tmp_path, digits, digits_cnn):
         assert _max_abs(y, digits_cnn(torch.from_numpy(digits.x_test[:50]))) < 1e-4  # 2.9e-06 seen
 
 
+def test_pt2_keeps_output_names_and_a_fixed_batch_back_to_onnx(tmp_path):
+    """ONNX (fixed at batch 1, two named outputs, as a TFLite-born detector) → .pt2 → ONNX: the names came back
+    as output_0 / output_1, and the re-export failed (a dynamic batch against the program's batch-1 guard)."""
+    import deepshrink as ds
+
+    rng = np.random.default_rng(0)
+    w, v = (onnx.numpy_helper.from_array(rng.standard_normal((4, k)).astype(np.float32), n) for k, n in ((3, "W"), (2, "V")))
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["regressors"]),
+                           helper.make_node("MatMul", ["x", "V"], ["classificators"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("regressors", TensorProto.FLOAT, [1, 3]),
+                           helper.make_tensor_value_info("classificators", TensorProto.FLOAT, [1, 2])], [w, v])
+    src = tmp_path / "det.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    assert run_app(["convert", str(src), str(tmp_path / "det.pt2")]) == 0
+    h = ds.load(tmp_path / "det.pt2")
+    assert h.output_names == ["regressors", "classificators"]
+    assert run_app(["convert", str(tmp_path / "det.pt2"), str(tmp_path / "back.onnx")]) == 0
+    back = onnx.load(tmp_path / "back.onnx")
+    assert [o.name for o in back.graph.output] == ["regressors", "classificators"]
+    assert back.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # the batch the file declared
+
+
 def _model_with(op: str, domain: str = "") -> onnx.ModelProto:
     node = helper.make_node(op, ["x"], ["y"], name="mystery_node", domain=domain)
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],

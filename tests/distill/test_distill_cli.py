@@ -191,3 +191,26 @@ def test_kill_then_resume_gives_the_uninterrupted_student(tmp_path, mlp_weights,
     a, b = _weights_of(one_process[0]), _weights_of(out)
     assert all(np.array_equal(a[k], b[k]) for k in a)  # deterministic training: bit for bit
     assert not ckpt.parent.exists()
+
+
+def test_an_onnx_teacher_is_distilled_through_its_pytorch_import(cnn_onnx, tmp_path, capsys):
+    """A teacher given as an ONNX file (the only form a TFLite or Keras user has) is run and its student derived
+    from its PyTorch import; the student is written as ONNX with the file's input and output names and measured
+    against the ONNX teacher. (Before: refused, "distillation trains, so it needs the PyTorch teacher".)"""
+    import onnx
+
+    from deepshrink.cli._app import run_app
+
+    out = tmp_path / "student.onnx"
+    rc = run_app(["distill", "--teacher", str(cnn_onnx), "--derive", "width=0.5", "--data", "digits:train",
+                  "--epochs", "2", "--repeats", "1", "--json", "-o", str(out)])
+    err = capsys.readouterr()
+    assert rc == 0, err.err
+    res = json.loads(err.out)
+    rep, rows = res["report"], res["bench"]["rows"]
+    assert rep["student_params"] / rep["teacher_params"] < 0.27  # half the channels of every conv: 0.257
+    assert rep["loss"][-1] < rep["loss"][0]
+    assert rows[0]["name"] == str(cnn_onnx) and rows[0]["runtime"] == rows[1]["runtime"] == "onnxruntime"
+    src, student = onnx.load(cnn_onnx), onnx.load(out)
+    assert [o.name for o in student.graph.output] == [o.name for o in src.graph.output]
+    assert [i.name for i in student.graph.input] == [i.name for i in src.graph.input]

@@ -180,6 +180,23 @@ def test_bench_feeds_a_graph_whose_state_input_fixes_the_batch_one_sample_at_a_t
     assert res.samples == 6 and res.rows[1].cos_min == pytest.approx(1.0)
 
 
+def test_bench_without_data_draws_many_samples_for_a_graph_fixed_at_batch_1():
+    """Without data, bench (and so every verb's table and gate) judges random samples; a graph fixed at batch 1
+    (every TFLite-born model) got one draw of batch 1 — "1 samples of random", a cosine from one sample. Draws
+    of its batch are joined instead, each a different sample."""
+    import onnx
+
+    from cli_helpers import state_input_graph
+
+    m = state_input_graph()  # x: [n, 4], h: [1, 1, 3] — the graph's batch is 1
+    h = ds.load(onnx.ModelProto.FromString(m.SerializeToString()))
+    drawn = h.random_samples(16, seed=1)
+    assert drawn["x"].shape == (16, 4) and drawn["h"].shape == (16, 1, 3)
+    assert len({row.tobytes() for row in drawn["h"]}) == 16  # 16 different draws, not one repeated
+    res = ds.bench([m, onnx.ModelProto.FromString(m.SerializeToString())], repeats=2, samples=16)
+    assert res.samples == 16 and res.data == "random"
+
+
 def test_info_on_a_pt2_names_outputs_flops_and_aten_ops(tmp_path, digits_cnn):
     """A torch.export archive with a dynamic batch: info said "ops Module×9, GuardsFn×1" and nothing else."""
     h = ds.load(digits_cnn, input_shapes=["x:1x1x8x8"])

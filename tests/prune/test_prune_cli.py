@@ -184,6 +184,34 @@ def test_pt2_input_one_shot_and_refusals(tmp_path, capsys):
         assert message in _err(capsys) and not bad.exists()
 
 
+def test_structured_on_an_onnx_file(cnn_onnx, tmp_path, capsys):
+    """An ONNX model (what TFLite, Keras and Paddle users have) is pruned structurally through its PyTorch import:
+    the channel groups are found through the import's run-time helpers (the residual Add couples the stem's and
+    the block's channels), and the written ONNX keeps the file's input and output names. (Before: refused, "is
+    an ONNX model; pruning needs the PyTorch model".)"""
+    import onnx
+
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "cnn.pruned.onnx"
+    rc = run_app(["prune", str(cnn_onnx), "-o", str(out), "--method", "structured", "--sparsity", "0.5",
+                  "--data", "digits:train", "--finetune-epochs", "1", "--repeats", "2", "--json", "--allow-degraded"])
+    assert rc == 0, _err(capsys)
+    res = json.loads(capsys.readouterr().out)
+    rep = res["report"]
+    assert sorted(g["kept"] for g in rep["groups"]) == [16, 16, 32] and len(rep["groups"]) == 3
+    assert rep["params_after"] / rep["params_before"] < 0.27  # as the PyTorch source's 0.258
+    first, last = rep["finetune_loss"]
+    assert last < first
+    src, pruned = onnx.load(cnn_onnx), onnx.load(out)
+    assert [i.name for i in pruned.graph.input] == [i.name for i in src.graph.input]
+    assert [o.name for o in pruned.graph.output] == [o.name for o in src.graph.output]
+    convs = [tuple(t.dims) for t in pruned.graph.initializer if len(t.dims) == 4]
+    assert sorted(c[0] for c in convs) == [16, 16, 16, 32]  # the stem and the residual block's two convs share 16
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (3, 10)
+
+
 GROUPED = """
 import torch
 from torch import nn

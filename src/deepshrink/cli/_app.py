@@ -153,9 +153,16 @@ def _complete_optional_values(argv: list[str]) -> list[str]:
 
 def _warning_line(shown: set[str]) -> Any:
     """A ``warnings.showwarning`` that prints each message once as one ``warning:`` line on stderr,
-    without Python's source path and code line."""
+    without Python's source path and code line. Deprecation notices (``DeprecationWarning``,
+    ``PendingDeprecationWarning``, ``FutureWarning``) are for the developers of the library that raises them —
+    deepshrink raises none — and are shown only with ``--verbose`` (torch's ``LeafSpec is deprecated`` on
+    every ``.pt2`` load read like a deepshrink warning)."""
+    from ..core import quiet
 
     def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if (isinstance(category, type) and issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning))
+                and not quiet.verbose()):
+            return
         text = first_line(str(message), 500)
         if text and text not in shown:
             shown.add(text)

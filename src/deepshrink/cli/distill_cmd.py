@@ -78,7 +78,7 @@ def checkpoint_dir_for(output: Path) -> Path:
 
 @app.command("distill")
 def distill_cmd(
-    teacher: Annotated[str, typer.Option("--teacher", "-t", help="the teacher: package.module:factory (+ --weights), HF folder")],
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="the teacher: package.module:factory (+ --weights), HF folder, .onnx (run and derived from its PyTorch import)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="the student: .onnx or .pt2")],
     student: Annotated[str | None, typer.Option("--student", help="your student model (same sources as --teacher)")] = None,
     student_weights: Annotated[str | None, typer.Option("--student-weights", help="weights for a module:factory --student")] = None,
@@ -155,8 +155,11 @@ def distill_cmd(
 
     t_handle = load_model(teacher, weights=weights, input_shape=input_shape, data=data,
                           trust_remote_code=trust_remote_code)
-    if t_handle.kind != "torch":
-        raise InputError(f"{teacher} is an ONNX model; distillation trains, so it needs the PyTorch teacher")
+    t_original = t_handle  # the file the user gave: what the student is measured against
+    if t_handle.kind == "onnx":  # distilled from its PyTorch import (convert's ONNX → PyTorch route)
+        from ..convert.onnx2torch.route import trainable_handle
+
+        t_handle = trainable_handle(t_handle, data)
     s_handle = None
     if student is not None:
         import torch
@@ -167,8 +170,10 @@ def distill_cmd(
                                   trust_remote_code=trust_remote_code)
         except InputError as exc:  # the student reads the teacher's --input-shape and --data: say whose inputs
             raise InputError(f"the student {student}: {exc}") from None
-        if s_handle.kind != "torch":
-            raise InputError(f"{student} is an ONNX model; the student is trained, so it must be a PyTorch model")
+        if s_handle.kind == "onnx":  # trained as its PyTorch import
+            from ..convert.onnx2torch.route import trainable_handle
+
+            s_handle = trainable_handle(s_handle, data)
     train = load_data(data, t_handle, max_length=max_length)
     if alpha is not None and alpha < 1.0 and train.labels is None:
         raise InputError(f"--alpha {alpha:g} puts weight {1 - alpha:g} on the labels, but {train.source} has none; "
@@ -186,7 +191,7 @@ def distill_cmd(
 
     written = _save(result, output, force=force, src=teacher)
     shutil.rmtree(ckpt, ignore_errors=True)
-    table = _measure(t_handle, written, output, teacher, eval_data or data, repeats, json_out, name=str(output),
+    table = _measure(t_original, written, output, teacher, eval_data or data, repeats, json_out, name=str(output),
                      threads=threads)
     if json_out:
         print_json({"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None})

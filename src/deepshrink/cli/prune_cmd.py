@@ -69,7 +69,7 @@ def _config(method: str, *args: Any, given: dict[str, str] | None = None) -> Any
 @app.command("prune")
 def prune_cmd(
     ctx: typer.Context,
-    src: Annotated[str, typer.Argument(help="a PyTorch model: .pt2, package.module:factory (+ --weights), HF folder")],
+    src: Annotated[str, typer.Argument(help="the model: .onnx (pruned through its PyTorch import), .pt2, package.module:factory (+ --weights), HF folder")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output: .onnx, .pt2 or .safetensors (weights only)")],
     method: Annotated[str, typer.Option("--method", "-m", help="magnitude | gradual | nm | structured")] = "magnitude",
     sparsity: Annotated[float | None, typer.Option("--sparsity", "-s", help="fraction of weights (unstructured) or channels (structured) removed, 0 <= S < 1")] = None,
@@ -120,8 +120,11 @@ def prune_cmd(
         raise InputError("--batch-size, --repeats and --threads must be >= 1, --finetune-epochs >= 0")
     check_output(output, inputs=(src, weights), force=force)
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
-    if handle.kind != "torch":
-        raise InputError(f"{src} is an ONNX model; pruning needs the PyTorch model (convert it first, or pass module:factory)")
+    original = handle  # what the written model is measured against: the file the user gave
+    if handle.kind == "onnx":  # pruned as its PyTorch import (convert's ONNX → PyTorch route), written back
+        from ..convert.onnx2torch.route import trainable_handle
+
+        handle = trainable_handle(handle, data)
     ds = load_data(data, handle) if data is not None else None
     held: Any = load_data(eval_data, handle) if eval_data is not None else ds
     from ..prune import ACTIVATION_SAMPLES
@@ -134,10 +137,10 @@ def prune_cmd(
         ds, held, _spared = gate.split_holdout(ds, used)
     pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
     table, verdict = gate.write_checked(  # nothing lands unless the gate passes
-        handle, pruned, output, held=held, policy=policy,
+        original, pruned, output, held=held, policy=policy,
         write=lambda h, path: _save(h, path, force=True, src=src),
-        measure=lambda written, path, data: _measure(handle, written, path, src, data, repeats, json_out, threads=threads,
-                                                     name=str(output)))
+        measure=lambda written, path, data: _measure(original, written, path, src, data, repeats, json_out,
+                                                     threads=threads, name=str(output)))
     result = {"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None,
               "gate": verdict.to_dict()}
     if json_out:

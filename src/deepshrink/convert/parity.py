@@ -99,16 +99,19 @@ def judge_as_int8(report: ParityReport) -> ParityReport:
 def per_sample_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Cosine of each sample's flattened output (axis 0 is the sample; a 1-D array is one sample), float64
     (N,); two all-zero samples count as 1, one all-zero sample as 0. ``ref`` and ``out``: the same shape.
-    Several outputs side by side (an ``OutputView`` with ``widths``): each sample's worst output's cosine, an
-    output of one value per sample counted by its cosine over all the samples."""
+    An output of one value per sample (``(N, 1)``, ``(N, 1, 1)``: a presence score, a regression target) gets
+    its cosine over all the samples, repeated N times — one sample's cosine would be only its sign. Several
+    outputs side by side (an ``OutputView`` with ``widths``): each sample's worst output's cosine, each output
+    read by these rules."""
     widths = getattr(ref, "widths", ()) or getattr(out, "widths", ())
     if widths and np.ndim(ref) == 2 and sum(widths) == np.shape(ref)[1] and np.shape(ref) == np.shape(out):
         a_all, b_all = np.asarray(ref, np.float64), np.asarray(out, np.float64)
         edges = np.cumsum((0, *widths))
-        per = [np.full(len(a_all), per_sample_cosines(a_all[:, lo:hi].T, b_all[:, lo:hi].T)[0]) if hi - lo == 1
-               else per_sample_cosines(a_all[:, lo:hi], b_all[:, lo:hi]) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-        return np.min(per, axis=0)
+        return np.min([per_sample_cosines(a_all[:, lo:hi], b_all[:, lo:hi])
+                       for lo, hi in zip(edges[:-1], edges[1:], strict=True)], axis=0)
     ref64, out64 = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    if ref64.ndim > 1 and ref64.size == len(ref64) > 1 and out64.shape == ref64.shape:
+        return np.full(len(ref64), per_sample_cosines(ref64.reshape(-1), out64.reshape(-1))[0])
     a = ref64.reshape(len(ref64), -1) if ref64.ndim > 1 else ref64.reshape(1, -1)
     b = out64.reshape(len(out64), -1) if out64.ndim > 1 else out64.reshape(1, -1)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)

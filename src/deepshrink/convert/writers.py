@@ -60,7 +60,7 @@ def _write(handle: ModelHandle, path: str | os.PathLike[str], fmt: str, *, force
             # archive's entries after the file, so a temporary name would make two runs' bytes differ
             staged = Path(d) / out.name
             try:
-                torch.export.save(ep, str(staged))
+                torch.export.save(ep, str(staged), extra_files=pt2_extra_files(handle))
             except RuntimeError as exc:  # torch's packager: one line, not a traceback; nothing written
                 from ..errors import first_line
 
@@ -90,3 +90,12 @@ def _writer(fmt: str) -> Any:
 
 for _name in ("onnx", "pt2", "safetensors"):
     formats.register_writer(_name, _writer(_name))
+
+
+def pt2_extra_files(handle: ModelHandle) -> dict[str, str]:
+    """What a ``.pt2`` written by deepshrink carries beside the program (``torch.export.save``'s ``extra_files``):
+    the model's output names under :data:`deepshrink.core.formats.PT2_OUTPUT_NAMES`, read back by the loader."""
+    import json
+
+    names = handle.output_names
+    return {formats.PT2_OUTPUT_NAMES: json.dumps(names)} if names else {}

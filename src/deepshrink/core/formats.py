@@ -26,6 +26,23 @@ ENTRY_POINT_GROUP = "deepshrink.formats"
 # a packed (.dsz) file's first bytes: magic, then version (2 bytes), then the kind of model it holds
 DSZ_MAGIC = b"\x89DSZ"
 DSZ_SOURCE_KINDS: dict[str, int] = {"tensors": 0, "torch": 1, "onnx": 2}
+# a .pt2 written by deepshrink carries the model's output names in this entry of torch.export.save's
+# extra_files (JSON text, never unpickled): a program names its outputs after graph nodes, so an ONNX file's
+# names came back as output_0, output_1 after ONNX → .pt2 → ONNX
+PT2_OUTPUT_NAMES = "deepshrink.output_names.json"
+
+
+def pt2_output_names(text: str) -> list[str] | None:
+    """The output names stored in a ``.pt2``'s :data:`PT2_OUTPUT_NAMES` entry (a JSON list of distinct non-empty
+    strings), else None (absent, or not such a list)."""
+    import json
+
+    try:
+        names = json.loads(text) if text else None
+    except ValueError:
+        return None
+    ok = isinstance(names, list) and bool(names) and all(isinstance(n, str) and n for n in names)
+    return names if ok and len(set(names)) == len(names) else None
 
 
 def peek_dsz_source_kind(head: bytes) -> str | None:

@@ -102,6 +102,18 @@ class ModelHandle:
             return out
         return {s.name: _random_for(rng, s, batch, self.index_bounds.get(s.name), self.metadata) for s in self.inputs}
 
+    def random_samples(self, n: int, seed: int = 1) -> dict[str, np.ndarray]:
+        """About ``n`` random samples (:meth:`sample_inputs`) even for a graph fixed at batch B (every TFLite-born
+        model: B = 1, where one draw is one sample): ``ceil(n / B)`` draws of B, seeds ``seed, seed + 1, …``,
+        joined on axis 0."""
+        from .shapes import fixed_batch
+
+        b = fixed_batch(self.inputs) if self.example_inputs is None else None
+        if not b or b >= n:
+            return self.sample_inputs(batch=n, seed=seed)
+        draws = [self.sample_inputs(batch=b, seed=seed + i) for i in range(-(-n // b))]
+        return {k: np.concatenate([d[k] for d in draws]) for k in draws[0]}
+
     def describe(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)
         outs = ", ".join(s.describe() for s in self.outputs)

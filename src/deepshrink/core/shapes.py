@@ -83,3 +83,19 @@ def fixed_batch(specs: Any) -> int | None:
     when every input's first dim is free. ``specs``: :class:`TensorSpec`-like objects with ``shape``."""
     fixed = [s.shape[0] for s in specs if s.shape and _fixed(s.shape[0])]
     return min(fixed) if fixed else None
+
+
+def join_batches(runs: list[list[Any]]) -> list[Any]:
+    """Each output of a model run batch by batch (``runs[b][k]``: output ``k`` of batch ``b``, numpy arrays),
+    the batches joined on axis 0 — or None for an output that cannot be joined (a scalar, or a shape that
+    varies between batches on another axis). Length: the fewest outputs any run returned."""
+    import numpy as np
+
+    joined: list[Any] = []
+    for k in range(min(len(r) for r in runs)):
+        parts = [np.asarray(r[k]) for r in runs]
+        try:
+            joined.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        except ValueError:
+            joined.append(None)
+    return joined

@@ -126,7 +126,11 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     check_compatible(t_mod, s_mod, probe, out_kind, t_probes)
     # the outputs after the first: mean squared error over the teacher output's variance (scale-free, so boxes in
     # [0, 1] weigh as much as landmarks in pixels); the first too when it is matched by MSE among several
-    scales = _output_scales(t_mod, inputs) if n_out > 1 else None
+    # (the teacher's outputs on all the data are computed once here when training needs them precomputed)
+    t_every = (_teacher_outputs(t_mod, inputs, every=True)
+               if n_out > 1 and cfg.hidden_weight <= 0 and cfg.attention_weight <= 0 else None)
+    scales = None if n_out == 1 else _output_scales(
+        t_every if t_every is not None else _teacher_outputs(t_mod, [x[:SCALE_SAMPLES] for x in inputs], every=True))
     frozen = _freeze_named(s_mod, cfg.freeze)  # the student is a copy: refused names leave nothing changed
     dropouts = _dropouts(s_mod, cfg.dropout)
     functional_dropout = _functional_dropout(s_mod, cfg.dropout, probe)
@@ -163,7 +167,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     precompute = not (hidden or attention)
     train_arrays: list[torch.Tensor] = list(inputs)
     if precompute and n_out > 1:
-        train_arrays.extend(_teacher_outputs(t_mod, inputs, every=True))
+        train_arrays.extend(t_every)
     elif precompute:
         if targets is not None:
             given = torch.as_tensor(np.asarray(targets)).float()
@@ -489,11 +493,16 @@ def _handle(src: Any, what: str) -> ModelHandle:
     from ..loading import load
 
     h = src if isinstance(src, ModelHandle) else load(src)
+    if h.kind == "onnx":  # trained / run as its PyTorch import (convert's ONNX → PyTorch route)
+        from ..convert.onnx2torch.route import trainable_handle
+
+        h = trainable_handle(h)
     if h.kind != "torch" or not isinstance(h.model, nn.Module):
         raise UnsupportedError(f"the {what} must be a PyTorch model to distil with; {h.source or 'it'} is {h.kind}")
     if _is_exported(h.model):
         raise UnsupportedError(f"the {what} is a traced .pt2 graph; distillation needs the model's Python modules "
-                               "(package.module:factory with --weights, or a Hugging Face folder)")
+                               "(package.module:factory with --weights, a Hugging Face folder, or the .onnx file the "
+                               ".pt2 came from)")
     return h
 
 
@@ -604,11 +613,14 @@ def _teacher_outputs(teacher: nn.Module, inputs: Sequence[torch.Tensor], batch: 
     return joined if every else joined[0]
 
 
-def _output_scales(teacher: nn.Module, inputs: Sequence[torch.Tensor], samples: int = 256) -> list[torch.Tensor]:
-    """The variance of each floating-point output of ``teacher`` over the first ``samples`` inputs (a floor of
-    1e-12): what its squared error is divided by when a model's several outputs are distilled together."""
-    outs = _teacher_outputs(teacher, [x[:samples] for x in inputs], every=True)
-    return [o.var().clamp_min(1e-12) for o in outs]
+SCALE_SAMPLES = 256
+
+
+def _output_scales(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The variance of each of the teacher's floating-point ``outputs`` over its first ``SCALE_SAMPLES`` samples
+    (a floor of 1e-12): what its squared error is divided by when a model's several outputs are distilled
+    together."""
+    return [o[:SCALE_SAMPLES].var().clamp_min(1e-12) for o in outputs]
 
 
 def _eval_fn(teacher: nn.Module, handle: ModelHandle, eval_data: Any, inputs: list[torch.Tensor],

@@ -145,7 +145,7 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
         ds = load_data(data, first_handle)
         eval_inputs, labels, data_name = ds.inputs, ds.labels, ds.source
     else:
-        eval_inputs, labels, data_name = first_handle.sample_inputs(batch=min(samples, 64), seed=1), None, "random"
+        eval_inputs, labels, data_name = first_handle.random_samples(min(samples, 64), seed=1), None, "random"
     n = min(samples, len(next(iter(eval_inputs.values()))))
     eval_inputs = {k: v[:n] for k, v in eval_inputs.items()}
     labels = labels[:n] if labels is not None else None
@@ -156,10 +156,10 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
     stats = measure_latency(timers, warmup=warmup, repeats=repeats, threads=threads, progress=progress)
     # a graph fixed at batch B (zoo CNNs: B = 1) is fed B samples at a time
     # (any input's fixed first dim counts: silero VAD v6 declares input [n, 576] but state h [1, 1, 128])
-    from ..core.shapes import fixed_batch
+    from ..core.shapes import fixed_batch, join_batches
 
     step = fixed_batch(first_handle.inputs) or 32
-    outputs = [_gather([runner({k: v[j:j + step] for k, v in eval_inputs.items()}) for j in range(0, n, step)])
+    outputs = [join_batches([runner({k: v[j:j + step] for k, v in eval_inputs.items()}) for j in range(0, n, step)])
                for _label, _rt, runner, *_ in entries]
     out_names = [o.name for o in first_handle.outputs]
 
@@ -193,19 +193,6 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
     return result
 
 
-def _gather(chunks: list[list[np.ndarray]]) -> list[np.ndarray | None]:
-    """Each output of a model run chunk by chunk, the chunks joined on the sample axis (None for an output
-    they cannot be joined on: a scalar, or one whose shape varies otherwise)."""
-    joined: list[np.ndarray | None] = []
-    for o in range(min(len(c) for c in chunks)):
-        parts = [np.asarray(c[o]) for c in chunks]
-        try:
-            joined.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
-        except ValueError:
-            joined.append(None)
-    return joined
-
-
 def _fidelity(ref: list[np.ndarray | None], outs: list[np.ndarray | None], names: list[str]) -> tuple[Any, str | None]:
     """The fidelity of ``outs`` to ``ref`` (:func:`deepshrink.convert.parity.compare_outputs`) over every
     floating-point output both have — each figure the worst over the outputs (lowest mean and worst-sample
@@ -225,10 +212,7 @@ def _fidelity(ref: list[np.ndarray | None], outs: list[np.ndarray | None], names
             raise InputError("bench compares outputs sample by sample; this model's first output has no sample "
                              "axis (a scalar) and it has no other floating-point output")
         return compare_outputs(ref[0], outs[0]), None
-    def diff(r: np.ndarray, o: np.ndarray) -> Any:  # one value per sample: one cosine over the samples, not signs
-        return compare_outputs(r.reshape(1, -1), o.reshape(1, -1)) if r.size == len(r) else compare_outputs(r, o)
-
-    diffs = [(i, diff(r, o)) for i, r, o in pairs]
+    diffs = [(i, compare_outputs(r, o)) for i, r, o in pairs]
     i, worst = min(diffs, key=lambda d: (d[1].cos_min, d[1].cos_mean))
     if len(diffs) == 1:
         return worst, None

@@ -248,7 +248,7 @@ def write_checked(original: Any, result: Any, output: Any, *, write: Any, measur
         staged = stage / output.name
         written = write(result, staged)
         table = measure(written, staged, held)
-        inputs = held.inputs if held is not None else original.sample_inputs(batch=LOCATE_SAMPLES, seed=1)
+        inputs = held.inputs if held is not None else original.random_samples(LOCATE_SAMPLES, seed=1)
         verdict = check(table, policy, original=original, written=result, inputs=inputs, what=str(output))
         if also is not None:  # a further gate on the same table (auto's speed check); raising keeps nothing
             also(table)

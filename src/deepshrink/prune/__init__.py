@@ -293,7 +293,8 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     before, sp0 = count_params(module), sparsity_of(module)
     if _is_exported_graph(module):
         raise UnsupportedError("structured pruning needs the model's Python modules: pass package.module:factory "
-                               "with --weights (a .pt2 archive holds a traced graph with fixed shapes)")
+                               "with --weights, or the .onnx file the .pt2 came from (pruned through its PyTorch "
+                               "import); a .pt2 archive holds a traced graph with fixed shapes")
     protected = protected_names(module, config.protect)
     if config.finetune_epochs:
         as_train_data(data, what="fine-tuning")

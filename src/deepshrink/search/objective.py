@@ -142,11 +142,8 @@ class Evaluator:
         return self.ref_select.ndim >= 1 and self.ref_select.size == len(self.ref_select)
 
     def scores(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, ref_acc: float | None) -> Scores:
-        se = 0.0
-        if ref.ndim >= 1 and ref.size == len(ref) and out.size == ref.size:  # (N, 1): a per-sample cosine is a sign
-            ref, out = ref.reshape(-1), out.reshape(-1)
-        elif len(ref) > 1 and out.shape == ref.shape:
-            cos = per_sample_cosines(ref, out)
+        se = 0.0  # one value per sample: one cosine over the samples (per_sample_cosines), no spread
+        if out.shape == ref.shape and (cos := per_sample_cosines(ref, out)).size > 1:
             se = float(cos.std(ddof=1) / np.sqrt(len(cos)))
         d = compare_outputs(ref, out)
         acc = _accuracy(out, labels)
@@ -258,8 +255,8 @@ def choices_text(counts: dict[str, int]) -> str:
 
 def _accuracy(out: np.ndarray | None, labels: np.ndarray | None) -> float | None:
     """Top-1 accuracy of the first output (of an :class:`OutputView`: its first block, whose argmax is the
-    output's own)."""
+    output's own); None without labels or for an output that is not one score per class (N, C), C ≥ 2."""
     shape = getattr(out, "first_shape", None) or (out.shape if out is not None else ())
-    if out is None or labels is None or len(shape) != 2:
+    if out is None or labels is None or len(shape) != 2 or shape[1] < 2:
         return None
     return float((np.asarray(out)[:, :shape[1]].argmax(1) == labels[:len(out)]).mean())

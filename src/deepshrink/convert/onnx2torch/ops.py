@@ -440,6 +440,9 @@ def _global_pool(x: torch.Tensor, is_max: bool) -> torch.Tensor:
     return torch.amax(x, dim=dims, keepdim=True) if is_max else torch.mean(x, dim=dims, keepdim=True)
 
 
+_global_pool.channel_rule = "passthrough"  # type: ignore[attr-defined]  # (runtime.CHANNEL_RULES)
+
+
 # ------------------------------------------------------------------ reductions
 _REDUCE = {
     "ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min", "ReduceProd": "prod",
@@ -745,6 +748,9 @@ def _pad_fn(x: torch.Tensor, pads: Any, value: Any, mode: str, axes: Any) -> tor
         raise NotImplementedError(f"Pad mode {mode} over {k} dims")
     y = F.pad(y if y.dtype.is_floating_point else y.double(), tp, mode=tmode).to(x.dtype)
     return y.reshape(*lead, *y.shape[-k:])
+
+
+_pad_fn.channel_rule = "passthrough"  # type: ignore[attr-defined]  # spatial padding (runtime.CHANNEL_RULES)
 
 
 @converter("Trilu")

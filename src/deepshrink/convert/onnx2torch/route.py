@@ -45,6 +45,24 @@ def imported_handle(src: ModelHandle, data: Any = None) -> ModelHandle:
                        tokenizer_dir=src.tokenizer_dir, metadata={**src.metadata, "imported_from": "onnx"})
 
 
+def trainable_handle(src: ModelHandle, data: Any = None) -> ModelHandle:
+    """The ONNX handle as a PyTorch handle the torch-side verbs take (structured pruning, distillation): the
+    imported ``GraphModule`` (Conv/Gemm/MatMul with their own weights become ``nn.Conv*``/``nn.Linear``,
+    BatchNormalization ``nn.BatchNorm``; its run-time helpers state how channels cross them), the ONNX
+    file's own input and output names, and inputs whose batch the file fixes kept at that batch when it is
+    exported again. Raises :class:`UnsupportedError` naming the node when an op cannot be imported."""
+    imported = imported_handle(src, data)
+    examples = imported.example_inputs or {}
+    fixed = {s.name: s.shape[0] for s in src.inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    example = {s.name: (examples[_ident(s.name, "x")][:fixed[s.name]] if s.name in fixed
+                        else examples[_ident(s.name, "x")]) for s in src.inputs}
+    handle = ModelHandle(imported.model, "torch", list(src.inputs), list(src.outputs), example, source=src.source,
+                         path=None, tokenizer_dir=src.tokenizer_dir, metadata=dict(imported.metadata))
+    if fixed:
+        handle.metadata["deepshrink.static_batch"] = ",".join(fixed)
+    return handle
+
+
 @register_route("onnx", "torch")
 def onnx_to_pt2(src: ModelHandle, dst: Path, opts: ConvertOptions) -> tuple[Any, Any]:
     from ..writers import save

@@ -9,6 +9,7 @@ fold constant sub-graphs (shape arithmetic) at import time.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -820,6 +821,8 @@ def widen(fn: Any) -> Any:
 
     name = f"onnx_{getattr(fn, '__name__', 'op')}"
     wrapped.__name__ = wrapped.__qualname__ = name
+    if fn in _ARITHMETIC:  # see CHANNEL_RULES
+        wrapped.channel_rule = "elementwise"  # type: ignore[attr-defined]
     wrapped.__module__ = __name__
     globals().setdefault(name, wrapped)
     _WIDENED[fn] = wrapped
@@ -1517,3 +1520,18 @@ def non_max_suppression(boxes: torch.Tensor, scores: torch.Tensor, max_out: Any,
                     kept.append(i)
             out += [[bi, ci, i] for i in kept]
     return torch.tensor(out, dtype=torch.int64).reshape(-1, 3)
+
+
+# What structured pruning needs to know of these functions to follow channels through an imported graph
+# (``deepshrink.prune.structured.graph`` reads ``fn.channel_rule``): "elementwise" (operands broadcast against
+# each other; channels pass through, residual adds couple them), "passthrough" (the channel axis comes out as
+# it went in: pooling, spatial padding — checked on the shapes), "reshape" (read from the shapes: a flatten of
+# the channel axis and what follows), "reduce:A:K" (a reduction whose axes are argument A and keepdims
+# argument K: channels pass when their axis is not reduced). Anything without a rule stops the channel sets
+# it touches, which are then left unpruned and named.
+_ARITHMETIC = {operator.add, operator.sub, operator.mul, div, pow_}
+CHANNEL_RULES = {clip: "elementwise", mish: "elementwise", prelu: "elementwise", div: "elementwise",
+                 pool: "passthrough", reshape: "reshape", flatten: "reshape", squeeze: "reshape",
+                 reduce: "reduce:2:3"}
+for _fn, _rule in CHANNEL_RULES.items():
+    _fn.channel_rule = _rule  # type: ignore[attr-defined]

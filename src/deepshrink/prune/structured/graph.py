@@ -335,8 +335,11 @@ def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | Non
     traced = False
     if example_inputs is not None:
         try:
-            graph = _Tracer(leaves).trace(model, concrete_args=_defaults_beyond(model, len(example_inputs)))
-            gm = fx.GraphModule(model, graph)
+            if isinstance(model, fx.GraphModule) and not leaves:  # already a graph (an ONNX import): read as it is
+                gm = model  # (tracing it again would run its helpers on proxies)
+            else:
+                graph = _Tracer(leaves).trace(model, concrete_args=_defaults_beyond(model, len(example_inputs)))
+                gm = fx.GraphModule(model, graph)
             from torch.fx.passes.shape_prop import ShapeProp
 
             was_training = model.training
@@ -477,18 +480,20 @@ def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
                 unsupported(f"layer type {type(mod).__name__} ({name})")
         elif node.op in ("call_function", "call_method"):
             t = node.target
+            # a function that states how channels cross it (an ONNX-imported graph's run-time helpers)
+            rule = str(getattr(t, "channel_rule", "")) if node.op == "call_function" else ""
             if shape is None:  # size queries and other non-tensor results
                 result = None
                 if in_layouts and (t in _SPLITS or (node.op == "call_method" and t in _SPLIT_METHODS)):
                     unsupported()  # a tuple of channel slices with fixed sizes: the group cannot shrink
-            elif t in _ELEMENTWISE or (node.op == "call_method" and t in _ELEMENTWISE_METHODS):
+            elif t in _ELEMENTWISE or (node.op == "call_method" and t in _ELEMENTWISE_METHODS) or rule == "elementwise":
                 result = _elementwise(node, shape, ins, env, ana, what)
-            elif t in _RESHAPE or (node.op == "call_method" and t in _RESHAPE_METHODS):
+            elif t in _RESHAPE or (node.op == "call_method" and t in _RESHAPE_METHODS) or rule == "reshape":
                 x = node.args[0]
                 result = _reshape(lay(x), _shape(x), shape)
                 if result is None and lay(x) is not None:
                     unsupported()
-            elif t in _PAD or (node.op == "call_method" and t == "pad"):
+            elif t in _PAD or (node.op == "call_method" and t == "pad") or rule == "passthrough":
                 x = node.args[0]
                 result = _passthrough(lay(x), _shape(x), shape)
                 if result is None and lay(x) is not None:
@@ -498,9 +503,10 @@ def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
                 result = _permute(node, lay(x), _shape(x), shape)
                 if result is None and lay(x) is not None:
                     unsupported()
-            elif t in _REDUCE or (node.op == "call_method" and t in _REDUCE_METHODS):
+            elif t in _REDUCE or (node.op == "call_method" and t in _REDUCE_METHODS) or rule.startswith("reduce:"):
                 x = node.args[0]
-                result = _reduce(node, lay(x), _shape(x), shape)
+                at = tuple(int(i) for i in rule.split(":")[1:]) if rule else (1, 2)
+                result = _reduce(node, lay(x), _shape(x), shape, at)
                 if result is None and lay(x) is not None:
                     unsupported()
             elif t in (torch.cat, torch.concat):
@@ -559,12 +565,17 @@ def _permute(node: fx.Node, xl: Layout | None, xs: tuple[int, ...] | None,
     return Layout(new_dim, xl.segs)
 
 
-def _reduce(node: fx.Node, xl: Layout | None, xs: tuple[int, ...] | None, shape: tuple[int, ...]) -> Layout | None:
+def _reduce(node: fx.Node, xl: Layout | None, xs: tuple[int, ...] | None, shape: tuple[int, ...],
+            at: tuple[int, int] = (1, 2)) -> Layout | None:
+    """A reduction; ``at``: the positions of its axes and keepdim arguments (torch's ``mean(x, dim, keepdim)``:
+    1, 2)."""
     if xl is None or xs is None:
         return None
-    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    keep = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
-    if dims is None:
+    dims = node.kwargs.get("dim", node.args[at[0]] if len(node.args) > at[0] else None)
+    keep = bool(node.kwargs.get("keepdim", node.args[at[1]] if len(node.args) > at[1] else False))
+    if isinstance(dims, torch.Tensor):
+        dims = [int(d) for d in dims.reshape(-1).tolist()]
+    if dims is None or isinstance(dims, fx.Node):
         return None
     dims = [dims] if isinstance(dims, int) else list(dims)
     dims = [d % len(xs) for d in dims]

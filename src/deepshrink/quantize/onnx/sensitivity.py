@@ -55,24 +55,18 @@ def run_outputs(model: onnx.ModelProto, inputs: dict[str, np.ndarray], *, batch:
 
     sess = make_session(model, threads=threads)
     names = [i.name for i in sess.get_inputs()]
-    from ...core.shapes import fixed_batch
+    from ...core.shapes import fixed_batch, join_batches
 
     batch = fixed_batch(sess.get_inputs()) or batch  # a graph fixed at batch B (zoo CNNs, ddddocr: 1): B at a time
     n = len(next(iter(inputs.values())))
-    runs = [sess.run(None, _trim({k: inputs[k][i:i + batch] for k in names})) for i in range(0, n, batch)]
-    first = np.concatenate([r[0] for r in runs])
+    first, *rest = join_batches([sess.run(None, _trim({k: inputs[k][i:i + batch] for k in names}))
+                                 for i in range(0, n, batch)])
+    if first is None or first.ndim == 0:
+        raise ValueError("the model's first output cannot be joined over batches (no sample axis)")
     if len(first) != n or not np.issubdtype(first.dtype, np.floating):
         return first
-    more = []
-    for k in range(1, len(runs[0])):
-        if not np.issubdtype(np.asarray(runs[0][k]).dtype, np.floating):
-            continue
-        try:
-            joined = np.concatenate([r[k] for r in runs])
-        except ValueError:  # a shape that varies between batches otherwise: not per sample
-            continue
-        if len(joined) == n:  # a recurrent state (layers, batch, hidden) has no sample axis first: left out
-            more.append(joined)
+    # further floating-point outputs with a sample axis; a recurrent state (layers, batch, hidden) is left out
+    more = [o for o in rest if o is not None and np.issubdtype(o.dtype, np.floating) and len(o) == n]
     return output_view([first, *more])
 
 
