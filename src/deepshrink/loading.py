@@ -358,7 +358,7 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
     if all(isinstance(d, int) for s in ins for d in s.shape):
         example = {s.name: np.zeros(s.shape, s.np_dtype) for s in ins}
         handle.example_inputs = example
-    _set_output_specs(handle)
+    _set_output_specs(handle, static_batch=bool(static) and len(static) == len(ins))  # (a program fixed at its batch)
     if not handle.outputs:  # dynamic dims: the shapes the export recorded, without running the model
         handle.outputs = _pt2_output_specs(ep)
     names = pt2_output_names(extra[PT2_OUTPUT_NAMES])
@@ -598,7 +598,8 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
         handle.example_inputs = example
         handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
     if handle.example_inputs is not None:
-        _set_output_specs(handle)
+        static = set(filter(None, handle.metadata.get("deepshrink.static_batch", "").split(",")))
+        _set_output_specs(handle, static_batch=bool(static) and static >= set(handle.input_names))
 
 
 def _batch_named_elsewhere(shape: tuple[int | str, ...]) -> bool:
@@ -645,7 +646,9 @@ def _loose(handle: ModelHandle, names: list[str] | None = None) -> ModelHandle:
                        tokenizer_dir=handle.tokenizer_dir)
 
 
-def _set_output_specs(handle: ModelHandle, first_name: str | None = None) -> None:
+def _set_output_specs(handle: ModelHandle, first_name: str | None = None, *, static_batch: bool = False) -> None:
+    """``handle.outputs`` from one run on its example inputs; axis 0 named ``batch`` unless ``static_batch`` (a
+    program traced at a fixed batch: its outputs keep the size)."""
     if handle.example_inputs is None:
         return
     try:
@@ -662,7 +665,8 @@ def _set_output_specs(handle: ModelHandle, first_name: str | None = None) -> Non
         names = handle.output_names  # keep names chosen earlier (e.g. sentence_embedding)
     else:
         names = [first_name or "output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
-    handle.outputs = [TensorSpec(n, ("batch", *o.shape[1:]), str(o.dtype)) for n, o in zip(names, outs, strict=True)]
+    handle.outputs = [TensorSpec(n, (o.shape[0] if static_batch and o.ndim else "batch", *o.shape[1:]), str(o.dtype))
+                      for n, o in zip(names, outs, strict=True)]
 
 
 def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int | str, ...]]) -> None:

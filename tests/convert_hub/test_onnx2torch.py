@@ -121,6 +121,7 @@ def test_pt2_keeps_output_names_and_a_fixed_batch_back_to_onnx(tmp_path):
     assert run_app(["convert", str(src), str(tmp_path / "det.pt2")]) == 0
     h = ds.load(tmp_path / "det.pt2")
     assert h.output_names == ["regressors", "classificators"]
+    assert [o.shape for o in h.outputs] == [(1, 3), (1, 2)]  # a program fixed at batch 1 (was: batch x 3)
     assert run_app(["convert", str(tmp_path / "det.pt2"), str(tmp_path / "back.onnx")]) == 0
     back = onnx.load(tmp_path / "back.onnx")
     assert [o.name for o in back.graph.output] == ["regressors", "classificators"]
@@ -466,3 +467,51 @@ def test_pad_fill_round_trip_through_onnx(tmp_path, capsys):
     for b in (1, 3):
         x = np.random.default_rng(b).standard_normal((b, 3, 8, 8)).astype(np.float32)
         assert _rel(_run(model, x)[0], _run(mod, x)[0]) <= 1e-5  # 0.0 seen
+
+
+@pytest.mark.parametrize("flat", [[0, 128], [-1, 128]])
+def test_imported_graph_prunes_through_exporter_patterns(flat):
+    """What other toolchains write and structured pruning must follow in an ONNX import: Paddle's conv bias added
+    as Reshape(b, [1, C, 1, 1]) (a per-channel constant, sliced with the channels), one bias shared by two convs
+    (tf2onnx merges equal constants), TensorFlow's SAME padding at stride 2 (one more at the end), and a Reshape
+    to a literal [batch, 128] before the classifier (the 128 must follow the pruned channels). Before: every
+    group was blocked or the export failed on "shape '[2, 128]' is invalid"."""
+    from onnx import numpy_helper as nh
+
+    from deepshrink.backends.onnx import make_session, run_onnx
+    from deepshrink.convert.onnx2torch.route import trainable_handle
+    from deepshrink.prune import StructuredPruneConfig, prune_with_report
+
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n) for n, s in
+             (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (8, 8, 1, 1)), ("w3", (8, 8, 1, 1)), ("shared", (8,)),
+              ("w4", (10, 128)), ("b4", (10,)))]
+    inits += [nh.from_array(np.array([1, 8, 1, 1], np.int64), "bshape"), nh.from_array(np.array(flat, np.int64), "flat")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], strides=[2, 2], pads=[0, 0, 1, 1]),
+             helper.make_node("Reshape", ["b1", "bshape"], ["b1r"]), helper.make_node("Add", ["c1", "b1r"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "shared"], ["c2"]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3", "shared"], ["c3"]), helper.make_node("Relu", ["c3"], ["r3"]),
+             helper.make_node("Reshape", ["r3", "flat"], ["f"]),
+             helper.make_node("Gemm", ["f", "w4", "b4"], ["logits"], transB=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])], inits)
+    import deepshrink as ds
+
+    src = ds.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    handle = trainable_handle(src, {"x": x})
+    with torch.no_grad():  # the import computes what ONNX Runtime does
+        assert _max_abs(handle.model(torch.from_numpy(x)), torch.from_numpy(run_onnx(make_session(src.model), {"x": x})[0])) < 1e-4
+    pruned, report = prune_with_report(handle, StructuredPruneConfig(ratio=0.5), data={"x": x})
+    assert not report.warnings
+    assert sorted((g["size"], g["kept"]) for g in report.groups) == [(8, 4), (8, 4), (8, 4)]
+    m = pruned.model
+    assert tuple(m.get_parameter("b1").shape) == (1, 4, 1, 1)  # the reshaped bias, sliced with conv 1's channels
+    with torch.no_grad():
+        y = m(torch.from_numpy(x))
+    assert y.shape == (4, 10)
+    from deepshrink.convert import export_onnx
+
+    written = export_onnx(pruned)
+    assert _max_abs(torch.from_numpy(run_onnx(make_session(written.model), {"x": x})[0]), y) < 1e-4

@@ -218,6 +218,8 @@ def print_report(report: Any, evaluated_on: str = "the evaluation data") -> None
                       highlight=False)
     if report.layer_map:
         console.print(f"  layer map (teacher layer per student layer) {report.layer_map}", highlight=False)
+    for w in (report.width or {}).get("warnings", []):  # what the width derivation left unpruned, and why
+        console.print("warning: " + w, style="yellow", markup=False)
     if report.first_loss is not None:
         console.print(f"  {report.objective or report.loss} loss {report.first_loss:.4f} → {report.last_loss:.4f} over {report.steps} steps, "
                       f"{report.epochs} epochs, {report.world_size} process(es)"

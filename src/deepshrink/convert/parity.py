@@ -150,8 +150,8 @@ def parity_inputs(ref: ModelHandle, data: Any = None, *, seed: int = 0, batches:
     from ..core.shapes import fixed_batch
 
     fixed = fixed_batch(ref.inputs)
-    if fixed:
-        batches = (fixed,)
+    if fixed:  # several draws of B: one draw alone is one sample at batch 1
+        batches = (fixed,) * max(1, 4 // fixed)
     sets = [ref.sample_inputs(batch=b, seed=seed + i) for i, b in enumerate(batches)]
     if data is not None:
         from ..core.data import load_data

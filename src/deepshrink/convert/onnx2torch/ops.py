@@ -267,6 +267,12 @@ def _own_initializer(b: Builder, name: str) -> bool:
             and b.tensor_of(name).dtype == torch.float32)
 
 
+def _copyable_bias(b: Builder, name: str) -> bool:
+    """True when ``name`` is a float32 1-D initializer: a module may take its own copy even when other nodes read it
+    too (tf2onnx merges equal constants, so several convolutions can share one bias)."""
+    return name in b.initializers and b.tensor_of(name).dtype == torch.float32 and b.tensor_of(name).dim() == 1
+
+
 @converter("MatMul")
 def _matmul(b: Builder, n: OnnxNode) -> Value:
     a_name, w_name = n.inputs[0], n.inputs[1]
@@ -312,17 +318,22 @@ def _conv(b: Builder, n: OnnxNode) -> Value:
     auto_pad = n.attr("auto_pad", "NOTSET")
     strides, dil, group = n.attr("strides"), n.attr("dilations"), n.attr("group", 1)
     pads = n.attr("pads")
-    if (_own_initializer(b, w_name) and (not b_name or _own_initializer(b, b_name)) and auto_pad in ("NOTSET", "VALID")):
+    if (_own_initializer(b, w_name) and (not b_name or _copyable_bias(b, b_name)) and auto_pad in ("NOTSET", "VALID")):
         w = b.tensor_of(w_name)
         nsp = w.dim() - 2
         p = [0] * (2 * nsp) if auto_pad == "VALID" or not pads else list(pads)
-        if 1 <= nsp <= 3 and p[:nsp] == p[nsp:]:
+        if 1 <= nsp <= 3:
             cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nsp]
+            even = p[:nsp] == p[nsp:]
             conv = cls(w.shape[1] * group, w.shape[0], tuple(w.shape[2:]), stride=tuple(strides or [1] * nsp),
-                       padding=tuple(p[:nsp]), dilation=tuple(dil or [1] * nsp), groups=group, bias=bool(b_name))
+                       padding=tuple(p[:nsp]) if even else 0, dilation=tuple(dil or [1] * nsp), groups=group,
+                       bias=bool(b_name))
             conv.weight = nn.Parameter(w)
             if b_name:
                 conv.bias = nn.Parameter(b.tensor_of(b_name).clone())
+            if not even:  # TensorFlow's SAME at stride 2 pads one more at the end: a zero-pad module first
+                pad = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[nsp](tuple(rt._torch_pad(p)), 0.0)
+                x = b.call_module(b.add_module(_module_name(w_name) + "_pad", pad), x)
             target = b.add_module(_module_name(w_name), conv)
             return b.call_module(target, x)
     return b.call(rt.conv, x, b.value(w_name), _opt(b, n, 2), _list(strides), _list(pads), _list(dil), group, auto_pad)
@@ -511,6 +522,12 @@ def _reshape(b: Builder, n: OnnxNode) -> Value:
         shape = n.attr("shape") if "shape" in n.attrs else b.value(n.inputs[1])
         if b.known(shape):
             shape = rt.ints(shape)
+    if (_own_initializer(b, n.inputs[0]) and isinstance(shape, list) and all(isinstance(d, int) for d in shape)):
+        # a weight reshaped for broadcasting (Paddle adds each conv's bias as reshape(b, [1, C, 1, 1])): the
+        # parameter is kept in its broadcast shape, so the graph reads it directly and structured pruning can
+        # slice it with the channels it belongs to
+        t = rt.reshape(b.tensor_of(n.inputs[0]), shape, n.attr("allowzero", 0))
+        return b.get_attr(n.inputs[0], nn.Parameter(t), buffer=False)
     return b.call(rt.reshape, b.value(n.inputs[0]), shape, n.attr("allowzero", 0))
 
 

@@ -1535,3 +1535,4 @@ CHANNEL_RULES = {clip: "elementwise", mish: "elementwise", prelu: "elementwise",
                  reduce: "reduce:2:3"}
 for _fn, _rule in CHANNEL_RULES.items():
     _fn.channel_rule = _rule  # type: ignore[attr-defined]
+reshape.shape_argument = 1  # type: ignore[attr-defined]  # its target shape (ONNX: 0 copies the input's dim)

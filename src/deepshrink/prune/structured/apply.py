@@ -103,6 +103,9 @@ def apply_plan(model: nn.Module, graph: DependencyGraph) -> None:
     mods = dict(model.named_modules())
     swapped = False
     for name, roles in _collect(graph).items():
+        if any(r.startswith("tensor:") for r in roles):  # a per-channel constant of an imported graph
+            _slice_tensor(model, mods, name, roles)
+            continue
         mod = mods[name]
         if "out" in roles:
             idx = _dim_index(mod.weight.shape[0], roles["out"])
@@ -158,6 +161,22 @@ def apply_plan(model: nn.Module, graph: DependencyGraph) -> None:
         for m in model.modules():
             if isinstance(m, nn.TransformerEncoder):
                 m.use_nested_tensor = False
+
+
+def _slice_tensor(model: nn.Module, mods: dict[str, nn.Module], name: str,
+                  roles: dict[str, list[tuple[int, int, int, torch.Tensor]]]) -> None:
+    """Keep the planned channels of the tensor attribute ``name`` (a parameter or buffer) on each axis K of its
+    ``tensor:K`` roles."""
+    parent, _, attr = name.rpartition(".")
+    owner = mods[parent] if parent else model
+    for role, slices in roles.items():
+        t = getattr(owner, attr)
+        dim = int(role.split(":", 1)[1])
+        new = t.detach().index_select(dim, _dim_index(t.shape[dim], slices)).clone()
+        if isinstance(t, nn.Parameter):
+            setattr(owner, attr, nn.Parameter(new, requires_grad=t.requires_grad))
+        else:
+            owner._buffers[attr] = new
 
 
 @torch.no_grad()

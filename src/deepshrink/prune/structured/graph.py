@@ -353,7 +353,9 @@ def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | Non
             ana.warnings.append(f"graph capture of {type(model).__name__} failed ({type(exc).__name__}: {first}); "
                                 "only transformer heads/FFN neurons found by structure are pruned")
         if traced:
-            _walk(gm.graph, ana, leaves)
+            _walk(gm.graph, ana, leaves, own_graph=gm is model)
+            if gm is model:
+                model.recompile()  # reshapes to a fixed channel count now read -1 (see _fixed_size_reshape)
     else:
         ana.warnings.append("no example inputs to trace the model with (pass example_inputs=(x,) or data=): "
                             "only transformer heads/FFN neurons found by structure are pruned")
@@ -401,7 +403,9 @@ class _Env(dict):
         return self.ana.resolve(value) if isinstance(value, Layout) else value
 
 
-def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
+def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str], *, own_graph: bool = False) -> None:
+    """Give every node of ``graph`` its channel layout, recording groups in ``ana``. ``own_graph``: ``graph`` is
+    the model's own (an imported ``GraphModule``), so a reshape to a fixed channel count may be rewritten."""
     env: dict[fx.Node, Layout | None] = _Env(ana)
 
     def lay(n: Any) -> Layout | None:
@@ -487,12 +491,15 @@ def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str]) -> None:
                 if in_layouts and (t in _SPLITS or (node.op == "call_method" and t in _SPLIT_METHODS)):
                     unsupported()  # a tuple of channel slices with fixed sizes: the group cannot shrink
             elif t in _ELEMENTWISE or (node.op == "call_method" and t in _ELEMENTWISE_METHODS) or rule == "elementwise":
-                result = _elementwise(node, shape, ins, env, ana, what)
+                result = _elementwise(node, shape, ins, env, ana, what, own_graph=own_graph)
             elif t in _RESHAPE or (node.op == "call_method" and t in _RESHAPE_METHODS) or rule == "reshape":
                 x = node.args[0]
                 result = _reshape(lay(x), _shape(x), shape)
                 if result is None and lay(x) is not None:
                     unsupported()
+                elif result is not None and not _fixed_size_reshape(node, result.dim, shape, own_graph):
+                    unsupported("reshape to a fixed channel count")
+                    result = None
             elif t in _PAD or (node.op == "call_method" and t == "pad") or rule == "passthrough":
                 x = node.args[0]
                 result = _passthrough(lay(x), _shape(x), shape)
@@ -536,6 +543,47 @@ def _reshape(xl: Layout | None, xs: tuple[int, ...] | None, shape: tuple[int, ..
         r = math.prod(xs[d + 1:])
         return Layout(d, tuple(Seg(s.set_id, s.size, s.repeat * r) for s in xl.segs))
     return None
+
+
+def _fixed_size_reshape(node: fx.Node, dim: int, shape: tuple[int, ...], rewrite: bool) -> bool:
+    """Whether the channel axis ``dim`` of a reshape's result (``shape``) can change size. A target shape that
+    spells that axis's size as a number (an ONNX Reshape to ``[batch, 200]``, ``x.view(n, 200)``) would keep
+    asking for the old size after pruning: with ``rewrite`` (the graph is the model's own) the number becomes
+    -1 when no other axis is -1, and the reshape follows the channels; otherwise False (the group is blocked)."""
+    if node.op == "call_method" and node.target not in ("view", "reshape"):  # x.flatten(1): no sizes
+        return True
+    if node.op == "call_method":  # x.view(a, b, c) or x.view((a, b, c))
+        container, at = (node.args, 1) if not (len(node.args) == 2 and isinstance(node.args[1], (list, tuple))) else (
+            node.args[1], 0)
+        items = list(container[at:]) if container is node.args else list(container)
+    elif node.target is torch.reshape or getattr(node.target, "shape_argument", None) == 1:  # reshape(x, shape, ...)
+        target = node.kwargs.get("shape", node.args[1] if len(node.args) > 1 else None)
+        if not isinstance(target, (list, tuple)):
+            return not isinstance(target, torch.Tensor)  # a shape computed in the graph follows the tensor
+        items = list(target)
+    else:  # flatten, squeeze: no sizes in their arguments
+        return True
+    if len(items) != len(shape) or not isinstance(items[dim], int) or items[dim] == -1:
+        return True
+    if not rewrite:
+        return False
+    others = [i for i, v in enumerate(items) if isinstance(v, int) and v == -1]
+    if others:  # ONNX's Reshape to [-1, 200]: the -1 becomes 0 (ONNX: copy the input's dim) where that dim is kept
+        xs = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        j = others[0]
+        onnx_copy = getattr(node.target, "shape_argument", None) == 1 and len(node.args) > 2 and node.args[2] == 0
+        if not (onnx_copy and len(others) == 1 and xs is not None and j < len(xs) and xs[j] == shape[j]):
+            return False
+        items[j] = 0
+    items[dim] = -1
+    if node.op == "call_method":
+        node.args = (node.args[0], *items) if not (len(node.args) == 2 and isinstance(node.args[1], (list, tuple))) \
+            else (node.args[0], type(node.args[1])(items))
+    elif "shape" in node.kwargs:
+        node.kwargs = {**node.kwargs, "shape": type(node.kwargs["shape"])(items)}
+    else:
+        node.args = (node.args[0], type(node.args[1])(items), *node.args[2:])
+    return True
 
 
 def _permute(node: fx.Node, xl: Layout | None, xs: tuple[int, ...] | None,
@@ -588,7 +636,11 @@ def _reduce(node: fx.Node, xl: Layout | None, xs: tuple[int, ...] | None, shape:
 
 
 def _elementwise(node: fx.Node, shape: tuple[int, ...], ins: list[fx.Node], env: dict[fx.Node, Layout | None],
-                 ana: _Analysis, what: str) -> Layout | None:
+                 ana: _Analysis, what: str, *, own_graph: bool = False) -> Layout | None:
+    """An element-wise op: operands with channel sets are united; a tensor without them must broadcast over the
+    channel axis (size 1 there) — or, in a graph that is the model's own (an ONNX import), be a per-channel
+    constant read by this op alone (a bias added as ``[1, C, 1, 1]``, a folded BatchNorm's scale), which then
+    becomes a member of the group with role ``tensor:K`` (sliced on its axis K)."""
     nd = len(shape)
     layouts = []
     for n in ins:
@@ -606,12 +658,20 @@ def _elementwise(node: fx.Node, shape: tuple[int, ...], ins: list[fx.Node], env:
     ref = with_l[0]
     ok = all(lo.dim == ref.dim and [(s.size, s.repeat) for s in lo.segs] == [(s.size, s.repeat) for s in ref.segs]
              for lo in with_l)
+    constants: list[tuple[str, int]] = []
     if ok and len(shape) > ref.dim:
-        for _n, s, lo in layouts:
+        width = sum(seg.size for seg in ref.segs)
+        for n, s, lo in layouts:
             if lo is None:  # a tensor without channel sets broadcast against channels
                 k = ref.dim - (nd - len(s))
                 if 0 <= k < len(s) and s[k] != 1:
-                    ok = False
+                    per_channel = (own_graph and n.op == "get_attr" and len(n.users) == 1 and s[k] == width
+                                   and all(d == 1 for i, d in enumerate(s) if i != k)
+                                   and all(seg.repeat == 1 for seg in ref.segs))
+                    if per_channel:
+                        constants.append((str(n.target), k))
+                    else:
+                        ok = False
     if not ok:
         for lo in with_l:
             ana.block(lo, f"unsupported operands of {what}")
@@ -619,6 +679,8 @@ def _elementwise(node: fx.Node, shape: tuple[int, ...], ins: list[fx.Node], env:
     for lo in with_l[1:]:
         for a, b in zip(ref.segs, lo.segs, strict=True):
             ana.union(a.set_id, b.set_id)
+    for target, k in constants:
+        ana.members_from_layout(ana.resolve(ref), target, f"tensor:{k}")
     return ref
 
 

@@ -44,6 +44,8 @@ def group_scores(model: nn.Module, group: Group, kind: str,
     score = torch.zeros(group.size, dtype=torch.float64)
     used = False
     for member in group.members:
+        if member.role.startswith("tensor:"):  # a per-channel constant (an imported graph's bias): not scored
+            continue
         mod = mods[member.module]
         if member.role == "mha_heads":
             if kind == "bn":
