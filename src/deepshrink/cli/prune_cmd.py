@@ -136,16 +136,32 @@ def prune_cmd(
                                                         ACTIVATION_SAMPLES if scores else 0))
         ds, held, _spared = gate.split_holdout(ds, used)
     pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
-    table, verdict = gate.write_checked(  # nothing lands unless the gate passes
-        original, pruned, output, held=held, policy=policy,
-        write=lambda h, path: _save(h, path, force=True, src=src),
-        measure=lambda written, path, data: _measure(original, written, path, src, data, repeats, json_out,
-                                                     threads=threads, name=str(output)))
+    try:
+        table, verdict = gate.write_checked(  # nothing lands unless the gate passes
+            original, pruned, output, held=held, policy=policy,
+            write=lambda h, path: _save(h, path, force=True, src=src),
+            measure=lambda written, path, data: _measure(original, written, path, src, data, repeats, json_out,
+                                                         threads=threads, name=str(output)))
+    except gate.DegradedError:
+        if not json_out:  # what was pruned and how training went explain the refusal that follows
+            _print_summary(report)
+        raise
     result = {"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None,
               "gate": verdict.to_dict()}
     if json_out:
         print_json(result)
         return
+    _print_summary(report)
+    if table is not None:
+        from .common_cmds import print_bench
+
+        print_bench(table)
+    print_gate(verdict)
+    console.print(f"wrote {output}")
+
+
+def _print_summary(report: Any) -> None:
+    """What was pruned (groups, parameters), re-fitted and fine-tuned, and the warnings."""
     console.print(f"[bold]{report.method}[/]: parameters {report.params_before:,} → {report.params_after:,} "
                   f"({report.params_after / max(report.params_before, 1):.2f}×), zero weights "
                   f"{100 * report.sparsity_before:.1f}% → {100 * report.sparsity_after:.1f}%")
@@ -166,12 +182,6 @@ def prune_cmd(
                       "layer(s) whose momentum 0 kept them from following fine-tuning", highlight=False)
     for w in report.warnings:
         console.print("warning: " + w, style="yellow", markup=False)
-    if table is not None:
-        from .common_cmds import print_bench
-
-        print_bench(table)
-    print_gate(verdict)
-    console.print(f"wrote {output}")
 
 
 def _save(handle: Any, output: Path, *, force: bool, src: str) -> Any:
