@@ -229,8 +229,11 @@ def onnx_cnn_section(seeds: int = 5, epochs: int = 10, lr: float = 2e-3) -> None
     torch.set_num_threads(1)
     d = digits_data()
     ex = torch.from_numpy(d.x_train[:2])
+    from deepshrink.prune import batchnorm_for_training
+    from deepshrink.train.batchnorm import fold_batchnorm
+
     names = ["fp32", "module (BatchNorm)", "module, BatchNorm folded", "ONNX file: deepshrink",
-             "ONNX file: torch-pruning on the import"]
+             "ONNX file: deepshrink, BatchNorm put back while fine-tuning", "ONNX file: torch-pruning on the import"]
     acc: dict[str, list[float]] = {n: [] for n in names}
     kept: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -244,11 +247,14 @@ def onnx_cnn_section(seeds: int = 5, epochs: int = 10, lr: float = 2e-3) -> None
             tp_prune(tpm, ex, 0.5, [m for n, m in tpm.named_modules() if isinstance(m, nn.Linear)])
             models = {"module (BatchNorm)": ds_prune(copy.deepcopy(base), ex, 0.5),
                       "module, BatchNorm folded": ds_prune(fuse(copy.deepcopy(base)), ex, 0.5),
-                      "ONNX file: deepshrink": ds_prune(imported, ex, 0.5),
+                      "ONNX file: deepshrink": ds_prune(copy.deepcopy(imported), ex, 0.5),
+                      "ONNX file: deepshrink, BatchNorm put back while fine-tuning": ds_prune(imported, ex, 0.5),
                       "ONNX file: torch-pruning on the import": tpm}
             for name, m in models.items():
                 kept[name] = params(m) / params(base)
+                pairs = batchnorm_for_training(m, (d.x_train,), 64) if "put back" in name else []
                 Trainer(m, epochs=epochs, lr=lr, batch_size=64, seed=seed, progress=False).fit((d.x_train, d.y_train))
+                fold_batchnorm(m, pairs)  # what prune x.onnx --finetune-epochs does (prune._finetune)
                 acc[name].append(accuracy_of(m, d.x_test, d.y_test))
             print(seed, {k: v[-1] for k, v in acc.items()}, flush=True)
     rows = [[n, "-" if n == "fp32" else f"{kept[n]:.3f}", " ".join(f"{100 * a:.2f}" for a in v),
@@ -258,7 +264,10 @@ def onnx_cnn_section(seeds: int = 5, epochs: int = 10, lr: float = 2e-3) -> None
             f"(Adam lr {lr}, batch 64, same seed) with the deepshrink Trainer; test accuracy (360 images), {seeds} "
             "seeds. The ONNX rows start from the file `deepshrink convert` writes (dynamo exporter: BatchNorm folded "
             "into the convolutions), imported to PyTorch (`convert.onnx2torch.route.trainable_handle`, what `prune "
-            "x.onnx` does); Torch-Pruning 1.6 prunes the same imported graph (its Linear head kept).\n\n"
+            "x.onnx` does); Torch-Pruning 1.6 prunes the same imported graph (its Linear head kept). 'BatchNorm put "
+            "back': a BatchNorm after each convolution while fine-tuning, set from the first 512 training images so "
+            "the model computes what it did, folded into the convolutions after (`deepshrink.train.batchnorm`, what "
+            "`prune x.onnx --finetune-epochs N` does); the other rows fine-tune without it.\n\n"
             + md_table(["model", "params vs fp32", "accuracy per seed (%)", "mean %", "vs fp32 (pt)"], rows)
             + "\n\n" + machine_line(1))
     write_result("prune_onnx_cnn", "Structured pruning of an ONNX file (digits CNN) through its PyTorch import",

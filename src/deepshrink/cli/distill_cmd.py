@@ -232,6 +232,9 @@ def print_report(report: Any, evaluated_on: str = "the evaluation data") -> None
     if report.batchnorm_recalibrated:
         console.print(f"  BatchNorm statistics recomputed on the training data for {report.batchnorm_recalibrated} "
                       "layer(s) whose momentum 0 kept them from following training", highlight=False)
+    if report.batchnorm_inserted:
+        console.print(f"  trained with a BatchNorm after each of {report.batchnorm_inserted} convolution(s) (the ONNX "
+                      "exporter had folded them away), folded back into them after", highlight=False)
     if report.evals:
         console.print("  " + ", ".join(f"{k} {v:.4f}" for k, v in report.evals[-1].items())
                       + f" on {evaluated_on} after the last epoch", highlight=False)

@@ -180,6 +180,9 @@ def _print_summary(report: Any) -> None:
     if report.batchnorm_recalibrated:
         console.print(f"  BatchNorm statistics recomputed on the training data for {report.batchnorm_recalibrated} "
                       "layer(s) whose momentum 0 kept them from following fine-tuning", highlight=False)
+    if report.batchnorm_inserted:
+        console.print(f"  fine-tuned with a BatchNorm after each of {report.batchnorm_inserted} convolution(s) (the "
+                      "ONNX exporter had folded them away), folded back into them after", highlight=False)
     for w in report.warnings:
         console.print("warning: " + w, style="yellow", markup=False)
 

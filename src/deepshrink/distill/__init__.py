@@ -61,6 +61,7 @@ class DistillReport:
     world_size: int = 1
     objective: str = ""  # the whole loss optimised, e.g. "embedding + 1×hidden (mse)"; first/last_loss are of it
     batchnorm_recalibrated: int = 0  # BatchNorm layers with momentum 0 whose statistics were recomputed at the end
+    batchnorm_inserted: int = 0  # an ONNX import's convolutions given a BatchNorm while training, folded after
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -243,10 +244,16 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                       global_batch=True, warmup_steps=warmup_steps, lengths=lengths,
                       forward_fn=forward)
     unused = frozen + _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
+    # a student imported from ONNX lost its BatchNorm to the exporter: put back while training, folded after
+    from ..prune import batchnorm_for_training
+    from ..train.batchnorm import fold_batchnorm
+
+    bn_pairs = batchnorm_for_training(s_mod, inputs, cfg.batch_size, steps=steps_per_epoch * cfg.epochs)
     torch.manual_seed(cfg.seed)  # dropout masks: the same on every process and every resume
     try:
         res = trainer.fit(tuple(train_arrays))
     finally:
+        fold_batchnorm(s_mod, bn_pairs)
         for cap in (cap_s, cap_t):
             if cap is not None:
                 cap.close()
@@ -264,7 +271,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
         world_size=world, objective=(out_kind if scales is None else f"{n_out}-output MSE/variance" if out_kind == "embedding"
                                      and cfg.metric == "mse" else f"{out_kind} + {n_out - 1}-output MSE/variance")
         + (f" + {cfg.hidden_weight:g}×hidden ({cfg.metric})" if hidden else "")
-        + (f" + {cfg.attention_weight:g}×attention" if attention else ""), batchnorm_recalibrated=res.batchnorm_recalibrated)
+        + (f" + {cfg.attention_weight:g}×attention" if attention else ""), batchnorm_recalibrated=res.batchnorm_recalibrated,
+        batchnorm_inserted=len(bn_pairs))
     if isinstance(teacher, ModelHandle) or not isinstance(teacher, nn.Module):
         s_handle = student if isinstance(student, ModelHandle) else t_handle
         out = s_handle.with_model(s_mod, metadata={**t_handle.metadata, "deepshrink.distilled": origin})

@@ -427,6 +427,7 @@ def onnx_to_torch(model: onnx.ModelProto | str | Path, *, tuple_outputs: bool = 
     gm.recompile()
     gm.onnx_input_names = input_names  # type: ignore[attr-defined]
     gm.onnx_output_names = [o.name for o in g.output]  # type: ignore[attr-defined]
+    gm.meta["deepshrink.imported_from"] = "onnx"  # (meta survives copy.deepcopy; attributes do not)
     return gm.eval()
 
 
