@@ -172,7 +172,8 @@ def _print_summary(report: Any) -> None:
     if report.reconstructed:
         fits = report.reconstructed
         mean = sum(f["before"] for f in fits) / len(fits), sum(f["after"] for f in fits) / len(fits)
-        console.print(f"reconstructed {len(fits)} layers on {fits[0]['tokens']:,} tokens: output error vs the "
+        console.print(f"reconstructed {len(fits)} layers on {fits[0]['tokens']:,} calibration vectors (tokens, "
+                      "pixels or samples, as the layer reads them): output error vs the "
                       f"unpruned layers {mean[0]:.4f} → {mean[1]:.4f} (mean relative squared error)", highlight=False)
     if report.finetune_loss:
         console.print(f"fine-tuned {report.finetune_epochs} epoch(s): training loss {report.finetune_loss[0]:.4f} → "

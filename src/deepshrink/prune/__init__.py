@@ -225,7 +225,7 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
 
 # Training steps from which an ONNX import trains with its BatchNorm put back. The digits CNN at half its channels
 # (3 seeds each): 34 steps mixed (-10.5 to +2.0 points), 68 steps better on every seed (+2.5 to +20.5), 170 steps
-# (5 seeds) +1.7 to +7.8 points, 94.8 % -> 98.6 % (benchmarks/results/prune_onnx_cnn.md); a 60-step distillation was
+# (5 seeds) +1.4 to +7.8 points, 94.8 % -> 98.6 % (benchmarks/results/prune_onnx_cnn.md); a 60-step distillation was
 # worse with it (agreement 0.27 against 0.48).
 BATCHNORM_MIN_STEPS = 100
 
