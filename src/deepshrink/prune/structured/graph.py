@@ -549,7 +549,9 @@ def _fixed_size_reshape(node: fx.Node, dim: int, shape: tuple[int, ...], rewrite
     """Whether the channel axis ``dim`` of a reshape's result (``shape``) can change size. A target shape that
     spells that axis's size as a number (an ONNX Reshape to ``[batch, 200]``, ``x.view(n, 200)``) would keep
     asking for the old size after pruning: with ``rewrite`` (the graph is the model's own) the number becomes
-    -1 when no other axis is -1, and the reshape follows the channels; otherwise False (the group is blocked)."""
+    -1 — and an ONNX reshape's other -1 (``[-1, 200]``) becomes 0, ONNX's "copy the input's dim", where the input
+    keeps that dim — so the reshape follows the channels; where that cannot be done, False (the group is
+    blocked). The rewrite computes the same shape as before, pruned or not."""
     if node.op == "call_method" and node.target not in ("view", "reshape"):  # x.flatten(1): no sizes
         return True
     if node.op == "call_method":  # x.view(a, b, c) or x.view((a, b, c))
