@@ -423,3 +423,22 @@ def test_recurrent_layers_are_named_when_left_unpruned(gru_classifier):
     graph = plan_structured(gru_classifier, StructuredPruneConfig(ratio=0.5), (torch.zeros(2, 8, 8),))
     share = sum(p.numel() for p in gru_classifier.gru.parameters()) / sum(p.numel() for p in gru_classifier.parameters())
     assert f"recurrent layer gru (GRU, {100 * share:.0f}% of the weights) left unpruned" in "; ".join(graph.warnings)
+
+
+def test_nothing_prunable_says_why_in_one_short_line():
+    """Every group blocked: the error counts the groups each reason blocks instead of naming them all (a BlazeFace
+    import listed 15 groups for one reason and cut the rest)."""
+
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(4, 8, 3, groups=2), nn.Conv2d(4, 8, 3, groups=4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (self.a(x) + self.b(x)).mean((2, 3))
+
+    with pytest.raises(InputError) as err:
+        prune(Grouped(), StructuredPruneConfig(ratio=0.5), example_inputs=(torch.randn(1, 4, 8, 8),))
+    msg = str(err.value)
+    assert msg.startswith("structured pruning found no prunable channel group (unsupported grouped convolution a")
+    assert msg.endswith("(unsupported grouped convolution a (1 group); unsupported grouped convolution b (1 group))")

@@ -356,7 +356,7 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     pruned = [g for g in graph.groups if g.keep is not None]
     if not pruned:
         raise InputError("structured pruning found no prunable channel group"
-                         + (f" ({'; '.join(msgs[:3])})" if msgs else ""))
+                         + (f" ({_reasons_in_short(msgs)})" if msgs else ""))
     trained: dict[str, Any] = {}
     if config.finetune_epochs:
         trained = _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
@@ -366,6 +366,20 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     return module, _report("structured", before, sp0, module, groups=groups, warnings=msgs,
                            finetune_epochs=config.finetune_epochs, reconstructed=[f.to_dict() for f in graph.fits],
                            **trained)
+
+
+def _reasons_in_short(msgs: list[str], most: int = 4) -> str:
+    """The analysis's warnings in one line: "REASON: G, G, ... left unpruned" becomes "REASON (N groups)", the
+    groups named in the full warnings (``--verbose`` / the report) rather than in the error line."""
+    import re
+
+    short = []
+    for m in msgs:
+        found = re.match(r"(.*?): ((?:\w+ group [^,]+(?:, )?)+) left unpruned$", m)
+        n = found.group(2).count(" group ") if found else 0
+        short.append(f"{found.group(1)} ({n} group{'s' * (n != 1)})" if found else m)
+    more = f"; and {len(short) - most} more" if len(short) > most else ""
+    return "; ".join(short[:most]) + more
 
 
 def _unique(msgs: Any) -> list[str]:

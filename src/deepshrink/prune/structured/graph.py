@@ -447,10 +447,12 @@ def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str], *, own_graph: bool 
                     ana.members_from_layout(xl, name, "channel")
                     result = xl
                 else:
-                    unsupported(f"grouped convolution {name}")
+                    why = (f"depthwise convolution {name} (its input's channels were not followed)"
+                           if mod.groups == mod.in_channels == mod.out_channels else f"grouped convolution {name}")
+                    unsupported(why)
                     sid = ana.new_set(mod.out_channels)
                     ana.add_member(sid, Member(name, "out"))
-                    ana.block(Layout(1, (Seg(sid, mod.out_channels),)), f"unsupported grouped convolution {name}")
+                    ana.block(Layout(1, (Seg(sid, mod.out_channels),)), f"unsupported {why}")
                     result = Layout(1, (Seg(sid, mod.out_channels),))
             elif isinstance(mod, nn.Linear) and shape is not None and xs is not None:
                 if xl is not None and xl.dim != len(xs) - 1:
