@@ -105,3 +105,15 @@ def test_wide_sentences_are_training_text_apart_from_the_evaluation_sentences(mi
     for bad in ("wider", "wide:x", "wide:0", "many"):
         with pytest.raises(InputError, match="sentences"):
             load_data(f"sentences:{bad}", h)
+
+
+def test_arrays_as_the_training_verbs_take_them(cnn_onnx):
+    """``(x, labels)`` — the form ``prune(..., data=(x, y))`` takes — is data for every verb (helper trial: passing it
+    to the ONNX import tried it as a file name and printed the whole array in the error)."""
+    h = ds.load(cnn_onnx)
+    x, y = np.zeros((5, 1, 8, 8), np.float32), np.arange(5)
+    d = load_data((x, y), h)
+    assert list(d.inputs) == ["x"] and d.inputs["x"].shape == (5, 1, 8, 8) and list(d.labels) == [0, 1, 2, 3, 4]
+    assert load_data((x,), h).labels is None
+    with pytest.raises(InputError, match="3 arrays; the model takes 1 input"):
+        load_data((x, y, y), h)

@@ -53,3 +53,39 @@ def test_only_onnx_imports_training_long_enough_get_batchnorm(imported_cnn, digi
     assert batchnorm_for_training(digits_cnn, x, 4, steps=10 ** 6) == []  # a PyTorch module keeps its own
     assert batchnorm_for_training(imported_cnn, x, 4, steps=BATCHNORM_MIN_STEPS - 1) == []
     assert len(batchnorm_for_training(imported_cnn, x, 4, steps=BATCHNORM_MIN_STEPS)) == 4
+
+
+def test_an_import_that_kept_its_batchnorm_gets_none():
+    """Paddle2ONNX keeps BatchNormalization; its convolutions without one (squeeze-excite 1×1s) never had one, and a
+    BatchNorm put there added parameters and a false "the exporter folded them" line (helper trial 2)."""
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    import deepshrink as ds
+    from deepshrink.convert.onnx2torch.route import trainable_handle
+    from deepshrink.prune import batchnorm_for_training
+
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in
+             (("w", (4, 3, 3, 3)), ("w2", (4, 4, 1, 1)), ("s", (4,)), ("b", (4,)), ("m", (4,)))]
+    inits.append(nh.from_array(np.ones(4, np.float32), "v"))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"]),
+             helper.make_node("Conv", ["n", "w2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 6, 6])], inits)
+    model = trainable_handle(ds.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))).model
+    assert batchnorm_for_training(model, (np.zeros((8, 3, 8, 8), np.float32),), 4) == []
+
+
+def test_fine_tuning_a_softmax_head_takes_the_log_of_its_probabilities():
+    """A classifier whose output is already probabilities (most ONNX classifiers end in Softmax): cross-entropy would
+    softmax them again and stall (two classes: never below ~0.31); the loss is their negative log-likelihood."""
+    from deepshrink.train.trainer import classification_loss
+
+    p = torch.tensor([[0.999, 0.001], [0.002, 0.998]])
+    labels = torch.tensor([0, 1])
+    assert float(classification_loss(p, labels)) == pytest.approx(-float(torch.log(torch.tensor([0.999, 0.998])).mean()))
+    # logits (here log-probabilities, which are logits of p) take cross-entropy as before: the same value
+    assert float(classification_loss(p.log(), labels)) == pytest.approx(float(classification_loss(p, labels)), rel=1e-4)
+    assert float(torch.nn.functional.cross_entropy(p, labels)) > 0.31  # what a softmax head was trained with

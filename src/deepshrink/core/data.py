@@ -115,7 +115,7 @@ def _scalar_inputs(handle: ModelHandle | None) -> list[Any]:
     return [s for s in handle.inputs if s.name in declared and not s.shape]
 
 
-def load_data(spec: str | Path | Dataset | dict[str, np.ndarray], handle: ModelHandle | None = None,
+def load_data(spec: str | Path | Dataset | dict[str, np.ndarray] | tuple[np.ndarray, ...], handle: ModelHandle | None = None,
               *, max_length: int = 128) -> Dataset:
     """Load ``spec`` (see module docstring) and check it against ``handle``'s inputs.
 
@@ -128,6 +128,14 @@ def load_data(spec: str | Path | Dataset | dict[str, np.ndarray], handle: ModelH
         raise InputError(f"data {where}: the model's input {scalar[0].describe()} is a scalar (0-d), and data "
                          "gives every input a sample axis first (a value per sample does not fit it either); "
                          "make that input a constant of the graph first")
+    if isinstance(spec, (tuple, list)) and spec and all(hasattr(a, "shape") for a in spec):
+        # arrays as the training verbs take them, (x1, ..., xk[, labels]): inputs in the model's order, then labels
+        names = handle.input_names if handle is not None else [f"input_{i}" for i in range(len(spec))]
+        arrays = [np.asarray(a) for a in spec]
+        if len(arrays) not in (len(names), len(names) + 1):
+            raise InputError(f"data given as {len(arrays)} arrays; the model takes {len(names)} input(s) "
+                             f"({', '.join(names)}): pass one array per input, then the labels if any")
+        spec = {**dict(zip(names, arrays, strict=False)), **({"labels": arrays[-1]} if len(arrays) > len(names) else {})}
     if isinstance(spec, Dataset):
         ds = spec
     elif isinstance(spec, dict):

@@ -232,16 +232,19 @@ BATCHNORM_MIN_STEPS = 100
 
 def batchnorm_for_training(module: nn.Module, inputs: Any, batch_size: int, samples: int = 512, *,
                            steps: int | None = None) -> list[tuple[str, str]]:
-    """For a model imported from ONNX (its convolutions' BatchNorm folded by the exporter) that trains for at least
-    :data:`BATCHNORM_MIN_STEPS` ``steps`` (None: any length): a BatchNorm after each convolution, set from the first
-    ``samples`` of ``inputs`` (arrays, one per model input) so the model computes what it did
-    (:func:`deepshrink.train.batchnorm.insert_batchnorm`); fold the returned pairs after training. [] otherwise."""
+    """For a model imported from ONNX without any BatchNorm (the exporter folded them: torch's, tf2onnx) that trains
+    for at least :data:`BATCHNORM_MIN_STEPS` ``steps`` (None: any length): a BatchNorm after each convolution, set from
+    the first ``samples`` of ``inputs`` (arrays, one per model input) so the model computes what it did
+    (:func:`deepshrink.train.batchnorm.insert_batchnorm`); fold the returned pairs after training. [] otherwise —
+    an import that kept its BatchNorms (Paddle2ONNX) gets none: its convolutions without one never had one."""
     import torch.fx as fx
 
     if not (isinstance(module, fx.GraphModule) and module.meta.get("deepshrink.imported_from") == "onnx"):
         return []
     if steps is not None and steps < BATCHNORM_MIN_STEPS:
         return []
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        return []  # the exporter kept them (Paddle2ONNX): its convolutions without one never had one
     from ..train.batchnorm import insert_batchnorm
 
     arrays = [torch.as_tensor(np.asarray(a)[:samples]) for a in inputs]
@@ -392,7 +395,9 @@ def _ce_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     out = model(*inputs)
     if isinstance(out, (tuple, list)):
         out = out[0]
-    return nn.functional.cross_entropy(out, labels)
+    from ..train.trainer import classification_loss
+
+    return classification_loss(out, labels)
 
 
 class _CallableModule(types.ModuleType):

@@ -100,11 +100,26 @@ class TrainResult:
 
 
 def default_step(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy of ``model(*inputs)`` against the last tensor of the batch (labels)."""
+    """:func:`classification_loss` of ``model(*inputs)`` (its first output) against the last tensor of the batch
+    (labels)."""
     *inputs, labels = batch
     out = model(*inputs)
     if isinstance(out, (tuple, list)):
         out = out[0]
+    return classification_loss(out, labels)
+
+
+def classification_loss(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of class scores ``out`` (N, C) against integer ``labels`` (N,). A model whose output is
+    already probabilities (a softmax head, as most ONNX classifiers end: every value in [0, 1], each row summing to
+    1 within 1e-3) gets the negative log-likelihood of those probabilities: cross-entropy would softmax them
+    again, and could not go below ~0.31 for two classes (PP-OCR's direction classifier: every fine-tune ended
+    at 0.33–0.36)."""
+    with torch.no_grad():
+        probabilities = out.dim() == 2 and bool(out.min() >= 0) and bool(out.max() <= 1) and bool(
+            (out.sum(1) - 1).abs().max() < 1e-3)
+    if probabilities:
+        return nn.functional.nll_loss(out.clamp_min(1e-12).log(), labels)
     return nn.functional.cross_entropy(out, labels)
 
 
