@@ -426,8 +426,8 @@ def test_recurrent_layers_are_named_when_left_unpruned(gru_classifier):
 
 
 def test_nothing_prunable_says_why_in_one_short_line():
-    """Every group blocked: the error counts the groups each reason blocks instead of naming them all (a BlazeFace
-    import listed 15 groups for one reason and cut the rest)."""
+    """Every group blocked: the error counts the groups each reason blocks and names the first three (a BlazeFace
+    import listed 15 groups for one reason and cut the other reasons)."""
 
     class Grouped(nn.Module):
         def __init__(self) -> None:
@@ -441,4 +441,6 @@ def test_nothing_prunable_says_why_in_one_short_line():
         prune(Grouped(), StructuredPruneConfig(ratio=0.5), example_inputs=(torch.randn(1, 4, 8, 8),))
     msg = str(err.value)
     assert msg.startswith("structured pruning found no prunable channel group (unsupported grouped convolution a")
-    assert msg.endswith("(unsupported grouped convolution a (1 group); unsupported grouped convolution b (1 group))")
+    # a's and b's outputs are added: one channel group (named a), blocked by both
+    assert msg.endswith("(unsupported grouped convolution a (1 group: a); unsupported grouped convolution b "
+                        "(1 group: a))")

@@ -372,15 +372,19 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
 
 
 def _reasons_in_short(msgs: list[str], most: int = 4) -> str:
-    """The analysis's warnings in one line: "REASON: G, G, ... left unpruned" becomes "REASON (N groups)", the
-    groups named in the full warnings (``--verbose`` / the report) rather than in the error line."""
+    """The analysis's warnings in one line: "REASON: channel group A, channel group B, ... left unpruned" becomes
+    "REASON (N groups: A, B, C, …)" — the count, and the first three names."""
     import re
 
     short = []
     for m in msgs:
         found = re.match(r"(.*?): ((?:\w+ group [^,]+(?:, )?)+) left unpruned$", m)
-        n = found.group(2).count(" group ") if found else 0
-        short.append(f"{found.group(1)} ({n} group{'s' * (n != 1)})" if found else m)
+        if not found:
+            short.append(m)
+            continue
+        names = re.findall(r"\w+ group ([^,]+)", found.group(2))
+        n = len(names)
+        short.append(f"{found.group(1)} ({n} group{'s' * (n != 1)}: {', '.join(names[:3])}{', …' * (n > 3)})")
     more = f"; and {len(short) - most} more" if len(short) > most else ""
     return "; ".join(short[:most]) + more
 
