@@ -229,8 +229,7 @@ def onnx_cnn_section(seeds: int = 5, epochs: int = 10, lr: float = 2e-3) -> None
     torch.set_num_threads(1)
     d = digits_data()
     ex = torch.from_numpy(d.x_train[:2])
-    from deepshrink.prune import batchnorm_for_training
-    from deepshrink.train.batchnorm import fold_batchnorm
+    from deepshrink.train.batchnorm import batchnorm_for_training, fold_batchnorm
 
     names = ["fp32", "module (BatchNorm)", "module, BatchNorm folded", "ONNX file: deepshrink",
              "ONNX file: deepshrink, BatchNorm put back while fine-tuning", "ONNX file: torch-pruning on the import"]

@@ -358,14 +358,13 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
     if all(isinstance(d, int) for s in ins for d in s.shape):
         example = {s.name: np.zeros(s.shape, s.np_dtype) for s in ins}
         handle.example_inputs = example
-    _set_output_specs(handle, static_batch=bool(static) and len(static) == len(ins))  # (a program fixed at its batch)
+    _set_output_specs(handle)
     if not handle.outputs:  # dynamic dims: the shapes the export recorded, without running the model
         handle.outputs = _pt2_output_specs(ep)
     names = pt2_output_names(extra[PT2_OUTPUT_NAMES])
     if names is not None and len(names) == len(handle.outputs):  # the names the model had when deepshrink wrote it
         handle.outputs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(names, handle.outputs, strict=True)]
     return handle
-
 
 
 def _pt2_output_specs(ep: Any) -> list[TensorSpec]:
@@ -598,8 +597,7 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
         handle.example_inputs = example
         handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
     if handle.example_inputs is not None:
-        static = set(filter(None, handle.metadata.get("deepshrink.static_batch", "").split(",")))
-        _set_output_specs(handle, static_batch=bool(static) and static >= set(handle.input_names))
+        _set_output_specs(handle)
 
 
 def _batch_named_elsewhere(shape: tuple[int | str, ...]) -> bool:
@@ -646,11 +644,13 @@ def _loose(handle: ModelHandle, names: list[str] | None = None) -> ModelHandle:
                        tokenizer_dir=handle.tokenizer_dir)
 
 
-def _set_output_specs(handle: ModelHandle, first_name: str | None = None, *, static_batch: bool = False) -> None:
-    """``handle.outputs`` from one run on its example inputs; axis 0 named ``batch`` unless ``static_batch`` (a
-    program traced at a fixed batch: its outputs keep the size)."""
+def _set_output_specs(handle: ModelHandle, first_name: str | None = None) -> None:
+    """``handle.outputs`` from one run on its example inputs; axis 0 named ``batch`` unless every input's batch is
+    fixed (``metadata["deepshrink.static_batch"]``: a program traced at a fixed batch, whose outputs keep it)."""
     if handle.example_inputs is None:
         return
+    static = set(filter(None, handle.metadata.get("deepshrink.static_batch", "").split(",")))
+    static_batch = bool(static) and static >= set(handle.input_names)
     try:
         outs = run_torch(handle.model, handle.example_inputs, handle.input_names)
     except InputError as exc:

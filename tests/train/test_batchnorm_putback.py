@@ -47,7 +47,7 @@ def test_inserted_batchnorm_is_the_identity_and_folds_back(imported_cnn, digits)
 
 
 def test_only_onnx_imports_training_long_enough_get_batchnorm(imported_cnn, digits_cnn):
-    from deepshrink.prune import BATCHNORM_MIN_STEPS, batchnorm_for_training
+    from deepshrink.train.batchnorm import BATCHNORM_MIN_STEPS, batchnorm_for_training
 
     x = (np.zeros((8, 1, 8, 8), np.float32),)
     assert batchnorm_for_training(digits_cnn, x, 4, steps=10 ** 6) == []  # a PyTorch module keeps its own
@@ -63,7 +63,7 @@ def test_an_import_that_kept_its_batchnorm_gets_none():
 
     import deepshrink as ds
     from deepshrink.convert.onnx2torch.route import trainable_handle
-    from deepshrink.prune import batchnorm_for_training
+    from deepshrink.train.batchnorm import batchnorm_for_training
 
     rng = np.random.default_rng(0)
     inits = [nh.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in

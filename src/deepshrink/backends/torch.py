@@ -63,6 +63,24 @@ def first_output(out: Any) -> torch.Tensor:
     return tensors[0]
 
 
+def run_hooked(model: nn.Module, batches: Any, hooks: list[Any], run: Any = None) -> None:
+    """Run ``model`` in eval mode on each of ``batches`` (``run(batch)``; by default ``model(*batch)``) for what
+    forward ``hooks`` (the handles ``register_forward_*hook`` returned) collect; then remove the hooks and give the
+    model back its training mode, also when a batch raises."""
+    was = model.training
+    model.eval()
+    try:
+        for b in batches:
+            if run is not None:
+                run(b)
+            else:
+                model(*b)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+
+
 def set_eval(module: nn.Module) -> nn.Module:
     """``module.eval()``, tolerating modules unpacked from ``torch.export`` (always in eval)."""
     try:

@@ -245,8 +245,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                       forward_fn=forward)
     unused = frozen + _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
     # a student imported from ONNX lost its BatchNorm to the exporter: put back while training, folded after
-    from ..prune import batchnorm_for_training
-    from ..train.batchnorm import fold_batchnorm
+    from ..train.batchnorm import batchnorm_for_training, fold_batchnorm
 
     bn_pairs = batchnorm_for_training(s_mod, inputs, cfg.batch_size, steps=steps_per_epoch * cfg.epochs)
     torch.manual_seed(cfg.seed)  # dropout masks: the same on every process and every resume

@@ -209,6 +209,8 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
     if labels.dtype.kind not in "iu":
         raise InputError(f"{what}: labels must be integer class ids (got {labels.dtype})")
     # an ONNX import has its BatchNorm folded away by the exporter: put it back while training, fold it after
+    from ..train.batchnorm import batchnorm_for_training, fold_batchnorm
+
     pairs = batchnorm_for_training(module, train[:-1], batch_size, steps=epochs * -(-len(labels) // batch_size))
     try:
         res = Trainer(module, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
@@ -216,40 +218,9 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
     except (RuntimeError, IndexError) as exc:
         raise InputError(f"{what} failed on the data: {first_line(exc)}") from None
     finally:
-        from ..train.batchnorm import fold_batchnorm
-
         fold_batchnorm(module, pairs)
     return {"finetune_loss": [res.losses[0], res.losses[-1]] if res.losses else None,
             "batchnorm_recalibrated": res.batchnorm_recalibrated, "batchnorm_inserted": len(pairs)}
-
-
-# Training steps from which an ONNX import trains with its BatchNorm put back. The digits CNN at half its channels
-# (3 seeds each): 34 steps mixed (-10.5 to +2.0 points), 68 steps better on every seed (+2.5 to +20.5), 170 steps
-# (5 seeds) +1.4 to +7.8 points, 94.8 % -> 98.6 % (benchmarks/results/prune_onnx_cnn.md); a 60-step distillation was
-# worse with it (agreement 0.27 against 0.48).
-BATCHNORM_MIN_STEPS = 100
-
-
-def batchnorm_for_training(module: nn.Module, inputs: Any, batch_size: int, samples: int = 512, *,
-                           steps: int | None = None) -> list[tuple[str, str]]:
-    """For a model imported from ONNX without any BatchNorm (the exporter folded them: torch's, tf2onnx) that trains
-    for at least :data:`BATCHNORM_MIN_STEPS` ``steps`` (None: any length): a BatchNorm after each convolution, set from
-    the first ``samples`` of ``inputs`` (arrays, one per model input) so the model computes what it did
-    (:func:`deepshrink.train.batchnorm.insert_batchnorm`); fold the returned pairs after training. [] otherwise —
-    an import that kept its BatchNorms (Paddle2ONNX) gets none: its convolutions without one never had one."""
-    import torch.fx as fx
-
-    if not (isinstance(module, fx.GraphModule) and module.meta.get("deepshrink.imported_from") == "onnx"):
-        return []
-    if steps is not None and steps < BATCHNORM_MIN_STEPS:
-        return []
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
-        return []  # the exporter kept them (Paddle2ONNX): its convolutions without one never had one
-    from ..train.batchnorm import insert_batchnorm
-
-    arrays = [torch.as_tensor(np.asarray(a)[:samples]) for a in inputs]
-    n = len(arrays[0]) if arrays else 0
-    return insert_batchnorm(module, [tuple(a[i:i + batch_size] for a in arrays) for i in range(0, n, batch_size)])
 
 
 def _report(method: str, before: int, sp_before: float, module: nn.Module, layers: dict[str, nn.Module] | None = None,
@@ -350,10 +321,12 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
         recon_batches = [tuple(x[i:i + batch_size] for x in xs) for i in range(0, len(xs[0]), batch_size)] if xs else None
         names = list(data.inputs) if isinstance(getattr(data, "inputs", None), dict) else None
         recon_mask = reconstruct_mask_index(module, len(xs), names) if xs else None
+    from ..train.trainer import default_step  # the loss Taylor importance differentiates: the fine-tune's
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         graph = structured_prune(module, config, example_inputs, protected=protected,
-                                 taylor_batches=taylor_batches, loss_fn=_ce_loss, act_batches=act_batches,
+                                 taylor_batches=taylor_batches, loss_fn=default_step, act_batches=act_batches,
                                  recon_batches=recon_batches, recon_mask=recon_mask)
     msgs = _unique(str(w.message) for w in caught)
     pruned = [g for g in graph.groups if g.keep is not None]
@@ -392,16 +365,6 @@ def _reasons_in_short(msgs: list[str], most: int = 4) -> str:
 def _unique(msgs: Any) -> list[str]:
     """Messages in first-seen order, each once."""
     return list(dict.fromkeys(msgs))
-
-
-def _ce_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    *inputs, labels = batch
-    out = model(*inputs)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    from ..train.trainer import classification_loss
-
-    return classification_loss(out, labels)
 
 
 class _CallableModule(types.ModuleType):

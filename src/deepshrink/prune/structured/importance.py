@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ...backends.torch import flatten_outputs
+from ...backends.torch import flatten_outputs, run_hooked
 from ...errors import InputError
 from .attention import head_views
 from .graph import Group, Member
@@ -128,15 +128,7 @@ def input_norms(model: nn.Module, modules: set[str], batches: list[tuple[torch.T
         mod = mods.get(name)
         if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             hooks.append(mod.register_forward_pre_hook(hook(name, mod)))
-    was = model.training
-    model.eval()
-    try:
-        for b in batches:
-            model(*b)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    run_hooked(model, batches, hooks)
     return {k: v.sqrt() for k, v in acc.items()}
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...backends.torch import run_hooked
 from .apply import _collect, _dim_index
 from .attention import HeadPrunedAttention
 from .graph import DependencyGraph
@@ -159,16 +160,11 @@ def original_outputs(model: nn.Module, targets: dict[str, torch.Tensor | None],
             hooks.append(mha.register_forward_hook(hook(name, rows, not mha.batch_first)))
         else:
             hooks.append(mods[name].register_forward_hook(hook(name, rows, False)))
-    was = model.training
-    model.eval()
-    try:
-        for b in batches:
-            mask[0] = b[mask_at] if mask_at is not None else None
-            model(*b)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    def run(b: tuple[torch.Tensor, ...]) -> None:
+        mask[0] = b[mask_at] if mask_at is not None else None
+        model(*b)
+
+    run_hooked(model, batches, hooks, run)
     for name, rs in res.items():  # the residual sum the block's LayerNorm reads
         outs[name] = [y + r for y, r in zip(outs[name], rs, strict=True)]
     outs.residual = set(res)
@@ -270,15 +266,8 @@ def _call_order(model: nn.Module, names: list[str], batch: tuple[torch.Tensor, .
     seen: list[str] = []
     hooks = [mods[n].register_forward_pre_hook(lambda _m, _a, n=n: seen.append(n) if n not in seen else None)
              for n in names]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*batch)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    with torch.no_grad():
+        run_hooked(model, [batch], hooks)
     missing = [n for n in names if n not in seen]
     if missing:
         raise ValueError(f"reconstruction: {missing[0]} is never called by the model")
