@@ -260,7 +260,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
                    warmup: float = 0.0, max_length: int = 64, batch_size: int = 32, freeze: tuple[str, ...] = (),
                    recon_sentences: int = 4096, student_dropout: float | None = None, quick: bool = False,
                    group_by_length: bool = False, importance: str = "activation", scope: str = "uniform",
-                   importance_sentences: int = 0) -> None:
+                   importance_sentences: int = 0, attention_weight: float = 0.0) -> None:
     """MiniLM structurally pruned (½ of FFN neurons, ¼ of heads, ``importance``/``scope``), its pruned layers
     re-fitted by least squares to the unpruned outputs (``reconstruct``; ``recon_sentences`` 0: not), then
     recovered by distillation from the unpruned teacher (embedding 1 − cos + hidden-state MSE, layer j ↔ j)."""
@@ -319,7 +319,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
         start = models["pruned + reconstructed (no training)"] = pruned_copy(True)
         start_name = "pruned + reconstructed"
     cfg = DistillConfig(loss="embedding", metric="cosine", hidden_weight=hidden_weight, epochs=epochs, lr=lr,
-                        lr_schedule=schedule, warmup=warmup, batch_size=batch_size, freeze=freeze,
+                        attention_weight=attention_weight, lr_schedule=schedule, warmup=warmup, batch_size=batch_size, freeze=freeze,
                         dropout=student_dropout,  # the student's dropout while it trains (MiniLM's own: 0.1)
                         group_by_length=group_by_length)
     student = copy.deepcopy(start)
@@ -330,7 +330,8 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
     log["train"] = {"cpu_s": round(time.process_time() - t0, 1), "steps": rep.steps, "evals": rep.evals,
                     "loss": [rep.first_loss, rep.last_loss], "layer_map": rep.layer_map}
     settings = (f"{n_train} sentences, max {max_length} tokens, {epochs} epoch(s), batch {batch_size}, lr {lr} "
-                f"{schedule} warmup {warmup}, hidden_weight {hidden_weight}, freeze {list(freeze)}, "
+                f"{schedule} warmup {warmup}, hidden_weight {hidden_weight}, attention_weight {attention_weight}, "
+                f"freeze {list(freeze)}, "
                 f"reconstruct {recon_sentences}, student dropout {student_dropout}, group_by_length {group_by_length}")
     if quick:  # torch only: the held-out figures, no ONNX / latency
         quick_figures(models, "teacher (unpruned)", held_out, tok, settings,
@@ -358,7 +359,7 @@ Teacher all-MiniLM-L6-v2. Student: the teacher structurally pruned ({"in every l
 3 of 12 heads; {importance_text(importance, scope, log["widths"], importance_sentences)}),
 {"re-fitted (below), " if recon_sentences else ""}then distilled from the unpruned teacher on {n_train} unlabelled
 `sentences:wide` sentences, {epochs} epoch(s), batch {batch_size}, AdamW lr {lr} {schedule} schedule (warmup
-{warmup:g}), loss 1 − cos(embedding) + {hidden_weight:g} × hidden-state MSE (real tokens, layer map {rep.layer_map}),
+{warmup:g}), loss 1 − cos(embedding) + {hidden_weight:g} × hidden-state MSE (real tokens, layer map {rep.layer_map}){f' + {attention_weight:g} × attention-map KL (each kept head against the teacher head it was, real query tokens)' if attention_weight else ''},
 max {max_length} tokens, frozen: {", ".join(f"`{f}`" for f in freeze) or "nothing"}, student dropout
 {"0.1 (MiniLM's own)" if student_dropout is None else f"{student_dropout:g} while training"}{"; batches grouped by length (`group_by_length`)" if group_by_length else ""}. Held out and measured as in the
 3-layer table (200 sentences each alone in ORT; latency batch 1, {THREADS} thread, ratio to the teacher).
@@ -513,6 +514,8 @@ def main() -> None:
     ap.add_argument("--text", choices=["stdlib", "wide"], default="stdlib", help="training text: the wide stdlib list, "
                     "or sentences:wide (stdlib + installed packages' docstrings)")
     ap.add_argument("--hidden-weight", type=float, default=0.0)
+    ap.add_argument("--attention-weight", type=float, default=0.0,
+                    help="minilm-pruned: weight of the attention-map KL (each kept head against the head it was)")
     ap.add_argument("--layer-map", default="uniform", choices=["uniform", "kept"])
     ap.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "linear"])
     ap.add_argument("--warmup", type=float, default=0.0)
@@ -545,7 +548,7 @@ def main() -> None:
                        warmup=a.warmup, max_length=a.max_length, batch_size=a.batch_size, freeze=tuple(a.freeze),
                        recon_sentences=a.reconstruct, student_dropout=a.student_dropout, quick=a.quick,
                        group_by_length=a.group_by_length, importance=a.importance, scope=a.scope,
-                       importance_sentences=a.importance_sentences)
+                       importance_sentences=a.importance_sentences, attention_weight=a.attention_weight)
     if a.section in ("all", "minilm"):
         minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform, text=a.text, hidden_weight=a.hidden_weight,
                        layer_map=a.layer_map, schedule=a.schedule, warmup=a.warmup, max_length=a.max_length,

@@ -291,3 +291,37 @@ def test_a_student_whose_outputs_differ_in_number_or_shape_is_refused():
                             (_TwoHeads(classes=5), "output 1: teacher (8, 3), student (8, 5)")):
         with pytest.raises(InputError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             distill_with_report(teacher, student, (x,), DistillConfig(epochs=1), progress=False)
+
+
+def test_a_pruned_student_s_heads_are_compared_with_the_heads_they_were(tiny_bert):
+    """Structured pruning notes which teacher heads each attention module kept; attention-map distillation
+    compares each kept head with that head. Layer 0 reads the unchanged embeddings with the kept heads' own
+    query/key weights, so its maps equal the teacher's kept heads exactly."""
+    import copy
+
+    from deepshrink.distill.features import Capture
+    from deepshrink.distill.losses import attention_loss
+    from deepshrink.prune import StructuredPruneConfig
+    from deepshrink.prune.structured import structured_prune
+
+    ids, mask = _tokens(16)
+    student = copy.deepcopy(tiny_bert)
+    with pytest.warns(UserWarning):  # SentenceEncoder's graph capture fails; heads are found by structure
+        structured_prune(student, StructuredPruneConfig(ratio=0.0, heads_ratio=0.5), (ids, mask))
+    heads = [m.deepshrink_kept_heads for m in student.modules() if hasattr(m, "deepshrink_kept_heads")]
+    assert len(heads) == 4 and all(len(h) == 2 and len(set(h)) == 2 and max(h) < 4 for h in heads)
+
+    def run(m):
+        return m(ids, mask)
+
+    with Capture(tiny_bert, hidden=False, attention=True, probe=run) as cap_t, \
+            Capture(student, hidden=False, attention=True, probe=run) as cap_s, torch.no_grad():
+        assert cap_s.heads == heads and cap_t.heads == [None] * 4
+        cap_t.clear()
+        cap_s.clear()
+        tiny_bert(ids, mask)
+        student(ids, mask)
+        assert cap_s.maps[0].shape[1] == 2 and cap_t.maps[0].shape[1] == 4
+        exact = float(attention_loss(cap_s.maps[:1], cap_t.maps, [0], heads=cap_s.heads[:1], mask=mask))
+        averaged = float(attention_loss(cap_s.maps[:1], cap_t.maps, [0], mask=mask))
+    assert exact == pytest.approx(0.0, abs=1e-6) and averaged > 1e-3, (exact, averaged)

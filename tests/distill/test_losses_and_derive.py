@@ -48,7 +48,23 @@ def test_hidden_and_attention_losses():
     assert float(hidden_loss(s, t, [1, 2], proj).detach()) == pytest.approx(2.5)
     a_s = [torch.full((1, 2, 3, 3), 1 / 3)]
     a_t = [torch.eye(3).expand(1, 4, 3, 3)]  # other head count: head-averaged
-    assert float(attention_loss(a_s, a_t, [0])) == pytest.approx(float(((torch.eye(3) - 1 / 3) ** 2).mean()))
+    # KL(one-hot ‖ uniform over 3 keys) = log 3 on every query row
+    assert float(attention_loss(a_s, a_t, [0])) == pytest.approx(math.log(3), rel=1e-6)
+
+
+def test_attention_loss_compares_kept_heads_with_the_heads_they_were():
+    torch.manual_seed(0)
+    t = torch.softmax(torch.randn(2, 4, 5, 5), -1)  # a teacher layer with 4 heads
+    s = t[:, [3, 1]].clone()  # a student pruned to the teacher's heads 3 and 1, unchanged
+    assert float(attention_loss([s], [t], [0], heads=[[3, 1]])) == pytest.approx(0.0, abs=1e-6)
+    assert float(attention_loss([s], [t], [0], heads=[[1, 3]])) > 0.05  # the other order is another pairing
+    assert float(attention_loss([s], [t], [0])) > 0.01  # unknown origin: head-averaged maps differ
+    # padded query rows do not count: a student wrong only on the last (padded) row scores 0
+    s2 = s.clone()
+    s2[:, :, -1] = torch.softmax(torch.randn(2, 2, 5), -1)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
+    assert float(attention_loss([s2], [t], [0], heads=[[3, 1]], mask=mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(attention_loss([s2], [t], [0], heads=[[3, 1]])) > 0.01
 
 
 def test_uniform_maps():

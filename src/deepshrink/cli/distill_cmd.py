@@ -150,16 +150,14 @@ def distill_cmd(
     if resume and not (ckpt / "last.ckpt").exists() and rank == 0 and not json_out:
         console.print(f"no checkpoint at {ckpt}; starting from the beginning", style="yellow", highlight=False)
 
+    from ..convert.onnx2torch.route import trainable_handle
     from ..core.data import load_data
     from ..distill import distill_with_report
 
     t_handle = load_model(teacher, weights=weights, input_shape=input_shape, data=data,
                           trust_remote_code=trust_remote_code)
     t_original = t_handle  # the file the user gave: what the student is measured against
-    if t_handle.kind == "onnx":  # distilled from its PyTorch import (convert's ONNX → PyTorch route)
-        from ..convert.onnx2torch.route import trainable_handle
-
-        t_handle = trainable_handle(t_handle, data)
+    t_handle = trainable_handle(t_handle, data)  # an ONNX teacher runs as its PyTorch import
     s_handle = None
     if student is not None:
         import torch
@@ -170,10 +168,7 @@ def distill_cmd(
                                   trust_remote_code=trust_remote_code)
         except InputError as exc:  # the student reads the teacher's --input-shape and --data: say whose inputs
             raise InputError(f"the student {student}: {exc}") from None
-        if s_handle.kind == "onnx":  # trained as its PyTorch import
-            from ..convert.onnx2torch.route import trainable_handle
-
-            s_handle = trainable_handle(s_handle, data)
+        s_handle = trainable_handle(s_handle, data)  # an ONNX student trains as its PyTorch import
     train = load_data(data, t_handle, max_length=max_length)
     if alpha is not None and alpha < 1.0 and train.labels is None:
         raise InputError(f"--alpha {alpha:g} puts weight {1 - alpha:g} on the labels, but {train.source} has none; "

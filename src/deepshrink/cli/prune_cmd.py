@@ -93,6 +93,7 @@ def prune_cmd(
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
     """Prune a PyTorch model and measure the written file against the original."""
+    from ..convert.onnx2torch.route import trainable_handle
     from ..core.data import load_data
     from ..core.fileio import check_output
     from ..evaluate import gate
@@ -121,10 +122,7 @@ def prune_cmd(
     check_output(output, inputs=(src, weights), force=force)
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
     original = handle  # what the written model is measured against: the file the user gave
-    if handle.kind == "onnx":  # pruned as its PyTorch import (convert's ONNX → PyTorch route), written back
-        from ..convert.onnx2torch.route import trainable_handle
-
-        handle = trainable_handle(handle, data)
+    handle = trainable_handle(handle, data)  # an ONNX file is pruned as its PyTorch import, written back
     ds = load_data(data, handle) if data is not None else None
     held: Any = load_data(eval_data, handle) if eval_data is not None else ds
     from ..prune import ACTIVATION_SAMPLES

@@ -215,7 +215,9 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                                                           mask=mask)
         if attention:
             assert cap_s is not None and cap_t is not None and layer_map is not None
-            loss = loss + cfg.attention_weight * attention_loss(cap_s.maps, cap_t.maps, layer_map)
+            mask = xs[trim] if trim is not None else None
+            loss = loss + cfg.attention_weight * attention_loss(cap_s.maps, cap_t.maps, layer_map, heads=cap_s.heads,
+                                                                mask=mask)
         return loss
 
     def forward(wrapped: nn.Module, batch: Sequence[torch.Tensor]) -> Any:  # the student alone (BatchNorm recalibration)
@@ -497,13 +499,11 @@ def _freeze_unused(module: nn.Module, step: Any, batch: tuple[torch.Tensor, ...]
 # data, evaluation, run bookkeeping
 
 def _handle(src: Any, what: str) -> ModelHandle:
+    from ..convert.onnx2torch.route import trainable_handle
     from ..loading import load
 
     h = src if isinstance(src, ModelHandle) else load(src)
-    if h.kind == "onnx":  # trained / run as its PyTorch import (convert's ONNX → PyTorch route)
-        from ..convert.onnx2torch.route import trainable_handle
-
-        h = trainable_handle(h)
+    h = trainable_handle(h)  # an ONNX file is trained / run as its PyTorch import (convert's ONNX → PyTorch route)
     if h.kind != "torch" or not isinstance(h.model, nn.Module):
         raise UnsupportedError(f"the {what} must be a PyTorch model to distil with; {h.source or 'it'} is {h.kind}")
     if _is_exported(h.model):

@@ -56,8 +56,11 @@ class DistillConfig(Config):
       e.g. [0, 4, 5]), through a
       learned linear projection when the widths differ (FitNets); a model without a layer stack
       uses the features entering its last linear layer.
-    - ``attention_weight`` > 0 adds attention-map distillation: MSE between the mapped layers'
-      attention probabilities (head-averaged when head counts differ; needs eager attention).
+    - ``attention_weight`` > 0 adds attention-map distillation: KL divergence from each mapped teacher
+      layer's attention distributions to the student layer's, over real tokens' query rows (MiniLM, Wang et
+      al. 2020); a student pruned from the teacher compares each kept head with the head it was, other students
+      the head-averaged maps when head counts differ (:func:`deepshrink.distill.losses.attention_loss`; needs
+      eager attention).
 
     Training: ``epochs`` over the data with ``optimizer`` at ``lr`` (default 1e-4 for models with
     transformer layers, 1e-3 otherwise), global ``batch_size`` (split over processes), ``seed``;

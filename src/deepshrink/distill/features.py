@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..prune.structured.attention import KEPT_HEADS
 from .derive import find_layer_stack
 
 
@@ -28,6 +29,7 @@ class Capture:
                  probe: Callable[[nn.Module], Any] | None = None) -> None:
         self.states: list[torch.Tensor] = []
         self.maps: list[torch.Tensor] = []
+        self.heads: list[list[int] | None] = []  # per layer: the original heads a pruned attention module kept
         self._handles: list[Any] = []
         self.width: int | None = None
         self.n_layers = 0
@@ -53,6 +55,7 @@ class Capture:
                 raise InputError("attention distillation needs example inputs to find the attention modules")
             for layer in found[2]:
                 mod = _attention_module(layer, probe, model)
+                self.heads.append(_kept_heads(mod))
                 self._handles.append(mod.register_forward_hook(lambda _m, _a, out: self.maps.append(_attn(out))))
 
     def clear(self) -> None:
@@ -69,6 +72,15 @@ class Capture:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _kept_heads(mod: nn.Module) -> list[int] | None:
+    """The original head indices structured pruning recorded on ``mod`` or a module inside it (``KEPT_HEADS``)."""
+    for m in mod.modules():
+        kept = getattr(m, KEPT_HEADS, None)
+        if kept is not None:
+            return list(kept)
+    return None
 
 
 def _attn(out: Any) -> torch.Tensor:

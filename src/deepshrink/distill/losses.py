@@ -2,8 +2,8 @@
 
 Sources: soft targets with the T² factor — Hinton, Vinyals & Dean, "Distilling the Knowledge
 in a Neural Network" (2015); hidden-state hints through a learned projection — Romero et al.,
-FitNets (2015); attention-map and hidden-state MSE with a uniform layer map — Jiao et al.,
-TinyBERT (2020); sentence-embedding MSE — Reimers & Gurevych, "Making Monolingual Sentence
+FitNets (2015); hidden-state MSE with a uniform layer map — Jiao et al., TinyBERT (2020); attention
+distributions compared by KL divergence — Wang et al., MiniLM (2020); sentence-embedding MSE — Reimers & Gurevych, "Making Monolingual Sentence
 Embeddings Multilingual using Knowledge Distillation" (2020).
 """
 
@@ -75,15 +75,33 @@ def hidden_loss(student_states: list[torch.Tensor], teacher_states: list[torch.T
     return torch.stack(terms).mean()
 
 
-def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor], layer_map: list[int]) -> torch.Tensor:
-    """Mean MSE between attention probabilities (N, H, L, L) of each student layer and its mapped teacher layer;
-    head-averaged (N, L, L) when the head counts differ (TinyBERT's attention loss)."""
+def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor], layer_map: list[int], *,
+                   heads: list[list[int] | None] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over student layers j of ``KL(teacher ‖ student)`` between the attention distributions of student
+    layer j and teacher layer ``layer_map[j]`` (MiniLM's self-attention distribution transfer, Wang et al. 2020).
+
+    Maps: attention probabilities (N, H, L, S), each query row a distribution over the S keys. The KL divergence
+    is summed over the keys and averaged over heads and query rows: a number of the same scale at every sequence
+    length (an MSE of probabilities shrinks as 1/S²). ``heads[j]``: for a student layer that lost heads by
+    structured pruning, the teacher head each of its heads was (their original indices), so each head is compared
+    with the head it was pruned from; otherwise, when the head counts differ, both sides are head-averaged (N, L, S)
+    first (TinyBERT's choice for students of another head count). ``mask``: (N, L) with 1 for real tokens, 0 for
+    padding; only real tokens' query rows count (a padded query's row is not compared).
+    """
     terms = []
     for j, t_idx in enumerate(layer_map):
         s, t = student_maps[j], teacher_maps[t_idx].detach()
-        if s.shape[1] != t.shape[1]:
-            s, t = s.mean(1), t.mean(1)
-        terms.append(F.mse_loss(s, t))
+        kept = heads[j] if heads is not None else None
+        if kept is not None and len(kept) == s.shape[1] and t.shape[1] > max(kept):
+            t = t[:, list(kept)]
+        elif s.shape[1] != t.shape[1]:
+            s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
+        kl = (t * (t.clamp_min(1e-12).log() - s.clamp_min(1e-12).log())).sum(-1)  # (N, H, L)
+        if mask is not None and tuple(mask.shape) == (kl.shape[0], kl.shape[2]):
+            rows = mask.to(kl.dtype)[:, None, :].expand_as(kl)
+            terms.append((kl * rows).sum() / rows.sum().clamp_min(1.0))
+        else:
+            terms.append(kl.mean())
     return torch.stack(terms).mean()
 
 

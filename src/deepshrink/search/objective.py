@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..convert.parity import compare_outputs, per_sample_cosines
+from ..convert.parity import per_sample_cosines
 from ..core.data import Dataset
 from ..errors import DeepshrinkError, first_line
 from .config import SearchConfig
@@ -142,13 +142,13 @@ class Evaluator:
         return self.ref_select.ndim >= 1 and self.ref_select.size == len(self.ref_select)
 
     def scores(self, out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, ref_acc: float | None) -> Scores:
-        se = 0.0  # one value per sample: one cosine over the samples (per_sample_cosines), no spread
-        if out.shape == ref.shape and (cos := per_sample_cosines(ref, out)).size > 1:
-            se = float(cos.std(ddof=1) / np.sqrt(len(cos)))
-        d = compare_outputs(ref, out)
+        # per-sample cosines as every table reads them (compare_outputs): one value per sample gives one cosine
+        # over the samples, repeated, so no spread; another shape than the reference's scores 0
+        cos = per_sample_cosines(ref, out) if out.shape == ref.shape else np.zeros(1)
+        se = float(cos.std(ddof=1) / np.sqrt(len(cos))) if cos.size > 1 else 0.0
         acc = _accuracy(out, labels)
         drop = None if acc is None or ref_acc is None else _drop_points(ref_acc, acc, len(out))
-        return Scores(len(out), acc, drop, float(d.cos_mean), float(d.cos_min), se)
+        return Scores(len(out), acc, drop, float(cos.mean()), float(cos.min()), se)
 
     def time_against_reference(self, models: dict[str, bytes], repeats: int) -> dict[str, Any]:
         """Interleaved timing of the reference and ``models`` (batch 1); the reference comes first."""

@@ -50,7 +50,10 @@ def trainable_handle(src: ModelHandle, data: Any = None) -> ModelHandle:
     imported ``GraphModule`` (Conv/Gemm/MatMul with their own weights become ``nn.Conv*``/``nn.Linear``,
     BatchNormalization ``nn.BatchNorm``; its run-time helpers state how channels cross them), the ONNX
     file's own input and output names, and inputs whose batch the file fixes kept at that batch when it is
-    exported again. Raises :class:`UnsupportedError` naming the node when an op cannot be imported."""
+    exported again. Any other handle is returned as it is (every caller holds a model of either kind).
+    Raises :class:`UnsupportedError` naming the node when an op cannot be imported."""
+    if src.kind != "onnx":
+        return src
     imported = imported_handle(src, data)
     examples = imported.example_inputs or {}
     fixed = {s.name: s.shape[0] for s in src.inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}

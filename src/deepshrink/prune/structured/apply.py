@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ...errors import InputError
-from .attention import mask_heads, prune_heads, slice_position_bias
+from .attention import mask_heads, prune_heads, record_kept_heads, slice_position_bias
 from .graph import DependencyGraph, Group
 
 
@@ -155,6 +155,7 @@ def apply_plan(model: nn.Module, graph: DependencyGraph) -> None:
             mod.num_attention_heads = len(kept)
             mod.all_head_size = len(kept) * hsize
             slice_position_bias(mod, kept)
+            record_kept_heads(mod, kept)
             if hasattr(mod, "num_key_value_groups"):
                 raise InputError(f"internal: grouped-query attention in {name} is not supported")
     if swapped:  # nn.TransformerEncoder's nested-tensor fast path reads the packed projection it no longer has

@@ -121,6 +121,17 @@ def _add_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 POSITION_BIAS = "position_bias"
 HEAD_INDEX = "pruned_head_index"  # buffer: the original indices of the heads a module kept
+KEPT_HEADS = "deepshrink_kept_heads"  # attribute: original indices of the heads a module kept (distillation reads it)
+
+
+def record_kept_heads(mod: nn.Module, kept: torch.Tensor) -> None:
+    """Note on ``mod`` (an attention module that lost heads) which of its original heads it keeps, as the plain
+    attribute ``deepshrink_kept_heads`` (a list of ints; composed when pruned again). Not part of the state dict:
+    it serves what runs in the same process after the pruning (attention-map distillation compares each kept head
+    with the head it was, :func:`deepshrink.distill.losses.attention_loss`)."""
+    kept_list = [int(i) for i in torch.as_tensor(kept).tolist()]
+    before = getattr(mod, KEPT_HEADS, None)
+    setattr(mod, KEPT_HEADS, [before[i] for i in kept_list] if before is not None else kept_list)
 
 
 def takes_position_bias(mod: nn.Module) -> bool:
