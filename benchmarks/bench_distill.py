@@ -260,7 +260,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
                    warmup: float = 0.0, max_length: int = 64, batch_size: int = 32, freeze: tuple[str, ...] = (),
                    recon_sentences: int = 4096, student_dropout: float | None = None, quick: bool = False,
                    group_by_length: bool = False, importance: str = "activation", scope: str = "uniform",
-                   importance_sentences: int = 0, attention_weight: float = 0.0) -> None:
+                   importance_sentences: int = 0, attention_weight: float = 0.0, stages: int = 1) -> None:
     """MiniLM structurally pruned (½ of FFN neurons, ¼ of heads, ``importance``/``scope``), its pruned layers
     re-fitted by least squares to the unpruned outputs (``reconstruct``; ``recon_sentences`` 0: not), then
     recovered by distillation from the unpruned teacher (embedding 1 − cos + hidden-state MSE, layer j ↔ j)."""
@@ -315,7 +315,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
     models = {"teacher (unpruned)": teacher, "pruned: FFN 1536→768, heads 12→9" + (
         " (mean over layers)" if scope == "global" else ""): pruned}
     start, start_name = pruned, "pruned"
-    if recon_sentences:
+    if recon_sentences and stages == 1:  # (gradual: each stage re-fits its own pruning)
         start = models["pruned + reconstructed (no training)"] = pruned_copy(True)
         start_name = "pruned + reconstructed"
     cfg = DistillConfig(loss="embedding", metric="cosine", hidden_weight=hidden_weight, epochs=epochs, lr=lr,
@@ -324,7 +324,12 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
                         group_by_length=group_by_length)
     student = copy.deepcopy(start)
     t0 = time.process_time()
-    student, rep = distill_with_report(teacher, student, train, cfg, eval_data=enc(held_out[:64]), progress=False)
+    if stages > 1:  # gradual: prune a share, re-fit, distil, prune the next share ... (the one-shot rows stay)
+        student, rep = _gradual(teacher, train, cfg, stages, enc, train_text, calib, act, importance, scope,
+                                recon_sentences, enc(held_out[:64]), log)
+        start_name = f"gradual, {stages} stages"
+    else:
+        student, rep = distill_with_report(teacher, student, train, cfg, eval_data=enc(held_out[:64]), progress=False)
     best = f"{start_name} + distilled"
     models[best] = student
     log["train"] = {"cpu_s": round(time.process_time() - t0, 1), "steps": rep.steps, "evals": rep.evals,
@@ -375,6 +380,49 @@ Benchmark CPU time {time.process_time() - t_start:.0f} s (OMP_NUM_THREADS=1; loa
 """
     write_result("distill_minilm_pruned", "Distillation: MiniLM pruned (½ FFN, ¼ heads) recovered from the unpruned "
                  "teacher (issue 15)", this_command(), body)
+
+
+def _gradual(teacher: Any, train: tuple[Any, ...], cfg: Any, stages: int, enc: Any, train_text: list[str], calib: Any,
+             act: list[Any], importance: str, scope: str, recon_sentences: int, eval_data: Any,
+             log: dict[str, Any]) -> tuple[Any, Any]:
+    """Gradual pruning with distillation (Zhu & Gupta 2017's schedule in steps; CoFi, Xia et al. 2022, prunes while
+    distilling): ``stages`` equal steps from 1536 FFN neurons / 12 heads per layer (in all) to ½ / ¾, each pruned
+    from the current student (re-fitted on ``recon_sentences`` when > 0) and then distilled from the unpruned
+    teacher; the earlier stages share half of the training sentences, the last stage (the final widths) has the
+    other half. The learning-rate schedule restarts at each stage."""
+    import copy
+
+    from deepshrink.distill import distill_with_report
+    from deepshrink.prune import StructuredPruneConfig
+    from deepshrink.prune.structured import structured_prune
+
+    n = len(train[0])
+    cuts = [0] + [round(n / 2 * (k + 1) / (stages - 1)) for k in range(stages - 1)] + [n]
+    student = copy.deepcopy(teacher)
+    layers = student.encoder.encoder.layer
+    ffn0, heads0 = sum(x.intermediate.dense.out_features for x in layers), sum(
+        x.attention.self.num_attention_heads for x in layers)
+    rt = enc(train_text[:recon_sentences]) if recon_sentences else None
+    recon = [tuple(x[i:i + 64] for x in rt) for i in range(0, recon_sentences, 64)] if rt is not None else None
+    log["stages"] = []
+    rep = None
+    for k in range(1, stages + 1):
+        layers = student.encoder.encoder.layer  # distillation returns a new student
+        ffn_now = sum(x.intermediate.dense.out_features for x in layers)
+        heads_now = sum(x.attention.self.num_attention_heads for x in layers)
+        ffn_to, heads_to = ffn0 - ffn0 // 2 * k // stages, heads0 - heads0 // 4 * k // stages
+        pcfg = StructuredPruneConfig(ratio=1 - ffn_to / ffn_now, heads_ratio=1 - heads_to / heads_now,
+                                     importance=importance, scope=scope, reconstruct=bool(recon_sentences))
+        structured_prune(student, pcfg, calib, act_batches=act, recon_mask=1, recon_batches=recon)
+        layers = student.encoder.encoder.layer
+        widths = [[x.intermediate.dense.out_features, x.attention.self.num_attention_heads] for x in layers]
+        part = tuple(x[cuts[k - 1]:cuts[k]] for x in train)
+        student, rep = distill_with_report(teacher, student, part, cfg, eval_data=eval_data, progress=False)
+        log["stages"].append({"widths": widths, "sentences": cuts[k] - cuts[k - 1], "evals": rep.evals})
+        print(json.dumps({"stage": k, **log["stages"][-1]}), flush=True)
+    ffn, heads = sum(w[0] for w in log["stages"][-1]["widths"]), sum(w[1] for w in log["stages"][-1]["widths"])
+    assert (ffn, heads) == (ffn0 // 2, heads0 - heads0 // 4), (ffn, heads)
+    return student, rep
 
 
 def digits_section(seeds: int, epochs: int) -> None:
@@ -516,6 +564,8 @@ def main() -> None:
     ap.add_argument("--hidden-weight", type=float, default=0.0)
     ap.add_argument("--attention-weight", type=float, default=0.0,
                     help="minilm-pruned: weight of the attention-map KL (each kept head against the head it was)")
+    ap.add_argument("--stages", type=int, default=1,
+                    help="minilm-pruned: prune in this many steps, distilling after each (gradual; 1: one shot)")
     ap.add_argument("--layer-map", default="uniform", choices=["uniform", "kept"])
     ap.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "linear"])
     ap.add_argument("--warmup", type=float, default=0.0)
@@ -548,7 +598,8 @@ def main() -> None:
                        warmup=a.warmup, max_length=a.max_length, batch_size=a.batch_size, freeze=tuple(a.freeze),
                        recon_sentences=a.reconstruct, student_dropout=a.student_dropout, quick=a.quick,
                        group_by_length=a.group_by_length, importance=a.importance, scope=a.scope,
-                       importance_sentences=a.importance_sentences, attention_weight=a.attention_weight)
+                       importance_sentences=a.importance_sentences, attention_weight=a.attention_weight,
+                       stages=a.stages)
     if a.section in ("all", "minilm"):
         minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform, text=a.text, hidden_weight=a.hidden_weight,
                        layer_map=a.layer_map, schedule=a.schedule, warmup=a.warmup, max_length=a.max_length,

@@ -58,6 +58,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights,
         (["--data", "digits:train"], "either --student S or --derive"),
         (["--student", "students_mod:small", "--derive", "width=0.5", "--data", "digits:train"], "not both"),
         (["--derive", "width=0.5", "--data", "digits:train", "--loss", "sharpness"], "--loss 'sharpness'"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--loss", "kd+embedding"], "one output loss at a time"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--loss", "hidden+hidden"], "--loss 'hidden+hidden'"),
         (["--derive", "width=0.5", "--data", "digits:train", "--loss", "hidden", "--layer-map", "0,x"], "--layer-map '0,x'"),
         (["--derive", "width=0.5", "--data", "digits:train", "--loss", "hidden", "--layer-map", "kept"], "copied from"),
         (["--derive", "width=0.5", "--data", "digits:train", "--lr-schedule", "step"], "lr_schedule"),
@@ -214,3 +216,14 @@ def test_an_onnx_teacher_is_distilled_through_its_pytorch_import(cnn_onnx, tmp_p
     src, student = onnx.load(cnn_onnx), onnx.load(out)
     assert [o.name for o in student.graph.output] == [o.name for o in src.graph.output]
     assert [i.name for i in student.graph.input] == [i.name for i in src.graph.input]
+
+
+def test_loss_terms_join_with_plus():
+    from deepshrink.cli.distill_cmd import config_for
+
+    c = config_for("embedding+hidden+attention")
+    assert (c.loss, c.hidden_weight, c.attention_weight) == ("embedding", 1.0, 1.0)
+    c = config_for("attention")  # a feature term alone: the output loss stays auto
+    assert (c.loss, c.hidden_weight, c.attention_weight) == ("auto", 0.0, 1.0)
+    c = config_for("kd")
+    assert (c.loss, c.hidden_weight, c.attention_weight) == ("kd", 0.0, 0.0)

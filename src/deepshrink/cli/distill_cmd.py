@@ -46,17 +46,23 @@ def usable_cores() -> int:
 
 
 def config_for(loss: str, **fields: Any) -> Any:
-    """The DistillConfig for the CLI's ``--loss`` (``hidden``/``attention`` add that term to the output loss)."""
+    """The DistillConfig for the CLI's ``--loss``: one output loss (``auto``, ``kd``, ``embedding``) and/or feature
+    terms (``hidden``, ``attention``, each added at weight 1), joined by ``+`` (``embedding+hidden+attention``)."""
     from ..distill import DistillConfig
 
-    if loss not in LOSSES:
-        raise InputError(f"--loss {loss!r}: use {', '.join(LOSSES)}")
+    terms = [t.strip() for t in loss.split("+")]
+    if not loss.strip() or any(t not in LOSSES for t in terms) or len(set(terms)) != len(terms):
+        raise InputError(f"--loss {loss!r}: use {', '.join(LOSSES)}, or an output loss and feature terms joined by + "
+                         "(embedding+hidden+attention)")
+    outputs = [t for t in terms if t in ("auto", "kd", "embedding")]
+    if len(outputs) > 1:
+        raise InputError(f"--loss {loss!r}: one output loss at a time ({' or '.join(outputs)})")
     extra: dict[str, Any] = {}
-    if loss in ("kd", "embedding"):
-        extra["loss"] = loss
-    elif loss == "hidden":
+    if outputs and outputs[0] != "auto":
+        extra["loss"] = outputs[0]
+    if "hidden" in terms:
         extra["hidden_weight"] = 1.0
-    elif loss == "attention":
+    if "attention" in terms:
         extra["attention_weight"] = 1.0
     return DistillConfig.build(**{k: v for k, v in fields.items() if v is not None}, **extra)
 
@@ -84,7 +90,7 @@ def distill_cmd(
     student_weights: Annotated[str | None, typer.Option("--student-weights", help="weights for a module:factory --student")] = None,
     derive: Annotated[str | None, typer.Option("--derive", help="layers=K (keep K transformer layers) or width=F (keep fraction F of channels)")] = None,
     layers_from: Annotated[str, typer.Option("--layers-from", help="derive layers: importance (measured) | uniform (every other)")] = "importance",
-    loss: Annotated[str, typer.Option("--loss", help="auto | kd | embedding | hidden (+hidden states) | attention (+attention maps)")] = "auto",
+    loss: Annotated[str, typer.Option("--loss", help="auto | kd | embedding | hidden (+hidden states) | attention (+attention maps); terms join with +, e.g. embedding+hidden+attention")] = "auto",
     temperature: Annotated[float, typer.Option("--temperature", help="KD softmax temperature T")] = 2.0,
     alpha: Annotated[float | None, typer.Option("--alpha", help="KD weight of the soft targets; 1 - alpha on the labels (default 0.5 with labels; without labels the soft targets alone)")] = None,
     metric: Annotated[str, typer.Option("--metric", help="embedding / hidden-state distance: mse | cosine")] = "mse",
