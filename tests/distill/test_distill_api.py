@@ -325,3 +325,44 @@ def test_a_pruned_student_s_heads_are_compared_with_the_heads_they_were(tiny_ber
         exact = float(attention_loss(cap_s.maps[:1], cap_t.maps, [0], heads=cap_s.heads[:1], mask=mask))
         averaged = float(attention_loss(cap_s.maps[:1], cap_t.maps, [0], mask=mask))
     assert exact == pytest.approx(0.0, abs=1e-6) and averaged > 1e-3, (exact, averaged)
+
+
+def test_attention_maps_of_a_model_that_returns_them_only_when_asked_and_without_dropout():
+    """MPNet returns attention probabilities only with ``output_attentions`` (a new user's all-mpnet-base-v2 was
+    refused); and a model in training mode returns them after its attention dropout. The capture asks for them and
+    turns that dropout off while it lasts, so a student identical to its teacher scores 0 in training mode, and
+    the models get their own settings back afterwards."""
+    import copy
+
+    from transformers import MPNetConfig, MPNetModel
+
+    from deepshrink.distill.features import Capture
+    from deepshrink.distill.losses import attention_loss
+    from deepshrink.examples.minilm import SentenceEncoder
+
+    torch.manual_seed(0)
+    cfg = MPNetConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                      max_position_embeddings=40, attention_probs_dropout_prob=0.5, hidden_dropout_prob=0.0,
+                      attn_implementation="eager")
+    teacher = SentenceEncoder(MPNetModel(cfg)).eval()
+    student = copy.deepcopy(teacher).train()
+    ids, mask = _tokens(8)
+
+    def run(m):
+        return m(ids, mask)
+
+    with Capture(teacher, hidden=False, attention=True, probe=run) as cap_t, \
+            Capture(student, hidden=False, attention=True, probe=run) as cap_s:
+        assert student.encoder.config.output_attentions is True
+        cap_t.clear()
+        cap_s.clear()
+        with torch.no_grad():
+            teacher(ids, mask)
+        student(ids, mask)  # training mode
+        assert len(cap_s.maps) == 2 and cap_s.maps[0].shape == (8, 4, 12, 12)
+        rows = cap_s.maps[0].sum(-1)
+        assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)  # distributions, not dropped-out rows
+        assert float(attention_loss(cap_s.maps, cap_t.maps, [0, 1], mask=mask).detach()) == pytest.approx(0.0, abs=1e-6)
+    assert student.encoder.config.output_attentions is False and teacher.encoder.config.output_attentions is False
+    drops = [m.p for m in student.modules() if isinstance(m, torch.nn.Dropout)]
+    assert 0.5 in drops  # the attention dropout is the model's own again

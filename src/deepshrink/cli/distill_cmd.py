@@ -51,7 +51,9 @@ def config_for(loss: str, **fields: Any) -> Any:
     from ..distill import DistillConfig
 
     terms = [t.strip() for t in loss.split("+")]
-    if not loss.strip() or any(t not in LOSSES for t in terms) or len(set(terms)) != len(terms):
+    if len(set(terms)) != len(terms):
+        raise InputError(f"--loss {loss!r} names a term twice: each of {', '.join(LOSSES)} once at most")
+    if not loss.strip() or any(t not in LOSSES for t in terms):
         raise InputError(f"--loss {loss!r}: use {', '.join(LOSSES)}, or an output loss and feature terms joined by + "
                          "(embedding+hidden+attention)")
     outputs = [t for t in terms if t in ("auto", "kd", "embedding")]

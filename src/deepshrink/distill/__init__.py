@@ -139,119 +139,121 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     layer_map = None
     hidden, attention = cfg.hidden_weight > 0, cfg.attention_weight > 0
     _refuse_unused(cfg, out_kind, hidden, attention)
-    cap_t = cap_s = None
-    projections = None
-    if hidden or attention:
-        def run(m: nn.Module) -> Any:
-            return m(*probe)
-
-        cap_t = Capture(t_mod, hidden=hidden, attention=attention, probe=run)
-        cap_s = Capture(s_mod, hidden=hidden, attention=attention, probe=run)
-        layer_map = _layer_map(cfg.layer_map, layer_choice, cap_s.n_layers, cap_t.n_layers)
-        if len(layer_map) != cap_s.n_layers or any(not 0 <= i < cap_t.n_layers for i in layer_map):
-            raise InputError(f"layer_map {layer_map}: give one teacher layer (0..{cap_t.n_layers - 1}) for each of the "
-                             f"student's {cap_s.n_layers} layers")
-        if hidden:
-            with torch.no_grad():
-                cap_t.clear()
-                cap_s.clear()
-                t_mod(*probe)
-                s_mod.eval()
-                s_mod(*probe)
-            tw = [s.shape[-1] for s in cap_t.states]
-            sw = [s.shape[-1] for s in cap_s.states]
-            if any(sw[j] != tw[t] for j, t in enumerate(layer_map)):
-                torch.manual_seed(cfg.seed)
-                projections = nn.ModuleList([nn.Linear(sw[j], tw[t], bias=False) for j, t in enumerate(layer_map)])
-
-    module = _Student(s_mod, projections)
-    precompute = not (hidden or attention)
-    train_arrays: list[torch.Tensor] = list(inputs)
-    if precompute and n_out > 1:
-        train_arrays.extend(t_every)
-    elif precompute:
-        if targets is not None:
-            given = torch.as_tensor(np.asarray(targets)).float()
-            if len(given) != len(inputs[0]) or not torch.allclose(given[: len(t_probe)], t_probe.float(), atol=1e-4):
-                raise InputError("targets are not the teacher's outputs on this data (length or values differ)")
-            train_arrays.append(given)
-        else:
-            train_arrays.append(_teacher_outputs(t_mod, inputs))
-    if labels is not None:
-        train_arrays.append(labels)
-    n_in = len(inputs)
-    trim = _trim_index(t_handle, inputs)
-    use_labels = labels is not None and out_kind == "kd"
-
-    def step(wrapped: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        xs = _trimmed(tuple(batch[:n_in]), trim)
-        rest = batch[n_in:]
-        if cap_s is not None:
-            cap_s.clear()
-        with functional_dropout:
-            s_outs = _outputs(wrapped(*xs))
-        if precompute:
-            t_outs = list(rest[:n_out])
-        else:
-            assert cap_t is not None
-            cap_t.clear()
-            _follow(t_mod, xs[0])
-            with torch.no_grad():
-                t_outs = _outputs(t_mod(*xs))
-        s_out, t_out = s_outs[0], t_outs[0]
-        if out_kind == "kd":
-            loss = kd_loss(s_out, t_out, rest[-1] if use_labels else None, cfg.temperature, cfg.alpha)
-        elif scales is not None and cfg.metric == "mse":
-            loss = F.mse_loss(s_out, t_out) / scales[0]
-        else:
-            loss = embedding_loss(s_out, t_out, cfg.metric)
-        if scales is not None:
-            for k in range(1, n_out):
-                loss = loss + F.mse_loss(s_outs[k], t_outs[k]) / scales[k]
-        if hidden:
-            assert cap_s is not None and cap_t is not None and layer_map is not None
-            mask = xs[trim] if trim is not None else None
-            loss = loss + cfg.hidden_weight * hidden_loss(cap_s.states, cap_t.states, layer_map, module.proj, cfg.metric,
-                                                          mask=mask)
-        if attention:
-            assert cap_s is not None and cap_t is not None and layer_map is not None
-            mask = xs[trim] if trim is not None else None
-            loss = loss + cfg.attention_weight * attention_loss(cap_s.maps, cap_t.maps, layer_map, heads=cap_s.heads,
-                                                                mask=mask)
-        return loss
-
-    def forward(wrapped: nn.Module, batch: Sequence[torch.Tensor]) -> Any:  # the student alone (BatchNorm recalibration)
-        if cap_s is not None:
-            cap_s.clear()
-        return wrapped(*_trimmed(tuple(batch[:n_in]), trim))
-
-    lengths = None
-    if cfg.group_by_length:
-        if trim is None or inputs[trim].dim() != 2:
-            raise InputError("group_by_length needs the teacher to take an attention_mask input (token sequences)")
-        lengths = inputs[trim].sum(1).tolist()
-    eval_fn = _eval_fn(t_mod, t_handle, eval_data, inputs, labels, out_kind, trim)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is not None:
-        _check_run(ckpt, cfg, origin, len(inputs[0]), resume)
-    from ..train import Trainer
-
-    lr = cfg.lr or (1e-4 if find_layer_stack(s_mod) is not None else 1e-3)
-    steps_per_epoch = -(-len(inputs[0]) // cfg.batch_size)
-    warmup_steps = int(round(cfg.warmup * steps_per_epoch * cfg.epochs))
-    trainer = Trainer(module, step_fn=step, optimizer=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay,
-                      epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, eval_fn=eval_fn,
-                      checkpoint_dir=ckpt, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
-                      progress=progress, lr_schedule=cfg.lr_schedule, deterministic=deterministic,
-                      global_batch=True, warmup_steps=warmup_steps, lengths=lengths,
-                      forward_fn=forward)
-    unused = frozen + _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
-    # a student imported from ONNX lost its BatchNorm to the exporter: put back while training, folded after
     from ..train.batchnorm import batchnorm_for_training, fold_batchnorm
 
-    bn_pairs = batchnorm_for_training(s_mod, inputs, cfg.batch_size, steps=steps_per_epoch * cfg.epochs)
-    torch.manual_seed(cfg.seed)  # dropout masks: the same on every process and every resume
-    try:
+    cap_t = cap_s = None
+    bn_pairs: list[Any] = []
+    unused = list(frozen)
+    try:  # from here on the teacher carries capture hooks: a refusal below leaves it as it was given
+        projections = None
+        if hidden or attention:
+            def run(m: nn.Module) -> Any:
+                return m(*probe)
+
+            cap_t = Capture(t_mod, hidden=hidden, attention=attention, probe=run)
+            cap_s = Capture(s_mod, hidden=hidden, attention=attention, probe=run)
+            layer_map = _layer_map(cfg.layer_map, layer_choice, cap_s.n_layers, cap_t.n_layers)
+            if len(layer_map) != cap_s.n_layers or any(not 0 <= i < cap_t.n_layers for i in layer_map):
+                raise InputError(f"layer_map {layer_map}: give one teacher layer (0..{cap_t.n_layers - 1}) for each of the "
+                                 f"student's {cap_s.n_layers} layers")
+            if hidden:
+                with torch.no_grad():
+                    cap_t.clear()
+                    cap_s.clear()
+                    t_mod(*probe)
+                    s_mod.eval()
+                    s_mod(*probe)
+                tw = [s.shape[-1] for s in cap_t.states]
+                sw = [s.shape[-1] for s in cap_s.states]
+                if any(sw[j] != tw[t] for j, t in enumerate(layer_map)):
+                    torch.manual_seed(cfg.seed)
+                    projections = nn.ModuleList([nn.Linear(sw[j], tw[t], bias=False) for j, t in enumerate(layer_map)])
+
+        module = _Student(s_mod, projections)
+        precompute = not (hidden or attention)
+        train_arrays: list[torch.Tensor] = list(inputs)
+        if precompute and n_out > 1:
+            train_arrays.extend(t_every)
+        elif precompute:
+            if targets is not None:
+                given = torch.as_tensor(np.asarray(targets)).float()
+                if len(given) != len(inputs[0]) or not torch.allclose(given[: len(t_probe)], t_probe.float(), atol=1e-4):
+                    raise InputError("targets are not the teacher's outputs on this data (length or values differ)")
+                train_arrays.append(given)
+            else:
+                train_arrays.append(_teacher_outputs(t_mod, inputs))
+        if labels is not None:
+            train_arrays.append(labels)
+        n_in = len(inputs)
+        trim = _trim_index(t_handle, inputs)
+        use_labels = labels is not None and out_kind == "kd"
+
+        def step(wrapped: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+            xs = _trimmed(tuple(batch[:n_in]), trim)
+            rest = batch[n_in:]
+            if cap_s is not None:
+                cap_s.clear()
+            with functional_dropout:
+                s_outs = _outputs(wrapped(*xs))
+            if precompute:
+                t_outs = list(rest[:n_out])
+            else:
+                assert cap_t is not None
+                cap_t.clear()
+                _follow(t_mod, xs[0])
+                with torch.no_grad():
+                    t_outs = _outputs(t_mod(*xs))
+            s_out, t_out = s_outs[0], t_outs[0]
+            if out_kind == "kd":
+                loss = kd_loss(s_out, t_out, rest[-1] if use_labels else None, cfg.temperature, cfg.alpha)
+            elif scales is not None and cfg.metric == "mse":
+                loss = F.mse_loss(s_out, t_out) / scales[0]
+            else:
+                loss = embedding_loss(s_out, t_out, cfg.metric)
+            if scales is not None:
+                for k in range(1, n_out):
+                    loss = loss + F.mse_loss(s_outs[k], t_outs[k]) / scales[k]
+            if hidden:
+                assert cap_s is not None and cap_t is not None and layer_map is not None
+                mask = xs[trim] if trim is not None else None
+                loss = loss + cfg.hidden_weight * hidden_loss(cap_s.states, cap_t.states, layer_map, module.proj, cfg.metric,
+                                                              mask=mask)
+            if attention:
+                assert cap_s is not None and cap_t is not None and layer_map is not None
+                mask = xs[trim] if trim is not None else None
+                loss = loss + cfg.attention_weight * attention_loss(cap_s.maps, cap_t.maps, layer_map, heads=cap_s.heads,
+                                                                    mask=mask)
+            return loss
+
+        def forward(wrapped: nn.Module, batch: Sequence[torch.Tensor]) -> Any:  # the student alone (BatchNorm recalibration)
+            if cap_s is not None:
+                cap_s.clear()
+            return wrapped(*_trimmed(tuple(batch[:n_in]), trim))
+
+        lengths = None
+        if cfg.group_by_length:
+            if trim is None or inputs[trim].dim() != 2:
+                raise InputError("group_by_length needs the teacher to take an attention_mask input (token sequences)")
+            lengths = inputs[trim].sum(1).tolist()
+        eval_fn = _eval_fn(t_mod, t_handle, eval_data, inputs, labels, out_kind, trim)
+        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if ckpt is not None:
+            _check_run(ckpt, cfg, origin, len(inputs[0]), resume)
+        from ..train import Trainer
+
+        lr = cfg.lr or (1e-4 if find_layer_stack(s_mod) is not None else 1e-3)
+        steps_per_epoch = -(-len(inputs[0]) // cfg.batch_size)
+        warmup_steps = int(round(cfg.warmup * steps_per_epoch * cfg.epochs))
+        trainer = Trainer(module, step_fn=step, optimizer=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay,
+                          epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, eval_fn=eval_fn,
+                          checkpoint_dir=ckpt, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
+                          progress=progress, lr_schedule=cfg.lr_schedule, deterministic=deterministic,
+                          global_batch=True, warmup_steps=warmup_steps, lengths=lengths,
+                          forward_fn=forward)
+        unused = frozen + _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
+        # a student imported from ONNX lost its BatchNorm to the exporter: put back while training, folded after
+        bn_pairs = batchnorm_for_training(s_mod, inputs, cfg.batch_size, steps=steps_per_epoch * cfg.epochs)
+        torch.manual_seed(cfg.seed)  # dropout masks: the same on every process and every resume
         res = trainer.fit(tuple(train_arrays))
     finally:
         fold_batchnorm(s_mod, bn_pairs)

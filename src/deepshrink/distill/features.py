@@ -31,6 +31,7 @@ class Capture:
         self.maps: list[torch.Tensor] = []
         self.heads: list[list[int] | None] = []  # per layer: the original heads a pruned attention module kept
         self._handles: list[Any] = []
+        self._restore: list[tuple[Any, str, Any]] = []  # (object, attribute, value) put back by close()
         self.width: int | None = None
         self.n_layers = 0
         found = find_layer_stack(model)
@@ -47,25 +48,66 @@ class Capture:
                 self._handles.append(linears[-1].register_forward_pre_hook(
                     lambda _m, args: self.states.append(args[0])))
                 self.n_layers = 1
+        try:
+            self._attention_hooks(model, found, attention, probe)
+        except BaseException:
+            self.close()  # the model is left as it was given
+            raise
+
+    def _attention_hooks(self, model: nn.Module, found: Any, attention: bool,
+                         probe: Callable[[nn.Module], Any] | None) -> None:
         if attention:
             if found is None:
                 raise InputError("attention distillation needs a transformer (a stack of attention layers)")
             self.n_layers = len(found[2])
             if probe is None:
                 raise InputError("attention distillation needs example inputs to find the attention modules")
+            self._ask_for_attentions(model)
             for layer in found[2]:
                 mod = _attention_module(layer, probe, model)
                 self.heads.append(_kept_heads(mod))
+                self._no_attention_dropout(mod)
                 self._handles.append(mod.register_forward_hook(lambda _m, _a, out: self.maps.append(_attn(out))))
 
     def clear(self) -> None:
         self.states.clear()
         self.maps.clear()
 
+    def _set(self, obj: Any, attr: str, value: Any) -> None:
+        self._restore.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, value)
+
+    def _ask_for_attentions(self, model: nn.Module) -> None:
+        """Hugging Face models that return attention probabilities only when asked (MPNet: ``output_attentions``,
+        read from the config when the caller does not pass it) are asked, for as long as the capture lasts."""
+        seen: set[int] = set()
+        for m in model.modules():
+            cfg = getattr(m, "config", None)
+            if cfg is None or id(cfg) in seen or getattr(cfg, "output_attentions", None) is not False:
+                continue
+            seen.add(id(cfg))
+            try:
+                self._set(cfg, "output_attentions", True)
+            except (ValueError, AttributeError):  # an attention kernel that cannot return them (SDPA): said later
+                pass
+
+    def _no_attention_dropout(self, mod: nn.Module) -> None:
+        """The maps an attention module returns in training mode have its dropout applied (rows no longer sum to
+        1, a dropped entry's log is −∞), so the captured modules' attention-probability dropout is off for as
+        long as the capture lasts: their own ``nn.Dropout`` children and an ``attention_dropout`` rate."""
+        for child in mod.children():
+            if isinstance(child, nn.Dropout) and child.p > 0:
+                self._set(child, "p", 0.0)
+        if isinstance(getattr(mod, "attention_dropout", None), float) and mod.attention_dropout > 0:
+            self._set(mod, "attention_dropout", 0.0)
+
     def close(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for obj, attr, value in reversed(self._restore):
+            setattr(obj, attr, value)
+        self._restore.clear()
 
     def __enter__(self) -> Capture:
         return self
@@ -110,5 +152,6 @@ def _attention_module(layer: nn.Module, probe: Callable[[nn.Module], Any], model
             h.remove()
     if not hits:
         raise InputError("attention distillation: no module in the transformer layer returns attention probabilities "
-                         "(load the model with eager attention, e.g. attn_implementation='eager')")
+                         "(its attention kernel does not expose them: SDPA or flash attention; a Hugging Face folder "
+                         "loaded here uses eager attention); leave attention out of --loss")
     return hits[0]
