@@ -123,6 +123,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     out_kind = resolve_loss(cfg.loss, t_handle, t_probe, n_outputs=n_out)
     if out_kind == "kd":
         _check_label_range(labels, int(t_probe.shape[-1]), "data")
+    if cfg.attention_weight > 0:  # refuse a teacher without attention maps now, not after deriving the student
+        Capture(t_mod, hidden=False, attention=True, probe=lambda m: m(*probe)).close()
     s_mod, origin, layer_choice, width = derive_student(t_mod, student, cfg, inputs, progress=progress)
     check_compatible(t_mod, s_mod, probe, out_kind, t_probes)
     # the outputs after the first: mean squared error over the teacher output's variance (scale-free, so boxes in
