@@ -194,6 +194,28 @@ def test_no_arguments_prints_help_exit_0(capsys):
     assert rc == 0 and "Usage" in out and "quantize" in out and not err.strip()
 
 
+@pytest.mark.parametrize("columns", [80, 120])
+def test_every_command_s_help_names_every_option_whole(capsys, monkeypatch, columns):
+    """At 80 columns Typer's rich layout cut `quantize`'s `--calibration-size`, `--no-bias-correction` and
+    `--trust-remote-code` to `--calibration-s…`; a narrow terminal gets click's plain layout instead."""
+    import typer.main
+
+    from deepshrink.cli import app
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    monkeypatch.delenv("TERMINAL_WIDTH", raising=False)
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        rc, out, err = _run(capsys, name, "--help")
+        names = [o for p in command.params for o in (*p.opts, *getattr(p, "secondary_opts", ())) if o.startswith("--")]
+        assert rc == 0 and not err.strip() and "--help" in out, (name, err)
+        assert "…" not in out, (name, out)
+        missing = [o for o in names if o not in out]
+        assert not missing, (name, missing, out)
+        if columns == 80:
+            assert max(len(line) for line in out.splitlines()) <= 80, (name, out)
+
+
 def test_usage_error_through_the_installed_entry_point(tmp_path):
     """The console script as a fresh install runs it (whatever click copy typer ships)."""
     proc = subprocess.run([sys.executable, "-m", "deepshrink.cli", "quantize", "m.onnx", "-o", "q.onnx", "--sparsty",

@@ -186,9 +186,30 @@ def run_app(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     # TensorFlow's C++ start-up lines (oneDNN notice, absl preamble) would land on the user's terminal
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # a command's options in click's plain layout when the terminal is narrow (see RICH_HELP_MIN_WIDTH)
+    narrow = bool(args) and not args[0].startswith("-") and _help_width() < RICH_HELP_MIN_WIDTH
+    app.rich_markup_mode = None if narrow else "rich"
     with warnings.catch_warnings():
         warnings.showwarning = _warning_line(set())
         return _run(argv)
+
+
+# Typer's rich help lays each option out in six columns that rich sizes by itself; below about 100
+# columns it cuts the long option names (`--calibration-size`, `--no-bias-correction`,
+# `--trust-remote-code` in `quantize --help` at 80). click's plain layout wraps the help text instead
+# and keeps every name whole, so a command's help on a narrower terminal (or a pipe, which rich reads
+# as 80) gets that. The top-level help stays rich: its command list wraps there, where click's cuts
+# each description to one line.
+RICH_HELP_MIN_WIDTH = 100
+
+
+def _help_width() -> int:
+    """The width Typer's help console would use: ``TERMINAL_WIDTH`` (Typer's override), else rich's
+    reading of the terminal (``COLUMNS``, the tty's size, 80 for a pipe)."""
+    forced = os.environ.get("TERMINAL_WIDTH", "")
+    if forced.isdigit():
+        return int(forced)
+    return Console().width
 
 
 def _with_flags(message: str, argv: list[str] | None) -> str:
