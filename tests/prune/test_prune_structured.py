@@ -444,3 +444,39 @@ def test_nothing_prunable_says_why_in_one_short_line():
     # a's and b's outputs are added: one channel group (named a), blocked by both
     assert msg.endswith("(unsupported grouped convolution a (1 group: a); unsupported grouped convolution b "
                         "(1 group: a))")
+
+
+def test_a_hugging_face_model_inside_a_wrapper_is_traced_around():
+    """fx cannot trace a Hugging Face BERT whole (its mask helpers slice with traced sizes); the capture is tried
+    again with the inner model opaque, so the wrapper's own layers (here a projection head) are pruned beside the
+    heads and FFN neurons found by structure, and no capture warning is given."""
+    transformers = pytest.importorskip("transformers")
+    from deepshrink.examples.minilm import SentenceEncoder
+    from deepshrink.prune.structured import structured_prune
+
+    class Projected(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=64, max_position_embeddings=32,
+                                          attn_implementation="eager")
+            self.encoder = SentenceEncoder(transformers.BertModel(cfg), normalize=False)
+            self.head = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8))
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(ids, mask))
+
+    torch.manual_seed(0)
+    model = Projected().eval()
+    ids = torch.randint(1, 100, (4, 10))
+    mask = torch.ones_like(ids)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = structured_prune(model, StructuredPruneConfig(ratio=0.5, heads_ratio=0.5), (ids, mask))
+    assert graph.traced and not [str(w.message) for w in caught if "graph capture" in str(w.message)]
+    assert model.head[0].out_features == 8 and model.head[2].in_features == 8  # the wrapper's layer: pruned
+    assert model.head[2].out_features == 8  # reaches the output: kept
+    bert = model.encoder.encoder
+    assert [lay.attention.self.num_attention_heads for lay in bert.encoder.layer] == [2, 2]
+    assert [lay.intermediate.dense.out_features for lay in bert.encoder.layer] == [32, 32]
+    assert model(ids, mask).shape == (4, 8)

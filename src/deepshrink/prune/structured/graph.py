@@ -327,6 +327,40 @@ def _transformer_groups(model: nn.Module, ana: _Analysis) -> set[str]:
     return leaves
 
 
+def _capture(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], leaves: set[str]) -> fx.GraphModule:
+    """``model`` as a ``GraphModule`` with ``leaves`` opaque, shapes propagated on ``example_inputs`` (eval mode,
+    no gradient; the mode is given back)."""
+    if isinstance(model, fx.GraphModule) and not leaves:  # already a graph (an ONNX import): read as it is
+        gm = model  # (tracing it again would run its helpers on proxies)
+    else:
+        graph = _Tracer(leaves).trace(model, concrete_args=_defaults_beyond(model, len(example_inputs)))
+        gm = fx.GraphModule(model, graph)
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+    finally:
+        model.train(was_training)
+    return gm
+
+
+def _hf_backbones(model: nn.Module, leaves: set[str]) -> set[str]:
+    """The outermost submodules (not ``model`` itself) that are Hugging Face models — a ``config`` and a
+    ``base_model_prefix``, duck-typed so transformers is not imported — and hold transformer blocks in
+    ``leaves``."""
+    found: set[str] = set()
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(f"{f}.") for f in found):
+            continue
+        if hasattr(m, "config") and hasattr(m, "base_model_prefix") and any(
+                leaf.startswith(f"{name}.") for leaf in leaves):
+            found.add(name)
+    return found
+
+
 def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | None, *,
                 protected: set[str] | None = None) -> DependencyGraph:
     """Analyse ``model`` (run on ``example_inputs``) into groups of coupled channels."""
@@ -334,24 +368,21 @@ def build_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | Non
     leaves = _transformer_groups(model, ana)
     traced = False
     if example_inputs is not None:
-        try:
-            if isinstance(model, fx.GraphModule) and not leaves:  # already a graph (an ONNX import): read as it is
-                gm = model  # (tracing it again would run its helpers on proxies)
-            else:
-                graph = _Tracer(leaves).trace(model, concrete_args=_defaults_beyond(model, len(example_inputs)))
-                gm = fx.GraphModule(model, graph)
-            from torch.fx.passes.shape_prop import ShapeProp
-
-            was_training = model.training
-            model.eval()
-            with torch.no_grad():
-                ShapeProp(gm).propagate(*example_inputs)
-            model.train(was_training)
-            traced = True
-        except Exception as exc:  # noqa: BLE001 - any capture failure means "leave it alone"
-            first = first_line(exc, 160) if str(exc).strip() else ""
-            ana.warnings.append(f"graph capture of {type(model).__name__} failed ({type(exc).__name__}: {first}); "
-                                "only transformer heads/FFN neurons found by structure are pruned")
+        # a Hugging Face model inside a wrapper (a sentence encoder's pooling, a task head) cannot be traced
+        # whole (its mask helpers slice with traced sizes); its blocks are found by structure, so on failure
+        # the trace is tried again with that model opaque, for what the wrapper adds around it
+        tries = [leaves] + ([leaves | hf] if leaves and (hf := _hf_backbones(model, leaves)) else [])
+        for i, opaque in enumerate(tries):
+            try:
+                gm = _capture(model, example_inputs, opaque)
+                traced, leaves = True, opaque
+                break
+            except Exception as exc:  # noqa: BLE001 - any capture failure means "leave it alone"
+                if i + 1 < len(tries):
+                    continue
+                first = first_line(exc, 160) if str(exc).strip() else ""
+                ana.warnings.append(f"graph capture of {type(model).__name__} failed ({type(exc).__name__}: "
+                                    f"{first}); only transformer heads/FFN neurons found by structure are pruned")
         if traced:
             _walk(gm.graph, ana, leaves, own_graph=gm is model)
             if gm is model:
