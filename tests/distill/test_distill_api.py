@@ -108,7 +108,14 @@ def test_kept_layer_map_and_frozen_parameters(tiny_bert):
     _, rep = distill_with_report(tiny_bert, None, (ids, mask), cfg, progress=False, deterministic=True)
     assert rep.layer_map == rep.layers["keep"] and rep.layer_map != [1, 3] and rep.steps == 1
     cfg = DistillConfig(derive="layers=2", epochs=1, lr=1e-3, batch_size=16, freeze=("*word_embeddings*",))
-    student, _ = distill_with_report(tiny_bert, None, (ids, mask), cfg, progress=False, deterministic=True)
+    student, rep = distill_with_report(tiny_bert, None, (ids, mask), cfg, progress=False, deterministic=True)
+    # the counts leave out BERT's pooler (the mean-pooled output does not read it; the ONNX export drops it) and
+    # keep the frozen word embeddings (read, not trained)
+    def counted(m):
+        return sum(p.numel() for n, p in m.named_parameters() if ".pooler." not in n)
+
+    assert (rep.teacher_params, rep.student_params) == (counted(tiny_bert), counted(student))
+    assert counted(tiny_bert) < sum(p.numel() for p in tiny_bert.parameters())
     emb = "encoder.embeddings.word_embeddings.weight"
     assert torch.equal(student.state_dict()[emb], tiny_bert.state_dict()[emb])  # frozen: the teacher's table
     pos = "encoder.embeddings.position_embeddings.weight"
