@@ -57,10 +57,11 @@ def readme_commands() -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # What the test runs differently from the README. Key: the README command (words joined by one
 # space); value: (changes, reason). A change is "OLD -> NEW" (OLD must occur in the command),
-# "+ WORDS" (appended), or TORCHSCRIPT: the command's PyTorch -> ONNX exports use torch's
-# torchscript exporter instead of the default dynamo one (`convert --exporter torchscript`, which
-# the README shows), because a dynamo export of any BERT costs ~8 s of CPU however small it is;
-# tests/convert and tests/recipe cover the dynamo exports. Only speed: every flag shown still runs.
+# "+ WORDS" (appended), or TORCHSCRIPT: every PyTorch -> ONNX export of the command uses torch's
+# torchscript exporter (`convert --exporter torchscript`, which the README shows), because a dynamo
+# export of any BERT costs ~8 s of CPU however small it is (a Hugging Face model's `auto` export is
+# torchscript already; the marker also covers the exports a recipe's steps make); tests/convert and
+# tests/recipe cover the dynamo exports. Only speed: every flag shown still runs.
 TORCHSCRIPT = "exports with the torchscript exporter"
 FASTER: dict[str, tuple[list[str], str]] = {
     "deepshrink search cnn.onnx --data digits:train --eval-data digits:test --max-drop 0.5 --budget size=0.4x "

@@ -265,8 +265,13 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
         if dims is not None:
             m, fused = ob.fuse_transformer(m, *dims)
         if not fused.get("Attention"):
+            meta = {p.key: p.value for p in src.metadata_props}
+            hint = (" (it is not a BERT-like encoder)" if dims is None else
+                    " (it was written by torch's dynamo exporter, whose attention graph ORT's fusions do not match: "
+                    "export it with --exporter torchscript, or give the Hugging Face folder)"
+                    if meta.get("deepshrink.exporter") == "dynamo" else "")
             raise UnsupportedError("--fuse transformer: ONNX Runtime's BERT fusions found no attention block to fuse "
-                                   "in this graph" + ("" if dims is not None else " (it is not a BERT-like encoder)"))
+                                   "in this graph" + hint)
         res.fused = fused
         res.warnings.append("the fused attention reads attention_mask as right-padded (a prefix of ones per row, as "
                             "tokenizers write it); a mask with holes gives different outputs")

@@ -209,3 +209,32 @@ def test_parity_feeds_a_graph_whose_state_input_fixes_the_batch_at_its_size():
     assert len({s["x"].tobytes() for s in sets[:4]}) == 4
     res = optimize(m, OptimizeConfig(), data=data)
     assert res.parity is not None and res.parity.ok and res.parity.n_inputs == 9
+
+
+def test_transformer_fusion_of_a_model_whose_heads_were_pruned(tmp_path):
+    """A BERT with half its heads pruned: ORT's fusion wrote the configuration's head count on every fused
+    Attention (the reshape targets it reads it from are computed in the export), so a MiniLM pruned to 9 heads ran as
+    12 heads of 24 (cosine 0.905, parity refused it). Each node now gets the count its QKV weight holds, and the
+    fused model matches the pruned one."""
+    import torch
+    transformers = pytest.importorskip("transformers")
+
+    from deepshrink.convert.export import export_onnx
+    from deepshrink.examples.minilm import SentenceEncoder
+    from deepshrink.prune import StructuredPruneConfig
+    from deepshrink.prune.structured import structured_prune
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=32, attn_implementation="eager")
+    model = SentenceEncoder(transformers.BertModel(cfg)).eval()
+    ids = torch.randint(1, 100, (4, 10))
+    mask = torch.ones_like(ids)
+    structured_prune(model, StructuredPruneConfig(ratio=0.0, heads_ratio=0.5), (ids, mask))
+    h = export_onnx(model, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    assert h.metadata["deepshrink.exporter"] == "torchscript"  # auto: a Hugging Face model inside
+    res = optimize(h, OptimizeConfig(fuse="transformer", simplify="none"))
+    heads = [next(a.i for a in n.attribute if a.name == "num_heads") for n in res.model.model.graph.node
+             if n.op_type == "Attention"]
+    assert heads == [2, 2]
+    assert res.parity.ok and res.parity.outputs[0].cos_min > 0.99999

@@ -98,7 +98,10 @@ class ModelHandle:
                 shape = list(ex.shape)
                 if ex.ndim:
                     shape[_batch_axis(spec)] = batch
-                out[spec.name] = _random_like(rng, tuple(shape), ex.dtype, ex)
+                if _is_padding_mask(spec.name, ex) and _batch_axis(spec) == 0:
+                    out[spec.name] = _right_padded_mask(rng, tuple(shape), ex.dtype)
+                else:
+                    out[spec.name] = _random_like(rng, tuple(shape), ex.dtype, ex)
             return out
         return {s.name: _random_for(rng, s, batch, self.index_bounds.get(s.name), self.metadata) for s in self.inputs}
 
@@ -143,6 +146,22 @@ def _random_for(rng: np.random.Generator, spec: TensorSpec, batch: int, bound: i
     if np.dtype(spec.np_dtype).kind in "iu" and ("type_ids" in lowered or "segment" in lowered):
         return np.zeros(shape, dtype=spec.np_dtype)
     return _random_like(rng, shape, spec.np_dtype, None)
+
+
+def _is_padding_mask(name: str, example: np.ndarray) -> bool:
+    """An attention/padding mask as tokenizers write it: 2-D ``(batch, sequence)``, 0/1 values, named ``*mask*``."""
+    return (example.ndim == 2 and "mask" in name.lower() and np.dtype(example.dtype).kind in "iub"
+            and bool(np.isin(example, (0, 1)).all()))
+
+
+def _right_padded_mask(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``(batch, sequence)`` masks of ones followed by zeros (each row a random length from 1 to the sequence):
+    the padding a tokenizer writes. Independent 0/1 draws put holes inside a sequence, which no tokenizer writes and
+    fused attention kernels (ONNX Runtime's ``Attention``) read as a shorter sequence, so they would judge a
+    correct model as diverging."""
+    n, seq = shape
+    lengths = rng.integers(1, seq + 1, size=n) if seq else np.zeros(n, dtype=np.int64)
+    return (np.arange(seq)[None, :] < lengths[:, None]).astype(dtype)
 
 
 def _random_like(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, example: np.ndarray | None) -> np.ndarray:

@@ -386,14 +386,43 @@ def fuse_transformer(model: onnx.ModelProto, num_heads: int, hidden: int) -> tup
     """ORT's BERT fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm); returns the fused counts."""
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from ...core.quiet import detail, native_output_silenced
+
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="deepshrink.fuse.") as d:
+    # its fusion modules log under their own top-level names (fusion_attention, …) and onnx_model prints a failed
+    # shape inference: shown behind --verbose only
+    with tempfile.TemporaryDirectory(prefix="deepshrink.fuse.") as d, native_output_silenced() as said:
         src = _save_tmp(model, Path(d) / "in.onnx")
         opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden)
         stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
         fused = opt.model
+    detail(said[0] if said else "", what="ONNX Runtime transformer fusions")
+    _attention_heads_from_weights(fused, hidden // num_heads)
     ensure_node_names(fused)
     return fused, stats
+
+
+def _attention_heads_from_weights(model: onnx.ModelProto, head_size: int) -> None:
+    """Give each fused ``Attention`` node the head count its packed QKV weight holds, in place.
+
+    ORT's fusion writes the ``num_heads`` it is given (the model's configuration) on every node when it cannot read
+    the count from the graph's reshapes — as in the torchscript export of a model whose heads were pruned, where the
+    reshape targets are computed. Structured pruning keeps the head size, so a node whose weight is
+    ``(hidden, 3 · H · head_size)`` has H heads (9 in a MiniLM pruned from 12 heads of 32: the fused model read them
+    as 12 heads of 24 and its embeddings fell to cosine 0.905). Nodes with ``qkv_hidden_sizes`` or a weight that
+    is not a multiple of the head size are left as written."""
+    inits = initializer_map(model)
+    for n in model.graph.node:
+        if n.op_type != "Attention" or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        if any(a.name == "qkv_hidden_sizes" for a in n.attribute):
+            continue
+        width = int(inits[n.input[1]].dims[-1])
+        if width % (3 * head_size):
+            continue
+        for a in n.attribute:
+            if a.name == "num_heads":
+                a.i = width // (3 * head_size)
 
 
 # ---------------------------------------------------------------------------------------------
