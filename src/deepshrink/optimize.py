@@ -269,7 +269,9 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
             hint = (" (it is not a BERT-like encoder)" if dims is None else
                     " (it was written by torch's dynamo exporter, whose attention graph ORT's fusions do not match: "
                     "export it with --exporter torchscript, or give the Hugging Face folder)"
-                    if meta.get("deepshrink.exporter") == "dynamo" else "")
+                    if meta.get("deepshrink.exporter") == "dynamo" else
+                    f" (it reads as {dims[0]} heads over a hidden size of {dims[1]}, but its attention block is not a "
+                    "layout ORT's BERT fusions recognise; MPNet's, for one, is not)")
             raise UnsupportedError("--fuse transformer: ONNX Runtime's BERT fusions found no attention block to fuse "
                                    "in this graph" + hint)
         res.fused = fused

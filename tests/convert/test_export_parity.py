@@ -184,3 +184,51 @@ def test_pt2_from_a_hf_folder_keeps_its_tokenizer(tmp_path, minilm_dir):
     assert h.tokenizer_dir == tmp_path / "m.pt2.tokenizer"
     d = ds.load_data("sentences:3", h)
     assert d.inputs["input_ids"].shape[0] == 3
+
+
+class _HFLike(torch.nn.Module):
+    """A module that reads as a Hugging Face model (a ``config`` and a ``base_model_prefix``)."""
+
+    base_model_prefix = "model"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = {"model_type": "toy"}
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).relu()
+
+
+def test_a_hugging_face_model_exports_with_torchscript_and_falls_back_to_dynamo(tmp_path, monkeypatch):
+    """`auto` picks torchscript for a Hugging Face model (ORT's transformer fusions match its graph only); when
+    that export fails, dynamo writes the file and the reason is recorded."""
+    from deepshrink.convert import export
+
+    assert export.resolve_exporter("auto", _HFLike()) == "torchscript"
+    res = ds.convert(ds.load(_HFLike(), input_shapes=["x:2x4"]), tmp_path / "a.onnx")
+    assert res.hops[0].exporter == "torchscript" and res.hops[0].parity.ok
+
+    def broken(*a, **k):
+        raise RuntimeError("tracing went wrong")
+
+    monkeypatch.setattr(export, "_export_torchscript", broken)
+    with pytest.warns(UserWarning, match="torchscript exporter failed .*tracing went wrong"):
+        res = ds.convert(ds.load(_HFLike(), input_shapes=["x:2x4"]), tmp_path / "b.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "b.onnx")).metadata_props}
+    assert meta["deepshrink.exporter"] == "dynamo" and "tracing went wrong" in meta["deepshrink.exporter_fallback_reason"]
+    assert res.hops[0].parity.ok
+    with pytest.raises(ds.errors.UnsupportedError, match="the torchscript exporter failed"):
+        ds.convert(ds.load(_HFLike(), input_shapes=["x:2x4"]), tmp_path / "c.onnx", exporter="torchscript")
+
+
+def test_an_unknown_exporter_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import deepshrink.loading
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(deepshrink.loading, "load", no_load)
+    with pytest.raises(InputError, match="unknown exporter 'magic'"):
+        ds.convert("some/hf-folder", tmp_path / "m.onnx", exporter="magic")
+    assert not list(tmp_path.iterdir())

@@ -32,7 +32,7 @@ def convert_cmd(
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the parity check")] = False,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset to target")] = None,
-    exporter: Annotated[str, typer.Option("--exporter", help="auto (default: torchscript for models with LSTM/GRU/RNN layers, whose ONNX nodes keep their weights where int8 quantizers find them; dynamo otherwise) | dynamo | torchscript")] = "auto",
+    exporter: Annotated[str, typer.Option("--exporter", help="auto (default: torchscript for models with LSTM/GRU/RNN layers, whose ONNX nodes keep their weights where int8 quantizers find them, and for Hugging Face models, whose graph ONNX Runtime's transformer fusions match; dynamo otherwise) | dynamo | torchscript")] = "auto",
     via: Annotated[str | None, typer.Option("--via", help="go through an intermediate format, e.g. onnx")] = None,
     atol: Annotated[float, typer.Option("--atol", help="parity tolerance: absolute part")] = 1e-4,
     rtol: Annotated[float, typer.Option("--rtol", help="parity tolerance: part relative to the output's scale")] = 1e-4,
@@ -60,7 +60,9 @@ def convert_cmd(
     meta = result.handle.metadata if result.handle is not None else {}
     fallback = meta.get("deepshrink.exporter_fallback_reason")
     if fallback:
-        console.print(f"[yellow]dynamo exporter failed ({fallback}); used torchscript[/]")
+        used = meta.get("deepshrink.exporter", "torchscript")
+        console.print(f"{'torchscript' if used == 'dynamo' else 'dynamo'} exporter failed ({fallback}); used {used}",
+                      style="yellow", markup=False, highlight=False, soft_wrap=True)
     if meta.get("deepshrink.static_dims_reason"):
         console.print("warning: " + meta["deepshrink.static_dims_reason"], style="yellow", markup=False, highlight=False,
                       soft_wrap=True)
