@@ -397,7 +397,8 @@ def fuse_transformer(model: onnx.ModelProto, num_heads: int, hidden: int) -> tup
         stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
         fused = opt.model
     detail(said[0] if said else "", what="ONNX Runtime transformer fusions")
-    _attention_heads_from_weights(fused, hidden // num_heads)
+    if num_heads > 0 and hidden % num_heads == 0:
+        _attention_heads_from_weights(fused, hidden // num_heads)
     ensure_node_names(fused)
     return fused, stats
 
