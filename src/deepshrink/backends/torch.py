@@ -41,6 +41,12 @@ def forward_optional_names(module: nn.Module) -> list[str]:
     return list(forward_defaults(module))
 
 
+def is_hf_model(module: nn.Module) -> bool:
+    """Whether ``module`` is a Hugging Face model: a ``config`` and a ``base_model_prefix`` (what every
+    ``transformers.PreTrainedModel`` has), duck-typed so that transformers is not imported."""
+    return hasattr(module, "config") and hasattr(module, "base_model_prefix")
+
+
 def flatten_outputs(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]

@@ -37,6 +37,7 @@ import onnx
 import torch
 
 from ..backends.onnx import io_specs, save_onnx
+from ..backends.torch import is_hf_model
 from ..core.fileio import check_output
 from ..core.handle import ModelHandle
 from ..errors import InputError, UnsupportedError, first_line
@@ -48,7 +49,7 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 
 def resolve_exporter(exporter: str, model: Any) -> str:
     """``auto`` → ``torchscript`` when ``model`` (a module) holds recurrent layers or a Hugging Face model (a
-    module with a ``config`` and a ``base_model_prefix``, duck-typed), else ``dynamo`` (module docstring); any
+    module :func:`~deepshrink.backends.torch.is_hf_model` reads as one), else ``dynamo`` (module docstring); any
     other name as given. Raises :class:`InputError` for an unknown name."""
     if exporter not in EXPORTERS:
         raise InputError(f"unknown exporter {exporter!r}; use {', '.join(EXPORTERS)}")
@@ -56,8 +57,7 @@ def resolve_exporter(exporter: str, model: Any) -> str:
         return exporter
     if not isinstance(model, torch.nn.Module):
         return "dynamo"
-    tracing_wins = any(isinstance(m, torch.nn.RNNBase) or (hasattr(m, "config") and hasattr(m, "base_model_prefix"))
-                       for m in model.modules())
+    tracing_wins = any(isinstance(m, torch.nn.RNNBase) or is_hf_model(m) for m in model.modules())
     return "torchscript" if tracing_wins else "dynamo"
 # torch's exporter uses these names internally; an output with such a name breaks the file.
 _RESERVED_OUTPUT_NAMES = {"embedding"}

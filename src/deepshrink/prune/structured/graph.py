@@ -36,6 +36,7 @@ import torch.fx as fx
 from torch import nn
 from torch.nn import functional as F
 
+from ...backends.torch import is_hf_model
 from ...errors import first_line
 from .attention import HeadPrunedAttention, unsupported_reason
 
@@ -348,15 +349,13 @@ def _capture(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], leaves:
 
 
 def _hf_backbones(model: nn.Module, leaves: set[str]) -> set[str]:
-    """The outermost submodules (not ``model`` itself) that are Hugging Face models — a ``config`` and a
-    ``base_model_prefix``, duck-typed so transformers is not imported — and hold transformer blocks in
-    ``leaves``."""
+    """The outermost submodules (not ``model`` itself) that are Hugging Face models
+    (:func:`~deepshrink.backends.torch.is_hf_model`) and hold transformer blocks in ``leaves``."""
     found: set[str] = set()
     for name, m in model.named_modules():
         if not name or any(name.startswith(f"{f}.") for f in found):
             continue
-        if hasattr(m, "config") and hasattr(m, "base_model_prefix") and any(
-                leaf.startswith(f"{name}.") for leaf in leaves):
+        if is_hf_model(m) and any(leaf.startswith(f"{name}.") for leaf in leaves):
             found.add(name)
     return found
 
