@@ -19,8 +19,8 @@ from typing import Any
 from ..core.fileio import atomic_dir, check_output
 from ..core.handle import ModelHandle
 from ..core.result import Result, VerbReport
-from ..errors import InputError, ParityError, UnsupportedError, first_line
-from .export import EXPORTERS, export_onnx
+from ..errors import ParityError, UnsupportedError, first_line
+from .export import export_onnx, resolve_exporter
 from .parity import ParityReport, check_parity
 from .routes import (
     ConvertOptions,
@@ -91,8 +91,7 @@ def convert(src: Any, dst: str | Path, *, via: str | None = None, weights: str |
         Path(str(src)) if isinstance(src, (str, Path)) else None)
     check_output(dst, inputs=(src_path,), force=force)
     src_fmt = format_of_source(src)
-    if exporter not in EXPORTERS:  # refused before the model loads (a Hugging Face folder takes half a minute)
-        raise InputError(f"unknown exporter {exporter!r}; use {', '.join(EXPORTERS)}")
+    resolve_exporter(exporter, None)  # an unknown name is refused before the model loads (an HF folder: ~30 s)
     opts = ConvertOptions(exporter=exporter, opset=opset, verify=verify, data=data, atol=atol, rtol=rtol,
                           force=True, input_shapes=parse_input_shapes(input_shapes), trust_remote_code=trust_remote_code,
                           extra=extra)
