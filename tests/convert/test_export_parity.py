@@ -17,6 +17,7 @@ def test_cnn_export_parity_and_dynamic_batch(tmp_path, digits_cnn, exporter, rng
     parity = res.hops[0].parity
     assert parity.ok and parity.max_abs < 1e-4  # 3.8e-06 seen
     assert parity.n_inputs == 5 + 64  # random batches of 2 and 3, then 64 real digits
+    assert "over 69 samples (64 from the data, 5 random)" in parity.summary()  # the count the user asked for, named
     model = onnx.load(str(tmp_path / "m.onnx"))
     assert {p.key: p.value for p in model.metadata_props}["deepshrink.exporter"] == exporter
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
@@ -50,6 +51,7 @@ def test_bisect_names_the_first_diverging_layer(digits_cnn, cnn_onnx):
     bad = _corrupt(cnn_onnx, "block_conv2.weight")
     report = check_parity(h, bad)
     assert not report.ok and report.max_abs > 0.1  # 3.5 seen
+    assert "over 5 random samples" in report.summary()  # no data: every sample drawn
     assert report.divergence is not None and report.divergence.reference_layer == "block_conv2"
     assert report.divergence.candidate_op == "Conv"
     # ONNX vs ONNX: the reference's own node is named

@@ -54,6 +54,7 @@ class ParityReport:
     n_inputs: int = 0
     divergence: Divergence | None = None
     note: str = ""
+    n_random: int = 0  # of the n_inputs, those drawn at random (the rest came from the user's data)
 
     @property
     def max_abs(self) -> float:
@@ -69,10 +70,17 @@ class ParityReport:
         d["rel"] = self.rel
         return d
 
+    def _samples(self) -> str:
+        if self.n_random == self.n_inputs:
+            return f"{self.n_inputs} random samples"
+        if not self.n_random:
+            return f"{self.n_inputs} samples"
+        return f"{self.n_inputs} samples ({self.n_inputs - self.n_random} from the data, {self.n_random} random)"
+
     def summary(self) -> str:
         head = "parity OK" if self.ok else "parity FAILED"
         parts = [f"{head}: max-abs {self.max_abs:.3g}, rel {self.rel:.3g} (atol {self.atol:g}, rtol {self.rtol:g}) "
-                 f"over {self.n_inputs} samples"]
+                 f"over {self._samples()}"]
         for o in self.outputs:
             t = "" if o.top1 is None else f", top-1 agreement {o.top1:.4f}"
             parts.append(f"  {o.name}: max-abs {o.max_abs:.3g}, cosine mean {o.cos_mean:.6f} / min {o.cos_min:.6f}{t}")
@@ -141,6 +149,10 @@ def run_model(handle: ModelHandle, inputs: dict[str, np.ndarray], session: Any =
     return run_torch(handle.model, inputs, handle.input_names)
 
 
+class _Drawn(dict):
+    """An input set drawn at random (not read from the user's data): parity reports count them apart."""
+
+
 def parity_inputs(ref: ModelHandle, data: Any = None, *, seed: int = 0, batches: tuple[int, ...] = (2, 3),
                   max_samples: int = 64) -> list[dict[str, np.ndarray]]:
     """Fresh random inputs at two batch sizes (exercising the dynamic batch axis) + the user's data.
@@ -152,7 +164,7 @@ def parity_inputs(ref: ModelHandle, data: Any = None, *, seed: int = 0, batches:
     fixed = fixed_batch(ref.inputs)
     if fixed:  # several draws of B: one draw alone is one sample at batch 1
         batches = (fixed,) * max(1, 4 // fixed)
-    sets = [ref.sample_inputs(batch=b, seed=seed + i) for i, b in enumerate(batches)]
+    sets = [_Drawn(ref.sample_inputs(batch=b, seed=seed + i)) for i, b in enumerate(batches)]
     if data is not None:
         from ..core.data import load_data
 
@@ -179,7 +191,7 @@ def check_parity(ref: ModelHandle, cand: ModelHandle, *, inputs: list[dict[str, 
     ref_sess = make_session(ref.model) if ref.kind == "onnx" else None
     cand_sess = make_session(cand.model) if cand.kind == "onnx" else None
     per_out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    n = 0
+    n = n_random = 0
     for feed in input_sets:
         r = run_model(ref, feed, ref_sess)
         c = run_model(cand, feed, cand_sess)
@@ -188,11 +200,12 @@ def check_parity(ref: ModelHandle, cand: ModelHandle, *, inputs: list[dict[str, 
         for i, (a, b) in enumerate(zip(r, c, strict=True)):
             per_out.setdefault(i, []).append((a, b))
         n += len(next(iter(feed.values())))
+        n_random += len(next(iter(feed.values()))) if isinstance(feed, _Drawn) else 0
     # an ONNX file's own output names; a PyTorch candidate (a .pt2) only has generic ones: the reference's
     names = (cand.output_names or ref.output_names) if cand.kind == "onnx" else (ref.output_names or cand.output_names)
     diffs = [merge_outputs(pairs, names[i] if i < len(names) else f"output_{i}") for i, pairs in per_out.items()]
     ok = all(d.max_abs <= atol + rtol * _scale(per_out[i]) for i, d in enumerate(diffs))
-    report = ParityReport(ok, atol, rtol, diffs, n)
+    report = ParityReport(ok, atol, rtol, diffs, n, n_random=n_random)
     report.note = _shape_note(per_out, names)
     if not ok and bisect and not report.note:  # a shape that differs is the diagnosis already
         try:
@@ -345,13 +358,14 @@ def parity_against(ref: ModelHandle, runner: Callable[[dict[str, np.ndarray]], l
     input sets as :func:`check_parity` (``inputs``, else ``data`` plus fresh random batches)."""
     sets = inputs or parity_inputs(ref, data, batches=batches)
     pairs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    n = 0
+    n = n_random = 0
     for feed in sets:
         r = run_model(ref, feed)
         c = runner(feed)
         for i, (a, b) in enumerate(zip(r, c, strict=False)):
             pairs.setdefault(i, []).append((np.asarray(a), np.asarray(b).reshape(np.shape(a))))
         n += len(next(iter(feed.values())))
+        n_random += len(next(iter(feed.values()))) if isinstance(feed, _Drawn) else 0
     names = ref.output_names
     diffs = []
     for i, ps in pairs.items():
@@ -360,7 +374,7 @@ def parity_against(ref: ModelHandle, runner: Callable[[dict[str, np.ndarray]], l
         diffs.append(compare_outputs(a, b, names[i] if i < len(names) else f"output_{i}"))
     scale = max((float(np.abs(p[0]).max()) for ps in pairs.values() for p in ps), default=0.0)
     ok = all(d.max_abs <= atol + rtol * scale for d in diffs)
-    return ParityReport(ok, atol, rtol, diffs, n)
+    return ParityReport(ok, atol, rtol, diffs, n, n_random=n_random)
 
 
 def first_divergence(order: list[tuple[str, str, str]], ref: dict[str, np.ndarray], got: dict[str, Any],
