@@ -123,7 +123,7 @@ def load(src: Any, *, weights: str | os.PathLike[str] | None = None,
     else:
         handle = _load_path_or_factory(str(src), weights, trust_remote_code)
     if weights is not None and handle.kind == "onnx":
-        raise InputError("--weights applies to a module:factory source, not to an ONNX file")
+        raise InputError("--weights applies to a module:factory source or a Hugging Face folder, not to an ONNX file")
     if handle.kind == "torch":
         _apply_example_inputs(handle, shapes, data)
     elif shapes:
@@ -144,7 +144,10 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
     fmt = formats.format_of(path)
     if path.is_dir():
         if fmt is not None and fmt.name == "hf-folder":
-            return load_hf_folder(path, trust_remote_code=trust)
+            handle = load_hf_folder(path, trust_remote_code=trust)
+            if weights is not None:  # the folder's architecture with other weights (a pruned state dict: re-shaped)
+                load_weights(handle.model, weights)
+            return handle
         if fmt is not None and fmt.name == "saved-model":
             raise UnsupportedError(f"{path} is a TensorFlow SavedModel; convert it with `deepshrink convert {path} model.onnx`")
         raise InputError(f"{path} is a folder but not a Hugging Face model (no config.json)")
@@ -165,6 +168,9 @@ def _load_path_or_factory(src: str, weights: Any, trust: bool) -> ModelHandle:
             handle.tokenizer_dir = path.parent / tok
         return handle
     if name == "pt2":
+        if weights is not None:
+            raise InputError("--weights applies to a module:factory source or a Hugging Face folder, not to a .pt2 "
+                             "archive (its weights are inside it)")
         return _load_pt2(path, trust)
     if name in ("safetensors", "torch-pickle"):
         if not path.is_file():
@@ -270,15 +276,24 @@ def _load_factory(spec: str, weights: Any) -> ModelHandle:
 
 
 def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
-    """Load a ``.safetensors`` or state-dict ``.pt`` into ``model``; names/shapes must match."""
+    """Load a ``.safetensors`` or state-dict ``.pt`` into ``model``; names must match, and shapes too unless the
+    ``.safetensors`` file was written by deepshrink: then a structurally pruned state dict (``prune --method
+    structured -o x.safetensors``) first re-shapes ``model``'s layers to its own
+    (:func:`deepshrink.prune.structured.fit_to_state_dict`), and the heads each attention module kept are noted
+    on it as the pruning left them. Raises ``InputError`` for a missing, unreadable or non-finite file and for a
+    state dict that does not fit."""
     path = Path(weights)
     if not path.is_file():
         raise InputError(f"weights file {path} does not exist")
+    meta: dict[str, str] = {}
     try:
         if path.suffix == ".safetensors":
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
             state = load_file(str(path))
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
         else:
             state = torch.load(path, weights_only=True, map_location="cpu")
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -293,6 +308,14 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
     for k, v in state.items():
         if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
             raise InputError(f"weights file {path}: tensor {k!r} contains NaN or infinity")
+    from .convert.writers import KEPT_HEADS_KEY, WRITER_KEY
+
+    own = model.state_dict()
+    pruned = WRITER_KEY in meta and any(k in own and tuple(own[k].shape) != tuple(v.shape) for k, v in state.items())
+    if pruned:
+        from .prune.structured import fit_to_state_dict
+
+        fit_to_state_dict(model, state)  # the file's layer shapes are a structured pruning of this architecture
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -301,6 +324,24 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             detail = " ".join(lines[1:3])[:300]
         raise InputError(f"weights file {path} does not fit the model: {detail}") from None
+    if KEPT_HEADS_KEY in meta:
+        _restore_kept_heads(model, meta[KEPT_HEADS_KEY], path)
+
+
+def _restore_kept_heads(model: nn.Module, spec: str, path: Path) -> None:
+    """Note on each attention module named in ``spec`` (the file's JSON ``{module: [original head indices]}``)
+    which heads it kept, as structured pruning noted them in the process that pruned it."""
+    import json
+
+    from .prune.structured.attention import KEPT_HEADS
+
+    try:
+        kept = json.loads(spec)
+        for name, heads in kept.items():
+            setattr(model.get_submodule(name), KEPT_HEADS, [int(i) for i in heads])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InputError(f"weights file {path}: its kept-heads record does not fit the model "
+                         f"({type(exc).__name__}: {first_line(exc, 120)})") from None
 
 
 def _state_mismatch(own: dict[str, Any], given: dict[str, Any], show: int = 3) -> str:

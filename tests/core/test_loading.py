@@ -182,6 +182,36 @@ def test_hf_folder_loads_offline_with_tokenizer(minilm_dir):
     assert out.shape == (2, 384) and abs(float(out.detach().norm(dim=1).mean()) - 1.0) < 1e-5  # normalised
 
 
+def test_a_pruned_hf_model_s_weights_load_back_on_its_folder(tmp_path, minilm_dir):
+    """``save(x.safetensors)`` of a structurally pruned Hugging Face model, then ``load(folder, weights=x)``:
+    the folder's model re-shaped to the pruned layers, the same outputs, and each attention module's kept
+    heads as the pruning noted them (attention-map distillation reads them). Plain safetensors files that do
+    not fit are still refused, naming the shapes."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from deepshrink.prune import StructuredPruneConfig
+    from deepshrink.prune.structured import structured_prune
+
+    h = ds.load(str(minilm_dir))
+    ids, mask = (torch.from_numpy(h.example_inputs[n]) for n in h.input_names)
+    pruned = copy.deepcopy(h.model)
+    structured_prune(pruned, StructuredPruneConfig(ratio=0.5, heads_ratio=0.25), (ids, mask))
+    kept = {n: m.deepshrink_kept_heads for n, m in pruned.named_modules() if hasattr(m, "deepshrink_kept_heads")}
+    assert len(kept) == 6 and all(len(v) == 9 for v in kept.values())
+    ds.save(pruned, tmp_path / "p.safetensors")
+    back = ds.load(str(minilm_dir), weights=str(tmp_path / "p.safetensors"))
+    assert sum(p.numel() for p in back.model.parameters()) == sum(p.numel() for p in pruned.parameters())
+    assert {n: m.deepshrink_kept_heads for n, m in back.model.named_modules()
+            if hasattr(m, "deepshrink_kept_heads")} == kept
+    with torch.no_grad():
+        assert torch.allclose(back.model(ids, mask), pruned.eval()(ids, mask), atol=1e-6)
+    save_file({k: v.contiguous() for k, v in pruned.state_dict().items()}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(InputError, match="does not fit the model: .*shape"):  # not written by deepshrink: no re-shape
+        ds.load(str(minilm_dir), weights=str(tmp_path / "plain.safetensors"))
+
+
 def test_save_as_onnx_and_pt2_guard_errors(tmp_path, digits_mlp, rng):
     h = ds.load(digits_mlp, input_shapes=["x:1x64"])
     back = ds.save(h, tmp_path / "m.onnx")

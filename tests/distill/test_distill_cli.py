@@ -14,6 +14,7 @@ import pytest
 from safetensors.torch import save_file
 
 from cli_helpers import one_line_error, run_cli
+from deepshrink.errors import InputError
 
 TEACHER = "deepshrink.examples.digits:DigitsMLP"
 
@@ -227,3 +228,8 @@ def test_loss_terms_join_with_plus():
     assert (c.loss, c.hidden_weight, c.attention_weight) == ("auto", 0.0, 1.0)
     c = config_for("kd")
     assert (c.loss, c.hidden_weight, c.attention_weight) == ("kd", 0.0, 0.0)
+    c = config_for("embedding + 3*hidden + 0.5*attention")  # a feature term's weight
+    assert (c.loss, c.hidden_weight, c.attention_weight) == ("embedding", 3.0, 0.5)
+    for bad in ("2*embedding", "0*hidden", "-1*hidden", "x*hidden", "inf*attention", "3*hidden+hidden"):
+        with pytest.raises(InputError):
+            config_for(bad)

@@ -158,10 +158,26 @@ def test_nan_weights_and_existing_output(weights, tmp_path, capsys):
     out.write_bytes(b"keep")
     assert run_app(["prune", MLP, "-w", weights["mlp"], "-o", str(out), "--sparsity", "0.5"]) == 2
     assert "already exists" in _err(capsys) and out.read_bytes() == b"keep"
+
+
+def test_structured_pruning_to_safetensors_loads_back_on_its_source(weights, tmp_path, capsys):
+    """A structurally pruned state dict is written as weights for the source's own architecture and read back
+    with --weights on it (the layers re-shaped to the file's); an ONNX source has no architecture to read it on."""
+    import deepshrink as ds
+
     s_out = tmp_path / "s.safetensors"
-    assert run_app(["prune", CNN, "-w", weights["cnn"], "-o", str(s_out), "--method", "structured",
-                    "--sparsity", "0.5"]) == 2
-    assert ".pt2 or .onnx" in _err(capsys) and not s_out.exists()
+    rc = run_app(["prune", CNN, "-w", weights["cnn"], "-o", str(s_out), "--method", "structured", "--sparsity", "0.5",
+                  "--input-shape", "x:1x1x8x8", "--repeats", "2", "--allow-degraded", "--json"])  # one-shot 0.5 without fine-tuning may degrade
+    assert rc == 0, _err(capsys)
+    rep = json.loads(capsys.readouterr().out)["report"]
+    h = ds.load(CNN, weights=str(s_out), input_shapes=["x:1x1x8x8"])
+    assert sum(p.numel() for p in h.model.parameters()) == rep["params_after"] < 0.3 * rep["params_before"]
+    assert h.model.stem[0].out_channels == 16  # as the report's groups: stem.0 32 → 16
+    onnx_src = tmp_path / "cnn.onnx"
+    ds.save(ds.load(CNN, weights=weights["cnn"], input_shapes=["x:1x1x8x8"]), onnx_src)
+    out2 = tmp_path / "o.safetensors"
+    assert run_app(["prune", str(onnx_src), "-o", str(out2), "--method", "structured", "--sparsity", "0.5"]) == 2
+    assert "write .onnx for" in _err(capsys) and not out2.exists()
 
 
 def test_pt2_input_one_shot_and_refusals(tmp_path, capsys):

@@ -47,15 +47,29 @@ def usable_cores() -> int:
 
 def config_for(loss: str, **fields: Any) -> Any:
     """The DistillConfig for the CLI's ``--loss``: one output loss (``auto``, ``kd``, ``embedding``) and/or feature
-    terms (``hidden``, ``attention``, each added at weight 1), joined by ``+`` (``embedding+hidden+attention``)."""
+    terms (``hidden``, ``attention``, at weight 1 or ``W*term`` at weight W > 0), joined by ``+``
+    (``embedding+3*hidden+attention``)."""
     from ..distill import DistillConfig
 
-    terms = [t.strip() for t in loss.split("+")]
+    terms, weights = [], {}
+    for raw in loss.split("+"):
+        weight, star, name = raw.strip().rpartition("*")
+        name = name.strip()
+        if star:
+            try:
+                w = float(weight)
+            except ValueError:
+                w = float("nan")
+            if name not in ("hidden", "attention") or not w > 0 or w == float("inf"):
+                raise InputError(f"--loss {loss!r}: a weight W*term applies to hidden or attention, W > 0 "
+                                 "(embedding+3*hidden)")
+            weights[name] = w
+        terms.append(name)
     if len(set(terms)) != len(terms):
         raise InputError(f"--loss {loss!r} names a term twice: each of {', '.join(LOSSES)} once at most")
     if not loss.strip() or any(t not in LOSSES for t in terms):
         raise InputError(f"--loss {loss!r}: use {', '.join(LOSSES)}, or an output loss and feature terms joined by + "
-                         "(embedding+hidden+attention)")
+                         "(embedding+hidden+attention, a feature term weighted as 3*hidden)")
     outputs = [t for t in terms if t in ("auto", "kd", "embedding")]
     if len(outputs) > 1:
         raise InputError(f"--loss {loss!r}: one output loss at a time ({' or '.join(outputs)})")
@@ -63,9 +77,9 @@ def config_for(loss: str, **fields: Any) -> Any:
     if outputs and outputs[0] != "auto":
         extra["loss"] = outputs[0]
     if "hidden" in terms:
-        extra["hidden_weight"] = 1.0
+        extra["hidden_weight"] = weights.get("hidden", 1.0)
     if "attention" in terms:
-        extra["attention_weight"] = 1.0
+        extra["attention_weight"] = weights.get("attention", 1.0)
     return DistillConfig.build(**{k: v for k, v in fields.items() if v is not None}, **extra)
 
 
@@ -89,10 +103,10 @@ def distill_cmd(
     teacher: Annotated[str, typer.Option("--teacher", "-t", help="the teacher: package.module:factory (+ --weights), HF folder, .onnx (run and derived from its PyTorch import)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="the student: .onnx or .pt2")],
     student: Annotated[str | None, typer.Option("--student", help="your student model (same sources as --teacher)")] = None,
-    student_weights: Annotated[str | None, typer.Option("--student-weights", help="weights for a module:factory --student")] = None,
+    student_weights: Annotated[str | None, typer.Option("--student-weights", help="weights for a module:factory or Hugging Face folder --student (a structurally pruned .safetensors from `prune`: the layers take its shapes)")] = None,
     derive: Annotated[str | None, typer.Option("--derive", help="layers=K (keep K transformer layers) or width=F (keep fraction F of channels)")] = None,
     layers_from: Annotated[str, typer.Option("--layers-from", help="derive layers: importance (measured) | uniform (every other)")] = "importance",
-    loss: Annotated[str, typer.Option("--loss", help="auto | kd | embedding | hidden (+hidden states) | attention (+attention maps); terms join with +, e.g. embedding+hidden+attention")] = "auto",
+    loss: Annotated[str, typer.Option("--loss", help="auto | kd | embedding | hidden (+hidden states) | attention (+attention maps); terms join with +, a feature term weighted as W*term, e.g. embedding+3*hidden+attention")] = "auto",
     temperature: Annotated[float, typer.Option("--temperature", help="KD softmax temperature T")] = 2.0,
     alpha: Annotated[float | None, typer.Option("--alpha", help="KD weight of the soft targets; 1 - alpha on the labels (default 0.5 with labels; without labels the soft targets alone)")] = None,
     metric: Annotated[str, typer.Option("--metric", help="embedding / hidden-state distance: mse | cosine")] = "mse",

@@ -70,7 +70,7 @@ def _config(method: str, *args: Any, given: dict[str, str] | None = None) -> Any
 def prune_cmd(
     ctx: typer.Context,
     src: Annotated[str, typer.Argument(help="the model: .onnx (pruned through its PyTorch import), .pt2, package.module:factory (+ --weights), HF folder")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output: .onnx, .pt2 or .safetensors (weights only)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output: .onnx, .pt2 or .safetensors (weights only, for a module:factory or HF folder source; structured: read back with --weights on that source)")],
     method: Annotated[str, typer.Option("--method", "-m", help="magnitude | gradual | nm | structured")] = "magnitude",
     sparsity: Annotated[float | None, typer.Option("--sparsity", "-s", help="fraction of weights (unstructured) or channels (structured) removed, 0 <= S < 1")] = None,
     threshold: Annotated[float | None, typer.Option("--threshold", help="magnitude: zero every |w| below this instead")] = None,
@@ -114,13 +114,13 @@ def prune_cmd(
     from ..core import formats
 
     suffix = formats.require(output, ("onnx", "pt2", "safetensors")).suffixes[0]
-    if method == "structured" and suffix == ".safetensors":
-        raise InputError("structured pruning changes layer shapes, which a .safetensors state dict cannot describe; "
-                         "write .pt2 or .onnx (Python: deepshrink.prune.structured.fit_to_state_dict re-shapes a model)")
     if batch_size < 1 or finetune_epochs < 0 or repeats < 1 or threads < 1:
         raise InputError("--batch-size, --repeats and --threads must be >= 1, --finetune-epochs >= 0")
     check_output(output, inputs=(src, weights), force=force)
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
+    if suffix == ".safetensors" and (handle.kind == "onnx" or handle.path is not None and handle.path.suffix == ".pt2"):
+        raise InputError(f"{output.name}: a .safetensors file holds weights for a module:factory source or a Hugging "
+                         f"Face folder; write {handle.path.suffix if handle.path else '.onnx'} for {src}")
     original = handle  # what the written model is measured against: the file the user gave
     handle = trainable_handle(handle, data)  # an ONNX file is pruned as its PyTorch import, written back
     ds = load_data(data, handle) if data is not None else None
