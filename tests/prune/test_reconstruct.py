@@ -179,12 +179,22 @@ def test_cli_reconstruct_reports_each_layer(mlp_weights, tmp_path, capsys):
     # fc2 (its inputs and outputs pruned: fitted to the kept outputs) then fc3, on the first 1,024 digits
     assert [f["module"] for f in fits] == ["fc2", "fc3"]
     assert all(f["tokens"] == 1024 and f["after"] < f["before"] for f in fits)
+    out.unlink()
+    rc = run_app(["prune", MLP, "-w", mlp_weights, "-o", str(out), "--method", "structured", "--sparsity", "0.5",
+                  "--data", "digits:train", "--reconstruct", "--reconstruct-samples", "300", "--allow-degraded",
+                  "--repeats", "2", "--json"])
+    assert rc == 0, capsys.readouterr().err
+    assert [f["tokens"] for f in json.loads(capsys.readouterr().out)["report"]["reconstructed"]] == [300, 300]
 
 
 @pytest.mark.parametrize(("args", "says"), [
     (["--method", "structured", "--sparsity", "0.5", "--reconstruct"], "--reconstruct needs --data"),
     (["--method", "structured", "--sparsity", "0.5", "--data", "digits:train", "--reconstruct-ridge", "0.1"],
-     "--reconstruct-ridge applies only with --reconstruct"),
+     "apply only with --reconstruct"),
+    (["--method", "structured", "--sparsity", "0.5", "--data", "digits:train", "--reconstruct-samples", "64"],
+     "apply only with --reconstruct"),
+    (["--method", "structured", "--sparsity", "0.5", "--data", "digits:train", "--reconstruct",
+      "--reconstruct-samples", "0"], "reconstruct_samples"),
     (["--method", "structured", "--sparsity", "0.5", "--data", "digits:train", "--reconstruct",
       "--reconstruct-ridge", "0"], "reconstruct_ridge"),
     (["--method", "magnitude", "--sparsity", "0.5", "--data", "digits:train", "--reconstruct"], "--reconstruct"),

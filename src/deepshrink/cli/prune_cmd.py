@@ -51,6 +51,7 @@ METHOD_OPTIONS = {
     "--nm": ("nm",),
     "--reconstruct": ("structured",),
     "--reconstruct-ridge": ("structured",),
+    "--reconstruct-samples": ("structured",),
     "--round-to": ("structured",),
 }
 
@@ -82,6 +83,7 @@ def prune_cmd(
     nm: Annotated[str, typer.Option("--nm", help="nm: N:M pattern")] = "2:4",
     reconstruct: Annotated[bool, typer.Option("--reconstruct", help="structured: re-fit each pruned layer's consumer by least squares to the unpruned outputs on --data (Kwon et al. 2022)")] = False,
     reconstruct_ridge: Annotated[float | None, typer.Option("--reconstruct-ridge", help="structured --reconstruct: pull towards the pruned weights, > 0 (default 0.01)")] = None,
+    reconstruct_samples: Annotated[int | None, typer.Option("--reconstruct-samples", help="structured --reconstruct: samples of --data the layers are re-fitted on (default 1024)")] = None,
     round_to: Annotated[int, typer.Option("--round-to", help="structured: keep a multiple of N channels per group (16 for AVX-512 CPUs, 8 for AVX2: counts between multiples run no faster)")] = 1,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="fine-tune epochs on --data (gradual: total epochs, default 30)")] = 0,
     lr: Annotated[float | None, typer.Option("--lr", help="fine-tune learning rate (default 1e-3; gradual 2e-3)")] = None,
@@ -100,15 +102,16 @@ def prune_cmd(
     from ..prune import prune_with_report
 
     given = options_given(ctx, METHOD_OPTIONS)
-    if method == "structured" and reconstruct_ridge is not None and not reconstruct:
-        raise InputError("--reconstruct-ridge applies only with --reconstruct")
+    if method == "structured" and (reconstruct_ridge is not None or reconstruct_samples is not None) and not reconstruct:
+        raise InputError("--reconstruct-ridge and --reconstruct-samples apply only with --reconstruct")
     if method == "structured" and reconstruct and data is None:
         raise InputError("--reconstruct needs --data: the unlabelled samples the pruned layers are re-fitted on")
     if method == "structured" and importance in ("activation", "fisher") and data is None:
         raise InputError(f"--importance {importance} scores channels on real samples: give --data (unlabelled samples "
                          "are enough; random inputs from --input-shape would rank them by noise)")
     config = _config(method, sparsity, threshold, scope, importance, protect or [], finetune_epochs, lr, nm,
-                     heads_ratio, ffn_ratio, reconstruct, reconstruct_ridge, round_to, given=given)
+                     heads_ratio, ffn_ratio, reconstruct, reconstruct_ridge, round_to, reconstruct_samples,
+                     given=given)
     # pruning is lossy by design: random inputs cannot tell a usable result from a broken one
     policy = dataclasses.replace(gate_policy(gate_min_cos, gate_max_drop, allow_degraded), judge_random=False)
     from ..core import formats

@@ -203,7 +203,8 @@ def config_from_options(method: str, sparsity: float | None = None, threshold: f
                         scope: str | None = None, importance: str = "l2", protect: Sequence[str] = (),
                         finetune_epochs: int = 0, lr: float | None = None, nm: str = "2:4", heads_ratio: float = 0.0,
                         ffn_ratio: float | None = None, reconstruct: bool = False,
-                        reconstruct_ridge: float | None = None, round_to: int = 1) -> Config:
+                        reconstruct_ridge: float | None = None, round_to: int = 1,
+                        reconstruct_samples: int | None = None) -> Config:
     """The config of a pruning method from the command line's flat options (``sparsity`` is each
     method's target; ``scope`` None: the method's default). Raises :class:`InputError` (one line)
     for an unknown method, a missing target or a bad value."""
@@ -234,4 +235,6 @@ def config_from_options(method: str, sparsity: float | None = None, threshold: f
                                             "ffn_ratio": ffn_ratio, "finetune_epochs": finetune_epochs,
                                             "reconstruct": reconstruct, "round_to": round_to,
                                             **({"reconstruct_ridge": reconstruct_ridge}
-                                               if reconstruct_ridge is not None else {})})
+                                               if reconstruct_ridge is not None else {}),
+                                            **({"reconstruct_samples": reconstruct_samples}
+                                               if reconstruct_samples is not None else {})})
