@@ -480,3 +480,22 @@ def test_a_hugging_face_model_inside_a_wrapper_is_traced_around():
     assert [lay.attention.self.num_attention_heads for lay in bert.encoder.layer] == [2, 2]
     assert [lay.intermediate.dense.out_features for lay in bert.encoder.layer] == [32, 32]
     assert model(ids, mask).shape == (4, 8)
+
+
+def test_the_report_counts_the_parameters_the_output_depends_on():
+    """A sentence encoder's BERT keeps a pooler its mean-pooled output never reads (and the ONNX export drops):
+    the report counts what the written file holds, before and after, as ``distill``'s summary does."""
+    transformers = pytest.importorskip("transformers")
+    from deepshrink.examples.minilm import SentenceEncoder
+
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=32, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = SentenceEncoder(transformers.BertModel(cfg)).eval()
+    pooler = 32 * 32 + 32
+    ids = torch.randint(1, 100, (4, 10))
+    result = prune(model, StructuredPruneConfig(ratio=0.5, heads_ratio=0.5), example_inputs=(ids, torch.ones_like(ids)))
+    m = result.report.measurements
+    assert m["params_before"] == _params(model) - pooler
+    assert m["params_after"] == _params(result.model.model) - pooler
+    assert m["params_after"] < m["params_before"]

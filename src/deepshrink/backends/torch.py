@@ -69,6 +69,30 @@ def first_output(out: Any) -> torch.Tensor:
     return tensors[0]
 
 
+def used_parameter_count(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> int:
+    """Parameters of ``m`` its output depends on: one backward from the sum of its floating-point outputs on
+    ``probe`` (its positional inputs, eval mode). A BERT pooler beside the mean-pooled output a sentence encoder
+    returns is left out, as the ONNX export leaves it out, so a summary counts what the written files hold. Every
+    parameter when no output carries a gradient; ``m``'s mode and ``requires_grad`` flags are restored."""
+    params = list(m.parameters())
+    flags = [p.requires_grad for p in params]
+    was = m.training
+    m.eval()
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            outs = [o for o in flatten_outputs(m(*probe)) if o.is_floating_point() and o.requires_grad]
+            if not outs:
+                return sum(p.numel() for p in params)
+            grads = torch.autograd.grad(sum(o.float().sum() for o in outs), params, allow_unused=True)
+        return sum(p.numel() for p, g in zip(params, grads, strict=True) if g is not None)
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+        m.train(was)
+
+
 def run_hooked(model: nn.Module, batches: Any, hooks: list[Any], run: Any = None) -> None:
     """Run ``model`` in eval mode on each of ``batches`` (``run(batch)``; by default ``model(*batch)``) for what
     forward ``hooks`` (the handles ``register_forward_*hook`` returned) collect; then remove the hooks and give the

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..backends.torch import flatten_outputs
+from ..backends.torch import flatten_outputs, used_parameter_count
 from ..core.handle import ModelHandle
 from ..core.result import Result, VerbReport
 from ..errors import InputError, UnsupportedError, first_line
@@ -269,7 +269,8 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
     world = _leave_process_group()
     s_mod.eval()
     report = DistillReport(
-        student_from=origin, loss=out_kind, teacher_params=_params(t_mod, probe), student_params=_params(s_mod, probe),
+        student_from=origin, loss=out_kind, teacher_params=used_parameter_count(t_mod, probe),
+        student_params=used_parameter_count(s_mod, probe),
         layers=layer_choice.to_dict() if layer_choice else None, width=width, layer_map=layer_map,
         steps=res.steps, epochs=res.epochs, first_loss=res.losses[0] if res.losses else None,
         last_loss=res.losses[-1] if res.losses else None, evals=res.evals, resumed_from=res.resumed_from,
@@ -704,30 +705,6 @@ def _leave_process_group() -> int:
     dist.barrier()
     dist.destroy_process_group()
     return world
-
-
-def _params(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> int:
-    """Parameters of ``m`` its output depends on: one backward from the sum of its floating-point outputs on
-    ``probe`` (eval mode). A pooler beside the pooled output the model returns is left out, as the ONNX export
-    leaves it out, so the summary counts what the before/after table's written files hold. Every parameter when
-    the output carries no gradient."""
-    params = list(m.parameters())
-    flags = [p.requires_grad for p in params]
-    was = m.training
-    m.eval()
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            outs = [o for o in _outputs(m(*probe)) if o.requires_grad]
-            if not outs:
-                return sum(p.numel() for p in params)
-            grads = torch.autograd.grad(sum(o.float().sum() for o in outs), params, allow_unused=True)
-        return sum(p.numel() for p, g in zip(params, grads, strict=True) if g is not None)
-    finally:
-        for p, f in zip(params, flags, strict=True):
-            p.requires_grad_(f)
-        m.train(was)
 
 
 from ..core.verbs import make_callable  # noqa: E402

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backends.torch import used_parameter_count
 from ..core.config import handler_for, register
 from ..core.handle import ModelHandle
 from ..core.result import Result, VerbReport
@@ -157,10 +158,24 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
         _check_data_fits(module, data_inputs, getattr(data, "source", "the data"))
     opts = {"data": data, "example_inputs": data_inputs or example_inputs, "batch_size": batch_size,
             "seed": seed, "progress": progress}
+    probe = _probe(module, data_inputs or example_inputs)
+    used_before = used_parameter_count(module, probe) if probe is not None else None
     pruned, report = handler_for(config)(module, config, **opts)
+    if probe is not None and used_before is not None and used_before < report.params_before:
+        # a part the output never reads (BERT's pooler under a sentence encoder) is not counted: the ONNX export
+        # drops it, and the table after the command counts the written file
+        report.params_before, report.params_after = used_before, used_parameter_count(pruned, probe)
     if handle is not None:
         return handle.with_model(pruned), report
     return pruned, report
+
+
+def _probe(module: nn.Module, inputs: Any) -> tuple[torch.Tensor, ...] | None:
+    """The first two samples of ``inputs`` to count the parameters the output depends on with, or None when
+    there are none or the module is an exported graph (it cannot switch to eval mode and back)."""
+    if not inputs or _is_exported_graph(module) or not _mode_switchable(module):
+        return None
+    return tuple(torch.as_tensor(x)[:2] for x in inputs)
 
 
 def _mode_switchable(module: nn.Module) -> bool:
