@@ -275,13 +275,14 @@ def _load_factory(spec: str, weights: Any) -> ModelHandle:
     return _torch_handle(model.eval(), source=spec)
 
 
-def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
+def load_weights(model: nn.Module, weights: str | os.PathLike[str], *, reshape: bool = False) -> None:
     """Load a ``.safetensors`` or state-dict ``.pt`` into ``model``; names must match, and shapes too unless the
     ``.safetensors`` file was written by deepshrink: then a structurally pruned state dict (``prune --method
     structured -o x.safetensors``) first re-shapes ``model``'s layers to its own
     (:func:`deepshrink.prune.structured.fit_to_state_dict`), and the heads each attention module kept are noted
     on it as the pruning left them. Raises ``InputError`` for a missing, unreadable or non-finite file and for a
-    state dict that does not fit."""
+    state dict that does not fit. ``reshape``: re-shape to the file's layers whoever wrote it (a recipe's own
+    intermediate files)."""
     path = Path(weights)
     if not path.is_file():
         raise InputError(f"weights file {path} does not exist")
@@ -311,7 +312,7 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
     from .convert.writers import KEPT_HEADS_KEY, WRITER_KEY
 
     own = model.state_dict()
-    pruned = WRITER_KEY in meta and any(k in own and tuple(own[k].shape) != tuple(v.shape) for k, v in state.items())
+    pruned = (reshape or WRITER_KEY in meta) and any(k in own and tuple(own[k].shape) != tuple(v.shape) for k, v in state.items())
     if pruned:
         from .prune.structured import fit_to_state_dict
 

@@ -432,14 +432,10 @@ def _load_artifact(prev: StepOutcome, ctx: _Context) -> ModelHandle:
 
     path = prev.artifact
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        from ..prune.structured import fit_to_state_dict
+        from ..loading import load_weights
 
         h = load(ctx.model_spec, trust_remote_code=ctx.trust)  # the factory, fresh
-        state = load_file(str(path))
-        fit_to_state_dict(h.model, state)
-        h.model.load_state_dict(state)
+        load_weights(h.model, path, reshape=True)  # a pruned step's layers: re-shaped to the file's
         h.model.eval()
         return h.with_model(h.model, inputs=ctx.source.inputs, outputs=ctx.source.outputs,
                             example_inputs=ctx.source.example_inputs)
