@@ -275,14 +275,17 @@ def _load_factory(spec: str, weights: Any) -> ModelHandle:
     return _torch_handle(model.eval(), source=spec)
 
 
-def load_weights(model: nn.Module, weights: str | os.PathLike[str], *, reshape: bool = False) -> None:
-    """Load a ``.safetensors`` or state-dict ``.pt`` into ``model``; names must match, and shapes too unless the
-    ``.safetensors`` file was written by deepshrink: then a structurally pruned state dict (``prune --method
-    structured -o x.safetensors``) first re-shapes ``model``'s layers to its own
-    (:func:`deepshrink.prune.structured.fit_to_state_dict`), and the heads each attention module kept are noted
-    on it as the pruning left them. Raises ``InputError`` for a missing, unreadable or non-finite file and for a
-    state dict that does not fit. ``reshape``: re-shape to the file's layers whoever wrote it (a recipe's own
-    intermediate files)."""
+def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
+    """Load a ``.safetensors`` or state-dict ``.pt`` into ``model``.
+
+    The names must be the model's, or a checkpoint of a part of it (a Hugging Face ``model.safetensors`` under
+    the wrapper deepshrink loads a folder into: the names are given the part's prefix; integer buffers the model
+    does not keep, such as ``position_ids``, are dropped), or the model's names under one more prefix. When the
+    names match and some shapes differ, the file is taken as a structured pruning of this architecture (what
+    ``prune --method structured -o x.safetensors`` writes): ``model``'s layers are re-shaped to the file's
+    (:func:`deepshrink.prune.structured.fit_to_state_dict`) and, from deepshrink's own header, the heads each
+    attention module kept are noted on it. Raises ``InputError`` for a missing, unreadable or non-finite file and
+    for a state dict that does not fit (naming the shapes and names that differ)."""
     path = Path(weights)
     if not path.is_file():
         raise InputError(f"weights file {path} does not exist")
@@ -309,14 +312,18 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str], *, reshape: 
     for k, v in state.items():
         if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
             raise InputError(f"weights file {path}: tensor {k!r} contains NaN or infinity")
-    from .convert.writers import KEPT_HEADS_KEY, WRITER_KEY
+    from .convert.writers import KEPT_HEADS_KEY
 
     own = model.state_dict()
-    pruned = (reshape or WRITER_KEY in meta) and any(k in own and tuple(own[k].shape) != tuple(v.shape) for k, v in state.items())
-    if pruned:
+    state = _align_keys(state, own)
+    if set(state) == set(own) and any(tuple(own[k].shape) != tuple(v.shape) for k, v in state.items()):
         from .prune.structured import fit_to_state_dict
 
-        fit_to_state_dict(model, state)  # the file's layer shapes are a structured pruning of this architecture
+        try:  # the same tensors in other shapes: a structured pruning of this architecture (what `prune` writes)
+            fit_to_state_dict(model, state)
+        except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise InputError(f"weights file {path} does not fit the model: its layer shapes are not a pruning of "
+                             f"it ({type(exc).__name__}: {first_line(exc, 120)})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -327,6 +334,24 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str], *, reshape: 
         raise InputError(f"weights file {path} does not fit the model: {detail}") from None
     if KEPT_HEADS_KEY in meta:
         _restore_kept_heads(model, meta[KEPT_HEADS_KEY], path)
+
+
+def _align_keys(state: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its names made ``own``'s when they differ by one prefix (added or removed) and nothing the
+    model has is missing; the file's extra entries are dropped only when they are integer buffers (a Hugging Face
+    checkpoint's ``embeddings.position_ids``). Otherwise ``state`` unchanged (the load then names the mismatch)."""
+    if set(state) == set(own) or not state or not own:
+        return state
+    some_state, some_own = list(state)[:8], list(own)[:8]  # a few: the first may be one the other side lacks
+    candidates = {(k[: -len(s)], "") for s in some_state for k in own if k.endswith("." + s)}
+    candidates |= {("", k[: -len(o)]) for o in some_own for k in state if k.endswith("." + o)}
+    for add, strip in sorted(candidates):
+        mapped = {add + k.removeprefix(strip): v for k, v in state.items() if k.startswith(strip)}
+        extra = set(mapped) - set(own)
+        if set(own) <= set(mapped) and all(not torch.is_tensor(mapped[k]) or not mapped[k].is_floating_point()
+                                           for k in extra):
+            return {k: v for k, v in mapped.items() if k in own}
+    return state
 
 
 def _restore_kept_heads(model: nn.Module, spec: str, path: Path) -> None:

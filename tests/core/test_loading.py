@@ -185,8 +185,8 @@ def test_hf_folder_loads_offline_with_tokenizer(minilm_dir):
 def test_a_pruned_hf_model_s_weights_load_back_on_its_folder(tmp_path, minilm_dir):
     """``save(x.safetensors)`` of a structurally pruned Hugging Face model, then ``load(folder, weights=x)``:
     the folder's model re-shaped to the pruned layers, the same outputs, and each attention module's kept
-    heads as the pruning noted them (attention-map distillation reads them). Plain safetensors files that do
-    not fit are still refused, naming the shapes."""
+    heads as the pruning noted them (attention-map distillation reads them). The folder's own checkpoint and a
+    pruned state dict saved by hand load too; a state dict of another model is refused, naming what differs."""
     import copy
 
     from safetensors.torch import save_file
@@ -207,9 +207,20 @@ def test_a_pruned_hf_model_s_weights_load_back_on_its_folder(tmp_path, minilm_di
             if hasattr(m, "deepshrink_kept_heads")} == kept
     with torch.no_grad():
         assert torch.allclose(back.model(ids, mask), pruned.eval()(ids, mask), atol=1e-6)
+    # the same tensors saved by hand (no deepshrink header): re-shaped as well, the kept heads unknown
     save_file({k: v.contiguous() for k, v in pruned.state_dict().items()}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(InputError, match="does not fit the model: .*shape"):  # not written by deepshrink: no re-shape
-        ds.load(str(minilm_dir), weights=str(tmp_path / "plain.safetensors"))
+    plain = ds.load(str(minilm_dir), weights=str(tmp_path / "plain.safetensors"))
+    assert not any(hasattr(m, "deepshrink_kept_heads") for m in plain.model.modules())
+    with torch.no_grad():
+        assert torch.allclose(plain.model(ids, mask), pruned(ids, mask), atol=1e-6)
+    # the folder's own Hugging Face checkpoint: its names lack the wrapper's prefix, it holds position_ids
+    own = ds.load(str(minilm_dir), weights=str(minilm_dir / "model.safetensors"))
+    with torch.no_grad():
+        assert torch.allclose(own.model(ids, mask), h.model(ids, mask), atol=1e-6)
+    mlp = tmp_path / "mlp.safetensors"
+    save_file({"fc1.weight": torch.zeros(4, 4)}, str(mlp))
+    with pytest.raises(InputError, match="does not fit the model: .*missing"):
+        ds.load(str(minilm_dir), weights=str(mlp))
 
 
 def test_save_as_onnx_and_pt2_guard_errors(tmp_path, digits_mlp, rng):

@@ -70,6 +70,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights,
         (["--derive", "width=0.5", "--data", "digits:train", "--dropout", "1.5"], "dropout"),
         (["--derive", "width=0.5", "--data", "digits:train", "--dropout", "0"], "has no dropout"),
         (["--derive", "width=0.5", "--data", "digits:train", "--group-by-length"], "attention_mask"),
+        (["--student", "s.onnx", "--student-weights", mlp_weights, "--data", "digits:train"],
+         "--student-weights applies to a module:factory or Hugging Face folder --student, not to s.onnx"),
+        (["--student", "students_mod:small", "--student-weights", "nowhere.safetensors", "--data", "digits:train"],
+         "--student-weights file nowhere.safetensors does not exist"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--loss", "embedding+3*bogus"], "'bogus' is not a loss term"),
     ]
     empty = tmp_path / "empty.npz"
     np.savez(empty, x=np.zeros((0, 1, 8, 8), np.float32), labels=np.zeros(0, np.int64))

@@ -42,6 +42,15 @@ def test_bench_digits_torch_vs_onnx(digits_cnn, cnn_onnx):
     assert onnx_row.size_bytes > 100_000 and res.samples == 256
 
 
+def test_bench_counts_the_parameters_a_pytorch_model_s_output_depends_on(minilm_dir):
+    """A sentence encoder's BERT pooler never reaches the mean-pooled output (its ONNX export drops it): the
+    torch row leaves it out, as prune's and distill's summaries do, and agrees with the ONNX file's weights."""
+    h = ds.load(str(minilm_dir))
+    res = bench([h], data="sentences:4", repeats=1, warmup=0)
+    every = sum(p.numel() for p in h.model.parameters())
+    assert res.rows[0].params == every - (384 * 384 + 384) == 22_565_376
+
+
 def test_bench_warns_when_not_faster(cnn_onnx):
     res = bench([str(cnn_onnx), str(cnn_onnx)], repeats=5, warmup=1)
     # the same file twice: latency ratio about 1 — never a speed-up worth claiming

@@ -184,7 +184,17 @@ def test_cli_reconstruct_reports_each_layer(mlp_weights, tmp_path, capsys):
                   "--data", "digits:train", "--reconstruct", "--reconstruct-samples", "300", "--allow-degraded",
                   "--repeats", "2", "--json"])
     assert rc == 0, capsys.readouterr().err
-    assert [f["tokens"] for f in json.loads(capsys.readouterr().out)["report"]["reconstructed"]] == [300, 300]
+    rep = json.loads(capsys.readouterr().out)["report"]
+    assert [f["tokens"] for f in rep["reconstructed"]] == [300, 300] and not rep["warnings"]
+    out.unlink()
+    rc = run_app(["prune", MLP, "-w", mlp_weights, "-o", str(out), "--method", "structured", "--sparsity", "0.5",
+                  "--data", "digits:val", "--reconstruct", "--reconstruct-samples", "5000", "--allow-degraded",
+                  "--repeats", "2", "--json"])  # more than the data holds: said, not silent
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads(capsys.readouterr().out)["report"]
+    got = rep["reconstructed"][0]["tokens"]
+    assert got < 5000 and rep["warnings"] == [f"reconstruct_samples 5000: the data holds {got} samples for it, so "
+                                              f"the layers were re-fitted on {got}"]
 
 
 @pytest.mark.parametrize(("args", "says"), [

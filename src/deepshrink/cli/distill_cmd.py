@@ -60,6 +60,8 @@ def config_for(loss: str, **fields: Any) -> Any:
                 w = float(weight)
             except ValueError:
                 w = float("nan")
+            if name not in LOSSES:
+                raise InputError(f"--loss {loss!r}: {name!r} is not a loss term; use {', '.join(LOSSES)}")
             if name not in ("hidden", "attention") or not w > 0 or w == float("inf"):
                 raise InputError(f"--loss {loss!r}: a weight W*term applies to hidden or attention, W > 0 "
                                  "(embedding+3*hidden)")
@@ -139,6 +141,12 @@ def distill_cmd(
         raise InputError("give the student: either --student S or --derive layers=K / --derive width=F")
     if student_weights is not None and student is None:
         raise InputError("--student-weights needs --student")
+    if student_weights is not None:  # before the teacher loads: its own refusals name --weights
+        if Path(student).suffix.lower() in (".onnx", ".pt2"):
+            raise InputError(f"--student-weights applies to a module:factory or Hugging Face folder --student, not to "
+                             f"{Path(student).name} (its weights are inside it)")
+        if not Path(student_weights).is_file():
+            raise InputError(f"--student-weights file {student_weights} does not exist")
     if data is None:
         raise InputError("distillation needs --data (inputs for the teacher; labels optional)")
     if nproc < 1:

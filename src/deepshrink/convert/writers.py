@@ -81,7 +81,7 @@ def _write(handle: ModelHandle, path: str | os.PathLike[str], fmt: str, *, force
     raise InputError(f"output {out}: deepshrink does not write {fmt} here")
 
 
-WRITER_KEY = "deepshrink.writer"  # safetensors metadata: written by deepshrink (its layer shapes may be pruned ones)
+WRITER_KEY = "deepshrink.writer"  # safetensors metadata: the deepshrink version that wrote the file
 KEPT_HEADS_KEY = "deepshrink.kept_heads"  # safetensors metadata: JSON {module: original indices of the heads it kept}
 
 

@@ -84,6 +84,27 @@ def _runner_for(handle: ModelHandle, threads: int) -> tuple[str, Runner]:
     return "torch", lambda feed: run_torch(handle.model, feed, handle.input_names)
 
 
+USED_PARAMS_MAX = 200_000_000  # above this, one backward's gradients would cost as much memory as the model: all counted
+
+
+def _params(h: ModelHandle) -> int:
+    """A model's parameter count for the table: an ONNX file's initializers; for a PyTorch model the parameters its
+    output depends on (a sentence encoder's unused BERT pooler is not counted, as its ONNX export drops it and
+    ``prune``/``distill`` summaries leave it out), all of them when that cannot be measured."""
+    if h.kind == "torch" and h.example_inputs is not None and sum(
+            p.numel() for p in h.model.parameters()) <= USED_PARAMS_MAX:
+        import torch
+
+        from ..backends.torch import used_parameter_count
+
+        try:
+            probe = tuple(torch.as_tensor(np.asarray(h.example_inputs[n])) for n in h.input_names)
+            return used_parameter_count(h.model, probe)
+        except Exception:  # noqa: BLE001 - an exported graph cannot switch modes; any failure: count them all
+            pass
+    return param_count(h)
+
+
 def _external_runner(path: Path, threads: int) -> tuple[str, Runner, list[str]] | None:
     """TFLite and OpenVINO files, through their adapters when those stacks are installed."""
     import importlib
@@ -138,7 +159,7 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
             first_handle = h
         runtime, runner = _runner_for(h, threads)
         size = file_size(h.path) if h.path is not None and Path(h.path).exists() else None
-        entries.append((label, runtime, runner, size, param_count(h), h.input_names))
+        entries.append((label, runtime, runner, size, _params(h), h.input_names))
     if first_handle is None:
         raise InputError("bench needs at least one ONNX or PyTorch model to take the input spec from")
     if data is not None:

@@ -344,6 +344,10 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
                                  taylor_batches=taylor_batches, loss_fn=default_step, act_batches=act_batches,
                                  recon_batches=recon_batches, recon_mask=recon_mask)
     msgs = _unique(str(w.message) for w in caught)
+    if recon_batches and "reconstruct_samples" in config.model_fields_set and (
+            got := sum(len(b[0]) for b in recon_batches)) < config.reconstruct_samples:
+        msgs.append(f"reconstruct_samples {config.reconstruct_samples}: the data holds {got} samples for it, so the "
+                    f"layers were re-fitted on {got}")
     pruned = [g for g in graph.groups if g.keep is not None]
     if not pruned:
         raise InputError("structured pruning found no prunable channel group"

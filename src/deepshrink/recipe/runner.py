@@ -435,7 +435,7 @@ def _load_artifact(prev: StepOutcome, ctx: _Context) -> ModelHandle:
         from ..loading import load_weights
 
         h = load(ctx.model_spec, trust_remote_code=ctx.trust)  # the factory, fresh
-        load_weights(h.model, path, reshape=True)  # a pruned step's layers: re-shaped to the file's
+        load_weights(h.model, path)  # a pruned step's layers: re-shaped to the file's
         h.model.eval()
         return h.with_model(h.model, inputs=ctx.source.inputs, outputs=ctx.source.outputs,
                             example_inputs=ctx.source.example_inputs)
