@@ -312,13 +312,11 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
     for k, v in state.items():
         if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
             raise InputError(f"weights file {path}: tensor {k!r} contains NaN or infinity")
-    from .convert.writers import KEPT_HEADS_KEY
+    from .backends.pruned_modules import fit_to_state_dict, restore_kept_heads
 
     own = model.state_dict()
     state = _align_keys(state, own)
     if set(state) == set(own) and any(tuple(own[k].shape) != tuple(v.shape) for k, v in state.items()):
-        from .prune.structured import fit_to_state_dict
-
         try:  # the same tensors in other shapes: a structured pruning of this architecture (what `prune` writes)
             fit_to_state_dict(model, state)
         except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
@@ -332,8 +330,10 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             detail = " ".join(lines[1:3])[:300]
         raise InputError(f"weights file {path} does not fit the model: {detail}") from None
-    if KEPT_HEADS_KEY in meta:
-        _restore_kept_heads(model, meta[KEPT_HEADS_KEY], path)
+    try:
+        restore_kept_heads(model, meta)
+    except ValueError as exc:
+        raise InputError(f"weights file {path}: its kept-heads record does not fit the model ({first_line(exc, 120)})") from None
 
 
 def _align_keys(state: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
@@ -352,22 +352,6 @@ def _align_keys(state: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
                                            for k in extra):
             return {k: v for k, v in mapped.items() if k in own}
     return state
-
-
-def _restore_kept_heads(model: nn.Module, spec: str, path: Path) -> None:
-    """Note on each attention module named in ``spec`` (the file's JSON ``{module: [original head indices]}``)
-    which heads it kept, as structured pruning noted them in the process that pruned it."""
-    import json
-
-    from .prune.structured.attention import KEPT_HEADS
-
-    try:
-        kept = json.loads(spec)
-        for name, heads in kept.items():
-            setattr(model.get_submodule(name), KEPT_HEADS, [int(i) for i in heads])
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise InputError(f"weights file {path}: its kept-heads record does not fit the model "
-                         f"({type(exc).__name__}: {first_line(exc, 120)})") from None
 
 
 def _state_mismatch(own: dict[str, Any], given: dict[str, Any], show: int = 3) -> str:

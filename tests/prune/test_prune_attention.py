@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deepshrink.backends.pruned_modules import prune_heads
 from deepshrink.errors import InputError
 from deepshrink.prune import StructuredPruneConfig, prune, prune_with_report
 from deepshrink.prune.structured import (
@@ -23,7 +24,6 @@ from deepshrink.prune.structured import (
     mask_plan,
     plan_structured,
 )
-from deepshrink.prune.structured.attention import prune_heads
 from prune_helpers import exact
 
 

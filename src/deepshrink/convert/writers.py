@@ -74,32 +74,13 @@ def _write(handle: ModelHandle, path: str | os.PathLike[str], fmt: str, *, force
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
+        from ..backends.pruned_modules import weights_header
+
         state = {k: v.detach().contiguous() for k, v in handle.model.state_dict().items()}
         with atomic_path(out) as tmp:
-            save_file(state, str(tmp), metadata=weights_metadata(handle.model))
+            save_file(state, str(tmp), metadata=weights_header(handle.model))
         return handle
     raise InputError(f"output {out}: deepshrink does not write {fmt} here")
-
-
-WRITER_KEY = "deepshrink.writer"  # safetensors metadata: the deepshrink version that wrote the file
-KEPT_HEADS_KEY = "deepshrink.kept_heads"  # safetensors metadata: JSON {module: original indices of the heads it kept}
-
-
-def weights_metadata(model: nn.Module) -> dict[str, str]:
-    """The ``.safetensors`` header metadata deepshrink writes beside a state dict: who wrote it (so a
-    structurally pruned state dict is re-shaped into the source's architecture on load,
-    :func:`deepshrink.loading.load_weights`) and, for attention modules that lost heads, which of the original
-    heads each kept (attention-map distillation compares each kept head with the head it was)."""
-    import json
-
-    from .. import __version__
-    from ..prune.structured.attention import KEPT_HEADS
-
-    meta = {"format": "pt", WRITER_KEY: __version__}
-    kept = {name: list(getattr(m, KEPT_HEADS)) for name, m in model.named_modules() if getattr(m, KEPT_HEADS, None)}
-    if kept:
-        meta[KEPT_HEADS_KEY] = json.dumps(kept, separators=(",", ":"))
-    return meta
 
 
 def _writer(fmt: str) -> Any:

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backends.pruned_modules import KEPT_HEADS
 from ..errors import InputError
-from ..prune.structured.attention import KEPT_HEADS
 from .derive import find_layer_stack
 
 

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...backends.pruned_modules import HeadPrunedAttention, fit_to_state_dict
 from ...errors import InputError
 from ..config import StructuredPruneConfig
-from . import attention, reconstruct
+from . import reconstruct
 from .apply import apply_plan, mask_plan, plan_global, plan_uniform
-from .attention import HeadPrunedAttention
 from .graph import DependencyGraph, Group, Member, build_graph
 from .importance import activation_scores, fisher_scores, group_scores, input_norms, taylor_grads
 
@@ -153,53 +153,3 @@ def _update_hf_configs(model: nn.Module, graph: DependencyGraph) -> None:
             cfg = getattr(m, "config", None)
             if cfg is not None and hasattr(cfg, "intermediate_size"):
                 cfg.intermediate_size = width
-
-
-@torch.no_grad()
-def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Resize Linear/Conv/BatchNorm/PReLU/attention modules of a freshly built ``model`` to the
-    shapes in a pruned ``state`` dict (then ``load_state_dict`` works); an ``nn.MultiheadAttention``
-    whose heads were removed becomes a :class:`~.attention.HeadPrunedAttention`. Returns ``model``."""
-    for name, mod in list(model.named_modules()):
-        prefix = f"{name}." if name else ""
-        if isinstance(mod, nn.MultiheadAttention) and prefix + "q_proj.weight" in state and name:
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, attention.from_state_dict(mod, state, prefix))
-    for name, mod in model.named_modules():
-        prefix = f"{name}." if name else ""
-        w = state.get(prefix + "weight")
-        if w is None:
-            continue
-        if isinstance(mod, nn.Linear) and tuple(w.shape) != tuple(mod.weight.shape):
-            mod.weight = nn.Parameter(torch.empty_like(w))
-            mod.out_features, mod.in_features = w.shape
-            if mod.bias is not None:
-                mod.bias = nn.Parameter(torch.empty(w.shape[0]))
-        elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and tuple(w.shape) != tuple(mod.weight.shape):
-            depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
-            mod.weight = nn.Parameter(torch.empty_like(w))
-            mod.out_channels = w.shape[0]
-            mod.in_channels = w.shape[0] if depthwise else w.shape[1]
-            if depthwise:
-                mod.groups = w.shape[0]
-            if mod.bias is not None:
-                mod.bias = nn.Parameter(torch.empty(w.shape[0]))
-        elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and w.shape[0] != mod.num_features:
-            n = w.shape[0]
-            mod.num_features = n
-            mod.weight, mod.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
-            mod.running_mean, mod.running_var = torch.zeros(n), torch.ones(n)
-        elif isinstance(mod, nn.PReLU) and mod.num_parameters > 1 and w.shape[0] != mod.num_parameters:
-            mod.num_parameters = w.shape[0]
-            mod.weight = nn.Parameter(torch.empty_like(w))
-    for name, mod in model.named_modules():
-        q = getattr(mod, "query", None)
-        q = getattr(mod, "q", None) if q is None else q
-        if isinstance(q, nn.Linear) and isinstance(getattr(mod, "attention_head_size", None), int):
-            mod.num_attention_heads = q.out_features // mod.attention_head_size
-            mod.all_head_size = q.out_features
-        kept = state.get(f"{name}.{attention.HEAD_INDEX}" if name else attention.HEAD_INDEX)
-        if kept is not None and not hasattr(mod, attention.HEAD_INDEX):
-            mod.register_buffer(attention.HEAD_INDEX, torch.empty_like(kept))
-    attention.restore_position_bias_slicing(model)
-    return model

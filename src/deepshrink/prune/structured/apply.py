@@ -17,8 +17,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from ...backends.pruned_modules import mask_heads, prune_heads, record_kept_heads, slice_position_bias
 from ...errors import InputError
-from .attention import mask_heads, prune_heads, record_kept_heads, slice_position_bias
 from .graph import DependencyGraph, Group
 
 

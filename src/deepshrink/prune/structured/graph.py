@@ -36,9 +36,9 @@ import torch.fx as fx
 from torch import nn
 from torch.nn import functional as F
 
+from ...backends.pruned_modules import HeadPrunedAttention, unsupported_reason
 from ...backends.torch import is_hf_model
 from ...errors import first_line
-from .attention import HeadPrunedAttention, unsupported_reason
 
 # "out" (weight dim 0 + bias), "in" (weight dim 1), "channel" (per-channel params), "heads" (a BERT-style
 # attention's head count), "mha_heads" (the heads of an nn.MultiheadAttention, swapped whole; see attention.py)

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ...backends.pruned_modules import head_views
 from ...backends.torch import flatten_outputs, run_hooked
 from ...errors import InputError
-from .attention import head_views
 from .graph import Group, Member
 
 

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...backends.pruned_modules import HeadPrunedAttention
 from ...backends.torch import run_hooked
 from .apply import _collect, _dim_index
-from .attention import HeadPrunedAttention
 from .graph import DependencyGraph
 
 

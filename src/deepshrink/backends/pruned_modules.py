@@ -1,4 +1,10 @@
-"""Attention-head pruning of ``torch.nn.MultiheadAttention``.
+"""Modules in the shapes structured pruning leaves them: attention modules with fewer heads, a fresh model
+re-shaped to a pruned state dict (:func:`fit_to_state_dict`), and the record of which heads each kept.
+
+Here, below ``prune`` and ``loading``, because reading a pruned model's weights back (``--weights pruned.safetensors``)
+needs these shapes without the pruning algorithms.
+
+Attention-head pruning of ``torch.nn.MultiheadAttention``.
 
 ``nn.MultiheadAttention`` ties the width of every head's query/key/value to ``embed_dim / num_heads``
 and packs q, k and v into one ``in_proj_weight`` [3·E × E]; it cannot hold fewer heads at the same
@@ -132,6 +138,40 @@ def record_kept_heads(mod: nn.Module, kept: torch.Tensor) -> None:
     kept_list = [int(i) for i in torch.as_tensor(kept).tolist()]
     before = getattr(mod, KEPT_HEADS, None)
     setattr(mod, KEPT_HEADS, [before[i] for i in kept_list] if before is not None else kept_list)
+
+
+HEADER_WRITER = "deepshrink.writer"  # .safetensors header: written by deepshrink
+HEADER_KEPT_HEADS = "deepshrink.kept_heads"  # .safetensors header: JSON {module: original indices of the heads it kept}
+
+
+def weights_header(model: nn.Module) -> dict[str, str]:
+    """The ``.safetensors`` header deepshrink writes beside a state dict (:func:`deepshrink.save`): the writer
+    and, for attention modules that lost heads, the original indices of the heads each kept — a plain
+    attribute (:func:`record_kept_heads`) that would not survive the file otherwise; :func:`restore_kept_heads`
+    reads it back (:func:`deepshrink.loading.load_weights`)."""
+    import json
+
+    header = {"format": "pt", HEADER_WRITER: "deepshrink"}
+    kept = {name: list(getattr(m, KEPT_HEADS)) for name, m in model.named_modules() if getattr(m, KEPT_HEADS, None)}
+    if kept:
+        header[HEADER_KEPT_HEADS] = json.dumps(kept, separators=(",", ":"))
+    return header
+
+
+def restore_kept_heads(model: nn.Module, header: dict[str, str]) -> None:
+    """Note on each attention module the ``header`` (:func:`weights_header`) names which heads it kept. Raises
+    ``ValueError`` when the record does not fit ``model`` (a module it names is missing, or the record is not
+    JSON of lists of ints)."""
+    import json
+
+    spec = header.get(HEADER_KEPT_HEADS)
+    if spec is None:
+        return
+    try:
+        for name, heads in json.loads(spec).items():
+            setattr(model.get_submodule(name), KEPT_HEADS, [int(i) for i in heads])
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
 def takes_position_bias(mod: nn.Module) -> bool:
@@ -277,3 +317,53 @@ def from_state_dict(mha: nn.MultiheadAttention, state: dict[str, torch.Tensor], 
     return HeadPrunedAttention(mha.embed_dim, width // d, d, kdim=mha.kdim, vdim=mha.vdim,
                                bias=prefix + "q_proj.bias" in state, dropout=mha.dropout, batch_first=mha.batch_first,
                                head_index=index.tolist() if index is not None else None)
+
+
+@torch.no_grad()
+def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Resize Linear/Conv/BatchNorm/PReLU/attention modules of a freshly built ``model`` to the
+    shapes in a pruned ``state`` dict (then ``load_state_dict`` works); an ``nn.MultiheadAttention``
+    whose heads were removed becomes a :class:`HeadPrunedAttention`. Returns ``model``."""
+    for name, mod in list(model.named_modules()):
+        prefix = f"{name}." if name else ""
+        if isinstance(mod, nn.MultiheadAttention) and prefix + "q_proj.weight" in state and name:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, from_state_dict(mod, state, prefix))
+    for name, mod in model.named_modules():
+        prefix = f"{name}." if name else ""
+        w = state.get(prefix + "weight")
+        if w is None:
+            continue
+        if isinstance(mod, nn.Linear) and tuple(w.shape) != tuple(mod.weight.shape):
+            mod.weight = nn.Parameter(torch.empty_like(w))
+            mod.out_features, mod.in_features = w.shape
+            if mod.bias is not None:
+                mod.bias = nn.Parameter(torch.empty(w.shape[0]))
+        elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and tuple(w.shape) != tuple(mod.weight.shape):
+            depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+            mod.weight = nn.Parameter(torch.empty_like(w))
+            mod.out_channels = w.shape[0]
+            mod.in_channels = w.shape[0] if depthwise else w.shape[1]
+            if depthwise:
+                mod.groups = w.shape[0]
+            if mod.bias is not None:
+                mod.bias = nn.Parameter(torch.empty(w.shape[0]))
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and w.shape[0] != mod.num_features:
+            n = w.shape[0]
+            mod.num_features = n
+            mod.weight, mod.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
+            mod.running_mean, mod.running_var = torch.zeros(n), torch.ones(n)
+        elif isinstance(mod, nn.PReLU) and mod.num_parameters > 1 and w.shape[0] != mod.num_parameters:
+            mod.num_parameters = w.shape[0]
+            mod.weight = nn.Parameter(torch.empty_like(w))
+    for name, mod in model.named_modules():
+        q = getattr(mod, "query", None)
+        q = getattr(mod, "q", None) if q is None else q
+        if isinstance(q, nn.Linear) and isinstance(getattr(mod, "attention_head_size", None), int):
+            mod.num_attention_heads = q.out_features // mod.attention_head_size
+            mod.all_head_size = q.out_features
+        kept = state.get(f"{name}.{HEAD_INDEX}" if name else HEAD_INDEX)
+        if kept is not None and not hasattr(mod, HEAD_INDEX):
+            mod.register_buffer(HEAD_INDEX, torch.empty_like(kept))
+    restore_position_bias_slicing(model)
+    return model
