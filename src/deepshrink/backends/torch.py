@@ -93,6 +93,21 @@ def used_parameter_count(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> int:
         m.train(was)
 
 
+USED_PARAMS_MAX = 200_000_000  # above this, one backward's gradients would cost as much memory as the model
+
+
+def counted_parameters(module: nn.Module, probe: tuple[torch.Tensor, ...] | None) -> int | None:
+    """:func:`used_parameter_count` where it is cheap and possible: None without a probe, for a model of more than
+    :data:`USED_PARAMS_MAX` parameters, or when the probe does not run (an exported graph cannot switch modes) —
+    the caller then counts every parameter."""
+    if probe is None or sum(p.numel() for p in module.parameters()) > USED_PARAMS_MAX:
+        return None
+    try:
+        return used_parameter_count(module, probe)
+    except Exception:  # noqa: BLE001 - a count that cannot be measured falls back to every parameter
+        return None
+
+
 def run_hooked(model: nn.Module, batches: Any, hooks: list[Any], run: Any = None) -> None:
     """Run ``model`` in eval mode on each of ``batches`` (``run(batch)``; by default ``model(*batch)``) for what
     forward ``hooks`` (the handles ``register_forward_*hook`` returned) collect; then remove the hooks and give the

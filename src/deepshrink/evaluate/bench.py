@@ -84,24 +84,22 @@ def _runner_for(handle: ModelHandle, threads: int) -> tuple[str, Runner]:
     return "torch", lambda feed: run_torch(handle.model, feed, handle.input_names)
 
 
-USED_PARAMS_MAX = 200_000_000  # above this, one backward's gradients would cost as much memory as the model: all counted
-
-
 def _params(h: ModelHandle) -> int:
     """A model's parameter count for the table: an ONNX file's initializers; for a PyTorch model the parameters its
     output depends on (a sentence encoder's unused BERT pooler is not counted, as its ONNX export drops it and
     ``prune``/``distill`` summaries leave it out), all of them when that cannot be measured."""
-    if h.kind == "torch" and h.example_inputs is not None and sum(
-            p.numel() for p in h.model.parameters()) <= USED_PARAMS_MAX:
+    if h.kind == "torch" and h.example_inputs is not None:
         import torch
 
-        from ..backends.torch import used_parameter_count
+        from ..backends.torch import counted_parameters
 
         try:
             probe = tuple(torch.as_tensor(np.asarray(h.example_inputs[n])) for n in h.input_names)
-            return used_parameter_count(h.model, probe)
-        except Exception:  # noqa: BLE001 - an exported graph cannot switch modes; any failure: count them all
-            pass
+        except (KeyError, TypeError, ValueError):
+            probe = None
+        used = counted_parameters(h.model, probe)
+        if used is not None:
+            return used
     return param_count(h)
 
 

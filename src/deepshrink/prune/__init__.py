@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backends.torch import used_parameter_count
+from ..backends.torch import counted_parameters
 from ..core.config import handler_for, register
 from ..core.handle import ModelHandle
 from ..core.result import Result, VerbReport
@@ -159,12 +159,14 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
     opts = {"data": data, "example_inputs": data_inputs or example_inputs, "batch_size": batch_size,
             "seed": seed, "progress": progress}
     probe = _probe(module, data_inputs or example_inputs)
-    used_before = used_parameter_count(module, probe) if probe is not None else None
+    used_before = counted_parameters(module, probe)
     pruned, report = handler_for(config)(module, config, **opts)
-    if probe is not None and used_before is not None and used_before < report.params_before:
+    if used_before is not None and used_before < report.params_before:
         # a part the output never reads (BERT's pooler under a sentence encoder) is not counted: the ONNX export
         # drops it, and the table after the command counts the written file
-        report.params_before, report.params_after = used_before, used_parameter_count(pruned, probe)
+        used_after = counted_parameters(pruned, probe)
+        if used_after is not None:
+            report.params_before, report.params_after = used_before, used_after
     if handle is not None:
         return handle.with_model(pruned), report
     return pruned, report
