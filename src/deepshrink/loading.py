@@ -293,11 +293,10 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
-            from safetensors.torch import load_file
 
-            state = load_file(str(path))
-            with safe_open(str(path), "pt") as fh:
+            with safe_open(str(path), "pt") as fh:  # the tensors and the header, one read
                 meta = fh.metadata() or {}
+                state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a mapping
         else:
             state = torch.load(path, weights_only=True, map_location="cpu")
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
