@@ -158,7 +158,7 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
         _check_data_fits(module, data_inputs, getattr(data, "source", "the data"))
     opts = {"data": data, "example_inputs": data_inputs or example_inputs, "batch_size": batch_size,
             "seed": seed, "progress": progress}
-    probe = _probe(module, data_inputs or example_inputs)
+    probe = _probe(data_inputs or example_inputs)
     used_before = counted_parameters(module, probe)
     pruned, report = handler_for(config)(module, config, **opts)
     if used_before is not None and used_before < report.params_before:
@@ -172,12 +172,10 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
     return pruned, report
 
 
-def _probe(module: nn.Module, inputs: Any) -> tuple[torch.Tensor, ...] | None:
-    """The first two samples of ``inputs`` to count the parameters the output depends on with, or None when
-    there are none or the module is an exported graph (it cannot switch to eval mode and back)."""
-    if not inputs or _is_exported_graph(module) or not _mode_switchable(module):
-        return None
-    return tuple(torch.as_tensor(x)[:2] for x in inputs)
+def _probe(inputs: Any) -> tuple[torch.Tensor, ...] | None:
+    """The first two samples of ``inputs`` to count the parameters the output depends on with (None: none; a model
+    the count cannot run on, such as an exported graph, is left to :func:`~deepshrink.backends.torch.counted_parameters`)."""
+    return tuple(torch.as_tensor(x)[:2] for x in inputs) if inputs else None
 
 
 def _mode_switchable(module: nn.Module) -> bool:
