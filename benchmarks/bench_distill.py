@@ -260,7 +260,8 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
                    warmup: float = 0.0, max_length: int = 64, batch_size: int = 32, freeze: tuple[str, ...] = (),
                    recon_sentences: int = 4096, student_dropout: float | None = None, quick: bool = False,
                    group_by_length: bool = False, importance: str = "activation", scope: str = "uniform",
-                   importance_sentences: int = 0, attention_weight: float = 0.0, stages: int = 1) -> None:
+                   importance_sentences: int = 0, attention_weight: float = 0.0, stages: int = 1,
+                   mixed_precision: str = "no", save_student: str | None = None) -> None:
     """MiniLM structurally pruned (½ of FFN neurons, ¼ of heads, ``importance``/``scope``), its pruned layers
     re-fitted by least squares to the unpruned outputs (``reconstruct``; ``recon_sentences`` 0: not), then
     recovered by distillation from the unpruned teacher (embedding 1 − cos + hidden-state MSE, layer j ↔ j)."""
@@ -321,7 +322,7 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
     cfg = DistillConfig(loss="embedding", metric="cosine", hidden_weight=hidden_weight, epochs=epochs, lr=lr,
                         attention_weight=attention_weight, lr_schedule=schedule, warmup=warmup, batch_size=batch_size, freeze=freeze,
                         dropout=student_dropout,  # the student's dropout while it trains (MiniLM's own: 0.1)
-                        group_by_length=group_by_length)
+                        group_by_length=group_by_length, mixed_precision=mixed_precision)
     student = copy.deepcopy(start)
     t0 = time.process_time()
     if stages > 1:  # gradual: prune a share, re-fit, distil, prune the next share ... (the one-shot rows stay)
@@ -332,12 +333,17 @@ def pruned_section(n_train: int, epochs: int, lr: float, *, hidden_weight: float
         student, rep = distill_with_report(teacher, student, train, cfg, eval_data=enc(held_out[:64]), progress=False)
     best = f"{start_name} + distilled"
     models[best] = student
+    if save_student:  # the recovered student's weights, readable by `--weights` on the MiniLM folder
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in student.state_dict().items()}, save_student)
     log["train"] = {"cpu_s": round(time.process_time() - t0, 1), "steps": rep.steps, "evals": rep.evals,
                     "loss": [rep.first_loss, rep.last_loss], "layer_map": rep.layer_map}
     settings = (f"{n_train} sentences, max {max_length} tokens, {epochs} epoch(s), batch {batch_size}, lr {lr} "
                 f"{schedule} warmup {warmup}, hidden_weight {hidden_weight}, attention_weight {attention_weight}, "
                 f"freeze {list(freeze)}, "
-                f"reconstruct {recon_sentences}, student dropout {student_dropout}, group_by_length {group_by_length}")
+                f"reconstruct {recon_sentences}, student dropout {student_dropout}, group_by_length {group_by_length}"
+                f"{', mixed precision ' + mixed_precision if mixed_precision != 'no' else ''}")
     if quick:  # torch only: the held-out figures, no ONNX / latency
         quick_figures(models, "teacher (unpruned)", held_out, tok, settings,
                       lambda name: {"train": log["train"]} if "distilled" in name else {})
@@ -585,6 +591,10 @@ def main() -> None:
                     help="minilm-pruned: the same share in every layer, or ranked across layers")
     ap.add_argument("--importance-sentences", type=int, default=0, metavar="N",
                     help="minilm-pruned: measure importance on the first N training sentences (0: the narrow list's first 64)")
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"],
+                    help="minilm-pruned: the distillation's forward passes in bfloat16 (DistillConfig.mixed_precision)")
+    ap.add_argument("--save-student", metavar="PATH", help="minilm-pruned: write the distilled student's state dict "
+                    "(.safetensors) there")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--digits-epochs", type=int, default=30)
     ap.add_argument("--digits-onnx-epochs", type=int, default=10)
@@ -599,7 +609,7 @@ def main() -> None:
                        recon_sentences=a.reconstruct, student_dropout=a.student_dropout, quick=a.quick,
                        group_by_length=a.group_by_length, importance=a.importance, scope=a.scope,
                        importance_sentences=a.importance_sentences, attention_weight=a.attention_weight,
-                       stages=a.stages)
+                       stages=a.stages, mixed_precision=a.mixed_precision, save_student=a.save_student)
     if a.section in ("all", "minilm"):
         minilm_section(a.sentences, a.epochs, a.lr, not a.no_uniform, text=a.text, hidden_weight=a.hidden_weight,
                        layer_map=a.layer_map, schedule=a.schedule, warmup=a.warmup, max_length=a.max_length,

@@ -57,6 +57,22 @@ def test_layers_kept_with_hidden_and_attention_losses(tiny_bert):
     assert all(p.requires_grad for p in student.parameters())  # the pooler, frozen for the run, is given back
 
 
+def test_bf16_mixed_precision_distils_as_float32_does(tiny_bert):
+    ids, mask = _tokens(64)
+    figures = {}
+    for mp in ("no", "bf16"):
+        cfg = DistillConfig(derive="layers=2", hidden_weight=1.0, attention_weight=1.0, epochs=3, lr=1e-3, batch_size=16,
+                            mixed_precision=mp)
+        student, rep = distill_with_report(tiny_bert, None, (ids, mask), cfg, eval_data=_tokens(32, seed=1),
+                                           progress=False, deterministic=True)
+        assert rep.mixed_precision == mp and {p.dtype for p in student.parameters()} == {torch.float32}
+        figures[mp] = (rep.evals[-1]["cosine"], rep.last_loss)
+    # 5 init seeds of the tiny BERT: held-out cosine bf16 minus float32 -0.0003 to +0.0008 (0.81-0.89 both);
+    # the losses differ (it did run in bfloat16)
+    assert abs(figures["bf16"][0] - figures["no"][0]) < 0.005, figures
+    assert figures["bf16"][1] != figures["no"][1]
+
+
 @pytest.mark.trains
 def test_digits_half_width_kd(digits_mlp, digits, measured):
     from deepshrink.train import accuracy_of

@@ -3,6 +3,7 @@ processes give the one-process student; ``kill -9`` then ``--resume`` gives the 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights,
         (["--student", "students_mod:small", "--student-weights", "nowhere.safetensors", "--data", "digits:train"],
          "--student-weights file nowhere.safetensors does not exist"),
         (["--derive", "width=0.5", "--data", "digits:train", "--loss", "embedding+3*bogus"], "'bogus' is not a loss term"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--mixed-precision", "fp16"], "mixed_precision"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--allow-degraded"], "--allow-degraded applies with a fidelity gate"),
     ]
     empty = tmp_path / "empty.npz"
     np.savez(empty, x=np.zeros((0, 1, 8, 8), np.float32), labels=np.zeros(0, np.int64))
@@ -110,6 +113,30 @@ def test_seed_fixes_a_factory_students_random_start(tmp_path, capsys, mlp_weight
     a, b, c = weights("a.onnx", 0), weights("b.onnx", 0), weights("c.onnx", 1)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))  # trial 15i: two runs, two students
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_the_fidelity_gate_is_off_unless_a_limit_is_given(tmp_path, capsys, mlp_weights, students):
+    out = tmp_path / "s.onnx"
+    args = ("distill", "--teacher", TEACHER, "-w", mlp_weights, "--student", "students_mod:small",
+            "--data", "digits:val", "--epochs", "0", "--repeats", "1", "-o", out)  # an untrained student: ~10 %
+    rc, _, err = _run(capsys, *args, "--gate-max-drop", "5")
+    assert rc == 3, err
+    _one_line_error(err, "degraded: accuracy fell")
+    _nothing_written(out)  # nor the checkpoint folder
+    rc, stdout, err = _run(capsys, *args, "--gate-max-drop", "5", "--allow-degraded", "--force")
+    assert rc == 0 and out.is_file() and "warning: kept despite the fidelity gate" in stdout, err
+    out.unlink()
+    rc, stdout, err = _run(capsys, *args)  # no limit: written, as before
+    assert rc == 0 and out.is_file() and "fidelity gate" not in stdout, err
+
+
+def test_mixed_precision_is_said_in_the_summary(tmp_path, capsys, mlp_weights, students):
+    out = tmp_path / "s.onnx"
+    rc, stdout, err = _run(capsys, "distill", "--teacher", TEACHER, "-w", mlp_weights, "--student", "students_mod:small",
+                           "--data", "digits:val", "--epochs", "1", "--repeats", "1", "--mixed-precision", "bf16",
+                           "-o", out)
+    assert rc == 0, err
+    assert re.search(r"over \d+ steps, 1 epoch, 1 process\(es\), bfloat16 mixed precision", stdout), stdout
 
 
 @pytest.mark.trains

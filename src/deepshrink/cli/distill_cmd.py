@@ -19,6 +19,7 @@ import typer
 
 from ..errors import InputError
 from ._app import (
+    AllowDegradedOpt,
     DataOpt,
     ForceOpt,
     InputShapeOpt,
@@ -30,7 +31,9 @@ from ._app import (
     app,
     console,
     err_console,
+    gate_policy,
     load_model,
+    print_gate,
     print_json,
 )
 
@@ -122,11 +125,15 @@ def distill_cmd(
     dropout: Annotated[float | None, typer.Option("--dropout", help="the student's dropout probability while it trains (default: the model's own; 0 helps a student recover its teacher exactly)")] = None,
     group_by_length: Annotated[bool, typer.Option("--group-by-length", help="text data: batch sentences of similar length together (less padding per step)")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="global batch size (split over --nproc)")] = 32,
+    mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no | bf16: forward passes in bfloat16 (weights and losses float32); about half the time per step on CPUs with bfloat16 instructions (AVX512-BF16, AMX)")] = "no",
     seed: Annotated[int, typer.Option("--seed", help="seed of the data order, projections and dropout")] = 0,
     nproc: Annotated[int, typer.Option("--nproc", help="data-parallel processes (DistributedDataParallel)")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its checkpoint")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="steps between checkpoints (0: every epoch)")] = 0,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="data for the fidelity figure and the table (default: --data)")] = None,
+    gate_min_cos: Annotated[float | None, typer.Option("--gate-min-cos", help="fidelity gate, off unless given: the student's worst output cosine to the teacher on the evaluation data below this fails (data without labels): exit 3, nothing written")] = None,
+    gate_max_drop: Annotated[float | None, typer.Option("--gate-max-drop", help="fidelity gate, off unless given: the student's accuracy drop against the teacher in points above this fails (labelled data): exit 3, nothing written")] = None,
+    allow_degraded: AllowDegradedOpt = False,
     repeats: RepeatsOpt = 20, threads: ThreadsOpt = 2,
     weights: WeightsOpt = None, input_shape: InputShapeOpt = None, data: DataOpt = None,
     trust_remote_code: TrustOpt = False, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -168,10 +175,25 @@ def distill_cmd(
                         metric=metric, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                         checkpoint_every=checkpoint_every, layer_map=parse_layer_map(layer_map),
                         lr_schedule=lr_schedule, warmup=warmup, freeze=tuple(freeze or ()), dropout=dropout,
-                        group_by_length=group_by_length)
+                        group_by_length=group_by_length, mixed_precision=mixed_precision)
+    policy = None
+    if gate_min_cos is not None or gate_max_drop is not None:
+        import dataclasses
+
+        policy = dataclasses.replace(gate_policy(-1.0 if gate_min_cos is None else gate_min_cos,
+                                                 100.0 if gate_max_drop is None else gate_max_drop, allow_degraded),
+                                     judge_random=False)
+    elif allow_degraded:
+        raise InputError("--allow-degraded applies with a fidelity gate: give --gate-min-cos or --gate-max-drop")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank == 0:
         check_output(output, inputs=(teacher, weights, student), force=force)
+    if config.mixed_precision == "bf16" and rank == 0 and world == 1 and not json_out:
+        from ..train import native_bf16
+
+        if not native_bf16():
+            console.print("warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --mixed-precision bf16 "
+                          "runs, but slower than float32", style="yellow", markup=False)
     if nproc > 1 and world == 1:
         raise typer.Exit(_launch(nproc))
     if world > 1 and config.batch_size % world:
@@ -212,22 +234,42 @@ def distill_cmd(
         return
     result = result.with_model(result.model, inputs=t_handle.inputs, outputs=t_handle.outputs,
                                example_inputs=t_handle.example_inputs, tokenizer_dir=t_handle.tokenizer_dir)
+    from ..evaluate import gate
     from .prune_cmd import _measure, _save
 
-    written = _save(result, output, force=force, src=teacher)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    table = _measure(t_original, written, output, teacher, eval_data or data, repeats, json_out, name=str(output),
-                     threads=threads)
-    if json_out:
-        print_json({"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None})
-        return
     n_eval = min(256, len(train))
-    print_report(report, "--eval-data" if eval_data is not None else
-                 f"the first {n_eval} training sample{'s' * (n_eval != 1)} (no --eval-data)")
+    evaluated_on = ("--eval-data" if eval_data is not None else
+                    f"the first {n_eval} training sample{'s' * (n_eval != 1)} (no --eval-data)")
+
+    def measure(written: Any, path: Path, _held: Any) -> Any:
+        return _measure(t_original, written, path, teacher, eval_data or data, repeats, json_out, name=str(output),
+                        threads=threads)
+
+    verdict = None
+    try:
+        if policy is None:
+            table = measure(_save(result, output, force=force, src=teacher), output, None)
+        else:  # nothing lands unless the student passes
+            table, verdict = gate.write_checked(t_original, result, output, held=None, policy=policy, locate=False,
+                                                write=lambda h, path: _save(h, path, force=True, src=teacher),
+                                                measure=measure)
+    except gate.DegradedError:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        if not json_out:  # how training went explains the refusal that follows
+            print_report(report, evaluated_on)
+        raise
+    shutil.rmtree(ckpt, ignore_errors=True)  # kept when writing failed: --resume then skips the finished training
+    if json_out:
+        print_json({"output": str(output), "report": report.to_dict(), "bench": table.to_dict() if table else None,
+                    "gate": verdict.to_dict() if verdict is not None else None})
+        return
+    print_report(report, evaluated_on)
     if table is not None:
         from .common_cmds import print_bench
 
         print_bench(table)
+    if verdict is not None:
+        print_gate(verdict)
     console.print(f"wrote {output}")
 
 
@@ -247,7 +289,8 @@ def print_report(report: Any, evaluated_on: str = "the evaluation data") -> None
         console.print("warning: " + w, style="yellow", markup=False)
     if report.first_loss is not None:
         console.print(f"  {report.objective or report.loss} loss {report.first_loss:.4f} → {report.last_loss:.4f} over {report.steps} steps, "
-                      f"{report.epochs} epochs, {report.world_size} process(es)"
+                      f"{report.epochs} epoch{'s' * (report.epochs != 1)}, {report.world_size} process(es)"
+                      + (", bfloat16 mixed precision" if report.mixed_precision == "bf16" else "")
                       + (f", resumed at step {report.resumed_from}" if report.resumed_from else ""), highlight=False)
     elif report.resumed_from:  # the checkpoint held the last step: nothing left to train, said so
         console.print(f"  resumed at step {report.resumed_from} of {report.steps}: the checkpoint holds the finished "

@@ -62,6 +62,7 @@ class DistillReport:
     objective: str = ""  # the whole loss optimised, e.g. "embedding + 1×hidden (mse)"; first/last_loss are of it
     batchnorm_recalibrated: int = 0  # BatchNorm layers with momentum 0 whose statistics were recomputed at the end
     batchnorm_inserted: int = 0  # an ONNX import's convolutions given a BatchNorm while training, folded after
+    mixed_precision: str = "no"  # "bf16": forward passes under bfloat16 autocast
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,7 +197,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
             if cap_s is not None:
                 cap_s.clear()
             with functional_dropout:
-                s_outs = _outputs(wrapped(*xs))
+                s_outs = _as_float(_outputs(wrapped(*xs)))
             if precompute:
                 t_outs = list(rest[:n_out])
             else:
@@ -204,7 +205,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                 cap_t.clear()
                 _follow(t_mod, xs[0])
                 with torch.no_grad():
-                    t_outs = _outputs(t_mod(*xs))
+                    t_outs = _as_float(_outputs(t_mod(*xs)))
             s_out, t_out = s_outs[0], t_outs[0]
             if out_kind == "kd":
                 loss = kd_loss(s_out, t_out, rest[-1] if use_labels else None, cfg.temperature, cfg.alpha)
@@ -251,7 +252,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                           checkpoint_dir=ckpt, checkpoint_every=cfg.checkpoint_every or steps_per_epoch,
                           progress=progress, lr_schedule=cfg.lr_schedule, deterministic=deterministic,
                           global_batch=True, warmup_steps=warmup_steps, lengths=lengths,
-                          forward_fn=forward)
+                          forward_fn=forward, mixed_precision=cfg.mixed_precision)
         unused = frozen + _freeze_unused(module, step, tuple(a[:2] for a in train_arrays))
         # a student imported from ONNX lost its BatchNorm to the exporter: put back while training, folded after
         bn_pairs = batchnorm_for_training(s_mod, inputs, cfg.batch_size, steps=steps_per_epoch * cfg.epochs)
@@ -278,7 +279,7 @@ def distill_with_report(teacher: Any, student: Any = None, data: Any = None, con
                                      and cfg.metric == "mse" else f"{out_kind} + {n_out - 1}-output MSE/variance")
         + (f" + {cfg.hidden_weight:g}×hidden ({cfg.metric})" if hidden else "")
         + (f" + {cfg.attention_weight:g}×attention" if attention else ""), batchnorm_recalibrated=res.batchnorm_recalibrated,
-        batchnorm_inserted=len(bn_pairs))
+        batchnorm_inserted=len(bn_pairs), mixed_precision=cfg.mixed_precision)
     if isinstance(teacher, ModelHandle) or not isinstance(teacher, nn.Module):
         s_handle = student if isinstance(student, ModelHandle) else t_handle
         out = s_handle.with_model(s_mod, metadata={**t_handle.metadata, "deepshrink.distilled": origin})
@@ -601,6 +602,11 @@ def _follow(model: nn.Module, x: torch.Tensor) -> None:
     p = next(model.parameters(), None)
     if p is not None and p.device != x.device:
         model.to(x.device)
+
+
+def _as_float(outs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Floating outputs in float32 (a bfloat16 forward pass's, under mixed precision); others as they are."""
+    return [o.float() if o.is_floating_point() else o for o in outs]
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:

@@ -78,6 +78,10 @@ class DistillConfig(Config):
     batch is cut to stays short; needs an ``attention_mask`` input (refused otherwise). Measured on the
     3-layer MiniLM student, up to 128 tokens, 300 steps of 32 on one thread: 217 CPU-s grouped vs 508 with a
     plain shuffle (236 at 32 tokens), held-out cosine 0.9144 vs 0.9151 (``benchmarks/results/distill_minilm.md``).
+    ``mixed_precision``: ``"bf16"`` runs the teacher's and the student's forward passes under bfloat16 autocast
+    (losses, weights, gradients and optimizer state in float32; :class:`deepshrink.train.Trainer`): about half the
+    CPU time per step where the CPU has bfloat16 instructions (:func:`deepshrink.train.native_bf16`); ``"no"``:
+    float32 throughout.
     """
 
     def contract(self) -> Contract:
@@ -103,6 +107,7 @@ class DistillConfig(Config):
     freeze: tuple[str, ...] = ()
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     group_by_length: bool = False
+    mixed_precision: Literal["no", "bf16"] = "no"
     seed: int = 0
     checkpoint_every: int = Field(default=0, ge=0)
 

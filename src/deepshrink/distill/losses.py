@@ -1,4 +1,5 @@
-"""Distillation losses. Every function takes float tensors and returns a scalar (0-d) tensor.
+"""Distillation losses. Every function takes float tensors (bfloat16 ones, from a forward pass under mixed
+precision, are computed in float32) and returns a float32 scalar (0-d) tensor.
 
 Sources: soft targets with the T² factor — Hinton, Vinyals & Dean, "Distilling the Knowledge
 in a Neural Network" (2015); hidden-state hints through a learned projection — Romero et al.,
@@ -21,6 +22,7 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     The T² factor keeps the gradient scale independent of T (Hinton et al. 2015, §2).
     """
     c = student_logits.shape[-1]
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     s = F.log_softmax(student_logits.reshape(-1, c) / temperature, dim=-1)
     t = F.log_softmax(teacher_logits.reshape(-1, c).detach() / temperature, dim=-1)
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
@@ -35,13 +37,13 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     soft = soft_target_loss(student_logits, teacher_logits, temperature)
     if labels is None or alpha >= 1.0:
         return soft
-    hard = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
+    hard = F.cross_entropy(student_logits.float().reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
     return alpha * soft + (1.0 - alpha) * hard
 
 
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor, metric: str = "mse") -> torch.Tensor:
     """``mse``: mean squared difference; ``cosine``: mean of 1 − cos over the last axis. Shapes (..., D) equal."""
-    teacher = teacher.detach()
+    student, teacher = student.float(), teacher.detach().float()
     if metric == "mse":
         return F.mse_loss(student, teacher)
     if metric == "cosine":
@@ -64,7 +66,7 @@ def hidden_loss(student_states: list[torch.Tensor], teacher_states: list[torch.T
     """
     terms = []
     for j, t_idx in enumerate(layer_map):
-        s = student_states[j]
+        s = student_states[j].float()
         if projections is not None:
             s = projections[j](s)
         t = teacher_states[t_idx]
@@ -90,7 +92,7 @@ def attention_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Te
     """
     terms = []
     for j, t_idx in enumerate(layer_map):
-        s, t = student_maps[j], teacher_maps[t_idx].detach()
+        s, t = student_maps[j].float(), teacher_maps[t_idx].detach().float()
         kept = heads[j] if heads is not None else None
         if kept is not None and len(kept) == s.shape[1] and t.shape[1] > max(kept):
             t = t[:, list(kept)]

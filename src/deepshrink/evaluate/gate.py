@@ -1,7 +1,8 @@
 """The fidelity gate: a written model whose outputs collapsed is not handed to the user.
 
-Every verb that writes a model (``quantize``, ``prune``, ``compress``) measures the written file
-against the model it came from on held-out inputs, and refuses to keep it when
+Every verb that writes a model (``quantize``, ``prune``, ``compress``; ``distill`` when a limit is given — a
+student is a smaller model by design, so its distance to the teacher is the user's call) measures the written
+file against the model it came from on held-out inputs, and refuses to keep it when
 
 * its accuracy dropped by more than ``max_drop`` (a fraction: 0.05 = 5 points) — judged only when
   the data has labels, and only once at least ``MIN_FLIPS`` more samples are wrong than before
@@ -230,14 +231,15 @@ def message(verdict: GateVerdict) -> str:
 
 
 def write_checked(original: Any, result: Any, output: Any, *, write: Any, measure: Any, held: Dataset | None,
-                  policy: FidelityPolicy, also: Any = None) -> tuple[Any, GateVerdict]:
+                  policy: FidelityPolicy, also: Any = None, locate: bool = True) -> tuple[Any, GateVerdict]:
     """Write ``result`` (a handle) to ``output`` only if it passes the gate: ``write(result, staged_path)``
     writes it into a staging folder beside ``output`` (returns the written handle),
     ``measure(written, staged_path, held)`` measures it against ``original`` (a bench table, see
     :func:`deepshrink.evaluate.compare.compare`), :func:`check` judges it on ``held`` (or random
     inputs), then ``also(table)`` when given (a further check that raises to refuse, e.g.
     :func:`check_speed`); the staged file is renamed to ``output`` only when the verdict lets it through.
-    Returns ``(table, verdict)``; raises :class:`DegradedError` (nothing written) or what the
+    ``locate=False``: no first broken layer is looked for (a distilled student's layers are not the original's
+    under the same names). Returns ``(table, verdict)``; raises :class:`DegradedError` (nothing written) or what the
     writers raise."""
     from pathlib import Path
 
@@ -248,8 +250,10 @@ def write_checked(original: Any, result: Any, output: Any, *, write: Any, measur
         staged = stage / output.name
         written = write(result, staged)
         table = measure(written, staged, held)
-        inputs = held.inputs if held is not None else original.random_samples(LOCATE_SAMPLES, seed=1)
-        verdict = check(table, policy, original=original, written=result, inputs=inputs, what=str(output))
+        inputs = None if not locate else held.inputs if held is not None else original.random_samples(LOCATE_SAMPLES,
+                                                                                                         seed=1)
+        verdict = check(table, policy, original=original if locate else None, written=result, inputs=inputs,
+                        what=str(output))
         if also is not None:  # a further gate on the same table (auto's speed check); raising keeps nothing
             also(table)
     return table, verdict

@@ -13,6 +13,13 @@ Float kernels still differ between CPU families (AVX2 vs AVX-512 paths), so "the
 bit-exact on one machine and close elsewhere — tests set thresholds from a multi-seed
 spread for that reason (see ``tests/README.md``).
 
+Mixed precision (``mixed_precision="bf16"``): each step's forward pass and loss run under
+``torch.autocast`` in bfloat16 (matrix products in bfloat16, reductions and losses in float32); the
+weights, gradients and optimizer state stay float32, so no loss scaling is needed (bfloat16 has float32's
+exponent range — Kalamkar et al., "A Study of BFLOAT16 for Deep Learning Training", 2019). On a CPU with
+bfloat16 instructions (AVX512-BF16, AMX) a MiniLM training step takes ~0.5–0.6× the float32 time
+(AMD EPYC, 1 thread, batch 32 × 48 tokens: 0.98 s against 1.64–2.00 s).
+
 Under ``torchrun`` (``WORLD_SIZE`` > 1) it initialises a process group (gloo on CPU, nccl
 when CUDA is present; ``DEEPSHRINK_BACKEND=gloo`` forces gloo), wraps the model in
 ``DistributedDataParallel`` and shards the data with ``DistributedSampler``; only rank 0
@@ -263,6 +270,10 @@ class Trainer:
     :data:`BATCHNORM_RECALIBRATION_SAMPLES` training samples before each evaluation and at the end
     (:func:`recalibrate_frozen_batchnorm`), through ``forward_fn(model, batch)`` — a forward pass without
     the loss; ``step_fn`` itself when it is not given. ``TrainResult.batchnorm_recalibrated`` counts them.
+
+    ``mixed_precision``: ``"no"`` (float32) or ``"bf16"`` (bfloat16 autocast around ``step_fn``, see the module
+    docstring); the loss it returns is cast to float32 before the backward pass. Raises ``InputError`` for
+    another value.
     """
 
     def __init__(self, model: nn.Module, *, step_fn: StepFn | None = None, optimizer: str = "adam",
@@ -273,7 +284,10 @@ class Trainer:
                  progress: bool = True, lr_schedule: str = "constant", params: Iterable[nn.Parameter] | None = None,
                  deterministic: bool | None = None, global_batch: bool = False,
                  find_unused_parameters: bool = False, warmup_steps: int = 0,
-                 lengths: Sequence[int] | None = None, forward_fn: ForwardFn | None = None) -> None:
+                 lengths: Sequence[int] | None = None, forward_fn: ForwardFn | None = None,
+                 mixed_precision: str = "no") -> None:
+        if mixed_precision not in MIXED_PRECISION:
+            raise InputError(f"unknown mixed_precision {mixed_precision!r}; use {' or '.join(MIXED_PRECISION)}")
         if epochs < 0 or batch_size < 1 or lr <= 0 or warmup_steps < 0:
             raise InputError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}, "
                              f"warmup_steps={warmup_steps}")
@@ -302,6 +316,7 @@ class Trainer:
         self.lengths = lengths
         # runs the model on a batch without the loss (BatchNorm recalibration); step_fn when not given
         self.forward_fn: ForwardFn = forward_fn or (default_forward if step_fn is None else self.step_fn)
+        self.mixed_precision = mixed_precision
         self.step = 0
         self.epoch = 0
         self.total_steps = 0
@@ -436,7 +451,9 @@ class Trainer:
                         cb.on_step_begin(self)
                     if device is not None:
                         batch = [t.to(device) for t in batch]
-                    loss = self.step_fn(wrapped, batch)
+                    with self._autocast():
+                        loss = self.step_fn(wrapped, batch)
+                    loss = loss.float()
                     if not torch.isfinite(loss):
                         raise InputError(f"training loss became {loss.item()} at step {self.step}; lower the learning rate")
                     opt.zero_grad(set_to_none=True)
@@ -490,6 +507,13 @@ class Trainer:
             batches = [[t.to(device) for t in b] for b in batches]
         return _recalibrate_layers(self.model, frozen, lambda b: self.forward_fn(self.model, b), batches)
 
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The forward pass's precision: bfloat16 autocast on the model's device, or nothing (float32)."""
+        if self.mixed_precision == "no":
+            return contextlib.nullcontext()
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
     def _make_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
         if self.lr_schedule == "constant" and not self.warmup_steps:
             return None
@@ -498,6 +522,22 @@ class Trainer:
 
 
 SCHEDULES = ("constant", "cosine", "linear")
+MIXED_PRECISION = ("no", "bf16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (``avx512_bf16`` or ``amx_bf16`` among the
+    ``/proc/cpuinfo`` flags; False where that file is absent). Without them ``mixed_precision="bf16"`` still
+    runs, on converted float32 kernels, and is slower than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
