@@ -36,6 +36,17 @@ def test_convert_info_bench_happy_path(tmp_path, capsys, cnn_onnx, measured):
     assert measured("digits CNN accuracy", rows[0]["accuracy"], "lower", margin=2 / 256) > CNN_ACC_256
 
 
+def test_convert_names_the_file_formats_and_a_pt2_converts_with_its_own_example_inputs(tmp_path, capsys):
+    pt2, onnx_out = tmp_path / "m.pt2", tmp_path / "m.onnx"
+    rc, stdout, err = _run(capsys, "convert", "deepshrink.examples:DigitsMLP", pt2, "--input-shape", "x:1x64")
+    assert rc == 0, err
+    assert stdout.splitlines()[0].startswith("torch → pt2 in ")  # was "torch → torch"
+    # the archive's batch is dynamic: its stored example inputs export it (was: "no fixed input signature")
+    rc, stdout, err = _run(capsys, "convert", pt2, onnx_out)
+    assert rc == 0, err
+    assert stdout.splitlines()[0].startswith("pt2 → onnx (dynamo exporter) in ") and "parity OK" in stdout
+
+
 @pytest.mark.parametrize("case", ["missing", "truncated", "exists", "same", "bad_ext", "bad_shape", "unknown_exporter"])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, cnn_onnx, case):
     out = tmp_path / "out.onnx"

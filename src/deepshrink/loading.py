@@ -408,13 +408,29 @@ def _load_pt2(path: Path, trust: bool) -> ModelHandle:
     if all(isinstance(d, int) for s in ins for d in s.shape):
         example = {s.name: np.zeros(s.shape, s.np_dtype) for s in ins}
         handle.example_inputs = example
-    _set_output_specs(handle)
-    if not handle.outputs:  # dynamic dims: the shapes the export recorded, without running the model
+    else:  # dynamic dims: the shapes the export recorded (symbolic, as the inputs'), without running the model;
+        # the inputs the program was exported with, kept in the archive, to export it further
         handle.outputs = _pt2_output_specs(ep)
+        handle.example_inputs = _stored_example_inputs(ep, names)
+    if not handle.outputs:
+        _set_output_specs(handle)
     names = pt2_output_names(extra[PT2_OUTPUT_NAMES])
     if names is not None and len(names) == len(handle.outputs):  # the names the model had when deepshrink wrote it
         handle.outputs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(names, handle.outputs, strict=True)]
     return handle
+
+
+def _stored_example_inputs(ep: Any, names: list[str]) -> dict[str, np.ndarray] | None:
+    """The example inputs an ExportedProgram keeps (``ep.example_inputs``: positional, then keyword), by input
+    name; None when the archive has none or they are not one tensor per input (a nested structure)."""
+    stored = getattr(ep, "example_inputs", None)
+    if not stored or len(stored) != 2:
+        return None
+    args, kwargs = stored
+    values = [*args, *(kwargs or {}).values()]
+    if len(values) != len(names) or not all(isinstance(v, torch.Tensor) for v in values):
+        return None
+    return {n: v.detach().cpu().numpy() for n, v in zip(names, values, strict=True)}
 
 
 def _pt2_output_specs(ep: Any) -> list[TensorSpec]:
@@ -646,8 +662,8 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
         example = {n: ds.inputs[n][:2] for n in names}
         handle.example_inputs = example
         handle.inputs = [_spec_from_example(n, example[n], handle) for n in names]
-    if handle.example_inputs is not None:
-        _set_output_specs(handle)
+    if handle.example_inputs is not None and (shapes or data is not None or not handle.outputs):
+        _set_output_specs(handle)  # (a loader that read the output spec already, e.g. a .pt2's recorded one, keeps it)
 
 
 def _batch_named_elsewhere(shape: tuple[int | str, ...]) -> bool:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -81,6 +83,17 @@ def test_compare_outputs_math():
     assert d.top1 == 0.5
 
 
+def test_top1_agreement_is_not_reported_for_unit_norm_embeddings():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(6, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)  # a sentence encoder's normalised output
+    assert compare_outputs(emb, emb + 1e-3).top1 is None
+    confident = np.full((6, 8), 1e-5)
+    confident[np.arange(6), np.arange(6)] = 1 - 7e-5  # softmax rows of a sure classifier: near unit norm too
+    assert compare_outputs(confident, confident).top1 == 1.0
+    assert compare_outputs(3 * emb, 3 * emb).top1 == 1.0  # logits of any scale
+
+
 def test_one_value_per_sample_is_compared_over_the_samples():
     """A (N, 1) output (a presence score): one sample's cosine is only its sign, so a value near 0 that flips
     would read -1; the output is judged by its cosine over all the samples instead, the same figure whether
@@ -151,6 +164,22 @@ class _Branchy(torch.nn.Module):
         if (x.abs() >= 0).all():
             return self.fc(x) * 2
         return self.fc(x)
+
+
+def test_inputs_named_otherwise_than_the_forward_s_arguments_export_with_dynamo(tmp_path, recwarn):
+    """An ``nn.Sequential`` takes ``input``; its spec (here given, in distillation the teacher's) says ``x``: the
+    dynamic axes go to torch by position (by name, torch.export refused them and the tracing exporter took over)."""
+    seq = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    h = ds.load(seq, input_shapes=["input:1x64"])
+    h = h.with_model(seq, inputs=[dataclasses.replace(h.inputs[0], name="x")],
+                     example_inputs={"x": h.example_inputs["input"]})
+    ds.convert(h, tmp_path / "s.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "s.onnx")).metadata_props}
+    assert meta["deepshrink.exporter"] == "dynamo" and "deepshrink.exporter_fallback_reason" not in meta
+    assert not [w for w in recwarn if "exporter failed" in str(w.message)]
+    model = onnx.load(str(tmp_path / "s.onnx"))
+    assert [i.name for i in model.graph.input] == ["x"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch stays dynamic
 
 
 def test_dynamo_failure_falls_back_and_says_why(tmp_path):

@@ -217,6 +217,17 @@ def test_info_on_a_pt2_names_outputs_flops_and_aten_ops(tmp_path, digits_cnn):
     assert "Module" not in got["ops"]
 
 
+def test_info_with_weights_gives_the_weights_file_s_size(tmp_path, digits_mlp):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "mlp.safetensors"
+    save_file({k: v.contiguous() for k, v in digits_mlp.state_dict().items()}, str(path))
+    got = ds.info("deepshrink.examples.digits:DigitsMLP", weights=str(path))
+    assert got["weights_file"] == str(path) and got["file_bytes"] == path.stat().st_size  # was None (a factory)
+    plain = ds.info("deepshrink.examples.digits:DigitsMLP")
+    assert plain["weights_file"] is None and plain["file_bytes"] is None
+
+
 def test_info_layers_lists_recurrent_nodes_of_an_onnx_file(tmp_path, gru_classifier):
     """`--include`/`--exclude` names for an ONNX speaker encoder: its LSTM nodes were missing from `info --layers`."""
     ds.convert(ds.load(gru_classifier, input_shapes=["x:1x8x8"]), tmp_path / "gru.onnx")

@@ -24,6 +24,15 @@ from ._app import (
 )
 
 
+def _file_format(path: str, kind: str) -> str:
+    """What the user named, for the conversion's first or last hop: the file format (``pt2``, ``hf-folder``,
+    ``safetensors``) where the route's model kind (``torch``) would hide it; a ``module:factory`` stays ``torch``."""
+    from ..core import formats
+
+    fmt = formats.format_of(path) if ":" not in Path(path).name or Path(path).exists() else None
+    return fmt.name if fmt is not None else kind
+
+
 @app.command("convert")
 def convert_cmd(
     src: Annotated[str, typer.Argument(help="model file, Hugging Face folder, or package.module:factory")],
@@ -50,9 +59,11 @@ def convert_cmd(
     if json_out:
         print_json(result.to_dict())
         return
-    for hop in result.hops:
+    for i, hop in enumerate(result.hops):
         how = f" ({hop.exporter} exporter)" if hop.exporter else ""
-        console.print(f"[bold]{hop.src_format} → {hop.dst_format}[/]{how} in {hop.seconds:.1f} s")
+        a = _file_format(src, hop.src_format) if i == 0 else hop.src_format
+        b = _file_format(dst, hop.dst_format) if i == len(result.hops) - 1 else hop.dst_format
+        console.print(f"[bold]{a} → {b}[/]{how} in {hop.seconds:.1f} s")
         if hop.parity is not None:
             console.print(hop.parity.summary(), highlight=False, markup=False)
         else:
@@ -84,12 +95,14 @@ def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or mo
     if json_out:
         print_json(res)
         return
-    console.print(f"[bold]{res['source']}[/] ({res['kind']})")
+    console.print(f"[bold]{res['source']}[/] ({res['kind']})"
+                  + (f" with the weights of {Path(res['weights_file']).name}" if res.get("weights_file") else ""))
     for key in ("inputs", "outputs"):
         for s in res[key]:
             console.print(f"  {key[:-1]:7s} {s}", markup=False)
     console.print(f"  parameters {res['parameters']:,} ({res['nonzero']:,} non-zero), weights {fmt_bytes(res['weight_bytes'])}"
-                  + (f", file {fmt_bytes(res['file_bytes'])}" if res["file_bytes"] else ""))
+                  + (f", {'weights ' if res.get('weights_file') else ''}file {fmt_bytes(res['file_bytes'])}"
+                     if res["file_bytes"] else ""))
     if res.get("flops") is not None:
         console.print(f"  FLOPs (batch 1) {res['flops']:,}"
                       + (f" at {res['flops_shape']}" if res.get("flops_shape") else ""), markup=False)

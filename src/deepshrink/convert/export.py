@@ -168,7 +168,7 @@ def torch_export(handle: ModelHandle) -> torch.export.ExportedProgram:
             _quiet_exporter_logs()
             logging.disable(logging.CRITICAL)  # torch logs whole graphs when capture fails; we report one line
             try:
-                return torch.export.export(handle.model, args, dynamic_shapes=dyn or None, strict=False)
+                return torch.export.export(handle.model, args, dynamic_shapes=dyn, strict=False)
             finally:
                 logging.disable(logging.NOTSET)
     except Exception as exc:
@@ -198,12 +198,16 @@ def _failing_node(model: Any, exc: BaseException) -> str | None:
     return None
 
 
-def _torch_dynamic_shapes(handle: ModelHandle) -> dict[str, dict[int, Any]]:
+def _torch_dynamic_shapes(handle: ModelHandle) -> tuple[dict[int, Any], ...] | None:
+    """The dynamic axes of each positional argument :func:`_args` passes, in input order (None: none dynamic).
+    A tuple, not a dict by input name: torch matches a dict against the ``forward``'s own parameter names,
+    which are not the model's input names when those came from elsewhere (a student factory's
+    ``nn.Sequential`` takes ``input`` where its teacher's spec says ``x``)."""
     dims: dict[str, Any] = {}
-    out = {}
-    for name, axes in _dynamic_axes(handle).items():
-        out[name] = {i: dims.setdefault(sym, torch.export.Dim.AUTO) for i, sym in axes.items()}
-    return out
+    axes = _dynamic_axes(handle)
+    out = tuple({i: dims.setdefault(sym, torch.export.Dim.AUTO) for i, sym in axes.get(name, {}).items()}
+                for name in handle.input_names)
+    return out if any(out) else None
 
 
 def export_onnx(model: Any, example_inputs: dict[str, np.ndarray] | None = None,

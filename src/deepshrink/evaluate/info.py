@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,10 +78,12 @@ def _torch_ops(model: Any) -> Counter:
 
 def info(model: Any, *, layer_names: bool = False, **load_options: Any) -> dict[str, Any]:
     """What a model is: IO spec, parameters, FLOPs, sizes, op histogram (``layer_names``: also
-    :func:`layers`). ``load_options`` go to ``deepshrink.load``; raises what it raises."""
+    :func:`layers`). ``file_bytes``: the model file's (folder's) size in bytes, or the weights file's when
+    ``weights`` is given (``weights_file``). ``load_options`` go to ``deepshrink.load``; raises what it raises."""
     from ..loading import load
 
     handle: ModelHandle = load(model, **load_options)
+    weights_file = Path(load_options["weights"]) if load_options.get("weights") else None
     if handle.kind == "onnx":
         ops = Counter(n.op_type for n in handle.model.graph.node)
         opset = {o.domain or "ai.onnx": o.version for o in handle.model.opset_import}
@@ -91,7 +94,11 @@ def info(model: Any, *, layer_names: bool = False, **load_options: Any) -> dict[
         "source": handle.source, "kind": handle.kind,
         "inputs": [s.describe() for s in handle.inputs], "outputs": [s.describe() for s in handle.outputs],
         "parameters": param_count(handle), "nonzero": nonzero_count(handle), "weight_bytes": weight_bytes(handle),
-        "file_bytes": file_size(handle.path) if handle.path is not None and handle.path.exists() else None,
+        # weights read from another file (--weights): that file's size, not the folder's or module's
+        "file_bytes": (file_size(weights_file) if weights_file is not None and weights_file.is_file() else
+                       file_size(handle.path) if weights_file is None and handle.path is not None and handle.path.exists()
+                       else None),
+        "weights_file": str(weights_file) if weights_file is not None else None,
         "ops": dict(ops.most_common()), "opset": opset, "metadata": handle.metadata,
     }
     # a .pt2 with a dynamic batch axis and fixed others runs at batch 1 (its recorded shapes say so)
