@@ -36,6 +36,24 @@ def test_convert_info_bench_happy_path(tmp_path, capsys, cnn_onnx, measured):
     assert measured("digits CNN accuracy", rows[0]["accuracy"], "lower", margin=2 / 256) > CNN_ACC_256
 
 
+def test_bench_gives_each_model_its_own_weights(tmp_path, capsys, digits_mlp):
+    from safetensors.torch import save_file
+
+    w = tmp_path / "mlp.safetensors"
+    save_file({k: v.contiguous() for k, v in digits_mlp.state_dict().items()}, str(w))
+    src = "deepshrink.examples.digits:DigitsMLP"
+    rc, stdout, err = _run(capsys, "bench", src, src, "-w", "-", "-w", w, "--data", "digits:val", "--repeats", "2",
+                           "--json")
+    assert rc == 0, err
+    first, second = json.loads(stdout)["rows"]
+    assert first["name"] == src and second["name"] == f"{src} + mlp.safetensors"
+    assert first["size_bytes"] is None and second["size_bytes"] == w.stat().st_size
+    assert second["accuracy"] > 0.9 > first["accuracy"] + 0.5  # trained weights against a random start (~0.1)
+    rc, _, err = _run(capsys, "bench", src, src, "-w", w, "-w", w, "-w", w, "--data", "digits:val")
+    assert rc == 2
+    _one_line_error(err, "3 --weights for 2 models")
+
+
 def test_convert_names_the_file_formats_and_a_pt2_converts_with_its_own_example_inputs(tmp_path, capsys):
     pt2, onnx_out = tmp_path / "m.pt2", tmp_path / "m.onnx"
     rc, stdout, err = _run(capsys, "convert", "deepshrink.examples:DigitsMLP", pt2, "--input-shape", "x:1x64")

@@ -145,7 +145,9 @@ def print_bench(result: Any) -> None:
 
 @app.command("bench")
 def bench_cmd(models: Annotated[list[str], typer.Argument(help="models to compare; the first is the reference")],
-              data: DataOpt = None, weights: WeightsOpt = None, input_shape: InputShapeOpt = None,
+              data: DataOpt = None,
+              weights: Annotated[list[str] | None, typer.Option("--weights", "-w", help="weights (.safetensors or state-dict .pt) for the module:factory sources (or every model when none is one); repeat once per model, in order, '-' for none, to give each its own (./m ./m -w - -w pruned.safetensors)")] = None,
+              input_shape: InputShapeOpt = None,
               trust_remote_code: TrustOpt = False, json_out: JsonOpt = False,
               threads: ThreadsOpt = 2,
               batch: Annotated[int, typer.Option("--batch", help="batch size for timing")] = 1,

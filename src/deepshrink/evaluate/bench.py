@@ -123,14 +123,28 @@ def _external_runner(path: Path, threads: int) -> tuple[str, Runner, list[str]] 
     return runtime, runner, names
 
 
+def _weights_per_model(weights: list[Any], models: list[Any]) -> list[Any] | None:
+    """``weights`` given as a list to :func:`bench`: one path (None, ``"-"``: none) per model, or one for all
+    (then None: the rule by source kind applies)."""
+    items = [None if w in (None, "-", "") else w for w in weights]
+    if len(items) == 1:
+        return None
+    if len(items) != len(models):
+        raise InputError(f"{len(items)} --weights for {len(models)} models: give one for all, or one per model in "
+                         "order ('-' for a model without)")
+    return items
+
+
 def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int = 1, repeats: int = 30,
           warmup: int = 5, samples: int = 256, names: list[str] | None = None, progress: bool = False,
           **load_options: Any) -> BenchResult:
     """Measure ``models`` side by side; the first is the reference for speed-up and fidelity.
 
     ``load_options`` (``deepshrink.load``'s ``weights``, ``input_shapes``, ``trust_remote_code``)
-    load the model sources; ``weights`` go to the ``module:factory`` sources among them (an ONNX
-    file exported from that factory is benched as it is)."""
+    load the model sources; ``weights`` (one path) go to the ``module:factory`` sources among them (an ONNX
+    file exported from that factory is benched as it is), or to every model when none is a factory; a list of
+    one path (or None, ``"-"``) per model gives each its own. A row whose weights came from a file is named
+    ``SOURCE + FILE`` and sized by that file. Raises :class:`InputError` for a list of another length."""
     from ..core.data import load_data
     from ..core.verbs import LOAD_OPTIONS, check_options
     from ..loading import is_factory_source, load
@@ -141,6 +155,12 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
         raise InputError("bench needs at least one model")
     has_factory = any(is_factory_source(m) for m in models)
     without_weights = {k: v for k, v in load_options.items() if k != "weights"}
+    per_model = None
+    if isinstance(load_options.get("weights"), (list, tuple)):
+        per_model = _weights_per_model(list(load_options["weights"]), models)
+        if per_model is None:  # one for all
+            one = load_options["weights"][0]
+            load_options = {**load_options, "weights": None if one in ("-", "") else one}
     entries: list[tuple[str, str, Runner, int | None, int | None, list[str]]] = []
     first_handle: ModelHandle | None = None
     for i, m in enumerate(models):
@@ -151,12 +171,20 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
             runtime, runner, in_names = ext
             entries.append((label, runtime, runner, file_size(m), None, in_names))
             continue
-        opts = load_options if is_factory_source(m) or not has_factory else without_weights
+        if per_model is not None:
+            weights = per_model[i]
+        else:
+            weights = load_options.get("weights") if is_factory_source(m) or not has_factory else None
+        opts = {**without_weights, **({"weights": weights} if weights is not None else {})}
         h = load(m, **opts) if not isinstance(m, ModelHandle) else m
         if first_handle is None:
             first_handle = h
         runtime, runner = _runner_for(h, threads)
         size = file_size(h.path) if h.path is not None and Path(h.path).exists() else None
+        if weights is not None and not isinstance(m, ModelHandle):  # the row is the architecture with that file's weights
+            if not (names and i < len(names)):
+                label = f"{label} + {Path(str(weights)).name}"
+            size = file_size(weights) if Path(str(weights)).is_file() else size
         entries.append((label, runtime, runner, size, _params(h), h.input_names))
     if first_handle is None:
         raise InputError("bench needs at least one ONNX or PyTorch model to take the input spec from")
