@@ -137,6 +137,7 @@ def test_mixed_precision_is_said_in_the_summary(tmp_path, capsys, mlp_weights, s
                            "-o", out)
     assert rc == 0, err
     assert re.search(r"over \d+ steps, 1 epoch, 1 process\(es\), bfloat16 mixed precision", stdout), stdout
+    assert stdout.startswith("student given"), stdout[:80]  # no empty line from the progress bars (not a terminal)
 
 
 @pytest.mark.trains

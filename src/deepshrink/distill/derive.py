@@ -132,10 +132,10 @@ def choose_layers(model: nn.Module, k: int, batches: Batches, *, selection: str 
         raise InputError(f"derive layers={k} would leave zero of the teacher's {n} layers; keep at least one")
     if k > n:
         raise InputError(f"derive layers={k}: the teacher has only {n} layers")
-    from rich.progress import Progress
+    from ..core.progress import progress_bar
 
     passes = 2 + (sum(range(k + 1, n + 1)) if selection == "importance" else 0)
-    with Progress(transient=True, disable=not progress) as bar:
+    with progress_bar(show=progress) as bar:
         task = bar.add_task(f"measuring which {k} of {n} layers to keep", total=passes)
         return _choose_layers(model, parent, attr, layers, k, batches, selection, run,
                               lambda: bar.update(task, advance=1))

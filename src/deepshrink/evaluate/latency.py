@@ -100,9 +100,9 @@ def measure_latency(runners: dict[str, Callable[[], Any]], *, warmup: int = 5, r
     times: dict[str, list[float]] = {n: [] for n in names}
     start = time.perf_counter()
     rounds = 0
-    from rich.progress import Progress
+    from ..core.progress import progress_bar
 
-    with Progress(transient=True, disable=not progress) as bar:
+    with progress_bar(show=progress) as bar:
         task = bar.add_task("timing", total=repeats)
         while rounds < repeats or time.perf_counter() - start < min_seconds:
             order = names[rounds % len(names):] + names[:rounds % len(names)]

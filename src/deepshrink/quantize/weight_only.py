@@ -203,10 +203,12 @@ def _inverse_cholesky(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
 
 
 def _progress(total: int, label: str, show: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[layer]}"),
-                   TimeElapsedColumn(), disable=not show, transient=True)
+    from ..core.progress import progress_bar
+
+    bar = progress_bar(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[layer]}"), TimeElapsedColumn(), show=show)
     return bar
 
 

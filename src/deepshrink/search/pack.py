@@ -399,9 +399,9 @@ def search_pack(ev: Evaluator, source: Any, factory: str | None, inputs: dict[st
     proposals, skipped = 0, 0
     bar_ctx: Any = None
     if progress:
-        from rich.progress import Progress
+        from ..core.progress import progress_bar
 
-        bar_ctx = Progress(*Progress.get_default_columns(), transient=True)
+        bar_ctx = progress_bar()
         bar_ctx.start()
         task = bar_ctx.add_task("Deep Compression trials", total=config.pack_trials)
     try:

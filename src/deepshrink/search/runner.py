@@ -292,7 +292,9 @@ def _optimise(ev: Evaluator, space: Space, starts: list[tuple[str, dict[str, str
     if progress:
         from rich.progress import Progress, TextColumn
 
-        bar_ctx = Progress(*Progress.get_default_columns(), TextColumn("best: {task.fields[best]}"), transient=True)
+        from ..core.progress import progress_bar
+
+        bar_ctx = progress_bar(*Progress.get_default_columns(), TextColumn("best: {task.fields[best]}"))
     t0 = time.perf_counter()
     with workers(ev, config, say) as pool, bar_ctx as bar:  # Ray's start-up lines before the bar
         task = bar.add_task("search", total=config.trials, best="-") if bar is not None else None

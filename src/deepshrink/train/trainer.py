@@ -430,11 +430,13 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_begin(self)
         show = self.progress and rank == 0
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+        from ..core.progress import progress_bar
 
         columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                    TextColumn("{task.fields[metric]}"), TimeRemainingColumn())
-        with Progress(*columns, disable=not show, transient=True) as bar:
+        with progress_bar(*columns, show=show) as bar:
             task = bar.add_task("train", total=self.total_steps, completed=self.step, loss="-", metric="")
             self.model.train()
             while self.step < self.total_steps:
