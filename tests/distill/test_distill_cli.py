@@ -149,7 +149,12 @@ def test_user_student_is_distilled(tmp_path, capsys, mlp_weights, students, meas
     assert rc == 0, err
     res = json.loads(stdout)
     rows = res["bench"]["rows"]
-    assert res["report"]["student_from"] == "given" and rows[1]["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    weights = 64 * 32 + 32 + 32 * 10 + 10
+    assert res["report"]["student_from"] == "given" and res["report"]["student_params"] == weights
+    import onnx
+
+    # the ONNX row counts every initializer element: the weights and the Flatten's target shape (2 int64)
+    assert rows[1]["params"] == sum(int(np.prod(t.dims)) for t in onnx.load(str(out)).graph.initializer) == weights + 2
     assert out.is_file() and not (tmp_path / ".s.onnx.distill-ckpt").exists()
     # 3 epochs from a random init: the student learned from the teacher (chance 0.1); 1 seed
     assert measured("user student accuracy after 3 epochs", rows[1]["accuracy"], "lower") > 0.5, rows

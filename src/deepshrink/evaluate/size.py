@@ -59,28 +59,15 @@ def _initializers(graph: Any) -> list[Any]:
     return out
 
 
-def _parameters(model: Any) -> list[np.ndarray]:
-    """The tensors counted as parameters: a torch module's; of an ONNX model's initializers (subgraphs included)
-    those holding weights — not 0-d constants (an attention's 1/√d, a GELU's coefficients, a per-tensor scale or
-    zero point) nor 32/64-bit integer or boolean tensors (shapes, axes, indices an exporter stores), none of which
-    the PyTorch model counts as a parameter."""
-    tensors = _tensors(model)
-    if not _is_onnx(model):
-        return tensors
-    return [t for t in tensors if t.ndim > 0 and t.dtype not in (np.int32, np.int64, np.uint64, np.bool_)]
-
-
 def param_count(model: Any) -> int:
-    """Parameters of a torch module, or the weight elements of an ONNX model's initializers, subgraphs included
-    (see :func:`_parameters`; handles accepted)."""
+    """Parameters of a torch module, or initializer elements of an ONNX model, subgraphs included (handles accepted)."""
     model = getattr(model, "model", model)
-    return int(sum(t.size for t in _parameters(model)))
+    return int(sum(t.size for t in _tensors(model)))
 
 
 def nonzero_count(model: Any) -> int:
-    """Non-zero elements among :func:`param_count`'s."""
     model = getattr(model, "model", model)
-    return int(sum(np.count_nonzero(t) for t in _parameters(model)))
+    return int(sum(np.count_nonzero(t) for t in _tensors(model)))
 
 
 def weight_bytes(model: Any) -> int:
