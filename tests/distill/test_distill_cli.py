@@ -76,12 +76,20 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_weights,
         (["--student", "students_mod:small", "--student-weights", "nowhere.safetensors", "--data", "digits:train"],
          "--student-weights file nowhere.safetensors does not exist"),
         (["--derive", "width=0.5", "--data", "digits:train", "--loss", "embedding+3*bogus"], "'bogus' is not a loss term"),
-        (["--derive", "width=0.5", "--data", "digits:train", "--mixed-precision", "fp16"], "mixed_precision"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--mixed-precision", "fp16"],
+         "--mixed-precision 'fp16': use no (float32) or bf16"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--gate-max-drop", "-1"], "give accuracy points between 0 and 100"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--gate-min-cos", "2"], "give a cosine between -1 and 1"),
+        (["--derive", "width=0.5", "--data", "digits:train", "--gate-min-cos", "0.9"],
+         "--gate-min-cos judges data without labels; digits:train has labels"),
         (["--derive", "width=0.5", "--data", "digits:train", "--allow-degraded"], "--allow-degraded applies with a fidelity gate"),
     ]
     empty = tmp_path / "empty.npz"
     np.savez(empty, x=np.zeros((0, 1, 8, 8), np.float32), labels=np.zeros(0, np.int64))
     cases.append((["--derive", "width=0.5", "--data", empty], "empty"))
+    np.savez(tmp_path / "unlabelled.npz", x=np.zeros((40, 1, 8, 8), np.float32))
+    cases.append((["--derive", "width=0.5", "--data", tmp_path / "unlabelled.npz", "--gate-max-drop", "5"],
+                  "--gate-max-drop judges accuracy, but"))
     x8 = np.zeros((8, 1, 8, 8), np.float32)
     np.savez(tmp_path / "over.npz", x=x8, labels=np.full(8, 10, np.int64))  # trial 15i: IndexError traceback
     cases.append((["--derive", "width=0.5", "--data", tmp_path / "over.npz"], "labels run from 10 to 10, but the teacher has 10 classes"))
@@ -133,7 +141,7 @@ def test_the_fidelity_gate_is_off_unless_a_limit_is_given(tmp_path, capsys, mlp_
 def test_mixed_precision_is_said_in_the_summary(tmp_path, capsys, mlp_weights, students):
     out = tmp_path / "s.onnx"
     rc, stdout, err = _run(capsys, "distill", "--teacher", TEACHER, "-w", mlp_weights, "--student", "students_mod:small",
-                           "--data", "digits:val", "--epochs", "1", "--repeats", "1", "--mixed-precision", "bf16",
+                           "--data", "digits:val", "--epochs", "1", "--repeats", "1", "--mixed-precision", "BFloat16",
                            "-o", out)
     assert rc == 0, err
     assert re.search(r"over \d+ steps, 1 epoch, 1 process\(es\), bfloat16 mixed precision", stdout), stdout

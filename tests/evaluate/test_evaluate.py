@@ -49,6 +49,8 @@ def test_bench_counts_the_parameters_a_pytorch_model_s_output_depends_on(minilm_
     res = bench([h], data="sentences:4", repeats=1, warmup=0)
     every = sum(p.numel() for p in h.model.parameters())
     assert res.rows[0].params == every - (384 * 384 + 384) == 22_565_376
+    got = ds.info(str(minilm_dir))  # info counts as bench does (was every parameter, the pooler's included)
+    assert got["parameters"] == 22_565_376 and 0 < got["nonzero"] <= got["parameters"]
 
 
 def test_bench_warns_when_not_faster(cnn_onnx):

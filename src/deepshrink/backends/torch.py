@@ -69,8 +69,8 @@ def first_output(out: Any) -> torch.Tensor:
     return tensors[0]
 
 
-def used_parameter_count(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> int:
-    """Parameters of ``m`` its output depends on: one backward from the sum of its floating-point outputs on
+def used_parameters(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> list[nn.Parameter]:
+    """The parameters of ``m`` its output depends on: one backward from the sum of its floating-point outputs on
     ``probe`` (its positional inputs, eval mode). A BERT pooler beside the mean-pooled output a sentence encoder
     returns is left out, as the ONNX export leaves it out, so a summary counts what the written files hold. Every
     parameter when no output carries a gradient; ``m``'s mode and ``requires_grad`` flags are restored."""
@@ -84,13 +84,18 @@ def used_parameter_count(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> int:
         with torch.enable_grad():
             outs = [o for o in flatten_outputs(m(*probe)) if o.is_floating_point() and o.requires_grad]
             if not outs:
-                return sum(p.numel() for p in params)
+                return params
             grads = torch.autograd.grad(sum(o.float().sum() for o in outs), params, allow_unused=True)
-        return sum(p.numel() for p, g in zip(params, grads, strict=True) if g is not None)
+        return [p for p, g in zip(params, grads, strict=True) if g is not None]
     finally:
         for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)
         m.train(was)
+
+
+def used_parameter_count(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> int:
+    """Elements of :func:`used_parameters`."""
+    return sum(p.numel() for p in used_parameters(m, probe))
 
 
 USED_PARAMS_MAX = 200_000_000  # above this, one backward's gradients would cost as much memory as the model
@@ -100,10 +105,16 @@ def counted_parameters(module: nn.Module, probe: tuple[torch.Tensor, ...] | None
     """:func:`used_parameter_count` where it is cheap and possible: None without a probe, for a model of more than
     :data:`USED_PARAMS_MAX` parameters, or when the probe does not run (an exported graph cannot switch modes) —
     the caller then counts every parameter."""
+    used = counted_parameter_list(module, probe)
+    return None if used is None else sum(p.numel() for p in used)
+
+
+def counted_parameter_list(module: nn.Module, probe: tuple[torch.Tensor, ...] | None) -> list[nn.Parameter] | None:
+    """:func:`used_parameters` under :func:`counted_parameters`' conditions (None where it returns None)."""
     if probe is None or sum(p.numel() for p in module.parameters()) > USED_PARAMS_MAX:
         return None
     try:
-        return used_parameter_count(module, probe)
+        return used_parameters(module, probe)
     except Exception:  # noqa: BLE001 - a count that cannot be measured falls back to every parameter
         return None
 

@@ -63,8 +63,13 @@ GateDropOpt = Annotated[float, typer.Option("--gate-max-drop", help="fidelity ga
 
 def gate_policy(min_cos: float, max_drop_points: float, allow_degraded: bool) -> Any:
     """The fidelity gate's policy from the command-line options (the drop is given in points)."""
+    from ..errors import InputError
     from ..evaluate.gate import FidelityPolicy
 
+    if not -1.0 <= min_cos <= 1.0:
+        raise InputError(f"--gate-min-cos {min_cos:g}: give a cosine between -1 and 1")
+    if not 0.0 <= max_drop_points <= 100.0:
+        raise InputError(f"--gate-max-drop {max_drop_points:g}: give accuracy points between 0 and 100")
     return FidelityPolicy(min_cos=min_cos, max_drop=max_drop_points / 100.0, allow_degraded=allow_degraded)
 
 

@@ -88,6 +88,16 @@ def config_for(loss: str, **fields: Any) -> Any:
     return DistillConfig.build(**{k: v for k, v in fields.items() if v is not None}, **extra)
 
 
+def _precision(value: str) -> str:
+    """``--mixed-precision``: ``no`` (also ``fp32``, ``float32``) or ``bf16`` (also ``bfloat16``), any case."""
+    v = value.strip().lower()
+    if v in ("no", "fp32", "float32"):
+        return "no"
+    if v in ("bf16", "bfloat16"):
+        return "bf16"
+    raise InputError(f"--mixed-precision {value!r}: use no (float32) or bf16 (bfloat16)")
+
+
 def parse_layer_map(spec: str | None) -> str | tuple[int, ...] | None:
     """``--layer-map``: ``uniform`` / ``kept``, or teacher layers separated by commas (``0,4,5``)."""
     if spec is None or spec in ("uniform", "kept"):
@@ -175,7 +185,7 @@ def distill_cmd(
                         metric=metric, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                         checkpoint_every=checkpoint_every, layer_map=parse_layer_map(layer_map),
                         lr_schedule=lr_schedule, warmup=warmup, freeze=tuple(freeze or ()), dropout=dropout,
-                        group_by_length=group_by_length, mixed_precision=mixed_precision)
+                        group_by_length=group_by_length, mixed_precision=_precision(mixed_precision))
     policy = None
     if gate_min_cos is not None or gate_max_drop is not None:
         import dataclasses
@@ -228,6 +238,13 @@ def distill_cmd(
     evaluation = load_data(eval_data, t_handle, max_length=max_length) if eval_data is not None else None
     if s_handle is not None:
         load_data(train, s_handle)  # the student reads the same arrays: refuse a mismatch in one line now
+    judged = evaluation if evaluation is not None else train  # what the table and the gate measure on
+    if gate_max_drop is not None and judged.labels is None:
+        raise InputError(f"--gate-max-drop judges accuracy, but {judged.source} has no labels; for data without "
+                         "labels the gate is --gate-min-cos")
+    if gate_min_cos is not None and judged.labels is not None and len(t_handle.outputs) <= 1:
+        raise InputError(f"--gate-min-cos judges data without labels; {judged.source} has labels, so the gate judges "
+                         "accuracy: use --gate-max-drop")
     result, report = distill_with_report(t_handle, s_handle, train, config, eval_data=evaluation,
                                          checkpoint_dir=ckpt, resume=resume, progress=not json_out and rank == 0)
     if rank != 0:

@@ -21,7 +21,7 @@ from ..errors import InputError
 from .gate import MAX_DROP, MIN_COS
 from .latency import cpu_flags, measure_latency
 from .metrics import accuracy
-from .size import file_size, param_count
+from .size import counted_param_count, file_size
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -82,25 +82,6 @@ def _runner_for(handle: ModelHandle, threads: int) -> tuple[str, Runner]:
     from ..backends.torch import run_torch
 
     return "torch", lambda feed: run_torch(handle.model, feed, handle.input_names)
-
-
-def _params(h: ModelHandle) -> int:
-    """A model's parameter count for the table: an ONNX file's initializers; for a PyTorch model the parameters its
-    output depends on (a sentence encoder's unused BERT pooler is not counted, as its ONNX export drops it and
-    ``prune``/``distill`` summaries leave it out), all of them when that cannot be measured."""
-    if h.kind == "torch" and h.example_inputs is not None:
-        import torch
-
-        from ..backends.torch import counted_parameters
-
-        try:
-            probe = tuple(torch.as_tensor(np.asarray(h.example_inputs[n])) for n in h.input_names)
-        except (KeyError, TypeError, ValueError):
-            probe = None
-        used = counted_parameters(h.model, probe)
-        if used is not None:
-            return used
-    return param_count(h)
 
 
 def _external_runner(path: Path, threads: int) -> tuple[str, Runner, list[str]] | None:
@@ -185,7 +166,7 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
             if not (names and i < len(names)):
                 label = f"{label} + {Path(str(weights)).name}"
             size = file_size(weights) if Path(str(weights)).is_file() else size
-        entries.append((label, runtime, runner, size, _params(h), h.input_names))
+        entries.append((label, runtime, runner, size, counted_param_count(h), h.input_names))
     if first_handle is None:
         raise InputError("bench needs at least one ONNX or PyTorch model to take the input spec from")
     if data is not None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..core.handle import ModelHandle
-from .size import file_size, nonzero_count, param_count, weight_bytes
+from .size import counted_tensors, file_size, weight_bytes
 
 
 def layers(handle: ModelHandle) -> list[dict[str, Any]]:
@@ -84,6 +84,7 @@ def info(model: Any, *, layer_names: bool = False, **load_options: Any) -> dict[
 
     handle: ModelHandle = load(model, **load_options)
     weights_file = Path(load_options["weights"]) if load_options.get("weights") else None
+    counted = counted_tensors(handle)  # what the output depends on (bench and prune count the same)
     if handle.kind == "onnx":
         ops = Counter(n.op_type for n in handle.model.graph.node)
         opset = {o.domain or "ai.onnx": o.version for o in handle.model.opset_import}
@@ -93,7 +94,7 @@ def info(model: Any, *, layer_names: bool = False, **load_options: Any) -> dict[
     result: dict[str, Any] = {
         "source": handle.source, "kind": handle.kind,
         "inputs": [s.describe() for s in handle.inputs], "outputs": [s.describe() for s in handle.outputs],
-        "parameters": param_count(handle), "nonzero": nonzero_count(handle), "weight_bytes": weight_bytes(handle),
+        "parameters": int(sum(t.size for t in counted)), "nonzero": int(sum(np.count_nonzero(t) for t in counted)), "weight_bytes": weight_bytes(handle),
         # weights read from another file (--weights): that file's size, not the folder's or module's
         "file_bytes": (file_size(weights_file) if weights_file is not None and weights_file.is_file() else
                        file_size(handle.path) if weights_file is None and handle.path is not None and handle.path.exists()

@@ -77,12 +77,13 @@ def paired_ratio(a: LatencyStats, b: LatencyStats) -> tuple[float, float]:
 
 
 def cpu_flags() -> str:
-    """The SIMD flags that change int8 speed-ups (AVX2, AVX-512, VNNI), and the CPU model."""
+    """The SIMD flags that change int8 and bfloat16 speed-ups (AVX2, AVX-512, VNNI, AVX512-BF16, AMX), and the
+    CPU model."""
     try:
         text = open("/proc/cpuinfo").read()
     except OSError:
         return "unknown"
-    flags = sorted(set(re.findall(r"\b(avx2|avx512f|avx512_vnni|avx_vnni|amx_int8)\b", text)))
+    flags = sorted(set(re.findall(r"\b(avx2|avx512f|avx512_vnni|avx_vnni|avx512_bf16|amx_int8|amx_bf16)\b", text)))
     model = re.search(r"model name\s*:\s*(.+)", text)
     return f"{model.group(1).strip() if model else 'cpu'} [{' '.join(flags) or 'no avx2'}]"
 

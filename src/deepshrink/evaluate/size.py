@@ -65,6 +65,32 @@ def param_count(model: Any) -> int:
     return int(sum(t.size for t in _tensors(model)))
 
 
+def counted_tensors(handle: Any) -> list[np.ndarray]:
+    """The tensors a handle's reported counts cover: an ONNX file's initializers; for a PyTorch model the
+    parameters its output depends on (a sentence encoder's unused BERT pooler is not counted, as its ONNX export
+    drops it and ``prune``/``distill`` summaries leave it out), every parameter when that cannot be measured (no
+    example inputs, a model too large to probe, a probe that fails)."""
+    if handle.kind == "torch" and handle.example_inputs is not None:
+        import torch
+
+        from ..backends.torch import counted_parameter_list
+
+        try:
+            probe = tuple(torch.as_tensor(np.asarray(handle.example_inputs[n])) for n in handle.input_names)
+        except (KeyError, TypeError, ValueError):
+            probe = None
+        used = counted_parameter_list(handle.model, probe)
+        if used is not None:
+            return [p.detach().cpu().float().numpy() for p in used]
+    return _tensors(handle.model)
+
+
+def counted_param_count(handle: Any) -> int:
+    """A handle's parameter count for reports (``bench``, ``info``): the elements of the tensors :func:`counted_tensors`
+    names."""
+    return int(sum(t.size for t in counted_tensors(handle)))
+
+
 def nonzero_count(model: Any) -> int:
     model = getattr(model, "model", model)
     return int(sum(np.count_nonzero(t) for t in _tensors(model)))
