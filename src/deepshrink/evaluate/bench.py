@@ -9,6 +9,7 @@ was meant to be compressed but is not faster than the first gets a warning.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,12 +105,17 @@ def _external_runner(path: Path, threads: int) -> tuple[str, Runner, list[str]] 
     return runtime, runner, names
 
 
-def _weights_per_model(weights: list[Any], models: list[Any]) -> list[Any] | None:
-    """``weights`` given as a list to :func:`bench`: one path (None, ``"-"``: none) per model, or one for all
-    (then None: the rule by source kind applies)."""
-    items = [None if w in (None, "-", "") else w for w in weights]
+def _weights_per_model(weights: Any, models: list[Any]) -> list[Any]:
+    """One weights path (None: none) per model from :func:`bench`'s ``weights``: a list of one per model (``"-"``:
+    none); else the one path goes to the ``module:factory`` sources, or to every model when none is a factory."""
+    from ..loading import is_factory_source
+
+    if weights is None:
+        return [None] * len(models)
+    items = [weights] if isinstance(weights, (str, os.PathLike)) else [None if w in ("-", "") else w for w in weights]
     if len(items) == 1:
-        return None
+        has_factory = any(is_factory_source(m) for m in models)
+        return [items[0] if is_factory_source(m) or not has_factory else None for m in models]
     if len(items) != len(models):
         raise InputError(f"{len(items)} --weights for {len(models)} models: give one for all, or one per model in "
                          "order ('-' for a model without)")
@@ -128,20 +134,14 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
     ``SOURCE + FILE`` and sized by that file. Raises :class:`InputError` for a list of another length."""
     from ..core.data import load_data
     from ..core.verbs import LOAD_OPTIONS, check_options
-    from ..loading import is_factory_source, load
+    from ..loading import load
 
     own = [n for n, p in inspect.signature(bench).parameters.items() if p.kind is p.KEYWORD_ONLY]
     check_options("bench", load_options, (*own, *LOAD_OPTIONS))
     if not models:
         raise InputError("bench needs at least one model")
-    has_factory = any(is_factory_source(m) for m in models)
     without_weights = {k: v for k, v in load_options.items() if k != "weights"}
-    per_model = None
-    if isinstance(load_options.get("weights"), (list, tuple)):
-        per_model = _weights_per_model(list(load_options["weights"]), models)
-        if per_model is None:  # one for all
-            one = load_options["weights"][0]
-            load_options = {**load_options, "weights": None if one in ("-", "") else one}
+    per_model = _weights_per_model(load_options.get("weights"), models)
     entries: list[tuple[str, str, Runner, int | None, int | None, list[str]]] = []
     first_handle: ModelHandle | None = None
     for i, m in enumerate(models):
@@ -152,10 +152,7 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
             runtime, runner, in_names = ext
             entries.append((label, runtime, runner, file_size(m), None, in_names))
             continue
-        if per_model is not None:
-            weights = per_model[i]
-        else:
-            weights = load_options.get("weights") if is_factory_source(m) or not has_factory else None
+        weights = per_model[i]
         opts = {**without_weights, **({"weights": weights} if weights is not None else {})}
         h = load(m, **opts) if not isinstance(m, ModelHandle) else m
         if first_handle is None:
