@@ -4,7 +4,7 @@ Each row runs ``deepshrink <argv>`` in-process (``run_app``) and asserts what th
 promises for input a user can get wrong or a stranger can forge:
 
 - exit status 2 and no traceback;
-- stderr is one non-empty line (two for a usage error: the line and ``Try '... --help'``), and it
+- stderr is one non-empty line (a usage error ends with its ``(see '... --help')`` hint), and it
   names the problem (``expect``, a case-insensitive substring);
 - nothing is left in the output folder (its listing, hidden files included, is the same before
   and after) and the inputs are untouched (the fixture folder's names, sizes and times);
@@ -610,7 +610,7 @@ def _run(case: Case, tmp_path: Path, fx: Path, capfd: pytest.CaptureFixture[str]
     shown = f"deepshrink {' '.join(argv)}\nstdout: {out[-2000:]}\nstderr: {err[-2000:]}"
     assert status == 2, shown
     assert "Traceback" not in out + err, shown
-    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("Try '") and "--help" in lines[1]), shown
+    assert len(lines) == 1, shown
     assert case.expect.lower() in lines[0].lower(), shown
     assert _listing(env.out) == before_out, f"files left behind in the output folder\n{shown}"
     assert _listing(fx) == before_fx, f"the shared inputs changed\n{shown}"

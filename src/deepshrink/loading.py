@@ -757,8 +757,16 @@ def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int | str, .
             raise InputError(f"--input-shape {n}:{given} names axis {fixed[0]} dynamic, but the ONNX file fixes it "
                              f"at {spec.shape[fixed[0]]} ({spec.describe()})")
         concrete[n] = tuple(_example_size(v, None) for v in shp)
+    # an input not given takes the sizes its named axes got in the inputs given (input_ids: 1x16 makes
+    # attention_mask [batch, sequence] 1x16 too; it was 1x1, and the graph would not run)
+    named: dict[str, int] = {}
+    for n, size in concrete.items():
+        spec = next(s for s in handle.inputs if s.name == n)
+        named.update((d, v) for d, v in zip(spec.shape, size, strict=True) if isinstance(d, str) and d)
     shapes = concrete
     rng = np.random.default_rng(0)
     handle.example_inputs = {
         s.name: (rng.standard_normal(shapes[s.name]).astype(s.np_dtype) if s.name in shapes
-                 else np.zeros(s.concrete(), s.np_dtype)) for s in handle.inputs}
+                 else np.zeros(tuple(named.get(d, c) if isinstance(d, str) and d else c
+                                     for d, c in zip(s.shape, s.concrete(), strict=True)), s.np_dtype))
+        for s in handle.inputs}

@@ -230,7 +230,8 @@ def test_layers_kept_float_on_purpose_are_not_warned_about(mlp_onnx, tmp_path, c
     out = tmp_path / "q.onnx"
     rc = run_app(["quantize", str(mlp_onnx), "-o", str(out), "--scheme", "int8-dynamic", "--per-channel",
                   "--data", "digits", "--repeats", "1", *select])
-    text = capsys.readouterr().out
+    cap = capsys.readouterr()
+    text = cap.out + cap.err
     assert rc == 0 and out.exists()
     assert "stayed float" not in text, text
     from deepshrink.quantize.api import float_weights
@@ -243,6 +244,6 @@ def test_stayed_float_says_why_for_convolutions_under_int8_dynamic(cnn_onnx, tmp
     out = tmp_path / "q.onnx"
     rc = run_app(["quantize", str(cnn_onnx), "-o", str(out), "--scheme", "int8-dynamic", "--data", "digits",
                   "--repeats", "1"])
-    text = capsys.readouterr().out
-    assert rc == 0 and "stayed float: Conv" in text
+    text = capsys.readouterr().err  # warnings go to stderr
+    assert rc == 0 and "warning: stayed float: Conv" in text
     assert "convolutions need --scheme int8-static" in " ".join(text.split())

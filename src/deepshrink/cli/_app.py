@@ -73,13 +73,18 @@ def gate_policy(min_cos: float, max_drop_points: float, allow_degraded: bool) ->
     return FidelityPolicy(min_cos=min_cos, max_drop=max_drop_points / 100.0, allow_degraded=allow_degraded)
 
 
+def warn(text: str) -> None:
+    """One ``warning:`` line on stderr (stdout keeps the result: a piped summary carries no warnings, and a
+    warning is not lost when stdout is redirected)."""
+    err_console.print("warning: " + text, style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
 def print_gate(verdict: Any) -> None:
     """A failed verdict the user chose to keep (``--allow-degraded``): one warning line."""
     from ..evaluate.gate import message
 
     if not verdict.passed:
-        console.print("warning: kept despite the fidelity gate (--allow-degraded): " + message(verdict),
-                      style="yellow", markup=False, highlight=False)
+        warn("kept despite the fidelity gate (--allow-degraded): " + message(verdict))
     elif verdict.reason:
         console.print("note: fidelity gate " + verdict.reason, style="dim", markup=False, highlight=False)
 
@@ -275,11 +280,11 @@ def _run(argv: list[str] | None) -> int:
             console.print(ctx.get_help() if ctx is not None else app.info.help, highlight=False, markup=False)
             return 0
         if kind == "usage":
-            err_console.print(f"[bold red]usage error:[/] {escape(first_line(exc.format_message(), 500) or '(no message)')}",
-                              highlight=False, soft_wrap=True)
+            # one line, the help hint at its end (click's own two-line form broke the one-line rule)
+            message = (first_line(exc.format_message(), 500) or "(no message)").rstrip(".")
             ctx = getattr(exc, "ctx", None)
-            if ctx is not None:
-                err_console.print(f"Try '{ctx.command_path} --help' for help.", highlight=False, markup=False)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            err_console.print(f"[bold red]usage error:[/] {escape(message + hint)}", highlight=False, soft_wrap=True)
             return 2
         if kind == "click":
             err_console.print(f"[bold red]error:[/] {escape(first_line(exc.format_message(), 500) or '(no message)')}", highlight=False,

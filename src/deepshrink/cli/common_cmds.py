@@ -21,6 +21,7 @@ from ._app import (
     console,
     fmt_bytes,
     print_json,
+    warn,
 )
 
 
@@ -75,8 +76,7 @@ def convert_cmd(
         console.print(f"{'torchscript' if used == 'dynamo' else 'dynamo'} exporter failed ({fallback}); used {used}",
                       style="yellow", markup=False, highlight=False, soft_wrap=True)
     if meta.get("deepshrink.static_dims_reason"):
-        console.print("warning: " + meta["deepshrink.static_dims_reason"], style="yellow", markup=False, highlight=False,
-                      soft_wrap=True)
+        warn(meta["deepshrink.static_dims_reason"])
     console.print(f"wrote {result.output}")
 
 
@@ -105,7 +105,7 @@ def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or mo
                      if res["file_bytes"] else ""))
     if res.get("flops") is not None:
         console.print(f"  FLOPs (batch 1) {res['flops']:,}"
-                      + (f" at {res['flops_shape']}" if res.get("flops_shape") else ""), markup=False)
+                      + (f", {res['flops_shape']}" if res.get("flops_shape") else ""), markup=False)
     if res.get("flops_note"):
         console.print(f"  note: {res['flops_note']}", style="yellow", markup=False, highlight=False)
     ops = ", ".join(f"{k}×{v}" for k, v in list(res["ops"].items())[:20])
@@ -140,7 +140,7 @@ def print_bench(result: Any) -> None:
                       "(" + "; ".join(worst) + ")", style="dim", markup=False, highlight=False)
     console.print(f"CPU: {result.cpu}", style="dim", markup=False)
     for w in result.warnings:
-        console.print("warning: " + w, style="yellow", markup=False)
+        warn(w)
 
 
 @app.command("bench")

@@ -24,6 +24,7 @@ from ._app import (
     gate_policy,
     print_gate,
     print_json,
+    warn,
 )
 
 
@@ -83,7 +84,7 @@ def print_summary(report: dict) -> None:
     console.print(table)
     for s in report["steps"]:
         for f in s["flags"]:
-            console.print(f"warning: {s['name']}: {f['message']}", style="yellow", markup=False, highlight=False)
+            warn(f"{s['name']}: {f['message']}")
 
 
 @app.command("recipes")

@@ -35,6 +35,7 @@ from ._app import (
     load_model,
     print_gate,
     print_json,
+    warn,
 )
 
 LOSSES = ("auto", "kd", "embedding", "hidden", "attention")
@@ -202,8 +203,8 @@ def distill_cmd(
         from ..train import native_bf16
 
         if not native_bf16():
-            console.print("warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --mixed-precision bf16 "
-                          "runs, but slower than float32", style="yellow", markup=False)
+            warn("this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --mixed-precision bf16 runs, but slower "
+                 "than float32")
     if nproc > 1 and world == 1:
         raise typer.Exit(_launch(nproc))
     if world > 1 and config.batch_size % world:
@@ -303,7 +304,7 @@ def print_report(report: Any, evaluated_on: str = "the evaluation data") -> None
     if report.layer_map:
         console.print(f"  layer map (teacher layer per student layer) {report.layer_map}", highlight=False)
     for w in (report.width or {}).get("warnings", []):  # what the width derivation left unpruned, and why
-        console.print("warning: " + w, style="yellow", markup=False)
+        warn(w)
     if report.first_loss is not None:
         console.print(f"  {report.objective or report.loss} loss {report.first_loss:.4f} → {report.last_loss:.4f} over {report.steps} steps, "
                       f"{report.epochs} epoch{'s' * (report.epochs != 1)}, {report.world_size} process(es)"

@@ -25,6 +25,7 @@ from ._app import (
     app,
     console,
     print_json,
+    warn,
 )
 
 
@@ -71,5 +72,5 @@ def optimize_cmd(
 
     print_bench(table)
     for w in res.warnings:
-        console.print("warning: " + w, style="yellow", markup=False)
+        warn(w)
     console.print(f"wrote {output}")

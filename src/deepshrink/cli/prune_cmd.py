@@ -28,6 +28,7 @@ from ._app import (
     load_model,
     print_gate,
     print_json,
+    warn,
 )
 from ._options import options_given, refuse_inapplicable
 
@@ -186,7 +187,7 @@ def _print_summary(report: Any) -> None:
         console.print(f"  fine-tuned with a BatchNorm after each of {report.batchnorm_inserted} convolution(s) (the "
                       "ONNX exporter had folded them away), folded back into them after", highlight=False)
     for w in report.warnings:
-        console.print("warning: " + w, style="yellow", markup=False)
+        warn(w)
 
 
 def _save(handle: Any, output: Path, *, force: bool, src: str) -> Any:

@@ -29,6 +29,7 @@ from ._app import (
     load_model,
     print_gate,
     print_json,
+    warn,
 )
 from ._options import options_given, refuse_inapplicable
 
@@ -173,14 +174,13 @@ def quantize_cmd(
     rep = result.report
     console.print(f"[bold]{rep.get('scheme')}[/]: {describe(rep)}", highlight=False)
     if rep.get("conv_integer"):
-        console.print("warning: " + rep["conv_integer"], style="yellow", markup=False, highlight=False)
+        warn(rep["conv_integer"])
     fw = _unasked_float(rep.get("float_weights") or {}, include or [], exclude or [])
     if fw.get("share", 0.0) > 0.1 and fw.get("nodes"):
         listed = ", ".join(f"{r['node']} ({', '.join(r['weights'])})" for r in fw["nodes"][:4])
         more = f" and {len(fw['nodes']) - 4} more" if len(fw["nodes"]) > 4 else ""
-        console.print(f"warning: stayed float: {listed}{more} — {100 * fw['share']:.0f}% of the float model's "
-                      "weight bytes" + _why_float(scheme, {r["node"].partition(" ")[0] for r in fw["nodes"]}),
-                      style="yellow", markup=False, highlight=False)
+        warn(f"stayed float: {listed}{more} — {100 * fw['share']:.0f}% of the float model's weight bytes"
+             + _why_float(scheme, {r["node"].partition(" ")[0] for r in fw["nodes"]}))
     if "auto" in rep:
         from ..quantize.onnx.auto import summary_from_dict
 
@@ -191,7 +191,7 @@ def quantize_cmd(
         print_bench(table)
     print_gate(verdict)
     if slower:
-        console.print(f"warning: {slower} (kept: --allow-slower)", style="yellow", markup=False, highlight=False)
+        warn(f"{slower} (kept: --allow-slower)")
     console.print(f"wrote {output}")
 
 
@@ -305,18 +305,16 @@ def _stream(src: str, output: Path, config: Any, policy: Any, json_out: bool, *,
                   "table and gate are skipped: they would hold the float model in memory)", highlight=False,
                   markup=False)
     if rep.float_left > 0.1:
-        console.print(f"warning: stayed float: {', '.join(rep.float_left_largest)} — {100 * rep.float_left:.0f}% of the "
-                      "float model's weight bytes (streaming quantizes MatMul weights only)", style="yellow",
-                      markup=False, highlight=False)
+        warn(f"stayed float: {', '.join(rep.float_left_largest)} — {100 * rep.float_left:.0f}% of the float model's "
+             "weight bytes (streaming quantizes MatMul weights only)")
     unused = [flag for flag, given in (("--data", data is not None and not gptq), ("--eval-data", eval_data is not None))
               if given]
     if unused:
         console.print(f"note: {' / '.join(unused)} not used: a streamed model is judged by its weights",
                       style="dim", markup=False, highlight=False)
     if rep.worst_cosine < policy.min_cos:
-        console.print(f"warning: kept despite the fidelity gate (--allow-degraded): layer {rep.worst_layer}'s weight "
-                      f"cosine {rep.worst_cosine:.4f} is below {policy.min_cos}", style="yellow", markup=False,
-                      highlight=False)
+        warn(f"kept despite the fidelity gate (--allow-degraded): layer {rep.worst_layer}'s weight cosine "
+             f"{rep.worst_cosine:.4f} is below {policy.min_cos}")
     console.print(f"wrote {output}")
 
 

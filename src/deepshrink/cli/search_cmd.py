@@ -19,6 +19,7 @@ from ._app import (
     app,
     console,
     print_json,
+    warn,
 )
 
 EXIT_BUDGET_NOT_MET = 4
@@ -123,7 +124,7 @@ def search_cmd(
     console.print(f"chosen: trial {c['trial']} ({choices_text(c['choices'])}): "
                   f"{c['size_ratio']:.3f}x the size{lat}; {fid} on held-out samples", highlight=False, markup=False)
     for w in res.report["verdict"]["warnings"]:
-        console.print(f"warning: {w}", style="yellow", highlight=False, markup=False)
+        warn(w)
     best = res.files.get("best.dsz") or res.files["best.onnx"]
     console.print(f"wrote {best}, {res.files['best.yaml']}; report: {res.files['report.md']}",
                   highlight=False, markup=False)

@@ -114,16 +114,24 @@ def info(model: Any, *, layer_names: bool = False, **load_options: Any) -> dict[
         except Exception as exc:  # FLOPs are informative; a model we can't count is still valid
             result["flops"] = None
             result["flops_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        from ..core.shapes import image_axes
+
+        dynamic = [s for s in handle.inputs if image_axes(s) is None
+                   and any(not (isinstance(d, int) and d > 0) for d in s.shape[1:])]
+        given = bool(load_options.get("input_shapes") or load_options.get("data") is not None)
         if assumed_image:
             result["flops_shape"] = "; ".join(assumed_image)
-        if handle.example_inputs is None:  # other dynamic non-batch dims were filled with 1: say so
-            from ..core.shapes import image_axes
-
-            assumed = [s.name for s in handle.inputs if image_axes(s) is None
-                       and any(not (isinstance(d, int) and d > 0) for d in s.shape[1:])]
-            if assumed:
-                result["flops_note"] = (f"dynamic dims of {', '.join(assumed)} counted as 1; pass --input-shape "
-                                        "NAME:1x3x224x224 for the size you run")
+        elif dynamic and handle.example_inputs is not None and not given:
+            # sizes the model came with (a Hugging Face folder's sample text, a .pt2's recorded example): say which
+            sample = handle.sample_inputs(batch=1)
+            result["flops_shape"] = "; ".join(f"{s.name} at {'x'.join(map(str, sample[s.name].shape))}"
+                                              for s in dynamic) + " (the model's example inputs)"
+        if handle.example_inputs is None and dynamic:  # other dynamic non-batch dims were filled with 1: say so
+            first = dynamic[0]
+            like = "x".join(str(d) if isinstance(d, int) and d > 0 else "1" if i == 0 else "128"
+                            for i, d in enumerate(first.shape))
+            result["flops_note"] = (f"dynamic dims of {', '.join(s.name for s in dynamic)} counted as 1; pass "
+                                    f"--input-shape {first.name}:{like} (the sizes you run) to count those")
     if layer_names:
         result["layers"] = layers(handle)
     return result
