@@ -39,7 +39,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", help="after a one-l
 def _console(stderr: bool) -> Console:
     probe = Console(stderr=stderr)
     # piped output (CI logs, `| less`) would otherwise be squeezed to 80 columns
-    return probe if probe.is_terminal else Console(stderr=stderr, width=160)
+    # and lines of text are not broken at all (soft wrap: a list of ops stays one line for grep); tables keep 160
+    return probe if probe.is_terminal else Console(stderr=stderr, width=160, soft_wrap=True)
 
 
 console = _console(False)
