@@ -74,6 +74,31 @@ def gate_policy(min_cos: float, max_drop_points: float, allow_degraded: bool) ->
     return FidelityPolicy(min_cos=min_cos, max_drop=max_drop_points / 100.0, allow_degraded=allow_degraded)
 
 
+MixedPrecisionOpt = Annotated[str, typer.Option("--mixed-precision", help="no | bf16: training's forward passes in bfloat16 (weights and losses float32); about half the time per step on CPUs with bfloat16 instructions (AVX512-BF16, AMX)")]
+
+
+def mixed_precision_option(value: str) -> str:
+    """``--mixed-precision``: ``no`` (also ``fp32``, ``float32``) or ``bf16`` (also ``bfloat16``), any case;
+    raises :class:`InputError` otherwise."""
+    from ..errors import InputError
+
+    v = value.strip().lower()
+    if v in ("no", "fp32", "float32"):
+        return "no"
+    if v in ("bf16", "bfloat16"):
+        return "bf16"
+    raise InputError(f"--mixed-precision {value!r}: use no (float32) or bf16 (bfloat16)")
+
+
+def warn_without_bf16(mode: str) -> None:
+    """A ``warning:`` line when ``mode`` is ``bf16`` on a CPU without bfloat16 instructions (it runs, slower)."""
+    from ..train import native_bf16
+
+    if mode == "bf16" and not native_bf16():
+        warn("this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --mixed-precision bf16 runs, but slower "
+             "than float32")
+
+
 def warn(text: str) -> None:
     """One ``warning:`` line on stderr (stdout keeps the result: a piped summary carries no warnings, and a
     warning is not lost when stdout is redirected)."""

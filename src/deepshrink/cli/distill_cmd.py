@@ -24,6 +24,7 @@ from ._app import (
     ForceOpt,
     InputShapeOpt,
     JsonOpt,
+    MixedPrecisionOpt,
     RepeatsOpt,
     ThreadsOpt,
     TrustOpt,
@@ -33,9 +34,11 @@ from ._app import (
     err_console,
     gate_policy,
     load_model,
+    mixed_precision_option,
     print_gate,
     print_json,
     warn,
+    warn_without_bf16,
 )
 
 LOSSES = ("auto", "kd", "embedding", "hidden", "attention")
@@ -89,16 +92,6 @@ def config_for(loss: str, **fields: Any) -> Any:
     return DistillConfig.build(**{k: v for k, v in fields.items() if v is not None}, **extra)
 
 
-def _precision(value: str) -> str:
-    """``--mixed-precision``: ``no`` (also ``fp32``, ``float32``) or ``bf16`` (also ``bfloat16``), any case."""
-    v = value.strip().lower()
-    if v in ("no", "fp32", "float32"):
-        return "no"
-    if v in ("bf16", "bfloat16"):
-        return "bf16"
-    raise InputError(f"--mixed-precision {value!r}: use no (float32) or bf16 (bfloat16)")
-
-
 def parse_layer_map(spec: str | None) -> str | tuple[int, ...] | None:
     """``--layer-map``: ``uniform`` / ``kept``, or teacher layers separated by commas (``0,4,5``)."""
     if spec is None or spec in ("uniform", "kept"):
@@ -136,7 +129,7 @@ def distill_cmd(
     dropout: Annotated[float | None, typer.Option("--dropout", help="the student's dropout probability while it trains (default: the model's own; 0 helps a student recover its teacher exactly)")] = None,
     group_by_length: Annotated[bool, typer.Option("--group-by-length", help="text data: batch sentences of similar length together (less padding per step)")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="global batch size (split over --nproc)")] = 32,
-    mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no | bf16: forward passes in bfloat16 (weights and losses float32); about half the time per step on CPUs with bfloat16 instructions (AVX512-BF16, AMX)")] = "no",
+    mixed_precision: MixedPrecisionOpt = "no",
     seed: Annotated[int, typer.Option("--seed", help="seed of the data order, projections and dropout")] = 0,
     nproc: Annotated[int, typer.Option("--nproc", help="data-parallel processes (DistributedDataParallel)")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its checkpoint")] = False,
@@ -186,7 +179,7 @@ def distill_cmd(
                         metric=metric, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                         checkpoint_every=checkpoint_every, layer_map=parse_layer_map(layer_map),
                         lr_schedule=lr_schedule, warmup=warmup, freeze=tuple(freeze or ()), dropout=dropout,
-                        group_by_length=group_by_length, mixed_precision=_precision(mixed_precision))
+                        group_by_length=group_by_length, mixed_precision=mixed_precision_option(mixed_precision))
     policy = None
     if gate_min_cos is not None or gate_max_drop is not None:
         import dataclasses
@@ -199,12 +192,8 @@ def distill_cmd(
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank == 0:
         check_output(output, inputs=(teacher, weights, student), force=force)
-    if config.mixed_precision == "bf16" and rank == 0 and world == 1 and not json_out:
-        from ..train import native_bf16
-
-        if not native_bf16():
-            warn("this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --mixed-precision bf16 runs, but slower "
-                 "than float32")
+    if rank == 0 and world == 1 and not json_out:
+        warn_without_bf16(config.mixed_precision)
     if nproc > 1 and world == 1:
         raise typer.Exit(_launch(nproc))
     if world > 1 and config.batch_size % world:

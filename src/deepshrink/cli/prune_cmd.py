@@ -18,6 +18,7 @@ from ._app import (
     GateDropOpt,
     InputShapeOpt,
     JsonOpt,
+    MixedPrecisionOpt,
     RepeatsOpt,
     ThreadsOpt,
     TrustOpt,
@@ -26,9 +27,11 @@ from ._app import (
     console,
     gate_policy,
     load_model,
+    mixed_precision_option,
     print_gate,
     print_json,
     warn,
+    warn_without_bf16,
 )
 from ._options import options_given, refuse_inapplicable
 
@@ -89,6 +92,7 @@ def prune_cmd(
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="fine-tune epochs on --data (gradual: total epochs, default 30)")] = 0,
     lr: Annotated[float | None, typer.Option("--lr", help="fine-tune learning rate (default 1e-3; gradual 2e-3)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="fine-tune batch size")] = 64,
+    mixed_precision: MixedPrecisionOpt = "no",
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: --data, less the samples fine-tuning uses)")] = None,
     repeats: RepeatsOpt = 30, threads: ThreadsOpt = 2,
     allow_degraded: AllowDegradedOpt = False, gate_min_cos: GateCosOpt = 0.9, gate_max_drop: GateDropOpt = 5.0,
@@ -120,7 +124,12 @@ def prune_cmd(
     suffix = formats.require(output, ("onnx", "pt2", "safetensors")).suffixes[0]
     if batch_size < 1 or finetune_epochs < 0 or repeats < 1 or threads < 1:
         raise InputError("--batch-size, --repeats and --threads must be >= 1, --finetune-epochs >= 0")
+    precision = mixed_precision_option(mixed_precision)
+    if precision != "no" and not (finetune_epochs > 0 or method == "gradual"):
+        raise InputError("--mixed-precision applies to training: give --finetune-epochs N (or --method gradual)")
     check_output(output, inputs=(src, weights), force=force)
+    if not json_out:
+        warn_without_bf16(precision)
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
     if suffix == ".safetensors" and (handle.kind == "onnx" or handle.path is not None and handle.path.suffix == ".pt2"):
         raise InputError(f"{output.name}: a .safetensors file holds weights for a module:factory source or a Hugging "
@@ -137,7 +146,8 @@ def prune_cmd(
         used = len(ds) if trains else min(len(ds), max(getattr(config, "reconstruct_samples", 0) if reconstruct else 0,
                                                         ACTIVATION_SAMPLES if scores else 0))
         ds, held, _spared = gate.split_holdout(ds, used)
-    pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out)
+    pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out,
+                                       mixed_precision=precision)
     try:
         table, verdict = gate.write_checked(  # nothing lands unless the gate passes
             original, pruned, output, held=held, policy=policy,
@@ -178,7 +188,8 @@ def _print_summary(report: Any) -> None:
                       "pixels or samples, as the layer reads them): output error vs the "
                       f"unpruned layers {mean[0]:.4f} → {mean[1]:.4f} (mean relative squared error)", highlight=False)
     if report.finetune_loss:
-        console.print(f"fine-tuned {report.finetune_epochs} epoch(s): training loss {report.finetune_loss[0]:.4f} → "
+        bf16 = " in bfloat16 mixed precision" if report.mixed_precision == "bf16" else ""
+        console.print(f"fine-tuned {report.finetune_epochs} epoch(s){bf16}: training loss {report.finetune_loss[0]:.4f} → "
                       f"{report.finetune_loss[1]:.4f}", highlight=False)
     if report.batchnorm_recalibrated:
         console.print(f"  BatchNorm statistics recomputed on the training data for {report.batchnorm_recalibrated} "

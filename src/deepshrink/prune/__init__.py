@@ -74,6 +74,7 @@ class PruneReport:
     finetune_loss: list[float] | None = None  # training loss of the first and the last fine-tune step
     batchnorm_recalibrated: int = 0  # BatchNorm layers with momentum 0 whose statistics fine-tuning recomputed
     batchnorm_inserted: int = 0  # an ONNX import's convolutions given a BatchNorm while fine-tuning, folded after
+    mixed_precision: str = "no"  # the fine-tune's forward passes: "no" (float32) or "bf16" (bfloat16 autocast)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +95,7 @@ class PruneReport:
 
 def prune(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None,
           example_inputs: tuple[torch.Tensor, ...] | dict[str, np.ndarray] | None = None,
-          batch_size: int = 64, seed: int = 0, progress: bool = True) -> Result:
+          batch_size: int = 64, seed: int = 0, progress: bool = True, mixed_precision: str = "no") -> Result:
     """Prune a copy of ``model`` per ``config`` (the caller's model is left as it was).
 
     Returns a :class:`~deepshrink.core.result.Result`: ``.model`` a torch handle on the pruned
@@ -104,7 +105,8 @@ def prune(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = No
     report lists as left alone (layers pruning could not touch) is also issued once each as a
     ``UserWarning`` pointing at the caller."""
     pruned, report = prune_with_report(model, config, data=data, example_inputs=example_inputs,
-                                       batch_size=batch_size, seed=seed, progress=progress)
+                                       batch_size=batch_size, seed=seed, progress=progress,
+                                       mixed_precision=mixed_precision)
     for m in report.warnings:
         warnings.warn(m, stacklevel=2)
     if not isinstance(pruned, ModelHandle):
@@ -130,14 +132,20 @@ def _layer_sparsity(module: nn.Module) -> list[dict[str, Any]]:
 
 def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, data: Any = None,
                       example_inputs: tuple[torch.Tensor, ...] | dict[str, np.ndarray] | None = None,
-                      batch_size: int = 64, seed: int = 0, progress: bool = True
+                      batch_size: int = 64, seed: int = 0, progress: bool = True, mixed_precision: str = "no"
                       ) -> tuple[nn.Module | ModelHandle, PruneReport]:
     """Prune a copy of ``model`` (the caller's module is not changed) and report.
     ``data``: ``(x..., y)`` arrays or a deepshrink ``Dataset`` with labels (needed for
     fine-tuning, gradual pruning and Taylor importance). ``example_inputs``: for the structured
     graph capture (defaults to the handle's examples or the data). Nothing is issued through
     :mod:`warnings`: what was left alone is in ``report.warnings``, each message once, for the
-    caller to show (the CLI prints each as one ``warning:`` line)."""
+    caller to show (the CLI prints each as one ``warning:`` line). ``mixed_precision``: the fine-tune's (and
+    gradual pruning's) forward passes, ``"no"`` (float32) or ``"bf16"`` (bfloat16 autocast,
+    :class:`deepshrink.train.Trainer`); raises :class:`InputError` for another value."""
+    from ..train.trainer import MIXED_PRECISION
+
+    if mixed_precision not in MIXED_PRECISION:
+        raise InputError(f"unknown mixed_precision {mixed_precision!r}; use {' or '.join(MIXED_PRECISION)}")
     handle = model if isinstance(model, ModelHandle) else None
     if handle is not None:
         if handle.kind != "torch":
@@ -157,7 +165,7 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
     if data_inputs is not None:
         _check_data_fits(module, data_inputs, getattr(data, "source", "the data"))
     opts = {"data": data, "example_inputs": data_inputs or example_inputs, "batch_size": batch_size,
-            "seed": seed, "progress": progress}
+            "seed": seed, "progress": progress, "mixed_precision": mixed_precision}
     probe = _probe(data_inputs or example_inputs)
     used_before = counted_parameters(module, probe)
     pruned, report = handler_for(config)(module, config, **opts)
@@ -211,7 +219,8 @@ def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source
 
 
 def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_size: int, seed: int, progress: bool,
-              callbacks: list[Any] | None = None, what: str, lr_schedule: str = "constant") -> dict[str, Any]:
+              callbacks: list[Any] | None = None, what: str, lr_schedule: str = "constant",
+              mixed_precision: str = "no") -> dict[str, Any]:
     """Fine-tune ``module`` in place on labelled ``data``; returns the :class:`PruneReport` fields it fills."""
     from ..train import Trainer
     from .unstructured import HoldMasks
@@ -229,13 +238,15 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
     pairs = batchnorm_for_training(module, train[:-1], batch_size, steps=epochs * -(-len(labels) // batch_size))
     try:
         res = Trainer(module, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
-                      callbacks=[*(callbacks or []), HoldMasks(module)], lr_schedule=lr_schedule).fit(train)
+                      callbacks=[*(callbacks or []), HoldMasks(module)], lr_schedule=lr_schedule,
+                      mixed_precision=mixed_precision).fit(train)
     except (RuntimeError, IndexError) as exc:
         raise InputError(f"{what} failed on the data: {first_line(exc)}") from None
     finally:
         fold_batchnorm(module, pairs)
     return {"finetune_loss": [res.losses[0], res.losses[-1]] if res.losses else None,
-            "batchnorm_recalibrated": res.batchnorm_recalibrated, "batchnorm_inserted": len(pairs)}
+            "batchnorm_recalibrated": res.batchnorm_recalibrated, "batchnorm_inserted": len(pairs),
+            "mixed_precision": mixed_precision}
 
 
 def _report(method: str, before: int, sp_before: float, module: nn.Module, layers: dict[str, nn.Module] | None = None,
@@ -247,7 +258,7 @@ def _report(method: str, before: int, sp_before: float, module: nn.Module, layer
 
 @register(MagnitudePruneConfig)
 def _magnitude(module: nn.Module, config: MagnitudePruneConfig, *, data: Any, batch_size: int, seed: int,
-               progress: bool, **_: Any) -> tuple[nn.Module, PruneReport]:
+               progress: bool, mixed_precision: str = "no", **_: Any) -> tuple[nn.Module, PruneReport]:
     from .unstructured import apply_masks, magnitude_masks, remove_masks
 
     before, sp0 = count_params(module), sparsity_of(module)
@@ -259,14 +270,14 @@ def _magnitude(module: nn.Module, config: MagnitudePruneConfig, *, data: Any, ba
     trained: dict[str, Any] = {}
     if config.finetune_epochs:
         trained = _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
-                            progress=progress, what="fine-tuning")
+                            progress=progress, what="fine-tuning", mixed_precision=mixed_precision)
     remove_masks(module)
     return module, _report("magnitude", before, sp0, module, layers, finetune_epochs=config.finetune_epochs, **trained)
 
 
 @register(NMPruneConfig)
 def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int, seed: int, progress: bool,
-        **_: Any) -> tuple[nn.Module, PruneReport]:
+        mixed_precision: str = "no", **_: Any) -> tuple[nn.Module, PruneReport]:
     from .unstructured import apply_masks, nm_masks, remove_masks
 
     before, sp0 = count_params(module), sparsity_of(module)
@@ -282,7 +293,7 @@ def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int,
     trained: dict[str, Any] = {}
     if config.finetune_epochs:
         trained = _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
-                            progress=progress, what="fine-tuning")
+                            progress=progress, what="fine-tuning", mixed_precision=mixed_precision)
     remove_masks(module)
     msgs = _unique(str(w.message) for w in caught)
     return module, _report(f"nm {config.n}:{config.m}", before, sp0, module, layers, warnings=msgs,
@@ -291,7 +302,7 @@ def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int,
 
 @register(GradualPruneConfig)
 def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_size: int, seed: int,
-             progress: bool, **_: Any) -> tuple[nn.Module, PruneReport]:
+             progress: bool, mixed_precision: str = "no", **_: Any) -> tuple[nn.Module, PruneReport]:
     from .unstructured import GradualPruneCallback, remove_masks
 
     before, sp0 = count_params(module), sparsity_of(module)
@@ -300,7 +311,8 @@ def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_
     cb = GradualPruneCallback(layers, initial=config.initial_sparsity, final=config.final_sparsity,
                               begin=config.begin, end=config.end, frequency=config.frequency, scope=config.scope)
     trained = _finetune(module, data, config.epochs, config.lr, batch_size=batch_size, seed=seed, progress=progress,
-                        callbacks=[cb], what="gradual pruning", lr_schedule=config.lr_schedule)
+                        callbacks=[cb], what="gradual pruning", lr_schedule=config.lr_schedule,
+                        mixed_precision=mixed_precision)
     remove_masks(module)
     return module, _report("gradual", before, sp0, module, layers, finetune_epochs=config.epochs,
                            schedule=cb.history, **trained)
@@ -308,7 +320,7 @@ def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_
 
 @register(StructuredPruneConfig)
 def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, example_inputs: Any,
-                batch_size: int, seed: int, progress: bool, **_: Any) -> tuple[nn.Module, PruneReport]:
+                batch_size: int, seed: int, progress: bool, mixed_precision: str = "no", **_: Any) -> tuple[nn.Module, PruneReport]:
     from .structured import structured_prune
     from .structured.reconstruct import mask_index as reconstruct_mask_index
 
@@ -355,7 +367,7 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     trained: dict[str, Any] = {}
     if config.finetune_epochs:
         trained = _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
-                            progress=progress, what="fine-tuning")
+                            progress=progress, what="fine-tuning", mixed_precision=mixed_precision)
     groups = [{"name": g.name, "kind": g.kind, "size": g.size, "kept": int(len(g.keep)),
                "members": sorted({m.module for m in g.members})} for g in pruned]  # type: ignore[arg-type]
     return module, _report("structured", before, sp0, module, groups=groups, warnings=msgs,
