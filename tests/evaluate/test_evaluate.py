@@ -282,3 +282,28 @@ def test_info_layers_lists_recurrent_nodes_of_an_onnx_file(tmp_path, gru_classif
     rows = ds.info(tmp_path / "gru.onnx", layer_names=True)["layers"]
     assert [r["op"] for r in rows] == ["GRU", "Gemm"]  # graph order
     assert rows[0]["params"] == 3 * 48 * (8 + 48) and rows[0]["node"]
+
+
+def test_a_pt2_counts_the_parameters_its_output_depends_on_as_its_module_does(tmp_path):
+    """A `.pt2` graph refuses ``eval()``; the count fell back to every parameter (MiniLM's unused pooler in:
+    22,713,216 against its folder's 22,565,376)."""
+    import torch
+    from torch import nn
+
+    import deepshrink as ds
+
+    class WithPooler(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+            self.pooler = nn.Linear(4, 4)  # computed by nothing the output reads
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    m = WithPooler().eval()
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(m, (torch.randn(2, 8),)), str(path))
+    assert ds.info(path)["parameters"] == 8 * 4 + 4  # the pooler's 20 left out
+    assert ds.info(m, input_shapes=["x:1x8"])["parameters"] == 8 * 4 + 4

@@ -73,11 +73,15 @@ def used_parameters(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> list[nn.Pa
     """The parameters of ``m`` its output depends on: one backward from the sum of its floating-point outputs on
     ``probe`` (its positional inputs, eval mode). A BERT pooler beside the mean-pooled output a sentence encoder
     returns is left out, as the ONNX export leaves it out, so a summary counts what the written files hold. Every
-    parameter when no output carries a gradient; ``m``'s mode and ``requires_grad`` flags are restored."""
+    parameter when no output carries a gradient; ``m``'s mode and ``requires_grad`` flags are restored (a ``.pt2``
+    graph, which has no mode to switch, runs as traced)."""
     params = list(m.parameters())
     flags = [p.requires_grad for p in params]
     was = m.training
-    m.eval()
+    try:  # a module unpacked from a .pt2 refuses eval(): its graph was traced in the mode it runs in
+        m.eval()
+    except NotImplementedError:
+        was = None
     try:
         for p in params:
             p.requires_grad_(True)
@@ -90,7 +94,8 @@ def used_parameters(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> list[nn.Pa
     finally:
         for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)
-        m.train(was)
+        if was is not None:
+            m.train(was)
 
 
 def used_parameter_count(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> int:
@@ -103,8 +108,8 @@ USED_PARAMS_MAX = 200_000_000  # above this, one backward's gradients would cost
 
 def counted_parameters(module: nn.Module, probe: tuple[torch.Tensor, ...] | None) -> int | None:
     """:func:`used_parameter_count` where it is cheap and possible: None without a probe, for a model of more than
-    :data:`USED_PARAMS_MAX` parameters, or when the probe does not run (an exported graph cannot switch modes) —
-    the caller then counts every parameter."""
+    :data:`USED_PARAMS_MAX` parameters, or when the probe does not run — the caller then counts every
+    parameter."""
     used = counted_parameter_list(module, probe)
     return None if used is None else sum(p.numel() for p in used)
 

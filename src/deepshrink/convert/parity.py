@@ -199,19 +199,8 @@ def check_parity(ref: ModelHandle, cand: ModelHandle, *, inputs: list[dict[str, 
                  raise_on_fail: bool = False, seed: int = 0) -> ParityReport:
     """Compare ``cand`` against ``ref`` on the same inputs; bisect on failure."""
     input_sets = inputs or parity_inputs(ref, data, seed=seed)
-    ref_sess = make_session(ref.model) if ref.kind == "onnx" else None
     cand_sess = make_session(cand.model) if cand.kind == "onnx" else None
-    per_out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    n = n_random = 0
-    for feed in input_sets:
-        r = run_model(ref, feed, ref_sess)
-        c = run_model(cand, feed, cand_sess)
-        if len(r) != len(c):
-            raise ParityError(f"the models disagree on the number of outputs: {len(r)} vs {len(c)}")
-        for i, (a, b) in enumerate(zip(r, c, strict=True)):
-            per_out.setdefault(i, []).append((a, b))
-        n += len(next(iter(feed.values())))
-        n_random += len(next(iter(feed.values()))) if isinstance(feed, _Drawn) else 0
+    per_out, n, n_random = _run_pairs(ref, lambda feed: run_model(cand, feed, cand_sess), input_sets)
     # an ONNX file's own output names; a PyTorch candidate (a .pt2) only has generic ones: the reference's
     names = (cand.output_names or ref.output_names) if cand.kind == "onnx" else (ref.output_names or cand.output_names)
     diffs = [merge_outputs(pairs, names[i] if i < len(names) else f"output_{i}") for i, pairs in per_out.items()]
@@ -228,6 +217,29 @@ def check_parity(ref: ModelHandle, cand: ModelHandle, *, inputs: list[dict[str, 
     if not ok and raise_on_fail:
         raise ParityError(f"outputs differ: max-abs {report.max_abs:.3g} > tolerance", report)
     return report
+
+
+def _run_pairs(ref: ModelHandle, run_cand: Callable[[dict[str, np.ndarray]], list[np.ndarray]],
+               sets: list[dict[str, np.ndarray]], *, conform: bool = False
+               ) -> tuple[dict[int, list[tuple[np.ndarray, np.ndarray]]], int, int]:
+    """Run ``ref`` and the candidate on every input set: per output index the ``(reference, candidate)``
+    pairs, the samples compared (axis 0 of each set) and how many of them were random draws. ``conform``
+    (a foreign runtime): outputs are paired by position as far as both go, each candidate output reshaped
+    to its reference's shape (TFLite returns some flattened); else a count that differs raises
+    :class:`ParityError`."""
+    ref_sess = make_session(ref.model) if ref.kind == "onnx" else None
+    pairs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    n = n_random = 0
+    for feed in sets:
+        r, c = run_model(ref, feed, ref_sess), run_cand(feed)
+        if not conform and len(r) != len(c):
+            raise ParityError(f"the models disagree on the number of outputs: {len(r)} vs {len(c)}")
+        for i, (a, b) in enumerate(zip(r, c, strict=False)):
+            pairs.setdefault(i, []).append((np.asarray(a), np.asarray(b).reshape(np.shape(a))) if conform else (a, b))
+        rows = len(next(iter(feed.values())))
+        n += rows
+        n_random += rows if isinstance(feed, _Drawn) else 0
+    return pairs, n, n_random
 
 
 def _rows(x: np.ndarray) -> np.ndarray:
@@ -368,15 +380,7 @@ def parity_against(ref: ModelHandle, runner: Callable[[dict[str, np.ndarray]], l
     OpenVINO, Keras) against the ONNX/torch ``ref``: ``runner(feed) -> outputs`` on the same
     input sets as :func:`check_parity` (``inputs``, else ``data`` plus fresh random batches)."""
     sets = inputs or parity_inputs(ref, data, batches=batches)
-    pairs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    n = n_random = 0
-    for feed in sets:
-        r = run_model(ref, feed)
-        c = runner(feed)
-        for i, (a, b) in enumerate(zip(r, c, strict=False)):
-            pairs.setdefault(i, []).append((np.asarray(a), np.asarray(b).reshape(np.shape(a))))
-        n += len(next(iter(feed.values())))
-        n_random += len(next(iter(feed.values()))) if isinstance(feed, _Drawn) else 0
+    pairs, n, n_random = _run_pairs(ref, runner, sets, conform=True)
     names = ref.output_names
     diffs = []
     for i, ps in pairs.items():
