@@ -449,3 +449,40 @@ def test_batch_calibrating_observers_feed_a_graph_fixed_at_batch_1(observer, tmp
     x = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
     q = ds.quantize(m, Int8StaticConfig(observer=observer), data={"x": x})
     assert integer_op_counts(q.model.model).get("QLinearConv", 0) >= 3
+
+
+def _detector_head() -> onnx.ModelProto:
+    """``x [n, 16]`` → box coordinates (pixels, up to a few hundred) and class scores (sigmoid × 0.2, as a
+    YOLOv8 export's ``output0`` on images without its classes), joined by one Concat: ``y [n, 12]``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 30, (16, 4)).astype(np.float32), "wb"),
+             numpy_helper.from_array(rng.normal(0, 1, (16, 8)).astype(np.float32), "wc"),
+             numpy_helper.from_array(np.array(0.2, np.float32), "k")]
+    nodes = [helper.make_node("MatMul", ["x", "wb"], ["boxes"], name="box_head"),
+             helper.make_node("MatMul", ["x", "wc"], ["logits"], name="cls_head"),
+             helper.make_node("Sigmoid", ["logits"], ["p"], name="sigmoid"),
+             helper.make_node("Mul", ["p", "k"], ["scores"], name="scale"),
+             helper.make_node("Concat", ["boxes", "scores"], ["y"], axis=1, name="join")]
+    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 12])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_static_int8_keeps_a_concat_of_far_apart_ranges_float():
+    """One int8 scale for a Concat of box coordinates and class scores rounded every score to 0 (YOLOv8 from
+    the nudenet wheel: all 18 score channels exactly 0.0, cosine over the whole output still 0.9996)."""
+    from deepshrink.quantize.onnx.backend import mixed_range_concats
+
+    m = _detector_head()
+    x = np.random.default_rng(1).normal(0, 1, (64, 16)).astype(np.float32)
+    [(node, ratio)] = mixed_range_concats(m, {"x": x})
+    assert node == "join" and ratio > 100  # boxes ~ 100s of pixels, scores ≤ 0.2
+    q = ds.quantize(m, Int8StaticConfig(), data={"x": x})
+    assert q.report.details["float_concat"] == [{"node": "join", "ratio": round(ratio, 1)}]
+    assert "Concat kept float" in q.report.summary
+    ref, got = run_outputs(m, {"x": x}), run_outputs(q.model.model, {"x": x})  # [64, 12] each
+    scores, q_scores = ref[:, 4:], got[:, 4:]
+    assert (q_scores[scores > 0.002] != 0).all()  # none above 2.5 steps rounded to 0 (was: every one)
+    assert np.abs(q_scores - scores).max() < 0.01  # each score's own scale: steps of 0.2 / 255

@@ -374,10 +374,13 @@ def _static(prep: Prepared, config: Int8StaticConfig, **_: Any) -> QuantizeOutco
         report["smooth"] = sm.to_dict()
     # explicit include/exclude restrict ORT to those nodes; otherwise ORT also quantizes the ops around them
     selected = nodes if (config.include or config.exclude) else []
+    mixed = ob.mixed_range_concats(model, calib) if not selected else []
+    if mixed:  # one shared scale would round the small input away: those Concats (and their outputs) stay float
+        report["float_concat"] = [{"node": n, "ratio": round(r, 1)} for n, r in mixed]
     q = ob.quantize_static_int8(model, selected, calib, observer=config.observer, percentile=config.percentile,
                                 per_channel=config.per_channel, fmt=config.format,
                                 symmetric_activations=config.symmetric_activations, op_types=config.op_types,
-                                exclude_nodes=[g for t in prep.ties for g in t.gathers])
+                                exclude_nodes=[*(g for t in prep.ties for g in t.gathers), *(n for n, _ in mixed)])
     return _result(prep, q, report)
 
 

@@ -673,6 +673,68 @@ def _observer_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
 
 
+MIXED_RANGE_RATIO = 32.0  # a Concat input this many times smaller than another keeps < 8 of a shared scale's 256 steps
+
+
+def mixed_range_concats(model: onnx.ModelProto, calibration: dict[str, np.ndarray], *,
+                        ratio: float = MIXED_RANGE_RATIO, samples: int = 16) -> list[tuple[str, float]]:
+    """Concat nodes whose float inputs' amplitudes (max |x| on the first ``samples`` calibration samples) are more
+    than ``ratio`` apart, with that ratio, largest first. Static QDQ gives a Concat's inputs and output one
+    scale: a detector's output that joins box coordinates (0–320 pixels) and class scores (0–1) then rounds
+    every score to 0 (YOLOv8's ``output0``, whose cosine to the float model stays 0.9996 all the same)."""
+    concats = [n for n in model.graph.node if n.op_type == "Concat" and len(n.input) > 1]
+    if not concats:
+        return []
+    names = sorted({i for n in concats for i in n.input if i})
+    inits = {i.name for i in model.graph.initializer}
+    feeds = split_feeds({k: v[:samples] for k, v in calibration.items()},
+                        batch=fixed_batch_of(model) or min(samples, len(next(iter(calibration.values())))))
+    from ...backends.onnx import make_session
+
+    graph_inputs = {i.name for i in model.graph.input}
+    wanted = [n for n in names if n not in inits and n not in graph_inputs]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    declared = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in declared)  # any dtype
+    amp: dict[str, float] = {}
+    try:
+        sess = make_session(probe, threads=2, optimize=False)
+        in_names = [i.name for i in sess.get_inputs()]
+        for f in feeds:
+            for n, v in zip(wanted, sess.run(wanted, {k: f[k] for k in in_names}), strict=True):
+                v = np.asarray(v)
+                if v.size and v.dtype.kind == "f":  # shape tensors (int64) are not quantized
+                    amp[n] = max(amp.get(n, 0.0), float(np.abs(v).max()))
+    except Exception:  # noqa: BLE001 - a graph the probe cannot run: no exclusion, ORT's own result stands
+        return []
+    for f in feeds:
+        for n in names:
+            if n in graph_inputs and n in f and np.asarray(f[n]).dtype.kind == "f":
+                amp[n] = max(amp.get(n, 0.0), float(np.abs(f[n]).max()))
+    for i in model.graph.initializer:
+        if i.name in names:
+            a = onnx.numpy_helper.to_array(i)
+            amp[i.name] = float(np.abs(a).max()) if a.size and a.dtype.kind == "f" else 0.0
+    found = []
+    for n in concats:
+        values = [amp[i] for i in n.input if i in amp]
+        if len(values) < 2:
+            continue
+        big, small = max(values), min(values)
+        if small > 0 and big / small > ratio:
+            found.append((n.name, big / small))
+    return sorted(found, key=lambda t: -t[1])
+
+
+def fixed_batch_of(model: onnx.ModelProto) -> int | None:
+    """The batch a graph's inputs fix (:func:`deepshrink.core.shapes.fixed_batch`), or None when free."""
+    from ...backends.onnx import io_specs
+    from ...core.shapes import fixed_batch
+
+    return fixed_batch(io_specs(model)[0])
+
+
 def collect_tensors(model: onnx.ModelProto, names: Sequence[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
     """Run the float model and return the values of intermediate tensors ``names`` per feed."""
     from ...backends.onnx import make_session

@@ -95,6 +95,10 @@ def describe(rep: dict[str, Any]) -> str:
     elif "quantized_layers" in rep:
         kept = rep.get("kept_float") or rep.get("kept") or []
         parts.append(f"{rep['quantized_layers']} layers quantized" + (f", {len(kept)} kept in float" if kept else ""))
+    if rep.get("float_concat"):
+        fc = rep["float_concat"]
+        parts.append(f"{len(fc)} Concat kept float (inputs {fc[0]['ratio']:g}× apart in range"
+                     + (f": {fc[0]['node']}" if len(fc) == 1 else f", largest at {fc[0]['node']}") + ")")
     if "smooth" in rep:
         parts.append(f"smoothing alpha {rep['smooth']['alpha']} ({rep['smooth']['mul_nodes']} Mul nodes)")
     if "weight_bits" in rep:
