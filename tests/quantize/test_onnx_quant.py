@@ -431,6 +431,36 @@ def test_fidelity_outputs_cover_every_output_of_a_model():
     assert np.allclose(per_sample_cosines(a, b), column) and column > 0.99
 
 
+def test_one_output_of_far_apart_scales_is_judged_group_by_group():
+    """YOLOv8's ``output0 [N, 4 + classes, anchors]``: pixels beside scores. The whole-output cosine stayed 0.9996
+    with every score rounded to 0 (the nudenet wheel's detector under int8-static); each magnitude group is now
+    judged as if it were an output of its own. Softmax rows, LayerNorm-ed hidden states with outlier features and
+    ReLU maps with a dead channel are of one scale."""
+    from deepshrink.convert.parity import compare_outputs, per_sample_cosines, scale_groups
+
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 320, (6, 4, 300))
+    scores = rng.uniform(0, 0.2, (6, 3, 300))
+    ref = np.concatenate([boxes, scores], axis=1)
+    axis, groups = scale_groups(ref)
+    assert axis == 1 and [g.tolist() for g in groups] == [[4, 5, 6], [0, 1, 2, 3]]
+    zeroed = np.concatenate([boxes + rng.normal(0, 0.5, boxes.shape), np.zeros_like(scores)], axis=1)
+    flat = (ref.reshape(6, -1) * zeroed.reshape(6, -1)).sum(1) / np.linalg.norm(ref.reshape(6, -1), axis=1) / \
+        np.linalg.norm(zeroed.reshape(6, -1), axis=1)
+    assert flat.min() > 0.9999  # what the tables said
+    assert np.allclose(per_sample_cosines(ref, zeroed), 0.0)  # the scores' group: nothing left
+    noisy = ref + np.concatenate([np.zeros_like(boxes), rng.normal(0, 0.03, scores.shape)], axis=1)
+    d = compare_outputs(ref, noisy)
+    assert 0.9 < d.cos_min < 0.99  # the scores' own cosine under noise of 0.03, not the boxes' 1.0
+    z = rng.normal(0, 4, (4, 10, 65))
+    hidden = rng.normal(0, 1, (4, 20, 384))
+    hidden[..., [5, 77]] *= 20
+    relu = np.maximum(rng.normal(0, 1, (4, 32, 8, 8)), 0)
+    relu[:, 3] = 0
+    for one_scale in (np.exp(z) / np.exp(z).sum(-1, keepdims=True), hidden, relu):
+        assert scale_groups(one_scale) is None
+
+
 @pytest.mark.parametrize("observer", ["percentile", "moving_average"])
 def test_batch_calibrating_observers_feed_a_graph_fixed_at_batch_1(observer, tmp_path):
     """A graph fixed at batch 1 (every TFLite-born model): these observers calibrated 8 samples per run and ORT

@@ -110,7 +110,8 @@ def per_sample_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
     An output of one value per sample (``(N, 1)``, ``(N, 1, 1)``: a presence score, a regression target) gets
     its cosine over all the samples, repeated N times — one sample's cosine would be only its sign. Several
     outputs side by side (an ``OutputView`` with ``widths``): each sample's worst output's cosine, each output
-    read by these rules."""
+    read by these rules. One output whose channels are of far-apart magnitudes (:func:`scale_groups`: a
+    detector's boxes and scores): each sample's worst group's cosine, as if the groups were outputs."""
     widths = getattr(ref, "widths", ()) or getattr(out, "widths", ())
     if widths and np.ndim(ref) == 2 and sum(widths) == np.shape(ref)[1] and np.shape(ref) == np.shape(out):
         a_all, b_all = np.asarray(ref, np.float64), np.asarray(out, np.float64)
@@ -120,10 +121,53 @@ def per_sample_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
     ref64, out64 = np.asarray(ref, np.float64), np.asarray(out, np.float64)
     if ref64.ndim > 1 and ref64.size == len(ref64) > 1 and out64.shape == ref64.shape:
         return np.full(len(ref64), per_sample_cosines(ref64.reshape(-1), out64.reshape(-1))[0])
+    split = scale_groups(ref64) if ref64.ndim >= 3 and out64.shape == ref64.shape else None
+    if split is not None:  # channels of far-apart scales (a detector's boxes and scores): each group must hold
+        axis, groups = split
+        return np.min([per_sample_cosines(np.take(ref64, g, axis=axis), np.take(out64, g, axis=axis))
+                       for g in groups], axis=0)
     a = ref64.reshape(len(ref64), -1) if ref64.ndim > 1 else ref64.reshape(1, -1)
     b = out64.reshape(len(out64), -1) if out64.ndim > 1 else out64.reshape(1, -1)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     return np.where((na > 0) & (nb > 0), (a * b).sum(1) / np.maximum(na * nb, 1e-30), (na == nb).astype(float))
+
+
+SCALE_GAP = 32.0  # channels this many times apart in magnitude are judged apart (int8: < 8 of 256 steps shared)
+SCALE_AXIS_MAX = 512  # an axis of at most this many entries can be a channel axis (boxes + classes, not anchors)
+_DEAD = 1e-6  # channels below this fraction of the largest channel's RMS are noise-level: no group of their own
+
+
+def scale_groups(ref: np.ndarray) -> tuple[int, list[np.ndarray]] | None:
+    """Where one output joins channels of far-apart magnitudes — YOLOv8's ``output0 [N, 4 + classes, anchors]``:
+    box coordinates in pixels (RMS ~100) beside class scores (~0.01) — the cosine over the whole output is the
+    boxes' alone: a model whose scores are all rounded to 0 keeps 0.9996. Returns the first non-batch axis
+    (2–:data:`SCALE_AXIS_MAX` entries) whose per-channel RMS over the reference, sorted, has a step of more than
+    :data:`SCALE_GAP` between neighbours, and the channel indices of each magnitude group (noise-level channels
+    join the smallest group); None when every axis is of one scale. ``ref``: (N, ...) with ``ndim >= 3``."""
+    for axis in range(1, ref.ndim):
+        size = ref.shape[axis]
+        if not 2 <= size <= SCALE_AXIS_MAX:
+            continue
+        if (ref >= 0).all() and np.allclose(ref.sum(axis=axis), 1.0, atol=1e-3):
+            continue  # probabilities over this axis (softmax): rare classes are small, not another kind of value
+        other = tuple(a for a in range(ref.ndim) if a != axis)
+        rms = np.sqrt(np.mean(np.square(ref), axis=other))
+        top = float(rms.max())
+        if not top > 0 or not np.isfinite(top):
+            continue
+        order = np.argsort(rms)
+        live = order[rms[order] > top * _DEAD]
+        if len(live) < 2:
+            continue
+        steps = rms[live[1:]] / rms[live[:-1]]
+        cuts = np.flatnonzero(steps > SCALE_GAP) + 1
+        if not len(cuts):
+            continue
+        groups = np.split(live, cuts)
+        dead = order[rms[order] <= top * _DEAD]
+        groups[0] = np.sort(np.concatenate([dead, groups[0]]))
+        return axis, [np.sort(g) for g in groups]
+    return None
 
 
 def _embedding_rows(rows: np.ndarray) -> bool:
