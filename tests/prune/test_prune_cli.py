@@ -295,3 +295,62 @@ def test_warnings_printed_once_as_warning_lines(tmp_path, monkeypatch, capsys):
     assert "UserWarning" not in text and ".py:" not in text
     lines = [ln for ln in text.splitlines() if "left unpruned" in ln]
     assert lines == ["warning: unsupported grouped convolution g: channel group a, channel group g left unpruned"]
+
+
+def test_structured_pruning_leaves_what_an_imported_split_reads_unpruned(tmp_path, capsys):
+    """An ONNX ``Split`` with fixed sizes (YOLOv8's C2f blocks, the nudenet wheel's detector): the channels it
+    splits were pruned and the export then failed on the old sizes (exit 2, nothing written). They are left
+    unpruned and named; the rest is pruned and written."""
+    from deepshrink.convert.export import export_onnx
+
+    class SplitNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.branch = torch.nn.Conv2d(4, 16, 3, padding=1)
+            self.fuse = torch.nn.Conv2d(20, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = torch.split(torch.relu(self.stem(x)), [4, 4], dim=1)
+            y = torch.relu(self.fuse(torch.cat([torch.relu(self.branch(a)), b], 1)))
+            return y.mean((2, 3))
+
+    torch.manual_seed(0)
+    src = tmp_path / "split.onnx"
+    export_onnx(SplitNet().eval(), {"x": np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)}, src)
+    out = tmp_path / "pruned.onnx"
+    rc = run_app(["prune", str(src), "-o", str(out), "--method", "structured", "--sparsity", "0.5",
+                  "--input-shape", "x:1x1x8x8", "--repeats", "1", "--allow-degraded"])
+    cap = capsys.readouterr()
+    assert rc == 0 and out.exists(), cap.err
+    assert "runtime.split" in cap.err and "left unpruned" in cap.err  # the stem's channels: named, kept
+    assert "branch: 16 → 8" in cap.out  # what does not pass the split is pruned
+
+
+def test_an_imported_graph_failing_at_another_size_prints_no_fx_traceback(tmp_path, capfd):
+    """The written file's dynamic H/W are checked at one pixel more; an ONNX import (a torch.fx module) that
+    cannot take that size (pooled, upsampled and joined again, as YOLOv8's neck) printed torch.fx's traceback
+    and generated code on stderr, twice, before a normal result."""
+    import deepshrink as ds
+    from deepshrink.convert.export import export_onnx
+
+    class UpDown(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.d = torch.nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.c(x))
+            up = torch.nn.functional.interpolate(torch.nn.functional.max_pool2d(y, 2), scale_factor=2.0)
+            return self.d(torch.cat([up, y], 1)).mean((2, 3))
+
+    torch.manual_seed(0)
+    src = tmp_path / "updown.onnx"
+    export_onnx(ds.load(UpDown().eval(), input_shapes=["x:batchx1xh=16xw=16"]), None, src)
+    out = tmp_path / "sparse.onnx"
+    rc = run_app(["prune", str(src), "-o", str(out), "--method", "magnitude", "--sparsity", "0.3",
+                  "--input-shape", "x:1x1x16x16", "--repeats", "1", "--allow-degraded"])
+    cap = capfd.readouterr()
+    assert rc == 0 and out.exists(), cap.err
+    assert "Traceback" not in cap.err + cap.out and "FX-traced" not in cap.err + cap.out, cap.err

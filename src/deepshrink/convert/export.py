@@ -328,9 +328,10 @@ def check_dynamic_axes(proto: onnx.ModelProto, handle: ModelHandle, what: str, *
             tips.insert(0, f"if axis 0 is not the batch (a sequence-first model), name the batch axis: "
                            f"--input-shape {n0}:{size}xbatch{rest}")
         hint = "; " + "; or ".join(tips) if advise else ""
-        try:
-            ref = run_torch(handle.model, feed, handle.input_names)
-        except InputError:  # the model itself does not take that size: nothing the file could promise
+        try:  # a torch.fx module (an ONNX import) prints its generated code's traceback on stderr when it fails
+            with contextlib.redirect_stderr(io.StringIO()):
+                ref = run_torch(handle.model, feed, handle.input_names)
+        except InputError:  # the model itself does not take that size (YOLO at 321 pixels): nothing to promise
             continue
         try:
             got = [np.asarray(o) for o in sess.run(None, feed)]

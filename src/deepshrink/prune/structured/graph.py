@@ -520,8 +520,11 @@ def _walk(graph: fx.Graph, ana: _Analysis, leaves: set[str], *, own_graph: bool 
             rule = str(getattr(t, "channel_rule", "")) if node.op == "call_function" else ""
             if shape is None:  # size queries and other non-tensor results
                 result = None
-                if in_layouts and (t in _SPLITS or (node.op == "call_method" and t in _SPLIT_METHODS)):
-                    unsupported()  # a tuple of channel slices with fixed sizes: the group cannot shrink
+                # a tuple of channel slices with fixed sizes (torch.split; an ONNX import's Split, YOLOv8's C2f
+                # blocks; its TopK): the group cannot shrink — the export failed on the split's old sizes
+                if in_layouts and (t in _SPLITS or (node.op == "call_method" and t in _SPLIT_METHODS)
+                                   or isinstance(node.meta.get("tensor_meta"), (tuple, list))):
+                    unsupported()
             elif t in _ELEMENTWISE or (node.op == "call_method" and t in _ELEMENTWISE_METHODS) or rule == "elementwise":
                 result = _elementwise(node, shape, ins, env, ana, what, own_graph=own_graph)
             elif t in _RESHAPE or (node.op == "call_method" and t in _RESHAPE_METHODS) or rule == "reshape":
