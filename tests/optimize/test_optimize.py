@@ -115,6 +115,36 @@ def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(not has_onnxslim(), reason="onnxslim is not installed")
+def test_onnxslim_is_left_out_when_it_changes_the_outputs(tmp_path, monkeypatch):
+    """onnxslim trusts a file's declared output shape (ddddocr's OCR model declares [1, seqlen] for
+    [seqlen, 1, 8210]) and reshaped the output to it: the whole optimize failed, "max-abs inf". Under
+    ``simplify="auto"`` the pipeline is rebuilt without onnxslim, kept when that holds, and said."""
+    import deepshrink.optimize as mod
+
+    real = mod._slim
+
+    def reshaping(model):  # what onnxslim did to the OCR model's output: flattened to the declaration's rank
+        m = real(model)
+        out = m.graph.output[0].name
+        for n in m.graph.node:
+            n.output[:] = [f"{o}_pre" if o == out else o for o in n.output]
+        m.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "flat"))
+        m.graph.node.append(helper.make_node("Reshape", [f"{out}_pre", "flat"], [out]))
+        del m.graph.output[0].type.tensor_type.shape.dim[:]
+        return m
+
+    monkeypatch.setattr(mod, "_slim", reshaping)
+    out = tmp_path / "out.onnx"
+    res = optimize(_foldable(), OptimizeConfig(simplify="auto"), output=out)
+    assert res.parity.ok and out.exists()
+    assert not any(s.startswith("onnxslim") for s in res.steps)
+    [w] = [w for w in res.warnings if w.startswith("onnxslim left out")]
+    assert "has shape [1, 1024] where the reference has [2, 8, 8, 8]" in w  # the shape, not "max-abs inf"
+    with pytest.raises(ParityError, match="has shape .* where the reference has"):  # asked for: not left out
+        optimize(_foldable(), OptimizeConfig(simplify="onnxslim"))
+
+
 def test_fuse_transformer_refuses_a_cnn(tmp_path):
     with pytest.raises(UnsupportedError, match="no attention block"):
         optimize(_foldable(), OptimizeConfig(fuse="transformer", simplify="none"), output=tmp_path / "o.onnx")
