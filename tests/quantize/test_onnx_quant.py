@@ -516,3 +516,20 @@ def test_static_int8_keeps_a_concat_of_far_apart_ranges_float():
     scores, q_scores = ref[:, 4:], got[:, 4:]
     assert (q_scores[scores > 0.002] != 0).all()  # none above 2.5 steps rounded to 0 (was: every one)
     assert np.abs(q_scores - scores).max() < 0.01  # each score's own scale: steps of 0.2 / 255
+
+
+def test_an_already_quantized_model_is_said_to_be_so():
+    """ddddocr's OCR model ships int8 (ConvInteger, DynamicQuantizeLSTM, MatMulInteger): int8-dynamic listed op
+    types it found none of, as if the model had no layers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones((4, 3), np.int8), "wq"),
+             numpy_helper.from_array(np.array(0, np.int8), "wz")]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("MatMulInteger", ["xq", "wq", "xz", "wz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT)]
+    g = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(InputError, match=r"already quantized \(MatMulInteger\); quantize its float original"):
+        ds.quantize(m, Int8DynamicConfig())

@@ -951,6 +951,10 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
 def no_candidates_message(model: onnx.ModelProto, op_types: Sequence[str], scheme: str) -> str:
     """Why a scheme found nothing to quantize, and which scheme would (one line)."""
     ops = {n.op_type for n in model.graph.node}
+    already = sorted(ops & set(INTEGER_OPS))
+    if already:  # ddddocr's OCR model (ConvInteger, DynamicQuantizeLSTM, MatMulInteger): nothing float left to take
+        return (f"{scheme} found no layer to quantize: the model is already quantized ({', '.join(already[:4])}"
+                f"{', …' if len(already) > 4 else ''}); quantize its float original instead")
     consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
     uses_consts = any(i in consts for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") for i in n.input)
     producers = {o: n for n in model.graph.node for o in n.output}
