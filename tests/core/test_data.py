@@ -117,3 +117,20 @@ def test_arrays_as_the_training_verbs_take_them(cnn_onnx):
     assert load_data((x,), h).labels is None
     with pytest.raises(InputError, match="3 arrays; the model takes 1 input"):
         load_data((x, y, y), h)
+
+
+def test_uint8_pixels_for_a_float_input_are_cast_and_said(tmp_path):
+    """uint8 images given to a float input usually mean pixels not normalised: cast as they are (some models
+    read 0–255), with one warning; arrays of 0 and 1 (masks) pass quietly."""
+    import warnings
+
+    from deepshrink.core.handle import ModelHandle, TensorSpec
+
+    h = ModelHandle(None, "onnx", [TensorSpec("images", ("batch", 3, 4, 4), "float32")])
+    px = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 4)).astype(np.uint8)
+    with pytest.warns(UserWarning, match=r"'images' is uint8 \(values \d+–\d+\) .* divided by 255"):
+        d = load_data({"images": px}, h)
+    assert d.inputs["images"].dtype == np.float32 and np.array_equal(d.inputs["images"], px.astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_data({"images": (px > 127).astype(np.uint8)}, h)

@@ -238,6 +238,12 @@ def _check_array(a: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
             if not np.isfinite(a).all() or not np.array_equal(a, np.round(a)):
                 raise InputError(f"data {source}: array {spec.name!r} holds fractional values ({a.dtype}), but the "
                                  f"model wants {spec.describe()}; casting would change them (save integer arrays)")
+        if a.dtype == np.uint8 and target.kind == "f" and a.size and int(a.max()) > 1:
+            import warnings
+
+            warnings.warn(f"data {source}: array {spec.name!r} is uint8 (values {int(a.min())}–{int(a.max())}) and the "
+                          f"model reads {target}: cast as they are; a model that reads pixels in 0–1 wants them "
+                          "divided by 255 first", UserWarning, stacklevel=2)
         a = a.astype(target, copy=False)
     elif a.dtype.kind == "f":  # unknown dtype: integer ids stay integers, floats become float32
         a = a.astype(np.float32, copy=False)
