@@ -296,7 +296,9 @@ def merge_outputs(pairs: list[tuple[np.ndarray, np.ndarray]], name: str = "outpu
     top-1 agreement weighted by rows (axis 0), rel = max-abs / max|reference|. This equals comparing
     the concatenated sets where they concatenate, and also serves outputs whose length depends on
     the data (``NonZero``, ``Unique``, NMS: ``[2, count]``), which do not."""
-    per = [compare_outputs(_rows(a), _rows(b), name) for a, b in pairs]
+    # each output in its own shape (a 0-d one as one row): flattened, a detector's [1, 3549, 6] read as a
+    # classifier's rows ("top-1 agreement") and its boxes hid its scores (scale groups need the channel axis)
+    per = [compare_outputs(*((a, b) if np.ndim(a) >= 2 else (_rows(a), _rows(b))), name) for a, b in pairs]
     if any(not np.isfinite(d.max_abs) for d in per):  # a shape differs in some set
         return OutputDiff(name, float("inf"), float("inf"), 0.0, 0.0, None)
     rows = [len(_rows(a)) for a, _ in pairs]
@@ -428,8 +430,11 @@ def parity_against(ref: ModelHandle, runner: Callable[[dict[str, np.ndarray]], l
     names = ref.output_names
     diffs = []
     for i, ps in pairs.items():
-        a = np.concatenate([p[0].reshape(len(p[0]), -1) for p in ps])
-        b = np.concatenate([p[1].reshape(len(p[1]), -1) for p in ps])
+        try:  # in the output's own shape where the sets join (see merge_outputs), else one row per sample
+            a, b = np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps])
+        except ValueError:
+            a = np.concatenate([p[0].reshape(len(p[0]), -1) for p in ps])
+            b = np.concatenate([p[1].reshape(len(p[1]), -1) for p in ps])
         diffs.append(compare_outputs(a, b, names[i] if i < len(names) else f"output_{i}"))
     scale = max((float(np.abs(p[0]).max()) for ps in pairs.values() for p in ps), default=0.0)
     ok = all(d.max_abs <= atol + rtol * scale for d in diffs)

@@ -61,6 +61,10 @@ def import_tf() -> Any:
             import tensorflow as tf
     except ImportError:
         raise MissingExtraError("tensorflow-cpu", "tf", "TFLite conversion") from None
+    from ..core.quiet import verbose
+
+    if not verbose():  # "WARNING:tensorflow: ... resize_nearest_neighbor is deprecated" on every Resize: TF's own
+        tf.get_logger().setLevel("ERROR")  # notes to its developers, three lines before each conversion
     return tf
 
 
