@@ -317,3 +317,15 @@ def test_a_pt2_counts_the_parameters_its_output_depends_on_as_its_module_does(tm
     torch.export.save(torch.export.export(m, (torch.randn(2, 8),)), str(path))
     assert ds.info(path)["parameters"] == 8 * 4 + 4  # the pooler's 20 left out
     assert ds.info(m, input_shapes=["x:1x8"])["parameters"] == 8 * 4 + 4
+
+
+def test_bench_rows_of_two_files_of_one_name_keep_their_folders(cnn_onnx, tmp_path):
+    import shutil
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        shutil.copy(cnn_onnx, tmp_path / d / "model.onnx")
+    res = bench([str(tmp_path / "a" / "model.onnx"), str(tmp_path / "b" / "model.onnx"), str(cnn_onnx)], repeats=1,
+                warmup=0)
+    assert [r.name for r in res.rows] == [str(tmp_path / "a" / "model.onnx"), str(tmp_path / "b" / "model.onnx"),
+                                          cnn_onnx.name]  # a unique name stays short

@@ -145,9 +145,12 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
     per_model = _weights_per_model(load_options.get("weights"), models)
     entries: list[tuple[str, str, Runner, int | None, int | None, list[str]]] = []
     first_handle: ModelHandle | None = None
+    # a file's name labels its row; two files of one name (a/model.onnx, b/model.onnx) keep their paths as given
+    base = [Path(str(m)).name if isinstance(m, (str, Path)) else None for m in models]
     for i, m in enumerate(models):
-        label = names[i] if names and i < len(names) else (Path(str(m)).name if isinstance(m, (str, Path)) else
-                                                           getattr(m, "source", None) or f"model{i}")
+        label = names[i] if names and i < len(names) else (
+            (str(m) if base.count(base[i]) > 1 else base[i]) if isinstance(m, (str, Path)) else
+            getattr(m, "source", None) or f"model{i}")
         ext = _external_runner(Path(str(m)), threads) if isinstance(m, (str, Path)) else None
         if ext is not None:
             runtime, runner, in_names = ext
