@@ -201,7 +201,7 @@ def test_digits_cnn_extended_cli(tmp_path, capsys, cnn_onnx):
     assert after["com.microsoft::FusedConv"] == 3 and res["nodes_after"] == res["nodes_before"] - 3
     assert res["parity"]["ok"] and res["parity"]["max_abs"] < 1e-4
     rows = res["bench"]["rows"]
-    assert [r["name"] for r in rows] == ["input", "optimised"]
+    assert [r["name"] for r in rows] == [cnn_onnx.name, "cnn.opt.onnx"]  # the files, not "input"/"optimised"
     assert rows[1]["accuracy"] == rows[0]["accuracy"] and rows[1]["median_ms"] > 0
     assert out.is_file() and op_counts(onnx.load(str(out))) == after
 

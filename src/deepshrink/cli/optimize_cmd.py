@@ -52,7 +52,7 @@ def optimize_cmd(
                    trust_remote_code=trust_remote_code)
     from ..evaluate.bench import bench
 
-    table = bench([src, str(output)], data=data, repeats=repeats, threads=threads, names=["input", "optimised"],
+    table = bench([src, str(output)], data=data, repeats=repeats, threads=threads,  # rows named by their files
                   progress=not json_out, weights=weights, input_shapes=input_shape,
                   trust_remote_code=trust_remote_code)
     if json_out:
