@@ -434,8 +434,8 @@ def test_fidelity_outputs_cover_every_output_of_a_model():
 def test_one_output_of_far_apart_scales_is_judged_group_by_group():
     """YOLOv8's ``output0 [N, 4 + classes, anchors]``: pixels beside scores. The whole-output cosine stayed 0.9996
     with every score rounded to 0 (the nudenet wheel's detector under int8-static); each magnitude group is now
-    judged as if it were an output of its own. Softmax rows, LayerNorm-ed hidden states with outlier features and
-    ReLU maps with a dead channel are of one scale."""
+    judged as if it were an output of its own. Softmax rows, LayerNorm-ed hidden states with outlier features,
+    ReLU maps with a dead channel and a probability map's rows are of one scale."""
     from deepshrink.convert.parity import compare_outputs, per_sample_cosines, scale_groups
 
     rng = np.random.default_rng(0)
@@ -457,7 +457,9 @@ def test_one_output_of_far_apart_scales_is_judged_group_by_group():
     hidden[..., [5, 77]] *= 20
     relu = np.maximum(rng.normal(0, 1, (4, 32, 8, 8)), 0)
     relu[:, 3] = 0
-    for one_scale in (np.exp(z) / np.exp(z).sum(-1, keepdims=True), hidden, relu):
+    text_map = np.full((2, 1, 64, 64), 1e-4)
+    text_map[:, :, 20:30] = 0.6  # a text detector's probability map: rows without text are ~0, never "channels"
+    for one_scale in (np.exp(z) / np.exp(z).sum(-1, keepdims=True), hidden, relu, text_map):
         assert scale_groups(one_scale) is None
 
 

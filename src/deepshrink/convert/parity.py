@@ -13,6 +13,7 @@ successor is unmatched too is the first diverging layer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -140,34 +141,35 @@ _DEAD = 1e-6  # channels below this fraction of the largest channel's RMS are no
 def scale_groups(ref: np.ndarray) -> tuple[int, list[np.ndarray]] | None:
     """Where one output joins channels of far-apart magnitudes — YOLOv8's ``output0 [N, 4 + classes, anchors]``:
     box coordinates in pixels (RMS ~100) beside class scores (~0.01) — the cosine over the whole output is the
-    boxes' alone: a model whose scores are all rounded to 0 keeps 0.9996. Returns the first non-batch axis
-    (2–:data:`SCALE_AXIS_MAX` entries) whose per-channel RMS over the reference, sorted, has a step of more than
-    :data:`SCALE_GAP` between neighbours, and the channel indices of each magnitude group (noise-level channels
-    join the smallest group); None when every axis is of one scale. ``ref``: (N, ...) with ``ndim >= 3``."""
-    for axis in range(1, ref.ndim):
-        size = ref.shape[axis]
-        if not 2 <= size <= SCALE_AXIS_MAX:
-            continue
-        if (ref >= 0).all() and np.allclose(ref.sum(axis=axis), 1.0, atol=1e-3):
-            continue  # probabilities over this axis (softmax): rare classes are small, not another kind of value
-        other = tuple(a for a in range(ref.ndim) if a != axis)
-        rms = np.sqrt(np.mean(np.square(ref), axis=other))
-        top = float(rms.max())
-        if not top > 0 or not np.isfinite(top):
-            continue
-        order = np.argsort(rms)
-        live = order[rms[order] > top * _DEAD]
-        if len(live) < 2:
-            continue
-        steps = rms[live[1:]] / rms[live[:-1]]
-        cuts = np.flatnonzero(steps > SCALE_GAP) + 1
-        if not len(cuts):
-            continue
-        groups = np.split(live, cuts)
-        dead = order[rms[order] <= top * _DEAD]
-        groups[0] = np.sort(np.concatenate([dead, groups[0]]))
-        return axis, [np.sort(g) for g in groups]
-    return None
+    boxes' alone: a model whose scores are all rounded to 0 keeps 0.9996. The channel axis is the smallest
+    non-batch axis of at least 2 entries, when it has at most :data:`SCALE_AXIS_MAX` and a quarter of the other
+    non-batch axes' product (YOLOv8's 22 of ``[N, 22, 2100]``, YOLOX's 6 of ``[N, 3549, 6]``; a probability map's
+    H and W are never channels). Returns it, if its per-channel RMS over the reference, sorted, has a step of more
+    than :data:`SCALE_GAP` between neighbours, with the channel indices of each magnitude group (noise-level
+    channels join the smallest group); else None. ``ref``: (N, ...) with ``ndim >= 3``."""
+    sizes = {a: ref.shape[a] for a in range(1, ref.ndim) if ref.shape[a] >= 2}
+    if not sizes:
+        return None
+    axis = min(sizes, key=lambda a: (sizes[a], a))  # boxes + classes beside thousands of anchors; a map's H/W are
+    if sizes[axis] > SCALE_AXIS_MAX or 4 * sizes[axis] > math.prod(sizes.values()) // sizes[axis]:  # of a size
+        return None
+    if (ref >= 0).all() and np.allclose(ref.sum(axis=axis), 1.0, atol=1e-3):
+        return None  # probabilities over this axis (softmax): rare classes are small, not another kind of value
+    other = tuple(a for a in range(ref.ndim) if a != axis)
+    rms = np.sqrt(np.mean(np.square(ref), axis=other))
+    top = float(rms.max())
+    if not top > 0 or not np.isfinite(top):
+        return None
+    order = np.argsort(rms)
+    live = order[rms[order] > top * _DEAD]
+    if len(live) < 2:
+        return None
+    cuts = np.flatnonzero(rms[live[1:]] / rms[live[:-1]] > SCALE_GAP) + 1
+    if not len(cuts):
+        return None
+    groups = np.split(live, cuts)
+    groups[0] = np.concatenate([order[rms[order] <= top * _DEAD], groups[0]])  # noise-level: with the smallest
+    return axis, [np.sort(g) for g in groups]
 
 
 def _embedding_rows(rows: np.ndarray) -> bool:
