@@ -280,7 +280,8 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
         res.steps.append("ONNX Runtime BERT fusions (" + ", ".join(f"{k} {v}" for k, v in fused.items()) + ")")
     slim = config.simplify == "onnxslim" or (config.simplify == "auto" and has_onnxslim())
     fused_model, steps_before = m, list(res.steps)
-    m, res.steps = _simplify_and_optimize(fused_model, config, slim), steps_before + _late_steps(config, slim)
+    m, late = _simplify_and_optimize(fused_model, config, slim)
+    res.steps = steps_before + late
     if config.level != "basic" or config.fuse == "transformer":
         where = "on ONNX Runtime" + (" on a CPU with the same instruction set as this one" if config.level == "layout"
                                      else "")
@@ -294,12 +295,12 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
         if not rep.ok and slim and config.simplify == "auto":
             # onnxslim trusts declared shapes: a file that declares its output wrongly (ddddocr's OCR model:
             # [1, seqlen] for [seqlen, 1, 8210]) gets a Reshape to the declaration. The rest may still hold.
-            without = _simplify_and_optimize(fused_model, config, False)
+            without, late = _simplify_and_optimize(fused_model, config, False)
             rep2 = check_parity(handle, handle.with_model(without), inputs=feeds, data=data, atol=atol, rtol=rtol)
             if rep2.ok:
                 res.warnings.append("onnxslim left out: with it the outputs disagreed with the input ("
                                     + (rep.note or f"max-abs {rep.max_abs:.3g}") + ")")
-                m, rep, res.steps = without, rep2, steps_before + _late_steps(config, False)
+                m, rep, res.steps = without, rep2, steps_before + late
         res.parity = rep
         if not rep.ok:
             why = rep.note if rep.note and not np.isfinite(rep.max_abs) else f"max-abs {rep.max_abs:.3g}"
@@ -315,25 +316,19 @@ def optimize(model: Any, config: OptimizeConfig | None = None, *, output: str | 
     return res
 
 
-def _simplify_and_optimize(m: onnx.ModelProto, config: OptimizeConfig, slim: bool) -> onnx.ModelProto:
-    """The passes after the fusions: onnxslim (``slim``), float16, ONNX Runtime's offline optimisation."""
-    if slim:
-        m = _slim(m)
-    if config.fp16:
-        m = _fp16(m)
-    return _ort_optimize(m, config.level)
-
-
-def _late_steps(config: OptimizeConfig, slim: bool) -> list[str]:
-    """What :func:`_simplify_and_optimize` did, in words, for the result's ``steps``."""
+def _simplify_and_optimize(m: onnx.ModelProto, config: OptimizeConfig, slim: bool) -> tuple[onnx.ModelProto, list[str]]:
+    """The passes after the fusions — onnxslim (``slim``), float16, ONNX Runtime's offline optimisation — and
+    what each did, in words, for the result's ``steps``."""
     steps = []
     if slim:
         import onnxslim
 
+        m = _slim(m)
         steps.append(f"onnxslim {onnxslim.__version__} (constant folding, dead-node removal)")
     if config.fp16:
+        m = _fp16(m)
         steps.append("float16 (inputs/outputs kept float32)")
-    return [*steps, f"ONNX Runtime offline optimisation, level {config.level}"]
+    return _ort_optimize(m, config.level), [*steps, f"ONNX Runtime offline optimisation, level {config.level}"]
 
 
 make_callable(__name__, optimize)  # ``ds.optimize(...)`` and ``ds.optimize.OptimizeConfig`` are one thing

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,29 @@ def run_onnx(session: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(session.run(None, feed))
     except Exception as exc:
         raise InputError(f"ONNX Runtime failed to run the model: {first_line(exc, 300)}") from None
+
+
+def intermediate_values(model: onnx.ModelProto, names: Sequence[str], feeds: list[dict[str, np.ndarray]], *,
+                        threads: int = 2) -> dict[str, list[np.ndarray]]:
+    """The values of tensors ``names`` (intermediate ones, graph inputs or outputs; any dtype) in one run of
+    ``model`` per feed, graph optimisations off so every tensor keeps its name: ``{name: [value per feed]}``.
+    Raises what :func:`make_session` and ONNX Runtime raise (a feed missing an input: ``KeyError``)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    graph_inputs = {i.name for i in probe.graph.input}
+    declared = {o.name for o in probe.graph.output}
+    wanted = [n for n in dict.fromkeys(names) if n not in graph_inputs]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in declared)  # untyped: any dtype
+    sess = make_session(probe, threads=threads, optimize=False)
+    in_names = [i.name for i in sess.get_inputs()]
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for f in feeds:
+        for n, v in zip(wanted, sess.run(wanted, {k: f[k] for k in in_names}) if wanted else [], strict=True):
+            out[n].append(v)
+        for n in names:
+            if n in graph_inputs:
+                out[n].append(f[n])
+    return out
 
 
 def load_onnx(path: str | os.PathLike[str], *, load_external: bool = True) -> onnx.ModelProto:

@@ -163,22 +163,16 @@ def _unknown_shapes(g: onnx.GraphProto, shapes: dict[str, list[int]]) -> list[st
 
 
 def _shapes_by_running(m: onnx.ModelProto, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, list[int]]:
-    """The shapes of ``names`` in one ONNX Runtime run of ``m`` (graph optimisations off, so the tensors keep
-    their names) on ``inputs``; {} when the model does not run (a custom op, inputs it refuses)."""
-    from ..backends.onnx import make_session
+    """The shapes of ``names`` in one ONNX Runtime run of ``m`` on ``inputs``
+    (:func:`deepshrink.backends.onnx.intermediate_values`); {} when the model does not run (a custom op,
+    inputs it refuses)."""
+    from ..backends.onnx import intermediate_values
 
-    run = onnx.ModelProto()
-    run.CopyFrom(m)
-    declared = {o.name for o in run.graph.output}
-    wanted = [n for n in names if n not in declared]
-    run.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted)
     try:
-        sess = make_session(run, threads=1, optimize=False)
-        feeds = {i.name: inputs[i.name] for i in sess.get_inputs() if i.name in inputs}
-        outs = sess.run(names, feeds)
+        values = intermediate_values(m, names, [inputs], threads=1)
     except Exception:  # counting is informative: keep what inference gave
         return {}
-    return {n: list(np.shape(v)) for n, v in zip(names, outs, strict=True)}
+    return {n: list(np.shape(v[0])) for n, v in values.items()}
 
 
 def _graph_macs(g: onnx.GraphProto, shapes: dict[str, list[int]], consts: dict[str, Any]) -> int:

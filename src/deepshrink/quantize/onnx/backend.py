@@ -579,11 +579,8 @@ def quantize_static_int8(model: onnx.ModelProto, nodes: Sequence[str], calibrati
         extra["CalibMovingAverage"] = True
     if observer == "percentile":
         extra["CalibPercentile"] = percentile
-    from ...backends.onnx import io_specs
-    from ...core.shapes import fixed_batch
-
     # a graph fixed at batch B (TFLite-born detectors: 1) is fed B samples at a time
-    fixed = fixed_batch(io_specs(model)[0])
+    fixed = fixed_batch_of(model)
     feeds = split_feeds(calibration, batch=fixed or (1 if observer in ("minmax", "mse", "entropy") else 8))
     kwargs: dict[str, Any] = dict(
         quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
@@ -689,33 +686,18 @@ def mixed_range_concats(model: onnx.ModelProto, calibration: dict[str, np.ndarra
     inits = {i.name for i in model.graph.initializer}
     feeds = split_feeds({k: v[:samples] for k, v in calibration.items()},
                         batch=fixed_batch_of(model) or min(samples, len(next(iter(calibration.values())))))
-    from ...backends.onnx import make_session
-
-    graph_inputs = {i.name for i in model.graph.input}
-    wanted = [n for n in names if n not in inits and n not in graph_inputs]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    declared = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in declared)  # any dtype
-    amp: dict[str, float] = {}
     try:
-        sess = make_session(probe, threads=2, optimize=False)
-        in_names = [i.name for i in sess.get_inputs()]
-        for f in feeds:
-            for n, v in zip(wanted, sess.run(wanted, {k: f[k] for k in in_names}), strict=True):
-                v = np.asarray(v)
-                if v.size and v.dtype.kind == "f":  # shape tensors (int64) are not quantized
-                    amp[n] = max(amp.get(n, 0.0), float(np.abs(v).max()))
+        acts = collect_tensors(model, [n for n in names if n not in inits], feeds)
     except Exception:  # noqa: BLE001 - a graph the probe cannot run: no exclusion, ORT's own result stands
         return []
-    for f in feeds:
-        for n in names:
-            if n in graph_inputs and n in f and np.asarray(f[n]).dtype.kind == "f":
-                amp[n] = max(amp.get(n, 0.0), float(np.abs(f[n]).max()))
+    # float tensors only: Concats of shape tensors (int64) are not quantized
+    amp = {n: max(float(np.abs(v).max()) for v in vs) for n, vs in acts.items()
+           if vs and all(np.asarray(v).size and np.asarray(v).dtype.kind == "f" for v in vs)}
     for i in model.graph.initializer:
         if i.name in names:
             a = onnx.numpy_helper.to_array(i)
-            amp[i.name] = float(np.abs(a).max()) if a.size and a.dtype.kind == "f" else 0.0
+            if a.size and a.dtype.kind == "f":
+                amp[i.name] = float(np.abs(a).max())
     found = []
     for n in concats:
         values = [amp[i] for i in n.input if i in amp]
@@ -736,28 +718,11 @@ def fixed_batch_of(model: onnx.ModelProto) -> int | None:
 
 
 def collect_tensors(model: onnx.ModelProto, names: Sequence[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
-    """Run the float model and return the values of intermediate tensors ``names`` per feed."""
-    from ...backends.onnx import make_session
+    """Run the float model and return the values of intermediate tensors ``names`` per feed
+    (:func:`deepshrink.backends.onnx.intermediate_values`)."""
+    from ...backends.onnx import intermediate_values
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    graph_inputs = {i.name for i in m.graph.input}
-    for n in names:
-        if n not in existing and n not in graph_inputs:
-            m.graph.output.append(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    sess = make_session(m, threads=2, optimize=False)
-    wanted = [n for n in names if n not in graph_inputs]
-    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    in_names = [i.name for i in sess.get_inputs()]
-    for f in feeds:
-        feed = {k: f[k] for k in in_names}
-        for n, v in zip(wanted, sess.run(wanted, feed) if wanted else [], strict=True):
-            out[n].append(v)
-        for n in names:
-            if n in graph_inputs:
-                out[n].append(f[n])
-    return out
+    return intermediate_values(model, names, feeds)
 
 
 # ---------------------------------------------------------------------------------------------
