@@ -29,6 +29,21 @@ ST = (StructuredPruneConfig, {"ratio": 0.5})
 ST_G = (StructuredPruneConfig, {"ratio": 0.5, "scope": "global"})
 ST_FT = (StructuredPruneConfig, {"ratio": 0.5, "finetune_epochs": 1})
 ST_R = (StructuredPruneConfig, {"ratio": 0.5, "reconstruct": True})
+MAG_KD = (MagnitudePruneConfig, {"sparsity": 0.5, "finetune_epochs": 1, "distill": True})
+GRAD_KD = (GradualPruneConfig, {"final_sparsity": 0.5, "epochs": 2, "frequency": 2, "distill": True})
+NM_KD = (NMPruneConfig, {"finetune_epochs": 1, "distill": True})
+ST_KD = (StructuredPruneConfig, {"ratio": 0.5, "finetune_epochs": 1, "distill": True})
+
+
+def _training_rows(plain, tuned, kd):
+    """The fine-tune fields of a method: refused without training (lr_schedule, distill) or without distill
+    (kd_temperature, kd_alpha), each changing the weights where it applies."""
+    rows = [(tuned, "distill", True), (tuned, "kd_temperature", 2.0), (tuned, "kd_alpha", 0.9),
+            (kd, "kd_temperature", 2.0), (kd, "kd_alpha", 0.9)]
+    if plain is not None:
+        rows += [(plain, "lr_schedule", "cosine"), (plain, "distill", True), (tuned, "lr_schedule", "cosine")]
+    return rows
+
 
 # (base, field, value): each field of each config at least once
 ROWS = [
@@ -46,6 +61,8 @@ ROWS = [
     (ST_G, "min_keep", 0.6), (ST, "finetune_epochs", 1), (ST, "lr", 1e-2), (ST_FT, "lr", 1e-2),
     (ST, "reconstruct", True), (ST_R, "reconstruct_ridge", 1.0), (ST_R, "reconstruct_samples", 64),
     (ST, "reconstruct_ridge", 1.0),  # without reconstruct: refused
+    *_training_rows(MAG, MAG_FT, MAG_KD), *_training_rows(None, GRAD, GRAD_KD), *_training_rows(NM, NM_FT, NM_KD),
+    *_training_rows(ST, ST_FT, ST_KD),
 ]
 
 

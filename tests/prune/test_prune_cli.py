@@ -85,6 +85,38 @@ def test_fine_tune_in_bfloat16_mixed_precision(weights, tmp_path, capsys):
     assert all(np.array_equal(a[k] == 0, b[k] == 0) for k in a)  # the same mask: pruning ran before training
 
 
+def test_fine_tune_on_the_unpruned_model_s_soft_targets(weights, tmp_path, capsys):
+    """`--distill --kd-alpha 1`: the fine-tune learns from the unpruned model's outputs alone, so shuffled labels give
+    the same weights as the true ones, while a labels-only fine-tune follows the labels (other weights); the summary
+    says what it trained on."""
+    from safetensors.numpy import load_file
+
+    from deepshrink.examples.digits import digits_data
+
+    d = digits_data()
+    shuffled = np.random.default_rng(0).permutation(d.y_train)
+    assert (shuffled != d.y_train).mean() > 0.8
+    got = {}
+    for labels_name, labels in (("true", d.y_train), ("shuffled", shuffled)):
+        data = tmp_path / f"{labels_name}.npz"
+        np.savez(data, x=d.x_train, labels=labels)
+        for how, extra in (("kd", ["--distill", "--kd-alpha", "1", "--lr-schedule", "cosine"]), ("ce", [])):
+            out = tmp_path / f"{labels_name}-{how}.safetensors"
+            rc = run_app(["prune", MLP, "-w", weights["mlp"], "-o", str(out), "--sparsity", "0.5", "--data", str(data),
+                          "--finetune-epochs", "1", "--repeats", "1", "--allow-degraded", *extra])
+            text = capsys.readouterr().out
+            assert rc == 0, _err(capsys)
+            if how == "kd":
+                assert ("fine-tuned 1 epoch(s) on the unpruned model's soft targets (temperature 4, alpha 1), "
+                        "cosine learning rate") in text
+            got[labels_name, how] = load_file(str(out))
+    same = got["true", "kd"], got["shuffled", "kd"]
+    assert all(np.array_equal(same[0][k], same[1][k]) for k in same[0])
+    ce = got["true", "ce"], got["shuffled", "ce"]
+    assert any(not np.allclose(ce[0][k], ce[1][k], atol=1e-3) for k in ce[0])
+    assert any(not np.allclose(same[0][k], ce[0][k], atol=1e-3) for k in ce[0])
+
+
 def test_structured_round_to_keeps_multiples_of_n(weights, tmp_path, capsys):
     """--round-to 8: 40% of 32 and 64 channels removed would keep 19 and 38; rounded up to 24 and 40."""
     out = tmp_path / "cnn.pt2"
@@ -128,6 +160,14 @@ def test_magnitude_to_safetensors(weights, tmp_path, capsys):
     (["--method", "structured", "--sparsity", "0.5", "--round-to", "0"], "round_to (--round-to): "),
     (["--method", "structured", "--sparsity", "0.5", "--heads-ratio", "1.0"], "heads_ratio (--heads-ratio): "),
     (["--sparsity", "0.5", "--mixed-precision", "bf16"], "--mixed-precision applies to training"),
+    (["--sparsity", "0.5", "--distill"], "--distill applies to fine-tuning"),
+    (["--sparsity", "0.5", "--lr-schedule", "cosine"], "--lr-schedule applies to fine-tuning"),
+    (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1", "--kd-alpha", "0.9"],
+     "--kd-temperature and --kd-alpha apply only with --distill"),
+    (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1", "--distill", "--kd-alpha", "1.5"],
+     "--kd-alpha between 0 and 1"),
+    (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1", "--lr-schedule", "step"],
+     "--lr-schedule 'step': use constant or cosine"),
     (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1", "--mixed-precision", "fp16"],
      "use no (float32) or bf16"),
 ])

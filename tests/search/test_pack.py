@@ -116,7 +116,8 @@ def test_channel_pruned_candidate_is_what_its_recipe_builds(tmp_path):
     # a quarter of the channels of every group removed: about (3/4)^2 of the conv weights are left
     assert 0.45 < cand["size_ratio"] < 0.65
     replay = ds.compress(CNN, {"steps": [{"prune": {"method": "structured", "ratio": 0.25, "finetune_epochs": 2,
-                                                    "lr": 0.01}}, {"convert": {"format": "onnx"}}]},
+                                                    "lr": 0.01, "lr_schedule": "cosine", "distill": True,
+                                                    "kd_alpha": 0.9}}, {"convert": {"format": "onnx"}}]},
                          tmp_path / "c", data="digits:train", eval_data="digits:test", measure=False)
     assert hashlib.sha256(replay.model_path.read_bytes()).hexdigest() == cand["sha256"]
     assert "## Channel-pruned candidates" in (res.out_dir / "report.md").read_text()

@@ -7,6 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from deepshrink.errors import InputError
 from deepshrink.examples import DigitsMLP
@@ -251,3 +252,21 @@ def test_batchnorm_with_momentum_0_is_recalibrated_after_any_training():
     assert torch.allclose(model.bn.running_var, batch_vars, rtol=1e-4)
     assert model.bn.momentum == 0.0 and not model.training
     assert Trainer(DigitsMLP(), epochs=1, progress=False).fit((x.repeat(1, 4), y)).batchnorm_recalibrated == 0
+
+
+def test_kd_step_reads_a_softmax_head_s_probabilities_as_their_logarithm():
+    """A fine-tune's KD step (:func:`deepshrink.train.kd.kd_step`) on a model ending in softmax: the soft targets are
+    the teacher's probabilities themselves (log-probabilities as logits), not a second softmax of them, which would
+    flatten every row towards uniform."""
+    from deepshrink.train.kd import frozen_copy, kd_step, soft_target_loss
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(6, 4), nn.Softmax(dim=1))
+    student = nn.Sequential(nn.Linear(6, 4), nn.Softmax(dim=1))
+    x, y = torch.randn(16, 6), torch.randint(0, 4, (16,))
+    loss = kd_step(frozen_copy(teacher), temperature=2.0, alpha=1.0)(student, (x, y))
+    with torch.no_grad():
+        ps, pt = student(x), teacher(x)
+    assert float(loss) == pytest.approx(float(soft_target_loss(ps.log(), pt.log(), 2.0)), rel=1e-5)
+    assert abs(float(loss) - float(soft_target_loss(ps, pt, 2.0))) > 1e-3  # probabilities read as logits: another loss
+    assert float(kd_step(frozen_copy(student), 2.0, 1.0)(student, (x, y))) == pytest.approx(0.0, abs=1e-6)

@@ -60,15 +60,15 @@ METHOD_OPTIONS = {
 }
 
 
-def _config(method: str, *args: Any, given: dict[str, str] | None = None) -> Any:
+def _config(method: str, *args: Any, given: dict[str, str] | None = None, training: dict[str, Any] | None = None) -> Any:
     """The config for a CLI method (:func:`deepshrink.prune.config.config_from_options`); an option
-    the method does not use (``given``) is refused first."""
+    the method does not use (``given``) is refused first. ``training``: the fine-tune's fields given."""
     from ..prune.config import config_from_options
 
     if method not in METHODS:
         raise InputError(f"--method {method!r}: use {', '.join(METHODS)}")
     refuse_inapplicable("--method", method, given or {}, METHOD_OPTIONS, METHOD_SUMMARY)
-    return config_from_options(method, *args)
+    return config_from_options(method, *args, training=training)
 
 
 @app.command("prune")
@@ -91,6 +91,10 @@ def prune_cmd(
     round_to: Annotated[int, typer.Option("--round-to", help="structured: keep a multiple of N channels per group (16 for AVX-512 CPUs, 8 for AVX2: counts between multiples run no faster)")] = 1,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="fine-tune epochs on --data (gradual: total epochs, default 30)")] = 0,
     lr: Annotated[float | None, typer.Option("--lr", help="fine-tune learning rate (default 1e-3; gradual 2e-3)")] = None,
+    lr_schedule: Annotated[str | None, typer.Option("--lr-schedule", help="fine-tune learning rate: constant | cosine (decay to 0; default constant, gradual cosine)")] = None,
+    distill: Annotated[bool, typer.Option("--distill", help="fine-tune on the soft targets of the unpruned model as well as the labels (knowledge distillation, Hinton et al. 2015)")] = False,
+    kd_temperature: Annotated[float | None, typer.Option("--kd-temperature", help="--distill: softmax temperature of the soft targets, > 0 (default 4)")] = None,
+    kd_alpha: Annotated[float | None, typer.Option("--kd-alpha", help="--distill: weight of the soft targets against the labels, 0-1 (default 0.5)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="fine-tune batch size")] = 64,
     mixed_precision: MixedPrecisionOpt = "no",
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: --data, less the samples fine-tuning uses)")] = None,
@@ -114,9 +118,21 @@ def prune_cmd(
     if method == "structured" and importance in ("activation", "fisher") and data is None:
         raise InputError(f"--importance {importance} scores channels on real samples: give --data (unlabelled samples "
                          "are enough; random inputs from --input-shape would rank them by noise)")
+    trains = finetune_epochs > 0 or method == "gradual"
+    if not trains and (distill or lr_schedule is not None):
+        raise InputError(f"{'--distill' if distill else '--lr-schedule'} applies to fine-tuning: give "
+                         "--finetune-epochs N (or --method gradual)")
+    if not distill and (kd_temperature is not None or kd_alpha is not None):
+        raise InputError("--kd-temperature and --kd-alpha apply only with --distill")
+    if lr_schedule is not None and lr_schedule not in ("constant", "cosine"):
+        raise InputError(f"--lr-schedule {lr_schedule!r}: use constant or cosine")
+    if kd_temperature is not None and not kd_temperature > 0 or kd_alpha is not None and not 0 <= kd_alpha <= 1:
+        raise InputError("--kd-temperature must be > 0 and --kd-alpha between 0 and 1")
     config = _config(method, sparsity, threshold, scope, importance, protect or [], finetune_epochs, lr, nm,
                      heads_ratio, ffn_ratio, reconstruct, reconstruct_ridge, round_to, reconstruct_samples,
-                     given=given)
+                     given=given, training={k: v for k, v in {"lr_schedule": lr_schedule, "distill": distill or None,
+                                                              "kd_temperature": kd_temperature,
+                                                              "kd_alpha": kd_alpha}.items() if v is not None})
     # pruning is lossy by design: random inputs cannot tell a usable result from a broken one
     policy = dataclasses.replace(gate_policy(gate_min_cos, gate_max_drop, allow_degraded), judge_random=False)
     from ..core import formats
@@ -140,7 +156,7 @@ def prune_cmd(
     held: Any = load_data(eval_data, handle) if eval_data is not None else ds
     from ..prune import ACTIVATION_SAMPLES
 
-    trains = finetune_epochs > 0 or method == "gradual" or importance == "taylor"
+    trains = trains or importance == "taylor"
     scores = method == "structured" and importance in ("activation", "fisher")  # ranks channels on the first 256
     if ds is not None and eval_data is None and (trains or reconstruct or scores):  # never measure on what it used
         used = len(ds) if trains else min(len(ds), max(getattr(config, "reconstruct_samples", 0) if reconstruct else 0,
@@ -189,8 +205,12 @@ def _print_summary(report: Any) -> None:
                       f"unpruned layers {mean[0]:.4f} → {mean[1]:.4f} (mean relative squared error)", highlight=False)
     if report.finetune_loss:
         bf16 = " in bfloat16 mixed precision" if report.mixed_precision == "bf16" else ""
-        console.print(f"fine-tuned {report.finetune_epochs} epoch(s){bf16}: training loss {report.finetune_loss[0]:.4f} → "
-                      f"{report.finetune_loss[1]:.4f}", highlight=False)
+        kd = report.distilled
+        how = (f" on the unpruned model's soft targets (temperature {kd['temperature']:g}, alpha {kd['alpha']:g})"
+               + (" and the labels" if kd["alpha"] < 1 else "") if kd else "")
+        sched = ", cosine learning rate" if report.lr_schedule == "cosine" else ""
+        console.print(f"fine-tuned {report.finetune_epochs} epoch(s){how}{bf16}{sched}: training loss "
+                      f"{report.finetune_loss[0]:.4f} → {report.finetune_loss[1]:.4f}", highlight=False)
     if report.batchnorm_recalibrated:
         console.print(f"  BatchNorm statistics recomputed on the training data for {report.batchnorm_recalibrated} "
                       "layer(s) whose momentum 0 kept them from following fine-tuning", highlight=False)

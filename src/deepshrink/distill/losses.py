@@ -14,31 +14,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from ..train.kd import kd_loss, soft_target_loss
 
-def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T² · KL(softmax(t/T) ‖ softmax(s/T))``, averaged over samples (and positions).
-
-    Logits: (..., C), the class (vocabulary) axis last; leading axes are flattened into samples.
-    The T² factor keeps the gradient scale independent of T (Hinton et al. 2015, §2).
-    """
-    c = student_logits.shape[-1]
-    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
-    s = F.log_softmax(student_logits.reshape(-1, c) / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.reshape(-1, c).detach() / temperature, dim=-1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
-            temperature: float, alpha: float) -> torch.Tensor:
-    """``alpha · soft_target_loss + (1 − alpha) · cross_entropy(student, labels)``; without labels the soft term.
-
-    ``labels``: int64 class indices shaped like the logits without their last axis.
-    """
-    soft = soft_target_loss(student_logits, teacher_logits, temperature)
-    if labels is None or alpha >= 1.0:
-        return soft
-    hard = F.cross_entropy(student_logits.float().reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
-    return alpha * soft + (1.0 - alpha) * hard
+__all__ = ["attention_loss", "embedding_loss", "feature_loss", "hidden_loss", "kd_loss", "soft_target_loss",
+           "uniform_layer_map"]
 
 
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor, metric: str = "mse") -> torch.Tensor:

@@ -75,6 +75,8 @@ class PruneReport:
     batchnorm_recalibrated: int = 0  # BatchNorm layers with momentum 0 whose statistics fine-tuning recomputed
     batchnorm_inserted: int = 0  # an ONNX import's convolutions given a BatchNorm while fine-tuning, folded after
     mixed_precision: str = "no"  # the fine-tune's forward passes: "no" (float32) or "bf16" (bfloat16 autocast)
+    lr_schedule: str = "constant"  # the fine-tune's learning rate: "constant" or "cosine" decay
+    distilled: dict[str, float] | None = None  # fine-tuned on the unpruned model's soft targets: temperature, alpha
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,6 +168,10 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
         _check_data_fits(module, data_inputs, getattr(data, "source", "the data"))
     opts = {"data": data, "example_inputs": data_inputs or example_inputs, "batch_size": batch_size,
             "seed": seed, "progress": progress, "mixed_precision": mixed_precision}
+    if getattr(config, "distill", False):  # the model as the caller gave it teaches the pruned one
+        from ..train.kd import frozen_copy
+
+        opts["teacher"] = frozen_copy(module)
     probe = _probe(data_inputs or example_inputs)
     used_before = counted_parameters(module, probe)
     pruned, report = handler_for(config)(module, config, **opts)
@@ -220,9 +226,14 @@ def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source
 
 def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_size: int, seed: int, progress: bool,
               callbacks: list[Any] | None = None, what: str, lr_schedule: str = "constant",
-              mixed_precision: str = "no") -> dict[str, Any]:
-    """Fine-tune ``module`` in place on labelled ``data``; returns the :class:`PruneReport` fields it fills."""
+              mixed_precision: str = "no", teacher: nn.Module | None = None,
+              kd: tuple[float, float] = (4.0, 0.5)) -> dict[str, Any]:
+    """Fine-tune ``module`` in place on labelled ``data``; returns the :class:`PruneReport` fields it fills.
+    ``teacher``: the unpruned model (frozen): the loss is then :func:`deepshrink.train.kd.kd_loss` against its
+    outputs at ``kd`` = (temperature, alpha) instead of the labels' cross-entropy alone."""
     from ..train import Trainer
+    from ..train.kd import kd_step
+    from ..train.trainer import default_forward
     from .unstructured import HoldMasks
 
     train = as_train_data(data, what=what)
@@ -239,14 +250,22 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
     try:
         res = Trainer(module, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                       callbacks=[*(callbacks or []), HoldMasks(module)], lr_schedule=lr_schedule,
-                      mixed_precision=mixed_precision).fit(train)
+                      mixed_precision=mixed_precision, step_fn=kd_step(teacher, *kd) if teacher is not None else None,
+                      forward_fn=default_forward).fit(train)
     except (RuntimeError, IndexError) as exc:
         raise InputError(f"{what} failed on the data: {first_line(exc)}") from None
     finally:
         fold_batchnorm(module, pairs)
     return {"finetune_loss": [res.losses[0], res.losses[-1]] if res.losses else None,
             "batchnorm_recalibrated": res.batchnorm_recalibrated, "batchnorm_inserted": len(pairs),
-            "mixed_precision": mixed_precision}
+            "mixed_precision": mixed_precision, "lr_schedule": lr_schedule,
+            "distilled": {"temperature": kd[0], "alpha": kd[1]} if teacher is not None else None}
+
+
+def _training(config: PruneConfig, opts: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tune's keyword arguments a config and the verb's options set (schedule, precision, teacher)."""
+    return {"lr_schedule": getattr(config, "lr_schedule", "constant"), "mixed_precision": opts.get("mixed_precision", "no"),
+            "teacher": opts.get("teacher"), "kd": (getattr(config, "kd_temperature", 4.0), getattr(config, "kd_alpha", 0.5))}
 
 
 def _report(method: str, before: int, sp_before: float, module: nn.Module, layers: dict[str, nn.Module] | None = None,
@@ -258,7 +277,7 @@ def _report(method: str, before: int, sp_before: float, module: nn.Module, layer
 
 @register(MagnitudePruneConfig)
 def _magnitude(module: nn.Module, config: MagnitudePruneConfig, *, data: Any, batch_size: int, seed: int,
-               progress: bool, mixed_precision: str = "no", **_: Any) -> tuple[nn.Module, PruneReport]:
+               progress: bool, **opts: Any) -> tuple[nn.Module, PruneReport]:
     from .unstructured import apply_masks, magnitude_masks, remove_masks
 
     before, sp0 = count_params(module), sparsity_of(module)
@@ -270,14 +289,14 @@ def _magnitude(module: nn.Module, config: MagnitudePruneConfig, *, data: Any, ba
     trained: dict[str, Any] = {}
     if config.finetune_epochs:
         trained = _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
-                            progress=progress, what="fine-tuning", mixed_precision=mixed_precision)
+                            progress=progress, what="fine-tuning", **_training(config, opts))
     remove_masks(module)
     return module, _report("magnitude", before, sp0, module, layers, finetune_epochs=config.finetune_epochs, **trained)
 
 
 @register(NMPruneConfig)
 def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int, seed: int, progress: bool,
-        mixed_precision: str = "no", **_: Any) -> tuple[nn.Module, PruneReport]:
+        **opts: Any) -> tuple[nn.Module, PruneReport]:
     from .unstructured import apply_masks, nm_masks, remove_masks
 
     before, sp0 = count_params(module), sparsity_of(module)
@@ -293,7 +312,7 @@ def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int,
     trained: dict[str, Any] = {}
     if config.finetune_epochs:
         trained = _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
-                            progress=progress, what="fine-tuning", mixed_precision=mixed_precision)
+                            progress=progress, what="fine-tuning", **_training(config, opts))
     remove_masks(module)
     msgs = _unique(str(w.message) for w in caught)
     return module, _report(f"nm {config.n}:{config.m}", before, sp0, module, layers, warnings=msgs,
@@ -302,7 +321,7 @@ def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int,
 
 @register(GradualPruneConfig)
 def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_size: int, seed: int,
-             progress: bool, mixed_precision: str = "no", **_: Any) -> tuple[nn.Module, PruneReport]:
+             progress: bool, **opts: Any) -> tuple[nn.Module, PruneReport]:
     from .unstructured import GradualPruneCallback, remove_masks
 
     before, sp0 = count_params(module), sparsity_of(module)
@@ -311,8 +330,7 @@ def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_
     cb = GradualPruneCallback(layers, initial=config.initial_sparsity, final=config.final_sparsity,
                               begin=config.begin, end=config.end, frequency=config.frequency, scope=config.scope)
     trained = _finetune(module, data, config.epochs, config.lr, batch_size=batch_size, seed=seed, progress=progress,
-                        callbacks=[cb], what="gradual pruning", lr_schedule=config.lr_schedule,
-                        mixed_precision=mixed_precision)
+                        callbacks=[cb], what="gradual pruning", **_training(config, opts))
     remove_masks(module)
     return module, _report("gradual", before, sp0, module, layers, finetune_epochs=config.epochs,
                            schedule=cb.history, **trained)
@@ -320,7 +338,7 @@ def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_
 
 @register(StructuredPruneConfig)
 def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, example_inputs: Any,
-                batch_size: int, seed: int, progress: bool, mixed_precision: str = "no", **_: Any) -> tuple[nn.Module, PruneReport]:
+                batch_size: int, seed: int, progress: bool, **opts: Any) -> tuple[nn.Module, PruneReport]:
     from .structured import structured_prune
     from .structured.reconstruct import mask_index as reconstruct_mask_index
 
@@ -367,7 +385,7 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
     trained: dict[str, Any] = {}
     if config.finetune_epochs:
         trained = _finetune(module, data, config.finetune_epochs, config.lr, batch_size=batch_size, seed=seed,
-                            progress=progress, what="fine-tuning", mixed_precision=mixed_precision)
+                            progress=progress, what="fine-tuning", **_training(config, opts))
     groups = [{"name": g.name, "kind": g.kind, "size": g.size, "kept": int(len(g.keep)),
                "members": sorted({m.module for m in g.members})} for g in pruned]  # type: ignore[arg-type]
     return module, _report("structured", before, sp0, module, groups=groups, warnings=msgs,

@@ -19,9 +19,12 @@ every prunable group) fine-tuned on the labelled data:
    through :func:`deepshrink.recipe.compress` itself — so ``compress --recipe best.yaml`` reproduces
    the chosen ``best.onnx`` byte for byte — then scored and timed like every candidate.
 
-Fine-tuning: ``structured_epochs`` epochs at lr 1e-2 (measured on the digits CNN, half the
-channels removed, 30 epochs: 99.72 % test accuracy at lr 1e-2 against 98.61 % at the default
-2e-3; the original 100 %). Needs a PyTorch model built from Python modules and labelled data.
+Fine-tuning: ``structured_epochs`` epochs at lr 1e-2 with a cosine decay, on the soft targets of the
+unpruned model (alpha 0.9, temperature 4) and the labels (measured on the digits CNN, half the channels
+removed, 30 epochs: 99.72 % test accuracy at lr 1e-2 against 98.61 % at the default 2e-3; then, 5 seeds
+on the 360 test digits the original all gets right, labels alone at a constant lr 1e-2 lost 1-4 digits
+— mean 2.4 — and the soft targets with the cosine decay 0-2, mean 1.0). Needs a PyTorch model built
+from Python modules and labelled data.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .objective import Candidate, Evaluator
 
 RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75)  # fraction of every prunable group's channels removed
 LR = 1e-2
+KD_ALPHA = 0.9  # weight of the unpruned model's soft targets in the fine-tune (module docstring)
 
 
 def wanted(config: SearchConfig, source: Any, data: Any, say: Any) -> bool:
@@ -61,8 +65,9 @@ def wanted(config: SearchConfig, source: Any, data: Any, say: Any) -> bool:
 
 def recipe_of(ratio: float, config: SearchConfig) -> dict[str, Any]:
     """The recipe a channel-pruned candidate is built by (and ``best.yaml`` holds)."""
-    return {"steps": [{"prune": {"method": "structured", "ratio": ratio, "finetune_epochs": config.structured_epochs,
-                                 "lr": LR}},
+    tune = ({"finetune_epochs": config.structured_epochs, "lr": LR, "lr_schedule": "cosine", "distill": True,
+             "kd_alpha": KD_ALPHA} if config.structured_epochs else {})
+    return {"steps": [{"prune": {"method": "structured", "ratio": ratio, **tune}},
                       {"convert": {"format": "onnx"}}]}
 
 

@@ -122,12 +122,17 @@ def classification_loss(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     1 within 1e-3) gets the negative log-likelihood of those probabilities: cross-entropy would softmax them
     again, and could not go below ~0.31 for two classes (PP-OCR's direction classifier: every fine-tune ended
     at 0.33–0.36)."""
-    with torch.no_grad():
-        probabilities = out.dim() == 2 and bool(out.min() >= 0) and bool(out.max() <= 1) and bool(
-            (out.sum(1) - 1).abs().max() < 1e-3)
-    if probabilities:
+    if are_probabilities(out):
         return nn.functional.nll_loss(out.clamp_min(1e-12).log(), labels)
     return nn.functional.cross_entropy(out, labels)
+
+
+def are_probabilities(out: torch.Tensor) -> bool:
+    """Whether class scores ``out`` (N, C) are probabilities already (every value in [0, 1], each row summing to
+    1 within 1e-3): the output of a softmax head."""
+    with torch.no_grad():
+        return out.dim() == 2 and bool(out.min() >= 0) and bool(out.max() <= 1) and bool(
+            (out.sum(1) - 1).abs().max() < 1e-3)
 
 
 def default_forward(model: nn.Module, batch: Sequence[torch.Tensor]) -> Any:
