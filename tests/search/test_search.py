@@ -207,3 +207,17 @@ def test_ray_without_the_extra_one_line_exit_2(tmp_path, mlp_onnx, capsys, monke
     rc = run_app(["search", str(mlp_onnx), "-d", DATA, "--max-drop", "1", "--ray-workers", "2", "-o",
                   str(tmp_path / "o")])
     assert rc == 2 and "give --ray too" in capsys.readouterr().err
+
+
+def test_a_max_drop_finer_than_one_held_out_sample_is_said(tmp_path, mlp_onnx):
+    """180 held-out samples to choose on: one sample is 0.56 pt, so --max-drop 0.5 can only mean "none lost"; the
+    verdict says so and how much held-out data would resolve the limit (400: 200 to choose on, 200 to report on)."""
+    from deepshrink.search.runner import _resolution_warning
+
+    res = ds.search(str(mlp_onnx), DATA, SearchConfig(max_drop=0.5, trials=1, repeats=0), tmp_path / "a",
+                    eval_data=EVAL)
+    [w] = [w for w in res.report["verdict"]["warnings"] if "one sample is" in w]
+    assert "has 180 samples, so one sample is 0.56 pt, more than --max-drop 0.5" in w and "at least 400 " in w
+    assert _resolution_warning(180, SearchConfig(max_drop=0.6)) is None
+    assert _resolution_warning(200, SearchConfig(max_drop=0.5)) is None
+    assert _resolution_warning(180, SearchConfig(target_cos=0.99)) is None

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -131,6 +132,8 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     reference = to_onnx_handle(source)
     say(f"calibration: {len(calibration)} samples of {calibration.source}; held-out: {len(select)} to choose on"
         + (f", {len(test)} to report on" if test is not None else " (too few to keep a separate test part)"))
+    if (coarse := _resolution_warning(len(select), config)) is not None:
+        say("warning: " + coarse)
     calib_arrays = calibration.take(min(len(calibration), 256)).inputs
     space = build_space(reference, calib_arrays, config)
     if not space.free:
@@ -574,6 +577,17 @@ def _slower_warning(t: dict[str, float], threads: int) -> str | None:
             + ("; time both again on a quiet machine (deepshrink bench)" if noisy else ""))
 
 
+def _resolution_warning(n_select: int, config: SearchConfig) -> str | None:
+    """When one sample of the held-out part the search chooses on is worth more accuracy points than ``--max-drop``,
+    the limit can only mean "no sample lost": say so (None otherwise)."""
+    if config.max_drop is None or n_select == 0 or 100.0 / n_select <= config.max_drop:
+        return None
+    return (f"the held-out part the search chooses on has {n_select} samples, so one sample is "
+            f"{100.0 / n_select:.2f} pt, more than --max-drop {config.max_drop:g}: any candidate that loses a sample "
+            f"fails; give at least {2 * math.ceil(100.0 / config.max_drop)} labelled held-out samples (--eval-data; half "
+            "are kept back to report on) for a finer figure")
+
+
 def _one_value_warning(ev: Evaluator) -> str:
     """The cosine target of a model whose first output is one number per sample is a weak check: say so."""
     shape = "x".join(map(str, ev.ref_select.shape[1:])) or "scalar"
@@ -667,6 +681,8 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
             warnings.append(faster)
     if config.max_drop is None and ev.one_value_per_sample:
         warnings.append(_one_value_warning(ev))
+    if (coarse := _resolution_warning(len(ev.select_set), config)) is not None:
+        warnings.append(coarse)
     verdict = {"met": chosen is not None, "warnings": warnings, "target": _target_text(config),
                "budget": config.budget.describe() if config.budget else None, "budget_ratio": budget,
                "why": why, "message": "" if chosen is not None else _not_met_message(closest, ev, config, budget, final)}
