@@ -28,6 +28,8 @@ import torch
 from deepshrink.examples import digits_data, trained_digits_cnn
 from deepshrink.quantize.qat import calibrate, prepare_qat, train_qat
 from deepshrink.train import Callback, Trainer, accuracy_of
+from deepshrink.train.kd import frozen_copy, kd_step
+from deepshrink.train.trainer import default_forward
 
 warnings.filterwarnings("ignore")
 
@@ -86,6 +88,11 @@ def run(seeds: int, epochs: int, lr: float, configs: list[tuple[int, int]]) -> d
             train_qat(q, (d.x_train, d.y_train), epochs=epochs, lr=lr, seed=seed, progress=False,
                       lr_schedule="cosine")
             add(f"ds-qat-w{wb}a{ab}", accuracy_of(q, d.x_test, d.y_test))
+            # the same QAT on the float model's soft targets (QATConfig(distill=True, kd_alpha=0.5), T 4)
+            q = calibrate(prepare_qat(m, weight_bits=wb, act_bits=ab), calib)
+            train_qat(q, (d.x_train, d.y_train), epochs=epochs, lr=lr, seed=seed, progress=False,
+                      lr_schedule="cosine", step_fn=kd_step(frozen_copy(m), 4.0, 0.5), forward_fn=default_forward)
+            add(f"ds-qatkd-w{wb}a{ab}", accuracy_of(q, d.x_test, d.y_test))
             from torch.ao.quantization import disable_observer, enable_observer
 
             p = ao_prepare(m, wb, ab)
@@ -148,8 +155,9 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for wb, ab in configs:
-        for key, label in (("ds-ptq", "deepshrink PTQ"), ("ds-qat", "deepshrink QAT"), ("ao-ptq", "torch.ao PTQ"),
-                           ("ao-qat", "torch.ao QAT")):
+        for key, label in (("ds-ptq", "deepshrink PTQ"), ("ds-qat", "deepshrink QAT"),
+                           ("ds-qatkd", "deepshrink QAT, soft targets (distill, alpha 0.5, T 4)"),
+                           ("ao-ptq", "torch.ao PTQ"), ("ao-qat", "torch.ao QAT")):
             vals = res[f"{key}-w{wb}a{ab}"]
             acc = np.mean(vals) * 100
             lines.append(f"| W{wb}A{ab} | {label} | {acc:.2f} | {fp - acc:+.2f} | "

@@ -126,6 +126,12 @@ ROWS = [
     (QATConfig, "batch_size", {}, 16, "epochs=0"),
     (QATConfig, "seed", {"epochs": 1}, 1, CHANGES),
     (QATConfig, "seed", {}, 1, "epochs=0"),
+    (QATConfig, "distill", {"epochs": 1}, True, CHANGES),
+    (QATConfig, "distill", {}, True, "epochs=0"),
+    (QATConfig, "kd_temperature", {"epochs": 1, "distill": True}, 2.0, CHANGES),
+    (QATConfig, "kd_temperature", {"epochs": 1}, 2.0, "distill is off"),
+    (QATConfig, "kd_alpha", {"epochs": 1, "distill": True}, 0.9, CHANGES),
+    (QATConfig, "kd_alpha", {"epochs": 1}, 0.9, "distill is off"),
 ]
 # every QAT row starts from post-training quantization; auto's rows do not time layouts (the choice
 # would follow the machine's load: tests/quantize/test_auto_speed.py covers choose_by_speed)

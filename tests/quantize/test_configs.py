@@ -26,7 +26,7 @@ EXAMPLES = [
     WeightOnlyConfig(bits=4, group_size=32, method="gptq"),
     KMeansConfig(bits=3, per_channel=True),
     Log2Config(bits=5, include=("fc*",)),
-    QATConfig(weight_bits=4, act_bits=8, epochs=2, lr=1e-3),
+    QATConfig(weight_bits=4, act_bits=8, epochs=2, lr=1e-3, distill=True, kd_alpha=0.9),
     MixedPrecisionConfig(default=Int8StaticConfig(observer="mse"),
                          overrides={"*fc3*": KMeansConfig(bits=6), "*fc1*": WeightOnlyConfig(bits=8, group_size=16)},
                          exclude=("*stem*",)),

@@ -176,6 +176,31 @@ def test_qat_deploys_the_trained_grid_as_int8(digits, digits_mlp, measured):
         ds.quantize(h, QATConfig(), data={"x": d.x_train})
 
 
+@pytest.mark.trains
+def test_qat_trains_on_the_float_model_s_soft_targets(digits, digits_mlp):
+    """``QATConfig(distill=True, kd_alpha=1)``: QAT learns from the float model's outputs alone, so shuffled labels
+    deploy the same int8 model as the true ones, while labels-only QAT follows the labels; the report says so."""
+    from deepshrink.quantize import QATConfig
+
+    d = digits.flat()
+    h = ds.load(digits_mlp, input_shapes=["x:1x64"])
+    shuffled = np.random.default_rng(0).permutation(d.y_train[:256])
+    outs = {}
+    for how, cfg in (("kd", QATConfig(weight_bits=4, act_bits=8, epochs=1, lr=1e-3, distill=True, kd_alpha=1.0)),
+                     ("ce", QATConfig(weight_bits=4, act_bits=8, epochs=1, lr=1e-3))):
+        for name, labels in (("true", d.y_train[:256]), ("shuffled", shuffled)):
+            q = ds.quantize(h, cfg, data={"x": d.x_train[:256], "labels": labels})
+            outs[how, name] = run_outputs(q.model.model, {"x": d.x_test})
+            if how == "kd":
+                assert q.report.details["distilled"] == {"temperature": 4.0, "alpha": 1.0}
+    np.testing.assert_array_equal(outs["kd", "true"], outs["kd", "shuffled"])
+    assert np.abs(outs["ce", "true"] - outs["ce", "shuffled"]).max() > 1e-3
+    with pytest.raises(InputError, match="distill"):
+        QATConfig.build(epochs=0, distill=True)
+    with pytest.raises(InputError, match="kd_alpha"):
+        QATConfig.build(epochs=1, kd_alpha=0.9)
+
+
 def test_mixed_precision_per_layer(mlp_handle, digits):
     cfg = MixedPrecisionConfig(default=Int8DynamicConfig(), overrides={"fc3*": KMeansConfig(bits=4, min_elements=10)},
                                exclude=("fc2*",))

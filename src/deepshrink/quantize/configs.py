@@ -206,6 +206,9 @@ class QATConfig(QuantConfig):
     ``epochs=0`` is post-training quantization on the same path (calibrate, optionally
     bias-correct, deploy; no labels needed). ``bias_correction`` removes the mean output shift
     that weight rounding adds to each layer (:mod:`.bias_correction`), before any training.
+    ``distill``: train on ``kd_alpha`` · the soft targets of the float model at ``kd_temperature`` plus
+    ``1 − kd_alpha`` · the labels' cross-entropy (Hinton et al. 2015; :func:`deepshrink.train.kd.kd_loss`), the
+    loss pruning's fine-tune and Deep Compression take with their ``distill``.
     """
 
     weight_bits: int = Field(default=8, ge=2, le=8)
@@ -218,11 +221,16 @@ class QATConfig(QuantConfig):
     lr: float = Field(default=1e-4, gt=0.0, le=1.0)
     batch_size: int = Field(default=64, ge=1)
     seed: int = 0
+    distill: bool = False
+    kd_temperature: float = Field(default=4.0, gt=0)
+    kd_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _used(self) -> QATConfig:
-        self._refuse_unused(("learn_scales", "lr", "batch_size", "seed"), self.epochs == 0,
+        self._refuse_unused(("learn_scales", "lr", "batch_size", "seed", "distill"), self.epochs == 0,
                             "it applies to training, and epochs=0 trains nothing (post-training quantization)")
+        self._refuse_unused(("kd_temperature", "kd_alpha"), not self.distill,
+                            "it shapes distill's loss, and distill is off")
         return self
 
 

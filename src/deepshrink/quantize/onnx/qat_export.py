@@ -46,6 +46,11 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     xs = [torch.from_numpy(np.ascontiguousarray(ds.inputs[n])) for n in names]
     n_rows = len(xs[0])
     calib = [tuple(x[i:i + 64] for x in xs) for i in range(0, min(n_rows, 512), 64)]
+    teacher = None
+    if training and config.distill:  # the float model as given teaches its fake-quantized copy
+        from ...train.kd import frozen_copy
+
+        teacher = frozen_copy(handle.model)
     prepared = prepare_qat(handle.model, weight_bits=config.weight_bits, act_bits=config.act_bits,
                            include=config.include, exclude=config.exclude, act_observer=config.observer,
                            learn_scales=config.learn_scales, weight_per_channel=config.per_channel)
@@ -57,8 +62,14 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
         shifts = correct_bias(prepared, calib)
     if training:
         y = torch.from_numpy(np.asarray(ds.labels).astype(np.int64))
+        kd: dict[str, Any] = {}
+        if teacher is not None:
+            from ...train.kd import kd_step
+            from ...train.trainer import default_forward
+
+            kd = {"step_fn": kd_step(teacher, config.kd_temperature, config.kd_alpha), "forward_fn": default_forward}
         train_qat(prepared, (*xs, y), epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                  seed=config.seed, progress=progress)
+                  seed=config.seed, progress=progress, **kd)
     plain, record = finalize(prepared)
     example = {n: ds.inputs[n][:2] for n in names}
     exported = export_onnx(plain, example)
@@ -68,7 +79,9 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
 
     prep = Prepared(exported, exported.model, None)
     report: dict[str, Any] = {"scheme": "QATConfig", "layers": sorted(record), "weight_bits": config.weight_bits,
-                              "act_bits": config.act_bits, "epochs": config.epochs}
+                              "act_bits": config.act_bits, "epochs": config.epochs,
+                              **({"distilled": {"temperature": config.kd_temperature, "alpha": config.kd_alpha}}
+                                 if teacher is not None else {})}
     if shifts:
         report["bias_correction"] = shifts
     return QuantizeOutcome(_result(prep, q, {}).handle, report)
