@@ -349,7 +349,19 @@ def _reshape(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
             dyn = tf.shape(x)
             return tf.reshape(x, [dyn[i] if d == 0 else d for i, d in enumerate(dims)])
         return tf.reshape(x, dims)
-    return tf.reshape(x, tf.cast(shape, tf.int32))
+    shape = tf.cast(shape, tf.int32)
+    y = tf.reshape(x, shape)
+    # A shape computed at run time (Shape -> Gather -> Concat, as exported under dynamic axes):
+    # TF's graph-building shape inference still works out some sizes (YOLOv8's DFL head: N x 4 x 16
+    # x A), but TFLite's converter re-infers shapes from the operands alone and would see none,
+    # leaving e.g. a Conv2D with unknown input channels as a TF (flex) op it refuses. The sizes
+    # known here go into the shape operand as constants.
+    known = y.shape.as_list() if y.shape.rank is not None else []
+    if tf.executing_eagerly() or not any(d is not None for d in known):
+        return y
+    if all(d is not None for d in known):
+        return tf.reshape(x, known)
+    return tf.reshape(x, tf.stack([d if d is not None else shape[i] for i, d in enumerate(known)]))
 
 
 def _flatten(tf: Any, ins: list[Any], a: dict[str, Any]) -> Any:
