@@ -143,7 +143,9 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
     :mod:`warnings`: what was left alone is in ``report.warnings``, each message once, for the
     caller to show (the CLI prints each as one ``warning:`` line). ``mixed_precision``: the fine-tune's (and
     gradual pruning's) forward passes, ``"no"`` (float32) or ``"bf16"`` (bfloat16 autocast,
-    :class:`deepshrink.train.Trainer`); raises :class:`InputError` for another value."""
+    :class:`deepshrink.train.Trainer`); raises :class:`InputError` for another value. A config with
+    ``distill=True`` fine-tunes against a frozen copy of ``model`` as given (its soft targets, Hinton et al. 2015),
+    which the report records in ``distilled``."""
     from ..train.trainer import MIXED_PRECISION
 
     if mixed_precision not in MIXED_PRECISION:
