@@ -108,7 +108,7 @@ def test_fine_tune_on_the_unpruned_model_s_soft_targets(weights, tmp_path, capsy
             assert rc == 0, _err(capsys)
             if how == "kd":
                 assert ("fine-tuned 1 epoch(s) on the unpruned model's soft targets (temperature 4, alpha 1), "
-                        "cosine learning rate") in text
+                        "cosine learning-rate decay") in text
             got[labels_name, how] = load_file(str(out))
     same = got["true", "kd"], got["shuffled", "kd"]
     assert all(np.array_equal(same[0][k], same[1][k]) for k in same[0])
@@ -165,9 +165,13 @@ def test_magnitude_to_safetensors(weights, tmp_path, capsys):
     (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1", "--kd-alpha", "0.9"],
      "--kd-temperature and --kd-alpha apply only with --distill"),
     (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1", "--distill", "--kd-alpha", "1.5"],
-     "--kd-alpha between 0 and 1"),
+     "--kd-alpha 1.5: the soft targets' weight must be between 0 and 1"),
+    (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1", "--distill", "--kd-temperature", "inf"],
+     "--kd-temperature inf: the softmax temperature must be a finite number > 0"),
+    (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1", "--distill", "--kd-temperature", "0"],
+     "--kd-temperature 0: the softmax temperature"),
     (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1", "--lr-schedule", "step"],
-     "--lr-schedule 'step': use constant or cosine"),
+     "--lr-schedule 'step': use constant, cosine or linear"),
     (["--sparsity", "0.5", "--data", "digits:train", "--finetune-epochs", "1", "--mixed-precision", "fp16"],
      "use no (float32) or bf16"),
 ])

@@ -221,3 +221,4 @@ def test_a_max_drop_finer_than_one_held_out_sample_is_said(tmp_path, mlp_onnx):
     assert _resolution_warning(180, SearchConfig(max_drop=0.6)) is None
     assert _resolution_warning(200, SearchConfig(max_drop=0.5)) is None
     assert _resolution_warning(180, SearchConfig(target_cos=0.99)) is None
+    assert _resolution_warning(180, SearchConfig(max_drop=0)) is None  # 0 already says "no sample lost"

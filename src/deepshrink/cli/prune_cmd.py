@@ -91,7 +91,7 @@ def prune_cmd(
     round_to: Annotated[int, typer.Option("--round-to", help="structured: keep a multiple of N channels per group (16 for AVX-512 CPUs, 8 for AVX2: counts between multiples run no faster)")] = 1,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="fine-tune epochs on --data (gradual: total epochs, default 30)")] = 0,
     lr: Annotated[float | None, typer.Option("--lr", help="fine-tune learning rate (default 1e-3; gradual 2e-3)")] = None,
-    lr_schedule: Annotated[str | None, typer.Option("--lr-schedule", help="fine-tune learning rate: constant | cosine (decay to 0; default constant, gradual cosine)")] = None,
+    lr_schedule: Annotated[str | None, typer.Option("--lr-schedule", help="fine-tune learning rate: constant | cosine | linear (decay to 0; default constant, gradual cosine)")] = None,
     distill: Annotated[bool, typer.Option("--distill", help="fine-tune on the soft targets of the unpruned model as well as the labels (knowledge distillation, Hinton et al. 2015)")] = False,
     kd_temperature: Annotated[float | None, typer.Option("--kd-temperature", help="--distill: softmax temperature of the soft targets, > 0 (default 4)")] = None,
     kd_alpha: Annotated[float | None, typer.Option("--kd-alpha", help="--distill: weight of the soft targets against the labels, 0-1 (default 0.5)")] = None,
@@ -124,10 +124,12 @@ def prune_cmd(
                          "--finetune-epochs N (or --method gradual)")
     if not distill and (kd_temperature is not None or kd_alpha is not None):
         raise InputError("--kd-temperature and --kd-alpha apply only with --distill")
-    if lr_schedule is not None and lr_schedule not in ("constant", "cosine"):
-        raise InputError(f"--lr-schedule {lr_schedule!r}: use constant or cosine")
-    if kd_temperature is not None and not kd_temperature > 0 or kd_alpha is not None and not 0 <= kd_alpha <= 1:
-        raise InputError("--kd-temperature must be > 0 and --kd-alpha between 0 and 1")
+    if lr_schedule is not None and lr_schedule not in ("constant", "cosine", "linear"):
+        raise InputError(f"--lr-schedule {lr_schedule!r}: use constant, cosine or linear")
+    if kd_temperature is not None and not 0 < kd_temperature < float("inf"):
+        raise InputError(f"--kd-temperature {kd_temperature:g}: the softmax temperature must be a finite number > 0")
+    if kd_alpha is not None and not 0 <= kd_alpha <= 1:
+        raise InputError(f"--kd-alpha {kd_alpha:g}: the soft targets' weight must be between 0 and 1")
     config = _config(method, sparsity, threshold, scope, importance, protect or [], finetune_epochs, lr, nm,
                      heads_ratio, ffn_ratio, reconstruct, reconstruct_ridge, round_to, reconstruct_samples,
                      given=given, training={k: v for k, v in {"lr_schedule": lr_schedule, "distill": distill or None,
@@ -208,7 +210,7 @@ def _print_summary(report: Any) -> None:
         kd = report.distilled
         how = (f" on the unpruned model's soft targets (temperature {kd['temperature']:g}, alpha {kd['alpha']:g})"
                + (" and the labels" if kd["alpha"] < 1 else "") if kd else "")
-        sched = ", cosine learning rate" if report.lr_schedule == "cosine" else ""
+        sched = f", {report.lr_schedule} learning-rate decay" if report.lr_schedule != "constant" else ""
         console.print(f"fine-tuned {report.finetune_epochs} epoch(s){how}{bf16}{sched}: training loss "
                       f"{report.finetune_loss[0]:.4f} → {report.finetune_loss[1]:.4f}", highlight=False)
     if report.batchnorm_recalibrated:

@@ -36,7 +36,7 @@ def search_cmd(
     target_cos: Annotated[float | None, typer.Option("--target-cos", help="mean output cosine to the original to keep (unlabelled data)")] = None,
     min_cos: Annotated[float | None, typer.Option("--min-cos", help="worst-sample output cosine to keep (default: min(0.99, --target-cos))")] = None,
     confidence: Annotated[float, typer.Option("--confidence", help="--target-cos: standard errors the measured mean must clear it by, so that it holds on unseen samples too (0: the measured mean; quantize --scheme auto uses 2)")] = 0.0,
-    budget: Annotated[str | None, typer.Option("--budget", help="size=2MB | size=0.1x | latency=0.5x | latency=2ms")] = None,
+    budget: Annotated[list[str] | None, typer.Option("--budget", help="size=2MB | size=0.1x | latency=0.5x | latency=2ms (one)")] = None,
     trials: Annotated[int, typer.Option("--trials", help="candidates to build and measure (sensitivity warm starts included)")] = 24,
     time_limit: Annotated[str | None, typer.Option(
         "--time", help="wall-clock cap on the trials: 90s, 10m, 1h (the finalists' re-timing and the replay that "
@@ -78,6 +78,9 @@ def search_cmd(
                          "not both")
     if max_drop is None and target_cos is None:
         raise InputError("give a fidelity target: --max-drop PT (accuracy points, labelled data) or --target-cos C")
+    if budget and len(budget) > 1:
+        raise InputError(f"--budget given {len(budget)} times ({', '.join(budget)}); the search meets one budget "
+                         "(size or latency) and reports the other resource for every candidate: give one")
     if ray_workers is not None and ray is None:
         raise InputError("--ray-workers is the number of Ray workers; give --ray too (alone: a local cluster)")
     picked = tuple(c.strip() for c in choices.split(",") if c.strip())
@@ -93,7 +96,7 @@ def search_cmd(
     if confidence and target_cos is None:
         raise InputError("--confidence applies to a cosine target: give --target-cos, or leave --confidence out")
     config = SearchConfig.build(max_drop=max_drop, target_cos=target_cos, min_cos=min_cos, confidence=confidence,
-                                budget=parse_budget(budget) if budget is not None else None, choices=picked,
+                                budget=parse_budget(budget[0]) if budget else None, choices=picked,
                                 trials=trials, time_s=parse_duration(time_limit) if time_limit else None,
                                 seed=seed, threads=threads, repeats=repeats, ray=ray, ray_workers=ray_workers,
                                 proposal_batch=proposal_batch, pack=pack, pack_trials=pack_trials,
@@ -121,8 +124,10 @@ def search_cmd(
     test = c.get("test") or c["select"]
     fid = (f"accuracy drop {test['drop_points']:.2f} pt" if test.get("drop_points") is not None
            else f"cosine {test['cos_mean']:.4f} mean / {test['cos_min']:.4f} worst")
+    where = (f"the {test['samples']} held-out samples it never chose on" if c.get("test")
+             else f"the {test['samples']} held-out samples it chose on (too few to keep some back)")
     console.print(f"chosen: trial {c['trial']} ({choices_text(c['choices'])}): "
-                  f"{c['size_ratio']:.3f}x the size{lat}; {fid} on held-out samples", highlight=False, markup=False)
+                  f"{c['size_ratio']:.3f}x the size{lat}; {fid} on {where}", highlight=False, markup=False)
     for w in res.report["verdict"]["warnings"]:
         warn(w)
     best = res.files.get("best.dsz") or res.files["best.onnx"]

@@ -90,7 +90,7 @@ class DeepCompressionConfig(PackConfig):
     kernel_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
     fold_bn: bool = False
     distill: bool = False
-    kd_temperature: float = Field(default=4.0, gt=0)
+    kd_temperature: float = Field(default=4.0, gt=0, allow_inf_nan=False)
     kd_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
     layer_bits: dict[str, int] = Field(default_factory=dict)
 

@@ -222,7 +222,7 @@ class QATConfig(QuantConfig):
     batch_size: int = Field(default=64, ge=1)
     seed: int = 0
     distill: bool = False
-    kd_temperature: float = Field(default=4.0, gt=0)
+    kd_temperature: float = Field(default=4.0, gt=0, allow_inf_nan=False)
     kd_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")

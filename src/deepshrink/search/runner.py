@@ -132,8 +132,6 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
     reference = to_onnx_handle(source)
     say(f"calibration: {len(calibration)} samples of {calibration.source}; held-out: {len(select)} to choose on"
         + (f", {len(test)} to report on" if test is not None else " (too few to keep a separate test part)"))
-    if (coarse := _resolution_warning(len(select), config)) is not None:
-        say("warning: " + coarse)
     calib_arrays = calibration.take(min(len(calibration), 256)).inputs
     space = build_space(reference, calib_arrays, config)
     if not space.free:
@@ -580,7 +578,7 @@ def _slower_warning(t: dict[str, float], threads: int) -> str | None:
 def _resolution_warning(n_select: int, config: SearchConfig) -> str | None:
     """When one sample of the held-out part the search chooses on is worth more accuracy points than ``--max-drop``,
     the limit can only mean "no sample lost": say so (None otherwise)."""
-    if config.max_drop is None or n_select == 0 or 100.0 / n_select <= config.max_drop:
+    if not config.max_drop or n_select == 0 or 100.0 / n_select <= config.max_drop:  # 0 already means "none lost"
         return None
     return (f"the held-out part the search chooses on has {n_select} samples, so one sample is "
             f"{100.0 / n_select:.2f} pt, more than --max-drop {config.max_drop:g}: any candidate that loses a sample "
