@@ -117,6 +117,25 @@ def test_fine_tune_on_the_unpruned_model_s_soft_targets(weights, tmp_path, capsy
     assert any(not np.allclose(same[0][k], ce[0][k], atol=1e-3) for k in ce[0])
 
 
+def test_soft_targets_alone_fine_tune_on_unlabelled_data(weights, tmp_path, capsys):
+    """`--distill --kd-alpha 1` reads no labels, so unlabelled samples are enough; any other alpha needs labels, and
+    the refusal names the way out."""
+    from deepshrink.examples.digits import digits_data
+
+    data = tmp_path / "unlabelled.npz"
+    np.savez(data, x=digits_data().x_train[:256])
+    base = ["prune", MLP, "-w", weights["mlp"], "--sparsity", "0.5", "--data", str(data), "--finetune-epochs", "1",
+            "--repeats", "1", "--allow-degraded", "--json"]
+    rc = run_app([*base, "-o", str(tmp_path / "half.onnx"), "--distill"])
+    err = _err(capsys)
+    assert rc == 2 and "unlabelled.npz has none); or fine-tune on the unpruned model" in err and "--kd-alpha 1" in err, err
+    assert not (tmp_path / "half.onnx").exists()
+    rc = run_app([*base, "-o", str(tmp_path / "soft.onnx"), "--distill", "--kd-alpha", "1"])
+    assert rc == 0, _err(capsys)
+    report = json.loads(capsys.readouterr().out)["report"]
+    assert report["distilled"] == {"temperature": 4.0, "alpha": 1.0} and report["finetune_loss"][1] < report["finetune_loss"][0]
+
+
 def test_structured_round_to_keeps_multiples_of_n(weights, tmp_path, capsys):
     """--round-to 8: 40% of 32 and 64 channels removed would keep 19 and 38; rounded up to 24 and 40."""
     out = tmp_path / "cnn.pt2"

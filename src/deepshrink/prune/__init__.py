@@ -45,6 +45,7 @@ from .config import (
     NMPruneConfig,
     PruneConfig,
     StructuredPruneConfig,
+    soft_targets_only,
 )
 
 ACTIVATION_SAMPLES = 256  # samples activation / Fisher importance ranks channels on (the data's first)
@@ -238,7 +239,7 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
     from ..train.trainer import default_forward
     from .unstructured import HoldMasks
 
-    train = as_train_data(data, what=what)
+    train = as_train_data(data, what=what, labels_needed=teacher is None or kd[1] < 1.0)
     if _is_exported_graph(module) or not _mode_switchable(module):
         raise UnsupportedError(f"{what} of a model loaded from .pt2 is not possible (torch.export graphs cannot switch "
                                "to training mode); pass package.module:factory with --weights, or prune one-shot")
@@ -285,7 +286,7 @@ def _magnitude(module: nn.Module, config: MagnitudePruneConfig, *, data: Any, ba
     before, sp0 = count_params(module), sparsity_of(module)
     layers = weighted_layers(module, config.protect)
     if config.finetune_epochs:
-        as_train_data(data, what="fine-tuning")  # fail before any change
+        as_train_data(data, what="fine-tuning", labels_needed=not soft_targets_only(config))  # fail before any change
     apply_masks(layers, magnitude_masks(layers, sparsity=config.sparsity, threshold=config.threshold,
                                         scope=config.scope))
     trained: dict[str, Any] = {}
@@ -304,7 +305,7 @@ def _nm(module: nn.Module, config: NMPruneConfig, *, data: Any, batch_size: int,
     before, sp0 = count_params(module), sparsity_of(module)
     layers = weighted_layers(module, config.protect)
     if config.finetune_epochs:
-        as_train_data(data, what="fine-tuning")
+        as_train_data(data, what="fine-tuning", labels_needed=not soft_targets_only(config))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         masks = nm_masks(layers, config.n, config.m)
@@ -328,7 +329,7 @@ def _gradual(module: nn.Module, config: GradualPruneConfig, *, data: Any, batch_
 
     before, sp0 = count_params(module), sparsity_of(module)
     layers = weighted_layers(module, config.protect)
-    as_train_data(data, what="gradual pruning")
+    as_train_data(data, what="gradual pruning", labels_needed=not soft_targets_only(config))
     cb = GradualPruneCallback(layers, initial=config.initial_sparsity, final=config.final_sparsity,
                               begin=config.begin, end=config.end, frequency=config.frequency, scope=config.scope)
     trained = _finetune(module, data, config.epochs, config.lr, batch_size=batch_size, seed=seed, progress=progress,
@@ -351,7 +352,7 @@ def _structured(module: nn.Module, config: StructuredPruneConfig, *, data: Any, 
                                "import); a .pt2 archive holds a traced graph with fixed shapes")
     protected = protected_names(module, config.protect)
     if config.finetune_epochs:
-        as_train_data(data, what="fine-tuning")
+        as_train_data(data, what="fine-tuning", labels_needed=not soft_targets_only(config))
     taylor_batches = None
     if config.importance == "taylor":
         train = as_train_data(data, what="Taylor importance")

@@ -62,19 +62,31 @@ def weighted_layers(model: nn.Module, protect: Iterable[str] = ()) -> dict[str, 
     return layers
 
 
-def as_train_data(data: Any, *, what: str) -> tuple[Any, ...]:
-    """Turn ``(x, y)`` arrays or a deepshrink ``Dataset`` (with labels) into trainer data."""
+SOFT_ONLY_HINT = ("; or fine-tune on the unpruned model's soft targets alone, which needs no labels: distill with "
+                  "kd_alpha 1 (--distill --kd-alpha 1)")
+
+
+def as_train_data(data: Any, *, what: str, labels_needed: bool = True) -> tuple[Any, ...]:
+    """Turn ``(x, y)`` arrays or a deepshrink ``Dataset`` into trainer data ``(inputs..., labels)``.
+
+    ``labels_needed=False`` (a fine-tune on soft targets alone): a ``Dataset`` without labels gets zeros in their
+    place, which that loss never reads. Raises :class:`InputError` for missing data or labels."""
+    hint = SOFT_ONLY_HINT if labels_needed and what == "fine-tuning" else ""
     if data is None:
-        raise InputError(f"{what} needs labelled data (--data, e.g. an .npz with a 'labels' array)")
+        raise InputError(f"{what} needs {'labelled ' if labels_needed else ''}data (--data, e.g. an .npz"
+                         f"{' with a labels array' if labels_needed else ''})")
     if isinstance(data, (tuple, list)):
         return tuple(data)
     inputs = getattr(data, "inputs", None)
     labels = getattr(data, "labels", None)
     if inputs is None:
         raise InputError(f"{what}: cannot use data of type {type(data).__name__}")
+    xs = [np.asarray(v) for v in inputs.values()]
     if labels is None:
-        raise InputError(f"{what} needs labels in the data ({getattr(data, 'source', 'data')} has none)")
-    return (*[np.asarray(v) for v in inputs.values()], np.asarray(labels))
+        if labels_needed:
+            raise InputError(f"{what} needs labels in the data ({getattr(data, 'source', 'data')} has none){hint}")
+        return (*xs, np.zeros(len(xs[0]), np.int64))
+    return (*xs, np.asarray(labels))
 
 
 def first_inputs(data: Any, n: int = 8) -> tuple[torch.Tensor, ...] | None:
