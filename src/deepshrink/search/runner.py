@@ -700,7 +700,10 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
                   "loss": "accuracy points lost" if config.max_drop is not None else "1 - mean cosine",
                   "chosen": chosen.trial if chosen else None,
                   "front": [{**{k: v for k, v in c.to_dict().items() if k != "build_s"},
-                             **_verdict_of(c, ev, config, budget, final)} for c in pareto]}
+                             **_verdict_of(c, ev, config, budget, final),
+                             # a finalist's re-timing (what the report and the chosen line quote) beside its trial's
+                             **({"final_timing": final[f"trial {c.trial}"]}
+                                if final is not None and f"trial {c.trial}" in final else {})} for c in pareto]}
     write_text_atomic(out / "pareto.json", json.dumps(pareto_doc, indent=2))
     write_text_atomic(out / "report.json", json.dumps(report, indent=2, default=str))
     write_text_atomic(out / "report.md", _markdown(report))
