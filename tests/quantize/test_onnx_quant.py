@@ -194,6 +194,12 @@ def test_qat_trains_on_the_float_model_s_soft_targets(digits, digits_mlp):
             if how == "kd":
                 assert q.report.details["distilled"] == {"temperature": 4.0, "alpha": 1.0}
     np.testing.assert_array_equal(outs["kd", "true"], outs["kd", "shuffled"])
+    # the soft targets alone read no labels: unlabelled data trains the same model
+    q = ds.quantize(h, QATConfig(weight_bits=4, act_bits=8, epochs=1, lr=1e-3, distill=True, kd_alpha=1.0),
+                    data={"x": d.x_train[:256]})
+    np.testing.assert_array_equal(run_outputs(q.model.model, {"x": d.x_test}), outs["kd", "true"])
+    with pytest.raises(InputError, match="kd_alpha=1"):
+        ds.quantize(h, QATConfig(weight_bits=4, act_bits=8, epochs=1, distill=True), data={"x": d.x_train[:256]})
     assert np.abs(outs["ce", "true"] - outs["ce", "shuffled"]).max() > 1e-3
     with pytest.raises(InputError, match="distill"):
         QATConfig.build(epochs=0, distill=True)

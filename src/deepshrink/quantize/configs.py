@@ -39,6 +39,8 @@ class QuantConfig(Config):
     def contract(self) -> Contract:
         """Quantization writes ONNX; calibrated schemes need samples, QAT labels and the PyTorch model."""
         if isinstance(self, QATConfig):
+            if self.epochs > 0 and self.distill and self.kd_alpha >= 1.0:  # the float model's outputs are the targets
+                return Contract(("torch",), "onnx", "data", "quantization-aware training on soft targets")
             if self.epochs > 0:
                 return Contract(("torch",), "onnx", "labels", "quantization-aware training")
             return Contract(("torch",), "onnx", "data", "calibration")
@@ -208,7 +210,8 @@ class QATConfig(QuantConfig):
     that weight rounding adds to each layer (:mod:`.bias_correction`), before any training.
     ``distill``: train on ``kd_alpha`` · the soft targets of the float model at ``kd_temperature`` plus
     ``1 − kd_alpha`` · the labels' cross-entropy (Hinton et al. 2015; :func:`deepshrink.train.kd.kd_loss`), the
-    loss pruning's fine-tune and Deep Compression take with their ``distill``.
+    loss pruning's fine-tune and Deep Compression take with their ``distill``; with ``kd_alpha`` 1 the labels are
+    not read and unlabelled data is enough.
     """
 
     weight_bits: int = Field(default=8, ge=2, le=8)

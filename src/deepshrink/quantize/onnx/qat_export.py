@@ -40,8 +40,10 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
         raise InputError("QAT needs labelled training data: pass --data (an .npz with input arrays and 'labels')"
                          if training else "post-training quantization needs calibration data: pass --data")
     ds = load_data(data, handle)
-    if training and ds.labels is None:
-        raise InputError(f"QAT needs labels in the data ({ds.source} has none); add a 'labels' array")
+    soft_only = training and config.distill and config.kd_alpha >= 1.0  # the loss never reads the labels
+    if training and ds.labels is None and not soft_only:
+        raise InputError(f"QAT needs labels in the data ({ds.source} has none); add a 'labels' array, or train on "
+                         "the float model's soft targets alone (distill=True, kd_alpha=1)")
     names = handle.input_names
     xs = [torch.from_numpy(np.ascontiguousarray(ds.inputs[n])) for n in names]
     n_rows = len(xs[0])
@@ -61,7 +63,8 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
 
         shifts = correct_bias(prepared, calib)
     if training:
-        y = torch.from_numpy(np.asarray(ds.labels).astype(np.int64))
+        y = (torch.zeros(n_rows, dtype=torch.int64) if ds.labels is None  # placeholders the soft-only loss skips
+             else torch.from_numpy(np.asarray(ds.labels).astype(np.int64)))
         kd: dict[str, Any] = {}
         if teacher is not None:
             from ...train.kd import kd_step
