@@ -76,7 +76,7 @@ class PruneReport:
     batchnorm_recalibrated: int = 0  # BatchNorm layers with momentum 0 whose statistics fine-tuning recomputed
     batchnorm_inserted: int = 0  # an ONNX import's convolutions given a BatchNorm while fine-tuning, folded after
     mixed_precision: str = "no"  # the fine-tune's forward passes: "no" (float32) or "bf16" (bfloat16 autocast)
-    lr_schedule: str = "constant"  # the fine-tune's learning rate: "constant" or "cosine" decay
+    lr_schedule: str = "constant"  # the fine-tune's learning rate: "constant", or "cosine" / "linear" decay
     distilled: dict[str, float] | None = None  # fine-tuned on the unpruned model's soft targets: temperature, alpha
 
     def to_dict(self) -> dict[str, Any]:
