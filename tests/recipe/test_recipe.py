@@ -25,7 +25,7 @@ def test_step_configs_are_the_verbs_configs():
                                   {"quantize": {"scheme": "int8-static", "observer": "mse"}}]})
     prune, quant = rec.steps
     assert type(prune.config).__name__ == "StructuredPruneConfig" and prune.config.ratio == 0.5
-    assert prune.needs == "labels" and prune.takes == ("torch",) and prune.emits == "torch"
+    assert prune.needs == "labels" and prune.takes == ("torch",) and prune.emits is None  # the kind it took
     assert type(quant.config).__name__ == "Int8StaticConfig" and quant.config.observer == "mse"
     assert quant.needs == "data" and quant.emits == "onnx"
     assert rec.to_dict() == {"steps": [{"prune": {"method": "structured", "sparsity": 0.5, "finetune_epochs": 3}},
@@ -55,10 +55,18 @@ def test_bad_recipes_name_the_step_and_key(steps, needles):
 
 def test_chain_checks():
     rec = parse_recipe({"steps": [{"quantize": {"scheme": "int8-dynamic"}}, {"prune": {"sparsity": 0.5}}]})
-    with pytest.raises(InputError, match=r"step 2 \(prune\) needs a PyTorch model, but step 1 emits ONNX"):
+    with pytest.raises(InputError, match=r"step 2 \(prune\) needs a PyTorch model or a float ONNX one, but step 1 "
+                       r"emits a quantized ONNX model; put prune before it"):
         check_chain(rec, "torch", has_data=True, has_labels=True)
-    with pytest.raises(InputError, match=r"step 1 \(prune\) needs a PyTorch model and the model is ONNX: import it"):
-        check_chain(parse_recipe({"steps": [{"prune": {"sparsity": 0.5}}]}), "onnx", has_data=True, has_labels=True)
+    # a float ONNX model is pruned / distilled / QAT-trained as its PyTorch import and stays ONNX
+    float_chain = parse_recipe({"steps": [{"prune": {"sparsity": 0.5}}, {"distill": {"derive": "width=0.5"}},
+                                          {"quantize": {"scheme": "qat"}}]})
+    assert check_chain(float_chain, "onnx", has_data=True, has_labels=True) == ["onnx", "onnx", "onnx"]
+    assert check_chain(float_chain, "torch", has_data=True, has_labels=True) == ["torch", "torch", "onnx"]
+    traced = parse_recipe({"steps": [{"convert": {"format": "pt2"}}, {"prune": {"sparsity": 0.5}}]})
+    with pytest.raises(InputError, match=r"step 2 \(prune\) needs the model's Python modules, but step 1 \(convert\) "
+                       r"writes a traced .pt2 graph"):
+        check_chain(traced, "onnx", has_data=True, has_labels=True)
     tune = parse_recipe({"steps": [{"prune": {"sparsity": 0.5, "finetune_epochs": 1}}]})
     with pytest.raises(InputError, match=r"step 1 \(prune\): fine-tuning needs labelled data"):
         check_chain(tune, "torch", has_data=True, has_labels=False)

@@ -266,3 +266,25 @@ def test_warm_starts_keep_more_bits_when_the_unpruned_model_fits():
     assert [n.rsplit(" at ", 1)[1] for n, _ in starts].count("8 bits") == 1  # the same point is not repeated
     # a budget 8 bits does not fit unpruned: the warm starts are the usual ones
     assert all(not n.endswith("at 8 bits") for n, _ in warm_starts(pe, sens, 0.1 * 200_000))
+
+
+def test_an_onnx_source_gets_channel_pruned_candidates(tmp_path, cnn_onnx):
+    """An ONNX model is channel-pruned through its PyTorch import (trial s: search refused it); the candidate
+    is the ONNX file its recipe builds from the same .onnx source, byte for byte."""
+    import hashlib
+
+    import onnx
+
+    cfg = SearchConfig(max_drop=100.0, trials=1, repeats=2, final_repeats=3, structured="on", structured_trials=1,
+                       structured_epochs=2)
+    res = ds.search(str(cnn_onnx), "digits:train", cfg, tmp_path / "s", eval_data="digits:test")
+    [cand] = [c for c in res.report["candidates"] if c["family"] == "structured"]
+    assert "error" not in cand and 0.45 < cand["size_ratio"] < 0.65  # (3/4)^2 of the conv weights, as above
+    recipe = {"steps": [{"prune": {"method": "structured", "ratio": 0.25, "finetune_epochs": 2, "lr": 0.01,
+                                   "lr_schedule": "cosine", "distill": True, "kd_alpha": 0.9}},
+                        {"convert": {"format": "onnx"}}]}
+    replay = ds.compress(str(cnn_onnx), recipe, tmp_path / "c", data="digits:train",
+                         eval_data="digits:test", measure=False)
+    assert hashlib.sha256(replay.model_path.read_bytes()).hexdigest() == cand["sha256"]
+    convs = [n for n in onnx.load(replay.model_path).graph.node if n.op_type == "Conv"]
+    assert convs and replay.model_path.suffix == ".onnx"

@@ -53,7 +53,7 @@ def search_cmd(
     pack: Annotated[str, typer.Option("--pack", help="also search Deep Compression (per-layer pruning + k-means bits, fine-tuned, packed into best.dsz): auto (with a size budget, a PyTorch model and labelled data), on, off")] = "auto",
     pack_trials: Annotated[int, typer.Option("--pack-trials", help="Deep Compression candidates to fine-tune and build")] = 6,
     pack_epochs: Annotated[str, typer.Option("--pack-epochs", metavar="P,F", help="epochs of pruning and of centroid fine-tuning per Deep Compression candidate")] = "40,10",
-    structured: Annotated[str, typer.Option("--structured", help="also search channel pruning (fine-tuned): auto (with a latency budget, a PyTorch model and labelled data), on, off")] = "auto",
+    structured: Annotated[str, typer.Option("--structured", help="also search channel pruning (fine-tuned): auto (with a latency budget, a PyTorch or ONNX model and labelled data), on, off")] = "auto",
     structured_trials: Annotated[int, typer.Option("--structured-trials", help="pruning ratios to fine-tune and build")] = 3,
     structured_epochs: Annotated[int, typer.Option("--structured-epochs", help="fine-tuning epochs of each channel-pruned candidate")] = 30,
 ) -> None:

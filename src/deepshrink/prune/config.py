@@ -48,17 +48,17 @@ def soft_targets_only(cfg: Config) -> bool:
 
 
 def _prune_contract(cfg: Config) -> Contract:
-    """Pruning takes and writes a PyTorch model; fine-tuning (and gradual pruning, Taylor importance)
-    needs labels, activation importance any samples."""
+    """Pruning takes a PyTorch model (or an ONNX source, pruned as its PyTorch import and written back as ONNX:
+    :func:`deepshrink.recipe.steps.check_chain`) and writes the kind it took; fine-tuning (and gradual pruning, Taylor importance) needs labels, activation importance any samples."""
     if getattr(cfg, "finetune_epochs", 0) or isinstance(cfg, GradualPruneConfig):
         if soft_targets_only(cfg):  # the unpruned model's outputs are the targets: any samples
-            return Contract(("torch",), "torch", "data", "fine-tuning on soft targets")
-        return Contract(("torch",), "torch", "labels", "fine-tuning")
+            return Contract(("torch",), None, "data", "fine-tuning on soft targets")
+        return Contract(("torch",), None, "labels", "fine-tuning")
     if getattr(cfg, "importance", None) == "taylor":
-        return Contract(("torch",), "torch", "labels", "taylor importance")
+        return Contract(("torch",), None, "labels", "taylor importance")
     if getattr(cfg, "importance", None) in ("activation", "fisher"):
-        return Contract(("torch",), "torch", "data", f"{cfg.importance} importance")
-    return Contract(("torch",), "torch")
+        return Contract(("torch",), None, "data", f"{cfg.importance} importance")
+    return Contract(("torch",), None)
 
 class MagnitudePruneConfig(Config):
     """Unstructured magnitude pruning: zero the smallest weights of every Linear/Conv.

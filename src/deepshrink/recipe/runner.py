@@ -318,6 +318,11 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
     import warnings
 
     result = None
+    imported = handle.kind == "onnx" and "onnx" not in step.takes
+    if imported:  # a float ONNX model goes through its PyTorch import and is written back as ONNX (check_chain)
+        from ..convert.onnx2torch.route import trainable_handle
+
+        handle = trainable_handle(handle, ctx.train)
     with warnings.catch_warnings():  # what a verb left alone is in its report, printed by the step line
         warnings.simplefilter("ignore", UserWarning)
         if step.verb == "prune":
@@ -340,6 +345,10 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
                 cfg = cfg.model_copy(update={"threads": ctx.threads})
             result = quantize(handle, cfg, data=ctx.train, progress=False)
     if result is not None:
+        if imported and result.model.kind == "torch":
+            from ..convert.export import export_onnx
+
+            result.model = export_onnx(result.model, None, None)
         rep = result.report
         name = step.params.get("scheme") or step.params.get("method") or rep.method
         summary = f"{name}: {rep.summary}" if step.verb != "distill" else rep.summary
@@ -439,8 +448,8 @@ def _load_artifact(prev: StepOutcome, ctx: _Context) -> ModelHandle:
         h.model.eval()
         return h.with_model(h.model, inputs=ctx.source.inputs, outputs=ctx.source.outputs,
                             example_inputs=ctx.source.example_inputs)
-    if path.suffix == ".onnx" and ctx.source.kind == "torch" and prev.index == 0:
-        return ctx.source  # the original torch model itself, not its ONNX baseline
+    if prev.index == 0 and ctx.source.kind in ("torch", "onnx"):
+        return ctx.source  # the original model itself (a torch model's baseline is its ONNX export)
     h = load(str(path), trust_remote_code=ctx.trust)
     if ctx.source.tokenizer_dir is not None:
         h.tokenizer_dir = ctx.source.tokenizer_dir

@@ -259,7 +259,7 @@ def _convert_step(index: int, params: dict[str, Any]) -> Step:
     if params.get("exporter", "auto") not in ("auto", "dynamo", "torchscript"):
         raise InputError(f"exporter {params['exporter']!r}: use auto, dynamo or torchscript")
     return Step(index, "convert", {"format": fmt, **{k: v for k, v in params.items() if k != "format"}},
-                takes=("torch", "onnx"), emits=fmt)  # type: ignore[arg-type]
+                takes=("torch", "onnx"), emits="torch" if fmt == "pt2" else "onnx")
 
 
 def _evaluate_step(index: int, params: dict[str, Any]) -> Step:
@@ -285,18 +285,23 @@ def check_chain(recipe: Recipe, source_kind: Kind, *, has_data: bool, has_labels
         if kind == "dsz":
             raise InputError(f"recipe {recipe.name}: {step.label()} comes after step {step.index - 1} (pack), which "
                              "writes the final .dsz file; pack must be the last step")
-        if kind not in step.takes and kind != "dsz":
-            if source_kind == "onnx" and all(k == "onnx" for k in kinds):  # ONNX from the start
-                raise InputError(f"recipe {recipe.name}: {step.label()} needs a PyTorch model and the model is ONNX: "
-                                 "import it first (deepshrink convert M.onnx M.pt2, or a `convert: {format: pt2}` "
-                                 "step before it), or give the PyTorch source")
-            raise InputError(f"recipe {recipe.name}: {step.label()} needs a PyTorch model, but step {step.index - 1} "
-                             f"emits ONNX; put {step.verb} before the steps that write ONNX")
+        # a float ONNX model (no quantize step before) is taken by the PyTorch-only steps (prune, distill, QAT)
+        # as its PyTorch import, and they write it back as ONNX (recipe.runner._apply), as their commands do
+        imported = (kind == "onnx" and "torch" in step.takes and "onnx" not in step.takes
+                    and not any(s.verb == "quantize" for s in recipe.steps[:len(kinds)]))
+        traced = [s for s in recipe.steps[:len(kinds)] if s.verb == "convert" and s.emits == "torch"]
+        if traced and "onnx" not in step.takes:
+            raise InputError(f"recipe {recipe.name}: {step.label()} needs the model's Python modules, but "
+                             f"{traced[-1].label()} writes a traced .pt2 graph; drop that step (an ONNX model goes "
+                             f"through its PyTorch import by itself)")
+        if kind not in step.takes and kind != "dsz" and not imported:
+            raise InputError(f"recipe {recipe.name}: {step.label()} needs a PyTorch model or a float ONNX one, but "
+                             f"step {step.index - 1} emits a quantized ONNX model; put {step.verb} before it")
         if step.needs == "labels" and not has_labels:
             raise InputError(f"recipe {recipe.name}: {step.label()}: {step.why} needs labelled data; pass --data "
                              "with labels (an .npz with a 'labels' array, or digits:train)")
         if step.needs == "data" and not has_data:
             raise InputError(f"recipe {recipe.name}: {step.label()}: {step.why} needs data; pass --data")
-        kind = step.emits or kind
+        kind = "onnx" if imported else step.emits or kind
         kinds.append(kind)
     return kinds
