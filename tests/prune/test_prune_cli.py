@@ -85,6 +85,22 @@ def test_fine_tune_in_bfloat16_mixed_precision(weights, tmp_path, capsys):
     assert all(np.array_equal(a[k] == 0, b[k] == 0) for k in a)  # the same mask: pruning ran before training
 
 
+def test_seed_sets_the_fine_tune(weights, tmp_path, capsys):
+    """`--seed`: the same seed writes the same weights, another seed another fine-tune (the data order)."""
+    from safetensors.numpy import load_file
+
+    outs = {}
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        outs[name] = tmp_path / f"{name}.safetensors"
+        rc = run_app(["prune", MLP, "-w", weights["mlp"], "-o", str(outs[name]), "--sparsity", "0.5", "--data",
+                      "digits:train", "--finetune-epochs", "1", "--seed", seed, "--repeats", "1", "--json"])
+        assert rc == 0, _err(capsys)
+        capsys.readouterr()
+    a, b, c = (load_file(str(outs[k])) for k in "abc")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
 def test_fine_tune_on_the_unpruned_model_s_soft_targets(weights, tmp_path, capsys):
     """`--distill --kd-alpha 1`: the fine-tune learns from the unpruned model's outputs alone, so shuffled labels give
     the same weights as the true ones, while a labels-only fine-tune follows the labels (other weights); the summary

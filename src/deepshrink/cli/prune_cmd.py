@@ -96,6 +96,7 @@ def prune_cmd(
     kd_temperature: Annotated[float | None, typer.Option("--kd-temperature", help="--distill: softmax temperature of the soft targets, > 0 (default 4)")] = None,
     kd_alpha: Annotated[float | None, typer.Option("--kd-alpha", help="--distill: weight of the soft targets against the labels, 0-1 (default 0.5)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="fine-tune batch size")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the fine-tune's data order: the same seed gives the same file")] = 0,
     mixed_precision: MixedPrecisionOpt = "no",
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out data for the before/after table and the fidelity gate (default: --data, less the samples fine-tuning uses)")] = None,
     repeats: RepeatsOpt = 30, threads: ThreadsOpt = 2,
@@ -164,8 +165,8 @@ def prune_cmd(
         used = len(ds) if trains else min(len(ds), max(getattr(config, "reconstruct_samples", 0) if reconstruct else 0,
                                                         ACTIVATION_SAMPLES if scores else 0))
         ds, held, _spared = gate.split_holdout(ds, used)
-    pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, progress=not json_out,
-                                       mixed_precision=precision)
+    pruned, report = prune_with_report(handle, config, data=ds, batch_size=batch_size, seed=seed,
+                                       progress=not json_out, mixed_precision=precision)
     try:
         table, verdict = gate.write_checked(  # nothing lands unless the gate passes
             original, pruned, output, held=held, policy=policy,
