@@ -130,6 +130,12 @@ def digits_cases(args: argparse.Namespace, tmp: Path, rows: list[list[Any]], not
             cases.append((f"digits CNN, latency ≤ 0.5×, {th} thread{'s' * (th > 1)}",
                           "deepshrink.examples:trained_digits_cnn",
                           {"budget": {"resource": "latency", "value": 0.5, "relative": True}, "threads": th}))
+    if "cnn-onnx-latency" in args.only:  # the same network as ONNX: channel-pruned through its PyTorch import
+        onnx_cnn = tmp / "cnn.onnx"
+        ds.convert(ds.load(trained_digits_cnn(0), input_shapes=["x:1x1x8x8"]), onnx_cnn, force=True)
+        for th in args.latency_threads:
+            cases.append((f"digits CNN as ONNX, latency ≤ 0.5×, {th} thread{'s' * (th > 1)}", str(onnx_cnn),
+                          {"budget": {"resource": "latency", "value": 0.5, "relative": True}, "threads": th}))
     if "dwse" in args.only:
         dw = tmp / "dwse.onnx"
         ds.convert(ds.load(dwse_cnn(), input_shapes=["x:1x1x8x8"]), dw, force=True)
