@@ -35,7 +35,7 @@ def test_if_branches_counted(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 16)]), path)
     res = ds.info(path)
     assert res["flops"] == 2 * (32 * 8 + 8 * 1)  # one branch runs; 0 before
-    assert res["parameters"] == 2 * (32 * 8 + 8)  # both branches' weights (not the int64 sample-rate scalar); 1 before
+    assert res["parameters"] == 2 * (32 * 8 + 8) + 1  # both branches' weights + the main graph's scalar; 1 before
 
 
 def _detector(meta: dict[str, str]) -> onnx.ModelProto:

@@ -59,22 +59,14 @@ def _initializers(graph: Any) -> list[Any]:
     return out
 
 
-def _parameters(model: Any) -> list[np.ndarray]:
-    """A torch module's parameters, or an ONNX model's initializers less the int64 ones: shapes, axes and indices
-    (a Reshape's target, a Gather's positions), not weights — so an exported model counts what its module did."""
-    return [t for t in _tensors(model) if t.dtype != np.int64] if _is_onnx(model) else _tensors(model)
-
-
 def param_count(model: Any) -> int:
-    """Parameters of a torch module, or initializer elements of an ONNX model (int64 ones excluded: shapes and
-    indices), subgraphs included (handles accepted)."""
+    """Parameters of a torch module, or initializer elements of an ONNX model, subgraphs included (handles accepted)."""
     model = getattr(model, "model", model)
-    return int(sum(t.size for t in _parameters(model)))
+    return int(sum(t.size for t in _tensors(model)))
 
 
 def counted_tensors(handle: Any) -> list[np.ndarray]:
-    """The tensors a handle's reported counts cover: an ONNX file's initializers (int64 ones excluded: shapes and
-    indices); for a PyTorch model the
+    """The tensors a handle's reported counts cover: an ONNX file's initializers; for a PyTorch model the
     parameters its output depends on (a sentence encoder's unused BERT pooler is not counted, as its ONNX export
     drops it and ``prune``/``distill`` summaries leave it out), every parameter when that cannot be measured (no
     example inputs, a model too large to probe, a probe that fails)."""
@@ -90,7 +82,7 @@ def counted_tensors(handle: Any) -> list[np.ndarray]:
         used = counted_parameter_list(handle.model, probe)
         if used is not None:
             return [p.detach().cpu().float().numpy() for p in used]
-    return _parameters(handle.model)
+    return _tensors(handle.model)
 
 
 def counted_param_count(handle: Any) -> int:
