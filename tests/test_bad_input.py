@@ -172,6 +172,12 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "garbage.npz").write_bytes(b"PK\x03\x04junk")
     np.savez(d / "good64.npz", x=rng.standard_normal((64, 4)).astype(np.float32))
     np.savez(d / "unlabelled64.npz", x=rng.standard_normal((32, 64)).astype(np.float32))
+    # labels no classifier output here can read: good.onnx has 3 classes, the MLP 10
+    np.savez(d / "badlabels4.npz", x=rng.standard_normal((64, 4)).astype(np.float32), labels=np.arange(64) % 4 + 5)
+    np.savez(d / "floatlabels4.npz", x=rng.standard_normal((64, 4)).astype(np.float32),
+             labels=np.full(64, 0.5, np.float32))
+    np.savez(d / "badlabels64.npz", x=rng.standard_normal((32, 64)).astype(np.float32), labels=np.arange(32) % 3 + 10)
+    (d / "qat.yaml").write_text("steps:\n  - quantize: {scheme: qat, epochs: 1}\n")
     # recipes
     (d / "unknown_key.yaml").write_text("steps:\n  - quantize: {scheme: int8-dynamic, bogus_key: 3}\n")
     (d / "unknown_step.yaml").write_text("steps:\n  - shrinkify: {}\n")
@@ -299,6 +305,17 @@ CASES = [
                                       "-d", f"{e.fx}/unlabelled64.npz"], "label"),
     C("compress-needs-labels", lambda e: ["compress", FACTORY, "-r", "prune-int8", "-o", f"{e.out}/run",
                                           "-d", f"{e.fx}/unlabelled64.npz"], "label"),
+    # trial t: labels outside the model's classes reached training as a traceback, or scored every model 0 %
+    C("search-labels-out-of-range", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/badlabels4.npz", "-o",
+                                               f"{e.out}/run", "--max-drop", "1"], "labels run from 5 to 8"),
+    C("search-labels-not-class-ids", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/floatlabels4.npz", "-o",
+                                                f"{e.out}/run", "--max-drop", "1"], "integer class ids"),
+    C("compress-qat-labels-out-of-range", lambda e: ["compress", f"{e.fx}/good.onnx", "-r", f"{e.fx}/qat.yaml", "-o",
+                                                     f"{e.out}/run", "-d", f"{e.fx}/badlabels4.npz"], "3 classes"),
+    C("prune-labels-out-of-range", lambda e: ["prune", FACTORY, "-o", f"{e.out}/p.safetensors", "--sparsity", "0.5", "--finetune-epochs",
+                                              "1", "-d", f"{e.fx}/badlabels64.npz"], "labels run from 10 to 12"),
+    C("pack-labels-out-of-range", lambda e: ["pack", FACTORY, "-o", f"{e.out}/p.dsz", "--prune-epochs", "1",
+                                             "-d", f"{e.fx}/badlabels64.npz"], "10 classes"),
     C("search-budget-unparsable", lambda e: ["search", f"{e.fx}/good.onnx", "-d", f"{e.fx}/good64.npz", "-o",
                                              f"{e.out}/run", "--target-cos", "0.99", "--budget", "size=fast"],
       "cannot be parsed"),

@@ -116,3 +116,26 @@ def test_resolved_recipe_spells_out_defaults_and_parses_back():
         assert [s.config for s in again.steps] == [s.config for s in rec.steps], name
     prune = load_recipe("prune-int8").resolved()["steps"][0]["prune"]
     assert prune["method"] == "structured" and prune["ratio"] == 0.25 and prune["importance"] == "l2"
+
+
+def test_an_onnx_model_keeps_its_names_through_qat_and_prune_steps(tmp_path, cnn_onnx):
+    """A float ONNX model goes through QAT and prune steps as its PyTorch import and comes out as ONNX under its
+    own input and output names (trial t: QAT wrote 'output' for the file's 'logits')."""
+    import onnx
+
+    import deepshrink as ds
+
+    model = onnx.load(str(cnn_onnx))
+    [out] = model.graph.output
+    for node in model.graph.node:
+        node.output[:] = ["logits" if o == out.name else o for o in node.output]
+    out.name = "logits"
+    src = tmp_path / "named.onnx"
+    onnx.save(model, str(src))
+    for name, steps in (("qat", [{"quantize": {"scheme": "qat", "epochs": 1}}]),
+                        ("prune", [{"prune": {"method": "structured", "ratio": 0.25}}])):
+        res = ds.compress(str(src), {"steps": steps}, tmp_path / name, data="digits:train", eval_data="digits:test",
+                          measure=False)
+        graph = onnx.load(str(res.model_path)).graph
+        assert res.model_path.suffix == ".onnx"
+        assert ([i.name for i in graph.input], [o.name for o in graph.output]) == (["x"], ["logits"]), name

@@ -288,3 +288,15 @@ def test_an_onnx_source_gets_channel_pruned_candidates(tmp_path, cnn_onnx):
     assert hashlib.sha256(replay.model_path.read_bytes()).hexdigest() == cand["sha256"]
     convs = [n for n in onnx.load(replay.model_path).graph.node if n.op_type == "Conv"]
     assert convs and replay.model_path.suffix == ".onnx"
+
+
+def test_the_replay_line_carries_the_search_s_options_and_a_looser_gate():
+    """Trial t: best.yaml's replay line exited 3 at compress's default gate (5 pt) after a search at --max-drop 10."""
+    from deepshrink.search.runner import _replay_command
+
+    loose = _replay_command("m.onnx", "d.npz", None, None, ["x:1x4"], True, SearchConfig(max_drop=10.0))
+    assert loose == ("deepshrink compress m.onnx --recipe best.yaml --data d.npz --input-shape x:1x4 "
+                     "--trust-remote-code --gate-max-drop 10 -o OUT")
+    assert "--gate" not in _replay_command("m.onnx", "d.npz", "e.npz", None, None, False, SearchConfig(max_drop=0.5))
+    cos = _replay_command("m.onnx", "d.npz", None, None, None, False, SearchConfig(target_cos=0.97, min_cos=0.8))
+    assert cos.endswith("--gate-min-cos 0.8 -o OUT")

@@ -110,12 +110,11 @@ def pack_cmd(
                          "rebuild it; pass the model as package.module:factory --weights W")
     ds = load_data(data, handle) if data is not None else None
     train = None
-    if ds is not None and handle.kind == "torch" and not lossless and ds.labels is not None:
+    if ds is not None and not lossless and ds.labels is not None:  # ONNX: fine-tuned as its PyTorch import
         train = (*ds.inputs.values(), ds.labels)
     trains = [f for f, n in (("--prune-epochs", prune_epochs), ("--finetune-epochs", finetune_epochs)) if n]
     if trains and not lossless and train is None:
-        why = ("the model is ONNX (fine-tuning needs the PyTorch model)" if handle.kind != "torch"
-               else "no --data was given" if ds is None else f"the data {ds.source} has no labels")
+        why = "no --data was given" if ds is None else f"the data {ds.source} has no labels"
         raise InputError(f"{' and '.join(trains)} fine-tune on labelled data, but {why}; pass --data with a "
                          "'labels' array (or digits:train), or drop the option")
     res = pack(handle, config, output=output, data=train, force=force, seed=seed, stages=not lossless,

@@ -43,7 +43,7 @@ SCHEME_SUMMARY = {
     "kmeans": "a k-means codebook per weight, float activations, no calibration",
     "log2": "power-of-two weights, float activations, no calibration",
     "auto": "int8 or float per layer, chosen by measuring fidelity on held-out samples and latency",
-    "ptq": "low-bit weights and 8-bit activations of a PyTorch model",
+    "ptq": "low-bit weights and 8-bit activations (a PyTorch model, or an ONNX one through its import)",
 }
 
 # The options that only some schemes use: given with any other scheme they are refused, not ignored.
@@ -136,9 +136,10 @@ def quantize_cmd(
         return
     handle = load_model(src, weights=weights, input_shape=input_shape, data=data, trust_remote_code=trust_remote_code)
     float_handle = to_onnx_handle(handle)
-    if scheme == "ptq" and handle.kind != "torch":
-        raise InputError("--scheme ptq calibrates the PyTorch model: pass a torch model (.pt2, module:factory, "
-                         "HF folder), not ONNX")
+    if scheme == "ptq" and handle.kind == "onnx":  # calibrated on its PyTorch import, as a recipe's ptq step is
+        from ..convert.onnx2torch.route import trainable_handle
+
+        handle = trainable_handle(handle, data)
     # the table and the gate measure held-out samples: --eval-data, else those --data can spare
     calib: Any = data
     held: Any = load_data(eval_data, float_handle) if eval_data is not None else None

@@ -206,6 +206,33 @@ def _source(model: Any) -> tuple[str, Any, str | None]:
                      "or a path / package.module:factory")
 
 
+def _compress_imported(model: Any, config: DeepCompressionConfig, data: Any, *, seed: int, progress: bool
+                       ) -> tuple[bytes, dict[str, np.ndarray], list[TensorStats]]:
+    """Deep Compression of an ONNX model with fine-tuning: its PyTorch import
+    (:func:`deepshrink.convert.onnx2torch.route.trainable_handle`) is pruned and weight-shared with training
+    (:func:`compress_torch`), then exported back to ONNX — export moves weights without changing their values, so
+    each tensor keeps its zeros and shared values and is coded as compactly as a PyTorch source's. Returns the
+    weight-stripped graph, its tensors and the per-tensor statistics."""
+    from ..convert.export import export_onnx
+    from ..convert.onnx2torch.route import trainable_handle
+    from ..loading import load
+    from ..train.batchnorm import batchnorm_for_training, fold_batchnorm
+
+    handle = model if isinstance(model, ModelHandle) else load(model)
+    imported = trainable_handle(handle)
+    module = copy.deepcopy(imported.model)
+    train = _train_data(data)
+    # the exporter folded the BatchNorms away: put back for pruning's training (as prune's fine-tune does) and
+    # folded into the convolutions again before the weights are shared, so the file has the source's structure
+    steps = config.prune_epochs * -(-len(train[-1]) // config.batch_size)
+    pairs = batchnorm_for_training(module, train[:-1], config.batch_size, steps=steps)
+    stats = compress_torch(module, config, data=train, seed=seed, progress=progress,
+                           after_pruning=lambda m: fold_batchnorm(m, pairs))
+    exported = export_onnx(imported.with_model(module.eval()), None, None).model
+    graph, tensors = _strip_onnx(exported)
+    return graph, tensors, stats
+
+
 def _train_data(data: Any) -> tuple[Any, ...] | None:
     if data is None:
         return None
@@ -243,7 +270,9 @@ def pack(model: Any, config: PackConfig | None = None, *, output: str | os.PathL
     ``package.module:factory``, an ONNX ``ModelProto``/handle, or a path. ``config``:
     :class:`PackConfig` (lossless, default) or :class:`DeepCompressionConfig` (prune →
     trained quantization → Huffman; Han et al., ICLR 2016). ``data``: ``(x..., y)``
-    arrays or a labelled dataset for fine-tuning (torch only). The input model is never
+    arrays or a labelled dataset for fine-tuning (an ONNX model: as its PyTorch import, exported back to ONNX;
+    without labelled ``data`` or with no training epochs, pruned and weight-shared one-shot on its initializers,
+    whose names the config's layer patterns then match). The input model is never
     modified. ``output`` ``None``: nothing is written (sizes are still measured).
     ``stages=True`` also measures the paper's per-stage sizes (a second, fixed-length
     encoding). Raises :class:`InputError` for bad input; writes atomically.
@@ -285,7 +314,11 @@ def pack(model: Any, config: PackConfig | None = None, *, output: str | os.PathL
         if fp32 == 0:
             raise UnsupportedError("the ONNX model has no float initializers to compress (its weights are probably "
                                    "Constant nodes, as Paddle2ONNX and some TF exports write them)")
-        if isinstance(config, DeepCompressionConfig):
+        trains = isinstance(config, DeepCompressionConfig) and (config.prune_epochs or config.finetune_epochs)
+        labelled = isinstance(data, (tuple, list)) or getattr(data, "labels", None) is not None
+        if trains and labelled:  # fine-tuned as its PyTorch import; otherwise one-shot on the arrays
+            graph, tensors, stats = _compress_imported(model, config, data, seed=seed, progress=progress)
+        elif isinstance(config, DeepCompressionConfig):
             tensors, stats = compress_arrays(tensors, config, seed=seed)
         source_kind, source = "onnx", graph
         handle = ModelHandle(_fill_onnx(graph, tensors, "packed model"), "onnx", [], source="<packed>")

@@ -12,6 +12,7 @@ losslessly (:mod:`deepshrink.codec.container`).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -124,6 +125,26 @@ class _SharedWeight(nn.Module):
             return flat.reshape(self.shape)
         out = torch.zeros(self.mask.numel(), dtype=flat.dtype, device=flat.device)
         return out.masked_scatter(self.mask.reshape(-1), flat).reshape(self.shape)
+
+
+def _check_labels(model: nn.Module, data: tuple[Any, ...]) -> None:
+    """Refuse labels the fine-tune's cross-entropy cannot read (:func:`deepshrink.core.data.check_class_labels`),
+    from the model's output on the first two samples, before any training."""
+    from ..core.data import check_class_labels
+
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(*(torch.as_tensor(np.asarray(x)[:2]) for x in data[:-1]))
+    except Exception:  # noqa: BLE001 - a model that cannot run on the data fails in training with its own message
+        return
+    finally:
+        with contextlib.suppress(Exception):  # a torch.export graph cannot switch modes
+            model.train(was)
+    while isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    check_class_labels(data[-1], out, "given for fine-tuning")
 
 
 def _kind(module: nn.Module, pname: str) -> str:
@@ -275,11 +296,12 @@ def _prune_torch(model: nn.Module, targets: dict[str, float], cfg: DeepCompressi
 
 
 def compress_torch(model: nn.Module, cfg: DeepCompressionConfig, *, data: tuple[Any, ...] | None = None,
-                   seed: int = 0, progress: bool = False) -> list[TensorStats]:
+                   seed: int = 0, progress: bool = False, after_pruning: Any = None) -> list[TensorStats]:
     """Prune and weight-share ``model`` in place (see module docstring).
 
     ``data``: ``(inputs..., labels)`` arrays for fine-tuning (classification loss), or
-    ``None`` for one-shot pruning and k-means. Returns per-tensor statistics. Raises
+    ``None`` for one-shot pruning and k-means. ``after_pruning``: called with ``model`` between pruning and
+    weight sharing (an ONNX import folds the BatchNorms it trained with there). Returns per-tensor statistics. Raises
     :class:`InputError` for NaN/Inf weights or a pattern that matches no layer, and
     :class:`UnsupportedError` for bfloat16 or tied parameters.
     """
@@ -296,6 +318,8 @@ def compress_torch(model: nn.Module, cfg: DeepCompressionConfig, *, data: tuple[
                 raise UnsupportedError(f"parameter {full!r} is tied to {owners[id(p)]!r}; Deep Compression of tied "
                                        "weights is not supported (export to ONNX and pack that)")
             owners[id(p)] = full
+    if data is not None and (cfg.prune_epochs or cfg.finetune_epochs) and not (cfg.distill and cfg.kd_alpha >= 1):
+        _check_labels(model, data)
     weights = {n: _kind(m, "weight") for n, m in model.named_modules()
                if isinstance(getattr(m, "weight", None), nn.Parameter) and _kind(m, "weight") != "other"}
     check_patterns(list(weights), cfg, [n for n, _ in model.named_parameters()])
@@ -306,6 +330,8 @@ def compress_torch(model: nn.Module, cfg: DeepCompressionConfig, *, data: tuple[
 
         step_fn = kd_step(frozen_copy(model), cfg.kd_temperature, cfg.kd_alpha)
     _prune_torch(model, targets, cfg, data, seed, progress, (), step_fn)
+    if after_pruning is not None:
+        after_pruning(model)
     # folded after pruning: pruning's fine-tuning keeps batch statistics (folded first, it lost 3.6 pt on seed 0)
     folded = fold_batchnorm(model) if cfg.fold_bn else []
     frozen = {id(bn.weight) for bn in folded}

@@ -96,11 +96,11 @@ def format_validation_error(exc: ValidationError) -> str:
     """One line naming every bad field and why."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = str(err["msg"])
         for prefix in ("Value error, ", "Assertion failed, "):  # pydantic's wording for our own validators' messages
             msg = msg.removeprefix(prefix)
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # a check across fields names its fields itself
     return "; ".join(parts)
 
 

@@ -255,3 +255,33 @@ def _check_array(a: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
 def as_arrays(data: Any) -> dict[str, np.ndarray]:
     """Accept a Dataset or a dict and return the input arrays."""
     return data.inputs if isinstance(data, Dataset) else dict(data)
+
+
+def check_class_labels(labels: Any, output: Any, source: str) -> None:
+    """Refuse labels that cannot be class ids of a classifier whose output is ``output``.
+
+    ``labels``: shape (N,), any numeric dtype (integral floats such as ``1.0`` pass); ``output``: the model's
+    (first) output for a batch, a numpy array or tensor of shape (batch, ..., C) — C classes — or that shape as a
+    tuple. Nothing is checked when ``labels`` is None or empty, or the output has no class axis (fewer than 2
+    dimensions, or C < 2). Raises
+    :class:`InputError` naming ``source`` for non-integral or non-finite labels and for ids outside 0..C-1 —
+    what cross-entropy (and accuracy) read — before any work spends time on them.
+    """
+    if labels is None:
+        return
+    y = np.asarray(labels)
+    if y.size == 0:
+        return
+    if y.dtype.kind not in "biuf":
+        raise InputError(f"data {source}: labels must be integer class ids (got {y.dtype})")
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        bad = y[~(np.isfinite(y) & (y == np.round(y)))].reshape(-1)[0]
+        raise InputError(f"data {source}: labels must be integer class ids (found {bad:g})")
+    shape = output if isinstance(output, tuple) else tuple(getattr(output, "shape", ()))
+    if len(shape) < 2 or shape[-1] < 2:  # one score per sample (a sigmoid, a VAD): no class axis to check
+        return
+    classes = int(shape[-1])
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= classes:
+        raise InputError(f"data {source}: labels run from {lo} to {hi}, but the model's output has {classes} "
+                         f"classes (labels 0..{classes - 1})")

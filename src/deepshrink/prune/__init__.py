@@ -168,7 +168,15 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
     module = copy.deepcopy(module)
     data_inputs = first_inputs(data)
     if data_inputs is not None:
-        _check_data_fits(module, data_inputs, getattr(data, "source", "the data"))
+        out = _check_data_fits(module, data_inputs, getattr(data, "source", "the data"))
+        if _reads_labels(config):  # labels cross-entropy cannot read: refused now, not after pruning
+            from ..core.data import check_class_labels
+
+            labels = getattr(data, "labels", None) if not isinstance(data, (tuple, list)) else (
+                data[-1] if len(data) > 1 else None)
+            while isinstance(out, (tuple, list)) and out:
+                out = out[0]
+            check_class_labels(labels, out, getattr(data, "source", "the data"))
     opts = {"data": data, "example_inputs": data_inputs or example_inputs, "batch_size": batch_size,
             "seed": seed, "progress": progress, "mixed_precision": mixed_precision}
     if getattr(config, "distill", False):  # the model as the caller gave it teaches the pruned one
@@ -210,14 +218,24 @@ def _is_exported_graph(module: nn.Module) -> bool:
     return isinstance(module, torch.fx.GraphModule) and not any(isinstance(m, WEIGHTED) for m in module.modules())
 
 
-def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source: str) -> None:
+def _reads_labels(config: PruneConfig) -> bool:
+    """Whether pruning with ``config`` trains or ranks on the labels (fine-tuning not on soft targets alone,
+    gradual pruning, Taylor importance)."""
+    from .config import soft_targets_only
+
+    trains = bool(getattr(config, "finetune_epochs", 0)) or isinstance(config, GradualPruneConfig)
+    return (trains and not soft_targets_only(config)) or getattr(config, "importance", None) == "taylor"
+
+
+def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source: str) -> Any:
+    """Run ``module`` on ``inputs``; its output, or :class:`InputError` when data and model disagree."""
     was = module.training
     switch = _mode_switchable(module)
     if switch:
         module.eval()
     try:
         with torch.no_grad():
-            module(*inputs)
+            return module(*inputs)
     except Exception as exc:  # noqa: BLE001 - any failure here means data and model disagree
         shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
         raise InputError(f"data {source} (inputs {shapes}) does not fit the model: "
@@ -244,6 +262,9 @@ def _finetune(module: nn.Module, data: Any, epochs: int, lr: float, *, batch_siz
         raise UnsupportedError(f"{what} of a model loaded from .pt2 is not possible (torch.export graphs cannot switch "
                                "to training mode); pass package.module:factory with --weights, or prune one-shot")
     labels = np.asarray(train[-1])
+    if labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all():
+        labels = labels.astype(np.int64)  # class ids stored as floats (1.0, 2.0)
+        train = (*train[:-1], labels)
     if labels.dtype.kind not in "iu":
         raise InputError(f"{what}: labels must be integer class ids (got {labels.dtype})")
     # an ONNX import has its BatchNorm folded away by the exporter: put it back while training, fold it after

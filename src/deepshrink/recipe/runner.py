@@ -35,7 +35,7 @@ from typing import Any
 
 from ..core.fileio import write_text_atomic
 from ..core.handle import ModelHandle
-from ..errors import InputError
+from ..errors import DeepshrinkError, InputError, UnsupportedError
 from .steps import Recipe, Step, check_chain, load_recipe
 
 MARKER = ".deepshrink-compress"
@@ -105,6 +105,7 @@ def compress(model: Any, recipe: Any, out_dir: str | os.PathLike[str], *, data: 
 
     if force and out.exists():
         shutil.rmtree(out)
+    fresh = not out.exists() or not any(out.iterdir())  # this run's folder: nothing to keep if step 1 fails
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()
     (out / "steps").mkdir(exist_ok=True)
@@ -113,9 +114,18 @@ def compress(model: Any, recipe: Any, out_dir: str | os.PathLike[str], *, data: 
                    threads=threads)
     key = _source_key(model, weights, data, source)
     outcomes = [_original(out, ctx, key, say)]
-    for step in rec.steps:
-        key = _digest(key, json.dumps({step.verb: step.params}, sort_keys=True, default=str))
-        outcomes.append(_run_or_reuse(out, step, outcomes[-1], ctx, key, resume, say))
+    try:
+        for step in rec.steps:
+            key = _digest(key, json.dumps({step.verb: step.params}, sort_keys=True, default=str))
+            outcomes.append(_run_or_reuse(out, step, outcomes[-1], ctx, key, resume, say))
+    except DeepshrinkError as exc:
+        if fresh and len(outcomes) == 1:  # the first step refused its input: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        if len(outcomes) > 1 and type(exc) in (InputError, UnsupportedError):  # finished steps are checkpoints
+            raise type(exc)(f"{exc} (steps 1-{len(outcomes) - 1} are kept in {out}: once fixed, rerun with "
+                            "--resume to continue from them)") from None
+        raise
     _drop_stale_steps(out, len(rec.steps))
 
     final = outcomes[-1]

@@ -139,6 +139,13 @@ def search(model: Any, data: Any, config: SearchConfig, output: str | os.PathLik
 
         raise InputError(no_candidates_message(reference.model, ("MatMul", "Gemm", "Conv"), "search"))
     ev = Evaluator(reference, space, calibration, select, test, config)
+    from ..core.data import check_class_labels
+
+    shape = getattr(ev.ref_select, "first_shape", None) or tuple(ev.ref_select.shape)
+    if config.max_drop is not None:  # labels accuracy cannot count (every model, the original too, at 0 %)
+        check_class_labels(held.labels, tuple(shape), held.source)
+    if with_pack or with_slim:  # and the fine-tunes' cross-entropy cannot read
+        check_class_labels(calibration.labels, tuple(shape), calibration.source)
     from .forms import choose_int8_form
 
     space, _forms = choose_int8_form(ev, reference, calib_arrays, config, say)  # how int8 layers are built
@@ -654,7 +661,8 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
     if chosen is not None:
         recipe = chosen.recipe or space.recipe(chosen.assign)
         best = "best.dsz" if chosen.family == "pack" else "best.onnx"
-        text = (f"# written by deepshrink search; replay: {_replay_command(model, data, eval_data, weights)}\n"
+        command = _replay_command(model, data, eval_data, weights, input_shapes, trust, config)
+        text = (f"# written by deepshrink search; replay: {command}\n"
                 + yaml.safe_dump(recipe, sort_keys=False))
         write_text_atomic(out / "best.yaml", text)
         files["best.yaml"] = out / "best.yaml"
@@ -714,15 +722,29 @@ def _finish(out: Path, source: Any, model: Any, data: Any, eval_data: Any, weigh
     return SearchResult(out, chosen is not None, chosen, report, files)
 
 
-def _replay_command(model: Any, data: Any, eval_data: Any, weights: Any) -> str:
+def _replay_command(model: Any, data: Any, eval_data: Any, weights: Any, input_shapes: Any = None,
+                    trust: bool = False, config: SearchConfig | None = None) -> str:
+    """The ``compress`` command line ``best.yaml`` is replayed with: the search's model options, and a fidelity
+    gate no stricter than the search's own target (compress's default gate would refuse a choice the user's
+    looser ``--max-drop`` / ``--min-cos`` allowed)."""
+    from ..evaluate.gate import MAX_DROP, MIN_COS
+
     def arg(v: Any, name: str) -> str:
         return str(v) if isinstance(v, (str, os.PathLike)) else name
 
     cmd = f"deepshrink compress {arg(model, 'MODEL')} --recipe best.yaml --data {arg(data, 'DATA')}"
     if weights is not None:
         cmd += f" --weights {arg(weights, 'WEIGHTS')}"
+    if isinstance(input_shapes, (list, tuple)):
+        cmd += "".join(f" --input-shape {s}" for s in input_shapes if isinstance(s, str))
+    if trust:
+        cmd += " --trust-remote-code"
     if eval_data is not None:
         cmd += f" --eval-data {arg(eval_data, 'EVAL_DATA')}"
+    if config is not None and config.max_drop is not None and config.max_drop > 100 * MAX_DROP:
+        cmd += f" --gate-max-drop {config.max_drop:g}"
+    if config is not None and config.min_cos is not None and config.min_cos < MIN_COS:
+        cmd += f" --gate-min-cos {config.min_cos:g}"
     return cmd + " -o OUT"
 
 
