@@ -123,10 +123,10 @@ def test_configs_declare_what_they_take_emit_and_need():
         (ds.QATConfig(epochs=2), (("torch",), "onnx", "labels")),
         (ds.QATConfig(epochs=0), (("torch",), "onnx", "data")),
         (ds.MixedPrecisionConfig(overrides={"fc1": ds.Int8StaticConfig()}), (("torch", "onnx"), "onnx", "data")),
-        (ds.MagnitudePruneConfig(sparsity=0.5), (("torch",), "torch", None)),
-        (ds.MagnitudePruneConfig(sparsity=0.5, finetune_epochs=1), (("torch",), "torch", "labels")),
-        (ds.GradualPruneConfig(final_sparsity=0.5), (("torch",), "torch", "labels")),
-        (ds.StructuredPruneConfig(ratio=0.5, importance="activation"), (("torch",), "torch", "data")),
+        (ds.MagnitudePruneConfig(sparsity=0.5), (("torch",), None, None)),  # pruning writes the kind it took
+        (ds.MagnitudePruneConfig(sparsity=0.5, finetune_epochs=1), (("torch",), None, "labels")),
+        (ds.GradualPruneConfig(final_sparsity=0.5), (("torch",), None, "labels")),
+        (ds.StructuredPruneConfig(ratio=0.5, importance="activation"), (("torch",), None, "data")),
         (ds.DistillConfig(derive="width=0.5"), (("torch",), "torch", "data")),
         (ds.PackConfig(), (("torch", "onnx"), "dsz", None)),
     ]
