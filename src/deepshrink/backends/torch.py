@@ -69,6 +69,15 @@ def first_output(out: Any) -> torch.Tensor:
     return tensors[0]
 
 
+def probe_output(module: nn.Module, inputs: Any) -> torch.Tensor | None:
+    """The first output tensor of ``module`` (put in eval mode) on ``inputs`` (:func:`call_batch`), or None when it
+    cannot run on them — for checks that leave the error to the work that follows."""
+    try:
+        return first_output(call_batch(set_eval(module), inputs))
+    except Exception:  # noqa: BLE001 - any failure: nothing to check here
+        return None
+
+
 def used_parameters(m: nn.Module, probe: tuple[torch.Tensor, ...]) -> list[nn.Parameter]:
     """The parameters of ``m`` its output depends on: one backward from the sum of its floating-point outputs on
     ``probe`` (its positional inputs, eval mode). A BERT pooler beside the mean-pooled output a sentence encoder

@@ -12,7 +12,6 @@ losslessly (:mod:`deepshrink.codec.container`).
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -130,20 +129,10 @@ class _SharedWeight(nn.Module):
 def _check_labels(model: nn.Module, data: tuple[Any, ...]) -> None:
     """Refuse labels the fine-tune's cross-entropy cannot read (:func:`deepshrink.core.data.check_class_labels`),
     from the model's output on the first two samples, before any training."""
+    from ..backends.torch import probe_output
     from ..core.data import check_class_labels
 
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(*(torch.as_tensor(np.asarray(x)[:2]) for x in data[:-1]))
-    except Exception:  # noqa: BLE001 - a model that cannot run on the data fails in training with its own message
-        return
-    finally:
-        with contextlib.suppress(Exception):  # a torch.export graph cannot switch modes
-            model.train(was)
-    while isinstance(out, (tuple, list)) and out:
-        out = out[0]
+    out = probe_output(model, tuple(np.asarray(x)[:2] for x in data[:-1]))
     check_class_labels(data[-1], out, "given for fine-tuning")
 
 

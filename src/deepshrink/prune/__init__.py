@@ -169,14 +169,14 @@ def prune_with_report(model: nn.Module | ModelHandle, config: PruneConfig, *, da
     data_inputs = first_inputs(data)
     if data_inputs is not None:
         out = _check_data_fits(module, data_inputs, getattr(data, "source", "the data"))
-        if _reads_labels(config):  # labels cross-entropy cannot read: refused now, not after pruning
+        # labels cross-entropy (or Taylor importance) cannot read: refused now, not after pruning
+        if config.contract().needs == "labels" or getattr(config, "importance", None) == "taylor":
+            from ..backends.torch import flatten_outputs
             from ..core.data import check_class_labels
 
             labels = getattr(data, "labels", None) if not isinstance(data, (tuple, list)) else (
                 data[-1] if len(data) > 1 else None)
-            while isinstance(out, (tuple, list)) and out:
-                out = out[0]
-            check_class_labels(labels, out, getattr(data, "source", "the data"))
+            check_class_labels(labels, (flatten_outputs(out) or [None])[0], getattr(data, "source", "the data"))
     opts = {"data": data, "example_inputs": data_inputs or example_inputs, "batch_size": batch_size,
             "seed": seed, "progress": progress, "mixed_precision": mixed_precision}
     if getattr(config, "distill", False):  # the model as the caller gave it teaches the pruned one
@@ -216,15 +216,6 @@ def _is_exported_graph(module: nn.Module) -> bool:
     """A graph loaded from ``.pt2`` (torch.export): fixed shapes and inference semantics, no Python
     layers. Told by structure, since a copy of it no longer refuses ``train()`` as the original does."""
     return isinstance(module, torch.fx.GraphModule) and not any(isinstance(m, WEIGHTED) for m in module.modules())
-
-
-def _reads_labels(config: PruneConfig) -> bool:
-    """Whether pruning with ``config`` trains or ranks on the labels (fine-tuning not on soft targets alone,
-    gradual pruning, Taylor importance)."""
-    from .config import soft_targets_only
-
-    trains = bool(getattr(config, "finetune_epochs", 0)) or isinstance(config, GradualPruneConfig)
-    return (trains and not soft_targets_only(config)) or getattr(config, "importance", None) == "taylor"
 
 
 def _check_data_fits(module: nn.Module, inputs: tuple[torch.Tensor, ...], source: str) -> Any:

@@ -14,7 +14,6 @@ Only the overrides are ours: ORT's QDQ writer and its fusion into ``QLinearConv`
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
@@ -49,9 +48,10 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     xs = [torch.from_numpy(np.ascontiguousarray(ds.inputs[n])) for n in names]
     n_rows = len(xs[0])
     if training and not soft_only:  # labels cross-entropy cannot read fail here, not as a traceback mid-training
+        from ...backends.torch import probe_output
         from ...core.data import check_class_labels
 
-        check_class_labels(ds.labels, _first_output(handle.model, [x[:2] for x in xs]), ds.source)
+        check_class_labels(ds.labels, probe_output(handle.model, tuple(x[:2] for x in xs)), ds.source)
     calib = [tuple(x[i:i + 64] for x in xs) for i in range(0, min(n_rows, 512), 64)]
     teacher = None
     if training and config.distill:  # the float model as given teaches its fake-quantized copy
@@ -145,20 +145,3 @@ def _weight_name(layer: str, inits: dict[str, Any]) -> str | None:
     tails = [n for n in inits if n.endswith(f"{layer}.weight")]
     return tails[0] if len(tails) == 1 else None
 
-
-def _first_output(model: Any, inputs: list[Any]) -> Any:
-    """The model's first output on ``inputs`` (eval mode, no gradients, the mode restored); None when it cannot
-    run (the training that follows reports why)."""
-    was = getattr(model, "training", False)
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(*inputs)
-    except Exception:  # noqa: BLE001 - a model that cannot run here fails in training with its own message
-        return None
-    finally:
-        with contextlib.suppress(Exception):  # a torch.export graph cannot switch modes
-            model.train(was)
-    while isinstance(out, (tuple, list)) and out:
-        out = out[0]
-    return out
