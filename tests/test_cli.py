@@ -181,6 +181,25 @@ def test_factory_with_nan_weights(tmp_path, capsys):
     del torch
 
 
+def test_a_factory_without_weights_is_noted_after_a_command_that_succeeds(tmp_path, capsys):
+    """A module:factory with no --weights runs on whatever the factory builds: said once, at the end, on stderr;
+    not with --weights, and not before the one error line of a command that fails."""
+    from safetensors.torch import save_file
+
+    from deepshrink.examples import DigitsMLP
+
+    rc, out, err = _run(capsys, "info", "deepshrink.examples:DigitsMLP")
+    notes = [ln for ln in err.splitlines() if ln.startswith("note:")]
+    assert rc == 0 and "parameters 50,610" in out and len(notes) == 1, err
+    assert "deepshrink.examples:DigitsMLP was given without --weights" in notes[0] and "untrained" in notes[0]
+    save_file(DigitsMLP().state_dict(), str(tmp_path / "w.safetensors"))
+    rc, _, err = _run(capsys, "info", "deepshrink.examples:DigitsMLP", "-w", tmp_path / "w.safetensors")
+    assert rc == 0 and "note:" not in err, err
+    rc, _, err = _run(capsys, "convert", "deepshrink.examples:DigitsMLP", tmp_path / "m.onnx", "-d", tmp_path / "no.npz")
+    assert rc == 2
+    _one_line_error(err, "no.npz")
+
+
 @pytest.mark.trains
 def test_demo_runs_offline_as_a_subprocess(tmp_path, seed, measured):
     """The demo is `compress` with the default recipe on the digits CNN, from a bare environment."""

@@ -272,6 +272,11 @@ def _load_factory(spec: str, weights: Any) -> ModelHandle:
         raise InputError(f"factory {spec} returned {type(model).__name__}, not an nn.Module")
     if weights is not None:
         load_weights(model, weights)
+    elif any(True for _ in model.parameters()):
+        from .core.quiet import defer_note
+
+        defer_note(f"{spec} was given without --weights: its weights are those the factory builds (its initial, "
+                   f"untrained ones, unless the factory loads trained weights itself)")
     return _torch_handle(model.eval(), source=spec)
 
 

@@ -225,9 +225,13 @@ def run_app(argv: list[str] | None = None) -> int:
     # a command's options in click's plain layout when the terminal is narrow (see RICH_HELP_MIN_WIDTH)
     narrow = bool(args) and not args[0].startswith("-") and _help_width() < RICH_HELP_MIN_WIDTH
     app.rich_markup_mode = None if narrow else "rich"
+    quiet.take_notes()
     with warnings.catch_warnings():
         warnings.showwarning = _warning_line(set())
-        return _run(argv)
+        status = _run(argv)
+    for note in quiet.take_notes() if status == 0 else ():
+        err_console.print("note: " + note, style="dim", markup=False, highlight=False, soft_wrap=True)
+    return status
 
 
 # Typer's rich help lays each option out in six columns that rich sizes by itself; below about 100

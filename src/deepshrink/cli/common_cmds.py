@@ -122,7 +122,11 @@ def info_cmd(model: Annotated[str, typer.Argument(help="model file, folder or mo
         console.print(t)
 
 
-def print_bench(result: Any) -> None:
+def print_bench(result: Any, verdict: Any = None) -> None:
+    """The before/after table and its warnings; with the fidelity ``verdict`` of a command that kept a model the
+    gate failed (``--allow-degraded``), not the table's own "degraded" warnings: the gate's line says it."""
+    from ..evaluate.bench import DEGRADED
+
     table = Table(title=f"{result.threads} threads, batch {result.batch}, {result.repeats} interleaved rounds, "
                         f"{result.samples} samples of {result.data}")
     for col in ("model", "runtime", "size", "params", "median ms", "p90 ms", "latency vs first", "accuracy", "cos mean/min", "max-abs"):
@@ -139,8 +143,10 @@ def print_bench(result: Any) -> None:
         console.print("cos mean/min and max-abs: the worst over each model's outputs; lowest worst-sample cosine in "
                       "(" + "; ".join(worst) + ")", style="dim", markup=False, highlight=False)
     console.print(f"CPU: {result.cpu}", style="dim", markup=False)
+    gated = verdict is not None and not verdict.passed
     for w in result.warnings:
-        warn(w)
+        if not (gated and w.endswith(DEGRADED)):
+            warn(w)
 
 
 @app.command("bench")

@@ -274,7 +274,7 @@ def distill_cmd(
     if table is not None:
         from .common_cmds import print_bench
 
-        print_bench(table)
+        print_bench(table, verdict)
     if verdict is not None:
         print_gate(verdict)
     console.print(f"wrote {output}")

@@ -186,7 +186,7 @@ def prune_cmd(
     if table is not None:
         from .common_cmds import print_bench
 
-        print_bench(table)
+        print_bench(table, verdict)
     print_gate(verdict)
     console.print(f"wrote {output}")
 

@@ -189,7 +189,7 @@ def quantize_cmd(
     if table is not None:
         from .common_cmds import print_bench
 
-        print_bench(table)
+        print_bench(table, verdict)
     print_gate(verdict)
     if slower:
         warn(f"{slower} (kept: --allow-slower)")

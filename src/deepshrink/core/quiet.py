@@ -49,6 +49,21 @@ def native_output_silenced() -> Iterator[list[str]]:
 
 
 _VERBOSE = [False]
+_NOTES: list[str] = []
+
+
+def defer_note(text: str) -> None:
+    """Keep ``text`` for the end of a command that succeeds (the CLI prints each once, as a ``note:`` line on
+    stderr; a command that fails prints its one error line alone). The library does not print them."""
+    if text not in _NOTES:
+        _NOTES.append(text)
+
+
+def take_notes() -> list[str]:
+    """The notes kept by :func:`defer_note` since the last call, cleared."""
+    out = list(_NOTES)
+    _NOTES.clear()
+    return out
 
 
 def set_verbose(on: bool) -> None:

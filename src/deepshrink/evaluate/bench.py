@@ -32,6 +32,8 @@ Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 # as the fidelity gate's defaults, which refuse such a model where a command writes one.
 DEGRADED_DROP = MAX_DROP
 DEGRADED_COS_MIN = MIN_COS
+# the ending of those warnings (a command whose fidelity gate already said so leaves them out)
+DEGRADED = ": the model degraded"
 
 
 @dataclass
@@ -207,12 +209,12 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
         if row.accuracy is not None and first.accuracy is not None and first.accuracy - row.accuracy > DEGRADED_DROP:
             result.warnings.append(
                 f"{row.name} lost {100 * (first.accuracy - row.accuracy):.1f} accuracy points against {first.name} "
-                f"({100 * first.accuracy:.1f}% → {100 * row.accuracy:.1f}%): the model degraded")
+                f"({100 * first.accuracy:.1f}% → {100 * row.accuracy:.1f}%){DEGRADED}")
         elif (row.accuracy is None or row.worst_output) and row.cos_min is not None and row.cos_min < DEGRADED_COS_MIN:
             which = f"output {row.worst_output!r}" if row.worst_output else "outputs"
             result.warnings.append(
                 f"{row.name}'s {which} diverge from {first.name}'s: worst cosine fidelity {row.cos_min:.3f} "
-                f"(mean {row.cos_mean:.3f}): the model degraded")
+                f"(mean {row.cos_mean:.3f}){DEGRADED}")
         # looks compressed: 5 % smaller at least (a .pt2 of the same weights counts 92 fewer parameters than its
         # ONNX file, the shape constants, and was called smaller)
         smaller = (row.size_bytes is not None and first.size_bytes is not None
