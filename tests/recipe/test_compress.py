@@ -155,3 +155,30 @@ def test_compress_threads_reach_auto_quantization(tmp_path, monkeypatch):
         ds.compress("deepshrink.examples:DigitsMLP", "auto-int8", tmp_path / "out", data="digits:train",
                     input_shapes=["x:1x64"], threads=1)
     assert seen == [1]
+
+
+def test_a_prune_step_s_batch_size_seed_and_precision_reach_its_fine_tune(tmp_path, monkeypatch):
+    """A recipe could not set the fine-tune's batch size (trial t): ``batch_size``, ``seed`` and ``mixed_precision``
+    in a prune step go to ``prune()`` as the CLI's --batch-size / --seed / --mixed-precision do, and are kept in the
+    resolved recipe."""
+    import deepshrink as ds
+    import deepshrink.prune as p
+    from deepshrink.errors import InputError
+    from deepshrink.recipe import parse_recipe
+
+    seen = []
+
+    def record(model, config, **kw):
+        seen.append({k: kw.get(k) for k in ("batch_size", "seed", "mixed_precision")})
+        raise InputError("stop here")
+
+    monkeypatch.setattr(p, "prune", record)
+    steps = {"steps": [{"prune": {"sparsity": 0.25, "finetune_epochs": 1, "batch_size": 8, "seed": 3,
+                                  "mixed_precision": "bf16"}}]}
+    with pytest.raises(InputError, match="stop here"):
+        ds.compress("deepshrink.examples:DigitsMLP", steps, tmp_path / "out", data="digits:train",
+                    input_shapes=["x:1x64"])
+    assert seen == [{"batch_size": 8, "seed": 3, "mixed_precision": "bf16"}]
+    resolved = parse_recipe(steps).resolved()["steps"][0]["prune"]
+    assert (resolved["batch_size"], resolved["seed"], resolved["mixed_precision"]) == (8, 3, "bf16")
+    assert parse_recipe({"steps": [{"prune": resolved}]}).resolved()["steps"][0]["prune"] == resolved

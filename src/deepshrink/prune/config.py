@@ -47,10 +47,15 @@ def soft_targets_only(cfg: Config) -> bool:
     return bool(getattr(cfg, "distill", False)) and getattr(cfg, "kd_alpha", 0.0) >= 1.0
 
 
+def trains(cfg: Config) -> bool:
+    """Whether pruning with ``cfg`` trains: a fine-tune (``finetune_epochs`` > 0) or gradual pruning."""
+    return bool(getattr(cfg, "finetune_epochs", 0)) or isinstance(cfg, GradualPruneConfig)
+
+
 def _prune_contract(cfg: Config) -> Contract:
     """Pruning takes a PyTorch model (or an ONNX source, pruned as its PyTorch import and written back as ONNX:
     :func:`deepshrink.recipe.steps.check_chain`) and writes the kind it took; fine-tuning (and gradual pruning, Taylor importance) needs labels, activation importance any samples."""
-    if getattr(cfg, "finetune_epochs", 0) or isinstance(cfg, GradualPruneConfig):
+    if trains(cfg):
         if soft_targets_only(cfg):  # the unpruned model's outputs are the targets: any samples
             return Contract(("torch",), None, "data", "fine-tuning on soft targets")
         return Contract(("torch",), None, "labels", "fine-tuning")

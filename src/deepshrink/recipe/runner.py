@@ -338,7 +338,10 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
         if step.verb == "prune":
             from ..prune import prune
 
-            result = prune(handle, step.config, data=ctx.train, progress=False)
+            from .steps import PRUNE_TRAINING
+
+            result = prune(handle, step.config, data=ctx.train, progress=False,
+                           **{k: step.params[k] for k in PRUNE_TRAINING if k in step.params})
         elif step.verb == "distill":
             from ..distill import distill
 

@@ -9,7 +9,8 @@ A recipe is YAML (or the equivalent dict)::
 
 Each step names a verb and its parameters; the parameters are the fields of that verb's config
 (``quantize``: a ``scheme`` plus the scheme's config fields, ``prune``: a ``method`` plus that
-method's fields, ``sparsity`` standing for each method's target). :func:`parse_recipe` builds
+method's fields, ``sparsity`` standing for each method's target, and how its fine-tune runs: ``batch_size``,
+``seed``, ``mixed_precision``, as ``prune``'s options). :func:`parse_recipe` builds
 every config, so an unknown step, key or value names itself with the valid choices and the step
 number before anything runs; :func:`check_chain` then checks the chain against the model's
 format and the data the user gave (a torch-only step after one that emits ONNX; a step that
@@ -83,7 +84,8 @@ class Recipe:
                 continue
             fields = {k: v for k, v in s.config.to_dict().items() if k != "type"}
             head = {k: s.params[k] for k in ("method", "scheme") if k in s.params}
-            steps.append({s.verb: {**head, **fields}})
+            training = {k: s.params[k] for k in PRUNE_TRAINING if s.verb == "prune" and k in s.params}
+            steps.append({s.verb: {**head, **fields, **training}})
         return {"steps": steps}
 
 
@@ -194,13 +196,30 @@ def _build_step(index: int, verb: str, params: dict[str, Any], recipe: str) -> S
         raise InputError(f"{where}: {exc}") from None
 
 
+# how a prune step's training runs, beside what its config prunes: passed to ``prune()`` as the CLI's
+# --batch-size, --seed and --mixed-precision are
+PRUNE_TRAINING = ("batch_size", "seed", "mixed_precision")
+
+
 def _prune_step(index: int, params: dict[str, Any]) -> Step:
-    from ..prune.config import METHODS, config_for_method
+    from ..prune.config import METHODS, config_for_method, trains
+    from ..train.trainer import MIXED_PRECISION
 
     method = params.pop("method", "structured")
+    training = {k: params.pop(k) for k in PRUNE_TRAINING if k in params}
+    for key, low in (("batch_size", 1), ("seed", 0)):
+        value = training.get(key, low)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InputError(f"{key} must be an integer >= {low}, got {value!r}")
+    if training.get("mixed_precision", "no") not in MIXED_PRECISION:
+        raise InputError(f"mixed_precision {training['mixed_precision']!r}: use {' or '.join(MIXED_PRECISION)}")
     cfg = config_for_method(str(method), params)
     assert method in METHODS
-    return _step(index, "prune", {"method": method, **params}, cfg)
+    if training and not trains(cfg):
+        named = " and ".join(training)
+        raise InputError(f"{named} appl{'y' if len(training) > 1 else 'ies'} to fine-tuning: set finetune_epochs > 0 "
+                         f"(or method gradual), or leave {'them' if len(training) > 1 else 'it'} out")
+    return _step(index, "prune", {"method": method, **params, **training}, cfg)
 
 
 def _step(index: int, verb: str, params: dict[str, Any], cfg: Any) -> Step:
