@@ -44,6 +44,7 @@ def test_step_configs_are_the_verbs_configs():
     ([{"distill": {"epochs": 2}}], ["step 1 (distill)", "earlier step"]),
     ([{"prune": {"sparsity": 0.5}}, {"distill": {"temprature": 2}}], ["step 2 (distill)", "did you mean 'temperature'"]),
     ([{"quantize": {"scheme": "int8-dynamic"}, "prune": {}}], ["step 1", "one verb"]),
+    ([{"quantize": {"scheme": "qat", "bits": 4}}], ["step 1 (quantize)", "did you mean 'weight_bits'"]),  # not act_bits
     ([{"prune": {"sparsity": 0.5, "batch_size": 16}}], ["step 1 (prune)", "batch_size applies to fine-tuning"]),
     ([{"prune": {"sparsity": 0.5, "finetune_epochs": 1, "batch_size": 0}}], ["step 1 (prune)", "batch_size", ">= 1"]),
     ([{"prune": {"sparsity": 0.5, "finetune_epochs": 1, "mixed_precision": "fp16"}}], ["step 1 (prune)", "'fp16'",

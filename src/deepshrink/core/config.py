@@ -111,7 +111,9 @@ def check_keys(params: dict[str, Any], cls: type[Config], *, what: str) -> None:
     valid = list(cls.model_fields)
     for key in params:
         if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
+            # a CLI option's name where the config's field is spelled otherwise (quantize --bits: weight_bits)
+            alias = [f for f in valid if f == f"weight_{key}"]
+            close = alias or difflib.get_close_matches(str(key), valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise InputError(f"{what}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
 
