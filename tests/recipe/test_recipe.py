@@ -144,3 +144,21 @@ def test_an_onnx_model_keeps_its_names_through_qat_and_prune_steps(tmp_path, cnn
         graph = onnx.load(str(res.model_path)).graph
         assert res.model_path.suffix == ".onnx"
         assert ([i.name for i in graph.input], [o.name for o in graph.output]) == (["x"], ["logits"]), name
+
+
+def test_a_layer_count_the_model_cannot_give_is_refused_before_any_work(tmp_path):
+    """``derive: layers=K`` on a CNN was refused only once the run had started (trial t); so is K above the stack."""
+    import deepshrink as ds
+    from deepshrink.recipe.steps import check_layer_counts
+    from deepshrink.examples import minilm
+
+    recipe = {"steps": [{"prune": {"sparsity": 0.25}}, {"distill": {"derive": "layers=2", "epochs": 1}}]}
+    with pytest.raises(InputError, match=r"step 2 \(distill\): derive layers=2 needs a model with a stack of "
+                                         r"transformer layers.*use derive: width=F"):
+        ds.compress(CNN, recipe, tmp_path / "out", data="digits:train", input_shapes=["x:1x1x8x8"])
+    assert not (tmp_path / "out").exists()
+    encoder = minilm()  # 6 layers
+    check_layer_counts(parse_recipe({"steps": [{"distill": {"derive": "layers=3"}}]}), encoder)
+    with pytest.raises(InputError, match=r"step 2 \(distill\): derive layers=4: the model has only 3 layers"):
+        check_layer_counts(parse_recipe({"steps": [{"distill": {"derive": "layers=3"}},
+                                                   {"distill": {"derive": "layers=4"}}]}), encoder)

@@ -36,7 +36,7 @@ from typing import Any
 from ..core.fileio import write_text_atomic
 from ..core.handle import ModelHandle
 from ..errors import DeepshrinkError, InputError, UnsupportedError
-from .steps import Recipe, Step, check_chain, load_recipe
+from .steps import Recipe, Step, check_chain, check_layer_counts, load_recipe
 
 MARKER = ".deepshrink-compress"
 SCHEMA = "deepshrink.report/1"
@@ -97,6 +97,8 @@ def compress(model: Any, recipe: Any, out_dir: str | os.PathLike[str], *, data: 
     source = load(model, weights=weights, input_shapes=input_shapes, data=data, trust_remote_code=trust_remote_code)
     train = load_data(data, source) if data is not None else None
     check_chain(rec, source.kind, has_data=train is not None, has_labels=train is not None and train.labels is not None)
+    if source.kind == "torch":
+        check_layer_counts(rec, source.model)
     evaluation = load_data(eval_data, source) if eval_data is not None else train
     if train is not None and eval_data is None:  # never measure on the samples a step trained on
         from ..evaluate.gate import split_holdout

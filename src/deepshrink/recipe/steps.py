@@ -324,3 +324,30 @@ def check_chain(recipe: Recipe, source_kind: Kind, *, has_data: bool, has_labels
         kind = "onnx" if imported else step.emits or kind
         kinds.append(kind)
     return kinds
+
+
+def check_layer_counts(recipe: Recipe, model: Any) -> None:
+    """Check each ``distill: {derive: layers=K}`` step against the layer stack it will drop from, before any work:
+    ``model`` is the recipe's PyTorch source (``nn.Module``), and a ``layers=K`` step leaves K for the next one.
+    Raises :class:`InputError` naming the step when the model has no stack of repeated layers (an MLP or CNN:
+    ``width=F`` is its derivation) or fewer than K."""
+    from ..distill.config import parse_derive
+    from ..distill.derive import stack_depth
+
+    depth = stack_depth(model)
+    for step in recipe.steps:
+        derive = step.params.get("derive") if step.verb == "distill" else None
+        if not derive:
+            continue
+        kind, value = parse_derive(str(derive))
+        if kind != "layers":
+            continue
+        if depth is None:
+            raise InputError(f"recipe {recipe.name}: {step.label()}: derive {derive} needs a model with a stack of "
+                             "transformer layers (an nn.ModuleList of blocks), and this one has none; for an MLP or "
+                             "CNN use derive: width=F")
+        if value > depth:
+            raise InputError(f"recipe {recipe.name}: {step.label()}: derive {derive}: the model has only {depth} "
+                             "layers at that step")
+        depth = int(value)
+
