@@ -149,8 +149,8 @@ def test_an_onnx_model_keeps_its_names_through_qat_and_prune_steps(tmp_path, cnn
 def test_a_layer_count_the_model_cannot_give_is_refused_before_any_work(tmp_path):
     """``derive: layers=K`` on a CNN was refused only once the run had started (trial t); so is K above the stack."""
     import deepshrink as ds
-    from deepshrink.recipe.steps import check_layer_counts
     from deepshrink.examples import minilm
+    from deepshrink.recipe.steps import check_layer_counts
 
     recipe = {"steps": [{"prune": {"sparsity": 0.25}}, {"distill": {"derive": "layers=2", "epochs": 1}}]}
     with pytest.raises(InputError, match=r"step 2 \(distill\): derive layers=2 needs a model with a stack of "

@@ -339,7 +339,6 @@ def _apply(step: Step, handle: ModelHandle, ctx: _Context) -> tuple[ModelHandle,
         warnings.simplefilter("ignore", UserWarning)
         if step.verb == "prune":
             from ..prune import prune
-
             from .steps import PRUNE_TRAINING
 
             result = prune(handle, step.config, data=ctx.train, progress=False,
