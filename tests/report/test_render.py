@@ -134,3 +134,11 @@ def test_layers_pair_by_name_then_size_then_order():
     after = [{"name": "a_quant", "params": 10}, {"name": "b", "params": 10}, {"name": "c2", "params": 3}]
     assert [b["name"] for b, _ in _match_layers(before, after)] == ["a", "b", "c"]
     assert [b for b, _ in _match_layers(before, [{"name": "x", "params": 7}])] == [None]  # no guess by position
+
+    # pruned through an ONNX import and quantized: every layer renamed and resized, the export listing the dense
+    # layer first (trial t's table read "Gemm → Conv"); dynamic int8 makes the Gemm a MatMul
+    before = [{"name": "stem", "op": "Conv", "params": 216}, {"name": "body", "op": "Conv", "params": 5184},
+              {"name": "fc", "op": "Gemm", "params": 480}]
+    after = [{"name": "fc_q", "op": "MatMul", "params": 360}, {"name": "c0_q", "op": "ConvInteger", "params": 162},
+             {"name": "c1_q", "op": "QLinearConv", "params": 2916}]
+    assert [b["name"] for b, _ in _match_layers(before, after)] == ["fc", "stem", "body"]

@@ -104,16 +104,35 @@ def _env_line(report: dict) -> str:
             f" · latency p10–p90 ms: {'; '.join(spreads) or DASH}")
 
 
+def _op_family(op: Any) -> str:
+    """Ops that hold the same layer's weight before and after a quantizer (Gemm becomes MatMul for dynamic int8,
+    Conv becomes ConvInteger / QLinearConv)."""
+    op = str(op or "")
+    return "dense" if "MatMul" in op or op == "Gemm" else "conv" if "Conv" in op else op
+
+
 def _match_layers(before: Sequence[dict], after: Sequence[dict]) -> list[tuple[dict | None, dict]]:
-    """Pair each final layer with its original: same name; else the next unused one with the
-    same element count (quantizers rename and transpose weights but keep their order); else,
-    when both lists are as long, the next unused one in graph order (renamed and resized)."""
+    """Pair each final layer with its original: same name; else the next unused one of the same kind (dense,
+    conv, ...) with the same element count (quantizers rename and transpose weights but keep their order); else,
+    when both hold as many layers of that kind, the next unused one of the kind in graph
+    order (renamed and resized: pruned through an import, whose exported graph may list dense layers before conv
+    ones); else, when both lists are as long, the next unused one in graph order."""
     match: dict[int, int] = {}
     by_name = {r.get("name"): i for i, r in enumerate(before)}
     for k, row in enumerate(after):
         if (i := by_name.get(row.get("name"))) is not None and i not in match.values():
             match[k] = i
-    rules = [lambda a, b: a.get("params") == b.get("params")]
+
+    def kinds(rows: Sequence[dict]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in rows:
+            out[_op_family(r.get("op"))] = out.get(_op_family(r.get("op")), 0) + 1
+        return out
+
+    before_counts, after_counts = kinds(before), kinds(after)
+    rules = [lambda a, b: _op_family(a.get("op")) == _op_family(b.get("op")) and a.get("params") == b.get("params"),
+             lambda a, b: (_op_family(a.get("op")) == _op_family(b.get("op"))
+                           and before_counts.get(_op_family(a.get("op"))) == after_counts.get(_op_family(b.get("op"))))]
     if len(before) == len(after):
         rules.append(lambda a, b: True)
     for same in rules:
