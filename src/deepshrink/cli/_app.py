@@ -123,14 +123,15 @@ def load_model(src: str, *, weights: str | None = None, input_shape: list[str] |
 
 
 def fmt_bytes(n: int | None) -> str:
-    """A byte count for tables: 512 B, 162.6 KB, 86.6 MB."""
+    """A byte count for tables in SI units, as the reports and ``--budget size=2MB`` read them: 512 B, 166.5 kB,
+    90.9 MB (1 kB = 1,000 B; a MiB budget is spelled ``MiB``)."""
     if n is None:
         return "-"
     value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
+        value /= 1000
     return str(n)
 
 
