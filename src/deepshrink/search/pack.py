@@ -29,12 +29,17 @@ is issue 16's best for the digits CNN (cosine lr 1e-2 while pruning over ``pack_
 centroids over ``pack_epochs[1]``, distilled from the original at alpha 0.9, BatchNorm folded where
 the model has convolutions followed by BatchNorm).
 
-Fine-tuning needs a PyTorch model and labelled data. An ONNX model (what other toolchains ship)
-gets the one-shot form instead — each weight initializer of two or more dimensions pruned by
-magnitude and k-means-shared with no training, as ``pack`` does for ONNX — with the same
-sensitivity, allocation and optimiser (its sensitivity runs the ONNX model once per layer and
-sparsity); without fine-tuning only mild settings keep a tight target. These candidates run in the
-driver process, one after another (also when the quantization trials ran on Ray).
+Fine-tuning needs labelled data. An ONNX model (what other toolchains ship) is fine-tuned as ``pack``
+fine-tunes it: through its PyTorch import, the BatchNorms its exporter folded put back for training
+(when it trains 100 steps or more) and folded again before the weights are shared; the per-layer
+choices, the sensitivity and the size estimates then name the import's modules (the ``.dsz`` of an ONNX
+source also carries its weight-stripped graph, added to the import's estimate), and the pack step of
+``best.yaml`` imports the same ``.onnx`` the same way. Without labels (or when the import fails) an ONNX
+model gets the one-shot form — each weight initializer of two or more dimensions pruned by magnitude
+and k-means-shared with no training — with the same allocation and optimiser (its sensitivity runs
+the ONNX model once per layer and sparsity); without fine-tuning only mild settings keep a tight
+target. These candidates run in the driver process, one after another (also when the quantization
+trials ran on Ray).
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ def wanted(config: SearchConfig, source: Any, data: Dataset, say: Any) -> bool:
     """Whether this search tries Deep Compression candidates (``config.pack``).
 
     ``"auto"``: with a size budget, for a PyTorch model with labelled data (fine-tuned) or an ONNX
-    model (one-shot). ``"on"``: always, and a model or data that cannot have them is refused
+    model (fine-tuned through its import with labelled data, one-shot without). ``"on"``: always, and a model or data that cannot have them is refused
     (:class:`InputError`) before any work.
     """
     from .config import family_wanted
@@ -148,19 +153,50 @@ def params_of(layers: list[PackLayer], assign: dict[str, tuple[float, int]], con
 
 
 class PackEvaluator:
-    """Builds Deep Compression candidates the way ``compress``'s pack step does and measures them with ``ev``."""
+    """Builds Deep Compression candidates the way ``compress``'s pack step does and measures them with ``ev``.
 
-    def __init__(self, ev: Evaluator, source: Any, factory: str | None, config: SearchConfig) -> None:
+    An ONNX source with labelled calibration data is fine-tuned as ``pack`` does it, through its PyTorch import
+    (:attr:`imported`: its layers, sensitivity and size estimates use the import's module names, which the pack
+    step's import of the same file gives again); without labels (or when the import fails) it is packed one-shot.
+    """
+
+    def __init__(self, ev: Evaluator, source: Any, factory: str | None, config: SearchConfig,
+                 say: Any = None) -> None:
         self.ev, self.source, self.factory, self.config = ev, source, factory, config
-        self.layers = layers_of(source)
-        self.one_shot = source.kind == "onnx"
-        self.fold_bn = not self.one_shot and _has_conv_bn(source.model)
+        self.imported = self._import(say) if source.kind == "onnx" else None
+        self.layers = layers_of(self.imported or source)
+        self.one_shot = source.kind == "onnx" and self.imported is None
+        self.fold_bn = source.kind == "torch" and _has_conv_bn(source.model)
+        # a .dsz of an ONNX source carries its weight-stripped graph, the import's estimate does not
+        self.graph_bytes = self._graph_bytes() if self.imported is not None else 0
         self.sparsity = ONE_SHOT_SPARSITY if self.one_shot else SPARSITY
         self.bits = ONE_SHOT_BITS if self.one_shot else BITS
         self.warm_bits = ONE_SHOT_WARM_BITS if self.one_shot else WARM_BITS
         self.estimates: dict[str, int] = {}
         # the last one-shot pack: for an ONNX model a proposal's size estimate *is* the candidate it then builds
         self._last: tuple[str, Any, bytes] | None = None
+
+    def _import(self, say: Any) -> Any:
+        """The ONNX source's PyTorch import, when the calibration data has labels to fine-tune on; else None."""
+        from ..convert.onnx2torch.route import trainable_handle
+
+        if self.ev.calibration is None or self.ev.calibration.labels is None or not any(self.config.pack_epochs):
+            return None
+        try:
+            return trainable_handle(self.source)
+        except DeepshrinkError as exc:
+            if say is not None:
+                say(f"Deep Compression candidates packed one-shot: the ONNX model's PyTorch import, which "
+                    f"fine-tuning needs, failed ({first_line(exc, 160)})")
+            return None
+
+    def _graph_bytes(self) -> int:
+        """How much bigger the ONNX source's ``.dsz`` is than its import's at the same weights (the graph it
+        carries), measured once with every weight kept at the config's default bits."""
+        from ..codec import DeepCompressionConfig, pack
+
+        cfg = DeepCompressionConfig.build(fc_sparsity=0.0, conv_sparsity=0.0, prune_epochs=0, finetune_epochs=0)
+        return max(0, pack(self.source, cfg).nbytes - pack(self.imported, cfg).nbytes)
 
     def _pack(self, params: dict[str, Any], *, data: Any) -> Any:
         from ..codec import DeepCompressionConfig, pack
@@ -170,8 +206,10 @@ class PackEvaluator:
         if data is None and self._last is not None and self._last[0] == memo:
             return self._last[1], self._last[2]
         cfg = DeepCompressionConfig.build(**{k: v for k, v in params.items() if k != "method"})
+        # a size estimate (no data) of an imported ONNX model packs the import: the layer names are its modules'
+        model = self.imported if data is None and self.imported is not None else self.source
         with deterministic_training(), tempfile.TemporaryDirectory() as tmp:
-            res = pack(self.source, cfg, output=Path(tmp) / "model.dsz", data=data, factory=self.factory)
+            res = pack(model, cfg, output=Path(tmp) / "model.dsz", data=data, factory=self.factory)
             blob = (Path(tmp) / "model.dsz").read_bytes()
         if data is None:
             self._last = (memo, res, blob)
@@ -183,7 +221,7 @@ class PackEvaluator:
         k = json.dumps(params, sort_keys=True)
         if k not in self.estimates:
             res, _blob = self._pack(params, data=None)
-            self.estimates[k] = res.nbytes
+            self.estimates[k] = res.nbytes + self.graph_bytes
         return self.estimates[k]
 
     def evaluate(self, assign: dict[str, tuple[float, int]], *, trial: int, origin: str) -> Candidate:
@@ -201,7 +239,8 @@ class PackEvaluator:
         t0 = time.perf_counter()
         try:
             res, blob = self._pack(params, data=None if self.one_shot else self.ev.calibration)
-            decoded = res.model.model if self.one_shot else to_onnx_handle(self.source.with_model(res.model.model)).model
+            decoded = (res.model.model if self.source.kind == "onnx"  # an ONNX source packs to ONNX, tuned or not
+                       else to_onnx_handle(self.source.with_model(res.model.model)).model)
             with tempfile.TemporaryDirectory() as tmp:
                 save_onnx(decoded, Path(tmp) / "model.onnx")
                 onnx_bytes = (Path(tmp) / "model.onnx").read_bytes()
@@ -217,12 +256,13 @@ def prune_sensitivity(pe: PackEvaluator, inputs: dict[str, np.ndarray]) -> dict[
     """``{layer: {sparsity: 1 - mean cosine}}`` with only that layer pruned by magnitude, no fine-tuning."""
     from ..convert.parity import compare_outputs
 
-    if pe.source.kind == "onnx":
+    if pe.one_shot:
         return _onnx_sensitivity(pe, {k: v[:ONNX_SENSITIVITY_SAMPLES] for k, v in inputs.items()})
     import torch
 
-    model = pe.source.model
-    names = [spec.name for spec in pe.source.inputs]
+    torch_source = pe.imported or pe.source
+    model = torch_source.model
+    names = [spec.name for spec in torch_source.inputs]
     feed = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names]
 
     def run() -> np.ndarray:
@@ -378,7 +418,7 @@ def search_pack(ev: Evaluator, source: Any, factory: str | None, inputs: dict[st
 
     import optuna
 
-    pe = PackEvaluator(ev, source, factory, config)
+    pe = PackEvaluator(ev, source, factory, config, say)
     say(f"Deep Compression candidates: {len(pe.layers)} prunable layers; sensitivity to pruning")
     sens = prune_sensitivity(pe, inputs)
     budget_bytes = None if budget_ratio is None else budget_ratio * ev.ref_size
