@@ -53,3 +53,29 @@ def test_random_attention_masks_are_right_padded_like_a_tokenizer_s():
     lengths = drawn.sum(1)
     assert (drawn == (np.arange(6)[None, :] < lengths[:, None])).all()  # a prefix of ones in every row
     assert lengths.min() >= 1 and len(np.unique(lengths)) == 6  # every length from 1 to 6 drawn
+
+
+class _TwoTables(torch.nn.Module):
+    """x[:, 0] indexes a 9-row table, x[:, 1] a 500-row one (attacut's characters and syllables)."""
+
+    def __init__(self):
+        super().__init__()
+        self.small, self.big = torch.nn.Embedding(9, 4), torch.nn.Embedding(500, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head((self.small(x[:, 0]) + self.big(x[:, 1])).mean(1))
+
+
+def test_random_ids_keep_each_channel_in_the_range_its_data_has(tmp_path):
+    """Trial u (attacut, a Thai segmenter): every route from the PyTorch model failed its parity check with "index
+    out of range in self" — the random samples drew every position over the whole array's range (0..6,220), so
+    character ids ran past their 139-row table. Each position now takes a value the data has there."""
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.integers(0, 9, (16, 10)), rng.integers(0, 500, (16, 10))], axis=1).astype(np.int64)
+    h = ds.load(_TwoTables().eval(), input_shapes=["x:1x2x10"], data={"x": x})
+    drawn = h.sample_inputs(batch=64, seed=3)["x"]
+    assert drawn.shape == (64, 2, 10) and drawn.dtype == np.int64
+    assert drawn[:, 0].max() < 9 and drawn[:, 1].max() > 100  # each channel in its own range, still varied
+    res = ds.convert(h, tmp_path / "t.onnx")
+    assert res.hops[0].parity.ok

@@ -171,7 +171,14 @@ def _random_like(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, e
             lo, hi = int(example.min()), int(example.max())
             if lo == hi:  # e.g. an all-ones attention mask: keep it
                 return np.full(shape, lo, dtype=dtype)
-            return rng.integers(lo, hi + 1, size=shape).astype(dtype)
+            if example.ndim >= 1 and tuple(example.shape[1:]) == tuple(shape[1:]) and len(example):
+                # each position takes a value the data has at that position: ids stay valid for the table each
+                # channel indexes (attacut's x[:, 0] holds character ids < 139, x[:, 1] syllable ids up to 6,220; a
+                # draw over the whole array's range sent character ids past their table)
+                flat = example.reshape(len(example), -1)
+                rows = rng.integers(0, len(flat), size=(int(shape[0]), flat.shape[1]))
+                return flat[rows, np.arange(flat.shape[1])].reshape(shape).astype(dtype)
+            return rng.choice(example.reshape(-1), size=shape).astype(dtype)  # values the data holds
         return rng.integers(0, 100, size=shape).astype(dtype)
     if dtype.kind == "b":
         return np.ones(shape, dtype=dtype)
