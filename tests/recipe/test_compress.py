@@ -182,3 +182,24 @@ def test_a_prune_step_s_batch_size_seed_and_precision_reach_its_fine_tune(tmp_pa
     resolved = parse_recipe(steps).resolved()["steps"][0]["prune"]
     assert (resolved["batch_size"], resolved["seed"], resolved["mixed_precision"]) == (8, 3, "bf16")
     assert parse_recipe({"steps": [{"prune": resolved}]}).resolved()["steps"][0]["prune"] == resolved
+
+
+def test_an_original_that_fails_its_export_leaves_no_folder(tmp_path):
+    """Trial u: a compress whose step 0 (the original's ONNX export and parity check) failed left OUT with its marker
+    file and an empty steps/ folder."""
+    import torch
+
+    import deepshrink as ds
+    from deepshrink.errors import DeepshrinkError
+
+    class Noisy(torch.nn.Module):  # its export cannot match it: the parity check fails
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x) + torch.rand_like(self.fc(x))
+
+    with pytest.raises(DeepshrinkError, match="changed the outputs"):
+        ds.compress(Noisy(), "int8", tmp_path / "out", input_shapes=["x:1x4"])
+    assert not (tmp_path / "out").exists()

@@ -115,13 +115,14 @@ def compress(model: Any, recipe: Any, out_dir: str | os.PathLike[str], *, data: 
     ctx = _Context(source=source, model_spec=model, weights=weights, train=train, trust=trust_remote_code,
                    threads=threads)
     key = _source_key(model, weights, data, source)
-    outcomes = [_original(out, ctx, key, say)]
+    outcomes: list[StepOutcome] = []
     try:
+        outcomes.append(_original(out, ctx, key, say))
         for step in rec.steps:
             key = _digest(key, json.dumps({step.verb: step.params}, sort_keys=True, default=str))
             outcomes.append(_run_or_reuse(out, step, outcomes[-1], ctx, key, resume, say))
     except DeepshrinkError as exc:
-        if fresh and len(outcomes) == 1:  # the first step refused its input: leave nothing behind
+        if fresh and len(outcomes) <= 1:  # the original's export or step 1 refused it: leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
             raise
         if len(outcomes) > 1 and type(exc) in (InputError, UnsupportedError):  # finished steps are checkpoints
