@@ -177,6 +177,8 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savez(d / "floatlabels4.npz", x=rng.standard_normal((64, 4)).astype(np.float32),
              labels=np.full(64, 0.5, np.float32))
     np.savez(d / "badlabels64.npz", x=rng.standard_normal((32, 64)).astype(np.float32), labels=np.arange(32) % 3 + 10)
+    np.savez(d / "seqlabels4.npz", x=rng.standard_normal((64, 4)).astype(np.float32),
+             labels=rng.integers(0, 2, (64, 3)))  # one label per output position (sequence labelling)
     (d / "qat.yaml").write_text("steps:\n  - quantize: {scheme: qat, epochs: 1}\n")
     # recipes
     (d / "unknown_key.yaml").write_text("steps:\n  - quantize: {scheme: int8-dynamic, bogus_key: 3}\n")
@@ -408,6 +410,14 @@ CASES = [
     C("pack-sparsity-above-1", lambda e: ["pack", f"{e.fx}/good.onnx", "-o", f"{e.out}/p.dsz", "-s", "1.5"],
       "sparsity"),
     C("bench-zero-threads", lambda e: ["bench", f"{e.fx}/good.onnx", "--threads", "0"], "--threads"),
+    # trial u: per-position labels were a ValueError traceback (exit 1); labels of no class (999, -1, NaN) scored 0 %
+    C("bench-labels-per-position", lambda e: ["bench", f"{e.fx}/good.onnx", "-d", f"{e.fx}/seqlabels4.npz",
+                                              "--repeats", "1"], "labels have shape [64, 3]"),
+    C("bench-labels-out-of-range", lambda e: ["bench", f"{e.fx}/good.onnx", "-d", f"{e.fx}/badlabels4.npz",
+                                              "--repeats", "1"], "labels run from 5 to 8"),
+    C("quantize-eval-labels-out-of-range", lambda e: ["quantize", f"{e.fx}/good.onnx", "-o", f"{e.out}/q.onnx",
+                                                      "--scheme", "int8-dynamic", "--eval-data",
+                                                      f"{e.fx}/badlabels4.npz"], "labels run from 5 to 8"),
     C("compress-zero-repeats", lambda e: ["compress", f"{e.fx}/good.onnx", "-r", "int8", "-o", f"{e.out}/run",
                                           "--repeats", "0"], "--repeats"),
     C("demo-unknown-model", lambda e: ["demo", "--out", f"{e.out}/demo", "--model", "resnet9000"], "resnet9000"),

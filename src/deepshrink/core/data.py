@@ -260,11 +260,12 @@ def as_arrays(data: Any) -> dict[str, np.ndarray]:
 def check_class_labels(labels: Any, output: Any, source: str) -> None:
     """Refuse labels that cannot be class ids of a classifier whose output is ``output``.
 
-    ``labels``: shape (N,), any numeric dtype (integral floats such as ``1.0`` pass); ``output``: the model's
+    ``labels``: shape (N,) (or (N, 1)), any numeric dtype (integral floats such as ``1.0`` pass); ``output``: the model's
     (first) output for a batch, a numpy array or tensor of shape (batch, ..., C) — C classes — or that shape as a
     tuple. Nothing is checked when ``labels`` is None or empty, or the output has no class axis (fewer than 2
     dimensions, or C < 2). Raises
-    :class:`InputError` naming ``source`` for non-integral or non-finite labels and for ids outside 0..C-1 —
+    :class:`InputError` naming ``source`` for labels of more than one value per sample, non-integral or
+    non-finite labels and for ids outside 0..C-1 —
     what cross-entropy (and accuracy) read — before any work spends time on them.
     """
     if labels is None:
@@ -277,8 +278,12 @@ def check_class_labels(labels: Any, output: Any, source: str) -> None:
     if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
         bad = y[~(np.isfinite(y) & (y == np.round(y)))].reshape(-1)[0]
         raise InputError(f"data {source}: labels must be integer class ids (found {bad:g})")
+    if y.ndim > 1 and y.size != len(y):
+        raise InputError(f"data {source}: labels have shape {list(y.shape)}; accuracy reads one class id per sample "
+                         "(shape [N]) against the output's top class — per-position labels (sequence labelling) are "
+                         "not scored: leave the labels out to judge by fidelity to the original")
     shape = output if isinstance(output, tuple) else tuple(getattr(output, "shape", ()))
-    if len(shape) < 2 or shape[-1] < 2:  # one score per sample (a sigmoid, a VAD): no class axis to check
+    if len(shape) < 2 or not isinstance(shape[-1], int) or shape[-1] < 2:  # one score per sample: no class axis
         return
     classes = int(shape[-1])
     lo, hi = int(y.min()), int(y.max())

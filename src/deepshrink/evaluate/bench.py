@@ -183,6 +183,11 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
     feed = {k: v[:batch] for k, v in eval_inputs.items()}
     if len(next(iter(feed.values()))) < batch:
         raise InputError(f"the data holds {n} samples, fewer than --batch {batch}")
+    if labels is not None:  # ids the accuracy column can read, or one line before any timing
+        from ..core.data import check_class_labels
+
+        probe = entries[0][2](feed)
+        check_class_labels(labels, probe[0] if probe else None, data_name)
     timers = {f"{i}:{e[0]}": (lambda r=e[2]: r(feed)) for i, e in enumerate(entries)}
     stats = measure_latency(timers, warmup=warmup, repeats=repeats, threads=threads, progress=progress)
     # a graph fixed at batch B (zoo CNNs: B = 1) is fed B samples at a time

@@ -11,7 +11,7 @@ from ..errors import InputError
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy (0..1) of classifier outputs against integer labels."""
     logits, labels = np.asarray(logits), np.asarray(labels)
-    if len(logits) != len(labels) or len(labels) == 0:
+    if len(logits) != len(labels) or len(labels) == 0 or labels.size != len(labels):
         raise InputError(f"accuracy needs as many labels as outputs (got {len(labels)} labels, {len(logits)} outputs)")
     if logits.ndim != 2:
         raise InputError(f"accuracy needs (N, classes) outputs, got shape {list(logits.shape)}")
