@@ -55,6 +55,7 @@ def parse_input_shapes(items: list[str] | dict[str, Any] | None) -> dict[str, Sh
         return {str(k): _check_dims(k, v) for k, v in items.items()}
     shapes: dict[str, Shape] = {}
     for item in items or []:
+        item, _dtype = _split_dtype(item)
         name, sep, dims = item.rpartition(":")
         if not sep:
             name, dims = "", item
@@ -73,6 +74,35 @@ def parse_input_shapes(items: list[str] | dict[str, Any] | None) -> dict[str, Sh
                              "(a name in place of a size marks a dynamic axis: x:1xseqx8)")
         shapes[name] = tuple(shape)
     return shapes
+
+
+# the element types ``--input-shape NAME:DIMS:DTYPE`` takes (a model whose input is token ids: x:1x64:int64)
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+
+
+def _split_dtype(item: str) -> tuple[str, str | None]:
+    """``"x:1x64:int64"`` → ``("x:1x64", "int64")``; without a third part ``(item, None)``. Raises
+    :class:`InputError` for a third part that is not one of :data:`INPUT_DTYPES`."""
+    head, sep, last = item.rpartition(":")
+    if sep and last in INPUT_DTYPES:
+        return head, last
+    if item.count(":") >= 2:
+        raise InputError(f"--input-shape {item!r}: {last!r} is not an element type deepshrink knows; give "
+                         f"NAME:DIMS[:DTYPE] with DTYPE one of {', '.join(INPUT_DTYPES)}")
+    return item, None
+
+
+def parse_input_dtypes(items: list[str] | dict[str, Any] | None) -> dict[str, str]:
+    """The element types given as ``NAME:DIMS:DTYPE`` (:data:`INPUT_DTYPES`): ``{name: dtype}``, a bare
+    ``DIMS:DTYPE`` keyed ``""``; {} for the Python API's dict form, which gives shapes only."""
+    if isinstance(items, dict) or not items:
+        return {}
+    out = {}
+    for item in items:
+        head, dtype = _split_dtype(item)
+        if dtype is not None:
+            out[head.rpartition(":")[0]] = dtype
+    return out
 
 
 def _check_dims(name: Any, dims: Any) -> Shape:
@@ -109,6 +139,7 @@ def load(src: Any, *, weights: str | os.PathLike[str] | None = None,
     ``input_shapes``: CLI-style strings or ``{name: shape}``; a name in place of a size marks a
     dynamic axis (see :func:`parse_input_shapes`). Raises :class:`InputError` for a shape that is not one."""
     shapes = parse_input_shapes(input_shapes)
+    dtypes = parse_input_dtypes(input_shapes)
     if isinstance(src, ModelHandle):
         handle = src
     elif isinstance(src, nn.Module):
@@ -125,9 +156,9 @@ def load(src: Any, *, weights: str | os.PathLike[str] | None = None,
     if weights is not None and handle.kind == "onnx":
         raise InputError("--weights applies to a module:factory source or a Hugging Face folder, not to an ONNX file")
     if handle.kind == "torch":
-        _apply_example_inputs(handle, shapes, data)
+        _apply_example_inputs(handle, shapes, data, dtypes)
     elif shapes:
-        _check_onnx_shapes(handle, shapes)
+        _check_onnx_shapes(handle, shapes, dtypes)
     if handle.kind == "onnx" and not handle.index_bounds:
         handle.index_bounds = index_bounds(handle.model)
     return handle
@@ -608,15 +639,18 @@ def _trim_optional(handle: ModelHandle, provided: Any) -> list[str]:
     return names
 
 
-def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]], data: Any) -> None:
-    """Fill a torch handle's input spec from --input-shape or --data (batch axis dynamic)."""
+def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]], data: Any,
+                          dtypes: dict[str, str] | None = None) -> None:
+    """Fill a torch handle's input spec from --input-shape (and its ``:DTYPE``) or --data (batch axis dynamic)."""
     names = handle.input_names
+    dtypes = dict(dtypes or {})
     if shapes:
         names = _trim_optional(handle, {k for k in shapes if k} or {names[0]})
         if "" in shapes:
             if len(names) != 1 and len(shapes) == 1:
                 raise InputError(f"the model has inputs {names}; name each: --input-shape NAME:DIMS")
             shapes = {names[0] if k == "" else k: v for k, v in shapes.items()}
+            dtypes = {names[0] if k == "" else k: v for k, v in dtypes.items()}
         unknown = [k for k in shapes if k not in names]
         if unknown:
             raise InputError(f"--input-shape names {unknown}, but the model's inputs are {names}")
@@ -633,11 +667,16 @@ def _apply_example_inputs(handle: ModelHandle, shapes: dict[str, tuple[int, ...]
             fits = (arr is not None and arr.ndim == len(shp) and len(arr) > 0
                     and all(arr.shape[i] == d for i, d in enumerate(shp) if isinstance(d, int) and (i or fixed0)))
             concrete = tuple(_example_size(d, arr.shape[i] if fits else None) for i, d in enumerate(shp))
+            dtype = np.dtype(dtypes[n]) if n in dtypes else None
             if fits:
                 # --data holds this input at the stated shape: take its values, and so its dtype (token ids)
-                example[n] = np.resize(arr, concrete).astype(arr.dtype)
+                example[n] = np.resize(arr, concrete).astype(dtype or arr.dtype)
+            elif dtype is not None and dtype.kind == "b":
+                example[n] = np.ones(concrete, dtype)
+            elif dtype is not None and dtype.kind in "iu":  # ids 0 and 1 index any table of two rows or more
+                example[n] = rng.integers(0, 2, concrete).astype(dtype)
             else:
-                example[n] = rng.standard_normal(concrete).astype(np.float32)
+                example[n] = rng.standard_normal(concrete).astype(dtype or np.float32)
             dims = tuple(split_dim(d)[0] if isinstance(d, str) else ("batch" if i == 0 and not fixed0 else d)
                          for i, d in enumerate(shp))
             specs[n] = TensorSpec(n, dims, str(example[n].dtype))
@@ -740,12 +779,19 @@ def _set_output_specs(handle: ModelHandle, first_name: str | None = None) -> Non
                       for n, o in zip(names, outs, strict=True)]
 
 
-def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int | str, ...]]) -> None:
+def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int | str, ...]],
+                       dtypes: dict[str, str] | None = None) -> None:
     """An ONNX file fixes which axes are dynamic: a size must fit the file's dim, a named axis must be a
-    dynamic one there; named axes are drawn at their ``NAME=SIZE`` (or :data:`NAMED_DIM_SIZE`)."""
+    dynamic one there; named axes are drawn at their ``NAME=SIZE`` (or :data:`NAMED_DIM_SIZE`). It fixes the
+    element types too: a ``:DTYPE`` given must be the file's."""
     names = handle.input_names
     if "" in shapes and len(names) == 1:
         shapes = {names[0]: shapes[""]}
+        dtypes = {names[0]: v for v in (dtypes or {}).values()}
+    for n, dtype in (dtypes or {}).items():
+        spec = next((s for s in handle.inputs if s.name == n), None)
+        if spec is not None and spec.dtype != dtype:
+            raise InputError(f"--input-shape {n}: the ONNX file's input is {spec.describe()}, not {dtype}")
     concrete: dict[str, tuple[int, ...]] = {}
     for n, shp in shapes.items():
         spec = next((s for s in handle.inputs if s.name == n), None)

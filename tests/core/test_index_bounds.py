@@ -79,3 +79,37 @@ def test_random_ids_keep_each_channel_in_the_range_its_data_has(tmp_path):
     assert drawn[:, 0].max() < 9 and drawn[:, 1].max() > 100  # each channel in its own range, still varied
     res = ds.convert(h, tmp_path / "t.onnx")
     assert res.hops[0].parity.ok
+
+
+def test_input_shape_gives_an_element_type(tmp_path, capsys, monkeypatch):
+    """Trial u: a model whose input is ids had no way to say so without --data (`x:1x2x64:int64` was read as an
+    input named 'x:1x2x64'), and the error was torch's FloatTensor line alone."""
+    import pytest
+
+    from deepshrink.errors import InputError
+    from deepshrink.loading import parse_input_dtypes, parse_input_shapes
+
+    assert parse_input_shapes(["ids:1x12:int64", "m:1x12"]) == {"ids": (1, 12), "m": (1, 12)}
+    assert parse_input_dtypes(["ids:1x12:int64", "m:1x12", "1x3:bool"]) == {"ids": "int64", "": "bool"}
+    with pytest.raises(InputError, match="'long' is not an element type deepshrink knows"):
+        parse_input_shapes(["ids:1x12:long"])
+    h = ds.load(_Tok().eval(), input_shapes=["ids:1x12:int64"])
+    assert h.inputs[0].dtype == "int64" and h.example_inputs["ids"].max() < 17
+    ds.convert(h, tmp_path / "tok.onnx")
+    with pytest.raises(InputError, match=r"the ONNX file's input is ids: int64\[batchx12\], not float32"):
+        ds.load(tmp_path / "tok.onnx", input_shapes=["ids:1x12:float32"])
+    with pytest.raises(InputError, match=r"if ids holds ids, give its element type \(--input-shape ids:DIMS:int64\)"):
+        ds.load(_Tok().eval(), input_shapes=["ids:1x12"])
+    # bench gives a PyTorch model the data's arrays (and so their dtype) under --input-shape
+    from cli_helpers import run_cli
+
+    np.savez(tmp_path / "d.npz", ids=np.random.default_rng(0).integers(0, 17, (8, 12)))
+    torch.save(_Tok().state_dict(), tmp_path / "w.pt")
+    (tmp_path / "tokmod.py").write_text("import torch\n\n\nclass Tok(torch.nn.Module):\n    def __init__(self):\n"
+                                        "        super().__init__()\n        self.emb = torch.nn.Embedding(17, 8)\n"
+                                        "        self.head = torch.nn.Linear(8, 3)\n\n    def forward(self, ids):\n"
+                                        "        return self.head(self.emb(ids).mean(1))\n")
+    monkeypatch.chdir(tmp_path)  # a module:factory is imported from the working folder
+    rc, out, err = run_cli(capsys, "bench", "tokmod:Tok", tmp_path / "tok.onnx", "-w", tmp_path / "w.pt",
+                           "--input-shape", "ids:1x12", "--data", tmp_path / "d.npz", "--repeats", "1")
+    assert rc == 0 and "tok.onnx" in out, err

@@ -192,5 +192,8 @@ def run_torch(module: nn.Module, inputs: dict[str, np.ndarray], names: list[str]
         if isinstance(exc, InputError):
             raise
         shapes = {n: tuple(inputs[n].shape) for n in names}
-        raise InputError(f"the model failed on inputs {shapes}: {first_line(exc)}") from None
+        floats = [n for n in names if inputs[n].dtype.kind == "f"]
+        hint = (f"; if {floats[0]} holds ids, give its element type (--input-shape {floats[0]}:DIMS:int64) or --data "
+                "with such arrays" if floats and "'indices'" in str(exc) else "")
+        raise InputError(f"the model failed on inputs {shapes}: {first_line(exc)}{hint}") from None
     return [t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy() for t in flatten_outputs(out)]

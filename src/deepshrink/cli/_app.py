@@ -48,7 +48,7 @@ err_console = _console(True)
 
 # Options shared by every command that takes a model.
 WeightsOpt = Annotated[str | None, typer.Option("--weights", "-w", help="weights (.safetensors or state-dict .pt) for a module:factory source or a Hugging Face folder (a structurally pruned state dict re-shapes the layers)")]
-InputShapeOpt = Annotated[list[str] | None, typer.Option("--input-shape", help="NAME:1x3x224x224 (repeatable) for a model without a fixed signature; a name for a size marks a dynamic axis: x:1xseqx8")]
+InputShapeOpt = Annotated[list[str] | None, typer.Option("--input-shape", help="NAME:1x3x224x224 (repeatable) for a model without a fixed signature; a name for a size marks a dynamic axis: x:1xseqx8; a third part gives the element type: ids:1x64:int64 (default float32)")]
 DataOpt = Annotated[str | None, typer.Option("--data", "-d", help=".npz, a text file, or a built-in: digits, sentences")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="allow unpickling/executing code from model files")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output")]

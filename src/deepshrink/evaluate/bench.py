@@ -159,7 +159,9 @@ def bench(models: list[Any], *, data: Any = None, threads: int = 2, batch: int =
             entries.append((label, runtime, runner, file_size(m), None, in_names))
             continue
         weights = per_model[i]
-        opts = {**without_weights, **({"weights": weights} if weights is not None else {})}
+        # the data gives a PyTorch model given --input-shape its example inputs' values and dtypes (token ids)
+        opts = {**without_weights, **({"weights": weights} if weights is not None else {}),
+                **({"data": data} if data is not None and load_options.get("input_shapes") else {})}
         h = load(m, **opts) if not isinstance(m, ModelHandle) else m
         if first_handle is None:
             first_handle = h
