@@ -787,7 +787,7 @@ def _check_onnx_shapes(handle: ModelHandle, shapes: dict[str, tuple[int | str, .
     names = handle.input_names
     if "" in shapes and len(names) == 1:
         shapes = {names[0]: shapes[""]}
-        dtypes = {names[0]: v for v in (dtypes or {}).values()}
+        dtypes = {names[0]: dtypes[""]} if dtypes and "" in dtypes else dtypes
     for n, dtype in (dtypes or {}).items():
         spec = next((s for s in handle.inputs if s.name == n), None)
         if spec is not None and spec.dtype != dtype:
