@@ -231,6 +231,38 @@ def test_ptq_cli_on_an_onnx_model(cnn_onnx, tmp_path, capsys):
     assert payload["bench"]["rows"][1]["accuracy"] > 0.95
 
 
+def test_ptq_finds_a_linear_exported_as_a_matmul_on_its_transposed_weight(tmp_path, capsys):
+    """Trial u (attacut): a Linear on 3-D inputs exports as a MatMul on its transposed weight under a new name
+    ('val_53'); --scheme ptq of that ONNX file stopped with "QAT layer 'val_53': its weight is not found". The weight is
+    found by its values, with its output channels on axis 1."""
+    import numpy as np
+    import torch
+
+    import deepshrink as ds
+    from deepshrink.quantize.onnx.backend import integer_op_counts
+
+    class PerStep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 1)
+
+        def forward(self, x):  # (N, T, 8) -> (N, T)
+            return self.fc2(torch.relu(self.fc1(x))).squeeze(-1)
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((64, 6, 8)).astype(np.float32)
+    ds.convert(ds.load(PerStep().eval(), data={"x": x}), tmp_path / "m.onnx")
+    assert any(n.op_type == "MatMul" for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+    np.savez(tmp_path / "d.npz", x=x)
+    out = tmp_path / "q.onnx"
+    rc = run_app(["quantize", str(tmp_path / "m.onnx"), "-o", str(out), "--scheme", "ptq", "--data",
+                  str(tmp_path / "d.npz"), "--repeats", "1", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert rc == 0 and sum(integer_op_counts(out).values()) >= 2
+    # W4A8 of two small layers, seeded weights and deterministic calibration (no training): cosine 0.9974
+    assert payload["bench"]["rows"][1]["cos_mean"] > 0.99
+
+
 def test_ptq_cli_bad_input(cnn_onnx, tmp_path, capsys):
     out = tmp_path / "x.onnx"
     _bad(capsys, ["quantize", str(cnn_onnx), "-o", str(out), "--scheme", "int8-static", "--bias-correction",

@@ -81,7 +81,8 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
     plain, record = finalize(prepared)
     example = {n: ds.inputs[n][:2] for n in names}
     exported = export_onnx(handle.with_model(plain), example)  # the source's input and output names
-    q = deploy_qdq(exported.model, record, {n: ds.inputs[n][:256] for n in names}, per_channel=config.per_channel)
+    q = deploy_qdq(exported.model, record, {n: ds.inputs[n][:256] for n in names}, per_channel=config.per_channel,
+                   module=plain)
     from .outcome import Prepared
     from .outcome import result as _result
 
@@ -96,11 +97,14 @@ def qat_quantize(model: Any, config: QATConfig, *, data: Any = None, progress: b
 
 
 def deploy_qdq(model: onnx.ModelProto, record: dict[str, Any], calibration: dict[str, np.ndarray], *,
-               per_channel: bool = True) -> onnx.ModelProto:
+               per_channel: bool = True, module: Any = None) -> onnx.ModelProto:
     """ORT static QDQ int8 with the weight / input grids pinned to ``record`` (``qat.LayerQuant``).
 
     Of the Conv/Gemm/MatMul layers only those in ``record`` are quantized (the others stay float); ``per_channel`` says whether
-    the record's weight scales are one per output channel (axis 0) or one per tensor."""
+    the record's weight scales are one per output channel or one per tensor. A layer's weight is found by its name in
+    the export, else (``module``: the trained model that was exported) by its values — a Linear on 3-D inputs
+    exports as a MatMul on its transposed weight under a new name (an ONNX model's import names its modules after
+    the source's initializers, ``val_53``), whose output channels are then axis 1."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from . import backend as ob
@@ -111,13 +115,15 @@ def deploy_qdq(model: onnx.ModelProto, record: dict[str, Any], calibration: dict
     overrides: dict[str, list[dict[str, Any]]] = {}
     nodes: list[str] = []
     for layer, lq in record.items():
-        wname = _weight_name(layer, inits)
+        wname, axis = _weight_name(layer, inits), 0
+        if (wname is None or wname not in consumers) and module is not None:
+            wname, axis = _weight_by_value(layer, module, inits, consumers)
         if wname is None or wname not in consumers:
             raise InputError(f"QAT layer {layer!r}: its weight is not found in the exported ONNX graph")
         node = consumers[wname]
         scales = lq.weight_scale.numpy().astype(np.float32)
         if per_channel:
-            overrides[wname] = [{"scale": np.array(s, np.float32), "zero_point": np.array(0, np.int8), "axis": 0,
+            overrides[wname] = [{"scale": np.array(s, np.float32), "zero_point": np.array(0, np.int8), "axis": axis,
                                  "quant_type": QuantType.QInt8} for s in scales]
         else:
             overrides[wname] = [{"scale": np.array(scales[0], np.float32), "zero_point": np.array(0, np.int8),
@@ -136,6 +142,26 @@ def deploy_qdq(model: onnx.ModelProto, record: dict[str, Any], calibration: dict
                             nodes_to_exclude=[n.name for n in model.graph.node
                                               if n.op_type in ("Conv", "Gemm", "MatMul") and n.name not in nodes],
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
+
+
+def _weight_by_value(layer: str, module: Any, inits: dict[str, Any], consumers: dict[str, Any]) -> tuple[str | None, int]:
+    """The initializer a Conv/Gemm/MatMul reads that holds ``layer``'s weight, as it is (output channels on axis 0)
+    or transposed (a MatMul's [in, out]: axis 1); ``(None, 0)`` when none does."""
+    from onnx import numpy_helper
+
+    weight = getattr(dict(module.named_modules()).get(layer), "weight", None)
+    if weight is None:
+        return None, 0
+    w = weight.detach().cpu().numpy()
+    for name in consumers:
+        if name not in inits:
+            continue
+        a = numpy_helper.to_array(inits[name])
+        if a.shape == w.shape and np.array_equal(a, w):
+            return name, 0
+        if w.ndim == 2 and a.shape == w.T.shape and np.array_equal(a, w.T):
+            return name, 1
+    return None, 0
 
 
 def _weight_name(layer: str, inits: dict[str, Any]) -> str | None:
