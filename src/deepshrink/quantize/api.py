@@ -380,7 +380,8 @@ def _static(prep: Prepared, config: Int8StaticConfig, **_: Any) -> QuantizeOutco
     q = ob.quantize_static_int8(model, selected, calib, observer=config.observer, percentile=config.percentile,
                                 per_channel=config.per_channel, fmt=config.format,
                                 symmetric_activations=config.symmetric_activations, op_types=config.op_types,
-                                exclude_nodes=[*(g for t in prep.ties for g in t.gathers), *(n for n, _ in mixed)])
+                                exclude_nodes=[*(g for t in prep.ties for g in t.gathers), *(n for n, _ in mixed)],
+                                reduce_range=config.reduce_range)
     return _result(prep, q, report)
 
 

@@ -101,6 +101,8 @@ class Int8DynamicConfig(QuantConfig):
     whose median output channel keeps less than ``per_channel_min_db`` (25 dB) SQNR with one
     scale per tensor (decided from the weights alone); ONNX Runtime's per-column kernels cost
     a fixed time per output column, so the others stay per tensor. ``True``/``False`` force one granularity everywhere.
+    ``reduce_range`` (default None: on an x86 CPU without VNNI or AMX, whose ``VPMADDUBSW`` kernels saturate
+    uint8 × int8 pair sums at int16 — :func:`deepshrink.quantize.onnx.backend.int8_saturates`) keeps weights to 7 bits.
     ``LSTM`` layers become ONNX Runtime's ``DynamicQuantizeLSTM`` (int8 input and recurrence weights);
     ONNX Runtime has no integer GRU kernel, so a GRU stays float and is named in the float-weights report.
     Embedding tables under ``gather_min_elements`` stay float (unless named by ``include``):
@@ -111,7 +113,8 @@ class Int8DynamicConfig(QuantConfig):
     per_channel_min_db: float = Field(default=PER_CHANNEL_MIN_DB, ge=0.0, le=100.0,
                                       description="per_channel=auto: per-channel below this median-channel SQNR")
     gather_min_elements: int = Field(default=262_144, ge=0, description="smaller embedding tables stay float")
-    reduce_range: bool = False
+    reduce_range: bool | None = Field(default=None, description="7-bit weights; None: where this CPU's uint8 x int8 "
+                                      "kernels saturate (x86 without VNNI or AMX)")
     fuse: Literal["auto", "none", "bert"] = "none"
     smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
     smooth_min_outlier_ratio: float = Field(default=0.0, ge=0.0, description="smooth only tensors this outlying")
@@ -127,7 +130,10 @@ class Int8DynamicConfig(QuantConfig):
 
 
 class Int8StaticConfig(QuantConfig):
-    """int8 weights and calibrated int8 activations, written as QDQ that ORT fuses into integer kernels."""
+    """int8 weights and calibrated int8 activations, written as QDQ that ORT fuses into integer kernels.
+
+    ``reduce_range``: 7-bit weights; None (the default) where this CPU's integer kernels saturate (x86 without VNNI
+    or AMX: :func:`deepshrink.quantize.onnx.backend.int8_saturates`)."""
 
     observer: Observer = "minmax"
     percentile: float = Field(default=99.999, gt=50.0, le=100.0)
@@ -137,6 +143,8 @@ class Int8StaticConfig(QuantConfig):
     symmetric_activations: bool = False
     smooth_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
     op_types: Patterns = Field(default=(), description="ORT op types to quantize (empty: ORT's default set)")
+    reduce_range: bool | None = Field(default=None, description="7-bit weights; None: where this CPU's uint8 x int8 "
+                                      "kernels saturate (x86 without VNNI or AMX)")
 
     @model_validator(mode="after")
     def _used(self) -> Int8StaticConfig:
