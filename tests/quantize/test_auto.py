@@ -62,7 +62,10 @@ def test_minilm_auto_meets_the_target_on_unseen_sentences():
     from deepshrink.examples import stdlib_sentences
 
     h, tok = minilm_float()
-    out = run_quantize(h, AutoConfig(strategy="layouts", smooth_alphas=(0.0, 0.7)), data=tokenized(tok, stdlib_sentences(24)))
+    # untimed: whether int8 runs faster than float on a loaded machine is test_auto_speed's (a run beside another
+    # test suite on an AVX2-only EPYC kept the float model)
+    out = run_quantize(h, AutoConfig(strategy="layouts", smooth_alphas=(0.0, 0.7), choose_by_speed=False),
+                       data=tokenized(tok, stdlib_sentences(24)))
     auto = out.report["auto"]
     assert auto["trials"][0]["cos_mean"] < 0.997 <= auto["cos_mean"]  # plain int8 misses it: 0.991 -> 0.997+ seen
     # every layer int8 on an AVX-512-VNNI CPU; with the 7-bit weights of an AVX2-only one (its kernels saturate 8-bit

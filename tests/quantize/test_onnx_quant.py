@@ -254,7 +254,11 @@ def test_minilm_dynamic_int8_default(minilm_case):
     assert sum(float_compute_ops(q.model.model).values()) == 12
     texts = stdlib_sentences(40, offset=1500)  # never used for calibration
     c = cosines(embed_one_by_one(h.model, tok, texts), embed_one_by_one(q.model.model, tok, texts))
-    assert c.mean() > 0.99 and c.min() > 0.975  # 0.9923 / 0.9861 seen (full per-channel: 0.9934 / 0.9845)
+    # 0.9923 / 0.9861 seen (full per-channel: 0.9934 / 0.9845) with 8-bit weights on a VNNI CPU; with
+    # the 7-bit weights of an AVX2-only EPYC (its kernels saturate 8-bit ones): 0.9874-0.9875 / 0.9784
+    from deepshrink.quantize.onnx.backend import int8_saturates
+
+    assert c.mean() > (0.985 if int8_saturates() else 0.99) and c.min() > 0.975
     assert weight_bytes(q.model.model) / weight_bytes(h.model) < 0.27  # 0.25 seen (embeddings int8 too)
     # granularity auto: per-channel only where per-tensor breaks the weight (the 6 FFN output
     # projections + 2 in layer 0), so the kernels are per-tensor elsewhere (ORT's fast path)

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import deepshrink as ds
 from deepshrink.quantize import Int8DynamicConfig, Int8StaticConfig, KMeansConfig, WeightOnlyConfig
+from deepshrink.quantize.onnx.backend import int8_saturates
 from deepshrink.quantize.onnx.sensitivity import run_outputs
 
 V, D, T = 512, 64, 8
@@ -56,7 +57,8 @@ def _cos(a, b):
 
 
 SCHEMES = [  # (config, worst logit cosine vs float on 32 fresh sequences, measured)
-    (Int8DynamicConfig(), 0.999),  # 0.9998
+    # 0.9998 with 8-bit weights (AVX-512-VNNI EPYC); 0.9988 with the 7-bit weights of an AVX2-only one
+    (Int8DynamicConfig(), 0.998 if int8_saturates() else 0.999),
     (Int8DynamicConfig(per_channel=True), 0.999),  # 0.9999
     (WeightOnlyConfig(group_size=64), 0.96),  # 0.9757 (4-bit Gaussian weights, the embedding too)
     (WeightOnlyConfig(bits=8, group_size=32), 0.999),  # 0.9999
