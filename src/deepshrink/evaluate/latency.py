@@ -8,7 +8,6 @@ are set for both torch and ONNX Runtime and recorded with the CPU's SIMD flags.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -79,13 +78,14 @@ def paired_ratio(a: LatencyStats, b: LatencyStats) -> tuple[float, float]:
 def cpu_flags() -> str:
     """The SIMD flags that change int8 and bfloat16 speed-ups (AVX2, AVX-512, VNNI, AVX512-BF16, AMX), and the
     CPU model."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
+    from ..core.cpu import cpuinfo
+
+    info = cpuinfo()
+    if info is None:
         return "unknown"
-    flags = sorted(set(re.findall(r"\b(avx2|avx512f|avx512_vnni|avx_vnni|avx512_bf16|amx_int8|amx_bf16)\b", text)))
-    model = re.search(r"model name\s*:\s*(.+)", text)
-    return f"{model.group(1).strip() if model else 'cpu'} [{' '.join(flags) or 'no avx2'}]"
+    model, all_flags = info
+    flags = sorted(all_flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"})
+    return f"{model or 'cpu'} [{' '.join(flags) or 'no avx2'}]"
 
 
 def measure_latency(runners: dict[str, Callable[[], Any]], *, warmup: int = 5, repeats: int = 30,

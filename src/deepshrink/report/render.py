@@ -14,6 +14,7 @@ no layer rows...): a missing number prints as "–" and a figure without data is
 from __future__ import annotations
 
 import base64
+import collections
 import html
 import io
 import json
@@ -123,13 +124,7 @@ def _match_layers(before: Sequence[dict], after: Sequence[dict]) -> list[tuple[d
         if (i := by_name.get(row.get("name"))) is not None and i not in match.values():
             match[k] = i
 
-    def kinds(rows: Sequence[dict]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in rows:
-            out[_op_family(r.get("op"))] = out.get(_op_family(r.get("op")), 0) + 1
-        return out
-
-    before_counts, after_counts = kinds(before), kinds(after)
+    before_counts, after_counts = (collections.Counter(_op_family(r.get("op")) for r in rows) for rows in (before, after))
     rules = [lambda a, b: _op_family(a.get("op")) == _op_family(b.get("op")) and a.get("params") == b.get("params"),
              lambda a, b: (_op_family(a.get("op")) == _op_family(b.get("op"))
                            and before_counts.get(_op_family(a.get("op"))) == after_counts.get(_op_family(b.get("op"))))]

@@ -536,15 +536,9 @@ def native_bf16() -> bool:
     """Whether this CPU has bfloat16 dot-product instructions (``avx512_bf16`` or ``amx_bf16`` among the
     ``/proc/cpuinfo`` flags; False where that file is absent). Without them ``mixed_precision="bf16"`` still
     runs, on converted float32 kernels, and is slower than float32."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    from ..core.cpu import cpu_flags
+
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:

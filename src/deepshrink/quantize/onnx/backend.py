@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import hashlib
 import io
 import json
@@ -473,7 +472,6 @@ def choose_per_channel(model: onnx.ModelProto, nodes: Sequence[str],
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def int8_saturates() -> bool:
     """Whether this CPU's uint8 × int8 kernels saturate: an x86 CPU without VNNI (AVX512-VNNI, AVX-VNNI) or AMX,
     where ONNX Runtime's MLAS multiplies with ``VPMADDUBSW``, which adds each pair of uint8 × int8 products into an
@@ -482,16 +480,13 @@ def int8_saturates() -> bool:
     static int8, 0.989 with 8-bit weights against 0.9997 on an AVX-512-VNNI EPYC; an MLP's dynamic int8 differed
     from the graph's integer arithmetic by 0.41 (max-abs), by 0 with 7-bit weights."""
     import platform
-    import re
+
+    from ...core.cpu import cpuinfo
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False  # ARM's dot-product kernels accumulate in int32
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set(re.findall(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", text))
-    return not flags
+    info = cpuinfo()
+    return info is not None and not info[1] & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 def reduce_range_for(reduce_range: bool | None) -> bool:
